@@ -1,0 +1,6 @@
+//! The Weft node agent: pod networking (netlink), the eBPF data path (bpf),
+//! containers (runtime) and the pod sandbox that ties them together.
+#![warn(missing_docs, unreachable_pub, clippy::print_stdout)]
+
+pub mod bpf;
+pub mod netlink;

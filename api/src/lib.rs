@@ -1,0 +1,1 @@
+//! Weft object model: Kubernetes types, REST paths, typed client and validation (issue 3 fills this crate).

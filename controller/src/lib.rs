@@ -1,0 +1,1 @@
+//! Weft controller: API server, store, IPAM, scheduler and controllers (issue 3 fills this crate).

@@ -1,0 +1,311 @@
+//! Lab topology: an underlay namespace holding one bridge per L2 segment
+//! (and routing between segments), and one namespace per node, attached to
+//! a segment at 192.0.2.0/24 (TEST-NET-1). Each node gets a pod block from
+//! 10.244.0.0/16, a `weft0` bridge holding the block's gateway, and routes to
+//! the other nodes' blocks, either host-gw (one segment) or through VXLAN.
+//!
+//! Names: the underlay is `<prefix>-ul`, node `i` is `<prefix>-n<i>`, and pods
+//! the tests or agents create carry the node's name as a prefix, so removing
+//! everything under `<prefix>` removes the whole lab. [`Lab`] does that on
+//! drop, and [`sweep_stale`] does it for labs whose creating process died.
+
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipnetwork::Ipv4Network;
+use weft_agent::netlink::{BlockRoute, Netlink, VethAttachment, VxlanPeer, netns};
+
+/// Prefix of every lab resource name. The before-stop checks look for it.
+pub const NAME_PREFIX: &str = "weft";
+/// The node bridge every node holds its pods on.
+pub const NODE_BRIDGE: &str = "weft0";
+/// The VXLAN device on each node in overlay mode.
+pub const VXLAN_DEV: &str = "weft.vx";
+/// VXLAN network identifier the lab uses.
+pub const VXLAN_VNI: u32 = 7;
+/// MTU of the underlay links.
+pub const UNDERLAY_MTU: u32 = 1500;
+
+/// How nodes reach each other's pod blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// Plain routes via the other nodes' underlay addresses (one L2 segment).
+    HostGw,
+    /// A VXLAN tunnel between the nodes (works across routed segments).
+    Vxlan,
+}
+
+/// What lab to build.
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    /// Number of nodes (1-100).
+    pub nodes: usize,
+    /// Number of underlay L2 segments (1 or 2); nodes alternate between them.
+    pub segments: usize,
+    /// Pod-block routing.
+    pub routing: Routing,
+    /// Name prefix; [`unique_prefix`] by default.
+    pub prefix: String,
+}
+
+impl LabSpec {
+    /// A lab of `nodes` nodes on one segment with host-gw routes.
+    #[must_use]
+    pub fn new(nodes: usize) -> Self {
+        Self {
+            nodes,
+            segments: 1,
+            routing: Routing::HostGw,
+            prefix: unique_prefix("t"),
+        }
+    }
+}
+
+/// A lab node.
+#[derive(Clone, Debug)]
+pub struct LabNode {
+    /// Short name: `n1`, `n2`, ...
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its underlay address.
+    pub ip: Ipv4Addr,
+    /// Its segment's router address on the underlay.
+    pub router: Ipv4Addr,
+    /// Its pod block (a /24 of 10.244.0.0/16).
+    pub block: Ipv4Network,
+}
+
+impl LabNode {
+    /// The gateway address pods of this node use (first address of the block).
+    #[must_use]
+    pub fn gateway(&self) -> Ipv4Network {
+        Ipv4Network::new(first_host(self.block), self.block.prefix()).expect("valid prefix")
+    }
+}
+
+/// First usable address of a block (network + 1).
+#[must_use]
+pub fn first_host(block: Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(block.network()) + 1)
+}
+
+/// A running lab. Dropping it removes everything it made.
+#[derive(Debug)]
+pub struct Lab {
+    /// The name prefix of everything it made.
+    pub prefix: String,
+    /// Its underlay namespace.
+    pub underlay: String,
+    /// Its nodes.
+    pub nodes: Vec<LabNode>,
+    /// How blocks are routed.
+    pub routing: Routing,
+    keep: bool,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A prefix unique to this process and call: `weft-<kind><pid>x<seq>`.
+/// The pid lets [`sweep_stale`] tell a crashed run's leftovers from a live one.
+#[must_use]
+pub fn unique_prefix(kind: &str) -> String {
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{NAME_PREFIX}-{kind}{}x{seq}", std::process::id())
+}
+
+fn segment_net(segments: usize, seg: usize) -> Ipv4Network {
+    if segments == 1 {
+        "192.0.2.0/24".parse().expect("valid")
+    } else {
+        Ipv4Network::new(Ipv4Addr::new(192, 0, 2, (seg as u8) * 128), 25).expect("valid")
+    }
+}
+
+impl Lab {
+    /// Builds the lab. On failure, whatever was made is removed.
+    ///
+    /// # Errors
+    /// When the spec is out of range or the kernel refuses a step.
+    pub async fn up(spec: LabSpec) -> Result<Self> {
+        if !(1..=100).contains(&spec.nodes) {
+            bail!("a lab has 1 to 100 nodes, not {}", spec.nodes);
+        }
+        if !(1..=2).contains(&spec.segments) {
+            bail!("a lab has 1 or 2 underlay segments, not {}", spec.segments);
+        }
+        if spec.segments > 1 && spec.routing == Routing::HostGw {
+            bail!("host-gw routing needs all nodes on one segment; use VXLAN across segments");
+        }
+        sweep_stale();
+        let mut lab = Lab {
+            underlay: format!("{}-ul", spec.prefix),
+            prefix: spec.prefix.clone(),
+            nodes: Vec::new(),
+            routing: spec.routing,
+            keep: false,
+        };
+        // From here on, Drop cleans up if a step fails.
+        lab.build(&spec).await?;
+        Ok(lab)
+    }
+
+    async fn build(&mut self, spec: &LabSpec) -> Result<()> {
+        netns::create(&self.underlay).context("create the underlay namespace")?;
+        let ul = Netlink::open(Some(&self.underlay))?;
+        ul.loopback_up().await?;
+        netns::set_sysctl(&self.underlay, "net/ipv4/ip_forward", "1")?;
+        for seg in 0..spec.segments {
+            let net = segment_net(spec.segments, seg);
+            ul.ensure_bridge(
+                &format!("ul{seg}"),
+                Ipv4Network::new(first_host(net), net.prefix())?,
+                UNDERLAY_MTU,
+            )
+            .await?;
+        }
+        for i in 1..=spec.nodes {
+            let seg = (i - 1) % spec.segments;
+            let net = segment_net(spec.segments, seg);
+            let idx_in_seg = (i - 1) / spec.segments;
+            let ip = Ipv4Addr::from(u32::from(net.network()) + 10 + idx_in_seg as u32 + 1);
+            let node = LabNode {
+                name: format!("n{i}"),
+                netns: format!("{}-n{i}", self.prefix),
+                ip,
+                router: first_host(net),
+                block: Ipv4Network::new(Ipv4Addr::new(10, 244, i as u8, 0), 24)?,
+            };
+            netns::create(&node.netns).with_context(|| format!("create node {}", node.name))?;
+            self.nodes.push(node.clone());
+            ul.attach_veth(&VethAttachment {
+                host_veth: node.name.clone(),
+                netns: node.netns.clone(),
+                bridge: format!("ul{seg}"),
+                address: Ipv4Network::new(ip, net.prefix())?,
+                gateway: Some(node.router),
+                mtu: UNDERLAY_MTU,
+            })
+            .await
+            .with_context(|| format!("attach node {} to the underlay", node.name))?;
+            netns::set_sysctl(&node.netns, "net/ipv4/ip_forward", "1")?;
+            let nl = Netlink::open(Some(&node.netns))?;
+            nl.ensure_bridge(NODE_BRIDGE, node.gateway(), UNDERLAY_MTU)
+                .await?;
+        }
+        self.sync_routes().await
+    }
+
+    /// Programs every node's routes to the other nodes' blocks.
+    ///
+    /// # Errors
+    /// On netlink failure.
+    pub async fn sync_routes(&self) -> Result<()> {
+        for n in &self.nodes {
+            let nl = Netlink::open(Some(&n.netns))?;
+            let others = self.nodes.iter().filter(|o| o.name != n.name);
+            match self.routing {
+                Routing::HostGw => {
+                    let routes: Vec<_> = others
+                        .map(|o| BlockRoute {
+                            block: o.block,
+                            via: o.ip,
+                        })
+                        .collect();
+                    nl.sync_routes(&routes, "eth0", false).await?;
+                }
+                Routing::Vxlan => {
+                    let peers: Vec<_> = others
+                        .map(|o| VxlanPeer {
+                            node_ip: o.ip,
+                            block: o.block,
+                        })
+                        .collect();
+                    nl.ensure_vxlan(VXLAN_DEV, VXLAN_VNI, n.ip, n.block, "eth0", &peers)
+                        .await?;
+                    let routes: Vec<_> = peers
+                        .iter()
+                        .map(|p| BlockRoute {
+                            block: p.block,
+                            via: weft_agent::netlink::vtep_addr(p.block),
+                        })
+                        .collect();
+                    nl.sync_routes(&routes, VXLAN_DEV, true).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node of that short name.
+    ///
+    /// # Panics
+    /// When there is no such node.
+    #[must_use]
+    pub fn node(&self, name: &str) -> &LabNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no lab node {name}"))
+    }
+
+    /// Leaves the lab running after drop (for `weft lab up`).
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+
+    /// Removes the lab now.
+    pub fn down(mut self) {
+        remove_prefix(&self.prefix);
+        self.keep = true;
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep {
+            remove_prefix(&self.prefix);
+        }
+    }
+}
+
+/// Removes every namespace named `<prefix>` or `<prefix>-...`. Idempotent;
+/// errors are reported on stderr, not raised, because this runs in Drop.
+pub fn remove_prefix(prefix: &str) {
+    let Ok(all) = netns::list() else { return };
+    // Pods first, nodes next, underlay last: inner ends go before outer ones.
+    let mut mine: Vec<_> = all
+        .into_iter()
+        .filter(|n| n == prefix || n.starts_with(&format!("{prefix}-")))
+        .collect();
+    mine.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for n in mine {
+        if let Err(e) = netns::delete(&n) {
+            eprintln!("lab cleanup: cannot delete netns {n}: {e}");
+        }
+    }
+}
+
+/// Removes labs left by test processes that died (prefix `weft-t<pid>x...`
+/// with no such live process).
+pub fn sweep_stale() {
+    let Ok(all) = netns::list() else { return };
+    for n in all {
+        let Some(rest) = n.strip_prefix(&format!("{NAME_PREFIX}-t")) else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('x') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = netns::delete(&n);
+        }
+    }
+}
