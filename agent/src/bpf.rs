@@ -72,7 +72,7 @@ impl std::fmt::Debug for Datapath {
 
 /// The compiled eBPF object. `include_bytes_aligned!` because the ELF parser
 /// needs 8-byte-aligned data.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-ebpf"));
 
 impl Datapath {
     /// Loads the programs for the node whose namespace is `netns` (`None`:

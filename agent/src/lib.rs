@@ -4,3 +4,5 @@
 
 pub mod bpf;
 pub mod netlink;
+pub mod runtime;
+pub mod sandbox;

@@ -1,1 +1,309 @@
-fn main() {}
+//! `weft`: one binary for every role. This file parses arguments, prints,
+//! and calls into the libraries; nothing is decided here.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use k8s_openapi::api::core::v1::Pod;
+use weft_agent::runtime::{
+    Runtime, RuntimeConfig,
+    busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
+    shim::{self, ShimArgs},
+};
+use weft_tests::lab::{self, Lab, LabSpec, STATE_ROOT};
+
+/// Name prefix of the lab `weft lab` manages (one per machine).
+const LAB_PREFIX: &str = "weft-lab";
+
+#[derive(Parser)]
+#[command(
+    name = "weft",
+    version,
+    about = "Weft: a small Kubernetes-shaped orchestrator with an eBPF data plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A multi-node cluster inside network namespaces on this machine.
+    Lab {
+        #[command(subcommand)]
+        cmd: LabCmd,
+    },
+    /// Image tools.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Container shim (started by the runtime, not by users).
+    #[command(hide = true)]
+    Shim {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        runc: PathBuf,
+        #[arg(long)]
+        runc_root: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build the lab: underlay, N nodes with pod networks, the busybox image
+    /// on every node, and the pods of --pods (their spec.nodeName picks the node).
+    Up {
+        /// Number of nodes (1-100).
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Route pod blocks over VXLAN instead of host-gw.
+        #[arg(long)]
+        vxlan: bool,
+        /// YAML file of Pods to run (multi-document).
+        #[arg(long)]
+        pods: Option<PathBuf>,
+    },
+    /// Remove the lab and everything in it. Safe to run twice.
+    Down,
+    /// List the lab's pods.
+    Pods,
+    /// Run a command in a pod's container, passing output and exit code through.
+    Exec {
+        /// Namespace of the pod.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Pod name.
+        pod: String,
+        /// Container (default: the first).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// The command.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Write an OCI image layout of a busybox image built from Debian's busybox-static.
+    BuildBusybox {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Reference to name the image.
+        #[arg(long, default_value = BUSYBOX_IMAGE)]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Cmd::Shim {
+        id,
+        bundle,
+        runc,
+        runc_root,
+    } = cli.cmd
+    {
+        let code = shim::run(&ShimArgs {
+            id,
+            bundle,
+            runc,
+            runc_root,
+        });
+        return ExitCode::from(code as u8);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli.cmd)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<u8> {
+    match cmd {
+        Cmd::Shim { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Image {
+            cmd: ImageCmd::BuildBusybox { out, name },
+        } => {
+            let d = build_layout(&out, std::path::Path::new(BUSYBOX_BIN), &name)?;
+            println!("{name} -> {d} in {}", out.display());
+            Ok(0)
+        }
+        Cmd::Lab { cmd } => lab_cmd(cmd).await,
+    }
+}
+
+fn read_pods(path: &std::path::Path) -> Result<Vec<Pod>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut pods = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
+        let v = serde_norway::Value::deserialize(doc)
+            .with_context(|| format!("{}: document {}: not YAML", path.display(), i + 1))?;
+        if v.is_null() {
+            continue;
+        }
+        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        if kind != "Pod" {
+            bail!(
+                "{}: document {}: kind {kind:?}: only Pods can be run in the lab until the controller lands",
+                path.display(),
+                i + 1
+            );
+        }
+        let pod: Pod = serde_norway::from_value(v)
+            .with_context(|| format!("{}: document {}", path.display(), i + 1))?;
+        pods.push(pod);
+    }
+    Ok(pods)
+}
+
+use serde::Deserialize as _;
+
+async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
+    match cmd {
+        LabCmd::Up { nodes, vxlan, pods } => {
+            let pods = pods.map(|p| read_pods(&p)).transpose()?.unwrap_or_default();
+            if weft_agent::netlink::netns::exists(&format!("{LAB_PREFIX}-ul")) {
+                bail!("a lab is already up; `weft lab down` first (or use it: `weft lab pods`)");
+            }
+            let mut spec = LabSpec::new(nodes);
+            spec.prefix = LAB_PREFIX.into();
+            spec.weft_bin = std::env::current_exe()?;
+            if vxlan {
+                spec.routing = lab::Routing::Vxlan;
+            }
+            eprintln!("[1/3] building {nodes} node(s) on the underlay 192.0.2.0/24 ...");
+            let lab = Lab::up(spec).await?;
+            let layout = PathBuf::from(STATE_ROOT)
+                .join(LAB_PREFIX)
+                .join("busybox-layout");
+            build_layout(&layout, std::path::Path::new(BUSYBOX_BIN), BUSYBOX_IMAGE)?;
+            eprintln!("[2/3] loading {BUSYBOX_IMAGE} on every node ...");
+            let mut sandboxes = Vec::new();
+            for n in &lab.nodes {
+                let sb = lab.sandbox(n)?;
+                sb.runtime().images().import(&layout, None)?;
+                sandboxes.push((n.clone(), sb));
+            }
+            eprintln!("[3/3] starting {} pod(s) ...", pods.len());
+            for (i, pod) in pods.iter().enumerate() {
+                let mut pod = pod.clone();
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_else(|| "n1".into());
+                let Some((n, sb)) = sandboxes.iter().find(|(n, _)| n.name == node) else {
+                    bail!("pod {i}: spec.nodeName {node:?} is not a lab node (n1..n{nodes})");
+                };
+                if pod.metadata.uid.is_none() {
+                    // A fresh random UUID, as the API server would assign.
+                    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
+                    pod.metadata.uid = Some(uuid.trim().to_string());
+                }
+                let ip = sb.free_ip()?;
+                let rec = sb.create_pod(&pod, ip).await?;
+                println!(
+                    "pod {}/{} on {} ({}) at {}",
+                    rec.namespace, rec.name, n.name, n.ip, rec.ip
+                );
+            }
+            lab.keep();
+            println!(
+                "\nThe lab is up. Try:\n  weft lab pods\n  weft lab exec POD -- wget -qO- http://IP/\nTear it down with:\n  weft lab down"
+            );
+            Ok(0)
+        }
+        LabCmd::Down => {
+            lab::remove_prefix(LAB_PREFIX);
+            println!("lab removed");
+            Ok(0)
+        }
+        LabCmd::Pods => {
+            let root = PathBuf::from(STATE_ROOT).join(LAB_PREFIX);
+            println!(
+                "{:<12} {:<20} {:<6} {:<15}",
+                "NAMESPACE", "NAME", "NODE", "IP"
+            );
+            for (node, rec) in lab_records(&root)? {
+                println!(
+                    "{:<12} {:<20} {:<6} {:<15}",
+                    rec.namespace, rec.name, node, rec.ip
+                );
+            }
+            Ok(0)
+        }
+        LabCmd::Exec {
+            namespace,
+            pod,
+            container,
+            cmd,
+        } => {
+            let root = PathBuf::from(STATE_ROOT).join(LAB_PREFIX);
+            let Some((node, rec)) = lab_records(&root)?
+                .into_iter()
+                .find(|(_, r)| r.namespace == namespace && r.name == pod)
+            else {
+                bail!("pod {namespace}/{pod} not found in the lab (see `weft lab pods`)");
+            };
+            let id = match &container {
+                Some(c) => rec
+                    .containers
+                    .iter()
+                    .find(|(n, _)| n == c)
+                    .map(|(_, id)| id.clone())
+                    .with_context(|| format!("pod {namespace}/{pod} has no container {c:?}"))?,
+                None => rec
+                    .containers
+                    .first()
+                    .map(|(_, id)| id.clone())
+                    .context("pod has no containers")?,
+            };
+            let state = root.join(&node);
+            let rt = Runtime::new(RuntimeConfig {
+                state_dir: state.join("runtime"),
+                runc: "runc".into(),
+                runc_root: state.join("runc"),
+                shim: std::env::current_exe()?,
+            })?;
+            let code = rt.exec_inherit(&id, &cmd)?;
+            Ok(u8::try_from(code).unwrap_or(255))
+        }
+    }
+}
+
+fn lab_records(root: &std::path::Path) -> Result<Vec<(String, weft_agent::sandbox::PodRecord)>> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(root) else {
+        bail!("no lab is up (`weft lab up`)");
+    };
+    for n in rd.flatten() {
+        let pods = n.path().join("sandbox/pods");
+        let Ok(rd) = std::fs::read_dir(&pods) else {
+            continue;
+        };
+        for p in rd.flatten() {
+            if p.path().extension().is_some_and(|e| e == "json")
+                && let Ok(r) = serde_json::from_slice::<weft_agent::sandbox::PodRecord>(
+                    &std::fs::read(p.path())?,
+                )
+            {
+                out.push((n.file_name().to_string_lossy().into_owned(), r));
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.1.namespace, &a.1.name).cmp(&(&b.1.namespace, &b.1.name)));
+    Ok(out)
+}

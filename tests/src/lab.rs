@@ -11,12 +11,21 @@
 
 use std::{
     net::Ipv4Addr,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail};
 use ipnetwork::Ipv4Network;
-use weft_agent::netlink::{BlockRoute, Netlink, VethAttachment, VxlanPeer, netns};
+use weft_agent::{
+    bpf::Datapath,
+    netlink::{BlockRoute, Netlink, VethAttachment, VxlanPeer, netns},
+    runtime::{Runtime, RuntimeConfig},
+    sandbox::{NodeConfig, Sandbox},
+};
+
+/// Where labs keep node state (tmpfs: gone after a reboot, like the netns).
+pub const STATE_ROOT: &str = "/run/weft";
 
 /// Prefix of every lab resource name. The before-stop checks look for it.
 pub const NAME_PREFIX: &str = "weft";
@@ -49,6 +58,8 @@ pub struct LabSpec {
     pub routing: Routing,
     /// Name prefix; [`unique_prefix`] by default.
     pub prefix: String,
+    /// The `weft` binary, run as the container shim.
+    pub weft_bin: PathBuf,
 }
 
 impl LabSpec {
@@ -60,6 +71,7 @@ impl LabSpec {
             segments: 1,
             routing: Routing::HostGw,
             prefix: unique_prefix("t"),
+            weft_bin: default_weft_bin(),
         }
     }
 }
@@ -104,7 +116,28 @@ pub struct Lab {
     pub nodes: Vec<LabNode>,
     /// How blocks are routed.
     pub routing: Routing,
+    /// The `weft` binary used as shim.
+    pub weft_bin: PathBuf,
     keep: bool,
+}
+
+/// The `weft` binary next to the running executable: `target/<profile>/weft`
+/// for tests (which run from `target/<profile>/deps`), else the executable's
+/// own directory; `WEFT_BIN` overrides.
+#[must_use]
+pub fn default_weft_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEFT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("weft"));
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let c = d.join("weft");
+        if c.is_file() {
+            return c;
+        }
+    }
+    PathBuf::from("weft")
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -146,6 +179,7 @@ impl Lab {
             prefix: spec.prefix.clone(),
             nodes: Vec::new(),
             routing: spec.routing,
+            weft_bin: spec.weft_bin.clone(),
             keep: false,
         };
         // From here on, Drop cleans up if a step fails.
@@ -252,6 +286,42 @@ impl Lab {
             .unwrap_or_else(|| panic!("no lab node {name}"))
     }
 
+    /// The state directory of a node.
+    #[must_use]
+    pub fn node_state_dir(&self, node: &LabNode) -> PathBuf {
+        Path::new(STATE_ROOT).join(&self.prefix).join(&node.name)
+    }
+
+    /// Opens the pod sandbox of a node (its runtime, image store and eBPF
+    /// counters). Several handles to one node share its on-disk state.
+    ///
+    /// # Errors
+    /// When the state or the eBPF programs cannot be set up.
+    pub fn sandbox(&self, node: &LabNode) -> Result<Sandbox> {
+        let state = self.node_state_dir(node);
+        let runtime = Runtime::new(RuntimeConfig {
+            state_dir: state.join("runtime"),
+            runc: PathBuf::from("runc"),
+            runc_root: state.join("runc"),
+            shim: self.weft_bin.clone(),
+        })?;
+        let datapath = Datapath::load(Some(&node.netns))?;
+        Ok(Sandbox::new(
+            NodeConfig {
+                node: node.netns.clone(),
+                node_netns: Some(node.netns.clone()),
+                pod_netns_prefix: format!("{}-p-", node.netns),
+                bridge: NODE_BRIDGE.into(),
+                block: node.block,
+                mtu: UNDERLAY_MTU,
+                state_dir: state.join("sandbox"),
+                dns: first_host(node.block),
+            },
+            runtime,
+            Some(datapath),
+        )?)
+    }
+
     /// Leaves the lab running after drop (for `weft lab up`).
     pub fn keep(mut self) {
         self.keep = true;
@@ -272,9 +342,55 @@ impl Drop for Lab {
     }
 }
 
-/// Removes every namespace named `<prefix>` or `<prefix>-...`. Idempotent;
-/// errors are reported on stderr, not raised, because this runs in Drop.
+/// Removes a lab by its prefix: runc containers (and so their shims), rootfs
+/// mounts, cgroups and state under /run/weft/<prefix>, and every namespace
+/// named `<prefix>` or `<prefix>-...`. Idempotent, and works for a lab whose
+/// creator crashed; errors are reported on stderr, not raised, because this
+/// runs in Drop.
 pub fn remove_prefix(prefix: &str) {
+    let state = Path::new(STATE_ROOT).join(prefix);
+    if let Ok(nodes) = std::fs::read_dir(&state) {
+        for n in nodes.flatten() {
+            let root = n.path().join("runc");
+            let ids = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["list", "-q"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for id in ids.lines().filter(|l| !l.is_empty()) {
+                let _ = std::process::Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+    }
+    // Unmount rootfs overlays under the lab's state, deepest first.
+    if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let s = state.to_string_lossy().into_owned();
+        let mut mounts: Vec<&str> = mi
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&format!("{s}/")))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    if let Ok(all) = netns::list() {
+        for n in all.iter().filter(|n| n.starts_with(&format!("{prefix}-n"))) {
+            weft_agent::sandbox::remove_cgroups(&format!("weft/{n}"));
+        }
+    }
+    if state.exists()
+        && let Err(e) = std::fs::remove_dir_all(&state)
+    {
+        eprintln!("lab cleanup: cannot remove {}: {e}", state.display());
+    }
     let Ok(all) = netns::list() else { return };
     // Pods first, nodes next, underlay last: inner ends go before outer ones.
     let mut mine: Vec<_> = all

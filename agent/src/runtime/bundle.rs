@@ -1,0 +1,350 @@
+//! OCI bundles (config.json, built with oci-spec) from a Kubernetes
+//! container spec and its image's configuration.
+//!
+//! Kubernetes' rules for the process: `command` replaces the image's
+//! entrypoint and `args` its cmd; with only `args`, the entrypoint stays.
+//! `env` is appended to the image's env (later entries win), `workingDir`
+//! replaces the image's. Limits become cgroup limits.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::{api::core::v1::Container, apimachinery::pkg::api::resource::Quantity};
+use oci_spec::{
+    image::ImageConfiguration,
+    runtime::{
+        Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+        LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+        UserBuilder, get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
+    },
+};
+
+/// CFS period used for CPU limits (the kernel's and Kubernetes' default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Errors building a bundle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// A field of the container spec that cannot be honoured.
+    #[error("container {container}: {field}: {reason}")]
+    Invalid {
+        /// Container name.
+        container: String,
+        /// Field path, e.g. `resources.limits.memory`.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// Neither the spec nor the image says what to run.
+    #[error(
+        "container {0}: no command: the image has no entrypoint or cmd and the spec gives none"
+    )]
+    NoCommand(String),
+    /// oci-spec refused a value.
+    #[error("building config.json: {0}")]
+    Oci(#[from] oci_spec::OciSpecError),
+}
+
+/// What a bundle needs beyond the container spec.
+#[derive(Clone, Debug)]
+pub struct BundleParams<'a> {
+    /// The Kubernetes container.
+    pub container: &'a Container,
+    /// The image's configuration.
+    pub image: &'a ImageConfiguration,
+    /// Path of the pod's network namespace to join.
+    pub netns_path: PathBuf,
+    /// Host name (the pod's name).
+    pub hostname: String,
+    /// cgroup path for runc (`/weft/<node>/<pod>/<container>`).
+    pub cgroups_path: String,
+    /// Files bind-mounted read-only into the container (host path → container path).
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// Parses a Kubernetes memory quantity ("64Mi", "1G", "500000") to bytes.
+///
+/// # Errors
+/// When it is not a quantity.
+pub fn parse_memory(q: &str) -> Result<i64, String> {
+    let q = q.trim();
+    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{q:?} is not a quantity"))?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        "m" => 1e-3,
+        _ => return Err(format!("{q:?}: unknown suffix {suffix:?}")),
+    };
+    let v = (n * mult).ceil();
+    if !(1.0..=9.0e18).contains(&v) {
+        return Err(format!("{q:?} is out of range"));
+    }
+    Ok(v as i64)
+}
+
+/// Parses a Kubernetes CPU quantity ("250m", "1.5", "2") to millicores.
+///
+/// # Errors
+/// When it is not a CPU quantity.
+pub fn parse_cpu_millis(q: &str) -> Result<u64, String> {
+    let q = q.trim();
+    let m = if let Some(m) = q.strip_suffix('m') {
+        m.parse::<u64>()
+            .map_err(|_| format!("{q:?} is not a CPU quantity"))?
+    } else {
+        let c: f64 = q
+            .parse()
+            .map_err(|_| format!("{q:?} is not a CPU quantity"))?;
+        if !(0.0..1.0e9).contains(&c) {
+            return Err(format!("{q:?} is out of range"));
+        }
+        (c * 1000.0).ceil() as u64
+    };
+    if m == 0 {
+        return Err(format!("{q:?} is zero"));
+    }
+    Ok(m)
+}
+
+/// The argv the container runs, per Kubernetes' command/args rules.
+///
+/// # Errors
+/// [`BundleError::NoCommand`] when nothing says what to run.
+pub fn argv(c: &Container, image: &ImageConfiguration) -> Result<Vec<String>, BundleError> {
+    let cfg = image.config().as_ref();
+    let entrypoint = cfg.and_then(|c| c.entrypoint().clone()).unwrap_or_default();
+    let cmd = cfg.and_then(|c| c.cmd().clone()).unwrap_or_default();
+    let v: Vec<String> = match (&c.command, &c.args) {
+        (Some(command), Some(args)) => command.iter().chain(args).cloned().collect(),
+        (Some(command), None) => command.clone(),
+        (None, Some(args)) => entrypoint.iter().chain(args).cloned().collect(),
+        (None, None) => entrypoint.iter().chain(&cmd).cloned().collect(),
+    };
+    if v.is_empty() {
+        return Err(BundleError::NoCommand(c.name.clone()));
+    }
+    Ok(v)
+}
+
+fn quantity<'a>(c: &'a Container, which: &str) -> Option<&'a Quantity> {
+    c.resources.as_ref()?.limits.as_ref()?.get(which)
+}
+
+/// Builds the runtime spec for one container.
+///
+/// # Errors
+/// [`BundleError`] naming the field at fault.
+pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
+    let c = p.container;
+    let invalid = |field: &str, reason: String| BundleError::Invalid {
+        container: c.name.clone(),
+        field: field.to_string(),
+        reason,
+    };
+    let args = argv(c, p.image)?;
+    let img_cfg = p.image.config().as_ref();
+    // Env: image first, then the pod's (later wins, as in Kubernetes).
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut put = |k: String, v: String, env: &mut BTreeMap<String, String>| {
+        if env.insert(k.clone(), v).is_none() {
+            order.push(k);
+        }
+    };
+    for kv in img_cfg.and_then(|c| c.env().clone()).unwrap_or_default() {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        put(k.to_string(), v.to_string(), &mut env);
+    }
+    if !env.contains_key("PATH") {
+        put(
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            &mut env,
+        );
+    }
+    put("HOSTNAME".into(), p.hostname.clone(), &mut env);
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        if e.value_from.is_some() {
+            return Err(invalid(
+                &format!("env[{i}].valueFrom"),
+                "valueFrom is not supported yet; give a value".into(),
+            ));
+        }
+        put(
+            e.name.clone(),
+            e.value.clone().unwrap_or_default(),
+            &mut env,
+        );
+    }
+    let env: Vec<String> = order.iter().map(|k| format!("{k}={}", env[k])).collect();
+    let cwd = c
+        .working_dir
+        .clone()
+        .or_else(|| img_cfg.and_then(|c| c.working_dir().clone()))
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(invalid(
+            "workingDir",
+            format!("{cwd:?} is not an absolute path"),
+        ));
+    }
+
+    let caps: std::collections::HashSet<Capability> = [
+        Capability::Chown,
+        Capability::DacOverride,
+        Capability::Fsetid,
+        Capability::Fowner,
+        Capability::Mknod,
+        Capability::NetRaw,
+        Capability::Setgid,
+        Capability::Setuid,
+        Capability::Setfcap,
+        Capability::Setpcap,
+        Capability::NetBindService,
+        Capability::SysChroot,
+        Capability::Kill,
+        Capability::AuditWrite,
+    ]
+    .into_iter()
+    .collect();
+    let capabilities = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(false)
+        .build()?;
+
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Some(q) = quantity(c, "memory") {
+        let bytes = parse_memory(&q.0).map_err(|r| invalid("resources.limits.memory", r))?;
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).build()?);
+    }
+    if let Some(q) = quantity(c, "cpu") {
+        let millis = parse_cpu_millis(&q.0).map_err(|r| invalid("resources.limits.cpu", r))?;
+        let quota = (millis * CPU_PERIOD_US / 1000).max(1000) as i64;
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(CPU_PERIOD_US)
+                .build()?,
+        );
+    }
+    let namespaces = vec![
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Pid)
+            .build()?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path(p.netns_path.clone())
+            .build()?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Ipc)
+            .build()?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Uts)
+            .build()?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Mount)
+            .build()?,
+    ];
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(&p.cgroups_path))
+        .resources(resources.build()?)
+        .masked_paths(get_default_maskedpaths())
+        .readonly_paths(get_default_readonly_paths())
+        .build()?;
+
+    let mut mounts = get_default_mounts();
+    for (src, dst) in &p.files {
+        mounts.push(
+            MountBuilder::default()
+                .destination(PathBuf::from(dst))
+                .typ("bind")
+                .source(src.clone())
+                .options(vec!["rbind".into(), "ro".into()])
+                .build()?,
+        );
+    }
+    let mut spec = Spec::default();
+    spec.set_hostname(Some(p.hostname.clone()));
+    spec.set_process(Some(process));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()?,
+    ));
+    spec.set_mounts(Some(mounts));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+/// Writes `config.json` into the bundle directory.
+///
+/// # Errors
+/// On I/O errors.
+pub fn write_spec(bundle: &Path, spec: &Spec) -> std::io::Result<()> {
+    let data = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
+    std::fs::write(bundle.join("config.json"), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_memory("64Mi").unwrap(), 64 * 1024 * 1024);
+        assert_eq!(parse_memory("1G").unwrap(), 1_000_000_000);
+        assert!(parse_memory("lots").is_err());
+        assert!(parse_memory("5Qi").is_err());
+        assert_eq!(parse_cpu_millis("250m").unwrap(), 250);
+        assert_eq!(parse_cpu_millis("1.5").unwrap(), 1500);
+        assert!(parse_cpu_millis("0").is_err());
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes() {
+        let image: ImageConfiguration = serde_json::from_value(serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Entrypoint": ["/ep"], "Cmd": ["c1"]},
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .unwrap();
+        let mut c = Container {
+            name: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(argv(&c, &image).unwrap(), ["/ep", "c1"]);
+        c.args = Some(vec!["a".into()]);
+        assert_eq!(argv(&c, &image).unwrap(), ["/ep", "a"]);
+        c.command = Some(vec!["/cmd".into()]);
+        assert_eq!(argv(&c, &image).unwrap(), ["/cmd", "a"]);
+        c.args = None;
+        assert_eq!(argv(&c, &image).unwrap(), ["/cmd"]);
+    }
+}

@@ -1,0 +1,459 @@
+//! The container runtime: a runc wrapper. Images come from the node's
+//! [`image::ImageStore`]; each container gets an overlayfs rootfs over the
+//! image's shared layers, an OCI bundle ([`bundle`]) and a shim
+//! ([`shim`]) that keeps its logs and exit code. This module knows nothing
+//! of pods beyond a container spec; the sandbox module groups containers.
+
+pub mod bundle;
+pub mod busybox;
+pub mod image;
+pub mod reference;
+pub mod shim;
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Container;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use self::{
+    bundle::{BundleError, BundleParams},
+    image::{ImageError, ImageStore},
+};
+
+/// Errors of the runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// Image trouble (not found, bad reference, digest mismatch...).
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The container spec cannot be turned into a bundle.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// runc refused (the message is runc's).
+    #[error("container {id}: {op}: {message}")]
+    Runc {
+        /// Container id.
+        id: String,
+        /// runc verb.
+        op: &'static str,
+        /// What runc said.
+        message: String,
+    },
+    /// A container of that id exists already.
+    #[error("container {0} already exists")]
+    AlreadyExists(String),
+    /// No container of that id.
+    #[error("container {0} not found")]
+    NotFound(String),
+    /// An id that runc or the file system would refuse.
+    #[error("invalid container id {0:?}: use 1-128 characters of [A-Za-z0-9_.-]")]
+    InvalidId(String),
+    /// I/O.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let path = path.to_path_buf();
+    move |source| RuntimeError::Io { op, path, source }
+}
+
+/// Where the runtime keeps things and which binaries it drives.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// State directory: `containers/<id>` bundles and `images/`.
+    pub state_dir: PathBuf,
+    /// The runc binary.
+    pub runc: PathBuf,
+    /// runc's state root (per node, so that nodes of a lab do not share it).
+    pub runc_root: PathBuf,
+    /// The `weft` binary, run as `weft shim`.
+    pub shim: PathBuf,
+}
+
+/// What a container is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running,
+    /// Exited with this code (128 + signal when killed).
+    Exited(i32),
+}
+
+/// A container's observed state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerState {
+    /// Id.
+    pub id: String,
+    /// Status.
+    pub status: Status,
+    /// Its init process on the host.
+    pub pid: Option<i32>,
+}
+
+/// A request to create a container.
+#[derive(Clone, Debug)]
+pub struct CreateRequest<'a> {
+    /// Container id (unique on the node).
+    pub id: &'a str,
+    /// The Kubernetes container spec (image, command, env, limits...).
+    pub container: &'a Container,
+    /// Path of the network namespace to join.
+    pub netns_path: PathBuf,
+    /// Host name.
+    pub hostname: String,
+    /// runc cgroup path.
+    pub cgroups_path: String,
+    /// Files to bind-mount read-only (host path → container path).
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// The runc wrapper of one node.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    images: ImageStore,
+}
+
+fn check_id(id: &str) -> Result<(), RuntimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidId(id.to_string()))
+    }
+}
+
+impl Runtime {
+    /// Opens the runtime's state.
+    ///
+    /// # Errors
+    /// When its directories cannot be created.
+    pub fn new(cfg: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let images = ImageStore::open(cfg.state_dir.join("images"))?;
+        for d in [cfg.state_dir.join("containers"), cfg.runc_root.clone()] {
+            fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+        }
+        Ok(Self { cfg, images })
+    }
+
+    /// The node's image store.
+    #[must_use]
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// The bundle directory of a container.
+    #[must_use]
+    pub fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("containers").join(id)
+    }
+
+    /// The container's log file (CRI format).
+    #[must_use]
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.bundle_dir(id).join(shim::LOG_FILE)
+    }
+
+    fn runc(&self) -> Command {
+        let mut c = Command::new(&self.cfg.runc);
+        c.arg("--root").arg(&self.cfg.runc_root);
+        c
+    }
+
+    /// Creates the container (not started): rootfs, bundle and shim. On any
+    /// failure everything made for it is removed again.
+    ///
+    /// # Errors
+    /// Image, bundle and runc errors, with what was wrong.
+    pub fn create(&self, req: &CreateRequest<'_>) -> Result<i32, RuntimeError> {
+        check_id(req.id)?;
+        let dir = self.bundle_dir(req.id);
+        if dir.exists() {
+            return Err(RuntimeError::AlreadyExists(req.id.to_string()));
+        }
+        let image_ref = req.container.image.as_deref().unwrap_or_default();
+        let image = self.images.resolve(image_ref)?;
+        let res = self.create_in(&dir, req, &image);
+        if res.is_err() {
+            let _ = self.delete(req.id);
+        }
+        res
+    }
+
+    fn create_in(
+        &self,
+        dir: &Path,
+        req: &CreateRequest<'_>,
+        image: &image::Image,
+    ) -> Result<i32, RuntimeError> {
+        let spec = bundle::build_spec(&BundleParams {
+            container: req.container,
+            image: &image.config,
+            netns_path: req.netns_path.clone(),
+            hostname: req.hostname.clone(),
+            cgroups_path: req.cgroups_path.clone(),
+            files: req.files.clone(),
+        })?;
+        let lowers = self.images.lower_dirs(image)?;
+        for d in ["rootfs", "upper", "work"] {
+            let p = dir.join(d);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        let lower = lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let opts = format!(
+            "lowerdir={lower},upperdir={},workdir={}",
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let rootfs = dir.join("rootfs");
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| RuntimeError::Io {
+            op: "mount overlay rootfs",
+            path: rootfs.clone(),
+            source: e.into(),
+        })?;
+        bundle::write_spec(dir, &spec).map_err(io_err("write config.json", dir))?;
+
+        let mut child = Command::new(&self.cfg.shim)
+            .arg("shim")
+            .arg("--id")
+            .arg(req.id)
+            .arg("--bundle")
+            .arg(dir)
+            .arg("--runc")
+            .arg(&self.cfg.runc)
+            .arg("--runc-root")
+            .arg(&self.cfg.runc_root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(io_err("start shim", &self.cfg.shim))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        // The shim lives on after its report; reap it when it ends.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        let line = line.trim();
+        if let Some(pid) = line.strip_prefix("ok ") {
+            return pid.parse().map_err(|_| RuntimeError::Runc {
+                id: req.id.to_string(),
+                op: "create",
+                message: format!("shim reported {line:?}"),
+            });
+        }
+        Err(RuntimeError::Runc {
+            id: req.id.to_string(),
+            op: "create",
+            message: line
+                .strip_prefix("err ")
+                .unwrap_or("the shim exited without a report")
+                .to_string(),
+        })
+    }
+
+    fn run_runc(&self, id: &str, op: &'static str, args: &[&str]) -> Result<String, RuntimeError> {
+        let out = self
+            .runc()
+            .args(args)
+            .output()
+            .map_err(io_err("run runc", &self.cfg.runc))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            Err(RuntimeError::Runc {
+                id: id.to_string(),
+                op,
+                message: if msg.is_empty() {
+                    format!("runc exited with {}", out.status)
+                } else {
+                    msg
+                },
+            })
+        }
+    }
+
+    /// Starts a created container.
+    ///
+    /// # Errors
+    /// runc's refusal.
+    pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        check_id(id)?;
+        self.run_runc(id, "start", &["start", id]).map(drop)
+    }
+
+    /// The container's state, from runc and the shim's exit file.
+    ///
+    /// # Errors
+    /// [`RuntimeError::NotFound`] for an unknown id.
+    pub fn state(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        check_id(id)?;
+        let dir = self.bundle_dir(id);
+        if let Ok(code) = fs::read_to_string(dir.join(shim::EXIT_FILE)) {
+            return Ok(ContainerState {
+                id: id.to_string(),
+                status: Status::Exited(code.trim().parse().unwrap_or(255)),
+                pid: None,
+            });
+        }
+        let out = match self.run_runc(id, "state", &["state", id]) {
+            Ok(o) => o,
+            Err(_) if !dir.exists() => return Err(RuntimeError::NotFound(id.to_string())),
+            Err(e) => return Err(e),
+        };
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let pid = v["pid"].as_i64().map(|p| p as i32).filter(|p| *p > 0);
+        let status = match v["status"].as_str() {
+            Some("created") => Status::Created,
+            Some("running") | Some("paused") => Status::Running,
+            // Stopped but the shim has not written the code yet.
+            _ => {
+                std::thread::sleep(Duration::from_millis(50));
+                let code = fs::read_to_string(dir.join(shim::EXIT_FILE)).ok();
+                Status::Exited(code.and_then(|c| c.trim().parse().ok()).unwrap_or(255))
+            }
+        };
+        Ok(ContainerState {
+            id: id.to_string(),
+            status,
+            pid,
+        })
+    }
+
+    /// Stops the container: SIGTERM, then SIGKILL after `grace`. Returns the
+    /// exit status. A container that already exited is left as it is.
+    ///
+    /// # Errors
+    /// When runc cannot signal it.
+    pub fn stop(&self, id: &str, grace: Duration) -> Result<Status, RuntimeError> {
+        let st = self.state(id)?;
+        if let Status::Exited(_) = st.status {
+            return Ok(st.status);
+        }
+        let _ = self.run_runc(id, "kill", &["kill", id, "TERM"]);
+        let deadline = Instant::now() + grace;
+        loop {
+            let st = self.state(id)?;
+            if let Status::Exited(_) = st.status {
+                return Ok(st.status);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.run_runc(id, "kill", &["kill", "--all", id, "KILL"]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self.state(id)?;
+            if matches!(st.status, Status::Exited(_)) || Instant::now() >= deadline {
+                return Ok(st.status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Deletes the container: runc's state (forcing a running one down),
+    /// the rootfs mount and the bundle. Idempotent.
+    ///
+    /// # Errors
+    /// When the rootfs cannot be unmounted or the bundle removed.
+    pub fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        check_id(id)?;
+        let _ = self.run_runc(id, "delete", &["delete", "--force", id]);
+        let dir = self.bundle_dir(id);
+        let rootfs = dir.join("rootfs");
+        match umount2(&rootfs, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(RuntimeError::Io {
+                    op: "unmount rootfs",
+                    path: rootfs,
+                    source: e.into(),
+                });
+            }
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::Io {
+                op: "remove bundle",
+                path: dir,
+                source: e,
+            }),
+        }
+    }
+
+    /// Ids of the containers this runtime has bundles for.
+    ///
+    /// # Errors
+    /// When the state directory cannot be read.
+    pub fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        let d = self.cfg.state_dir.join("containers");
+        let mut v = Vec::new();
+        for e in fs::read_dir(&d).map_err(io_err("read", &d))? {
+            let e = e.map_err(io_err("read", &d))?;
+            if let Some(n) = e.file_name().to_str() {
+                v.push(n.to_string());
+            }
+        }
+        v.sort();
+        Ok(v)
+    }
+}
+
+impl Runtime {
+    /// Runs `argv` inside a running container (`runc exec`) with the
+    /// caller's stdin, stdout and stderr; returns its exit code.
+    ///
+    /// # Errors
+    /// When runc cannot be run.
+    pub fn exec_inherit(&self, id: &str, argv: &[String]) -> Result<i32, RuntimeError> {
+        check_id(id)?;
+        let status = self
+            .runc()
+            .arg("exec")
+            .arg(id)
+            .args(argv)
+            .status()
+            .map_err(io_err("run runc", &self.cfg.runc))?;
+        Ok(status.code().unwrap_or(128 + 9))
+    }
+}

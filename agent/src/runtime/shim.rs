@@ -1,0 +1,175 @@
+//! The container shim (`weft shim`): one small process per container that
+//! outlives the agent, as conmon or containerd-shim do. It runs
+//! `runc create`, becomes the container's reaper, writes its stdout and
+//! stderr to a log file in the CRI format (`<RFC 3339 time> <stream> F <line>`,
+//! what `kubectl logs` shows), and records the exit code when it exits.
+//!
+//! It tells the agent how creation went with one line on its stdout,
+//! `ok <pid>` or `err <message>`, then detaches from it.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufRead as _, BufReader, Write as _},
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use nix::{
+    sys::wait::{WaitStatus, waitpid},
+    unistd::{Pid, pipe, setsid},
+};
+
+/// Arguments of `weft shim`.
+#[derive(Clone, Debug)]
+pub struct ShimArgs {
+    /// Container id.
+    pub id: String,
+    /// Bundle directory (holds config.json; the shim writes pid, exit and log files there).
+    pub bundle: PathBuf,
+    /// runc binary.
+    pub runc: PathBuf,
+    /// runc state root.
+    pub runc_root: PathBuf,
+}
+
+/// File in the bundle holding the container's exit code once it exited.
+pub const EXIT_FILE: &str = "exit_code";
+/// File in the bundle holding the container's log.
+pub const LOG_FILE: &str = "container.log";
+/// File in the bundle holding the container's pid.
+pub const PID_FILE: &str = "init.pid";
+/// runc's own log (errors of create/start).
+pub const RUNC_LOG: &str = "runc.log";
+
+/// The last error runc wrote to its JSON log, if any.
+#[must_use]
+pub fn runc_error(bundle: &Path) -> Option<String> {
+    let text = fs::read_to_string(bundle.join(RUNC_LOG)).ok()?;
+    text.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        (v["level"] == "error").then(|| v["msg"].as_str().unwrap_or_default().to_string())
+    })
+}
+
+fn cri_line(stream: &str, line: &[u8]) -> Vec<u8> {
+    let ts = humantime::format_rfc3339_nanos(SystemTime::now());
+    let mut out = format!("{ts} {stream} F ").into_bytes();
+    out.extend_from_slice(line);
+    out.push(b'\n');
+    out
+}
+
+fn pump(src: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(File::from(src));
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+                    if let Ok(mut f) = log.lock() {
+                        let _ = f.write_all(&cri_line(stream, line));
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Runs the shim; returns the process exit code.
+#[must_use]
+pub fn run(args: &ShimArgs) -> i32 {
+    let mut report = std::io::stdout();
+    let fail = |report: &mut std::io::Stdout, msg: String| {
+        let _ = writeln!(report, "err {}", msg.replace('\n', " "));
+        let _ = report.flush();
+        1
+    };
+    let _ = setsid();
+    // SAFETY: plain prctl; makes orphaned descendants (the container) ours to reap.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let log_path = args.bundle.join(LOG_FILE);
+    let log = match OpenOptions::new().create(true).append(true).open(&log_path) {
+        Ok(f) => Arc::new(Mutex::new(f)),
+        Err(e) => return fail(&mut report, format!("open {}: {e}", log_path.display())),
+    };
+    let (Ok((out_r, out_w)), Ok((err_r, err_w))) = (pipe(), pipe()) else {
+        return fail(&mut report, "pipe failed".into());
+    };
+    let status = Command::new(&args.runc)
+        .arg("--root")
+        .arg(&args.runc_root)
+        .arg("--log")
+        .arg(args.bundle.join(RUNC_LOG))
+        .arg("--log-format")
+        .arg("json")
+        .arg("create")
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--pid-file")
+        .arg(args.bundle.join(PID_FILE))
+        .arg(&args.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            let why =
+                runc_error(&args.bundle).unwrap_or_else(|| format!("runc create exited with {s}"));
+            return fail(&mut report, why);
+        }
+        Err(e) => return fail(&mut report, format!("run {}: {e}", args.runc.display())),
+    }
+    let pid: i32 = match fs::read_to_string(args.bundle.join(PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        Some(p) => p,
+        None => return fail(&mut report, "runc create wrote no pid".into()),
+    };
+    // The write ends now live only in the container (runc passed them on).
+    let pumps = [
+        pump(out_r, "stdout", log.clone()),
+        pump(err_r, "stderr", log),
+    ];
+    let _ = writeln!(report, "ok {pid}");
+    let _ = report.flush();
+    // Detach from the agent's pipes so that its reads end.
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        // SAFETY: dup2 onto our own stdio descriptors.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+    let code = loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, c)) if p == Pid::from_raw(pid) => break c,
+            Ok(WaitStatus::Signaled(p, s, _)) if p == Pid::from_raw(pid) => break 128 + s as i32,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            // No children left: the container is gone without us seeing it.
+            Err(_) => break 255,
+        }
+    };
+    // Give the log pumps a moment to drain what the container wrote last.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for p in pumps {
+        while !p.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let tmp = args.bundle.join(format!("{EXIT_FILE}.tmp"));
+    if fs::write(&tmp, code.to_string()).is_ok() {
+        let _ = fs::rename(&tmp, args.bundle.join(EXIT_FILE));
+    }
+    0
+}

@@ -1,0 +1,702 @@
+//! Pod sandboxes: one call creates a pod (network namespace, veth, IP, its
+//! containers) from a Kubernetes Pod spec and an assigned IP; one call
+//! removes all of it. A record per pod is written to disk *before* anything
+//! is created, so that after a crash [`Sandbox::recover`] can finish the
+//! cleanup, and [`Sandbox::sweep`] removes anything (namespace, veth,
+//! container) that no record accounts for.
+
+use std::{
+    collections::HashSet,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnetwork::Ipv4Network;
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bpf::Datapath,
+    netlink::{Netlink, NetlinkError, VethAttachment, netns},
+    runtime::{CreateRequest, Runtime, RuntimeError},
+};
+
+/// Prefix of host-side pod veth names (`wft` + 12 hex digits of the UID).
+pub const POD_VETH_PREFIX: &str = "wft";
+
+/// Errors of the sandbox.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The pod spec cannot be run.
+    #[error("pod {pod}: {field}: {reason}")]
+    InvalidPod {
+        /// namespace/name.
+        pod: String,
+        /// Field path.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// A pod with that UID is already on the node.
+    #[error("pod {pod} (uid {uid}) already exists on this node")]
+    DuplicatePod {
+        /// namespace/name.
+        pod: String,
+        /// UID.
+        uid: String,
+    },
+    /// The IP is not usable for a pod on this node.
+    #[error("address {ip} is not usable for a pod on this node: {reason}")]
+    BadAddress {
+        /// The address.
+        ip: Ipv4Addr,
+        /// Why.
+        reason: String,
+    },
+    /// No free address left in the node's block.
+    #[error("address block {block} of node {node} is exhausted")]
+    AddressBlockExhausted {
+        /// The block.
+        block: Ipv4Network,
+        /// The node.
+        node: String,
+    },
+    /// Networking failed.
+    #[error(transparent)]
+    Net(#[from] NetlinkError),
+    /// A container failed.
+    #[error("container {container}: {source}")]
+    Container {
+        /// Container name.
+        container: String,
+        /// Cause.
+        #[source]
+        source: RuntimeError,
+    },
+    /// eBPF attach failed.
+    #[error(transparent)]
+    Bpf(#[from] crate::bpf::BpfError),
+    /// State files.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How far a pod's creation got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Being created: an interrupted creation is rolled back on recovery.
+    Creating,
+    /// Fully created.
+    Ready,
+}
+
+/// What the node keeps on disk per pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    /// Pod UID.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Host-side veth.
+    pub host_veth: String,
+    /// Its IP.
+    pub ip: Ipv4Addr,
+    /// Container (name, runtime id).
+    pub containers: Vec<(String, String)>,
+    /// Creation progress.
+    pub phase: Phase,
+}
+
+/// The node facts a sandbox needs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Node name (cgroup and container ids use it).
+    pub node: String,
+    /// The node's network namespace (`None`: the agent's own).
+    pub node_netns: Option<String>,
+    /// Prefix of pod namespace names (the node's, so nodes never collide).
+    pub pod_netns_prefix: String,
+    /// The node's pod bridge.
+    pub bridge: String,
+    /// The node's pod block.
+    pub block: Ipv4Network,
+    /// Pod MTU.
+    pub mtu: u32,
+    /// Where pod records and per-pod files live.
+    pub state_dir: PathBuf,
+    /// DNS server pods are told to use (the node's gateway address).
+    pub dns: Ipv4Addr,
+}
+
+impl NodeConfig {
+    /// The gateway address of the block (first host address).
+    #[must_use]
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.block.network()) + 1)
+    }
+}
+
+/// Host-side veth name for a pod UID: `wft` + 12 hex digits (15 bytes, IFNAMSIZ).
+#[must_use]
+pub fn veth_name(uid: &str) -> String {
+    let hex: String = uid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    format!("{POD_VETH_PREFIX}{hex}")
+}
+
+fn short_uid(uid: &str) -> String {
+    uid.chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect()
+}
+
+/// The pod sandbox manager of one node.
+pub struct Sandbox {
+    cfg: NodeConfig,
+    net: Netlink,
+    runtime: Runtime,
+    datapath: Option<std::sync::Mutex<Datapath>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("node", &self.cfg.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let path = path.to_path_buf();
+    move |source| SandboxError::Io { op, path, source }
+}
+
+impl Sandbox {
+    /// Opens the node's sandbox manager. `datapath` attaches the eBPF
+    /// counters to every pod veth when given.
+    ///
+    /// # Errors
+    /// When the state directory or the node's namespace is unusable.
+    pub fn new(
+        cfg: NodeConfig,
+        runtime: Runtime,
+        datapath: Option<Datapath>,
+    ) -> Result<Self, SandboxError> {
+        let pods = cfg.state_dir.join("pods");
+        fs::create_dir_all(&pods).map_err(io_err("create", &pods))?;
+        let net = Netlink::open(cfg.node_netns.as_deref())?;
+        Ok(Self {
+            cfg,
+            net,
+            runtime,
+            datapath: datapath.map(std::sync::Mutex::new),
+        })
+    }
+
+    /// The node configuration.
+    #[must_use]
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// The runtime (for logs and exec).
+    #[must_use]
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    fn record_path(&self, uid: &str) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("pods")
+            .join(format!("{}.json", short_uid(uid)))
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.state_dir.join("pods").join(short_uid(uid))
+    }
+
+    fn save(&self, r: &PodRecord) -> Result<(), SandboxError> {
+        let p = self.record_path(&r.uid);
+        let tmp = p.with_extension("json.tmp");
+        let data = serde_json::to_vec_pretty(r).map_err(|e| SandboxError::Io {
+            op: "encode record",
+            path: p.clone(),
+            source: e.into(),
+        })?;
+        fs::write(&tmp, data).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &p).map_err(io_err("rename", &p))
+    }
+
+    /// All pod records on disk.
+    ///
+    /// # Errors
+    /// When the state directory cannot be read.
+    pub fn records(&self) -> Result<Vec<PodRecord>, SandboxError> {
+        let d = self.cfg.state_dir.join("pods");
+        let mut v = Vec::new();
+        for e in fs::read_dir(&d).map_err(io_err("read", &d))? {
+            let p = e.map_err(io_err("read", &d))?.path();
+            if p.extension().is_some_and(|x| x == "json")
+                && let Ok(data) = fs::read(&p)
+                && let Ok(r) = serde_json::from_slice::<PodRecord>(&data)
+            {
+                v.push(r);
+            }
+        }
+        v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        Ok(v)
+    }
+
+    /// The lowest free address of the block (skipping network, gateway and broadcast).
+    ///
+    /// # Errors
+    /// [`SandboxError::AddressBlockExhausted`].
+    pub fn free_ip(&self) -> Result<Ipv4Addr, SandboxError> {
+        let used: HashSet<Ipv4Addr> = self.records()?.into_iter().map(|r| r.ip).collect();
+        let b = self.cfg.block;
+        (u32::from(b.network()) + 2..u32::from(b.broadcast()))
+            .map(Ipv4Addr::from)
+            .find(|ip| !used.contains(ip))
+            .ok_or(SandboxError::AddressBlockExhausted {
+                block: b,
+                node: self.cfg.node.clone(),
+            })
+    }
+
+    fn check_ip(&self, ip: Ipv4Addr) -> Result<(), SandboxError> {
+        let b = self.cfg.block;
+        let bad = |reason: String| SandboxError::BadAddress { ip, reason };
+        if !b.contains(ip) {
+            return Err(bad(format!("outside the node's block {b}")));
+        }
+        if ip == b.network() || ip == b.broadcast() || ip == self.cfg.gateway() {
+            return Err(bad(
+                "the block's network, broadcast or gateway address".into()
+            ));
+        }
+        if let Some(r) = self.records()?.into_iter().find(|r| r.ip == ip) {
+            return Err(bad(format!("in use by pod {}/{}", r.namespace, r.name)));
+        }
+        Ok(())
+    }
+
+    /// Creates the pod with address `ip`: namespace, veth, resolv.conf and
+    /// hosts files, then every container, started in order. On failure
+    /// everything is removed and the error says what failed.
+    ///
+    /// # Errors
+    /// Bad spec, duplicate pod, unusable address, or the failing step.
+    pub async fn create_pod(&self, pod: &Pod, ip: Ipv4Addr) -> Result<PodRecord, SandboxError> {
+        let meta = &pod.metadata;
+        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = meta.name.clone().unwrap_or_default();
+        let full = format!("{namespace}/{name}");
+        let invalid = |field: &str, reason: &str| SandboxError::InvalidPod {
+            pod: full.clone(),
+            field: field.to_string(),
+            reason: reason.to_string(),
+        };
+        let uid = meta
+            .uid
+            .clone()
+            .filter(|u| short_uid(u).len() == 12)
+            .ok_or_else(|| {
+                invalid(
+                    "metadata.uid",
+                    "a UID with at least 12 hex digits is required",
+                )
+            })?;
+        if name.is_empty() {
+            return Err(invalid("metadata.name", "required"));
+        }
+        let spec = pod
+            .spec
+            .as_ref()
+            .ok_or_else(|| invalid("spec", "required"))?;
+        if spec.containers.is_empty() {
+            return Err(invalid(
+                "spec.containers",
+                "at least one container is required",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, c) in spec.containers.iter().enumerate() {
+            if c.name.is_empty()
+                || c.name.len() > 63
+                || !c
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid(
+                    &format!("spec.containers[{i}].name"),
+                    "1-63 lowercase letters, digits or '-'",
+                ));
+            }
+            if !seen.insert(&c.name) {
+                return Err(invalid(
+                    &format!("spec.containers[{i}].name"),
+                    "duplicate container name",
+                ));
+            }
+            if c.image.as_deref().unwrap_or_default().is_empty() {
+                return Err(invalid(&format!("spec.containers[{i}].image"), "required"));
+            }
+        }
+        if self.record_path(&uid).exists() {
+            return Err(SandboxError::DuplicatePod { pod: full, uid });
+        }
+        self.check_ip(ip)?;
+        // Images are resolved before anything is made, so a missing image
+        // leaves nothing behind and says so.
+        for c in &spec.containers {
+            self.runtime
+                .images()
+                .resolve(c.image.as_deref().unwrap_or_default())
+                .map_err(|e| SandboxError::Container {
+                    container: c.name.clone(),
+                    source: e.into(),
+                })?;
+        }
+        let su = short_uid(&uid);
+        let mut rec = PodRecord {
+            uid: uid.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            netns: format!("{}{su}", self.cfg.pod_netns_prefix),
+            host_veth: veth_name(&uid),
+            ip,
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| (c.name.clone(), format!("{}-{su}-{}", self.cfg.node, c.name)))
+                .collect(),
+            phase: Phase::Creating,
+        };
+        self.save(&rec)?;
+        match self.build(pod, &rec).await {
+            Ok(()) => {
+                rec.phase = Phase::Ready;
+                self.save(&rec)?;
+                Ok(rec)
+            }
+            Err(e) => {
+                let _ = self.remove_record(&rec, Duration::ZERO).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(&self, pod: &Pod, rec: &PodRecord) -> Result<(), SandboxError> {
+        netns::ensure(&rec.netns)?;
+        self.net
+            .attach_veth(&VethAttachment {
+                host_veth: rec.host_veth.clone(),
+                netns: rec.netns.clone(),
+                bridge: self.cfg.bridge.clone(),
+                address: Ipv4Network::new(rec.ip, self.cfg.block.prefix()).expect("block prefix"),
+                gateway: Some(self.cfg.gateway()),
+                mtu: self.cfg.mtu,
+            })
+            .await?;
+        if let Some(dp) = &self.datapath {
+            dp.lock()
+                .expect("datapath lock")
+                .attach_pod(&rec.host_veth)?;
+        }
+        let dir = self.pod_dir(&rec.uid);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let resolv = dir.join("resolv.conf");
+        fs::write(
+            &resolv,
+            format!(
+                "nameserver {}\nsearch {ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+                self.cfg.dns,
+                ns = rec.namespace
+            ),
+        )
+        .map_err(io_err("write", &resolv))?;
+        let hosts = dir.join("hosts");
+        fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+                rec.ip, rec.name
+            ),
+        )
+        .map_err(io_err("write", &hosts))?;
+        let hostname = dir.join("hostname");
+        fs::write(&hostname, format!("{}\n", rec.name)).map_err(io_err("write", &hostname))?;
+        let spec = pod.spec.as_ref().expect("checked");
+        for (c, (_, id)) in spec.containers.iter().zip(&rec.containers) {
+            let rt = self.runtime.clone();
+            let container = c.clone();
+            let id = id.clone();
+            let netns_path = netns::path(&rec.netns);
+            let hostname_s = rec.name.clone();
+            let cgroups_path =
+                format!("/weft/{}/{}/{}", self.cfg.node, short_uid(&rec.uid), c.name);
+            let files = vec![
+                (resolv.clone(), "/etc/resolv.conf".to_string()),
+                (hosts.clone(), "/etc/hosts".to_string()),
+                (hostname.clone(), "/etc/hostname".to_string()),
+            ];
+            // runc and the shim handshake block: keep them off the async workers.
+            let res = tokio::task::spawn_blocking(move || {
+                let req = CreateRequest {
+                    id: &id,
+                    container: &container,
+                    netns_path,
+                    hostname: hostname_s,
+                    cgroups_path,
+                    files,
+                };
+                rt.create(&req)?;
+                rt.start(&id)
+            })
+            .await
+            .expect("create task");
+            res.map_err(|source| SandboxError::Container {
+                container: c.name.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pod of that UID: containers (SIGTERM, then SIGKILL after
+    /// `grace`), veth, namespace, cgroups, files and record. Idempotent.
+    ///
+    /// # Errors
+    /// When a step fails; the record stays so that a retry finishes the job.
+    pub async fn remove_pod(&self, uid: &str, grace: Duration) -> Result<(), SandboxError> {
+        let p = self.record_path(uid);
+        let Ok(data) = fs::read(&p) else {
+            return Ok(());
+        };
+        let rec: PodRecord = serde_json::from_slice(&data).map_err(|e| SandboxError::Io {
+            op: "decode record",
+            path: p.clone(),
+            source: e.into(),
+        })?;
+        self.remove_record(&rec, grace).await
+    }
+
+    async fn remove_record(&self, rec: &PodRecord, grace: Duration) -> Result<(), SandboxError> {
+        for (name, id) in &rec.containers {
+            let rt = self.runtime.clone();
+            let id2 = id.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                if rt.state(&id2).is_ok() {
+                    let _ = rt.stop(&id2, grace);
+                }
+                rt.delete(&id2)
+            })
+            .await
+            .expect("delete task");
+            res.map_err(|source| SandboxError::Container {
+                container: name.clone(),
+                source,
+            })?;
+        }
+        let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
+        if let Some(dp) = &self.datapath {
+            dp.lock()
+                .expect("datapath lock")
+                .detach_pod(&rec.host_veth, ifindex);
+        }
+        self.net.detach_veth(&rec.host_veth).await?;
+        netns::delete(&rec.netns)?;
+        remove_cgroups(&format!("weft/{}/{}", self.cfg.node, short_uid(&rec.uid)));
+        let dir = self.pod_dir(&rec.uid);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        }
+        match fs::remove_file(self.record_path(&rec.uid)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SandboxError::Io {
+                op: "remove record",
+                path: self.record_path(&rec.uid),
+                source: e,
+            }),
+        }
+    }
+
+    /// Rolls back pods whose creation was interrupted. Returns their UIDs.
+    ///
+    /// # Errors
+    /// When a rollback step fails.
+    pub async fn recover(&self) -> Result<Vec<String>, SandboxError> {
+        let mut out = Vec::new();
+        for r in self.records()? {
+            if r.phase == Phase::Creating {
+                self.remove_record(&r, Duration::ZERO).await?;
+                out.push(r.uid);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes what no pod record accounts for: pod namespaces of this node,
+    /// `wft*` veths on the node and containers in the runtime's state.
+    /// Returns what it removed.
+    ///
+    /// # Errors
+    /// When listing or removing fails.
+    pub async fn sweep(&self) -> Result<Vec<String>, SandboxError> {
+        let recs = self.records()?;
+        let mut removed = Vec::new();
+        let ids: HashSet<&str> = recs
+            .iter()
+            .flat_map(|r| r.containers.iter().map(|(_, id)| id.as_str()))
+            .collect();
+        for id in self
+            .runtime
+            .list()
+            .map_err(|source| SandboxError::Container {
+                container: "*".into(),
+                source,
+            })?
+        {
+            if !ids.contains(id.as_str()) {
+                let rt = self.runtime.clone();
+                let id2 = id.clone();
+                let _ = tokio::task::spawn_blocking(move || rt.delete(&id2)).await;
+                removed.push(format!("container {id}"));
+            }
+        }
+        let veths: HashSet<&str> = recs.iter().map(|r| r.host_veth.as_str()).collect();
+        for l in self.net.links().await? {
+            if l.kind == "veth"
+                && l.name.starts_with(POD_VETH_PREFIX)
+                && !veths.contains(l.name.as_str())
+            {
+                self.net.detach_veth(&l.name).await?;
+                removed.push(format!("veth {}", l.name));
+            }
+        }
+        let nss: HashSet<&str> = recs.iter().map(|r| r.netns.as_str()).collect();
+        for n in netns::list()? {
+            if n.starts_with(&self.cfg.pod_netns_prefix) && !nss.contains(n.as_str()) {
+                netns::delete(&n)?;
+                removed.push(format!("netns {n}"));
+            }
+        }
+        let dir = self.cfg.state_dir.join("pods");
+        let known: HashSet<String> = recs.iter().map(|r| short_uid(&r.uid)).collect();
+        for e in fs::read_dir(&dir).map_err(io_err("read", &dir))?.flatten() {
+            let p = e.path();
+            if p.is_dir() && !known.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = fs::remove_dir_all(&p);
+                removed.push(format!("files {}", p.display()));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every pod of the node (node teardown).
+    ///
+    /// # Errors
+    /// When a removal fails.
+    pub async fn remove_all(&self, grace: Duration) -> Result<(), SandboxError> {
+        for r in self.records()? {
+            self.remove_record(&r, grace).await?;
+        }
+        self.sweep().await?;
+        remove_cgroups(&format!("weft/{}", self.cfg.node));
+        Ok(())
+    }
+
+    /// eBPF counters of a pod's veth.
+    ///
+    /// # Errors
+    /// When the datapath is off or the map unreadable.
+    pub async fn counters(&self, uid: &str) -> Result<weft_common::IfCounters, SandboxError> {
+        let host_veth = veth_name(uid);
+        let idx = self
+            .net
+            .link(&host_veth)
+            .await?
+            .ok_or_else(|| NetlinkError::NotFound {
+                what: "interface",
+                name: host_veth.clone(),
+            })?
+            .index;
+        match &self.datapath {
+            Some(dp) => Ok(dp.lock().expect("datapath lock").counters(idx)?),
+            None => Ok(weft_common::IfCounters::default()),
+        }
+    }
+}
+
+/// Removes the cgroup directory `rel` (e.g. `weft/n1/<pod>`) and its empty
+/// descendants in every hierarchy (v1 controllers and the v2 tree), then its
+/// empty parents up to and including `weft`. runc leaves parents behind.
+pub fn remove_cgroups(rel: &str) {
+    for root in cgroup_roots() {
+        let target = root.join(rel);
+        remove_tree(&target);
+        let mut cur = target.parent().map(Path::to_path_buf);
+        while let Some(p) = cur {
+            if !p.starts_with(root.join("weft")) {
+                break;
+            }
+            if fs::remove_dir(&p).is_err() {
+                break;
+            }
+            cur = p.parent().map(Path::to_path_buf);
+        }
+    }
+}
+
+/// Roots of the mounted cgroup hierarchies: /sys/fs/cgroup itself on a pure
+/// v2 host; each v1 controller and the `unified` v2 tree on a hybrid host.
+#[must_use]
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.procs").exists() {
+        return vec![base.to_path_buf()];
+    }
+    let mut roots: Vec<PathBuf> = fs::read_dir(base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| fs::canonicalize(e.path()).ok())
+        .filter(|p| p.join("cgroup.procs").exists())
+        .collect();
+    roots.sort();
+    roots.dedup();
+    roots
+}
+
+fn remove_tree(p: &Path) {
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(p);
+}
