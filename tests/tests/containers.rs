@@ -117,13 +117,7 @@ async fn busybox_httpd_answers_http_from_a_pod_on_another_node() -> Result<()> {
         let c = sb2.counters(&web.uid).await?;
         assert!(c.rx_packets >= 4 && c.tx_packets >= 4, "{c:?}");
 
-        // httpd logged both requests, as CRI lines with RFC 3339 timestamps.
-        sb2.remove_pod(&client.uid, Duration::from_secs(1))
-            .await
-            .ok();
         sb1.remove_pod(&client.uid, Duration::from_secs(1)).await?;
-        let log = std::fs::read_to_string(sb2.runtime().log_path(&web.containers[0].1))?;
-        let _ = log; // httpd without -v logs nothing; the request path is proven above.
         sb2.remove_pod(&web.uid, Duration::from_secs(2)).await?;
         assert!(!netns::exists(&web.netns));
         assert!(sb2.records()?.is_empty());
