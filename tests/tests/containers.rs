@@ -341,3 +341,46 @@ async fn an_interrupted_setup_is_rolled_back_and_orphans_are_swept() -> Result<(
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_limits_become_cgroup_limits() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        let lab = Lab::up(LabSpec::new(1)).await?;
+        let node = lab.node("n1").clone();
+        let sb = node_sandbox(&lab, "n1")?;
+        let mut p = pod("limited", 11, &["sleep", "600"]);
+        p.spec.as_mut().unwrap().containers[0].resources = Some(serde_json::from_value(
+            serde_json::json!({"limits": {"memory": "64Mi", "cpu": "250m"}}),
+        )?);
+        let rec = sb.create_pod(&p, sb.free_ip()?).await?;
+        let rel = format!(
+            "weft/{}/{}/main",
+            node.netns,
+            &rec.uid.replace('-', "")[..12]
+        );
+        let roots = weft_agent::sandbox::cgroup_roots();
+        let read = |file: &str| -> Option<String> {
+            roots
+                .iter()
+                .map(|r| r.join(&rel).join(file))
+                .find(|p| p.exists())
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|s| s.trim().to_string())
+        };
+        // cgroup v1 (hybrid hosts) or v2, whichever this host has.
+        if let Some(v) = read("memory.limit_in_bytes") {
+            assert_eq!(v, "67108864");
+            assert_eq!(read("cpu.cfs_quota_us").as_deref(), Some("25000"));
+        } else {
+            assert_eq!(read("memory.max").as_deref(), Some("67108864"));
+            assert_eq!(read("cpu.max").as_deref(), Some("25000 100000"));
+        }
+        sb.remove_pod(&rec.uid, Duration::ZERO).await?;
+        assert!(
+            roots.iter().all(|r| !r.join(&rel).exists()),
+            "cgroup removed with the pod"
+        );
+        Ok(())
+    })
+    .await?
+}
