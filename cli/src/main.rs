@@ -7,7 +7,6 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::Pod;
 use weft_agent::runtime::{
-    Runtime, RuntimeConfig,
     busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
     shim::{self, ShimArgs},
 };
@@ -186,35 +185,16 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             }
             eprintln!("[1/3] building {nodes} node(s) on the underlay 192.0.2.0/24 ...");
             let lab = Lab::up(spec).await?;
-            let layout = PathBuf::from(STATE_ROOT)
-                .join(LAB_PREFIX)
-                .join("busybox-layout");
-            build_layout(&layout, std::path::Path::new(BUSYBOX_BIN), BUSYBOX_IMAGE)?;
             eprintln!("[2/3] loading {BUSYBOX_IMAGE} on every node ...");
             let mut sandboxes = Vec::new();
             for n in &lab.nodes {
                 let sb = lab.sandbox(n)?;
-                sb.runtime().images().import(&layout, None)?;
+                lab.load_busybox(&sb)?;
                 sandboxes.push((n.clone(), sb));
             }
             eprintln!("[3/3] starting {} pod(s) ...", pods.len());
-            for (i, pod) in pods.iter().enumerate() {
-                let mut pod = pod.clone();
-                let node = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_else(|| "n1".into());
-                let Some((n, sb)) = sandboxes.iter().find(|(n, _)| n.name == node) else {
-                    bail!("pod {i}: spec.nodeName {node:?} is not a lab node (n1..n{nodes})");
-                };
-                if pod.metadata.uid.is_none() {
-                    // A fresh random UUID, as the API server would assign.
-                    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
-                    pod.metadata.uid = Some(uuid.trim().to_string());
-                }
-                let ip = sb.free_ip()?;
-                let rec = sb.create_pod(&pod, ip).await?;
+            for pod in pods {
+                let (n, rec) = lab.run_pod(pod, &sandboxes).await?;
                 println!(
                     "pod {}/{} on {} ({}) at {}",
                     rec.namespace, rec.name, n.name, n.ip, rec.ip
@@ -232,12 +212,11 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             Ok(0)
         }
         LabCmd::Pods => {
-            let root = PathBuf::from(STATE_ROOT).join(LAB_PREFIX);
             println!(
                 "{:<12} {:<20} {:<6} {:<15}",
                 "NAMESPACE", "NAME", "NODE", "IP"
             );
-            for (node, rec) in lab_records(&root)? {
+            for (node, rec) in lab::pods(LAB_PREFIX)? {
                 println!(
                     "{:<12} {:<20} {:<6} {:<15}",
                     rec.namespace, rec.name, node, rec.ip
@@ -251,8 +230,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             container,
             cmd,
         } => {
-            let root = PathBuf::from(STATE_ROOT).join(LAB_PREFIX);
-            let Some((node, rec)) = lab_records(&root)?
+            let Some((node, rec)) = lab::pods(LAB_PREFIX)?
                 .into_iter()
                 .find(|(_, r)| r.namespace == namespace && r.name == pod)
             else {
@@ -271,39 +249,10 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                     .map(|(_, id)| id.clone())
                     .context("pod has no containers")?,
             };
-            let state = root.join(&node);
-            let rt = Runtime::new(RuntimeConfig {
-                state_dir: state.join("runtime"),
-                runc: "runc".into(),
-                runc_root: state.join("runc"),
-                shim: std::env::current_exe()?,
-            })?;
+            let state = PathBuf::from(STATE_ROOT).join(LAB_PREFIX).join(&node);
+            let rt = lab::node_runtime(&state, &std::env::current_exe()?)?;
             let code = rt.exec_inherit(&id, &cmd)?;
             Ok(u8::try_from(code).unwrap_or(255))
         }
     }
-}
-
-fn lab_records(root: &std::path::Path) -> Result<Vec<(String, weft_agent::sandbox::PodRecord)>> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(root) else {
-        bail!("no lab is up (`weft lab up`)");
-    };
-    for n in rd.flatten() {
-        let pods = n.path().join("sandbox/pods");
-        let Ok(rd) = std::fs::read_dir(&pods) else {
-            continue;
-        };
-        for p in rd.flatten() {
-            if p.path().extension().is_some_and(|e| e == "json")
-                && let Ok(r) = serde_json::from_slice::<weft_agent::sandbox::PodRecord>(
-                    &std::fs::read(p.path())?,
-                )
-            {
-                out.push((n.file_name().to_string_lossy().into_owned(), r));
-            }
-        }
-    }
-    out.sort_by(|a, b| (&a.1.namespace, &a.1.name).cmp(&(&b.1.namespace, &b.1.name)));
-    Ok(out)
 }

@@ -17,11 +17,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use ipnetwork::Ipv4Network;
+use k8s_openapi::api::core::v1::Pod;
 use weft_agent::{
     bpf::Datapath,
     netlink::{BlockRoute, Netlink, VethAttachment, VxlanPeer, netns},
+    runtime::busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
     runtime::{Runtime, RuntimeConfig},
-    sandbox::{NodeConfig, Sandbox},
+    sandbox::{NodeConfig, PodRecord, Sandbox},
 };
 
 /// Where labs keep node state (tmpfs: gone after a reboot, like the netns).
@@ -299,12 +301,7 @@ impl Lab {
     /// When the state or the eBPF programs cannot be set up.
     pub fn sandbox(&self, node: &LabNode) -> Result<Sandbox> {
         let state = self.node_state_dir(node);
-        let runtime = Runtime::new(RuntimeConfig {
-            state_dir: state.join("runtime"),
-            runc: PathBuf::from("runc"),
-            runc_root: state.join("runc"),
-            shim: self.weft_bin.clone(),
-        })?;
+        let runtime = node_runtime(&state, &self.weft_bin)?;
         let datapath = Datapath::load(Some(&node.netns))?;
         Ok(Sandbox::new(
             NodeConfig {
@@ -320,6 +317,53 @@ impl Lab {
             runtime,
             Some(datapath),
         )?)
+    }
+
+    /// Loads `weft.local/busybox:1.36` into a node's image store. The OCI
+    /// layout is built once per lab and imported by every node.
+    ///
+    /// # Errors
+    /// When busybox-static is missing or the import fails.
+    pub fn load_busybox(&self, sandbox: &Sandbox) -> Result<()> {
+        let layout = Path::new(STATE_ROOT)
+            .join(&self.prefix)
+            .join("busybox-layout");
+        if !layout.join("index.json").exists() {
+            build_layout(&layout, Path::new(BUSYBOX_BIN), BUSYBOX_IMAGE)?;
+        }
+        sandbox.runtime().images().import(&layout, None)?;
+        Ok(())
+    }
+
+    /// Runs a bare Pod on the node its `spec.nodeName` names (`n1` if
+    /// none), at the node's lowest free address, giving it a fresh UID if
+    /// it has none, as the API server would.
+    ///
+    /// # Errors
+    /// An unknown node, or the sandbox's refusal.
+    pub async fn run_pod<'a>(
+        &self,
+        mut pod: Pod,
+        sandboxes: &'a [(LabNode, Sandbox)],
+    ) -> Result<(&'a LabNode, PodRecord)> {
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_else(|| "n1".into());
+        let Some((n, sb)) = sandboxes.iter().find(|(n, _)| n.name == node) else {
+            bail!(
+                "pod {:?}: spec.nodeName {node:?} is not a lab node (n1..n{})",
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                self.nodes.len()
+            );
+        };
+        if pod.metadata.uid.is_none() {
+            let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
+            pod.metadata.uid = Some(uuid.trim().to_string());
+        }
+        let rec = sb.create_pod(&pod, sb.free_ip()?).await?;
+        Ok((n, rec))
     }
 
     /// Leaves the lab running after drop (for `weft lab up`).
@@ -340,6 +384,48 @@ impl Drop for Lab {
             remove_prefix(&self.prefix);
         }
     }
+}
+
+/// The runtime of a lab node whose state lives in `state`.
+///
+/// # Errors
+/// When the state directories cannot be created.
+pub fn node_runtime(state: &Path, weft_bin: &Path) -> Result<Runtime> {
+    Ok(Runtime::new(RuntimeConfig {
+        state_dir: state.join("runtime"),
+        runc: PathBuf::from("runc"),
+        runc_root: state.join("runc"),
+        shim: weft_bin.to_path_buf(),
+    })?)
+}
+
+/// Every pod of the lab `prefix`, with the name of its node, sorted by
+/// namespace and name. Read from the nodes' pod records, so it works from a
+/// process other than the one that made the lab.
+///
+/// # Errors
+/// When no such lab exists.
+pub fn pods(prefix: &str) -> Result<Vec<(String, PodRecord)>> {
+    let root = Path::new(STATE_ROOT).join(prefix);
+    let Ok(nodes) = std::fs::read_dir(&root) else {
+        bail!("no lab is up (`weft lab up`)");
+    };
+    let mut out = Vec::new();
+    for n in nodes.flatten() {
+        let Ok(recs) = std::fs::read_dir(n.path().join("sandbox/pods")) else {
+            continue;
+        };
+        for p in recs.flatten() {
+            if p.path().extension().is_some_and(|e| e == "json")
+                && let Ok(data) = std::fs::read(p.path())
+                && let Ok(r) = serde_json::from_slice::<PodRecord>(&data)
+            {
+                out.push((n.file_name().to_string_lossy().into_owned(), r));
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.1.namespace, &a.1.name).cmp(&(&b.1.namespace, &b.1.name)));
+    Ok(out)
 }
 
 /// Removes a lab by its prefix: runc containers (and so their shims), rootfs

@@ -36,9 +36,7 @@ fn pod(name: &str, uid_seed: u32, command: &[&str]) -> Pod {
 /// A sandbox for the node with the busybox image loaded.
 fn node_sandbox(lab: &Lab, node: &str) -> Result<Sandbox> {
     let sb = lab.sandbox(lab.node(node))?;
-    let layout = lab.node_state_dir(lab.node(node)).join("busybox-layout");
-    build_layout(&layout, std::path::Path::new(BUSYBOX_BIN), BUSYBOX_IMAGE)?;
-    sb.runtime().images().import(&layout, None)?;
+    lab.load_busybox(&sb)?;
     Ok(sb)
 }
 

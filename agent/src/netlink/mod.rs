@@ -777,12 +777,6 @@ impl Netlink {
         let lo = self.require_link("lo").await?;
         self.set_up(lo.index).await
     }
-
-    /// The raw rtnetlink handle, for requests this module has no verb for.
-    #[must_use]
-    pub fn handle(&self) -> &Handle {
-        &self.handle
-    }
 }
 
 #[cfg(test)]

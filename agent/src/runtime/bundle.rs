@@ -12,6 +12,8 @@ use std::{
 };
 
 use k8s_openapi::{api::core::v1::Container, apimachinery::pkg::api::resource::Quantity};
+
+use super::CreateRequest;
 use oci_spec::{
     image::ImageConfiguration,
     runtime::{
@@ -46,23 +48,6 @@ pub enum BundleError {
     /// oci-spec refused a value.
     #[error("building config.json: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
-}
-
-/// What a bundle needs beyond the container spec.
-#[derive(Clone, Debug)]
-pub struct BundleParams<'a> {
-    /// The Kubernetes container.
-    pub container: &'a Container,
-    /// The image's configuration.
-    pub image: &'a ImageConfiguration,
-    /// Path of the pod's network namespace to join.
-    pub netns_path: PathBuf,
-    /// Host name (the pod's name).
-    pub hostname: String,
-    /// cgroup path for runc (`/weft/<node>/<pod>/<container>`).
-    pub cgroups_path: String,
-    /// Files bind-mounted read-only into the container (host path → container path).
-    pub files: Vec<(PathBuf, String)>,
 }
 
 /// Parses a Kubernetes memory quantity ("64Mi", "1G", "500000") to bytes.
@@ -144,19 +129,20 @@ fn quantity<'a>(c: &'a Container, which: &str) -> Option<&'a Quantity> {
     c.resources.as_ref()?.limits.as_ref()?.get(which)
 }
 
-/// Builds the runtime spec for one container.
+/// Builds the runtime spec for one container from its request and its
+/// image's configuration.
 ///
 /// # Errors
 /// [`BundleError`] naming the field at fault.
-pub fn build_spec(p: &BundleParams<'_>) -> Result<Spec, BundleError> {
+pub fn build_spec(p: &CreateRequest<'_>, image: &ImageConfiguration) -> Result<Spec, BundleError> {
     let c = p.container;
     let invalid = |field: &str, reason: String| BundleError::Invalid {
         container: c.name.clone(),
         field: field.to_string(),
         reason,
     };
-    let args = argv(c, p.image)?;
-    let img_cfg = p.image.config().as_ref();
+    let args = argv(c, image)?;
+    let img_cfg = image.config().as_ref();
     // Env: image first, then the pod's (later wins, as in Kubernetes).
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();

@@ -14,7 +14,6 @@ use std::{
     collections::BTreeMap,
     fs::{self, File},
     io::{self, BufReader, Read, Write},
-    os::unix::fs::FileTypeExt as _,
     path::{Component, Path, PathBuf},
 };
 
@@ -717,10 +716,4 @@ pub enum LayoutEntry {
         /// Link target.
         target: String,
     },
-}
-
-/// Whether `p` is an overlayfs whiteout (0/0 character device).
-#[must_use]
-pub fn is_whiteout(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_char_device())
 }

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Container;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use self::{
-    bundle::{BundleError, BundleParams},
+    bundle::BundleError,
     image::{ImageError, ImageStore},
 };
 
@@ -210,14 +210,7 @@ impl Runtime {
         req: &CreateRequest<'_>,
         image: &image::Image,
     ) -> Result<i32, RuntimeError> {
-        let spec = bundle::build_spec(&BundleParams {
-            container: req.container,
-            image: &image.config,
-            netns_path: req.netns_path.clone(),
-            hostname: req.hostname.clone(),
-            cgroups_path: req.cgroups_path.clone(),
-            files: req.files.clone(),
-        })?;
+        let spec = bundle::build_spec(req, &image.config)?;
         let lowers = self.images.lower_dirs(image)?;
         for d in ["rootfs", "upper", "work"] {
             let p = dir.join(d);
