@@ -367,15 +367,17 @@ impl Sandbox {
             return Err(SandboxError::DuplicatePod { pod: full, uid });
         }
         self.check_ip(ip)?;
-        // Images are resolved before anything is made, so a missing image
-        // leaves nothing behind and says so.
+        // Images are made present (pulled if need be) before anything is
+        // made, so a missing image leaves nothing behind and says so.
         for c in &spec.containers {
-            self.runtime
-                .images()
-                .resolve(c.image.as_deref().unwrap_or_default())
-                .map_err(|e| SandboxError::Container {
+            let rt = self.runtime.clone();
+            let c2 = c.clone();
+            tokio::task::spawn_blocking(move || rt.ensure_image(&c2))
+                .await
+                .expect("image task")
+                .map_err(|source| SandboxError::Container {
                     container: c.name.clone(),
-                    source: e.into(),
+                    source,
                 })?;
         }
         let su = short_uid(&uid);

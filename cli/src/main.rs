@@ -250,7 +250,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                     .context("pod has no containers")?,
             };
             let state = PathBuf::from(STATE_ROOT).join(LAB_PREFIX).join(&node);
-            let rt = lab::node_runtime(&state, &std::env::current_exe()?)?;
+            let rt = lab::node_runtime(&state, &std::env::current_exe()?, Default::default())?;
             let code = rt.exec_inherit(&id, &cmd)?;
             Ok(u8::try_from(code).unwrap_or(255))
         }

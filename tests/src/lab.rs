@@ -22,7 +22,7 @@ use weft_agent::{
     bpf::Datapath,
     netlink::{BlockRoute, Netlink, VethAttachment, VxlanPeer, netns},
     runtime::busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
-    runtime::{Runtime, RuntimeConfig},
+    runtime::{Runtime, RuntimeConfig, registry::RegistryOptions},
     sandbox::{NodeConfig, PodRecord, Sandbox},
 };
 
@@ -120,8 +120,12 @@ pub struct Lab {
     pub routing: Routing,
     /// The `weft` binary used as shim.
     pub weft_bin: PathBuf,
+    registry: Option<std::process::Child>,
     keep: bool,
 }
+
+/// Where a lab's registry listens: the underlay's first address, port 5000.
+pub const REGISTRY_ADDR: &str = "192.0.2.1:5000";
 
 /// The `weft` binary next to the running executable: `target/<profile>/weft`
 /// for tests (which run from `target/<profile>/deps`), else the executable's
@@ -182,6 +186,7 @@ impl Lab {
             nodes: Vec::new(),
             routing: spec.routing,
             weft_bin: spec.weft_bin.clone(),
+            registry: None,
             keep: false,
         };
         // From here on, Drop cleans up if a step fails.
@@ -301,7 +306,15 @@ impl Lab {
     /// When the state or the eBPF programs cannot be set up.
     pub fn sandbox(&self, node: &LabNode) -> Result<Sandbox> {
         let state = self.node_state_dir(node);
-        let runtime = node_runtime(&state, &self.weft_bin)?;
+        let runtime = node_runtime(
+            &state,
+            &self.weft_bin,
+            RegistryOptions {
+                plain_http: vec![REGISTRY_ADDR.into()],
+                netns: Some(node.netns.clone()),
+                timeout: None,
+            },
+        )?;
         let datapath = Datapath::load(Some(&node.netns))?;
         Ok(Sandbox::new(
             NodeConfig {
@@ -366,6 +379,60 @@ impl Lab {
         Ok((n, rec))
     }
 
+    /// Starts Debian's docker-registry inside the underlay namespace at
+    /// [`REGISTRY_ADDR`] (plain HTTP, storage under the lab's state), and
+    /// waits until it answers. Every node reaches it over the underlay.
+    ///
+    /// # Errors
+    /// When docker-registry is missing or does not come up within 10 s.
+    pub fn start_registry(&mut self) -> Result<()> {
+        if self.registry.is_some() {
+            return Ok(());
+        }
+        let dir = Path::new(STATE_ROOT).join(&self.prefix).join("registry");
+        std::fs::create_dir_all(dir.join("data"))?;
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 0.0.0.0:5000\n",
+                dir.join("data").display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("registry.log"))?;
+        let log2 = log.try_clone()?;
+        // A process forked from a thread inside the namespace lives there.
+        let child = netns::run_in(Some(&self.underlay), move || {
+            std::process::Command::new("docker-registry")
+                .arg("serve")
+                .arg(&config)
+                .stdin(std::process::Stdio::null())
+                .stdout(log)
+                .stderr(log2)
+                .spawn()
+        })?
+        .context("start docker-registry (apt-get install docker-registry)")?;
+        self.registry = Some(child);
+        let addr: std::net::SocketAddr = REGISTRY_ADDR.parse()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let up = netns::run_in(Some(&self.underlay), move || {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+                    .is_ok()
+            })?;
+            if up {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "docker-registry did not answer on {REGISTRY_ADDR} within 10 s; see {}",
+                    dir.join("registry.log").display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Leaves the lab running after drop (for `weft lab up`).
     pub fn keep(mut self) {
         self.keep = true;
@@ -382,6 +449,10 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if !self.keep {
             remove_prefix(&self.prefix);
+            if let Some(mut c) = self.registry.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 }
@@ -390,12 +461,13 @@ impl Drop for Lab {
 ///
 /// # Errors
 /// When the state directories cannot be created.
-pub fn node_runtime(state: &Path, weft_bin: &Path) -> Result<Runtime> {
+pub fn node_runtime(state: &Path, weft_bin: &Path, registry: RegistryOptions) -> Result<Runtime> {
     Ok(Runtime::new(RuntimeConfig {
         state_dir: state.join("runtime"),
         runc: PathBuf::from("runc"),
         runc_root: state.join("runc"),
         shim: weft_bin.to_path_buf(),
+        registry,
     })?)
 }
 
@@ -467,6 +539,16 @@ pub fn remove_prefix(prefix: &str) {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
+    // Anything still running inside the lab's namespaces (the registry, a
+    // stray `ip netns exec`) goes before the namespaces do.
+    if let Ok(all) = netns::list() {
+        for n in all
+            .iter()
+            .filter(|n| *n == prefix || n.starts_with(&format!("{prefix}-")))
+        {
+            kill_processes_in(n);
+        }
+    }
     if let Ok(all) = netns::list() {
         for n in all.iter().filter(|n| n.starts_with(&format!("{prefix}-n"))) {
             weft_agent::sandbox::remove_cgroups(&format!("weft/{n}"));
@@ -487,6 +569,32 @@ pub fn remove_prefix(prefix: &str) {
     for n in mine {
         if let Err(e) = netns::delete(&n) {
             eprintln!("lab cleanup: cannot delete netns {n}: {e}");
+        }
+    }
+}
+
+/// SIGKILLs every process whose network namespace is the named one.
+fn kill_processes_in(ns: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(netns::path(ns)) else {
+        return;
+    };
+    let want = format!("net:[{}]", meta.ino());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        if std::fs::read_link(p.path().join("ns/net")).is_ok_and(|l| l.to_string_lossy() == want) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

@@ -382,3 +382,86 @@ async fn resource_limits_become_cgroup_limits() -> Result<()> {
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_from_a_registry_in_the_lab() -> Result<()> {
+    use weft_agent::runtime::{image::ImageStore, registry::RegistryOptions};
+    use weft_tests::lab::REGISTRY_ADDR;
+    tokio::time::timeout(TIMEOUT, async {
+        let mut lab = Lab::up(LabSpec::new(2)).await?;
+        lab.start_registry()?;
+        let (n1, n2) = (lab.node("n1").clone(), lab.node("n2").clone());
+        let opts = |ns: &str| RegistryOptions {
+            plain_http: vec![REGISTRY_ADDR.into()],
+            netns: Some(ns.to_string()),
+            timeout: Some(Duration::from_secs(3)),
+        };
+        // n1 has the image and pushes it; n2 has nothing.
+        let sb1 = node_sandbox(&lab, "n1")?;
+        let remote = format!("{REGISTRY_ADDR}/weft/busybox:1.36");
+        sb1.runtime()
+            .images()
+            .push(BUSYBOX_IMAGE, &remote, &opts(&n1.netns))?;
+        let local_digest = sb1
+            .runtime()
+            .images()
+            .resolve(BUSYBOX_IMAGE)?
+            .manifest_digest;
+
+        let sb2 = lab.sandbox(&n2)?;
+        assert!(sb2.runtime().images().resolve(&remote).is_err());
+        let mut p = pod("pulled", 12, &["httpd", "-f", "-p", "80", "-h", "/var/www"]);
+        p.spec.as_mut().unwrap().containers[0].image = Some(remote.clone());
+        let rec = sb2.create_pod(&p, sb2.free_ip()?).await?;
+        let reply = http_get(&n1.netns, SocketAddr::new(rec.ip.into(), 80))?;
+        assert!(reply.ends_with("hello from weft\n"), "{reply}");
+        // Same content, same digest; and a digest reference pulls it too.
+        assert_eq!(
+            sb2.runtime().images().resolve(&remote)?.manifest_digest,
+            local_digest
+        );
+        let fresh = ImageStore::open(lab.node_state_dir(&n2).join("fresh"))?;
+        let by_digest = format!("{REGISTRY_ADDR}/weft/busybox@{local_digest}");
+        assert_eq!(
+            fresh.pull(&by_digest, &opts(&n2.netns))?.manifest_digest,
+            local_digest
+        );
+
+        // Unreachable registry and unknown image: clear errors, nothing made.
+        for (img, want) in [
+            ("192.0.2.99:5000/weft/busybox:1.36", "192.0.2.99:5000"),
+            (&format!("{REGISTRY_ADDR}/weft/nope:1") as &str, "nope"),
+        ] {
+            let mut bad = pod("bad-pull", 13, &["true"]);
+            bad.spec.as_mut().unwrap().containers[0].image = Some(img.to_string());
+            let e = sb2.create_pod(&bad, sb2.free_ip()?).await.unwrap_err();
+            assert!(
+                e.to_string().contains("registry") && e.to_string().contains(want),
+                "{e}"
+            );
+            assert_eq!(sb2.records()?.len(), 1, "only the pulled pod is there");
+        }
+
+        // A registry serving content that does not match its digest is caught,
+        // and the bad blob is not kept.
+        let layer = sb1.runtime().images().resolve(BUSYBOX_IMAGE)?.layers[0].clone();
+        let hex = layer.trim_start_matches("sha256:");
+        let data = std::path::Path::new(weft_tests::lab::STATE_ROOT)
+            .join(&lab.prefix)
+            .join("registry/data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+        let mut bytes = std::fs::read(&data)?;
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&data, bytes)?;
+        let fresh2 = ImageStore::open(lab.node_state_dir(&n2).join("fresh2"))?;
+        let e = fresh2.pull(&remote, &opts(&n2.netns)).unwrap_err();
+        assert!(e.to_string().to_lowercase().contains("digest"), "{e}");
+        assert!(!fresh2.has_blob(&layer));
+        assert!(fresh2.resolve(&remote).is_err());
+        Ok(())
+    })
+    .await?
+}

@@ -40,6 +40,14 @@ pub enum ImageError {
         /// The reference asked for.
         reference: String,
     },
+    /// A registry could not be reached or refused the request.
+    #[error("registry {registry}: {reason}")]
+    Registry {
+        /// host[:port].
+        registry: String,
+        /// What went wrong, in the client's words.
+        reason: String,
+    },
     /// A blob's content does not match its digest.
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch {
@@ -159,7 +167,7 @@ impl ImageStore {
         self.root.join("layers/sha256").join(hex_of(digest))
     }
 
-    fn tmp_path(&self, what: &str) -> PathBuf {
+    pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.root

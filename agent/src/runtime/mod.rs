@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod busybox;
 pub mod image;
 pub mod reference;
+pub mod registry;
 pub mod shim;
 
 use std::{
@@ -84,6 +85,8 @@ pub struct RuntimeConfig {
     pub runc_root: PathBuf,
     /// The `weft` binary, run as `weft shim`.
     pub shim: PathBuf,
+    /// How to reach registries for pulls.
+    pub registry: registry::RegistryOptions,
 }
 
 /// What a container is doing.
@@ -164,6 +167,41 @@ impl Runtime {
     #[must_use]
     pub fn images(&self) -> &ImageStore {
         &self.images
+    }
+
+    /// Makes the container's image present per its `imagePullPolicy`
+    /// (Kubernetes' default: `Always` for `:latest` or untagged references,
+    /// else `IfNotPresent`). Blocking: it may pull.
+    ///
+    /// # Errors
+    /// A bad reference, an image not found locally under `Never`, or a
+    /// failed pull.
+    pub fn ensure_image(&self, container: &Container) -> Result<image::Image, RuntimeError> {
+        let reference = container.image.as_deref().unwrap_or_default();
+        let r = reference::ImageRef::parse(reference).map_err(image::ImageError::from)?;
+        let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
+            if r.digest.is_none() && r.tag.as_deref() == Some("latest") {
+                "Always".into()
+            } else {
+                "IfNotPresent".into()
+            }
+        });
+        match policy.as_str() {
+            "Never" => Ok(self.images.resolve(reference)?),
+            "IfNotPresent" => match self.images.resolve(reference) {
+                Ok(i) => Ok(i),
+                Err(image::ImageError::ImageNotFound { .. }) => {
+                    Ok(self.images.pull(reference, &self.cfg.registry)?)
+                }
+                Err(e) => Err(e.into()),
+            },
+            "Always" => Ok(self.images.pull(reference, &self.cfg.registry)?),
+            other => Err(RuntimeError::Bundle(BundleError::Invalid {
+                container: container.name.clone(),
+                field: "imagePullPolicy".into(),
+                reason: format!("{other:?} is not Always, IfNotPresent or Never"),
+            })),
+        }
     }
 
     /// The bundle directory of a container.
