@@ -4,5 +4,6 @@
 
 pub mod bpf;
 pub mod netlink;
+pub mod probe;
 pub mod runtime;
 pub mod sandbox;

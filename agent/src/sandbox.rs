@@ -14,8 +14,16 @@ use std::{
 };
 
 use ipnetwork::Ipv4Network;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::{
+    api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+        ContainerStatus, Pod, Probe,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
 use crate::{
     bpf::Datapath,
@@ -120,6 +128,9 @@ pub struct PodRecord {
     pub containers: Vec<(String, String)>,
     /// Creation progress.
     pub phase: Phase,
+    /// Restarts per container name (kept across agent restarts).
+    #[serde(default)]
+    pub restarts: std::collections::BTreeMap<String, i32>,
 }
 
 /// The node facts a sandbox needs.
@@ -141,7 +152,15 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// DNS server pods are told to use (the node's gateway address).
     pub dns: Ipv4Addr,
+    /// First restart back-off; it doubles per restart up to
+    /// [`MAX_BACKOFF`] (Kubernetes: 10 s).
+    pub restart_backoff: Duration,
 }
+
+/// Longest restart back-off (Kubernetes: 5 minutes).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A container that ran this long before exiting restarts its back-off.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 impl NodeConfig {
     /// The gateway address of the block (first host address).
@@ -175,6 +194,49 @@ pub struct Sandbox {
     net: Netlink,
     runtime: Runtime,
     datapath: Option<std::sync::Mutex<Datapath>>,
+    /// What the node observes of each container between syncs (by runtime
+    /// id): probe counters, back-off. Rebuilt from scratch after a restart
+    /// of the agent, as kubelet's is.
+    observed: std::sync::Mutex<std::collections::HashMap<String, Observed>>,
+}
+
+/// Per-container observations between syncs.
+#[derive(Clone, Debug)]
+struct Observed {
+    started: Instant,
+    started_at: Timestamp,
+    next_liveness: Instant,
+    liveness_failures: i32,
+    next_readiness: Instant,
+    readiness_successes: i32,
+    readiness_failures: i32,
+    ready: bool,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    /// Why it last ended: (exit code, reason, message).
+    last: Option<(i32, String, String)>,
+    /// Set when the node killed it (liveness), so the exit is explained.
+    killed_for: Option<String>,
+}
+
+impl Observed {
+    fn new(base: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            started_at: now_timestamp(),
+            next_liveness: now,
+            liveness_failures: 0,
+            next_readiness: now,
+            readiness_successes: 0,
+            readiness_failures: 0,
+            ready: false,
+            restart_at: None,
+            backoff: base,
+            last: None,
+            killed_for: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -209,6 +271,7 @@ impl Sandbox {
             net,
             runtime,
             datapath: datapath.map(std::sync::Mutex::new),
+            observed: Default::default(),
         })
     }
 
@@ -394,6 +457,7 @@ impl Sandbox {
                 .map(|c| (c.name.clone(), format!("{}-{su}-{}", self.cfg.node, c.name)))
                 .collect(),
             phase: Phase::Creating,
+            restarts: Default::default(),
         };
         self.save(&rec)?;
         match self.build(pod, &rec).await {
@@ -449,41 +513,59 @@ impl Sandbox {
         .map_err(io_err("write", &hosts))?;
         let hostname = dir.join("hostname");
         fs::write(&hostname, format!("{}\n", rec.name)).map_err(io_err("write", &hostname))?;
+        let pod_json = dir.join("pod.json");
+        fs::write(
+            &pod_json,
+            serde_json::to_vec(pod).expect("a Pod serializes"),
+        )
+        .map_err(io_err("write", &pod_json))?;
         let spec = pod.spec.as_ref().expect("checked");
         for (c, (_, id)) in spec.containers.iter().zip(&rec.containers) {
-            let rt = self.runtime.clone();
-            let container = c.clone();
-            let id = id.clone();
-            let netns_path = netns::path(&rec.netns);
-            let hostname_s = rec.name.clone();
-            let cgroups_path =
-                format!("/weft/{}/{}/{}", self.cfg.node, short_uid(&rec.uid), c.name);
-            let files = vec![
-                (resolv.clone(), "/etc/resolv.conf".to_string()),
-                (hosts.clone(), "/etc/hosts".to_string()),
-                (hostname.clone(), "/etc/hostname".to_string()),
-            ];
-            // runc and the shim handshake block: keep them off the async workers.
-            let res = tokio::task::spawn_blocking(move || {
-                let req = CreateRequest {
-                    id: &id,
-                    container: &container,
-                    netns_path,
-                    hostname: hostname_s,
-                    cgroups_path,
-                    files,
-                };
-                rt.create(&req)?;
-                rt.start(&id)
-            })
-            .await
-            .expect("create task");
-            res.map_err(|source| SandboxError::Container {
-                container: c.name.clone(),
-                source,
-            })?;
+            self.start_container(rec, c, id).await?;
         }
         Ok(())
+    }
+
+    /// Creates and starts one container of the pod (also used for restarts).
+    async fn start_container(
+        &self,
+        rec: &PodRecord,
+        c: &k8s_openapi::api::core::v1::Container,
+        id: &str,
+    ) -> Result<(), SandboxError> {
+        let dir = self.pod_dir(&rec.uid);
+        let rt = self.runtime.clone();
+        let container = c.clone();
+        let id = id.to_string();
+        let netns_path = netns::path(&rec.netns);
+        let hostname = rec.name.clone();
+        let cgroups_path = format!("/weft/{}/{}/{}", self.cfg.node, short_uid(&rec.uid), c.name);
+        let files = ["resolv.conf", "hosts", "hostname"]
+            .iter()
+            .map(|f| (dir.join(f), format!("/etc/{f}")))
+            .collect();
+        let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
+        let log = Some(self.log_path(&rec.uid, &c.name, restarts));
+        // runc and the shim handshake block: keep them off the async workers.
+        let res = tokio::task::spawn_blocking(move || {
+            let req = CreateRequest {
+                id: &id,
+                container: &container,
+                netns_path,
+                hostname,
+                cgroups_path,
+                files,
+                log,
+            };
+            rt.create(&req)?;
+            rt.start(&id)
+        })
+        .await
+        .expect("create task");
+        res.map_err(|source| SandboxError::Container {
+            container: c.name.clone(),
+            source,
+        })
     }
 
     /// Removes the pod of that UID: containers (SIGTERM, then SIGKILL after
@@ -630,6 +712,279 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The log of a container's run number `restart` (0 for the first), as
+    /// kubelet lays them out: `<pod dir>/logs/<container>/<restart>.log`.
+    #[must_use]
+    pub fn log_path(&self, uid: &str, container: &str, restart: i32) -> PathBuf {
+        self.pod_dir(uid)
+            .join("logs")
+            .join(container)
+            .join(format!("{restart}.log"))
+    }
+
+    fn load_pod(&self, uid: &str) -> Result<(PodRecord, Pod), SandboxError> {
+        let p = self.record_path(uid);
+        let data = fs::read(&p).map_err(io_err("read", &p))?;
+        let rec: PodRecord = serde_json::from_slice(&data).map_err(|e| SandboxError::Io {
+            op: "decode record",
+            path: p.clone(),
+            source: e.into(),
+        })?;
+        let pj = self.pod_dir(uid).join("pod.json");
+        let data = fs::read(&pj).map_err(io_err("read", &pj))?;
+        let pod: Pod = serde_json::from_slice(&data).map_err(|e| SandboxError::Io {
+            op: "decode pod",
+            path: pj.clone(),
+            source: e.into(),
+        })?;
+        Ok((rec, pod))
+    }
+
+    /// One reconcile step for a pod: reads every container's state, runs
+    /// the liveness and readiness probes that are due, kills a container
+    /// whose liveness probe failed `failureThreshold` times, and restarts
+    /// exited containers per `restartPolicy` with exponential back-off.
+    /// Returns the containers' statuses as the API reports them. The agent
+    /// calls this about once a second per pod; it never blocks for long.
+    ///
+    /// # Errors
+    /// When the pod is unknown or a restart fails.
+    pub async fn sync_pod(&self, uid: &str) -> Result<Vec<ContainerStatus>, SandboxError> {
+        let (mut rec, pod) = self.load_pod(uid)?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let grace = Duration::from_secs(
+            u64::try_from(spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(30),
+        );
+        let mut out = Vec::new();
+        for (c, (_, id)) in spec.containers.iter().zip(rec.containers.clone()) {
+            let rt = self.runtime.clone();
+            let id2 = id.clone();
+            let state = tokio::task::spawn_blocking(move || rt.state(&id2))
+                .await
+                .expect("state task")
+                .map_err(|source| SandboxError::Container {
+                    container: c.name.clone(),
+                    source,
+                })?;
+            let mut obs = self.observed(&id);
+            let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
+            let mut status = ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                container_id: Some(format!("runc://{id}")),
+                restart_count: restarts,
+                ..Default::default()
+            };
+            match state.status {
+                crate::runtime::Status::Running => {
+                    self.probe(&rec, c, &id, &mut obs, grace).await;
+                    status.ready = obs.ready;
+                    status.started = Some(true);
+                    status.state = Some(ContainerState {
+                        running: Some(ContainerStateRunning {
+                            started_at: Some(Time(obs.started_at)),
+                        }),
+                        ..Default::default()
+                    });
+                }
+                crate::runtime::Status::Created => {
+                    status.state = Some(waiting("ContainerCreating", ""));
+                }
+                crate::runtime::Status::Exited(code) => {
+                    let reason = obs.killed_for.clone().map_or_else(
+                        || {
+                            if code == 0 {
+                                "Completed".to_string()
+                            } else {
+                                "Error".to_string()
+                            }
+                        },
+                        |_| "Unhealthy".to_string(),
+                    );
+                    let message = obs.killed_for.clone().unwrap_or_default();
+                    let again = policy == "Always" || (policy == "OnFailure" && code != 0);
+                    if !again {
+                        status.state = Some(ContainerState {
+                            terminated: Some(ContainerStateTerminated {
+                                exit_code: code,
+                                reason: Some(reason),
+                                message: (!message.is_empty()).then_some(message),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        });
+                    } else {
+                        let now = Instant::now();
+                        let due = *obs.restart_at.get_or_insert_with(|| {
+                            if obs.started.elapsed() >= BACKOFF_RESET {
+                                obs.backoff = self.cfg.restart_backoff;
+                            }
+                            now + obs.backoff
+                        });
+                        obs.last = Some((code, reason, message));
+                        if now >= due {
+                            let rt = self.runtime.clone();
+                            let id2 = id.clone();
+                            tokio::task::spawn_blocking(move || rt.delete(&id2))
+                                .await
+                                .expect("delete task")
+                                .map_err(|source| SandboxError::Container {
+                                    container: c.name.clone(),
+                                    source,
+                                })?;
+                            self.start_container(&rec, c, &id).await?;
+                            let n = restarts + 1;
+                            rec.restarts.insert(c.name.clone(), n);
+                            self.save(&rec)?;
+                            status.restart_count = n;
+                            let next = (obs.backoff * 2).min(MAX_BACKOFF);
+                            let last = obs.last.take();
+                            obs = Observed::new(self.cfg.restart_backoff);
+                            obs.backoff = next;
+                            obs.last = last;
+                            status.state = Some(waiting("ContainerCreating", ""));
+                        } else {
+                            let left = due.saturating_duration_since(now);
+                            status.state = Some(waiting(
+                                "CrashLoopBackOff",
+                                &format!(
+                                    "back-off {}s restarting failed container {}",
+                                    left.as_secs() + 1,
+                                    c.name
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some((code, reason, message)) = &obs.last {
+                status.last_state = Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: *code,
+                        reason: Some(reason.clone()),
+                        message: (!message.is_empty()).then(|| message.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            self.observed
+                .lock()
+                .expect("observed lock")
+                .insert(id.clone(), obs);
+            out.push(status);
+        }
+        Ok(out)
+    }
+
+    fn observed(&self, id: &str) -> Observed {
+        self.observed
+            .lock()
+            .expect("observed lock")
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| Observed::new(self.cfg.restart_backoff))
+    }
+
+    /// Runs the container's due probes and updates `obs`; kills the
+    /// container when liveness fails past its threshold.
+    async fn probe(
+        &self,
+        rec: &PodRecord,
+        c: &k8s_openapi::api::core::v1::Container,
+        id: &str,
+        obs: &mut Observed,
+        grace: Duration,
+    ) {
+        let now = Instant::now();
+        let run = |p: &Probe| {
+            let (p, c, id, rt, ip, ns) = (
+                p.clone(),
+                c.clone(),
+                id.to_string(),
+                self.runtime.clone(),
+                rec.ip,
+                self.cfg.node_netns.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::probe::run(
+                    &p,
+                    crate::probe::Target {
+                        container: &c,
+                        container_id: &id,
+                        pod_ip: ip,
+                        node_netns: ns.as_deref(),
+                    },
+                    &rt,
+                )
+            })
+        };
+        let secs = |v: Option<i32>, d: i32| {
+            Duration::from_secs(u64::try_from(v.unwrap_or(d).max(0)).unwrap_or(0))
+        };
+        if let Some(p) = &c.liveness_probe {
+            let start = obs.started + secs(p.initial_delay_seconds, 0);
+            if now >= start && now >= obs.next_liveness {
+                obs.next_liveness = now
+                    + secs(p.period_seconds, crate::probe::defaults::PERIOD_S)
+                        .max(Duration::from_millis(100));
+                match run(p).await.expect("probe task") {
+                    crate::probe::Outcome::Success => obs.liveness_failures = 0,
+                    crate::probe::Outcome::Failure(why) => {
+                        obs.liveness_failures += 1;
+                        if obs.liveness_failures
+                            >= p.failure_threshold
+                                .unwrap_or(crate::probe::defaults::FAILURE_THRESHOLD)
+                        {
+                            tracing::info!(container = %id, %why, "liveness probe failed; killing");
+                            obs.killed_for = Some(format!("Liveness probe failed: {why}"));
+                            let rt = self.runtime.clone();
+                            let id2 = id.to_string();
+                            let _ = tokio::task::spawn_blocking(move || rt.stop(&id2, grace)).await;
+                        }
+                    }
+                }
+            }
+        }
+        match &c.readiness_probe {
+            None => obs.ready = true,
+            Some(p) => {
+                let start = obs.started + secs(p.initial_delay_seconds, 0);
+                if now >= start && now >= obs.next_readiness {
+                    obs.next_readiness = now
+                        + secs(p.period_seconds, crate::probe::defaults::PERIOD_S)
+                            .max(Duration::from_millis(100));
+                    match run(p).await.expect("probe task") {
+                        crate::probe::Outcome::Success => {
+                            obs.readiness_failures = 0;
+                            obs.readiness_successes += 1;
+                            if obs.readiness_successes
+                                >= p.success_threshold
+                                    .unwrap_or(crate::probe::defaults::SUCCESS_THRESHOLD)
+                            {
+                                obs.ready = true;
+                            }
+                        }
+                        crate::probe::Outcome::Failure(_) => {
+                            obs.readiness_successes = 0;
+                            obs.readiness_failures += 1;
+                            if obs.readiness_failures
+                                >= p.failure_threshold
+                                    .unwrap_or(crate::probe::defaults::FAILURE_THRESHOLD)
+                            {
+                                obs.ready = false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// eBPF counters of a pod's veth.
     ///
     /// # Errors
@@ -649,6 +1004,24 @@ impl Sandbox {
             Some(dp) => Ok(dp.lock().expect("datapath lock").counters(idx)?),
             None => Ok(weft_common::IfCounters::default()),
         }
+    }
+}
+
+fn now_timestamp() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_nanosecond(i128::try_from(d.as_nanos()).unwrap_or(0))
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn waiting(reason: &str, message: &str) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.to_string()),
+            message: (!message.is_empty()).then(|| message.to_string()),
+        }),
+        ..Default::default()
     }
 }
 

@@ -49,6 +49,8 @@ enum Cmd {
         runc: PathBuf,
         #[arg(long)]
         runc_root: PathBuf,
+        #[arg(long)]
+        log: PathBuf,
     },
 }
 
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
         bundle,
         runc,
         runc_root,
+        log,
     } = cli.cmd
     {
         let code = shim::run(&ShimArgs {
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
             bundle,
             runc,
             runc_root,
+            log,
         });
         return ExitCode::from(code as u8);
     }

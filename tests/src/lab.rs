@@ -121,6 +121,9 @@ pub struct Lab {
     /// The `weft` binary used as shim.
     pub weft_bin: PathBuf,
     registry: Option<std::process::Child>,
+    /// First restart back-off of the nodes' pods (Kubernetes' 10 s by default;
+    /// tests shorten it).
+    pub restart_backoff: std::time::Duration,
     keep: bool,
 }
 
@@ -187,6 +190,7 @@ impl Lab {
             routing: spec.routing,
             weft_bin: spec.weft_bin.clone(),
             registry: None,
+            restart_backoff: std::time::Duration::from_secs(10),
             keep: false,
         };
         // From here on, Drop cleans up if a step fails.
@@ -326,6 +330,7 @@ impl Lab {
                 mtu: UNDERLAY_MTU,
                 state_dir: state.join("sandbox"),
                 dns: first_host(node.block),
+                restart_backoff: self.restart_backoff,
             },
             runtime,
             Some(datapath),

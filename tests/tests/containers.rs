@@ -141,7 +141,7 @@ async fn logs_and_exit_codes_are_kept() -> Result<()> {
             .await?;
         let id = &rec.containers[0].1;
         assert_eq!(wait_exit(&sb, id).await?, 7);
-        let log = std::fs::read_to_string(sb.runtime().log_path(id))?;
+        let log = std::fs::read_to_string(sb.log_path(&rec.uid, "main", 0))?;
         let lines: Vec<&str> = log.lines().collect();
         assert_eq!(lines.len(), 2, "{log}");
         for (l, stream, text) in [

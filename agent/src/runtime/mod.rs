@@ -126,6 +126,9 @@ pub struct CreateRequest<'a> {
     pub cgroups_path: String,
     /// Files to bind-mount read-only (host path → container path).
     pub files: Vec<(PathBuf, String)>,
+    /// Where the shim writes the container's output (`None`: in the bundle,
+    /// see [`Runtime::log_path`]).
+    pub log: Option<PathBuf>,
 }
 
 /// The runc wrapper of one node.
@@ -210,10 +213,10 @@ impl Runtime {
         self.cfg.state_dir.join("containers").join(id)
     }
 
-    /// The container's log file (CRI format).
+    /// The default log file of a container (CRI format), inside its bundle.
     #[must_use]
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.bundle_dir(id).join(shim::LOG_FILE)
+        self.bundle_dir(id).join("container.log")
     }
 
     fn runc(&self) -> Command {
@@ -289,6 +292,8 @@ impl Runtime {
             .arg(&self.cfg.runc)
             .arg("--runc-root")
             .arg(&self.cfg.runc_root)
+            .arg("--log")
+            .arg(req.log.clone().unwrap_or_else(|| self.log_path(req.id)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -486,5 +491,53 @@ impl Runtime {
             .status()
             .map_err(io_err("run runc", &self.cfg.runc))?;
         Ok(status.code().unwrap_or(128 + 9))
+    }
+}
+
+impl Runtime {
+    /// Runs `argv` inside a running container and captures its combined
+    /// output; kills it after `timeout` (exit code 124 then, like timeout(1)).
+    ///
+    /// # Errors
+    /// When runc cannot be run.
+    pub fn exec_capture(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<(i32, String), RuntimeError> {
+        check_id(id)?;
+        let mut child = self
+            .runc()
+            .arg("exec")
+            .arg(id)
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err("run runc", &self.cfg.runc))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child
+                .try_wait()
+                .map_err(io_err("wait for runc", &self.cfg.runc))?
+            {
+                Some(status) => {
+                    let out = child
+                        .wait_with_output()
+                        .map_err(io_err("read runc output", &self.cfg.runc))?;
+                    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                    text.push_str(&String::from_utf8_lossy(&out.stderr));
+                    return Ok((status.code().unwrap_or(128 + 9), text));
+                }
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Ok((124, format!("timed out after {timeout:?}")));
+                }
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
     }
 }

@@ -4,6 +4,9 @@
 //! stderr to a log file in the CRI format (`<RFC 3339 time> <stream> F <line>`,
 //! what `kubectl logs` shows), and records the exit code when it exits.
 //!
+//! The log file is the caller's choice (the sandbox keeps one per restart,
+//! as kubelet does, so that the previous run's log survives a restart).
+//!
 //! It tells the agent how creation went with one line on its stdout,
 //! `ok <pid>` or `err <message>`, then detaches from it.
 
@@ -33,12 +36,12 @@ pub struct ShimArgs {
     pub runc: PathBuf,
     /// runc state root.
     pub runc_root: PathBuf,
+    /// Log file (CRI format), appended to.
+    pub log: PathBuf,
 }
 
 /// File in the bundle holding the container's exit code once it exited.
 pub const EXIT_FILE: &str = "exit_code";
-/// File in the bundle holding the container's log.
-pub const LOG_FILE: &str = "container.log";
 /// File in the bundle holding the container's pid.
 pub const PID_FILE: &str = "init.pid";
 /// runc's own log (errors of create/start).
@@ -93,8 +96,11 @@ pub fn run(args: &ShimArgs) -> i32 {
     let _ = setsid();
     // SAFETY: plain prctl; makes orphaned descendants (the container) ours to reap.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let log_path = args.bundle.join(LOG_FILE);
-    let log = match OpenOptions::new().create(true).append(true).open(&log_path) {
+    let log_path = &args.log;
+    if let Some(d) = log_path.parent() {
+        let _ = fs::create_dir_all(d);
+    }
+    let log = match OpenOptions::new().create(true).append(true).open(log_path) {
         Ok(f) => Arc::new(Mutex::new(f)),
         Err(e) => return fail(&mut report, format!("open {}: {e}", log_path.display())),
     };
