@@ -107,6 +107,8 @@ pub enum Phase {
     Creating,
     /// Fully created.
     Ready,
+    /// Being removed: an interrupted removal is finished on recovery.
+    Removing,
 }
 
 /// What the node keeps on disk per pod.
@@ -587,6 +589,14 @@ impl Sandbox {
     }
 
     async fn remove_record(&self, rec: &PodRecord, grace: Duration) -> Result<(), SandboxError> {
+        // Say so on disk first, so that a crash half-way is finished by
+        // `recover` instead of leaving a pod that is neither here nor gone.
+        if rec.phase != Phase::Removing && self.record_path(&rec.uid).exists() {
+            self.save(&PodRecord {
+                phase: Phase::Removing,
+                ..rec.clone()
+            })?;
+        }
         for (name, id) in &rec.containers {
             let rt = self.runtime.clone();
             let id2 = id.clone();
@@ -627,14 +637,15 @@ impl Sandbox {
         }
     }
 
-    /// Rolls back pods whose creation was interrupted. Returns their UIDs.
+    /// Rolls back pods whose creation was interrupted and finishes removals
+    /// that were. Returns their UIDs.
     ///
     /// # Errors
     /// When a rollback step fails.
     pub async fn recover(&self) -> Result<Vec<String>, SandboxError> {
         let mut out = Vec::new();
         for r in self.records()? {
-            if r.phase == Phase::Creating {
+            if r.phase != Phase::Ready {
                 self.remove_record(&r, Duration::ZERO).await?;
                 out.push(r.uid);
             }

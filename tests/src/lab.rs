@@ -79,7 +79,7 @@ impl LabSpec {
 }
 
 /// A lab node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LabNode {
     /// Short name: `n1`, `n2`, ...
     pub name: String,
@@ -90,7 +90,24 @@ pub struct LabNode {
     /// Its segment's router address on the underlay.
     pub router: Ipv4Addr,
     /// Its pod block (a /24 of 10.244.0.0/16).
+    #[serde(with = "block_as_string")]
     pub block: Ipv4Network,
+}
+
+/// Serde for a block as its `a.b.c.d/n` text (ipnetwork's serde support
+/// is not enabled in the version we build).
+mod block_as_string {
+    use ipnetwork::Ipv4Network;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(b: &Ipv4Network, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(b)
+    }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Ipv4Network, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl LabNode {
@@ -309,32 +326,7 @@ impl Lab {
     /// # Errors
     /// When the state or the eBPF programs cannot be set up.
     pub fn sandbox(&self, node: &LabNode) -> Result<Sandbox> {
-        let state = self.node_state_dir(node);
-        let runtime = node_runtime(
-            &state,
-            &self.weft_bin,
-            RegistryOptions {
-                plain_http: vec![REGISTRY_ADDR.into()],
-                netns: Some(node.netns.clone()),
-                timeout: None,
-            },
-        )?;
-        let datapath = Datapath::load(Some(&node.netns))?;
-        Ok(Sandbox::new(
-            NodeConfig {
-                node: node.netns.clone(),
-                node_netns: Some(node.netns.clone()),
-                pod_netns_prefix: format!("{}-p-", node.netns),
-                bridge: NODE_BRIDGE.into(),
-                block: node.block,
-                mtu: UNDERLAY_MTU,
-                state_dir: state.join("sandbox"),
-                dns: first_host(node.block),
-                restart_backoff: self.restart_backoff,
-            },
-            runtime,
-            Some(datapath),
-        )?)
+        node_sandbox(&self.prefix, node, &self.weft_bin, self.restart_backoff)
     }
 
     /// Loads `weft.local/busybox:1.36` into a node's image store. The OCI
@@ -460,6 +452,45 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+/// Opens the pod sandbox of node `node` of the lab `prefix`, from any
+/// process: everything it needs is on disk or in the kernel.
+///
+/// # Errors
+/// When the state or the eBPF programs cannot be set up.
+pub fn node_sandbox(
+    prefix: &str,
+    node: &LabNode,
+    weft_bin: &Path,
+    restart_backoff: std::time::Duration,
+) -> Result<Sandbox> {
+    let state = Path::new(STATE_ROOT).join(prefix).join(&node.name);
+    let runtime = node_runtime(
+        &state,
+        weft_bin,
+        RegistryOptions {
+            plain_http: vec![REGISTRY_ADDR.into()],
+            netns: Some(node.netns.clone()),
+            timeout: None,
+        },
+    )?;
+    let datapath = Datapath::load(Some(&node.netns))?;
+    Ok(Sandbox::new(
+        NodeConfig {
+            node: node.netns.clone(),
+            node_netns: Some(node.netns.clone()),
+            pod_netns_prefix: format!("{}-p-", node.netns),
+            bridge: NODE_BRIDGE.into(),
+            block: node.block,
+            mtu: UNDERLAY_MTU,
+            state_dir: state.join("sandbox"),
+            dns: first_host(node.block),
+            restart_backoff,
+        },
+        runtime,
+        Some(datapath),
+    )?)
 }
 
 /// The runtime of a lab node whose state lives in `state`.
