@@ -265,8 +265,10 @@ impl Sandbox {
         runtime: Runtime,
         datapath: Option<Datapath>,
     ) -> Result<Self, SandboxError> {
-        let pods = cfg.state_dir.join("pods");
-        fs::create_dir_all(&pods).map_err(io_err("create", &pods))?;
+        for d in ["pods", "ips"] {
+            let p = cfg.state_dir.join(d);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
         let net = Netlink::open(cfg.node_netns.as_deref())?;
         Ok(Self {
             cfg,
@@ -337,7 +339,7 @@ impl Sandbox {
     /// # Errors
     /// [`SandboxError::AddressBlockExhausted`].
     pub fn free_ip(&self) -> Result<Ipv4Addr, SandboxError> {
-        let used: HashSet<Ipv4Addr> = self.records()?.into_iter().map(|r| r.ip).collect();
+        let used = self.claimed_ips()?;
         let b = self.cfg.block;
         (u32::from(b.network()) + 2..u32::from(b.broadcast()))
             .map(Ipv4Addr::from)
@@ -348,7 +350,51 @@ impl Sandbox {
             })
     }
 
-    fn check_ip(&self, ip: Ipv4Addr) -> Result<(), SandboxError> {
+    fn ips_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("ips")
+    }
+
+    /// Addresses claimed on this node: one file per address under `ips/`,
+    /// holding the pod's UID. Listing names is all it takes, however many
+    /// pods there are.
+    fn claimed_ips(&self) -> Result<HashSet<Ipv4Addr>, SandboxError> {
+        let d = self.ips_dir();
+        Ok(fs::read_dir(&d)
+            .map_err(io_err("read", &d))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect())
+    }
+
+    /// Claims `ip` for `uid`: the file is created with O_EXCL, so two
+    /// concurrent creations can never both get it.
+    fn claim_ip(&self, ip: Ipv4Addr, uid: &str) -> Result<(), SandboxError> {
+        self.check_ip_range(ip)?;
+        let bad = |reason: String| SandboxError::BadAddress { ip, reason };
+        let p = self.ips_dir().join(ip.to_string());
+        match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
+            Ok(mut f) => {
+                use std::io::Write as _;
+                f.write_all(uid.as_bytes()).map_err(io_err("write", &p))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = fs::read_to_string(&p).unwrap_or_default();
+                let who = self.load_record(owner.trim()).map_or_else(
+                    |_| format!("uid {}", owner.trim()),
+                    |r| format!("{}/{}", r.namespace, r.name),
+                );
+                Err(bad(format!("in use by pod {who}")))
+            }
+            Err(e) => Err(SandboxError::Io {
+                op: "claim address",
+                path: p,
+                source: e,
+            }),
+        }
+    }
+
+    /// Whether `ip` may hold a pod on this node at all.
+    fn check_ip_range(&self, ip: Ipv4Addr) -> Result<(), SandboxError> {
         let b = self.cfg.block;
         let bad = |reason: String| SandboxError::BadAddress { ip, reason };
         if !b.contains(ip) {
@@ -359,10 +405,25 @@ impl Sandbox {
                 "the block's network, broadcast or gateway address".into()
             ));
         }
-        if let Some(r) = self.records()?.into_iter().find(|r| r.ip == ip) {
-            return Err(bad(format!("in use by pod {}/{}", r.namespace, r.name)));
-        }
         Ok(())
+    }
+
+    fn release_ip(&self, ip: Ipv4Addr, uid: &str) {
+        let p = self.ips_dir().join(ip.to_string());
+        // Only our own claim: a crash may have let another pod take it since.
+        if fs::read_to_string(&p).is_ok_and(|o| o.trim() == uid) {
+            let _ = fs::remove_file(&p);
+        }
+    }
+
+    fn load_record(&self, uid: &str) -> Result<PodRecord, SandboxError> {
+        let p = self.record_path(uid);
+        let data = fs::read(&p).map_err(io_err("read", &p))?;
+        serde_json::from_slice(&data).map_err(|e| SandboxError::Io {
+            op: "decode record",
+            path: p,
+            source: e.into(),
+        })
     }
 
     /// Creates the pod with address `ip`: namespace, veth, resolv.conf and
@@ -431,7 +492,7 @@ impl Sandbox {
         if self.record_path(&uid).exists() {
             return Err(SandboxError::DuplicatePod { pod: full, uid });
         }
-        self.check_ip(ip)?;
+        self.check_ip_range(ip)?;
         // Images are made present (pulled if need be) before anything is
         // made, so a missing image leaves nothing behind and says so.
         for c in &spec.containers {
@@ -461,7 +522,11 @@ impl Sandbox {
             phase: Phase::Creating,
             restarts: Default::default(),
         };
-        self.save(&rec)?;
+        self.claim_ip(ip, &uid)?;
+        if let Err(e) = self.save(&rec) {
+            self.release_ip(ip, &uid);
+            return Err(e);
+        }
         match self.build(pod, &rec).await {
             Ok(()) => {
                 rec.phase = Phase::Ready;
@@ -559,8 +624,7 @@ impl Sandbox {
                 files,
                 log,
             };
-            rt.create(&req)?;
-            rt.start(&id)
+            rt.run(&req).map(drop)
         })
         .await
         .expect("create task");
@@ -576,15 +640,10 @@ impl Sandbox {
     /// # Errors
     /// When a step fails; the record stays so that a retry finishes the job.
     pub async fn remove_pod(&self, uid: &str, grace: Duration) -> Result<(), SandboxError> {
-        let p = self.record_path(uid);
-        let Ok(data) = fs::read(&p) else {
+        if !self.record_path(uid).exists() {
             return Ok(());
-        };
-        let rec: PodRecord = serde_json::from_slice(&data).map_err(|e| SandboxError::Io {
-            op: "decode record",
-            path: p.clone(),
-            source: e.into(),
-        })?;
+        }
+        let rec = self.load_record(uid)?;
         self.remove_record(&rec, grace).await
     }
 
@@ -626,6 +685,7 @@ impl Sandbox {
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
         }
+        self.release_ip(rec.ip, &rec.uid);
         match fs::remove_file(self.record_path(&rec.uid)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -698,6 +758,17 @@ impl Sandbox {
                 removed.push(format!("netns {n}"));
             }
         }
+        let uids: HashSet<&str> = recs.iter().map(|r| r.uid.as_str()).collect();
+        for e in fs::read_dir(self.ips_dir())
+            .map_err(io_err("read", &self.ips_dir()))?
+            .flatten()
+        {
+            let owner = fs::read_to_string(e.path()).unwrap_or_default();
+            if !uids.contains(owner.trim()) {
+                let _ = fs::remove_file(e.path());
+                removed.push(format!("address claim {}", e.file_name().to_string_lossy()));
+            }
+        }
         let dir = self.cfg.state_dir.join("pods");
         let known: HashSet<String> = recs.iter().map(|r| short_uid(&r.uid)).collect();
         for e in fs::read_dir(&dir).map_err(io_err("read", &dir))?.flatten() {
@@ -734,13 +805,7 @@ impl Sandbox {
     }
 
     fn load_pod(&self, uid: &str) -> Result<(PodRecord, Pod), SandboxError> {
-        let p = self.record_path(uid);
-        let data = fs::read(&p).map_err(io_err("read", &p))?;
-        let rec: PodRecord = serde_json::from_slice(&data).map_err(|e| SandboxError::Io {
-            op: "decode record",
-            path: p.clone(),
-            source: e.into(),
-        })?;
+        let rec = self.load_record(uid)?;
         let pj = self.pod_dir(uid).join("pod.json");
         let data = fs::read(&pj).map_err(io_err("read", &pj))?;
         let pod: Pod = serde_json::from_slice(&data).map_err(|e| SandboxError::Io {

@@ -51,6 +51,8 @@ enum Cmd {
         runc_root: PathBuf,
         #[arg(long)]
         log: PathBuf,
+        #[arg(long)]
+        start: bool,
     },
 }
 
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
         runc,
         runc_root,
         log,
+        start,
     } = cli.cmd
     {
         let code = shim::run(&ShimArgs {
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             runc,
             runc_root,
             log,
+            start,
         });
         return ExitCode::from(code as u8);
     }

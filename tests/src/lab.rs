@@ -62,6 +62,8 @@ pub struct LabSpec {
     pub prefix: String,
     /// The `weft` binary, run as the container shim.
     pub weft_bin: PathBuf,
+    /// Prefix length of each node's pod block (24 by default: 253 pods).
+    pub block_prefix: u8,
 }
 
 impl LabSpec {
@@ -74,6 +76,7 @@ impl LabSpec {
             routing: Routing::HostGw,
             prefix: unique_prefix("t"),
             weft_bin: default_weft_bin(),
+            block_prefix: 24,
         }
     }
 }
@@ -193,6 +196,9 @@ impl Lab {
         if !(1..=100).contains(&spec.nodes) {
             bail!("a lab has 1 to 100 nodes, not {}", spec.nodes);
         }
+        if !(24..=30).contains(&spec.block_prefix) {
+            bail!("pod blocks are /24 to /30, not /{}", spec.block_prefix);
+        }
         if !(1..=2).contains(&spec.segments) {
             bail!("a lab has 1 or 2 underlay segments, not {}", spec.segments);
         }
@@ -239,7 +245,7 @@ impl Lab {
                 netns: format!("{}-n{i}", self.prefix),
                 ip,
                 router: first_host(net),
-                block: Ipv4Network::new(Ipv4Addr::new(10, 244, i as u8, 0), 24)?,
+                block: Ipv4Network::new(Ipv4Addr::new(10, 244, i as u8, 0), spec.block_prefix)?,
             };
             netns::create(&node.netns).with_context(|| format!("create node {}", node.name))?;
             self.nodes.push(node.clone());

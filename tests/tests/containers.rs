@@ -202,11 +202,22 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() -> Result<()> {
             p.spec.as_mut().unwrap().containers[0].image = Some(img.into());
             p
         };
+        // Not on the node: it is pulled (IfNotPresent), and weft.local has
+        // no registry, so the error names the registry it could not reach.
         let e = sb
             .create_pod(&with_image("weft.local/nope:1"), sb.free_ip()?)
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("not found"), "{e}");
+        assert!(
+            e.to_string().contains("registry weft.local: cannot reach"),
+            "{e}"
+        );
+        nothing_left(&sb)?;
+        // With imagePullPolicy Never it is simply not found.
+        let mut never = with_image("weft.local/nope:1");
+        never.spec.as_mut().unwrap().containers[0].image_pull_policy = Some("Never".into());
+        let e = sb.create_pod(&never, sb.free_ip()?).await.unwrap_err();
+        assert!(e.to_string().contains("not found on this node"), "{e}");
         nothing_left(&sb)?;
         let e = sb
             .create_pod(&with_image("Bad Ref!"), sb.free_ip()?)
@@ -461,6 +472,46 @@ async fn images_are_pulled_from_a_registry_in_the_lab() -> Result<()> {
         assert!(e.to_string().to_lowercase().contains("digest"), "{e}");
         assert!(!fresh2.has_blob(&layer));
         assert!(fresh2.resolve(&remote).is_err());
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_address_block_is_refused_cleanly() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        // A /29 block: network, gateway and broadcast leave 5 pod addresses.
+        let mut spec = LabSpec::new(1);
+        spec.block_prefix = 29;
+        let lab = Lab::up(spec).await?;
+        let sb = node_sandbox(&lab, "n1")?;
+        let mut ips = Vec::new();
+        for i in 0..5 {
+            let rec = sb
+                .create_pod(
+                    &pod(&format!("fill-{i}"), 30 + i, &["sleep", "600"]),
+                    sb.free_ip()?,
+                )
+                .await?;
+            ips.push(rec.ip);
+        }
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), 5, "five distinct addresses");
+        let e = sb.free_ip().unwrap_err();
+        assert!(
+            matches!(e, SandboxError::AddressBlockExhausted { .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("10.244.1.0/29") && e.to_string().contains("exhausted"),
+            "{e}"
+        );
+        // Freeing one pod frees its address for the next.
+        let recs = sb.records()?;
+        sb.remove_pod(&recs[0].uid, Duration::ZERO).await?;
+        assert_eq!(sb.free_ip()?, recs[0].ip);
+        sb.remove_all(Duration::ZERO).await?;
         Ok(())
     })
     .await?

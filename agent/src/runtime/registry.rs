@@ -53,6 +53,22 @@ fn client(opts: &RegistryOptions) -> Client {
     })
 }
 
+/// The error with its chain of causes, so that "error sending request"
+/// also says why (DNS, refused, timed out).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 fn registry_err(r: &ImageRef, e: impl std::fmt::Display) -> ImageError {
     let reason = e.to_string();
     let reason = if reason.contains("error sending request") || reason.contains("connect") {
@@ -108,7 +124,7 @@ impl ImageStore {
             let (raw, digest) = c
                 .pull_manifest_raw(&remote2, &RegistryAuth::Anonymous, ACCEPTED)
                 .await
-                .map_err(|e| registry_err(&r2, e))?;
+                .map_err(|e| registry_err(&r2, chain(&e)))?;
             if let Some(want) = &r2.digest
                 && *want != digest
             {
@@ -137,7 +153,7 @@ impl ImageStore {
                 let mut data = Vec::new();
                 c.pull_blob(&remote2, d.as_str(), &mut data)
                     .await
-                    .map_err(|e| registry_err(&r2, format!("{what} {d}: {e}")))?;
+                    .map_err(|e| registry_err(&r2, format!("{what} {d}: {}", chain(&e))))?;
                 self.put_blob(&d, what, data.as_slice())?;
             }
             // The manifest last: a tag never names an image with missing blobs.
@@ -184,14 +200,14 @@ impl ImageStore {
                 let data = self.read_blob(d)?;
                 c.push_blob(&target, data, d)
                     .await
-                    .map_err(|e| registry_err(&r, format!("blob {d}: {e}")))?;
+                    .map_err(|e| registry_err(&r, format!("blob {d}: {}", chain(&e))))?;
             }
             let ct = media_type
                 .parse()
                 .map_err(|e| registry_err(&r, format!("media type: {e}")))?;
             c.push_manifest_raw(&target, manifest, ct)
                 .await
-                .map_err(|e| registry_err(&r, format!("manifest: {e}")))
+                .map_err(|e| registry_err(&r, format!("manifest: {}", chain(&e))))
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The container shim (`weft shim`): one small process per container that
 //! outlives the agent, as conmon or containerd-shim do. It runs
-//! `runc create`, becomes the container's reaper, writes its stdout and
+//! `runc create` (or `runc run --detach` to start at once), becomes the container's reaper, writes its stdout and
 //! stderr to a log file in the CRI format (`<RFC 3339 time> <stream> F <line>`,
 //! what `kubectl logs` shows), and records the exit code when it exits.
 //!
@@ -38,6 +38,8 @@ pub struct ShimArgs {
     pub runc_root: PathBuf,
     /// Log file (CRI format), appended to.
     pub log: PathBuf,
+    /// Start the container too (`runc run --detach`), saving a `runc start`.
+    pub start: bool,
 }
 
 /// File in the bundle holding the container's exit code once it exited.
@@ -114,7 +116,11 @@ pub fn run(args: &ShimArgs) -> i32 {
         .arg(args.bundle.join(RUNC_LOG))
         .arg("--log-format")
         .arg("json")
-        .arg("create")
+        .args(if args.start {
+            &["run", "--detach"][..]
+        } else {
+            &["create"][..]
+        })
         .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
@@ -138,7 +144,7 @@ pub fn run(args: &ShimArgs) -> i32 {
         .and_then(|s| s.trim().parse().ok())
     {
         Some(p) => p,
-        None => return fail(&mut report, "runc create wrote no pid".into()),
+        None => return fail(&mut report, "runc wrote no pid".into()),
     };
     // The write ends now live only in the container (runc passed them on).
     let pumps = [
