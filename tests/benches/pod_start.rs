@@ -143,7 +143,7 @@ fn main() -> Result<()> {
         println!("| | p50 | p99 | first 10 (p50) | last 10 (p50) |");
         println!("|---|---|---|---|---|");
         row(
-            "weft create_pod (netns + veth + rootfs + bundle + shim + runc create/start)",
+            "weft create_pod (netns + veth + tc + rootfs + bundle + shim + runc run -d)",
             &weft,
         );
         row("floor: runc run --detach of a prepared bundle", &floor);
