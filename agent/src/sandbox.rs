@@ -671,6 +671,7 @@ impl Sandbox {
                 container: name.clone(),
                 source,
             })?;
+            self.observed.lock().expect("observed lock").remove(id);
         }
         let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
         if let Some(dp) = &self.datapath {

@@ -516,3 +516,82 @@ async fn an_exhausted_address_block_is_refused_cleanly() -> Result<()> {
     })
     .await?
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_spec_reaches_the_process() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        let lab = Lab::up(LabSpec::new(1)).await?;
+        let sb = node_sandbox(&lab, "n1")?;
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "spec-check", "namespace": "team-a",
+                         "uid": format!("{:08x}-5555-4000-8000-000000000000", std::process::id())},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "main", "image": BUSYBOX_IMAGE,
+                "command": ["sh", "-c"],
+                "args": ["echo FOO=$FOO; echo PWD=$(pwd); echo HOST=$(hostname); cat /etc/resolv.conf /etc/hosts"],
+                "env": [{"name": "FOO", "value": "bar baz"}],
+                "workingDir": "/tmp"
+            }]}
+        }))?;
+        let rec = sb.create_pod(&p, sb.free_ip()?).await?;
+        let id = &rec.containers[0].1;
+        assert_eq!(wait_exit(&sb, id).await?, 0);
+        let log = std::fs::read_to_string(sb.log_path(&rec.uid, "main", 0))?;
+        let out: Vec<&str> = log.lines().map(|l| l.splitn(4, ' ').nth(3).unwrap_or_default()).collect();
+        assert!(out.contains(&"FOO=bar baz"), "{out:?}");
+        assert!(out.contains(&"PWD=/tmp"), "{out:?}");
+        assert!(out.contains(&"HOST=spec-check"), "{out:?}");
+        let gw = lab.node("n1").gateway().ip();
+        assert!(out.contains(&format!("nameserver {gw}").as_str()), "{out:?}");
+        assert!(
+            out.contains(&"search team-a.svc.cluster.local svc.cluster.local cluster.local"),
+            "{out:?}"
+        );
+        assert!(out.contains(&"options ndots:5"), "{out:?}");
+        assert!(out.contains(&format!("{}\tspec-check", rec.ip).as_str()), "{out:?}");
+        sb.remove_all(Duration::ZERO).await?;
+        Ok(())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_import_from_layout_archives_plain_and_gzipped() -> Result<()> {
+    use weft_agent::runtime::image::ImageStore;
+    let dir =
+        std::path::Path::new(weft_tests::lab::STATE_ROOT).join(weft_tests::lab::unique_prefix("t"));
+    let layout = dir.join("layout");
+    let digest = build_layout(
+        &layout,
+        std::path::Path::new(BUSYBOX_BIN),
+        "weft.local/arch:1",
+    )?;
+    for (name, flags) in [("image.tar", "-cf"), ("image.tar.gz", "-czf")] {
+        let archive = dir.join(name);
+        let st = std::process::Command::new("tar")
+            .arg(flags)
+            .arg(&archive)
+            .arg("-C")
+            .arg(&layout)
+            .arg(".")
+            .status()?;
+        assert!(st.success());
+        let store = ImageStore::open(dir.join(format!("store-{name}")))?;
+        let refs = store.import(&archive, None)?;
+        assert_eq!(refs[0].to_string(), "weft.local/arch:1");
+        let img = store.resolve("weft.local/arch:1")?;
+        assert_eq!(img.manifest_digest, digest);
+        // The layer unpacks once; a second call reuses it.
+        let a = store.unpack_layer(&img.layers[0])?;
+        assert!(a.join("bin/busybox").is_file() && a.join("bin/sh").is_symlink());
+        assert_eq!(store.unpack_layer(&img.layers[0])?, a);
+    }
+    // Not an image at all: a clear error, nothing tagged.
+    let junk = dir.join("junk.tar");
+    std::fs::write(&junk, b"not a tar file")?;
+    let store = ImageStore::open(dir.join("store-junk"))?;
+    let e = store.import(&junk, None).unwrap_err();
+    assert!(e.to_string().contains("not an OCI image layout"), "{e}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
