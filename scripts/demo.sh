@@ -17,4 +17,4 @@ echo
 echo "\$ weft lab exec web-1 -- wget -qO- http://$ip2/    # from a pod on n1 to a pod on n2"
 $WEFT lab exec web-1 -- wget -qO- "http://$ip2/"
 echo
-echo "The lab stays up; remove it with: sudo $WEFT lab down"
+echo "The lab stays up; remove it with: $WEFT lab down"

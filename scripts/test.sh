@@ -8,4 +8,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # The default members: everything but the eBPF crate, which agent/build.rs
 # builds for the BPF target.
 cargo build --all-targets
-cargo test -- --test-threads=2
+# --no-fail-fast: one failure must not hide the others.
+cargo test --no-fail-fast -- --test-threads=2

@@ -48,12 +48,12 @@ pub enum SandboxError {
         /// Why.
         reason: String,
     },
-    /// A pod with that UID is already on the node.
-    #[error("pod {pod} (uid {uid}) already exists on this node")]
+    /// That pod (same UID, or same namespace/name) is already on the node.
+    #[error("pod {pod} already exists on this node (uid {uid})")]
     DuplicatePod {
         /// namespace/name.
         pod: String,
-        /// UID.
+        /// The UID (and for a name clash, the existing pod).
         uid: String,
     },
     /// The IP is not usable for a pod on this node.
@@ -265,7 +265,7 @@ impl Sandbox {
         runtime: Runtime,
         datapath: Option<Datapath>,
     ) -> Result<Self, SandboxError> {
-        for d in ["pods", "ips"] {
+        for d in ["pods", "ips", "names"] {
             let p = cfg.state_dir.join(d);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
@@ -350,15 +350,11 @@ impl Sandbox {
             })
     }
 
-    fn ips_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join("ips")
-    }
-
     /// Addresses claimed on this node: one file per address under `ips/`,
     /// holding the pod's UID. Listing names is all it takes, however many
     /// pods there are.
     fn claimed_ips(&self) -> Result<HashSet<Ipv4Addr>, SandboxError> {
-        let d = self.ips_dir();
+        let d = self.cfg.state_dir.join("ips");
         Ok(fs::read_dir(&d)
             .map_err(io_err("read", &d))?
             .flatten()
@@ -370,26 +366,47 @@ impl Sandbox {
     /// concurrent creations can never both get it.
     fn claim_ip(&self, ip: Ipv4Addr, uid: &str) -> Result<(), SandboxError> {
         self.check_ip_range(ip)?;
-        let bad = |reason: String| SandboxError::BadAddress { ip, reason };
-        let p = self.ips_dir().join(ip.to_string());
+        self.claim("ips", &ip.to_string(), uid, "claim address")
+            .map_err(|who| match who {
+                Claim::Taken(who) => SandboxError::BadAddress {
+                    ip,
+                    reason: format!("in use by pod {who}"),
+                },
+                Claim::Failed(e) => e,
+            })
+    }
+
+    /// Claims `key` in the claims directory `kind` for `uid`: a file created
+    /// with O_EXCL, so two concurrent creations can never both get it.
+    fn claim(&self, kind: &str, key: &str, uid: &str, op: &'static str) -> Result<(), Claim> {
+        let p = self.cfg.state_dir.join(kind).join(key);
         match fs::OpenOptions::new().write(true).create_new(true).open(&p) {
             Ok(mut f) => {
                 use std::io::Write as _;
-                f.write_all(uid.as_bytes()).map_err(io_err("write", &p))
+                f.write_all(uid.as_bytes())
+                    .map_err(|e| Claim::Failed(io_err("write", &p)(e)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let owner = fs::read_to_string(&p).unwrap_or_default();
-                let who = self.load_record(owner.trim()).map_or_else(
+                Err(Claim::Taken(self.load_record(owner.trim()).map_or_else(
                     |_| format!("uid {}", owner.trim()),
-                    |r| format!("{}/{}", r.namespace, r.name),
-                );
-                Err(bad(format!("in use by pod {who}")))
+                    |r| format!("{}/{} (uid {})", r.namespace, r.name, r.uid),
+                )))
             }
-            Err(e) => Err(SandboxError::Io {
-                op: "claim address",
+            Err(e) => Err(Claim::Failed(SandboxError::Io {
+                op,
                 path: p,
                 source: e,
-            }),
+            })),
+        }
+    }
+
+    /// Releases a claim, if it is still `uid`'s: after a crash another pod
+    /// may hold it since.
+    fn release(&self, kind: &str, key: &str, uid: &str) {
+        let p = self.cfg.state_dir.join(kind).join(key);
+        if fs::read_to_string(&p).is_ok_and(|o| o.trim() == uid) {
+            let _ = fs::remove_file(&p);
         }
     }
 
@@ -406,14 +423,6 @@ impl Sandbox {
             ));
         }
         Ok(())
-    }
-
-    fn release_ip(&self, ip: Ipv4Addr, uid: &str) {
-        let p = self.ips_dir().join(ip.to_string());
-        // Only our own claim: a crash may have let another pod take it since.
-        if fs::read_to_string(&p).is_ok_and(|o| o.trim() == uid) {
-            let _ = fs::remove_file(&p);
-        }
     }
 
     fn load_record(&self, uid: &str) -> Result<PodRecord, SandboxError> {
@@ -452,8 +461,17 @@ impl Sandbox {
                     "a UID with at least 12 hex digits is required",
                 )
             })?;
-        if name.is_empty() {
-            return Err(invalid("metadata.name", "required"));
+        if !is_dns_subdomain(&name) {
+            return Err(invalid(
+                "metadata.name",
+                "must be a DNS subdomain: 1-253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+            ));
+        }
+        if !is_dns_label(&namespace) {
+            return Err(invalid(
+                "metadata.namespace",
+                "must be a DNS label: 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+            ));
         }
         let spec = pod
             .spec
@@ -490,7 +508,19 @@ impl Sandbox {
             }
         }
         if self.record_path(&uid).exists() {
-            return Err(SandboxError::DuplicatePod { pod: full, uid });
+            let other = self.load_record(&uid)?;
+            return Err(if other.uid == uid {
+                SandboxError::DuplicatePod { pod: full, uid }
+            } else {
+                SandboxError::InvalidPod {
+                    pod: full,
+                    field: "metadata.uid".into(),
+                    reason: format!(
+                        "its first 12 hex digits are those of pod {}/{} (uid {}); node-local names derive from them",
+                        other.namespace, other.name, other.uid
+                    ),
+                }
+            });
         }
         self.check_ip_range(ip)?;
         // Images are made present (pulled if need be) before anything is
@@ -522,9 +552,23 @@ impl Sandbox {
             phase: Phase::Creating,
             restarts: Default::default(),
         };
-        self.claim_ip(ip, &uid)?;
+        // One pod per namespace/name on a node, whatever its UID.
+        let key = name_key(&namespace, &name);
+        self.claim("names", &key, &uid, "claim pod name")
+            .map_err(|c| match c {
+                Claim::Taken(who) => SandboxError::DuplicatePod {
+                    pod: full.clone(),
+                    uid: who,
+                },
+                Claim::Failed(e) => e,
+            })?;
+        if let Err(e) = self.claim_ip(ip, &uid) {
+            self.release("names", &key, &uid);
+            return Err(e);
+        }
         if let Err(e) = self.save(&rec) {
-            self.release_ip(ip, &uid);
+            self.release("ips", &ip.to_string(), &uid);
+            self.release("names", &key, &uid);
             return Err(e);
         }
         match self.build(pod, &rec).await {
@@ -686,7 +730,8 @@ impl Sandbox {
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
         }
-        self.release_ip(rec.ip, &rec.uid);
+        self.release("ips", &rec.ip.to_string(), &rec.uid);
+        self.release("names", &name_key(&rec.namespace, &rec.name), &rec.uid);
         match fs::remove_file(self.record_path(&rec.uid)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -760,14 +805,14 @@ impl Sandbox {
             }
         }
         let uids: HashSet<&str> = recs.iter().map(|r| r.uid.as_str()).collect();
-        for e in fs::read_dir(self.ips_dir())
-            .map_err(io_err("read", &self.ips_dir()))?
-            .flatten()
-        {
-            let owner = fs::read_to_string(e.path()).unwrap_or_default();
-            if !uids.contains(owner.trim()) {
-                let _ = fs::remove_file(e.path());
-                removed.push(format!("address claim {}", e.file_name().to_string_lossy()));
+        for kind in ["ips", "names"] {
+            let d = self.cfg.state_dir.join(kind);
+            for e in fs::read_dir(&d).map_err(io_err("read", &d))?.flatten() {
+                let owner = fs::read_to_string(e.path()).unwrap_or_default();
+                if !uids.contains(owner.trim()) {
+                    let _ = fs::remove_file(e.path());
+                    removed.push(format!("{kind} claim {}", e.file_name().to_string_lossy()));
+                }
             }
         }
         let dir = self.cfg.state_dir.join("pods");
@@ -1090,6 +1135,32 @@ fn now_timestamp() -> Timestamp {
         .unwrap_or_default();
     Timestamp::from_nanosecond(i128::try_from(d.as_nanos()).unwrap_or(0))
         .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Outcome of a failed claim.
+enum Claim {
+    /// Someone holds it: who.
+    Taken(String),
+    /// The claim could not be made.
+    Failed(SandboxError),
+}
+
+/// The claim key of a pod name: `_` is in neither a namespace nor a name.
+fn name_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}")
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 fn waiting(reason: &str, message: &str) -> ContainerState {

@@ -132,10 +132,27 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli.cmd)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, skipping a cause whose text the message
+/// before it already carries (Weft's error messages include their cause).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let m = cause.to_string();
+        if out.contains(&m) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&m);
+    }
+    out
 }
 
 async fn run(cmd: Cmd) -> Result<u8> {
@@ -182,14 +199,22 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
     match cmd {
         LabCmd::Up { nodes, vxlan, pods } => {
             let pods = pods.map(|p| read_pods(&p)).transpose()?.unwrap_or_default();
-            if weft_agent::netlink::netns::exists(&format!("{LAB_PREFIX}-ul")) {
-                bail!("a lab is already up; `weft lab down` first (or use it: `weft lab pods`)");
-            }
             let mut spec = LabSpec::new(nodes);
             spec.prefix = LAB_PREFIX.into();
             spec.weft_bin = std::env::current_exe()?;
             if vxlan {
                 spec.routing = lab::Routing::Vxlan;
+            }
+            spec.validate()?;
+            match lab::state(LAB_PREFIX) {
+                lab::LabState::Up => {
+                    bail!("a lab is already up; `weft lab down` first (or use it: `weft lab pods`)")
+                }
+                lab::LabState::Partial => {
+                    eprintln!("a previous `weft lab up` did not finish; removing what it left ...");
+                    lab::remove_prefix(LAB_PREFIX);
+                }
+                lab::LabState::Absent => {}
             }
             eprintln!("[1/3] building {nodes} node(s) on the underlay 192.0.2.0/24 ...");
             let lab = Lab::up(spec).await?;
@@ -208,7 +233,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                     rec.namespace, rec.name, n.name, n.ip, rec.ip
                 );
             }
-            lab.keep();
+            lab.keep()?;
             println!(
                 "\nThe lab is up. Try:\n  weft lab pods\n  weft lab exec POD -- wget -qO- http://IP/\nTear it down with:\n  weft lab down"
             );
@@ -220,14 +245,15 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             Ok(0)
         }
         LabCmd::Pods => {
+            let pods = lab::pod_summaries(LAB_PREFIX)?;
             println!(
-                "{:<12} {:<20} {:<6} {:<15}",
+                "{:<12} {:<20} {:<6} {:<15} STATUS",
                 "NAMESPACE", "NAME", "NODE", "IP"
             );
-            for (node, rec) in lab::pods(LAB_PREFIX)? {
+            for p in pods {
                 println!(
-                    "{:<12} {:<20} {:<6} {:<15}",
-                    rec.namespace, rec.name, node, rec.ip
+                    "{:<12} {:<20} {:<6} {:<15} {}",
+                    p.record.namespace, p.record.name, p.node, p.record.ip, p.status
                 );
             }
             Ok(0)

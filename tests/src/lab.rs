@@ -67,6 +67,26 @@ pub struct LabSpec {
 }
 
 impl LabSpec {
+    /// Checks the spec before anything is made.
+    ///
+    /// # Errors
+    /// What is out of range.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=100).contains(&self.nodes) {
+            bail!("a lab has 1 to 100 nodes, not {}", self.nodes);
+        }
+        if !(24..=30).contains(&self.block_prefix) {
+            bail!("pod blocks are /24 to /30, not /{}", self.block_prefix);
+        }
+        if !(1..=2).contains(&self.segments) {
+            bail!("a lab has 1 or 2 underlay segments, not {}", self.segments);
+        }
+        if self.segments > 1 && self.routing == Routing::HostGw {
+            bail!("host-gw routing needs all nodes on one segment; use VXLAN across segments");
+        }
+        Ok(())
+    }
+
     /// A lab of `nodes` nodes on one segment with host-gw routes.
     #[must_use]
     pub fn new(nodes: usize) -> Self {
@@ -193,18 +213,7 @@ impl Lab {
     /// # Errors
     /// When the spec is out of range or the kernel refuses a step.
     pub async fn up(spec: LabSpec) -> Result<Self> {
-        if !(1..=100).contains(&spec.nodes) {
-            bail!("a lab has 1 to 100 nodes, not {}", spec.nodes);
-        }
-        if !(24..=30).contains(&spec.block_prefix) {
-            bail!("pod blocks are /24 to /30, not /{}", spec.block_prefix);
-        }
-        if !(1..=2).contains(&spec.segments) {
-            bail!("a lab has 1 or 2 underlay segments, not {}", spec.segments);
-        }
-        if spec.segments > 1 && spec.routing == Routing::HostGw {
-            bail!("host-gw routing needs all nodes on one segment; use VXLAN across segments");
-        }
+        spec.validate()?;
         sweep_stale();
         let mut lab = Lab {
             underlay: format!("{}-ul", spec.prefix),
@@ -436,9 +445,15 @@ impl Lab {
         }
     }
 
-    /// Leaves the lab running after drop (for `weft lab up`).
-    pub fn keep(mut self) {
+    /// Leaves the lab running after drop (for `weft lab up`), marked as
+    /// complete: a lab without the mark is the remains of an interrupted `up`.
+    ///
+    /// # Errors
+    /// When the mark cannot be written (the lab is removed then).
+    pub fn keep(mut self) -> Result<()> {
+        std::fs::write(ready_mark(&self.prefix), b"")?;
         self.keep = true;
+        Ok(())
     }
 
     /// Removes the lab now.
@@ -458,6 +473,83 @@ impl Drop for Lab {
             }
         }
     }
+}
+
+fn ready_mark(prefix: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(prefix).join("ready")
+}
+
+/// What is there of the lab `prefix`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabState {
+    /// Nothing.
+    Absent,
+    /// A lab that finished coming up.
+    Up,
+    /// The remains of an `up` that was interrupted.
+    Partial,
+}
+
+/// Whether the lab `prefix` is up, absent, or half-made.
+#[must_use]
+pub fn state(prefix: &str) -> LabState {
+    let any = netns::list()
+        .unwrap_or_default()
+        .iter()
+        .any(|n| n.starts_with(&format!("{prefix}-")))
+        || Path::new(STATE_ROOT).join(prefix).exists();
+    match (any, ready_mark(prefix).exists()) {
+        (false, _) => LabState::Absent,
+        (true, true) => LabState::Up,
+        (true, false) => LabState::Partial,
+    }
+}
+
+/// What `weft lab pods` shows of a pod.
+#[derive(Clone, Debug)]
+pub struct PodSummary {
+    /// Node short name.
+    pub node: String,
+    /// The record.
+    pub record: PodRecord,
+    /// Its containers' states, e.g. `Running` or `Exited(1)`.
+    pub status: String,
+}
+
+/// Every pod of the lab with its containers' states, sorted by namespace
+/// and name.
+///
+/// # Errors
+/// When no such lab exists.
+pub fn pod_summaries(prefix: &str) -> Result<Vec<PodSummary>> {
+    let mut out = Vec::new();
+    for (node, record) in pods(prefix)? {
+        let rt = node_runtime(
+            &Path::new(STATE_ROOT).join(prefix).join(&node),
+            Path::new("weft"),
+            RegistryOptions::default(),
+        )?;
+        let states: Vec<String> = record
+            .containers
+            .iter()
+            .map(|(_, id)| match rt.state(id).map(|s| s.status) {
+                Ok(weft_agent::runtime::Status::Running) => "Running".to_string(),
+                Ok(weft_agent::runtime::Status::Created) => "Created".to_string(),
+                Ok(weft_agent::runtime::Status::Exited(c)) => format!("Exited({c})"),
+                Err(_) => "Missing".to_string(),
+            })
+            .collect();
+        let mut status = states.join(",");
+        if record.phase != weft_agent::sandbox::Phase::Ready {
+            status = format!("{:?}", record.phase);
+        }
+        out.push(PodSummary {
+            node,
+            record,
+            status,
+        });
+    }
+    Ok(out)
 }
 
 /// Opens the pod sandbox of node `node` of the lab `prefix`, from any

@@ -142,8 +142,11 @@ async fn logs_and_exit_codes_are_kept() -> Result<()> {
         let id = &rec.containers[0].1;
         assert_eq!(wait_exit(&sb, id).await?, 7);
         let log = std::fs::read_to_string(sb.log_path(&rec.uid, "main", 0))?;
-        let lines: Vec<&str> = log.lines().collect();
+        let mut lines: Vec<&str> = log.lines().collect();
         assert_eq!(lines.len(), 2, "{log}");
+        // The two streams are read independently, so their relative order is
+        // not defined (as with any CRI runtime); each line's stream is.
+        lines.sort_by_key(|l| l.split(' ').nth(1) != Some("stdout"));
         for (l, stream, text) in [
             (lines[0], "stdout", "to-out"),
             (lines[1], "stderr", "to-err"),
@@ -155,7 +158,31 @@ async fn logs_and_exit_codes_are_kept() -> Result<()> {
             assert_eq!(f.next(), Some("F"), "{l}");
             assert_eq!(f.next(), Some(text), "{l}");
         }
-        // Stopping a running container: SIGTERM is honoured within the grace period.
+        // A container that handles SIGTERM stops on it, well within the grace period.
+        let polite = sb
+            .create_pod(
+                &pod(
+                    "polite",
+                    14,
+                    &[
+                        "sh",
+                        "-c",
+                        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+                    ],
+                ),
+                sb.free_ip()?,
+            )
+            .await?;
+        let t = Instant::now();
+        let st = sb
+            .runtime()
+            .stop(&polite.containers[0].1, Duration::from_secs(10))?;
+        assert_eq!(st, Status::Exited(0));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "stopped by SIGTERM, not the grace period"
+        );
+        // One that ignores it is killed when the grace period ends.
         let rec2 = sb
             .create_pod(&pod("sleeper", 4, &["sleep", "600"]), sb.free_ip()?)
             .await?;
@@ -163,7 +190,7 @@ async fn logs_and_exit_codes_are_kept() -> Result<()> {
         assert_eq!(sb.runtime().state(id2)?.status, Status::Running);
         let t = Instant::now();
         let st = sb.runtime().stop(id2, Duration::from_secs(1))?;
-        // sleep as PID 1 ignores SIGTERM, so it is killed after the grace period.
+        // sleep as PID 1 has no SIGTERM handler, so the signal does nothing.
         assert_eq!(st, Status::Exited(128 + 9));
         assert!(t.elapsed() >= Duration::from_secs(1));
         sb.remove_all(Duration::ZERO).await?;
@@ -195,6 +222,26 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() -> Result<()> {
                 .filter(|n| n.starts_with(&format!("{}-p-", node.netns)))
                 .collect();
             assert!(pods.is_empty(), "pod netns left: {pods:?}");
+            let claims: Vec<_> = std::fs::read_dir(lab.node_state_dir(&node).join("sandbox/ips"))?
+                .flatten()
+                .collect();
+            assert!(claims.is_empty(), "address claims left: {claims:?}");
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+            assert!(
+                !mounts.contains(&format!("{}/", lab.node_state_dir(&node).display())),
+                "mounts left"
+            );
+            for root in weft_agent::sandbox::cgroup_roots() {
+                let d = root.join("weft").join(&node.netns);
+                let kids: Vec<_> = std::fs::read_dir(&d)
+                    .map(|r| r.flatten().collect())
+                    .unwrap_or_default();
+                assert!(
+                    kids.is_empty(),
+                    "cgroups left under {}: {kids:?}",
+                    d.display()
+                );
+            }
             Ok(())
         };
         let with_image = |img: &str| {
@@ -243,6 +290,25 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() -> Result<()> {
             .await
             .unwrap_err();
         assert!(matches!(e, SandboxError::DuplicatePod { .. }), "{e}");
+        // Same namespace/name under another UID: still a duplicate.
+        let e = sb
+            .create_pod(&pod("dup", 70, &["sleep", "60"]), sb.free_ip()?)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SandboxError::DuplicatePod { .. }), "{e}");
+        assert!(
+            e.to_string().contains(&ok.uid),
+            "names the pod already there: {e}"
+        );
+        // Names Kubernetes would refuse are refused here too.
+        let mut bad_name = pod("x", 71, &["true"]);
+        bad_name.metadata.name = Some("Bad Name/..".into());
+        let e = sb.create_pod(&bad_name, sb.free_ip()?).await.unwrap_err();
+        assert!(e.to_string().contains("metadata.name"), "{e}");
+        let mut bad_ns = pod("x", 72, &["true"]);
+        bad_ns.metadata.namespace = Some("Weird NS".into());
+        let e = sb.create_pod(&bad_ns, sb.free_ip()?).await.unwrap_err();
+        assert!(e.to_string().contains("metadata.namespace"), "{e}");
         let e = sb
             .create_pod(&pod("other", 8, &["sleep", "60"]), ok.ip)
             .await

@@ -3,11 +3,7 @@
 //! SIGKILLed at varying moments; after each kill a fresh sandbox recovers and
 //! sweeps, and the node must hold exactly what the records say.
 
-use std::{
-    collections::BTreeSet,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use anyhow::{Result, ensure};
 use weft_agent::{
@@ -150,7 +146,10 @@ async fn kill_9_in_the_middle_of_pod_setup_leaves_no_orphan() -> Result<()> {
             weft_bin: lab.weft_bin.clone(),
         })?;
         let mut repaired = 0usize;
-        let seed = Instant::now().elapsed().subsec_nanos() ^ std::process::id();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos()
+            ^ std::process::id();
         for round in 0..8u32 {
             let mut child = Command::new(std::env::current_exe()?)
                 .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])

@@ -19,6 +19,7 @@ pub const BUSYBOX_IMAGE: &str = "weft.local/busybox:1.36";
 /// # Errors
 /// When the binary is missing or does not list its applets.
 pub fn build_layout(dir: &Path, busybox: &Path, ref_name: &str) -> Result<String, ImageError> {
+    super::reference::ImageRef::parse(ref_name)?;
     let io = |op: &'static str| {
         let path = busybox.to_path_buf();
         move |source| ImageError::Io { op, path, source }
