@@ -103,6 +103,11 @@ async fn restart_policy_always_restarts_with_growing_back_off_and_keeps_logs() -
         for n in 0..2 {
             let log = std::fs::read_to_string(sb.log_path(&rec.uid, "main", n))?;
             assert!(log.ends_with(" stdout F run\n"), "run {n}: {log:?}");
+            assert_eq!(
+                log.lines().count(),
+                1,
+                "run {n} logs only its own output: {log:?}"
+            );
         }
         // The restart count survives the agent: a new sandbox reads it from disk.
         let sb2 = _lab.sandbox(_lab.node("n1"))?;
