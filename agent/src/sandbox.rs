@@ -526,15 +526,9 @@ impl Sandbox {
         // Images are made present (pulled if need be) before anything is
         // made, so a missing image leaves nothing behind and says so.
         for c in &spec.containers {
-            let rt = self.runtime.clone();
             let c2 = c.clone();
-            tokio::task::spawn_blocking(move || rt.ensure_image(&c2))
-                .await
-                .expect("image task")
-                .map_err(|source| SandboxError::Container {
-                    container: c.name.clone(),
-                    source,
-                })?;
+            self.runtime_call(&c.name, move |rt| rt.ensure_image(&c2))
+                .await?;
         }
         let su = short_uid(&uid);
         let mut rec = PodRecord {
@@ -637,6 +631,23 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Runs a blocking runtime call (runc, the shim handshake, a pull) off
+    /// the async workers; its error is reported as the container's.
+    async fn runtime_call<T: Send + 'static>(
+        &self,
+        container: &str,
+        f: impl FnOnce(Runtime) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let rt = self.runtime.clone();
+        tokio::task::spawn_blocking(move || f(rt))
+            .await
+            .expect("runtime task panicked")
+            .map_err(|source| SandboxError::Container {
+                container: container.to_string(),
+                source,
+            })
+    }
+
     /// Creates and starts one container of the pod (also used for restarts).
     async fn start_container(
         &self,
@@ -645,7 +656,6 @@ impl Sandbox {
         id: &str,
     ) -> Result<(), SandboxError> {
         let dir = self.pod_dir(&rec.uid);
-        let rt = self.runtime.clone();
         let container = c.clone();
         let id = id.to_string();
         let netns_path = netns::path(&rec.netns);
@@ -657,8 +667,7 @@ impl Sandbox {
             .collect();
         let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
         let log = Some(self.log_path(&rec.uid, &c.name, restarts));
-        // runc and the shim handshake block: keep them off the async workers.
-        let res = tokio::task::spawn_blocking(move || {
+        self.runtime_call(&c.name, move |rt| {
             let req = CreateRequest {
                 id: &id,
                 container: &container,
@@ -671,11 +680,6 @@ impl Sandbox {
             rt.run(&req).map(drop)
         })
         .await
-        .expect("create task");
-        res.map_err(|source| SandboxError::Container {
-            container: c.name.clone(),
-            source,
-        })
     }
 
     /// Removes the pod of that UID: containers (SIGTERM, then SIGKILL after
@@ -701,20 +705,14 @@ impl Sandbox {
             })?;
         }
         for (name, id) in &rec.containers {
-            let rt = self.runtime.clone();
             let id2 = id.clone();
-            let res = tokio::task::spawn_blocking(move || {
+            self.runtime_call(name, move |rt| {
                 if rt.state(&id2).is_ok() {
                     let _ = rt.stop(&id2, grace);
                 }
                 rt.delete(&id2)
             })
-            .await
-            .expect("delete task");
-            res.map_err(|source| SandboxError::Container {
-                container: name.clone(),
-                source,
-            })?;
+            .await?;
             self.observed.lock().expect("observed lock").remove(id);
         }
         let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
@@ -883,15 +881,8 @@ impl Sandbox {
         );
         let mut out = Vec::new();
         for (c, (_, id)) in spec.containers.iter().zip(rec.containers.clone()) {
-            let rt = self.runtime.clone();
             let id2 = id.clone();
-            let state = tokio::task::spawn_blocking(move || rt.state(&id2))
-                .await
-                .expect("state task")
-                .map_err(|source| SandboxError::Container {
-                    container: c.name.clone(),
-                    source,
-                })?;
+            let state = self.runtime_call(&c.name, move |rt| rt.state(&id2)).await?;
             let mut obs = self.observed(&id);
             let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
             let mut status = ContainerStatus {
@@ -949,15 +940,9 @@ impl Sandbox {
                         });
                         obs.last = Some((code, reason, message));
                         if now >= due {
-                            let rt = self.runtime.clone();
                             let id2 = id.clone();
-                            tokio::task::spawn_blocking(move || rt.delete(&id2))
-                                .await
-                                .expect("delete task")
-                                .map_err(|source| SandboxError::Container {
-                                    container: c.name.clone(),
-                                    source,
-                                })?;
+                            self.runtime_call(&c.name, move |rt| rt.delete(&id2))
+                                .await?;
                             // Counted first, so that this run logs to `<n>.log`.
                             let n = restarts + 1;
                             rec.restarts.insert(c.name.clone(), n);
