@@ -76,14 +76,19 @@ pub enum SandboxError {
     #[error(transparent)]
     Net(#[from] NetlinkError),
     /// A container failed.
-    #[error("container {container}: {source}")]
+    #[error("pod {pod}: container {container}: {source}")]
     Container {
+        /// namespace/name of its pod.
+        pod: String,
         /// Container name.
         container: String,
-        /// Cause.
+        /// Cause (boxed: runtime errors are large).
         #[source]
-        source: RuntimeError,
+        source: Box<RuntimeError>,
     },
+    /// The runtime failed outside any one container.
+    #[error(transparent)]
+    Runtime(Box<RuntimeError>),
     /// eBPF attach failed.
     #[error(transparent)]
     Bpf(#[from] crate::bpf::BpfError),
@@ -368,9 +373,9 @@ impl Sandbox {
         self.check_ip_range(ip)?;
         self.claim("ips", &ip.to_string(), uid, "claim address")
             .map_err(|who| match who {
-                Claim::Taken(who) => SandboxError::BadAddress {
+                Claim::Taken(uid) => SandboxError::BadAddress {
                     ip,
-                    reason: format!("in use by pod {who}"),
+                    reason: format!("in use by pod {}", self.describe(&uid)),
                 },
                 Claim::Failed(e) => e,
             })
@@ -388,10 +393,7 @@ impl Sandbox {
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let owner = fs::read_to_string(&p).unwrap_or_default();
-                Err(Claim::Taken(self.load_record(owner.trim()).map_or_else(
-                    |_| format!("uid {}", owner.trim()),
-                    |r| format!("{}/{} (uid {})", r.namespace, r.name, r.uid),
-                )))
+                Err(Claim::Taken(owner.trim().to_string()))
             }
             Err(e) => Err(Claim::Failed(SandboxError::Io {
                 op,
@@ -423,6 +425,14 @@ impl Sandbox {
             ));
         }
         Ok(())
+    }
+
+    /// `namespace/name (uid ...)` of a pod on this node, or its UID alone.
+    fn describe(&self, uid: &str) -> String {
+        self.load_record(uid).map_or_else(
+            |_| format!("uid {uid}"),
+            |r| format!("{}/{} (uid {})", r.namespace, r.name, r.uid),
+        )
     }
 
     fn load_record(&self, uid: &str) -> Result<PodRecord, SandboxError> {
@@ -527,7 +537,7 @@ impl Sandbox {
         // made, so a missing image leaves nothing behind and says so.
         for c in &spec.containers {
             let c2 = c.clone();
-            self.runtime_call(&c.name, move |rt| rt.ensure_image(&c2))
+            self.runtime_call(&full, &c.name, move |rt| rt.ensure_image(&c2))
                 .await?;
         }
         let su = short_uid(&uid);
@@ -612,12 +622,14 @@ impl Sandbox {
             &hosts,
             format!(
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-                rec.ip, rec.name
+                rec.ip,
+                hostname_of(&rec.name)
             ),
         )
         .map_err(io_err("write", &hosts))?;
         let hostname = dir.join("hostname");
-        fs::write(&hostname, format!("{}\n", rec.name)).map_err(io_err("write", &hostname))?;
+        fs::write(&hostname, format!("{}\n", hostname_of(&rec.name)))
+            .map_err(io_err("write", &hostname))?;
         let pod_json = dir.join("pod.json");
         fs::write(
             &pod_json,
@@ -635,6 +647,7 @@ impl Sandbox {
     /// the async workers; its error is reported as the container's.
     async fn runtime_call<T: Send + 'static>(
         &self,
+        pod: &str,
         container: &str,
         f: impl FnOnce(Runtime) -> Result<T, RuntimeError> + Send + 'static,
     ) -> Result<T, SandboxError> {
@@ -643,8 +656,9 @@ impl Sandbox {
             .await
             .expect("runtime task panicked")
             .map_err(|source| SandboxError::Container {
+                pod: pod.to_string(),
                 container: container.to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -659,7 +673,7 @@ impl Sandbox {
         let container = c.clone();
         let id = id.to_string();
         let netns_path = netns::path(&rec.netns);
-        let hostname = rec.name.clone();
+        let hostname = hostname_of(&rec.name);
         let cgroups_path = format!("/weft/{}/{}/{}", self.cfg.node, short_uid(&rec.uid), c.name);
         let files = ["resolv.conf", "hosts", "hostname"]
             .iter()
@@ -667,7 +681,7 @@ impl Sandbox {
             .collect();
         let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
         let log = Some(self.log_path(&rec.uid, &c.name, restarts));
-        self.runtime_call(&c.name, move |rt| {
+        self.runtime_call(&pod_name(rec), &c.name, move |rt| {
             let req = CreateRequest {
                 id: &id,
                 container: &container,
@@ -706,7 +720,7 @@ impl Sandbox {
         }
         for (name, id) in &rec.containers {
             let id2 = id.clone();
-            self.runtime_call(name, move |rt| {
+            self.runtime_call(&pod_name(rec), name, move |rt| {
                 if rt.state(&id2).is_ok() {
                     let _ = rt.stop(&id2, grace);
                 }
@@ -773,10 +787,7 @@ impl Sandbox {
         for id in self
             .runtime
             .list()
-            .map_err(|source| SandboxError::Container {
-                container: "*".into(),
-                source,
-            })?
+            .map_err(|e| SandboxError::Runtime(Box::new(e)))?
         {
             if !ids.contains(id.as_str()) {
                 let rt = self.runtime.clone();
@@ -882,7 +893,9 @@ impl Sandbox {
         let mut out = Vec::new();
         for (c, (_, id)) in spec.containers.iter().zip(rec.containers.clone()) {
             let id2 = id.clone();
-            let state = self.runtime_call(&c.name, move |rt| rt.state(&id2)).await?;
+            let state = self
+                .runtime_call(&pod_name(&rec), &c.name, move |rt| rt.state(&id2))
+                .await?;
             let mut obs = self.observed(&id);
             let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
             let mut status = ContainerStatus {
@@ -941,7 +954,7 @@ impl Sandbox {
                         obs.last = Some((code, reason, message));
                         if now >= due {
                             let id2 = id.clone();
-                            self.runtime_call(&c.name, move |rt| rt.delete(&id2))
+                            self.runtime_call(&pod_name(&rec), &c.name, move |rt| rt.delete(&id2))
                                 .await?;
                             // Counted first, so that this run logs to `<n>.log`.
                             let n = restarts + 1;
@@ -1125,10 +1138,14 @@ fn now_timestamp() -> Timestamp {
 
 /// Outcome of a failed claim.
 enum Claim {
-    /// Someone holds it: who.
+    /// Another pod holds it: its UID.
     Taken(String),
     /// The claim could not be made.
     Failed(SandboxError),
+}
+
+fn pod_name(rec: &PodRecord) -> String {
+    format!("{}/{}", rec.namespace, rec.name)
 }
 
 /// The claim key of a pod name: `_` is in neither a namespace nor a name.
@@ -1145,8 +1162,25 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// Kubernetes' DNS-1123 subdomain: at most 253 characters, dot-separated
+/// parts of lowercase letters, digits and '-' that start and end with a
+/// letter or digit (unlike a label, a part may be longer than 63).
 fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
+    s.len() <= 253
+        && s.split('.').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !p.starts_with('-')
+                && !p.ends_with('-')
+        })
+}
+
+/// The pod's host name: its name cut to 63 characters (the kernel takes
+/// 64), without a trailing '-' or '.', as kubelet does.
+fn hostname_of(name: &str) -> String {
+    let cut = &name[..name.len().min(63)];
+    cut.trim_end_matches(['-', '.']).to_string()
 }
 
 fn waiting(reason: &str, message: &str) -> ContainerState {
@@ -1208,4 +1242,30 @@ fn remove_tree(p: &Path) {
         }
     }
     let _ = fs::remove_dir(p);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kubernetes_rules() {
+        assert!(is_dns_subdomain("web-1.frontend"));
+        assert!(is_dns_subdomain(&"a".repeat(70)), "a part may exceed 63");
+        assert!(!is_dns_subdomain(&"a".repeat(254)));
+        for bad in ["", "Bad", "a_b", "-a", "a-", "a..b", "a/b"] {
+            assert!(!is_dns_subdomain(bad), "{bad:?}");
+        }
+        assert!(is_dns_label("team-a"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(!is_dns_label("a.b"));
+    }
+
+    #[test]
+    fn host_names_are_cut_as_kubelet_cuts_them() {
+        assert_eq!(hostname_of("web-1"), "web-1");
+        let long = format!("{}-{}", "a".repeat(62), "b".repeat(10));
+        assert_eq!(hostname_of(&long), "a".repeat(62));
+        assert_eq!(hostname_of(&long).len(), 62);
+    }
 }

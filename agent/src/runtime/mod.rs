@@ -499,6 +499,14 @@ impl Runtime {
     /// When runc cannot be run.
     pub fn exec_inherit(&self, id: &str, argv: &[String]) -> Result<i32, RuntimeError> {
         check_id(id)?;
+        let st = self.state(id)?;
+        if st.status != Status::Running {
+            return Err(RuntimeError::Runc {
+                id: id.to_string(),
+                op: "exec",
+                message: format!("the container is not running ({:?})", st.status),
+            });
+        }
         let status = self
             .runc()
             .arg("exec")
