@@ -9,7 +9,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (it installs packages)" >&2; exit 1; }
 
 PKGS=(runc busybox-static iproute2 llvm-22-dev libpolly-22-dev clang-22 libzstd-dev
-      bind9-dnsutils containernetworking-plugins docker-registry)
+      bind9-dnsutils containernetworking-plugins docker-registry
+      protobuf-compiler etcd-server)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

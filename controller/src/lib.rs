@@ -1,1 +1,3 @@
-//! Weft controller: API server, store, IPAM, scheduler and controllers (issue 3 fills this crate).
+//! weft-controller: the control plane of a Weft cluster.
+
+pub mod store;

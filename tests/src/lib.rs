@@ -6,6 +6,7 @@
 //! safety rules in DESIGN.md).
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod island;
 pub mod lab;
 pub mod probe;
 pub mod stats;

@@ -1,0 +1,512 @@
+//! The embedded store: one SQLite file in WAL mode, fsynced on every commit.
+//!
+//! One writer thread owns the write connection and commits queued
+//! transactions in groups: each transaction gets its own revision, and one
+//! fsync covers the group, so throughput does not stop at the disk's fsync
+//! rate while every acknowledged write is still durable. Every change is also
+//! appended to a log table, which is the watch history; compaction trims it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{
+    Event, EventKind, EventStream, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, prefix_end,
+};
+
+/// How many queued transactions one commit may cover.
+const MAX_GROUP: usize = 512;
+/// Batches of events buffered for slow watchers before they fall back to
+/// reading the log table.
+const BROADCAST_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// `synchronous=FULL` when true: an acknowledged write survives power
+    /// loss. Tests that do not need that may turn it off.
+    pub durable: bool,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { durable: true }
+    }
+}
+
+type Batch = Arc<Vec<Event>>;
+
+struct Request {
+    txn: Txn,
+    reply: oneshot::Sender<Result<TxnOutcome, StoreError>>,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::UnboundedSender<Request>,
+    events: broadcast::Sender<Batch>,
+    readers: Arc<ReaderPool>,
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => open(&self.path, false)?,
+        };
+        let result = f(&mut conn);
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        result
+    }
+}
+
+fn open(path: &Path, durable: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "OFF" })?;
+    Ok(conn)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log (
+    rev INTEGER NOT NULL,
+    sub INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    prev_value BLOB,
+    prev_create_rev INTEGER,
+    prev_mod_rev INTEGER,
+    PRIMARY KEY (rev, sub)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 1), ('compacted', 0);
+";
+
+impl SqliteStore {
+    /// Opens (creating when needed) the store in `path`.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = open(&path, options.durable)?;
+        conn.execute_batch(SCHEMA)?;
+        let revision: i64 =
+            conn.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| {
+                r.get(0)
+            })?;
+        let (writer, queue) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let publish = events.clone();
+        thread::Builder::new()
+            .name("weft-sqlite-writer".into())
+            .spawn(move || write_loop(conn, revision, queue, publish))
+            .map_err(|e| StoreError::Other(format!("starting the writer thread: {e}")))?;
+        let readers = Arc::new(ReaderPool {
+            path: path.clone(),
+            idle: Mutex::new(Vec::new()),
+        });
+        Ok(Self {
+            path,
+            writer,
+            events,
+            readers,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| StoreError::Other(format!("reader task: {e}")))?
+    }
+}
+
+fn write_loop(
+    mut conn: Connection,
+    mut revision: i64,
+    mut queue: mpsc::UnboundedReceiver<Request>,
+    publish: broadcast::Sender<Batch>,
+) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let start = revision;
+        match commit_group(&mut conn, &mut revision, &group) {
+            Ok((outcomes, batches)) => {
+                for batch in batches {
+                    // No receiver is fine: nobody is watching.
+                    let _ = publish.send(Arc::new(batch));
+                }
+                for (request, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                revision = start;
+                let message = e.to_string();
+                for request in group {
+                    let _ = request.reply.send(Err(StoreError::Other(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn current(conn: &Connection, key: &str) -> Result<Option<KeyValue>, rusqlite::Error> {
+    conn.query_row(
+        "SELECT value, create_rev, mod_rev FROM kv WHERE key = ?1",
+        [key],
+        |r| {
+            Ok(KeyValue {
+                key: key.to_string(),
+                value: r.get(0)?,
+                create_revision: r.get(1)?,
+                mod_revision: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+type Committed = (Vec<TxnOutcome>, Vec<Vec<Event>>);
+
+fn commit_group(
+    conn: &mut Connection,
+    revision: &mut i64,
+    group: &[Request],
+) -> Result<Committed, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    let mut batches = Vec::new();
+    for request in group {
+        let txn = &request.txn;
+        let mut holds = true;
+        for compare in &txn.compares {
+            let mod_rev = current(&tx, &compare.key)?
+                .map(|kv| kv.mod_revision)
+                .unwrap_or(0);
+            if mod_rev != compare.mod_revision {
+                holds = false;
+                break;
+            }
+        }
+        if !holds {
+            outcomes.push(TxnOutcome::Failed {
+                revision: *revision,
+            });
+            continue;
+        }
+        let writes = txn.ops.iter().any(|op| match op {
+            Op::Put { .. } => true,
+            Op::Delete { key } => current(&tx, key).ok().flatten().is_some(),
+        });
+        if !writes {
+            outcomes.push(TxnOutcome::Applied {
+                revision: *revision,
+            });
+            continue;
+        }
+        *revision += 1;
+        let rev = *revision;
+        let mut events = Vec::with_capacity(txn.ops.len());
+        for (sub, op) in txn.ops.iter().enumerate() {
+            let prev = current(&tx, op.key())?;
+            let event = match op {
+                Op::Put { key, value } => {
+                    let create_revision = prev.as_ref().map(|p| p.create_revision).unwrap_or(rev);
+                    tx.execute(
+                        "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(key) DO UPDATE SET value = ?2, create_rev = ?3, mod_rev = ?4",
+                        params![key, value, create_revision, rev],
+                    )?;
+                    Event {
+                        kind: EventKind::Put,
+                        kv: KeyValue {
+                            key: key.clone(),
+                            value: value.clone(),
+                            create_revision,
+                            mod_revision: rev,
+                        },
+                        prev,
+                    }
+                }
+                Op::Delete { key } => {
+                    let Some(prev) = prev else { continue };
+                    tx.execute("DELETE FROM kv WHERE key = ?1", [key])?;
+                    Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue {
+                            mod_revision: rev,
+                            ..prev.clone()
+                        },
+                        prev: Some(prev),
+                    }
+                }
+            };
+            tx.execute(
+                "INSERT INTO log (rev, sub, key, deleted, value, create_rev, prev_value, prev_create_rev, prev_mod_rev)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    rev,
+                    sub as i64,
+                    event.kv.key,
+                    (event.kind == EventKind::Delete) as i64,
+                    event.kv.value,
+                    event.kv.create_revision,
+                    event.prev.as_ref().map(|p| p.value.clone()),
+                    event.prev.as_ref().map(|p| p.create_revision),
+                    event.prev.as_ref().map(|p| p.mod_revision),
+                ],
+            )?;
+            events.push(event);
+        }
+        outcomes.push(TxnOutcome::Applied { revision: rev });
+        batches.push(events);
+    }
+    tx.execute(
+        "UPDATE meta SET value = ?1 WHERE name = 'revision'",
+        [*revision],
+    )?;
+    tx.commit()?;
+    Ok((outcomes, batches))
+}
+
+/// The end of a prefix range as text: SQLite orders every TEXT value before
+/// every BLOB, so the bound must be text to compare with keys at all.
+fn text_end(prefix: &str) -> String {
+    String::from_utf8_lossy(&prefix_end(prefix)).into_owned()
+}
+
+fn meta(conn: &Connection, name: &str) -> Result<i64, rusqlite::Error> {
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+}
+
+/// Logged events with revision in (after, upto], under `prefix`.
+fn history(
+    conn: &mut Connection,
+    prefix: &str,
+    after: i64,
+) -> Result<(Vec<Event>, i64), StoreError> {
+    let tx = conn.transaction()?;
+    let compacted = meta(&tx, "compacted")?;
+    if after < compacted {
+        return Err(StoreError::Compacted {
+            requested: after + 1,
+            oldest: compacted + 1,
+        });
+    }
+    let upto = meta(&tx, "revision")?;
+    let end = text_end(prefix);
+    let mut stmt = tx.prepare(
+        "SELECT rev, key, deleted, value, create_rev, prev_value, prev_create_rev, prev_mod_rev
+         FROM log WHERE rev > ?1 AND rev <= ?2 AND key >= ?3 AND key < ?4 ORDER BY rev, sub",
+    )?;
+    let rows = stmt.query_map(params![after, upto, prefix, end], |r| {
+        let rev: i64 = r.get(0)?;
+        let key: String = r.get(1)?;
+        let deleted: i64 = r.get(2)?;
+        let prev_value: Option<Vec<u8>> = r.get(5)?;
+        let prev = match prev_value {
+            Some(value) => Some(KeyValue {
+                key: key.clone(),
+                value,
+                create_revision: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                mod_revision: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
+            }),
+            None => None,
+        };
+        Ok(Event {
+            kind: if deleted != 0 {
+                EventKind::Delete
+            } else {
+                EventKind::Put
+            },
+            kv: KeyValue {
+                key,
+                value: r.get(3)?,
+                create_revision: r.get(4)?,
+                mod_revision: rev,
+            },
+            prev,
+        })
+    })?;
+    let events = rows.collect::<Result<Vec<_>, _>>()?;
+    drop(stmt);
+    tx.commit()?;
+    Ok((events, upto))
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let key = key.to_string();
+        self.read(move |conn| Ok(current(conn, &key)?)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
+        let prefix = prefix.to_string();
+        self.read(move |conn| {
+            let tx = conn.transaction()?;
+            let revision = meta(&tx, "revision")?;
+            let end = text_end(&prefix);
+            let mut stmt = tx.prepare_cached(
+                "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key",
+            )?;
+            let rows = stmt.query_map(params![prefix, end], |r| {
+                Ok(KeyValue { key: r.get(0)?, value: r.get(1)?, create_revision: r.get(2)?, mod_revision: r.get(3)? })
+            })?;
+            let items = rows.collect::<Result<Vec<_>, _>>()?;
+            drop(stmt);
+            tx.commit()?;
+            Ok((items, revision))
+        })
+        .await
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Request { txn, reply })
+            .map_err(|_| StoreError::Other("the writer thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Other("the writer thread has stopped".into()))?
+    }
+
+    async fn watch(&self, prefix: &str, after: i64) -> Result<EventStream, StoreError> {
+        // Subscribe before reading history, so no event falls between the two.
+        let mut live = self.events.subscribe();
+        let readers = self.readers.clone();
+        let prefix = prefix.to_string();
+        let (first, upto) = {
+            let (readers, prefix) = (readers.clone(), prefix.clone());
+            tokio::task::spawn_blocking(move || readers.with(|c| history(c, &prefix, after)))
+                .await
+                .map_err(|e| StoreError::Other(format!("reader task: {e}")))??
+        };
+        let (tx, rx) = mpsc::channel::<Result<Event, StoreError>>(256);
+        tokio::spawn(async move {
+            let mut sent = upto;
+            for event in first {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let batch = tokio::select! {
+                    _ = tx.closed() => return,
+                    batch = live.recv() => batch,
+                };
+                match batch {
+                    Ok(batch) => {
+                        let rev = batch.first().map(|e| e.kv.mod_revision).unwrap_or(0);
+                        if rev <= sent {
+                            continue;
+                        }
+                        sent = rev;
+                        for event in batch.iter().filter(|e| e.kv.key.starts_with(&prefix)) {
+                            if tx.send(Ok(event.clone())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow for the live feed: catch up from the log.
+                        let (readers, p) = (readers.clone(), prefix.clone());
+                        let caught = tokio::task::spawn_blocking(move || {
+                            readers.with(|c| history(c, &p, sent))
+                        })
+                        .await;
+                        match caught {
+                            Ok(Ok((events, upto))) => {
+                                for event in events {
+                                    if tx.send(Ok(event)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                sent = upto;
+                            }
+                            Ok(Err(e)) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                            Err(_) => {
+                                let _ = tx.send(Err(StoreError::Lagged)).await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    async fn revision(&self) -> Result<i64, StoreError> {
+        self.read(|conn| Ok(meta(conn, "revision")?)).await
+    }
+
+    async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        // Compaction goes through a reader connection: SQLite serialises it
+        // with the writer, and it touches only history.
+        self.read(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let compacted = meta(&tx, "compacted")?;
+            let current = meta(&tx, "revision")?;
+            let target = revision.min(current);
+            if target > compacted {
+                tx.execute("DELETE FROM log WHERE rev <= ?1", [target])?;
+                tx.execute(
+                    "UPDATE meta SET value = ?1 WHERE name = 'compacted'",
+                    [target],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

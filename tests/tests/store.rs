@@ -1,0 +1,336 @@
+//! One conformance suite for both store backends: SQLite (embedded) and etcd
+//! (Debian's etcd-server, started in a test-owned network namespace).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use futures::StreamExt;
+use weft_controller::store::{
+    Compare, EtcdStore, EventKind, EventStream, Op, SqliteOptions, SqliteStore, Store, StoreError,
+    Txn, TxnOutcome,
+};
+use weft_tests::island::{Etcd, Island};
+
+async fn next(stream: &mut EventStream) -> Result<weft_controller::store::Event> {
+    let item = tokio::time::timeout(Duration::from_secs(10), stream.next()).await?;
+    Ok(item.ok_or_else(|| anyhow::anyhow!("watch ended"))??)
+}
+
+async fn create(store: &dyn Store, key: &str, value: &str) -> Result<i64> {
+    let outcome = store
+        .txn(
+            Txn::new()
+                .when(Compare::absent(key))
+                .then(Op::put(key, value.into())),
+        )
+        .await?;
+    outcome
+        .applied()
+        .ok_or_else(|| anyhow::anyhow!("create of {key} failed"))
+}
+
+async fn conformance(store: Arc<dyn Store>) -> Result<()> {
+    let s = store.as_ref();
+    let start = s.revision().await?;
+
+    // Create: a new key gets a new revision; a second create fails and writes nothing.
+    let r1 = create(s, "/c/a/one", "1").await?;
+    ensure!(
+        r1 == start + 1,
+        "first write is revision {r1}, expected {}",
+        start + 1
+    );
+    let again = s
+        .txn(
+            Txn::new()
+                .when(Compare::absent("/c/a/one"))
+                .then(Op::put("/c/a/one", b"x".to_vec())),
+        )
+        .await?;
+    ensure!(
+        again == TxnOutcome::Failed { revision: r1 },
+        "duplicate create: {again:?}"
+    );
+    let kv = s.get("/c/a/one").await?.expect("created key");
+    ensure!(
+        kv.value == b"1" && kv.mod_revision == r1 && kv.create_revision == r1,
+        "{kv:?}"
+    );
+
+    // Update: compare-and-swap on mod_revision.
+    let r2 = s
+        .txn(
+            Txn::new()
+                .when(Compare::at("/c/a/one", r1))
+                .then(Op::put("/c/a/one", b"2".to_vec())),
+        )
+        .await?;
+    let r2 = r2.applied().expect("fresh update applies");
+    ensure!(r2 == r1 + 1);
+    let stale = s
+        .txn(
+            Txn::new()
+                .when(Compare::at("/c/a/one", r1))
+                .then(Op::put("/c/a/one", b"3".to_vec())),
+        )
+        .await?;
+    ensure!(stale.applied().is_none(), "a stale update must fail");
+    let kv = s.get("/c/a/one").await?.expect("key");
+    ensure!(
+        kv.value == b"2" && kv.mod_revision == r2 && kv.create_revision == r1,
+        "{kv:?}"
+    );
+
+    // Multi-key transactions are all or nothing.
+    let r3 = create(s, "/c/a/two", "t").await?;
+    let failed = s
+        .txn(
+            Txn::new()
+                .when(Compare::at("/c/a/two", r3))
+                .when(Compare::absent("/c/a/one"))
+                .then(Op::put("/c/a/two", b"changed".to_vec()))
+                .then(Op::put("/c/a/three", b"new".to_vec())),
+        )
+        .await?;
+    ensure!(failed.applied().is_none());
+    ensure!(s.get("/c/a/two").await?.expect("two").value == b"t");
+    ensure!(
+        s.get("/c/a/three").await?.is_none(),
+        "nothing of a failed txn is written"
+    );
+    let r4 = s
+        .txn(
+            Txn::new()
+                .when(Compare::at("/c/a/two", r3))
+                .then(Op::put("/c/a/two", b"changed".to_vec()))
+                .then(Op::put("/c/a/three", b"new".to_vec())),
+        )
+        .await?
+        .applied()
+        .expect("applies");
+    ensure!(s.get("/c/a/two").await?.expect("two").mod_revision == r4);
+    ensure!(
+        s.get("/c/a/three").await?.expect("three").mod_revision == r4,
+        "one txn, one revision"
+    );
+
+    // List: by prefix, sorted, with the revision it was read at.
+    create(s, "/c/b/other", "o").await?;
+    create(s, "/c/a-sibling", "s").await?;
+    let (items, rev) = s.list("/c/a/").await?;
+    let keys: Vec<_> = items.iter().map(|kv| kv.key.as_str()).collect();
+    ensure!(
+        keys == ["/c/a/one", "/c/a/three", "/c/a/two"],
+        "list: {keys:?}"
+    );
+    ensure!(rev >= r4 + 2, "list revision {rev}");
+
+    // Delete with a compare; a stale one fails.
+    let stale_delete = s
+        .txn(
+            Txn::new()
+                .when(Compare::at("/c/a/one", r1))
+                .then(Op::delete("/c/a/one")),
+        )
+        .await?;
+    ensure!(stale_delete.applied().is_none());
+    let r5 = s
+        .txn(
+            Txn::new()
+                .when(Compare::at("/c/a/one", r2))
+                .then(Op::delete("/c/a/one")),
+        )
+        .await?;
+    let r5 = r5.applied().expect("delete applies");
+    ensure!(s.get("/c/a/one").await?.is_none());
+
+    // Watch from a past revision: every later event under the prefix, in
+    // order, deletes with their last value; then live events.
+    let mut watch = s.watch("/c/a/", r1).await?;
+    let e = next(&mut watch).await?;
+    ensure!(
+        e.kind == EventKind::Put && e.kv.key == "/c/a/one" && e.kv.mod_revision == r2,
+        "{e:?}"
+    );
+    ensure!(
+        e.prev.as_ref().map(|p| p.value.as_slice()) == Some(b"1".as_slice()),
+        "prev value: {e:?}"
+    );
+    let e = next(&mut watch).await?;
+    ensure!(e.kv.key == "/c/a/two" && e.kv.mod_revision == r3, "{e:?}");
+    let e = next(&mut watch).await?;
+    ensure!(e.kv.mod_revision == r4, "{e:?}");
+    let e2 = next(&mut watch).await?;
+    ensure!(
+        e2.kv.mod_revision == r4 && e.kv.key != e2.kv.key,
+        "both keys of one txn: {e2:?}"
+    );
+    let e = next(&mut watch).await?;
+    ensure!(
+        e.kind == EventKind::Delete && e.kv.key == "/c/a/one" && e.kv.mod_revision == r5,
+        "{e:?}"
+    );
+    ensure!(e.kv.value == b"2", "a delete carries the last value: {e:?}");
+    create(s, "/c/b/not-watched", "n").await?;
+    let r6 = create(s, "/c/a/live", "l").await?;
+    let e = next(&mut watch).await?;
+    ensure!(
+        e.kv.key == "/c/a/live" && e.kv.mod_revision == r6,
+        "live event, other prefixes filtered: {e:?}"
+    );
+    drop(watch);
+
+    // Concurrent compare-and-swap: every increment lands exactly once.
+    create(s, "/c/counter", "0").await?;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut revisions = Vec::new();
+            for _ in 0..5 {
+                loop {
+                    let kv = store.get("/c/counter").await?.expect("counter");
+                    let n: u32 = String::from_utf8_lossy(&kv.value).parse()?;
+                    let txn = Txn::new()
+                        .when(Compare::at("/c/counter", kv.mod_revision))
+                        .then(Op::put("/c/counter", (n + 1).to_string().into_bytes()));
+                    if let Some(rev) = store.txn(txn).await?.applied() {
+                        revisions.push(rev);
+                        break;
+                    }
+                }
+            }
+            anyhow::Ok(revisions)
+        }));
+    }
+    let mut seen = HashSet::new();
+    for task in tasks {
+        for rev in task.await?? {
+            ensure!(seen.insert(rev), "revision {rev} handed out twice");
+        }
+    }
+    let counter = s.get("/c/counter").await?.expect("counter");
+    ensure!(
+        counter.value == b"40",
+        "counter is {}",
+        String::from_utf8_lossy(&counter.value)
+    );
+
+    // Compaction: a watch from before the compacted revision fails with
+    // Compacted; one from after it works.
+    let now = s.revision().await?;
+    s.compact(now - 1).await?;
+    let result = match s.watch("/c/", r1).await {
+        Err(e) => Err(e),
+        Ok(mut w) => match tokio::time::timeout(Duration::from_secs(10), w.next()).await? {
+            Some(Err(e)) => Err(e),
+            other => Ok(other),
+        },
+    };
+    ensure!(
+        matches!(result, Err(StoreError::Compacted { .. })),
+        "watch before compaction: {result:?}"
+    );
+    let mut watch = s.watch("/c/", now - 1).await?;
+    let e = next(&mut watch).await?;
+    ensure!(
+        e.kv.mod_revision == now,
+        "watch from the compacted revision onwards: {e:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sqlite_conformance() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let store = SqliteStore::open(dir.path().join("state.db"), SqliteOptions::default())?;
+        conformance(Arc::new(store)).await
+    })
+}
+
+#[test]
+fn etcd_conformance() -> Result<()> {
+    let island = Island::new("etcd")?;
+    let etcd = Etcd::start(&island)?;
+    let endpoint = etcd.endpoint.clone();
+    island.block_on(async move {
+        let store = EtcdStore::connect(&[endpoint]).await?;
+        conformance(Arc::new(store)).await
+    })?
+}
+
+/// Everything acknowledged survives closing and reopening the file, and the
+/// revision carries on from where it was.
+#[test]
+fn sqlite_reopen_keeps_data_and_revision() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("state.db");
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let last = {
+            let store = SqliteStore::open(&path, SqliteOptions::default())?;
+            let mut last = 0;
+            for i in 0..50 {
+                last = create(&store, &format!("/k/{i:03}"), &i.to_string()).await?;
+            }
+            last
+        };
+        let store = SqliteStore::open(&path, SqliteOptions::default())?;
+        let (items, rev) = store.list("/k/").await?;
+        ensure!(
+            items.len() == 50 && rev == last,
+            "{} items at {rev}, expected 50 at {last}",
+            items.len()
+        );
+        let next = create(&store, "/k/new", "n").await?;
+        ensure!(next == last + 1, "revision goes on: {next} after {last}");
+        let mut watch = store.watch("/k/", last - 1).await?;
+        ensure!(next_event_rev(&mut watch).await? == last);
+        ensure!(next_event_rev(&mut watch).await? == next);
+        Ok(())
+    })
+}
+
+async fn next_event_rev(stream: &mut EventStream) -> Result<i64> {
+    Ok(next(stream).await?.kv.mod_revision)
+}
+
+/// A watcher that reads nothing while thousands of writes land still gets
+/// every event, in order (it falls back from the live feed to the log).
+#[test]
+fn sqlite_slow_watcher_misses_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let store = Arc::new(SqliteStore::open(
+            dir.path().join("s.db"),
+            SqliteOptions { durable: false },
+        )?);
+        let start = store.revision().await?;
+        let mut watch = store.watch("/w/", start).await?;
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..1500 {
+                    create(store.as_ref(), &format!("/w/{w}/{i}"), "v").await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for w in writers {
+            w.await??;
+        }
+        let mut last = start;
+        for _ in 0..6000 {
+            let rev = next_event_rev(&mut watch).await?;
+            ensure!(rev == last + 1, "event {rev} after {last}");
+            last = rev;
+        }
+        Ok(())
+    })
+}
