@@ -1,1 +1,14 @@
-//! Weft object model: Kubernetes types, REST paths, typed client and validation (issue 3 fills this crate).
+//! weft-api: the object model Weft serves, shared by the controller, the agent
+//! and the CLI: which Kubernetes kinds exist and where they live, selectors,
+//! validation and defaulting, and errors as Kubernetes Status objects.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod error;
+pub mod meta;
+pub mod quantity;
+pub mod resources;
+pub mod selector;
+pub mod validate;
+
+pub use error::{ApiError, Cause};
+pub use resources::{RESOURCES, Resource};

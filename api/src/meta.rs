@@ -1,0 +1,91 @@
+//! Object metadata helpers: name rules and timestamps.
+
+/// Why `name` is not a DNS-1123 label (lower-case alphanumerics and '-',
+/// at most 63), or `None` when it is one.
+pub fn dns_label_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("a name must not be empty".into());
+    }
+    if name.len() > 63 {
+        return Some("must be no more than 63 characters".into());
+    }
+    let ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    (!ok).then(|| {
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character".into()
+    })
+}
+
+/// Why `name` is not a DNS-1123 subdomain (labels joined by '.', at most
+/// 253), or `None` when it is one.
+pub fn dns_subdomain_error(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("a name must not be empty".into());
+    }
+    if name.len() > 253 {
+        return Some("must be no more than 253 characters".into());
+    }
+    let ok = name.split('.').all(|l| {
+        !l.is_empty()
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && l.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && l.ends_with(|c: char| c.is_ascii_alphanumeric())
+    });
+    (!ok).then(|| {
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character".into()
+    })
+}
+
+/// Now as an RFC 3339 timestamp with seconds, as Kubernetes writes them.
+pub fn now_rfc3339() -> String {
+    format_rfc3339(std::time::SystemTime::now())
+}
+
+/// An instant as `2006-01-02T15:04:05Z`.
+pub fn format_rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let ts = k8s_openapi::jiff::Timestamp::from_second(secs)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Parses an RFC 3339 timestamp into seconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    s.parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_second())
+}
+
+/// A fresh random UID in the UUID text form.
+pub fn new_uid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(dns_label_error("web-1").is_none());
+        assert!(dns_label_error("Web").is_some());
+        assert!(dns_label_error("a.b").is_some());
+        assert!(dns_subdomain_error("a.b-c").is_none());
+        assert!(dns_subdomain_error("a..b").is_some());
+        assert!(dns_subdomain_error(&"a".repeat(254)).is_some());
+    }
+
+    #[test]
+    fn timestamps() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(format_rfc3339(t), "2023-11-14T22:13:20Z");
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(1_700_000_000));
+    }
+}
