@@ -9,13 +9,19 @@ use anyhow::{Result, ensure};
 use futures::StreamExt;
 use weft_controller::store::{
     Compare, EtcdStore, EventKind, EventStream, Op, SqliteOptions, SqliteStore, Store, StoreError,
-    Txn, TxnOutcome,
+    Txn, TxnOutcome, WatchItem,
 };
 use weft_tests::island::{Etcd, Island};
 
+/// The next event, skipping progress reports.
 async fn next(stream: &mut EventStream) -> Result<weft_controller::store::Event> {
-    let item = tokio::time::timeout(Duration::from_secs(10), stream.next()).await?;
-    Ok(item.ok_or_else(|| anyhow::anyhow!("watch ended"))??)
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(10), stream.next()).await?;
+        match item.ok_or_else(|| anyhow::anyhow!("watch ended"))?? {
+            WatchItem::Event(e) => return Ok(e),
+            WatchItem::Progress(_) => continue,
+        }
+    }
 }
 
 async fn create(store: &dyn Store, key: &str, value: &str) -> Result<i64> {
@@ -224,9 +230,12 @@ async fn conformance(store: Arc<dyn Store>) -> Result<()> {
     s.compact(now - 1).await?;
     let result = match s.watch("/c/", r1).await {
         Err(e) => Err(e),
-        Ok(mut w) => match tokio::time::timeout(Duration::from_secs(10), w.next()).await? {
-            Some(Err(e)) => Err(e),
-            other => Ok(other),
+        Ok(mut w) => match tokio::time::timeout(Duration::from_secs(10), next(&mut w)).await? {
+            Err(e) => match e.downcast::<StoreError>() {
+                Ok(e) => Err(e),
+                Err(other) => return Err(other),
+            },
+            Ok(event) => Ok(event),
         },
     };
     ensure!(

@@ -8,9 +8,10 @@ use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, Txn as EtcdTxn, TxnOp,
     WatchOptions,
 };
-use futures::StreamExt;
 
-use super::{Event, EventKind, EventStream, KeyValue, Op, Store, StoreError, Txn, TxnOutcome};
+use super::{
+    Event, EventKind, EventStream, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchItem,
+};
 
 pub struct EtcdStore {
     client: Client,
@@ -38,6 +39,61 @@ fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
 
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
     header.map(|h| h.revision()).unwrap_or(0)
+}
+
+/// How often an idle watch asks etcd for its revision.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn convert_response(
+    response: etcd_client::WatchResponse,
+    after: i64,
+) -> Vec<Result<WatchItem, StoreError>> {
+    if response.compact_revision() > 0 {
+        return vec![Err(StoreError::Compacted {
+            requested: after + 1,
+            oldest: response.compact_revision() + 1,
+        })];
+    }
+    if response.canceled() {
+        return vec![Err(StoreError::Other(format!(
+            "etcd cancelled the watch: {}",
+            response.cancel_reason()
+        )))];
+    }
+    if response.events().is_empty() {
+        if response.created() {
+            return Vec::new();
+        }
+        return vec![Ok(WatchItem::Progress(header_revision(response.header())))];
+    }
+    response
+        .events()
+        .iter()
+        .filter_map(|event| {
+            let kv = event.kv()?;
+            let prev = event.prev_kv().map(convert);
+            Some(Ok(WatchItem::Event(match event.event_type() {
+                EventType::Put => Event {
+                    kind: EventKind::Put,
+                    kv: convert(kv),
+                    prev,
+                },
+                EventType::Delete => {
+                    // etcd sends a delete's key without a value; callers
+                    // want the last value, as with SQLite.
+                    let last = prev.clone().unwrap_or_else(|| convert(kv));
+                    Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue {
+                            mod_revision: kv.mod_revision(),
+                            ..last
+                        },
+                        prev,
+                    }
+                }
+            })))
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -89,54 +145,40 @@ impl Store for EtcdStore {
             .with_prefix()
             .with_start_revision(after + 1)
             .with_prev_key();
-        let stream = self.client.clone().watch(prefix, Some(options)).await?;
-        let events = stream.flat_map(move |response| {
-            let items: Vec<Result<Event, StoreError>> = match response {
-                Err(e) => vec![Err(e.into())],
-                Ok(response) if response.compact_revision() > 0 => {
-                    vec![Err(StoreError::Compacted {
-                        requested: after + 1,
-                        oldest: response.compact_revision() + 1,
-                    })]
+        let mut stream = self.client.clone().watch(prefix, Some(options)).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchItem, StoreError>>(256);
+        tokio::spawn(async move {
+            // etcd reports progress only when asked (or every ten minutes).
+            let mut ask = tokio::time::interval_at(
+                tokio::time::Instant::now() + PROGRESS_EVERY,
+                PROGRESS_EVERY,
+            );
+            loop {
+                let response = tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = ask.tick() => {
+                        let _ = stream.request_progress().await;
+                        continue;
+                    }
+                    response = stream.message() => response,
+                };
+                let items = match response {
+                    Ok(None) => return,
+                    Err(e) => vec![Err(e.into())],
+                    Ok(Some(response)) => convert_response(response, after),
+                };
+                let stop = items.iter().any(Result::is_err);
+                for item in items {
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
                 }
-                Ok(response) if response.canceled() => {
-                    vec![Err(StoreError::Other(format!(
-                        "etcd cancelled the watch: {}",
-                        response.cancel_reason()
-                    )))]
+                if stop {
+                    return;
                 }
-                Ok(response) => response
-                    .events()
-                    .iter()
-                    .filter_map(|event| {
-                        let kv = event.kv()?;
-                        let prev = event.prev_kv().map(convert);
-                        Some(Ok(match event.event_type() {
-                            EventType::Put => Event {
-                                kind: EventKind::Put,
-                                kv: convert(kv),
-                                prev,
-                            },
-                            EventType::Delete => {
-                                // etcd sends a delete's key without a value;
-                                // callers want the last value, as with SQLite.
-                                let last = prev.clone().unwrap_or_else(|| convert(kv));
-                                Event {
-                                    kind: EventKind::Delete,
-                                    kv: KeyValue {
-                                        mod_revision: kv.mod_revision(),
-                                        ..last
-                                    },
-                                    prev,
-                                }
-                            }
-                        }))
-                    })
-                    .collect(),
-            };
-            futures::stream::iter(items)
+            }
         });
-        Ok(Box::pin(events))
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn revision(&self) -> Result<i64, StoreError> {

@@ -132,7 +132,16 @@ pub struct Event {
     pub prev: Option<KeyValue>,
 }
 
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, StoreError>> + Send>>;
+/// What a watch yields: events, and now and then the store's revision when
+/// nothing under the prefix changed (so a watcher can resume from there: every
+/// event up to that revision has been delivered).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchItem {
+    Event(Event),
+    Progress(i64),
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<WatchItem, StoreError>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -14,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    Event, EventKind, EventStream, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, prefix_end,
+    Event, EventKind, EventStream, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchItem,
+    prefix_end,
 };
 
 /// How many queued transactions one commit may cover.
@@ -22,6 +23,8 @@ const MAX_GROUP: usize = 512;
 /// Batches of events buffered for slow watchers before they fall back to
 /// reading the log table.
 const BROADCAST_CAPACITY: usize = 1024;
+/// How often an idle watch reports the store's revision.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -422,17 +425,31 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| StoreError::Other(format!("reader task: {e}")))??
         };
-        let (tx, rx) = mpsc::channel::<Result<Event, StoreError>>(256);
+        let (tx, rx) = mpsc::channel::<Result<WatchItem, StoreError>>(256);
         tokio::spawn(async move {
             let mut sent = upto;
             for event in first {
-                if tx.send(Ok(event)).await.is_err() {
+                if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
                     return;
                 }
             }
+            // The last revision the watcher knows it has seen everything up to.
+            let mut reported = sent;
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
             loop {
                 let batch = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = tick.tick() => {
+                        // Other prefixes moved the revision on: say so, so
+                        // that an idle watcher can resume from here.
+                        if sent > reported {
+                            reported = sent;
+                            if tx.send(Ok(WatchItem::Progress(sent))).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
                     batch = live.recv() => batch,
                 };
                 match batch {
@@ -443,7 +460,8 @@ impl Store for SqliteStore {
                         }
                         sent = rev;
                         for event in batch.iter().filter(|e| e.kv.key.starts_with(&prefix)) {
-                            if tx.send(Ok(event.clone())).await.is_err() {
+                            reported = rev;
+                            if tx.send(Ok(WatchItem::Event(event.clone()))).await.is_err() {
                                 return;
                             }
                         }
@@ -458,7 +476,7 @@ impl Store for SqliteStore {
                         match caught {
                             Ok(Ok((events, upto))) => {
                                 for event in events {
-                                    if tx.send(Ok(event)).await.is_err() {
+                                    if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
                                         return;
                                     }
                                 }
