@@ -216,6 +216,14 @@ impl ApiError {
         e.causes = causes;
         e
     }
+    /// 422 for a JSON patch that cannot be applied.
+    pub fn invalid_patch(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            format!("the patch cannot be applied: {message}"),
+        )
+    }
     /// 500 InternalError.
     pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::new(

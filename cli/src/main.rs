@@ -28,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The control plane: API server, store, IPAM, scheduler and controllers.
+    Controller(ControllerArgs),
     /// A multi-node cluster inside network namespaces on this machine.
     Lab {
         #[command(subcommand)]
@@ -53,6 +55,42 @@ enum Cmd {
         log: PathBuf,
         #[arg(long)]
         start: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    #[command(subcommand)]
+    cmd: Option<ControllerCmd>,
+    /// Where the store, the CA, keys and tokens live (root only).
+    #[arg(long, default_value = weft_controller::server::DEFAULT_DATA_DIR, global = true)]
+    data_dir: PathBuf,
+    /// Address and port to serve the API on.
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    listen: std::net::SocketAddr,
+    /// The address clients reach the API at (kubeconfig and certificate).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+    /// Extra names or addresses for the serving certificate.
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+    /// The store: the embedded SQLite file, or etcd.
+    #[arg(long, value_parser = ["sqlite", "etcd"], default_value = "sqlite")]
+    store: String,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+    /// Where to write the admin kubeconfig (default ~/.weft/config).
+    #[arg(long)]
+    kubeconfig_out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ControllerCmd {
+    /// Print the token of a node's agent, creating it when the node has none.
+    NodeToken {
+        /// The node's name.
+        node: String,
     },
 }
 
@@ -166,7 +204,36 @@ async fn run(cmd: Cmd) -> Result<u8> {
             Ok(0)
         }
         Cmd::Lab { cmd } => lab_cmd(cmd).await,
+        Cmd::Controller(args) => controller_cmd(args).await,
     }
+}
+
+async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
+    use weft_controller::server::{ControllerConfig, StoreConfig, default_kubeconfig_path};
+    if let Some(ControllerCmd::NodeToken { node }) = args.cmd {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("create {}", args.data_dir.display()))?;
+        let tokens = weft_controller::apiserver::auth::Tokens::open(&args.data_dir)?;
+        println!("{}", tokens.node_token(&node)?);
+        return Ok(0);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut cfg = ControllerConfig::new(&args.data_dir);
+    cfg.listen = args.listen;
+    cfg.advertise = args.advertise_address;
+    cfg.extra_sans = args.tls_sans;
+    cfg.store = match args.store.as_str() {
+        "etcd" => StoreConfig::Etcd(args.etcd_endpoints),
+        _ => StoreConfig::Sqlite,
+    };
+    cfg.kubeconfig = Some(args.kubeconfig_out.unwrap_or_else(default_kubeconfig_path));
+    weft_controller::server::run(cfg).await?;
+    Ok(0)
 }
 
 fn read_pods(path: &std::path::Path) -> Result<Vec<Pod>> {

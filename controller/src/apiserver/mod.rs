@@ -1,0 +1,683 @@
+//! The Kubernetes-compatible API server: REST paths, JSON bodies, watch
+//! streams, discovery; TLS and bearer tokens in front.
+
+pub mod auth;
+mod discovery;
+pub mod patch;
+pub mod table;
+pub mod tls;
+mod watch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use weft_api::error::ApiError;
+use weft_api::resources::{self, Resource};
+use weft_api::selector::{FieldSelector, LabelSelector};
+use weft_api::validate::decode_object;
+
+use crate::ipam;
+use crate::registry::{Registry, Write, parse_rv};
+use auth::{Attributes, Decision, Tokens, User};
+
+/// Kubernetes' limit on a request body.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub struct ApiState {
+    pub registry: Registry,
+    pub tokens: Arc<Tokens>,
+    /// How often a watch with allowWatchBookmarks=true gets a bookmark.
+    pub bookmark_every: Duration,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// Serves the API over TLS on `listener` until the process ends.
+pub async fn serve(
+    state: Arc<ApiState>,
+    listener: std::net::TcpListener,
+    pki: &tls::Pki,
+) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+        pki.cert_pem.clone().into_bytes(),
+        pki.key_pem.clone().into_bytes(),
+    )
+    .await?;
+    listener.set_nonblocking(true)?;
+    axum_server::from_tcp_rustls(listener, config)?
+        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .await?;
+    Ok(())
+}
+
+pub fn json_response(code: u16, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).expect("JSON values encode");
+    let mut resp = Response::new(Body::from(bytes));
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+pub fn error_response(e: &ApiError) -> Response {
+    json_response(e.code, &e.to_status())
+}
+
+async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let method = parts.method.clone();
+    let result = dispatch(
+        &st,
+        &parts.method,
+        &path,
+        parts.uri.query(),
+        &parts.headers,
+        body,
+    )
+    .await;
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.code >= 500 {
+                tracing::warn!(%method, %path, "{e}");
+            }
+            error_response(&e)
+        }
+    }
+}
+
+/// Query parameters (the last value of each wins, as in Go's url.Values.Get).
+pub struct Query(HashMap<String, String>);
+
+impl Query {
+    fn parse(q: Option<&str>) -> Self {
+        Query(
+            form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("1" | "true" | "True"))
+    }
+}
+
+/// A request for a resource, parsed from its path.
+#[derive(Debug)]
+struct Target {
+    res: &'static Resource,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn parse_target(group: &str, version: &str, rest: &[&str], path: &str) -> Result<Target, ApiError> {
+    let find = |plural: &str| {
+        resources::by_path(group, version, plural).ok_or_else(|| ApiError::no_route(path))
+    };
+    // /namespaces/{ns}/{plural}[/{name}[/{sub}]] when {plural} is namespaced here.
+    if rest.len() >= 3 && rest[0] == "namespaces" {
+        if let Some(res) = resources::by_path(group, version, rest[2]).filter(|r| r.namespaced) {
+            if rest.len() > 5 {
+                return Err(ApiError::no_route(path));
+            }
+            return Ok(Target {
+                res,
+                ns: Some(rest[1].to_string()),
+                name: rest.get(3).map(|s| s.to_string()),
+                sub: rest.get(4).map(|s| s.to_string()),
+            });
+        }
+    }
+    match rest {
+        [plural] => Ok(Target {
+            res: find(plural)?,
+            ns: None,
+            name: None,
+            sub: None,
+        }),
+        [plural, name] => {
+            let res = find(plural)?;
+            if res.namespaced {
+                return Err(ApiError::no_route(path));
+            }
+            Ok(Target {
+                res,
+                ns: None,
+                name: Some(name.to_string()),
+                sub: None,
+            })
+        }
+        [plural, name, sub] => {
+            let res = find(plural)?;
+            if res.namespaced {
+                return Err(ApiError::no_route(path));
+            }
+            Ok(Target {
+                res,
+                ns: None,
+                name: Some(name.to_string()),
+                sub: Some(sub.to_string()),
+            })
+        }
+        _ => Err(ApiError::no_route(path)),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string()
+}
+
+async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::too_large(MAX_BODY))
+}
+
+/// Parses a request body as JSON, or YAML for `application/yaml`.
+fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
+    let ct = content_type(headers);
+    let kind = ct.split(';').next().unwrap_or_default().trim();
+    match kind {
+        "application/json" | "" | "*/*" => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_norway::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+/// Unknown fields: refused with fieldValidation=Strict, warned about
+/// otherwise (Kubernetes' default is Warn), silent with Ignore.
+fn field_validation(
+    query: &Query,
+    kind: &str,
+    unknown: &[String],
+) -> Result<Vec<String>, ApiError> {
+    if unknown.is_empty() {
+        return Ok(Vec::new());
+    }
+    match query.get("fieldValidation").unwrap_or("Warn") {
+        "Strict" => {
+            let list = unknown
+                .iter()
+                .map(|u| format!("unknown field \"{u}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut e = ApiError::bad_request(format!("strict decoding error: {list}"));
+            e.kind = Some(kind.to_string());
+            e.causes = unknown
+                .iter()
+                .map(|u| weft_api::Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!("unknown field \"{u}\""),
+                    field: u.clone(),
+                })
+                .collect();
+            Err(e)
+        }
+        "Ignore" => Ok(Vec::new()),
+        "Warn" => Ok(unknown
+            .iter()
+            .map(|u| format!("unknown field \"{u}\""))
+            .collect()),
+        other => Err(ApiError::bad_request(format!(
+            "fieldValidation must be one of Ignore, Warn or Strict, not \"{other}\""
+        ))),
+    }
+}
+
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append("Warning", v);
+        }
+    }
+    resp
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.contains("as=Table") && t.contains("g=meta.k8s.io"))
+        })
+}
+
+async fn dispatch(
+    st: &ApiState,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let ["healthz" | "livez" | "readyz", ..] = segs.as_slice() {
+        return Ok((StatusCode::OK, "ok").into_response());
+    }
+    let user = st.tokens.authenticate(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )?;
+    let query = Query::parse(query);
+    let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
+        [] => return Ok(json_response(200, &discovery::root_paths())),
+        ["version"] => return Ok(json_response(200, &discovery::version())),
+        ["api"] => return Ok(discovery::respond(headers, discovery::api_versions())),
+        ["apis"] => return Ok(discovery::respond(headers, discovery::api_group_list())),
+        ["api", "v1"] => return Ok(json_response(200, &discovery::resource_list("", "v1")?)),
+        ["apis", g] => return Ok(json_response(200, &discovery::api_group(g)?)),
+        ["apis", g, v] => return Ok(json_response(200, &discovery::resource_list(g, v)?)),
+        ["openapi", "v2"] => return Ok(discovery::openapi_v2()),
+        ["openapi", ..] => return Err(ApiError::no_route(path)),
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(ApiError::no_route(path)),
+    };
+    let target = parse_target(group, version, rest, path)?;
+    let res = target.res;
+    if let Some(sub) = &target.sub {
+        if !res.subresources.contains(&sub.as_str()) {
+            return Err(ApiError::no_route(path));
+        }
+    }
+    let watching = query.flag("watch");
+    let verb = match (method.as_str(), target.name.is_some()) {
+        ("GET", false) if watching => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", true) => "update",
+        ("PATCH", true) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{method} is not supported on {path}"
+            )));
+        }
+    };
+    let attrs = Attributes {
+        verb,
+        group: res.group,
+        resource: res.plural,
+        subresource: target.sub.as_deref(),
+        namespace: target.ns.as_deref(),
+        name: target.name.as_deref(),
+    };
+    match auth::authorize(&user, &attrs) {
+        Decision::Allow => {}
+        Decision::Deny(msg) => return Err(ApiError::forbidden(msg)),
+        Decision::IfPodOnNode(node) => {
+            let name = target.name.as_deref().unwrap_or_default();
+            let pod = st.registry.get(res, target.ns.as_deref(), name).await?;
+            if pod["spec"]["nodeName"].as_str() != Some(node.as_str()) {
+                return Err(ApiError::forbidden(format!(
+                    "node \"{node}\" can only change pods bound to it; pod \"{name}\" is not"
+                )));
+            }
+        }
+    }
+    let ns = target.ns.as_deref();
+    let table = wants_table(headers);
+    match (verb, target.sub.as_deref()) {
+        ("watch", None) => watch::serve(st, res, ns, &query, table).await,
+        ("list", None) => list(st, res, ns, &query, table).await,
+        ("get", None | Some("status")) => {
+            let obj = st
+                .registry
+                .get(res, ns, target.name.as_deref().unwrap_or_default())
+                .await?;
+            if table {
+                return Ok(json_response(
+                    200,
+                    &table::table(
+                        res,
+                        std::slice::from_ref(&obj),
+                        None,
+                        &query_include(&query),
+                    ),
+                ));
+            }
+            Ok(json_response(200, &obj))
+        }
+        ("get", Some("scale")) => {
+            let obj = st
+                .registry
+                .get(res, ns, target.name.as_deref().unwrap_or_default())
+                .await?;
+            Ok(json_response(200, &scale_of(&obj)))
+        }
+        ("create", None) if target.name.is_none() => {
+            let bytes = read_body(body).await?;
+            let decoded =
+                decode_object(&res.api_version(), res.kind, parse_body(headers, &bytes)?)?;
+            let warnings = field_validation(&query, res.kind, &decoded.unknown)?;
+            auth::check_body_name(&user, res.plural, crate::registry::name_of(&decoded.object))?;
+            refuse_dry_run(&query)?;
+            let created = st.registry.create(res, ns, decoded.object).await?;
+            Ok(with_warnings(json_response(201, &created), &warnings))
+        }
+        ("create", Some("binding")) => {
+            let bytes = read_body(body).await?;
+            let decoded = decode_object("v1", "Binding", parse_body(headers, &bytes)?)?;
+            let node = decoded.object["target"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if node.is_empty() {
+                return Err(ApiError::invalid(
+                    "Binding",
+                    "",
+                    target.name.as_deref().unwrap_or_default(),
+                    vec![weft_api::Cause::required("target.name")],
+                ));
+            }
+            ipam::bind(
+                &st.registry,
+                ns.unwrap_or("default"),
+                target.name.as_deref().unwrap_or_default(),
+                &node,
+            )
+            .await?;
+            Ok(json_response(
+                201,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
+        }
+        ("update", None | Some("status")) => {
+            let name = target.name.as_deref().unwrap_or_default();
+            let bytes = read_body(body).await?;
+            let decoded =
+                decode_object(&res.api_version(), res.kind, parse_body(headers, &bytes)?)?;
+            let warnings = field_validation(&query, res.kind, &decoded.unknown)?;
+            refuse_dry_run(&query)?;
+            let write = if target.sub.is_some() {
+                Write::Status
+            } else {
+                Write::Update
+            };
+            let updated = st
+                .registry
+                .update(res, ns, name, decoded.object, write)
+                .await?;
+            Ok(with_warnings(json_response(200, &updated), &warnings))
+        }
+        ("update", Some("scale")) | ("patch", Some("scale")) => {
+            let name = target.name.as_deref().unwrap_or_default().to_string();
+            let bytes = read_body(body).await?;
+            refuse_dry_run(&query)?;
+            let is_patch = verb == "patch";
+            let ct = content_type(headers);
+            let updated = st
+                .registry
+                .modify(res, ns, &name, Write::Update, |obj| {
+                    let mut scale = scale_of(&obj);
+                    let current_rv = scale["metadata"]["resourceVersion"].clone();
+                    if is_patch {
+                        patch::apply(&ct, &mut scale, &bytes)?;
+                    } else {
+                        scale = serde_json::from_slice(&bytes)
+                            .map_err(|e| ApiError::bad_request(format!("the Scale body is not valid JSON: {e}")))?;
+                        if let Some(rv) = scale["metadata"]["resourceVersion"].as_str() {
+                            if Some(rv) != current_rv.as_str() {
+                                return Err(ApiError::conflict(res.plural, res.group, &name, "the object has been modified; please apply your changes to the latest version and try again"));
+                            }
+                        }
+                    }
+                    let replicas = scale["spec"]["replicas"].as_i64().ok_or_else(|| {
+                        ApiError::invalid("Scale", "autoscaling", &name, vec![weft_api::Cause::required("spec.replicas")])
+                    })?;
+                    if replicas < 0 {
+                        return Err(ApiError::invalid("Scale", "autoscaling", &name, vec![weft_api::Cause::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]));
+                    }
+                    let mut obj = obj;
+                    obj["spec"]["replicas"] = json!(replicas);
+                    Ok(obj)
+                })
+                .await?;
+            Ok(json_response(200, &scale_of(&updated)))
+        }
+        ("patch", None | Some("status")) => {
+            let name = target.name.as_deref().unwrap_or_default().to_string();
+            let bytes = read_body(body).await?;
+            refuse_dry_run(&query)?;
+            let ct = content_type(headers);
+            let write = if target.sub.is_some() {
+                Write::Status
+            } else {
+                Write::Update
+            };
+            let mut warnings = Vec::new();
+            let updated = st
+                .registry
+                .modify(res, ns, &name, write, |obj| {
+                    let mut patched = obj;
+                    patch::apply(&ct, &mut patched, &bytes)?;
+                    let decoded = decode_object(&res.api_version(), res.kind, patched)?;
+                    warnings = field_validation(&query, res.kind, &decoded.unknown)?;
+                    Ok(decoded.object)
+                })
+                .await?;
+            Ok(with_warnings(json_response(200, &updated), &warnings))
+        }
+        ("delete", None) => {
+            let name = target.name.as_deref().unwrap_or_default();
+            let bytes = read_body(body).await?;
+            let (uid, rv) = delete_preconditions(headers, &bytes)?;
+            refuse_dry_run(&query)?;
+            let deleted = st.registry.delete(res, ns, name, (uid, rv)).await?;
+            Ok(json_response(200, &deleted))
+        }
+        ("deletecollection", None) => {
+            refuse_dry_run(&query)?;
+            let (items, _) = selected(st, res, ns, &query).await?;
+            let mut deleted = Vec::new();
+            for obj in items {
+                let name = crate::registry::name_of(&obj).to_string();
+                match st
+                    .registry
+                    .delete(
+                        res,
+                        crate::registry::namespace_of(&obj),
+                        &name,
+                        (None, None),
+                    )
+                    .await
+                {
+                    Ok(obj) => deleted.push(obj),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(json_response(
+                200,
+                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {}, "items": deleted}),
+            ))
+        }
+        ("get", Some("log" | "exec")) | ("create", Some("exec")) => Err(ApiError::unavailable(
+            "pod logs and exec are served by the node agent, which this controller cannot reach yet",
+        )),
+        _ => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on {path}"
+        ))),
+    }
+}
+
+fn refuse_dry_run(query: &Query) -> Result<(), ApiError> {
+    match query.get("dryRun") {
+        None => Ok(()),
+        Some(_) => Err(ApiError::bad_request(
+            "dryRun is not supported by this server; run without --dry-run=server",
+        )),
+    }
+}
+
+fn delete_preconditions(
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<(Option<String>, Option<i64>), ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok((None, None));
+    }
+    // kubectl sends DeleteOptions without kind and apiVersion, or as
+    // meta.k8s.io/v1: read the fields, not the type.
+    let body = parse_body(headers, bytes)?;
+    if !body.is_object() {
+        return Err(ApiError::bad_request("DeleteOptions must be a JSON object"));
+    }
+    let pre = &body["preconditions"];
+    let uid = pre["uid"].as_str().map(String::from);
+    let rv = pre["resourceVersion"].as_str().map(parse_rv).transpose()?;
+    if let Some(policy) = body["propagationPolicy"].as_str() {
+        if !["Background", "Foreground", "Orphan"].contains(&policy) {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy must be Background, Foreground or Orphan, not {policy}"
+            )));
+        }
+    }
+    Ok((uid, rv))
+}
+
+fn query_include(query: &Query) -> String {
+    query.get("includeObject").unwrap_or("Metadata").to_string()
+}
+
+/// The selectors of a list or watch request.
+pub struct Selectors {
+    pub label: LabelSelector,
+    pub field: FieldSelector,
+}
+
+impl Selectors {
+    pub fn parse(res: &Resource, query: &Query) -> Result<Self, ApiError> {
+        let label = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(format!("unable to parse labelSelector: {e}")))?;
+        let field = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default(), res.kind)
+            .map_err(|e| ApiError::bad_request(format!("unable to parse fieldSelector: {e}")))?;
+        Ok(Self { label, field })
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.label.matches_object(obj) && self.field.matches(obj)
+    }
+}
+
+async fn selected(
+    st: &ApiState,
+    res: &Resource,
+    ns: Option<&str>,
+    query: &Query,
+) -> Result<(Vec<Value>, i64), ApiError> {
+    let sel = Selectors::parse(res, query)?;
+    // metadata.name=x needs only one read, as kubectl delete's wait does.
+    if let Some(name) = sel.field.exact("metadata.name") {
+        if ns.is_some() || !res.namespaced {
+            let rev = st
+                .registry
+                .store
+                .revision()
+                .await
+                .map_err(crate::registry::store_error)?;
+            let items = match st.registry.get_raw(res, ns, name).await? {
+                Some((obj, _)) if sel.matches(&obj) => vec![obj],
+                _ => Vec::new(),
+            };
+            return Ok((items, rev));
+        }
+    }
+    st.registry.list(res, ns, |o| sel.matches(o)).await
+}
+
+async fn list(
+    st: &ApiState,
+    res: &Resource,
+    ns: Option<&str>,
+    query: &Query,
+    table: bool,
+) -> Result<Response, ApiError> {
+    let (items, rev) = selected(st, res, ns, query).await?;
+    if table {
+        return Ok(json_response(
+            200,
+            &table::table(res, &items, Some(rev), &query_include(query)),
+        ));
+    }
+    Ok(json_response(
+        200,
+        &json!({
+            "kind": format!("{}List", res.kind),
+            "apiVersion": res.api_version(),
+            "metadata": {"resourceVersion": rev.to_string()},
+            "items": items,
+        }),
+    ))
+}
+
+/// The autoscaling/v1 Scale view of a Deployment or ReplicaSet.
+fn scale_of(obj: &Value) -> Value {
+    let selector = weft_api::selector::LabelSelector::from_k8s(&obj["spec"]["selector"])
+        .map(|s| selector_string(&s))
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": obj["metadata"]["name"],
+            "namespace": obj["metadata"]["namespace"],
+            "uid": obj["metadata"]["uid"],
+            "resourceVersion": obj["metadata"]["resourceVersion"],
+            "creationTimestamp": obj["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": obj["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+/// A label selector in its text form.
+pub fn selector_string(sel: &LabelSelector) -> String {
+    use weft_api::selector::Requirement;
+    sel.0
+        .iter()
+        .map(|r| match r {
+            Requirement::In(k, v) if v.len() == 1 => format!("{k}={}", v[0]),
+            Requirement::In(k, v) => format!("{k} in ({})", v.join(",")),
+            Requirement::NotIn(k, v) => format!("{k} notin ({})", v.join(",")),
+            Requirement::Exists(k) => k.clone(),
+            Requirement::DoesNotExist(k) => format!("!{k}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The user a request runs as, for the in-process callers' logs.
+pub fn describe_user(user: &User) -> String {
+    format!("{} ({})", user.name, user.groups.join(","))
+}

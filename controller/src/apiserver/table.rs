@@ -1,0 +1,768 @@
+//! Server-side printing: the meta.k8s.io/v1 Table that `kubectl get` asks
+//! for, with the columns kube-apiserver prints for each kind.
+
+use serde_json::{Value, json};
+use weft_api::resources::Resource;
+
+/// One column: name, type, format, description, priority (1 = wide only).
+type Column = (&'static str, &'static str, &'static str, &'static str, u8);
+
+fn columns(kind: &str) -> Vec<Column> {
+    let name = (
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    );
+    let age = (
+        "Age",
+        "string",
+        "",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    );
+    match kind {
+        "Pod" => vec![
+            name,
+            (
+                "Ready",
+                "string",
+                "",
+                "The aggregate readiness state of this pod for accepting traffic.",
+                0,
+            ),
+            (
+                "Status",
+                "string",
+                "",
+                "The aggregate status of the containers in this pod.",
+                0,
+            ),
+            (
+                "Restarts",
+                "string",
+                "",
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+                0,
+            ),
+            age,
+            (
+                "IP",
+                "string",
+                "",
+                "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+                1,
+            ),
+            (
+                "Node",
+                "string",
+                "",
+                "NodeName is a request to schedule this pod onto a specific node.",
+                1,
+            ),
+            (
+                "Nominated Node",
+                "string",
+                "",
+                "nominatedNodeName is set only when this pod preempts other pods on the node.",
+                1,
+            ),
+            (
+                "Readiness Gates",
+                "string",
+                "",
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+                1,
+            ),
+        ],
+        "Service" => vec![
+            name,
+            (
+                "Type",
+                "string",
+                "",
+                "type determines how the Service is exposed.",
+                0,
+            ),
+            (
+                "Cluster-IP",
+                "string",
+                "",
+                "clusterIP is the IP address of the service.",
+                0,
+            ),
+            (
+                "External-IP",
+                "string",
+                "",
+                "List of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+                0,
+            ),
+            (
+                "Port(s)",
+                "string",
+                "",
+                "The list of ports that are exposed by this service.",
+                0,
+            ),
+            age,
+            (
+                "Selector",
+                "string",
+                "",
+                "Route service traffic to pods with label keys and values matching this selector.",
+                1,
+            ),
+        ],
+        "Deployment" => vec![
+            name,
+            (
+                "Ready",
+                "string",
+                "",
+                "Number of the pod with ready state",
+                0,
+            ),
+            (
+                "Up-to-date",
+                "integer",
+                "",
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+                0,
+            ),
+            (
+                "Available",
+                "integer",
+                "",
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+                0,
+            ),
+            age,
+            (
+                "Containers",
+                "string",
+                "",
+                "Names of each container in the template.",
+                1,
+            ),
+            (
+                "Images",
+                "string",
+                "",
+                "Images referenced by each container in the template.",
+                1,
+            ),
+            ("Selector", "string", "", "Label selector for pods.", 1),
+        ],
+        "ReplicaSet" => vec![
+            name,
+            (
+                "Desired",
+                "integer",
+                "",
+                "Replicas is the number of desired replicas.",
+                0,
+            ),
+            (
+                "Current",
+                "integer",
+                "",
+                "Replicas is the most recently observed number of replicas.",
+                0,
+            ),
+            (
+                "Ready",
+                "integer",
+                "",
+                "The number of ready replicas for this replica set.",
+                0,
+            ),
+            age,
+            (
+                "Containers",
+                "string",
+                "",
+                "Names of each container in the template.",
+                1,
+            ),
+            (
+                "Images",
+                "string",
+                "",
+                "Images referenced by each container in the template.",
+                1,
+            ),
+            ("Selector", "string", "", "Label selector for pods.", 1),
+        ],
+        "Node" => vec![
+            name,
+            ("Status", "string", "", "The status of the node", 0),
+            ("Roles", "string", "", "The roles of the node", 0),
+            age,
+            (
+                "Version",
+                "string",
+                "",
+                "Kubelet Version reported by the node.",
+                0,
+            ),
+            (
+                "Internal-IP",
+                "string",
+                "",
+                "List of addresses reachable to the node.",
+                1,
+            ),
+            (
+                "External-IP",
+                "string",
+                "",
+                "List of addresses reachable to the node.",
+                1,
+            ),
+            (
+                "OS-Image",
+                "string",
+                "",
+                "OS Image reported by the node from /etc/os-release (e.g. Debian GNU/Linux 7 (wheezy)).",
+                1,
+            ),
+            (
+                "Kernel-Version",
+                "string",
+                "",
+                "Kernel Version reported by the node from 'uname -r' (e.g. 3.16.0-0.bpo.4-amd64).",
+                1,
+            ),
+            (
+                "Container-Runtime",
+                "string",
+                "",
+                "ContainerRuntime Version reported by the node through runtime remote API (e.g. containerd://1.4.2).",
+                1,
+            ),
+        ],
+        "Namespace" => vec![
+            name,
+            ("Status", "string", "", "The status of the namespace", 0),
+            age,
+        ],
+        "Endpoints" => vec![
+            name,
+            ("Endpoints", "string", "", "Endpoints of this service", 0),
+            age,
+        ],
+        "EndpointSlice" => vec![
+            name,
+            (
+                "AddressType",
+                "string",
+                "",
+                "addressType specifies the type of address carried by this EndpointSlice.",
+                0,
+            ),
+            (
+                "Ports",
+                "string",
+                "",
+                "ports specifies the list of network ports exposed by each endpoint in this slice.",
+                0,
+            ),
+            (
+                "Endpoints",
+                "string",
+                "",
+                "endpoints is a list of unique endpoints in this slice.",
+                0,
+            ),
+            age,
+        ],
+        "Lease" => vec![
+            name,
+            (
+                "Holder",
+                "string",
+                "",
+                "holderIdentity contains the identity of the holder of a current lease.",
+                0,
+            ),
+            age,
+        ],
+        "Event" => vec![
+            (
+                "Last Seen",
+                "string",
+                "",
+                "Time when this Event was last seen",
+                0,
+            ),
+            (
+                "Type",
+                "string",
+                "",
+                "Type of this event (Normal, Warning), new types could be added in the future.",
+                0,
+            ),
+            (
+                "Reason",
+                "string",
+                "",
+                "Short, machine understandable string that gives the reason for the transition into the object's current status.",
+                0,
+            ),
+            (
+                "Object",
+                "string",
+                "",
+                "The object that this event is about.",
+                0,
+            ),
+            (
+                "Message",
+                "string",
+                "",
+                "A human-readable description of the status of this operation.",
+                0,
+            ),
+            (
+                "Subobject",
+                "string",
+                "",
+                "The field of the object that this event is about.",
+                1,
+            ),
+            (
+                "Source",
+                "string",
+                "",
+                "The component reporting this event.",
+                1,
+            ),
+            (
+                "First Seen",
+                "string",
+                "",
+                "The time at which the event was first recorded.",
+                1,
+            ),
+            (
+                "Count",
+                "string",
+                "",
+                "The number of times this event has occurred.",
+                1,
+            ),
+            ("Name", "string", "name", "Name of the event", 1),
+        ],
+        _ => vec![name, age],
+    }
+}
+
+/// "5m", "3h", "2d" as kubectl prints ages.
+pub fn human_age(since: Option<&str>) -> String {
+    let Some(t) = since.and_then(weft_api::meta::parse_rfc3339) else {
+        return "<unknown>".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    human_duration((now - t).max(0))
+}
+
+/// Kubernetes' HumanDuration.
+pub fn human_duration(secs: i64) -> String {
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    if secs < 120 {
+        format!("{secs}s")
+    } else if m < 10 {
+        if secs % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", secs % 60)
+        }
+    } else if h < 3 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if d < 8 {
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else {
+        format!("{}y", d / 365)
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+fn or_none(text: String) -> String {
+    if text.is_empty() {
+        "<none>".into()
+    } else {
+        text
+    }
+}
+
+fn containers_and_images(template_spec: &Value) -> (String, String) {
+    let cs = template_spec["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    (
+        cs.iter()
+            .map(|c| s(&c["name"]))
+            .collect::<Vec<_>>()
+            .join(","),
+        cs.iter()
+            .map(|c| s(&c["image"]))
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+fn map_selector(sel: &Value) -> String {
+    sel.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// The pod's status as `kubectl get pods` shows it (the logic of
+/// kubectl's printPod, shortened to the states Weft produces).
+pub fn pod_status(pod: &Value) -> String {
+    let mut reason = pod["status"]["reason"]
+        .as_str()
+        .or(pod["status"]["phase"].as_str())
+        .unwrap_or("Pending")
+        .to_string();
+    for c in pod["status"]["containerStatuses"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        if let Some(r) = c["state"]["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = r.to_string();
+        } else if let Some(t) = c["state"]["terminated"].as_object() {
+            reason = match t.get("reason").and_then(Value::as_str) {
+                Some(r) if !r.is_empty() => r.to_string(),
+                _ => format!(
+                    "ExitCode:{}",
+                    t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                ),
+            };
+        }
+    }
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        reason = "Terminating".into();
+    }
+    reason
+}
+
+fn cells(kind: &str, o: &Value) -> Vec<Value> {
+    let name = json!(o["metadata"]["name"]);
+    let age = json!(human_age(o["metadata"]["creationTimestamp"].as_str()));
+    match kind {
+        "Pod" => {
+            let statuses = o["status"]["containerStatuses"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let total = o["spec"]["containers"]
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or(0);
+            let ready = statuses
+                .iter()
+                .filter(|c| c["ready"].as_bool() == Some(true))
+                .count();
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|c| c["restartCount"].as_i64())
+                .sum();
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(pod_status(o)),
+                json!(restarts.to_string()),
+                age,
+                json!(or_none(s(&o["status"]["podIP"]))),
+                json!(or_none(s(&o["spec"]["nodeName"]))),
+                json!("<none>"),
+                json!("<none>"),
+            ]
+        }
+        "Service" => {
+            let ports = o["spec"]["ports"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| {
+                            let proto = p["protocol"].as_str().unwrap_or("TCP");
+                            match p["nodePort"].as_i64() {
+                                Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                                None => format!("{}/{proto}", p["port"]),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let external = if o["spec"]["type"] == "ExternalName" {
+                s(&o["spec"]["externalName"])
+            } else {
+                String::new()
+            };
+            vec![
+                name,
+                json!(o["spec"]["type"].as_str().unwrap_or("ClusterIP")),
+                json!(or_none(s(&o["spec"]["clusterIP"]))),
+                json!(or_none(external)),
+                json!(or_none(ports)),
+                age,
+                json!(or_none(map_selector(&o["spec"]["selector"]))),
+            ]
+        }
+        "Deployment" => {
+            let (c, i) = containers_and_images(&o["spec"]["template"]["spec"]);
+            let sel = weft_api::selector::LabelSelector::from_k8s(&o["spec"]["selector"])
+                .map(|s| super::selector_string(&s))
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(1)
+                )),
+                json!(o["status"]["updatedReplicas"].as_i64().unwrap_or(0)),
+                json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0)),
+                age,
+                json!(c),
+                json!(i),
+                json!(sel),
+            ]
+        }
+        "ReplicaSet" => {
+            let (c, i) = containers_and_images(&o["spec"]["template"]["spec"]);
+            let sel = weft_api::selector::LabelSelector::from_k8s(&o["spec"]["selector"])
+                .map(|s| super::selector_string(&s))
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(o["spec"]["replicas"].as_i64().unwrap_or(1)),
+                json!(o["status"]["replicas"].as_i64().unwrap_or(0)),
+                json!(o["status"]["readyReplicas"].as_i64().unwrap_or(0)),
+                age,
+                json!(c),
+                json!(i),
+                json!(sel),
+            ]
+        }
+        "Node" => {
+            let ready = o["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| {
+                    if c["status"] == "True" {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                })
+                .unwrap_or("Unknown");
+            let status = if o["spec"]["unschedulable"].as_bool() == Some(true) {
+                format!("{ready},SchedulingDisabled")
+            } else {
+                ready.to_string()
+            };
+            let addr = |t: &str| {
+                o["status"]["addresses"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|x| x["type"] == t))
+                    .map(|x| s(&x["address"]))
+                    .unwrap_or_default()
+            };
+            let info = &o["status"]["nodeInfo"];
+            vec![
+                name,
+                json!(status),
+                json!("<none>"),
+                age,
+                json!(s(&info["kubeletVersion"])),
+                json!(or_none(addr("InternalIP"))),
+                json!(or_none(addr("ExternalIP"))),
+                json!(or_none(s(&info["osImage"]))),
+                json!(or_none(s(&info["kernelVersion"]))),
+                json!(or_none(s(&info["containerRuntimeVersion"]))),
+            ]
+        }
+        "Namespace" => vec![
+            name,
+            json!(o["status"]["phase"].as_str().unwrap_or("Active")),
+            age,
+        ],
+        "Endpoints" => {
+            let mut eps = Vec::new();
+            for subset in o["subsets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                for a in subset["addresses"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                {
+                    let ports = subset["ports"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    if ports.is_empty() {
+                        eps.push(s(&a["ip"]));
+                    }
+                    for p in ports {
+                        eps.push(format!("{}:{}", s(&a["ip"]), p["port"]));
+                    }
+                }
+            }
+            let shown = if eps.len() > 3 {
+                format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+            } else {
+                eps.join(",")
+            };
+            vec![name, json!(or_none(shown)), age]
+        }
+        "EndpointSlice" => {
+            let ports = o["ports"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| p["port"].to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let addrs: Vec<String> = o["endpoints"]
+                .as_array()
+                .map(|es| {
+                    es.iter()
+                        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                        .map(|a| s(&a))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let shown = if addrs.len() > 3 {
+                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+            } else {
+                addrs.join(",")
+            };
+            vec![
+                name,
+                json!(s(&o["addressType"])),
+                json!(or_none(ports)),
+                json!(or_none(shown)),
+                age,
+            ]
+        }
+        "Lease" => vec![name, json!(or_none(s(&o["spec"]["holderIdentity"]))), age],
+        "Event" => {
+            let last = o["lastTimestamp"]
+                .as_str()
+                .or(o["eventTime"].as_str())
+                .or(o["metadata"]["creationTimestamp"].as_str());
+            let first = o["firstTimestamp"].as_str().or(last);
+            let inv = &o["involvedObject"];
+            vec![
+                json!(human_age(last)),
+                json!(s(&o["type"])),
+                json!(s(&o["reason"])),
+                json!(format!(
+                    "{}/{}",
+                    s(&inv["kind"]).to_lowercase(),
+                    s(&inv["name"])
+                )),
+                json!(s(&o["message"])),
+                json!(s(&inv["fieldPath"])),
+                json!(s(&o["source"]["component"])),
+                json!(human_age(first)),
+                json!(o["count"].as_i64().unwrap_or(1).to_string()),
+                name,
+            ]
+        }
+        _ => vec![name, age],
+    }
+}
+
+/// The Table for `items`; `include` is the includeObject parameter (None,
+/// Metadata or Object).
+pub fn table(res: &Resource, items: &[Value], rev: Option<i64>, include: &str) -> Value {
+    let defs: Vec<Value> = columns(res.kind)
+        .into_iter()
+        .map(|(name, ty, format, description, priority)| {
+            json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
+        })
+        .collect();
+    let rows: Vec<Value> = items.iter().map(|o| row(res, o, include)).collect();
+    let mut meta = json!({});
+    if let Some(rev) = rev {
+        meta["resourceVersion"] = json!(rev.to_string());
+    }
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": defs, "rows": rows})
+}
+
+/// One row, as a watch of Tables sends them.
+pub fn row(res: &Resource, o: &Value, include: &str) -> Value {
+    let object = match include {
+        "None" => Value::Null,
+        "Object" => o.clone(),
+        _ => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": o["metadata"],
+        }),
+    };
+    json!({"cells": cells(res.kind, o), "object": object})
+}
+
+/// A Table holding one row: what a watch sends per event when asked for Tables.
+pub fn single_row_table(res: &Resource, o: &Value, include: &str, with_columns: bool) -> Value {
+    let mut t = table(res, std::slice::from_ref(o), None, include);
+    if !with_columns {
+        t["columnDefinitions"] = json!([]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_like_kubectl() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(3 * 3600 + 120), "3h2m");
+        assert_eq!(human_duration(50 * 3600), "2d2h");
+    }
+}

@@ -1,0 +1,204 @@
+//! `weft controller`: opens the store, makes the PKI and tokens on first
+//! start, writes the admin kubeconfig, creates the built-in namespaces, and
+//! serves the API (with the scheduler and controllers beside it).
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use serde_json::json;
+use weft_api::resources;
+
+use crate::apiserver::{self, ApiState, auth::Tokens, tls};
+use crate::registry::Registry;
+use crate::store::{EtcdStore, SqliteOptions, SqliteStore, Store};
+
+/// Where the controller keeps its state.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// The embedded store: one SQLite file in the data directory.
+    Sqlite,
+    /// An etcd v3 cluster.
+    Etcd(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The address clients use (in the kubeconfig and the certificate).
+    pub advertise: Option<IpAddr>,
+    pub extra_sans: Vec<String>,
+    pub store: StoreConfig,
+    /// Where to write the admin kubeconfig (None: do not write one).
+    pub kubeconfig: Option<PathBuf>,
+    pub bookmark_every: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: "0.0.0.0:6443".parse().expect("valid"),
+            advertise: None,
+            extra_sans: Vec::new(),
+            store: StoreConfig::Sqlite,
+            kubeconfig: None,
+            bookmark_every: Duration::from_secs(10),
+        }
+    }
+
+    /// The URL clients reach the API at.
+    pub fn server_url(&self) -> String {
+        let host = match self.advertise {
+            Some(ip) => ip,
+            None if self.listen.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            None => self.listen.ip(),
+        };
+        format!("https://{}", SocketAddr::new(host, self.listen.port()))
+    }
+}
+
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/weft";
+
+/// `~/.weft/config`, where clients look for credentials by default.
+pub fn default_kubeconfig_path() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".weft").join("config")
+}
+
+/// Prepares the data directory (root only) and returns the opened store.
+pub async fn open_store(cfg: &ControllerConfig) -> Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("create {}", cfg.data_dir.display()))?;
+    std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(match &cfg.store {
+        StoreConfig::Sqlite => {
+            let path = cfg.data_dir.join("state.db");
+            Arc::new(
+                SqliteStore::open(&path, SqliteOptions::default())
+                    .with_context(|| format!("open {}", path.display()))?,
+            )
+        }
+        StoreConfig::Etcd(endpoints) => Arc::new(
+            EtcdStore::connect(endpoints)
+                .await
+                .with_context(|| format!("connect to etcd at {}", endpoints.join(",")))?,
+        ),
+    })
+}
+
+/// Writes a kubeconfig in kubectl's format, readable by its owner only.
+pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> Result<()> {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let doc = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "weft", "cluster": {"server": server, "certificate-authority-data": ca}}],
+        "users": [{"name": "weft-admin", "user": {"token": token}}],
+        "contexts": [{"name": "weft", "context": {"cluster": "weft", "user": "weft-admin", "namespace": "default"}}],
+        "current-context": "weft",
+        "preferences": {},
+    });
+    let text = serde_norway::to_string(&doc)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Creates the namespaces every cluster has.
+pub async fn bootstrap(registry: &Registry) -> Result<()> {
+    let namespaces = resources::by_path("", "v1", "namespaces").expect("served");
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        if registry.get_raw(namespaces, None, ns).await?.is_none() {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match registry.create(namespaces, None, obj).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A started controller: its API state and address, for tests and `run`.
+pub struct Started {
+    pub state: Arc<ApiState>,
+    pub pki: tls::Pki,
+    pub admin_token: String,
+    pub listener: std::net::TcpListener,
+}
+
+/// Everything before serving: store, PKI, tokens, kubeconfig, namespaces.
+pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
+    let store = open_store(cfg).await?;
+    let mut sans = cfg.extra_sans.clone();
+    if let Some(ip) = cfg.advertise {
+        sans.push(ip.to_string());
+    }
+    if !cfg.listen.ip().is_unspecified() {
+        sans.push(cfg.listen.ip().to_string());
+    }
+    let pki = tls::ensure_pki(&cfg.data_dir, &sans)
+        .context("prepare the cluster CA and serving certificate")?;
+    let tokens = Arc::new(Tokens::open(&cfg.data_dir).context("prepare the token file")?);
+    let admin_token = tokens
+        .admin_token()
+        .context("the token file has no admin token")?;
+    let registry = Registry::new(store);
+    bootstrap(&registry)
+        .await
+        .context("create the built-in namespaces")?;
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("listen on {}", cfg.listen))?;
+    if let Some(path) = &cfg.kubeconfig {
+        write_kubeconfig(path, &cfg.server_url(), &pki.ca_pem, &admin_token)
+            .with_context(|| format!("write the admin kubeconfig to {}", path.display()))?;
+    }
+    let state = Arc::new(ApiState {
+        registry,
+        tokens,
+        bookmark_every: cfg.bookmark_every,
+    });
+    Ok(Started {
+        state,
+        pki,
+        admin_token,
+        listener,
+    })
+}
+
+/// Runs the controller until the process is stopped.
+pub async fn run(cfg: ControllerConfig) -> Result<()> {
+    let started = start(&cfg).await?;
+    tracing::info!(
+        listen = %cfg.listen,
+        store = started.state.registry.store.backend(),
+        data_dir = %cfg.data_dir.display(),
+        "weft controller serving at {}",
+        cfg.server_url()
+    );
+    apiserver::serve(started.state, started.listener, &started.pki).await
+}
