@@ -83,6 +83,12 @@ struct ControllerArgs {
     /// Where to write the admin kubeconfig (default ~/.weft/config).
     #[arg(long)]
     kubeconfig_out: Option<PathBuf>,
+    /// A node whose Lease is not renewed for this long becomes NotReady.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    node_grace: std::time::Duration,
+    /// How long pods stay on a NotReady node before they are evicted.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    eviction_delay: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -232,6 +238,8 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
         _ => StoreConfig::Sqlite,
     };
     cfg.kubeconfig = Some(args.kubeconfig_out.unwrap_or_else(default_kubeconfig_path));
+    cfg.controllers.node_grace = args.node_grace;
+    cfg.controllers.eviction_delay = args.eviction_delay;
     weft_controller::server::run(cfg).await?;
     Ok(0)
 }

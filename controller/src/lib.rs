@@ -2,6 +2,8 @@
 //! IPAM, scheduler and controllers.
 
 pub mod apiserver;
+pub mod cache;
+pub mod controllers;
 pub mod ipam;
 pub mod registry;
 pub mod server;

@@ -14,6 +14,8 @@ use serde_json::json;
 use weft_api::resources;
 
 use crate::apiserver::{self, ApiState, auth::Tokens, tls};
+use crate::cache::Cache;
+use crate::controllers::{self, ControllersConfig, Ctx};
 use crate::registry::Registry;
 use crate::store::{EtcdStore, SqliteOptions, SqliteStore, Store};
 
@@ -37,6 +39,7 @@ pub struct ControllerConfig {
     /// Where to write the admin kubeconfig (None: do not write one).
     pub kubeconfig: Option<PathBuf>,
     pub bookmark_every: Duration,
+    pub controllers: ControllersConfig,
 }
 
 impl ControllerConfig {
@@ -49,6 +52,7 @@ impl ControllerConfig {
             store: StoreConfig::Sqlite,
             kubeconfig: None,
             bookmark_every: Duration::from_secs(10),
+            controllers: ControllersConfig::default(),
         }
     }
 
@@ -149,6 +153,7 @@ pub struct Started {
     pub pki: tls::Pki,
     pub admin_token: String,
     pub listener: std::net::TcpListener,
+    pub cache: Arc<Cache>,
 }
 
 /// Everything before serving: store, PKI, tokens, kubeconfig, namespaces.
@@ -177,6 +182,17 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         write_kubeconfig(path, &cfg.server_url(), &pki.ca_pem, &admin_token)
             .with_context(|| format!("write the admin kubeconfig to {}", path.display()))?;
     }
+    // The scheduler and controllers work from a cache of every object.
+    let cache = Cache::new();
+    cache
+        .start(registry.store.clone())
+        .await
+        .context("load the controllers' cache")?;
+    controllers::start_all(&Ctx {
+        reg: registry.clone(),
+        cache: cache.clone(),
+        cfg: cfg.controllers.clone(),
+    });
     let state = Arc::new(ApiState {
         registry,
         tokens,
@@ -187,6 +203,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         pki,
         admin_token,
         listener,
+        cache,
     })
 }
 

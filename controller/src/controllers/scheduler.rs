@@ -1,0 +1,635 @@
+//! The scheduler: binds each pending pod to a node. Filters: the node is
+//! Ready and schedulable, its taints are tolerated, its labels satisfy the
+//! pod's nodeSelector, and its allocatable CPU, memory and pod count minus
+//! what is bound there cover the pod's requests. Scores: least allocated,
+//! and spreading pods of one owner (a ReplicaSet) across nodes. A pod that
+//! fits nowhere stays Pending with a PodScheduled=False condition and a
+//! FailedScheduling Event saying why, and is tried again when nodes or pods
+//! change.
+//!
+//! Like kube-scheduler it keeps its own account of what each node holds, and
+//! counts a pod on its node as soon as it decides ("assumes"), before the
+//! binding lands, so that decisions in flight do not overcommit a node.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Notify, Semaphore};
+use weft_api::ApiError;
+
+use super::{Ctx, controller_of, follow_changes, key_of, record_event, res};
+use crate::ipam;
+
+/// Bindings in flight at once (they are store writes; more in flight means
+/// larger group commits).
+const BINDS_IN_FLIGHT: usize = 256;
+const DEFAULT_MAX_PODS: i64 = 110;
+
+/// What a pod asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Request {
+    pub milli_cpu: i64,
+    pub memory: i64,
+}
+
+fn quantity(v: &Value) -> i64 {
+    // Milli-units for CPU; bytes (rounded up) for memory.
+    v.as_str().and_then(weft_api::quantity::parse).unwrap_or(0) as i64
+}
+
+/// The pod's requests, as Kubernetes counts them: the sum over containers,
+/// at least the largest init container; a limit without a request counts as
+/// the request.
+pub fn pod_request(spec: &Value) -> Request {
+    let one = |c: &Value| {
+        let get = |r: &str| {
+            let req = &c["resources"]["requests"][r];
+            if req.is_string() {
+                quantity(req)
+            } else {
+                quantity(&c["resources"]["limits"][r])
+            }
+        };
+        (get("cpu"), get("memory"))
+    };
+    let mut cpu = 0i64;
+    let mut mem = 0i64;
+    for c in spec["containers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let (c, m) = one(c);
+        cpu += c;
+        mem += m;
+    }
+    for c in spec["initContainers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let (c, m) = one(c);
+        cpu = cpu.max(c);
+        mem = mem.max(m);
+    }
+    Request {
+        milli_cpu: cpu,
+        memory: mem / 1000,
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct NodeUse {
+    milli_cpu: i64,
+    memory: i64,
+    pods: i64,
+    /// Pods per owner uid (for spreading).
+    owners: HashMap<String, i64>,
+}
+
+#[derive(Default)]
+struct State {
+    /// What each node holds.
+    nodes: HashMap<String, NodeUse>,
+    /// Where each counted pod is, and what it was counted as.
+    counted: HashMap<String, (String, Request, Option<String>)>,
+    /// Pods waiting, in arrival order.
+    pending: VecDeque<String>,
+    queued: HashSet<String>,
+    /// Pods that fit nowhere; tried again on changes.
+    unschedulable: BTreeMap<String, String>,
+}
+
+impl State {
+    fn uncount(&mut self, pod: &str) {
+        if let Some((node, req, owner)) = self.counted.remove(pod) {
+            if let Some(u) = self.nodes.get_mut(&node) {
+                u.milli_cpu -= req.milli_cpu;
+                u.memory -= req.memory;
+                u.pods -= 1;
+                if let Some(o) = owner {
+                    if let Some(n) = u.owners.get_mut(&o) {
+                        *n -= 1;
+                        if *n <= 0 {
+                            u.owners.remove(&o);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, pod: &str, node: &str, req: Request, owner: Option<String>) {
+        self.uncount(pod);
+        let u = self.nodes.entry(node.to_string()).or_default();
+        u.milli_cpu += req.milli_cpu;
+        u.memory += req.memory;
+        u.pods += 1;
+        if let Some(o) = &owner {
+            *u.owners.entry(o.clone()).or_default() += 1;
+        }
+        self.counted
+            .insert(pod.to_string(), (node.to_string(), req, owner));
+    }
+
+    fn enqueue(&mut self, pod: String) {
+        if self.queued.insert(pod.clone()) {
+            self.pending.push_back(pod);
+        }
+    }
+
+    fn retry_unschedulable(&mut self) {
+        let waiting: Vec<String> = std::mem::take(&mut self.unschedulable)
+            .into_keys()
+            .collect();
+        for p in waiting {
+            self.enqueue(p);
+        }
+    }
+}
+
+fn wants_scheduling(pod: &Value) -> bool {
+    pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+        && pod["spec"]["schedulerName"]
+            .as_str()
+            .is_none_or(|s| s == "default-scheduler")
+        && !pod["metadata"]["deletionTimestamp"].is_string()
+        && !matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+}
+
+fn counts_on_node(pod: &Value) -> Option<&str> {
+    let node = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())?;
+    if matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    ) {
+        return None;
+    }
+    Some(node)
+}
+
+fn owner_uid(pod: &Value) -> Option<String> {
+    controller_of(pod)
+        .and_then(|o| o["uid"].as_str())
+        .map(String::from)
+}
+
+pub fn start(ctx: Ctx) {
+    let state = Arc::new(Mutex::new(State::default()));
+    let wake = Arc::new(Notify::new());
+    {
+        let (st, wk, st2, wk2, cache) = (
+            state.clone(),
+            wake.clone(),
+            state.clone(),
+            wake.clone(),
+            ctx.cache.clone(),
+        );
+        follow_changes(
+            ctx.cache.clone(),
+            move |c| {
+                let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+                match c.res.kind {
+                    "Pod" => {
+                        let key = c.key_tail();
+                        match &c.new {
+                            Some(pod) => {
+                                if let Some(node) = counts_on_node(pod) {
+                                    s.count(&key, node, pod_request(&pod["spec"]), owner_uid(pod));
+                                } else {
+                                    s.uncount(&key);
+                                }
+                                if wants_scheduling(pod) {
+                                    if !s.unschedulable.contains_key(&key) {
+                                        s.enqueue(key);
+                                    }
+                                } else {
+                                    s.unschedulable.remove(&key);
+                                }
+                            }
+                            None => {
+                                s.uncount(&key);
+                                s.unschedulable.remove(&key);
+                                // Room was freed: the waiting may fit now.
+                                s.retry_unschedulable();
+                            }
+                        }
+                    }
+                    "Node" => {
+                        let changed = match (&c.old, &c.new) {
+                            (Some(o), Some(n)) => {
+                                o["spec"] != n["spec"]
+                                    || o["status"]["conditions"] != n["status"]["conditions"]
+                                    || o["metadata"]["labels"] != n["metadata"]["labels"]
+                                    || o["status"]["allocatable"] != n["status"]["allocatable"]
+                            }
+                            _ => true,
+                        };
+                        if changed {
+                            s.retry_unschedulable();
+                        }
+                    }
+                    _ => return,
+                }
+                drop(s);
+                wk.notify_one();
+            },
+            move || {
+                let mut s = st2.lock().unwrap_or_else(|e| e.into_inner());
+                *s = State::default();
+                for pod in cache.list(res("", "pods"), None, |_| true) {
+                    let key = key_of(&pod);
+                    if let Some(node) = counts_on_node(&pod) {
+                        s.count(&key, node, pod_request(&pod["spec"]), owner_uid(&pod));
+                    }
+                    if wants_scheduling(&pod) {
+                        s.enqueue(key);
+                    }
+                }
+                drop(s);
+                wk2.notify_one();
+            },
+        );
+    }
+    // Now and then, try the unschedulable again (a Lease renewal, say,
+    // changes no Node, but time makes nodes Ready or NotReady).
+    {
+        let (st, wk) = (state.clone(), wake.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                st.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retry_unschedulable();
+                wk.notify_one();
+            }
+        });
+    }
+    tokio::spawn(schedule_loop(ctx, state, wake));
+}
+
+async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
+    let binds = Arc::new(Semaphore::new(BINDS_IN_FLIGHT));
+    let ctx = Arc::new(ctx);
+    loop {
+        let next = state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .pop_front();
+        let Some(key) = next else {
+            wake.notified().await;
+            continue;
+        };
+        state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queued
+            .remove(&key);
+        let (ns, name) = super::split_key(&key);
+        let Some(pod) = ctx.cache.get(res("", "pods"), ns, name) else {
+            continue;
+        };
+        if !wants_scheduling(&pod) {
+            continue;
+        }
+        let decision = {
+            let s = state.lock().unwrap_or_else(|e| e.into_inner());
+            choose(&ctx, &s, &pod)
+        };
+        match decision {
+            Ok(node) => {
+                let req = pod_request(&pod["spec"]);
+                state.lock().unwrap_or_else(|e| e.into_inner()).count(
+                    &key,
+                    &node,
+                    req,
+                    owner_uid(&pod),
+                );
+                let permit = binds.clone().acquire_owned().await.expect("never closed");
+                let (ctx, state, wake, key) =
+                    (ctx.clone(), state.clone(), wake.clone(), key.clone());
+                let pod = pod.clone();
+                tokio::spawn(async move {
+                    let (ns, name) = super::split_key(&key);
+                    let result = ipam::bind(&ctx.reg, ns.unwrap_or("default"), name, &node).await;
+                    drop(permit);
+                    match result {
+                        Ok(_) => {}
+                        Err(e) => {
+                            {
+                                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                                s.uncount(&key);
+                                if e.code != 404 && e.code != 409 {
+                                    tracing::warn!(pod = %key, node = %node, "binding failed: {e}");
+                                    s.unschedulable.insert(key.clone(), e.to_string());
+                                }
+                            }
+                            wake.notify_one();
+                            if e.code != 404 && e.code != 409 {
+                                record_event(
+                                    &ctx.reg,
+                                    &pod,
+                                    "Warning",
+                                    "FailedScheduling",
+                                    &format!("Binding rejected: {e}"),
+                                    "default-scheduler",
+                                )
+                                .await;
+                            }
+                        }
+                    }
+                });
+            }
+            Err(why) => {
+                let first = state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unschedulable
+                    .insert(key.clone(), why.clone())
+                    != Some(why.clone());
+                if first {
+                    report_unschedulable(&ctx, &pod, &why).await;
+                }
+            }
+        }
+    }
+}
+
+async fn report_unschedulable(ctx: &Ctx, pod: &Value, why: &str) {
+    let already = pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "PodScheduled" && c["status"] == "False" && c["message"] == why)
+    });
+    if already {
+        return;
+    }
+    let (ns, name) = (
+        pod["metadata"]["namespace"].as_str(),
+        pod["metadata"]["name"].as_str().unwrap_or_default(),
+    );
+    let result = ctx
+        .reg
+        .modify(
+            res("", "pods"),
+            ns,
+            name,
+            crate::registry::Write::Status,
+            |mut p| {
+                ipam::set_condition(
+                    &mut p,
+                    "PodScheduled",
+                    "False",
+                    Some("Unschedulable"),
+                    Some(why),
+                );
+                Ok(p)
+            },
+        )
+        .await;
+    if let Err(e) = result {
+        if e.code != 404 {
+            tracing::warn!(pod = %name, "could not report why it is unschedulable: {e}");
+        }
+        return;
+    }
+    record_event(
+        &ctx.reg,
+        pod,
+        "Warning",
+        "FailedScheduling",
+        why,
+        "default-scheduler",
+    )
+    .await;
+}
+
+fn tolerates(pod: &Value, taint: &Value) -> bool {
+    let tolerations = pod["spec"]["tolerations"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    tolerations.iter().any(|t| {
+        let key = t["key"].as_str().unwrap_or_default();
+        let op = t["operator"].as_str().unwrap_or("Equal");
+        let effect = t["effect"].as_str().unwrap_or_default();
+        let key_ok =
+            (key.is_empty() && op == "Exists") || key == taint["key"].as_str().unwrap_or_default();
+        let value_ok = op == "Exists"
+            || t["value"].as_str().unwrap_or_default()
+                == taint["value"].as_str().unwrap_or_default();
+        let effect_ok = effect.is_empty() || effect == taint["effect"].as_str().unwrap_or_default();
+        key_ok && value_ok && effect_ok
+    })
+}
+
+fn allocatable(node: &Value, what: &str) -> Option<i64> {
+    let v = &node["status"]["allocatable"][what];
+    let v = if v.is_string() {
+        v
+    } else {
+        &node["status"]["capacity"][what]
+    };
+    v.as_str()
+        .and_then(weft_api::quantity::parse)
+        .map(|q| q as i64)
+}
+
+/// The best node for `pod`, or why none fits (in kube-scheduler's words).
+fn choose(ctx: &Ctx, s: &State, pod: &Value) -> Result<String, String> {
+    let nodes = ctx.cache.list(res("", "nodes"), None, |_| true);
+    let req = pod_request(&pod["spec"]);
+    let owner = owner_uid(pod);
+    let selector = pod["spec"]["nodeSelector"].as_object();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut feasible: Vec<(&Value, NodeUse, i64, i64, i64)> = Vec::new();
+    let empty = NodeUse::default();
+    for node in &nodes {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        let ready = node["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if !ready {
+            *reasons.entry("node(s) were not ready".into()).or_default() += 1;
+            continue;
+        }
+        if node["spec"]["unschedulable"].as_bool() == Some(true) {
+            *reasons
+                .entry("node(s) were unschedulable".into())
+                .or_default() += 1;
+            continue;
+        }
+        let untolerated = node["spec"]["taints"].as_array().and_then(|ts| {
+            ts.iter().find(|t| {
+                matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+                    && !tolerates(pod, t)
+            })
+        });
+        if let Some(t) = untolerated {
+            let text = format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                t["key"].as_str().unwrap_or_default(),
+                t["value"].as_str().unwrap_or_default()
+            );
+            *reasons.entry(text).or_default() += 1;
+            continue;
+        }
+        if let Some(sel) = selector {
+            let labels = &node["metadata"]["labels"];
+            if !sel.iter().all(|(k, v)| labels[k] == *v) {
+                *reasons
+                    .entry("node(s) didn't match Pod's node affinity/selector".into())
+                    .or_default() += 1;
+                continue;
+            }
+        }
+        let used = s.nodes.get(name).unwrap_or(&empty);
+        let cpu = allocatable(node, "cpu").unwrap_or(i64::MAX / 4);
+        let mem = allocatable(node, "memory")
+            .map(|m| m / 1000)
+            .unwrap_or(i64::MAX / 4);
+        let max_pods = allocatable(node, "pods")
+            .map(|p| p / 1000)
+            .unwrap_or(DEFAULT_MAX_PODS);
+        let mut fits = true;
+        if used.pods + 1 > max_pods {
+            *reasons.entry("Too many pods".into()).or_default() += 1;
+            fits = false;
+        }
+        if req.milli_cpu > 0 && used.milli_cpu + req.milli_cpu > cpu {
+            *reasons.entry("Insufficient cpu".into()).or_default() += 1;
+            fits = false;
+        }
+        if req.memory > 0 && used.memory + req.memory > mem {
+            *reasons.entry("Insufficient memory".into()).or_default() += 1;
+            fits = false;
+        }
+        if fits {
+            feasible.push((node, used.clone(), cpu, mem, max_pods));
+        }
+    }
+    if feasible.is_empty() {
+        let mut parts: Vec<String> = reasons
+            .into_iter()
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        parts.sort();
+        let detail = if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", parts.join(", "))
+        };
+        return Err(format!("0/{} nodes are available:{detail}.", nodes.len()));
+    }
+    let max_same = feasible
+        .iter()
+        .map(|(_, u, ..)| {
+            owner
+                .as_ref()
+                .and_then(|o| u.owners.get(o))
+                .copied()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    let mut best: Option<(i64, &str)> = None;
+    for (node, used, cpu, mem, max_pods) in &feasible {
+        let free = |total: i64, used: i64, want: i64| -> i64 {
+            if total <= 0 || total >= i64::MAX / 8 {
+                return 100;
+            }
+            ((total - used - want).max(0) * 100) / total
+        };
+        // Least allocated: CPU and memory, or pod count when nothing is requested.
+        let least = if req.milli_cpu == 0 && req.memory == 0 {
+            free(*max_pods, used.pods, 1)
+        } else {
+            (free(*cpu, used.milli_cpu, req.milli_cpu) + free(*mem, used.memory, req.memory)) / 2
+        };
+        let same = owner
+            .as_ref()
+            .and_then(|o| used.owners.get(o))
+            .copied()
+            .unwrap_or(0);
+        let spread = if max_same == 0 {
+            100
+        } else {
+            100 - (same * 100) / (max_same + 1)
+        };
+        let score = least + 2 * spread;
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        // Ties go to the node with fewer pods, then by name, so equal nodes fill evenly.
+        let better = match best {
+            None => true,
+            Some((b, bname)) => {
+                score > b
+                    || (score == b
+                        && (used.pods, name)
+                            < (s.nodes.get(bname).map(|u| u.pods).unwrap_or(0), bname))
+            }
+        };
+        if better {
+            best = Some((score, name));
+        }
+    }
+    Ok(best
+        .map(|(_, n)| n.to_string())
+        .expect("feasible is not empty"))
+}
+
+/// Errors the scheduler cannot act on are reported, not retried forever.
+pub fn is_permanent(e: &ApiError) -> bool {
+    e.code == 422 || e.code == 403
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_sum_containers_and_respect_init() {
+        let spec = json!({
+            "containers": [
+                {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+                {"resources": {"limits": {"cpu": "200m"}}}
+            ],
+            "initContainers": [{"resources": {"requests": {"cpu": "1"}}}]
+        });
+        assert_eq!(
+            pod_request(&spec),
+            Request {
+                milli_cpu: 1000,
+                memory: 64 * 1024 * 1024
+            }
+        );
+    }
+
+    #[test]
+    fn tolerations() {
+        let taint = json!({"key": "a", "value": "b", "effect": "NoSchedule"});
+        assert!(tolerates(
+            &json!({"spec": {"tolerations": [{"key": "a", "operator": "Equal", "value": "b"}]}}),
+            &taint
+        ));
+        assert!(tolerates(
+            &json!({"spec": {"tolerations": [{"operator": "Exists"}]}}),
+            &taint
+        ));
+        assert!(!tolerates(
+            &json!({"spec": {"tolerations": [{"key": "a", "value": "c"}]}}),
+            &taint
+        ));
+        assert!(!tolerates(
+            &json!({"spec": {"tolerations": [{"key": "a", "operator": "Exists", "effect": "NoExecute"}]}}),
+            &taint
+        ));
+        assert!(!tolerates(&json!({"spec": {}}), &taint));
+    }
+}
