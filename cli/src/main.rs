@@ -89,6 +89,12 @@ struct ControllerArgs {
     /// How long pods stay on a NotReady node before they are evicted.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     eviction_delay: std::time::Duration,
+    /// Revisions of history kept for watches (older resourceVersions get 410 Gone).
+    #[arg(long, default_value_t = 100_000)]
+    watch_history: i64,
+    /// How often watches that allow bookmarks get one.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    bookmark_interval: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -240,6 +246,8 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     cfg.kubeconfig = Some(args.kubeconfig_out.unwrap_or_else(default_kubeconfig_path));
     cfg.controllers.node_grace = args.node_grace;
     cfg.controllers.eviction_delay = args.eviction_delay;
+    cfg.watch_history = args.watch_history;
+    cfg.bookmark_every = args.bookmark_interval;
     weft_controller::server::run(cfg).await?;
     Ok(0)
 }

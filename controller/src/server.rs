@@ -40,6 +40,8 @@ pub struct ControllerConfig {
     pub kubeconfig: Option<PathBuf>,
     pub bookmark_every: Duration,
     pub controllers: ControllersConfig,
+    /// Revisions of history kept for watches; older resourceVersions get 410.
+    pub watch_history: i64,
 }
 
 impl ControllerConfig {
@@ -53,6 +55,7 @@ impl ControllerConfig {
             kubeconfig: None,
             bookmark_every: Duration::from_secs(10),
             controllers: ControllersConfig::default(),
+            watch_history: 100_000,
         }
     }
 
@@ -182,6 +185,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         write_kubeconfig(path, &cfg.server_url(), &pki.ca_pem, &admin_token)
             .with_context(|| format!("write the admin kubeconfig to {}", path.display()))?;
     }
+    spawn_compactor(registry.store.clone(), cfg.watch_history);
     // The scheduler and controllers work from a cache of every object.
     let cache = Cache::new();
     cache
@@ -205,6 +209,25 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         listener,
         cache,
     })
+}
+
+/// Trims the store's history to the last `keep` revisions now and then (as
+/// kube-apiserver compacts etcd), so it does not grow without bound.
+fn spawn_compactor(store: Arc<dyn Store>, keep: i64) {
+    tokio::spawn(async move {
+        let mut done = 0;
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let Ok(rev) = store.revision().await else { continue };
+            let target = rev - keep.max(1);
+            if target > done {
+                match store.compact(target).await {
+                    Ok(()) => done = target,
+                    Err(e) => tracing::warn!("compacting the store to {target}: {e}"),
+                }
+            }
+        }
+    });
 }
 
 /// Runs the controller until the process is stopped.

@@ -6,6 +6,8 @@
 //! safety rules in DESIGN.md).
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod apitest;
+pub mod control;
 pub mod island;
 pub mod lab;
 pub mod probe;

@@ -514,6 +514,9 @@ fn choose(ctx: &Ctx, s: &State, pod: &Value) -> Result<String, String> {
             feasible.push((node, used.clone(), cpu, mem, max_pods));
         }
     }
+    if nodes.is_empty() {
+        return Err("no nodes available to schedule pods".into());
+    }
     if feasible.is_empty() {
         let mut parts: Vec<String> = reasons
             .into_iter()

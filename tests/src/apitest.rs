@@ -1,0 +1,166 @@
+//! Helpers for API tests: kube-rs clients for a test controller, raw
+//! requests, and simulated nodes (Node objects whose Leases a task renews).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::control::ControlPlane;
+
+/// A kube-rs client from the controller's kubeconfig; `token` overrides the
+/// admin token (`Some("")` sends none). Call inside the island's runtime.
+pub async fn client(cp: &ControlPlane, token: Option<&str>) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    match token {
+        None => {}
+        Some("") => cfg.auth_info.token = None,
+        Some(t) => cfg.auth_info.token = Some(t.to_string().into()),
+    }
+    cfg.read_timeout = Some(Duration::from_secs(30));
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+/// A raw response: status code, JSON body (Null when not JSON), headers.
+pub struct Raw {
+    /// HTTP status.
+    pub code: u16,
+    /// The body as JSON, or Null.
+    pub body: Value,
+    /// The body as text.
+    pub text: String,
+    /// Response headers.
+    pub headers: http::HeaderMap,
+}
+
+/// Sends one request with `client`'s credentials.
+pub async fn raw(client: &kube::Client, method: &str, path: &str, body: Option<Vec<u8>>, content_type: &str) -> Result<Raw> {
+    let mut req = http::Request::builder().method(method).uri(path);
+    if body.is_some() {
+        req = req.header("Content-Type", content_type);
+    }
+    let req = req.body(kube::client::Body::from(body.unwrap_or_default()))?;
+    let resp = client.send(req).await.context("send")?;
+    let code = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect_bytes().await?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Raw { code, body, text, headers })
+}
+
+/// POSTs a JSON object.
+pub async fn post(client: &kube::Client, path: &str, obj: &Value) -> Result<Raw> {
+    raw(client, "POST", path, Some(serde_json::to_vec(obj)?), "application/json").await
+}
+
+/// The current time as Kubernetes MicroTime.
+pub fn micro_now() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let ts = k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    format!("{}.{:06}Z", ts.strftime("%Y-%m-%dT%H:%M:%S"), now.subsec_micros())
+}
+
+/// A Ready Node with this much to allocate, as an agent would register it.
+pub fn node_object(name: &str, cpu: &str, memory: &str, labels: Value) -> Value {
+    let now = micro_now();
+    let second = now.split('.').next().unwrap_or_default().to_string() + "Z";
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {
+            "capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "simulated", "lastHeartbeatTime": second, "lastTransitionTime": second}],
+            "addresses": [{"type": "InternalIP", "address": "192.0.2.10"}],
+        }
+    })
+}
+
+/// Registers a simulated node and renews its Lease every `every` until the
+/// returned handle is aborted.
+pub async fn simulated_node(client: &kube::Client, name: &str, cpu: &str, memory: &str, labels: Value, every: Duration) -> Result<tokio::task::JoinHandle<()>> {
+    let r = post(client, "/api/v1/nodes", &node_object(name, cpu, memory, labels)).await?;
+    if r.code != 201 {
+        bail!("register node {name}: {} {}", r.code, r.text);
+    }
+    renew_lease(client, name).await?;
+    let (client, name) = (client.clone(), name.to_string());
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let _ = renew_lease(&client, &name).await;
+        }
+    }))
+}
+
+/// Creates or renews the node's Lease in kube-node-lease.
+pub async fn renew_lease(client: &kube::Client, node: &str) -> Result<()> {
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}");
+    let patch = json!({"spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": micro_now()}});
+    let r = raw(client, "PATCH", &path, Some(serde_json::to_vec(&patch)?), "application/merge-patch+json").await?;
+    if r.code == 404 {
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": node, "namespace": "kube-node-lease"}, "spec": patch["spec"]});
+        let r = post(client, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &lease).await?;
+        if r.code != 201 {
+            bail!("create lease {node}: {} {}", r.code, r.text);
+        }
+    } else if r.code != 200 {
+        bail!("renew lease {node}: {} {}", r.code, r.text);
+    }
+    Ok(())
+}
+
+/// Waits (up to `timeout`) until `check` returns Some.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            match last_err {
+                Some(e) => bail!("{what}: not within {timeout:?} (last error: {e:#})"),
+                None => bail!("{what}: not within {timeout:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A pod JSON object.
+pub fn pod(name: &str, labels: Value, extra_spec: Value) -> Value {
+    let mut spec = json!({"containers": [{"name": "c", "image": "weft.local/busybox:1.36", "command": ["sleep", "3600"]}]});
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": spec})
+}
+
+/// Marks a pod Running and Ready (what its agent would report).
+pub async fn mark_ready(client: &kube::Client, ns: &str, name: &str) -> Result<()> {
+    let patch = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {}}}]}});
+    let r = raw(client, "PATCH", &format!("/api/v1/namespaces/{ns}/pods/{name}/status"), Some(serde_json::to_vec(&patch)?), "application/merge-patch+json").await?;
+    if r.code != 200 {
+        bail!("mark {ns}/{name} ready: {} {}", r.code, r.text);
+    }
+    Ok(())
+}
+
+/// Items of a list response.
+pub fn items(list: &Value) -> Vec<Value> {
+    list["items"].as_array().cloned().unwrap_or_default()
+}
