@@ -218,7 +218,9 @@ fn spawn_compactor(store: Arc<dyn Store>, keep: i64) {
         let mut done = 0;
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            let Ok(rev) = store.revision().await else { continue };
+            let Ok(rev) = store.revision().await else {
+                continue;
+            };
             let target = rev - keep.max(1);
             if target > done {
                 match store.compact(target).await {

@@ -12,7 +12,9 @@ use crate::control::ControlPlane;
 /// admin token (`Some("")` sends none). Call inside the island's runtime.
 pub async fn client(cp: &ControlPlane, token: Option<&str>) -> Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    let mut cfg =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
     match token {
         None => {}
         Some("") => cfg.auth_info.token = None,
@@ -35,7 +37,13 @@ pub struct Raw {
 }
 
 /// Sends one request with `client`'s credentials.
-pub async fn raw(client: &kube::Client, method: &str, path: &str, body: Option<Vec<u8>>, content_type: &str) -> Result<Raw> {
+pub async fn raw(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    content_type: &str,
+) -> Result<Raw> {
     let mut req = http::Request::builder().method(method).uri(path);
     if body.is_some() {
         req = req.header("Content-Type", content_type);
@@ -47,20 +55,39 @@ pub async fn raw(client: &kube::Client, method: &str, path: &str, body: Option<V
     let bytes = resp.into_body().collect_bytes().await?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok(Raw { code, body, text, headers })
+    Ok(Raw {
+        code,
+        body,
+        text,
+        headers,
+    })
 }
 
 /// POSTs a JSON object.
 pub async fn post(client: &kube::Client, path: &str, obj: &Value) -> Result<Raw> {
-    raw(client, "POST", path, Some(serde_json::to_vec(obj)?), "application/json").await
+    raw(
+        client,
+        "POST",
+        path,
+        Some(serde_json::to_vec(obj)?),
+        "application/json",
+    )
+    .await
 }
 
 /// The current time as Kubernetes MicroTime.
 pub fn micro_now() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs() as i64;
-    let ts = k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    format!("{}.{:06}Z", ts.strftime("%Y-%m-%dT%H:%M:%S"), now.subsec_micros())
+    let ts = k8s_openapi::jiff::Timestamp::from_second(secs)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    format!(
+        "{}.{:06}Z",
+        ts.strftime("%Y-%m-%dT%H:%M:%S"),
+        now.subsec_micros()
+    )
 }
 
 /// A Ready Node with this much to allocate, as an agent would register it.
@@ -82,8 +109,20 @@ pub fn node_object(name: &str, cpu: &str, memory: &str, labels: Value) -> Value 
 
 /// Registers a simulated node and renews its Lease every `every` until the
 /// returned handle is aborted.
-pub async fn simulated_node(client: &kube::Client, name: &str, cpu: &str, memory: &str, labels: Value, every: Duration) -> Result<tokio::task::JoinHandle<()>> {
-    let r = post(client, "/api/v1/nodes", &node_object(name, cpu, memory, labels)).await?;
+pub async fn simulated_node(
+    client: &kube::Client,
+    name: &str,
+    cpu: &str,
+    memory: &str,
+    labels: Value,
+    every: Duration,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let r = post(
+        client,
+        "/api/v1/nodes",
+        &node_object(name, cpu, memory, labels),
+    )
+    .await?;
     if r.code != 201 {
         bail!("register node {name}: {} {}", r.code, r.text);
     }
@@ -101,10 +140,22 @@ pub async fn simulated_node(client: &kube::Client, name: &str, cpu: &str, memory
 pub async fn renew_lease(client: &kube::Client, node: &str) -> Result<()> {
     let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}");
     let patch = json!({"spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": micro_now()}});
-    let r = raw(client, "PATCH", &path, Some(serde_json::to_vec(&patch)?), "application/merge-patch+json").await?;
+    let r = raw(
+        client,
+        "PATCH",
+        &path,
+        Some(serde_json::to_vec(&patch)?),
+        "application/merge-patch+json",
+    )
+    .await?;
     if r.code == 404 {
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": node, "namespace": "kube-node-lease"}, "spec": patch["spec"]});
-        let r = post(client, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &lease).await?;
+        let r = post(
+            client,
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            &lease,
+        )
+        .await?;
         if r.code != 201 {
             bail!("create lease {node}: {} {}", r.code, r.text);
         }
@@ -153,7 +204,14 @@ pub fn pod(name: &str, labels: Value, extra_spec: Value) -> Value {
 pub async fn mark_ready(client: &kube::Client, ns: &str, name: &str) -> Result<()> {
     let patch = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
         "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {}}}]}});
-    let r = raw(client, "PATCH", &format!("/api/v1/namespaces/{ns}/pods/{name}/status"), Some(serde_json::to_vec(&patch)?), "application/merge-patch+json").await?;
+    let r = raw(
+        client,
+        "PATCH",
+        &format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
+        Some(serde_json::to_vec(&patch)?),
+        "application/merge-patch+json",
+    )
+    .await?;
     if r.code != 200 {
         bail!("mark {ns}/{name} ready: {} {}", r.code, r.text);
     }

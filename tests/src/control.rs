@@ -30,7 +30,10 @@ pub struct ControlOptions {
 
 impl Default for ControlOptions {
     fn default() -> Self {
-        Self { backend: Backend::Sqlite, args: Vec::new() }
+        Self {
+            backend: Backend::Sqlite,
+            args: Vec::new(),
+        }
     }
 }
 
@@ -77,7 +80,10 @@ impl ControlPlane {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("controller.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("controller.log"))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.netns])
             .arg(default_weft_bin())
@@ -99,7 +105,11 @@ impl ControlPlane {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("weft controller exited with {status}: {}", self.log());
             }
             if self.kubeconfig.exists() {
@@ -138,7 +148,10 @@ impl ControlPlane {
     /// Runs kubectl (of `minor`, or /usr/bin/kubectl) in the island with the
     /// admin kubeconfig.
     pub fn kubectl(&self, minor: Option<u32>, args: &[&str]) -> Result<Output> {
-        let cache = self.dir.path().join(format!("kubectl-cache-{}", minor.unwrap_or(0)));
+        let cache = self
+            .dir
+            .path()
+            .join(format!("kubectl-cache-{}", minor.unwrap_or(0)));
         Command::new("ip")
             .args(["netns", "exec", &self.netns])
             .arg(kubectl_path(minor))
@@ -156,7 +169,10 @@ impl ControlPlane {
     /// Like `kubectl`, with `stdin` fed to it.
     pub fn kubectl_stdin(&self, minor: Option<u32>, args: &[&str], stdin: &str) -> Result<Output> {
         use std::io::Write;
-        let cache = self.dir.path().join(format!("kubectl-cache-{}", minor.unwrap_or(0)));
+        let cache = self
+            .dir
+            .path()
+            .join(format!("kubectl-cache-{}", minor.unwrap_or(0)));
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.netns])
             .arg(kubectl_path(minor))
@@ -170,7 +186,11 @@ impl ControlPlane {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        child.stdin.take().expect("piped").write_all(stdin.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(stdin.as_bytes())?;
         Ok(child.wait_with_output()?)
     }
 
@@ -181,7 +201,10 @@ impl ControlPlane {
             .arg(self.data_dir())
             .output()?;
         if !out.status.success() {
-            bail!("weft controller node-token: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "weft controller node-token: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }

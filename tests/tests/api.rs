@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use serde_json::{Value, json};
 use weft_tests::apitest::{self, Raw, client, eventually, items, post, raw};
 use weft_tests::control::{Backend, ControlOptions, ControlPlane};
@@ -24,7 +26,13 @@ async fn kube_rs_checks(cp: &ControlPlane) -> Result<()> {
     let c = client(cp, None).await?;
     // List, as every kube-rs program starts.
     let namespaces: Api<Namespace> = Api::all(c.clone());
-    let names: HashSet<String> = namespaces.list(&ListParams::default()).await?.items.into_iter().filter_map(|n| n.metadata.name).collect();
+    let names: HashSet<String> = namespaces
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure!(names.contains(ns), "namespace {ns} missing from {names:?}");
     }
@@ -34,7 +42,14 @@ async fn kube_rs_checks(cp: &ControlPlane) -> Result<()> {
         let p: Pod = serde_json::from_value(apitest::pod(name, json!({"app": app}), manual()))?;
         let created = pods.create(&PostParams::default(), &p).await?;
         ensure!(created.metadata.uid.is_some() && created.metadata.resource_version.is_some());
-        ensure!(created.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) == Some("Always"), "defaulted");
+        ensure!(
+            created
+                .spec
+                .as_ref()
+                .and_then(|s| s.restart_policy.as_deref())
+                == Some("Always"),
+            "defaulted"
+        );
         ensure!(created.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending"));
     }
     // Label and field selectors.
@@ -42,45 +57,118 @@ async fn kube_rs_checks(cp: &ControlPlane) -> Result<()> {
     ensure!(a.items.len() == 2, "app=a selects {}", a.items.len());
     let not_a = pods.list(&ListParams::default().labels("app!=a")).await?;
     ensure!(not_a.items.len() == 1 && not_a.items[0].metadata.name.as_deref() == Some("b1"));
-    let by_name = pods.list(&ListParams::default().fields("metadata.name=a2")).await?;
+    let by_name = pods
+        .list(&ListParams::default().fields("metadata.name=a2"))
+        .await?;
     ensure!(by_name.items.len() == 1);
-    let pending = pods.list(&ListParams::default().fields("status.phase=Pending,spec.nodeName=")).await?;
-    ensure!(pending.items.len() == 3, "unbound pending pods: {}", pending.items.len());
+    let pending = pods
+        .list(&ListParams::default().fields("status.phase=Pending,spec.nodeName="))
+        .await?;
+    ensure!(
+        pending.items.len() == 3,
+        "unbound pending pods: {}",
+        pending.items.len()
+    );
 
     // Watch from the list's resourceVersion; patch with the three patch types.
-    let rv = a.metadata.resource_version.clone().expect("list has a resourceVersion");
-    let mut events = pods.watch(&WatchParams::default().labels("app=a"), &rv).await?.boxed();
-    pods.patch("a1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"tier": "x"}}}))).await?;
+    let rv = a
+        .metadata
+        .resource_version
+        .clone()
+        .expect("list has a resourceVersion");
+    let mut events = pods
+        .watch(&WatchParams::default().labels("app=a"), &rv)
+        .await?
+        .boxed();
     pods.patch(
         "a1",
         &PatchParams::default(),
-        &Patch::Strategic(json!({"spec": {"containers": [{"name": "c", "image": "weft.local/busybox:1.37"}]}})),
+        &Patch::Merge(json!({"metadata": {"labels": {"tier": "x"}}})),
     )
     .await?;
-    let json_patch: json_patch::Patch = serde_json::from_value(json!([{"op": "add", "path": "/metadata/annotations", "value": {"k": "v"}}]))?;
-    let patched = pods.patch("a1", &PatchParams::default(), &Patch::<Value>::Json(json_patch)).await?;
-    ensure!(patched.metadata.labels.as_ref().and_then(|l| l.get("tier")).map(String::as_str) == Some("x"));
-    ensure!(patched.spec.as_ref().map(|s| s.containers[0].image.as_deref()) == Some(Some("weft.local/busybox:1.37")), "strategic patch kept the container and changed its image");
-    ensure!(patched.metadata.annotations.as_ref().and_then(|a| a.get("k")).map(String::as_str) == Some("v"));
+    pods.patch(
+        "a1",
+        &PatchParams::default(),
+        &Patch::Strategic(
+            json!({"spec": {"containers": [{"name": "c", "image": "weft.local/busybox:1.37"}]}}),
+        ),
+    )
+    .await?;
+    let json_patch: json_patch::Patch = serde_json::from_value(
+        json!([{"op": "add", "path": "/metadata/annotations", "value": {"k": "v"}}]),
+    )?;
+    let patched = pods
+        .patch(
+            "a1",
+            &PatchParams::default(),
+            &Patch::<Value>::Json(json_patch),
+        )
+        .await?;
+    ensure!(
+        patched
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("tier"))
+            .map(String::as_str)
+            == Some("x")
+    );
+    ensure!(
+        patched
+            .spec
+            .as_ref()
+            .map(|s| s.containers[0].image.as_deref())
+            == Some(Some("weft.local/busybox:1.37")),
+        "strategic patch kept the container and changed its image"
+    );
+    ensure!(
+        patched
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("k"))
+            .map(String::as_str)
+            == Some("v")
+    );
     // b1 changes too, but the watch selects app=a only.
-    pods.patch("b1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}))).await?;
+    pods.patch(
+        "b1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await?;
     pods.delete("a2", &DeleteParams::default()).await?;
     let mut seen = Vec::new();
     while seen.len() < 4 {
         match tokio::time::timeout(Duration::from_secs(10), events.try_next()).await?? {
-            Some(WatchEvent::Modified(p)) => seen.push(format!("MODIFIED {}", p.metadata.name.unwrap_or_default())),
-            Some(WatchEvent::Deleted(p)) => seen.push(format!("DELETED {}", p.metadata.name.unwrap_or_default())),
-            Some(WatchEvent::Added(p)) => seen.push(format!("ADDED {}", p.metadata.name.unwrap_or_default())),
+            Some(WatchEvent::Modified(p)) => {
+                seen.push(format!("MODIFIED {}", p.metadata.name.unwrap_or_default()))
+            }
+            Some(WatchEvent::Deleted(p)) => {
+                seen.push(format!("DELETED {}", p.metadata.name.unwrap_or_default()))
+            }
+            Some(WatchEvent::Added(p)) => {
+                seen.push(format!("ADDED {}", p.metadata.name.unwrap_or_default()))
+            }
             Some(WatchEvent::Bookmark(_)) => {}
             Some(WatchEvent::Error(e)) => anyhow::bail!("watch error {e:?}"),
             None => anyhow::bail!("watch ended"),
         }
     }
-    ensure!(seen == ["MODIFIED a1", "MODIFIED a1", "MODIFIED a1", "DELETED a2"], "watch saw {seen:?}");
+    ensure!(
+        seen == ["MODIFIED a1", "MODIFIED a1", "MODIFIED a1", "DELETED a2"],
+        "watch saw {seen:?}"
+    );
 
     // kube-runtime's watcher (list, then watch) sees the current state.
-    let stream = kube::runtime::watcher(pods.clone(), kube::runtime::watcher::Config::default().labels("app=a"));
-    let first: Vec<Pod> = kube::runtime::WatchStreamExt::applied_objects(stream).take(1).try_collect().await?;
+    let stream = kube::runtime::watcher(
+        pods.clone(),
+        kube::runtime::watcher::Config::default().labels("app=a"),
+    );
+    let first: Vec<Pod> = kube::runtime::WatchStreamExt::applied_objects(stream)
+        .take(1)
+        .try_collect()
+        .await?;
     ensure!(first[0].metadata.name.as_deref() == Some("a1"));
 
     // Replace with a stale resourceVersion: 409.
@@ -95,7 +183,10 @@ async fn kube_rs_checks(cp: &ControlPlane) -> Result<()> {
     let n: Node = serde_json::from_value(apitest::node_object("kn1", "2", "4Gi", json!({})))?;
     let made = nodes.create(&PostParams::default(), &n).await?;
     let cidr = made.spec.and_then(|s| s.pod_cidr).unwrap_or_default();
-    ensure!(cidr.starts_with("10.244.") && cidr.ends_with(".0/24"), "node block {cidr}");
+    ensure!(
+        cidr.starts_with("10.244.") && cidr.ends_with(".0/24"),
+        "node block {cidr}"
+    );
     Ok(())
 }
 
@@ -110,7 +201,13 @@ fn kube_rs_client_works_unmodified_on_sqlite() -> Result<()> {
 fn kube_rs_client_works_unmodified_on_etcd() -> Result<()> {
     let island = Island::new("apietcd")?;
     let etcd = Etcd::start(&island)?;
-    let cp = ControlPlane::start(&island, ControlOptions { backend: Backend::Etcd(etcd.endpoint.clone()), args: vec![] })?;
+    let cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            backend: Backend::Etcd(etcd.endpoint.clone()),
+            args: vec![],
+        },
+    )?;
     run(&island, kube_rs_checks(&cp))
 }
 
@@ -136,41 +233,160 @@ fn tokens_and_node_authorization() -> Result<()> {
         for token in ["", "not-a-token"] {
             let c = client(&cp, Some(token)).await?;
             let r = raw(&c, "GET", "/api/v1/namespaces", None, "").await?;
-            ensure!(r.code == 401 && status_reason(&r) == "Unauthorized", "token {token:?}: {} {}", r.code, r.text);
-            let r = post(&c, "/api/v1/namespaces", &json!({"metadata": {"name": "x"}})).await?;
+            ensure!(
+                r.code == 401 && status_reason(&r) == "Unauthorized",
+                "token {token:?}: {} {}",
+                r.code,
+                r.text
+            );
+            let r = post(
+                &c,
+                "/api/v1/namespaces",
+                &json!({"metadata": {"name": "x"}}),
+            )
+            .await?;
             ensure!(r.code == 401);
         }
         let node = client(&cp, Some(&n1_token)).await?;
         // Its own Node and Lease: yes. Another's: 403.
-        let r = post(&node, "/api/v1/nodes", &apitest::node_object("n1", "2", "2Gi", json!({}))).await?;
-        ensure!(r.code == 201, "node registers itself: {} {}", r.code, r.text);
-        let r = post(&node, "/api/v1/nodes", &apitest::node_object("n2", "2", "2Gi", json!({}))).await?;
-        ensure!(r.code == 403 && status_reason(&r) == "Forbidden", "node n1 creating n2: {} {}", r.code, r.text);
-        ensure!(post(&admin, "/api/v1/nodes", &apitest::node_object("n2", "2", "2Gi", json!({}))).await?.code == 201);
-        let status_patch = serde_json::to_vec(&json!({"status": {"nodeInfo": {"kubeletVersion": "v1.33.0"}}}))?;
-        ensure!(raw(&node, "PATCH", "/api/v1/nodes/n1/status", Some(status_patch.clone()), "application/merge-patch+json").await?.code == 200);
-        ensure!(raw(&node, "PATCH", "/api/v1/nodes/n2/status", Some(status_patch), "application/merge-patch+json").await?.code == 403);
+        let r = post(
+            &node,
+            "/api/v1/nodes",
+            &apitest::node_object("n1", "2", "2Gi", json!({})),
+        )
+        .await?;
+        ensure!(
+            r.code == 201,
+            "node registers itself: {} {}",
+            r.code,
+            r.text
+        );
+        let r = post(
+            &node,
+            "/api/v1/nodes",
+            &apitest::node_object("n2", "2", "2Gi", json!({})),
+        )
+        .await?;
+        ensure!(
+            r.code == 403 && status_reason(&r) == "Forbidden",
+            "node n1 creating n2: {} {}",
+            r.code,
+            r.text
+        );
+        ensure!(
+            post(
+                &admin,
+                "/api/v1/nodes",
+                &apitest::node_object("n2", "2", "2Gi", json!({}))
+            )
+            .await?
+            .code
+                == 201
+        );
+        let status_patch =
+            serde_json::to_vec(&json!({"status": {"nodeInfo": {"kubeletVersion": "v1.33.0"}}}))?;
+        ensure!(
+            raw(
+                &node,
+                "PATCH",
+                "/api/v1/nodes/n1/status",
+                Some(status_patch.clone()),
+                "application/merge-patch+json"
+            )
+            .await?
+            .code
+                == 200
+        );
+        ensure!(
+            raw(
+                &node,
+                "PATCH",
+                "/api/v1/nodes/n2/status",
+                Some(status_patch),
+                "application/merge-patch+json"
+            )
+            .await?
+            .code
+                == 403
+        );
         apitest::renew_lease(&node, "n1").await?;
-        ensure!(apitest::renew_lease(&node, "n2").await.is_err(), "n1 renewing n2's lease must fail");
+        ensure!(
+            apitest::renew_lease(&node, "n2").await.is_err(),
+            "n1 renewing n2's lease must fail"
+        );
         // Reads are allowed; other writes are not.
         ensure!(raw(&node, "GET", "/api/v1/pods", None, "").await?.code == 200);
         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
-        ensure!(post(&node, "/apis/apps/v1/namespaces/default/deployments", &d).await?.code == 403);
-        ensure!(raw(&node, "DELETE", "/api/v1/namespaces/default", None, "").await?.code == 403);
+        ensure!(
+            post(&node, "/apis/apps/v1/namespaces/default/deployments", &d)
+                .await?
+                .code
+                == 403
+        );
+        ensure!(
+            raw(&node, "DELETE", "/api/v1/namespaces/default", None, "")
+                .await?
+                .code
+                == 403
+        );
         // Pod status: only for pods bound to it.
         for (name, bound) in [("on-n1", "n1"), ("on-n2", "n2")] {
-            let r = post(&admin, "/api/v1/namespaces/default/pods", &apitest::pod(name, json!({}), json!({"nodeName": bound}))).await?;
+            let r = post(
+                &admin,
+                "/api/v1/namespaces/default/pods",
+                &apitest::pod(name, json!({}), json!({"nodeName": bound})),
+            )
+            .await?;
             ensure!(r.code == 201, "{} {}", r.code, r.text);
         }
         let st = serde_json::to_vec(&json!({"status": {"phase": "Running"}}))?;
-        let r = raw(&node, "PATCH", "/api/v1/namespaces/default/pods/on-n1/status", Some(st.clone()), "application/merge-patch+json").await?;
-        ensure!(r.code == 200 && r.body["status"]["phase"] == "Running", "{} {}", r.code, r.text);
-        let r = raw(&node, "PATCH", "/api/v1/namespaces/default/pods/on-n2/status", Some(st), "application/merge-patch+json").await?;
-        ensure!(r.code == 403, "n1 changing a pod on n2: {} {}", r.code, r.text);
+        let r = raw(
+            &node,
+            "PATCH",
+            "/api/v1/namespaces/default/pods/on-n1/status",
+            Some(st.clone()),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(
+            r.code == 200 && r.body["status"]["phase"] == "Running",
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let r = raw(
+            &node,
+            "PATCH",
+            "/api/v1/namespaces/default/pods/on-n2/status",
+            Some(st),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(
+            r.code == 403,
+            "n1 changing a pod on n2: {} {}",
+            r.code,
+            r.text
+        );
         // A status write cannot move the pod or change its address.
-        let moved = serde_json::to_vec(&json!({"spec": {"nodeName": "n2"}, "status": {"podIP": "10.9.9.9"}}))?;
-        let r = raw(&node, "PATCH", "/api/v1/namespaces/default/pods/on-n1/status", Some(moved), "application/merge-patch+json").await?;
-        ensure!(r.code == 200 && r.body["spec"]["nodeName"] == "n1" && r.body["status"]["podIP"] != "10.9.9.9", "{}", r.text);
+        let moved = serde_json::to_vec(
+            &json!({"spec": {"nodeName": "n2"}, "status": {"podIP": "10.9.9.9"}}),
+        )?;
+        let r = raw(
+            &node,
+            "PATCH",
+            "/api/v1/namespaces/default/pods/on-n1/status",
+            Some(moved),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(
+            r.code == 200
+                && r.body["spec"]["nodeName"] == "n1"
+                && r.body["status"]["podIP"] != "10.9.9.9",
+            "{}",
+            r.text
+        );
         Ok(())
     })
 }
@@ -183,34 +399,111 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
         let c = client(&cp, None).await?;
         let pods = "/api/v1/namespaces/default/pods";
         let check = |r: &Raw, code: u16, reason: &str, what: &str| -> Result<()> {
-            ensure!(r.code == code && r.body["kind"] == "Status" && status_reason(r) == reason, "{what}: expected {code} {reason}, got {} {}", r.code, r.text);
+            ensure!(
+                r.code == code && r.body["kind"] == "Status" && status_reason(r) == reason,
+                "{what}: expected {code} {reason}, got {} {}",
+                r.code,
+                r.text
+            );
             Ok(())
         };
-        check(&raw(&c, "POST", pods, Some(b"{not json".to_vec()), "application/json").await?, 400, "BadRequest", "malformed JSON")?;
-        check(&raw(&c, "POST", pods, Some(b"kind: [".to_vec()), "application/yaml").await?, 400, "BadRequest", "malformed YAML")?;
-        check(&raw(&c, "GET", "/api/v1/widgets", None, "").await?, 404, "NotFound", "unknown resource")?;
-        check(&raw(&c, "GET", "/apis/example.com/v1/things", None, "").await?, 404, "NotFound", "unknown group")?;
+        check(
+            &raw(
+                &c,
+                "POST",
+                pods,
+                Some(b"{not json".to_vec()),
+                "application/json",
+            )
+            .await?,
+            400,
+            "BadRequest",
+            "malformed JSON",
+        )?;
+        check(
+            &raw(
+                &c,
+                "POST",
+                pods,
+                Some(b"kind: [".to_vec()),
+                "application/yaml",
+            )
+            .await?,
+            400,
+            "BadRequest",
+            "malformed YAML",
+        )?;
+        check(
+            &raw(&c, "GET", "/api/v1/widgets", None, "").await?,
+            404,
+            "NotFound",
+            "unknown resource",
+        )?;
+        check(
+            &raw(&c, "GET", "/apis/example.com/v1/things", None, "").await?,
+            404,
+            "NotFound",
+            "unknown group",
+        )?;
         // Unknown fields: refused under Strict with the path, warned otherwise, never kept.
         let mut p = apitest::pod("strict", json!({}), json!({}));
         p["spec"]["containers"][0]["imagePullPolicyy"] = json!("Always");
-        let r = raw(&c, "POST", &format!("{pods}?fieldValidation=Strict"), Some(serde_json::to_vec(&p)?), "application/json").await?;
+        let r = raw(
+            &c,
+            "POST",
+            &format!("{pods}?fieldValidation=Strict"),
+            Some(serde_json::to_vec(&p)?),
+            "application/json",
+        )
+        .await?;
         check(&r, 400, "BadRequest", "unknown field, strict")?;
-        ensure!(r.text.contains("spec.containers[0].imagePullPolicyy"), "the field path is named: {}", r.text);
-        let r = raw(&c, "POST", pods, Some(serde_json::to_vec(&p)?), "application/json").await?;
+        ensure!(
+            r.text.contains("spec.containers[0].imagePullPolicyy"),
+            "the field path is named: {}",
+            r.text
+        );
+        let r = raw(
+            &c,
+            "POST",
+            pods,
+            Some(serde_json::to_vec(&p)?),
+            "application/json",
+        )
+        .await?;
         ensure!(r.code == 201, "warn mode creates: {} {}", r.code, r.text);
-        let warning = r.headers.get("warning").and_then(|v| v.to_str().ok()).unwrap_or_default();
-        ensure!(warning.contains("imagePullPolicyy"), "warning header: {warning:?}");
-        ensure!(r.body["spec"]["containers"][0].get("imagePullPolicyy").is_none(), "an unknown field is not stored");
+        let warning = r
+            .headers
+            .get("warning")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        ensure!(
+            warning.contains("imagePullPolicyy"),
+            "warning header: {warning:?}"
+        );
+        ensure!(
+            r.body["spec"]["containers"][0]
+                .get("imagePullPolicyy")
+                .is_none(),
+            "an unknown field is not stored"
+        );
         // Wrong types name the field.
         let mut p = apitest::pod("typed", json!({}), json!({}));
         p["spec"]["containers"][0]["ports"] = json!([{"containerPort": "eighty"}]);
         let r = post(&c, pods, &p).await?;
         check(&r, 400, "BadRequest", "wrong type")?;
-        ensure!(r.text.contains("spec.containers[0].ports[0].containerPort"), "{}", r.text);
+        ensure!(
+            r.text.contains("spec.containers[0].ports[0].containerPort"),
+            "{}",
+            r.text
+        );
         // Invalid values: 422 with causes and field paths.
         let r = post(&c, pods, &apitest::pod("Bad_Name", json!({}), json!({}))).await?;
         check(&r, 422, "Invalid", "invalid name")?;
-        ensure!(r.body["details"]["causes"][0]["field"] == "metadata.name", "{}", r.text);
+        ensure!(
+            r.body["details"]["causes"][0]["field"] == "metadata.name",
+            "{}",
+            r.text
+        );
         let mut p = apitest::pod("nocontainers", json!({}), json!({}));
         p["spec"]["containers"] = json!([]);
         let r = post(&c, pods, &p).await?;
@@ -219,48 +512,149 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 70000, "protocol": "TCPX"}]}});
         let r = post(&c, "/api/v1/namespaces/default/services", &svc).await?;
         check(&r, 422, "Invalid", "bad port and protocol")?;
-        let fields: Vec<&str> = r.body["details"]["causes"].as_array().map(|a| a.iter().filter_map(|c| c["field"].as_str()).collect()).unwrap_or_default();
-        ensure!(fields.contains(&"spec.ports[0].port") && fields.contains(&"spec.ports[0].protocol"), "{fields:?}");
+        let fields: Vec<&str> = r.body["details"]["causes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c["field"].as_str()).collect())
+            .unwrap_or_default();
+        ensure!(
+            fields.contains(&"spec.ports[0].port") && fields.contains(&"spec.ports[0].protocol"),
+            "{fields:?}"
+        );
         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "c"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
         let r = post(&c, "/apis/apps/v1/namespaces/default/deployments", &d).await?;
         check(&r, 422, "Invalid", "selector does not match labels")?;
         ensure!(r.text.contains("spec.template.metadata.labels"));
         // Kind in the body must match the path.
-        let r = post(&c, "/api/v1/namespaces/default/services", &apitest::pod("x", json!({}), json!({}))).await?;
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/services",
+            &apitest::pod("x", json!({}), json!({})),
+        )
+        .await?;
         check(&r, 400, "BadRequest", "kind mismatch")?;
         // A namespace that does not exist.
-        let r = post(&c, "/api/v1/namespaces/nope/pods", &apitest::pod("x", json!({}), json!({}))).await?;
+        let r = post(
+            &c,
+            "/api/v1/namespaces/nope/pods",
+            &apitest::pod("x", json!({}), json!({})),
+        )
+        .await?;
         check(&r, 404, "NotFound", "missing namespace")?;
         // Duplicates and stale updates: 409.
         let ok = post(&c, pods, &apitest::pod("dup", json!({}), manual())).await?;
         ensure!(ok.code == 201);
-        check(&post(&c, pods, &apitest::pod("dup", json!({}), manual())).await?, 409, "AlreadyExists", "duplicate")?;
+        check(
+            &post(&c, pods, &apitest::pod("dup", json!({}), manual())).await?,
+            409,
+            "AlreadyExists",
+            "duplicate",
+        )?;
         let mut stale = ok.body.clone();
         stale["metadata"]["labels"] = json!({"v": "1"});
-        ensure!(raw(&c, "PUT", &format!("{pods}/dup"), Some(serde_json::to_vec(&stale)?), "application/json").await?.code == 200);
+        ensure!(
+            raw(
+                &c,
+                "PUT",
+                &format!("{pods}/dup"),
+                Some(serde_json::to_vec(&stale)?),
+                "application/json"
+            )
+            .await?
+            .code
+                == 200
+        );
         stale["metadata"]["labels"] = json!({"v": "2"});
-        check(&raw(&c, "PUT", &format!("{pods}/dup"), Some(serde_json::to_vec(&stale)?), "application/json").await?, 409, "Conflict", "stale update")?;
+        check(
+            &raw(
+                &c,
+                "PUT",
+                &format!("{pods}/dup"),
+                Some(serde_json::to_vec(&stale)?),
+                "application/json",
+            )
+            .await?,
+            409,
+            "Conflict",
+            "stale update",
+        )?;
         // Over the size limit: 413.
         let mut big = apitest::pod("big", json!({}), json!({}));
         big["metadata"]["annotations"] = json!({"blob": "x".repeat(4 * 1024 * 1024)});
-        check(&post(&c, pods, &big).await?, 413, "RequestEntityTooLarge", "large body")?;
+        check(
+            &post(&c, pods, &big).await?,
+            413,
+            "RequestEntityTooLarge",
+            "large body",
+        )?;
         // Selectors that do not parse.
-        check(&raw(&c, "GET", &format!("{pods}?labelSelector=a%20in%20(b"), None, "").await?, 400, "BadRequest", "label selector")?;
-        check(&raw(&c, "GET", &format!("{pods}?fieldSelector=spec.bogus%3Dx"), None, "").await?, 400, "BadRequest", "field selector")?;
+        check(
+            &raw(
+                &c,
+                "GET",
+                &format!("{pods}?labelSelector=a%20in%20(b"),
+                None,
+                "",
+            )
+            .await?,
+            400,
+            "BadRequest",
+            "label selector",
+        )?;
+        check(
+            &raw(
+                &c,
+                "GET",
+                &format!("{pods}?fieldSelector=spec.bogus%3Dx"),
+                None,
+                "",
+            )
+            .await?,
+            400,
+            "BadRequest",
+            "field selector",
+        )?;
         // Server-side apply is refused clearly.
-        let r = raw(&c, "PATCH", &format!("{pods}/dup?fieldManager=x"), Some(b"{}".to_vec()), "application/apply-patch+yaml").await?;
-        ensure!(r.code == 415 && r.text.contains("server-side apply"), "{} {}", r.code, r.text);
+        let r = raw(
+            &c,
+            "PATCH",
+            &format!("{pods}/dup?fieldManager=x"),
+            Some(b"{}".to_vec()),
+            "application/apply-patch+yaml",
+        )
+        .await?;
+        ensure!(
+            r.code == 415 && r.text.contains("server-side apply"),
+            "{} {}",
+            r.code,
+            r.text
+        );
         // Nothing half-stored: only the three good pods exist.
         let list = raw(&c, "GET", pods, None, "").await?;
-        let names: Vec<String> = items(&list.body).iter().map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_string()).collect();
+        let names: Vec<String> = items(&list.body)
+            .iter()
+            .map(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
         ensure!(names == ["dup", "strict"], "stored pods: {names:?}");
         Ok(())
     })
 }
 
 /// Reads watch events (one JSON object per line) from a raw watch request.
-async fn watch_lines(c: &kube::Client, path: &str, want: usize, timeout: Duration) -> Result<Vec<Value>> {
-    let req = http::Request::builder().method("GET").uri(path).body(kube::client::Body::empty())?;
+async fn watch_lines(
+    c: &kube::Client,
+    path: &str,
+    want: usize,
+    timeout: Duration,
+) -> Result<Vec<Value>> {
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(path)
+        .body(kube::client::Body::empty())?;
     let resp = c.send(req).await?;
     ensure!(resp.status() == 200, "watch status {}", resp.status());
     let mut body = resp.into_body();
@@ -288,57 +682,157 @@ async fn watch_lines(c: &kube::Client, path: &str, want: usize, timeout: Duratio
 #[test]
 fn watch_resumes_filters_bookmarks_and_expires() -> Result<()> {
     let island = Island::new("watch")?;
-    let args = ["--watch-history", "5", "--bookmark-interval", "300ms"].map(String::from).to_vec();
-    let cp = ControlPlane::start(&island, ControlOptions { backend: Backend::Sqlite, args })?;
+    let args = ["--watch-history", "5", "--bookmark-interval", "300ms"]
+        .map(String::from)
+        .to_vec();
+    let cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            backend: Backend::Sqlite,
+            args,
+        },
+    )?;
     run(&island, async {
         let c = client(&cp, None).await?;
         let pods = "/api/v1/namespaces/default/pods";
-        let start = raw(&c, "GET", pods, None, "").await?.body["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+        let start = raw(&c, "GET", pods, None, "").await?.body["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         for (name, app) in [("w1", "web"), ("w2", "db"), ("w3", "web")] {
-            ensure!(post(&c, pods, &apitest::pod(name, json!({"app": app}), manual())).await?.code == 201);
+            ensure!(
+                post(&c, pods, &apitest::pod(name, json!({"app": app}), manual()))
+                    .await?
+                    .code
+                    == 201
+            );
         }
         // Resume from a resourceVersion: the later events, in order, selected.
-        let ev = watch_lines(&c, &format!("{pods}?watch=1&resourceVersion={start}&labelSelector=app%3Dweb"), 2, Duration::from_secs(5)).await?;
-        let names: Vec<&str> = ev.iter().map(|e| e["object"]["metadata"]["name"].as_str().unwrap_or_default()).collect();
-        ensure!(names == ["w1", "w3"] && ev.iter().all(|e| e["type"] == "ADDED"), "{ev:?}");
+        let ev = watch_lines(
+            &c,
+            &format!("{pods}?watch=1&resourceVersion={start}&labelSelector=app%3Dweb"),
+            2,
+            Duration::from_secs(5),
+        )
+        .await?;
+        let names: Vec<&str> = ev
+            .iter()
+            .map(|e| e["object"]["metadata"]["name"].as_str().unwrap_or_default())
+            .collect();
+        ensure!(
+            names == ["w1", "w3"] && ev.iter().all(|e| e["type"] == "ADDED"),
+            "{ev:?}"
+        );
         // resourceVersion=0: the current state as ADDED first.
-        let ev = watch_lines(&c, &format!("{pods}?watch=true&resourceVersion=0"), 3, Duration::from_secs(5)).await?;
+        let ev = watch_lines(
+            &c,
+            &format!("{pods}?watch=true&resourceVersion=0"),
+            3,
+            Duration::from_secs(5),
+        )
+        .await?;
         ensure!(ev.len() == 3 && ev.iter().all(|e| e["type"] == "ADDED"));
         // An object that stops matching the selector is DELETED for that watch.
-        let rv = raw(&c, "GET", pods, None, "").await?.body["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+        let rv = raw(&c, "GET", pods, None, "").await?.body["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let patch = serde_json::to_vec(&json!({"metadata": {"labels": {"app": "db"}}}))?;
-        ensure!(raw(&c, "PATCH", &format!("{pods}/w3"), Some(patch), "application/merge-patch+json").await?.code == 200);
-        let ev = watch_lines(&c, &format!("{pods}?watch=1&resourceVersion={rv}&labelSelector=app%3Dweb"), 1, Duration::from_secs(5)).await?;
-        ensure!(ev.len() == 1 && ev[0]["type"] == "DELETED" && ev[0]["object"]["metadata"]["name"] == "w3", "{ev:?}");
+        ensure!(
+            raw(
+                &c,
+                "PATCH",
+                &format!("{pods}/w3"),
+                Some(patch),
+                "application/merge-patch+json"
+            )
+            .await?
+            .code
+                == 200
+        );
+        let ev = watch_lines(
+            &c,
+            &format!("{pods}?watch=1&resourceVersion={rv}&labelSelector=app%3Dweb"),
+            1,
+            Duration::from_secs(5),
+        )
+        .await?;
+        ensure!(
+            ev.len() == 1
+                && ev[0]["type"] == "DELETED"
+                && ev[0]["object"]["metadata"]["name"] == "w3",
+            "{ev:?}"
+        );
         // Bookmarks, when asked for, carry a resourceVersion to resume from.
-        let now_rv = raw(&c, "GET", pods, None, "").await?.body["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+        let now_rv = raw(&c, "GET", pods, None, "").await?.body["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let bm = tokio::spawn({
             let c = c.clone();
             let now_rv = now_rv.clone();
-            async move { watch_lines(&c, &format!("/api/v1/namespaces/default/services?watch=1&allowWatchBookmarks=true&resourceVersion={now_rv}"), 1, Duration::from_secs(8)).await }
+            async move {
+                watch_lines(&c, &format!("/api/v1/namespaces/default/services?watch=1&allowWatchBookmarks=true&resourceVersion={now_rv}"), 1, Duration::from_secs(8)).await
+            }
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Writes elsewhere move the revision on; the bookmark says so.
-        ensure!(post(&c, pods, &apitest::pod("w4", json!({}), manual())).await?.code == 201);
+        ensure!(
+            post(&c, pods, &apitest::pod("w4", json!({}), manual()))
+                .await?
+                .code
+                == 201
+        );
         let ev = bm.await??;
-        ensure!(ev.len() == 1 && ev[0]["type"] == "BOOKMARK" && ev[0]["object"]["kind"] == "Service", "{ev:?}");
-        let bm_rv: i64 = ev[0]["object"]["metadata"]["resourceVersion"].as_str().unwrap_or_default().parse()?;
-        ensure!(bm_rv > now_rv.parse::<i64>()?, "bookmark {bm_rv} after {now_rv}");
+        ensure!(
+            ev.len() == 1 && ev[0]["type"] == "BOOKMARK" && ev[0]["object"]["kind"] == "Service",
+            "{ev:?}"
+        );
+        let bm_rv: i64 = ev[0]["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()?;
+        ensure!(
+            bm_rv > now_rv.parse::<i64>()?,
+            "bookmark {bm_rv} after {now_rv}"
+        );
         // Too old: after more writes than the history kept and a compaction,
         // a watch from the start gets an ERROR event with 410 Gone.
         for i in 0..10 {
-            ensure!(post(&c, pods, &apitest::pod(&format!("x{i}"), json!({}), json!({}))).await?.code == 201);
+            ensure!(
+                post(
+                    &c,
+                    pods,
+                    &apitest::pod(&format!("x{i}"), json!({}), json!({}))
+                )
+                .await?
+                .code
+                    == 201
+            );
         }
-        let ev = eventually(Duration::from_secs(15), "410 for a compacted resourceVersion", || {
-            let c = c.clone();
-            let start = start.clone();
-            async move {
-                let ev = watch_lines(&c, &format!("{pods}?watch=1&resourceVersion={start}"), 1, Duration::from_secs(2)).await?;
-                Ok(ev.into_iter().next().filter(|e| e["type"] == "ERROR"))
-            }
-        })
+        let ev = eventually(
+            Duration::from_secs(15),
+            "410 for a compacted resourceVersion",
+            || {
+                let c = c.clone();
+                let start = start.clone();
+                async move {
+                    let ev = watch_lines(
+                        &c,
+                        &format!("{pods}?watch=1&resourceVersion={start}"),
+                        1,
+                        Duration::from_secs(2),
+                    )
+                    .await?;
+                    Ok(ev.into_iter().next().filter(|e| e["type"] == "ERROR"))
+                }
+            },
+        )
         .await?;
-        ensure!(ev["object"]["code"] == 410 && ev["object"]["reason"] == "Expired", "{ev}");
+        ensure!(
+            ev["object"]["code"] == 410 && ev["object"]["reason"] == "Expired",
+            "{ev}"
+        );
         Ok(())
     })
 }
@@ -352,44 +846,111 @@ fn ipam_never_hands_out_an_address_twice() -> Result<()> {
         // Node blocks: distinct /24s of 10.244.0.0/16; a taken one is refused.
         let mut blocks = HashSet::new();
         for i in 0..5 {
-            let r = post(&c, "/api/v1/nodes", &apitest::node_object(&format!("n{i}"), "2", "2Gi", json!({}))).await?;
+            let r = post(
+                &c,
+                "/api/v1/nodes",
+                &apitest::node_object(&format!("n{i}"), "2", "2Gi", json!({})),
+            )
+            .await?;
             ensure!(r.code == 201);
-            let cidr = r.body["spec"]["podCIDR"].as_str().unwrap_or_default().to_string();
-            ensure!(cidr.starts_with("10.244.") && cidr.ends_with("/24") && blocks.insert(cidr.clone()), "block {cidr}");
+            let cidr = r.body["spec"]["podCIDR"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            ensure!(
+                cidr.starts_with("10.244.") && cidr.ends_with("/24") && blocks.insert(cidr.clone()),
+                "block {cidr}"
+            );
         }
         let taken = blocks.iter().next().cloned().unwrap_or_default();
         let mut n = apitest::node_object("dup", "2", "2Gi", json!({}));
         n["spec"] = json!({"podCIDR": taken});
         let r = post(&c, "/api/v1/nodes", &n).await?;
-        ensure!(r.code == 422 && r.text.contains("already allocated"), "{} {}", r.code, r.text);
+        ensure!(
+            r.code == 422 && r.text.contains("already allocated"),
+            "{} {}",
+            r.code,
+            r.text
+        );
         // Pods get addresses from their node's block, all distinct, when bound.
         let mut tasks = Vec::new();
         for i in 0..60 {
             let c = c.clone();
             tasks.push(tokio::spawn(async move {
                 let node = format!("n{}", i % 2);
-                post(&c, "/api/v1/namespaces/default/pods", &apitest::pod(&format!("p{i}"), json!({}), json!({"nodeName": node}))).await
+                post(
+                    &c,
+                    "/api/v1/namespaces/default/pods",
+                    &apitest::pod(&format!("p{i}"), json!({}), json!({"nodeName": node})),
+                )
+                .await
             }));
         }
         let mut ips = HashSet::new();
         for t in tasks {
             let r = t.await??;
             ensure!(r.code == 201, "{} {}", r.code, r.text);
-            let ip = r.body["status"]["podIP"].as_str().unwrap_or_default().to_string();
+            let ip = r.body["status"]["podIP"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let node = r.body["spec"]["nodeName"].as_str().unwrap_or_default();
-            let block = raw(&c, "GET", &format!("/api/v1/nodes/{node}"), None, "").await?.body["spec"]["podCIDR"].as_str().unwrap_or_default().to_string();
+            let block = raw(&c, "GET", &format!("/api/v1/nodes/{node}"), None, "")
+                .await?
+                .body["spec"]["podCIDR"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let prefix = block.trim_end_matches("0/24");
-            ensure!(ip.starts_with(prefix), "pod IP {ip} outside its node's block {block}");
+            ensure!(
+                ip.starts_with(prefix),
+                "pod IP {ip} outside its node's block {block}"
+            );
             ensure!(ips.insert(ip.clone()), "IP {ip} handed out twice");
         }
         // The binding subresource gives an address too.
-        ensure!(post(&c, "/api/v1/namespaces/default/pods", &apitest::pod("unbound", json!({}), manual())).await?.code == 201);
+        ensure!(
+            post(
+                &c,
+                "/api/v1/namespaces/default/pods",
+                &apitest::pod("unbound", json!({}), manual())
+            )
+            .await?
+            .code
+                == 201
+        );
         let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "unbound"}, "target": {"kind": "Node", "name": "n3"}});
-        let r = post(&c, "/api/v1/namespaces/default/pods/unbound/binding", &binding).await?;
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/pods/unbound/binding",
+            &binding,
+        )
+        .await?;
         ensure!(r.code == 201, "{} {}", r.code, r.text);
-        let bound = raw(&c, "GET", "/api/v1/namespaces/default/pods/unbound", None, "").await?.body;
-        ensure!(bound["spec"]["nodeName"] == "n3" && ips.insert(bound["status"]["podIP"].as_str().unwrap_or_default().to_string()));
-        let r = post(&c, "/api/v1/namespaces/default/pods/unbound/binding", &binding).await?;
+        let bound = raw(
+            &c,
+            "GET",
+            "/api/v1/namespaces/default/pods/unbound",
+            None,
+            "",
+        )
+        .await?
+        .body;
+        ensure!(
+            bound["spec"]["nodeName"] == "n3"
+                && ips.insert(
+                    bound["status"]["podIP"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                )
+        );
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/pods/unbound/binding",
+            &binding,
+        )
+        .await?;
         ensure!(r.code == 409, "binding twice: {} {}", r.code, r.text);
         // ClusterIPs: concurrent creates never collide.
         let mut tasks = Vec::new();
@@ -404,22 +965,73 @@ fn ipam_never_hands_out_an_address_twice() -> Result<()> {
         for t in tasks {
             let r = t.await??;
             ensure!(r.code == 201, "{} {}", r.code, r.text);
-            let ip = r.body["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
+            let ip = r.body["spec"]["clusterIP"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let parsed: std::net::Ipv4Addr = ip.parse()?;
-            ensure!(u32::from(parsed) >> 20 == u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) >> 20, "{ip} outside 10.96.0.0/12");
+            ensure!(
+                u32::from(parsed) >> 20 == u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)) >> 20,
+                "{ip} outside 10.96.0.0/12"
+            );
             ensure!(vips.insert(ip.clone()), "ClusterIP {ip} handed out twice");
         }
         // A requested ClusterIP: honoured when free, refused clearly when not.
         let want = |name: &str, ip: &str| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"clusterIP": ip, "ports": [{"port": 53, "protocol": "UDP"}]}});
-        let r = post(&c, "/api/v1/namespaces/default/services", &want("dns", "10.96.0.10")).await?;
-        ensure!(r.code == 201 && r.body["spec"]["clusterIP"] == "10.96.0.10", "{}", r.text);
-        let r = post(&c, "/api/v1/namespaces/default/services", &want("dns2", "10.96.0.10")).await?;
-        ensure!(r.code == 422 && r.text.contains("provided IP is already allocated"), "{} {}", r.code, r.text);
-        let r = post(&c, "/api/v1/namespaces/default/services", &want("far", "192.168.1.1")).await?;
-        ensure!(r.code == 422 && r.text.contains("not in the valid range"), "{} {}", r.code, r.text);
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/services",
+            &want("dns", "10.96.0.10"),
+        )
+        .await?;
+        ensure!(
+            r.code == 201 && r.body["spec"]["clusterIP"] == "10.96.0.10",
+            "{}",
+            r.text
+        );
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/services",
+            &want("dns2", "10.96.0.10"),
+        )
+        .await?;
+        ensure!(
+            r.code == 422 && r.text.contains("provided IP is already allocated"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/services",
+            &want("far", "192.168.1.1"),
+        )
+        .await?;
+        ensure!(
+            r.code == 422 && r.text.contains("not in the valid range"),
+            "{} {}",
+            r.code,
+            r.text
+        );
         // Released on delete: the address can be requested again.
-        ensure!(raw(&c, "DELETE", "/api/v1/namespaces/default/services/dns", None, "").await?.code == 200);
-        let r = post(&c, "/api/v1/namespaces/default/services", &want("dns2", "10.96.0.10")).await?;
+        ensure!(
+            raw(
+                &c,
+                "DELETE",
+                "/api/v1/namespaces/default/services/dns",
+                None,
+                ""
+            )
+            .await?
+            .code
+                == 200
+        );
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/services",
+            &want("dns2", "10.96.0.10"),
+        )
+        .await?;
         ensure!(r.code == 201, "{} {}", r.code, r.text);
         // NodePorts: allocated in range, distinct, a taken one refused.
         let np = |name: &str, port: Option<u16>| {
@@ -429,13 +1041,35 @@ fn ipam_never_hands_out_an_address_twice() -> Result<()> {
             }
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"type": "NodePort", "ports": [p]}})
         };
-        let r = post(&c, "/api/v1/namespaces/default/services", &np("np1", Some(30080))).await?;
-        ensure!(r.code == 201 && r.body["spec"]["ports"][0]["nodePort"] == 30080, "{}", r.text);
-        let r = post(&c, "/api/v1/namespaces/default/services", &np("np2", Some(30080))).await?;
-        ensure!(r.code == 422 && r.text.contains("provided port is already allocated"), "{}", r.text);
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/services",
+            &np("np1", Some(30080)),
+        )
+        .await?;
+        ensure!(
+            r.code == 201 && r.body["spec"]["ports"][0]["nodePort"] == 30080,
+            "{}",
+            r.text
+        );
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/services",
+            &np("np2", Some(30080)),
+        )
+        .await?;
+        ensure!(
+            r.code == 422 && r.text.contains("provided port is already allocated"),
+            "{}",
+            r.text
+        );
         let r = post(&c, "/api/v1/namespaces/default/services", &np("np3", None)).await?;
         let port = r.body["spec"]["ports"][0]["nodePort"].as_u64().unwrap_or(0);
-        ensure!(r.code == 201 && (30000..=32767).contains(&port) && port != 30080, "{}", r.text);
+        ensure!(
+            r.code == 201 && (30000..=32767).contains(&port) && port != 30080,
+            "{}",
+            r.text
+        );
         Ok(())
     })
 }
