@@ -1,0 +1,851 @@
+//! The scheduler and controllers, against a real controller with simulated
+//! nodes (Node objects whose Leases the test renews; no agents): spreading,
+//! filters, unschedulable pods, Deployments (scale, rolling update),
+//! Endpoints, node failure and eviction, garbage collection, namespace
+//! deletion. Pod readiness is reported by the test, as an agent would.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use serde_json::{Value, json};
+use weft_tests::apitest::{self, client, eventually, items, mark_ready, post, raw, simulated_node};
+use weft_tests::control::{ControlOptions, ControlPlane};
+use weft_tests::island::Island;
+
+const T: Duration = Duration::from_secs(120);
+
+fn run<F: std::future::Future<Output = Result<()>> + Send>(island: &Island, f: F) -> Result<()> {
+    island.block_on(async { tokio::time::timeout(T, f).await? })?
+}
+
+fn deployment(name: &str, replicas: i64, image: &str, extra: Value) -> Value {
+    let mut d = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": image}]}},
+        }
+    });
+    if let (Some(spec), Some(e)) = (d["spec"].as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    d
+}
+
+async fn list(c: &kube::Client, path: &str) -> Result<Vec<Value>> {
+    let r = raw(c, "GET", path, None, "").await?;
+    ensure!(r.code == 200, "GET {path}: {} {}", r.code, r.text);
+    Ok(items(&r.body))
+}
+
+/// Pods of app `app` that are not being deleted.
+async fn app_pods(c: &kube::Client, ns: &str, app: &str) -> Result<Vec<Value>> {
+    Ok(list(
+        c,
+        &format!("/api/v1/namespaces/{ns}/pods?labelSelector=app%3D{app}"),
+    )
+    .await?
+    .into_iter()
+    .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+    .collect())
+}
+
+fn per_node(pods: &[Value]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for p in pods {
+        *m.entry(
+            p["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or("<none>")
+                .to_string(),
+        )
+        .or_default() += 1;
+    }
+    m
+}
+
+/// Marks every bound pod of `app` ready (the agents' job).
+async fn ready_all(c: &kube::Client, ns: &str, app: &str) -> Result<()> {
+    for p in app_pods(c, ns, app).await? {
+        let bound = p["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty());
+        let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        if bound && !ready {
+            let _ = mark_ready(c, ns, p["metadata"]["name"].as_str().unwrap_or_default()).await;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn scheduler_spreads_filters_and_explains() -> Result<()> {
+    let island = Island::new("sched")?;
+    let cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            args: vec!["--node-grace".into(), "1h".into()],
+            ..Default::default()
+        },
+    )?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let every = Duration::from_secs(2);
+        let _n = [
+            simulated_node(&c, "n1", "2", "4Gi", json!({"disk": "ssd"}), every).await?,
+            simulated_node(&c, "n2", "2", "4Gi", json!({}), every).await?,
+            simulated_node(&c, "n3", "2", "4Gi", json!({}), every).await?,
+        ];
+        // A Deployment's replicas spread evenly.
+        ensure!(
+            post(
+                &c,
+                "/apis/apps/v1/namespaces/default/deployments",
+                &deployment("web", 6, "i:1", json!({}))
+            )
+            .await?
+            .code
+                == 201
+        );
+        let spread = eventually(Duration::from_secs(20), "6 bound pods", || {
+            let c = c.clone();
+            async move {
+                let pods = app_pods(&c, "default", "web").await?;
+                let bound = pods
+                    .iter()
+                    .filter(|p| p["spec"]["nodeName"].is_string())
+                    .count();
+                Ok((pods.len() == 6 && bound == 6).then(|| per_node(&pods)))
+            }
+        })
+        .await?;
+        ensure!(
+            spread.values().all(|n| *n == 2) && spread.len() == 3,
+            "replicas spread {spread:?}"
+        );
+        // nodeSelector.
+        let p = apitest::pod("ssd", json!({}), json!({"nodeSelector": {"disk": "ssd"}}));
+        ensure!(post(&c, "/api/v1/namespaces/default/pods", &p).await?.code == 201);
+        let node = eventually(Duration::from_secs(10), "ssd pod bound", || {
+            let c = c.clone();
+            async move {
+                Ok(
+                    raw(&c, "GET", "/api/v1/namespaces/default/pods/ssd", None, "")
+                        .await?
+                        .body["spec"]["nodeName"]
+                        .as_str()
+                        .map(String::from),
+                )
+            }
+        })
+        .await?;
+        ensure!(node == "n1", "nodeSelector disk=ssd went to {node}");
+        // Taints: a tainted node is avoided unless tolerated.
+        let taint = serde_json::to_vec(
+            &json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}}),
+        )?;
+        ensure!(
+            raw(
+                &c,
+                "PATCH",
+                "/api/v1/nodes/n2",
+                Some(taint),
+                "application/merge-patch+json"
+            )
+            .await?
+            .code
+                == 200
+        );
+        for i in 0..4 {
+            ensure!(
+                post(
+                    &c,
+                    "/api/v1/namespaces/default/pods",
+                    &apitest::pod(&format!("t{i}"), json!({"group": "t"}), json!({}))
+                )
+                .await?
+                .code
+                    == 201
+            );
+        }
+        let tol = json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}], "nodeSelector": {"kubernetes.io/hostname": "n2"}});
+        ensure!(
+            post(
+                &c,
+                "/api/v1/namespaces/default/pods",
+                &apitest::pod("tolerant", json!({}), tol)
+            )
+            .await?
+            .code
+                == 201
+        );
+        let placed = eventually(Duration::from_secs(10), "taint test pods bound", || {
+            let c = c.clone();
+            async move {
+                let pods = list(
+                    &c,
+                    "/api/v1/namespaces/default/pods?labelSelector=group%3Dt",
+                )
+                .await?;
+                let t = raw(
+                    &c,
+                    "GET",
+                    "/api/v1/namespaces/default/pods/tolerant",
+                    None,
+                    "",
+                )
+                .await?
+                .body;
+                let done = pods.len() == 4
+                    && pods.iter().all(|p| p["spec"]["nodeName"].is_string())
+                    && t["spec"]["nodeName"].is_string();
+                Ok(done.then(|| {
+                    (
+                        per_node(&pods),
+                        t["spec"]["nodeName"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    )
+                }))
+            }
+        });
+        // The tolerant pod needs n2 labelled by hostname; label it.
+        let label =
+            serde_json::to_vec(&json!({"metadata": {"labels": {"kubernetes.io/hostname": "n2"}}}))?;
+        ensure!(
+            raw(
+                &c,
+                "PATCH",
+                "/api/v1/nodes/n2",
+                Some(label),
+                "application/merge-patch+json"
+            )
+            .await?
+            .code
+                == 200
+        );
+        let (spread, tolerant_node) = placed.await?;
+        ensure!(
+            !spread.contains_key("n2"),
+            "untolerating pods avoided the tainted node: {spread:?}"
+        );
+        ensure!(
+            tolerant_node == "n2",
+            "the tolerating pod may use it: {tolerant_node}"
+        );
+        // Requests: a pod too big for every node stays Pending, and says why.
+        let big = json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "3"}}}]});
+        ensure!(
+            post(
+                &c,
+                "/api/v1/namespaces/default/pods",
+                &apitest::pod("big", json!({}), big)
+            )
+            .await?
+            .code
+                == 201
+        );
+        let cond = eventually(Duration::from_secs(10), "Unschedulable condition", || {
+            let c = c.clone();
+            async move {
+                let p = raw(&c, "GET", "/api/v1/namespaces/default/pods/big", None, "")
+                    .await?
+                    .body;
+                Ok(p["status"]["conditions"]
+                    .as_array()
+                    .and_then(|cs| {
+                        cs.iter()
+                            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+                    })
+                    .cloned())
+            }
+        })
+        .await?;
+        let msg = cond["message"].as_str().unwrap_or_default();
+        ensure!(
+            cond["reason"] == "Unschedulable"
+                && msg.starts_with("0/3 nodes are available:")
+                && msg.contains("2 Insufficient cpu")
+                && msg.contains("1 node(s) had untolerated taint {dedicated: db}"),
+            "{cond}"
+        );
+        let events = eventually(Duration::from_secs(10), "FailedScheduling event", || {
+            let c = c.clone();
+            async move {
+                let ev = list(&c, "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dbig,reason%3DFailedScheduling").await?;
+                Ok((!ev.is_empty()).then_some(ev))
+            }
+        })
+        .await?;
+        ensure!(
+            events[0]["type"] == "Warning"
+                && events[0]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("Insufficient cpu")
+        );
+        ensure!(
+            raw(&c, "GET", "/api/v1/namespaces/default/pods/big", None, "")
+                .await?
+                .body["status"]["phase"]
+                == "Pending"
+        );
+        // Memory counts what is already bound: two 3Gi pods do not share a 4Gi node.
+        for i in 0..3 {
+            let mem = json!({"containers": [{"name": "c", "image": "i", "resources": {"requests": {"memory": "3Gi"}}}],
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}]});
+            ensure!(
+                post(
+                    &c,
+                    "/api/v1/namespaces/default/pods",
+                    &apitest::pod(&format!("mem{i}"), json!({"group": "mem"}), mem)
+                )
+                .await?
+                .code
+                    == 201
+            );
+        }
+        let mem = eventually(Duration::from_secs(10), "memory pods bound", || {
+            let c = c.clone();
+            async move {
+                let pods = list(
+                    &c,
+                    "/api/v1/namespaces/default/pods?labelSelector=group%3Dmem",
+                )
+                .await?;
+                Ok(pods
+                    .iter()
+                    .filter(|p| p["spec"]["nodeName"].is_string())
+                    .count()
+                    .eq(&3)
+                    .then(|| per_node(&pods)))
+            }
+        })
+        .await?;
+        ensure!(mem.len() == 3, "3Gi pods on distinct nodes: {mem:?}");
+        // A bigger node arrives: the waiting pod is scheduled there.
+        let _n4 = simulated_node(&c, "n4", "8", "16Gi", json!({}), every).await?;
+        let node = eventually(
+            Duration::from_secs(15),
+            "big pod bound after a node joined",
+            || {
+                let c = c.clone();
+                async move {
+                    Ok(
+                        raw(&c, "GET", "/api/v1/namespaces/default/pods/big", None, "")
+                            .await?
+                            .body["spec"]["nodeName"]
+                            .as_str()
+                            .map(String::from),
+                    )
+                }
+            },
+        )
+        .await?;
+        ensure!(node == "n4");
+        Ok(())
+    })
+}
+
+#[test]
+fn deployments_scale_roll_and_feed_endpoints() -> Result<()> {
+    let island = Island::new("deploy")?;
+    let cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            args: vec!["--node-grace".into(), "1h".into()],
+            ..Default::default()
+        },
+    )?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let every = Duration::from_secs(2);
+        let _n = [
+            simulated_node(&c, "n1", "4", "8Gi", json!({}), every).await?,
+            simulated_node(&c, "n2", "4", "8Gi", json!({}), every).await?,
+        ];
+        let d = deployment(
+            "app",
+            4,
+            "i:1",
+            json!({"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}}}),
+        );
+        ensure!(
+            post(&c, "/apis/apps/v1/namespaces/default/deployments", &d)
+                .await?
+                .code
+                == 201
+        );
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app"}, "spec": {"selector": {"app": "app"}, "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}});
+        ensure!(
+            post(&c, "/api/v1/namespaces/default/services", &svc)
+                .await?
+                .code
+                == 201
+        );
+        let wait_ready = |want: usize, image: &'static str| {
+            let c = c.clone();
+            eventually(Duration::from_secs(30), "deployment ready", move || {
+                let c = c.clone();
+                async move {
+                    ready_all(&c, "default", "app").await?;
+                    let d = raw(
+                        &c,
+                        "GET",
+                        "/apis/apps/v1/namespaces/default/deployments/app",
+                        None,
+                        "",
+                    )
+                    .await?
+                    .body;
+                    let pods = app_pods(&c, "default", "app").await?;
+                    let current = pods
+                        .iter()
+                        .filter(|p| p["spec"]["containers"][0]["image"] == image)
+                        .count();
+                    Ok((d["status"]["readyReplicas"] == want
+                        && d["status"]["updatedReplicas"] == want
+                        && pods.len() == want
+                        && current == want)
+                        .then_some(d))
+                }
+            })
+        };
+        wait_ready(4, "i:1").await?;
+        // Endpoints: ready pods, resolved named target port (absent here: none).
+        let ep = raw(
+            &c,
+            "GET",
+            "/api/v1/namespaces/default/endpoints/app",
+            None,
+            "",
+        )
+        .await?
+        .body;
+        ensure!(
+            ep["subsets"].as_array().is_none_or(|s| s
+                .iter()
+                .all(|s| s["ports"].as_array().is_none_or(Vec::is_empty))),
+            "a named port the pods lack resolves to nothing: {ep}"
+        );
+        // Scale up and down through the scale subresource.
+        for want in [7usize, 2] {
+            let patch = serde_json::to_vec(&json!({"spec": {"replicas": want}}))?;
+            let r = raw(
+                &c,
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/deployments/app/scale",
+                Some(patch),
+                "application/merge-patch+json",
+            )
+            .await?;
+            ensure!(
+                r.code == 200 && r.body["kind"] == "Scale" && r.body["spec"]["replicas"] == want,
+                "{}",
+                r.text
+            );
+            wait_ready(want, "i:1").await?;
+        }
+        // Rolling update: a new template; availability never below 1 of 2.
+        let patch = serde_json::to_vec(
+            &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i:2", "ports": [{"name": "web", "containerPort": 8080}]}]}}}}),
+        )?;
+        ensure!(
+            raw(
+                &c,
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/deployments/app",
+                Some(patch),
+                "application/strategic-merge-patch+json"
+            )
+            .await?
+            .code
+                == 200
+        );
+        let seen = std::sync::Arc::new(std::sync::Mutex::new((usize::MAX, 0usize)));
+        let done = eventually(Duration::from_secs(40), "rollout to i:2", || {
+            let c = c.clone();
+            let seen = seen.clone();
+            async move {
+                let pods = app_pods(&c, "default", "app").await?;
+                let ready = pods
+                    .iter()
+                    .filter(|p| {
+                        p["status"]["conditions"].as_array().is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                    })
+                    .count();
+                {
+                    let mut s = seen.lock().unwrap();
+                    s.0 = s.0.min(ready);
+                    s.1 = s.1.max(pods.len());
+                }
+                ready_all(&c, "default", "app").await?;
+                let new = pods
+                    .iter()
+                    .filter(|p| p["spec"]["containers"][0]["image"] == "i:2")
+                    .count();
+                Ok((pods.len() == 2 && new == 2 && ready == 2).then_some(()))
+            }
+        })
+        .await;
+        done?;
+        let (min_ready, max_total) = *seen.lock().unwrap();
+        ensure!(
+            min_ready >= 1,
+            "maxUnavailable 1 of 2: ready fell to {min_ready}"
+        );
+        ensure!(max_total <= 3, "maxSurge 1 over 2: saw {max_total} pods");
+        let rss = list(&c, "/apis/apps/v1/namespaces/default/replicasets").await?;
+        ensure!(rss.len() == 2, "old and new ReplicaSet kept: {}", rss.len());
+        ensure!(
+            rss.iter().any(|rs| rs["spec"]["replicas"] == 0),
+            "old ReplicaSet scaled to 0"
+        );
+        // Endpoints now list the ready pods on the named port, and the slice agrees.
+        let ep = eventually(
+            Duration::from_secs(10),
+            "endpoints with 2 ready addresses",
+            || {
+                let c = c.clone();
+                async move {
+                    let ep = raw(
+                        &c,
+                        "GET",
+                        "/api/v1/namespaces/default/endpoints/app",
+                        None,
+                        "",
+                    )
+                    .await?
+                    .body;
+                    let n = ep["subsets"][0]["addresses"]
+                        .as_array()
+                        .map(Vec::len)
+                        .unwrap_or(0);
+                    Ok((n == 2 && ep["subsets"][0]["ports"][0]["port"] == 8080).then_some(ep))
+                }
+            },
+        )
+        .await?;
+        let ips: HashSet<&str> = ep["subsets"][0]["addresses"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x["ip"].as_str()).collect())
+            .unwrap_or_default();
+        let slices = list(&c, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dapp").await?;
+        ensure!(slices.len() == 1);
+        let slice_ips: HashSet<&str> = slices[0]["endpoints"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter(|e| e["conditions"]["ready"] == true)
+                    .filter_map(|e| e["addresses"][0].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ensure!(
+            ips == slice_ips,
+            "endpoints {ips:?} and slice {slice_ips:?} agree"
+        );
+        // A pod that is not ready leaves the addresses for notReadyAddresses.
+        let victim = app_pods(&c, "default", "app").await?[0]["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let unready = serde_json::to_vec(
+            &json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+        )?;
+        ensure!(
+            raw(
+                &c,
+                "PATCH",
+                &format!("/api/v1/namespaces/default/pods/{victim}/status"),
+                Some(unready),
+                "application/merge-patch+json"
+            )
+            .await?
+            .code
+                == 200
+        );
+        eventually(Duration::from_secs(10), "not-ready address moved", || {
+            let c = c.clone();
+            async move {
+                let ep = raw(
+                    &c,
+                    "GET",
+                    "/api/v1/namespaces/default/endpoints/app",
+                    None,
+                    "",
+                )
+                .await?
+                .body;
+                let ready = ep["subsets"][0]["addresses"]
+                    .as_array()
+                    .map(Vec::len)
+                    .unwrap_or(0);
+                let not = ep["subsets"][0]["notReadyAddresses"]
+                    .as_array()
+                    .map(Vec::len)
+                    .unwrap_or(0);
+                Ok((ready == 1 && not == 1).then_some(()))
+            }
+        })
+        .await?;
+        // Deleting the Deployment removes its ReplicaSets and pods (GC).
+        ensure!(
+            raw(
+                &c,
+                "DELETE",
+                "/apis/apps/v1/namespaces/default/deployments/app",
+                None,
+                ""
+            )
+            .await?
+            .code
+                == 200
+        );
+        eventually(
+            Duration::from_secs(15),
+            "ReplicaSets and pods collected",
+            || {
+                let c = c.clone();
+                async move {
+                    let rs = list(&c, "/apis/apps/v1/namespaces/default/replicasets").await?;
+                    let pods = list(&c, "/api/v1/namespaces/default/pods").await?;
+                    Ok((rs.is_empty() && pods.is_empty()).then_some(()))
+                }
+            },
+        )
+        .await?;
+        // Deleting the Service removes its Endpoints and slices.
+        ensure!(
+            raw(
+                &c,
+                "DELETE",
+                "/api/v1/namespaces/default/services/app",
+                None,
+                ""
+            )
+            .await?
+            .code
+                == 200
+        );
+        eventually(Duration::from_secs(10), "endpoints removed", || {
+            let c = c.clone();
+            async move {
+                let ep = raw(
+                    &c,
+                    "GET",
+                    "/api/v1/namespaces/default/endpoints/app",
+                    None,
+                    "",
+                )
+                .await?;
+                let slices = list(
+                    &c,
+                    "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+                )
+                .await?;
+                Ok((ep.code == 404 && slices.is_empty()).then_some(()))
+            }
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+#[test]
+fn node_failure_evicts_and_replaces_pods() -> Result<()> {
+    let island = Island::new("nodefail")?;
+    let args = ["--node-grace", "2s", "--eviction-delay", "2s"]
+        .map(String::from)
+        .to_vec();
+    let cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            args,
+            ..Default::default()
+        },
+    )?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let every = Duration::from_millis(500);
+        let n1 = simulated_node(&c, "n1", "4", "8Gi", json!({}), every).await?;
+        let _n2 = simulated_node(&c, "n2", "4", "8Gi", json!({}), every).await?;
+        let _n3 = simulated_node(&c, "n3", "4", "8Gi", json!({}), every).await?;
+        ensure!(
+            post(
+                &c,
+                "/apis/apps/v1/namespaces/default/deployments",
+                &deployment("web", 6, "i:1", json!({}))
+            )
+            .await?
+            .code
+                == 201
+        );
+        eventually(Duration::from_secs(20), "6 pods on 3 nodes", || {
+            let c = c.clone();
+            async move {
+                ready_all(&c, "default", "web").await?;
+                let pods = app_pods(&c, "default", "web").await?;
+                Ok((pods.len() == 6 && per_node(&pods).len() == 3).then_some(()))
+            }
+        })
+        .await?;
+        // n1's agent dies: its lease is no longer renewed.
+        n1.abort();
+        let stopped = tokio::time::Instant::now();
+        eventually(Duration::from_secs(10), "n1 NotReady", || {
+            let c = c.clone();
+            async move {
+                let n = raw(&c, "GET", "/api/v1/nodes/n1", None, "").await?.body;
+                let ready = n["status"]["conditions"]
+                    .as_array()
+                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                    .cloned()
+                    .unwrap_or_default();
+                Ok((ready["status"] == "Unknown").then_some(()))
+            }
+        })
+        .await?;
+        let took = stopped.elapsed();
+        ensure!(
+            took < Duration::from_secs(5),
+            "NotReady after {took:?} with a 2 s grace"
+        );
+        // Its pods go, and the Deployment makes them again on n2 and n3.
+        let placed = eventually(Duration::from_secs(20), "pods replaced off n1", || {
+            let c = c.clone();
+            async move {
+                ready_all(&c, "default", "web").await?;
+                let pods = app_pods(&c, "default", "web").await?;
+                let m = per_node(&pods);
+                Ok(
+                    (pods.len() == 6 && !m.contains_key("n1") && !m.contains_key("<none>"))
+                        .then_some(m),
+                )
+            }
+        })
+        .await?;
+        ensure!(
+            placed.values().sum::<usize>() == 6 && placed.len() == 2,
+            "{placed:?}"
+        );
+        let ev = list(
+            &c,
+            "/api/v1/namespaces/default/events?fieldSelector=reason%3DTaintManagerEviction",
+        )
+        .await?;
+        ensure!(ev.len() >= 2, "eviction events: {}", ev.len());
+        // n1 comes back: it is no longer tainted.
+        apitest::renew_lease(&c, "n1").await?;
+        let _n1 = tokio::spawn({
+            let c = c.clone();
+            async move {
+                loop {
+                    let _ = apitest::renew_lease(&c, "n1").await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        });
+        eventually(Duration::from_secs(10), "n1 untainted", || {
+            let c = c.clone();
+            async move {
+                let n = raw(&c, "GET", "/api/v1/nodes/n1", None, "").await?.body;
+                Ok(n["spec"]["taints"]
+                    .as_array()
+                    .is_none_or(|t| t.is_empty())
+                    .then_some(()))
+            }
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+#[test]
+fn deleting_a_namespace_removes_its_contents() -> Result<()> {
+    let island = Island::new("nsdel")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}});
+        ensure!(post(&c, "/api/v1/namespaces", &ns).await?.code == 201);
+        ensure!(
+            post(
+                &c,
+                "/apis/apps/v1/namespaces/team/deployments",
+                &deployment("d", 3, "i", json!({}))
+            )
+            .await?
+            .code
+                == 201
+        );
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"selector": {"app": "d"}, "ports": [{"port": 80}]}});
+        ensure!(
+            post(&c, "/api/v1/namespaces/team/services", &svc)
+                .await?
+                .code
+                == 201
+        );
+        eventually(Duration::from_secs(10), "3 pods", || {
+            let c = c.clone();
+            async move { Ok((list(&c, "/api/v1/namespaces/team/pods").await?.len() == 3).then_some(())) }
+        })
+        .await?;
+        let r = raw(&c, "DELETE", "/api/v1/namespaces/team", None, "").await?;
+        ensure!(
+            r.code == 200 && r.body["status"]["phase"] == "Terminating",
+            "{}",
+            r.text
+        );
+        // Nothing new may be created while it terminates.
+        let r = post(&c, "/api/v1/namespaces/team/services", &svc).await?;
+        ensure!(
+            r.code == 403 || r.code == 404,
+            "create in a terminating namespace: {} {}",
+            r.code,
+            r.text
+        );
+        eventually(Duration::from_secs(20), "namespace gone", || {
+            let c = c.clone();
+            async move {
+                Ok((raw(&c, "GET", "/api/v1/namespaces/team", None, "")
+                    .await?
+                    .code
+                    == 404)
+                    .then_some(()))
+            }
+        })
+        .await?;
+        for path in [
+            "/api/v1/pods",
+            "/api/v1/services",
+            "/apis/apps/v1/deployments",
+            "/apis/apps/v1/replicasets",
+            "/api/v1/endpoints",
+        ] {
+            let left: Vec<Value> = list(&c, path)
+                .await?
+                .into_iter()
+                .filter(|o| o["metadata"]["namespace"] == "team")
+                .collect();
+            ensure!(
+                left.is_empty(),
+                "{path}: {} left in the deleted namespace",
+                left.len()
+            );
+        }
+        Ok(())
+    })
+}
