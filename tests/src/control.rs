@@ -130,6 +130,11 @@ impl ControlPlane {
         std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
     }
 
+    /// The controller's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the controller with SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

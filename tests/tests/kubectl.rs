@@ -1,0 +1,240 @@
+//! kubectl, unmodified, against `weft controller`: the kubectl this machine
+//! ships (/usr/bin/kubectl) and the oldest and newest of the versioned ones.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use serde_json::Value;
+use weft_tests::control::{ControlOptions, ControlPlane, kubectl_path};
+use weft_tests::island::Island;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: httpd
+        image: weft.local/busybox:1.36
+        command: ["httpd", "-f", "-p", "80"]
+        ports:
+        - containerPort: 80
+          name: http
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - name: http
+    port: 80
+    targetPort: http
+"#;
+
+fn kubectl_session(minor: Option<u32>) -> Result<()> {
+    ensure!(
+        kubectl_path(minor).exists(),
+        "{} is missing on this machine",
+        kubectl_path(minor).display()
+    );
+    let island = Island::new("kubectl")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    let k = |args: &[&str]| -> Result<String> {
+        let out = cp.kubectl(minor, args)?;
+        let t = text(&out);
+        ensure!(out.status.success(), "kubectl {}: {t}", args.join(" "));
+        Ok(t)
+    };
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("app.yaml");
+    std::fs::write(&file, APP)?;
+    let f = file.to_string_lossy().to_string();
+
+    let v: Value = serde_json::from_str(&String::from_utf8_lossy(
+        &cp.kubectl(minor, &["version", "-o", "json"])?.stdout,
+    ))?;
+    ensure!(
+        v["serverVersion"]["gitVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("v1.33.0"),
+        "{v}"
+    );
+
+    // (kubectl >= 1.32 sends the imperative `create namespace` as protobuf,
+    // which Weft does not decode; a manifest works with every version.)
+    let ns = dir.path().join("ns.yaml");
+    std::fs::write(
+        &ns,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n",
+    )?;
+    k(&["create", "-f", &ns.to_string_lossy()])?;
+    let t = k(&["create", "-n", "team", "-f", &f])?;
+    ensure!(
+        t.contains("deployment.apps/web created") && t.contains("service/web created"),
+        "{t}"
+    );
+    // Server-side tables: real columns.
+    let t = k(&["get", "-n", "team", "deployments"])?;
+    ensure!(
+        t.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "{t}"
+    );
+    ensure!(t.contains("web") && t.contains("0/2"), "{t}");
+    let t = k(&["get", "-n", "team", "pods", "-o", "wide"])?;
+    let header: Vec<&str> = t
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header.starts_with(&["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]),
+        "{t}"
+    );
+    ensure!(
+        t.lines().count() == 3 && t.contains("Pending"),
+        "two pending pods (no nodes): {t}"
+    );
+    let t = k(&["get", "-n", "team", "svc", "web"])?;
+    ensure!(
+        t.contains("ClusterIP") && t.contains("10.") && t.contains("80/TCP"),
+        "{t}"
+    );
+    let t = k(&["get", "all", "-n", "team"])?;
+    ensure!(
+        t.contains("deployment.apps/web")
+            && t.contains("service/web")
+            && t.contains("replicaset.apps/web-"),
+        "{t}"
+    );
+    // -o json and -o yaml.
+    let d: Value =
+        serde_json::from_str(&k(&["get", "-n", "team", "deploy", "web", "-o", "json"])?)?;
+    ensure!(d["spec"]["replicas"] == 2 && d["metadata"]["uid"].is_string());
+    let t = k(&["get", "-n", "team", "deploy", "web", "-o", "yaml"])?;
+    ensure!(t.contains("kind: Deployment") && t.contains("replicas: 2"));
+    // Client-side apply: configured, then unchanged; the annotation is kept.
+    std::fs::write(
+        &file,
+        APP.replace("replicas: 2", "replicas: 3")
+            .replace("busybox:1.36", "busybox:1.37"),
+    )?;
+    let t = k(&["apply", "-n", "team", "-f", &f])?;
+    ensure!(t.contains("deployment.apps/web configured"), "{t}");
+    let t = k(&["apply", "-n", "team", "-f", &f])?;
+    ensure!(
+        t.contains("deployment.apps/web unchanged") && t.contains("service/web unchanged"),
+        "{t}"
+    );
+    let d: Value =
+        serde_json::from_str(&k(&["get", "-n", "team", "deploy", "web", "-o", "json"])?)?;
+    ensure!(
+        d["spec"]["replicas"] == 3
+            && d["spec"]["template"]["spec"]["containers"][0]["image"] == "weft.local/busybox:1.37"
+    );
+    ensure!(
+        d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"] == "http",
+        "strategic merge kept the port"
+    );
+    ensure!(
+        d["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+    // Scale, describe.
+    let t = k(&["scale", "-n", "team", "deploy/web", "--replicas=5"])?;
+    ensure!(t.contains("scaled"), "{t}");
+    let t = k(&["describe", "-n", "team", "deploy", "web"])?;
+    ensure!(
+        t.contains("Replicas:") && t.contains("5 desired") && t.contains("ScalingReplicaSet"),
+        "{t}"
+    );
+    let t = k(&["describe", "-n", "team", "svc", "web"])?;
+    ensure!(t.contains("TargetPort:") && t.contains("http/TCP"), "{t}");
+    // Watch: kubectl get -w prints changes as they happen.
+    let mut watch = Command::new("ip")
+        .args(["netns", "exec", island.name()])
+        .arg(kubectl_path(minor))
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["get", "-n", "team", "deploy", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    k(&["scale", "-n", "team", "deploy/web", "--replicas=1"])?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = watch.kill();
+    let out = watch.wait_with_output()?;
+    let t = text(&out);
+    ensure!(
+        t.contains("ADDED") && t.contains("MODIFIED") && t.contains("web"),
+        "kubectl get -w: {t}"
+    );
+    // Strict field validation: an unknown field is an error naming it.
+    let bad = APP.replace("replicas: 2", "replicas: 2\n  replicaz: 3");
+    std::fs::write(&file, &bad)?;
+    let out = cp.kubectl(minor, &["create", "-n", "team", "-f", &f])?;
+    ensure!(
+        !out.status.success() && text(&out).contains("replicaz"),
+        "{}",
+        text(&out)
+    );
+    // Delete waits until the objects are gone.
+    std::fs::write(&file, APP)?;
+    let t = k(&["delete", "-n", "team", "-f", &f, "--timeout=20s"])?;
+    ensure!(
+        t.contains("deployment.apps \"web\" deleted") && t.contains("service \"web\" deleted"),
+        "{t}"
+    );
+    let out = cp.kubectl(minor, &["get", "-n", "team", "deploy", "web"])?;
+    ensure!(
+        !out.status.success() && text(&out).contains("NotFound"),
+        "{}",
+        text(&out)
+    );
+    let t = k(&["delete", "namespace", "team", "--timeout=30s"])?;
+    ensure!(t.contains("deleted"), "{t}");
+    // Logs need the node agent; the error says so instead of hanging.
+    Ok(())
+}
+
+#[test]
+fn kubectl_default() -> Result<()> {
+    kubectl_session(None)
+}
+
+#[test]
+fn kubectl_oldest_1_27() -> Result<()> {
+    kubectl_session(Some(27))
+}
+
+#[test]
+fn kubectl_newest_1_33() -> Result<()> {
+    kubectl_session(Some(33))
+}
