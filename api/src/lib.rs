@@ -3,8 +3,10 @@
 //! validation and defaulting, and errors as Kubernetes Status objects.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod client;
 pub mod error;
 pub mod meta;
+pub mod printer;
 pub mod quantity;
 pub mod resources;
 pub mod selector;

@@ -1,6 +1,8 @@
 //! `weft`: one binary for every role. This file parses arguments, prints,
 //! and calls into the libraries; nothing is decided here.
 
+mod client_cmds;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
@@ -28,6 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[command(flatten)]
+    Client(client_cmds::ClientCmd),
     /// The control plane: API server, store, IPAM, scheduler and controllers.
     Controller(ControllerArgs),
     /// A multi-node cluster inside network namespaces on this machine.
@@ -217,6 +221,7 @@ async fn run(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Lab { cmd } => lab_cmd(cmd).await,
         Cmd::Controller(args) => controller_cmd(args).await,
+        Cmd::Client(cmd) => client_cmds::run(cmd).await,
     }
 }
 

@@ -1,0 +1,557 @@
+//! `weft apply/get/describe/delete/scale`: parse, call weft-api's client,
+//! print.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use weft_api::client::{self, Applied, Client, ClientError, collection_path, object_path};
+use weft_api::printer::{self, TableOptions};
+use weft_api::resources::{self, Resource};
+
+#[derive(Args, Clone)]
+pub struct Common {
+    /// The kubeconfig to use (default: $KUBECONFIG, else ~/.weft/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace (default: the kubeconfig context's, usually "default").
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ClientCmd {
+    /// Create or update objects from files, directories or stdin ("-").
+    Apply {
+        /// Manifest file, directory or "-"; may repeat.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List objects, or show some, as tables or YAML/JSON.
+    Get {
+        /// Kinds, comma-separated (pods, deploy, svc, ...), then names.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// Output: wide, yaml, json or name.
+        #[arg(short = 'o', long)]
+        output: Option<String>,
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Label selector (app=web,tier!=db).
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// Field selector (spec.nodeName=n1).
+        #[arg(long)]
+        field_selector: Option<String>,
+        /// After listing, watch for changes.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show an object in detail, with its events.
+    Describe {
+        /// Kind, then names (or KIND/NAME).
+        #[arg(required = true)]
+        args: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Delete objects by kind and name, or those in manifests.
+    Delete {
+        /// Kind, then names (or KIND/NAME ...).
+        args: Vec<String>,
+        /// Delete what these manifests describe.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// Do not fail when an object is already gone.
+        #[arg(long)]
+        ignore_not_found: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Set the replica count of a Deployment or ReplicaSet.
+    Scale {
+        /// KIND/NAME or KIND NAME.
+        #[arg(required = true)]
+        args: Vec<String>,
+        /// The new replica count.
+        #[arg(long)]
+        replicas: u32,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn resource(name: &str) -> Result<&'static Resource> {
+    resources::by_name(name).ok_or_else(|| {
+        let known: Vec<&str> = resources::RESOURCES.iter().map(|r| r.plural).collect();
+        anyhow::anyhow!(
+            "the server doesn't have a resource type \"{name}\" (known: {})",
+            known.join(", ")
+        )
+    })
+}
+
+/// "deploy/web pod/x" or "deploy web x" into (resource, name) pairs.
+fn targets(args: &[String]) -> Result<Vec<(&'static Resource, String)>> {
+    if args.is_empty() {
+        bail!("name what: KIND NAME..., KIND/NAME..., or -f FILE");
+    }
+    if args[0].contains('/') {
+        return args
+            .iter()
+            .map(|a| {
+                let (k, n) = a
+                    .split_once('/')
+                    .ok_or_else(|| anyhow::anyhow!("{a}: expected KIND/NAME like the others"))?;
+                Ok((resource(k)?, n.to_string()))
+            })
+            .collect();
+    }
+    let res = resource(&args[0])?;
+    if args.len() == 1 {
+        bail!("name the {} to act on", res.plural);
+    }
+    Ok(args[1..].iter().map(|n| (res, n.clone())).collect())
+}
+
+fn display_kind(res: &Resource) -> String {
+    if res.group.is_empty() {
+        res.singular.to_string()
+    } else {
+        format!("{}.{}", res.singular, res.group)
+    }
+}
+
+pub async fn run(cmd: ClientCmd) -> Result<u8> {
+    let common = match &cmd {
+        ClientCmd::Apply { common, .. }
+        | ClientCmd::Get { common, .. }
+        | ClientCmd::Describe { common, .. }
+        | ClientCmd::Delete { common, .. }
+        | ClientCmd::Scale { common, .. } => common.clone(),
+    };
+    let path = client::kubeconfig_path(common.kubeconfig.as_deref());
+    let c = Client::from_kubeconfig(&path).await?;
+    let ns = common
+        .namespace
+        .clone()
+        .unwrap_or_else(|| c.default_namespace.clone());
+    match cmd {
+        ClientCmd::Apply { files, .. } => apply(&c, &files, common.namespace.as_deref()).await,
+        ClientCmd::Get {
+            args,
+            output,
+            all_namespaces,
+            selector,
+            field_selector,
+            watch,
+            ..
+        } => {
+            get(
+                &c,
+                &args,
+                output.as_deref(),
+                if all_namespaces {
+                    None
+                } else {
+                    Some(ns.as_str())
+                },
+                selector,
+                field_selector,
+                watch,
+            )
+            .await
+        }
+        ClientCmd::Describe { args, .. } => {
+            for (res, name) in targets(&args)? {
+                let obj = c.get(&object_path(res, Some(&ns), &name)).await?;
+                let events = events_of(&c, &obj).await;
+                print!("{}", printer::describe(&obj, &events));
+            }
+            Ok(0)
+        }
+        ClientCmd::Delete {
+            args,
+            files,
+            ignore_not_found,
+            ..
+        } => {
+            let mut todo: Vec<(&'static Resource, Option<String>, String)> = Vec::new();
+            for f in &files {
+                for doc in client::read_manifests(f)? {
+                    let res = client::resource_of(&doc)?;
+                    let name = doc.object["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let obj_ns = doc.object["metadata"]["namespace"]
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| ns.clone());
+                    todo.push((res, Some(obj_ns), name));
+                }
+            }
+            if !args.is_empty() {
+                for (res, name) in targets(&args)? {
+                    todo.push((res, Some(ns.clone()), name));
+                }
+            }
+            if todo.is_empty() {
+                bail!("name what to delete: KIND NAME..., KIND/NAME..., or -f FILE");
+            }
+            let mut failed = false;
+            for (res, obj_ns, name) in todo {
+                match c
+                    .request(
+                        "DELETE",
+                        &object_path(res, obj_ns.as_deref(), &name),
+                        Some(&json!({"propagationPolicy": "Background"})),
+                        "application/json",
+                        "application/json",
+                    )
+                    .await
+                {
+                    Ok(_) => println!("{} \"{name}\" deleted", display_kind(res)),
+                    Err(ClientError::Api(e)) if e.code == 404 && ignore_not_found => {}
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(failed as u8)
+        }
+        ClientCmd::Scale { args, replicas, .. } => {
+            for (res, name) in targets(&args)? {
+                if !res.subresources.contains(&"scale") {
+                    bail!(
+                        "{} cannot be scaled; Deployments and ReplicaSets can",
+                        res.plural
+                    );
+                }
+                let path = format!("{}/scale", object_path(res, Some(&ns), &name));
+                c.request(
+                    "PATCH",
+                    &path,
+                    Some(&json!({"spec": {"replicas": replicas}})),
+                    "application/merge-patch+json",
+                    "application/json",
+                )
+                .await?;
+                println!("{}/{name} scaled", display_kind(res));
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn apply(c: &Client, files: &[PathBuf], namespace: Option<&str>) -> Result<u8> {
+    let mut docs = Vec::new();
+    for f in files {
+        docs.extend(client::read_manifests(f)?);
+    }
+    if docs.is_empty() {
+        bail!(
+            "no objects found in {}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // Check every document before writing any, so a typo in the last one
+    // does not leave the first ones applied alone.
+    for doc in &docs {
+        client::resource_of(doc)?;
+        if doc.object["metadata"]["name"]
+            .as_str()
+            .is_none_or(str::is_empty)
+        {
+            bail!("{}: metadata.name is required", doc.origin);
+        }
+    }
+    // Namespaces first, so objects in them can be created in the same run.
+    docs.sort_by_key(|d| d.object["kind"] != "Namespace");
+    let mut failed = false;
+    for doc in &docs {
+        match c.apply(doc, namespace).await {
+            Ok((outcome, res, name, warnings)) => {
+                for w in warnings {
+                    eprintln!("Warning: {}: {w}", doc.origin);
+                }
+                let word = match outcome {
+                    Applied::Created => "created",
+                    Applied::Configured => "configured",
+                    Applied::Unchanged => "unchanged",
+                };
+                println!("{}/{name} {word}", display_kind(res));
+            }
+            Err(ClientError::Api(e)) => {
+                eprintln!("error: {}", e.message);
+                for cause in e.causes.iter().filter(|c| !e.message.contains(&c.message)) {
+                    eprintln!("  {}: {}", cause.field, cause.message);
+                }
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(failed as u8)
+}
+
+async fn events_of(c: &Client, obj: &Value) -> Vec<Value> {
+    let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
+    let sel = format!("involvedObject.name={name},involvedObject.uid={uid}");
+    let path = format!(
+        "/api/v1/namespaces/{ns}/events?fieldSelector={}",
+        form_encode(&sel)
+    );
+    let mut events = c
+        .get(&path)
+        .await
+        .ok()
+        .map(|l| l["items"].as_array().cloned().unwrap_or_default())
+        .unwrap_or_default();
+    events.sort_by(|a, b| {
+        a["lastTimestamp"]
+            .as_str()
+            .cmp(&b["lastTimestamp"].as_str())
+    });
+    events
+}
+
+fn form_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+fn query(selector: &Option<String>, fields: &Option<String>, extra: &[(&str, &str)]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(s) = selector {
+        parts.push(format!("labelSelector={}", form_encode(s)));
+    }
+    if let Some(f) = fields {
+        parts.push(format!("fieldSelector={}", form_encode(f)));
+    }
+    for (k, v) in extra {
+        parts.push(format!("{k}={}", form_encode(v)));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+async fn get(
+    c: &Client,
+    args: &[String],
+    output: Option<&str>,
+    ns: Option<&str>,
+    selector: Option<String>,
+    fields: Option<String>,
+    watch: bool,
+) -> Result<u8> {
+    let kinds: Vec<&'static Resource> = if args[0].contains('/') {
+        Vec::new()
+    } else {
+        let mut kinds = Vec::new();
+        for name in args[0].split(',') {
+            if name == "all" {
+                // kubectl's category: what a user usually means by "everything".
+                kinds.extend(
+                    resources::RESOURCES
+                        .iter()
+                        .filter(|r| r.categories.contains(&"all")),
+                );
+            } else {
+                kinds.push(resource(name)?);
+            }
+        }
+        kinds
+    };
+    let named: Vec<(&'static Resource, String)> = if args[0].contains('/') {
+        targets(args)?
+    } else {
+        args[1..]
+            .iter()
+            .flat_map(|n| kinds.iter().map(move |r| (*r, n.clone())))
+            .collect()
+    };
+    let wide = output == Some("wide");
+    match output {
+        None | Some("wide") | Some("yaml") | Some("json") | Some("name") => {}
+        Some(other) => bail!("unknown output format {other:?}: use wide, yaml, json or name"),
+    }
+    let several = kinds.len() > 1
+        || named
+            .iter()
+            .map(|(r, _)| r.plural)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1;
+    let mut objects: Vec<(&'static Resource, Value)> = Vec::new();
+    let mut tables: Vec<(&'static Resource, Value)> = Vec::new();
+    let structured = matches!(output, Some("yaml" | "json" | "name"));
+    if named.is_empty() {
+        for res in &kinds {
+            let path = format!(
+                "{}{}",
+                collection_path(res, ns),
+                query(&selector, &fields, &[])
+            );
+            if structured {
+                for item in c.get(&path).await?["items"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    objects.push((res, item));
+                }
+            } else {
+                tables.push((res, c.table(&path).await?));
+            }
+        }
+    } else {
+        for (res, name) in &named {
+            let path = object_path(res, ns.or(Some("default")), name);
+            if structured {
+                objects.push((res, c.get(&path).await?));
+            } else {
+                tables.push((res, c.table(&path).await?));
+            }
+        }
+    }
+    match output {
+        Some("json") | Some("yaml") => {
+            let doc = if objects.len() == 1 && !named.is_empty() {
+                objects[0].1.clone()
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": objects.iter().map(|(_, o)| o.clone()).collect::<Vec<_>>()})
+            };
+            if output == Some("json") {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", serde_norway::to_string(&doc)?);
+            }
+        }
+        Some("name") => {
+            for (res, o) in &objects {
+                println!(
+                    "{}/{}",
+                    display_kind(res),
+                    o["metadata"]["name"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        _ => {
+            let mut printed = false;
+            for (i, (res, t)) in tables.iter().enumerate() {
+                if t["rows"].as_array().is_none_or(Vec::is_empty) {
+                    continue;
+                }
+                if printed {
+                    println!();
+                }
+                let prefix = several.then(|| format!("{}/", display_kind(res)));
+                let lines = printer::table_lines(
+                    t,
+                    TableOptions {
+                        wide,
+                        namespace: ns.is_none(),
+                        headers: true,
+                        name_prefix: prefix.as_deref(),
+                    },
+                );
+                print!("{}", printer::align(&lines));
+                printed = true;
+                let _ = i;
+            }
+            if !printed && !watch {
+                match ns {
+                    Some(ns) if kinds.iter().any(|r| r.namespaced) => {
+                        eprintln!("No resources found in {ns} namespace.")
+                    }
+                    _ => eprintln!("No resources found"),
+                }
+            }
+        }
+    }
+    if watch {
+        let (res, rv) = match tables.first().or(objects.first()) {
+            Some((res, v)) => (
+                *res,
+                v["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .to_string(),
+            ),
+            None => (
+                kinds.first().copied().unwrap_or_else(|| named[0].0),
+                "0".to_string(),
+            ),
+        };
+        let mut extra = vec![("watch", "1"), ("resourceVersion", rv.as_str())];
+        let name_sel;
+        if let Some((_, name)) = named.first() {
+            name_sel = format!("metadata.name={name}");
+            extra.push(("fieldSelector", name_sel.as_str()));
+        }
+        let path = format!(
+            "{}{}",
+            collection_path(res, ns),
+            query(&selector, &fields, &extra)
+        );
+        let table = !structured;
+        c.watch(&path, table, |event| {
+            let obj = &event["object"];
+            if event["type"] == "ERROR" {
+                eprintln!(
+                    "error: {}",
+                    obj["message"].as_str().unwrap_or("watch failed")
+                );
+                return false;
+            }
+            if event["type"] == "BOOKMARK" {
+                return true;
+            }
+            if table {
+                let lines = printer::table_lines(
+                    obj,
+                    TableOptions {
+                        wide,
+                        namespace: ns.is_none(),
+                        headers: false,
+                        name_prefix: None,
+                    },
+                );
+                print!("{}", printer::align(&lines));
+            } else if output == Some("json") {
+                println!("{}", serde_json::to_string(obj).unwrap_or_default());
+            } else {
+                print!("---\n{}", serde_norway::to_string(obj).unwrap_or_default());
+            }
+            true
+        })
+        .await?;
+    }
+    Ok(0)
+}
