@@ -41,6 +41,69 @@ pub fn decode_stored(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(obj)
 }
 
+/// The stored JSON with `metadata.resourceVersion` spliced in, without
+/// decoding it: what a watch sends per event and per watcher, so it must be
+/// cheap. `None` when the object has no top-level metadata object.
+pub fn splice_rv(stored: &[u8], rev: i64) -> Option<Vec<u8>> {
+    let (mut depth, mut in_string, mut escaped) = (0i32, false, false);
+    let mut key_start = None;
+    let mut i = 0;
+    while i < stored.len() {
+        let b = stored[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+                // A top-level key "metadata" followed by ':' and '{'.
+                if depth == 1 && key_start.is_some_and(|s| &stored[s..i] == b"metadata") {
+                    let mut j = i + 1;
+                    while j < stored.len() && stored[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                    if stored.get(j) == Some(&b':') {
+                        j += 1;
+                        while j < stored.len() && stored[j].is_ascii_whitespace() {
+                            j += 1;
+                        }
+                        if stored.get(j) == Some(&b'{') {
+                            let mut k = j + 1;
+                            while k < stored.len() && stored[k].is_ascii_whitespace() {
+                                k += 1;
+                            }
+                            let empty = stored.get(k) == Some(&b'}');
+                            let field = format!(
+                                "\"resourceVersion\":\"{rev}\"{}",
+                                if empty { "" } else { "," }
+                            );
+                            let mut out = Vec::with_capacity(stored.len() + field.len());
+                            out.extend_from_slice(&stored[..=j]);
+                            out.extend_from_slice(field.as_bytes());
+                            out.extend_from_slice(&stored[j + 1..]);
+                            return Some(out);
+                        }
+                    }
+                }
+                key_start = None;
+            }
+        } else {
+            match b {
+                b'"' => {
+                    in_string = true;
+                    key_start = Some(i + 1);
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => depth -= 1,
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
 pub fn set_rv(obj: &mut Value, rev: i64) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(rev.to_string()));
@@ -595,6 +658,29 @@ fn immutable_changes(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
         _ => {}
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_matches_decoding() {
+        for obj in [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "labels": {"metadata": "x"}}, "spec": {"template": {"metadata": {}}}}),
+            json!({"kind": "Pod", "metadata": {}, "data": "\"metadata\":{"}),
+            json!({"a": {"metadata": {"x": 1}}, "metadata": {"name": "b"}}),
+        ] {
+            let stored = encode(&obj);
+            let spliced: Value =
+                serde_json::from_slice(&splice_rv(&stored, 42).expect("has metadata"))
+                    .expect("valid JSON");
+            let mut want = obj.clone();
+            set_rv(&mut want, 42);
+            assert_eq!(spliced, want);
+        }
+        assert!(splice_rv(b"{\"kind\":\"x\"}", 1).is_none());
+    }
 }
 
 /// The QoS class Kubernetes gives a pod from its containers' resources.

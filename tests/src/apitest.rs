@@ -49,7 +49,10 @@ pub async fn raw(
         req = req.header("Content-Type", content_type);
     }
     let req = req.body(kube::client::Body::from(body.unwrap_or_default()))?;
-    let resp = client.send(req).await.context("send")?;
+    let resp = client
+        .send(req)
+        .await
+        .with_context(|| format!("{method} {path}"))?;
     let code = resp.status().as_u16();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().collect_bytes().await?;

@@ -73,7 +73,14 @@ pub fn json_response(code: u16, body: &Value) -> Response {
 }
 
 pub fn error_response(e: &ApiError) -> Response {
-    json_response(e.code, &e.to_status())
+    let mut resp = json_response(e.code, &e.to_status());
+    if e.code == 413 {
+        // As Go's net/http does after an oversized body: the client must not
+        // reuse this connection.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {

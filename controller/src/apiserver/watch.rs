@@ -88,6 +88,7 @@ pub(super) async fn serve(
     let store = st.registry.store.clone();
     let opened = store.watch(&prefix, start).await;
     let every = st.bookmark_every;
+    let fast = !table && sel.label.is_empty() && sel.field.is_empty();
     let (tx, rx) = mpsc::channel(64);
     let mut em = Emitter {
         tx,
@@ -142,6 +143,30 @@ pub(super) async fn serve(
                 Some(Ok(WatchItem::Progress(rev))) => last = last.max(rev),
                 Some(Ok(WatchItem::Event(e))) => {
                     last = last.max(e.kv.mod_revision);
+                    // No selector and plain JSON: the stored bytes go out as
+                    // they are, with the resourceVersion spliced in; nothing
+                    // is decoded or encoded per watcher.
+                    if fast {
+                        let kind = match (&e.kind, &e.prev) {
+                            (EventKind::Delete, _) => "DELETED",
+                            (EventKind::Put, None) => "ADDED",
+                            (EventKind::Put, Some(_)) => "MODIFIED",
+                        };
+                        if let Some(object) =
+                            crate::registry::splice_rv(&e.kv.value, e.kv.mod_revision)
+                        {
+                            let mut out = Vec::with_capacity(object.len() + 32);
+                            out.extend_from_slice(b"{\"type\":\"");
+                            out.extend_from_slice(kind.as_bytes());
+                            out.extend_from_slice(b"\",\"object\":");
+                            out.extend_from_slice(&object);
+                            out.extend_from_slice(b"}\n");
+                            if em.tx.send(Ok(out.into())).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
                     let new = match decode_stored(&e.kv) {
                         Ok(o) => o,
                         Err(err) => {
