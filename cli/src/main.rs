@@ -96,6 +96,12 @@ struct ControllerArgs {
     /// Revisions of history kept for watches (older resourceVersions get 410 Gone).
     #[arg(long, default_value_t = 100_000)]
     watch_history: i64,
+    /// The pod network; every node gets a /24 of it.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: ipnetwork::Ipv4Network,
+    /// Where Service ClusterIPs come from.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: ipnetwork::Ipv4Network,
     /// How often watches that allow bookmarks get one.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     bookmark_interval: std::time::Duration,
@@ -253,6 +259,8 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     cfg.controllers.eviction_delay = args.eviction_delay;
     cfg.watch_history = args.watch_history;
     cfg.bookmark_every = args.bookmark_interval;
+    cfg.cluster_cidr = args.cluster_cidr;
+    cfg.service_cidr = args.service_cidr;
     weft_controller::server::run(cfg).await?;
     Ok(0)
 }

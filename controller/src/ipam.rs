@@ -20,11 +20,11 @@ use weft_api::resources::{self, Resource};
 use crate::registry::{Registry, name_of, namespace_of, store_error};
 use crate::store::{Compare, Op, Txn, TxnOutcome};
 
-/// The cluster's pod network; every node gets a /24 of it.
+/// The cluster's pod network by default; every node gets a /24 of it.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// Prefix length of a node's pod block.
 pub const BLOCK_PREFIX: u8 = 24;
-/// Where Service ClusterIPs come from.
+/// Where Service ClusterIPs come from by default.
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The node port range, as in Kubernetes.
 pub const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
@@ -34,12 +34,41 @@ const POD_IPS: &str = "/registry/ipam/pods/";
 const SERVICE_IPS: &str = "/registry/ipam/services/";
 const NODE_PORT_KEYS: &str = "/registry/ipam/nodeports/";
 
+static NETWORKS: std::sync::OnceLock<(Ipv4Network, Ipv4Network)> = std::sync::OnceLock::new();
+
+/// Sets the pod and Service networks, once, before the API serves. The pod
+/// network must hold whole /24 blocks, the two must not overlap.
+pub fn configure(cluster: Ipv4Network, services: Ipv4Network) -> Result<(), String> {
+    if cluster.prefix() > BLOCK_PREFIX {
+        return Err(format!(
+            "the cluster CIDR {cluster} is smaller than one /{BLOCK_PREFIX} node block"
+        ));
+    }
+    if cluster.overlaps(services) {
+        return Err(format!(
+            "the cluster CIDR {cluster} overlaps the Service CIDR {services}"
+        ));
+    }
+    if services.prefix() > 28 {
+        return Err(format!("the Service CIDR {services} is too small"));
+    }
+    NETWORKS
+        .set((cluster, services))
+        .map_err(|_| "the networks are already configured".to_string())
+}
+
 fn cluster() -> Ipv4Network {
-    CLUSTER_CIDR.parse().expect("valid CIDR")
+    NETWORKS
+        .get()
+        .map(|n| n.0)
+        .unwrap_or_else(|| CLUSTER_CIDR.parse().expect("valid CIDR"))
 }
 
 fn services() -> Ipv4Network {
-    SERVICE_CIDR.parse().expect("valid CIDR")
+    NETWORKS
+        .get()
+        .map(|n| n.1)
+        .unwrap_or_else(|| SERVICE_CIDR.parse().expect("valid CIDR"))
 }
 
 fn owner(obj: &Value) -> Vec<u8> {
@@ -204,7 +233,7 @@ async fn claim_block(reg: &Registry, node: &mut Value, txn: &mut Txn) -> Result<
                     Cause::invalid(
                         "spec.podCIDR",
                         given,
-                        format!("must be a /{BLOCK_PREFIX} of {CLUSTER_CIDR}"),
+                        format!("must be a /{BLOCK_PREFIX} of {cluster}"),
                     ),
                 ));
             }
@@ -227,8 +256,12 @@ async fn claim_block(reg: &Registry, node: &mut Value, txn: &mut Txn) -> Result<
             let taken: HashSet<String> = taken.into_iter().map(|kv| kv.key).collect();
             let count = 1u32 << (BLOCK_PREFIX - cluster.prefix());
             let mut found = None;
+            // From a random block on, so that nodes registering at once
+            // rarely race for the same one.
+            let first = random_u32() % count;
             for i in 0..count {
-                let base = u32::from(cluster.network()) + (i << (32 - BLOCK_PREFIX));
+                let index = (first + i) % count;
+                let base = u32::from(cluster.network()) + (index << (32 - BLOCK_PREFIX));
                 let block = Ipv4Network::new(Ipv4Addr::from(base), BLOCK_PREFIX).expect("valid");
                 if taken.contains(&block_key(block)) {
                     continue;
@@ -246,7 +279,7 @@ async fn claim_block(reg: &Registry, node: &mut Value, txn: &mut Txn) -> Result<
             }
             found.ok_or_else(|| {
                 ApiError::forbidden(format!(
-                    "no free /{BLOCK_PREFIX} pod block left in {CLUSTER_CIDR} for node {}",
+                    "no free /{BLOCK_PREFIX} pod block left in {cluster} for node {}",
                     name_of(node)
                 ))
             })?
@@ -309,7 +342,7 @@ async fn claim_cluster_ip(reg: &Registry, svc: &mut Value, txn: &mut Txn) -> Res
                         "spec.clusterIPs[0]",
                         text,
                         format!(
-                            "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {SERVICE_CIDR}"
+                            "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {range}"
                         ),
                     ),
                 ));
@@ -350,9 +383,8 @@ async fn claim_cluster_ip(reg: &Registry, svc: &mut Value, txn: &mut Txn) -> Res
                     break;
                 }
             }
-            chosen.ok_or_else(|| {
-                ApiError::forbidden(format!("no free ClusterIP found in {SERVICE_CIDR}"))
-            })?
+            chosen
+                .ok_or_else(|| ApiError::forbidden(format!("no free ClusterIP found in {range}")))?
         }
     };
     let key = format!("{SERVICE_IPS}{ip}");

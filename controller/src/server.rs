@@ -42,6 +42,9 @@ pub struct ControllerConfig {
     pub controllers: ControllersConfig,
     /// Revisions of history kept for watches; older resourceVersions get 410.
     pub watch_history: i64,
+    /// The pod network (a /24 per node) and the Service network.
+    pub cluster_cidr: ipnetwork::Ipv4Network,
+    pub service_cidr: ipnetwork::Ipv4Network,
 }
 
 impl ControllerConfig {
@@ -56,6 +59,8 @@ impl ControllerConfig {
             bookmark_every: Duration::from_secs(10),
             controllers: ControllersConfig::default(),
             watch_history: 100_000,
+            cluster_cidr: crate::ipam::CLUSTER_CIDR.parse().expect("valid"),
+            service_cidr: crate::ipam::SERVICE_CIDR.parse().expect("valid"),
         }
     }
 
@@ -161,6 +166,7 @@ pub struct Started {
 
 /// Everything before serving: store, PKI, tokens, kubeconfig, namespaces.
 pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
+    crate::ipam::configure(cfg.cluster_cidr, cfg.service_cidr).map_err(anyhow::Error::msg)?;
     let store = open_store(cfg).await?;
     let mut sans = cfg.extra_sans.clone();
     if let Some(ip) = cfg.advertise {
@@ -197,8 +203,12 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         cache: cache.clone(),
         cfg: cfg.controllers.clone(),
     });
+    let hub = crate::apiserver::hub::WatchHub::start(registry.store.clone())
+        .await
+        .context("start the watch hub")?;
     let state = Arc::new(ApiState {
         registry,
+        hub,
         tokens,
         bookmark_every: cfg.bookmark_every,
     });

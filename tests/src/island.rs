@@ -49,6 +49,24 @@ impl Island {
         .context("start a runtime in the island")
     }
 
+    /// A multi-threaded tokio runtime whose worker and blocking threads all
+    /// live in the namespace (for load generators that need more than one
+    /// core).
+    pub fn runtime(&self, workers: usize) -> Result<tokio::runtime::Runtime> {
+        let path = netns::path(&self.name);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .on_thread_start(move || {
+                // Each runtime thread joins the island before it runs anything.
+                let file = std::fs::File::open(&path).expect("open the island's namespace");
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("join the island's namespace");
+            })
+            .build()?;
+        Ok(rt)
+    }
+
     /// A command that runs `program` inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("ip");

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod discovery;
+pub mod hub;
 pub mod patch;
 pub mod table;
 pub mod tls;
@@ -33,6 +34,8 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 pub struct ApiState {
     pub registry: Registry,
+    /// One store watch, fanned out to every API watch.
+    pub hub: Arc<hub::WatchHub>,
     pub tokens: Arc<Tokens>,
     /// How often a watch with allowWatchBookmarks=true gets a bookmark.
     pub bookmark_every: Duration,

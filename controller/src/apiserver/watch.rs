@@ -85,8 +85,7 @@ pub(super) async fn serve(
         Some(rv) => (Vec::new(), rv),
         None => st.registry.list(res, ns, |o| sel.matches(o)).await?,
     };
-    let store = st.registry.store.clone();
-    let opened = store.watch(&prefix, start).await;
+    let opened = st.hub.watch(&prefix, start).await;
     let every = st.bookmark_every;
     let fast = !table && sel.label.is_empty() && sel.field.is_empty();
     let (tx, rx) = mpsc::channel(64);

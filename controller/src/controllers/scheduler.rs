@@ -89,8 +89,62 @@ struct NodeUse {
     owners: HashMap<String, i64>,
 }
 
+/// What the scheduler needs of a Node, parsed once per change of it rather
+/// than once per pod and node.
+#[derive(Debug, Clone)]
+struct NodeInfo {
+    name: String,
+    ready: bool,
+    unschedulable: bool,
+    taints: Vec<Value>,
+    labels: serde_json::Map<String, Value>,
+    milli_cpu: i64,
+    memory: i64,
+    max_pods: i64,
+}
+
+impl NodeInfo {
+    fn from(node: &Value) -> Self {
+        Self {
+            name: node["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            ready: node["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            }),
+            unschedulable: node["spec"]["unschedulable"].as_bool() == Some(true),
+            taints: node["spec"]["taints"]
+                .as_array()
+                .map(|ts| {
+                    ts.iter()
+                        .filter(|t| {
+                            matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+                        })
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            labels: node["metadata"]["labels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            milli_cpu: allocatable(node, "cpu").unwrap_or(i64::MAX / 4),
+            memory: allocatable(node, "memory")
+                .map(|m| m / 1000)
+                .unwrap_or(i64::MAX / 4),
+            max_pods: allocatable(node, "pods")
+                .map(|p| p / 1000)
+                .unwrap_or(DEFAULT_MAX_PODS),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
+    /// The nodes, by name.
+    infos: BTreeMap<String, NodeInfo>,
     /// What each node holds.
     nodes: HashMap<String, NodeUse>,
     /// Where each counted pod is, and what it was counted as.
@@ -221,6 +275,18 @@ pub fn start(ctx: Ctx) {
                         }
                     }
                     "Node" => {
+                        match &c.new {
+                            Some(n) => {
+                                let info = NodeInfo::from(n);
+                                s.infos.insert(info.name.clone(), info);
+                            }
+                            None => {
+                                if let Some(o) = &c.old {
+                                    s.infos
+                                        .remove(o["metadata"]["name"].as_str().unwrap_or_default());
+                                }
+                            }
+                        }
                         let changed = match (&c.old, &c.new) {
                             (Some(o), Some(n)) => {
                                 o["spec"] != n["spec"]
@@ -242,6 +308,10 @@ pub fn start(ctx: Ctx) {
             move || {
                 let mut s = st2.lock().unwrap_or_else(|e| e.into_inner());
                 *s = State::default();
+                for node in cache.list(res("", "nodes"), None, |_| true) {
+                    let info = NodeInfo::from(&node);
+                    s.infos.insert(info.name.clone(), info);
+                }
                 for pod in cache.list(res("", "pods"), None, |_| true) {
                     let key = key_of(&pod);
                     if let Some(node) = counts_on_node(&pod) {
@@ -441,36 +511,29 @@ fn allocatable(node: &Value, what: &str) -> Option<i64> {
 }
 
 /// The best node for `pod`, or why none fits (in kube-scheduler's words).
-fn choose(ctx: &Ctx, s: &State, pod: &Value) -> Result<String, String> {
-    let nodes = ctx.cache.list(res("", "nodes"), None, |_| true);
+fn choose(_ctx: &Ctx, s: &State, pod: &Value) -> Result<String, String> {
     let req = pod_request(&pod["spec"]);
     let owner = owner_uid(pod);
     let selector = pod["spec"]["nodeSelector"].as_object();
+    let tolerations = !pod["spec"]["tolerations"].is_null();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut feasible: Vec<(&Value, NodeUse, i64, i64, i64)> = Vec::new();
     let empty = NodeUse::default();
-    for node in &nodes {
-        let name = node["metadata"]["name"].as_str().unwrap_or_default();
-        let ready = node["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        });
-        if !ready {
+    let mut feasible: Vec<(&NodeInfo, &NodeUse)> = Vec::new();
+    for info in s.infos.values() {
+        if !info.ready {
             *reasons.entry("node(s) were not ready".into()).or_default() += 1;
             continue;
         }
-        if node["spec"]["unschedulable"].as_bool() == Some(true) {
+        if info.unschedulable {
             *reasons
                 .entry("node(s) were unschedulable".into())
                 .or_default() += 1;
             continue;
         }
-        let untolerated = node["spec"]["taints"].as_array().and_then(|ts| {
-            ts.iter().find(|t| {
-                matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
-                    && !tolerates(pod, t)
-            })
-        });
+        let untolerated = info
+            .taints
+            .iter()
+            .find(|t| !tolerations || !tolerates(pod, t));
         if let Some(t) = untolerated {
             let text = format!(
                 "node(s) had untolerated taint {{{}: {}}}",
@@ -481,108 +544,89 @@ fn choose(ctx: &Ctx, s: &State, pod: &Value) -> Result<String, String> {
             continue;
         }
         if let Some(sel) = selector {
-            let labels = &node["metadata"]["labels"];
-            if !sel.iter().all(|(k, v)| labels[k] == *v) {
+            if !sel.iter().all(|(k, v)| info.labels.get(k) == Some(v)) {
                 *reasons
                     .entry("node(s) didn't match Pod's node affinity/selector".into())
                     .or_default() += 1;
                 continue;
             }
         }
-        let used = s.nodes.get(name).unwrap_or(&empty);
-        let cpu = allocatable(node, "cpu").unwrap_or(i64::MAX / 4);
-        let mem = allocatable(node, "memory")
-            .map(|m| m / 1000)
-            .unwrap_or(i64::MAX / 4);
-        let max_pods = allocatable(node, "pods")
-            .map(|p| p / 1000)
-            .unwrap_or(DEFAULT_MAX_PODS);
+        let used = s.nodes.get(&info.name).unwrap_or(&empty);
         let mut fits = true;
-        if used.pods + 1 > max_pods {
+        if used.pods + 1 > info.max_pods {
             *reasons.entry("Too many pods".into()).or_default() += 1;
             fits = false;
         }
-        if req.milli_cpu > 0 && used.milli_cpu + req.milli_cpu > cpu {
+        if req.milli_cpu > 0 && used.milli_cpu + req.milli_cpu > info.milli_cpu {
             *reasons.entry("Insufficient cpu".into()).or_default() += 1;
             fits = false;
         }
-        if req.memory > 0 && used.memory + req.memory > mem {
+        if req.memory > 0 && used.memory + req.memory > info.memory {
             *reasons.entry("Insufficient memory".into()).or_default() += 1;
             fits = false;
         }
         if fits {
-            feasible.push((node, used.clone(), cpu, mem, max_pods));
+            feasible.push((info, used));
         }
     }
-    if nodes.is_empty() {
+    if s.infos.is_empty() {
         return Err("no nodes available to schedule pods".into());
     }
     if feasible.is_empty() {
-        let mut parts: Vec<String> = reasons
+        let parts: Vec<String> = reasons
             .into_iter()
             .map(|(r, n)| format!("{n} {r}"))
             .collect();
-        parts.sort();
         let detail = if parts.is_empty() {
             String::new()
         } else {
             format!(" {}", parts.join(", "))
         };
-        return Err(format!("0/{} nodes are available:{detail}.", nodes.len()));
+        return Err(format!("0/{} nodes are available:{detail}.", s.infos.len()));
     }
-    let max_same = feasible
-        .iter()
-        .map(|(_, u, ..)| {
-            owner
-                .as_ref()
-                .and_then(|o| u.owners.get(o))
-                .copied()
-                .unwrap_or(0)
-        })
-        .max()
-        .unwrap_or(0);
-    let mut best: Option<(i64, &str)> = None;
-    for (node, used, cpu, mem, max_pods) in &feasible {
-        let free = |total: i64, used: i64, want: i64| -> i64 {
-            if total <= 0 || total >= i64::MAX / 8 {
-                return 100;
-            }
-            ((total - used - want).max(0) * 100) / total
-        };
+    let same = |u: &NodeUse| {
+        owner
+            .as_ref()
+            .and_then(|o| u.owners.get(o))
+            .copied()
+            .unwrap_or(0)
+    };
+    let max_same = feasible.iter().map(|(_, u)| same(u)).max().unwrap_or(0);
+    let free = |total: i64, used: i64, want: i64| -> i64 {
+        if total <= 0 || total >= i64::MAX / 8 {
+            return 100;
+        }
+        ((total - used - want).max(0) * 100) / total
+    };
+    let mut best: Option<(i64, i64, &str)> = None;
+    for (info, used) in &feasible {
         // Least allocated: CPU and memory, or pod count when nothing is requested.
         let least = if req.milli_cpu == 0 && req.memory == 0 {
-            free(*max_pods, used.pods, 1)
+            free(info.max_pods, used.pods, 1)
         } else {
-            (free(*cpu, used.milli_cpu, req.milli_cpu) + free(*mem, used.memory, req.memory)) / 2
+            (free(info.milli_cpu, used.milli_cpu, req.milli_cpu)
+                + free(info.memory, used.memory, req.memory))
+                / 2
         };
-        let same = owner
-            .as_ref()
-            .and_then(|o| used.owners.get(o))
-            .copied()
-            .unwrap_or(0);
         let spread = if max_same == 0 {
             100
         } else {
-            100 - (same * 100) / (max_same + 1)
+            100 - (same(used) * 100) / (max_same + 1)
         };
         let score = least + 2 * spread;
-        let name = node["metadata"]["name"].as_str().unwrap_or_default();
         // Ties go to the node with fewer pods, then by name, so equal nodes fill evenly.
         let better = match best {
             None => true,
-            Some((b, bname)) => {
-                score > b
-                    || (score == b
-                        && (used.pods, name)
-                            < (s.nodes.get(bname).map(|u| u.pods).unwrap_or(0), bname))
+            Some((b, bpods, bname)) => {
+                score > b || (score == b && (used.pods, info.name.as_str()) < (bpods, bname))
             }
         };
         if better {
-            best = Some((score, name));
+            best = Some((score, used.pods, info.name.as_str()));
         }
     }
     Ok(best
-        .map(|(_, n)| n.to_string())
+        .map(|(_, _, n)| n.to_string())
         .expect("feasible is not empty"))
 }
 

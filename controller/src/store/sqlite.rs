@@ -425,7 +425,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| StoreError::Other(format!("reader task: {e}")))??
         };
-        let (tx, rx) = mpsc::channel::<Result<WatchItem, StoreError>>(256);
+        let (tx, rx) = mpsc::channel::<Result<WatchItem, StoreError>>(64);
         tokio::spawn(async move {
             let mut sent = upto;
             for event in first {

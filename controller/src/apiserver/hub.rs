@@ -1,0 +1,228 @@
+//! The watch hub: one watch on the store, fanned out to every API watcher
+//! (what kube-apiserver's watch cache does for etcd). A hundred watchers cost
+//! one store watch, not a hundred. Recent events are kept in a ring, so a
+//! watcher starting from a recent resourceVersion is served from memory; one
+//! starting before the ring reads the store's own history.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::store::{Event, EventStream, Store, StoreError, WatchItem};
+
+/// Events kept in memory for watchers that start a little in the past.
+const RING: usize = 5_000;
+/// Live items buffered per watcher before it must catch up from the ring.
+const LIVE: usize = 8192;
+
+#[derive(Debug, Clone)]
+enum Item {
+    Event(Arc<Event>),
+    Progress(i64),
+}
+
+struct Ring {
+    events: VecDeque<Arc<Event>>,
+    /// Every event with a revision above this is in `events` (up to `head`).
+    covered_from: i64,
+    /// The revision everything has been received up to.
+    head: i64,
+}
+
+pub struct WatchHub {
+    store: Arc<dyn Store>,
+    ring: Mutex<Ring>,
+    live: broadcast::Sender<Item>,
+}
+
+impl WatchHub {
+    /// Starts following the store from its current revision.
+    pub async fn start(store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+        let head = store.revision().await?;
+        let (live, _) = broadcast::channel(LIVE);
+        let hub = Arc::new(Self {
+            store,
+            ring: Mutex::new(Ring {
+                events: VecDeque::new(),
+                covered_from: head,
+                head,
+            }),
+            live,
+        });
+        let feeder = hub.clone();
+        tokio::spawn(async move { feeder.feed().await });
+        Ok(hub)
+    }
+
+    async fn feed(&self) {
+        loop {
+            let from = self.ring.lock().unwrap_or_else(|e| e.into_inner()).head;
+            match self.store.watch("/registry/", from).await {
+                Ok(mut stream) => {
+                    while let Some(item) = stream.next().await {
+                        match item {
+                            Ok(WatchItem::Event(e)) => self.push(e),
+                            Ok(WatchItem::Progress(rev)) => {
+                                let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+                                if rev > ring.head {
+                                    ring.head = rev;
+                                    let _ = self.live.send(Item::Progress(rev));
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!("watch hub: {e}; following the store again");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(StoreError::Compacted { .. }) => {
+                    // Fell too far behind: what the ring holds is no longer
+                    // complete. Start over from now; older watchers get 410.
+                    if let Ok(rev) = self.store.revision().await {
+                        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+                        ring.events.clear();
+                        ring.covered_from = rev;
+                        ring.head = rev;
+                    }
+                }
+                Err(e) => tracing::warn!("watch hub: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn push(&self, e: Event) {
+        let event = Arc::new(e);
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        ring.head = ring.head.max(event.kv.mod_revision);
+        ring.events.push_back(event.clone());
+        while ring.events.len() > RING {
+            if let Some(old) = ring.events.pop_front() {
+                // Events of one revision leave together, so coverage stays exact.
+                ring.covered_from = old.kv.mod_revision;
+                while ring
+                    .events
+                    .front()
+                    .is_some_and(|f| f.kv.mod_revision == old.kv.mod_revision)
+                {
+                    ring.events.pop_front();
+                }
+            }
+        }
+        // Sent under the lock, so a watcher subscribing under it sees every
+        // event exactly once: from the ring or live.
+        let _ = self.live.send(Item::Event(event));
+    }
+
+    /// Every event under `prefix` after revision `after`, then live ones, as
+    /// the store's own watch yields them.
+    pub async fn watch(
+        self: &Arc<Self>,
+        prefix: &str,
+        after: i64,
+    ) -> Result<EventStream, StoreError> {
+        let Some((backlog, head, rx)) = self.subscribe(prefix, after) else {
+            // Older than the ring: the store's history (or its 410).
+            return self.store.watch(prefix, after).await;
+        };
+        let (tx, out) = mpsc::channel::<Result<WatchItem, StoreError>>(64);
+        let hub = self.clone();
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            let (mut rx, mut sent, mut head_of_backlog) = (rx, head, head);
+            for e in backlog {
+                if tx.send(Ok(WatchItem::Event((*e).clone()))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let item = tokio::select! {
+                    _ = tx.closed() => return,
+                    item = rx.recv() => item,
+                };
+                match item {
+                    Ok(Item::Event(e)) => {
+                        // Events of one revision come one by one: skip only
+                        // what the backlog already held.
+                        if e.kv.mod_revision <= head_of_backlog {
+                            continue;
+                        }
+                        sent = sent.max(e.kv.mod_revision);
+                        if e.kv.key.starts_with(&prefix)
+                            && tx.send(Ok(WatchItem::Event((*e).clone()))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(Item::Progress(rev)) => {
+                        if rev > sent && tx.send(Ok(WatchItem::Progress(rev))).await.is_err() {
+                            return;
+                        }
+                        sent = sent.max(rev);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow for the live feed: catch up from the ring,
+                        // or, if it has moved past us, let the client relist.
+                        let last = sent.max(0);
+                        match hub.subscribe(&prefix, last) {
+                            Some((backlog, head, fresh)) => {
+                                rx = fresh;
+                                for e in backlog {
+                                    if tx.send(Ok(WatchItem::Event((*e).clone()))).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                sent = head;
+                                head_of_backlog = head;
+                            }
+                            None => {
+                                let oldest = hub
+                                    .ring
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .covered_from
+                                    + 1;
+                                let _ = tx
+                                    .send(Err(StoreError::Compacted {
+                                        requested: last + 1,
+                                        oldest,
+                                    }))
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)))
+    }
+
+    /// The ring's events under `prefix` after `after`, the head they reach,
+    /// and a live subscription from there; None when the ring does not reach
+    /// back to `after`.
+    #[allow(clippy::type_complexity)]
+    fn subscribe(
+        &self,
+        prefix: &str,
+        after: i64,
+    ) -> Option<(Vec<Arc<Event>>, i64, broadcast::Receiver<Item>)> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if after < ring.covered_from {
+            return None;
+        }
+        let rx = self.live.subscribe();
+        let backlog: Vec<Arc<Event>> = ring
+            .events
+            .iter()
+            .filter(|e| e.kv.mod_revision > after && e.kv.key.starts_with(prefix))
+            .cloned()
+            .collect();
+        Some((backlog, ring.head.max(after), rx))
+    }
+}
