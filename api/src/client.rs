@@ -47,10 +47,10 @@ pub fn kubeconfig_path(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = flag {
         return p.to_path_buf();
     }
-    if let Some(v) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
-        if let Some(first) = std::env::split_paths(&v).next() {
-            return first;
-        }
+    if let Some(v) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty())
+        && let Some(first) = std::env::split_paths(&v).next()
+    {
+        return first;
     }
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
@@ -220,10 +220,10 @@ impl Client {
             buf.extend_from_slice(&data);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=pos).collect();
-                if let Ok(event) = serde_json::from_slice::<Value>(&line) {
-                    if !each(event) {
-                        return Ok(());
-                    }
+                if let Ok(event) = serde_json::from_slice::<Value>(&line)
+                    && !each(event)
+                {
+                    return Ok(());
                 }
             }
         }
@@ -422,19 +422,18 @@ impl Client {
                 .map(String::from)
                 .or(namespace.map(String::from))
                 .unwrap_or_else(|| self.default_namespace.clone());
-            if let Some(flag) = namespace {
-                if desired["metadata"]["namespace"]
+            if let Some(flag) = namespace
+                && desired["metadata"]["namespace"]
                     .as_str()
                     .is_some_and(|n| n != flag)
-                {
-                    return Err(ClientError::Usage(format!(
-                        "{}: the namespace of the object ({}) does not match --namespace {flag}",
-                        doc.origin,
-                        desired["metadata"]["namespace"]
-                            .as_str()
-                            .unwrap_or_default()
-                    )));
-                }
+            {
+                return Err(ClientError::Usage(format!(
+                    "{}: the namespace of the object ({}) does not match --namespace {flag}",
+                    doc.origin,
+                    desired["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                )));
             }
             desired["metadata"]["namespace"] = json!(ns);
             Some(ns)

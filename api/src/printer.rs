@@ -69,10 +69,10 @@ pub fn table_lines(table: &Value, opts: TableOptions<'_>) -> Vec<Vec<String>> {
         }
         for i in &shown {
             let mut text = cells.get(*i).map(cell).unwrap_or_default();
-            if defs[*i]["format"] == "name" {
-                if let Some(p) = opts.name_prefix {
-                    text = format!("{p}{text}");
-                }
+            if defs[*i]["format"] == "name"
+                && let Some(p) = opts.name_prefix
+            {
+                text = format!("{p}{text}");
             }
             line.push(text);
         }

@@ -73,10 +73,11 @@ impl Resource {
             Some((b, g)) => (b.to_string(), Some(g.to_string())),
             None => (name.clone(), None),
         };
-        if let Some(g) = group {
-            if g != self.group && !(g == "core" && self.group.is_empty()) {
-                return false;
-            }
+        if let Some(g) = group
+            && g != self.group
+            && !(g == "core" && self.group.is_empty())
+        {
+            return false;
         }
         base == self.plural
             || base == self.singular

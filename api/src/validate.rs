@@ -261,10 +261,10 @@ fn check_port(out: &mut Vec<Cause>, field: String, v: &Value) {
 }
 
 fn check_protocol(out: &mut Vec<Cause>, field: String, v: &Value) {
-    if let Some(p) = v.as_str() {
-        if !PROTOCOLS.contains(&p) {
-            out.push(Cause::not_supported(field, p, PROTOCOLS));
-        }
+    if let Some(p) = v.as_str()
+        && !PROTOCOLS.contains(&p)
+    {
+        out.push(Cause::not_supported(field, p, PROTOCOLS));
     }
 }
 
@@ -344,14 +344,14 @@ fn check_pod_spec(out: &mut Vec<Cause>, spec: &Value, path: &str) {
             }
         }
     }
-    if let Some(p) = spec["restartPolicy"].as_str() {
-        if !["Always", "OnFailure", "Never"].contains(&p) {
-            out.push(Cause::not_supported(
-                format!("{path}.restartPolicy"),
-                p,
-                &["Always", "OnFailure", "Never"],
-            ));
-        }
+    if let Some(p) = spec["restartPolicy"].as_str()
+        && !["Always", "OnFailure", "Never"].contains(&p)
+    {
+        out.push(Cause::not_supported(
+            format!("{path}.restartPolicy"),
+            p,
+            &["Always", "OnFailure", "Never"],
+        ));
     }
 }
 
@@ -414,42 +414,42 @@ pub fn validate_object(resource: &Resource, obj: &Value) -> Vec<Cause> {
                     }
                     _ => {}
                 }
-                if let Some(t) = p["targetPort"].as_i64() {
-                    if !(1..=65535).contains(&t) {
-                        out.push(Cause::invalid(
-                            format!("spec.ports[{i}].targetPort"),
-                            t,
-                            "must be between 1 and 65535, inclusive",
-                        ));
-                    }
-                }
-                if let Some(np) = p["nodePort"].as_i64() {
-                    if !(30000..=32767).contains(&np) {
-                        out.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), np, "provided port is not in the valid range. The range of valid ports is 30000-32767"));
-                    }
-                }
-            }
-            if let Some(a) = spec["sessionAffinity"].as_str() {
-                if !["None", "ClientIP"].contains(&a) {
-                    out.push(Cause::not_supported(
-                        "spec.sessionAffinity",
-                        a,
-                        &["None", "ClientIP"],
+                if let Some(t) = p["targetPort"].as_i64()
+                    && !(1..=65535).contains(&t)
+                {
+                    out.push(Cause::invalid(
+                        format!("spec.ports[{i}].targetPort"),
+                        t,
+                        "must be between 1 and 65535, inclusive",
                     ));
                 }
+                if let Some(np) = p["nodePort"].as_i64()
+                    && !(30000..=32767).contains(&np)
+                {
+                    out.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), np, "provided port is not in the valid range. The range of valid ports is 30000-32767"));
+                }
+            }
+            if let Some(a) = spec["sessionAffinity"].as_str()
+                && !["None", "ClientIP"].contains(&a)
+            {
+                out.push(Cause::not_supported(
+                    "spec.sessionAffinity",
+                    a,
+                    &["None", "ClientIP"],
+                ));
             }
             check_labels(&mut out, "spec.selector", &spec["selector"]);
         }
         "Deployment" | "ReplicaSet" => {
             let spec = &obj["spec"];
-            if let Some(r) = spec["replicas"].as_i64() {
-                if r < 0 {
-                    out.push(Cause::invalid(
-                        "spec.replicas",
-                        r,
-                        "must be greater than or equal to 0",
-                    ));
-                }
+            if let Some(r) = spec["replicas"].as_i64()
+                && r < 0
+            {
+                out.push(Cause::invalid(
+                    "spec.replicas",
+                    r,
+                    "must be greater than or equal to 0",
+                ));
             }
             let selector = &spec["selector"];
             match LabelSelector::from_k8s(selector) {
@@ -473,16 +473,15 @@ pub fn validate_object(resource: &Resource, obj: &Value) -> Vec<Cause> {
                 &spec["template"]["metadata"]["labels"],
             );
             check_pod_spec(&mut out, &spec["template"]["spec"], "spec.template.spec");
-            if resource.kind == "Deployment" {
-                if let Some(t) = spec["strategy"]["type"].as_str() {
-                    if !["RollingUpdate", "Recreate"].contains(&t) {
-                        out.push(Cause::not_supported(
-                            "spec.strategy.type",
-                            t,
-                            &["RollingUpdate", "Recreate"],
-                        ));
-                    }
-                }
+            if resource.kind == "Deployment"
+                && let Some(t) = spec["strategy"]["type"].as_str()
+                && !["RollingUpdate", "Recreate"].contains(&t)
+            {
+                out.push(Cause::not_supported(
+                    "spec.strategy.type",
+                    t,
+                    &["RollingUpdate", "Recreate"],
+                ));
             }
         }
         _ => {}

@@ -203,10 +203,9 @@ pub(crate) fn on_delete(res: &Resource, obj: &Value, txn: &mut Txn) {
             if let Some(ip) = obj["status"]["podIP"]
                 .as_str()
                 .and_then(|i| i.parse::<Ipv4Addr>().ok())
+                && cluster().contains(ip)
             {
-                if cluster().contains(ip) {
-                    push(txn, Op::delete(pod_ip_key(ip)));
-                }
+                push(txn, Op::delete(pod_ip_key(ip)));
             }
         }
         _ => {}

@@ -254,15 +254,14 @@ impl Registry {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            if name.is_empty() {
-                if let Some(prefix) = meta
+            if name.is_empty()
+                && let Some(prefix) = meta
                     .get("generateName")
                     .and_then(Value::as_str)
                     .filter(|p| !p.is_empty())
-                {
-                    let generated = format!("{prefix}{}", random_suffix());
-                    meta.insert("name".into(), json!(generated));
-                }
+            {
+                let generated = format!("{prefix}{}", random_suffix());
+                meta.insert("name".into(), json!(generated));
             }
             meta.insert("uid".into(), json!(new_uid()));
             meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
@@ -357,15 +356,15 @@ impl Registry {
             let Some((old, rev)) = self.get_raw(res, ns, name).await? else {
                 return Err(ApiError::not_found(res.plural, res.group, name));
             };
-            if let Some(wanted) = wanted_rv {
-                if wanted != rev {
-                    return Err(ApiError::conflict(
-                        res.plural,
-                        res.group,
-                        name,
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    ));
-                }
+            if let Some(wanted) = wanted_rv
+                && wanted != rev
+            {
+                return Err(ApiError::conflict(
+                    res.plural,
+                    res.group,
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
             }
             let mut obj = prepare_update(res, &old, new.clone(), write, name, ns)?;
             if obj == old {
@@ -457,30 +456,30 @@ impl Registry {
             let Some((mut obj, rev)) = self.get_raw(res, ns, name).await? else {
                 return Err(ApiError::not_found(res.plural, res.group, name));
             };
-            if let Some(uid) = &precondition.0 {
-                if obj["metadata"]["uid"].as_str() != Some(uid) {
-                    return Err(ApiError::conflict(
-                        res.plural,
-                        res.group,
-                        name,
-                        format!(
-                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                            obj["metadata"]["uid"].as_str().unwrap_or_default()
-                        ),
-                    ));
-                }
+            if let Some(uid) = &precondition.0
+                && obj["metadata"]["uid"].as_str() != Some(uid)
+            {
+                return Err(ApiError::conflict(
+                    res.plural,
+                    res.group,
+                    name,
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        obj["metadata"]["uid"].as_str().unwrap_or_default()
+                    ),
+                ));
             }
-            if let Some(want) = precondition.1 {
-                if want != rev {
-                    return Err(ApiError::conflict(
-                        res.plural,
-                        res.group,
-                        name,
-                        format!(
-                            "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
-                        ),
-                    ));
-                }
+            if let Some(want) = precondition.1
+                && want != rev
+            {
+                return Err(ApiError::conflict(
+                    res.plural,
+                    res.group,
+                    name,
+                    format!(
+                        "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
+                    ),
+                ));
             }
             let has_finalizers = obj["metadata"]["finalizers"]
                 .as_array()
@@ -529,21 +528,22 @@ fn prepare_update(
             "the name of the object ({given_name}) does not match the name on the URL ({name})"
         )));
     }
-    if let (Some(ns), Some(given)) = (ns, namespace_of(&new)) {
-        if !given.is_empty() && given != ns {
-            return Err(ApiError::bad_request(format!(
-                "the namespace of the object ({given}) does not match the namespace on the URL ({ns})"
-            )));
-        }
+    if let (Some(ns), Some(given)) = (ns, namespace_of(&new))
+        && !given.is_empty()
+        && given != ns
+    {
+        return Err(ApiError::bad_request(format!(
+            "the namespace of the object ({given}) does not match the namespace on the URL ({ns})"
+        )));
     }
     if write == Write::Status {
         // A status update changes the status and nothing else.
         let mut obj = old.clone();
         obj["status"] = new.get("status").cloned().unwrap_or(Value::Null);
-        if let Some(map) = obj.as_object_mut() {
-            if map["status"].is_null() {
-                map.remove("status");
-            }
+        if let Some(map) = obj.as_object_mut()
+            && map["status"].is_null()
+        {
+            map.remove("status");
         }
         return Ok(obj);
     }
@@ -635,14 +635,12 @@ fn immutable_changes(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
                 ));
             }
         }
-        "Deployment" | "ReplicaSet" => {
-            if old["spec"]["selector"] != new["spec"]["selector"] {
-                out.push(Cause::invalid(
-                    "spec.selector",
-                    serde_json::to_string(&new["spec"]["selector"]).unwrap_or_default(),
-                    "field is immutable",
-                ));
-            }
+        "Deployment" | "ReplicaSet" if old["spec"]["selector"] != new["spec"]["selector"] => {
+            out.push(Cause::invalid(
+                "spec.selector",
+                serde_json::to_string(&new["spec"]["selector"]).unwrap_or_default(),
+                "field is immutable",
+            ));
         }
         "Node" => {
             let old_cidr = old["spec"]["podCIDR"].as_str().unwrap_or_default();
@@ -658,29 +656,6 @@ fn immutable_changes(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
         _ => {}
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splice_matches_decoding() {
-        for obj in [
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "labels": {"metadata": "x"}}, "spec": {"template": {"metadata": {}}}}),
-            json!({"kind": "Pod", "metadata": {}, "data": "\"metadata\":{"}),
-            json!({"a": {"metadata": {"x": 1}}, "metadata": {"name": "b"}}),
-        ] {
-            let stored = encode(&obj);
-            let spliced: Value =
-                serde_json::from_slice(&splice_rv(&stored, 42).expect("has metadata"))
-                    .expect("valid JSON");
-            let mut want = obj.clone();
-            set_rv(&mut want, 42);
-            assert_eq!(spliced, want);
-        }
-        assert!(splice_rv(b"{\"kind\":\"x\"}", 1).is_none());
-    }
 }
 
 /// The QoS class Kubernetes gives a pod from its containers' resources.
@@ -715,5 +690,28 @@ pub fn qos_class(spec: &Value) -> &'static str {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_matches_decoding() {
+        for obj in [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "labels": {"metadata": "x"}}, "spec": {"template": {"metadata": {}}}}),
+            json!({"kind": "Pod", "metadata": {}, "data": "\"metadata\":{"}),
+            json!({"a": {"metadata": {"x": 1}}, "metadata": {"name": "b"}}),
+        ] {
+            let stored = encode(&obj);
+            let spliced: Value =
+                serde_json::from_slice(&splice_rv(&stored, 42).expect("has metadata"))
+                    .expect("valid JSON");
+            let mut want = obj.clone();
+            set_rv(&mut want, 42);
+            assert_eq!(spliced, want);
+        }
+        assert!(splice_rv(b"{\"kind\":\"x\"}", 1).is_none());
     }
 }

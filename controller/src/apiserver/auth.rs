@@ -113,11 +113,11 @@ impl Tokens {
     fn reload(&self) {
         let mtime = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.0 != mtime || mtime.is_none() {
-            if let Ok(text) = fs::read_to_string(&self.path) {
-                state.1 = parse(&text);
-                state.0 = mtime;
-            }
+        if (state.0 != mtime || mtime.is_none())
+            && let Ok(text) = fs::read_to_string(&self.path)
+        {
+            state.1 = parse(&text);
+            state.0 = mtime;
         }
     }
 
@@ -276,12 +276,13 @@ pub fn authorize(user: &User, a: &Attributes<'_>) -> Decision {
 /// A node may create or update only its own Node and Lease objects: the
 /// name in the body must be its own (the URL has no name on create).
 pub fn check_body_name(user: &User, resource: &str, body_name: &str) -> Result<(), ApiError> {
-    if let Some(node) = user.node() {
-        if (resource == "nodes" || resource == "leases") && body_name != node {
-            return Err(ApiError::forbidden(format!(
-                "node \"{node}\" may only create or change its own {resource}, not \"{body_name}\""
-            )));
-        }
+    if let Some(node) = user.node()
+        && (resource == "nodes" || resource == "leases")
+        && body_name != node
+    {
+        return Err(ApiError::forbidden(format!(
+            "node \"{node}\" may only create or change its own {resource}, not \"{body_name}\""
+        )));
     }
     Ok(())
 }

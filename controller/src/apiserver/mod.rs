@@ -143,18 +143,19 @@ fn parse_target(group: &str, version: &str, rest: &[&str], path: &str) -> Result
         resources::by_path(group, version, plural).ok_or_else(|| ApiError::no_route(path))
     };
     // /namespaces/{ns}/{plural}[/{name}[/{sub}]] when {plural} is namespaced here.
-    if rest.len() >= 3 && rest[0] == "namespaces" {
-        if let Some(res) = resources::by_path(group, version, rest[2]).filter(|r| r.namespaced) {
-            if rest.len() > 5 {
-                return Err(ApiError::no_route(path));
-            }
-            return Ok(Target {
-                res,
-                ns: Some(rest[1].to_string()),
-                name: rest.get(3).map(|s| s.to_string()),
-                sub: rest.get(4).map(|s| s.to_string()),
-            });
+    if rest.len() >= 3
+        && rest[0] == "namespaces"
+        && let Some(res) = resources::by_path(group, version, rest[2]).filter(|r| r.namespaced)
+    {
+        if rest.len() > 5 {
+            return Err(ApiError::no_route(path));
         }
+        return Ok(Target {
+            res,
+            ns: Some(rest[1].to_string()),
+            name: rest.get(3).map(|s| s.to_string()),
+            sub: rest.get(4).map(|s| s.to_string()),
+        });
     }
     match rest {
         [plural] => Ok(Target {
@@ -313,10 +314,10 @@ async fn dispatch(
     };
     let target = parse_target(group, version, rest, path)?;
     let res = target.res;
-    if let Some(sub) = &target.sub {
-        if !res.subresources.contains(&sub.as_str()) {
-            return Err(ApiError::no_route(path));
-        }
+    if let Some(sub) = &target.sub
+        && !res.subresources.contains(&sub.as_str())
+    {
+        return Err(ApiError::no_route(path));
     }
     let watching = query.flag("watch");
     let verb = match (method.as_str(), target.name.is_some()) {
@@ -456,11 +457,10 @@ async fn dispatch(
                     } else {
                         scale = serde_json::from_slice(&bytes)
                             .map_err(|e| ApiError::bad_request(format!("the Scale body is not valid JSON: {e}")))?;
-                        if let Some(rv) = scale["metadata"]["resourceVersion"].as_str() {
-                            if Some(rv) != current_rv.as_str() {
+                        if let Some(rv) = scale["metadata"]["resourceVersion"].as_str()
+                            && Some(rv) != current_rv.as_str() {
                                 return Err(ApiError::conflict(res.plural, res.group, &name, "the object has been modified; please apply your changes to the latest version and try again"));
                             }
-                        }
                     }
                     let replicas = scale["spec"]["replicas"].as_i64().ok_or_else(|| {
                         ApiError::invalid("Scale", "autoscaling", &name, vec![weft_api::Cause::required("spec.replicas")])
@@ -566,12 +566,12 @@ fn delete_preconditions(
     let pre = &body["preconditions"];
     let uid = pre["uid"].as_str().map(String::from);
     let rv = pre["resourceVersion"].as_str().map(parse_rv).transpose()?;
-    if let Some(policy) = body["propagationPolicy"].as_str() {
-        if !["Background", "Foreground", "Orphan"].contains(&policy) {
-            return Err(ApiError::bad_request(format!(
-                "propagationPolicy must be Background, Foreground or Orphan, not {policy}"
-            )));
-        }
+    if let Some(policy) = body["propagationPolicy"].as_str()
+        && !["Background", "Foreground", "Orphan"].contains(&policy)
+    {
+        return Err(ApiError::bad_request(format!(
+            "propagationPolicy must be Background, Foreground or Orphan, not {policy}"
+        )));
     }
     Ok((uid, rv))
 }
@@ -608,20 +608,20 @@ async fn selected(
 ) -> Result<(Vec<Value>, i64), ApiError> {
     let sel = Selectors::parse(res, query)?;
     // metadata.name=x needs only one read, as kubectl delete's wait does.
-    if let Some(name) = sel.field.exact("metadata.name") {
-        if ns.is_some() || !res.namespaced {
-            let rev = st
-                .registry
-                .store
-                .revision()
-                .await
-                .map_err(crate::registry::store_error)?;
-            let items = match st.registry.get_raw(res, ns, name).await? {
-                Some((obj, _)) if sel.matches(&obj) => vec![obj],
-                _ => Vec::new(),
-            };
-            return Ok((items, rev));
-        }
+    if let Some(name) = sel.field.exact("metadata.name")
+        && (ns.is_some() || !res.namespaced)
+    {
+        let rev = st
+            .registry
+            .store
+            .revision()
+            .await
+            .map_err(crate::registry::store_error)?;
+        let items = match st.registry.get_raw(res, ns, name).await? {
+            Some((obj, _)) if sel.matches(&obj) => vec![obj],
+            _ => Vec::new(),
+        };
+        return Ok((items, rev));
     }
     st.registry.list(res, ns, |o| sel.matches(o)).await
 }

@@ -117,13 +117,13 @@ fn merge_map(target: &mut Map<String, Value>, patch: &Map<String, Value>) -> Res
         }
     }
     for (key, order) in patch {
-        if let Some(field) = key.strip_prefix("$setElementOrder/") {
-            if let (Some(list), Some(order)) = (
+        if let Some(field) = key.strip_prefix("$setElementOrder/")
+            && let (Some(list), Some(order)) = (
                 target.get_mut(field).and_then(Value::as_array_mut),
                 order.as_array(),
-            ) {
-                reorder(field, list, order);
-            }
+            )
+        {
+            reorder(field, list, order);
         }
     }
     Ok(())
@@ -184,7 +184,7 @@ fn merge_list(field: &str, target: &mut Vec<Value>, patch: &[Value]) -> Result<(
     Ok(())
 }
 
-fn reorder(field: &str, list: &mut Vec<Value>, order: &[Value]) {
+fn reorder(field: &str, list: &mut [Value], order: &[Value]) {
     let key = merge_key(field, list);
     let id = |v: &Value| -> Value {
         match key {

@@ -22,38 +22,34 @@ pub fn start(ctx: Ctx) {
         follow_changes(
             ctx.cache.clone(),
             move |c| {
-                if c.res.kind == "Namespace" {
-                    if let Some(ns) = &c.new {
-                        if ns["metadata"]["deletionTimestamp"].is_string() {
-                            nq.add(ns["metadata"]["name"].as_str().unwrap_or_default());
-                        }
-                    }
+                if c.res.kind == "Namespace"
+                    && let Some(ns) = &c.new
+                    && ns["metadata"]["deletionTimestamp"].is_string()
+                {
+                    nq.add(ns["metadata"]["name"].as_str().unwrap_or_default());
                 }
                 // Something in a terminating namespace changed: look again.
                 if let Some(ns) = c
                     .old
                     .as_ref()
                     .and_then(|o| o["metadata"]["namespace"].as_str())
+                    && c.new.is_none()
+                    && let Some(n) = cache.get(res("", "namespaces"), None, ns)
+                    && n["metadata"]["deletionTimestamp"].is_string()
                 {
-                    if c.new.is_none() {
-                        if let Some(n) = cache.get(res("", "namespaces"), None, ns) {
-                            if n["metadata"]["deletionTimestamp"].is_string() {
-                                nq.add(ns);
-                            }
-                        }
-                    }
+                    nq.add(ns);
                 }
-                if c.new.is_none() {
-                    if let Some(old) = &c.old {
-                        let uid = old["metadata"]["uid"].clone();
-                        let ns = old["metadata"]["namespace"].as_str();
-                        for r in RESOURCES.iter().filter(|r| r.namespaced) {
-                            for dep in cache.list(r, ns, |o| owned_by(o, &uid)) {
-                                q.add(r.key(
-                                    dep["metadata"]["namespace"].as_str(),
-                                    dep["metadata"]["name"].as_str().unwrap_or_default(),
-                                ));
-                            }
+                if c.new.is_none()
+                    && let Some(old) = &c.old
+                {
+                    let uid = old["metadata"]["uid"].clone();
+                    let ns = old["metadata"]["namespace"].as_str();
+                    for r in RESOURCES.iter().filter(|r| r.namespaced) {
+                        for dep in cache.list(r, ns, |o| owned_by(o, &uid)) {
+                            q.add(r.key(
+                                dep["metadata"]["namespace"].as_str(),
+                                dep["metadata"]["name"].as_str().unwrap_or_default(),
+                            ));
                         }
                     }
                 }

@@ -158,18 +158,18 @@ struct State {
 
 impl State {
     fn uncount(&mut self, pod: &str) {
-        if let Some((node, req, owner)) = self.counted.remove(pod) {
-            if let Some(u) = self.nodes.get_mut(&node) {
-                u.milli_cpu -= req.milli_cpu;
-                u.memory -= req.memory;
-                u.pods -= 1;
-                if let Some(o) = owner {
-                    if let Some(n) = u.owners.get_mut(&o) {
-                        *n -= 1;
-                        if *n <= 0 {
-                            u.owners.remove(&o);
-                        }
-                    }
+        if let Some((node, req, owner)) = self.counted.remove(pod)
+            && let Some(u) = self.nodes.get_mut(&node)
+        {
+            u.milli_cpu -= req.milli_cpu;
+            u.memory -= req.memory;
+            u.pods -= 1;
+            if let Some(o) = owner
+                && let Some(n) = u.owners.get_mut(&o)
+            {
+                *n -= 1;
+                if *n <= 0 {
+                    u.owners.remove(&o);
                 }
             }
         }
@@ -543,13 +543,13 @@ fn choose(_ctx: &Ctx, s: &State, pod: &Value) -> Result<String, String> {
             *reasons.entry(text).or_default() += 1;
             continue;
         }
-        if let Some(sel) = selector {
-            if !sel.iter().all(|(k, v)| info.labels.get(k) == Some(v)) {
-                *reasons
-                    .entry("node(s) didn't match Pod's node affinity/selector".into())
-                    .or_default() += 1;
-                continue;
-            }
+        if let Some(sel) = selector
+            && !sel.iter().all(|(k, v)| info.labels.get(k) == Some(v))
+        {
+            *reasons
+                .entry("node(s) didn't match Pod's node affinity/selector".into())
+                .or_default() += 1;
+            continue;
         }
         let used = s.nodes.get(&info.name).unwrap_or(&empty);
         let mut fits = true;
