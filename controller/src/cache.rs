@@ -26,6 +26,11 @@ pub struct Change {
     pub old: Option<Arc<Value>>,
 }
 
+/// Changes buffered for controllers. Each holds the object before and after,
+/// so a large buffer keeps old versions of many objects alive; a controller
+/// that falls further behind resyncs from the cache instead.
+const CHANGES: usize = 4096;
+
 type Objects = HashMap<&'static str, BTreeMap<String, Arc<Value>>>;
 
 pub struct Cache {
@@ -40,7 +45,7 @@ fn resource_of(key: &str) -> Option<&'static Resource> {
 
 impl Cache {
     pub fn new() -> Arc<Self> {
-        let (changes, _) = broadcast::channel(65536);
+        let (changes, _) = broadcast::channel(CHANGES);
         let (synced, _) = watch::channel(0);
         Arc::new(Self {
             objects: RwLock::new(HashMap::new()),

@@ -191,7 +191,6 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         write_kubeconfig(path, &cfg.server_url(), &pki.ca_pem, &admin_token)
             .with_context(|| format!("write the admin kubeconfig to {}", path.display()))?;
     }
-    spawn_compactor(registry.store.clone(), cfg.watch_history);
     // The scheduler and controllers work from a cache of every object.
     let cache = Cache::new();
     cache
@@ -206,6 +205,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
     let hub = crate::apiserver::hub::WatchHub::start(registry.store.clone())
         .await
         .context("start the watch hub")?;
+    spawn_compactor(registry.store.clone(), hub.clone(), cfg.watch_history);
     let state = Arc::new(ApiState {
         registry,
         hub,
@@ -223,7 +223,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
 
 /// Trims the store's history to the last `keep` revisions now and then (as
 /// kube-apiserver compacts etcd), so it does not grow without bound.
-fn spawn_compactor(store: Arc<dyn Store>, keep: i64) {
+fn spawn_compactor(store: Arc<dyn Store>, hub: Arc<crate::apiserver::hub::WatchHub>, keep: i64) {
     tokio::spawn(async move {
         let mut done = 0;
         loop {
@@ -234,7 +234,10 @@ fn spawn_compactor(store: Arc<dyn Store>, keep: i64) {
             let target = rev - keep.max(1);
             if target > done {
                 match store.compact(target).await {
-                    Ok(()) => done = target,
+                    Ok(()) => {
+                        hub.compacted(target);
+                        done = target;
+                    }
                     Err(e) => tracing::warn!("compacting the store to {target}: {e}"),
                 }
             }

@@ -16,7 +16,7 @@ use crate::store::{Event, EventStream, Store, StoreError, WatchItem};
 /// Events kept in memory for watchers that start a little in the past.
 const RING: usize = 5_000;
 /// Live items buffered per watcher before it must catch up from the ring.
-const LIVE: usize = 8192;
+const LIVE: usize = 2048;
 
 #[derive(Debug, Clone)]
 enum Item {
@@ -118,6 +118,20 @@ impl WatchHub {
         let _ = self.live.send(Item::Event(event));
     }
 
+    /// Forgets history up to and including `rev`, as the store compacted it:
+    /// a watch from before it gets 410 Gone, whichever serves it.
+    pub fn compacted(&self, rev: i64) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        while ring
+            .events
+            .front()
+            .is_some_and(|e| e.kv.mod_revision <= rev)
+        {
+            ring.events.pop_front();
+        }
+        ring.covered_from = ring.covered_from.max(rev.min(ring.head));
+    }
+
     /// Every event under `prefix` after revision `after`, then live ones, as
     /// the store's own watch yields them.
     pub async fn watch(
@@ -139,9 +153,23 @@ impl WatchHub {
                     return;
                 }
             }
+            // The revision the watcher has been told it saw everything up to.
+            let mut reported = head;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 let item = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = tick.tick() => {
+                        // Events elsewhere moved the revision on: say so, so
+                        // that an idle watch can send a bookmark.
+                        if sent > reported {
+                            reported = sent;
+                            if tx.send(Ok(WatchItem::Progress(sent))).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
                     item = rx.recv() => item,
                 };
                 match item {
@@ -152,18 +180,14 @@ impl WatchHub {
                             continue;
                         }
                         sent = sent.max(e.kv.mod_revision);
-                        if e.kv.key.starts_with(&prefix)
-                            && tx.send(Ok(WatchItem::Event((*e).clone()))).await.is_err()
-                        {
-                            return;
+                        if e.kv.key.starts_with(&prefix) {
+                            reported = sent;
+                            if tx.send(Ok(WatchItem::Event((*e).clone()))).await.is_err() {
+                                return;
+                            }
                         }
                     }
-                    Ok(Item::Progress(rev)) => {
-                        if rev > sent && tx.send(Ok(WatchItem::Progress(rev))).await.is_err() {
-                            return;
-                        }
-                        sent = sent.max(rev);
-                    }
+                    Ok(Item::Progress(rev)) => sent = sent.max(rev),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow for the live feed: catch up from the ring,
                         // or, if it has moved past us, let the client relist.
@@ -224,5 +248,60 @@ impl WatchHub {
             .cloned()
             .collect();
         Some((backlog, ring.head.max(after), rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Compare, Op, SqliteOptions, SqliteStore, Txn};
+
+    async fn next(s: &mut EventStream) -> WatchItem {
+        tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fans_out_and_reports_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(dir.path().join("s.db"), SqliteOptions { durable: false }).unwrap(),
+        );
+        let hub = WatchHub::start(store.clone()).await.unwrap();
+        let rev = store.revision().await.unwrap();
+        let mut a = hub.watch("/registry/a/", rev).await.unwrap();
+        let mut b = hub.watch("/registry/b/", rev).await.unwrap();
+        let put = |k: &str| {
+            Txn::new()
+                .when(Compare::absent(k))
+                .then(Op::put(k, b"{}".to_vec()))
+        };
+        let r1 = store
+            .txn(put("/registry/a/1"))
+            .await
+            .unwrap()
+            .applied()
+            .unwrap();
+        match next(&mut a).await {
+            WatchItem::Event(e) => assert_eq!(
+                (e.kv.key.as_str(), e.kv.mod_revision),
+                ("/registry/a/1", r1)
+            ),
+            other => panic!("{other:?}"),
+        }
+        // b sees no event, but learns that the revision moved on.
+        match next(&mut b).await {
+            WatchItem::Progress(p) => assert!(p >= r1),
+            other => panic!("{other:?}"),
+        }
+        // A watch starting at r1 - 1 is served from the ring.
+        let mut late = hub.watch("/registry/a/", r1 - 1).await.unwrap();
+        match next(&mut late).await {
+            WatchItem::Event(e) => assert_eq!(e.kv.mod_revision, r1),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -110,34 +110,39 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
     let mut last_rev = 0i64;
     if owned.len() < want {
         let template = pod_from_template(&rs);
-        let results: Vec<Result<Value, ApiError>> = futures::stream::iter(0..want - owned.len())
+        // Results are folded as they come: holding 10 000 created pods
+        // until the last one lands would cost more memory than the cache.
+        let (rev, created, names, failure) = futures::stream::iter(0..want - owned.len())
             .map(|_| ctx.reg.create(pods_res, ns, template.clone()))
             .buffer_unordered(BURST)
-            .collect()
+            .fold(
+                (0i64, 0usize, Vec::new(), None),
+                |(rev, n, mut names, failure), r| async move {
+                    match r {
+                        Ok(pod) => {
+                            if names.len() < 5 {
+                                names.push(
+                                    pod["metadata"]["name"]
+                                        .as_str()
+                                        .unwrap_or_default()
+                                        .to_string(),
+                                );
+                            }
+                            (rev.max(rv(&pod)), n + 1, names, failure)
+                        }
+                        Err(e) => (rev, n, names, Some(e)),
+                    }
+                },
+            )
             .await;
-        let mut names = Vec::new();
-        let mut failure = None;
-        for r in results {
-            match r {
-                Ok(pod) => {
-                    last_rev = last_rev.max(rv(&pod));
-                    names.push(
-                        pod["metadata"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        if !names.is_empty() {
+        last_rev = rev;
+        if created > 0 {
             record_event(
                 &ctx.reg,
                 &rs,
                 "Normal",
                 "SuccessfulCreate",
-                &created_message("Created", &names),
+                &created_message("Created", created, &names),
                 "replicaset-controller",
             )
             .await;
@@ -188,7 +193,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
                 &rs,
                 "Normal",
                 "SuccessfulDelete",
-                &created_message("Deleted", &names),
+                &created_message("Deleted", names.len(), &names),
                 "replicaset-controller",
             )
             .await;
@@ -230,13 +235,13 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
 
 /// "Created pod: a" or "Created 12 pods: a, b, c, ...": one Event per
 /// batch, not per pod, to keep a burst of creates from doubling the writes.
-fn created_message(verb: &str, names: &[String]) -> String {
+fn created_message(verb: &str, count: usize, names: &[String]) -> String {
     match names {
-        [one] => format!("{verb} pod: {one}"),
-        many => {
-            let shown: Vec<&str> = many.iter().take(5).map(String::as_str).collect();
-            let more = if many.len() > 5 { ", ..." } else { "" };
-            format!("{verb} {} pods: {}{more}", many.len(), shown.join(", "))
+        [one] if count == 1 => format!("{verb} pod: {one}"),
+        some => {
+            let shown: Vec<&str> = some.iter().take(5).map(String::as_str).collect();
+            let more = if count > shown.len() { ", ..." } else { "" };
+            format!("{verb} {count} pods: {}{more}", shown.join(", "))
         }
     }
 }
