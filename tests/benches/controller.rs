@@ -356,9 +356,18 @@ fn main() -> Result<()> {
     );
     println!("|---|---|---|---|---|---|---|");
     let mut floors = Vec::new();
+    // WEFT_BENCH_ONLY=sqlite:1000:deploy runs one case (for quick checks).
+    let only = std::env::var("WEFT_BENCH_ONLY").ok();
     for backend in ["sqlite", "etcd"] {
         for nodes in [100, 1000] {
             for deployment in [false, true] {
+                let case = format!(
+                    "{backend}:{nodes}:{}",
+                    if deployment { "deploy" } else { "bare" }
+                );
+                if only.as_ref().is_some_and(|o| *o != case) {
+                    continue;
+                }
                 let o = run_case(backend, nodes, deployment)?;
                 let workload = if deployment {
                     "Deployment of 10 000"
@@ -381,7 +390,9 @@ fn main() -> Result<()> {
                 );
             }
         }
-        floors.push((backend, store_floor(backend)?));
+        if only.is_none() {
+            floors.push((backend, store_floor(backend)?));
+        }
     }
     println!();
     println!(

@@ -46,8 +46,15 @@ struct Request {
     reply: oneshot::Sender<Result<TxnOutcome, StoreError>>,
 }
 
+/// Reads running at once. Each holds a connection with its own page cache,
+/// so an unbounded number (one per concurrent request) costs memory for
+/// nothing: WAL readers do not block each other, but two cores cannot run
+/// more than a few of them anyway.
+const READERS: usize = 8;
+
 pub struct SqliteStore {
     path: PathBuf,
+    reading: Arc<tokio::sync::Semaphore>,
     writer: mpsc::UnboundedSender<Request>,
     events: broadcast::Sender<Batch>,
     readers: Arc<ReaderPool>,
@@ -134,6 +141,7 @@ impl SqliteStore {
         });
         Ok(Self {
             path,
+            reading: Arc::new(tokio::sync::Semaphore::new(READERS)),
             writer,
             events,
             readers,
@@ -149,9 +157,17 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || readers.with(f))
+        let permit = self
+            .reading
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| StoreError::Other(format!("reader task: {e}")))?
+            .map_err(|e| StoreError::Other(e.to_string()))?;
+        let result = tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| StoreError::Other(format!("reader task: {e}")))?;
+        drop(permit);
+        result
     }
 }
 
