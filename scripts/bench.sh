@@ -7,3 +7,4 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --bin weft
 cargo bench -p weft-tests --bench pod_network
 cargo bench -p weft-tests --bench pod_start
+cargo bench -p weft-tests --bench controller
