@@ -22,7 +22,7 @@ pub enum ClientError {
     Api(#[from] ApiError),
     /// No kubeconfig at the path in use.
     #[error(
-        "no kubeconfig found: pass --kubeconfig, set $KUBECONFIG, or run `weft controller` (which writes {0})"
+        "no kubeconfig at {0}: pass --kubeconfig, set $KUBECONFIG, or run `weft controller`, which writes ~/.weft/config"
     )]
     NoConfig(String),
     /// The kubeconfig could not be used.
@@ -62,6 +62,8 @@ pub fn kubeconfig_path(flag: Option<&Path>) -> PathBuf {
 #[derive(Clone)]
 pub struct Client {
     inner: kube::Client,
+    /// The API server's URL, for error messages.
+    server: String,
     /// The namespace of the kubeconfig's context.
     pub default_namespace: String,
 }
@@ -92,9 +94,11 @@ impl Client {
                 .await
                 .map_err(|e| err(&e))?;
         let default_namespace = config.default_namespace.clone();
+        let server = config.cluster_url.to_string();
         let inner = kube::Client::try_from(config).map_err(|e| err(&e))?;
         Ok(Self {
             inner,
+            server,
             default_namespace,
         })
     }
@@ -125,7 +129,7 @@ impl Client {
             .inner
             .send(req)
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(|e| ClientError::Transport(format!("{}: {e}", self.server)))?;
         let code = resp.status().as_u16();
         let warnings = resp
             .headers()
@@ -200,7 +204,7 @@ impl Client {
             .inner
             .send(req)
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(|e| ClientError::Transport(format!("{}: {e}", self.server)))?;
         let code = resp.status().as_u16();
         let mut body = resp.into_body();
         if code >= 400 {
@@ -398,11 +402,13 @@ fn strip_rv(mut v: Value) -> Value {
 }
 
 impl Client {
-    /// Creates the object, or updates it to what the manifest says.
+    /// Creates the object, or updates it to what the manifest says; with
+    /// `dry_run` the server checks everything and stores nothing.
     pub async fn apply(
         &self,
         doc: &Document,
         namespace: Option<&str>,
+        dry_run: bool,
     ) -> Result<(Applied, &'static Resource, String, Vec<String>), ClientError> {
         let res = resource_of(doc)?;
         let mut desired = doc.object.clone();
@@ -472,8 +478,9 @@ impl Client {
                 .request(
                     "POST",
                     &format!(
-                        "{}?fieldValidation=Strict&fieldManager=weft",
-                        collection_path(res, ns.as_deref())
+                        "{}?fieldValidation=Strict&fieldManager=weft{}",
+                        collection_path(res, ns.as_deref()),
+                        if dry_run { "&dryRun=All" } else { "" }
                     ),
                     Some(&desired),
                     "application/json",
@@ -496,7 +503,10 @@ impl Client {
         let r = self
             .request(
                 "PATCH",
-                &format!("{path}?fieldValidation=Strict&fieldManager=weft"),
+                &format!(
+                    "{path}?fieldValidation=Strict&fieldManager=weft{}",
+                    if dry_run { "&dryRun=All" } else { "" }
+                ),
                 Some(&patch),
                 "application/merge-patch+json",
                 "application/json",

@@ -291,6 +291,10 @@ impl ApiError {
             _ => "Unknown",
         };
         let mut e = Self::new(code, reason, message);
+        let details = &body["details"];
+        e.kind = details["kind"].as_str().map(String::from);
+        e.name = details["name"].as_str().map(String::from);
+        e.group = details["group"].as_str().map(String::from);
         if let Some(causes) = body["details"]["causes"].as_array() {
             e.causes = causes
                 .iter()

@@ -83,8 +83,16 @@ pub fn table_lines(table: &Value, opts: TableOptions<'_>) -> Vec<Vec<String>> {
 
 /// Aligns lines into columns separated by three spaces.
 pub fn align(lines: &[Vec<String>]) -> String {
+    align_with(lines, &mut Vec::new())
+}
+
+/// Aligns lines to `widths` (widened as needed and kept, so that rows printed
+/// later, as a watch prints them, line up with the ones before).
+pub fn align_with(lines: &[Vec<String>], widths: &mut Vec<usize>) -> String {
     let cols = lines.iter().map(Vec::len).max().unwrap_or(0);
-    let mut widths = vec![0; cols];
+    if widths.len() < cols {
+        widths.resize(cols, 0);
+    }
     for l in lines {
         for (i, c) in l.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());

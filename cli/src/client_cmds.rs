@@ -12,9 +12,6 @@ use weft_api::resources::{self, Resource};
 
 #[derive(Args, Clone)]
 pub struct Common {
-    /// The kubeconfig to use (default: $KUBECONFIG, else ~/.weft/config).
-    #[arg(long, global = true)]
-    pub kubeconfig: Option<PathBuf>,
     /// Namespace (default: the kubeconfig context's, usually "default").
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
@@ -128,7 +125,7 @@ fn display_kind(res: &Resource) -> String {
     }
 }
 
-pub async fn run(cmd: ClientCmd) -> Result<u8> {
+pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
     let common = match &cmd {
         ClientCmd::Apply { common, .. }
         | ClientCmd::Get { common, .. }
@@ -136,7 +133,7 @@ pub async fn run(cmd: ClientCmd) -> Result<u8> {
         | ClientCmd::Delete { common, .. }
         | ClientCmd::Scale { common, .. } => common.clone(),
     };
-    let path = client::kubeconfig_path(common.kubeconfig.as_deref());
+    let path = client::kubeconfig_path(kubeconfig.as_deref());
     let c = Client::from_kubeconfig(&path).await?;
     let ns = common
         .namespace
@@ -279,9 +276,44 @@ async fn apply(c: &Client, files: &[PathBuf], namespace: Option<&str>) -> Result
     }
     // Namespaces first, so objects in them can be created in the same run.
     docs.sort_by_key(|d| d.object["kind"] != "Namespace");
+    // A dry run of every document first (the server checks all it would
+    // check, stores nothing): one bad document means none is written.
+    let new_namespaces: Vec<&str> = docs
+        .iter()
+        .filter(|d| d.object["kind"] == "Namespace")
+        .filter_map(|d| d.object["metadata"]["name"].as_str())
+        .collect();
+    let mut refused = false;
+    for doc in &docs {
+        match c.apply(doc, namespace, true).await {
+            Ok(_) => {}
+            // Its namespace is made by this same apply.
+            Err(ClientError::Api(e))
+                if e.code == 404
+                    && e.kind.as_deref() == Some("namespaces")
+                    && e.name
+                        .as_deref()
+                        .is_some_and(|n| new_namespaces.contains(&n)) => {}
+            Err(ClientError::Api(e)) => {
+                eprintln!("error: {}", e.message);
+                for cause in e.causes.iter().filter(|c| !e.message.contains(&c.message)) {
+                    eprintln!("  {}: {}", cause.field, cause.message);
+                }
+                refused = true;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                refused = true;
+            }
+        }
+    }
+    if refused {
+        eprintln!("nothing was applied");
+        return Ok(1);
+    }
     let mut failed = false;
     for doc in &docs {
-        match c.apply(doc, namespace).await {
+        match c.apply(doc, namespace, false).await {
             Ok((outcome, res, name, warnings)) => {
                 for w in warnings {
                     eprintln!("Warning: {}: {w}", doc.origin);
@@ -436,10 +468,22 @@ async fn get(
             if structured {
                 objects.push((res, c.get(&path).await?));
             } else {
-                tables.push((res, c.table(&path).await?));
+                let t = c.table(&path).await?;
+                // Several names of one kind make one table, as kubectl prints them.
+                match tables.last_mut() {
+                    Some((last, prev)) if last.plural == res.plural => {
+                        let rows = t["rows"].as_array().cloned().unwrap_or_default();
+                        if let Some(r) = prev["rows"].as_array_mut() {
+                            r.extend(rows);
+                        }
+                    }
+                    _ => tables.push((res, t)),
+                }
             }
         }
     }
+    // Column widths of the last table printed, which watch rows follow.
+    let mut widths: Vec<usize> = Vec::new();
     match output {
         Some("json") | Some("yaml") => {
             let doc = if objects.len() == 1 && !named.is_empty() {
@@ -464,7 +508,7 @@ async fn get(
         }
         _ => {
             let mut printed = false;
-            for (i, (res, t)) in tables.iter().enumerate() {
+            for (res, t) in tables.iter() {
                 if t["rows"].as_array().is_none_or(Vec::is_empty) {
                     continue;
                 }
@@ -481,9 +525,9 @@ async fn get(
                         name_prefix: prefix.as_deref(),
                     },
                 );
-                print!("{}", printer::align(&lines));
+                widths.clear();
+                print!("{}", printer::align_with(&lines, &mut widths));
                 printed = true;
-                let _ = i;
             }
             if !printed && !watch {
                 match ns {
@@ -521,6 +565,10 @@ async fn get(
             query(&selector, &fields, &extra)
         );
         let table = !structured;
+        let mut columns = tables
+            .first()
+            .map(|(_, t)| t["columnDefinitions"].clone())
+            .unwrap_or(Value::Null);
         c.watch(&path, table, |event| {
             let obj = &event["object"];
             if event["type"] == "ERROR" {
@@ -534,8 +582,16 @@ async fn get(
                 return true;
             }
             if table {
+                // The server sends the column definitions with the first
+                // event only, as kube-apiserver does.
+                let mut t = obj.clone();
+                if t["columnDefinitions"].as_array().is_none_or(Vec::is_empty) {
+                    t["columnDefinitions"] = columns.clone();
+                } else {
+                    columns = t["columnDefinitions"].clone();
+                }
                 let lines = printer::table_lines(
-                    obj,
+                    &t,
                     TableOptions {
                         wide,
                         namespace: ns.is_none(),
@@ -543,7 +599,7 @@ async fn get(
                         name_prefix: None,
                     },
                 );
-                print!("{}", printer::align(&lines));
+                print!("{}", printer::align_with(&lines, &mut widths));
             } else if output == Some("json") {
                 println!("{}", serde_json::to_string(obj).unwrap_or_default());
             } else {

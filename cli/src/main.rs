@@ -24,6 +24,9 @@ const LAB_PREFIX: &str = "weft-lab";
     about = "Weft: a small Kubernetes-shaped orchestrator with an eBPF data plane"
 )]
 struct Cli {
+    /// The kubeconfig client commands use (default: $KUBECONFIG, else ~/.weft/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -189,7 +192,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(cli.cmd)) {
+    match rt.block_on(run(cli.cmd, cli.kubeconfig)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
@@ -215,7 +218,7 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-async fn run(cmd: Cmd) -> Result<u8> {
+async fn run(cmd: Cmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
     match cmd {
         Cmd::Shim { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Image {
@@ -227,7 +230,7 @@ async fn run(cmd: Cmd) -> Result<u8> {
         }
         Cmd::Lab { cmd } => lab_cmd(cmd).await,
         Cmd::Controller(args) => controller_cmd(args).await,
-        Cmd::Client(cmd) => client_cmds::run(cmd).await,
+        Cmd::Client(cmd) => client_cmds::run(cmd, kubeconfig).await,
     }
 }
 

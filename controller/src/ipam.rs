@@ -115,7 +115,7 @@ pub(crate) async fn on_create(
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let ip = pick_pod_ip(reg, &node).await?;
+            let ip = pick_pod_ip(reg, &node, name_of(obj)).await?;
             assign_pod_ip(obj, ip, txn);
             Ok(())
         }
@@ -539,7 +539,7 @@ async fn claim_node_ports(
 }
 
 /// A free address in `node`'s block (the claim happens in the caller's txn).
-async fn pick_pod_ip(reg: &Registry, node: &str) -> Result<Ipv4Addr, ApiError> {
+async fn pick_pod_ip(reg: &Registry, node: &str, pod: &str) -> Result<Ipv4Addr, ApiError> {
     let nodes = resources::by_path("", "v1", "nodes").expect("nodes are served");
     let node_obj = reg
         .get_raw(nodes, None, node)
@@ -548,7 +548,7 @@ async fn pick_pod_ip(reg: &Registry, node: &str) -> Result<Ipv4Addr, ApiError> {
             ApiError::invalid(
                 "Pod",
                 "",
-                "",
+                pod,
                 vec![Cause::invalid("spec.nodeName", node, "no such node")],
             )
         })?
@@ -608,7 +608,7 @@ pub async fn bind(reg: &Registry, ns: &str, name: &str, node: &str) -> Result<Va
                 "the pod is being deleted",
             ));
         }
-        let ip = pick_pod_ip(reg, node).await?;
+        let ip = pick_pod_ip(reg, node, name).await?;
         let mut txn = Txn::new().when(Compare::at(&key, rev));
         pod["spec"]["nodeName"] = json!(node);
         assign_pod_ip(&mut pod, ip, &mut txn);

@@ -164,11 +164,62 @@ pub enum Write {
 #[derive(Clone)]
 pub struct Registry {
     pub store: Arc<dyn Store>,
+    /// Check and answer as usual, but write nothing (`dryRun=All`).
+    pub dry_run: bool,
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            dry_run: false,
+        }
+    }
+
+    /// The same registry, writing nothing.
+    pub fn dry(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            dry_run: true,
+        }
+    }
+
+    /// Takes the ownerReferences to `owner` off everything that has them,
+    /// so that deleting it orphans them (propagationPolicy=Orphan).
+    pub async fn orphan_dependents(&self, owner: &Value) -> Result<usize, ApiError> {
+        let uid = owner["metadata"]["uid"].clone();
+        let ns = owner["metadata"]["namespace"].as_str();
+        let mut n = 0;
+        for r in resources::RESOURCES
+            .iter()
+            .filter(|r| r.namespaced || ns.is_none())
+        {
+            let owned = |o: &Value| {
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|x| x["uid"] == uid))
+            };
+            let (deps, _) = self
+                .list(r, if r.namespaced { ns } else { None }, owned)
+                .await?;
+            for dep in deps {
+                let name = name_of(&dep).to_string();
+                let result = self
+                    .modify(r, namespace_of(&dep), &name, Write::Update, |mut o| {
+                        if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                            refs.retain(|x| x["uid"] != uid);
+                        }
+                        Ok(o)
+                    })
+                    .await;
+                match result {
+                    Ok(_) => n += 1,
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// The object and its revision, if it exists.
@@ -302,6 +353,12 @@ impl Registry {
             let mut txn = Txn::new().when(Compare::absent(&key));
             ipam::on_create(self, res, &mut obj, &mut txn).await?;
             txn = txn.then(Op::put(&key, encode(&obj)));
+            if self.dry_run {
+                if self.store.get(&key).await.map_err(store_error)?.is_some() {
+                    return Err(ApiError::already_exists(res.plural, res.group, &name));
+                }
+                return Ok(obj);
+            }
             match self.store.txn(txn).await.map_err(store_error)? {
                 TxnOutcome::Applied { revision } => {
                     set_rv(&mut obj, revision);
@@ -386,6 +443,9 @@ impl Registry {
                 txn = txn.then(Op::delete(&key));
             } else {
                 txn = txn.then(Op::put(&key, encode(&obj)));
+            }
+            if self.dry_run {
+                return Ok(obj);
             }
             match self.store.txn(txn).await.map_err(store_error)? {
                 TxnOutcome::Applied { revision } => {
@@ -502,6 +562,9 @@ impl Registry {
             } else {
                 ipam::on_delete(res, &obj, &mut txn);
                 txn = txn.then(Op::delete(&key));
+            }
+            if self.dry_run {
+                return Ok(obj);
             }
             if let TxnOutcome::Applied { revision } =
                 self.store.txn(txn).await.map_err(store_error)?

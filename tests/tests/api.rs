@@ -613,6 +613,55 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
             "BadRequest",
             "field selector",
         )?;
+        // dryRun=All: checked and answered, not stored; other values refused.
+        let dry = serde_json::to_vec(&apitest::pod("dry", json!({}), manual()))?;
+        let r = raw(
+            &c,
+            "POST",
+            &format!("{pods}?dryRun=All"),
+            Some(dry),
+            "application/json",
+        )
+        .await?;
+        ensure!(
+            r.code == 201 && r.body["metadata"]["name"] == "dry",
+            "{} {}",
+            r.code,
+            r.text
+        );
+        check(
+            &raw(&c, "GET", &format!("{pods}/dry"), None, "").await?,
+            404,
+            "NotFound",
+            "a dry-run create stores nothing",
+        )?;
+        let bad = serde_json::to_vec(&apitest::pod("Bad_Name", json!({}), json!({})))?;
+        check(
+            &raw(
+                &c,
+                "POST",
+                &format!("{pods}?dryRun=All"),
+                Some(bad.clone()),
+                "application/json",
+            )
+            .await?,
+            422,
+            "Invalid",
+            "a dry run validates",
+        )?;
+        check(
+            &raw(
+                &c,
+                "POST",
+                &format!("{pods}?dryRun=Some"),
+                Some(bad),
+                "application/json",
+            )
+            .await?,
+            400,
+            "BadRequest",
+            "dryRun value",
+        )?;
         // Server-side apply is refused clearly.
         let r = raw(
             &c,

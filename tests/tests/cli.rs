@@ -202,6 +202,12 @@ fn weft_cli_drives_the_api() -> Result<()> {
         err.contains("bad.yaml (document 2)") && err.contains("spec.ports[0].port"),
         "{err}"
     );
+    // All or nothing: the good first document was not applied either.
+    ensure!(err.contains("nothing was applied"), "{err}");
+    ensure!(
+        !cli.run(&["get", "svc", "ok"])?.status.success(),
+        "document 1 must not be stored when document 2 is refused"
+    );
     std::fs::write(&bad, "apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n")?;
     let err = cli.fails(&["apply", "-f", &bad.to_string_lossy()])?;
     ensure!(
@@ -254,12 +260,21 @@ fn weft_cli_drives_the_api() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = cli
+        .cmd(&["--kubeconfig", &cli.kubeconfig, "get", "ns"])
+        .env("KUBECONFIG", "/nonexistent/config")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "--kubeconfig before the command: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli
         .cmd(&["get", "ns"])
         .env("KUBECONFIG", "/nonexistent/config")
         .output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(
-        !out.status.success() && err.contains("no kubeconfig found"),
+        !out.status.success() && err.contains("no kubeconfig at /nonexistent/config"),
         "{err}"
     );
     Ok(())

@@ -849,3 +849,103 @@ fn deleting_a_namespace_removes_its_contents() -> Result<()> {
         Ok(())
     })
 }
+
+#[test]
+fn orphan_deletion_keeps_the_dependents() -> Result<()> {
+    let island = Island::new("orphan")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        ensure!(
+            post(
+                &c,
+                "/apis/apps/v1/namespaces/default/deployments",
+                &deployment("keep", 2, "i", json!({}))
+            )
+            .await?
+            .code
+                == 201
+        );
+        ensure!(
+            post(
+                &c,
+                "/apis/apps/v1/namespaces/default/deployments",
+                &deployment("drop", 2, "i", json!({}))
+            )
+            .await?
+            .code
+                == 201
+        );
+        eventually(Duration::from_secs(10), "4 pods", || {
+            let c = c.clone();
+            async move {
+                Ok((list(&c, "/api/v1/namespaces/default/pods").await?.len() == 4).then_some(()))
+            }
+        })
+        .await?;
+        // A Deployment's first scale-up is an Event too.
+        let ev = list(&c, "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dkeep,reason%3DScalingReplicaSet").await?;
+        ensure!(
+            ev.iter().any(|e| e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("from 0 to 2")),
+            "{ev:?}"
+        );
+        let orphan = serde_json::to_vec(&json!({"propagationPolicy": "Orphan"}))?;
+        ensure!(
+            raw(
+                &c,
+                "DELETE",
+                "/apis/apps/v1/namespaces/default/deployments/keep",
+                Some(orphan),
+                "application/json"
+            )
+            .await?
+            .code
+                == 200
+        );
+        ensure!(
+            raw(
+                &c,
+                "DELETE",
+                "/apis/apps/v1/namespaces/default/deployments/drop",
+                None,
+                ""
+            )
+            .await?
+            .code
+                == 200
+        );
+        eventually(Duration::from_secs(10), "drop's pods collected", || {
+            let c = c.clone();
+            async move {
+                Ok(app_pods(&c, "default", "drop")
+                    .await?
+                    .is_empty()
+                    .then_some(()))
+            }
+        })
+        .await?;
+        // Orphaned: keep's ReplicaSet and pods stay, without the reference.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rs: Vec<Value> = list(&c, "/apis/apps/v1/namespaces/default/replicasets").await?;
+        ensure!(
+            rs.len() == 1
+                && rs[0]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("keep-"),
+            "{rs:?}"
+        );
+        ensure!(
+            rs[0]["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "{}",
+            rs[0]
+        );
+        ensure!(app_pods(&c, "default", "keep").await?.len() == 2);
+        Ok(())
+    })
+}

@@ -208,11 +208,10 @@ impl WatchHub {
                                     .ring
                                     .lock()
                                     .unwrap_or_else(|e| e.into_inner())
-                                    .covered_from
-                                    + 1;
+                                    .covered_from;
                                 let _ = tx
                                     .send(Err(StoreError::Compacted {
-                                        requested: last + 1,
+                                        requested: last,
                                         oldest,
                                     }))
                                     .await;

@@ -76,36 +76,45 @@ pub fn json_response(code: u16, body: &Value) -> Response {
 }
 
 pub fn error_response(e: &ApiError) -> Response {
-    let mut resp = json_response(e.code, &e.to_status());
-    if e.code == 413 {
-        // As Go's net/http does after an oversized body: the client must not
-        // reuse this connection.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
+    json_response(e.code, &e.to_status())
 }
 
 async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();
-    let result = dispatch(
-        &st,
-        &parts.method,
-        &path,
-        parts.uri.query(),
-        &parts.headers,
-        body,
-    )
-    .await;
+    // The body is read before anything can refuse the request: an HTTP/2
+    // stream answered while its client is still sending is reset, and the
+    // client never sees the Status.
+    let result = match read_body(body).await {
+        Ok(bytes) => {
+            dispatch(
+                &st,
+                &parts.method,
+                &path,
+                parts.uri.query(),
+                &parts.headers,
+                bytes,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(resp) => resp,
         Err(e) => {
             if e.code >= 500 {
                 tracing::warn!(%method, %path, "{e}");
             }
-            error_response(&e)
+            let mut resp = error_response(&e);
+            if e.code == 413 && parts.version < axum::http::Version::HTTP_2 {
+                // As Go's net/http does after an oversized body: the client
+                // must not reuse this HTTP/1 connection (HTTP/2 has no such
+                // header).
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     }
 }
@@ -286,7 +295,7 @@ async fn dispatch(
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
-    body: Body,
+    bytes: bytes::Bytes,
 ) -> Result<Response, ApiError> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if let ["healthz" | "livez" | "readyz", ..] = segs.as_slice() {
@@ -387,17 +396,15 @@ async fn dispatch(
             Ok(json_response(200, &scale_of(&obj)))
         }
         ("create", None) if target.name.is_none() => {
-            let bytes = read_body(body).await?;
             let decoded =
                 decode_object(&res.api_version(), res.kind, parse_body(headers, &bytes)?)?;
             let warnings = field_validation(&query, res.kind, &decoded.unknown)?;
             auth::check_body_name(&user, res.plural, crate::registry::name_of(&decoded.object))?;
-            refuse_dry_run(&query)?;
-            let created = st.registry.create(res, ns, decoded.object).await?;
+            let reg = registry_for(st, &query)?;
+            let created = reg.create(res, ns, decoded.object).await?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }
         ("create", Some("binding")) => {
-            let bytes = read_body(body).await?;
             let decoded = decode_object("v1", "Binding", parse_body(headers, &bytes)?)?;
             let node = decoded.object["target"]["name"]
                 .as_str()
@@ -425,30 +432,24 @@ async fn dispatch(
         }
         ("update", None | Some("status")) => {
             let name = target.name.as_deref().unwrap_or_default();
-            let bytes = read_body(body).await?;
             let decoded =
                 decode_object(&res.api_version(), res.kind, parse_body(headers, &bytes)?)?;
             let warnings = field_validation(&query, res.kind, &decoded.unknown)?;
-            refuse_dry_run(&query)?;
+            let reg = registry_for(st, &query)?;
             let write = if target.sub.is_some() {
                 Write::Status
             } else {
                 Write::Update
             };
-            let updated = st
-                .registry
-                .update(res, ns, name, decoded.object, write)
-                .await?;
+            let updated = reg.update(res, ns, name, decoded.object, write).await?;
             Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         ("update", Some("scale")) | ("patch", Some("scale")) => {
             let name = target.name.as_deref().unwrap_or_default().to_string();
-            let bytes = read_body(body).await?;
-            refuse_dry_run(&query)?;
+            let reg = registry_for(st, &query)?;
             let is_patch = verb == "patch";
             let ct = content_type(headers);
-            let updated = st
-                .registry
+            let updated = reg
                 .modify(res, ns, &name, Write::Update, |obj| {
                     let mut scale = scale_of(&obj);
                     let current_rv = scale["metadata"]["resourceVersion"].clone();
@@ -477,8 +478,7 @@ async fn dispatch(
         }
         ("patch", None | Some("status")) => {
             let name = target.name.as_deref().unwrap_or_default().to_string();
-            let bytes = read_body(body).await?;
-            refuse_dry_run(&query)?;
+            let reg = registry_for(st, &query)?;
             let ct = content_type(headers);
             let write = if target.sub.is_some() {
                 Write::Status
@@ -486,8 +486,7 @@ async fn dispatch(
                 Write::Update
             };
             let mut warnings = Vec::new();
-            let updated = st
-                .registry
+            let updated = reg
                 .modify(res, ns, &name, write, |obj| {
                     let mut patched = obj;
                     patch::apply(&ct, &mut patched, &bytes)?;
@@ -500,20 +499,25 @@ async fn dispatch(
         }
         ("delete", None) => {
             let name = target.name.as_deref().unwrap_or_default();
-            let bytes = read_body(body).await?;
-            let (uid, rv) = delete_preconditions(headers, &bytes)?;
-            refuse_dry_run(&query)?;
-            let deleted = st.registry.delete(res, ns, name, (uid, rv)).await?;
+            let (uid, rv, policy) = delete_preconditions(headers, &bytes)?;
+            let reg = registry_for(st, &query)?;
+            let policy = policy.or_else(|| query.get("propagationPolicy").map(String::from));
+            if policy.as_deref() == Some("Orphan") && !reg.dry_run {
+                // Orphan: the dependents lose their reference to it first,
+                // so the garbage collector leaves them alone.
+                let owner = reg.get(res, ns, name).await?;
+                reg.orphan_dependents(&owner).await?;
+            }
+            let deleted = reg.delete(res, ns, name, (uid, rv)).await?;
             Ok(json_response(200, &deleted))
         }
         ("deletecollection", None) => {
-            refuse_dry_run(&query)?;
+            let reg = registry_for(st, &query)?;
             let (items, _) = selected(st, res, ns, &query).await?;
             let mut deleted = Vec::new();
             for obj in items {
                 let name = crate::registry::name_of(&obj).to_string();
-                match st
-                    .registry
+                match reg
                     .delete(
                         res,
                         crate::registry::namespace_of(&obj),
@@ -541,21 +545,28 @@ async fn dispatch(
     }
 }
 
-fn refuse_dry_run(query: &Query) -> Result<(), ApiError> {
+/// The registry to write through: `dryRun=All` checks and answers as usual
+/// and stores nothing.
+fn registry_for(st: &ApiState, query: &Query) -> Result<Registry, ApiError> {
     match query.get("dryRun") {
-        None => Ok(()),
-        Some(_) => Err(ApiError::bad_request(
-            "dryRun is not supported by this server; run without --dry-run=server",
-        )),
+        None => Ok(st.registry.clone()),
+        Some("All") => Ok(st.registry.dry()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "dryRun must be \"All\", not \"{other}\""
+        ))),
     }
 }
+
+/// What a DELETE body asks: preconditions (uid, resourceVersion) and the
+/// propagation policy.
+type DeleteOptions = (Option<String>, Option<i64>, Option<String>);
 
 fn delete_preconditions(
     headers: &HeaderMap,
     bytes: &[u8],
-) -> Result<(Option<String>, Option<i64>), ApiError> {
+) -> Result<DeleteOptions, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok((None, None));
+        return Ok((None, None, None));
     }
     // kubectl sends DeleteOptions without kind and apiVersion, or as
     // meta.k8s.io/v1: read the fields, not the type.
@@ -573,7 +584,13 @@ fn delete_preconditions(
             "propagationPolicy must be Background, Foreground or Orphan, not {policy}"
         )));
     }
-    Ok((uid, rv))
+    // Foreground is served as Background: the object goes at once and the
+    // garbage collector removes its dependents after it.
+    Ok((
+        uid,
+        rv,
+        body["propagationPolicy"].as_str().map(String::from),
+    ))
 }
 
 fn query_include(query: &Query) -> String {

@@ -202,11 +202,27 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
                 },
                 "spec": {"replicas": initial, "selector": selector, "template": t},
             });
-            let created = match ctx.reg.create(rs_res, ns, rs).await {
-                Ok(obj) => obj,
-                Err(e) if e.code == 409 => return Err(e),
-                Err(e) => return Err(e),
-            };
+            let created = ctx.reg.create(rs_res, ns, rs).await?;
+            if initial > 0 {
+                let name = created["metadata"]["name"].as_str().unwrap_or_default();
+                record_event(
+                    &ctx.reg,
+                    &d,
+                    "Normal",
+                    "ScalingReplicaSet",
+                    &format!("Scaled up replica set {name} from 0 to {initial}"),
+                    "deployment-controller",
+                )
+                .await;
+            }
+            // The Deployment carries the revision of its newest ReplicaSet,
+            // as Kubernetes' does (kubectl rollout history reads it).
+            ctx.reg
+                .modify(d_res, ns, name, Write::Update, |mut obj| {
+                    obj["metadata"]["annotations"][REVISION] = json!(next_revision.to_string());
+                    Ok(obj)
+                })
+                .await?;
             let rev = created["metadata"]["resourceVersion"]
                 .as_str()
                 .and_then(|r| r.parse().ok())

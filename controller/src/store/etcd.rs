@@ -50,8 +50,8 @@ fn convert_response(
 ) -> Vec<Result<WatchItem, StoreError>> {
     if response.compact_revision() > 0 {
         return vec![Err(StoreError::Compacted {
-            requested: after + 1,
-            oldest: response.compact_revision() + 1,
+            requested: after,
+            oldest: response.compact_revision(),
         })];
     }
     if response.canceled() {

@@ -145,8 +145,9 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<WatchItem, StoreError>> 
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The requested revision is older than the history kept.
-    #[error("revision {requested} has been compacted (oldest kept: {oldest})")]
+    /// A watch from resourceVersion `requested` asks for history older than
+    /// what is kept; `oldest` is the oldest resourceVersion to watch from.
+    #[error("revision {requested} has been compacted (watch from {oldest} or later)")]
     Compacted { requested: i64, oldest: i64 },
     /// The watcher fell too far behind the writers and was dropped; it must
     /// list again.

@@ -348,8 +348,8 @@ fn history(
     let compacted = meta(&tx, "compacted")?;
     if after < compacted {
         return Err(StoreError::Compacted {
-            requested: after + 1,
-            oldest: compacted + 1,
+            requested: after,
+            oldest: compacted,
         });
     }
     let upto = meta(&tx, "revision")?;
