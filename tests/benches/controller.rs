@@ -187,9 +187,9 @@ fn run_case(backend_name: &str, nodes: usize, deployment: bool) -> Result<Outcom
         None => Backend::Sqlite,
     };
     // A lease grace comfortably above the renewal interval under load.
-    // 1 000 nodes need 1 000 /24 blocks: a /14 pod network (10.244.0.0/16,
+    // 1 000 nodes need 1 000 /24 blocks: a /13 pod network (10.244.0.0/16,
     // the default, holds 256).
-    let args = ["--node-grace", "20s", "--cluster-cidr", "10.128.0.0/14"]
+    let args = ["--node-grace", "20s", "--cluster-cidr", "10.128.0.0/13"]
         .map(String::from)
         .to_vec();
     let cp = ControlPlane::start(&island, ControlOptions { backend, args })?;

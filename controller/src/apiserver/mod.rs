@@ -561,10 +561,7 @@ fn registry_for(st: &ApiState, query: &Query) -> Result<Registry, ApiError> {
 /// propagation policy.
 type DeleteOptions = (Option<String>, Option<i64>, Option<String>);
 
-fn delete_preconditions(
-    headers: &HeaderMap,
-    bytes: &[u8],
-) -> Result<DeleteOptions, ApiError> {
+fn delete_preconditions(headers: &HeaderMap, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok((None, None, None));
     }

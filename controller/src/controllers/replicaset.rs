@@ -15,7 +15,7 @@ use super::{
 use crate::registry::Write;
 
 /// Pod creations or deletions in flight per reconcile.
-const BURST: usize = 256;
+const BURST: usize = 64;
 
 pub fn start(ctx: Ctx) {
     let queue = Queue::new();

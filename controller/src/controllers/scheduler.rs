@@ -24,7 +24,7 @@ use crate::ipam;
 
 /// Bindings in flight at once (they are store writes; more in flight means
 /// larger group commits).
-const BINDS_IN_FLIGHT: usize = 256;
+const BINDS_IN_FLIGHT: usize = 64;
 const DEFAULT_MAX_PODS: i64 = 110;
 
 /// What a pod asks for.
