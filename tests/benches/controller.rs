@@ -45,28 +45,47 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Follows pod events and records when each pod was first seen bound with an IP.
+/// Follows pod events and records when each pod was first seen bound with an
+/// IP; relists and watches again if its watch ends (as a client must on 410).
 async fn observe_bound(
     c: kube::Client,
     rv: String,
     done: Arc<Mutex<HashMap<String, Instant>>>,
 ) -> Result<()> {
     use http_body_util::BodyExt;
-    let path = format!("/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}");
-    let req = http::Request::builder()
-        .uri(path)
-        .body(kube::client::Body::empty())?;
-    let mut body = c.send(req).await?.into_body();
-    let mut buf = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let e: Value = serde_json::from_slice(&line)?;
-            let o = &e["object"];
+    let mut rv = rv;
+    loop {
+        let path = format!("/api/v1/namespaces/default/pods?watch=1&resourceVersion={rv}");
+        let req = http::Request::builder()
+            .uri(path)
+            .body(kube::client::Body::empty())?;
+        let mut body = c.send(req).await?.into_body();
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let e: Value = serde_json::from_slice(&line)?;
+                let o = &e["object"];
+                if o["spec"]["nodeName"].is_string() && o["status"]["podIP"].is_string() {
+                    let name = o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    done.lock()
+                        .unwrap()
+                        .entry(name)
+                        .or_insert_with(Instant::now);
+                }
+            }
+        }
+        let list = raw(&c, "GET", "/api/v1/namespaces/default/pods", None, "")
+            .await?
+            .body;
+        for o in list["items"].as_array().cloned().unwrap_or_default() {
             if o["spec"]["nodeName"].is_string() && o["status"]["podIP"].is_string() {
                 let name = o["metadata"]["name"]
                     .as_str()
@@ -78,8 +97,11 @@ async fn observe_bound(
                     .or_insert_with(Instant::now);
             }
         }
+        rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string();
     }
-    Ok(())
 }
 
 /// A watcher that notes when each pod's ADDED event arrived (scanning the

@@ -204,17 +204,21 @@ impl WatchHub {
                                 head_of_backlog = head;
                             }
                             None => {
-                                let oldest = hub
-                                    .ring
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .covered_from;
-                                let _ = tx
-                                    .send(Err(StoreError::Compacted {
-                                        requested: last,
-                                        oldest,
-                                    }))
-                                    .await;
+                                // The ring has moved past this watcher too:
+                                // go on from the store's own history, which
+                                // reaches back to the last compaction.
+                                match hub.store.watch(&prefix, sent).await {
+                                    Ok(mut rest) => {
+                                        while let Some(item) = rest.next().await {
+                                            if tx.send(item).await.is_err() {
+                                                return;
+                                            }
+                                        }
+                                    }
+                                    Err(e) => {
+                                        let _ = tx.send(Err(e)).await;
+                                    }
+                                }
                                 return;
                             }
                         }
