@@ -31,6 +31,15 @@ pub struct Change {
 /// that falls further behind resyncs from the cache instead.
 const CHANGES: usize = 4096;
 
+impl Change {
+    /// "namespace/name" of the changed object.
+    pub fn key_tail(&self) -> String {
+        let obj = self.new.as_ref().or(self.old.as_ref());
+        obj.map(|o| crate::controllers::key_of(o))
+            .unwrap_or_default()
+    }
+}
+
 type Objects = HashMap<&'static str, BTreeMap<String, Arc<Value>>>;
 
 pub struct Cache {

@@ -7,10 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use weft_api::ApiError;
 
-use super::{
-    Ctx, Queue, controller_of, follow_changes, key_of, owner_ref, record_event, res, run_workers,
-    split_key,
-};
+use super::{Ctx, Queue, controller_of, owner_ref, record_event, res, run_workers, split_key};
 use crate::registry::Write;
 
 pub const HASH_LABEL: &str = "pod-template-hash";
@@ -18,35 +15,7 @@ pub const REVISION: &str = "deployment.kubernetes.io/revision";
 
 pub fn start(ctx: Ctx) {
     let queue = Queue::new();
-    {
-        let (q, q2, cache) = (queue.clone(), queue.clone(), ctx.cache.clone());
-        let d_res = res("apps", "deployments");
-        follow_changes(
-            ctx.cache.clone(),
-            move |c| match c.res.kind {
-                "Deployment" => q.add(c.key_tail()),
-                "ReplicaSet" => {
-                    for obj in [&c.new, &c.old].into_iter().flatten() {
-                        if let Some(owner) =
-                            controller_of(obj).filter(|o| o["kind"] == "Deployment")
-                        {
-                            let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
-                            q.add(format!(
-                                "{ns}/{}",
-                                owner["name"].as_str().unwrap_or_default()
-                            ));
-                        }
-                    }
-                }
-                _ => {}
-            },
-            move || {
-                for d in cache.list(d_res, None, |_| true) {
-                    q2.add(key_of(&d));
-                }
-            },
-        );
-    }
+    super::follow_owner_and_children(&ctx, &queue, res("apps", "deployments"), "ReplicaSet");
     let ctx = Arc::new(ctx);
     run_workers("deployment", queue, 4, move |key| {
         let ctx = ctx.clone();
@@ -223,10 +192,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
                     Ok(obj)
                 })
                 .await?;
-            let rev = created["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0);
+            let rev = super::resource_version(&created);
             ctx.cache.wait_for(rev).await;
             Arc::new(created)
         }

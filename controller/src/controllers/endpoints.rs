@@ -316,10 +316,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
                     "ports": want["ports"],
                 });
                 let created = ctx.reg.create(slice_res, ns, slice).await?;
-                let rev = created["metadata"]["resourceVersion"]
-                    .as_str()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(0);
+                let rev = super::resource_version(&created);
                 ctx.cache.wait_for(rev).await;
             }
         }

@@ -175,6 +175,46 @@ pub fn follow_changes(
     });
 }
 
+/// Queues the key of every `kind` object that changes, and of the `kind`
+/// that controls a changed `child` (a ReplicaSet's pods, a Deployment's
+/// ReplicaSets): the trigger of the owner-driven controllers.
+pub fn follow_owner_and_children(
+    ctx: &Ctx,
+    queue: &Arc<Queue>,
+    owner: &'static Resource,
+    child: &'static str,
+) {
+    let (q, q2, cache) = (queue.clone(), queue.clone(), ctx.cache.clone());
+    follow_changes(
+        ctx.cache.clone(),
+        move |c| {
+            if c.res.kind == owner.kind {
+                q.add(c.key_tail());
+            } else if c.res.kind == child {
+                for obj in [&c.new, &c.old].into_iter().flatten() {
+                    if let Some(o) = controller_of(obj).filter(|o| o["kind"] == owner.kind) {
+                        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+                        q.add(format!("{ns}/{}", o["name"].as_str().unwrap_or_default()));
+                    }
+                }
+            }
+        },
+        move || {
+            for o in cache.list(owner, None, |_| true) {
+                q2.add(key_of(&o));
+            }
+        },
+    );
+}
+
+/// The resourceVersion of an object the registry returned, as a revision.
+pub fn resource_version(obj: &Value) -> i64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs `workers` tasks that reconcile keys from `queue`; an error requeues
 /// the key with back-off.
 pub fn run_workers<F, Fut>(name: &'static str, queue: Arc<Queue>, workers: usize, reconcile: F)

@@ -9,8 +9,8 @@ use weft_api::ApiError;
 use weft_api::selector::LabelSelector;
 
 use super::{
-    Ctx, Queue, controller_of, follow_changes, key_of, owner_ref, pod_gone, pod_ready,
-    record_event, res, run_workers, split_key,
+    Ctx, Queue, controller_of, owner_ref, pod_gone, pod_ready, record_event, res, run_workers,
+    split_key,
 };
 use crate::registry::Write;
 
@@ -19,35 +19,7 @@ const BURST: usize = 64;
 
 pub fn start(ctx: Ctx) {
     let queue = Queue::new();
-    {
-        let (q, q2, cache) = (queue.clone(), queue.clone(), ctx.cache.clone());
-        let rs_res = res("apps", "replicasets");
-        follow_changes(
-            ctx.cache.clone(),
-            move |c| match c.res.kind {
-                "ReplicaSet" => q.add(c.key_tail()),
-                "Pod" => {
-                    for obj in [&c.new, &c.old].into_iter().flatten() {
-                        if let Some(owner) =
-                            controller_of(obj).filter(|o| o["kind"] == "ReplicaSet")
-                        {
-                            let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
-                            q.add(format!(
-                                "{ns}/{}",
-                                owner["name"].as_str().unwrap_or_default()
-                            ));
-                        }
-                    }
-                }
-                _ => {}
-            },
-            move || {
-                for rs in cache.list(rs_res, None, |_| true) {
-                    q2.add(key_of(&rs));
-                }
-            },
-        );
-    }
+    super::follow_owner_and_children(&ctx, &queue, res("apps", "replicasets"), "Pod");
     let ctx = Arc::new(ctx);
     run_workers("replicaset", queue, 4, move |key| {
         let ctx = ctx.clone();
@@ -128,7 +100,12 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
                                         .to_string(),
                                 );
                             }
-                            (rev.max(rv(&pod)), n + 1, names, failure)
+                            (
+                                rev.max(super::resource_version(&pod)),
+                                n + 1,
+                                names,
+                                failure,
+                            )
                         }
                         Err(e) => (rev, n, names, Some(e)),
                     }
@@ -243,20 +220,5 @@ fn created_message(verb: &str, count: usize, names: &[String]) -> String {
             let more = if count > shown.len() { ", ..." } else { "" };
             format!("{verb} {count} pods: {}{more}", shown.join(", "))
         }
-    }
-}
-
-fn rv(obj: &Value) -> i64 {
-    obj["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
-}
-
-impl crate::cache::Change {
-    /// "namespace/name" of the changed object.
-    pub fn key_tail(&self) -> String {
-        let obj = self.new.as_ref().or(self.old.as_ref());
-        obj.map(|o| key_of(o)).unwrap_or_default()
     }
 }
