@@ -4,6 +4,7 @@
 
 pub mod bpf;
 pub mod netlink;
+pub mod node;
 pub mod probe;
 pub mod runtime;
 pub mod sandbox;

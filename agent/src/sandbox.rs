@@ -339,6 +339,12 @@ impl Sandbox {
         Ok(v)
     }
 
+    /// The record of the pod of that UID, if it is on this node.
+    #[must_use]
+    pub fn record(&self, uid: &str) -> Option<PodRecord> {
+        self.load_record(uid).ok()
+    }
+
     /// The lowest free address of the block (skipping network, gateway and broadcast).
     ///
     /// # Errors

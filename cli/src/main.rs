@@ -7,12 +7,14 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use k8s_openapi::api::core::v1::Pod;
 use weft_agent::runtime::{
     busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
     shim::{self, ShimArgs},
 };
-use weft_tests::lab::{self, Lab, LabSpec, STATE_ROOT};
+use weft_tests::{
+    cluster::{Cluster, ClusterSpec, Store},
+    lab::{self, STATE_ROOT},
+};
 
 /// Name prefix of the lab `weft lab` manages (one per machine).
 const LAB_PREFIX: &str = "weft-lab";
@@ -37,6 +39,8 @@ enum Cmd {
     Client(client_cmds::ClientCmd),
     /// The control plane: API server, store, IPAM, scheduler and controllers.
     Controller(ControllerArgs),
+    /// The node agent: registers this node, runs the pods bound to it.
+    Agent(AgentArgs),
     /// A multi-node cluster inside network namespaces on this machine.
     Lab {
         #[command(subcommand)]
@@ -105,9 +109,53 @@ struct ControllerArgs {
     /// Where Service ClusterIPs come from.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: ipnetwork::Ipv4Network,
+    /// Also serve on this inherited listening socket (a file descriptor).
+    #[arg(long = "listen-fd", hide = true)]
+    listen_fds: Vec<i32>,
     /// How often watches that allow bookmarks get one.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     bookmark_interval: std::time::Duration,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The Node's name (default: this machine's host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where pod records, images and container state live.
+    #[arg(long, default_value = "/var/lib/weft/agent")]
+    state_dir: PathBuf,
+    /// The node's address (default: the uplink's first IPv4 address).
+    #[arg(long)]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// The interface other nodes are reached through.
+    #[arg(long, default_value = "eth0")]
+    uplink: String,
+    /// The pod bridge.
+    #[arg(long, default_value = "weft0")]
+    bridge: String,
+    /// Pod MTU.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// How other nodes' pod blocks are reached.
+    #[arg(long, value_parser = ["host-gw", "vxlan"], default_value = "host-gw")]
+    routing: String,
+    /// How often the node's Lease is renewed.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    lease_interval: std::time::Duration,
+    /// First restart back-off of crashed containers (doubles up to 5 minutes).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    restart_backoff: std::time::Duration,
+    /// Registries (host:port) spoken to over plain HTTP.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Most pods this node takes.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// A name unique on this machine for the node's cgroups and pod
+    /// namespaces (default: the node name; labs set it).
+    #[arg(long, hide = true)]
+    instance: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -121,18 +169,21 @@ enum ControllerCmd {
 
 #[derive(Subcommand)]
 enum LabCmd {
-    /// Build the lab: underlay, N nodes with pod networks, the busybox image
-    /// on every node, and the pods of --pods (their spec.nodeName picks the node).
+    /// Build the lab: underlay, N node namespaces, the controller and one
+    /// agent per node; writes the admin kubeconfig to ~/.weft/config.
     Up {
         /// Number of nodes (1-100).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// The controller's store.
+        #[arg(long, value_parser = ["sqlite", "etcd"], default_value = "sqlite")]
+        store: String,
         /// Route pod blocks over VXLAN instead of host-gw.
         #[arg(long)]
         vxlan: bool,
-        /// YAML file of Pods to run (multi-document).
-        #[arg(long)]
-        pods: Option<PathBuf>,
+        /// The port on 127.0.0.1 where clients on this host reach the API.
+        #[arg(long, default_value_t = 16443)]
+        api_port: u16,
     },
     /// Remove the lab and everything in it. Safe to run twice.
     Down,
@@ -230,6 +281,7 @@ async fn run(cmd: Cmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         }
         Cmd::Lab { cmd } => lab_cmd(cmd).await,
         Cmd::Controller(args) => controller_cmd(args).await,
+        Cmd::Agent(args) => agent_cmd(args, kubeconfig).await,
         Cmd::Client(cmd) => client_cmds::run(cmd, kubeconfig).await,
     }
 }
@@ -272,50 +324,95 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     cfg.bookmark_every = args.bookmark_interval;
     cfg.cluster_cidr = args.cluster_cidr;
     cfg.service_cidr = args.service_cidr;
+    cfg.listen_fds = args.listen_fds;
     weft_controller::server::run(cfg).await?;
     Ok(0)
 }
 
-fn read_pods(path: &std::path::Path) -> Result<Vec<Pod>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let mut pods = Vec::new();
-    for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
-        let v = serde_norway::Value::deserialize(doc)
-            .with_context(|| format!("{}: document {}: not YAML", path.display(), i + 1))?;
-        if v.is_null() {
-            continue;
-        }
-        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-        if kind != "Pod" {
-            bail!(
-                "{}: document {}: kind {kind:?}: only Pods can be run in the lab until the controller lands",
-                path.display(),
-                i + 1
-            );
-        }
-        let pod: Pod = serde_norway::from_value(v)
-            .with_context(|| format!("{}: document {}", path.display(), i + 1))?;
-        pods.push(pod);
+async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
+    use weft_agent::node::{AgentConfig, Routing};
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("read the host name; pass --node-name")?
+            .trim()
+            .to_lowercase(),
+    };
+    let kubeconfig = weft_api::client::kubeconfig_path(kubeconfig.as_deref());
+    if !kubeconfig.exists() {
+        bail!(
+            "no kubeconfig at {}: pass --kubeconfig with the node's credentials (`weft controller node-token NODE` makes its token)",
+            kubeconfig.display()
+        );
     }
-    Ok(pods)
+    let mut cfg = AgentConfig::new(&node_name, kubeconfig);
+    cfg.instance = args.instance.unwrap_or_else(|| node_name.clone());
+    cfg.state_dir = args.state_dir;
+    cfg.node_ip = args.node_ip;
+    cfg.uplink = args.uplink;
+    cfg.bridge = args.bridge;
+    cfg.mtu = args.mtu;
+    cfg.routing = if args.routing == "vxlan" {
+        Routing::Vxlan
+    } else {
+        Routing::HostGw
+    };
+    cfg.lease_interval = args.lease_interval;
+    cfg.restart_backoff = args.restart_backoff;
+    cfg.registry.plain_http = args.insecure_registries;
+    cfg.max_pods = args.max_pods;
+    weft_agent::node::run(cfg).await?;
+    Ok(0)
 }
 
-use serde::Deserialize as _;
+/// Writes a file only its owner may read (it holds a token).
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 
 async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
     match cmd {
-        LabCmd::Up { nodes, vxlan, pods } => {
-            let pods = pods.map(|p| read_pods(&p)).transpose()?.unwrap_or_default();
-            let mut spec = LabSpec::new(nodes);
-            spec.prefix = LAB_PREFIX.into();
-            spec.weft_bin = std::env::current_exe()?;
+        LabCmd::Up {
+            nodes,
+            store,
+            vxlan,
+            api_port,
+        } => {
+            let mut spec = ClusterSpec::new(nodes);
+            spec.lab.prefix = LAB_PREFIX.into();
+            spec.lab.weft_bin = std::env::current_exe()?;
             if vxlan {
-                spec.routing = lab::Routing::Vxlan;
+                spec.lab.routing = lab::Routing::Vxlan;
             }
-            spec.validate()?;
+            spec.lab.validate()?;
+            spec.store = if store == "etcd" {
+                Store::Etcd
+            } else {
+                Store::Sqlite
+            };
+            spec.host_api = Some(std::net::SocketAddr::from(([127, 0, 0, 1], api_port)));
+            // Pods of a lost node move within seconds, not Kubernetes' minutes.
+            spec.controller_args = vec!["--eviction-delay".into(), "0s".into()];
             match lab::state(LAB_PREFIX) {
                 lab::LabState::Up => {
-                    bail!("a lab is already up; `weft lab down` first (or use it: `weft lab pods`)")
+                    bail!("a lab is already up; `weft lab down` first (or use it: `weft get nodes`)")
                 }
                 lab::LabState::Partial => {
                     eprintln!("a previous `weft lab up` did not finish; removing what it left ...");
@@ -323,26 +420,39 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                 }
                 lab::LabState::Absent => {}
             }
-            eprintln!("[1/3] building {nodes} node(s) on the underlay 192.0.2.0/24 ...");
-            let lab = Lab::up(spec).await?;
-            eprintln!("[2/3] loading {BUSYBOX_IMAGE} on every node ...");
-            let mut sandboxes = Vec::new();
-            for n in &lab.nodes {
-                let sb = lab.sandbox(n)?;
-                lab.load_busybox(&sb)?;
-                sandboxes.push((n.clone(), sb));
+            let started = std::time::Instant::now();
+            let step = std::sync::atomic::AtomicUsize::new(0);
+            let cluster = Cluster::up(spec, |what| {
+                let n = step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                eprintln!("[{n}] {what} ...");
+            })
+            .await?;
+            // The host's clients: the admin kubeconfig, pointed at the
+            // loopback listener.
+            let admin = std::fs::read_to_string(&cluster.kubeconfig)?;
+            let host = admin.replace(
+                &format!("https://{}", weft_tests::cluster::API_ADDR),
+                &format!("https://127.0.0.1:{api_port}"),
+            );
+            let path = weft_api::client::kubeconfig_path(None);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
             }
-            eprintln!("[3/3] starting {} pod(s) ...", pods.len());
-            for pod in pods {
-                let (n, rec) = lab.run_pod(pod, &sandboxes).await?;
-                println!(
-                    "pod {}/{} on {} ({}) at {}",
-                    rec.namespace, rec.name, n.name, n.ip, rec.ip
-                );
-            }
-            lab.keep()?;
+            write_private(&path, &host)?;
+            let nodes = cluster.lab.nodes.clone();
+            cluster.keep()?;
             println!(
-                "\nThe lab is up. Try:\n  weft lab pods\n  weft lab exec POD -- wget -qO- http://IP/\nTear it down with:\n  weft lab down"
+                "\nThe lab is up: {} node(s) in {:.1} s; the admin kubeconfig is {}.",
+                nodes.len(),
+                started.elapsed().as_secs_f64(),
+                path.display()
+            );
+            for n in &nodes {
+                println!("  node {:<4} {:<12} netns {}", n.name, n.ip, n.netns);
+            }
+            println!(
+                "\nTry:\n  weft get nodes\n  weft apply -f examples/\n  weft get pods -o wide\n  weft lab exec POD -- wget -qO- http://OTHER_POD_IP/\n  kubectl --kubeconfig {} get pods\nTear it down with:\n  weft lab down",
+                path.display()
             );
             Ok(0)
         }

@@ -502,13 +502,32 @@ impl Registry {
     }
 
     /// Deletes the object; with finalizers it is only marked for deletion.
-    /// `precondition` is (uid, resourceVersion) from DeleteOptions.
+    /// `precondition` is (uid, resourceVersion) from DeleteOptions. A pod
+    /// running on a node is deleted gracefully (see [`Registry::delete_with`]).
     pub async fn delete(
         &self,
         res: &Resource,
         ns: Option<&str>,
         name: &str,
         precondition: (Option<String>, Option<i64>),
+    ) -> Result<Value, ApiError> {
+        self.delete_with(res, ns, name, precondition, None).await
+    }
+
+    /// Deletes with a grace period, as kube-apiserver does for pods: a pod
+    /// bound to a node and not finished is only marked (deletionTimestamp
+    /// now + grace, deletionGracePeriodSeconds) so that its node's agent
+    /// stops its containers and then deletes it with grace 0. `grace` None
+    /// takes the pod's terminationGracePeriodSeconds (30 s by default); 0
+    /// deletes at once (`--force --grace-period=0`, and the agent's final
+    /// delete). Other kinds ignore `grace`.
+    pub async fn delete_with(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        precondition: (Option<String>, Option<i64>),
+        grace: Option<i64>,
     ) -> Result<Value, ApiError> {
         let ns = if res.namespaced { ns } else { None };
         let key = res.key(ns, name);
@@ -549,7 +568,23 @@ impl Registry {
                         .as_array()
                         .is_some_and(|f| !f.is_empty()));
             let mut txn = Txn::new().when(Compare::at(&key, rev));
-            if has_finalizers {
+            if res.kind == "Pod" && grace != Some(0) && runs_on_node(&obj) {
+                if obj["metadata"]["deletionTimestamp"].is_string() {
+                    return Ok(obj); // already terminating
+                }
+                let secs = grace
+                    .or_else(|| obj["spec"]["terminationGracePeriodSeconds"].as_i64())
+                    .unwrap_or(30)
+                    .max(0);
+                let at = std::time::SystemTime::now()
+                    + std::time::Duration::from_secs(secs.unsigned_abs());
+                meta_mut(&mut obj).insert(
+                    "deletionTimestamp".into(),
+                    json!(weft_api::meta::format_rfc3339(at)),
+                );
+                meta_mut(&mut obj).insert("deletionGracePeriodSeconds".into(), json!(secs));
+                txn = txn.then(Op::put(&key, encode(&obj)));
+            } else if has_finalizers {
                 if obj["metadata"]["deletionTimestamp"].is_string() {
                     return Ok(obj);
                 }
@@ -777,4 +812,16 @@ mod tests {
         }
         assert!(splice_rv(b"{\"kind\":\"x\"}", 1).is_none());
     }
+}
+
+/// Whether a pod's deletion must wait for its node: it is bound to one and
+/// has not finished. Unbound and finished pods go at once, as in Kubernetes.
+fn runs_on_node(pod: &Value) -> bool {
+    pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty())
+        && !matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
 }

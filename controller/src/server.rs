@@ -45,6 +45,10 @@ pub struct ControllerConfig {
     /// The pod network (a /24 per node) and the Service network.
     pub cluster_cidr: ipnetwork::Ipv4Network,
     pub service_cidr: ipnetwork::Ipv4Network,
+    /// Listening sockets inherited from the parent (file descriptors), served
+    /// besides `listen`: how `weft lab` offers the API on the host's
+    /// loopback while the controller lives in the lab's namespace.
+    pub listen_fds: Vec<i32>,
 }
 
 impl ControllerConfig {
@@ -58,6 +62,7 @@ impl ControllerConfig {
             kubeconfig: None,
             bookmark_every: Duration::from_secs(10),
             controllers: ControllersConfig::default(),
+            listen_fds: Vec::new(),
             watch_history: 100_000,
             cluster_cidr: crate::ipam::CLUSTER_CIDR.parse().expect("valid"),
             service_cidr: crate::ipam::SERVICE_CIDR.parse().expect("valid"),
@@ -255,5 +260,17 @@ pub async fn run(cfg: ControllerConfig) -> Result<()> {
         "weft controller serving at {}",
         cfg.server_url()
     );
-    apiserver::serve(started.state, started.listener, &started.pki).await
+    let mut listeners = vec![started.listener];
+    for fd in &cfg.listen_fds {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: the parent passed this descriptor for us to own; it is
+        // checked to be a listening TCP socket below.
+        let l = unsafe { std::net::TcpListener::from_raw_fd(*fd) };
+        let addr = l
+            .local_addr()
+            .with_context(|| format!("--listen-fd {fd} is not a listening TCP socket"))?;
+        tracing::info!(%addr, fd, "also serving on an inherited socket");
+        listeners.push(l);
+    }
+    apiserver::serve(started.state, listeners, &started.pki).await
 }

@@ -64,6 +64,10 @@ pub struct LabSpec {
     pub weft_bin: PathBuf,
     /// Prefix length of each node's pod block (24 by default: 253 pods).
     pub block_prefix: u8,
+    /// Nodes run agents: the controller assigns their blocks and the agents
+    /// build bridges and routes, so the lab makes only namespaces and the
+    /// underlay.
+    pub agents: bool,
 }
 
 impl LabSpec {
@@ -97,6 +101,7 @@ impl LabSpec {
             prefix: unique_prefix("t"),
             weft_bin: default_weft_bin(),
             block_prefix: 24,
+            agents: false,
         }
     }
 }
@@ -270,8 +275,14 @@ impl Lab {
             .with_context(|| format!("attach node {} to the underlay", node.name))?;
             netns::set_sysctl(&node.netns, "net/ipv4/ip_forward", "1")?;
             let nl = Netlink::open(Some(&node.netns))?;
-            nl.ensure_bridge(NODE_BRIDGE, node.gateway(), UNDERLAY_MTU)
-                .await?;
+            nl.loopback_up().await?;
+            if !spec.agents {
+                nl.ensure_bridge(NODE_BRIDGE, node.gateway(), UNDERLAY_MTU)
+                    .await?;
+            }
+        }
+        if spec.agents {
+            return Ok(());
         }
         self.sync_routes().await
     }
@@ -451,6 +462,15 @@ impl Lab {
     /// # Errors
     /// When the mark cannot be written (the lab is removed then).
     pub fn keep(mut self) -> Result<()> {
+        self.set_keep()
+    }
+
+    /// [`Lab::keep`] without giving up the handle.
+    ///
+    /// # Errors
+    /// When the mark cannot be written.
+    pub fn set_keep(&mut self) -> Result<()> {
+        std::fs::create_dir_all(Path::new(STATE_ROOT).join(&self.prefix))?;
         std::fs::write(ready_mark(&self.prefix), b"")?;
         self.keep = true;
         Ok(())
@@ -641,6 +661,17 @@ pub fn pods(prefix: &str) -> Result<Vec<(String, PodRecord)>> {
 /// runs in Drop.
 pub fn remove_prefix(prefix: &str) {
     let state = Path::new(STATE_ROOT).join(prefix);
+    // Processes first (agents, the controller, etcd, the registry, shims,
+    // a stray `ip netns exec`), so that no agent restarts a container
+    // while it is being removed.
+    if let Ok(all) = netns::list() {
+        for n in all
+            .iter()
+            .filter(|n| *n == prefix || n.starts_with(&format!("{prefix}-")))
+        {
+            kill_processes_in(n);
+        }
+    }
     if let Ok(nodes) = std::fs::read_dir(&state) {
         for n in nodes.flatten() {
             let root = n.path().join("runc");
@@ -673,8 +704,7 @@ pub fn remove_prefix(prefix: &str) {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
-    // Anything still running inside the lab's namespaces (the registry, a
-    // stray `ip netns exec`) goes before the namespaces do.
+    // Anything that started meanwhile goes before the namespaces do.
     if let Ok(all) = netns::list() {
         for n in all
             .iter()

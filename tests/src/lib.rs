@@ -7,6 +7,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod apitest;
+pub mod cluster;
 pub mod control;
 pub mod island;
 pub mod lab;

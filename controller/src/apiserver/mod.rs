@@ -48,7 +48,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// Serves the API over TLS on `listener` until the process ends.
 pub async fn serve(
     state: Arc<ApiState>,
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     pki: &tls::Pki,
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -57,10 +57,22 @@ pub async fn serve(
         pki.key_pem.clone().into_bytes(),
     )
     .await?;
-    listener.set_nonblocking(true)?;
-    axum_server::from_tcp_rustls(listener, config)?
-        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .await?;
+    let app = router(state);
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        listener.set_nonblocking(true)?;
+        let server = axum_server::from_tcp_rustls(listener, config.clone())?;
+        let app = app.clone();
+        servers.spawn(async move {
+            server
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+        });
+    }
+    // Serving ends when any listener fails.
+    if let Some(r) = servers.join_next().await {
+        r??;
+    }
     Ok(())
 }
 
@@ -499,7 +511,13 @@ async fn dispatch(
         }
         ("delete", None) => {
             let name = target.name.as_deref().unwrap_or_default();
-            let (uid, rv, policy) = delete_preconditions(headers, &bytes)?;
+            let (uid, rv, policy, body_grace) = delete_preconditions(headers, &bytes)?;
+            let grace = match query.get("gracePeriodSeconds") {
+                Some(g) => Some(g.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("gracePeriodSeconds must be an integer, not {g:?}"))
+                })?),
+                None => body_grace,
+            };
             let reg = registry_for(st, &query)?;
             let policy = policy.or_else(|| query.get("propagationPolicy").map(String::from));
             if policy.as_deref() == Some("Orphan") && !reg.dry_run {
@@ -508,7 +526,7 @@ async fn dispatch(
                 let owner = reg.get(res, ns, name).await?;
                 reg.orphan_dependents(&owner).await?;
             }
-            let deleted = reg.delete(res, ns, name, (uid, rv)).await?;
+            let deleted = reg.delete_with(res, ns, name, (uid, rv), grace).await?;
             Ok(json_response(200, &deleted))
         }
         ("deletecollection", None) => {
@@ -557,13 +575,13 @@ fn registry_for(st: &ApiState, query: &Query) -> Result<Registry, ApiError> {
     }
 }
 
-/// What a DELETE body asks: preconditions (uid, resourceVersion) and the
-/// propagation policy.
-type DeleteOptions = (Option<String>, Option<i64>, Option<String>);
+/// What a DELETE body asks: preconditions (uid, resourceVersion), the
+/// propagation policy and the grace period.
+type DeleteOptions = (Option<String>, Option<i64>, Option<String>, Option<i64>);
 
 fn delete_preconditions(headers: &HeaderMap, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok((None, None, None));
+        return Ok((None, None, None, None));
     }
     // kubectl sends DeleteOptions without kind and apiVersion, or as
     // meta.k8s.io/v1: read the fields, not the type.
@@ -583,10 +601,17 @@ fn delete_preconditions(headers: &HeaderMap, bytes: &[u8]) -> Result<DeleteOptio
     }
     // Foreground is served as Background: the object goes at once and the
     // garbage collector removes its dependents after it.
+    let grace = match &body["gracePeriodSeconds"] {
+        Value::Null => None,
+        g => Some(g.as_i64().ok_or_else(|| {
+            ApiError::bad_request(format!("gracePeriodSeconds must be an integer, not {g}"))
+        })?),
+    };
     Ok((
         uid,
         rv,
         body["propagationPolicy"].as_str().map(String::from),
+        grace,
     ))
 }
 

@@ -188,11 +188,12 @@ async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
                 );
                 match ctx
                     .reg
-                    .delete(
+                    .delete_with(
                         pods_res,
                         ns,
                         pod_name,
                         (pod["metadata"]["uid"].as_str().map(String::from), None),
+                        Some(0),
                     )
                     .await
                 {
@@ -237,11 +238,12 @@ async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
             );
             match ctx
                 .reg
-                .delete(
+                .delete_with(
                     pods_res,
                     ns,
                     name,
                     (pod["metadata"]["uid"].as_str().map(String::from), None),
+                    Some(0),
                 )
                 .await
             {

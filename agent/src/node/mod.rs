@@ -1,0 +1,215 @@
+//! `weft agent`: what kubelet and the CNI bridge plugin do on a node. It
+//! registers the Node, renews its Lease, builds the pod bridge on the block
+//! the controller gave the node, runs the pods bound to it through the
+//! [`Sandbox`], reports their status, and routes every other node's block.
+//!
+//! Everything here is a reconcile loop over the API's state: a restart of
+//! the agent adopts the pods it finds on disk and converges again.
+
+mod api;
+mod pods;
+mod register;
+mod routes;
+
+use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result};
+use ipnetwork::Ipv4Network;
+
+use crate::{
+    bpf::Datapath,
+    netlink::Netlink,
+    runtime::{Runtime, RuntimeConfig, registry::RegistryOptions},
+    sandbox::{NodeConfig, Sandbox},
+};
+
+pub use routes::{Routing, VXLAN_DEV, VXLAN_VNI};
+
+/// How an agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The Node's name in the API.
+    pub node_name: String,
+    /// A name unique on this machine for the node's cgroups and pod
+    /// namespaces (the node name, unless several nodes share a machine, as
+    /// in a lab).
+    pub instance: String,
+    /// The kubeconfig holding the node's token.
+    pub kubeconfig: PathBuf,
+    /// Where pod records, images and container state live.
+    pub state_dir: PathBuf,
+    /// The node's address (default: the uplink's first IPv4 address).
+    pub node_ip: Option<Ipv4Addr>,
+    /// The interface other nodes are reached through.
+    pub uplink: String,
+    /// The pod bridge.
+    pub bridge: String,
+    /// Pod MTU.
+    pub mtu: u32,
+    /// How often the Lease is renewed.
+    pub lease_interval: Duration,
+    /// How pods are checked and their status reported.
+    pub sync_interval: Duration,
+    /// How other nodes' blocks are reached.
+    pub routing: Routing,
+    /// The binary run as container shim (this `weft`).
+    pub shim: PathBuf,
+    /// Image registries.
+    pub registry: RegistryOptions,
+    /// First restart back-off of crashed containers.
+    pub restart_backoff: Duration,
+    /// Pods this node takes.
+    pub max_pods: u32,
+    /// Pods created at once.
+    pub parallel_creates: usize,
+}
+
+impl AgentConfig {
+    /// Defaults for a node called `node_name` with credentials in `kubeconfig`.
+    #[must_use]
+    pub fn new(node_name: &str, kubeconfig: PathBuf) -> Self {
+        Self {
+            node_name: node_name.to_string(),
+            instance: node_name.to_string(),
+            kubeconfig,
+            state_dir: PathBuf::from("/var/lib/weft/agent"),
+            node_ip: None,
+            uplink: "eth0".into(),
+            bridge: "weft0".into(),
+            mtu: 1500,
+            lease_interval: Duration::from_secs(2),
+            sync_interval: Duration::from_secs(1),
+            routing: Routing::HostGw,
+            shim: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("weft")),
+            registry: RegistryOptions::default(),
+            restart_backoff: Duration::from_secs(10),
+            max_pods: 110,
+            parallel_creates: 4,
+        }
+    }
+}
+
+/// What the running agent's tasks share.
+pub(crate) struct Node {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) api: api::Api,
+    pub(crate) sandbox: Sandbox,
+    pub(crate) node_ip: Ipv4Addr,
+    pub(crate) block: Ipv4Network,
+}
+
+/// Runs the agent until the process is stopped. Errors that retrying can
+/// cure (the controller unreachable, a refused token) are logged and
+/// retried; what cannot be cured (a bad configuration) is returned.
+///
+/// # Errors
+/// A kubeconfig that cannot be read, a missing uplink, or a node whose
+/// networking cannot be set up.
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    weft_name_check(&cfg.node_name)?;
+    let api = api::Api::connect(&cfg.kubeconfig).await?;
+    let net = Netlink::open(None)?;
+    let node_ip = match cfg.node_ip {
+        Some(ip) => ip,
+        None => net
+            .addresses(&cfg.uplink)
+            .await
+            .with_context(|| format!("read the addresses of the uplink {:?}", cfg.uplink))?
+            .first()
+            .map(|a| a.ip())
+            .with_context(|| {
+                format!(
+                    "the uplink {:?} has no IPv4 address; pass --node-ip",
+                    cfg.uplink
+                )
+            })?,
+    };
+    tracing::info!(node = %cfg.node_name, %node_ip, server = %api.server, "registering");
+    let block = register::register(&api, &cfg, node_ip).await?;
+    tracing::info!(node = %cfg.node_name, %block, "registered; pod block assigned");
+
+    // The node's side of pod networking: the bridge holding the block's
+    // gateway, and forwarding between pods, the uplink and other nodes.
+    let gateway = Ipv4Network::new(Ipv4Addr::from(u32::from(block.network()) + 1), block.prefix())?;
+    net.ensure_bridge(&cfg.bridge, gateway, cfg.mtu)
+        .await
+        .with_context(|| format!("create the pod bridge {}", cfg.bridge))?;
+    // The agent's own namespace: a lab node's, or the host of a real node.
+    const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(FORWARD).is_ok_and(|v| v.trim() != "1") {
+        std::fs::write(FORWARD, "1")
+            .context("enable IPv4 forwarding (pods on other nodes are reached through it)")?;
+    }
+
+    let runtime = Runtime::new(RuntimeConfig {
+        state_dir: cfg.state_dir.join("runtime"),
+        runc: PathBuf::from("runc"),
+        runc_root: cfg.state_dir.join("runc"),
+        shim: cfg.shim.clone(),
+        registry: cfg.registry.clone(),
+    })?;
+    let datapath = Datapath::load(None).context("load the eBPF datapath")?;
+    let sandbox = Sandbox::new(
+        NodeConfig {
+            node: cfg.instance.clone(),
+            node_netns: None,
+            pod_netns_prefix: format!("{}-p-", cfg.instance),
+            bridge: cfg.bridge.clone(),
+            block,
+            mtu: cfg.mtu,
+            state_dir: cfg.state_dir.join("sandbox"),
+            dns: gateway.ip(),
+            restart_backoff: cfg.restart_backoff,
+        },
+        runtime,
+        Some(datapath),
+    )?;
+    // Finish what a crash interrupted before anything new starts.
+    let rolled_back = sandbox.recover().await?;
+    if !rolled_back.is_empty() {
+        tracing::info!(pods = ?rolled_back, "finished interrupted pod creations and removals");
+    }
+    let swept = sandbox.sweep().await?;
+    if !swept.is_empty() {
+        tracing::info!(what = ?swept, "removed what no pod record accounts for");
+    }
+    let node = Arc::new(Node {
+        cfg,
+        api,
+        sandbox,
+        node_ip,
+        block,
+    });
+    let lease = tokio::spawn(register::heartbeat(node.clone()));
+    let routes = tokio::spawn(routes::run(node.clone()));
+    let pods = tokio::spawn(pods::run(node.clone()));
+    tracing::info!(node = %node.cfg.node_name, "agent running");
+    tokio::select! {
+        r = lease => r.context("heartbeat task")?,
+        r = routes => r.context("route task")?,
+        r = pods => r.context("pod task")?,
+    }
+}
+
+fn weft_name_check(name: &str) -> Result<()> {
+    if let Some(e) = weft_name_error(name) {
+        anyhow::bail!("invalid node name {name:?}: {e}");
+    }
+    Ok(())
+}
+
+/// Why `name` cannot name a Node (a DNS subdomain), if it cannot.
+fn weft_name_error(name: &str) -> Option<&'static str> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !p.starts_with('-')
+                && !p.ends_with('-')
+        });
+    (!ok).then_some(
+        "must be lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+    )
+}

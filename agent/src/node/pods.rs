@@ -1,0 +1,477 @@
+//! The pods bound to this node: one worker per pod (as kubelet's pod
+//! workers) drives it from what the API says to what runs here, and reports
+//! its status back.
+//!
+//! A worker creates the pod once its IP is assigned; syncs it every
+//! `sync_interval` (probes, restarts, status); on a deletion with a grace
+//! period stops it within that period and then deletes the API object for
+//! good; and when the object is gone from the API (a forced delete, or a
+//! delete while the agent was down) removes what is left on the node.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    runtime::{WatchStreamExt as _, watcher::{self, Event}},
+};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::{
+    Node,
+    api::{describe, is_not_found, weft_now},
+};
+use crate::{runtime::RuntimeError, sandbox::SandboxError};
+
+/// Longest pause between attempts to create a pod that failed.
+const MAX_CREATE_BACKOFF: Duration = Duration::from_secs(30);
+
+struct Worker {
+    tx: watch::Sender<Option<Pod>>,
+}
+
+/// Follows the pods bound to this node and keeps one worker per pod.
+/// Never returns.
+pub(super) async fn run(node: Arc<Node>) -> Result<()> {
+    let config = watcher::Config::default()
+        .fields(&format!("spec.nodeName={}", node.cfg.node_name));
+    let stream = watcher::watcher(node.api.all::<Pod>(), config).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let creates = Arc::new(Semaphore::new(node.cfg.parallel_creates.max(1)));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    // Pods seen in the current (re)list, and whether a list has completed.
+    let mut listing: Option<HashSet<String>> = None;
+    let mut listed_once = false;
+    let mut failing = false;
+
+    let spawn = |uid: &str, pod: Option<Pod>, workers: &mut HashMap<String, Worker>| {
+        let (tx, rx) = watch::channel(pod);
+        let w = PodWorker {
+            node: node.clone(),
+            uid: uid.to_string(),
+            creates: creates.clone(),
+        };
+        let done = done_tx.clone();
+        let uid2 = uid.to_string();
+        tokio::spawn(async move {
+            w.run(rx).await;
+            let _ = done.send(uid2);
+        });
+        workers.insert(uid.to_string(), Worker { tx });
+    };
+
+    loop {
+        tokio::select! {
+            Some(uid) = done_rx.recv() => {
+                // A worker finished (its pod is gone). If the pod came back
+                // meanwhile under that UID, which cannot happen, the next
+                // event starts a new worker.
+                if workers.get(&uid).is_some_and(|w| w.tx.is_closed() || w.tx.borrow().is_none() || deleting(w.tx.borrow().as_ref())) {
+                    workers.remove(&uid);
+                }
+            }
+            ev = stream.next() => {
+                let Some(ev) = ev else { anyhow::bail!("the pod watch ended") };
+                let ev = match ev {
+                    Ok(ev) => {
+                        if failing {
+                            tracing::info!("watching this node's pods again");
+                            failing = false;
+                        }
+                        ev
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "watching this node's pods failed; retrying");
+                            failing = true;
+                        }
+                        continue;
+                    }
+                };
+                match ev {
+                    Event::Init => listing = Some(HashSet::new()),
+                    Event::InitApply(pod) | Event::Apply(pod) => {
+                        let Some(uid) = pod.metadata.uid.clone() else { continue };
+                        if let Some(seen) = listing.as_mut() {
+                            seen.insert(uid.clone());
+                        }
+                        match workers.get(&uid) {
+                            Some(w) => { w.tx.send_replace(Some(pod)); }
+                            None => spawn(&uid, Some(pod), &mut workers),
+                        }
+                    }
+                    Event::Delete(pod) => {
+                        let Some(uid) = pod.metadata.uid.clone() else { continue };
+                        if let Some(w) = workers.get(&uid) {
+                            w.tx.send_replace(None);
+                        }
+                    }
+                    Event::InitDone => {
+                        let seen = listing.take().unwrap_or_default();
+                        // Workers of pods the API no longer has.
+                        for (uid, w) in &workers {
+                            if !seen.contains(uid) {
+                                w.tx.send_replace(None);
+                            }
+                        }
+                        // Pods on disk the API no longer has (deleted while
+                        // the agent was down): removed by a worker each.
+                        if !listed_once {
+                            listed_once = true;
+                            let records = node.sandbox.records().unwrap_or_default();
+                            for r in records {
+                                if !seen.contains(&r.uid) && !workers.contains_key(&r.uid) {
+                                    tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), "pod was deleted while the agent was away; removing it");
+                                    spawn(&r.uid, None, &mut workers);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn deleting(pod: Option<&Pod>) -> bool {
+    pod.is_some_and(|p| p.metadata.deletion_timestamp.is_some())
+}
+
+struct PodWorker {
+    node: Arc<Node>,
+    uid: String,
+    creates: Arc<Semaphore>,
+}
+
+/// Where a pod that failed to be created stands.
+struct Failure {
+    count: u32,
+    next: Instant,
+}
+
+impl PodWorker {
+    async fn run(self, mut rx: watch::Receiver<Option<Pod>>) {
+        let node = &self.node;
+        let mut created = node.sandbox.record(&self.uid).is_some();
+        let mut reported: Option<Value> = None;
+        let mut failure: Option<Failure> = None;
+        let mut announced = false;
+        loop {
+            let pod = rx.borrow_and_update().clone();
+            match pod {
+                None => {
+                    // Gone from the API: nothing waits for a grace period.
+                    if !created || self.remove(None, Duration::ZERO).await {
+                        return;
+                    }
+                }
+                Some(p) if p.metadata.deletion_timestamp.is_some() => {
+                    let grace = Duration::from_secs(
+                        p.metadata
+                            .deletion_grace_period_seconds
+                            .unwrap_or(30)
+                            .max(0)
+                            .unsigned_abs(),
+                    );
+                    if self.remove(Some(&p), grace).await {
+                        self.confirm_deletion(&p).await;
+                        return;
+                    }
+                }
+                Some(p) if !created => {
+                    if finished(&p) {
+                        // A finished pod is not run again.
+                    } else if let Some(ip) = pod_ip(&p) {
+                        if failure.as_ref().is_none_or(|f| Instant::now() >= f.next) {
+                            match self.create(&p, ip).await {
+                                Ok(()) => {
+                                    created = true;
+                                    failure = None;
+                                    // Report at once, then as it changes.
+                                    self.sync(&p, &mut reported).await;
+                                    if !announced {
+                                        announced = true;
+                                        node.api
+                                            .pod_event(&p, &node.cfg.node_name, "Normal", "Started", "Started all containers")
+                                            .await;
+                                    }
+                                }
+                                Err(e) => {
+                                    let count = failure.as_ref().map_or(1, |f| f.count + 1);
+                                    let wait = Duration::from_secs(1 << count.min(5)).min(MAX_CREATE_BACKOFF);
+                                    failure = Some(Failure { count, next: Instant::now() + wait });
+                                    self.report_failure(&p, &e, count, wait, &mut reported).await;
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(p) => self.sync(&p, &mut reported).await,
+            }
+            tokio::select! {
+                r = rx.changed() => {
+                    if r.is_err() {
+                        // The dispatcher is gone: the agent is stopping.
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(node.cfg.sync_interval) => {}
+            }
+        }
+    }
+
+    async fn create(&self, pod: &Pod, ip: Ipv4Addr) -> Result<(), SandboxError> {
+        let _permit = self.creates.acquire().await.expect("semaphore open");
+        let t = Instant::now();
+        let r = self.node.sandbox.create_pod(pod, ip).await;
+        match &r {
+            Ok(_) => tracing::info!(pod = %key(pod), %ip, ms = t.elapsed().as_millis() as u64, "pod started"),
+            Err(e) => tracing::warn!(pod = %key(pod), error = %e, "pod could not be started"),
+        }
+        r.map(drop)
+    }
+
+    /// Removes the pod from the node; false (and logged) when a step
+    /// failed, so that the worker tries again.
+    async fn remove(&self, pod: Option<&Pod>, grace: Duration) -> bool {
+        if let Some(p) = pod
+            && self.node.sandbox.record(&self.uid).is_some()
+        {
+            self.node
+                .api
+                .pod_event(
+                    p,
+                    &self.node.cfg.node_name,
+                    "Normal",
+                    "Killing",
+                    &format!("Stopping all containers (grace period {}s)", grace.as_secs()),
+                )
+                .await;
+        }
+        match self.node.sandbox.remove_pod(&self.uid, grace).await {
+            Ok(()) => {
+                tracing::info!(uid = %self.uid, pod = %pod.map(key).unwrap_or_default(), "pod removed from the node");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(uid = %self.uid, error = %e, "cannot remove the pod yet; retrying");
+                false
+            }
+        }
+    }
+
+    /// Deletes the API object for good once nothing of it runs here.
+    async fn confirm_deletion(&self, pod: &Pod) {
+        let api = self.node.api.namespaced::<Pod>(pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        match api.delete(pod.metadata.name.as_deref().unwrap_or_default(), &params).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => tracing::warn!(pod = %key(pod), error = %describe(&e), "cannot finish the pod's deletion"),
+        }
+    }
+
+    /// Syncs the pod (probes, restarts) and reports its status if changed.
+    async fn sync(&self, pod: &Pod, reported: &mut Option<Value>) {
+        let statuses = match self.node.sandbox.sync_pod(&self.uid).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(pod = %key(pod), error = %e, "pod sync failed");
+                return;
+            }
+        };
+        let ip = self.node.sandbox.record(&self.uid).map(|r| r.ip);
+        let status = pod_status(pod, &statuses, ip, self.node.node_ip);
+        self.report(pod, status, reported).await;
+    }
+
+    async fn report_failure(
+        &self,
+        pod: &Pod,
+        e: &SandboxError,
+        count: u32,
+        wait: Duration,
+        reported: &mut Option<Value>,
+    ) {
+        let (reason, event_reason) = classify(e, count);
+        let message = format!("{e} (attempt {count}; next in {}s)", wait.as_secs());
+        let spec = pod.spec.clone().unwrap_or_default();
+        let statuses: Vec<ContainerStatus> = spec
+            .containers
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                state: Some(k8s_openapi::api::core::v1::ContainerState {
+                    waiting: Some(k8s_openapi::api::core::v1::ContainerStateWaiting {
+                        reason: Some(reason.to_string()),
+                        message: Some(e.to_string()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let status = pod_status(pod, &statuses, None, self.node.node_ip);
+        self.report(pod, status, reported).await;
+        // An Event on the first failure and then every fifth, not every retry.
+        if count == 1 || count % 5 == 0 {
+            self.node
+                .api
+                .pod_event(pod, &self.node.cfg.node_name, "Warning", event_reason, &message)
+                .await;
+        }
+    }
+
+    async fn report(&self, pod: &Pod, status: Value, reported: &mut Option<Value>) {
+        if reported.as_ref() == Some(&status) {
+            return;
+        }
+        let api = self.node.api.namespaced::<Pod>(pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .await
+        {
+            Ok(_) => *reported = Some(status),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => tracing::warn!(pod = %key(pod), error = %describe(&e), "cannot report pod status"),
+        }
+    }
+}
+
+/// What a failed creation shows: the container's waiting reason and the
+/// Event's reason, as kubelet words them.
+fn classify(e: &SandboxError, count: u32) -> (&'static str, &'static str) {
+    match e {
+        SandboxError::Container { source, .. } => match source.as_ref() {
+            RuntimeError::Image(_) if count > 1 => ("ImagePullBackOff", "Failed"),
+            RuntimeError::Image(_) => ("ErrImagePull", "Failed"),
+            RuntimeError::Bundle(_) => ("CreateContainerConfigError", "Failed"),
+            _ if count > 1 => ("CrashLoopBackOff", "BackOff"),
+            _ => ("RunContainerError", "Failed"),
+        },
+        SandboxError::InvalidPod { .. } => ("CreateContainerConfigError", "Failed"),
+        _ => ("ContainerCreating", "FailedCreatePodSandBox"),
+    }
+}
+
+fn key(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
+    pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
+}
+
+fn finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// The pod's status from its containers' statuses, keeping what did not
+/// change (transition times, start times) as the API has it, so that an
+/// agent restart writes nothing new for a pod that runs on undisturbed.
+fn pod_status(pod: &Pod, statuses: &[ContainerStatus], ip: Option<Ipv4Addr>, node_ip: Ipv4Addr) -> Value {
+    let old = pod.status.clone().unwrap_or_default();
+    let policy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into());
+    let mut statuses = statuses.to_vec();
+    // Start times: the API's, while it is the same run of the container.
+    for s in &mut statuses {
+        let prev = old
+            .container_statuses
+            .as_ref()
+            .and_then(|cs| cs.iter().find(|c| c.name == s.name));
+        if let (Some(prev), Some(running)) = (prev, s.state.as_mut().and_then(|st| st.running.as_mut()))
+            && prev.container_id == s.container_id
+            && prev.restart_count == s.restart_count
+            && let Some(was) = prev.state.as_ref().and_then(|st| st.running.as_ref())
+        {
+            running.started_at = was.started_at.clone();
+        }
+    }
+    let running = statuses.iter().filter(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())).count();
+    let terminated: Vec<i32> = statuses
+        .iter()
+        .filter_map(|s| s.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
+        .collect();
+    let waiting_fresh = statuses.iter().any(|s| {
+        s.state.as_ref().is_some_and(|st| st.waiting.is_some()) && s.last_state.as_ref().is_none_or(|l| l.terminated.is_none())
+    });
+    let phase = if !statuses.is_empty() && terminated.len() == statuses.len() {
+        if terminated.iter().all(|c| *c == 0) {
+            "Succeeded"
+        } else if policy == "Never" {
+            "Failed"
+        } else {
+            "Running"
+        }
+    } else if waiting_fresh && running == 0 {
+        "Pending"
+    } else {
+        "Running"
+    };
+    let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
+    let now = weft_now();
+    let old_conditions = old.conditions.clone().unwrap_or_default();
+    let condition = |t: &str, ok: bool, reason: Option<&str>| {
+        let st = if ok { "True" } else { "False" };
+        let since = old_conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == st)
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map_or_else(|| json!(now), |t| json!(t));
+        let mut c = json!({"type": t, "status": st, "lastTransitionTime": since});
+        if let Some(r) = reason {
+            c["reason"] = json!(r);
+        }
+        c
+    };
+    let not_ready = (!all_ready).then_some("ContainersNotReady");
+    let mut conditions: Vec<Value> = old_conditions
+        .iter()
+        .filter(|c| !matches!(c.type_.as_str(), "Initialized" | "ContainersReady" | "Ready" | "PodReadyToStartContainers"))
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .collect();
+    conditions.push(condition("PodReadyToStartContainers", ip.is_some(), None));
+    conditions.push(condition("Initialized", true, None));
+    conditions.push(condition("ContainersReady", all_ready, not_ready));
+    conditions.push(condition("Ready", all_ready, not_ready));
+    let start_time = old.start_time.as_ref().map_or_else(|| json!(now), |t| json!(t));
+    let mut status = json!({
+        "phase": phase,
+        "conditions": conditions,
+        "hostIP": node_ip.to_string(),
+        "hostIPs": [{"ip": node_ip.to_string()}],
+        "startTime": start_time,
+        "containerStatuses": statuses,
+    });
+    if let Some(ip) = ip {
+        status["podIP"] = json!(ip.to_string());
+        status["podIPs"] = json!([{"ip": ip.to_string()}]);
+    }
+    status
+}

@@ -1,0 +1,508 @@
+//! A whole Weft cluster inside a lab: the underlay and node namespaces of
+//! [`crate::lab`], a `weft controller` (SQLite or etcd) in the underlay
+//! namespace at 192.0.2.1:6443, and a `weft agent` in every node's
+//! namespace, each with its own token. `weft lab up` and the end-to-end
+//! tests both build it with [`Cluster::up`].
+//!
+//! Processes are started with `setns` into their namespace rather than
+//! `ip netns exec`, which would also give them a private /sys without the
+//! cgroup and bpffs mounts an agent needs. They run in their own session,
+//! so `weft lab up` can return and leave the cluster running.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use weft_agent::{
+    netlink::netns,
+    runtime::busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
+};
+
+use crate::lab::{self, Lab, LabNode, LabSpec, Routing, STATE_ROOT};
+
+/// Where the controller listens inside the lab (the underlay's first address).
+pub const API_ADDR: &str = "192.0.2.1:6443";
+
+/// Which store the lab's controller uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// The embedded SQLite file.
+    Sqlite,
+    /// Debian's etcd, started in the underlay namespace.
+    Etcd,
+}
+
+/// What cluster to build.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// The lab underneath (nodes, segments, routing, prefix, binary).
+    pub lab: LabSpec,
+    /// The controller's store.
+    pub store: Store,
+    /// Also serve the API on this host address through an inherited socket
+    /// (`weft lab up` uses 127.0.0.1 so that clients on the host work).
+    pub host_api: Option<SocketAddr>,
+    /// Extra flags for `weft controller`.
+    pub controller_args: Vec<String>,
+    /// Extra flags for every `weft agent`.
+    pub agent_args: Vec<String>,
+}
+
+impl ClusterSpec {
+    /// A cluster of `nodes` nodes on SQLite, for tests (unique prefix).
+    #[must_use]
+    pub fn new(nodes: usize) -> Self {
+        let mut lab = LabSpec::new(nodes);
+        lab.agents = true;
+        Self {
+            lab,
+            store: Store::Sqlite,
+            host_api: None,
+            controller_args: Vec::new(),
+            agent_args: Vec::new(),
+        }
+    }
+}
+
+/// A running cluster. Dropping it removes everything (unless kept).
+pub struct Cluster {
+    /// The lab underneath.
+    pub lab: Lab,
+    /// The lab's state directory (/run/weft/<prefix>).
+    pub dir: PathBuf,
+    /// The admin kubeconfig, valid inside the lab's namespaces.
+    pub kubeconfig: PathBuf,
+    spec: ClusterSpec,
+    agents: BTreeMap<String, Child>,
+    controller: Option<Child>,
+    etcd: Option<Child>,
+    kept: bool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("prefix", &self.lab.prefix).finish_non_exhaustive()
+    }
+}
+
+/// Spawns `cmd` inside the named network namespace, in a session of its
+/// own, with output appended to `log`.
+fn spawn_in(ns: &str, mut cmd: Command, log: &Path) -> Result<Child> {
+    let ns_file = std::fs::File::open(netns::path(ns))
+        .with_context(|| format!("open the namespace {ns}"))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: between fork and exec only setns(2) and setsid(2) run, both
+    // async-signal-safe system calls on a descriptor opened before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("start {:?}", cmd.get_program()))
+}
+
+impl Cluster {
+    /// Builds the lab, starts the controller and one agent per node, and
+    /// waits until every node is Ready. `progress` hears each step. On
+    /// failure everything made is removed.
+    ///
+    /// # Errors
+    /// A bad spec, a missing tool (etcd, busybox-static), or a part that
+    /// does not come up in time (its log is quoted).
+    pub async fn up(spec: ClusterSpec, progress: impl Fn(&str)) -> Result<Self> {
+        let mut lab_spec = spec.lab.clone();
+        lab_spec.agents = true;
+        progress(&format!(
+            "building {} node namespace(s) on the underlay 192.0.2.0/24",
+            lab_spec.nodes
+        ));
+        let lab = Lab::up(lab_spec).await?;
+        let dir = Path::new(STATE_ROOT).join(&lab.prefix);
+        std::fs::create_dir_all(&dir)?;
+        let mut c = Cluster {
+            kubeconfig: dir.join("admin.kubeconfig"),
+            dir,
+            lab,
+            spec,
+            agents: BTreeMap::new(),
+            controller: None,
+            etcd: None,
+            kept: false,
+        };
+        // Drop removes the lab if any step below fails.
+        c.start_control_plane(&progress)?;
+        progress(&format!("loading {BUSYBOX_IMAGE} on every node"));
+        c.load_images()?;
+        progress("starting one agent per node");
+        let nodes: Vec<LabNode> = c.lab.nodes.clone();
+        for n in &nodes {
+            c.start_agent(&n.name)?;
+        }
+        progress("waiting for every node to be Ready");
+        c.wait_nodes_ready(Duration::from_secs(60))?;
+        Ok(c)
+    }
+
+    fn start_control_plane(&mut self, progress: &impl Fn(&str)) -> Result<()> {
+        let weft = self.lab.weft_bin.clone();
+        let data = self.dir.join("controller");
+        std::fs::create_dir_all(&data)?;
+        let mut cmd = Command::new(&weft);
+        cmd.args(["controller", "--listen", API_ADDR, "--advertise-address", "192.0.2.1"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--kubeconfig-out")
+            .arg(&self.kubeconfig)
+            .args(["--tls-san", "127.0.0.1", "--tls-san", "localhost"]);
+        if self.spec.store == Store::Etcd {
+            progress("starting etcd in the underlay namespace");
+            self.start_etcd()?;
+            cmd.args(["--store", "etcd", "--etcd-endpoints", "http://127.0.0.1:2379"]);
+        }
+        // The host's listener is opened here, in the host's namespace, and
+        // handed down as descriptor 3.
+        let host_listener = match self.spec.host_api {
+            Some(addr) => Some(
+                std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("listen on {addr} for the host's clients"))?,
+            ),
+            None => None,
+        };
+        if let Some(l) = &host_listener {
+            use std::os::fd::AsRawFd as _;
+            let fd = l.as_raw_fd();
+            cmd.args(["--listen-fd", "3"]);
+            // SAFETY: dup2 is async-signal-safe; it clears close-on-exec on
+            // the copy, which the controller then owns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.args(&self.spec.controller_args).env("RUST_LOG", "info");
+        progress(&format!(
+            "starting the controller ({} store) at {API_ADDR}",
+            if self.spec.store == Store::Etcd { "etcd" } else { "SQLite" }
+        ));
+        let child = spawn_in(&self.lab.underlay, cmd, &self.dir.join("controller.log"))?;
+        drop(host_listener);
+        self.controller = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = self.controller.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!("the controller exited with {status}:\n{}", self.controller_log());
+            }
+            if self.kubeconfig.exists() && self.api_answers() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the controller did not serve within 30 s:\n{}", self.controller_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn start_etcd(&mut self) -> Result<()> {
+        let data = self.dir.join("etcd");
+        std::fs::create_dir_all(&data)?;
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "lab", "--data-dir"])
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                "http://127.0.0.1:2379",
+                "--advertise-client-urls",
+                "http://127.0.0.1:2379",
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
+                "--log-level",
+                "warn",
+            ]);
+        let child = spawn_in(&self.lab.underlay, cmd, &self.dir.join("etcd.log"))
+            .context("start etcd (apt-get install etcd-server)")?;
+        self.etcd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr: SocketAddr = "127.0.0.1:2379".parse()?;
+        loop {
+            let up = netns::run_in(Some(&self.lab.underlay), move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?;
+            if up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd did not answer within 20 s:\n{}",
+                    std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the API answers /healthz from inside the lab.
+    fn api_answers(&self) -> bool {
+        self.weft_output(&["get", "namespaces", "-o", "name"]).is_ok_and(|o| o.status.success())
+    }
+
+    /// The controller's log so far.
+    #[must_use]
+    pub fn controller_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("controller.log")).unwrap_or_default()
+    }
+
+    /// A node agent's log so far.
+    #[must_use]
+    pub fn agent_log(&self, node: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("agent-{node}.log"))).unwrap_or_default()
+    }
+
+    fn load_images(&self) -> Result<()> {
+        let layout = self.dir.join("busybox-layout");
+        if !layout.join("index.json").exists() {
+            build_layout(&layout, Path::new(BUSYBOX_BIN), BUSYBOX_IMAGE)
+                .context("build the busybox image (apt-get install busybox-static)")?;
+        }
+        for n in &self.lab.nodes {
+            let rt = lab::node_runtime(
+                &self.lab.node_state_dir(n),
+                &self.lab.weft_bin,
+                Default::default(),
+            )?;
+            rt.images().import(&layout, None)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `node`'s kubeconfig (its own token, the lab's CA) and starts
+    /// its agent. Starting a node whose agent runs is an error.
+    ///
+    /// # Errors
+    /// When the token cannot be made or the agent not started.
+    pub fn start_agent(&mut self, node: &str) -> Result<()> {
+        if self.agents.get_mut(node).is_some_and(|c| c.try_wait().ok().flatten().is_none()) {
+            bail!("the agent of {node} is running");
+        }
+        let n = self.lab.node(node).clone();
+        let kubeconfig = self.dir.join(format!("agent-{node}.kubeconfig"));
+        if !kubeconfig.exists() {
+            let token = self.node_token(node)?;
+            let admin = std::fs::read_to_string(&self.kubeconfig)?;
+            let ca = admin
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
+                .map(str::trim)
+                .context("the admin kubeconfig has no certificate-authority-data")?
+                .to_string();
+            std::fs::write(&kubeconfig, node_kubeconfig(node, &ca, &token))?;
+        }
+        let state = self.lab.node_state_dir(&n);
+        std::fs::create_dir_all(&state)?;
+        let mut cmd = Command::new(&self.lab.weft_bin);
+        cmd.arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["agent", "--node-name", node, "--instance", &n.netns, "--uplink", "eth0"])
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--insecure-registry", lab::REGISTRY_ADDR]);
+        if self.lab.routing == Routing::Vxlan {
+            cmd.args(["--routing", "vxlan"]);
+        }
+        cmd.args(&self.spec.agent_args).env("RUST_LOG", "info");
+        let child = spawn_in(&n.netns, cmd, &self.dir.join(format!("agent-{node}.log")))?;
+        self.agents.insert(node.to_string(), child);
+        Ok(())
+    }
+
+    /// SIGKILLs `node`'s agent (its pods go on running) and waits for it.
+    ///
+    /// # Errors
+    /// When it was not started by this handle.
+    pub fn kill_agent(&mut self, node: &str) -> Result<()> {
+        let mut c = self
+            .agents
+            .remove(node)
+            .with_context(|| format!("no agent of {node} started here"))?;
+        c.kill()?;
+        c.wait()?;
+        Ok(())
+    }
+
+    /// The pid of `node`'s agent.
+    #[must_use]
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.agents.get(node).map(Child::id)
+    }
+
+    /// The token of `node`'s agent (made on first use).
+    ///
+    /// # Errors
+    /// When `weft controller node-token` fails.
+    pub fn node_token(&self, node: &str) -> Result<String> {
+        let out = Command::new(&self.lab.weft_bin)
+            .args(["controller", "--data-dir"])
+            .arg(self.dir.join("controller"))
+            .args(["node-token", node])
+            .output()?;
+        if !out.status.success() {
+            bail!("node-token {node}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Runs the `weft` CLI as the admin, inside the underlay namespace.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn weft_output(&self, args: &[&str]) -> Result<std::process::Output> {
+        let mut cmd = Command::new(&self.lab.weft_bin);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        self.output_in(&self.lab.underlay.clone(), cmd)
+    }
+
+    /// Runs `cmd` inside a namespace of the lab and collects its output.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn output_in(&self, ns: &str, mut cmd: Command) -> Result<std::process::Output> {
+        let ns_file = std::fs::File::open(netns::path(ns))?;
+        // SAFETY: only setns(2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        Ok(cmd.stdin(Stdio::null()).output()?)
+    }
+
+    /// `weft get nodes -o json`, parsed.
+    ///
+    /// # Errors
+    /// When the command fails.
+    pub fn get_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        let out = self.weft_output(&all)?;
+        if !out.status.success() {
+            bail!("weft {}: {}", all.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits until every lab node is registered and Ready.
+    ///
+    /// # Errors
+    /// After `timeout`, with the agents' logs.
+    pub fn wait_nodes_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (name, c) in &mut self.agents {
+                if let Some(status) = c.try_wait()? {
+                    bail!(
+                        "the agent of {name} exited with {status}:\n{}",
+                        std::fs::read_to_string(self.dir.join(format!("agent-{name}.log")))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            let ready = self
+                .get_json(&["nodes"])
+                .map(|v| {
+                    v["items"]
+                        .as_array()
+                        .map(|items| {
+                            items
+                                .iter()
+                                .filter(|n| {
+                                    n["status"]["conditions"].as_array().is_some_and(|cs| {
+                                        cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                                    })
+                                })
+                                .count()
+                        })
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0);
+            if ready >= self.lab.nodes.len() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .lab
+                    .nodes
+                    .iter()
+                    .map(|n| format!("--- agent {}:\n{}", n.name, self.agent_log(&n.name)))
+                    .collect();
+                bail!(
+                    "only {ready} of {} nodes became Ready within {timeout:?}\n{}",
+                    self.lab.nodes.len(),
+                    logs.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Leaves the cluster running after this process exits (`weft lab up`).
+    ///
+    /// # Errors
+    /// When the lab's ready mark cannot be written.
+    pub fn keep(mut self) -> Result<()> {
+        self.lab.set_keep()?;
+        self.kept = true;
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.kept {
+            // The children run on after this process exits.
+            return;
+        }
+        // Removing the lab kills every process in its namespaces; the
+        // children are reaped here so that none is left a zombie.
+        lab::remove_prefix(&self.lab.prefix);
+        for c in self
+            .agents
+            .values_mut()
+            .chain(self.controller.iter_mut())
+            .chain(self.etcd.iter_mut())
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A kubeconfig for `node`'s agent: the lab's API, its CA, the node's token.
+fn node_kubeconfig(node: &str, ca_b64: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: weft-lab\n  cluster:\n    server: https://{API_ADDR}\n    certificate-authority-data: {ca_b64}\nusers:\n- name: system:node:{node}\n  user:\n    token: {token}\ncontexts:\n- name: weft-lab\n  context:\n    cluster: weft-lab\n    user: system:node:{node}\ncurrent-context: weft-lab\n"
+    )
+}
