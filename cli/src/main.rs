@@ -386,7 +386,6 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-
 async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
     match cmd {
         LabCmd::Up {
@@ -412,7 +411,9 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             spec.controller_args = vec!["--eviction-delay".into(), "0s".into()];
             match lab::state(LAB_PREFIX) {
                 lab::LabState::Up => {
-                    bail!("a lab is already up; `weft lab down` first (or use it: `weft get nodes`)")
+                    bail!(
+                        "a lab is already up; `weft lab down` first (or use it: `weft get nodes`)"
+                    )
                 }
                 lab::LabState::Partial => {
                     eprintln!("a previous `weft lab up` did not finish; removing what it left ...");

@@ -22,12 +22,16 @@ use anyhow::{Context as _, Result, bail};
 use weft_agent::{
     netlink::netns,
     runtime::busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
+    runtime::reference::ImageRef,
 };
 
 use crate::lab::{self, Lab, LabNode, LabSpec, Routing, STATE_ROOT};
 
 /// Where the controller listens inside the lab (the underlay's first address).
 pub const API_ADDR: &str = "192.0.2.1:6443";
+
+/// A second name of the busybox image on every node, for rolling updates.
+pub const SECOND_IMAGE: &str = "weft.local/busybox:v2";
 
 /// Which store the lab's controller uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,15 +91,17 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("prefix", &self.lab.prefix).finish_non_exhaustive()
+        f.debug_struct("Cluster")
+            .field("prefix", &self.lab.prefix)
+            .finish_non_exhaustive()
     }
 }
 
 /// Spawns `cmd` inside the named network namespace, in a session of its
 /// own, with output appended to `log`.
 fn spawn_in(ns: &str, mut cmd: Command, log: &Path) -> Result<Child> {
-    let ns_file = std::fs::File::open(netns::path(ns))
-        .with_context(|| format!("open the namespace {ns}"))?;
+    let ns_file =
+        std::fs::File::open(netns::path(ns)).with_context(|| format!("open the namespace {ns}"))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -165,16 +171,27 @@ impl Cluster {
         let data = self.dir.join("controller");
         std::fs::create_dir_all(&data)?;
         let mut cmd = Command::new(&weft);
-        cmd.args(["controller", "--listen", API_ADDR, "--advertise-address", "192.0.2.1"])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--kubeconfig-out")
-            .arg(&self.kubeconfig)
-            .args(["--tls-san", "127.0.0.1", "--tls-san", "localhost"]);
+        cmd.args([
+            "controller",
+            "--listen",
+            API_ADDR,
+            "--advertise-address",
+            "192.0.2.1",
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--kubeconfig-out")
+        .arg(&self.kubeconfig)
+        .args(["--tls-san", "127.0.0.1", "--tls-san", "localhost"]);
         if self.spec.store == Store::Etcd {
             progress("starting etcd in the underlay namespace");
             self.start_etcd()?;
-            cmd.args(["--store", "etcd", "--etcd-endpoints", "http://127.0.0.1:2379"]);
+            cmd.args([
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379",
+            ]);
         }
         // The host's listener is opened here, in the host's namespace, and
         // handed down as descriptor 3.
@@ -203,7 +220,11 @@ impl Cluster {
         cmd.args(&self.spec.controller_args).env("RUST_LOG", "info");
         progress(&format!(
             "starting the controller ({} store) at {API_ADDR}",
-            if self.spec.store == Store::Etcd { "etcd" } else { "SQLite" }
+            if self.spec.store == Store::Etcd {
+                "etcd"
+            } else {
+                "SQLite"
+            }
         ));
         let child = spawn_in(&self.lab.underlay, cmd, &self.dir.join("controller.log"))?;
         drop(host_listener);
@@ -213,13 +234,19 @@ impl Cluster {
             if let Some(c) = self.controller.as_mut()
                 && let Some(status) = c.try_wait()?
             {
-                bail!("the controller exited with {status}:\n{}", self.controller_log());
+                bail!(
+                    "the controller exited with {status}:\n{}",
+                    self.controller_log()
+                );
             }
             if self.kubeconfig.exists() && self.api_answers() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the controller did not serve within 30 s:\n{}", self.controller_log());
+                bail!(
+                    "the controller did not serve within 30 s:\n{}",
+                    self.controller_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -229,18 +256,16 @@ impl Cluster {
         let data = self.dir.join("etcd");
         std::fs::create_dir_all(&data)?;
         let mut cmd = Command::new("etcd");
-        cmd.args(["--name", "lab", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
-                "http://127.0.0.1:2379",
-                "--advertise-client-urls",
-                "http://127.0.0.1:2379",
-                "--listen-peer-urls",
-                "http://127.0.0.1:2380",
-                "--log-level",
-                "warn",
-            ]);
+        cmd.args(["--name", "lab", "--data-dir"]).arg(&data).args([
+            "--listen-client-urls",
+            "http://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--log-level",
+            "warn",
+        ]);
         let child = spawn_in(&self.lab.underlay, cmd, &self.dir.join("etcd.log"))
             .context("start etcd (apt-get install etcd-server)")?;
         self.etcd = Some(child);
@@ -265,7 +290,8 @@ impl Cluster {
 
     /// Whether the API answers /healthz from inside the lab.
     fn api_answers(&self) -> bool {
-        self.weft_output(&["get", "namespaces", "-o", "name"]).is_ok_and(|o| o.status.success())
+        self.weft_output(&["get", "namespaces", "-o", "name"])
+            .is_ok_and(|o| o.status.success())
     }
 
     /// The controller's log so far.
@@ -293,6 +319,12 @@ impl Cluster {
                 Default::default(),
             )?;
             rt.images().import(&layout, None)?;
+            // A second name for rolling updates to "a new image".
+            let img = rt.images().resolve(BUSYBOX_IMAGE)?;
+            rt.images().tag(
+                &ImageRef::parse(SECOND_IMAGE).expect("a valid reference"),
+                &img.manifest_digest,
+            )?;
         }
         Ok(())
     }
@@ -303,7 +335,11 @@ impl Cluster {
     /// # Errors
     /// When the token cannot be made or the agent not started.
     pub fn start_agent(&mut self, node: &str) -> Result<()> {
-        if self.agents.get_mut(node).is_some_and(|c| c.try_wait().ok().flatten().is_none()) {
+        if self
+            .agents
+            .get_mut(node)
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        {
             bail!("the agent of {node} is running");
         }
         let n = self.lab.node(node).clone();
@@ -324,7 +360,15 @@ impl Cluster {
         let mut cmd = Command::new(&self.lab.weft_bin);
         cmd.arg("--kubeconfig")
             .arg(&kubeconfig)
-            .args(["agent", "--node-name", node, "--instance", &n.netns, "--uplink", "eth0"])
+            .args([
+                "agent",
+                "--node-name",
+                node,
+                "--instance",
+                &n.netns,
+                "--uplink",
+                "eth0",
+            ])
             .arg("--state-dir")
             .arg(&state)
             .args(["--insecure-registry", lab::REGISTRY_ADDR]);
@@ -368,7 +412,10 @@ impl Cluster {
             .args(["node-token", node])
             .output()?;
         if !out.status.success() {
-            bail!("node-token {node}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "node-token {node}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
@@ -399,6 +446,73 @@ impl Cluster {
         Ok(cmd.stdin(Stdio::null()).output()?)
     }
 
+    /// Runs `argv` in the first container of pod `ns/name`, on whichever
+    /// node holds it; returns its exit code and combined output.
+    ///
+    /// # Errors
+    /// When the pod is not on any node or runc cannot be run.
+    pub fn exec(&self, ns: &str, name: &str, argv: &[&str]) -> Result<(i32, String)> {
+        let (node, rec) = lab::pods(&self.lab.prefix)?
+            .into_iter()
+            .find(|(_, r)| r.namespace == ns && r.name == name)
+            .with_context(|| format!("pod {ns}/{name} is on no node"))?;
+        let id = rec
+            .containers
+            .first()
+            .map(|(_, id)| id.clone())
+            .context("no containers")?;
+        let rt = lab::node_runtime(
+            &self.dir.join(&node),
+            &self.lab.weft_bin,
+            Default::default(),
+        )?;
+        let argv: Vec<String> = argv.iter().map(|s| (*s).to_string()).collect();
+        Ok(rt.exec_capture(&id, &argv, Duration::from_secs(20))?)
+    }
+
+    /// What is on `node`: (pod records, runc containers, pod namespaces,
+    /// pod veths), each as a sorted list of names.
+    ///
+    /// # Errors
+    /// When the node's state cannot be read.
+    pub fn node_inventory(&self, node: &str) -> Result<[Vec<String>; 4]> {
+        let n = self.lab.node(node);
+        let state = self.lab.node_state_dir(n);
+        let mut records: Vec<String> = lab::pods(&self.lab.prefix)?
+            .into_iter()
+            .filter(|(nn, _)| nn == node)
+            .map(|(_, r)| format!("{}/{}", r.namespace, r.name))
+            .collect();
+        records.sort();
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(state.join("runc"))
+            .args(["list", "-q"])
+            .output()?;
+        let mut containers: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        containers.sort();
+        let mut namespaces: Vec<String> = netns::list()?
+            .into_iter()
+            .filter(|x| x.starts_with(&format!("{}-p-", n.netns)))
+            .collect();
+        namespaces.sort();
+        let mut ip = Command::new("ip");
+        ip.args(["-o", "link", "show"]);
+        let links = self.output_in(&n.netns, ip)?;
+        let mut veths: Vec<String> = String::from_utf8_lossy(&links.stdout)
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with(weft_agent::sandbox::POD_VETH_PREFIX))
+            .collect();
+        veths.sort();
+        Ok([records, containers, namespaces, veths])
+    }
+
     /// `weft get nodes -o json`, parsed.
     ///
     /// # Errors
@@ -409,7 +523,11 @@ impl Cluster {
         all.extend_from_slice(&["-o", "json"]);
         let out = self.weft_output(&all)?;
         if !out.status.success() {
-            bail!("weft {}: {}", all.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "weft {}: {}",
+                all.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }
@@ -440,7 +558,8 @@ impl Cluster {
                                 .iter()
                                 .filter(|n| {
                                     n["status"]["conditions"].as_array().is_some_and(|cs| {
-                                        cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                                        cs.iter()
+                                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
                                     })
                                 })
                                 .count()

@@ -49,7 +49,14 @@ impl Api {
 
     /// Records an Event about a pod, as kubelet does (best effort: an
     /// Event that cannot be written is logged, never fatal).
-    pub(crate) async fn pod_event(&self, pod: &Pod, node: &str, type_: &str, reason: &str, message: &str) {
+    pub(crate) async fn pod_event(
+        &self,
+        pod: &Pod,
+        node: &str,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         let now = weft_now();
@@ -100,7 +107,11 @@ pub(crate) fn micro_now() -> String {
         .unwrap_or_default();
     let ts = k8s_openapi::jiff::Timestamp::from_second(now.as_secs() as i64)
         .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    format!("{}.{:06}Z", ts.strftime("%Y-%m-%dT%H:%M:%S"), now.subsec_micros())
+    format!(
+        "{}.{:06}Z",
+        ts.strftime("%Y-%m-%dT%H:%M:%S"),
+        now.subsec_micros()
+    )
 }
 
 /// An API error as an operator should read it.

@@ -130,7 +130,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 
     // The node's side of pod networking: the bridge holding the block's
     // gateway, and forwarding between pods, the uplink and other nodes.
-    let gateway = Ipv4Network::new(Ipv4Addr::from(u32::from(block.network()) + 1), block.prefix())?;
+    let gateway = Ipv4Network::new(
+        Ipv4Addr::from(u32::from(block.network()) + 1),
+        block.prefix(),
+    )?;
     net.ensure_bridge(&cfg.bridge, gateway, cfg.mtu)
         .await
         .with_context(|| format!("create the pod bridge {}", cfg.bridge))?;

@@ -20,7 +20,10 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::{
     api::{DeleteParams, Patch, PatchParams, Preconditions},
-    runtime::{WatchStreamExt as _, watcher::{self, Event}},
+    runtime::{
+        WatchStreamExt as _,
+        watcher::{self, Event},
+    },
 };
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -41,8 +44,8 @@ struct Worker {
 /// Follows the pods bound to this node and keeps one worker per pod.
 /// Never returns.
 pub(super) async fn run(node: Arc<Node>) -> Result<()> {
-    let config = watcher::Config::default()
-        .fields(&format!("spec.nodeName={}", node.cfg.node_name));
+    let config =
+        watcher::Config::default().fields(&format!("spec.nodeName={}", node.cfg.node_name));
     let stream = watcher::watcher(node.api.all::<Pod>(), config).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let creates = Arc::new(Semaphore::new(node.cfg.parallel_creates.max(1)));
@@ -201,15 +204,26 @@ impl PodWorker {
                                     if !announced {
                                         announced = true;
                                         node.api
-                                            .pod_event(&p, &node.cfg.node_name, "Normal", "Started", "Started all containers")
+                                            .pod_event(
+                                                &p,
+                                                &node.cfg.node_name,
+                                                "Normal",
+                                                "Started",
+                                                "Started all containers",
+                                            )
                                             .await;
                                     }
                                 }
                                 Err(e) => {
                                     let count = failure.as_ref().map_or(1, |f| f.count + 1);
-                                    let wait = Duration::from_secs(1 << count.min(5)).min(MAX_CREATE_BACKOFF);
-                                    failure = Some(Failure { count, next: Instant::now() + wait });
-                                    self.report_failure(&p, &e, count, wait, &mut reported).await;
+                                    let wait = Duration::from_secs(1 << count.min(5))
+                                        .min(MAX_CREATE_BACKOFF);
+                                    failure = Some(Failure {
+                                        count,
+                                        next: Instant::now() + wait,
+                                    });
+                                    self.report_failure(&p, &e, count, wait, &mut reported)
+                                        .await;
                                 }
                             }
                         }
@@ -234,7 +248,9 @@ impl PodWorker {
         let t = Instant::now();
         let r = self.node.sandbox.create_pod(pod, ip).await;
         match &r {
-            Ok(_) => tracing::info!(pod = %key(pod), %ip, ms = t.elapsed().as_millis() as u64, "pod started"),
+            Ok(_) => {
+                tracing::info!(pod = %key(pod), %ip, ms = t.elapsed().as_millis() as u64, "pod started")
+            }
             Err(e) => tracing::warn!(pod = %key(pod), error = %e, "pod could not be started"),
         }
         r.map(drop)
@@ -253,7 +269,10 @@ impl PodWorker {
                     &self.node.cfg.node_name,
                     "Normal",
                     "Killing",
-                    &format!("Stopping all containers (grace period {}s)", grace.as_secs()),
+                    &format!(
+                        "Stopping all containers (grace period {}s)",
+                        grace.as_secs()
+                    ),
                 )
                 .await;
         }
@@ -271,16 +290,27 @@ impl PodWorker {
 
     /// Deletes the API object for good once nothing of it runs here.
     async fn confirm_deletion(&self, pod: &Pod) {
-        let api = self.node.api.namespaced::<Pod>(pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api = self
+            .node
+            .api
+            .namespaced::<Pod>(pod.metadata.namespace.as_deref().unwrap_or("default"));
         let params = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
             ..DeleteParams::default()
         };
-        match api.delete(pod.metadata.name.as_deref().unwrap_or_default(), &params).await {
+        match api
+            .delete(pod.metadata.name.as_deref().unwrap_or_default(), &params)
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
-            Err(e) => tracing::warn!(pod = %key(pod), error = %describe(&e), "cannot finish the pod's deletion"),
+            Err(e) => {
+                tracing::warn!(pod = %key(pod), error = %describe(&e), "cannot finish the pod's deletion")
+            }
         }
     }
 
@@ -331,7 +361,13 @@ impl PodWorker {
         if count == 1 || count % 5 == 0 {
             self.node
                 .api
-                .pod_event(pod, &self.node.cfg.node_name, "Warning", event_reason, &message)
+                .pod_event(
+                    pod,
+                    &self.node.cfg.node_name,
+                    "Warning",
+                    event_reason,
+                    &message,
+                )
                 .await;
         }
     }
@@ -340,15 +376,24 @@ impl PodWorker {
         if reported.as_ref() == Some(&status) {
             return;
         }
-        let api = self.node.api.namespaced::<Pod>(pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api = self
+            .node
+            .api
+            .namespaced::<Pod>(pod.metadata.namespace.as_deref().unwrap_or("default"));
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
             .await
         {
             Ok(_) => *reported = Some(status),
             Err(e) if is_not_found(&e) => {}
-            Err(e) => tracing::warn!(pod = %key(pod), error = %describe(&e), "cannot report pod status"),
+            Err(e) => {
+                tracing::warn!(pod = %key(pod), error = %describe(&e), "cannot report pod status")
+            }
         }
     }
 }
@@ -391,7 +436,12 @@ fn finished(pod: &Pod) -> bool {
 /// The pod's status from its containers' statuses, keeping what did not
 /// change (transition times, start times) as the API has it, so that an
 /// agent restart writes nothing new for a pod that runs on undisturbed.
-fn pod_status(pod: &Pod, statuses: &[ContainerStatus], ip: Option<Ipv4Addr>, node_ip: Ipv4Addr) -> Value {
+fn pod_status(
+    pod: &Pod,
+    statuses: &[ContainerStatus],
+    ip: Option<Ipv4Addr>,
+    node_ip: Ipv4Addr,
+) -> Value {
     let old = pod.status.clone().unwrap_or_default();
     let policy = pod
         .spec
@@ -405,7 +455,8 @@ fn pod_status(pod: &Pod, statuses: &[ContainerStatus], ip: Option<Ipv4Addr>, nod
             .container_statuses
             .as_ref()
             .and_then(|cs| cs.iter().find(|c| c.name == s.name));
-        if let (Some(prev), Some(running)) = (prev, s.state.as_mut().and_then(|st| st.running.as_mut()))
+        if let (Some(prev), Some(running)) =
+            (prev, s.state.as_mut().and_then(|st| st.running.as_mut()))
             && prev.container_id == s.container_id
             && prev.restart_count == s.restart_count
             && let Some(was) = prev.state.as_ref().and_then(|st| st.running.as_ref())
@@ -413,13 +464,17 @@ fn pod_status(pod: &Pod, statuses: &[ContainerStatus], ip: Option<Ipv4Addr>, nod
             running.started_at = was.started_at.clone();
         }
     }
-    let running = statuses.iter().filter(|s| s.state.as_ref().is_some_and(|st| st.running.is_some())).count();
+    let running = statuses
+        .iter()
+        .filter(|s| s.state.as_ref().is_some_and(|st| st.running.is_some()))
+        .count();
     let terminated: Vec<i32> = statuses
         .iter()
         .filter_map(|s| s.state.as_ref()?.terminated.as_ref().map(|t| t.exit_code))
         .collect();
     let waiting_fresh = statuses.iter().any(|s| {
-        s.state.as_ref().is_some_and(|st| st.waiting.is_some()) && s.last_state.as_ref().is_none_or(|l| l.terminated.is_none())
+        s.state.as_ref().is_some_and(|st| st.waiting.is_some())
+            && s.last_state.as_ref().is_none_or(|l| l.terminated.is_none())
     });
     let phase = if !statuses.is_empty() && terminated.len() == statuses.len() {
         if terminated.iter().all(|c| *c == 0) {
@@ -453,14 +508,22 @@ fn pod_status(pod: &Pod, statuses: &[ContainerStatus], ip: Option<Ipv4Addr>, nod
     let not_ready = (!all_ready).then_some("ContainersNotReady");
     let mut conditions: Vec<Value> = old_conditions
         .iter()
-        .filter(|c| !matches!(c.type_.as_str(), "Initialized" | "ContainersReady" | "Ready" | "PodReadyToStartContainers"))
+        .filter(|c| {
+            !matches!(
+                c.type_.as_str(),
+                "Initialized" | "ContainersReady" | "Ready" | "PodReadyToStartContainers"
+            )
+        })
         .map(|c| serde_json::to_value(c).unwrap_or_default())
         .collect();
     conditions.push(condition("PodReadyToStartContainers", ip.is_some(), None));
     conditions.push(condition("Initialized", true, None));
     conditions.push(condition("ContainersReady", all_ready, not_ready));
     conditions.push(condition("Ready", all_ready, not_ready));
-    let start_time = old.start_time.as_ref().map_or_else(|| json!(now), |t| json!(t));
+    let start_time = old
+        .start_time
+        .as_ref()
+        .map_or_else(|| json!(now), |t| json!(t));
     let mut status = json!({
         "phase": phase,
         "conditions": conditions,

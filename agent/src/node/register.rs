@@ -20,7 +20,11 @@ const MAX_RETRY: Duration = Duration::from_secs(10);
 
 /// Registers (or re-registers) the Node and returns its pod block. Waits,
 /// saying why, for as long as the controller cannot be reached or refuses.
-pub(super) async fn register(api: &Api, cfg: &AgentConfig, node_ip: Ipv4Addr) -> Result<Ipv4Network> {
+pub(super) async fn register(
+    api: &Api,
+    cfg: &AgentConfig,
+    node_ip: Ipv4Addr,
+) -> Result<Ipv4Network> {
     let nodes = api.all::<NodeObject>();
     let mut pause = Duration::from_millis(250);
     loop {
@@ -234,9 +238,14 @@ pub(super) async fn heartbeat(node: Arc<Node>) -> Result<()> {
 async fn renew(leases: &kube::Api<Lease>, name: &str, every: Duration) -> Result<(), String> {
     // Kubernetes' lease duration is 40 s for a 10 s renewal: 4 renewals.
     let duration = (every.as_secs() * 4).max(10);
-    let spec = json!({"holderIdentity": name, "leaseDurationSeconds": duration, "renewTime": micro_now()});
+    let spec =
+        json!({"holderIdentity": name, "leaseDurationSeconds": duration, "renewTime": micro_now()});
     match leases
-        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": spec})),
+        )
         .await
     {
         Ok(_) => Ok(()),

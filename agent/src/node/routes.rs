@@ -8,7 +8,10 @@ use anyhow::Result;
 use futures::StreamExt as _;
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Node as NodeObject;
-use kube::runtime::{WatchStreamExt as _, watcher::{self, Event}};
+use kube::runtime::{
+    WatchStreamExt as _,
+    watcher::{self, Event},
+};
 
 use super::Node;
 use crate::netlink::{BlockRoute, Netlink, VxlanPeer, vtep_addr};
@@ -74,11 +77,17 @@ pub(super) async fn run(node: Arc<Node>) -> Result<()> {
         let routes: Vec<BlockRoute> = match node.cfg.routing {
             Routing::HostGw => others
                 .iter()
-                .map(|(block, ip)| BlockRoute { block: *block, via: *ip })
+                .map(|(block, ip)| BlockRoute {
+                    block: *block,
+                    via: *ip,
+                })
                 .collect(),
             Routing::Vxlan => others
                 .iter()
-                .map(|(block, _)| BlockRoute { block: *block, via: vtep_addr(*block) })
+                .map(|(block, _)| BlockRoute {
+                    block: *block,
+                    via: vtep_addr(*block),
+                })
                 .collect(),
         };
         if last.as_ref() == Some(&routes) {
@@ -89,10 +98,20 @@ pub(super) async fn run(node: Arc<Node>) -> Result<()> {
             Routing::Vxlan => {
                 let vx: Vec<VxlanPeer> = others
                     .iter()
-                    .map(|(block, ip)| VxlanPeer { node_ip: *ip, block: *block })
+                    .map(|(block, ip)| VxlanPeer {
+                        node_ip: *ip,
+                        block: *block,
+                    })
                     .collect();
                 match net
-                    .ensure_vxlan(VXLAN_DEV, VXLAN_VNI, node.node_ip, node.block, &node.cfg.uplink, &vx)
+                    .ensure_vxlan(
+                        VXLAN_DEV,
+                        VXLAN_VNI,
+                        node.node_ip,
+                        node.block,
+                        &node.cfg.uplink,
+                        &vx,
+                    )
                     .await
                 {
                     Ok(_) => net.sync_routes(&routes, VXLAN_DEV, true).await,
@@ -102,7 +121,10 @@ pub(super) async fn run(node: Arc<Node>) -> Result<()> {
         };
         match r {
             Ok(()) => {
-                tracing::info!(routes = routes.len(), "routes to other nodes' pod blocks in step");
+                tracing::info!(
+                    routes = routes.len(),
+                    "routes to other nodes' pod blocks in step"
+                );
                 last = Some(routes);
             }
             Err(e) => {

@@ -514,7 +514,9 @@ async fn dispatch(
             let (uid, rv, policy, body_grace) = delete_preconditions(headers, &bytes)?;
             let grace = match query.get("gracePeriodSeconds") {
                 Some(g) => Some(g.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!("gracePeriodSeconds must be an integer, not {g:?}"))
+                    ApiError::bad_request(format!(
+                        "gracePeriodSeconds must be an integer, not {g:?}"
+                    ))
                 })?),
                 None => body_grace,
             };

@@ -147,6 +147,38 @@ async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
                     Ok(n)
                 })
                 .await?;
+            // As kube's MarkPodsNotReady: nobody vouches for its pods any
+            // more, so they leave their Services' endpoints now, not at
+            // eviction.
+            for pod in ctx
+                .cache
+                .list(pods_res, None, |p| p["spec"]["nodeName"] == name.as_str())
+            {
+                let (ns, pod_name) = (
+                    pod["metadata"]["namespace"].as_str(),
+                    pod["metadata"]["name"].as_str().unwrap_or_default(),
+                );
+                let r = ctx
+                    .reg
+                    .modify(pods_res, ns, pod_name, Write::Status, |mut p| {
+                        if let Some(cs) = p["status"]["conditions"].as_array_mut() {
+                            for c in cs.iter_mut() {
+                                if c["type"] == "Ready" && c["status"] != "False" {
+                                    c["status"] = json!("False");
+                                    c["reason"] = json!("NodeNotReady");
+                                    c["lastTransitionTime"] = json!(stamp);
+                                }
+                            }
+                        }
+                        Ok(p)
+                    })
+                    .await;
+                if let Err(e) = r
+                    && e.code != 404
+                {
+                    tracing::warn!(pod = %pod_name, error = %e, "cannot mark the pod not ready");
+                }
+            }
             record_event(
                 &ctx.reg,
                 &node,

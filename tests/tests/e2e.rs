@@ -1,0 +1,438 @@
+//! End to end on a real 3-node lab: a `weft controller` and three `weft
+//! agent` processes in network namespaces, driven through the `weft` CLI as
+//! a user would, with traffic between real pods (runc, veths, routes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+use weft_tests::cluster::{Cluster, ClusterSpec};
+
+/// A web Deployment: every replica serves "<page> from <pod name>" and
+/// exits at once on SIGTERM (a shell as PID 1 would otherwise ignore it and
+/// wait out the grace period).
+fn web(replicas: u32, image: &str, page: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+      - name: httpd
+        image: {image}
+        command: ["sh", "-c", "mkdir -p /www && echo {page} from $(hostname) > /www/index.html && httpd -f -p 80 -h /www & trap 'exit 0' TERM; wait"]
+        readinessProbe:
+          httpGet: {{path: /, port: 80}}
+          periodSeconds: 1
+"#
+    )
+}
+
+fn apply(c: &Cluster, yaml: &str) -> Result<()> {
+    let f = tempfile::NamedTempFile::new()?;
+    std::fs::write(f.path(), yaml)?;
+    let out = c.weft_output(&["apply", "-f", f.path().to_str().unwrap_or_default()])?;
+    if !out.status.success() {
+        bail!("weft apply: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn weft(c: &Cluster, args: &[&str]) -> Result<String> {
+    let out = c.weft_output(args)?;
+    if !out.status.success() {
+        bail!(
+            "weft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pods(c: &Cluster, selector: &str) -> Result<Vec<Value>> {
+    let v = c.get_json(&["pods", "-l", selector])?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn name(p: &Value) -> String {
+    p["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn ready(p: &Value) -> bool {
+    p["metadata"]["deletionTimestamp"].is_null()
+        && p["status"]["phase"] == "Running"
+        && p["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Waits until exactly `n` pods match `selector`, all Ready (and none
+/// terminating); returns them.
+fn wait_ready(c: &Cluster, selector: &str, n: usize, timeout: Duration) -> Result<Vec<Value>> {
+    wait_ready_where(c, selector, n, timeout, |_| true)
+}
+
+/// [`wait_ready`], where every pod also passes `also`.
+fn wait_ready_where(
+    c: &Cluster,
+    selector: &str,
+    n: usize,
+    timeout: Duration,
+    also: impl Fn(&Value) -> bool,
+) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ps = pods(c, selector)?;
+        if ps.len() == n && ps.iter().all(|p| ready(p) && also(p)) {
+            return Ok(ps);
+        }
+        if Instant::now() > deadline {
+            let summary: Vec<String> = ps
+                .iter()
+                .map(|p| format!("{} {} ready={}", name(p), p["status"]["phase"], ready(p)))
+                .collect();
+            bail!(
+                "after {timeout:?}, {} pods instead of {n} ready: {summary:?}\ncontroller:\n{}\nagent n1:\n{}",
+                ps.len(),
+                tail(&c.controller_log()),
+                tail(&c.agent_log("n1"))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn by_node(ps: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut m: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for p in ps {
+        m.entry(
+            p["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+        .or_default()
+        .push(p.clone());
+    }
+    m
+}
+
+/// From one pod on every node, fetches every pod's page by its IP and
+/// checks that the right pod answered.
+fn check_reachable(c: &Cluster, ps: &[Value], page: &str) -> Result<()> {
+    for (node, on_node) in by_node(ps) {
+        let from = name(&on_node[0]);
+        for target in ps {
+            let ip = target["status"]["podIP"].as_str().context("no podIP")?;
+            // busybox's wget -T crashes; timeout(1) bounds it instead.
+            let (code, out) = c.exec(
+                "default",
+                &from,
+                &["timeout", "5", "wget", "-qO-", &format!("http://{ip}/")],
+            )?;
+            let want = format!("{page} from {}", name(target));
+            if code != 0 || out.trim() != want {
+                bail!(
+                    "{from} on {node} -> {} at {ip} on {}: exit {code}, {out:?} (wanted {want:?})",
+                    name(target),
+                    target["spec"]["nodeName"]
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every node holds exactly the pods the API binds to it: records,
+/// containers, namespaces and veths, one each per pod.
+fn check_nothing_left(c: &Cluster, ps: &[Value]) -> Result<()> {
+    let api = by_node(ps);
+    for n in &c.lab.nodes {
+        let want: BTreeSet<String> = api
+            .get(&n.name)
+            .map(|v| v.iter().map(|p| format!("default/{}", name(p))).collect())
+            .unwrap_or_default();
+        let [records, containers, namespaces, veths] = c.node_inventory(&n.name)?;
+        let got: BTreeSet<String> = records.iter().cloned().collect();
+        if got != want
+            || containers.len() != want.len()
+            || namespaces.len() != want.len()
+            || veths.len() != want.len()
+        {
+            bail!(
+                "node {}: API has {want:?}; node has records {records:?}, containers {containers:?}, namespaces {namespaces:?}, veths {veths:?}",
+                n.name
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn deployment_spreads_reaches_scales_and_rolls() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let c = rt.block_on(Cluster::up(ClusterSpec::new(3), |_| {}))?;
+
+    // Six replicas, all Running and Ready, spread over the three nodes.
+    apply(&c, &web(6, "weft.local/busybox:1.36", "v1"))?;
+    let ps = wait_ready(&c, "app=web", 6, Duration::from_secs(60))?;
+    let spread = by_node(&ps);
+    let counts: Vec<usize> = spread.values().map(Vec::len).collect();
+    assert_eq!(spread.len(), 3, "pods on every node: {spread:?}");
+    assert!(
+        counts.iter().max() <= Some(&2),
+        "six replicas spread evenly over three nodes: {counts:?}"
+    );
+    for p in &ps {
+        let node = c
+            .lab
+            .node(p["spec"]["nodeName"].as_str().unwrap_or_default());
+        assert_eq!(
+            p["status"]["hostIP"],
+            node.ip.to_string(),
+            "hostIP of {}",
+            name(p)
+        );
+    }
+    // Every pod reachable by IP from pods on every node.
+    check_reachable(&c, &ps, "v1")?;
+
+    // Scale to 12 and back to 3: nothing left behind on any node.
+    weft(&c, &["scale", "deployment", "web", "--replicas", "12"])?;
+    let ps = wait_ready(&c, "app=web", 12, Duration::from_secs(60))?;
+    check_nothing_left(&c, &ps)?;
+    weft(&c, &["scale", "deployment", "web", "--replicas", "3"])?;
+    let ps = wait_ready(&c, "app=web", 3, Duration::from_secs(60))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match check_nothing_left(&c, &ps) {
+            Ok(()) => break,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+
+    // A rolling update to a new image: the old pods are replaced one by one
+    // and the number of Ready pods never drops below the replica count
+    // (maxUnavailable 25% of 3 rounds down to 0).
+    apply(&c, &web(3, "weft.local/busybox:v2", "v2"))?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut min_ready = usize::MAX;
+    let ps = loop {
+        let ps = pods(&c, "app=web")?;
+        min_ready = min_ready.min(ps.iter().filter(|p| ready(p)).count());
+        let done = ps.len() == 3
+            && ps.iter().all(|p| {
+                ready(p) && p["spec"]["containers"][0]["image"] == "weft.local/busybox:v2"
+            });
+        if done {
+            break ps;
+        }
+        if Instant::now() > deadline {
+            bail!("the rollout did not finish: {ps:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        min_ready >= 3,
+        "Ready pods dropped to {min_ready} during the rollout"
+    );
+    check_reachable(&c, &ps, "v2")?;
+    let statuses: Vec<&Value> = ps
+        .iter()
+        .map(|p| &p["status"]["containerStatuses"][0])
+        .collect();
+    for s in statuses {
+        assert_eq!(s["image"], "weft.local/busybox:v2");
+        assert_eq!(s["restartCount"], 0);
+    }
+    Ok(())
+}
+
+#[test]
+fn agent_restart_and_node_failure() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut spec = ClusterSpec::new(3);
+    spec.controller_args = ["--node-grace", "6s", "--eviction-delay", "0s"]
+        .map(String::from)
+        .to_vec();
+    let grace = Duration::from_secs(6);
+    let mut c = rt.block_on(Cluster::up(spec, |_| {}))?;
+    apply(&c, &web(6, "weft.local/busybox:1.36", "v1"))?;
+    let before = wait_ready(&c, "app=web", 6, Duration::from_secs(60))?;
+
+    // An agent restart changes nothing for the running pods: same pods,
+    // same containers (start time, restart count), same addresses.
+    let snapshot = |ps: &[Value]| -> BTreeMap<String, (Value, Value, Value)> {
+        ps.iter()
+            .map(|p| {
+                let s = &p["status"]["containerStatuses"][0];
+                (
+                    p["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    (
+                        s["state"]["running"]["startedAt"].clone(),
+                        s["restartCount"].clone(),
+                        p["status"]["podIP"].clone(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let [_, containers_before, _, _] = c.node_inventory("n1")?;
+    c.kill_agent("n1")?;
+    c.start_agent("n1")?;
+    // Long enough for the new agent to list, adopt and sync every pod.
+    std::thread::sleep(Duration::from_secs(4));
+    let after = wait_ready(&c, "app=web", 6, Duration::from_secs(30))?;
+    assert_eq!(
+        snapshot(&before),
+        snapshot(&after),
+        "an agent restart changed the pods"
+    );
+    let [_, containers_after, _, _] = c.node_inventory("n1")?;
+    assert_eq!(containers_before, containers_after);
+    assert!(
+        c.agent_log("n1").matches("pod started").count()
+            == before
+                .iter()
+                .filter(|p| p["spec"]["nodeName"] == "n1")
+                .count(),
+        "the restarted agent started pods again:\n{}",
+        c.agent_log("n1")
+    );
+    check_reachable(&c, &after, "v1")?;
+
+    // A pod deleted while its agent is down is cleaned up when it returns.
+    let on_n2: Vec<String> = after
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "n2")
+        .map(name)
+        .collect();
+    let victim = on_n2.first().context("no pod on n2")?.clone();
+    c.kill_agent("n2")?;
+    weft(&c, &["delete", "pod", &victim])?;
+    c.start_agent("n2")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let [records, ..] = c.node_inventory("n2")?;
+        let gone_from_api = !pods(&c, "app=web")?.iter().any(|p| name(p) == victim);
+        if gone_from_api && !records.contains(&format!("default/{victim}")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{victim} still there after its agent came back: records {records:?}\n{}",
+                c.agent_log("n2")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let now = wait_ready(&c, "app=web", 6, Duration::from_secs(30))?;
+
+    // Node n3 fails: its agent is killed and its containers are gone.
+    let lost: Vec<String> = now
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "n3")
+        .map(name)
+        .collect();
+    assert!(!lost.is_empty(), "n3 runs some of the pods");
+    c.kill_agent("n3")?;
+    let n3_state = c.lab.node_state_dir(c.lab.node("n3"));
+    let [_, containers, _, _] = c.node_inventory("n3")?;
+    for id in &containers {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(n3_state.join("runc"))
+            .args(["kill", id, "KILL"])
+            .output()?;
+        assert!(
+            out.status.success(),
+            "runc kill {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let failed_at = Instant::now();
+    // NotReady within the grace period (plus the controller's 1 s sweep).
+    let not_ready_after = loop {
+        let n3 = c.get_json(&["node", "n3"])?;
+        let status = n3["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|x| x["type"] == "Ready"))
+            .map(|x| x["status"].clone());
+        if status.is_some_and(|s| s != "True") {
+            break failed_at.elapsed();
+        }
+        if failed_at.elapsed() > grace + Duration::from_secs(10) {
+            bail!(
+                "n3 still Ready {:?} after its agent died",
+                failed_at.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        not_ready_after <= grace + Duration::from_secs(3),
+        "NotReady after {not_ready_after:?}, grace {grace:?}"
+    );
+    // Its pods are recreated on the other nodes and reachable again.
+    let moved = wait_ready_where(&c, "app=web", 6, Duration::from_secs(30), |p| {
+        p["spec"]["nodeName"] != "n3"
+    })?;
+    let failover = failed_at.elapsed();
+    assert!(
+        moved.iter().all(|p| !lost.contains(&name(p))),
+        "the lost pods were replaced"
+    );
+    assert!(
+        failover <= grace + Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    check_reachable(&c, &moved, "v1")?;
+
+    // n3 comes back: Ready again, and what was left of its pods is removed.
+    c.start_agent("n3")?;
+    c.wait_nodes_ready(Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let [records, containers, namespaces, veths] = c.node_inventory("n3")?;
+        if records.is_empty() && containers.is_empty() && namespaces.is_empty() && veths.is_empty()
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "n3 kept {records:?} {containers:?} {namespaces:?} {veths:?}\n{}",
+                c.agent_log("n3")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
