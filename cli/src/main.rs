@@ -331,9 +331,12 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
 
 async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     use weft_agent::node::{AgentConfig, Routing};
+    // kube-rs logs each failed connection at ERROR; the agent says what
+    // failed and that it retries, once, in its own words.
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube_client=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -436,3 +436,132 @@ fn agent_restart_and_node_failure() -> Result<()> {
     }
     Ok(())
 }
+
+/// The pod's first container status.
+fn container_status(c: &Cluster, pod: &str) -> Result<Value> {
+    let p = c.get_json(&["pod", pod])?;
+    Ok(p["status"]["containerStatuses"][0].clone())
+}
+
+#[test]
+fn bad_input_shows_in_status_and_leaves_nothing() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut spec = ClusterSpec::new(2);
+    spec.agent_args = vec!["--restart-backoff".into(), "1s".into()];
+    let c = rt.block_on(Cluster::up(spec, |_| {}))?;
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: noimage}
+spec:
+  containers:
+  - {name: c, image: weft.local/nosuch:1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers:
+  - {name: c, image: weft.local/busybox:1.36, command: ["sh", "-c", "echo dying; exit 3"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nocmd}
+spec:
+  containers:
+  - {name: c, image: weft.local/busybox:1.36, command: ["/nonexistent"]}
+"#,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut image_ok, mut crash_ok, mut nocmd_ok) = (false, false, false);
+    while !(image_ok && crash_ok && nocmd_ok) {
+        if Instant::now() > deadline {
+            bail!(
+                "statuses: noimage {} crash {} nocmd {}",
+                container_status(&c, "noimage")?,
+                container_status(&c, "crash")?,
+                container_status(&c, "nocmd")?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let s = container_status(&c, "noimage")?;
+        image_ok = matches!(
+            s["state"]["waiting"]["reason"].as_str(),
+            Some("ErrImagePull" | "ImagePullBackOff")
+        ) && s["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("weft.local/nosuch") || m.contains("registry weft.local"));
+        let s = container_status(&c, "crash")?;
+        crash_ok = s["restartCount"].as_i64() >= Some(1)
+            && s["lastState"]["terminated"]["exitCode"] == 3
+            && matches!(
+                s["state"]["waiting"]["reason"].as_str(),
+                Some("CrashLoopBackOff")
+            );
+        let s = container_status(&c, "nocmd")?;
+        nocmd_ok = matches!(
+            s["state"]["waiting"]["reason"].as_str(),
+            Some("RunContainerError" | "CrashLoopBackOff")
+        ) && s["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/nonexistent"));
+    }
+    for p in ["noimage", "crash", "nocmd"] {
+        let phase = c.get_json(&["pod", p])?["status"]["phase"].clone();
+        assert!(phase == "Pending" || phase == "Running", "{p}: phase {phase}");
+    }
+    // Events say why, as kubelet's do.
+    let events = c.get_json(&["events"])?;
+    let warned = |pod: &str| {
+        events["items"].as_array().is_some_and(|es| {
+            es.iter().any(|e| e["involvedObject"]["name"] == pod && e["type"] == "Warning")
+        })
+    };
+    assert!(warned("noimage"), "no Warning event for noimage: {events}");
+    assert!(warned("nocmd"), "no Warning event for nocmd: {events}");
+    // Nothing half-made: the pods that cannot start hold no sandbox.
+    for n in &c.lab.nodes {
+        let [records, ..] = c.node_inventory(&n.name)?;
+        assert!(
+            !records.iter().any(|r| r == "default/noimage" || r == "default/nocmd"),
+            "node {} keeps a sandbox of a pod that cannot start: {records:?}",
+            n.name
+        );
+    }
+
+    // An agent with a wrong token, or without a reachable controller, says
+    // so and keeps trying; it makes nothing meanwhile.
+    let good = std::fs::read_to_string(c.dir.join("agent-n1.kubeconfig"))?;
+    let token = good
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .context("token line")?
+        .to_string();
+    for (what, kubeconfig, expect) in [
+        ("wrong token", good.replace(&token, "not-a-token"), "401 Unauthorized"),
+        ("unreachable controller", good.replace(":6443", ":6999"), "Connection refused"),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let kc = dir.path().join("kubeconfig");
+        std::fs::write(&kc, kubeconfig)?;
+        let state = dir.path().join("state");
+        let mut cmd = std::process::Command::new("timeout");
+        cmd.args(["5"])
+            .arg(&c.lab.weft_bin)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(["agent", "--node-name", "stray", "--instance", "weft-stray"])
+            .arg("--state-dir")
+            .arg(&state);
+        let out = c.output_in(&c.lab.node("n1").netns, cmd)?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(124), "{what}: the agent gave up instead of retrying:\n{log}");
+        assert!(log.contains(expect) && log.contains("retrying"), "{what}: {log}");
+        assert!(log.matches("cannot register").count() >= 2, "{what}: tried once only:\n{log}");
+        assert!(!state.exists(), "{what}: the agent made {state:?}");
+    }
+    let nodes = c.get_json(&["nodes"])?;
+    assert_eq!(nodes["items"].as_array().map(Vec::len), Some(2), "a stray node registered: {nodes}");
+    Ok(())
+}
