@@ -339,6 +339,19 @@ impl Sandbox {
         Ok(v)
     }
 
+    /// The cgroup (relative to each hierarchy's root) of all of this
+    /// node's pods: `weft/<node>`.
+    #[must_use]
+    pub fn node_cgroup(&self) -> String {
+        format!("weft/{}", self.cfg.node)
+    }
+
+    /// The cgroup of one pod, parent of its containers' cgroups.
+    #[must_use]
+    pub fn pod_cgroup(&self, uid: &str) -> String {
+        format!("weft/{}/{}", self.cfg.node, short_uid(uid))
+    }
+
     /// The record of the pod of that UID, if it is on this node.
     #[must_use]
     pub fn record(&self, uid: &str) -> Option<PodRecord> {

@@ -103,6 +103,16 @@ impl Client {
         })
     }
 
+    /// The kube-rs client underneath (streams: logs, exec).
+    pub fn kube(&self) -> &kube::Client {
+        &self.inner
+    }
+
+    /// The API server's URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
     /// Sends a request; a Kubernetes Status error becomes `ApiError`.
     pub async fn request(
         &self,

@@ -71,6 +71,52 @@ pub enum ClientCmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Print a container's log (from its node's agent).
+    Logs {
+        /// The pod.
+        pod: String,
+        /// The container (default: the pod's only one).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Keep streaming what the container writes.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<i64>,
+        /// The log of the previous run (before the last restart).
+        #[arg(short = 'p', long)]
+        previous: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run a command in a container; its output and exit code pass through.
+    Exec {
+        /// The pod.
+        pod: String,
+        /// The container (default: the pod's only one).
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Pass standard input to the command.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// CPU and memory of nodes or pods (from the agents' cgroups).
+    Top {
+        /// nodes or pods.
+        #[arg(value_parser = ["nodes", "node", "no", "pods", "pod", "po"])]
+        what: String,
+        /// All namespaces (pods).
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Set the replica count of a Deployment or ReplicaSet.
     Scale {
         /// KIND/NAME or KIND NAME.
@@ -131,7 +177,10 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         | ClientCmd::Get { common, .. }
         | ClientCmd::Describe { common, .. }
         | ClientCmd::Delete { common, .. }
-        | ClientCmd::Scale { common, .. } => common.clone(),
+        | ClientCmd::Scale { common, .. }
+        | ClientCmd::Logs { common, .. }
+        | ClientCmd::Exec { common, .. }
+        | ClientCmd::Top { common, .. } => common.clone(),
     };
     let path = client::kubeconfig_path(kubeconfig.as_deref());
     let c = Client::from_kubeconfig(&path).await?;
@@ -224,6 +273,26 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
             }
             Ok(failed as u8)
         }
+        ClientCmd::Logs {
+            pod,
+            container,
+            follow,
+            tail,
+            previous,
+            ..
+        } => crate::pod_cmds::logs(&c, &ns, &pod, container, follow, tail, previous).await,
+        ClientCmd::Exec {
+            pod,
+            container,
+            stdin,
+            command,
+            ..
+        } => crate::pod_cmds::exec(&c, &ns, &pod, container, stdin, command).await,
+        ClientCmd::Top {
+            what,
+            all_namespaces,
+            ..
+        } => crate::pod_cmds::top(&c, &what, (!all_namespaces).then_some(ns.as_str())).await,
         ClientCmd::Scale { args, replicas, .. } => {
             for (res, name) in targets(&args)? {
                 if !res.subresources.contains(&"scale") {

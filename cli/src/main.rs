@@ -2,6 +2,7 @@
 //! and calls into the libraries; nothing is decided here.
 
 mod client_cmds;
+mod pod_cmds;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -152,6 +153,12 @@ struct AgentArgs {
     /// Most pods this node takes.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// Port of the agent's endpoint for logs, exec and stats (on the node IP).
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// Move the agent into the node's cgroup (labs set it).
+    #[arg(long, hide = true)]
+    cgroup_self: bool,
     /// A name unique on this machine for the node's cgroups and pod
     /// namespaces (default: the node name; labs set it).
     #[arg(long, hide = true)]
@@ -370,6 +377,8 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     cfg.restart_backoff = args.restart_backoff;
     cfg.registry.plain_http = args.insecure_registries;
     cfg.max_pods = args.max_pods;
+    cfg.server_port = args.port;
+    cfg.cgroup_self = args.cgroup_self;
     weft_agent::node::run(cfg).await?;
     Ok(0)
 }

@@ -368,6 +368,7 @@ impl Cluster {
                 &n.netns,
                 "--uplink",
                 "eth0",
+                "--cgroup-self",
             ])
             .arg("--state-dir")
             .arg(&state)

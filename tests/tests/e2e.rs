@@ -445,7 +445,9 @@ fn container_status(c: &Cluster, pod: &str) -> Result<Value> {
 
 #[test]
 fn bad_input_shows_in_status_and_leaves_nothing() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut spec = ClusterSpec::new(2);
     spec.agent_args = vec!["--restart-backoff".into(), "1s".into()];
     let c = rt.block_on(Cluster::up(spec, |_| {}))?;
@@ -509,13 +511,17 @@ spec:
     }
     for p in ["noimage", "crash", "nocmd"] {
         let phase = c.get_json(&["pod", p])?["status"]["phase"].clone();
-        assert!(phase == "Pending" || phase == "Running", "{p}: phase {phase}");
+        assert!(
+            phase == "Pending" || phase == "Running",
+            "{p}: phase {phase}"
+        );
     }
     // Events say why, as kubelet's do.
     let events = c.get_json(&["events"])?;
     let warned = |pod: &str| {
         events["items"].as_array().is_some_and(|es| {
-            es.iter().any(|e| e["involvedObject"]["name"] == pod && e["type"] == "Warning")
+            es.iter()
+                .any(|e| e["involvedObject"]["name"] == pod && e["type"] == "Warning")
         })
     };
     assert!(warned("noimage"), "no Warning event for noimage: {events}");
@@ -524,7 +530,9 @@ spec:
     for n in &c.lab.nodes {
         let [records, ..] = c.node_inventory(&n.name)?;
         assert!(
-            !records.iter().any(|r| r == "default/noimage" || r == "default/nocmd"),
+            !records
+                .iter()
+                .any(|r| r == "default/noimage" || r == "default/nocmd"),
             "node {} keeps a sandbox of a pod that cannot start: {records:?}",
             n.name
         );
@@ -539,8 +547,16 @@ spec:
         .context("token line")?
         .to_string();
     for (what, kubeconfig, expect) in [
-        ("wrong token", good.replace(&token, "not-a-token"), "401 Unauthorized"),
-        ("unreachable controller", good.replace(":6443", ":6999"), "Connection refused"),
+        (
+            "wrong token",
+            good.replace(&token, "not-a-token"),
+            "401 Unauthorized",
+        ),
+        (
+            "unreachable controller",
+            good.replace(":6443", ":6999"),
+            "Connection refused",
+        ),
     ] {
         let dir = tempfile::tempdir()?;
         let kc = dir.path().join("kubeconfig");
@@ -556,12 +572,26 @@ spec:
             .arg(&state);
         let out = c.output_in(&c.lab.node("n1").netns, cmd)?;
         let log = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(124), "{what}: the agent gave up instead of retrying:\n{log}");
-        assert!(log.contains(expect) && log.contains("retrying"), "{what}: {log}");
-        assert!(log.matches("cannot register").count() >= 2, "{what}: tried once only:\n{log}");
+        assert_eq!(
+            out.status.code(),
+            Some(124),
+            "{what}: the agent gave up instead of retrying:\n{log}"
+        );
+        assert!(
+            log.contains(expect) && log.contains("retrying"),
+            "{what}: {log}"
+        );
+        assert!(
+            log.matches("cannot register").count() >= 2,
+            "{what}: tried once only:\n{log}"
+        );
         assert!(!state.exists(), "{what}: the agent made {state:?}");
     }
     let nodes = c.get_json(&["nodes"])?;
-    assert_eq!(nodes["items"].as_array().map(Vec::len), Some(2), "a stray node registered: {nodes}");
+    assert_eq!(
+        nodes["items"].as_array().map(Vec::len),
+        Some(2),
+        "a stray node registered: {nodes}"
+    );
     Ok(())
 }

@@ -13,6 +13,9 @@ pub(crate) struct Api {
     pub(crate) client: kube::Client,
     /// The API server's URL, for messages.
     pub(crate) server: String,
+    /// The node's bearer token, which the controller presents when it
+    /// calls the agent.
+    pub(crate) token: Option<String>,
 }
 
 impl Api {
@@ -21,6 +24,7 @@ impl Api {
     pub(crate) async fn connect(path: &Path) -> Result<Self> {
         let kc = kube::config::Kubeconfig::read_from(path)
             .with_context(|| format!("read the kubeconfig {}", path.display()))?;
+        let token = current_token(&kc);
         let mut config =
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
@@ -30,7 +34,11 @@ impl Api {
         config.connect_timeout = Some(Duration::from_secs(3));
         let server = config.cluster_url.to_string();
         let client = kube::Client::try_from(config).context("build the API client")?;
-        Ok(Self { client, server })
+        Ok(Self {
+            client,
+            server,
+            token,
+        })
     }
 
     pub(crate) fn all<K>(&self) -> kube::Api<K>
@@ -86,6 +94,27 @@ impl Api {
             tracing::warn!(pod = %format!("{ns}/{name}"), %reason, error = %describe(&e), "cannot record event");
         }
     }
+}
+
+/// The bearer token of the kubeconfig's current user, if it has one.
+fn current_token(kc: &kube::config::Kubeconfig) -> Option<String> {
+    use secrecy::ExposeSecret as _;
+    let ctx = kc.current_context.as_deref()?;
+    let user = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == ctx)?
+        .context
+        .as_ref()?
+        .user
+        .clone()?;
+    let auth = kc
+        .auth_infos
+        .iter()
+        .find(|a| a.name == user)?
+        .auth_info
+        .as_ref()?;
+    auth.token.as_ref().map(|t| t.expose_secret().to_string())
 }
 
 /// Now as `2006-01-02T15:04:05Z`.

@@ -10,6 +10,8 @@ mod api;
 mod pods;
 mod register;
 mod routes;
+mod server;
+mod stats;
 
 use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -62,6 +64,11 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// Pods created at once.
     pub parallel_creates: usize,
+    /// The port of the agent's endpoint (logs, exec, stats) on the node IP.
+    pub server_port: u16,
+    /// Move the agent into the node's own cgroup (`weft/<instance>/agent`),
+    /// so that the node's usage counts it and, in a lab, nodes are apart.
+    pub cgroup_self: bool,
 }
 
 impl AgentConfig {
@@ -85,6 +92,8 @@ impl AgentConfig {
             restart_backoff: Duration::from_secs(10),
             max_pods: 110,
             parallel_creates: 4,
+            server_port: server::DEFAULT_PORT,
+            cgroup_self: false,
         }
     }
 }
@@ -96,6 +105,8 @@ pub(crate) struct Node {
     pub(crate) sandbox: Sandbox,
     pub(crate) node_ip: Ipv4Addr,
     pub(crate) block: Ipv4Network,
+    /// What the Node announces of the agent's serving certificate.
+    pub(crate) cert_sha256: String,
 }
 
 /// Runs the agent until the process is stopped. Errors that retrying can
@@ -108,6 +119,9 @@ pub(crate) struct Node {
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     weft_name_check(&cfg.node_name)?;
     let api = api::Api::connect(&cfg.kubeconfig).await?;
+    if cfg.cgroup_self {
+        join_cgroup(&format!("weft/{}/agent", cfg.instance))?;
+    }
     let net = Netlink::open(None)?;
     let node_ip = match cfg.node_ip {
         Some(ip) => ip,
@@ -125,7 +139,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             })?,
     };
     tracing::info!(node = %cfg.node_name, %node_ip, server = %api.server, "registering");
-    let block = register::register(&api, &cfg, node_ip).await?;
+    let cert = server::ServingCert::new(&cfg.node_name, node_ip)?;
+    let block = register::register(&api, &cfg, node_ip, &cert.sha256).await?;
     tracing::info!(node = %cfg.node_name, %block, "registered; pod block assigned");
 
     // The node's side of pod networking: the bridge holding the block's
@@ -182,7 +197,16 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         sandbox,
         node_ip,
         block,
+        cert_sha256: cert.sha256.clone(),
     });
+    let stats = Arc::new(stats::Stats::default());
+    tokio::spawn(stats.clone().run(node.clone()));
+    let server = tokio::spawn(server::run(
+        node.clone(),
+        cert,
+        node.api.token.clone(),
+        stats,
+    ));
     let lease = tokio::spawn(register::heartbeat(node.clone()));
     let routes = tokio::spawn(routes::run(node.clone()));
     let pods = tokio::spawn(pods::run(node.clone()));
@@ -191,7 +215,28 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         r = lease => r.context("heartbeat task")?,
         r = routes => r.context("route task")?,
         r = pods => r.context("pod task")?,
+        r = server => r.context("endpoint task")?,
     }
+}
+
+/// Moves this process into cgroup `rel` of every hierarchy (made if need be).
+fn join_cgroup(rel: &str) -> Result<()> {
+    let pid = std::process::id().to_string();
+    for root in crate::sandbox::cgroup_roots() {
+        // A v1 cpuset group takes no task before its cpus and mems are
+        // set; the agent needs no cpuset, so it stays where it is there.
+        if root
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("cpuset"))
+        {
+            continue;
+        }
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::write(dir.join("cgroup.procs"), &pid)
+            .with_context(|| format!("join {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn weft_name_check(name: &str) -> Result<()> {

@@ -15,6 +15,10 @@ use super::{
     api::{Api, describe, is_conflict, is_not_found, micro_now, weft_now},
 };
 
+/// The Node annotation announcing the SHA-256 of the agent's serving
+/// certificate, by which the controller trusts it.
+pub(super) const CERT_ANNOTATION: &str = "weft.dev/serving-cert-sha256";
+
 /// Longest pause between attempts to reach the controller.
 const MAX_RETRY: Duration = Duration::from_secs(10);
 
@@ -24,11 +28,12 @@ pub(super) async fn register(
     api: &Api,
     cfg: &AgentConfig,
     node_ip: Ipv4Addr,
+    cert_sha256: &str,
 ) -> Result<Ipv4Network> {
     let nodes = api.all::<NodeObject>();
     let mut pause = Duration::from_millis(250);
     loop {
-        match try_register(&nodes, cfg, node_ip).await {
+        match try_register(&nodes, cfg, node_ip, cert_sha256).await {
             Ok(Some(block)) => return Ok(block),
             Ok(None) => tracing::warn!(
                 node = %cfg.node_name,
@@ -51,6 +56,7 @@ async fn try_register(
     nodes: &kube::Api<NodeObject>,
     cfg: &AgentConfig,
     node_ip: Ipv4Addr,
+    cert_sha256: &str,
 ) -> Result<Option<Ipv4Network>, String> {
     let status = node_status(cfg, node_ip);
     let obj = json!({
@@ -63,13 +69,21 @@ async fn try_register(
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
             },
+            "annotations": {CERT_ANNOTATION: cert_sha256},
         },
         "status": status,
     });
     let node: NodeObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
     let created = match nodes.create(&PostParams::default(), &node).await {
         Ok(n) => n,
-        Err(e) if is_conflict(&e) => nodes.get(&cfg.node_name).await.map_err(|e| describe(&e))?,
+        Err(e) if is_conflict(&e) => nodes
+            .patch(
+                &cfg.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {CERT_ANNOTATION: cert_sha256}}})),
+            )
+            .await
+            .map_err(|e| describe(&e))?,
         Err(e) => return Err(describe(&e)),
     };
     // Status is written through its subresource, whatever create kept.
@@ -122,6 +136,7 @@ fn node_status(cfg: &AgentConfig, node_ip: Ipv4Addr) -> Value {
             ready,
         ],
         "nodeInfo": node_info(),
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.server_port}},
     })
 }
 
@@ -273,7 +288,7 @@ async fn refresh_ready(nodes: &kube::Api<NodeObject>, node: &Node) -> Result<()>
         Err(e) if is_not_found(&e) => {
             // Deleted while we ran: register again; the block must not change
             // under running pods.
-            let block = register(&node.api, &node.cfg, node.node_ip).await?;
+            let block = register(&node.api, &node.cfg, node.node_ip, &node.cert_sha256).await?;
             if block != node.block {
                 anyhow::bail!(
                     "the node was deleted and registered again with block {block} instead of {}; restart the agent",

@@ -492,6 +492,26 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// The `runc exec` command that runs `argv` in a running container,
+    /// for callers that wire its standard streams themselves.
+    ///
+    /// # Errors
+    /// A bad id, or a container that is not running.
+    pub fn exec_command(&self, id: &str, argv: &[String]) -> Result<Command, RuntimeError> {
+        check_id(id)?;
+        let st = self.state(id)?;
+        if st.status != Status::Running {
+            return Err(RuntimeError::Runc {
+                id: id.to_string(),
+                op: "exec",
+                message: format!("the container is not running ({:?})", st.status),
+            });
+        }
+        let mut c = self.runc();
+        c.arg("exec").arg(id).args(argv);
+        Ok(c)
+    }
+
     /// Runs `argv` inside a running container (`runc exec`) with the
     /// caller's stdin, stdout and stderr; returns its exit code.
     ///

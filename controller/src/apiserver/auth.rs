@@ -132,6 +132,18 @@ impl Tokens {
             .map(|(t, _)| t.clone())
     }
 
+    /// The token of `node`'s agent, if it has one.
+    pub fn existing_node_token(&self, node: &str) -> Option<String> {
+        self.reload();
+        let user = format!("system:node:{node}");
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .1
+            .iter()
+            .find(|(_, u)| u.name == user)
+            .map(|(t, _)| t.clone())
+    }
+
     /// The token of `node`'s agent, created when it has none.
     pub fn node_token(&self, node: &str) -> anyhow::Result<String> {
         if let Some(e) = weft_api::meta::dns_subdomain_error(node) {

@@ -5,6 +5,7 @@ pub mod auth;
 mod discovery;
 pub mod hub;
 pub mod patch;
+pub mod proxy;
 pub mod table;
 pub mod tls;
 mod watch;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Request, State, ws::WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -92,9 +93,33 @@ pub fn error_response(e: &ApiError) -> Response {
 }
 
 async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();
+    // pods/exec is a WebSocket: it is upgraded, not read.
+    let exec_target = match path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "pods",
+            name,
+            "exec" | "attach",
+        ] => Some((ns.to_string(), name.to_string())),
+        _ => None,
+    };
+    if let Some((ns, name)) = exec_target {
+        return match exec(&st, &mut parts, &ns, &name).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+    }
     // The body is read before anything can refuse the request: an HTTP/2
     // stream answered while its client is still sending is reset, and the
     // client never sees the Status.
@@ -329,6 +354,15 @@ async fn dispatch(
         ["apis", g, v] => return Ok(json_response(200, &discovery::resource_list(g, v)?)),
         ["openapi", "v2"] => return Ok(discovery::openapi_v2()),
         ["openapi", ..] => return Err(ApiError::no_route(path)),
+        ["api", "v1", "nodes", node, "proxy", rest @ ..] => {
+            if !user.is_admin() {
+                return Err(ApiError::forbidden(format!(
+                    "User \"{}\" cannot get resource \"nodes/proxy\"",
+                    user.name
+                )));
+            }
+            return proxy::node_proxy(st, node, &rest.join("/")).await;
+        }
         ["api", "v1", rest @ ..] => ("", "v1", rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return Err(ApiError::no_route(path)),
@@ -556,13 +590,60 @@ async fn dispatch(
                 &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {}, "items": deleted}),
             ))
         }
-        ("get", Some("log" | "exec")) | ("create", Some("exec")) => Err(ApiError::unavailable(
-            "pod logs and exec are served by the node agent, which this controller cannot reach yet",
+        ("get", Some("log")) => {
+            if !user.is_admin() {
+                return Err(ApiError::forbidden(format!(
+                    "User \"{}\" cannot get resource \"pods/log\"",
+                    user.name
+                )));
+            }
+            let name = target.name.as_deref().unwrap_or_default();
+            proxy::pod_log(st, ns.unwrap_or("default"), name, &query).await
+        }
+        ("get" | "create", Some("exec")) => Err(ApiError::bad_request(
+            "pods/exec is served over WebSocket only (kubectl 1.30 and later, or `weft exec`); SPDY is not supported",
         )),
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported on {path}"
         ))),
     }
+}
+
+/// `pods/{name}/exec`: admins only, over a WebSocket (Kubernetes'
+/// `v5.channel.k8s.io` / `v4.channel.k8s.io`), relayed to the pod's agent.
+async fn exec(
+    st: &ApiState,
+    parts: &mut axum::http::request::Parts,
+    ns: &str,
+    name: &str,
+) -> Result<Response, ApiError> {
+    use axum::extract::FromRequestParts as _;
+    let user = st.tokens.authenticate(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )?;
+    if !user.is_admin() {
+        return Err(ApiError::forbidden(format!(
+            "User \"{}\" cannot create resource \"pods/exec\" in the namespace \"{ns}\"",
+            user.name
+        )));
+    }
+    if parts.uri.path().ends_with("/attach") {
+        return Err(ApiError::bad_request(
+            "pods/attach is not supported; use exec",
+        ));
+    }
+    let protocols = proxy::offered_protocols(&parts.headers);
+    let raw_query = parts.uri.query().unwrap_or_default().to_string();
+    let query = Query::parse(Some(&raw_query));
+    let ws = WebSocketUpgrade::from_request_parts(parts, &()).await.map_err(|_| {
+        ApiError::bad_request(
+            "pods/exec is served over WebSocket only (kubectl 1.30 and later, or `weft exec`); SPDY is not supported",
+        )
+    })?;
+    proxy::pod_exec(st, ns, name, &raw_query, &query, protocols, ws).await
 }
 
 /// The registry to write through: `dryRun=All` checks and answers as usual

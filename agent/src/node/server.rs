@@ -1,0 +1,551 @@
+//! The agent's HTTPS endpoint (kubelet's port 10250), which the controller
+//! proxies `pods/log`, `pods/exec` and node stats to:
+//!
+//! - `GET /containerLogs/{ns}/{pod}/{container}?follow&tailLines&previous&timestamps`
+//! - `GET /exec/{ns}/{pod}/{container}?command=..&stdin&stdout&stderr` as a
+//!   WebSocket speaking Kubernetes' `v5.channel.k8s.io` / `v4.channel.k8s.io`
+//!   (one byte of channel, then data; the exit Status on channel 3)
+//! - `GET /stats/summary`: CPU and memory of the node and each pod, from
+//!   cgroups, shaped like kubelet's Summary API.
+//!
+//! Only the controller may call it: it presents this node's own token,
+//! which only the controller and this agent know.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    Router,
+    body::Body,
+    extract::{
+        Path, Query, State,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::{Node, stats::Stats};
+use crate::sandbox::PodRecord;
+
+/// The port kubelet serves on, which the agent takes too.
+pub(super) const DEFAULT_PORT: u16 = 10250;
+
+struct Shared {
+    node: Arc<Node>,
+    token: Option<String>,
+    stats: Arc<Stats>,
+}
+
+/// The agent's serving certificate: self-signed, made at each start; the
+/// controller trusts it by the SHA-256 the Node announces.
+pub(super) struct ServingCert {
+    cert_pem: String,
+    key_pem: String,
+    /// Hex SHA-256 of the certificate (DER).
+    pub(super) sha256: String,
+}
+
+impl ServingCert {
+    pub(super) fn new(node_name: &str, node_ip: std::net::Ipv4Addr) -> Result<Self> {
+        use sha2::Digest as _;
+        let c =
+            rcgen::generate_simple_self_signed(vec![node_ip.to_string(), node_name.to_string()])
+                .context("make the agent's serving certificate")?;
+        let sha256 = sha2::Sha256::digest(c.cert.der().as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Self {
+            cert_pem: c.cert.pem(),
+            key_pem: c.signing_key.serialize_pem(),
+            sha256,
+        })
+    }
+}
+
+/// Serves until the process stops.
+pub(super) async fn run(
+    node: Arc<Node>,
+    cert: ServingCert,
+    token: Option<String>,
+    stats: Arc<Stats>,
+) -> Result<()> {
+    if token.is_none() {
+        tracing::warn!(
+            "the agent's kubeconfig has no bearer token, so its endpoint refuses every request (logs, exec and stats will not work)"
+        );
+    }
+    let addr = SocketAddr::from((node.node_ip, node.cfg.server_port));
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+        cert.cert_pem.into_bytes(),
+        cert.key_pem.into_bytes(),
+    )
+    .await?;
+    let shared = Arc::new(Shared { node, token, stats });
+    let app = Router::new()
+        .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
+        .route("/exec/{ns}/{pod}/{container}", get(exec))
+        .route("/stats/summary", get(summary))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(shared);
+    tracing::info!(%addr, "serving logs, exec and stats");
+    axum_server::bind_rustls(addr, tls)
+        .serve(app.into_make_service())
+        .await
+        .with_context(|| format!("serve on {addr}"))
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16()});
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn authorized(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (&s.token, given) {
+        (Some(t), Some(g))
+            if t.len() == g.len()
+                && t.bytes().zip(g.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 =>
+        {
+            Ok(())
+        }
+        _ => Err(status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized",
+        )),
+    }
+}
+
+/// The record of pod `ns/name` on this node and the runtime id of its
+/// container `container`.
+fn find(s: &Shared, ns: &str, pod: &str, container: &str) -> Result<(PodRecord, String), Response> {
+    let rec = s
+        .node
+        .sandbox
+        .records()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|r| r.namespace == ns && r.name == pod)
+        .ok_or_else(|| {
+            status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!(
+                    "pod {ns}/{pod} is not running on node {}",
+                    s.node.cfg.node_name
+                ),
+            )
+        })?;
+    let id = rec
+        .containers
+        .iter()
+        .find(|(n, _)| n == container)
+        .map(|(_, id)| id.clone())
+        .ok_or_else(|| {
+            let names: Vec<&str> = rec.containers.iter().map(|(n, _)| n.as_str()).collect();
+            status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "container {container} is not valid for pod {pod}; choose one of: {names:?}"
+                ),
+            )
+        })?;
+    Ok((rec, id))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LogQuery {
+    #[serde(default)]
+    follow: Option<String>,
+    #[serde(default)]
+    tail_lines: Option<i64>,
+    #[serde(default)]
+    previous: Option<String>,
+    #[serde(default)]
+    timestamps: Option<String>,
+}
+
+fn truthy(v: Option<&String>) -> bool {
+    v.is_some_and(|v| v == "true" || v == "1")
+}
+
+async fn logs(
+    State(s): State<Arc<Shared>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<LogQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return r;
+    }
+    let (rec, id) = match find(&s, &ns, &pod, &container) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let run = rec.restarts.get(&container).copied().unwrap_or(0);
+    let (run, previous) = if truthy(q.previous.as_ref()) {
+        if run == 0 {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!(
+                    "previous terminated container \"{container}\" in pod \"{pod}\" not found"
+                ),
+            );
+        }
+        (run - 1, true)
+    } else {
+        (run, false)
+    };
+    let path = s.node.sandbox.log_path(&rec.uid, &container, run);
+    let timestamps = truthy(q.timestamps.as_ref());
+    let follow = truthy(q.follow.as_ref()) && !previous;
+    let text = tokio::fs::read(&path).await.unwrap_or_default();
+    // The complete lines so far, the last `tailLines` of them.
+    let end = text.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    let mut lines: Vec<String> = text[..end]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| render(l, timestamps))
+        .collect();
+    if let Some(n) = q.tail_lines.filter(|n| *n >= 0) {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        lines.drain(..lines.len().saturating_sub(n));
+    }
+    let head: String = lines.concat();
+    if !follow {
+        return ([(header::CONTENT_TYPE, "text/plain")], head).into_response();
+    }
+    // Follow: what is appended from `end` on, until the container's run
+    // ends (or the client goes away, which drops the stream).
+    let runtime = s.node.sandbox.runtime().clone();
+    let stream = async_stream(
+        head,
+        path,
+        end as u64,
+        move || {
+            let rt = runtime.clone();
+            let id = id.clone();
+            async move {
+                tokio::task::spawn_blocking(move || rt.state(&id))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .is_some_and(|st| st.status == crate::runtime::Status::Running)
+            }
+        },
+        timestamps,
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// One CRI log line (`<time> <stream> <P|F> <text>`) as users see it.
+fn render(line: &[u8], timestamps: bool) -> String {
+    let l = String::from_utf8_lossy(line);
+    let mut parts = l.splitn(4, ' ');
+    let (time, _stream, tag, text) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    // A partial line (P) continues in the next record.
+    let nl = if tag == "P" { "" } else { "\n" };
+    if timestamps {
+        format!("{time} {text}{nl}")
+    } else {
+        format!("{text}{nl}")
+    }
+}
+
+fn async_stream<F, Fut>(
+    head: String,
+    path: std::path::PathBuf,
+    mut offset: u64,
+    running: F,
+    timestamps: bool,
+) -> impl futures::Stream<Item = Result<String, std::io::Error>>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    tokio::spawn(async move {
+        if !head.is_empty() && tx.send(Ok(head)).await.is_err() {
+            return;
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let mut chunk = Vec::new();
+            if let Ok(mut f) = tokio::fs::File::open(&path).await {
+                use tokio::io::AsyncSeekExt as _;
+                if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+                    let _ = f.read_to_end(&mut chunk).await;
+                }
+            }
+            if chunk.is_empty() {
+                if !running().await {
+                    // One last look for what the container wrote last.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if tokio::fs::metadata(&path)
+                        .await
+                        .map(|m| m.len())
+                        .unwrap_or(0)
+                        <= offset
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            offset += chunk.len() as u64;
+            pending.extend_from_slice(&chunk);
+            let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+                continue;
+            };
+            let done: Vec<u8> = pending.drain(..=end).collect();
+            let text: String = done
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| render(l, timestamps))
+                .collect();
+            if tx.send(Ok(text)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn summary(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return r;
+    }
+    let records = s.node.sandbox.records().unwrap_or_default();
+    let body = s
+        .stats
+        .summary(&s.node.cfg.node_name, &s.node.sandbox, &records);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn exec(
+    State(s): State<Arc<Shared>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return r;
+    }
+    let (_, id) = match find(&s, &ns, &pod, &container) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let flag = |k: &str| q.iter().any(|(n, v)| n == k && (v == "true" || v == "1"));
+    let argv: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if argv.is_empty() {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 command",
+        );
+    }
+    if flag("tty") {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "terminals (tty) are not supported by the weft agent yet; run without -t",
+        );
+    }
+    let cmd = match s.node.sandbox.runtime().exec_command(&id, &argv) {
+        Ok(c) => c,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+    };
+    let (stdin, stdout, stderr) = (
+        flag("stdin"),
+        flag("stdout") || !flag("stderr"),
+        flag("stderr"),
+    );
+    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        .on_upgrade(move |socket| async move {
+            let v5 = socket
+                .protocol()
+                .is_some_and(|p| p.as_bytes() == b"v5.channel.k8s.io");
+            if let Err(e) = pump(socket, cmd, argv, stdin, stdout, stderr, v5).await {
+                tracing::warn!(error = %e, "exec session failed");
+            }
+        })
+}
+
+/// Runs the command and relays its streams over the socket: stdin from
+/// channel 0, stdout to 1, stderr to 2, and finally the exit Status on 3.
+async fn pump(
+    mut socket: WebSocket,
+    cmd: std::process::Command,
+    argv: Vec<String>,
+    want_stdin: bool,
+    want_stdout: bool,
+    want_stderr: bool,
+    v5: bool,
+) -> Result<()> {
+    use std::process::Stdio;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(if want_stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(if want_stdout {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stderr(if want_stderr {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().context("run runc exec")?;
+    let mut stdin = child.stdin.take();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(32);
+    let mut readers = Vec::new();
+    for (chan, r) in [
+        (
+            1u8,
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ),
+        (
+            2u8,
+            child
+                .stderr
+                .take()
+                .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ),
+    ] {
+        if let Some(mut r) = r {
+            let tx = tx.clone();
+            readers.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tx.send((chan, buf[..n].to_vec())).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    drop(tx);
+    let mut outputs_open = true;
+    let code = loop {
+        tokio::select! {
+            out = rx.recv(), if outputs_open => match out {
+                Some((chan, data)) => {
+                    let mut frame = Vec::with_capacity(data.len() + 1);
+                    frame.push(chan);
+                    frame.extend_from_slice(&data);
+                    if socket.send(Message::Binary(frame.into())).await.is_err() {
+                        let _ = child.kill().await;
+                        return Ok(());
+                    }
+                }
+                None => outputs_open = false,
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
+                    0 => {
+                        if let Some(i) = stdin.as_mut()
+                            && i.write_all(&b[1..]).await.is_err()
+                        {
+                            stdin = None;
+                        }
+                    }
+                    // v5: the client closed its stdin.
+                    255 if v5 && b.get(1) == Some(&0) => stdin = None,
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    let _ = child.kill().await;
+                    return Ok(());
+                }
+                _ => {}
+            },
+            st = child.wait(), if !outputs_open => {
+                break st.ok().and_then(|s| s.code()).unwrap_or(137);
+            }
+        }
+    };
+    for r in readers {
+        let _ = r.await;
+    }
+    let status = if code == 0 {
+        json!({"metadata": {}, "status": "Success"})
+    } else {
+        json!({"metadata": {}, "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {argv:?}, exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
+    };
+    let mut frame = vec![3u8];
+    frame.extend_from_slice(status.to_string().as_bytes());
+    let _ = socket.send(Message::Binary(frame.into())).await;
+    // A normal closure (1000): clients such as kubectl treat a close
+    // without a code as an error.
+    let _ = socket
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        })))
+        .await;
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! `weft logs`, `weft exec` and `weft top`: what the controller relays from
+//! the pods' agents.
+
+use anyhow::{Context as _, Result, bail};
+use futures::{AsyncBufReadExt as _, StreamExt as _};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{AttachParams, LogParams};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use weft_api::client::Client;
+
+/// `weft logs`.
+pub async fn logs(
+    c: &Client,
+    ns: &str,
+    pod: &str,
+    container: Option<String>,
+    follow: bool,
+    tail: Option<i64>,
+    previous: bool,
+) -> Result<u8> {
+    if tail.is_some_and(|t| t < 0) {
+        bail!("--tail must be 0 or more");
+    }
+    let pods: kube::Api<Pod> = kube::Api::namespaced(c.kube().clone(), ns);
+    let params = LogParams {
+        container,
+        follow,
+        tail_lines: tail,
+        previous,
+        ..LogParams::default()
+    };
+    let mut lines = pods
+        .log_stream(pod, &params)
+        .await
+        .map_err(|e| api_error(c, e))?
+        .lines();
+    let mut out = tokio::io::stdout();
+    while let Some(line) = lines.next().await {
+        let line = line.context("read the log stream")?;
+        out.write_all(line.as_bytes()).await?;
+        out.write_all(b"\n").await?;
+        out.flush().await?;
+    }
+    Ok(0)
+}
+
+/// `weft exec`: the command's exit code becomes ours.
+pub async fn exec(
+    c: &Client,
+    ns: &str,
+    pod: &str,
+    container: Option<String>,
+    stdin: bool,
+    command: Vec<String>,
+) -> Result<u8> {
+    let pods: kube::Api<Pod> = kube::Api::namespaced(c.kube().clone(), ns);
+    let mut params = AttachParams::default()
+        .stdin(stdin)
+        .stdout(true)
+        .stderr(true);
+    if let Some(ct) = container {
+        params = params.container(ct);
+    }
+    let mut proc = pods
+        .exec(pod, command.clone(), &params)
+        .await
+        .map_err(|e| api_error(c, e))?;
+    let status = proc.take_status();
+    let mut tasks = Vec::new();
+    if let Some(mut o) = proc.stdout() {
+        tasks.push(tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut o, &mut tokio::io::stdout()).await;
+        }));
+    }
+    if let Some(mut e) = proc.stderr() {
+        tasks.push(tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut e, &mut tokio::io::stderr()).await;
+        }));
+    }
+    if let Some(mut w) = proc.stdin() {
+        tokio::spawn(async move {
+            let mut input = tokio::io::stdin();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match input.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = w.shutdown().await;
+        });
+    }
+    let status = match status {
+        Some(s) => s.await,
+        None => None,
+    };
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = proc.join().await;
+    let Some(status) = status else {
+        bail!("the exec session ended without an exit status");
+    };
+    if status.status.as_deref() == Some("Success") {
+        return Ok(0);
+    }
+    let code = status
+        .details
+        .as_ref()
+        .and_then(|d| d.causes.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+        .and_then(|c| c.message.as_deref())
+        .and_then(|m| m.parse::<i64>().ok());
+    match code {
+        Some(code) => Ok(u8::try_from(code).unwrap_or(255)),
+        None => bail!(
+            "{}",
+            status
+                .message
+                .unwrap_or_else(|| "the command failed".into())
+        ),
+    }
+}
+
+fn api_error(c: &Client, e: kube::Error) -> anyhow::Error {
+    match e {
+        kube::Error::Api(s) => anyhow::anyhow!("{}", s.message),
+        other => anyhow::anyhow!("{}: {other}", c.server()),
+    }
+}
+
+/// `weft top nodes|pods`: usage from every node's stats, as kubectl top
+/// prints it.
+pub async fn top(c: &Client, what: &str, ns: Option<&str>) -> Result<u8> {
+    let nodes = c.get("/api/v1/nodes").await?;
+    let nodes: Vec<Value> = nodes["items"].as_array().cloned().unwrap_or_default();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let pods_view = what.starts_with("po");
+    if pods_view {
+        rows.push(
+            ns.map_or_else(|| vec!["NAMESPACE".into()], |_| Vec::new())
+                .into_iter()
+                .chain(["NAME", "CPU(cores)", "MEMORY(bytes)"].map(String::from))
+                .collect(),
+        );
+    } else {
+        rows.push(
+            ["NAME", "CPU(cores)", "CPU(%)", "MEMORY(bytes)", "MEMORY(%)"]
+                .map(String::from)
+                .to_vec(),
+        );
+    }
+    let mut pod_rows = Vec::new();
+    for n in &nodes {
+        let name = n["metadata"]["name"].as_str().unwrap_or_default();
+        let summary = match c
+            .get(&format!("/api/v1/nodes/{name}/proxy/stats/summary"))
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("node {name}: no stats: {e}");
+                continue;
+            }
+        };
+        if pods_view {
+            for p in summary["pods"].as_array().cloned().unwrap_or_default() {
+                let pns = p["podRef"]["namespace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if ns.is_some_and(|want| want != pns) {
+                    continue;
+                }
+                let mut row = if ns.is_none() { vec![pns] } else { Vec::new() };
+                row.push(p["podRef"]["name"].as_str().unwrap_or_default().to_string());
+                row.push(cpu(&p["cpu"]));
+                row.push(mem(&p["memory"]));
+                pod_rows.push(row);
+            }
+        } else {
+            let alloc_cpu = n["status"]["allocatable"]["cpu"]
+                .as_str()
+                .and_then(|c| c.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            let alloc_mem = n["status"]["allocatable"]["memory"]
+                .as_str()
+                .and_then(|m| m.strip_suffix("Ki"))
+                .and_then(|m| m.parse::<f64>().ok())
+                .map_or(0.0, |k| k * 1024.0);
+            let nc = summary["node"]["cpu"]["usageNanoCores"].as_f64();
+            let nm = summary["node"]["memory"]["workingSetBytes"].as_f64();
+            let pct = |v: Option<f64>, of: f64| match v {
+                Some(v) if of > 0.0 => format!("{:.0}%", v / of * 100.0),
+                _ => "-".into(),
+            };
+            rows.push(vec![
+                name.to_string(),
+                cpu(&summary["node"]["cpu"]),
+                pct(nc.map(|v| v / 1e9), alloc_cpu),
+                mem(&summary["node"]["memory"]),
+                pct(nm, alloc_mem),
+            ]);
+        }
+    }
+    pod_rows.sort();
+    rows.extend(pod_rows);
+    if rows.len() == 1 {
+        eprintln!("No resources found");
+        return Ok(0);
+    }
+    print!("{}", weft_api::printer::align(&rows));
+    Ok(0)
+}
+
+/// CPU as kubectl top prints it: millicores, or "-" before the first rate.
+fn cpu(v: &Value) -> String {
+    v["usageNanoCores"]
+        .as_f64()
+        .map_or_else(|| "-".into(), |n| format!("{:.0}m", n / 1e6))
+}
+
+/// Memory (working set) in MiB.
+fn mem(v: &Value) -> String {
+    v["workingSetBytes"]
+        .as_f64()
+        .map_or_else(|| "-".into(), |b| format!("{:.0}Mi", b / 1024.0 / 1024.0))
+}
