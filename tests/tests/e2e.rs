@@ -595,3 +595,193 @@ spec:
     );
     Ok(())
 }
+
+#[test]
+fn logs_exec_and_top_through_the_controller() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut spec = ClusterSpec::new(2);
+    spec.agent_args = vec!["--restart-backoff".into(), "1s".into()];
+    let c = rt.block_on(Cluster::up(spec, |_| {}))?;
+    apply(
+        &c,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    command: ["sh", "-c", "echo line1; echo line2; echo oops >&2; trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.3; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - {name: main, image: weft.local/busybox:1.36, command: ["sh", "-c", "echo run-$(cat /proc/uptime | cut -d' ' -f1); exit 1"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: duo}
+spec:
+  containers:
+  - {name: a, image: weft.local/busybox:1.36, command: ["sleep", "3600"]}
+  - {name: b, image: weft.local/busybox:1.36, command: ["sleep", "3600"]}
+"#,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let talker = c.get_json(&["pod", "talker"])?;
+        let crasher = container_status(&c, "crasher")?;
+        if ready(&talker) && crasher["restartCount"].as_i64() >= Some(1) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("pods did not start: {talker} {crasher}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Logs: the whole log, its tail, the previous run, stdout and stderr.
+    let log = weft(&c, &["logs", "talker"])?;
+    let lines: Vec<&str> = log.lines().collect();
+    // stdout and stderr are separate pipes: only each one's order is kept.
+    assert_eq!(&lines[..2], ["line1", "line2"], "{log}");
+    assert!(lines.contains(&"oops"), "{log}");
+    let ticks: Vec<&str> = lines.iter().copied().filter(|l| *l != "oops").skip(2).collect();
+    assert!(!ticks.is_empty() && ticks.iter().all(|l| l.starts_with("tick")), "{log}");
+    let tail = weft(&c, &["logs", "talker", "--tail", "1"])?;
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(tail.starts_with("tick"), "{tail}");
+    let previous = weft(&c, &["logs", "crasher", "-p"])?;
+    assert!(previous.starts_with("run-"), "{previous}");
+    let current = weft(&c, &["logs", "crasher"]).unwrap_or_default();
+    assert_ne!(previous, current, "the previous run's log is not the current one");
+    // Following: new lines arrive as the container writes them.
+    let mut follow = std::process::Command::new(&c.lab.weft_bin);
+    follow
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["logs", "-f", "talker", "--tail", "0"]);
+    let started = Instant::now();
+    let mut child = {
+        use std::os::unix::process::CommandExt as _;
+        let ns = std::fs::File::open(weft_agent::netlink::netns::path(&c.lab.underlay))?;
+        // SAFETY: only setns(2) between fork and exec.
+        unsafe {
+            follow.pre_exec(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        follow.stdout(std::process::Stdio::piped()).spawn()?
+    };
+    let stdout = child.stdout.take().context("stdout")?;
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(3)
+            .collect::<Result<Vec<_>, _>>()
+    });
+    while !reader.is_finished() && started.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let followed = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    assert_eq!(followed.len(), 3, "{followed:?}");
+    assert!(followed.iter().all(|l| l.starts_with("tick")), "{followed:?}");
+    // kubectl logs reads the same path.
+    let kubectl = |args: &[&str]| -> Result<std::process::Output> {
+        let mut k = std::process::Command::new(weft_tests::control::kubectl_path(Some(33)));
+        k.arg("--kubeconfig").arg(&c.kubeconfig).args(args);
+        c.output_in(&c.lab.underlay, k)
+    };
+    let out = kubectl(&["logs", "talker", "--tail", "2"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+
+    // Exec: output and exit code pass through, stdin too.
+    let out = c.weft_output(&["exec", "talker", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])?;
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let mut cat = std::process::Command::new(&c.lab.weft_bin);
+    cat.arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["exec", "-i", "talker", "--", "tr", "a-z", "A-Z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let out = {
+        use std::io::Write as _;
+        use std::os::unix::process::CommandExt as _;
+        let ns = std::fs::File::open(weft_agent::netlink::netns::path(&c.lab.underlay))?;
+        // SAFETY: only setns(2) between fork and exec.
+        unsafe {
+            cat.pre_exec(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cat.spawn()?;
+        child.stdin.take().context("stdin")?.write_all(b"hello weft\n")?;
+        child.wait_with_output()?
+    };
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO WEFT\n");
+    assert_eq!(out.status.code(), Some(0));
+    let out = kubectl(&["exec", "talker", "--", "sh", "-c", "hostname; exit 7"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "talker\n");
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    // A container is named when the pod has several; errors say what exists.
+    let out = c.weft_output(&["exec", "duo", "--", "true"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("choose one of") && err.contains("\"a\""), "{err}");
+    let out = c.weft_output(&["exec", "duo", "-c", "b", "--", "hostname"])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "duo\n");
+    let out = c.weft_output(&["logs", "nosuch"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    // Only admins: a node's token may not read logs or exec.
+    let node_kc = c.dir.join("agent-n1.kubeconfig");
+    let mut k = std::process::Command::new(&c.lab.weft_bin);
+    k.arg("--kubeconfig").arg(&node_kc).args(["logs", "talker"]);
+    let out = c.output_in(&c.lab.underlay, k)?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot get resource \"pods/log\""));
+
+    // Top: every node and pod with CPU and memory from cgroups (the CPU
+    // rate needs two samples, 5 s apart).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let nodes = weft(&c, &["top", "nodes"])?;
+        let pods = weft(&c, &["top", "pods"])?;
+        let rows_ok = |text: &str, names: &[&str]| {
+            names.iter().all(|n| {
+                text.lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.first() == Some(n)
+                        && f.get(1).is_some_and(|c| c.ends_with('m') && c[..c.len() - 1].parse::<u64>().is_ok())
+                        && f.iter().any(|m| m.ends_with("Mi"))
+                })
+            })
+        };
+        if rows_ok(&nodes, &["n1", "n2"]) && rows_ok(&pods, &["talker", "duo"]) {
+            // The agent counts in its node's memory: more than its pods.
+            let node_mem: u64 = nodes
+                .lines()
+                .find(|l| l.starts_with("n1"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|m| m.trim_end_matches("Mi").parse().ok())
+                .unwrap_or(0);
+            assert!(node_mem >= 5, "node memory {node_mem}Mi:\n{nodes}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("top never showed usage:\n{nodes}\n{pods}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
