@@ -1,20 +1,51 @@
 #!/usr/bin/env bash
-# The demo: a two-node lab (network namespaces on this machine), a busybox
-# web server pod on each node, and a request from one pod to the other
-# across nodes. Installs what it needs first. Needs root.
+# The demo: a 3-node lab cluster (a controller and three agents in network
+# namespaces on this machine), the web app of examples/ (a Deployment of
+# busybox httpd and a Service), its pods spread over the nodes, a request
+# from a pod on one node to a pod on another, then teardown. Installs what
+# it needs first. Needs root. `--keep` leaves the lab up to play with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+keep=false
+[[ "${1:-}" == "--keep" ]] && keep=true
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --bin weft
 WEFT=./target/debug/weft
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+
 $WEFT lab down >/dev/null   # idempotent: start from a clean slate
-$WEFT lab up --nodes 2 --pods examples/pods.yaml
-echo
-$WEFT lab pods
-ip2=$($WEFT lab pods | awk '$2=="web-2"{print $4}')
-echo
-echo "\$ weft lab exec web-1 -- wget -qO- http://$ip2/    # from a pod on n1 to a pod on n2"
-$WEFT lab exec web-1 -- wget -qO- "http://$ip2/"
-echo
-echo "The lab stays up; remove it with: $WEFT lab down"
+trap '$keep || $WEFT lab down >/dev/null' EXIT
+step weft lab up --nodes 3
+$WEFT lab up --nodes 3
+step weft get nodes -o wide
+$WEFT get nodes -o wide
+step weft apply -f examples/
+$WEFT apply -f examples/
+
+step "weft get pods -o wide   # until the 3 replicas are Ready"
+for _ in $(seq 1 60); do
+  ready=$($WEFT get pods -l app=web 2>/dev/null | tail -n +2 | awk '$2=="1/1" && $3=="Running"' | wc -l || true)
+  [[ "$ready" -ge 3 ]] && break
+  sleep 0.5
+done
+$WEFT get pods -o wide
+$WEFT get endpoints web
+
+# A pod on the first node asks a pod on another node, by pod IP.
+read -r from from_node < <($WEFT get pods -l app=web -o wide | tail -n +2 | awk 'NR==1{print $1, $7}')
+read -r to to_ip to_node < <($WEFT get pods -l app=web -o wide | tail -n +2 | awk -v n="$from_node" '$7!=n{print $1, $6, $7; exit}')
+step "weft exec $from -- wget -qO- http://$to_ip/   # $from_node -> $to_node"
+$WEFT exec "$from" -- wget -qO- "http://$to_ip/"
+step "weft logs $to --tail 1"
+$WEFT logs "$to" --tail 1
+step "weft top pods   # CPU and memory from the pods' cgroups"
+sleep 5
+$WEFT top pods
+
+if $keep; then
+  echo
+  echo "The lab stays up (kubeconfig ~/.weft/config); remove it with: $WEFT lab down"
+else
+  step weft lab down
+fi

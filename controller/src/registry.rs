@@ -791,6 +791,18 @@ pub fn qos_class(spec: &Value) -> &'static str {
     }
 }
 
+/// Whether a pod's deletion must wait for its node: it is bound to one and
+/// has not finished. Unbound and finished pods go at once, as in Kubernetes.
+fn runs_on_node(pod: &Value) -> bool {
+    pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty())
+        && !matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -812,16 +824,4 @@ mod tests {
         }
         assert!(splice_rv(b"{\"kind\":\"x\"}", 1).is_none());
     }
-}
-
-/// Whether a pod's deletion must wait for its node: it is bound to one and
-/// has not finished. Unbound and finished pods go at once, as in Kubernetes.
-fn runs_on_node(pod: &Value) -> bool {
-    pod["spec"]["nodeName"]
-        .as_str()
-        .is_some_and(|n| !n.is_empty())
-        && !matches!(
-            pod["status"]["phase"].as_str(),
-            Some("Succeeded" | "Failed")
-        )
 }

@@ -135,8 +135,36 @@ pub async fn simulated_node(
         loop {
             tokio::time::sleep(every).await;
             let _ = renew_lease(&client, &name).await;
+            // What an agent does for a pod deleted gracefully: stop it (there
+            // is nothing to stop here) and delete it for good.
+            let _ = finish_deletions(&client, &name).await;
         }
     }))
+}
+
+/// Deletes for good (grace period 0) the pods on `node` that are marked
+/// for deletion, as the node's agent would once they stopped.
+pub async fn finish_deletions(client: &kube::Client, node: &str) -> Result<()> {
+    let r = raw(
+        client,
+        "GET",
+        &format!("/api/v1/pods?fieldSelector=spec.nodeName%3D{node}"),
+        None,
+        "",
+    )
+    .await?;
+    for p in items(&r.body) {
+        if p["metadata"]["deletionTimestamp"].is_string() {
+            let path = format!(
+                "/api/v1/namespaces/{}/pods/{}",
+                p["metadata"]["namespace"].as_str().unwrap_or("default"),
+                p["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            let body = serde_json::to_vec(&json!({"gracePeriodSeconds": 0}))?;
+            raw(client, "DELETE", &path, Some(body), "application/json").await?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates or renews the node's Lease in kube-node-lease.

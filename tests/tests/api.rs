@@ -1122,3 +1122,123 @@ fn ipam_never_hands_out_an_address_twice() -> Result<()> {
         Ok(())
     })
 }
+
+#[test]
+fn pods_on_nodes_are_deleted_gracefully() -> Result<()> {
+    let island = Island::new("gd")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        // A node that renews its lease but never finishes deletions.
+        let n = apitest::node_object("n1", "2", "4Gi", json!({}));
+        ensure!(post(&c, "/api/v1/nodes", &n).await?.code == 201);
+        apitest::renew_lease(&c, "n1").await?;
+        let pod = |name: &str, extra: Value| {
+            let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+            if let Some(m) = extra.as_object() {
+                for (k, v) in m {
+                    p["spec"][k] = v.clone();
+                }
+            }
+            p
+        };
+        let pods = "/api/v1/namespaces/default/pods";
+        ensure!(
+            post(
+                &c,
+                pods,
+                &pod(
+                    "bound",
+                    json!({"nodeName": "n1", "terminationGracePeriodSeconds": 7})
+                )
+            )
+            .await?
+            .code
+                == 201
+        );
+        ensure!(
+            post(&c, pods, &pod("short", json!({"nodeName": "n1"})))
+                .await?
+                .code
+                == 201
+        );
+        ensure!(
+            post(
+                &c,
+                pods,
+                &pod("loose", json!({"nodeSelector": {"no": "such"}}))
+            )
+            .await?
+            .code
+                == 201
+        );
+        // Bound: only marked, with the pod's own grace period.
+        let r = raw(&c, "DELETE", &format!("{pods}/bound"), None, "").await?;
+        ensure!(r.code == 200, "{}", r.text);
+        let got = raw(&c, "GET", &format!("{pods}/bound"), None, "").await?;
+        ensure!(got.code == 200, "a bound pod vanished at once");
+        ensure!(
+            got.body["metadata"]["deletionGracePeriodSeconds"] == 7,
+            "{}",
+            got.text
+        );
+        ensure!(got.body["metadata"]["deletionTimestamp"].is_string());
+        // Deleting again changes nothing; grace period 0 removes it.
+        let again = raw(&c, "DELETE", &format!("{pods}/bound"), None, "").await?;
+        ensure!(again.code == 200 && again.body["metadata"]["deletionGracePeriodSeconds"] == 7);
+        let body = serde_json::to_vec(&json!({"gracePeriodSeconds": 0}))?;
+        let r = raw(
+            &c,
+            "DELETE",
+            &format!("{pods}/bound"),
+            Some(body),
+            "application/json",
+        )
+        .await?;
+        ensure!(r.code == 200, "{}", r.text);
+        ensure!(
+            raw(&c, "GET", &format!("{pods}/bound"), None, "")
+                .await?
+                .code
+                == 404
+        );
+        // The query parameter asks for a grace period too; a bad one is a 400.
+        let r = raw(
+            &c,
+            "DELETE",
+            &format!("{pods}/short?gracePeriodSeconds=3"),
+            None,
+            "",
+        )
+        .await?;
+        ensure!(
+            r.code == 200 && r.body["metadata"]["deletionGracePeriodSeconds"] == 3,
+            "{}",
+            r.text
+        );
+        let r = raw(
+            &c,
+            "DELETE",
+            &format!("{pods}/short?gracePeriodSeconds=soon"),
+            None,
+            "",
+        )
+        .await?;
+        ensure!(r.code == 400, "{}", r.text);
+        // Unbound: nobody runs it, so it goes at once.
+        ensure!(
+            raw(&c, "DELETE", &format!("{pods}/loose"), None, "")
+                .await?
+                .code
+                == 200
+        );
+        ensure!(
+            raw(&c, "GET", &format!("{pods}/loose"), None, "")
+                .await?
+                .code
+                == 404
+        );
+        Ok(())
+    })
+}

@@ -542,8 +542,16 @@ fn deployments_scale_roll_and_feed_endpoints() -> Result<()> {
             .as_array()
             .map(|a| a.iter().filter_map(|x| x["ip"].as_str()).collect())
             .unwrap_or_default();
-        let slices = list(&c, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dapp").await?;
-        ensure!(slices.len() == 1);
+        // Pods of the scale-down stay (terminating, in a slice of their own
+        // port) until their node finishes deleting them.
+        let slices = eventually(Duration::from_secs(10), "one EndpointSlice", || {
+            let c = c.clone();
+            async move {
+                let slices = list(&c, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dapp").await?;
+                Ok((slices.len() == 1).then_some(slices))
+            }
+        })
+        .await?;
         let slice_ips: HashSet<&str> = slices[0]["endpoints"]
             .as_array()
             .map(|e| {

@@ -598,7 +598,9 @@ spec:
 
 #[test]
 fn logs_exec_and_top_through_the_controller() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut spec = ClusterSpec::new(2);
     spec.agent_args = vec!["--restart-backoff".into(), "1s".into()];
     let c = rt.block_on(Cluster::up(spec, |_| {}))?;
@@ -648,15 +650,26 @@ spec:
     // stdout and stderr are separate pipes: only each one's order is kept.
     assert_eq!(&lines[..2], ["line1", "line2"], "{log}");
     assert!(lines.contains(&"oops"), "{log}");
-    let ticks: Vec<&str> = lines.iter().copied().filter(|l| *l != "oops").skip(2).collect();
-    assert!(!ticks.is_empty() && ticks.iter().all(|l| l.starts_with("tick")), "{log}");
+    let ticks: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| *l != "oops")
+        .skip(2)
+        .collect();
+    assert!(
+        !ticks.is_empty() && ticks.iter().all(|l| l.starts_with("tick")),
+        "{log}"
+    );
     let tail = weft(&c, &["logs", "talker", "--tail", "1"])?;
     assert_eq!(tail.lines().count(), 1, "{tail}");
     assert!(tail.starts_with("tick"), "{tail}");
     let previous = weft(&c, &["logs", "crasher", "-p"])?;
     assert!(previous.starts_with("run-"), "{previous}");
     let current = weft(&c, &["logs", "crasher"]).unwrap_or_default();
-    assert_ne!(previous, current, "the previous run's log is not the current one");
+    assert_ne!(
+        previous, current,
+        "the previous run's log is not the current one"
+    );
     // Following: new lines arrive as the container writes them.
     let mut follow = std::process::Command::new(&c.lab.weft_bin);
     follow
@@ -689,9 +702,14 @@ spec:
     }
     let _ = child.kill();
     let _ = child.wait();
-    let followed = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    let followed = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     assert_eq!(followed.len(), 3, "{followed:?}");
-    assert!(followed.iter().all(|l| l.starts_with("tick")), "{followed:?}");
+    assert!(
+        followed.iter().all(|l| l.starts_with("tick")),
+        "{followed:?}"
+    );
     // kubectl logs reads the same path.
     let kubectl = |args: &[&str]| -> Result<std::process::Output> {
         let mut k = std::process::Command::new(weft_tests::control::kubectl_path(Some(33)));
@@ -699,11 +717,22 @@ spec:
         c.output_in(&c.lab.underlay, k)
     };
     let out = kubectl(&["logs", "talker", "--tail", "2"])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
 
     // Exec: output and exit code pass through, stdin too.
-    let out = c.weft_output(&["exec", "talker", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])?;
+    let out = c.weft_output(&[
+        "exec",
+        "talker",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ])?;
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
@@ -725,19 +754,31 @@ spec:
             });
         }
         let mut child = cat.spawn()?;
-        child.stdin.take().context("stdin")?.write_all(b"hello weft\n")?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(b"hello weft\n")?;
         child.wait_with_output()?
     };
     assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO WEFT\n");
     assert_eq!(out.status.code(), Some(0));
     let out = kubectl(&["exec", "talker", "--", "sh", "-c", "hostname; exit 7"])?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "talker\n");
-    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A container is named when the pod has several; errors say what exists.
     let out = c.weft_output(&["exec", "duo", "--", "true"])?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("choose one of") && err.contains("\"a\""), "{err}");
+    assert!(
+        err.contains("choose one of") && err.contains("\"a\""),
+        "{err}"
+    );
     let out = c.weft_output(&["exec", "duo", "-c", "b", "--", "hostname"])?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "duo\n");
     let out = c.weft_output(&["logs", "nosuch"])?;
@@ -762,7 +803,9 @@ spec:
                 text.lines().any(|l| {
                     let f: Vec<&str> = l.split_whitespace().collect();
                     f.first() == Some(n)
-                        && f.get(1).is_some_and(|c| c.ends_with('m') && c[..c.len() - 1].parse::<u64>().is_ok())
+                        && f.get(1).is_some_and(|c| {
+                            c.ends_with('m') && c[..c.len() - 1].parse::<u64>().is_ok()
+                        })
                         && f.iter().any(|m| m.ends_with("Mi"))
                 })
             })

@@ -191,40 +191,39 @@ impl PodWorker {
                     }
                 }
                 Some(p) if !created => {
-                    if finished(&p) {
-                        // A finished pod is not run again.
-                    } else if let Some(ip) = pod_ip(&p) {
-                        if failure.as_ref().is_none_or(|f| Instant::now() >= f.next) {
-                            match self.create(&p, ip).await {
-                                Ok(()) => {
-                                    created = true;
-                                    failure = None;
-                                    // Report at once, then as it changes.
-                                    self.sync(&p, &mut reported).await;
-                                    if !announced {
-                                        announced = true;
-                                        node.api
-                                            .pod_event(
-                                                &p,
-                                                &node.cfg.node_name,
-                                                "Normal",
-                                                "Started",
-                                                "Started all containers",
-                                            )
-                                            .await;
-                                    }
-                                }
-                                Err(e) => {
-                                    let count = failure.as_ref().map_or(1, |f| f.count + 1);
-                                    let wait = Duration::from_secs(1 << count.min(5))
-                                        .min(MAX_CREATE_BACKOFF);
-                                    failure = Some(Failure {
-                                        count,
-                                        next: Instant::now() + wait,
-                                    });
-                                    self.report_failure(&p, &e, count, wait, &mut reported)
+                    // A finished pod is not run again; one without an IP
+                    // waits for it; a failed one waits out its back-off.
+                    let due = failure.as_ref().is_none_or(|f| Instant::now() >= f.next);
+                    if let (false, Some(ip), true) = (finished(&p), pod_ip(&p), due) {
+                        match self.create(&p, ip).await {
+                            Ok(()) => {
+                                created = true;
+                                failure = None;
+                                // Report at once, then as it changes.
+                                self.sync(&p, &mut reported).await;
+                                if !announced {
+                                    announced = true;
+                                    node.api
+                                        .pod_event(
+                                            &p,
+                                            &node.cfg.node_name,
+                                            "Normal",
+                                            "Started",
+                                            "Started all containers",
+                                        )
                                         .await;
                                 }
+                            }
+                            Err(e) => {
+                                let count = failure.as_ref().map_or(1, |f| f.count + 1);
+                                let wait =
+                                    Duration::from_secs(1 << count.min(5)).min(MAX_CREATE_BACKOFF);
+                                failure = Some(Failure {
+                                    count,
+                                    next: Instant::now() + wait,
+                                });
+                                self.report_failure(&p, &e, count, wait, &mut reported)
+                                    .await;
                             }
                         }
                     }
@@ -358,7 +357,7 @@ impl PodWorker {
         let status = pod_status(pod, &statuses, None, self.node.node_ip);
         self.report(pod, status, reported).await;
         // An Event on the first failure and then every fifth, not every retry.
-        if count == 1 || count % 5 == 0 {
+        if count == 1 || count.is_multiple_of(5) {
             self.node
                 .api
                 .pod_event(

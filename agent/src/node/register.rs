@@ -240,10 +240,11 @@ pub(super) async fn heartbeat(node: Arc<Node>) -> Result<()> {
         }
         // The Ready condition: checked every 5 ticks, and rewritten when it
         // is not True (or its heartbeat is a minute old).
-        if r.is_ok() && ticks % 5 == 0 {
-            if let Err(e) = refresh_ready(&nodes, &node).await {
-                tracing::warn!(node = %name, error = %e, "cannot update the node's status");
-            }
+        if r.is_ok()
+            && ticks.is_multiple_of(5)
+            && let Err(e) = refresh_ready(&nodes, &node).await
+        {
+            tracing::warn!(node = %name, error = %e, "cannot update the node's status");
         }
         ticks += 1;
         tokio::time::sleep(node.cfg.lease_interval).await;

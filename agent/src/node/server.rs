@@ -112,7 +112,7 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn authorized(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(s: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -124,17 +124,22 @@ fn authorized(s: &Shared, headers: &HeaderMap) -> Result<(), Response> {
         {
             Ok(())
         }
-        _ => Err(status(
+        _ => Err(Box::new(status(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "Unauthorized",
-        )),
+        ))),
     }
 }
 
 /// The record of pod `ns/name` on this node and the runtime id of its
 /// container `container`.
-fn find(s: &Shared, ns: &str, pod: &str, container: &str) -> Result<(PodRecord, String), Response> {
+fn find(
+    s: &Shared,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<(PodRecord, String), Box<Response>> {
     let rec = s
         .node
         .sandbox
@@ -143,14 +148,14 @@ fn find(s: &Shared, ns: &str, pod: &str, container: &str) -> Result<(PodRecord, 
         .into_iter()
         .find(|r| r.namespace == ns && r.name == pod)
         .ok_or_else(|| {
-            status(
+            Box::new(status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
                 &format!(
                     "pod {ns}/{pod} is not running on node {}",
                     s.node.cfg.node_name
                 ),
-            )
+            ))
         })?;
     let id = rec
         .containers
@@ -159,13 +164,13 @@ fn find(s: &Shared, ns: &str, pod: &str, container: &str) -> Result<(PodRecord, 
         .map(|(_, id)| id.clone())
         .ok_or_else(|| {
             let names: Vec<&str> = rec.containers.iter().map(|(n, _)| n.as_str()).collect();
-            status(
+            Box::new(status(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
                 &format!(
                     "container {container} is not valid for pod {pod}; choose one of: {names:?}"
                 ),
-            )
+            ))
         })?;
     Ok((rec, id))
 }
@@ -194,11 +199,11 @@ async fn logs(
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = authorized(&s, &headers) {
-        return r;
+        return *r;
     }
     let (rec, id) = match find(&s, &ns, &pod, &container) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let run = rec.restarts.get(&container).copied().unwrap_or(0);
     let (run, previous) = if truthy(q.previous.as_ref()) {
@@ -352,7 +357,7 @@ fn tokio_stream_from<T: Send + 'static>(
 
 async fn summary(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&s, &headers) {
-        return r;
+        return *r;
     }
     let records = s.node.sandbox.records().unwrap_or_default();
     let body = s
@@ -373,11 +378,11 @@ async fn exec(
     ws: WebSocketUpgrade,
 ) -> Response {
     if let Err(r) = authorized(&s, &headers) {
-        return r;
+        return *r;
     }
     let (_, id) = match find(&s, &ns, &pod, &container) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let flag = |k: &str| q.iter().any(|(n, v)| n == k && (v == "true" || v == "1"));
     let argv: Vec<String> = q

@@ -70,10 +70,14 @@ pub(crate) fn usage(rel: &str) -> Option<Usage> {
     })
 }
 
-/// The sampler's state: per cgroup, the last counters and the CPU rate.
+/// One cgroup's last sample: when, its counters, and the CPU rate since
+/// the sample before (nanocores).
+type Sample = (Instant, Usage, Option<u64>);
+
+/// The sampler's state: per cgroup, its last sample.
 #[derive(Default)]
 pub(crate) struct Stats {
-    last: Mutex<HashMap<String, (Instant, Usage, Option<u64>)>>,
+    last: Mutex<HashMap<String, Sample>>,
 }
 
 impl Stats {
