@@ -8,3 +8,4 @@ cargo build --release --bin weft
 cargo bench -p weft-tests --bench pod_network
 cargo bench -p weft-tests --bench pod_start
 cargo bench -p weft-tests --bench controller
+cargo bench -p weft-tests --bench cluster
