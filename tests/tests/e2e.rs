@@ -379,7 +379,8 @@ fn agent_restart_and_node_failure() -> Result<()> {
         );
     }
     let failed_at = Instant::now();
-    // NotReady within the grace period (plus the controller's 1 s sweep).
+    // NotReady within the grace period (plus a lease interval and one of the
+    // node controller's sweeps, every grace/5).
     let not_ready_after = loop {
         let n3 = c.get_json(&["node", "n3"])?;
         let status = n3["status"]["conditions"]
