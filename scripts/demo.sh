@@ -40,7 +40,7 @@ $WEFT exec "$from" -- wget -qO- "http://$to_ip/"
 step "weft logs $to --tail 1"
 $WEFT logs "$to" --tail 1
 step "weft top pods   # CPU and memory from the pods' cgroups"
-sleep 5
+sleep 4
 $WEFT top pods
 
 if $keep; then

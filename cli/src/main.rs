@@ -464,7 +464,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                 println!("  node {:<4} {:<12} netns {}", n.name, n.ip, n.netns);
             }
             println!(
-                "\nTry:\n  weft get nodes\n  weft apply -f examples/\n  weft get pods -o wide\n  weft lab exec POD -- wget -qO- http://OTHER_POD_IP/\n  kubectl --kubeconfig {} get pods\nTear it down with:\n  weft lab down",
+                "\nTry:\n  weft get nodes\n  weft apply -f examples/\n  weft get pods -o wide\n  weft exec POD -- wget -qO- http://OTHER_POD_IP/\n  weft logs POD\n  kubectl --kubeconfig {} get pods\nTear it down with:\n  weft lab down",
                 path.display()
             );
             Ok(0)

@@ -794,7 +794,7 @@ spec:
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot get resource \"pods/log\""));
 
     // Top: every node and pod with CPU and memory from cgroups (the CPU
-    // rate needs two samples, 5 s apart).
+    // rate needs two samples, 2 s apart).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let nodes = weft(&c, &["top", "nodes"])?;

@@ -16,7 +16,7 @@ use super::api::weft_now;
 use crate::sandbox::{PodRecord, Sandbox};
 
 /// How often CPU counters are sampled.
-pub(super) const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+pub(super) const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 /// Counters of one cgroup at one moment.
 #[derive(Clone, Copy, Debug, Default)]
