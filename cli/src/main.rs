@@ -20,6 +20,25 @@ use weft_tests::{
 /// Name prefix of the lab `weft lab` manages (one per machine).
 const LAB_PREFIX: &str = "weft-lab";
 
+/// The lab's name prefix: `weft-lab`, unless `$WEFT_LAB_NAME` (which must
+/// start with `weft-`) names another, as tests do to run beside a user's lab.
+fn lab_prefix() -> Result<String> {
+    match std::env::var("WEFT_LAB_NAME") {
+        Ok(n)
+            if n.starts_with("weft-")
+                && n.len() <= 24
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+        {
+            Ok(n)
+        }
+        Ok(n) => bail!(
+            "WEFT_LAB_NAME={n:?}: use weft- and up to 19 more lowercase letters, digits or '-'"
+        ),
+        Err(_) => Ok(LAB_PREFIX.to_string()),
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "weft",
@@ -399,6 +418,8 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
 }
 
 async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
+    let prefix = lab_prefix()?;
+    let prefix = prefix.as_str();
     match cmd {
         LabCmd::Up {
             nodes,
@@ -407,7 +428,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             api_port,
         } => {
             let mut spec = ClusterSpec::new(nodes);
-            spec.lab.prefix = LAB_PREFIX.into();
+            spec.lab.prefix = prefix.into();
             spec.lab.weft_bin = std::env::current_exe()?;
             if vxlan {
                 spec.lab.routing = lab::Routing::Vxlan;
@@ -421,7 +442,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             spec.host_api = Some(std::net::SocketAddr::from(([127, 0, 0, 1], api_port)));
             // Pods of a lost node move within seconds, not Kubernetes' minutes.
             spec.controller_args = vec!["--eviction-delay".into(), "0s".into()];
-            match lab::state(LAB_PREFIX) {
+            match lab::state(prefix) {
                 lab::LabState::Up => {
                     bail!(
                         "a lab is already up; `weft lab down` first (or use it: `weft get nodes`)"
@@ -429,7 +450,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                 }
                 lab::LabState::Partial => {
                     eprintln!("a previous `weft lab up` did not finish; removing what it left ...");
-                    lab::remove_prefix(LAB_PREFIX);
+                    lab::remove_prefix(prefix);
                 }
                 lab::LabState::Absent => {}
             }
@@ -447,7 +468,12 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                 &format!("https://{}", weft_tests::cluster::API_ADDR),
                 &format!("https://127.0.0.1:{api_port}"),
             );
-            let path = weft_api::client::kubeconfig_path(None);
+            // Always ~/.weft/config: never a file $KUBECONFIG points at,
+            // which may be another cluster's.
+            let path = std::env::var_os("HOME")
+                .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+                .join(".weft")
+                .join("config");
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -470,12 +496,12 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             Ok(0)
         }
         LabCmd::Down => {
-            lab::remove_prefix(LAB_PREFIX);
+            lab::remove_prefix(prefix);
             println!("lab removed");
             Ok(0)
         }
         LabCmd::Pods => {
-            let pods = lab::pod_summaries(LAB_PREFIX)?;
+            let pods = lab::pod_summaries(prefix)?;
             println!(
                 "{:<12} {:<20} {:<6} {:<15} STATUS",
                 "NAMESPACE", "NAME", "NODE", "IP"
@@ -494,7 +520,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             container,
             cmd,
         } => {
-            let Some((node, rec)) = lab::pods(LAB_PREFIX)?
+            let Some((node, rec)) = lab::pods(prefix)?
                 .into_iter()
                 .find(|(_, r)| r.namespace == namespace && r.name == pod)
             else {
@@ -513,7 +539,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                     .map(|(_, id)| id.clone())
                     .context("pod has no containers")?,
             };
-            let state = PathBuf::from(STATE_ROOT).join(LAB_PREFIX).join(&node);
+            let state = PathBuf::from(STATE_ROOT).join(prefix).join(&node);
             let rt = lab::node_runtime(&state, &std::env::current_exe()?, Default::default())?;
             let code = rt.exec_inherit(&id, &cmd)?;
             Ok(u8::try_from(code).unwrap_or(255))

@@ -150,7 +150,9 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     println!("## cluster: 3-node lab, {REPLICAS} replicas, {ROUNDS} rounds\n");
-    println!("| round | apply → 30 Ready | floor: 30 pods via sandboxes | NotReady after | failover: all Ready elsewhere | agent RSS, 10 pods (max of 3) | agent RSS, 30 pods on one node |");
+    println!(
+        "| round | apply → 30 Ready | floor: 30 pods via sandboxes | NotReady after | failover: all Ready elsewhere | agent RSS, 10 pods (max of 3) | agent RSS, 30 pods on one node |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for round in 1..=ROUNDS {
         let floor = rt.block_on(floor())?;
@@ -174,7 +176,10 @@ fn main() -> Result<()> {
 
         // Node n3 fails: its agent and its containers are killed.
         let before = wait(&c, "spread", REPLICAS, |_| true)?;
-        let lost = before.iter().filter(|p| p["spec"]["nodeName"] == "n3").count();
+        let lost = before
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == "n3")
+            .count();
         c.kill_agent("n3")?;
         let state = c.lab.node_state_dir(c.lab.node("n3"));
         let [_, containers, _, _] = c.node_inventory("n3")?;
