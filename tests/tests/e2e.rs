@@ -417,9 +417,37 @@ fn agent_restart_and_node_failure() -> Result<()> {
     );
     check_reachable(&c, &moved, "v1")?;
 
+    // Routes follow the Nodes: n3's Node deleted, its block leaves the
+    // other nodes' routes; n3 registers again, with the same block, and
+    // the route is back.
+    let n3_block = c.get_json(&["node", "n3"])?["spec"]["podCIDR"]
+        .as_str()
+        .context("n3 has no block")?
+        .to_string();
+    assert!(
+        route_to(&c, "n1", &n3_block)?,
+        "n1 has no route to {n3_block}"
+    );
+    weft(&c, &["delete", "node", "n3"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while route_to(&c, "n1", &n3_block)? || route_to(&c, "n2", &n3_block)? {
+        if Instant::now() > deadline {
+            bail!("the route to deleted node n3's block {n3_block} stayed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // n3 comes back: Ready again, and what was left of its pods is removed.
     c.start_agent("n3")?;
     c.wait_nodes_ready(Duration::from_secs(30))?;
+    let again = c.get_json(&["node", "n3"])?["spec"]["podCIDR"].clone();
+    assert_eq!(again, n3_block.as_str(), "n3 came back with another block");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(route_to(&c, "n1", &n3_block)? && route_to(&c, "n2", &n3_block)?) {
+        if Instant::now() > deadline {
+            bail!("no route to n3's block {n3_block} after it came back");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let [records, containers, namespaces, veths] = c.node_inventory("n3")?;
@@ -436,6 +464,14 @@ fn agent_restart_and_node_failure() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
+}
+
+/// Whether node `from` routes `block` via n3 (192.0.2.13).
+fn route_to(c: &Cluster, from: &str, block: &str) -> Result<bool> {
+    let mut ip = std::process::Command::new("ip");
+    ip.args(["route", "show", block]);
+    let out = c.output_in(&c.lab.node(from).netns, ip)?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("via 192.0.2.13"))
 }
 
 /// The pod's first container status.

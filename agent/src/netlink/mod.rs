@@ -410,6 +410,48 @@ impl Netlink {
         }
     }
 
+    /// Removes every IPv4 address of interface `index` but `keep` (a node
+    /// bridge whose block changed must not keep routing the old one).
+    /// Returns the removed ones.
+    ///
+    /// # Errors
+    /// On netlink failure.
+    pub async fn remove_other_addresses(
+        &self,
+        index: u32,
+        keep: Ipv4Network,
+    ) -> Result<Vec<Ipv4Network>, NetlinkError> {
+        let have: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::nl("list addresses", e))?;
+        let mut removed = Vec::new();
+        for m in have {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let Some(ip) = ip else { continue };
+            if ip == keep.ip() && m.header.prefix_len == keep.prefix() {
+                continue;
+            }
+            let Ok(net) = Ipv4Network::new(ip, m.header.prefix_len) else {
+                continue;
+            };
+            match self.handle.address().del(m).execute().await {
+                Ok(()) => removed.push(net),
+                Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) => {}
+                Err(e) => return Err(NetlinkError::nl(format!("delete address {net}"), e)),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Ensures a bridge `name` exists, is up, has `gateway` (e.g.
     /// 10.244.1.1/24) and `mtu`. Returns its ifindex.
     ///

@@ -140,7 +140,23 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     tracing::info!(node = %cfg.node_name, %node_ip, server = %api.server, "registering");
     let cert = server::ServingCert::new(&cfg.node_name, node_ip)?;
-    let block = register::register(&api, &cfg, node_ip, &cert.sha256).await?;
+    // The block this node had before, asked for again so that its pods
+    // keep their addresses if the Node object was deleted meanwhile.
+    let block_file = cfg.state_dir.join("block");
+    let previous: Option<Ipv4Network> = std::fs::read_to_string(&block_file)
+        .ok()
+        .and_then(|b| b.trim().parse().ok());
+    let block = register::register(&api, &cfg, node_ip, &cert.sha256, previous).await?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("create {}", cfg.state_dir.display()))?;
+    std::fs::write(&block_file, block.to_string())
+        .with_context(|| format!("write {}", block_file.display()))?;
+    if previous.is_some_and(|p| p != block) {
+        tracing::warn!(
+            ?previous, %block,
+            "the node's pod block changed; pods with addresses from the old one are removed"
+        );
+    }
     tracing::info!(node = %cfg.node_name, %block, "registered; pod block assigned");
 
     // The node's side of pod networking: the bridge holding the block's
@@ -149,9 +165,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         Ipv4Addr::from(u32::from(block.network()) + 1),
         block.prefix(),
     )?;
-    net.ensure_bridge(&cfg.bridge, gateway, cfg.mtu)
+    let bridge = net
+        .ensure_bridge(&cfg.bridge, gateway, cfg.mtu)
         .await
         .with_context(|| format!("create the pod bridge {}", cfg.bridge))?;
+    for old in net.remove_other_addresses(bridge, gateway).await? {
+        tracing::info!(%old, "removed the old gateway address from the pod bridge");
+    }
     // The agent's own namespace: a lab node's, or the host of a real node.
     const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
     if std::fs::read_to_string(FORWARD).is_ok_and(|v| v.trim() != "1") {

@@ -29,11 +29,17 @@ pub(super) async fn register(
     cfg: &AgentConfig,
     node_ip: Ipv4Addr,
     cert_sha256: &str,
+    mut want_block: Option<Ipv4Network>,
 ) -> Result<Ipv4Network> {
     let nodes = api.all::<NodeObject>();
     let mut pause = Duration::from_millis(250);
     loop {
-        match try_register(&nodes, cfg, node_ip, cert_sha256).await {
+        match try_register(&nodes, cfg, node_ip, cert_sha256, want_block).await {
+            Err(e) if want_block.is_some() && e.contains("spec.podCIDR") => {
+                tracing::warn!(node = %cfg.node_name, error = %e, "the node's previous pod block is not free; asking for any");
+                want_block = None;
+                continue;
+            }
             Ok(Some(block)) => return Ok(block),
             Ok(None) => tracing::warn!(
                 node = %cfg.node_name,
@@ -57,8 +63,10 @@ async fn try_register(
     cfg: &AgentConfig,
     node_ip: Ipv4Addr,
     cert_sha256: &str,
+    want_block: Option<Ipv4Network>,
 ) -> Result<Option<Ipv4Network>, String> {
     let status = node_status(cfg, node_ip);
+    let spec = want_block.map_or_else(|| json!({}), |b| json!({"podCIDR": b.to_string()}));
     let obj = json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -71,6 +79,7 @@ async fn try_register(
             },
             "annotations": {CERT_ANNOTATION: cert_sha256},
         },
+        "spec": spec,
         "status": status,
     });
     let node: NodeObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
@@ -289,7 +298,14 @@ async fn refresh_ready(nodes: &kube::Api<NodeObject>, node: &Node) -> Result<()>
         Err(e) if is_not_found(&e) => {
             // Deleted while we ran: register again; the block must not change
             // under running pods.
-            let block = register(&node.api, &node.cfg, node.node_ip, &node.cert_sha256).await?;
+            let block = register(
+                &node.api,
+                &node.cfg,
+                node.node_ip,
+                &node.cert_sha256,
+                Some(node.block),
+            )
+            .await?;
             if block != node.block {
                 anyhow::bail!(
                     "the node was deleted and registered again with block {block} instead of {}; restart the agent",
