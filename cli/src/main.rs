@@ -191,6 +191,17 @@ enum ControllerCmd {
         /// The node's name.
         node: String,
     },
+    /// Write a kubeconfig for a node's agent: its token and the cluster's CA.
+    NodeKubeconfig {
+        /// The node's name.
+        node: String,
+        /// The API's URL as the node reaches it.
+        #[arg(long)]
+        server: String,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -319,6 +330,30 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
             .with_context(|| format!("create {}", args.data_dir.display()))?;
         let tokens = weft_controller::apiserver::auth::Tokens::open(&args.data_dir)?;
         println!("{}", tokens.node_token(&node)?);
+        return Ok(0);
+    }
+    if let Some(ControllerCmd::NodeKubeconfig { node, server, out }) = args.cmd {
+        if !server.starts_with("https://") {
+            bail!("--server must be an https:// URL, not {server:?}");
+        }
+        let ca_path = args.data_dir.join("pki").join("ca.crt");
+        let ca = std::fs::read_to_string(&ca_path).with_context(|| {
+            format!(
+                "read the cluster CA {} (run `weft controller --data-dir {}` once first)",
+                ca_path.display(),
+                args.data_dir.display()
+            )
+        })?;
+        let tokens = weft_controller::apiserver::auth::Tokens::open(&args.data_dir)?;
+        let token = tokens.node_token(&node)?;
+        weft_controller::server::write_kubeconfig_as(
+            &out,
+            &server,
+            &ca,
+            &token,
+            &format!("system:node:{node}"),
+        )?;
+        println!("wrote {} for node {node}", out.display());
         return Ok(0);
     }
     // Fewer malloc arenas: the controller's threads (runtime workers, store

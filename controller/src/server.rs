@@ -114,13 +114,24 @@ pub async fn open_store(cfg: &ControllerConfig) -> Result<Arc<dyn Store>> {
 
 /// Writes a kubeconfig in kubectl's format, readable by its owner only.
 pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str, token: &str) -> Result<()> {
+    write_kubeconfig_as(path, server, ca_pem, token, "weft-admin")
+}
+
+/// Writes a kubeconfig for `user` (its name in the file) with `token`.
+pub fn write_kubeconfig_as(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    token: &str,
+    user: &str,
+) -> Result<()> {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let doc = json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "weft", "cluster": {"server": server, "certificate-authority-data": ca}}],
-        "users": [{"name": "weft-admin", "user": {"token": token}}],
-        "contexts": [{"name": "weft", "context": {"cluster": "weft", "user": "weft-admin", "namespace": "default"}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "weft", "context": {"cluster": "weft", "user": user, "namespace": "default"}}],
         "current-context": "weft",
         "preferences": {},
     });

@@ -345,15 +345,25 @@ impl Cluster {
         let n = self.lab.node(node).clone();
         let kubeconfig = self.dir.join(format!("agent-{node}.kubeconfig"));
         if !kubeconfig.exists() {
-            let token = self.node_token(node)?;
-            let admin = std::fs::read_to_string(&self.kubeconfig)?;
-            let ca = admin
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
-                .map(str::trim)
-                .context("the admin kubeconfig has no certificate-authority-data")?
-                .to_string();
-            std::fs::write(&kubeconfig, node_kubeconfig(node, &ca, &token))?;
+            // What an operator runs on the controller's machine.
+            let out = Command::new(&self.lab.weft_bin)
+                .args(["controller", "--data-dir"])
+                .arg(self.dir.join("controller"))
+                .args([
+                    "node-kubeconfig",
+                    node,
+                    "--server",
+                    &format!("https://{API_ADDR}"),
+                    "--out",
+                ])
+                .arg(&kubeconfig)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "node-kubeconfig {node}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
         let state = self.lab.node_state_dir(&n);
         std::fs::create_dir_all(&state)?;
@@ -618,11 +628,4 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
     }
-}
-
-/// A kubeconfig for `node`'s agent: the lab's API, its CA, the node's token.
-fn node_kubeconfig(node: &str, ca_b64: &str, token: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: weft-lab\n  cluster:\n    server: https://{API_ADDR}\n    certificate-authority-data: {ca_b64}\nusers:\n- name: system:node:{node}\n  user:\n    token: {token}\ncontexts:\n- name: weft-lab\n  context:\n    cluster: weft-lab\n    user: system:node:{node}\ncurrent-context: weft-lab\n"
-    )
 }
