@@ -68,6 +68,15 @@ pub enum ClientCmd {
         /// Do not fail when an object is already gone.
         #[arg(long)]
         ignore_not_found: bool,
+        /// Seconds a pod gets to stop (default: its terminationGracePeriodSeconds).
+        #[arg(long)]
+        grace_period: Option<i64>,
+        /// Delete at once, without waiting for the pod to stop (grace period 0).
+        #[arg(long)]
+        force: bool,
+        /// Wait until the objects are gone (pods stop first), as kubectl does.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        wait: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -226,8 +235,20 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
             args,
             files,
             ignore_not_found,
+            grace_period,
+            force,
+            wait,
             ..
         } => {
+            if grace_period.is_some_and(|g| g < 0) {
+                bail!("--grace-period must be 0 or more");
+            }
+            let grace = if force { Some(0) } else { grace_period };
+            let mut body = json!({"propagationPolicy": "Background"});
+            if let Some(g) = grace {
+                body["gracePeriodSeconds"] = json!(g);
+            }
+            let mut pending = Vec::new();
             let mut todo: Vec<(&'static Resource, Option<String>, String)> = Vec::new();
             for f in &files {
                 for doc in client::read_manifests(f)? {
@@ -257,17 +278,46 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
                     .request(
                         "DELETE",
                         &object_path(res, obj_ns.as_deref(), &name),
-                        Some(&json!({"propagationPolicy": "Background"})),
+                        Some(&body),
                         "application/json",
                         "application/json",
                     )
                     .await
                 {
-                    Ok(_) => println!("{} \"{name}\" deleted", display_kind(res)),
+                    Ok(r) => {
+                        println!("{} \"{name}\" deleted", display_kind(res));
+                        // Still there: being deleted gracefully.
+                        if r.body["metadata"]["deletionTimestamp"].is_string() {
+                            let secs = r.body["metadata"]["deletionGracePeriodSeconds"]
+                                .as_u64()
+                                .unwrap_or(30);
+                            pending.push((object_path(res, obj_ns.as_deref(), &name), secs));
+                        }
+                    }
                     Err(ClientError::Api(e)) if e.code == 404 && ignore_not_found => {}
                     Err(e) => {
                         eprintln!("error: {e}");
                         failed = true;
+                    }
+                }
+            }
+            if wait {
+                for (path, secs) in pending {
+                    let deadline =
+                        std::time::Instant::now() + std::time::Duration::from_secs(secs + 30);
+                    loop {
+                        match c.get(&path).await {
+                            Err(ClientError::Api(e)) if e.code == 404 => break,
+                            _ if std::time::Instant::now() > deadline => {
+                                eprintln!(
+                                    "error: {path} is still being deleted after {}s",
+                                    secs + 30
+                                );
+                                failed = true;
+                                break;
+                            }
+                            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                        }
                     }
                 }
             }

@@ -337,7 +337,7 @@ fn agent_restart_and_node_failure() -> Result<()> {
         .collect();
     let victim = on_n2.first().context("no pod on n2")?.clone();
     c.kill_agent("n2")?;
-    weft(&c, &["delete", "pod", &victim])?;
+    weft(&c, &["delete", "pod", &victim, "--wait=false"])?;
     c.start_agent("n2")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -630,6 +630,15 @@ spec:
         Some(2),
         "a stray node registered: {nodes}"
     );
+
+    // `weft delete` waits, as kubectl does, until the pod has stopped and
+    // is gone; a negative grace period is refused.
+    let out = c.weft_output(&["delete", "pod", "crash", "--grace-period", "-1"])?;
+    assert!(!out.status.success());
+    weft(&c, &["delete", "pod", "crash", "--grace-period", "5"])?;
+    let out = c.weft_output(&["get", "pod", "crash"])?;
+    assert!(!out.status.success(), "the pod outlived `weft delete`");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     Ok(())
 }
 
