@@ -89,10 +89,13 @@ impl Client {
             message: e.to_string(),
         };
         let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-        let config =
+        let mut config =
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .map_err(|e| err(&e))?;
+        // A user waits at a prompt: a 503 (an agent that cannot be reached)
+        // is reported at once, not retried for minutes.
+        config.default_retry = false;
         let default_namespace = config.default_namespace.clone();
         let server = config.cluster_url.to_string();
         let inner = kube::Client::try_from(config).map_err(|e| err(&e))?;

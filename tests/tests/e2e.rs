@@ -604,7 +604,15 @@ spec:
             .arg(&c.lab.weft_bin)
             .arg("--kubeconfig")
             .arg(&kc)
-            .args(["agent", "--node-name", "stray", "--instance", "weft-stray"])
+            .args([
+                "agent",
+                "--node-name",
+                "stray",
+                "--instance",
+                "weft-stray",
+                "--port",
+                "10251",
+            ])
             .arg("--state-dir")
             .arg(&state);
         let out = c.output_in(&c.lab.node("n1").netns, cmd)?;
@@ -629,6 +637,31 @@ spec:
         nodes["items"].as_array().map(Vec::len),
         Some(2),
         "a stray node registered: {nodes}"
+    );
+
+    // A second agent of a running node stops before it touches the Node,
+    // and the first one's endpoint keeps working.
+    let node = c.get_json(&["pod", "crash"])?["spec"]["nodeName"]
+        .as_str()
+        .context("crash is not bound")?
+        .to_string();
+    let mut dup = std::process::Command::new("timeout");
+    dup.args(["10"])
+        .arg(&c.lab.weft_bin)
+        .arg("--kubeconfig")
+        .arg(c.dir.join(format!("agent-{node}.kubeconfig")))
+        .args(["agent", "--node-name", &node, "--instance", "weft-dup"])
+        .arg("--state-dir")
+        .arg(c.dir.join("dup-state"));
+    let out = c.output_in(&c.lab.node(&node).netns, dup)?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("already running"), "{log}");
+    let out = c.weft_output(&["logs", "crash", "-p"])?;
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("dying"),
+        "logs after a duplicate agent: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // `weft delete` waits, as kubectl does, until the pod has stopped and

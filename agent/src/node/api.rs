@@ -32,6 +32,8 @@ impl Api {
         // A controller that is down should be reported in seconds, not
         // after the default 30 s.
         config.connect_timeout = Some(Duration::from_secs(3));
+        // The agent's loops retry on their own terms.
+        config.default_retry = false;
         let server = config.cluster_url.to_string();
         let client = kube::Client::try_from(config).context("build the API client")?;
         Ok(Self {

@@ -139,6 +139,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             })?,
     };
     tracing::info!(node = %cfg.node_name, %node_ip, server = %api.server, "registering");
+    let listener = server::bind(node_ip, cfg.server_port)?;
     let cert = server::ServingCert::new(&cfg.node_name, node_ip)?;
     // The block this node had before, asked for again so that its pods
     // keep their addresses if the Node object was deleted meanwhile.
@@ -223,6 +224,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     tokio::spawn(stats.clone().run(node.clone()));
     let server = tokio::spawn(server::run(
         node.clone(),
+        listener,
         cert,
         node.api.token.clone(),
         stats,

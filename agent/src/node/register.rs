@@ -322,6 +322,26 @@ async fn refresh_ready(nodes: &kube::Api<NodeObject>, node: &Node) -> Result<()>
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
         .cloned();
+    // The certificate the controller trusts must be this agent's.
+    let announced = current
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CERT_ANNOTATION));
+    if announced != Some(&node.cert_sha256) {
+        nodes
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {CERT_ANNOTATION: node.cert_sha256}}}),
+                ),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(describe(&e)))
+            .context("announce the agent's certificate")?;
+        tracing::warn!(node = %name, "the Node announced another certificate; announced this agent's again");
+    }
     let stale = ready.as_ref().is_none_or(|c| {
         c.status != "True"
             || c.last_heartbeat_time.as_ref().is_none_or(|t| {

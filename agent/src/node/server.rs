@@ -71,6 +71,7 @@ impl ServingCert {
 /// Serves until the process stops.
 pub(super) async fn run(
     node: Arc<Node>,
+    listener: std::net::TcpListener,
     cert: ServingCert,
     token: Option<String>,
     stats: Arc<Stats>,
@@ -80,7 +81,7 @@ pub(super) async fn run(
             "the agent's kubeconfig has no bearer token, so its endpoint refuses every request (logs, exec and stats will not work)"
         );
     }
-    let addr = SocketAddr::from((node.node_ip, node.cfg.server_port));
+    let addr = listener.local_addr()?;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
         cert.cert_pem.into_bytes(),
@@ -95,10 +96,19 @@ pub(super) async fn run(
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared);
     tracing::info!(%addr, "serving logs, exec and stats");
-    axum_server::bind_rustls(addr, tls)
+    listener.set_nonblocking(true)?;
+    axum_server::from_tcp_rustls(listener, tls)?
         .serve(app.into_make_service())
         .await
         .with_context(|| format!("serve on {addr}"))
+}
+
+/// Binds the endpoint's port before anything else: a second agent of the
+/// same node stops here, before it touches the Node object.
+pub(super) fn bind(node_ip: std::net::Ipv4Addr, port: u16) -> Result<std::net::TcpListener> {
+    let addr = SocketAddr::from((node_ip, port));
+    std::net::TcpListener::bind(addr)
+        .with_context(|| format!("listen on {addr} (is an agent of this node already running?)"))
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
