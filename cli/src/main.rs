@@ -474,13 +474,21 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             } else {
                 Store::Sqlite
             };
+            if api_port == 0 {
+                bail!("--api-port must name a port (1-65535): clients find the API through it");
+            }
             spec.host_api = Some(std::net::SocketAddr::from(([127, 0, 0, 1], api_port)));
             // Pods of a lost node move within seconds, not Kubernetes' minutes.
             spec.controller_args = vec!["--eviction-delay".into(), "0s".into()];
             match lab::state(prefix) {
-                lab::LabState::Up => {
+                lab::LabState::Up if lab::alive(prefix) => {
                     bail!(
                         "a lab is already up; `weft lab down` first (or use it: `weft get nodes`)"
+                    )
+                }
+                lab::LabState::Up => {
+                    bail!(
+                        "a lab is up but its controller is not running (did the machine or a process crash?); `weft lab down` removes it"
                     )
                 }
                 lab::LabState::Partial => {
@@ -524,9 +532,23 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             for n in &nodes {
                 println!("  node {:<4} {:<12} netns {}", n.name, n.ip, n.netns);
             }
+            // The command as this user can type it: `weft` when that is
+            // what PATH finds, else the binary's path.
+            let me = std::env::current_exe()?;
+            let on_path = std::env::var_os("PATH").is_some_and(|p| {
+                std::env::split_paths(&p).any(|d| {
+                    std::fs::canonicalize(d.join("weft")).ok() == std::fs::canonicalize(&me).ok()
+                })
+            });
+            let w = if on_path {
+                "weft".to_string()
+            } else {
+                me.display().to_string()
+            };
             println!(
-                "\nTry:\n  weft get nodes\n  weft apply -f examples/\n  weft get pods -o wide\n  weft exec POD -- wget -qO- http://OTHER_POD_IP/\n  weft logs POD\n  kubectl --kubeconfig {} get pods\nTear it down with:\n  weft lab down",
-                path.display()
+                "\nTry:\n  {w} get nodes\n  {w} apply -f examples/\n  {w} get pods -o wide\n  {w} exec POD -- wget -qO- http://OTHER_POD_IP/\n  {w} logs POD\n  kubectl --kubeconfig {} get pods\nLogs of the controller and agents: {}/*.log\nTear it down with:\n  {w} lab down",
+                path.display(),
+                std::path::Path::new(STATE_ROOT).join(prefix).display()
             );
             Ok(0)
         }
@@ -537,16 +559,21 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
         }
         LabCmd::Pods => {
             let pods = lab::pod_summaries(prefix)?;
-            println!(
-                "{:<12} {:<20} {:<6} {:<15} STATUS",
-                "NAMESPACE", "NAME", "NODE", "IP"
-            );
+            let mut rows = vec![
+                ["NAMESPACE", "NAME", "NODE", "IP", "STATUS"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
             for p in pods {
-                println!(
-                    "{:<12} {:<20} {:<6} {:<15} {}",
-                    p.record.namespace, p.record.name, p.node, p.record.ip, p.status
-                );
+                rows.push(vec![
+                    p.record.namespace,
+                    p.record.name,
+                    p.node,
+                    p.record.ip.to_string(),
+                    p.status,
+                ]);
             }
+            print!("{}", weft_api::printer::align(&rows));
             Ok(0)
         }
         LabCmd::Exec {

@@ -525,6 +525,28 @@ pub fn state(prefix: &str) -> LabState {
     }
 }
 
+/// Whether some process still runs in the lab's underlay namespace (its
+/// controller, in a cluster lab).
+#[must_use]
+pub fn alive(prefix: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(netns::path(&format!("{prefix}-ul"))) else {
+        return false;
+    };
+    let want = format!("net:[{}]", meta.ino());
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|p| {
+            p.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+                && std::fs::read_link(p.path().join("ns/net"))
+                    .is_ok_and(|l| l.to_string_lossy() == want)
+        })
+}
+
 /// What `weft lab pods` shows of a pod.
 #[derive(Clone, Debug)]
 pub struct PodSummary {

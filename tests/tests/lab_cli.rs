@@ -82,6 +82,12 @@ fn lab_up_exec_crash_and_down() -> Result<()> {
     let out = env.weft(&["lab", "up", "--nodes", "0", "--api-port", &port_s])?;
     assert!(!out.status.success());
     assert!(text(&out).contains("1 to 100 nodes"), "{}", text(&out));
+    let out = env.weft(&["lab", "up", "--nodes", "1", "--api-port", "0"])?;
+    assert!(
+        !out.status.success() && text(&out).contains("--api-port"),
+        "{}",
+        text(&out)
+    );
     assert!(
         leftovers(&env.name).is_empty(),
         "{:?}",
@@ -165,6 +171,11 @@ fn lab_up_exec_crash_and_down() -> Result<()> {
     for pid in String::from_utf8_lossy(&procs.stdout).split_whitespace() {
         let _ = Command::new("kill").args(["-9", pid]).output();
     }
+    // `up` over the dead lab says what happened instead of "already up".
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = env.weft(&["lab", "up", "--nodes", "2", "--api-port", &port_s])?;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not running"), "{}", text(&out));
     let out = env.weft(&["lab", "down"])?;
     assert!(out.status.success(), "{}", text(&out));
     assert!(

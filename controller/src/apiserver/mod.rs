@@ -600,9 +600,22 @@ async fn dispatch(
             let name = target.name.as_deref().unwrap_or_default();
             proxy::pod_log(st, ns.unwrap_or("default"), name, &query).await
         }
-        ("get" | "create", Some("exec")) => Err(ApiError::bad_request(
-            "pods/exec is served over WebSocket only (kubectl 1.30 and later, or `weft exec`); SPDY is not supported",
-        )),
+        ("get" | "create", Some("exec")) => {
+            // kubectl falls back to SPDY when its WebSocket attempt was
+            // refused, and shows only this answer: give the real reason
+            // first when there is one.
+            if !user.is_admin() {
+                return Err(ApiError::forbidden(format!(
+                    "User \"{}\" cannot create resource \"pods/exec\"",
+                    user.name
+                )));
+            }
+            let name = target.name.as_deref().unwrap_or_default();
+            proxy::exec_precheck(st, ns.unwrap_or("default"), name, &query).await?;
+            Err(ApiError::bad_request(
+                "pods/exec is served over WebSocket only (kubectl 1.30 and later, or `weft exec`); SPDY is not supported",
+            ))
+        }
         _ => Err(ApiError::method_not_allowed(format!(
             "{method} is not supported on {path}"
         ))),

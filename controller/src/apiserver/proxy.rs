@@ -273,6 +273,33 @@ pub async fn node_proxy(st: &ApiState, node: &str, path: &str) -> Result<Respons
     relay(&a, format!("https://{}/{path}", a.base)).await
 }
 
+/// What would make an exec fail before any protocol is spoken: a terminal
+/// asked for, no such pod or container, an agent that cannot be reached.
+pub async fn exec_precheck(
+    st: &ApiState,
+    ns: &str,
+    name: &str,
+    query: &Query,
+) -> Result<(), ApiError> {
+    if query.flag("tty") {
+        return Err(ApiError::bad_request(
+            "terminals (tty, kubectl exec -t) are not supported by weft yet; run without -t",
+        ));
+    }
+    let (node, _) = pod_target(st, ns, name, query).await?;
+    let a = agent(st, &node).await?;
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::net::TcpStream::connect(&a.base),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(&a, &e)),
+        Err(_) => Err(unreachable(&a, &"timed out")),
+    }
+}
+
 /// `pods/{name}/exec` over a WebSocket: the client's socket is relayed
 /// frame by frame to one opened to the agent, in both directions.
 pub async fn pod_exec(
