@@ -90,8 +90,8 @@ pub enum ClientCmd {
         /// Keep streaming what the container writes.
         #[arg(short = 'f', long)]
         follow: bool,
-        /// Only the last N lines.
-        #[arg(long)]
+        /// Only the last N lines (-1: all).
+        #[arg(long, allow_negative_numbers = true)]
         tail: Option<i64>,
         /// The log of the previous run (before the last restart).
         #[arg(short = 'p', long)]

@@ -19,10 +19,10 @@ pub async fn logs(
     tail: Option<i64>,
     previous: bool,
 ) -> Result<u8> {
-    if tail.is_some_and(|t| t < 0) {
-        bail!("--tail must be 0 or more");
-    }
+    // As kubectl: a negative --tail means every line.
+    let tail = tail.filter(|t| *t >= 0);
     let pods: kube::Api<Pod> = kube::Api::namespaced(c.kube().clone(), ns);
+    let container = default_container(&pods, pod, container).await?;
     let params = LogParams {
         container,
         follow,
@@ -55,6 +55,7 @@ pub async fn exec(
     command: Vec<String>,
 ) -> Result<u8> {
     let pods: kube::Api<Pod> = kube::Api::namespaced(c.kube().clone(), ns);
+    let container = default_container(&pods, pod, container).await?;
     let mut params = AttachParams::default()
         .stdin(stdin)
         .stdout(true)
@@ -125,6 +126,41 @@ pub async fn exec(
                 .unwrap_or_else(|| "the command failed".into())
         ),
     }
+}
+
+/// The container to use: the one named, else the pod's
+/// `kubectl.kubernetes.io/default-container`, else its first, saying so
+/// when there was a choice (as kubectl does).
+async fn default_container(
+    pods: &kube::Api<Pod>,
+    pod: &str,
+    named: Option<String>,
+) -> Result<Option<String>> {
+    if named.is_some() {
+        return Ok(named);
+    }
+    let Ok(p) = pods.get(pod).await else {
+        // Let the request itself report what is wrong.
+        return Ok(None);
+    };
+    let names: Vec<String> = p
+        .spec
+        .map(|s| s.containers.into_iter().map(|c| c.name).collect())
+        .unwrap_or_default();
+    if names.len() < 2 {
+        return Ok(None);
+    }
+    let chosen = p
+        .metadata
+        .annotations
+        .and_then(|a| a.get("kubectl.kubernetes.io/default-container").cloned())
+        .filter(|d| names.contains(d))
+        .unwrap_or_else(|| names[0].clone());
+    eprintln!(
+        "Defaulted container \"{chosen}\" out of: {}",
+        names.join(", ")
+    );
+    Ok(Some(chosen))
 }
 
 fn api_error(c: &Client, e: kube::Error) -> anyhow::Error {
@@ -225,9 +261,18 @@ fn cpu(v: &Value) -> String {
         .map_or_else(|| "-".into(), |n| format!("{:.0}m", n / 1e6))
 }
 
-/// Memory (working set) in MiB.
+/// Memory (working set) in MiB; one decimal below 10 MiB, where busybox
+/// pods live.
 fn mem(v: &Value) -> String {
-    v["workingSetBytes"]
-        .as_f64()
-        .map_or_else(|| "-".into(), |b| format!("{:.0}Mi", b / 1024.0 / 1024.0))
+    v["workingSetBytes"].as_f64().map_or_else(
+        || "-".into(),
+        |b| {
+            let mib = b / 1024.0 / 1024.0;
+            if mib < 10.0 {
+                format!("{mib:.1}Mi")
+            } else {
+                format!("{mib:.0}Mi")
+            }
+        },
+    )
 }

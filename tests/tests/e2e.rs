@@ -739,6 +739,11 @@ spec:
         !ticks.is_empty() && ticks.iter().all(|l| l.starts_with("tick")),
         "{log}"
     );
+    let all = weft(&c, &["logs", "talker", "--tail", "-1"])?;
+    assert!(
+        all.lines().count() >= lines.len(),
+        "--tail -1 is every line"
+    );
     let tail = weft(&c, &["logs", "talker", "--tail", "1"])?;
     assert_eq!(tail.lines().count(), 1, "{tail}");
     assert!(tail.starts_with("tick"), "{tail}");
@@ -850,8 +855,14 @@ spec:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // A container is named when the pod has several; errors say what exists.
-    let out = c.weft_output(&["exec", "duo", "--", "true"])?;
+    // Without -c, the first container, as kubectl; a wrong one is named
+    // with what exists.
+    let out = c.weft_output(&["exec", "duo", "--", "hostname"])?;
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Defaulted container \"a\" out of: a, b")
+    );
+    let out = c.weft_output(&["exec", "duo", "-c", "z", "--", "true"])?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -891,13 +902,13 @@ spec:
         };
         if rows_ok(&nodes, &["n1", "n2"]) && rows_ok(&pods, &["talker", "duo"]) {
             // The agent counts in its node's memory: more than its pods.
-            let node_mem: u64 = nodes
+            let node_mem: f64 = nodes
                 .lines()
                 .find(|l| l.starts_with("n1"))
                 .and_then(|l| l.split_whitespace().nth(3))
                 .and_then(|m| m.trim_end_matches("Mi").parse().ok())
-                .unwrap_or(0);
-            assert!(node_mem >= 5, "node memory {node_mem}Mi:\n{nodes}");
+                .unwrap_or(0.0);
+            assert!(node_mem >= 5.0, "node memory {node_mem}Mi:\n{nodes}");
             break;
         }
         if Instant::now() > deadline {
