@@ -510,6 +510,20 @@ metadata: {name: nocmd}
 spec:
   containers:
   - {name: c, image: weft.local/busybox:1.36, command: ["/nonexistent"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sick}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: weft.local/busybox:1.36
+    command: ["sleep", "3600"]
+    livenessProbe:
+      exec: {command: ["false"]}
+      periodSeconds: 1
+      failureThreshold: 2
 "#,
     )?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -563,6 +577,48 @@ spec:
     };
     assert!(warned("noimage"), "no Warning event for noimage: {events}");
     assert!(warned("nocmd"), "no Warning event for nocmd: {events}");
+    let backoff = events["items"].as_array().is_some_and(|es| {
+        es.iter().any(|e| {
+            e["involvedObject"]["name"] == "crash"
+                && e["reason"] == "BackOff"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("Back-off restarting failed container c"))
+        })
+    });
+    assert!(backoff, "no BackOff event for crash: {events}");
+    // A failing liveness probe restarts the container, and says why.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = c.get_json(&["events"])?;
+        let unhealthy = events["items"].as_array().is_some_and(|es| {
+            es.iter().any(|e| {
+                e["involvedObject"]["name"] == "sick"
+                    && e["reason"] == "Unhealthy"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("Liveness probe failed"))
+            })
+        });
+        if unhealthy && container_status(&c, "sick")?["restartCount"].as_i64() >= Some(1) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no Unhealthy event or restart for sick: {}",
+                container_status(&c, "sick")?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A local-only image is not looked for in a registry.
+    let s = container_status(&c, "noimage")?;
+    assert!(
+        s["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not found on this node")),
+        "{s}"
+    );
     // Nothing half-made: the pods that cannot start hold no sandbox.
     for n in &c.lab.nodes {
         let [records, ..] = c.node_inventory(&n.name)?;

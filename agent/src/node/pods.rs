@@ -322,9 +322,70 @@ impl PodWorker {
                 return;
             }
         };
+        self.container_events(pod, &statuses, reported.as_ref())
+            .await;
         let ip = self.node.sandbox.record(&self.uid).map(|r| r.ip);
         let status = pod_status(pod, &statuses, ip, self.node.node_ip);
         self.report(pod, status, reported).await;
+    }
+
+    /// Events for what changed since the last report, as kubelet writes
+    /// them: BackOff when a container enters CrashLoopBackOff, Unhealthy
+    /// when a liveness probe had it killed.
+    async fn container_events(
+        &self,
+        pod: &Pod,
+        statuses: &[ContainerStatus],
+        last: Option<&Value>,
+    ) {
+        let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        for s in statuses {
+            let prev = last.and_then(|l| {
+                l["containerStatuses"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["name"] == s.name.as_str())
+                    .cloned()
+            });
+            let waiting = s.state.as_ref().and_then(|st| st.waiting.as_ref());
+            let backoff = waiting.is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"));
+            let was_backoff = prev
+                .as_ref()
+                .is_some_and(|p| p["state"]["waiting"]["reason"] == "CrashLoopBackOff");
+            if backoff && !was_backoff {
+                self.node
+                    .api
+                    .pod_event(
+                        pod,
+                        &self.node.cfg.node_name,
+                        "Warning",
+                        "BackOff",
+                        &format!(
+                            "Back-off restarting failed container {} in pod {pod_name}",
+                            s.name
+                        ),
+                    )
+                    .await;
+            }
+            let restarted = prev
+                .as_ref()
+                .and_then(|p| p["restartCount"].as_i64())
+                .is_some_and(|n| i64::from(s.restart_count) > n);
+            let last_end = s.last_state.as_ref().and_then(|l| l.terminated.as_ref());
+            if restarted && last_end.is_some_and(|t| t.reason.as_deref() == Some("Unhealthy")) {
+                let why = last_end.and_then(|t| t.message.clone()).unwrap_or_default();
+                self.node
+                    .api
+                    .pod_event(
+                        pod,
+                        &self.node.cfg.node_name,
+                        "Warning",
+                        "Unhealthy",
+                        &format!("{why}; container {} was restarted", s.name),
+                    )
+                    .await;
+            }
+        }
     }
 
     async fn report_failure(

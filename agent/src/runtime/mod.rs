@@ -27,6 +27,9 @@ use self::{
     image::{ImageError, ImageStore},
 };
 
+/// The registry name of images that exist only in nodes' image stores.
+pub const LOCAL_REGISTRY: &str = "weft.local";
+
 /// Errors of the runtime.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -182,6 +185,11 @@ impl Runtime {
     pub fn ensure_image(&self, container: &Container) -> Result<image::Image, RuntimeError> {
         let reference = container.image.as_deref().unwrap_or_default();
         let r = reference::ImageRef::parse(reference).map_err(image::ImageError::from)?;
+        // `weft.local/...` names images built and imported on the node (the
+        // lab's busybox); there is no registry to ask.
+        if r.registry == LOCAL_REGISTRY {
+            return Ok(self.images.resolve(reference)?);
+        }
         let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
             if r.digest.is_none() && r.tag.as_deref() == Some("latest") {
                 "Always".into()
