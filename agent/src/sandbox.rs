@@ -940,10 +940,14 @@ impl Sandbox {
                     status.state = Some(waiting("ContainerCreating", ""));
                 }
                 crate::runtime::Status::Exited(code) => {
+                    let cgroup =
+                        format!("weft/{}/{}/{}", self.cfg.node, short_uid(&rec.uid), c.name);
                     let reason = obs.killed_for.clone().map_or_else(
                         || {
                             if code == 0 {
                                 "Completed".to_string()
+                            } else if oom_killed(&cgroup) {
+                                "OOMKilled".to_string()
                             } else {
                                 "Error".to_string()
                             }
@@ -1210,6 +1214,25 @@ fn waiting(reason: &str, message: &str) -> ContainerState {
         }),
         ..Default::default()
     }
+}
+
+/// Whether the kernel's OOM killer killed a process of cgroup `rel` (v2
+/// `memory.events`, or v1 `memory.oom_control`), which kubelet reports as
+/// `OOMKilled`.
+fn oom_killed(rel: &str) -> bool {
+    let base = Path::new("/sys/fs/cgroup");
+    let file = if base.join("cgroup.procs").exists() {
+        base.join(rel).join("memory.events")
+    } else {
+        base.join("memory").join(rel).join("memory.oom_control")
+    };
+    fs::read_to_string(file).is_ok_and(|t| {
+        t.lines().any(|l| {
+            l.strip_prefix("oom_kill ")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    })
 }
 
 /// Removes the cgroup directory `rel` (e.g. `weft/n1/<pod>`) and its empty

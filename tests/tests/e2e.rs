@@ -513,6 +513,18 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: weft.local/busybox:1.36
+    command: ["sh", "-c", "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived"]
+    resources:
+      limits: {memory: 16Mi}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: sick}
 spec:
   terminationGracePeriodSeconds: 1
@@ -587,6 +599,20 @@ spec:
         })
     });
     assert!(backoff, "no BackOff event for crash: {events}");
+    // A container over its memory limit is OOMKilled, and the pod Failed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = container_status(&c, "hog")?;
+        if s["state"]["terminated"]["reason"] == "OOMKilled" {
+            assert_eq!(s["state"]["terminated"]["exitCode"], 137, "{s}");
+            assert_eq!(c.get_json(&["pod", "hog"])?["status"]["phase"], "Failed");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("hog was not OOMKilled: {s}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // A failing liveness probe restarts the container, and says why.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
