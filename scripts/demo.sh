@@ -25,7 +25,7 @@ $WEFT apply -f examples/
 
 step "weft get pods -o wide   # until the 3 replicas are Ready"
 for _ in $(seq 1 60); do
-  ready=$($WEFT get pods -l app=web 2>/dev/null | tail -n +2 | awk '$2=="1/1" && $3=="Running"' | wc -l || true)
+  ready=$($WEFT get pods -l app=web --no-headers 2>/dev/null | awk '$2=="1/1" && $3=="Running"' | wc -l || true)
   [[ "$ready" -ge 3 ]] && break
   sleep 0.5
 done
@@ -33,8 +33,8 @@ $WEFT get pods -o wide
 $WEFT get endpoints web
 
 # A pod on the first node asks a pod on another node, by pod IP.
-read -r from from_node < <($WEFT get pods -l app=web -o wide | tail -n +2 | awk 'NR==1{print $1, $7}')
-read -r to to_ip to_node < <($WEFT get pods -l app=web -o wide | tail -n +2 | awk -v n="$from_node" '$7!=n{print $1, $6, $7; exit}')
+read -r from from_node < <($WEFT get pods -l app=web -o wide --no-headers | awk 'NR==1{print $1, $7}')
+read -r to to_ip to_node < <($WEFT get pods -l app=web -o wide --no-headers | awk -v n="$from_node" '$7!=n{print $1, $6, $7; exit}')
 step "weft exec $from -- wget -qO- http://$to_ip/   # $from_node -> $to_node"
 $WEFT exec "$from" -- wget -qO- "http://$to_ip/"
 step "weft logs $to --tail 1"

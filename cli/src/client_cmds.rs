@@ -47,6 +47,9 @@ pub enum ClientCmd {
         /// After listing, watch for changes.
         #[arg(short = 'w', long)]
         watch: bool,
+        /// Tables without their header line.
+        #[arg(long)]
+        no_headers: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -206,10 +209,12 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
             selector,
             field_selector,
             watch,
+            no_headers,
             ..
         } => {
             get(
                 &c,
+                !no_headers,
                 &args,
                 output.as_deref(),
                 if all_namespaces {
@@ -512,8 +517,10 @@ fn query(selector: &Option<String>, fields: &Option<String>, extra: &[(&str, &st
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn get(
     c: &Client,
+    headers: bool,
     args: &[String],
     output: Option<&str>,
     ns: Option<&str>,
@@ -640,7 +647,7 @@ async fn get(
                     TableOptions {
                         wide,
                         namespace: ns.is_none(),
-                        headers: true,
+                        headers,
                         name_prefix: prefix.as_deref(),
                     },
                 );

@@ -216,6 +216,9 @@ fn deployment_spreads_reaches_scales_and_rolls() -> Result<()> {
             name(p)
         );
     }
+    let table = weft(&c, &["get", "pods", "-l", "app=web", "--no-headers"])?;
+    assert_eq!(table.lines().count(), 6, "{table}");
+    assert!(table.lines().all(|l| l.starts_with("web-")), "{table}");
     // Every pod reachable by IP from pods on every node.
     check_reachable(&c, &ps, "v1")?;
 
