@@ -249,14 +249,27 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() -> Result<()> {
             p.spec.as_mut().unwrap().containers[0].image = Some(img.into());
             p
         };
-        // Not on the node: it is pulled (IfNotPresent), and weft.local has
-        // no registry, so the error names the registry it could not reach.
+        // weft.local images live only in nodes' stores: not there, not
+        // looked for anywhere else.
         let e = sb
             .create_pod(&with_image("weft.local/nope:1"), sb.free_ip()?)
             .await
             .unwrap_err();
         assert!(
-            e.to_string().contains("registry weft.local: cannot reach"),
+            e.to_string()
+                .contains("image weft.local/nope:1 not found on this node"),
+            "{e}"
+        );
+        nothing_left(&sb)?;
+        // Not on the node: it is pulled (IfNotPresent); a registry that
+        // refuses the connection is named in the error.
+        let e = sb
+            .create_pod(&with_image("192.0.2.1:5999/nope:1"), sb.free_ip()?)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("registry 192.0.2.1:5999: cannot reach"),
             "{e}"
         );
         nothing_left(&sb)?;
