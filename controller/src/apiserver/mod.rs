@@ -247,9 +247,28 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 async fn read_body(body: Body) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| ApiError::too_large(MAX_BODY))
+    use futures::StreamExt as _;
+    // A body over the limit is still read to its end (up to DRAIN_LIMIT)
+    // and dropped: answering while the client is still sending makes it
+    // see a reset connection instead of the 413.
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        seen += chunk.len();
+        if seen <= MAX_BODY {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    Ok(buf.freeze())
 }
 
 /// Parses a request body as JSON, or YAML for `application/yaml`.
