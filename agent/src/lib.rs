@@ -3,6 +3,7 @@
 #![warn(missing_docs, unreachable_pub, clippy::print_stdout)]
 
 pub mod bpf;
+pub mod lb;
 pub mod netlink;
 pub mod node;
 pub mod probe;
