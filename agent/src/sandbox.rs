@@ -1188,7 +1188,7 @@ fn is_dns_label(s: &str) -> bool {
 /// Kubernetes' DNS-1123 subdomain: at most 253 characters, dot-separated
 /// parts of lowercase letters, digits and '-' that start and end with a
 /// letter or digit (unlike a label, a part may be longer than 63).
-fn is_dns_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253
         && s.split('.').all(|p| {
             !p.is_empty()

@@ -441,21 +441,6 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     Ok(0)
 }
 
-/// Writes a file only its owner may read (it holds a token).
-fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("write {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
     let prefix = lab_prefix()?;
     let prefix = prefix.as_str();
@@ -509,22 +494,20 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             })
             .await?;
             // The host's clients: the admin kubeconfig, pointed at the
-            // loopback listener.
-            let admin = std::fs::read_to_string(&cluster.kubeconfig)?;
-            let host = admin.replace(
-                &format!("https://{}", weft_tests::cluster::API_ADDR),
+            // loopback listener. Always ~/.weft/config: never a file
+            // $KUBECONFIG points at, which may be another cluster's.
+            let data = cluster.dir.join("controller");
+            let ca = std::fs::read_to_string(data.join("pki").join("ca.crt"))?;
+            let token = weft_controller::apiserver::auth::Tokens::open(&data)?
+                .admin_token()
+                .context("the lab's controller has no admin token")?;
+            let path = weft_controller::server::default_kubeconfig_path();
+            weft_controller::server::write_kubeconfig(
+                &path,
                 &format!("https://127.0.0.1:{api_port}"),
-            );
-            // Always ~/.weft/config: never a file $KUBECONFIG points at,
-            // which may be another cluster's.
-            let path = std::env::var_os("HOME")
-                .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
-                .join(".weft")
-                .join("config");
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            write_private(&path, &host)?;
+                &ca,
+                &token,
+            )?;
             let nodes = cluster.lab.nodes.clone();
             cluster.keep()?;
             println!(

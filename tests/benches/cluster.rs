@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use weft_agent::runtime::busybox::BUSYBOX_IMAGE;
 use weft_tests::{
-    cluster::{Cluster, ClusterSpec},
+    cluster::{Cluster, ClusterSpec, pod_ready},
     lab::{Lab, LabSpec},
 };
 
@@ -51,31 +51,13 @@ spec:
     )
 }
 
-fn apply(c: &Cluster, yaml: &str) -> Result<()> {
-    let f = tempfile::NamedTempFile::new()?;
-    std::fs::write(f.path(), yaml)?;
-    let out = c.weft_output(&["apply", "-f", f.path().to_str().unwrap_or_default()])?;
-    if !out.status.success() {
-        bail!("weft apply: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn ready(p: &Value) -> bool {
-    p["metadata"]["deletionTimestamp"].is_null()
-        && p["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-}
-
 /// Polls until `n` pods of `app` are Ready and pass `also`.
 fn wait(c: &Cluster, app: &str, n: usize, also: impl Fn(&Value) -> bool) -> Result<Vec<Value>> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let v = c.get_json(&["pods", "-l", &format!("app={app}")])?;
         let ps: Vec<Value> = v["items"].as_array().cloned().unwrap_or_default();
-        let good: Vec<Value> = ps.into_iter().filter(|p| ready(p) && also(p)).collect();
+        let good: Vec<Value> = ps.into_iter().filter(|p| pod_ready(p) && also(p)).collect();
         if good.len() == n {
             return Ok(good);
         }
@@ -164,7 +146,7 @@ fn main() -> Result<()> {
 
         // 30 replicas spread over 3 nodes.
         let t0 = Instant::now();
-        apply(&c, &deployment("spread", REPLICAS, None))?;
+        c.apply(&deployment("spread", REPLICAS, None))?;
         wait(&c, "spread", REPLICAS, |_| true)?;
         let to_ready = t0.elapsed();
         // Let probes and stats settle before reading memory.
@@ -180,24 +162,10 @@ fn main() -> Result<()> {
             .iter()
             .filter(|p| p["spec"]["nodeName"] == "n3")
             .count();
-        c.kill_agent("n3")?;
-        let state = c.lab.node_state_dir(c.lab.node("n3"));
-        let [_, containers, _, _] = c.node_inventory("n3")?;
-        for id in &containers {
-            let _ = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(state.join("runc"))
-                .args(["kill", id, "KILL"])
-                .output();
-        }
+        c.fail_node("n3")?;
         let failed = Instant::now();
         let not_ready = loop {
-            let n3 = c.get_json(&["node", "n3"])?;
-            let st = n3["status"]["conditions"]
-                .as_array()
-                .and_then(|cs| cs.iter().find(|x| x["type"] == "Ready"))
-                .map(|x| x["status"].clone());
-            if st.is_some_and(|s| s != "True") {
+            if !c.node_ready("n3")? {
                 break failed.elapsed();
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -207,11 +175,8 @@ fn main() -> Result<()> {
         eprintln!("round {round}: {lost} replicas were on n3");
 
         // 30 pods on one node: the agent's memory at that load.
-        let out = c.weft_output(&["delete", "deployment", "spread"])?;
-        if !out.status.success() {
-            bail!("delete: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        apply(&c, &deployment("one", REPLICAS, Some("n1")))?;
+        c.weft(&["delete", "deployment", "spread"])?;
+        c.apply(&deployment("one", REPLICAS, Some("n1")))?;
         wait(&c, "one", REPLICAS, |_| true)?;
         std::thread::sleep(Duration::from_secs(3));
         let rss30 = rss_mib(c.agent_pid("n1").context("agent pid")?)?;

@@ -97,11 +97,33 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// Makes `cmd` run inside the named network namespace (and, with
+/// `session`, in a session of its own, so it outlives its parent's
+/// terminal).
+///
+/// # Errors
+/// When the namespace cannot be opened.
+pub fn in_netns(cmd: &mut Command, ns: &str, session: bool) -> Result<()> {
+    let ns_file =
+        std::fs::File::open(netns::path(ns)).with_context(|| format!("open the namespace {ns}"))?;
+    // SAFETY: between fork and exec only setns(2) and setsid(2) run, both
+    // async-signal-safe system calls on a descriptor opened before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            if session {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 /// Spawns `cmd` inside the named network namespace, in a session of its
 /// own, with output appended to `log`.
 fn spawn_in(ns: &str, mut cmd: Command, log: &Path) -> Result<Child> {
-    let ns_file =
-        std::fs::File::open(netns::path(ns)).with_context(|| format!("open the namespace {ns}"))?;
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -110,18 +132,23 @@ fn spawn_in(ns: &str, mut cmd: Command, log: &Path) -> Result<Child> {
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
-    // SAFETY: between fork and exec only setns(2) and setsid(2) run, both
-    // async-signal-safe system calls on a descriptor opened before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
+    in_netns(&mut cmd, ns, true)?;
     cmd.spawn()
         .with_context(|| format!("start {:?}", cmd.get_program()))
+}
+
+/// Whether a pod (as JSON) is Ready and not being deleted.
+#[must_use]
+pub fn pod_ready(p: &serde_json::Value) -> bool {
+    p["metadata"]["deletionTimestamp"].is_null() && ready_condition(p)
+}
+
+/// Whether an object's (pod's or node's) Ready condition is True.
+fn ready_condition(obj: &serde_json::Value) -> bool {
+    obj["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 impl Cluster {
@@ -431,14 +458,51 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// The `weft` CLI as the admin, set to run inside the underlay
+    /// namespace (callers wire its streams).
+    ///
+    /// # Errors
+    /// When the namespace cannot be opened.
+    pub fn weft_command(&self, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(&self.lab.weft_bin);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        in_netns(&mut cmd, &self.lab.underlay, false)?;
+        Ok(cmd)
+    }
+
     /// Runs the `weft` CLI as the admin, inside the underlay namespace.
     ///
     /// # Errors
     /// When it cannot be started.
     pub fn weft_output(&self, args: &[&str]) -> Result<std::process::Output> {
-        let mut cmd = Command::new(&self.lab.weft_bin);
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        self.output_in(&self.lab.underlay.clone(), cmd)
+        Ok(self.weft_command(args)?.stdin(Stdio::null()).output()?)
+    }
+
+    /// Runs the `weft` CLI as the admin and returns its standard output.
+    ///
+    /// # Errors
+    /// When it fails (its standard error says why).
+    pub fn weft(&self, args: &[&str]) -> Result<String> {
+        let out = self.weft_output(args)?;
+        if !out.status.success() {
+            bail!(
+                "weft {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `weft apply -f` of the YAML text.
+    ///
+    /// # Errors
+    /// When the apply fails.
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        let f = tempfile::NamedTempFile::new()?;
+        std::fs::write(f.path(), yaml)?;
+        self.weft(&["apply", "-f", f.path().to_str().unwrap_or_default()])
+            .map(drop)
     }
 
     /// Runs `cmd` inside a namespace of the lab and collects its output.
@@ -446,15 +510,38 @@ impl Cluster {
     /// # Errors
     /// When it cannot be started.
     pub fn output_in(&self, ns: &str, mut cmd: Command) -> Result<std::process::Output> {
-        let ns_file = std::fs::File::open(netns::path(ns))?;
-        // SAFETY: only setns(2) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        in_netns(&mut cmd, ns, false)?;
         Ok(cmd.stdin(Stdio::null()).output()?)
+    }
+
+    /// Whether the Node `node`'s Ready condition is True.
+    ///
+    /// # Errors
+    /// When the Node cannot be read.
+    pub fn node_ready(&self, node: &str) -> Result<bool> {
+        Ok(ready_condition(&self.get_json(&["node", node])?))
+    }
+
+    /// Fails node `node`: its agent is SIGKILLed and its containers killed,
+    /// as when the machine dies.
+    ///
+    /// # Errors
+    /// When the agent was not started here or runc refuses.
+    pub fn fail_node(&mut self, node: &str) -> Result<()> {
+        self.kill_agent(node)?;
+        let runc_root = self.lab.node_state_dir(self.lab.node(node)).join("runc");
+        let [_, containers, _, _] = self.node_inventory(node)?;
+        for id in &containers {
+            let out = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["kill", id, "KILL"])
+                .output()?;
+            if !out.status.success() {
+                bail!("runc kill {id}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `argv` in the first container of pod `ns/name`, on whichever
@@ -564,17 +651,7 @@ impl Cluster {
                 .map(|v| {
                     v["items"]
                         .as_array()
-                        .map(|items| {
-                            items
-                                .iter()
-                                .filter(|n| {
-                                    n["status"]["conditions"].as_array().is_some_and(|cs| {
-                                        cs.iter()
-                                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                                    })
-                                })
-                                .count()
-                        })
+                        .map(|items| items.iter().filter(|n| ready_condition(n)).count())
                         .unwrap_or(0)
                 })
                 .unwrap_or(0);

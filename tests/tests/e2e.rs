@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
-use weft_tests::cluster::{Cluster, ClusterSpec};
+use weft_tests::cluster::{Cluster, ClusterSpec, pod_ready};
 
 /// A web Deployment: every replica serves "<page> from <pod name>" and
 /// exits at once on SIGTERM (a shell as PID 1 would otherwise ignore it and
@@ -38,26 +38,15 @@ spec:
     )
 }
 
-fn apply(c: &Cluster, yaml: &str) -> Result<()> {
-    let f = tempfile::NamedTempFile::new()?;
-    std::fs::write(f.path(), yaml)?;
-    let out = c.weft_output(&["apply", "-f", f.path().to_str().unwrap_or_default()])?;
-    if !out.status.success() {
-        bail!("weft apply: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn weft(c: &Cluster, args: &[&str]) -> Result<String> {
-    let out = c.weft_output(args)?;
-    if !out.status.success() {
-        bail!(
-            "weft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// A cluster of `nodes` nodes with these extra controller and agent flags.
+fn up(nodes: usize, controller_args: &[&str], agent_args: &[&str]) -> Result<Cluster> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut spec = ClusterSpec::new(nodes);
+    spec.controller_args = controller_args.iter().map(|a| (*a).to_string()).collect();
+    spec.agent_args = agent_args.iter().map(|a| (*a).to_string()).collect();
+    rt.block_on(Cluster::up(spec, |_| {}))
 }
 
 fn pods(c: &Cluster, selector: &str) -> Result<Vec<Value>> {
@@ -73,12 +62,7 @@ fn name(p: &Value) -> String {
 }
 
 fn ready(p: &Value) -> bool {
-    p["metadata"]["deletionTimestamp"].is_null()
-        && p["status"]["phase"] == "Running"
-        && p["status"]["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+    pod_ready(p) && p["status"]["phase"] == "Running"
 }
 
 /// Waits until exactly `n` pods match `selector`, all Ready (and none
@@ -190,13 +174,10 @@ fn check_nothing_left(c: &Cluster, ps: &[Value]) -> Result<()> {
 
 #[test]
 fn deployment_spreads_reaches_scales_and_rolls() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let c = rt.block_on(Cluster::up(ClusterSpec::new(3), |_| {}))?;
+    let c = up(3, &[], &[])?;
 
     // Six replicas, all Running and Ready, spread over the three nodes.
-    apply(&c, &web(6, "weft.local/busybox:1.36", "v1"))?;
+    c.apply(&web(6, "weft.local/busybox:1.36", "v1"))?;
     let ps = wait_ready(&c, "app=web", 6, Duration::from_secs(60))?;
     let spread = by_node(&ps);
     let counts: Vec<usize> = spread.values().map(Vec::len).collect();
@@ -216,17 +197,17 @@ fn deployment_spreads_reaches_scales_and_rolls() -> Result<()> {
             name(p)
         );
     }
-    let table = weft(&c, &["get", "pods", "-l", "app=web", "--no-headers"])?;
+    let table = c.weft(&["get", "pods", "-l", "app=web", "--no-headers"])?;
     assert_eq!(table.lines().count(), 6, "{table}");
     assert!(table.lines().all(|l| l.starts_with("web-")), "{table}");
     // Every pod reachable by IP from pods on every node.
     check_reachable(&c, &ps, "v1")?;
 
     // Scale to 12 and back to 3: nothing left behind on any node.
-    weft(&c, &["scale", "deployment", "web", "--replicas", "12"])?;
+    c.weft(&["scale", "deployment", "web", "--replicas", "12"])?;
     let ps = wait_ready(&c, "app=web", 12, Duration::from_secs(60))?;
     check_nothing_left(&c, &ps)?;
-    weft(&c, &["scale", "deployment", "web", "--replicas", "3"])?;
+    c.weft(&["scale", "deployment", "web", "--replicas", "3"])?;
     let ps = wait_ready(&c, "app=web", 3, Duration::from_secs(60))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -240,7 +221,7 @@ fn deployment_spreads_reaches_scales_and_rolls() -> Result<()> {
     // A rolling update to a new image: the old pods are replaced one by one
     // and the number of Ready pods never drops below the replica count
     // (maxUnavailable 25% of 3 rounds down to 0).
-    apply(&c, &web(3, "weft.local/busybox:v2", "v2"))?;
+    c.apply(&web(3, "weft.local/busybox:v2", "v2"))?;
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut min_ready = usize::MAX;
     let ps = loop {
@@ -276,16 +257,9 @@ fn deployment_spreads_reaches_scales_and_rolls() -> Result<()> {
 
 #[test]
 fn agent_restart_and_node_failure() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut spec = ClusterSpec::new(3);
-    spec.controller_args = ["--node-grace", "6s", "--eviction-delay", "0s"]
-        .map(String::from)
-        .to_vec();
     let grace = Duration::from_secs(6);
-    let mut c = rt.block_on(Cluster::up(spec, |_| {}))?;
-    apply(&c, &web(6, "weft.local/busybox:1.36", "v1"))?;
+    let mut c = up(3, &["--node-grace", "6s", "--eviction-delay", "0s"], &[])?;
+    c.apply(&web(6, "weft.local/busybox:1.36", "v1"))?;
     let before = wait_ready(&c, "app=web", 6, Duration::from_secs(60))?;
 
     // An agent restart changes nothing for the running pods: same pods,
@@ -340,7 +314,7 @@ fn agent_restart_and_node_failure() -> Result<()> {
         .collect();
     let victim = on_n2.first().context("no pod on n2")?.clone();
     c.kill_agent("n2")?;
-    weft(&c, &["delete", "pod", &victim, "--wait=false"])?;
+    c.weft(&["delete", "pod", &victim, "--wait=false"])?;
     c.start_agent("n2")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -366,31 +340,12 @@ fn agent_restart_and_node_failure() -> Result<()> {
         .map(name)
         .collect();
     assert!(!lost.is_empty(), "n3 runs some of the pods");
-    c.kill_agent("n3")?;
-    let n3_state = c.lab.node_state_dir(c.lab.node("n3"));
-    let [_, containers, _, _] = c.node_inventory("n3")?;
-    for id in &containers {
-        let out = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(n3_state.join("runc"))
-            .args(["kill", id, "KILL"])
-            .output()?;
-        assert!(
-            out.status.success(),
-            "runc kill {id}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    c.fail_node("n3")?;
     let failed_at = Instant::now();
     // NotReady within the grace period (plus a lease interval and one of the
     // node controller's sweeps, every grace/5).
     let not_ready_after = loop {
-        let n3 = c.get_json(&["node", "n3"])?;
-        let status = n3["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|x| x["type"] == "Ready"))
-            .map(|x| x["status"].clone());
-        if status.is_some_and(|s| s != "True") {
+        if !c.node_ready("n3")? {
             break failed_at.elapsed();
         }
         if failed_at.elapsed() > grace + Duration::from_secs(10) {
@@ -431,7 +386,7 @@ fn agent_restart_and_node_failure() -> Result<()> {
         route_to(&c, "n1", &n3_block)?,
         "n1 has no route to {n3_block}"
     );
-    weft(&c, &["delete", "node", "n3"])?;
+    c.weft(&["delete", "node", "n3"])?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while route_to(&c, "n1", &n3_block)? || route_to(&c, "n2", &n3_block)? {
         if Instant::now() > deadline {
@@ -485,14 +440,8 @@ fn container_status(c: &Cluster, pod: &str) -> Result<Value> {
 
 #[test]
 fn bad_input_shows_in_status_and_leaves_nothing() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut spec = ClusterSpec::new(2);
-    spec.agent_args = vec!["--restart-backoff".into(), "1s".into()];
-    let c = rt.block_on(Cluster::up(spec, |_| {}))?;
-    apply(
-        &c,
+    let c = up(2, &[], &["--restart-backoff", "1s"])?;
+    c.apply(
         r#"apiVersion: v1
 kind: Pod
 metadata: {name: noimage}
@@ -753,7 +702,7 @@ spec:
     // is gone; a negative grace period is refused.
     let out = c.weft_output(&["delete", "pod", "crash", "--grace-period", "-1"])?;
     assert!(!out.status.success());
-    weft(&c, &["delete", "pod", "crash", "--grace-period", "5"])?;
+    c.weft(&["delete", "pod", "crash", "--grace-period", "5"])?;
     let out = c.weft_output(&["get", "pod", "crash"])?;
     assert!(!out.status.success(), "the pod outlived `weft delete`");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
@@ -762,15 +711,8 @@ spec:
 
 #[test]
 fn logs_exec_and_top_through_the_controller() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut spec = ClusterSpec::new(2);
-    spec.agent_args = vec!["--restart-backoff".into(), "1s".into()];
-    let c = rt.block_on(Cluster::up(spec, |_| {}))?;
-    apply(
-        &c,
-        r#"apiVersion: v1
+    let c = up(2, &[], &["--restart-backoff", "1s"])?;
+    c.apply(r#"apiVersion: v1
 kind: Pod
 metadata: {name: talker}
 spec:
@@ -809,7 +751,7 @@ spec:
     }
 
     // Logs: the whole log, its tail, the previous run, stdout and stderr.
-    let log = weft(&c, &["logs", "talker"])?;
+    let log = c.weft(&["logs", "talker"])?;
     let lines: Vec<&str> = log.lines().collect();
     // stdout and stderr are separate pipes: only each one's order is kept.
     let out_lines: Vec<&str> = lines.iter().copied().filter(|l| *l != "oops").collect();
@@ -825,40 +767,27 @@ spec:
         !ticks.is_empty() && ticks.iter().all(|l| l.starts_with("tick")),
         "{log}"
     );
-    let all = weft(&c, &["logs", "talker", "--tail", "-1"])?;
+    let all = c.weft(&["logs", "talker", "--tail", "-1"])?;
     assert!(
         all.lines().count() >= lines.len(),
         "--tail -1 is every line"
     );
-    let tail = weft(&c, &["logs", "talker", "--tail", "1"])?;
+    let tail = c.weft(&["logs", "talker", "--tail", "1"])?;
     assert_eq!(tail.lines().count(), 1, "{tail}");
     assert!(tail.starts_with("tick"), "{tail}");
-    let previous = weft(&c, &["logs", "crasher", "-p"])?;
+    let previous = c.weft(&["logs", "crasher", "-p"])?;
     assert!(previous.starts_with("run-"), "{previous}");
-    let current = weft(&c, &["logs", "crasher"]).unwrap_or_default();
+    let current = c.weft(&["logs", "crasher"]).unwrap_or_default();
     assert_ne!(
         previous, current,
         "the previous run's log is not the current one"
     );
     // Following: new lines arrive as the container writes them.
-    let mut follow = std::process::Command::new(&c.lab.weft_bin);
-    follow
-        .arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .args(["logs", "-f", "talker", "--tail", "0"]);
     let started = Instant::now();
-    let mut child = {
-        use std::os::unix::process::CommandExt as _;
-        let ns = std::fs::File::open(weft_agent::netlink::netns::path(&c.lab.underlay))?;
-        // SAFETY: only setns(2) between fork and exec.
-        unsafe {
-            follow.pre_exec(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        follow.stdout(std::process::Stdio::piped()).spawn()?
-    };
+    let mut child = c
+        .weft_command(&["logs", "-f", "talker", "--tail", "0"])?
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let reader = std::thread::spawn(move || {
         use std::io::BufRead as _;
@@ -906,24 +835,13 @@ spec:
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-    let mut cat = std::process::Command::new(&c.lab.weft_bin);
-    cat.arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .args(["exec", "-i", "talker", "--", "tr", "a-z", "A-Z"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
     let out = {
         use std::io::Write as _;
-        use std::os::unix::process::CommandExt as _;
-        let ns = std::fs::File::open(weft_agent::netlink::netns::path(&c.lab.underlay))?;
-        // SAFETY: only setns(2) between fork and exec.
-        unsafe {
-            cat.pre_exec(move || {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = cat.spawn()?;
+        let mut child = c
+            .weft_command(&["exec", "-i", "talker", "--", "tr", "a-z", "A-Z"])?
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
         child
             .stdin
             .take()
@@ -972,8 +890,8 @@ spec:
     // rate needs two samples, 2 s apart).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let nodes = weft(&c, &["top", "nodes"])?;
-        let pods = weft(&c, &["top", "pods"])?;
+        let nodes = c.weft(&["top", "nodes"])?;
+        let pods = c.weft(&["top", "pods"])?;
         let rows_ok = |text: &str, names: &[&str]| {
             names.iter().all(|n| {
                 text.lines().any(|l| {

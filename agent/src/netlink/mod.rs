@@ -17,7 +17,7 @@ use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::{
     AddressFamily,
-    address::AddressAttribute,
+    address::{AddressAttribute, AddressMessage},
     link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
     neighbour::NeighbourFlags,
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
@@ -374,20 +374,24 @@ impl Netlink {
         }
     }
 
-    /// Ensures `addr` is on the link (idempotent).
-    ///
-    /// # Errors
-    /// On netlink failure.
-    pub async fn ensure_address(&self, index: u32, addr: Ipv4Network) -> Result<(), NetlinkError> {
-        let have: Vec<_> = self
-            .handle
+    /// The address messages of link `index`.
+    async fn link_addresses(&self, index: u32) -> Result<Vec<AddressMessage>, NetlinkError> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
             .try_collect()
             .await
-            .map_err(|e| NetlinkError::nl("list addresses", e))?;
+            .map_err(|e| NetlinkError::nl("list addresses", e))
+    }
+
+    /// Ensures `addr` is on the link (idempotent).
+    ///
+    /// # Errors
+    /// On netlink failure.
+    pub async fn ensure_address(&self, index: u32, addr: Ipv4Network) -> Result<(), NetlinkError> {
+        let have = self.link_addresses(index).await?;
         let present = have.iter().any(|m| {
             m.header.prefix_len == addr.prefix()
                 && m.attributes.iter().any(
@@ -421,15 +425,7 @@ impl Netlink {
         index: u32,
         keep: Ipv4Network,
     ) -> Result<Vec<Ipv4Network>, NetlinkError> {
-        let have: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::nl("list addresses", e))?;
+        let have = self.link_addresses(index).await?;
         let mut removed = Vec::new();
         for m in have {
             let ip = m.attributes.iter().find_map(|a| match a {
@@ -788,15 +784,7 @@ impl Netlink {
     /// On netlink failure or a missing link.
     pub async fn addresses(&self, name: &str) -> Result<Vec<Ipv4Network>, NetlinkError> {
         let l = self.require_link(name).await?;
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(l.index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::nl("list addresses", e))?;
+        let msgs = self.link_addresses(l.index).await?;
         Ok(msgs
             .iter()
             .filter_map(|m| {

@@ -117,7 +117,12 @@ pub(crate) struct Node {
 /// A kubeconfig that cannot be read, a missing uplink, or a node whose
 /// networking cannot be set up.
 pub async fn run(cfg: AgentConfig) -> Result<()> {
-    weft_name_check(&cfg.node_name)?;
+    if !crate::sandbox::is_dns_subdomain(&cfg.node_name) {
+        anyhow::bail!(
+            "invalid node name {:?}: must be lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+            cfg.node_name
+        );
+    }
     let api = api::Api::connect(&cfg.kubeconfig).await?;
     if cfg.cgroup_self {
         join_cgroup(&format!("weft/{}/agent", cfg.instance))?;
@@ -259,27 +264,4 @@ fn join_cgroup(rel: &str) -> Result<()> {
             .with_context(|| format!("join {}", dir.display()))?;
     }
     Ok(())
-}
-
-fn weft_name_check(name: &str) -> Result<()> {
-    if let Some(e) = weft_name_error(name) {
-        anyhow::bail!("invalid node name {name:?}: {e}");
-    }
-    Ok(())
-}
-
-/// Why `name` cannot name a Node (a DNS subdomain), if it cannot.
-fn weft_name_error(name: &str) -> Option<&'static str> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !p.starts_with('-')
-                && !p.ends_with('-')
-        });
-    (!ok).then_some(
-        "must be lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
-    )
 }

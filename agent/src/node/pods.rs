@@ -78,7 +78,7 @@ pub(super) async fn run(node: Arc<Node>) -> Result<()> {
                 // A worker finished (its pod is gone). If the pod came back
                 // meanwhile under that UID, which cannot happen, the next
                 // event starts a new worker.
-                if workers.get(&uid).is_some_and(|w| w.tx.is_closed() || w.tx.borrow().is_none() || deleting(w.tx.borrow().as_ref())) {
+                if workers.get(&uid).is_some_and(|w| w.tx.is_closed()) {
                     workers.remove(&uid);
                 }
             }
@@ -145,10 +145,6 @@ pub(super) async fn run(node: Arc<Node>) -> Result<()> {
     }
 }
 
-fn deleting(pod: Option<&Pod>) -> bool {
-    pod.is_some_and(|p| p.metadata.deletion_timestamp.is_some())
-}
-
 struct PodWorker {
     node: Arc<Node>,
     uid: String,
@@ -164,16 +160,16 @@ struct Failure {
 impl PodWorker {
     async fn run(self, mut rx: watch::Receiver<Option<Pod>>) {
         let node = &self.node;
-        let mut created = node.sandbox.record(&self.uid).is_some();
+        // The pod's address once its sandbox exists (adopted after a restart).
+        let mut created: Option<Ipv4Addr> = node.sandbox.record(&self.uid).map(|r| r.ip);
         let mut reported: Option<Value> = None;
         let mut failure: Option<Failure> = None;
-        let mut announced = false;
         loop {
             let pod = rx.borrow_and_update().clone();
             match pod {
                 None => {
                     // Gone from the API: nothing waits for a grace period.
-                    if !created || self.remove(None, Duration::ZERO).await {
+                    if created.is_none() || self.remove(None, Duration::ZERO).await {
                         return;
                     }
                 }
@@ -190,29 +186,19 @@ impl PodWorker {
                         return;
                     }
                 }
-                Some(p) if !created => {
+                Some(p) if created.is_none() => {
                     // A finished pod is not run again; one without an IP
                     // waits for it; a failed one waits out its back-off.
                     let due = failure.as_ref().is_none_or(|f| Instant::now() >= f.next);
                     if let (false, Some(ip), true) = (finished(&p), pod_ip(&p), due) {
                         match self.create(&p, ip).await {
                             Ok(()) => {
-                                created = true;
+                                created = Some(ip);
                                 failure = None;
                                 // Report at once, then as it changes.
-                                self.sync(&p, &mut reported).await;
-                                if !announced {
-                                    announced = true;
-                                    node.api
-                                        .pod_event(
-                                            &p,
-                                            &node.cfg.node_name,
-                                            "Normal",
-                                            "Started",
-                                            "Started all containers",
-                                        )
-                                        .await;
-                                }
+                                self.sync(&p, ip, &mut reported).await;
+                                self.event(&p, "Normal", "Started", "Started all containers")
+                                    .await;
                             }
                             Err(e) => {
                                 let count = failure.as_ref().map_or(1, |f| f.count + 1);
@@ -228,7 +214,11 @@ impl PodWorker {
                         }
                     }
                 }
-                Some(p) => self.sync(&p, &mut reported).await,
+                Some(p) => {
+                    if let Some(ip) = created {
+                        self.sync(&p, ip, &mut reported).await;
+                    }
+                }
             }
             tokio::select! {
                 r = rx.changed() => {
@@ -255,29 +245,31 @@ impl PodWorker {
         r.map(drop)
     }
 
+    /// An Event about the pod from this node.
+    async fn event(&self, pod: &Pod, type_: &str, reason: &str, message: &str) {
+        self.node
+            .api
+            .pod_event(pod, &self.node.cfg.node_name, type_, reason, message)
+            .await;
+    }
+
     /// Removes the pod from the node; false (and logged) when a step
     /// failed, so that the worker tries again.
     async fn remove(&self, pod: Option<&Pod>, grace: Duration) -> bool {
-        if let Some(p) = pod
-            && self.node.sandbox.record(&self.uid).is_some()
-        {
-            self.node
-                .api
-                .pod_event(
-                    p,
-                    &self.node.cfg.node_name,
-                    "Normal",
-                    "Killing",
-                    &format!(
-                        "Stopping all containers (grace period {}s)",
-                        grace.as_secs()
-                    ),
-                )
-                .await;
+        let rec = self.node.sandbox.record(&self.uid);
+        if let (Some(p), Some(_)) = (pod, &rec) {
+            let msg = format!(
+                "Stopping all containers (grace period {}s)",
+                grace.as_secs()
+            );
+            self.event(p, "Normal", "Killing", &msg).await;
         }
         match self.node.sandbox.remove_pod(&self.uid, grace).await {
             Ok(()) => {
-                tracing::info!(uid = %self.uid, pod = %pod.map(key).unwrap_or_default(), "pod removed from the node");
+                let name = rec
+                    .map(|r| format!("{}/{}", r.namespace, r.name))
+                    .unwrap_or_default();
+                tracing::info!(uid = %self.uid, pod = %name, "pod removed from the node");
                 true
             }
             Err(e) => {
@@ -314,7 +306,7 @@ impl PodWorker {
     }
 
     /// Syncs the pod (probes, restarts) and reports its status if changed.
-    async fn sync(&self, pod: &Pod, reported: &mut Option<Value>) {
+    async fn sync(&self, pod: &Pod, ip: Ipv4Addr, reported: &mut Option<Value>) {
         let statuses = match self.node.sandbox.sync_pod(&self.uid).await {
             Ok(s) => s,
             Err(e) => {
@@ -324,8 +316,7 @@ impl PodWorker {
         };
         self.container_events(pod, &statuses, reported.as_ref())
             .await;
-        let ip = self.node.sandbox.record(&self.uid).map(|r| r.ip);
-        let status = pod_status(pod, &statuses, ip, self.node.node_ip);
+        let status = pod_status(pod, &statuses, Some(ip), self.node.node_ip);
         self.report(pod, status, reported).await;
     }
 
@@ -353,19 +344,16 @@ impl PodWorker {
                 .as_ref()
                 .is_some_and(|p| p["state"]["waiting"]["reason"] == "CrashLoopBackOff");
             if backoff && !was_backoff {
-                self.node
-                    .api
-                    .pod_event(
-                        pod,
-                        &self.node.cfg.node_name,
-                        "Warning",
-                        "BackOff",
-                        &format!(
-                            "Back-off restarting failed container {} in pod {pod_name}",
-                            s.name
-                        ),
-                    )
-                    .await;
+                self.event(
+                    pod,
+                    "Warning",
+                    "BackOff",
+                    &format!(
+                        "Back-off restarting failed container {} in pod {pod_name}",
+                        s.name
+                    ),
+                )
+                .await;
             }
             let restarted = prev
                 .as_ref()
@@ -374,16 +362,13 @@ impl PodWorker {
             let last_end = s.last_state.as_ref().and_then(|l| l.terminated.as_ref());
             if restarted && last_end.is_some_and(|t| t.reason.as_deref() == Some("Unhealthy")) {
                 let why = last_end.and_then(|t| t.message.clone()).unwrap_or_default();
-                self.node
-                    .api
-                    .pod_event(
-                        pod,
-                        &self.node.cfg.node_name,
-                        "Warning",
-                        "Unhealthy",
-                        &format!("{why}; container {} was restarted", s.name),
-                    )
-                    .await;
+                self.event(
+                    pod,
+                    "Warning",
+                    "Unhealthy",
+                    &format!("{why}; container {} was restarted", s.name),
+                )
+                .await;
             }
         }
     }
@@ -419,16 +404,7 @@ impl PodWorker {
         self.report(pod, status, reported).await;
         // An Event on the first failure and then every fifth, not every retry.
         if count == 1 || count.is_multiple_of(5) {
-            self.node
-                .api
-                .pod_event(
-                    pod,
-                    &self.node.cfg.node_name,
-                    "Warning",
-                    event_reason,
-                    &message,
-                )
-                .await;
+            self.event(pod, "Warning", event_reason, &message).await;
         }
     }
 

@@ -82,6 +82,7 @@ async fn try_register(
         "spec": spec,
         "status": status,
     });
+    let obj_status = obj["status"].clone();
     let node: NodeObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
     let created = match nodes.create(&PostParams::default(), &node).await {
         Ok(n) => n,
@@ -100,7 +101,7 @@ async fn try_register(
         .patch_status(
             &cfg.node_name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": node_status(cfg, node_ip)})),
+            &Patch::Merge(json!({"status": obj_status})),
         )
         .await
         .map_err(|e| describe(&e))?;

@@ -208,10 +208,7 @@ async fn logs(
     Query(q): Query<LogQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&s, &headers) {
-        return *r;
-    }
-    let (rec, id) = match find(&s, &ns, &pod, &container) {
+    let (rec, id) = match authorized(&s, &headers).and_then(|()| find(&s, &ns, &pod, &container)) {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -387,14 +384,11 @@ async fn exec(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Err(r) = authorized(&s, &headers) {
-        return *r;
-    }
-    let (_, id) = match find(&s, &ns, &pod, &container) {
+    let (_, id) = match authorized(&s, &headers).and_then(|()| find(&s, &ns, &pod, &container)) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let flag = |k: &str| q.iter().any(|(n, v)| n == k && (v == "true" || v == "1"));
+    let flag = |k: &str| q.iter().any(|(n, v)| n == k && truthy(Some(v)));
     let argv: Vec<String> = q
         .iter()
         .filter(|(k, _)| k == "command")

@@ -526,20 +526,8 @@ impl Runtime {
     /// # Errors
     /// When runc cannot be run.
     pub fn exec_inherit(&self, id: &str, argv: &[String]) -> Result<i32, RuntimeError> {
-        check_id(id)?;
-        let st = self.state(id)?;
-        if st.status != Status::Running {
-            return Err(RuntimeError::Runc {
-                id: id.to_string(),
-                op: "exec",
-                message: format!("the container is not running ({:?})", st.status),
-            });
-        }
         let status = self
-            .runc()
-            .arg("exec")
-            .arg(id)
-            .args(argv)
+            .exec_command(id, argv)?
             .status()
             .map_err(io_err("run runc", &self.cfg.runc))?;
         Ok(status.code().unwrap_or(128 + 9))
