@@ -1,6 +1,14 @@
 //! Loads Weft's eBPF object (built from `weft-ebpf` by build.rs) and attaches
-//! its tc programs. For now: per-pod packet and byte counters on the host
-//! side of pod veths. The load-balancer programs will join them here.
+//! its programs: tc on the host side of pod veths (per-pod counters and the
+//! packet path of the Service load-balancer) and the cgroup sock_addr hooks
+//! of the socket path on the node's cgroup. The [`crate::lb`] module fills
+//! the load-balancer's maps.
+//!
+//! With a pin directory (the agent: /sys/fs/bpf/weft/<node>), every map and
+//! every cgroup link is pinned there, and tc filters are attached at a fixed
+//! priority and handle and left in place on exit. A restarted or upgraded
+//! agent reuses the pinned maps and replaces the programs in place, so
+//! forwarding and established connections carry on while it is away.
 //!
 //! tc attachment resolves interface names and indexes in the calling
 //! thread's network namespace, so attaching runs inside the node's namespace
@@ -11,22 +19,94 @@
 //! full RCU grace period, 6-12 ms each here, which made the two attaches the
 //! largest part of a pod's network setup. The filters cost about 0.3 ms.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf,
-    maps::PerCpuHashMap,
+    Ebpf, EbpfLoader,
+    maps::{MapInfo, PerCpuHashMap},
     programs::{
-        SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
     },
 };
+use weft_common as common;
 use weft_common::{IF_COUNTERS_MAP, IfCounters};
 
 use crate::netlink::netns;
 
-const FROM_POD: &str = "weft_count_from_pod";
-const TO_POD: &str = "weft_count_to_pod";
+const FROM_POD: &str = "weft_from_pod";
+const TO_POD: &str = "weft_to_pod";
+/// The socket-path hooks, attached to the node's cgroup.
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    "weft_connect4",
+    "weft_sendmsg4",
+    "weft_recvmsg4",
+    "weft_getpeername4",
+];
+/// Where Weft's tc filters sit: a fixed place, so that a restarted agent
+/// replaces them instead of stacking new ones.
+const TC_PRIORITY: u16 = 1;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// Sizes of the load-balancer maps (entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbSizes {
+    /// Frontends (service ports, NodePorts).
+    pub services: u32,
+    /// Backends.
+    pub backends: u32,
+    /// Maglev slots over all services.
+    pub maglev: u32,
+    /// Connection-tracking entries (two per flow on the packet path).
+    pub ct: u32,
+    /// Session affinity entries.
+    pub affinity: u32,
+    /// Socket translations (two per connected socket).
+    pub sock: u32,
+}
+
+impl Default for LbSizes {
+    fn default() -> Self {
+        Self {
+            services: common::LB_SERVICES_MAX,
+            backends: common::LB_BACKENDS_MAX,
+            maglev: common::LB_MAGLEV_MAX,
+            ct: common::LB_CT_MAX,
+            affinity: common::LB_AFFINITY_MAX,
+            sock: common::LB_SOCK_MAX,
+        }
+    }
+}
+
+impl LbSizes {
+    fn per_map(&self) -> [(&'static str, u32); 7] {
+        [
+            (common::LB_SERVICES_MAP, self.services),
+            (common::LB_BACKENDS_MAP, self.backends),
+            (common::LB_MAGLEV_MAP, self.maglev),
+            (common::LB_CT_MAP, self.ct),
+            (common::LB_AFFINITY_MAP, self.affinity),
+            (common::LB_SOCK_MAP, self.sock),
+            (common::LB_COUNTERS_MAP, self.services),
+        ]
+    }
+}
+
+/// How to load the datapath.
+#[derive(Clone, Debug, Default)]
+pub struct DatapathOptions {
+    /// The node's network namespace (`None`: the caller's).
+    pub netns: Option<String>,
+    /// bpffs directory for pinned maps and links (`None`: nothing pinned,
+    /// everything goes when the [`Datapath`] is dropped).
+    pub pin_dir: Option<PathBuf>,
+    /// Map sizes.
+    pub sizes: LbSizes,
+}
 
 /// Errors of the bpf module.
 #[derive(Debug, thiserror::Error)]
@@ -59,21 +139,46 @@ pub enum BpfError {
     /// The program is not in the object.
     #[error("eBPF program {0} is not in the object")]
     Missing(&'static str),
+    /// A file operation (pins, cgroups) failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BpfError + 'a {
+    move |source| BpfError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The eBPF object and its links, for one node.
 pub struct Datapath {
     ebpf: Ebpf,
     netns: Option<String>,
-    /// Per interface: the ingress and egress links. Dropping them detaches.
-    links: HashMap<String, [SchedClassifierLink; 2]>,
+    pin_dir: Option<PathBuf>,
+    /// Interfaces whose filters this datapath attached or took over.
+    attached: HashSet<String>,
+    /// Unpinned tc links: dropping them detaches (tests without a pin dir).
+    tc_links: Vec<SchedClassifierLink>,
+    /// Unpinned cgroup links, likewise.
+    cgroup_links: Vec<FdLink>,
 }
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Datapath")
             .field("netns", &self.netns)
-            .field("attached", &self.links.keys().collect::<Vec<_>>())
+            .field("pin_dir", &self.pin_dir)
+            .field("attached", &self.attached)
             .finish_non_exhaustive()
     }
 }
@@ -84,12 +189,45 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/we
 
 impl Datapath {
     /// Loads the programs for the node whose namespace is `netns` (`None`:
-    /// the agent's own).
+    /// the agent's own), unpinned, with default map sizes.
     ///
     /// # Errors
     /// When the kernel refuses the object.
     pub fn load(netns: Option<&str>) -> Result<Self, BpfError> {
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        Self::load_with(&DatapathOptions {
+            netns: netns.map(str::to_string),
+            ..DatapathOptions::default()
+        })
+    }
+
+    /// Loads the programs as `opts` says; with a pin directory, maps pinned
+    /// there by an earlier agent are taken over with their contents.
+    ///
+    /// # Errors
+    /// When the kernel refuses the object or the pin directory is unusable.
+    pub fn load_with(opts: &DatapathOptions) -> Result<Self, BpfError> {
+        let mut loader = EbpfLoader::new();
+        let sizes = opts.sizes.per_map();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, size);
+        }
+        let mut pins = Vec::new();
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+            for (name, size) in sizes
+                .iter()
+                .copied()
+                .chain([(IF_COUNTERS_MAP, common::IF_COUNTERS_MAX)])
+            {
+                let path = dir.join(name);
+                drop_incompatible_pin(&path, size);
+                pins.push((name, path));
+            }
+        }
+        for (name, path) in &pins {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         for name in [FROM_POD, TO_POD] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -99,26 +237,47 @@ impl Datapath {
             prog.load()
                 .map_err(|source| BpfError::Program { name, source })?;
         }
+        for name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::Missing(name))?
+                .try_into()
+                .map_err(|source| BpfError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| BpfError::Program { name, source })?;
+        }
         Ok(Self {
             ebpf,
-            netns: netns.map(str::to_string),
-            links: HashMap::new(),
+            netns: opts.netns.clone(),
+            pin_dir: opts.pin_dir.clone(),
+            attached: HashSet::new(),
+            tc_links: Vec::new(),
+            cgroup_links: Vec::new(),
         })
     }
 
-    /// Attaches the counters to the host side of a pod veth (idempotent).
+    /// Moves a map out of the object, for the load-balancer's map writer.
+    #[must_use]
+    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
+    }
+
+    /// Attaches the pod programs to the host side of a pod veth (idempotent).
+    /// Filters an earlier agent left there get this agent's programs in
+    /// place, without a moment with none.
     ///
     /// # Errors
     /// When the interface does not exist or the kernel refuses.
     pub fn attach_pod(&mut self, host_veth: &str) -> Result<(), BpfError> {
-        if self.links.contains_key(host_veth) {
+        if self.attached.contains(host_veth) {
             return Ok(());
         }
         let ebpf = &mut self.ebpf;
         let iface = host_veth.to_string();
+        let keep = self.pin_dir.is_some();
         let links = netns::run_in(
             self.netns.as_deref(),
-            move || -> Result<[SchedClassifierLink; 2], BpfError> {
+            move || -> Result<Vec<SchedClassifierLink>, BpfError> {
                 // Already there on a second call: then EEXIST, which is fine.
                 let _ = tc::qdisc_add_clsact(&iface);
                 let mut out = Vec::with_capacity(2);
@@ -131,31 +290,110 @@ impl Datapath {
                         .ok_or(BpfError::Missing(name))?
                         .try_into()
                         .map_err(|source| BpfError::Program { name, source })?;
-                    let id = prog
-                        .attach_with_options(
-                            &iface,
-                            dir,
-                            TcAttachOptions::Netlink(NlOptions::default()),
-                        )
-                        .map_err(|source| BpfError::Program { name, source })?;
+                    let fresh = prog.attach_with_options(
+                        &iface,
+                        dir,
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority: TC_PRIORITY,
+                            handle: TC_HANDLE,
+                            classid: None,
+                        }),
+                    );
+                    let id = match fresh {
+                        Ok(id) => id,
+                        // An earlier agent's filter: replace its program.
+                        Err(_) => {
+                            let old = SchedClassifierLink::attached(
+                                &iface,
+                                dir,
+                                TC_PRIORITY,
+                                TC_HANDLE,
+                                None,
+                            )
+                            .map_err(|source| BpfError::Io {
+                                what: "find the tc filter of",
+                                path: PathBuf::from(&iface),
+                                source,
+                            })?;
+                            prog.attach_to_link(old)
+                                .map_err(|source| BpfError::Program { name, source })?
+                        }
+                    };
                     let link = prog
                         .take_link(id)
                         .map_err(|source| BpfError::Program { name, source })?;
-                    out.push(link);
+                    if keep {
+                        // Dropping the link would detach the filter; with
+                        // pins the filter outlives this agent on purpose.
+                        std::mem::forget(link);
+                    } else {
+                        out.push(link);
+                    }
                 }
-                let [a, b]: [SchedClassifierLink; 2] =
-                    out.try_into().map_err(|_| BpfError::Missing(FROM_POD))?;
-                Ok([a, b])
+                Ok(out)
             },
         )??;
-        self.links.insert(host_veth.to_string(), links);
+        self.tc_links.extend(links);
+        self.attached.insert(host_veth.to_string());
+        Ok(())
+    }
+
+    /// Attaches the socket-path programs to a cgroup (v2 directory). With a
+    /// pin directory the links are pinned there and an earlier agent's
+    /// links are replaced: the new link goes on first, then the old one
+    /// comes off, so no connect() is missed. The earlier program, still
+    /// attached for that moment, leaves translated addresses alone.
+    ///
+    /// # Errors
+    /// When the cgroup cannot be opened or the kernel refuses.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), BpfError> {
+        let dir = std::fs::File::open(cgroup).map_err(io_err("open cgroup", cgroup))?;
+        for name in SOCK_PROGRAMS {
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(BpfError::Missing(name))?
+                .try_into()
+                .map_err(|source| BpfError::Program { name, source })?;
+            let id = prog
+                .attach(&dir, CgroupAttachMode::AllowMultiple)
+                .map_err(|source| BpfError::Program { name, source })?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|source| BpfError::Program { name, source })?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| BpfError::Io {
+                    what: "convert the link of",
+                    path: PathBuf::from(name),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            let Some(pins) = &self.pin_dir else {
+                self.cgroup_links.push(link);
+                continue;
+            };
+            let links = pins.join("links");
+            std::fs::create_dir_all(&links).map_err(io_err("create", &links))?;
+            let path = links.join(name);
+            let staged = links.join(format!("{name}.new"));
+            let _ = std::fs::remove_file(&staged);
+            link.pin(&staged).map_err(|e| BpfError::Io {
+                what: "pin",
+                path: staged.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            if let Ok(old) = PinnedLink::from_pin(&path) {
+                // Unpinned and dropped: the kernel detaches it.
+                drop(old.unpin());
+            }
+            std::fs::rename(&staged, &path).map_err(io_err("rename", &staged))?;
+        }
         Ok(())
     }
 
     /// Forgets a pod's links and its counters. Deleting the veth already
     /// detached the programs in the kernel.
     pub fn detach_pod(&mut self, host_veth: &str, ifindex: Option<u32>) {
-        self.links.remove(host_veth);
+        self.attached.remove(host_veth);
         if let (Some(idx), Ok(mut map)) = (ifindex, self.counters_map()) {
             let _ = map.remove(&idx);
         }
@@ -202,8 +440,26 @@ impl Datapath {
     /// Interfaces with attached counters.
     #[must_use]
     pub fn attached(&self) -> Vec<String> {
-        let mut v: Vec<_> = self.links.keys().cloned().collect();
+        let mut v: Vec<_> = self.attached.iter().cloned().collect();
         v.sort();
         v
+    }
+}
+
+/// Removes a pinned map that a new agent cannot share: another size, or a
+/// layout from another version. The programs then start with an empty map,
+/// which is logged, rather than reading misinterpreted bytes.
+fn drop_incompatible_pin(path: &Path, max_entries: u32) {
+    let Ok(info) = MapInfo::from_pin(path) else {
+        return;
+    };
+    if info.max_entries() != max_entries {
+        tracing::warn!(
+            map = %path.display(),
+            pinned = info.max_entries(),
+            wanted = max_entries,
+            "pinned map has another size; starting it afresh (its entries are lost)"
+        );
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -31,3 +31,300 @@ unsafe impl aya::Pod for IfCounters {}
 pub const IF_COUNTERS_MAP: &str = "WEFT_IF_COUNTERS";
 /// Maximum number of interfaces the counters map tracks per node.
 pub const IF_COUNTERS_MAX: u32 = 4096;
+
+// ---------------------------------------------------------------------------
+// Service load-balancing (the `weft_lb_*` programs).
+//
+// Addresses and ports are kept in network byte order, as the programs read
+// them from packets and socket contexts; the agent converts.
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// A frontend: a ClusterIP (or external IP) with a port, or a NodePort.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// VIP, or 0 for a NodePort (any of the node's addresses).
+    pub addr: u32,
+    /// Port, network order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+    /// [`SCOPE_CLUSTER`] or [`SCOPE_NODEPORT`].
+    pub scope: u8,
+}
+
+/// Frontend reached at a VIP.
+pub const SCOPE_CLUSTER: u8 = 0;
+/// Frontend reached at a node address and a node port.
+pub const SCOPE_NODEPORT: u8 = 1;
+
+/// `ServiceEntry::flags`: ClientIP session affinity.
+pub const SVC_AFFINITY: u16 = 1;
+
+/// What a frontend leads to: its Maglev table, a range of [`LB_MAGLEV_MAP`].
+///
+/// The agent writes a new table into a free range and then replaces this
+/// entry in one map update, so a program sees either the old or the new
+/// table, never a half-written one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Index into the per-service counters; unique per frontend.
+    pub id: u32,
+    /// Backends that take new connections (0: refuse them).
+    pub active: u16,
+    /// `SVC_*` flags.
+    pub flags: u16,
+    /// Session affinity timeout, seconds.
+    pub affinity_timeout: u32,
+    /// First slot of the Maglev table in [`LB_MAGLEV_MAP`].
+    pub table_offset: u32,
+    /// Number of slots (a prime; 0 when `active` is 0).
+    pub table_size: u32,
+}
+
+/// A backend, indexed by its id in [`LB_BACKENDS_MAP`] (id 0 is never used).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Pod address (0: the slot is free).
+    pub addr: u32,
+    /// Target port, network order.
+    pub port: u16,
+    /// [`BACKEND_ACTIVE`] or [`BACKEND_TERMINATING`].
+    pub state: u8,
+    /// Padding.
+    pub pad: u8,
+}
+
+/// Takes new connections.
+pub const BACKEND_ACTIVE: u8 = 1;
+/// Keeps its established connections, takes no new ones.
+pub const BACKEND_TERMINATING: u8 = 2;
+
+/// A connection-tracking key: one direction of a flow, as seen in packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address.
+    pub saddr: u32,
+    /// Destination address.
+    pub daddr: u32,
+    /// Source port, network order.
+    pub sport: u16,
+    /// Destination port, network order.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`CT_FORWARD`] (client to frontend) or [`CT_REPLY`] (backend to client).
+    pub dir: u8,
+    /// Padding.
+    pub pad: u16,
+}
+
+/// Client to frontend, before translation.
+pub const CT_FORWARD: u8 = 0;
+/// Backend to client, before reverse translation.
+pub const CT_REPLY: u8 = 1;
+
+/// `CtEntry::flags`: the client is its own backend; its source was
+/// rewritten to the frontend address so that the reply comes back here.
+pub const CT_HAIRPIN: u8 = 1;
+/// `CtEntry::flags`: NodePort traffic sent on to another node with the
+/// node's address as source.
+pub const CT_SNAT: u8 = 2;
+
+/// A tracked flow. For [`CT_FORWARD`] the backend it was given; for
+/// [`CT_REPLY`] the addresses to restore.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// Backend id (forward entries).
+    pub backend: u32,
+    /// Backend address when chosen: a reused id does not inherit the flow.
+    pub backend_addr: u32,
+    /// Frontend address (reply: the source to put back).
+    pub front_addr: u32,
+    /// Client address (reply: the destination to put back).
+    pub client_addr: u32,
+    /// Frontend port, network order.
+    pub front_port: u16,
+    /// Client port, network order.
+    pub client_port: u16,
+    /// Backend port, network order (forward entries).
+    pub backend_port: u16,
+    /// `CT_*` flags.
+    pub flags: u8,
+    /// Padding.
+    pub pad: u8,
+    /// Service counters index.
+    pub service: u32,
+    /// Last packet, `bpf_ktime_get_ns` (monotonic, boot-based).
+    pub last_seen: u64,
+}
+
+/// Session affinity: which backend a client was last given for a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Service id.
+    pub service: u32,
+    /// Padding.
+    pub pad: u32,
+    /// The client: its IPv4 address from packets, or its network
+    /// namespace cookie on the socket path (all of a pod's sockets share it).
+    pub client: u64,
+}
+
+/// The affinity's backend and when it was last used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityEntry {
+    /// Backend id.
+    pub backend: u32,
+    /// Backend address when chosen.
+    pub backend_addr: u32,
+    /// `bpf_ktime_get_ns` of the last use.
+    pub last_used: u64,
+}
+
+/// Socket-level translation, for replies (`recvmsg`, `getpeername`) and for
+/// unconnected UDP sockets that send to a VIP again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Forward: the frontend address. Reply: the backend address.
+    pub addr: u32,
+    /// Forward: frontend port. Reply: backend port. Network order.
+    pub port: u16,
+    /// [`CT_FORWARD`] or [`CT_REPLY`].
+    pub dir: u8,
+    /// Padding.
+    pub pad: u8,
+}
+
+/// The other side of a [`SockKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockEntry {
+    /// Forward: the backend address. Reply: the frontend address.
+    pub addr: u32,
+    /// Port, network order.
+    pub port: u16,
+    /// Padding.
+    pub pad: u16,
+    /// Backend id (forward entries).
+    pub backend: u32,
+}
+
+/// Per-service counters (per CPU; the agent sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// Packets translated by the tc programs.
+    pub packets: u64,
+    /// Bytes translated by the tc programs.
+    pub bytes: u64,
+    /// New connections (tc flows and translated sockets).
+    pub connections: u64,
+    /// Connections refused because no backend was ready.
+    pub refused: u64,
+}
+
+/// Node facts the programs need, in [`LB_CONFIG_MAP`] slot 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    /// The node's address on the uplink (NodePort, SNAT).
+    pub node_addr: u32,
+    /// Ifindex of the uplink.
+    pub uplink_ifindex: u32,
+    /// First port used for NodePort SNAT, host order.
+    pub snat_port_min: u16,
+    /// Last port used for NodePort SNAT, host order.
+    pub snat_port_max: u16,
+    /// Padding.
+    pub pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY (all): plain old data, repr(C), explicit padding, every bit
+    // pattern valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceEntry {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityEntry {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for SockEntry {}
+    unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for LbConfig {}
+}
+
+/// Frontends: [`ServiceKey`] → [`ServiceEntry`] (hash).
+pub const LB_SERVICES_MAP: &str = "WEFT_LB_SERVICES";
+/// Backends by id: array of [`Backend`].
+pub const LB_BACKENDS_MAP: &str = "WEFT_LB_BACKENDS";
+/// All Maglev tables, back to back: array of backend ids (`u32`), mmapable.
+pub const LB_MAGLEV_MAP: &str = "WEFT_LB_MAGLEV";
+/// Connection tracking: [`CtKey`] → [`CtEntry`] (LRU hash).
+pub const LB_CT_MAP: &str = "WEFT_LB_CT";
+/// Session affinity: [`AffinityKey`] → [`AffinityEntry`] (LRU hash).
+pub const LB_AFFINITY_MAP: &str = "WEFT_LB_AFFINITY";
+/// Socket translations: [`SockKey`] → [`SockEntry`] (LRU hash).
+pub const LB_SOCK_MAP: &str = "WEFT_LB_SOCK";
+/// Per-service counters: per-CPU array of [`ServiceCounters`] by service id.
+pub const LB_COUNTERS_MAP: &str = "WEFT_LB_COUNTERS";
+/// Node facts: array of one [`LbConfig`].
+pub const LB_CONFIG_MAP: &str = "WEFT_LB_CONFIG";
+
+/// Default sizes; the agent's flags change them.
+pub const LB_SERVICES_MAX: u32 = 65_536;
+/// Default number of backends.
+pub const LB_BACKENDS_MAX: u32 = 65_536;
+/// Default number of Maglev slots over all services (16 MiB).
+pub const LB_MAGLEV_MAX: u32 = 4 * 1024 * 1024;
+/// Default connection-tracking entries.
+pub const LB_CT_MAX: u32 = 262_144;
+/// Default affinity entries.
+pub const LB_AFFINITY_MAX: u32 = 65_536;
+/// Default socket translation entries.
+pub const LB_SOCK_MAX: u32 = 262_144;
+
+/// Mixes a flow's addresses and ports into the Maglev slot hash. Shared by
+/// the tc programs and `weft lb trace`, which must agree on every slot.
+#[inline(always)]
+#[must_use]
+pub fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+    let h = mix64((u64::from(saddr) << 32) | u64::from(daddr));
+    let h = mix64(h ^ (u64::from(sport) << 24 | u64::from(dport) << 8 | u64::from(proto)));
+    (h ^ (h >> 32)) as u32
+}
+
+/// The Maglev slot hash of a socket on the connect-time path: its cookie is
+/// unique per socket, so sockets spread like flows do.
+#[inline(always)]
+#[must_use]
+pub fn cookie_hash(cookie: u64) -> u32 {
+    let h = mix64(cookie);
+    (h ^ (h >> 32)) as u32
+}
+
+/// A 64-bit finalizer (splitmix64's): every input bit moves every output bit.
+#[inline(always)]
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

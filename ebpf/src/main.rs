@@ -1,14 +1,29 @@
 //! Weft's eBPF programs. Built for `bpfel-unknown-none` by agent/build.rs
 //! (aya-build) and loaded by the agent with aya. Map layouts come from
 //! `weft-common`, so the agent reads exactly what these programs write.
+//!
+//! - `weft_from_pod` / `weft_to_pod`: tc on the host side of every pod veth.
+//!   They count the pod's traffic, translate packets addressed to a Service
+//!   that the socket path did not translate (DNAT with connection
+//!   tracking, reverse NAT on the way back, hairpin), and refuse
+//!   connections to a Service without ready backends with an ICMP
+//!   port-unreachable.
+//! - `weft_connect4` / `weft_sendmsg4` / `weft_recvmsg4` / `weft_getpeername4`:
+//!   cgroup sock_addr hooks on the node's own cgroup subtree. They pick the
+//!   backend when a socket connects (or sends a datagram), so the packets
+//!   carry the backend's address from the start and no per-packet work is
+//!   left; the reverse hooks show the application the VIP it asked for.
 #![no_std]
 #![no_main]
 
+mod lb;
+mod pkt;
+
 use aya_ebpf::{
-    bindings::TC_ACT_PIPE,
-    macros::{classifier, map},
+    bindings::{TC_ACT_OK, TC_ACT_PIPE},
+    macros::{cgroup_sock_addr, classifier, map},
     maps::PerCpuHashMap,
-    programs::TcContext,
+    programs::{SockAddrContext, TcContext},
 };
 use weft_common::{IF_COUNTERS_MAX, IfCounters};
 
@@ -61,18 +76,47 @@ fn count(ctx: &TcContext, dir: Dir) {
     let _ = WEFT_IF_COUNTERS.insert(ifindex, c, 0);
 }
 
-/// Attached to tc ingress on the host side of a pod veth.
+/// tc ingress on the host side of a pod veth: what the pod sends.
 #[classifier]
-pub fn weft_count_from_pod(ctx: TcContext) -> i32 {
+pub fn weft_from_pod(ctx: TcContext) -> i32 {
     count(&ctx, Dir::FromPod);
+    match lb::from_pod(&ctx) {
+        Ok(action) => action,
+        // A packet we cannot parse or rewrite is not ours to judge.
+        Err(()) => TC_ACT_OK as i32,
+    }
+}
+
+/// tc egress on the host side of a pod veth: what is delivered to the pod.
+#[classifier]
+pub fn weft_to_pod(ctx: TcContext) -> i32 {
+    count(&ctx, Dir::ToPod);
+    let _ = lb::to_pod(&ctx);
     TC_ACT_PIPE
 }
 
-/// Attached to tc egress on the host side of a pod veth.
-#[classifier]
-pub fn weft_count_to_pod(ctx: TcContext) -> i32 {
-    count(&ctx, Dir::ToPod);
-    TC_ACT_PIPE
+/// connect() of a TCP or UDP socket in the node's cgroup subtree.
+#[cgroup_sock_addr(connect4)]
+pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
+    lb::sock_forward(&ctx)
+}
+
+/// sendmsg() of an unconnected UDP socket.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn weft_sendmsg4(ctx: SockAddrContext) -> i32 {
+    lb::sock_forward(&ctx)
+}
+
+/// recvmsg() of a UDP socket: the reply's source becomes the VIP again.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn weft_recvmsg4(ctx: SockAddrContext) -> i32 {
+    lb::sock_reverse(&ctx)
+}
+
+/// getpeername() of a connected socket: the VIP it connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub fn weft_getpeername4(ctx: SockAddrContext) -> i32 {
+    lb::sock_reverse(&ctx)
 }
 
 #[cfg(not(test))]

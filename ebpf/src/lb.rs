@@ -1,0 +1,399 @@
+//! Service load-balancing: backend choice (connection tracking, then
+//! session affinity, then the service's Maglev table), translation on the
+//! socket path and on the packet path.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_MMAPABLE, TC_ACT_OK},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{SockAddrContext, TcContext},
+};
+use weft_common::{
+    AffinityEntry, AffinityKey, BACKEND_ACTIVE, Backend, CT_FORWARD, CT_HAIRPIN, CT_REPLY, CtEntry,
+    CtKey, LB_AFFINITY_MAX, LB_BACKENDS_MAX, LB_CT_MAX, LB_MAGLEV_MAX, LB_SERVICES_MAX,
+    LB_SOCK_MAX, LbConfig, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER, SCOPE_NODEPORT, SVC_AFFINITY,
+    ServiceCounters, ServiceEntry, ServiceKey, SockEntry, SockKey, cookie_hash, flow_hash,
+};
+
+use crate::pkt::{self, Flow};
+
+// Sizes are defaults: the agent sets the real ones at load time.
+#[map(name = "WEFT_LB_SERVICES")]
+static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::with_max_entries(LB_SERVICES_MAX, 0);
+#[map(name = "WEFT_LB_BACKENDS")]
+static BACKENDS: Array<Backend> = Array::with_max_entries(LB_BACKENDS_MAX, 0);
+/// Mmapable so that the agent writes a whole table with one copy.
+#[map(name = "WEFT_LB_MAGLEV")]
+static MAGLEV: Array<u32> = Array::with_max_entries(LB_MAGLEV_MAX, BPF_F_MMAPABLE);
+#[map(name = "WEFT_LB_CT")]
+static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(LB_CT_MAX, 0);
+#[map(name = "WEFT_LB_AFFINITY")]
+static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
+    LruHashMap::with_max_entries(LB_AFFINITY_MAX, 0);
+#[map(name = "WEFT_LB_SOCK")]
+static SOCK: LruHashMap<SockKey, SockEntry> = LruHashMap::with_max_entries(LB_SOCK_MAX, 0);
+#[map(name = "WEFT_LB_COUNTERS")]
+static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::with_max_entries(LB_SERVICES_MAX, 0);
+#[map(name = "WEFT_LB_CONFIG")]
+static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+const ECONNREFUSED: i32 = 111;
+const AF_INET: u32 = 2;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+#[derive(Clone, Copy)]
+enum Counter {
+    Connection,
+    Refused,
+}
+
+#[inline(always)]
+fn bump(service: u32, what: Counter) {
+    if let Some(c) = COUNTERS.get_ptr_mut(service) {
+        // SAFETY: per-CPU value, written only by this CPU during this call.
+        let c = unsafe { &mut *c };
+        match what {
+            Counter::Connection => c.connections += 1,
+            Counter::Refused => c.refused += 1,
+        }
+    }
+}
+
+#[inline(always)]
+fn bump_packet(service: u32, len: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(service) {
+        // SAFETY: as in `bump`.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += u64::from(len);
+    }
+}
+
+/// The frontend at `addr:port/proto`: a ClusterIP, or a NodePort when `addr`
+/// is the node's own address.
+#[inline(always)]
+fn service(addr: u32, port: u16, proto: u8) -> Option<ServiceEntry> {
+    let key = ServiceKey {
+        addr,
+        port,
+        proto,
+        scope: SCOPE_CLUSTER,
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(s) = unsafe { SERVICES.get(&key) } {
+        return Some(*s);
+    }
+    let cfg = CONFIG.get(0)?;
+    if cfg.node_addr == 0 || cfg.node_addr != addr {
+        return None;
+    }
+    let key = ServiceKey {
+        addr: 0,
+        port,
+        proto,
+        scope: SCOPE_NODEPORT,
+    };
+    // SAFETY: as above.
+    unsafe { SERVICES.get(&key) }.copied()
+}
+
+/// The backend `id` if it still is the one at `addr:port`: a removed
+/// backend's id may have been given to another.
+#[inline(always)]
+fn backend_if(id: u32, addr: u32, port: u16) -> Option<Backend> {
+    let b = BACKENDS.get(id)?;
+    if b.addr == 0 || b.addr != addr || b.port != port {
+        return None;
+    }
+    Some(*b)
+}
+
+/// Picks a backend for a new connection: the client's affinity if it has a
+/// live one, else the Maglev slot of `hash`.
+#[inline(always)]
+fn select(svc: &ServiceEntry, client: u64, hash: u32) -> Option<(u32, Backend)> {
+    if svc.active == 0 || svc.table_size == 0 {
+        return None;
+    }
+    let affinity = svc.flags & SVC_AFFINITY != 0;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let akey = AffinityKey {
+        service: svc.id,
+        pad: 0,
+        client,
+    };
+    if affinity {
+        if let Some(a) = AFFINITY.get_ptr_mut(&akey) {
+            // SAFETY: map value; a racing update only loses a timestamp.
+            let a = unsafe { &mut *a };
+            let fresh =
+                now.wrapping_sub(a.last_used) < u64::from(svc.affinity_timeout) * NS_PER_SEC;
+            if fresh {
+                if let Some(b) = BACKENDS.get(a.backend) {
+                    if b.addr == a.backend_addr && b.state == BACKEND_ACTIVE {
+                        a.last_used = now;
+                        return Some((a.backend, *b));
+                    }
+                }
+            }
+        }
+    }
+    let slot = svc.table_offset.wrapping_add(hash % svc.table_size);
+    let id = *MAGLEV.get(slot)?;
+    let b = *BACKENDS.get(id)?;
+    if b.addr == 0 {
+        return None;
+    }
+    if affinity {
+        let _ = AFFINITY.insert(
+            &akey,
+            &AffinityEntry {
+                backend: id,
+                backend_addr: b.addr,
+                last_used: now,
+            },
+            0,
+        );
+    }
+    Some((id, b))
+}
+
+// ---------------------------------------------------------------------------
+// Socket path.
+
+/// connect4 and sendmsg4: a socket addressing a frontend is given a backend
+/// instead. 1 lets the call go on; 0 with ECONNREFUSED refuses it.
+#[inline(always)]
+pub fn sock_forward(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel's bpf_sock_addr of this invocation.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_family != AF_INET {
+        return 1;
+    }
+    let proto = sa.protocol as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return 1;
+    }
+    let addr = sa.user_ip4;
+    let port = sa.user_port as u16;
+    let Some(svc) = service(addr, port, proto) else {
+        return 1;
+    };
+    // SAFETY: helper calls on this program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let fkey = SockKey {
+        cookie,
+        addr,
+        port,
+        dir: CT_FORWARD,
+        pad: 0,
+    };
+    // A UDP socket that sent here before keeps its backend while it lives.
+    let mut chosen = None;
+    // SAFETY: the value is copied out at once.
+    if let Some(e) = unsafe { SOCK.get(&fkey) } {
+        if let Some(b) = backend_if(e.backend, e.addr, e.port) {
+            chosen = Some((e.backend, b));
+        }
+    }
+    let new = chosen.is_none();
+    if new {
+        // SAFETY: as above.
+        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        chosen = select(&svc, netns, cookie_hash(cookie));
+    }
+    let Some((id, b)) = chosen else {
+        bump(svc.id, Counter::Refused);
+        // SAFETY: plain helper call; the hook's return value 0 then fails
+        // the call with this error instead of EPERM.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return 0;
+    };
+    sa.user_ip4 = b.addr;
+    sa.user_port = u32::from(b.port);
+    if new {
+        bump(svc.id, Counter::Connection);
+        let _ = SOCK.insert(
+            &fkey,
+            &SockEntry {
+                addr: b.addr,
+                port: b.port,
+                pad: 0,
+                backend: id,
+            },
+            0,
+        );
+        let rkey = SockKey {
+            cookie,
+            addr: b.addr,
+            port: b.port,
+            dir: CT_REPLY,
+            pad: 0,
+        };
+        let _ = SOCK.insert(
+            &rkey,
+            &SockEntry {
+                addr,
+                port,
+                pad: 0,
+                backend: id,
+            },
+            0,
+        );
+    }
+    1
+}
+
+/// recvmsg4 and getpeername4: the peer a translated socket sees is the
+/// frontend it addressed, not the backend.
+#[inline(always)]
+pub fn sock_reverse(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the kernel's bpf_sock_addr of this invocation.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_family != AF_INET {
+        return 1;
+    }
+    // SAFETY: helper call on this program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockKey {
+        cookie,
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        dir: CT_REPLY,
+        pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    if let Some(e) = unsafe { SOCK.get(&key) } {
+        let (addr, port) = (e.addr, e.port);
+        sa.user_ip4 = addr;
+        sa.user_port = u32::from(port);
+    }
+    1
+}
+
+// ---------------------------------------------------------------------------
+// Packet path.
+
+/// A packet a pod sends. Replies of hairpin flows are turned back to the
+/// client; packets to a frontend get their backend (tracked per flow).
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
+    let f = pkt::parse(ctx)?;
+    let rkey = CtKey {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir: CT_REPLY,
+        pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(r) = unsafe { CT.get(&rkey) }.copied() {
+        if r.flags & CT_HAIRPIN != 0 {
+            // The backend answering itself: from the frontend, to the client.
+            pkt::rewrite(ctx, &f, true, r.front_addr, r.front_port)?;
+            let f2 = Flow {
+                saddr: r.front_addr,
+                sport: r.front_port,
+                ..f
+            };
+            pkt::rewrite(ctx, &f2, false, r.client_addr, r.client_port)?;
+            bump_packet(r.service, ctx.len());
+            return Ok(TC_ACT_OK as i32);
+        }
+    }
+    let Some(svc) = service(f.daddr, f.dport, f.proto) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let fkey = CtKey {
+        dir: CT_FORWARD,
+        ..rkey
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut entry = None;
+    if let Some(e) = CT.get_ptr_mut(&fkey) {
+        // SAFETY: map value; racing writers only move a timestamp.
+        let e = unsafe { &mut *e };
+        if backend_if(e.backend, e.backend_addr, e.backend_port).is_some() {
+            e.last_seen = now;
+            entry = Some(*e);
+        }
+    }
+    let e = match entry {
+        Some(e) => e,
+        None => {
+            let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+            let Some((id, b)) = select(&svc, u64::from(f.saddr), hash) else {
+                bump(svc.id, Counter::Refused);
+                return pkt::reject(ctx, &f);
+            };
+            let hairpin = b.addr == f.saddr;
+            let e = CtEntry {
+                backend: id,
+                backend_addr: b.addr,
+                front_addr: f.daddr,
+                client_addr: f.saddr,
+                front_port: f.dport,
+                client_port: f.sport,
+                backend_port: b.port,
+                flags: if hairpin { CT_HAIRPIN } else { 0 },
+                pad: 0,
+                service: svc.id,
+                last_seen: now,
+            };
+            // The reply comes from the backend to the client, or, for a
+            // hairpin, to the frontend address put in as its source.
+            let reply = CtKey {
+                saddr: b.addr,
+                daddr: if hairpin { f.daddr } else { f.saddr },
+                sport: b.port,
+                dport: f.sport,
+                proto: f.proto,
+                dir: CT_REPLY,
+                pad: 0,
+            };
+            if CT.insert(&reply, &e, 0).is_err() || CT.insert(&fkey, &e, 0).is_err() {
+                return Err(());
+            }
+            bump(svc.id, Counter::Connection);
+            e
+        }
+    };
+    if e.flags & CT_HAIRPIN != 0 {
+        pkt::rewrite(ctx, &f, true, e.front_addr, f.sport)?;
+    }
+    pkt::rewrite(ctx, &f, false, e.backend_addr, e.backend_port)?;
+    bump_packet(e.service, ctx.len());
+    Ok(TC_ACT_OK as i32)
+}
+
+/// A packet delivered to a pod: a backend's reply gets the frontend back as
+/// its source.
+#[inline(always)]
+pub fn to_pod(ctx: &TcContext) -> Result<(), ()> {
+    let f = pkt::parse(ctx)?;
+    let rkey = CtKey {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir: CT_REPLY,
+        pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(r) = (unsafe { CT.get(&rkey) }).copied() else {
+        return Ok(());
+    };
+    if r.flags & CT_HAIRPIN != 0 {
+        return Ok(());
+    }
+    pkt::rewrite(ctx, &f, true, r.front_addr, r.front_port)?;
+    bump_packet(r.service, ctx.len());
+    Ok(())
+}
