@@ -213,6 +213,7 @@ impl Datapath {
         }
         let mut pins = Vec::new();
         if let Some(dir) = &opts.pin_dir {
+            ensure_bpffs(dir)?;
             std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
             for (name, size) in sizes
                 .iter()
@@ -225,7 +226,7 @@ impl Datapath {
             }
         }
         for (name, path) in &pins {
-            loader.map_pin_path(*name, path.as_path());
+            loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
         for name in [FROM_POD, TO_POD] {
@@ -355,8 +356,10 @@ impl Datapath {
                 .ok_or(BpfError::Missing(name))?
                 .try_into()
                 .map_err(|source| BpfError::Program { name, source })?;
+            // A cgroup bpf_link takes no flags (EINVAL otherwise): links
+            // always stack with other programs of the cgroup.
             let id = prog
-                .attach(&dir, CgroupAttachMode::AllowMultiple)
+                .attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| BpfError::Program { name, source })?;
             let link: FdLink = prog
                 .take_link(id)
@@ -374,12 +377,13 @@ impl Datapath {
             let links = pins.join("links");
             std::fs::create_dir_all(&links).map_err(io_err("create", &links))?;
             let path = links.join(name);
-            let staged = links.join(format!("{name}.new"));
+            // bpffs refuses names with a dot.
+            let staged = links.join(format!("{name}_new"));
             let _ = std::fs::remove_file(&staged);
             link.pin(&staged).map_err(|e| BpfError::Io {
                 what: "pin",
                 path: staged.clone(),
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(format!("{e:?}")),
             })?;
             if let Ok(old) = PinnedLink::from_pin(&path) {
                 // Unpinned and dropped: the kernel detaches it.
@@ -462,4 +466,50 @@ fn drop_incompatible_pin(path: &Path, max_entries: u32) {
         );
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// Mounts the BPF filesystem at /sys/fs/bpf when `dir` is below it and
+/// nothing is mounted there yet, as systemd does at boot on most
+/// distributions. It stays mounted: other eBPF tools expect it there.
+fn ensure_bpffs(dir: &Path) -> Result<(), BpfError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) {
+        return Ok(());
+    }
+    let is_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    // Agents starting together must not stack two mounts (the first one's
+    // pins would vanish under the second): one checks and mounts at a time.
+    let lock_path = Path::new("/run/weft-bpffs.lock");
+    let lock = std::fs::File::create(lock_path).map_err(io_err("create", lock_path))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` closes.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(BpfError::Io {
+            what: "lock",
+            path: lock_path.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).map_err(io_err("create", root))?;
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .map_err(|e| BpfError::Io {
+        what: "mount the BPF filesystem at",
+        path: root.to_path_buf(),
+        source: e.into(),
+    })?;
+    tracing::info!(path = %root.display(), "mounted the BPF filesystem");
+    Ok(())
 }

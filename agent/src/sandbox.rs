@@ -774,6 +774,22 @@ impl Sandbox {
         }
     }
 
+    /// Attaches this agent's programs to every recorded pod's veth,
+    /// replacing those an earlier agent left in place.
+    ///
+    /// # Errors
+    /// When attaching fails.
+    pub fn reattach(&self) -> Result<(), SandboxError> {
+        let Some(dp) = &self.datapath else {
+            return Ok(());
+        };
+        let mut dp = dp.lock().expect("datapath lock");
+        for r in self.records()? {
+            dp.attach_pod(&r.host_veth)?;
+        }
+        Ok(())
+    }
+
     /// Rolls back pods whose creation was interrupted and finishes removals
     /// that were. Returns their UIDs.
     ///
@@ -1253,6 +1269,20 @@ pub fn remove_cgroups(rel: &str) {
             cur = p.parent().map(Path::to_path_buf);
         }
     }
+}
+
+/// The cgroup v2 hierarchy: /sys/fs/cgroup on a pure v2 host, its
+/// `unified` tree on a hybrid one; `None` on a v1-only host.
+#[must_use]
+pub fn cgroup_v2_root() -> Option<PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| {
+            nix::sys::statfs::statfs(p.as_path())
+                .is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC)
+        })
 }
 
 /// Roots of the mounted cgroup hierarchies: /sys/fs/cgroup itself on a pure

@@ -129,6 +129,9 @@ pub enum ClientCmd {
         #[command(flatten)]
         common: Common,
     },
+    /// The eBPF Service load-balancer of the nodes.
+    #[command(subcommand)]
+    Lb(LbCmd),
     /// Set the replica count of a Deployment or ReplicaSet.
     Scale {
         /// KIND/NAME or KIND NAME.
@@ -193,6 +196,7 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         | ClientCmd::Logs { common, .. }
         | ClientCmd::Exec { common, .. }
         | ClientCmd::Top { common, .. } => common.clone(),
+        ClientCmd::Lb(LbCmd::Show { common, .. } | LbCmd::Trace { common, .. }) => common.clone(),
     };
     let path = client::kubeconfig_path(kubeconfig.as_deref());
     let c = Client::from_kubeconfig(&path).await?;
@@ -348,6 +352,12 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
             all_namespaces,
             ..
         } => crate::pod_cmds::top(&c, &what, (!all_namespaces).then_some(ns.as_str())).await,
+        ClientCmd::Lb(LbCmd::Show { node, service, .. }) => {
+            crate::lb_cmds::show(&c, node.as_deref(), service.as_deref(), &ns).await
+        }
+        ClientCmd::Lb(LbCmd::Trace { node, src, dst, .. }) => {
+            crate::lb_cmds::trace(&c, &node, &src, &dst).await
+        }
         ClientCmd::Scale { args, replicas, .. } => {
             for (res, name) in targets(&args)? {
                 if !res.subresources.contains(&"scale") {
@@ -736,4 +746,33 @@ async fn get(
         .await?;
     }
     Ok(0)
+}
+
+/// `weft lb ...`.
+#[derive(clap::Subcommand)]
+pub enum LbCmd {
+    /// What a node's maps hold per service: frontends, backends with their
+    /// state and Maglev slots, counters, and the maps' fill levels.
+    Show {
+        /// The node to ask (default: every node).
+        #[arg(long)]
+        node: Option<String>,
+        /// Only this Service (NAME in the namespace, or NAMESPACE/NAME).
+        service: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Which backend a flow goes to on a node, and why: an established
+    /// flow's connection-tracking entry, session affinity, or its Maglev slot.
+    Trace {
+        /// The node whose maps to read.
+        #[arg(long)]
+        node: String,
+        /// The client: IP, or IP:PORT for the exact Maglev slot.
+        src: String,
+        /// The destination: IP:PORT/PROTO (PROTO is TCP or UDP).
+        dst: String,
+        #[command(flatten)]
+        common: Common,
+    },
 }

@@ -2,6 +2,7 @@
 //! and calls into the libraries; nothing is decided here.
 
 mod client_cmds;
+mod lb_cmds;
 mod pod_cmds;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -178,6 +179,28 @@ struct AgentArgs {
     /// Move the agent into the node's cgroup (labs set it).
     #[arg(long, hide = true)]
     cgroup_self: bool,
+    /// Where the node's eBPF maps and links are pinned (default:
+    /// /sys/fs/bpf/weft/<instance>).
+    #[arg(long)]
+    bpf_pin_dir: Option<PathBuf>,
+    /// Service ports (frontends, NodePorts included) the load-balancer holds.
+    #[arg(long, default_value_t = weft_common::LB_SERVICES_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    lb_services: u32,
+    /// Backends (endpoint address and port pairs) it holds.
+    #[arg(long, default_value_t = weft_common::LB_BACKENDS_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+    lb_backends: u32,
+    /// Maglev slots over all services (a service takes 251 to 65 521).
+    #[arg(long, default_value_t = weft_common::LB_MAGLEV_MAX, value_parser = clap::value_parser!(u32).range(251..))]
+    lb_maglev_slots: u32,
+    /// Connection-tracking entries (two per flow on the packet path).
+    #[arg(long, default_value_t = weft_common::LB_CT_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+    lb_ct: u32,
+    /// Session-affinity entries.
+    #[arg(long, default_value_t = weft_common::LB_AFFINITY_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    lb_affinity: u32,
+    /// Socket translations (two per socket connected to a Service).
+    #[arg(long, default_value_t = weft_common::LB_SOCK_MAX, value_parser = clap::value_parser!(u32).range(2..))]
+    lb_sock: u32,
     /// A name unique on this machine for the node's cgroups and pod
     /// namespaces (default: the node name; labs set it).
     #[arg(long, hide = true)]
@@ -437,6 +460,19 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     cfg.max_pods = args.max_pods;
     cfg.server_port = args.port;
     cfg.cgroup_self = args.cgroup_self;
+    if let Some(dir) = args.bpf_pin_dir {
+        cfg.pin_dir = dir;
+    } else {
+        cfg.pin_dir = PathBuf::from("/sys/fs/bpf/weft").join(&cfg.instance);
+    }
+    cfg.lb_sizes = weft_agent::bpf::LbSizes {
+        services: args.lb_services,
+        backends: args.lb_backends,
+        maglev: args.lb_maglev_slots,
+        ct: args.lb_ct,
+        affinity: args.lb_affinity,
+        sock: args.lb_sock,
+    };
     weft_agent::node::run(cfg).await?;
     Ok(0)
 }

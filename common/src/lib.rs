@@ -292,8 +292,9 @@ pub const LB_CONFIG_MAP: &str = "WEFT_LB_CONFIG";
 pub const LB_SERVICES_MAX: u32 = 65_536;
 /// Default number of backends.
 pub const LB_BACKENDS_MAX: u32 = 65_536;
-/// Default number of Maglev slots over all services (16 MiB).
-pub const LB_MAGLEV_MAX: u32 = 4 * 1024 * 1024;
+/// Default number of Maglev slots over all services: 2 Mi slots, 16 MiB
+/// (the kernel keeps array elements 8-byte aligned).
+pub const LB_MAGLEV_MAX: u32 = 2 * 1024 * 1024;
 /// Default connection-tracking entries.
 pub const LB_CT_MAX: u32 = 262_144;
 /// Default affinity entries.

@@ -676,6 +676,9 @@ pub fn pods(prefix: &str) -> Result<Vec<(String, PodRecord)>> {
     Ok(out)
 }
 
+/// Where agents pin their eBPF objects, one directory per node instance.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/weft";
+
 /// Removes a lab by its prefix: runc containers (and so their shims), rootfs
 /// mounts, cgroups and state under /run/weft/<prefix>, and every namespace
 /// named `<prefix>` or `<prefix>-...`. Idempotent, and works for a lab whose
@@ -735,6 +738,9 @@ pub fn remove_prefix(prefix: &str) {
             kill_processes_in(n);
         }
     }
+    // Pinned maps and links go before the cgroups: a pinned cgroup link
+    // keeps its cgroup alive.
+    remove_pins(prefix);
     if let Ok(all) = netns::list() {
         for n in all.iter().filter(|n| n.starts_with(&format!("{prefix}-n"))) {
             weft_agent::sandbox::remove_cgroups(&format!("weft/{n}"));
@@ -757,6 +763,26 @@ pub fn remove_prefix(prefix: &str) {
             eprintln!("lab cleanup: cannot delete netns {n}: {e}");
         }
     }
+}
+
+/// Removes the lab nodes' bpffs pins (/sys/fs/bpf/weft/<prefix>-n*): the
+/// maps and programs go with their last reference.
+fn remove_pins(prefix: &str) {
+    let root = Path::new(PIN_ROOT);
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("{prefix}-n"))
+            && let Err(err) = std::fs::remove_dir_all(e.path())
+        {
+            eprintln!("lab cleanup: cannot remove {}: {err}", e.path().display());
+        }
+    }
+    // Only if no other lab or agent pins anything.
+    let _ = std::fs::remove_dir(root);
 }
 
 /// SIGKILLs every process whose network namespace is the named one.

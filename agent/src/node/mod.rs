@@ -13,13 +13,19 @@ mod routes;
 mod server;
 mod stats;
 
-use std::{net::Ipv4Addr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use ipnetwork::Ipv4Network;
 
 use crate::{
-    bpf::Datapath,
+    bpf::{Datapath, DatapathOptions},
+    lb::{Balancer, LbMaps},
     netlink::Netlink,
     runtime::{Runtime, RuntimeConfig, registry::RegistryOptions},
     sandbox::{NodeConfig, Sandbox},
@@ -69,6 +75,11 @@ pub struct AgentConfig {
     /// Move the agent into the node's own cgroup (`weft/<instance>/agent`),
     /// so that the node's usage counts it and, in a lab, nodes are apart.
     pub cgroup_self: bool,
+    /// bpffs directory of the node's pinned maps and links (default
+    /// /sys/fs/bpf/weft/<instance>).
+    pub pin_dir: PathBuf,
+    /// Load-balancer map sizes.
+    pub lb_sizes: crate::bpf::LbSizes,
 }
 
 impl AgentConfig {
@@ -94,6 +105,8 @@ impl AgentConfig {
             parallel_creates: 4,
             server_port: server::DEFAULT_PORT,
             cgroup_self: false,
+            pin_dir: PathBuf::from("/sys/fs/bpf/weft").join(node_name),
+            lb_sizes: crate::bpf::LbSizes::default(),
         }
     }
 }
@@ -107,6 +120,8 @@ pub(crate) struct Node {
     pub(crate) block: Ipv4Network,
     /// What the Node announces of the agent's serving certificate.
     pub(crate) cert_sha256: String,
+    /// The Service load-balancer's maps.
+    pub(crate) lb: Arc<Mutex<Balancer>>,
 }
 
 /// Runs the agent until the process is stopped. Errors that retrying can
@@ -192,7 +207,35 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         shim: cfg.shim.clone(),
         registry: cfg.registry.clone(),
     })?;
-    let datapath = Datapath::load(None).context("load the eBPF datapath")?;
+    let mut datapath = Datapath::load_with(&DatapathOptions {
+        netns: None,
+        pin_dir: Some(cfg.pin_dir.clone()),
+        sizes: cfg.lb_sizes,
+    })
+    .context("load the eBPF datapath")?;
+    let lb = {
+        let maps = LbMaps::take(&mut datapath).context("open the load-balancer maps")?;
+        let mut b = Balancer::new(maps, cfg.lb_sizes).context("adopt the load-balancer maps")?;
+        let uplink_index = net
+            .link(&cfg.uplink)
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |l| l.index);
+        b.set_node(node_ip, uplink_index)
+            .context("configure the load-balancer")?;
+        Arc::new(Mutex::new(b))
+    };
+    // The socket path: every process of the node's cgroup, pods included,
+    // has Service addresses translated at connect().
+    let cgroup = crate::sandbox::cgroup_v2_root()
+        .context("no cgroup v2 hierarchy is mounted (socket load-balancing needs one)")?
+        .join("weft")
+        .join(&cfg.instance);
+    std::fs::create_dir_all(&cgroup).with_context(|| format!("create {}", cgroup.display()))?;
+    datapath
+        .attach_cgroup(&cgroup)
+        .with_context(|| format!("attach the socket load-balancer to {}", cgroup.display()))?;
     let sandbox = Sandbox::new(
         NodeConfig {
             node: cfg.instance.clone(),
@@ -217,6 +260,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     if !swept.is_empty() {
         tracing::info!(what = ?swept, "removed what no pod record accounts for");
     }
+    // Pods that outlived an earlier agent get this agent's programs, in place.
+    sandbox.reattach()?;
     let node = Arc::new(Node {
         cfg,
         api,
@@ -224,6 +269,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         node_ip,
         block,
         cert_sha256: cert.sha256.clone(),
+        lb: lb.clone(),
     });
     let stats = Arc::new(stats::Stats::default());
     tokio::spawn(stats.clone().run(node.clone()));
@@ -237,12 +283,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let lease = tokio::spawn(register::heartbeat(node.clone()));
     let routes = tokio::spawn(routes::run(node.clone()));
     let pods = tokio::spawn(pods::run(node.clone()));
+    let services = tokio::spawn(crate::lb::sync::run(node.api.client.clone(), lb));
     tracing::info!(node = %node.cfg.node_name, "agent running");
     tokio::select! {
         r = lease => r.context("heartbeat task")?,
         r = routes => r.context("route task")?,
         r = pods => r.context("pod task")?,
         r = server => r.context("endpoint task")?,
+        r = services => r.context("load-balancer task"),
     }
 }
 

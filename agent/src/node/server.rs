@@ -93,6 +93,8 @@ pub(super) async fn run(
         .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
         .route("/exec/{ns}/{pod}/{container}", get(exec))
         .route("/stats/summary", get(summary))
+        .route("/lb/services", get(lb_services))
+        .route("/lb/trace", get(lb_trace))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared);
     tracing::info!(%addr, "serving logs, exec and stats");
@@ -360,6 +362,62 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// What the node's load-balancer maps hold (`weft lb show`).
+async fn lb_services(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return *r;
+    }
+    let snap = s.node.lb.lock().expect("balancer lock").snapshot();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&snap).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// The query of `/lb/trace`.
+#[derive(serde::Deserialize)]
+struct TraceQuery {
+    src: std::net::Ipv4Addr,
+    sport: Option<u16>,
+    dst: std::net::Ipv4Addr,
+    port: u16,
+    proto: String,
+}
+
+/// Which backend a flow goes to and why (`weft lb trace`).
+async fn lb_trace(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<TraceQuery>,
+) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return *r;
+    }
+    let proto = match q.proto.to_ascii_uppercase().as_str() {
+        "TCP" => weft_common::PROTO_TCP,
+        "UDP" => weft_common::PROTO_UDP,
+        other => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("protocol {other:?}: TCP or UDP"),
+            );
+        }
+    };
+    let t = s
+        .node
+        .lb
+        .lock()
+        .expect("balancer lock")
+        .trace(q.src, q.sport, q.dst, q.port, proto);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&t).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 async fn summary(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {

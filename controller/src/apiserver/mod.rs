@@ -362,6 +362,7 @@ async fn dispatch(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     )?;
+    let raw_query = query.unwrap_or_default();
     let query = Query::parse(query);
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         [] => return Ok(json_response(200, &discovery::root_paths())),
@@ -380,7 +381,7 @@ async fn dispatch(
                     user.name
                 )));
             }
-            return proxy::node_proxy(st, node, &rest.join("/")).await;
+            return proxy::node_proxy(st, node, &rest.join("/"), raw_query).await;
         }
         ["api", "v1", rest @ ..] => ("", "v1", rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),

@@ -266,11 +266,21 @@ pub async fn pod_log(
     relay(&a, url).await
 }
 
-/// `GET /api/v1/nodes/{name}/proxy/{path}`: a read of the node's agent
-/// (its stats).
-pub async fn node_proxy(st: &ApiState, node: &str, path: &str) -> Result<Response, ApiError> {
+/// `GET /api/v1/nodes/{name}/proxy/{path}?{query}`: a read of the node's
+/// agent (its stats, its load-balancer maps), the query passed on as given.
+pub async fn node_proxy(
+    st: &ApiState,
+    node: &str,
+    path: &str,
+    query: &str,
+) -> Result<Response, ApiError> {
     let a = agent(st, node).await?;
-    relay(&a, format!("https://{}/{path}", a.base)).await
+    let q = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    relay(&a, format!("https://{}/{path}{q}", a.base)).await
 }
 
 /// What would make an exec fail before any protocol is spoken: a terminal

@@ -1,0 +1,315 @@
+//! Keeps a [`Balancer`] in step with the API: watches Services and
+//! EndpointSlices, and re-installs only the Services an event touched.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
+
+use futures::{FutureExt as _, StreamExt as _, stream};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use kube::runtime::{
+    WatchStreamExt as _,
+    watcher::{self, Event},
+};
+use weft_common as common;
+
+use super::{BackendSpec, Balancer, FrontendSpec, Scope};
+
+/// The label tying an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Kubernetes' default ClientIP affinity timeout (3 hours).
+const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
+/// The frontends Service `svc` asks for, with backends from its slices.
+#[must_use]
+pub fn frontends(svc: &Service, slices: &[&EndpointSlice]) -> Vec<FrontendSpec> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
+    let mut addrs: Vec<Ipv4Addr> = Vec::new();
+    let cluster_ips = spec
+        .cluster_ips
+        .clone()
+        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect());
+    for a in cluster_ips.iter().chain(spec.external_ips.iter().flatten()) {
+        if let Ok(ip) = a.parse::<Ipv4Addr>()
+            && !addrs.contains(&ip)
+        {
+            addrs.push(ip);
+        }
+    }
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    });
+    let node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let mut out = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => common::PROTO_TCP,
+            "UDP" => common::PROTO_UDP,
+            // SCTP is not load-balanced by these programs.
+            _ => continue,
+        };
+        let name = p.name.clone().unwrap_or_default();
+        let backends = backends(slices, &name, proto);
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
+        for addr in &addrs {
+            out.push(FrontendSpec {
+                addr: *addr,
+                port,
+                proto,
+                scope: Scope::Cluster,
+                port_name: name.clone(),
+                affinity,
+                backends: backends.clone(),
+            });
+        }
+        if let Some(np) = p.node_port.filter(|_| node_ports)
+            && let Ok(np) = u16::try_from(np)
+        {
+            out.push(FrontendSpec {
+                addr: Ipv4Addr::UNSPECIFIED,
+                port: np,
+                proto,
+                scope: Scope::NodePort,
+                port_name: name.clone(),
+                affinity,
+                backends: backends.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Ready endpoints, and terminating ones that still serve, of the slices'
+/// port called `name`.
+fn backends(slices: &[&EndpointSlice], name: &str, proto: u8) -> Vec<BackendSpec> {
+    let want = if proto == common::PROTO_UDP {
+        "UDP"
+    } else {
+        "TCP"
+    };
+    let mut out = Vec::new();
+    for s in slices {
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let Some(port) = s.ports.iter().flatten().find(|sp| {
+            sp.name.as_deref().unwrap_or("") == name
+                && sp.protocol.as_deref().unwrap_or("TCP") == want
+        }) else {
+            continue;
+        };
+        let Some(port) = port.port.and_then(|p| u16::try_from(p).ok()) else {
+            continue;
+        };
+        for e in &s.endpoints {
+            let Some(addr) = e.addresses.first().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            let c = e.conditions.as_ref();
+            // Unset conditions mean ready (the API's rule for consumers).
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            if ready && !terminating {
+                out.push(BackendSpec {
+                    addr,
+                    port,
+                    ready: true,
+                });
+            } else if serving && terminating {
+                out.push(BackendSpec {
+                    addr,
+                    port,
+                    ready: false,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn key_of(ns: Option<&str>, name: Option<&str>) -> String {
+    format!("{}/{}", ns.unwrap_or("default"), name.unwrap_or_default())
+}
+
+enum Change {
+    Service(Box<Event<Service>>),
+    Slice(Box<Event<EndpointSlice>>),
+}
+
+/// The watch cache the balancer is fed from.
+#[derive(Default)]
+struct Cache {
+    services: HashMap<String, Service>,
+    /// Slices by Service key, then by slice key.
+    slices: HashMap<String, HashMap<String, EndpointSlice>>,
+    /// The Service key each slice was filed under.
+    slice_owner: HashMap<String, String>,
+    init_services: Option<HashMap<String, Service>>,
+    init_slices: Option<Vec<EndpointSlice>>,
+    services_synced: bool,
+    slices_synced: bool,
+}
+
+impl Cache {
+    fn put_slice(&mut self, s: EndpointSlice, dirty: &mut BTreeSet<String>) {
+        let skey = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+        self.remove_slice(&skey, dirty);
+        let Some(owner) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            return;
+        };
+        let owner = key_of(s.metadata.namespace.as_deref(), Some(owner));
+        dirty.insert(owner.clone());
+        self.slice_owner.insert(skey.clone(), owner.clone());
+        self.slices.entry(owner).or_default().insert(skey, s);
+    }
+
+    fn remove_slice(&mut self, skey: &str, dirty: &mut BTreeSet<String>) {
+        if let Some(owner) = self.slice_owner.remove(skey) {
+            if let Some(m) = self.slices.get_mut(&owner) {
+                m.remove(skey);
+                if m.is_empty() {
+                    self.slices.remove(&owner);
+                }
+            }
+            dirty.insert(owner);
+        }
+    }
+
+    fn apply(&mut self, change: Change, dirty: &mut BTreeSet<String>) {
+        match change {
+            Change::Service(ev) => match *ev {
+                Event::Init => self.init_services = Some(HashMap::new()),
+                Event::InitApply(s) => {
+                    let k = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+                    if let Some(m) = self.init_services.as_mut() {
+                        m.insert(k, s);
+                    }
+                }
+                Event::InitDone => {
+                    let new = self.init_services.take().unwrap_or_default();
+                    dirty.extend(self.services.keys().cloned());
+                    dirty.extend(new.keys().cloned());
+                    self.services = new;
+                    self.services_synced = true;
+                }
+                Event::Apply(s) => {
+                    let k = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+                    dirty.insert(k.clone());
+                    self.services.insert(k, s);
+                }
+                Event::Delete(s) => {
+                    let k = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+                    dirty.insert(k.clone());
+                    self.services.remove(&k);
+                }
+            },
+            Change::Slice(ev) => match *ev {
+                Event::Init => self.init_slices = Some(Vec::new()),
+                Event::InitApply(s) => {
+                    if let Some(v) = self.init_slices.as_mut() {
+                        v.push(s);
+                    }
+                }
+                Event::InitDone => {
+                    let all: Vec<String> = self.slice_owner.keys().cloned().collect();
+                    for k in all {
+                        self.remove_slice(&k, dirty);
+                    }
+                    for s in self.init_slices.take().unwrap_or_default() {
+                        self.put_slice(s, dirty);
+                    }
+                    self.slices_synced = true;
+                }
+                Event::Apply(s) => self.put_slice(s, dirty),
+                Event::Delete(s) => {
+                    let skey = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+                    self.remove_slice(&skey, dirty);
+                }
+            },
+        }
+    }
+
+    fn frontends(&self, key: &str) -> Vec<FrontendSpec> {
+        let Some(svc) = self.services.get(key) else {
+            return Vec::new();
+        };
+        let slices: Vec<&EndpointSlice> = self
+            .slices
+            .get(key)
+            .map(|m| m.values().collect())
+            .unwrap_or_default();
+        frontends(svc, &slices)
+    }
+}
+
+/// Follows Services and EndpointSlices and keeps `balancer` in step. Never
+/// returns; watch errors are retried with back-off.
+pub async fn run(client: kube::Client, balancer: Arc<Mutex<Balancer>>) {
+    let services = watcher::watcher(
+        kube::Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|r| r.map(|e| Change::Service(Box::new(e))));
+    let slices = watcher::watcher(
+        kube::Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|r| r.map(|e| Change::Slice(Box::new(e))));
+    let mut events = std::pin::pin!(stream::select(services, slices));
+    let mut cache = Cache::default();
+    let mut dirty = BTreeSet::new();
+    let mut adopted_dropped = false;
+    while let Some(first) = events.next().await {
+        // Take every event already waiting, then apply once: a burst (the
+        // initial lists, a rollout) costs one pass over what it touched.
+        let mut batch = vec![first];
+        while let Some(Some(more)) = events.next().now_or_never() {
+            batch.push(more);
+        }
+        for ev in batch {
+            match ev {
+                Ok(c) => cache.apply(c, &mut dirty),
+                Err(e) => tracing::warn!(error = %e, "watching services failed; retrying"),
+            }
+        }
+        // Before both lists are in, a Service might look endpoint-less.
+        if !(cache.services_synced && cache.slices_synced) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let n = dirty.len();
+        let mut b = balancer.lock().expect("balancer lock");
+        for key in std::mem::take(&mut dirty) {
+            let f = cache.frontends(&key);
+            b.set_service(&key, f);
+        }
+        if !adopted_dropped {
+            b.drop_unclaimed();
+            adopted_dropped = true;
+        }
+        drop(b);
+        tracing::debug!(services = n, took = ?started.elapsed(), "load-balancer maps updated");
+    }
+}
