@@ -46,10 +46,11 @@ pub async fn show(c: &Client, node: Option<&str>, service: Option<&str>, ns: &st
         };
         print!("{}", render(&n, &snap, want.as_deref(), &mut found));
     }
-    if let Some(w) = &want {
-        if !found && !failed {
-            bail!("no node load-balances {w} (no such Service, or it has no ClusterIP)");
-        }
+    if let Some(w) = &want
+        && !found
+        && !failed
+    {
+        bail!("no node load-balances {w} (no such Service, or it has no ClusterIP)");
     }
     Ok(u8::from(failed))
 }
