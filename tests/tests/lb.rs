@@ -1,0 +1,427 @@
+//! Service load-balancing on a real 3-node lab: the eBPF programs in the
+//! kernel, real pods (runc, busybox), real sockets. Two paths are tried:
+//! processes in the node's cgroup (pods' containers) are translated at
+//! connect() by the cgroup programs; processes outside it that still send
+//! from a pod's network namespace (this test's own sockets) are translated
+//! per packet by the tc programs on the pod veths.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+use weft_agent::netlink::netns;
+use weft_tests::cluster::{Cluster, ClusterSpec, pod_ready};
+
+const UDP_TARGET: u16 = 5353;
+
+/// A Deployment `name` of `replicas` busybox httpd pods answering
+/// "<pod name>", and a Service of the same name: TCP 80 and UDP 53 (to
+/// 5353, where the test's own DNS responders listen in the pods'
+/// namespaces). `affinity` adds ClientIP session affinity.
+fn app(name: &str, replicas: u32, affinity: Option<u32>) -> String {
+    let affinity = affinity
+        .map(|t| {
+            format!(
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n"
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: httpd
+        image: weft.local/busybox:1.36
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www & trap 'sleep 2; exit 0' TERM; wait"]
+        readinessProbe:
+          httpGet: {{path: /, port: 80}}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  selector: {{app: {name}}}
+{affinity}  ports:
+  - name: http
+    port: 80
+    targetPort: 80
+  - name: dns
+    port: 53
+    targetPort: {UDP_TARGET}
+    protocol: UDP
+"#
+    )
+}
+
+/// A Service whose selector matches nothing.
+const EMPTY: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: empty
+  namespace: default
+spec:
+  selector: {app: nothing}
+  ports:
+  - name: http
+    port: 80
+  - name: dns
+    port: 53
+    protocol: UDP
+"#;
+
+fn up(nodes: usize) -> Result<Cluster> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(Cluster::up(ClusterSpec::new(nodes), |_| {}))
+}
+
+/// A pod as the test needs it.
+#[derive(Clone, Debug)]
+struct PodInfo {
+    name: String,
+    ip: Ipv4Addr,
+    node: String,
+    netns: String,
+}
+
+/// Waits until `n` pods of `app` are Ready, then returns them with their
+/// network namespaces.
+fn ready_pods(c: &Cluster, app: &str, n: usize) -> Result<Vec<PodInfo>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = c.get_json(&["pods", "-l", &format!("app={app}")])?;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        let ready: Vec<&Value> = items
+            .iter()
+            .filter(|p| pod_ready(p) && p["status"]["phase"] == "Running")
+            .collect();
+        if ready.len() == n && items.len() == n {
+            let records = weft_tests::lab::pods(&c.lab.prefix)?;
+            let mut out = Vec::new();
+            for p in ready {
+                let name = p["metadata"]["name"].as_str().unwrap_or_default();
+                let (_, rec) = records
+                    .iter()
+                    .find(|(_, r)| r.name == name)
+                    .with_context(|| format!("no record of pod {name}"))?;
+                out.push(PodInfo {
+                    name: name.to_string(),
+                    ip: rec.ip,
+                    node: p["spec"]["nodeName"].as_str().unwrap_or_default().into(),
+                    netns: rec.netns.clone(),
+                });
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(out);
+        }
+        if Instant::now() > deadline {
+            bail!("{app}: {} of {n} pods ready after 60 s", ready.len());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn cluster_ip(c: &Cluster, svc: &str) -> Result<Ipv4Addr> {
+    let v = c.get_json(&["service", svc])?;
+    v["spec"]["clusterIP"]
+        .as_str()
+        .context("no clusterIP")?
+        .parse()
+        .context("clusterIP")
+}
+
+/// A minimal DNS responder on UDP 5353 in `pod`'s namespace: it answers
+/// every A query with the pod's own address, so the answer names the
+/// backend. Runs until the process ends.
+fn dns_responder(pod: &PodInfo) -> Result<()> {
+    let ip = pod.ip;
+    let sock = netns::run_in(Some(&pod.netns), move || {
+        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, UDP_TARGET))
+    })??;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if let Some(reply) = dns_answer(&buf[..n], ip) {
+                let _ = sock.send_to(&reply, from);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The reply to a one-question query: an A record with `ip` for type A,
+/// no answer for other types.
+fn dns_answer(q: &[u8], ip: Ipv4Addr) -> Option<Vec<u8>> {
+    if q.len() < 12 {
+        return None;
+    }
+    let mut i = 12;
+    while *q.get(i)? != 0 {
+        i += usize::from(q[i]) + 1;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i + 1)?, *q.get(i + 2)?]);
+    let end = i + 5;
+    let question = q.get(12..end)?;
+    let a = qtype == 1;
+    let mut r = Vec::with_capacity(end + 16);
+    r.extend_from_slice(&q[..2]);
+    r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+    r.extend_from_slice(question);
+    if a {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4]);
+        r.extend_from_slice(&ip.octets());
+    }
+    Some(r)
+}
+
+fn dns_query(id: u16) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    q.extend_from_slice(b"\x03who\x04test\x00\x00\x01\x00\x01");
+    q
+}
+
+/// One UDP exchange from `netns` (this process, so the packet path): the
+/// A record's address and the reply's source.
+fn udp_ask(netns_name: &str, to: SocketAddrV4) -> Result<(Ipv4Addr, std::net::SocketAddr)> {
+    let sock = netns::run_in(Some(netns_name), || {
+        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+    })??;
+    sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+    sock.send_to(&dns_query(7), to)?;
+    let mut buf = [0u8; 512];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    ensure!(n >= 4, "short reply");
+    let a = &buf[n - 4..n];
+    Ok((Ipv4Addr::new(a[0], a[1], a[2], a[3]), from))
+}
+
+/// One HTTP GET from `netns` (this process, so the packet path); the body.
+fn http_get(netns_name: &str, to: SocketAddrV4) -> Result<String> {
+    let mut s = netns::run_in(Some(netns_name), move || {
+        TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))
+    })??;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string())
+}
+
+/// Runs a shell line in a pod's container (so in the node's cgroup: the
+/// socket path).
+fn in_pod(c: &Cluster, pod: &str, script: &str) -> Result<(i32, String)> {
+    c.exec("default", pod, &["sh", "-c", script])
+}
+
+/// The node's iptables and nftables rule sets: no rule may be there.
+fn assert_no_firewall_rules(c: &Cluster) -> Result<()> {
+    for n in &c.lab.nodes {
+        let mut nft = Command::new("nft");
+        nft.args(["list", "ruleset"]);
+        let out = c.output_in(&n.netns, nft)?;
+        ensure!(
+            out.status.success(),
+            "nft list ruleset failed on {}",
+            n.name
+        );
+        let rules = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            rules.trim().is_empty(),
+            "nftables rules on {}:\n{rules}",
+            n.name
+        );
+        for tool in ["iptables-save", "iptables-legacy-save"] {
+            let out = c.output_in(&n.netns, Command::new(tool))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .collect();
+            ensure!(lines.is_empty(), "{tool} on {}: {lines:?}", n.name);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
+    let c = up(3)?;
+    assert_no_firewall_rules(&c)?;
+    c.apply(&app("web", 3, None))?;
+    c.apply(EMPTY)?;
+    let pods = ready_pods(&c, "web", 3)?;
+    let nodes: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
+    ensure!(nodes.len() == 3, "one backend per node expected: {pods:?}");
+    for p in &pods {
+        dns_responder(p)?;
+    }
+    let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
+    let ips: BTreeSet<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
+    let vip = cluster_ip(&c, "web")?;
+    // The endpoints reach every agent within a second; give it two.
+    std::thread::sleep(Duration::from_secs(2));
+
+    for client in &pods {
+        // Socket path, TCP: 30 connections from the pod's container.
+        let (code, out) = in_pod(
+            &c,
+            &client.name,
+            &format!("for i in $(seq 30); do wget -qO- http://{vip}/ || echo FAILED; done"),
+        )?;
+        ensure!(code == 0, "wget from {}: {out}", client.name);
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for l in out.lines() {
+            ensure!(
+                names.contains(l.trim()),
+                "{}: unexpected answer {l:?}",
+                client.name
+            );
+            *seen.entry(l.trim().into()).or_default() += 1;
+        }
+        ensure!(
+            seen.len() == 3 && seen.values().sum::<usize>() == 30,
+            "socket path from {} ({}): {seen:?}",
+            client.name,
+            client.node
+        );
+
+        // Packet path, TCP: 30 connections from this process in the pod's
+        // namespace, outside the node's cgroup.
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..30 {
+            let body = http_get(&client.netns, SocketAddrV4::new(vip, 80))?;
+            ensure!(names.contains(&body), "packet path: unexpected {body:?}");
+            *seen.entry(body).or_default() += 1;
+        }
+        ensure!(
+            seen.len() == 3,
+            "packet path from {}: {seen:?}",
+            client.name
+        );
+
+        // Packet path, UDP: every reply comes back from the VIP.
+        let mut seen = BTreeSet::new();
+        for _ in 0..30 {
+            let (a, from) = udp_ask(&client.netns, SocketAddrV4::new(vip, 53))?;
+            ensure!(ips.contains(&a), "udp answer {a}");
+            ensure!(
+                from == SocketAddrV4::new(vip, 53).into(),
+                "the reply must come from the VIP, not {from}"
+            );
+            seen.insert(a);
+        }
+        ensure!(
+            seen.len() == 3,
+            "udp packet path from {}: {seen:?}",
+            client.name
+        );
+
+        // Socket path, UDP: busybox nslookup asks the VIP from the pod.
+        let (code, out) = in_pod(
+            &c,
+            &client.name,
+            &format!("for i in $(seq 30); do nslookup -type=a who.test {vip}; done"),
+        )?;
+        ensure!(code == 0, "nslookup from {}: {out}", client.name);
+        let answers: BTreeSet<Ipv4Addr> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("Address:"))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect();
+        ensure!(
+            answers == ips,
+            "udp socket path from {}: {answers:?}\n{out}",
+            client.name
+        );
+    }
+
+    // No ready endpoint: refused at once, on both paths, never a timeout.
+    let empty = cluster_ip(&c, "empty")?;
+    let client = &pods[0];
+    let started = Instant::now();
+    let (code, out) = in_pod(&c, &client.name, &format!("wget -qO- http://{empty}/"))?;
+    ensure!(
+        code != 0 && out.contains("refused"),
+        "socket path to a Service without endpoints: {code} {out}"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let err = http_get(&client.netns, SocketAddrV4::new(empty, 80))
+        .expect_err("no backend, yet a connection");
+    let io = err
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind);
+    ensure!(
+        io == Some(ErrorKind::ConnectionRefused),
+        "packet path: {err:#} (want ECONNREFUSED from the ICMP unreachable)"
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(2),
+        "refusal took {:?}",
+        started.elapsed()
+    );
+    let sock = netns::run_in(Some(&client.netns), || {
+        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+    })??;
+    sock.connect(SocketAddrV4::new(empty, 53))?;
+    sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+    sock.send(&dns_query(9))?;
+    let mut buf = [0u8; 64];
+    let err = sock.recv(&mut buf).expect_err("no backend, yet an answer");
+    ensure!(
+        err.kind() == ErrorKind::ConnectionRefused,
+        "udp packet path: {err} (want ECONNREFUSED)"
+    );
+    let shown = c.weft(&["lb", "show", "--node", &client.node, "empty"])?;
+    ensure!(
+        shown.contains("no backends") && !shown.contains("refused 0"),
+        "weft lb show must count the refusals:\n{shown}"
+    );
+
+    // What `weft lb show` reports matches the API and the traffic.
+    let shown = c.weft(&["lb", "show", "--node", &pods[0].node, "web"])?;
+    for p in &pods {
+        ensure!(
+            shown.contains(&format!("{}:80", p.ip))
+                && shown.contains(&format!("{}:{UDP_TARGET}", p.ip)),
+            "{} missing from:\n{shown}",
+            p.ip
+        );
+    }
+    ensure!(
+        shown.contains("table 509"),
+        "3 backends get 509 slots:\n{shown}"
+    );
+    assert_no_firewall_rules(&c)?;
+    Ok(())
+}
