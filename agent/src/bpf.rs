@@ -40,6 +40,8 @@ use crate::netlink::netns;
 
 const FROM_POD: &str = "weft_from_pod";
 const TO_POD: &str = "weft_to_pod";
+const NODEPORT_IN: &str = "weft_nodeport_in";
+const NODEPORT_OUT: &str = "weft_nodeport_out";
 /// The socket-path hooks, attached to the node's cgroup.
 pub const SOCK_PROGRAMS: [&str; 4] = [
     "weft_connect4",
@@ -229,7 +231,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
-        for name in [FROM_POD, TO_POD] {
+        for name in [FROM_POD, TO_POD, NODEPORT_IN, NODEPORT_OUT] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(BpfError::Missing(name))?
@@ -270,11 +272,26 @@ impl Datapath {
     /// # Errors
     /// When the interface does not exist or the kernel refuses.
     pub fn attach_pod(&mut self, host_veth: &str) -> Result<(), BpfError> {
-        if self.attached.contains(host_veth) {
+        self.attach_tc(host_veth, [FROM_POD, TO_POD])
+    }
+
+    /// Attaches the NodePort programs to the node's uplink (idempotent, and
+    /// replacing an earlier agent's in place).
+    ///
+    /// # Errors
+    /// When the interface does not exist or the kernel refuses.
+    pub fn attach_uplink(&mut self, uplink: &str) -> Result<(), BpfError> {
+        self.attach_tc(uplink, [NODEPORT_IN, NODEPORT_OUT])
+    }
+
+    /// Attaches `programs` (ingress, egress) to `iface`.
+    fn attach_tc(&mut self, iface: &str, programs: [&'static str; 2]) -> Result<(), BpfError> {
+        if self.attached.contains(iface) {
             return Ok(());
         }
         let ebpf = &mut self.ebpf;
-        let iface = host_veth.to_string();
+        let host_veth = iface;
+        let iface = iface.to_string();
         let keep = self.pin_dir.is_some();
         let links = netns::run_in(
             self.netns.as_deref(),
@@ -283,8 +300,8 @@ impl Datapath {
                 let _ = tc::qdisc_add_clsact(&iface);
                 let mut out = Vec::with_capacity(2);
                 for (name, dir) in [
-                    (FROM_POD, TcAttachType::Ingress),
-                    (TO_POD, TcAttachType::Egress),
+                    (programs[0], TcAttachType::Ingress),
+                    (programs[1], TcAttachType::Egress),
                 ] {
                     let prog: &mut SchedClassifier = ebpf
                         .program_mut(name)

@@ -137,6 +137,8 @@ pub const CT_HAIRPIN: u8 = 1;
 /// `CtEntry::flags`: NodePort traffic sent on to another node with the
 /// node's address as source.
 pub const CT_SNAT: u8 = 2;
+/// `CtEntry::flags`: a NodePort flow (its replies leave by the uplink).
+pub const CT_NODEPORT: u8 = 4;
 
 /// A tracked flow. For [`CT_FORWARD`] the backend it was given; for
 /// [`CT_REPLY`] the addresses to restore.
@@ -157,10 +159,12 @@ pub struct CtEntry {
     pub client_port: u16,
     /// Backend port, network order (forward entries).
     pub backend_port: u16,
+    /// Source port given to a [`CT_SNAT`] flow, network order.
+    pub nat_port: u16,
     /// `CT_*` flags.
     pub flags: u8,
     /// Padding.
-    pub pad: u8,
+    pub pad: [u8; 3],
     /// Service counters index.
     pub service: u32,
     /// Last packet, `bpf_ktime_get_ns` (monotonic, boot-based).
@@ -249,6 +253,10 @@ pub struct LbConfig {
     pub snat_port_min: u16,
     /// Last port used for NodePort SNAT, host order.
     pub snat_port_max: u16,
+    /// The node's pod block (network address): backends in it are local.
+    pub block_addr: u32,
+    /// The block's netmask, network order.
+    pub block_mask: u32,
     /// Padding.
     pub pad: u32,
 }

@@ -4,17 +4,18 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_MMAPABLE, TC_ACT_OK},
+    bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, TcContext},
 };
 use weft_common::{
-    AffinityEntry, AffinityKey, BACKEND_ACTIVE, Backend, CT_FORWARD, CT_HAIRPIN, CT_REPLY, CtEntry,
-    CtKey, LB_AFFINITY_MAX, LB_BACKENDS_MAX, LB_CT_MAX, LB_MAGLEV_MAX, LB_SERVICES_MAX,
-    LB_SOCK_MAX, LbConfig, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER, SCOPE_NODEPORT, SVC_AFFINITY,
-    ServiceCounters, ServiceEntry, ServiceKey, SockEntry, SockKey, cookie_hash, flow_hash,
+    AffinityEntry, AffinityKey, BACKEND_ACTIVE, Backend, CT_FORWARD, CT_HAIRPIN, CT_NODEPORT,
+    CT_REPLY, CT_SNAT, CtEntry, CtKey, LB_AFFINITY_MAX, LB_BACKENDS_MAX, LB_CT_MAX, LB_MAGLEV_MAX,
+    LB_SERVICES_MAX, LB_SOCK_MAX, LbConfig, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER, SCOPE_NODEPORT,
+    SVC_AFFINITY, ServiceCounters, ServiceEntry, ServiceKey, SockEntry, SockKey, cookie_hash,
+    flow_hash,
 };
 
 use crate::pkt::{self, Flow};
@@ -341,8 +342,9 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
                 front_port: f.dport,
                 client_port: f.sport,
                 backend_port: b.port,
+                nat_port: 0,
                 flags: if hairpin { CT_HAIRPIN } else { 0 },
-                pad: 0,
+                pad: [0; 3],
                 service: svc.id,
                 last_seen: now,
             };
@@ -390,7 +392,168 @@ pub fn to_pod(ctx: &TcContext) -> Result<(), ()> {
     let Some(r) = (unsafe { CT.get(&rkey) }).copied() else {
         return Ok(());
     };
-    if r.flags & CT_HAIRPIN != 0 {
+    if r.flags & (CT_HAIRPIN | CT_NODEPORT) != 0 {
+        return Ok(());
+    }
+    pkt::rewrite(ctx, &f, true, r.front_addr, r.front_port)?;
+    bump_packet(r.service, ctx.len());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// NodePort, on the node's uplink.
+
+/// A packet arriving on the uplink: a NodePort connection gets its backend
+/// (a pod here, or on another node, reached with this node's address as
+/// source so that the reply comes back here), and replies of such
+/// forwarded flows go back to their client.
+#[inline(always)]
+pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
+    let f = pkt::parse(ctx)?;
+    let rkey = CtKey {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir: CT_REPLY,
+        pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(r) = unsafe { CT.get(&rkey) }.copied()
+        && r.flags & CT_SNAT != 0
+    {
+        pkt::rewrite(ctx, &f, true, r.front_addr, r.front_port)?;
+        let f2 = Flow {
+            saddr: r.front_addr,
+            sport: r.front_port,
+            ..f
+        };
+        pkt::rewrite(ctx, &f2, false, r.client_addr, r.client_port)?;
+        bump_packet(r.service, ctx.len());
+        return pkt::forward(ctx, r.front_addr, r.client_addr, f.proto);
+    }
+    let cfg = *CONFIG.get(0).ok_or(())?;
+    if cfg.node_addr == 0 || f.daddr != cfg.node_addr {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let key = ServiceKey {
+        addr: 0,
+        port: f.dport,
+        proto: f.proto,
+        scope: SCOPE_NODEPORT,
+    };
+    // SAFETY: copied out at once.
+    let Some(svc) = (unsafe { SERVICES.get(&key) }).copied() else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    let fkey = CtKey {
+        dir: CT_FORWARD,
+        ..rkey
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut entry = None;
+    if let Some(e) = CT.get_ptr_mut(&fkey) {
+        // SAFETY: map value; racing writers only move a timestamp.
+        let e = unsafe { &mut *e };
+        if backend_if(e.backend, e.backend_addr, e.backend_port).is_some() {
+            e.last_seen = now;
+            entry = Some(*e);
+        }
+    }
+    let e = match entry {
+        Some(e) => e,
+        None => {
+            let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+            let Some((id, b)) = select(&svc, u64::from(f.saddr), hash) else {
+                bump(svc.id, Counter::Refused);
+                return pkt::reject(ctx, &f);
+            };
+            let local = b.addr & cfg.block_mask == cfg.block_addr;
+            let mut e = CtEntry {
+                backend: id,
+                backend_addr: b.addr,
+                front_addr: f.daddr,
+                client_addr: f.saddr,
+                front_port: f.dport,
+                client_port: f.sport,
+                backend_port: b.port,
+                nat_port: 0,
+                flags: CT_NODEPORT,
+                pad: [0; 3],
+                service: svc.id,
+                last_seen: now,
+            };
+            let mut reply = CtKey {
+                saddr: b.addr,
+                daddr: f.saddr,
+                sport: b.port,
+                dport: f.sport,
+                proto: f.proto,
+                dir: CT_REPLY,
+                pad: 0,
+            };
+            if !local {
+                // A source port of this node's for the flow, free for this
+                // backend: a few tries from the flow's hash.
+                let span = u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1;
+                let mut found = false;
+                let mut i = 0u32;
+                while i < 4 {
+                    let port = cfg.snat_port_min as u32 + (hash.wrapping_add(i * 7919) % span);
+                    reply.daddr = cfg.node_addr;
+                    reply.dport = (port as u16).to_be();
+                    // SAFETY: existence check only.
+                    if unsafe { CT.get(&reply) }.is_none() {
+                        found = true;
+                        break;
+                    }
+                    i += 1;
+                }
+                if !found {
+                    return Ok(TC_ACT_SHOT as i32);
+                }
+                e.nat_port = reply.dport;
+                e.flags |= CT_SNAT;
+            }
+            if CT.insert(&reply, &e, 0).is_err() || CT.insert(&fkey, &e, 0).is_err() {
+                return Err(());
+            }
+            bump(svc.id, Counter::Connection);
+            e
+        }
+    };
+    bump_packet(e.service, ctx.len());
+    if e.flags & CT_SNAT != 0 {
+        pkt::rewrite(ctx, &f, true, cfg.node_addr, e.nat_port)?;
+        pkt::rewrite(ctx, &f, false, e.backend_addr, e.backend_port)?;
+        return pkt::forward(ctx, cfg.node_addr, e.backend_addr, f.proto);
+    }
+    // A pod of this node: the kernel routes it to the bridge.
+    pkt::rewrite(ctx, &f, false, e.backend_addr, e.backend_port)?;
+    Ok(TC_ACT_OK as i32)
+}
+
+/// A packet leaving by the uplink: the reply of a local pod to a NodePort
+/// client gets the node's address and port back as its source.
+#[inline(always)]
+pub fn nodeport_out(ctx: &TcContext) -> Result<(), ()> {
+    let f = pkt::parse(ctx)?;
+    let rkey = CtKey {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir: CT_REPLY,
+        pad: 0,
+    };
+    // SAFETY: copied out at once.
+    let Some(r) = (unsafe { CT.get(&rkey) }).copied() else {
+        return Ok(());
+    };
+    if r.flags & CT_NODEPORT == 0 || r.flags & CT_SNAT != 0 {
         return Ok(());
     }
     pkt::rewrite(ctx, &f, true, r.front_addr, r.front_port)?;

@@ -8,6 +8,9 @@
 //!   tracking, reverse NAT on the way back, hairpin), and refuse
 //!   connections to a Service without ready backends with an ICMP
 //!   port-unreachable.
+//! - `weft_nodeport_in` / `weft_nodeport_out`: tc on the node's uplink, for
+//!   NodePorts: DNAT to a local pod, or DNAT and SNAT to a pod on another
+//!   node with the reply sent back to the client.
 //! - `weft_connect4` / `weft_sendmsg4` / `weft_recvmsg4` / `weft_getpeername4`:
 //!   cgroup sock_addr hooks on the node's own cgroup subtree. They pick the
 //!   backend when a socket connects (or sends a datagram), so the packets
@@ -92,6 +95,22 @@ pub fn weft_from_pod(ctx: TcContext) -> i32 {
 pub fn weft_to_pod(ctx: TcContext) -> i32 {
     count(&ctx, Dir::ToPod);
     let _ = lb::to_pod(&ctx);
+    TC_ACT_PIPE
+}
+
+/// tc ingress on the node's uplink: NodePort.
+#[classifier]
+pub fn weft_nodeport_in(ctx: TcContext) -> i32 {
+    match lb::nodeport_in(&ctx) {
+        Ok(action) => action,
+        Err(()) => TC_ACT_OK as i32,
+    }
+}
+
+/// tc egress on the node's uplink: NodePort replies of local pods.
+#[classifier]
+pub fn weft_nodeport_out(ctx: TcContext) -> i32 {
+    let _ = lb::nodeport_out(&ctx);
     TC_ACT_PIPE
 }
 

@@ -6,7 +6,11 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
+    bindings::{TC_ACT_SHOT, bpf_fib_lookup},
+    helpers::{
+        bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
+        bpf_skb_change_tail,
+    },
     programs::TcContext,
 };
 use weft_common::{PROTO_TCP, PROTO_UDP};
@@ -192,4 +196,48 @@ pub fn reject(ctx: &TcContext, f: &Flow) -> Result<i32, ()> {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call; 0 = the interface's egress.
     Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// Sends a rewritten packet out towards `daddr` by the route the node's
+/// table gives, bypassing the stack: a packet that came in with this
+/// node's own address now as its source would be dropped as a martian if
+/// it went through forwarding.
+#[inline(always)]
+pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8) -> Result<i32, ()> {
+    const AF_INET: u8 = 2;
+    const SUCCESS: i64 = 0;
+    const NO_NEIGH: i64 = 7;
+    // SAFETY: all-zero is a valid bpf_fib_lookup.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = proto;
+    p.__bindgen_anon_1.tot_len = (ctx.len() as u16).saturating_sub(ETH_HLEN as u16);
+    p.__bindgen_anon_3.ipv4_src = saddr;
+    p.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: the skb of this invocation.
+    p.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: helper call with a stack struct of the size given.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match ret {
+        SUCCESS => {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&p.dmac);
+            macs[6..].copy_from_slice(&p.smac);
+            ctx.store(0, &macs, 0).map_err(|_| ())?;
+            // SAFETY: plain helper call.
+            Ok(unsafe { bpf_redirect(p.ifindex, 0) } as i32)
+        }
+        // SAFETY: plain helper call; the kernel resolves the neighbour.
+        NO_NEIGH => {
+            Ok(unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
+        }
+        _ => Ok(TC_ACT_SHOT as i32),
+    }
 }

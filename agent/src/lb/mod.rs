@@ -347,16 +347,26 @@ impl Balancer {
         Ok(())
     }
 
-    /// Tells the programs the node's address on its uplink (NodePorts).
+    /// Tells the programs the node's address on its uplink (NodePorts) and
+    /// its pod block (which backends are local).
     ///
     /// # Errors
     /// When the map cannot be written.
-    pub fn set_node(&mut self, addr: Ipv4Addr, uplink_ifindex: u32) -> Result<(), LbError> {
+    pub fn set_node(
+        &mut self,
+        addr: Ipv4Addr,
+        uplink_ifindex: u32,
+        block: ipnetwork::Ipv4Network,
+    ) -> Result<(), LbError> {
         let cfg = common::LbConfig {
             node_addr: u32::from_ne_bytes(addr.octets()),
             uplink_ifindex,
-            snat_port_min: 32_768,
-            snat_port_max: 60_999,
+            // Above the usual ephemeral range (32768-60999), so that NodePort
+            // SNAT does not collide with the node's own connections.
+            snat_port_min: 61_000,
+            snat_port_max: 65_000,
+            block_addr: u32::from_ne_bytes(block.network().octets()),
+            block_mask: u32::from_ne_bytes(block.mask().octets()),
             pad: 0,
         };
         self.maps

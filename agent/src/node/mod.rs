@@ -222,7 +222,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .ok()
             .flatten()
             .map_or(0, |l| l.index);
-        b.set_node(node_ip, uplink_index)
+        b.set_node(node_ip, uplink_index, block)
             .context("configure the load-balancer")?;
         Arc::new(Mutex::new(b))
     };
@@ -236,6 +236,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     datapath
         .attach_cgroup(&cgroup)
         .with_context(|| format!("attach the socket load-balancer to {}", cgroup.display()))?;
+    datapath
+        .attach_uplink(&cfg.uplink)
+        .with_context(|| format!("attach the NodePort programs to {}", cfg.uplink))?;
     let sandbox = Sandbox::new(
         NodeConfig {
             node: cfg.instance.clone(),
