@@ -48,7 +48,7 @@ spec:
       containers:
       - name: httpd
         image: weft.local/busybox:1.36
-        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www & trap 'sleep 2; exit 0' TERM; wait"]
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www & nc -ll -p 9000 -e sh -c 'hostname; cat' & trap 'sleep 8; exit 0' TERM; wait"]
         readinessProbe:
           httpGet: {{path: /, port: 80}}
           periodSeconds: 1
@@ -67,6 +67,33 @@ spec:
   - name: dns
     port: 53
     targetPort: {UDP_TARGET}
+    protocol: UDP
+  - name: echo
+    port: 9000
+"#
+    )
+}
+
+/// A NodePort Service in front of `app` (TCP 30080 to httpd, UDP 30053 to
+/// the test's DNS responders).
+fn node_port(app: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: {app}-np
+  namespace: default
+spec:
+  type: NodePort
+  selector: {{app: {app}}}
+  ports:
+  - name: http
+    port: 80
+    nodePort: 30080
+  - name: dns
+    port: 53
+    targetPort: {UDP_TARGET}
+    nodePort: 30053
     protocol: UDP
 "#
     )
@@ -231,6 +258,50 @@ fn http_get(netns_name: &str, to: SocketAddrV4) -> Result<String> {
         .unwrap_or_default()
         .trim()
         .to_string())
+}
+
+/// An open connection to the echo port: it says which pod it reached, then
+/// echoes.
+struct Echo {
+    stream: TcpStream,
+    backend: String,
+}
+
+impl Echo {
+    /// Connects from `netns` (packet path) to `to`.
+    fn open(netns_name: &str, to: SocketAddrV4) -> Result<Self> {
+        let stream = netns::run_in(Some(netns_name), move || {
+            TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))
+        })??;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut e = Self {
+            stream,
+            backend: String::new(),
+        };
+        e.backend = e.line()?;
+        Ok(e)
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        loop {
+            let n = self.stream.read(&mut b)?;
+            ensure!(n == 1, "connection closed");
+            if b[0] == b'\n' {
+                return Ok(String::from_utf8_lossy(&out).into_owned());
+            }
+            out.push(b[0]);
+        }
+    }
+
+    /// Whether the connection still carries data both ways.
+    fn alive(&mut self, word: &str) -> Result<()> {
+        self.stream.write_all(format!("{word}\n").as_bytes())?;
+        let back = self.line()?;
+        ensure!(back == word, "echo {back:?} for {word:?}");
+        Ok(())
+    }
 }
 
 /// Runs a shell line in a pod's container (so in the node's cgroup: the
@@ -422,6 +493,179 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
         shown.contains("table 509"),
         "3 backends get 509 slots:\n{shown}"
     );
+    assert_no_firewall_rules(&c)?;
+    Ok(())
+}
+
+#[test]
+fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> {
+    let mut c = up(3)?;
+    c.apply(&app("web", 3, None))?;
+    c.apply(&app("sticky", 3, Some(60)))?;
+    c.apply(&node_port("web"))?;
+    let pods = ready_pods(&c, "web", 3)?;
+    let sticky = ready_pods(&c, "sticky", 3)?;
+    for p in &pods {
+        dns_responder(p)?;
+    }
+    let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
+    let vip = cluster_ip(&c, "web")?;
+    let sticky_vip = cluster_ip(&c, "sticky")?;
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Session affinity: every connection of a client goes to one backend,
+    // on the socket path (the pod is the client) and on the packet path
+    // (its address is).
+    for client in &pods {
+        let (code, out) = in_pod(
+            &c,
+            &client.name,
+            &format!("for i in $(seq 10); do wget -qO- http://{sticky_vip}/; done"),
+        )?;
+        ensure!(code == 0, "{out}");
+        let seen: BTreeSet<&str> = out.lines().map(str::trim).collect();
+        ensure!(
+            seen.len() == 1,
+            "affinity on the socket path from {}: {seen:?}",
+            client.name
+        );
+        let mut seen = BTreeSet::new();
+        for _ in 0..10 {
+            seen.insert(http_get(&client.netns, SocketAddrV4::new(sticky_vip, 80))?);
+        }
+        ensure!(
+            seen.len() == 1,
+            "affinity on the packet path from {}: {seen:?}",
+            client.name
+        );
+    }
+    let sticky_names: BTreeSet<String> = sticky.iter().map(|p| p.name.clone()).collect();
+    let shown = c.weft(&["lb", "show", "--node", &pods[0].node, "sticky"])?;
+    ensure!(shown.contains("affinity ClientIP 60s"), "{shown}");
+    ensure!(!sticky_names.is_empty());
+
+    // NodePort from another node, to backends here and elsewhere, TCP and UDP.
+    let (from, to) = (&c.lab.nodes[0], &c.lab.nodes[1]);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..30 {
+        let body = http_get(&from.netns, SocketAddrV4::new(to.ip, 30080))?;
+        ensure!(names.contains(&body), "NodePort answer {body:?}");
+        *seen.entry(body).or_default() += 1;
+    }
+    ensure!(
+        seen.len() == 3,
+        "NodePort {} from {}: {seen:?}",
+        to.name,
+        from.name
+    );
+    let ips: BTreeSet<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        let (a, reply_from) = udp_ask(&from.netns, SocketAddrV4::new(to.ip, 30053))?;
+        ensure!(
+            reply_from == SocketAddrV4::new(to.ip, 30053).into(),
+            "{reply_from}"
+        );
+        seen.insert(a);
+    }
+    ensure!(seen == ips, "UDP NodePort: {seen:?}");
+
+    // Established flows (packet path) to every backend.
+    let client = &pods[0];
+    let mut flows = Vec::new();
+    for _ in 0..24 {
+        flows.push(Echo::open(&client.netns, SocketAddrV4::new(vip, 9000))?);
+    }
+    let by_backend: BTreeSet<String> = flows.iter().map(|f| f.backend.clone()).collect();
+    ensure!(by_backend == names, "echo flows reach {by_backend:?}");
+
+    // One backend goes (its pod is deleted and replaced): while it
+    // terminates, its own flows still work and new ones avoid it; the
+    // other flows never notice, through the removal and the addition.
+    let victim = pods[1].name.clone();
+    c.weft(&["delete", "pod", &victim, "--wait=false"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = c.weft(&["lb", "show", "--node", &client.node, "web"])?;
+        if shown.contains(&format!("{}:9000", pods[1].ip)) && shown.contains("terminating") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the deleted pod never showed as terminating:\n{shown}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, f) in flows.iter_mut().enumerate() {
+        f.alive(&format!("during-{i}"))?;
+    }
+    for _ in 0..30 {
+        let body = http_get(&client.netns, SocketAddrV4::new(vip, 80))?;
+        ensure!(
+            body != victim,
+            "a new connection went to the terminating {victim}"
+        );
+    }
+    let now = ready_pods(&c, "web", 3)?;
+    ensure!(!now.iter().any(|p| p.name == victim));
+    std::thread::sleep(Duration::from_secs(1));
+    for (i, f) in flows
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, f)| f.backend != victim)
+    {
+        f.alive(&format!("after-{i}"))?;
+    }
+    let new_names: BTreeSet<String> = now.iter().map(|p| p.name.clone()).collect();
+    let mut seen = BTreeSet::new();
+    for _ in 0..30 {
+        seen.insert(http_get(&client.netns, SocketAddrV4::new(vip, 80))?);
+    }
+    ensure!(
+        seen == new_names,
+        "after the change: {seen:?}, want {new_names:?}"
+    );
+
+    // The agent restarted under a steady stream of requests: none is lost,
+    // and established flows carry on.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let stop = stop.clone();
+        let ns = client.netns.clone();
+        std::thread::spawn(move || -> (usize, Vec<String>) {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http_get(&ns, SocketAddrV4::new(vip, 80)) {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill_agent(&client.node)?;
+    std::thread::sleep(Duration::from_secs(2));
+    c.start_agent(&client.node)?;
+    c.wait_nodes_ready(Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = stream.join().expect("request thread");
+    ensure!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    ensure!(ok > 20, "only {ok} requests in 4 s");
+    for (i, f) in flows
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, f)| f.backend != victim)
+    {
+        f.alive(&format!("restart-{i}"))?;
+    }
     assert_no_firewall_rules(&c)?;
     Ok(())
 }
