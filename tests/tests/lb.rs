@@ -116,10 +116,60 @@ spec:
 "#;
 
 fn up(nodes: usize) -> Result<Cluster> {
+    up_with(nodes, &[])
+}
+
+fn up_with(nodes: usize, agent_args: &[&str]) -> Result<Cluster> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(Cluster::up(ClusterSpec::new(nodes), |_| {}))
+    let mut spec = ClusterSpec::new(nodes);
+    spec.agent_args = agent_args.iter().map(|a| (*a).to_string()).collect();
+    rt.block_on(Cluster::up(spec, |_| {}))
+}
+
+/// A TCP connection from `netns` with source port `sport` (packet path).
+fn connect_from(netns_name: &str, sport: u16, to: SocketAddrV4) -> Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    netns::run_in(Some(netns_name), move || -> Result<TcpStream> {
+        // SAFETY: plain socket calls on a descriptor this closure owns; it
+        // becomes the TcpStream's (or is closed) before returning.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let stream = TcpStream::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+            let sa = |a: SocketAddrV4| libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let local = sa(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, sport));
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            ensure!(
+                libc::bind(fd, (&raw const local).cast(), len) == 0,
+                "bind :{sport}: {}",
+                std::io::Error::last_os_error()
+            );
+            let remote = sa(to);
+            ensure!(
+                libc::connect(fd, (&raw const remote).cast(), len) == 0,
+                "connect {to}: {}",
+                std::io::Error::last_os_error()
+            );
+            Ok(stream)
+        }
+    })?
 }
 
 /// A pod as the test needs it.
@@ -667,5 +717,240 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
         f.alive(&format!("restart-{i}"))?;
     }
     assert_no_firewall_rules(&c)?;
+    Ok(())
+}
+
+#[test]
+fn full_maps_unsupported_protocols_bad_ports_and_trace() -> Result<()> {
+    // Room for two frontends.
+    let c = up_with(2, &["--lb-services", "2"])?;
+    let agent_node = c.lab.nodes[0].name.clone();
+    c.apply(&app("web", 2, None))?;
+    let pods = ready_pods(&c, "web", 2)?;
+    // web has three ports: one of them cannot fit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let condition = |c: &Cluster| -> Result<Value> {
+        let n = c.get_json(&["node", &agent_node])?;
+        Ok(n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "LoadBalancerMapsFull")
+            .cloned()
+            .unwrap_or(Value::Null))
+    };
+    loop {
+        let cond = condition(&c)?;
+        if cond["status"] == "True" {
+            ensure!(cond["reason"] == "MapFull", "{cond}");
+            ensure!(
+                cond["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("--lb-services"),
+                "the condition names the flag to raise: {cond}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            let prefix = c.lab.prefix.clone();
+            c.keep()?;
+            bail!("no LoadBalancerMapsFull=True: {cond} (kept {prefix})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shown = c.weft(&["lb", "show", "--node", &agent_node])?;
+    ensure!(
+        shown.contains("NOT INSTALLED default/web") && shown.contains("is full"),
+        "weft lb show must name what was left out:\n{shown}"
+    );
+    ensure!(
+        shown.contains("WEFT_LB_SERVICES 2/2"),
+        "fill level:\n{shown}"
+    );
+    ensure!(
+        c.agent_log(&agent_node).contains("frontend not installed"),
+        "the agent's log must say it"
+    );
+    // Room again once the Service shrinks: the condition clears.
+    c.apply(
+        &EMPTY
+            .replace("name: empty", "name: web")
+            .replace("app: nothing", "app: web")
+            .replace("  - name: dns\n    port: 53\n    protocol: UDP\n", ""),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let cond = condition(&c)?;
+        if cond["status"] == "False" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "LoadBalancerMapsFull stays: {cond}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let shown = c.weft(&["lb", "show", "--node", &agent_node])?;
+    ensure!(!shown.contains("NOT INSTALLED"), "{shown}");
+
+    // SCTP is accepted by the API but not load-balanced: said, not hidden.
+    c.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: sctp, namespace: default}\nspec:\n  selector: {app: web}\n  ports: [{port: 9, protocol: SCTP}]\n",
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = c.weft(&["lb", "show", "--node", &agent_node])?;
+        if shown.contains("NOT INSTALLED default/sctp")
+            && shown.contains("SCTP is not load-balanced")
+        {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "SCTP not reported:\n{shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(condition(&c)?["status"] == "False", "SCTP is no full map");
+
+    // Invalid ports and protocols: refused by the API with the field.
+    for (spec, field) in [
+        ("ports: [{port: 0}]", "spec.ports[0].port"),
+        ("ports: [{port: 70000}]", "spec.ports[0].port"),
+        (
+            "ports: [{port: 80, protocol: XYZ}]",
+            "spec.ports[0].protocol",
+        ),
+        (
+            "ports: [{port: 80, targetPort: 0}]",
+            "spec.ports[0].targetPort",
+        ),
+        (
+            "type: NodePort\n  ports: [{port: 80, nodePort: 80}]",
+            "spec.ports[0].nodePort",
+        ),
+    ] {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: default}}\nspec:\n  {spec}\n"
+        );
+        let mut cmd = c.weft_command(&["apply", "-f", "-"])?;
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(yaml.as_bytes())?;
+        let out = child.wait_with_output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && err.contains(field),
+            "{spec}: {err}"
+        );
+    }
+
+    // Trace: the backend it predicts for a source port is the one that
+    // answers; an established flow is explained by its tracking entry.
+    let vip = cluster_ip(&c, "web")?;
+    let client = &pods[0];
+    let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
+    let ip_of: BTreeMap<String, String> = pods
+        .iter()
+        .map(|p| (format!("{}:80", p.ip), p.name.clone()))
+        .collect();
+    for sport in [41_000u16, 41_001, 41_002, 41_003, 41_004, 41_005] {
+        let out = c.weft(&[
+            "lb",
+            "trace",
+            "--node",
+            &client.node,
+            &format!("{}:{sport}", client.ip),
+            &format!("{vip}:80/TCP"),
+        ])?;
+        ensure!(out.contains("(maglev, slot"), "{out}");
+        let predicted = out
+            .lines()
+            .find_map(|l| l.strip_prefix("backend"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|b| ip_of.get(b))
+            .with_context(|| format!("no backend in:\n{out}"))?
+            .clone();
+        let mut s = connect_from(&client.netns, sport, SocketAddrV4::new(vip, 80))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        let got = body
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        ensure!(names.contains(&got), "{got:?}");
+        ensure!(
+            got == predicted,
+            "trace predicted {predicted} for :{sport}, {got} answered"
+        );
+        let again = c.weft(&[
+            "lb",
+            "trace",
+            "--node",
+            &client.node,
+            &format!("{}:{sport}", client.ip),
+            &format!("{vip}:80/TCP"),
+        ])?;
+        ensure!(again.contains("(conntrack)"), "{again}");
+    }
+    let out = c.weft(&[
+        "lb",
+        "trace",
+        "--node",
+        &client.node,
+        &client.ip.to_string(),
+        "10.1.2.3:80/TCP",
+    ])?;
+    ensure!(out.contains("not-a-service"), "{out}");
+    for bad in [
+        vec![
+            "lb",
+            "trace",
+            "--node",
+            &client.node,
+            "nonsense",
+            "10.1.2.3:80/TCP",
+        ],
+        vec![
+            "lb",
+            "trace",
+            "--node",
+            &client.node,
+            "10.0.0.1",
+            "10.1.2.3:80/ICMP",
+        ],
+        vec![
+            "lb",
+            "trace",
+            "--node",
+            &client.node,
+            "10.0.0.1",
+            "10.1.2.3",
+        ],
+        vec![
+            "lb",
+            "trace",
+            "--node",
+            "no-such-node",
+            "10.0.0.1",
+            "10.1.2.3:80/TCP",
+        ],
+    ] {
+        let out = c.weft_output(&bad)?;
+        ensure!(
+            !out.status.success() && !out.stderr.is_empty(),
+            "{bad:?} must fail with a message"
+        );
+    }
+    let out = c.weft_output(&["lb", "show", "no-such-service"])?;
+    ensure!(!out.status.success(), "show of a missing Service must fail");
     Ok(())
 }

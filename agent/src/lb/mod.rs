@@ -133,6 +133,9 @@ pub enum LbError {
     /// The Maglev table could not be built.
     #[error(transparent)]
     Maglev(#[from] maglev::MaglevError),
+    /// A protocol the programs do not translate.
+    #[error("{0} is not load-balanced by weft (TCP and UDP are)")]
+    Unsupported(&'static str),
 }
 
 /// A frontend as installed in the maps.
@@ -243,6 +246,8 @@ pub struct Balancer {
     quarantine: Quarantine,
     /// Frontends left out for want of room, by key, with the reason.
     problems: BTreeMap<String, String>,
+    /// The subset of `problems` due to a full map.
+    full: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -279,6 +284,7 @@ impl Balancer {
             service_ids: Ids::new(0, caps.services),
             quarantine: Quarantine::default(),
             problems: BTreeMap::new(),
+            full: BTreeMap::new(),
         };
         b.adopt()?;
         Ok(b)
@@ -403,6 +409,7 @@ impl Balancer {
         }
         let prefix = format!("{service} ");
         self.problems.retain(|label, _| !label.starts_with(&prefix));
+        self.full.retain(|label, _| !label.starts_with(&prefix));
         let mut installed = Vec::new();
         for spec in frontends {
             let key = spec.key();
@@ -411,6 +418,9 @@ impl Balancer {
                 Ok(()) => installed.push(key),
                 Err(e) => {
                     tracing::warn!(frontend = %label, error = %e, "frontend not installed");
+                    if matches!(e, LbError::Full { .. }) {
+                        self.full.insert(label.clone(), e.to_string());
+                    }
                     self.problems.insert(label, e.to_string());
                     // What was installed before keeps serving.
                     if self.frontends.contains_key(&key) {
@@ -538,6 +548,9 @@ impl Balancer {
     }
 
     fn install(&mut self, service: &str, mut spec: FrontendSpec) -> Result<(), LbError> {
+        if spec.proto != common::PROTO_TCP && spec.proto != common::PROTO_UDP {
+            return Err(LbError::Unsupported(proto_name(spec.proto)));
+        }
         let key = spec.key();
         spec.backends.sort();
         spec.backends.dedup_by_key(|b| (b.addr, b.port));
@@ -696,6 +709,12 @@ impl Balancer {
     #[must_use]
     pub fn problems(&self) -> &BTreeMap<String, String> {
         &self.problems
+    }
+
+    /// Frontends left out because a map is full (the Node condition).
+    #[must_use]
+    pub fn full(&self) -> &BTreeMap<String, String> {
+        &self.full
     }
 
     /// What the maps hold, for `weft lb show`.
@@ -1009,7 +1028,12 @@ pub struct TraceFlow {
 }
 
 fn proto_name(p: u8) -> &'static str {
-    if p == common::PROTO_UDP { "UDP" } else { "TCP" }
+    match p {
+        common::PROTO_UDP => "UDP",
+        common::PROTO_TCP => "TCP",
+        sync::PROTO_SCTP => "SCTP",
+        _ => "?",
+    }
 }
 
 fn describe(service: &str, f: &FrontendSpec) -> String {

@@ -19,6 +19,8 @@ use super::{BackendSpec, Balancer, FrontendSpec, Scope};
 
 /// The label tying an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// IP protocol number of SCTP.
+pub const PROTO_SCTP: u8 = 132;
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
@@ -57,7 +59,9 @@ pub fn frontends(svc: &Service, slices: &[&EndpointSlice]) -> Vec<FrontendSpec> 
         let proto = match p.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => common::PROTO_TCP,
             "UDP" => common::PROTO_UDP,
-            // SCTP is not load-balanced by these programs.
+            // Not load-balanced by these programs: reported, not dropped
+            // in silence.
+            "SCTP" => PROTO_SCTP,
             _ => continue,
         };
         let name = p.name.clone().unwrap_or_default();
@@ -264,7 +268,11 @@ impl Cache {
 
 /// Follows Services and EndpointSlices and keeps `balancer` in step. Never
 /// returns; watch errors are retried with back-off.
-pub async fn run(client: kube::Client, balancer: Arc<Mutex<Balancer>>) {
+pub async fn run(
+    client: kube::Client,
+    balancer: Arc<Mutex<Balancer>>,
+    problems: tokio::sync::watch::Sender<std::collections::BTreeMap<String, String>>,
+) {
     let services = watcher::watcher(
         kube::Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -309,7 +317,13 @@ pub async fn run(client: kube::Client, balancer: Arc<Mutex<Balancer>>) {
             b.drop_unclaimed();
             adopted_dropped = true;
         }
+        let now = b.full().clone();
         drop(b);
+        problems.send_if_modified(|p| {
+            let changed = *p != now;
+            *p = now;
+            changed
+        });
         tracing::debug!(services = n, took = ?started.elapsed(), "load-balancer maps updated");
     }
 }

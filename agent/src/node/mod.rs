@@ -286,7 +286,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let lease = tokio::spawn(register::heartbeat(node.clone()));
     let routes = tokio::spawn(routes::run(node.clone()));
     let pods = tokio::spawn(pods::run(node.clone()));
-    let services = tokio::spawn(crate::lb::sync::run(node.api.client.clone(), lb));
+    let (problems_tx, problems_rx) = tokio::sync::watch::channel(Default::default());
+    let services = tokio::spawn(crate::lb::sync::run(
+        node.api.client.clone(),
+        lb,
+        problems_tx,
+    ));
+    let lb_status = tokio::spawn(register::report_lb(node.clone(), problems_rx));
     tracing::info!(node = %node.cfg.node_name, "agent running");
     tokio::select! {
         r = lease => r.context("heartbeat task")?,
@@ -294,6 +300,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         r = pods => r.context("pod task")?,
         r = server => r.context("endpoint task")?,
         r = services => r.context("load-balancer task"),
+        r = lb_status => r.context("load-balancer status task")?,
     }
 }
 

@@ -2,6 +2,7 @@
 //! the controller assigns, the Lease renewed every few seconds, and the
 //! Ready condition put back after the node controller marked it unknown.
 
+use std::collections::BTreeMap;
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
@@ -65,7 +66,7 @@ async fn try_register(
     cert_sha256: &str,
     want_block: Option<Ipv4Network>,
 ) -> Result<Option<Ipv4Network>, String> {
-    let status = node_status(cfg, node_ip);
+    let status = node_status(cfg, node_ip, &BTreeMap::new());
     let spec = want_block.map_or_else(|| json!({}), |b| json!({"podCIDR": b.to_string()}));
     let obj = json!({
         "apiVersion": "v1",
@@ -119,7 +120,7 @@ async fn try_register(
 
 /// The node's status as the agent sees it: capacity, addresses, facts and
 /// a Ready condition.
-fn node_status(cfg: &AgentConfig, node_ip: Ipv4Addr) -> Value {
+fn node_status(cfg: &AgentConfig, node_ip: Ipv4Addr, lb: &BTreeMap<String, String>) -> Value {
     let (cpu, memory) = capacity();
     let now = weft_now();
     let ready = json!({
@@ -143,11 +144,105 @@ fn node_status(cfg: &AgentConfig, node_ip: Ipv4Addr) -> Value {
             pressure("MemoryPressure", "KubeletHasSufficientMemory", "weft agent has sufficient memory available"),
             pressure("DiskPressure", "KubeletHasNoDiskPressure", "weft agent has no disk pressure"),
             pressure("PIDPressure", "KubeletHasSufficientPID", "weft agent has sufficient PID available"),
+            lb_condition(lb, &now),
             ready,
         ],
         "nodeInfo": node_info(),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.server_port}},
     })
+}
+
+/// The Node condition saying whether the load-balancer's maps hold every
+/// Service frontend (`False`) or some were left out for want of room.
+pub(crate) const LB_CONDITION: &str = "LoadBalancerMapsFull";
+
+fn lb_condition(problems: &BTreeMap<String, String>, now: &str) -> Value {
+    if problems.is_empty() {
+        return json!({"type": LB_CONDITION, "status": "False", "reason": "MapsHaveRoom",
+            "message": "every Service frontend is in the eBPF load-balancer's maps",
+            "lastHeartbeatTime": now, "lastTransitionTime": now});
+    }
+    let mut msg = format!("{} Service frontend(s) not load-balanced: ", problems.len());
+    for (i, (what, why)) in problems.iter().enumerate() {
+        if i == 3 {
+            msg.push_str("; ...");
+            break;
+        }
+        if i > 0 {
+            msg.push_str("; ");
+        }
+        msg.push_str(&format!("{what}: {why}"));
+    }
+    json!({"type": LB_CONDITION, "status": "True", "reason": "MapFull", "message": msg,
+        "lastHeartbeatTime": now, "lastTransitionTime": now})
+}
+
+fn lb_problems(node: &Node) -> BTreeMap<String, String> {
+    node.lb.lock().expect("balancer lock").full().clone()
+}
+
+/// Keeps the Node's [`LB_CONDITION`] in step with what the load-balancer
+/// could not install. Never returns.
+pub(super) async fn report_lb(
+    node: Arc<Node>,
+    mut problems: tokio::sync::watch::Receiver<BTreeMap<String, String>>,
+) -> Result<()> {
+    let nodes: kube::Api<NodeObject> = node.api.all();
+    loop {
+        let current = problems.borrow_and_update().clone();
+        // Retried until it lands or something newer is to be said.
+        loop {
+            match set_lb_condition(&nodes, &node.cfg.node_name, &current).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot report the load-balancer's state on the Node");
+                    tokio::time::sleep(node.cfg.lease_interval).await;
+                    if problems.has_changed().unwrap_or(false) {
+                        break;
+                    }
+                }
+            }
+        }
+        if problems.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+async fn set_lb_condition(
+    nodes: &kube::Api<NodeObject>,
+    name: &str,
+    problems: &BTreeMap<String, String>,
+) -> Result<()> {
+    let current = nodes
+        .get(name)
+        .await
+        .map_err(|e| anyhow::anyhow!(describe(&e)))?;
+    let now = weft_now();
+    let want = lb_condition(problems, &now);
+    let mut conditions: Vec<Value> = current
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect();
+    match conditions.iter_mut().find(|c| c["type"] == LB_CONDITION) {
+        Some(c) if c["status"] == want["status"] && c["message"] == want["message"] => {
+            return Ok(());
+        }
+        Some(c) => *c = want,
+        None => conditions.push(want),
+    }
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": conditions}})),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(describe(&e)))?;
+    Ok(())
 }
 
 /// CPUs and bytes of memory this node offers: the machine's, or less when
@@ -355,7 +450,9 @@ async fn refresh_ready(nodes: &kube::Api<NodeObject>, node: &Node) -> Result<()>
             .patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"status": node_status(&node.cfg, node.node_ip)})),
+                &Patch::Merge(
+                    json!({"status": node_status(&node.cfg, node.node_ip, &lb_problems(node))}),
+                ),
             )
             .await
             .map_err(|e| anyhow::anyhow!(describe(&e)))
