@@ -9,3 +9,4 @@ cargo bench -p weft-tests --bench pod_network
 cargo bench -p weft-tests --bench pod_start
 cargo bench -p weft-tests --bench controller
 cargo bench -p weft-tests --bench cluster
+cargo bench -p weft-tests --bench lb

@@ -308,6 +308,22 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
         }
     }
     let Some(svc) = service(f.daddr, f.dport, f.proto) else {
+        // A new TCP connection straight to a pod (or translated at
+        // connect()) may reuse the addresses and ports of an earlier
+        // Service flow: that flow's reverse-NAT entry must not rewrite its
+        // replies.
+        if pkt::is_syn(ctx, &f) {
+            let stale = CtKey {
+                saddr: f.daddr,
+                daddr: f.saddr,
+                sport: f.dport,
+                dport: f.sport,
+                proto: f.proto,
+                dir: CT_REPLY,
+                pad: 0,
+            };
+            let _ = CT.remove(&stale);
+        }
         return Ok(TC_ACT_OK as i32);
     };
     let fkey = CtKey {
@@ -316,11 +332,14 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
+    let syn = pkt::is_syn(ctx, &f);
     let mut entry = None;
     if let Some(e) = CT.get_ptr_mut(&fkey) {
         // SAFETY: map value; racing writers only move a timestamp.
         let e = unsafe { &mut *e };
-        if backend_if(e.backend, e.backend_addr, e.backend_port).is_some() {
+        // A SYN starts a new connection: it is balanced afresh, not sent
+        // where an earlier flow with the same ports went.
+        if !syn && backend_if(e.backend, e.backend_addr, e.backend_port).is_some() {
             e.last_seen = now;
             entry = Some(*e);
         }
@@ -366,12 +385,17 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
             e
         }
     };
-    if e.flags & CT_HAIRPIN != 0 {
+    let saddr = if e.flags & CT_HAIRPIN != 0 {
         pkt::rewrite(ctx, &f, true, e.front_addr, f.sport)?;
-    }
+        e.front_addr
+    } else {
+        f.saddr
+    };
     pkt::rewrite(ctx, &f, false, e.backend_addr, e.backend_port)?;
     bump_packet(e.service, ctx.len());
-    Ok(TC_ACT_OK as i32)
+    // Straight to the backend's next hop, as the node's routes say, rather
+    // than up through the node's IP stack a second time.
+    pkt::forward(ctx, saddr, e.backend_addr, f.proto).or(Ok(TC_ACT_OK as i32))
 }
 
 /// A packet delivered to a pod: a backend's reply gets the frontend back as
@@ -431,7 +455,7 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
         };
         pkt::rewrite(ctx, &f2, false, r.client_addr, r.client_port)?;
         bump_packet(r.service, ctx.len());
-        return pkt::forward(ctx, r.front_addr, r.client_addr, f.proto);
+        return pkt::forward(ctx, r.front_addr, r.client_addr, f.proto).or(Ok(TC_ACT_SHOT as i32));
     }
     let cfg = *CONFIG.get(0).ok_or(())?;
     if cfg.node_addr == 0 || f.daddr != cfg.node_addr {
@@ -528,7 +552,8 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
     if e.flags & CT_SNAT != 0 {
         pkt::rewrite(ctx, &f, true, cfg.node_addr, e.nat_port)?;
         pkt::rewrite(ctx, &f, false, e.backend_addr, e.backend_port)?;
-        return pkt::forward(ctx, cfg.node_addr, e.backend_addr, f.proto);
+        return pkt::forward(ctx, cfg.node_addr, e.backend_addr, f.proto)
+            .or(Ok(TC_ACT_SHOT as i32));
     }
     // A pod of this node: the kernel routes it to the bridge.
     pkt::rewrite(ctx, &f, false, e.backend_addr, e.backend_port)?;

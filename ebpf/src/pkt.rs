@@ -5,8 +5,8 @@
 //! to prove about bounds, and the helpers keep checksum offload state right.
 
 use aya_ebpf::{
+    bindings::bpf_fib_lookup,
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    bindings::{TC_ACT_SHOT, bpf_fib_lookup},
     helpers::{
         bpf_csum_diff, bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
         bpf_skb_change_tail,
@@ -87,6 +87,16 @@ pub fn parse(ctx: &TcContext) -> Result<Flow, ()> {
         proto,
         l4,
     })
+}
+
+/// Whether the packet is a TCP SYN without ACK: the first of a connection.
+#[inline(always)]
+pub fn is_syn(ctx: &TcContext, f: &Flow) -> bool {
+    if f.proto != PROTO_TCP {
+        return false;
+    }
+    let flags: u8 = ctx.load(f.l4 + 13).unwrap_or(0);
+    flags & 0x12 == 0x02
 }
 
 /// Rewrites the source (`src = true`) or destination address and port,
@@ -238,6 +248,7 @@ pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32, proto: u8) -> Result<i32
         NO_NEIGH => {
             Ok(unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) } as i32)
         }
-        _ => Ok(TC_ACT_SHOT as i32),
+        // No route or forwarding off: the caller decides.
+        _ => Err(()),
     }
 }

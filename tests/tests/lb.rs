@@ -431,6 +431,12 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
             client.name,
             client.node
         );
+        // Hairpin: a pod reaching the Service that selects it.
+        ensure!(
+            seen.contains_key(&client.name),
+            "{} never reached itself through the VIP",
+            client.name
+        );
 
         // Packet path, TCP: 30 connections from this process in the pod's
         // namespace, outside the node's cgroup.
@@ -443,6 +449,11 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
         ensure!(
             seen.len() == 3,
             "packet path from {}: {seen:?}",
+            client.name
+        );
+        ensure!(
+            seen.contains_key(&client.name),
+            "hairpin on the packet path from {}",
             client.name
         );
 

@@ -240,6 +240,8 @@ pub struct Balancer {
     /// Adopted from the pinned maps, not yet claimed by a Service.
     adopted: HashMap<ServiceKey, ServiceEntry>,
     backends: HashMap<(Ipv4Addr, u16), BackendSlot>,
+    /// Backend id to its key in `backends`.
+    backend_keys: HashMap<u32, (Ipv4Addr, u16)>,
     backend_ids: Ids,
     service_ids: Ids,
     ranges: Ranges,
@@ -280,6 +282,7 @@ impl Balancer {
             frontends: HashMap::new(),
             adopted: HashMap::new(),
             backends: HashMap::new(),
+            backend_keys: HashMap::new(),
             backend_ids: Ids::new(1, caps.backends),
             service_ids: Ids::new(0, caps.services),
             quarantine: Quarantine::default(),
@@ -323,6 +326,8 @@ impl Balancer {
                 continue;
             }
             max_backend = id;
+            self.backend_keys
+                .insert(id, (ip(b.addr), u16::from_be(b.port)));
             self.backends.insert(
                 (ip(b.addr), u16::from_be(b.port)),
                 BackendSlot {
@@ -464,6 +469,7 @@ impl Balancer {
 
     fn drop_backend(&mut self, k: (Ipv4Addr, u16)) {
         if let Some(slot) = self.backends.remove(&k) {
+            self.backend_keys.remove(&slot.id);
             // Zeroed at once: tracked flows to it see it gone and choose
             // again; the id is reused only later.
             let _ = self.maps.backends.set(slot.id, Backend::default(), 0);
@@ -485,17 +491,16 @@ impl Balancer {
     }
 
     fn unref(&mut self, ids: &[u32]) {
-        let gone: Vec<(Ipv4Addr, u16)> = self
-            .backends
-            .iter_mut()
-            .filter(|(_, s)| ids.contains(&s.id))
-            .filter_map(|(k, s)| {
+        for id in ids {
+            let Some(k) = self.backend_keys.get(id).copied() else {
+                continue;
+            };
+            if let Some(s) = self.backends.get_mut(&k) {
                 s.refs = s.refs.saturating_sub(1);
-                (s.refs == 0).then_some(*k)
-            })
-            .collect();
-        for k in gone {
-            self.drop_backend(k);
+                if s.refs == 0 {
+                    self.drop_backend(k);
+                }
+            }
         }
     }
 
@@ -506,14 +511,11 @@ impl Balancer {
         } else {
             BACKEND_TERMINATING
         };
-        let value = |id: u32| {
-            let _ = id;
-            Backend {
-                addr: u32::from_ne_bytes(b.addr.octets()),
-                port: b.port.to_be(),
-                state,
-                pad: 0,
-            }
+        let value = |_id: u32| Backend {
+            addr: u32::from_ne_bytes(b.addr.octets()),
+            port: b.port.to_be(),
+            state,
+            pad: 0,
         };
         if let Some(slot) = self.backends.get_mut(&(b.addr, b.port)) {
             slot.refs += 1;
@@ -544,6 +546,7 @@ impl Balancer {
             })?;
         self.backends
             .insert((b.addr, b.port), BackendSlot { id, refs: 1, state });
+        self.backend_keys.insert(id, (b.addr, b.port));
         Ok(id)
     }
 

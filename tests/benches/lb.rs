@@ -1,0 +1,611 @@
+//! Service load-balancing, side by side in one run on pods in network
+//! namespaces:
+//!
+//! - short TCP connections (connect, request, response, close) through a
+//!   Service VIP on weft's eBPF load-balancer (the socket path, as pods'
+//!   processes use it, and the per-packet tc path), straight to the pod
+//!   IPs (the floor), and through the same Services as kube-proxy-style
+//!   iptables DNAT chains in a second node namespace built only for the
+//!   comparison; with 1, 1 000 and 10 000 Services present;
+//! - programming 10 000 Services x 10 endpoints, and a one-endpoint change
+//!   at that size: weft's map writer against `iptables-restore`.
+//!
+//! Pods here are namespaces with a veth on the node bridge (as the agent
+//! makes them); the servers and the load generator are this program's own
+//! threads and a child process of it, bound to the pods' namespaces.
+//!
+//! Run: `sudo bash scripts/bench.sh` (or `cargo bench -p weft-tests --bench lb`).
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use ipnetwork::Ipv4Network;
+use weft_agent::{
+    bpf::{Datapath, DatapathOptions, LbSizes},
+    lb::{BackendSpec, Balancer, FrontendSpec, LbMaps, Scope},
+    netlink::{Netlink, VethAttachment, netns},
+};
+use weft_tests::lab::{Lab, LabNode, LabSpec, NODE_BRIDGE};
+
+/// Seconds per measurement.
+const RUN_SECS: u64 = 3;
+/// Connections in flight (load generator threads).
+const CONCURRENCY: usize = 8;
+/// Rounds; each variant's figure is the median over them.
+const ROUNDS: usize = 3;
+const SCALES: [usize; 3] = [1, 1_000, 10_000];
+const ENDPOINTS: usize = 10;
+/// The Service under measurement, in the middle of the others.
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
+const PORT: u16 = 80;
+const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+
+/// The i-th filler Service's VIP (10.96.0.0/16 and up).
+fn filler_vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i as u32)
+}
+
+/// The j-th endpoint of filler Service i: addresses nothing answers at.
+fn filler_ep(i: usize, j: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + (i * ENDPOINTS + j) as u32)
+}
+
+// ---------------------------------------------------------------------------
+// Load generator: a child process, so that it can sit in the node's cgroup
+// (the socket path) or not (the packet path).
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: usize,
+}
+
+fn loadgen_main(spec: &str) -> Result<()> {
+    // netns|cgroup or -|targets comma-separated
+    let parts: Vec<&str> = spec.split('|').collect();
+    ensure!(parts.len() == 3, "bad loadgen spec {spec}");
+    if parts[1] != "-" {
+        std::fs::write(
+            PathBuf::from(parts[1]).join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .context("join the cgroup")?;
+    }
+    let file = std::fs::File::open(netns::path(parts[0]))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    let targets: Vec<SocketAddrV4> = parts[2]
+        .split(',')
+        .map(|t| t.parse().context("target"))
+        .collect::<Result<_>>()?;
+    let deadline = Instant::now() + Duration::from_secs(RUN_SECS);
+    let threads: Vec<_> = (0..CONCURRENCY)
+        .map(|t| {
+            let targets = targets.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(100_000);
+                let mut errors = 0usize;
+                let mut i = t;
+                let mut buf = [0u8; 256];
+                while Instant::now() < deadline {
+                    let to = targets[i % targets.len()];
+                    i += 1;
+                    let start = Instant::now();
+                    let ok = (|| -> std::io::Result<()> {
+                        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
+                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                        // The client ends each connection with a reset once
+                        // it has the whole response, so no TIME_WAIT is left
+                        // anywhere: otherwise a client addressing one VIP
+                        // runs out of ports for it (a VIP is one
+                        // destination, two pod IPs are two), and flows of
+                        // different paths meet each other's TIME_WAIT on
+                        // the servers. Every path is measured the same way.
+                        let mut got = 0;
+                        while got < RESPONSE.len() {
+                            let n = s.read(&mut buf)?;
+                            if n == 0 {
+                                break;
+                            }
+                            got += n;
+                        }
+                        linger_zero(&s);
+                        if got == RESPONSE.len() {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other("short response"))
+                        }
+                    })();
+                    match ok {
+                        Ok(()) => lat.push(start.elapsed().as_micros() as u32),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in threads {
+        let (l, e) = t.join().expect("loadgen thread");
+        all.extend(l);
+        errors += e;
+    }
+    all.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if all.is_empty() {
+            return 0.0;
+        }
+        f64::from(all[((all.len() - 1) as f64 * p / 100.0).round() as usize])
+    };
+    println!(
+        "{} {} {} {}",
+        all.len() as f64 / RUN_SECS as f64,
+        pct(50.0),
+        pct(99.0),
+        errors
+    );
+    Ok(())
+}
+
+/// SO_LINGER with a zero timeout: close() sends a reset.
+fn linger_zero(s: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own with a linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+}
+
+fn load(netns: &str, cgroup: Option<&PathBuf>, targets: &[SocketAddrV4]) -> Result<Figures> {
+    let spec = format!(
+        "{netns}|{}|{}",
+        cgroup.map_or("-".into(), |c| c.display().to_string()),
+        targets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let out = Command::new(std::env::current_exe()?)
+        .env("WEFT_LB_LOADGEN", spec)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "load generator: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    ensure!(v.len() == 4, "load generator said {text:?}");
+    Ok(Figures {
+        rps: v[0],
+        p50_us: v[1],
+        p99_us: v[2],
+        errors: v[3] as usize,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Pods and servers.
+
+struct Pod {
+    netns: String,
+    veth: String,
+    ip: Ipv4Addr,
+}
+
+async fn pod(node: &LabNode, nl: &Netlink, tag: &str, index: u32) -> Result<Pod> {
+    let netns_name = format!("{}-p-{tag}", node.netns);
+    let veth = format!("wftl{tag}");
+    let ip = Ipv4Addr::from(u32::from(node.block.network()) + 10 + index);
+    netns::create(&netns_name)?;
+    nl.attach_veth(&VethAttachment {
+        host_veth: veth.clone(),
+        netns: netns_name.clone(),
+        bridge: NODE_BRIDGE.into(),
+        address: Ipv4Network::new(ip, node.block.prefix())?,
+        gateway: Some(node.gateway().ip()),
+        mtu: 1500,
+    })
+    .await?;
+    Ok(Pod {
+        netns: netns_name,
+        veth,
+        ip,
+    })
+}
+
+/// An HTTP/1.0 server in `pod`: answers every request, then closes once
+/// the client has.
+fn serve(pod: &Pod, stop: Arc<AtomicBool>) -> Result<()> {
+    let l = netns::run_in(Some(&pod.netns), || {
+        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT))
+    })??;
+    let l = Arc::new(l);
+    for _ in 0..CONCURRENCY / 2 {
+        let l = l.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = l.accept() else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(RESPONSE);
+                // Wait for the client's close before closing.
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            }
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The two ways of programming Services.
+
+fn frontend(vip: Ipv4Addr, backends: &[Ipv4Addr]) -> FrontendSpec {
+    FrontendSpec {
+        addr: vip,
+        port: PORT,
+        proto: weft_common::PROTO_TCP,
+        scope: Scope::Cluster,
+        port_name: String::new(),
+        affinity: None,
+        backends: backends
+            .iter()
+            .map(|a| BackendSpec {
+                addr: *a,
+                port: PORT,
+                ready: true,
+            })
+            .collect(),
+    }
+}
+
+fn filler(i: usize) -> FrontendSpec {
+    let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|j| filler_ep(i, j)).collect();
+    frontend(filler_vip(i), &eps)
+}
+
+/// kube-proxy's iptables layout for one Service: a KUBE-SERVICES rule to
+/// its KUBE-SVC chain, which picks one of its KUBE-SEP chains with the
+/// statistic module, each DNATing to one endpoint.
+fn iptables_service(
+    name: &str,
+    vip: Ipv4Addr,
+    eps: &[Ipv4Addr],
+    chains: &mut String,
+    rules: &mut String,
+) {
+    let svc = format!("KUBE-SVC-{name}");
+    chains.push_str(&format!(":{svc} - [0:0]\n"));
+    rules.push_str(&format!(
+        "-A KUBE-SERVICES -d {vip}/32 -p tcp -m tcp --dport {PORT} -j {svc}\n"
+    ));
+    let n = eps.len();
+    for (k, ep) in eps.iter().enumerate() {
+        let sep = format!("KUBE-SEP-{name}-{k}");
+        chains.push_str(&format!(":{sep} - [0:0]\n"));
+        let left = n - k;
+        if left > 1 {
+            rules.push_str(&format!(
+                "-A {svc} -m statistic --mode random --probability {:.10} -j {sep}\n",
+                1.0 / left as f64
+            ));
+        } else {
+            rules.push_str(&format!("-A {svc} -j {sep}\n"));
+        }
+        rules.push_str(&format!(
+            "-A {sep} -p tcp -m tcp -j DNAT --to-destination {ep}:{PORT}\n"
+        ));
+    }
+}
+
+/// The nat table for `count` Services, the measured one in the middle.
+fn iptables_table(count: usize, real: &[Ipv4Addr]) -> String {
+    let mut chains =
+        String::from(":PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n");
+    let mut rules = String::from("-A PREROUTING -j KUBE-SERVICES\n-A OUTPUT -j KUBE-SERVICES\n");
+    for i in 0..count {
+        if i == count / 2 {
+            iptables_service("MEASURED", VIP, real, &mut chains, &mut rules);
+        }
+        if i + 1 == count && count == 1 {
+            break;
+        }
+        let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|j| filler_ep(i, j)).collect();
+        iptables_service(
+            &format!("F{i}"),
+            filler_vip(i),
+            &eps,
+            &mut chains,
+            &mut rules,
+        );
+    }
+    format!("*nat\n{chains}{rules}COMMIT\n")
+}
+
+fn iptables_restore(node: &LabNode, input: &str, noflush: bool) -> Result<Duration> {
+    let mut cmd = Command::new("iptables-restore");
+    if noflush {
+        cmd.arg("--noflush");
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    weft_tests::cluster::in_netns(&mut cmd, &node.netns, false)?;
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let took = start.elapsed();
+    ensure!(
+        out.status.success(),
+        "iptables-restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(took)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn load_balancer(node: &LabNode, sizes: LbSizes) -> Result<(Datapath, Balancer)> {
+    let mut dp = Datapath::load_with(&DatapathOptions {
+        netns: Some(node.netns.clone()),
+        pin_dir: None,
+        sizes,
+    })?;
+    let maps = LbMaps::take(&mut dp)?;
+    let mut b = Balancer::new(maps, sizes)?;
+    b.set_node(node.ip, 0, node.block)?;
+    Ok((dp, b))
+}
+
+fn main() -> Result<()> {
+    if let Ok(spec) = std::env::var("WEFT_LB_LOADGEN") {
+        return loadgen_main(&spec);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let lab = rt.block_on(Lab::up(LabSpec::new(2)))?;
+    let result = rt.block_on(run(&lab));
+    let cgroup = cgroup_dir(&lab);
+    let _ = std::fs::remove_dir(&cgroup);
+    result
+}
+
+fn cgroup_dir(lab: &Lab) -> PathBuf {
+    weft_agent::sandbox::cgroup_v2_root()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
+        .join("weft")
+        .join(format!("{}-bench", lab.prefix))
+}
+
+async fn run(lab: &Lab) -> Result<()> {
+    let sizes = LbSizes {
+        services: 16_384,
+        backends: 131_072,
+        maglev: 12 * 1024 * 1024,
+        ..LbSizes::default()
+    };
+    let machine = format!(
+        "{} CPUs, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim()
+    );
+    println!("Service load-balancing ({machine})\n");
+
+    // --- Programming 10 000 Services x 10 endpoints.
+    let ebpf_node = lab.node("n1");
+    let ipt_node = lab.node("n2");
+    let (_dp0, mut fresh) = load_balancer(ebpf_node, sizes)?;
+    let start = Instant::now();
+    for i in 0..10_000 {
+        fresh.set_service(&format!("bench/f{i}"), vec![filler(i)]);
+    }
+    let ebpf_full = start.elapsed();
+    ensure!(fresh.problems().is_empty(), "{:?}", fresh.problems());
+    let mut ebpf_change = Vec::new();
+    for k in 0..50 {
+        let mut f = filler(5_000);
+        // One endpoint replaced by another, back and forth.
+        f.backends[3].addr = if k % 2 == 0 {
+            Ipv4Addr::new(10, 250, 0, 1)
+        } else {
+            filler_ep(5_000, 3)
+        };
+        let start = Instant::now();
+        fresh.set_service("bench/f5000", vec![f]);
+        ebpf_change.push(start.elapsed());
+    }
+    drop(fresh);
+    let real_dummy = [Ipv4Addr::new(10, 250, 0, 2)];
+    let table = iptables_table(10_000, &real_dummy);
+    let ipt_full = iptables_restore(ipt_node, &table, false)?;
+    let mut ipt_change = Vec::new();
+    for k in 0..10 {
+        // What kube-proxy's partial sync writes for one changed Service:
+        // its chains again, the others untouched.
+        let mut eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|j| filler_ep(5_000, j)).collect();
+        if k % 2 == 0 {
+            eps[3] = Ipv4Addr::new(10, 250, 0, 1);
+        }
+        let (mut chains, mut rules) = (String::new(), String::new());
+        iptables_service("F5000", filler_vip(5_000), &eps, &mut chains, &mut rules);
+        let rules: String = rules
+            .lines()
+            .filter(|l| !l.starts_with("-A KUBE-SERVICES"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let input = format!("*nat\n{chains}{rules}COMMIT\n");
+        ipt_change.push(iptables_restore(ipt_node, &input, true)?);
+    }
+    iptables_restore(ipt_node, "*nat\nCOMMIT\n", false)?;
+    let p = |v: &[Duration], q: f64| weft_tests::stats::ms(weft_tests::stats::percentile(v, q));
+    println!("Programming 10 000 Services x 10 endpoints\n");
+    println!("| | full sync | one-endpoint change p50 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| weft eBPF maps | {} | {} | {} | {} |",
+        weft_tests::stats::ms(ebpf_full),
+        p(&ebpf_change, 50.0),
+        p(&ebpf_change, 99.0),
+        weft_tests::stats::ms(*ebpf_change.iter().max().expect("samples"))
+    );
+    println!(
+        "| iptables-restore (kube-proxy layout; change = --noflush of the Service's chains) | {} | {} | {} | {} |\n",
+        weft_tests::stats::ms(ipt_full),
+        p(&ipt_change, 50.0),
+        p(&ipt_change, 99.0),
+        weft_tests::stats::ms(*ipt_change.iter().max().expect("samples"))
+    );
+
+    // --- Short connections.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pods = BTreeMap::new();
+    for node in [ebpf_node, ipt_node] {
+        let nl = Netlink::open(Some(&node.netns))?;
+        let tag = &node.name;
+        let client = pod(node, &nl, &format!("{tag}c"), 0).await?;
+        let s0 = pod(node, &nl, &format!("{tag}s0"), 1).await?;
+        let s1 = pod(node, &nl, &format!("{tag}s1"), 2).await?;
+        serve(&s0, stop.clone())?;
+        serve(&s1, stop.clone())?;
+        pods.insert(node.name.clone(), (client, s0, s1));
+    }
+    // Conntrack of the iptables node: TIME_WAIT entries of finished
+    // connections would otherwise pile up over the runs.
+    netns::set_sysctl(
+        &ipt_node.netns,
+        "net/netfilter/nf_conntrack_tcp_timeout_time_wait",
+        "1",
+    )
+    .ok();
+    let (dp_client, s0, s1) = &pods[&ebpf_node.name];
+    let (ipt_client, i0, i1) = &pods[&ipt_node.name];
+    let (mut dp, mut b) = load_balancer(ebpf_node, sizes)?;
+    for v in [&dp_client.veth, &s0.veth, &s1.veth] {
+        dp.attach_pod(v)?;
+    }
+    let cgroup = cgroup_dir(lab);
+    std::fs::create_dir_all(&cgroup)?;
+    dp.attach_cgroup(&cgroup)?;
+    let real = [s0.ip, s1.ip];
+    let ipt_real = [i0.ip, i1.ip];
+
+    println!(
+        "Short TCP connections ({CONCURRENCY} in flight, {RUN_SECS} s per run, median of {ROUNDS} rounds)\n"
+    );
+    println!(
+        "| Services | path | requests/s | p50 | p99 | vs direct (rps) | p99 vs direct | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut installed = 0;
+    for &count in &SCALES {
+        // The measured Service sits in the middle of the others.
+        while installed < count {
+            if installed == count / 2 || (count == 1 && installed == 0) {
+                b.set_service("bench/measured", vec![frontend(VIP, &real)]);
+            }
+            if count > 1 {
+                b.set_service(&format!("bench/f{installed}"), vec![filler(installed)]);
+            }
+            installed += 1;
+        }
+        b.set_service("bench/measured", vec![frontend(VIP, &real)]);
+        ensure!(b.problems().is_empty(), "{:?}", b.problems());
+        iptables_restore(ipt_node, &iptables_table(count, &ipt_real), false)?;
+        let direct_targets = [
+            SocketAddrV4::new(s0.ip, PORT),
+            SocketAddrV4::new(s1.ip, PORT),
+        ];
+        let vip = [SocketAddrV4::new(VIP, PORT)];
+        let mut results: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
+        for _ in 0..ROUNDS {
+            results
+                .entry("1 direct to pod IPs (floor)")
+                .or_default()
+                .push(load(&dp_client.netns, None, &direct_targets)?);
+            results
+                .entry("2 VIP, weft socket path (pods)")
+                .or_default()
+                .push(load(&dp_client.netns, Some(&cgroup), &vip)?);
+            results.entry("3 VIP, weft tc path").or_default().push(load(
+                &dp_client.netns,
+                None,
+                &vip,
+            )?);
+            results
+                .entry("4 VIP, iptables DNAT (kube-proxy layout)")
+                .or_default()
+                .push(load(&ipt_client.netns, None, &vip)?);
+        }
+        let med = |k: &str| -> Figures {
+            let r = &results[k];
+            Figures {
+                rps: median(r.iter().map(|f| f.rps).collect()),
+                p50_us: median(r.iter().map(|f| f.p50_us).collect()),
+                p99_us: median(r.iter().map(|f| f.p99_us).collect()),
+                errors: r.iter().map(|f| f.errors).sum(),
+            }
+        };
+        let direct = med("1 direct to pod IPs (floor)");
+        for k in results.keys() {
+            let f = med(k);
+            println!(
+                "| {count} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.2}x | {:.2}x | {} |",
+                &k[2..],
+                f.rps,
+                f.p50_us,
+                f.p99_us,
+                f.rps / direct.rps,
+                f.p99_us / direct.p99_us,
+                f.errors
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    drop(dp);
+    if !cgroup.exists() {
+        bail!("cgroup vanished");
+    }
+    Ok(())
+}
