@@ -55,6 +55,14 @@ fn leftovers(name: &str) -> Vec<String> {
             .filter(|l| l.contains(&format!("{STATE_ROOT}/{name}/")))
             .map(String::from),
     );
+    // The nodes' pinned eBPF maps and links.
+    if let Ok(rd) = std::fs::read_dir(weft_tests::lab::PIN_ROOT) {
+        v.extend(
+            rd.flatten()
+                .map(|e| e.path().display().to_string())
+                .filter(|p| p.contains(&format!("/{name}-"))),
+        );
+    }
     for root in weft_agent::sandbox::cgroup_roots() {
         if let Ok(rd) = std::fs::read_dir(root.join("weft")) {
             v.extend(

@@ -554,6 +554,19 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
         shown.contains("table 509"),
         "3 backends get 509 slots:\n{shown}"
     );
+    let connections: u64 = shown
+        .lines()
+        .find(|l| l.contains(":80/TCP (http)"))
+        .and_then(|l| l.split("connections ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("no connection counter")?;
+    // This node's client made 30 connections on the socket path and 30 on
+    // the packet path.
+    ensure!(
+        connections >= 60,
+        "connections counted: {connections}\n{shown}"
+    );
     assert_no_firewall_rules(&c)?;
     Ok(())
 }
@@ -600,6 +613,35 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
             client.name
         );
     }
+    // The affinity lapses after its timeout: trace says so.
+    c.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: brief, namespace: default}\nspec:\n  selector: {app: web}\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 2}}\n  ports: [{port: 80}]\n",
+    )?;
+    let brief = cluster_ip(&c, "brief")?;
+    let client = &pods[0];
+    let trace = |c: &Cluster| {
+        c.weft(&[
+            "lb",
+            "trace",
+            "--node",
+            &client.node,
+            &client.ip.to_string(),
+            &format!("{brief}:80/TCP"),
+        ])
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http_get(&client.netns, SocketAddrV4::new(brief, 80)).is_err() {
+        ensure!(Instant::now() < deadline, "brief never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = trace(&c)?;
+    ensure!(t.contains("(affinity)"), "fresh affinity:\n{t}");
+    std::thread::sleep(Duration::from_secs(3));
+    let t = trace(&c)?;
+    ensure!(
+        t.contains("verdict   maglev"),
+        "affinity past its 2 s:\n{t}"
+    );
     let sticky_names: BTreeSet<String> = sticky.iter().map(|p| p.name.clone()).collect();
     let shown = c.weft(&["lb", "show", "--node", &pods[0].node, "sticky"])?;
     ensure!(shown.contains("affinity ClientIP 60s"), "{shown}");
@@ -704,6 +746,25 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
             (ok, failed)
         })
     };
+    // And from inside the pod (socket path), a request every 50 ms, run
+    // with runc directly: `weft exec` goes through the agent.
+    let socket_stream = {
+        let (_, rec) = weft_tests::lab::pods(&c.lab.prefix)?
+            .into_iter()
+            .find(|(_, r)| r.name == client.name)
+            .context("client record")?;
+        let id = rec.containers.first().context("no container")?.1.clone();
+        let root = c.lab.node_state_dir(c.lab.node(&client.node)).join("runc");
+        let mut cmd = Command::new("runc");
+        cmd.arg("--root").arg(root).args([
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            &format!("for i in $(seq 80); do wget -qO- http://{vip}/ >/dev/null || echo LOST; sleep 0.05; done; echo DONE"),
+        ]);
+        std::thread::spawn(move || cmd.output())
+    };
     std::thread::sleep(Duration::from_millis(500));
     c.kill_agent(&client.node)?;
     std::thread::sleep(Duration::from_secs(2));
@@ -712,6 +773,13 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = stream.join().expect("request thread");
+    let out = socket_stream.join().expect("socket stream")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("DONE") && !text.contains("LOST"),
+        "socket path during the restart: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ensure!(
         failed.is_empty(),
         "{} of {} requests failed: {:?}",
