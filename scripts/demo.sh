@@ -2,7 +2,8 @@
 # The demo: a 3-node lab cluster (a controller and three agents in network
 # namespaces on this machine), the web app of examples/ (a Deployment of
 # busybox httpd and a Service), its pods spread over the nodes, a request
-# from a pod on one node to a pod on another, then teardown. Installs what
+# from a pod on one node to a pod on another, requests through the Service's
+# VIP spread over the pods by the eBPF load-balancer, then teardown. Installs what
 # it needs first. Needs root. `--keep` leaves the lab up to play with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,12 @@ read -r from from_node < <($WEFT get pods -l app=web -o wide --no-headers | awk 
 read -r to to_ip to_node < <($WEFT get pods -l app=web -o wide --no-headers | awk -v n="$from_node" '$7!=n{print $1, $6, $7; exit}')
 step "weft exec $from -- wget -qO- http://$to_ip/   # $from_node -> $to_node"
 $WEFT exec "$from" -- wget -qO- "http://$to_ip/"
+# Through the Service: the ClusterIP is translated by the eBPF programs.
+vip=$($WEFT get service web --no-headers | awk '{print $3}')
+step "weft exec $from -- sh -c 'for i in 1 2 3 4 5 6; do wget -qO- http://$vip/; done'   # the Service VIP"
+$WEFT exec "$from" -- sh -c "for i in 1 2 3 4 5 6; do wget -qO- http://$vip/; done"
+step "weft lb show --node $from_node web   # what the node's eBPF maps hold"
+$WEFT lb show --node "$from_node" web
 step "weft logs $to --tail 1"
 $WEFT logs "$to" --tail 1
 step "weft top pods   # CPU and memory from the pods' cgroups"
