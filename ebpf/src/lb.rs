@@ -162,6 +162,36 @@ fn select(svc: &ServiceEntry, client: u64, hash: u32) -> Option<(u32, Backend)> 
     Some((id, b))
 }
 
+/// The connection-tracking key of a packet's own direction.
+#[inline(always)]
+fn ct_key(f: &Flow, dir: u8) -> CtKey {
+    CtKey {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir,
+        pad: 0,
+    }
+}
+
+/// A flow's live forward entry, its timestamp moved on. A SYN starts a new
+/// connection: it is balanced afresh, not sent where an earlier flow with
+/// the same ports went.
+#[inline(always)]
+fn tracked(fkey: &CtKey, syn: bool, now: u64) -> Option<CtEntry> {
+    if syn {
+        return None;
+    }
+    let e = CT.get_ptr_mut(fkey)?;
+    // SAFETY: map value; racing writers only move a timestamp.
+    let e = unsafe { &mut *e };
+    backend_if(e.backend, e.backend_addr, e.backend_port)?;
+    e.last_seen = now;
+    Some(*e)
+}
+
 // ---------------------------------------------------------------------------
 // Socket path.
 
@@ -283,15 +313,7 @@ pub fn sock_reverse(ctx: &SockAddrContext) -> i32 {
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
     let f = pkt::parse(ctx)?;
-    let rkey = CtKey {
-        saddr: f.saddr,
-        daddr: f.daddr,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
+    let rkey = ct_key(&f, CT_REPLY);
     // SAFETY: copied out at once.
     if let Some(r) = unsafe { CT.get(&rkey) }.copied() {
         if r.flags & CT_HAIRPIN != 0 {
@@ -332,19 +354,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let syn = pkt::is_syn(ctx, &f);
-    let mut entry = None;
-    if let Some(e) = CT.get_ptr_mut(&fkey) {
-        // SAFETY: map value; racing writers only move a timestamp.
-        let e = unsafe { &mut *e };
-        // A SYN starts a new connection: it is balanced afresh, not sent
-        // where an earlier flow with the same ports went.
-        if !syn && backend_if(e.backend, e.backend_addr, e.backend_port).is_some() {
-            e.last_seen = now;
-            entry = Some(*e);
-        }
-    }
-    let e = match entry {
+    let e = match tracked(&fkey, pkt::is_syn(ctx, &f), now) {
         Some(e) => e,
         None => {
             let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
@@ -403,15 +413,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
 #[inline(always)]
 pub fn to_pod(ctx: &TcContext) -> Result<(), ()> {
     let f = pkt::parse(ctx)?;
-    let rkey = CtKey {
-        saddr: f.saddr,
-        daddr: f.daddr,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
+    let rkey = ct_key(&f, CT_REPLY);
     // SAFETY: copied out at once.
     let Some(r) = (unsafe { CT.get(&rkey) }).copied() else {
         return Ok(());
@@ -434,15 +436,7 @@ pub fn to_pod(ctx: &TcContext) -> Result<(), ()> {
 #[inline(always)]
 pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
     let f = pkt::parse(ctx)?;
-    let rkey = CtKey {
-        saddr: f.saddr,
-        daddr: f.daddr,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
+    let rkey = ct_key(&f, CT_REPLY);
     // SAFETY: copied out at once.
     if let Some(r) = unsafe { CT.get(&rkey) }.copied()
         && r.flags & CT_SNAT != 0
@@ -477,16 +471,7 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut entry = None;
-    if let Some(e) = CT.get_ptr_mut(&fkey) {
-        // SAFETY: map value; racing writers only move a timestamp.
-        let e = unsafe { &mut *e };
-        if backend_if(e.backend, e.backend_addr, e.backend_port).is_some() {
-            e.last_seen = now;
-            entry = Some(*e);
-        }
-    }
-    let e = match entry {
+    let e = match tracked(&fkey, pkt::is_syn(ctx, &f), now) {
         Some(e) => e,
         None => {
             let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
@@ -565,15 +550,7 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
 #[inline(always)]
 pub fn nodeport_out(ctx: &TcContext) -> Result<(), ()> {
     let f = pkt::parse(ctx)?;
-    let rkey = CtKey {
-        saddr: f.saddr,
-        daddr: f.daddr,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        dir: CT_REPLY,
-        pad: 0,
-    };
+    let rkey = ct_key(&f, CT_REPLY);
     // SAFETY: copied out at once.
     let Some(r) = (unsafe { CT.get(&rkey) }).copied() else {
         return Ok(());
