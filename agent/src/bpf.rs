@@ -85,15 +85,54 @@ impl Default for LbSizes {
 }
 
 impl LbSizes {
-    fn per_map(&self) -> [(&'static str, u32); 7] {
+    /// Per map: its name, entries, and key and value sizes (a pinned map
+    /// is reused only when all three agree).
+    fn per_map(&self) -> [(&'static str, u32, usize, usize); 8] {
+        use std::mem::size_of;
         [
-            (common::LB_SERVICES_MAP, self.services),
-            (common::LB_BACKENDS_MAP, self.backends),
-            (common::LB_MAGLEV_MAP, self.maglev),
-            (common::LB_CT_MAP, self.ct),
-            (common::LB_AFFINITY_MAP, self.affinity),
-            (common::LB_SOCK_MAP, self.sock),
-            (common::LB_COUNTERS_MAP, self.services),
+            (
+                common::LB_SERVICES_MAP,
+                self.services,
+                size_of::<common::ServiceKey>(),
+                size_of::<common::ServiceEntry>(),
+            ),
+            (
+                common::LB_BACKENDS_MAP,
+                self.backends,
+                4,
+                size_of::<common::Backend>(),
+            ),
+            (common::LB_MAGLEV_MAP, self.maglev, 4, 4),
+            (
+                common::LB_CT_MAP,
+                self.ct,
+                size_of::<common::CtKey>(),
+                size_of::<common::CtEntry>(),
+            ),
+            (
+                common::LB_AFFINITY_MAP,
+                self.affinity,
+                size_of::<common::AffinityKey>(),
+                size_of::<common::AffinityEntry>(),
+            ),
+            (
+                common::LB_SOCK_MAP,
+                self.sock,
+                size_of::<common::SockKey>(),
+                size_of::<common::SockEntry>(),
+            ),
+            (
+                common::LB_COUNTERS_MAP,
+                self.services,
+                4,
+                size_of::<common::ServiceCounters>(),
+            ),
+            (
+                IF_COUNTERS_MAP,
+                common::IF_COUNTERS_MAX,
+                4,
+                size_of::<IfCounters>(),
+            ),
         ]
     }
 }
@@ -209,21 +248,17 @@ impl Datapath {
     /// When the kernel refuses the object or the pin directory is unusable.
     pub fn load_with(opts: &DatapathOptions) -> Result<Self, BpfError> {
         let mut loader = EbpfLoader::new();
-        let sizes = opts.sizes.per_map();
-        for (name, size) in sizes {
+        let maps = opts.sizes.per_map();
+        for (name, size, _, _) in maps {
             loader.map_max_entries(name, size);
         }
         let mut pins = Vec::new();
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
             std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-            for (name, size) in sizes
-                .iter()
-                .copied()
-                .chain([(IF_COUNTERS_MAP, common::IF_COUNTERS_MAX)])
-            {
+            for (name, size, key, value) in maps {
                 let path = dir.join(name);
-                drop_incompatible_pin(&path, size);
+                drop_incompatible_pin(&path, size, key, value);
                 pins.push((name, path));
             }
         }
@@ -467,19 +502,25 @@ impl Datapath {
     }
 }
 
-/// Removes a pinned map that a new agent cannot share: another size, or a
-/// layout from another version. The programs then start with an empty map,
-/// which is logged, rather than reading misinterpreted bytes.
-fn drop_incompatible_pin(path: &Path, max_entries: u32) {
+/// Removes a pinned map that a new agent cannot share: another size, or
+/// keys or values of another layout (another version). The programs then
+/// start with an empty map, which is logged, rather than reading
+/// misinterpreted bytes.
+fn drop_incompatible_pin(path: &Path, max_entries: u32, key: usize, value: usize) {
     let Ok(info) = MapInfo::from_pin(path) else {
         return;
     };
-    if info.max_entries() != max_entries {
+    let pinned = (
+        info.max_entries(),
+        info.key_size() as usize,
+        info.value_size() as usize,
+    );
+    if pinned != (max_entries, key, value) {
         tracing::warn!(
             map = %path.display(),
-            pinned = info.max_entries(),
-            wanted = max_entries,
-            "pinned map has another size; starting it afresh (its entries are lost)"
+            ?pinned,
+            wanted = ?(max_entries, key, value),
+            "pinned map has another size or layout (entries, key, value); starting it afresh (its entries are lost)"
         );
         let _ = std::fs::remove_file(path);
     }

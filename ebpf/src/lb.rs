@@ -222,10 +222,12 @@ pub fn sock_forward(ctx: &SockAddrContext) -> i32 {
         dir: CT_FORWARD,
         pad: 0,
     };
-    // A UDP socket that sent here before keeps its backend while it lives.
+    // A UDP socket that sent here before keeps its backend while it lives
+    // (a TCP socket connects once).
+    let udp = proto == PROTO_UDP;
     let mut chosen = None;
     // SAFETY: the value is copied out at once.
-    if let Some(e) = unsafe { SOCK.get(&fkey) } {
+    if udp && let Some(e) = unsafe { SOCK.get(&fkey) } {
         if let Some(b) = backend_if(e.backend, e.addr, e.port) {
             chosen = Some((e.backend, b));
         }
@@ -247,16 +249,19 @@ pub fn sock_forward(ctx: &SockAddrContext) -> i32 {
     sa.user_port = u32::from(b.port);
     if new {
         bump(svc.id, Counter::Connection);
-        let _ = SOCK.insert(
-            &fkey,
-            &SockEntry {
-                addr: b.addr,
-                port: b.port,
-                pad: 0,
-                backend: id,
-            },
-            0,
-        );
+        if udp {
+            let _ = SOCK.insert(
+                &fkey,
+                &SockEntry {
+                    addr: b.addr,
+                    port: b.port,
+                    pad: 0,
+                    backend: id,
+                },
+                0,
+            );
+        }
+        // getpeername() and recvmsg() show the frontend.
         let rkey = SockKey {
             cookie,
             addr: b.addr,
