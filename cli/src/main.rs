@@ -198,7 +198,8 @@ struct AgentArgs {
     /// Session-affinity entries.
     #[arg(long, default_value_t = weft_common::LB_AFFINITY_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     lb_affinity: u32,
-    /// Socket translations (two per socket connected to a Service).
+    /// Socket translations (one per TCP socket connected to a Service, two
+    /// per UDP socket).
     #[arg(long, default_value_t = weft_common::LB_SOCK_MAX, value_parser = clap::value_parser!(u32).range(2..))]
     lb_sock: u32,
     /// A name unique on this machine for the node's cgroups and pod
