@@ -526,6 +526,63 @@ fn drop_incompatible_pin(path: &Path, max_entries: u32, key: usize, value: usize
     }
 }
 
+/// Removes a node's load-balancer for good (the agent stopped): the
+/// NodePort filters Weft put on `uplink` (found at Weft's priority and
+/// handle, and only if they run Weft's programs), then every pin under
+/// `pin_dir`. Without pins the maps go, and so do the cgroup links, which
+/// detaches the socket programs. Returns what it removed.
+///
+/// # Errors
+/// When a pin cannot be removed.
+pub fn teardown(uplink: &str, pin_dir: &Path) -> Result<Vec<String>, BpfError> {
+    let mut removed = Vec::new();
+    for (dir, name) in [
+        (TcAttachType::Ingress, NODEPORT_IN),
+        (TcAttachType::Egress, NODEPORT_OUT),
+    ] {
+        if filter_program(uplink, dir).as_deref() == Some(name)
+            && let Ok(link) =
+                SchedClassifierLink::attached(uplink, dir, TC_PRIORITY, TC_HANDLE, None)
+            && aya::programs::links::Link::detach(link).is_ok()
+        {
+            removed.push(format!("tc filter {name} on {uplink}"));
+        }
+    }
+    if pin_dir.exists() {
+        std::fs::remove_dir_all(pin_dir).map_err(io_err("remove", pin_dir))?;
+        removed.push(pin_dir.display().to_string());
+        if let Some(parent) = pin_dir.parent() {
+            // Only if no other node's pins are there.
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+    Ok(removed)
+}
+
+/// The name of the program in the tc filter at Weft's priority and handle
+/// on `iface`, if there is one (read with iproute2's `tc`, which shows the
+/// filter's program name).
+fn filter_program(iface: &str, dir: TcAttachType) -> Option<String> {
+    let hook = match dir {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    };
+    let out = std::process::Command::new("tc")
+        .args(["filter", "show", "dev", iface, hook])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("pref {TC_PRIORITY} bpf");
+    text.lines()
+        .filter(|l| l.contains(&want) && l.contains("handle 0x1 "))
+        .find_map(|l| {
+            l.split("handle 0x1 ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(|n| n.split(':').next().unwrap_or(n).to_string())
+        })
+}
+
 /// Mounts the BPF filesystem at /sys/fs/bpf when `dir` is below it and
 /// nothing is mounted there yet, as systemd does at boot on most
 /// distributions. It stays mounted: other eBPF tools expect it there.

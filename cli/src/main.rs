@@ -179,6 +179,12 @@ struct AgentArgs {
     /// Move the agent into the node's cgroup (labs set it).
     #[arg(long, hide = true)]
     cgroup_self: bool,
+    /// Remove the node's Service load-balancer instead of running: the
+    /// NodePort filters on the uplink and every pinned map and link (which
+    /// detaches the socket programs). For a node leaving for good; stop the
+    /// agent first.
+    #[arg(long)]
+    teardown: bool,
     /// Where the node's eBPF maps and links are pinned (default:
     /// /sys/fs/bpf/weft/<instance>).
     #[arg(long)]
@@ -436,6 +442,21 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
             .trim()
             .to_lowercase(),
     };
+    if args.teardown {
+        let instance = args.instance.clone().unwrap_or_else(|| node_name.clone());
+        let pins = args
+            .bpf_pin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/weft").join(&instance));
+        let removed = weft_agent::bpf::teardown(&args.uplink, &pins)?;
+        for r in &removed {
+            println!("removed {r}");
+        }
+        if removed.is_empty() {
+            println!("nothing to remove: no load-balancer of node {node_name} here");
+        }
+        return Ok(0);
+    }
     let kubeconfig = weft_api::client::kubeconfig_path(kubeconfig.as_deref());
     if !kubeconfig.exists() {
         bail!(

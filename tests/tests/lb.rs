@@ -648,7 +648,7 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
     ensure!(!sticky_names.is_empty());
 
     // NodePort from another node, to backends here and elsewhere, TCP and UDP.
-    let (from, to) = (&c.lab.nodes[0], &c.lab.nodes[1]);
+    let (from, to) = (c.lab.nodes[0].clone(), c.lab.nodes[1].clone());
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..30 {
         let body = http_get(&from.netns, SocketAddrV4::new(to.ip, 30080))?;
@@ -796,6 +796,45 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
         f.alive(&format!("restart-{i}"))?;
     }
     assert_no_firewall_rules(&c)?;
+
+    // Node teardown: with its agent stopped, `weft agent --teardown` removes
+    // the node's load-balancer: the NodePort filters and every pin. It runs
+    // in the node's network namespace only (setns), as the agent does.
+    let node = c.lab.nodes[1].clone();
+    c.kill_agent(&node.name)?;
+    let mut cmd = Command::new(&c.lab.weft_bin);
+    cmd.args([
+        "agent",
+        "--node-name",
+        &node.name,
+        "--instance",
+        &node.netns,
+        "--teardown",
+    ]);
+    let out = c.output_in(&node.netns, cmd)?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && said.contains("removed tc filter weft_nodeport_in"),
+        "teardown: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !std::path::Path::new(weft_tests::lab::PIN_ROOT)
+            .join(&node.netns)
+            .exists(),
+        "the node's pins are still there"
+    );
+    let mut tc = Command::new("tc");
+    tc.args(["filter", "show", "dev", "eth0", "ingress"]);
+    let filters = c.output_in(&node.netns, tc)?;
+    ensure!(
+        !String::from_utf8_lossy(&filters.stdout).contains("weft_"),
+        "filters left on the uplink"
+    );
+    ensure!(
+        http_get(&from.netns, SocketAddrV4::new(node.ip, 30080)).is_err(),
+        "the torn-down node still serves its NodePort"
+    );
     Ok(())
 }
 
