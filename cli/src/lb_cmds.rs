@@ -68,13 +68,18 @@ fn render(node: &str, snap: &Snapshot, want: Option<&str>, found: &mut bool) -> 
             } else {
                 format!(" ({})", f.port_name)
             };
+            let dropped = if f.dropped > 0 {
+                format!("  DROPPED {} (no free NodePort source port)", f.dropped)
+            } else {
+                String::new()
+            };
             let affinity = f
                 .affinity_timeout
                 .map(|t| format!("  affinity ClientIP {t}s"))
                 .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {name}  {}:{}/{}{port_name}  {:?}  table {}  connections {}  packets {}  bytes {}  refused {}{affinity}",
+                "  {name}  {}:{}/{}{port_name}  {:?}  table {}  connections {}  packets {}  bytes {}  refused {}{dropped}{affinity}",
                 f.address,
                 f.port,
                 f.protocol,

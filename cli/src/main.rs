@@ -204,6 +204,10 @@ struct AgentArgs {
     /// Session-affinity entries.
     #[arg(long, default_value_t = weft_common::LB_AFFINITY_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     lb_affinity: u32,
+    /// Source ports for NodePort connections sent on to a pod of another
+    /// node (FIRST-LAST); a closed connection's port is reused 2 s later.
+    #[arg(long, default_value = "61000-65000", value_parser = parse_port_range)]
+    nodeport_snat_ports: std::ops::RangeInclusive<u16>,
     /// Socket translations (one per TCP socket connected to a Service, two
     /// per UDP socket).
     #[arg(long, default_value_t = weft_common::LB_SOCK_MAX, value_parser = clap::value_parser!(u32).range(2..))]
@@ -422,6 +426,19 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// `FIRST-LAST`, both ports, FIRST ≤ LAST.
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: write FIRST-LAST, e.g. 61000-65000"))?;
+    let a: u16 = a.parse().map_err(|_| format!("{a:?} is not a port"))?;
+    let b: u16 = b.parse().map_err(|_| format!("{b:?} is not a port"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 1 ≤ FIRST ≤ LAST"));
+    }
+    Ok(a..=b)
+}
+
 async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     use weft_agent::node::{AgentConfig, Routing};
     // kube-rs logs each failed connection at ERROR; the agent says what
@@ -495,6 +512,7 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
         affinity: args.lb_affinity,
         sock: args.lb_sock,
     };
+    cfg.snat_ports = args.nodeport_snat_ports;
     weft_agent::node::run(cfg).await?;
     Ok(0)
 }

@@ -139,6 +139,9 @@ pub const CT_HAIRPIN: u8 = 1;
 pub const CT_SNAT: u8 = 2;
 /// `CtEntry::flags`: a NodePort flow (its replies leave by the uplink).
 pub const CT_NODEPORT: u8 = 4;
+/// `CtEntry::flags`: a FIN or RST was seen; the entry's SNAT port may be
+/// given to a new flow once the flow has been quiet for a moment.
+pub const CT_CLOSING: u8 = 8;
 
 /// A tracked flow. For [`CT_FORWARD`] the backend it was given; for
 /// [`CT_REPLY`] the addresses to restore.
@@ -239,6 +242,9 @@ pub struct ServiceCounters {
     pub connections: u64,
     /// Connections refused because no backend was ready.
     pub refused: u64,
+    /// NodePort connections dropped: no free source port towards their
+    /// backend on another node.
+    pub dropped: u64,
 }
 
 /// Node facts the programs need, in [`LB_CONFIG_MAP`] slot 0.

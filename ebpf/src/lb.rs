@@ -11,11 +11,11 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext},
 };
 use weft_common::{
-    AffinityEntry, AffinityKey, BACKEND_ACTIVE, Backend, CT_FORWARD, CT_HAIRPIN, CT_NODEPORT,
-    CT_REPLY, CT_SNAT, CtEntry, CtKey, LB_AFFINITY_MAX, LB_BACKENDS_MAX, LB_CT_MAX, LB_MAGLEV_MAX,
-    LB_SERVICES_MAX, LB_SOCK_MAX, LbConfig, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER, SCOPE_NODEPORT,
-    SVC_AFFINITY, ServiceCounters, ServiceEntry, ServiceKey, SockEntry, SockKey, cookie_hash,
-    flow_hash,
+    AffinityEntry, AffinityKey, BACKEND_ACTIVE, Backend, CT_CLOSING, CT_FORWARD, CT_HAIRPIN,
+    CT_NODEPORT, CT_REPLY, CT_SNAT, CtEntry, CtKey, LB_AFFINITY_MAX, LB_BACKENDS_MAX, LB_CT_MAX,
+    LB_MAGLEV_MAX, LB_SERVICES_MAX, LB_SOCK_MAX, LbConfig, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER,
+    SCOPE_NODEPORT, SVC_AFFINITY, ServiceCounters, ServiceEntry, ServiceKey, SockEntry, SockKey,
+    cookie_hash, flow_hash,
 };
 
 use crate::pkt::{self, Flow};
@@ -48,7 +48,17 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 enum Counter {
     Connection,
     Refused,
+    Dropped,
 }
+
+/// Source ports tried for a NodePort flow sent on to another node.
+const SNAT_TRIES: u32 = 8;
+/// A closed flow's source port is given again after this long (its last
+/// packets, retransmitted FINs, have passed by then).
+const SNAT_CLOSED_REUSE_NS: u64 = 2 * NS_PER_SEC;
+/// A flow silent this long (a UDP exchange, a connection that vanished
+/// without FIN or RST) gives up its source port.
+const SNAT_IDLE_REUSE_NS: u64 = 120 * NS_PER_SEC;
 
 #[inline(always)]
 fn bump(service: u32, what: Counter) {
@@ -58,6 +68,7 @@ fn bump(service: u32, what: Counter) {
         match what {
             Counter::Connection => c.connections += 1,
             Counter::Refused => c.refused += 1,
+            Counter::Dropped => c.dropped += 1,
         }
     }
 }
@@ -442,10 +453,19 @@ pub fn to_pod(ctx: &TcContext) -> Result<(), ()> {
 pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
     let f = pkt::parse(ctx)?;
     let rkey = ct_key(&f, CT_REPLY);
-    // SAFETY: copied out at once.
-    if let Some(r) = unsafe { CT.get(&rkey) }.copied()
-        && r.flags & CT_SNAT != 0
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(rp) = CT.get_ptr_mut(&rkey)
+        // SAFETY: map value; racing writers only move a timestamp or a flag.
+        && unsafe { (*rp).flags } & CT_SNAT != 0
     {
+        // SAFETY: as above.
+        let r = unsafe { &mut *rp };
+        r.last_seen = now;
+        if pkt::is_closing(ctx, &f) {
+            r.flags |= CT_CLOSING;
+        }
+        let r = *r;
         pkt::rewrite(ctx, &f, true, r.front_addr, r.front_port)?;
         let f2 = Flow {
             saddr: r.front_addr,
@@ -474,10 +494,30 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
         dir: CT_FORWARD,
         ..rkey
     };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
     let e = match tracked(&fkey, pkt::is_syn(ctx, &f), now) {
-        Some(e) => e,
+        Some(e) => {
+            // The client closing: its source port on the backend's side can
+            // be given to another flow soon.
+            if e.flags & CT_SNAT != 0 && pkt::is_closing(ctx, &f) {
+                let reply = CtKey {
+                    saddr: e.backend_addr,
+                    daddr: cfg.node_addr,
+                    sport: e.backend_port,
+                    dport: e.nat_port,
+                    proto: f.proto,
+                    dir: CT_REPLY,
+                    pad: 0,
+                };
+                if let Some(r) = CT.get_ptr_mut(&reply) {
+                    // SAFETY: map value; racing writers only move a flag.
+                    unsafe {
+                        (*r).flags |= CT_CLOSING;
+                        (*r).last_seen = now;
+                    }
+                }
+            }
+            e
+        }
         None => {
             let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
             let Some((id, b)) = select(&svc, u64::from(f.saddr), hash) else {
@@ -510,22 +550,33 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
             };
             if !local {
                 // A source port of this node's for the flow, free for this
-                // backend: a few tries from the flow's hash.
+                // backend: unused, or last used by a flow that closed (or
+                // fell idle) a while ago. A few tries from the flow's hash.
                 let span = u32::from(cfg.snat_port_max.saturating_sub(cfg.snat_port_min)) + 1;
                 let mut found = false;
                 let mut i = 0u32;
-                while i < 4 {
+                while i < SNAT_TRIES {
                     let port = cfg.snat_port_min as u32 + (hash.wrapping_add(i * 7919) % span);
                     reply.daddr = cfg.node_addr;
                     reply.dport = (port as u16).to_be();
-                    // SAFETY: existence check only.
-                    if unsafe { CT.get(&reply) }.is_none() {
+                    // SAFETY: copied out at once.
+                    let free = match unsafe { CT.get(&reply) } {
+                        None => true,
+                        Some(old) => {
+                            let idle = now.wrapping_sub(old.last_seen);
+                            (old.flags & CT_CLOSING != 0 && idle > SNAT_CLOSED_REUSE_NS)
+                                || idle > SNAT_IDLE_REUSE_NS
+                        }
+                    };
+                    if free {
                         found = true;
                         break;
                     }
                     i += 1;
                 }
                 if !found {
+                    // Counted and shown by `weft lb show`, never silent.
+                    bump(svc.id, Counter::Dropped);
                     return Ok(TC_ACT_SHOT as i32);
                 }
                 e.nat_port = reply.dport;

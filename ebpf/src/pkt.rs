@@ -99,6 +99,16 @@ pub fn is_syn(ctx: &TcContext, f: &Flow) -> bool {
     flags & 0x12 == 0x02
 }
 
+/// Whether the packet is a TCP FIN or RST: its connection is ending.
+#[inline(always)]
+pub fn is_closing(ctx: &TcContext, f: &Flow) -> bool {
+    if f.proto != PROTO_TCP {
+        return false;
+    }
+    let flags: u8 = ctx.load(f.l4 + 13).unwrap_or(0);
+    flags & 0x05 != 0
+}
+
 /// Rewrites the source (`src = true`) or destination address and port,
 /// fixing the IP and L4 checksums.
 #[inline(always)]

@@ -1072,3 +1072,60 @@ fn full_maps_unsupported_protocols_bad_ports_and_trace() -> Result<()> {
     ensure!(!out.status.success(), "show of a missing Service must fail");
     Ok(())
 }
+
+#[test]
+fn nodeport_source_ports_are_reused_and_running_out_is_counted() -> Result<()> {
+    // Twenty source ports for NodePort flows sent on to the other node.
+    let c = up_with(2, &["--nodeport-snat-ports", "61000-61019"])?;
+    c.apply(&app("web", 1, None))?;
+    c.apply(&node_port("web"))?;
+    let pod = ready_pods(&c, "web", 1)?.remove(0);
+    // Ask the node without the pod: every flow is sent on, SNATed.
+    let via = c
+        .lab
+        .nodes
+        .iter()
+        .find(|n| n.name != pod.node)
+        .context("a node without the pod")?
+        .clone();
+    let client = c.lab.underlay.clone();
+    let to = SocketAddrV4::new(via.ip, 30080);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(&client, to).is_err() {
+        ensure!(Instant::now() < deadline, "NodePort never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Forty connections, one every 250 ms: twice the ports, so closed
+    // flows' ports must be given again (2 s after their close); none may
+    // fail.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..40 {
+        let body = http_get(&client, to).with_context(|| format!("connection {i}"))?;
+        ensure!(body == pod.name, "{body:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let shown = c.weft(&["lb", "show", "--node", &via.name, "web-np"])?;
+    ensure!(!shown.contains("DROPPED"), "{shown}");
+    // A burst beyond the ports: some connections cannot be sent on, and
+    // that is counted and shown, not silent.
+    std::thread::sleep(Duration::from_secs(3));
+    let failed = (0..60)
+        .filter(|_| {
+            netns::run_in(Some(&client), move || {
+                TcpStream::connect_timeout(&to.into(), Duration::from_millis(300))
+            })
+            .map(|r| r.is_err())
+            .unwrap_or(true)
+        })
+        .count();
+    ensure!(
+        failed > 0,
+        "60 flows at once through 20 ports all succeeded?"
+    );
+    let shown = c.weft(&["lb", "show", "--node", &via.name, "web-np"])?;
+    ensure!(
+        shown.contains("DROPPED") && shown.contains("no free NodePort source port"),
+        "{failed} connections failed, yet:\n{shown}"
+    );
+    Ok(())
+}

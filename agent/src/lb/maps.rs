@@ -93,6 +93,7 @@ impl LbMaps {
                 acc.bytes += c.bytes;
                 acc.connections += c.connections;
                 acc.refused += c.refused;
+                acc.dropped += c.dropped;
                 acc
             }))
     }

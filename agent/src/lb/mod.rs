@@ -250,7 +250,14 @@ pub struct Balancer {
     problems: BTreeMap<String, String>,
     /// The subset of `problems` due to a full map.
     full: BTreeMap<String, String>,
+    /// Source ports for NodePort flows sent on to other nodes.
+    snat_ports: std::ops::RangeInclusive<u16>,
 }
+
+/// NodePort SNAT ports by default: above the usual ephemeral range
+/// (32768-60999), so that they do not collide with the node's own
+/// connections.
+pub const DEFAULT_SNAT_PORTS: std::ops::RangeInclusive<u16> = 61_000..=65_000;
 
 impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,6 +295,7 @@ impl Balancer {
             quarantine: Quarantine::default(),
             problems: BTreeMap::new(),
             full: BTreeMap::new(),
+            snat_ports: DEFAULT_SNAT_PORTS,
         };
         b.adopt()?;
         Ok(b)
@@ -358,6 +366,12 @@ impl Balancer {
         Ok(())
     }
 
+    /// Sets the source ports of NodePort flows sent on to other nodes
+    /// (before [`Balancer::set_node`]).
+    pub fn set_snat_ports(&mut self, ports: std::ops::RangeInclusive<u16>) {
+        self.snat_ports = ports;
+    }
+
     /// Tells the programs the node's address on its uplink (NodePorts) and
     /// its pod block (which backends are local).
     ///
@@ -372,10 +386,8 @@ impl Balancer {
         let cfg = common::LbConfig {
             node_addr: u32::from_ne_bytes(addr.octets()),
             uplink_ifindex,
-            // Above the usual ephemeral range (32768-60999), so that NodePort
-            // SNAT does not collide with the node's own connections.
-            snat_port_min: 61_000,
-            snat_port_max: 65_000,
+            snat_port_min: *self.snat_ports.start(),
+            snat_port_max: *self.snat_ports.end(),
             block_addr: u32::from_ne_bytes(block.network().octets()),
             block_mask: u32::from_ne_bytes(block.mask().octets()),
             pad: 0,
@@ -769,6 +781,7 @@ impl Balancer {
                     bytes: counters.bytes,
                     connections: counters.connections,
                     refused: counters.refused,
+                    dropped: counters.dropped,
                 });
         }
         for v in services.values_mut() {
@@ -1092,6 +1105,9 @@ pub struct FrontendView {
     pub connections: u64,
     /// Connections refused: no ready backend.
     pub refused: u64,
+    /// NodePort connections dropped for want of a source port.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// One backend in a [`FrontendView`].

@@ -80,6 +80,8 @@ pub struct AgentConfig {
     pub pin_dir: PathBuf,
     /// Load-balancer map sizes.
     pub lb_sizes: crate::bpf::LbSizes,
+    /// Source ports for NodePort flows sent on to other nodes.
+    pub snat_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl AgentConfig {
@@ -107,6 +109,7 @@ impl AgentConfig {
             cgroup_self: false,
             pin_dir: PathBuf::from("/sys/fs/bpf/weft").join(node_name),
             lb_sizes: crate::bpf::LbSizes::default(),
+            snat_ports: crate::lb::DEFAULT_SNAT_PORTS,
         }
     }
 }
@@ -222,6 +225,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             .ok()
             .flatten()
             .map_or(0, |l| l.index);
+        b.set_snat_ports(cfg.snat_ports.clone());
         b.set_node(node_ip, uplink_index, block)
             .context("configure the load-balancer")?;
         Arc::new(Mutex::new(b))
