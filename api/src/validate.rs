@@ -423,6 +423,12 @@ pub fn validate_object(resource: &Resource, obj: &Value) -> Vec<Cause> {
                         "must be between 1 and 65535, inclusive",
                     ));
                 }
+                // A named targetPort is a container port's name.
+                if let Some(t) = p["targetPort"].as_str()
+                    && let Some(e) = port_name_error(t)
+                {
+                    out.push(Cause::invalid(format!("spec.ports[{i}].targetPort"), t, e));
+                }
                 if let Some(np) = p["nodePort"].as_i64()
                     && !(30000..=32767).contains(&np)
                 {
@@ -436,6 +442,14 @@ pub fn validate_object(resource: &Resource, obj: &Value) -> Vec<Cause> {
                     "spec.sessionAffinity",
                     a,
                     &["None", "ClientIP"],
+                ));
+            }
+            let timeout = &spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"];
+            if !timeout.is_null() && !timeout.as_i64().is_some_and(|t| (1..=86_400).contains(&t)) {
+                out.push(Cause::invalid(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    timeout.clone(),
+                    "must be greater than 0 and less than 86400",
                 ));
             }
             check_labels(&mut out, "spec.selector", &spec["selector"]);
@@ -487,4 +501,26 @@ pub fn validate_object(resource: &Resource, obj: &Value) -> Vec<Cause> {
         _ => {}
     }
     out
+}
+
+/// Kubernetes' IANA_SVC_NAME rule for port names: at most 15 characters,
+/// lowercase letters, digits and '-', at least one letter, no '-' at
+/// either end or twice in a row.
+fn port_name_error(n: &str) -> Option<&'static str> {
+    if n.is_empty() || n.len() > 15 {
+        return Some("must be no more than 15 characters and not empty");
+    }
+    if !n
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if !n.chars().any(|c| c.is_ascii_lowercase()) {
+        return Some("must contain at least one letter (a-z)");
+    }
+    if n.starts_with('-') || n.ends_with('-') || n.contains("--") {
+        return Some("must not begin or end with a hyphen, or contain adjacent hyphens");
+    }
+    None
 }

@@ -10,7 +10,7 @@ use weft_api::client::{self, Applied, Client, ClientError, collection_path, obje
 use weft_api::printer::{self, TableOptions};
 use weft_api::resources::{self, Resource};
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 pub struct Common {
     /// Namespace (default: the kubeconfig context's, usually "default").
     #[arg(short = 'n', long, global = true)]
@@ -196,7 +196,8 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         | ClientCmd::Logs { common, .. }
         | ClientCmd::Exec { common, .. }
         | ClientCmd::Top { common, .. } => common.clone(),
-        ClientCmd::Lb(LbCmd::Show { common, .. } | LbCmd::Trace { common, .. }) => common.clone(),
+        ClientCmd::Lb(LbCmd::Show { common, .. }) => common.clone(),
+        ClientCmd::Lb(LbCmd::Trace { .. }) => Common::default(),
     };
     let path = client::kubeconfig_path(kubeconfig.as_deref());
     let c = Client::from_kubeconfig(&path).await?;
@@ -764,6 +765,8 @@ pub enum LbCmd {
     },
     /// Which backend a flow goes to on a node, and why: an established
     /// flow's connection-tracking entry, session affinity, or its Maglev slot.
+    /// This is the packet path (tc); pods' own sockets are given their
+    /// backend at connect() by socket cookie and are not tracked per flow.
     Trace {
         /// The node whose maps to read.
         #[arg(long)]
@@ -772,7 +775,5 @@ pub enum LbCmd {
         src: String,
         /// The destination: IP:PORT/PROTO (PROTO is TCP or UDP).
         dst: String,
-        #[command(flatten)]
-        common: Common,
     },
 }

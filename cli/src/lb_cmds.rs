@@ -7,8 +7,18 @@ use anyhow::{Context as _, Result, bail};
 use weft_agent::lb::{Snapshot, Trace};
 use weft_api::client::Client;
 
+/// Writes to stdout; a reader that went away (`| head`) ends the output
+/// quietly instead of with a panic.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
 /// The nodes to ask: `node`, or every node.
 async fn nodes(c: &Client, node: Option<&str>) -> Result<Vec<String>> {
+    if node.is_some_and(str::is_empty) {
+        bail!("--node needs a node name (see `weft get nodes`)");
+    }
     if let Some(n) = node {
         c.get(&format!("/api/v1/nodes/{n}"))
             .await
@@ -44,7 +54,13 @@ pub async fn show(c: &Client, node: Option<&str>, service: Option<&str>, ns: &st
                 continue;
             }
         };
-        print!("{}", render(&n, &snap, want.as_deref(), &mut found));
+        let mut here = false;
+        let text = render(&n, &snap, want.as_deref(), &mut here);
+        // Asked for one Service: only the nodes that have it.
+        if want.is_none() || here {
+            out(&text);
+        }
+        found |= here;
     }
     if let Some(w) = &want
         && !found
@@ -149,6 +165,9 @@ fn parse_dst(s: &str) -> Result<(std::net::Ipv4Addr, u16, String)> {
 
 /// `weft lb trace --node NODE SRC_IP[:PORT] DST_IP:PORT/PROTO`.
 pub async fn trace(c: &Client, node: &str, src: &str, dst: &str) -> Result<u8> {
+    if node.is_empty() {
+        bail!("--node needs a node name (see `weft get nodes`)");
+    }
     let (src_ip, sport) = parse_src(src)?;
     let (dst_ip, port, proto) = parse_dst(dst)?;
     c.get(&format!("/api/v1/nodes/{node}"))
@@ -161,7 +180,7 @@ pub async fn trace(c: &Client, node: &str, src: &str, dst: &str) -> Result<u8> {
         let _ = write!(path, "&sport={p}");
     }
     let t: Trace = serde_json::from_value(c.get(&path).await?).context("the agent's answer")?;
-    print!("{}", render_trace(node, &t));
+    out(&render_trace(node, &t));
     Ok(0)
 }
 
@@ -180,6 +199,12 @@ fn render_trace(node: &str, t: &Trace) -> String {
         }
     }
     let _ = writeln!(out, "why       {}", t.explanation);
+    if t.frontend.is_some() {
+        let _ = writeln!(
+            out,
+            "path      the packet path (tc); pods' own sockets get their backend at connect(), by socket cookie, and are not tracked here"
+        );
+    }
     if !t.flows.is_empty() {
         let _ = writeln!(out, "tracked flows of this client to this frontend:");
         for f in &t.flows {

@@ -204,6 +204,12 @@ struct AgentArgs {
     /// Session-affinity entries.
     #[arg(long, default_value_t = weft_common::LB_AFFINITY_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     lb_affinity: u32,
+    /// The cgroup v2 directory whose processes have Service addresses
+    /// translated at connect() (default: the node's own, weft/<instance>,
+    /// which holds the agent and the pods). On a dedicated node, the v2
+    /// root also covers the host's own processes.
+    #[arg(long)]
+    lb_cgroup: Option<PathBuf>,
     /// Source ports for NodePort connections sent on to a pod of another
     /// node (FIRST-LAST); a closed connection's port is reused 2 s later.
     #[arg(long, default_value = "61000-65000", value_parser = parse_port_range)]
@@ -513,6 +519,7 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
         sock: args.lb_sock,
     };
     cfg.snat_ports = args.nodeport_snat_ports;
+    cfg.lb_cgroup = args.lb_cgroup;
     weft_agent::node::run(cfg).await?;
     Ok(0)
 }

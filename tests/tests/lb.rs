@@ -942,6 +942,22 @@ fn full_maps_unsupported_protocols_bad_ports_and_trace() -> Result<()> {
             "spec.ports[0].targetPort",
         ),
         (
+            "ports: [{port: 80, targetPort: no_such-NAME}]",
+            "spec.ports[0].targetPort",
+        ),
+        (
+            "ports: [{port: 80, targetPort: \"\"}]",
+            "spec.ports[0].targetPort",
+        ),
+        (
+            "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}\n  ports: [{port: 80}]",
+            "timeoutSeconds",
+        ),
+        (
+            "sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 99999999}}\n  ports: [{port: 80}]",
+            "timeoutSeconds",
+        ),
+        (
             "type: NodePort\n  ports: [{port: 80, nodePort: 80}]",
             "spec.ports[0].nodePort",
         ),

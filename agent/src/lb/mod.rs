@@ -94,6 +94,9 @@ impl FrontendSpec {
     }
 }
 
+/// How long freed slots and ids wait before they are given again.
+const GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Maglev table sizes: primes, each about twice the one before. A frontend
 /// gets the smallest one with at least 100 slots per ready backend, so that
 /// backends' shares stay within about 1% of each other, as the Maglev paper
@@ -222,7 +225,9 @@ impl Ids {
     }
 }
 
-/// What one change gave up; freed at the next change.
+/// What a change gave up: slot ranges, backend and service ids, freed only
+/// once [`GRACE`] has passed, when no program run that read the entries
+/// before the switch can still be going (a run takes microseconds).
 #[derive(Debug, Default)]
 struct Quarantine {
     ranges: Vec<(u32, u32)>,
@@ -246,6 +251,8 @@ pub struct Balancer {
     service_ids: Ids,
     ranges: Ranges,
     quarantine: Quarantine,
+    /// Earlier changes' quarantines, with when they closed.
+    aging: Vec<(std::time::Instant, Quarantine)>,
     /// Frontends left out for want of room, by key, with the reason.
     problems: BTreeMap<String, String>,
     /// The subset of `problems` due to a full map.
@@ -293,6 +300,7 @@ impl Balancer {
             backend_ids: Ids::new(1, caps.backends),
             service_ids: Ids::new(0, caps.services),
             quarantine: Quarantine::default(),
+            aging: Vec::new(),
             problems: BTreeMap::new(),
             full: BTreeMap::new(),
             snat_ports: DEFAULT_SNAT_PORTS,
@@ -402,15 +410,25 @@ impl Balancer {
         Ok(())
     }
 
-    /// Frees what the previous change gave up: by now no program run that
-    /// read the old entries can still be going.
+    /// Closes the current quarantine and frees those older than [`GRACE`].
     fn release_quarantine(&mut self) {
+        let now = std::time::Instant::now();
         let q = std::mem::take(&mut self.quarantine);
-        for (o, s) in q.ranges {
-            self.ranges.release(o, s);
+        if !(q.ranges.is_empty() && q.backends.is_empty() && q.services.is_empty()) {
+            self.aging.push((now, q));
         }
-        self.backend_ids.free.extend(q.backends);
-        self.service_ids.free.extend(q.services);
+        while self
+            .aging
+            .first()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= GRACE)
+        {
+            let (_, q) = self.aging.remove(0);
+            for (o, s) in q.ranges {
+                self.ranges.release(o, s);
+            }
+            self.backend_ids.free.extend(q.backends);
+            self.service_ids.free.extend(q.services);
+        }
     }
 
     /// Makes Service `service` (`namespace/name`) have exactly `frontends`.
@@ -545,7 +563,8 @@ impl Balancer {
         }
         let id = self.backend_ids.alloc().ok_or_else(|| LbError::Full {
             map: common::LB_BACKENDS_MAP,
-            capacity: self.caps.backends,
+            // Id 0 means "no backend".
+            capacity: self.caps.backends - 1,
             what: format!("backend {}:{}", b.addr, b.port),
             flag: "backends",
         })?;
@@ -912,7 +931,7 @@ impl Balancer {
             t.verdict = "conntrack".into();
             t.backend = Some(f.backend.clone());
             t.explanation = format!(
-                "an established flow: its connection-tracking entry keeps it on {} (idle {} ms)",
+                "a tracked flow: its connection-tracking entry keeps its packets on {} (idle {} ms); a new connection (SYN) from this port is balanced afresh",
                 f.backend, f.idle_ms
             );
             return t;

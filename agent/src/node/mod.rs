@@ -82,6 +82,9 @@ pub struct AgentConfig {
     pub lb_sizes: crate::bpf::LbSizes,
     /// Source ports for NodePort flows sent on to other nodes.
     pub snat_ports: std::ops::RangeInclusive<u16>,
+    /// The cgroup (v2 directory) whose processes get the socket path
+    /// (default: the node's own, `weft/<instance>`).
+    pub lb_cgroup: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -110,6 +113,7 @@ impl AgentConfig {
             pin_dir: PathBuf::from("/sys/fs/bpf/weft").join(node_name),
             lb_sizes: crate::bpf::LbSizes::default(),
             snat_ports: crate::lb::DEFAULT_SNAT_PORTS,
+            lb_cgroup: None,
         }
     }
 }
@@ -232,10 +236,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     };
     // The socket path: every process of the node's cgroup, pods included,
     // has Service addresses translated at connect().
-    let cgroup = crate::sandbox::cgroup_v2_root()
-        .context("no cgroup v2 hierarchy is mounted (socket load-balancing needs one)")?
-        .join("weft")
-        .join(&cfg.instance);
+    let cgroup = match &cfg.lb_cgroup {
+        Some(c) => c.clone(),
+        None => crate::sandbox::cgroup_v2_root()
+            .context("no cgroup v2 hierarchy is mounted (socket load-balancing needs one)")?
+            .join("weft")
+            .join(&cfg.instance),
+    };
     std::fs::create_dir_all(&cgroup).with_context(|| format!("create {}", cgroup.display()))?;
     datapath
         .attach_cgroup(&cgroup)
