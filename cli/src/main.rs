@@ -615,8 +615,13 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             } else {
                 me.display().to_string()
             };
+            // A lab of another name is taken down by that name.
+            let down = match std::env::var("WEFT_LAB_NAME") {
+                Ok(n) if !n.is_empty() => format!("WEFT_LAB_NAME={n} {w} lab down"),
+                _ => format!("{w} lab down"),
+            };
             println!(
-                "\nTry:\n  {w} get nodes\n  {w} apply -f examples/\n  {w} get pods -o wide\n  {w} exec POD -- wget -qO- http://OTHER_POD_IP/\n  {w} logs POD\n  kubectl --kubeconfig {} get pods\nLogs of the controller and agents: {}/*.log\nTear it down with:\n  {w} lab down",
+                "\nTry:\n  {w} get nodes\n  {w} apply -f examples/\n  {w} get pods -o wide\n  {w} exec POD -- wget -qO- http://OTHER_POD_IP/\n  {w} get service web   # then wget its CLUSTER-IP from a pod\n  {w} lb show\n  {w} logs POD\n  kubectl --kubeconfig {} get pods\nLogs of the controller and agents: {}/*.log\nTear it down with:\n  {down}",
                 path.display(),
                 std::path::Path::new(STATE_ROOT).join(prefix).display()
             );

@@ -574,6 +574,7 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
 #[test]
 fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> {
     let mut c = up(3)?;
+    assert_no_firewall_rules(&c)?;
     c.apply(&app("web", 3, None))?;
     c.apply(&app("sticky", 3, Some(60)))?;
     c.apply(&node_port("web"))?;
@@ -672,6 +673,7 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
         seen.insert(a);
     }
     ensure!(seen == ips, "UDP NodePort: {seen:?}");
+    assert_no_firewall_rules(&c)?;
 
     // Established flows (packet path) to every backend.
     let client = &pods[0];
