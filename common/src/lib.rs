@@ -265,6 +265,9 @@ pub struct LbConfig {
     pub block_mask: u32,
     /// Padding.
     pub pad: u32,
+    /// Cookie of the node's network namespace (0: unknown): sockets there
+    /// have no pod veth behind them.
+    pub node_netns: u64,
 }
 
 #[cfg(feature = "user")]

@@ -209,7 +209,7 @@ fn tracked(fkey: &CtKey, syn: bool, now: u64) -> Option<CtEntry> {
 /// connect4 and sendmsg4: a socket addressing a frontend is given a backend
 /// instead. 1 lets the call go on; 0 with ECONNREFUSED refuses it.
 #[inline(always)]
-pub fn sock_forward(ctx: &SockAddrContext) -> i32 {
+pub fn sock_forward(ctx: &SockAddrContext, connect: bool) -> i32 {
     // SAFETY: the kernel's bpf_sock_addr of this invocation.
     let sa = unsafe { &mut *ctx.sock_addr };
     if sa.user_family != AF_INET {
@@ -224,6 +224,22 @@ pub fn sock_forward(ctx: &SockAddrContext) -> i32 {
     let Some(svc) = service(addr, port, proto) else {
         return 1;
     };
+    // SAFETY: helper call on this program's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // A pod's connected UDP socket is left to the packet path: connect()
+    // runs once, so a socket given a backend here would stay with it after
+    // the backend is gone, where the packet path picks again. (TCP has no
+    // such problem: a connection to a removed pod fails and its client
+    // reconnects.) The node's own sockets have no pod veth, so they are
+    // translated here.
+    if connect
+        && proto == PROTO_UDP
+        && CONFIG
+            .get(0)
+            .is_some_and(|c| c.node_netns != 0 && c.node_netns != netns)
+    {
+        return 1;
+    }
     // SAFETY: helper calls on this program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let fkey = SockKey {
@@ -245,8 +261,6 @@ pub fn sock_forward(ctx: &SockAddrContext) -> i32 {
     }
     let new = chosen.is_none();
     if new {
-        // SAFETY: as above.
-        let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
         chosen = select(&svc, netns, cookie_hash(cookie));
     }
     let Some((id, b)) = chosen else {

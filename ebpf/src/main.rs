@@ -117,13 +117,13 @@ pub fn weft_nodeport_out(ctx: TcContext) -> i32 {
 /// connect() of a TCP or UDP socket in the node's cgroup subtree.
 #[cgroup_sock_addr(connect4)]
 pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
-    lb::sock_forward(&ctx)
+    lb::sock_forward(&ctx, true)
 }
 
 /// sendmsg() of an unconnected UDP socket.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn weft_sendmsg4(ctx: SockAddrContext) -> i32 {
-    lb::sock_forward(&ctx)
+    lb::sock_forward(&ctx, false)
 }
 
 /// recvmsg() of a UDP socket: the reply's source becomes the VIP again.

@@ -396,6 +396,10 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
     assert_no_firewall_rules(&c)?;
     c.apply(&app("web", 3, None))?;
     c.apply(EMPTY)?;
+    // A client that is no backend, for the connected UDP socket below.
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: udpclient, namespace: default, labels: {app: udpclient}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: weft.local/busybox:1.36, command: [sleep, '3600']}\n",
+    )?;
     let pods = ready_pods(&c, "web", 3)?;
     let nodes: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
     ensure!(nodes.len() == 3, "one backend per node expected: {pods:?}");
@@ -474,7 +478,8 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
             client.name
         );
 
-        // Socket path, UDP: busybox nslookup asks the VIP from the pod.
+        // UDP from the pod's container: busybox nslookup asks the VIP (a
+        // connected socket of a pod, which the packet path carries).
         let (code, out) = in_pod(
             &c,
             &client.name,
@@ -488,7 +493,7 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
             .collect();
         ensure!(
             answers == ips,
-            "udp socket path from {}: {answers:?}\n{out}",
+            "udp from the container of {}: {answers:?}\n{out}",
             client.name
         );
     }
@@ -568,7 +573,139 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
         "connections counted: {connections}\n{shown}"
     );
     assert_no_firewall_rules(&c)?;
+
+    // A pod's connected UDP socket leaves a backend that is gone: its
+    // answers come from the others once the pod has been removed.
+    let client = ready_pods(&c, "udpclient", 1)?.remove(0);
+    let stream = connected_udp(&c, &client, SocketAddrV4::new(vip, 53), 60)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let first = stream.lines()?;
+    let victim_ip = first
+        .iter()
+        .find_map(|l| l.parse::<Ipv4Addr>().ok())
+        .context("no answer on the connected socket")?;
+    let victim = pods
+        .iter()
+        .find(|p| p.ip == victim_ip)
+        .with_context(|| format!("{victim_ip} is no backend"))?;
+    {
+        c.weft(&["delete", "pod", &victim.name, "--wait=false"])?;
+        // Its replacement needs a responder too, or the flow may be sent
+        // to a pod that does not answer.
+        for p in ready_pods(&c, "web", 3)? {
+            if !pods.iter().any(|o| o.name == p.name) {
+                dns_responder(&p)?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let lines = stream.lines()?;
+            let tail: Vec<&String> = lines.iter().rev().take(5).collect();
+            if tail.len() == 5
+                && tail
+                    .iter()
+                    .all(|l| l.parse::<Ipv4Addr>().is_ok_and(|a| a != victim_ip))
+            {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the connected UDP socket never left {victim_ip}: {:?}",
+                &lines[lines.len().saturating_sub(8)..]
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
     Ok(())
+}
+
+/// A UDP client with a connected socket, run by python3 inside `pod`'s
+/// namespace and in the node's cgroup (so the socket hooks see it): one DNS
+/// query every 100 ms for `secs` seconds, printing the answer's address or
+/// "timeout" per line.
+struct UdpStream {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    cgroup: std::path::PathBuf,
+}
+
+impl UdpStream {
+    fn lines(&self) -> Result<Vec<String>> {
+        Ok(self.out.lock().expect("lines").clone())
+    }
+}
+
+impl Drop for UdpStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+fn connected_udp(c: &Cluster, pod: &PodInfo, to: SocketAddrV4, secs: u32) -> Result<UdpStream> {
+    use std::io::BufRead as _;
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+    let node = c.lab.node(&pod.node);
+    let cgroup = weft_agent::sandbox::cgroup_v2_root()
+        .context("no cgroup v2")?
+        .join("weft")
+        .join(&node.netns)
+        .join(format!("lbtest-{}", std::process::id()));
+    std::fs::create_dir_all(&cgroup)?;
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))?;
+    let script = format!(
+        r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("{ip}", {port}))
+s.settimeout(0.5)
+q = bytes.fromhex("0007010000010000000000000377686f04746573740000010001")
+end = time.time() + {secs}
+while time.time() < end:
+    try:
+        s.send(q)
+        r = s.recv(512)
+        print(".".join(str(b) for b in r[-4:]), flush=True)
+    except Exception:
+        print("timeout", flush=True)
+    time.sleep(0.1)
+"#,
+        ip = to.ip(),
+        port = to.port()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &script])
+        .stdout(std::process::Stdio::piped());
+    weft_tests::cluster::in_netns(&mut cmd, &pod.netns, false)?;
+    let fd = procs.as_raw_fd();
+    // SAFETY: after fork only write(2) on a descriptor opened before it:
+    // "0" moves the writing process, the child, into the cgroup.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("python3")?;
+    drop(procs);
+    let stdout = child.stdout.take().context("stdout")?;
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().expect("lines").push(l);
+        }
+    });
+    Ok(UdpStream { child, out, cgroup })
 }
 
 #[test]

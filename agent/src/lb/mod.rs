@@ -399,7 +399,9 @@ impl Balancer {
             block_addr: u32::from_ne_bytes(block.network().octets()),
             block_mask: u32::from_ne_bytes(block.mask().octets()),
             pad: 0,
+            node_netns: netns_cookie(),
         };
+        tracing::debug!(node_netns = cfg.node_netns, "load-balancer node facts");
         self.maps
             .config
             .set(0, cfg, 0)
@@ -1012,6 +1014,30 @@ fn key_addr(k: &ServiceKey, dst: Ipv4Addr) -> u32 {
         u32::from_ne_bytes(dst.octets())
     } else {
         k.addr
+    }
+}
+
+/// The cookie of the calling thread's network namespace (0 if the kernel
+/// cannot tell, before 5.14): what `bpf_get_netns_cookie` gives programs.
+fn netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: a socket we close below; getsockopt writes a u64 we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return 0;
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        );
+        libc::close(fd);
+        if r == 0 { cookie } else { 0 }
     }
 }
 
