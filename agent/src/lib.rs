@@ -3,6 +3,7 @@
 #![warn(missing_docs, unreachable_pub, clippy::print_stdout)]
 
 pub mod bpf;
+pub mod dns;
 pub mod lb;
 pub mod netlink;
 pub mod node;

@@ -1,0 +1,670 @@
+//! The cluster zone's answers, per the Kubernetes DNS-based service
+//! discovery specification (schema 1.1.0), from an in-memory picture of
+//! Services, their endpoints and pods. Pure logic: the server and the watch
+//! that fills [`Zone`] live elsewhere.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use hickory_proto::rr::{
+    Name, RData, Record, RecordType,
+    rdata::{A, CNAME, PTR, SOA, SRV, TXT},
+};
+
+/// The schema version `dns-version.<zone>` answers.
+pub const SCHEMA_VERSION: &str = "1.1.0";
+
+/// A Service as DNS sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// ClusterIPs (empty for headless and ExternalName Services).
+    pub cluster_ips: Vec<Ipv4Addr>,
+    /// `clusterIP: None`.
+    pub headless: bool,
+    /// `type: ExternalName`: the name it stands for.
+    pub external_name: Option<String>,
+    /// Ports: (name, protocol in lowercase, port).
+    pub ports: Vec<(String, String, u16)>,
+    /// Endpoints (headless Services answer with them).
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// One endpoint of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// `hostname` of the endpoint (from the pod's spec.hostname).
+    pub hostname: Option<String>,
+    /// Ready (only ready endpoints are published).
+    pub ready: bool,
+    /// Port numbers by port name (headless SRV targets).
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// What a query gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// NOERROR with these records.
+    Records(Vec<Record>),
+    /// NOERROR, no answer: the name exists without this type (or is an
+    /// empty non-terminal). The zone's SOA goes in the authority section.
+    NoData,
+    /// The name does not exist. SOA in the authority section.
+    NxDomain,
+    /// Not synced with the API yet: say so, do not deny.
+    ServFail,
+    /// Not in the cluster zone: someone else's to answer.
+    NotOurs,
+}
+
+/// The cluster zone: `cluster.local` by default.
+#[derive(Clone, Debug)]
+pub struct Zone {
+    origin: Name,
+    ttl: u32,
+    synced: bool,
+    /// Services by (namespace, name), lowercase.
+    services: BTreeMap<(String, String), ServiceInfo>,
+    /// Pod IPs by namespace.
+    pods: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    serial: u32,
+}
+
+fn lower(s: &str) -> String {
+    s.to_ascii_lowercase()
+}
+
+impl Zone {
+    /// An empty zone `origin` (e.g. "cluster.local") answering with `ttl`.
+    ///
+    /// # Errors
+    /// When `origin` is not a domain name.
+    pub fn new(origin: &str, ttl: u32) -> Result<Self, hickory_proto::ProtoError> {
+        let mut origin = Name::from_ascii(origin)?.to_lowercase();
+        origin.set_fqdn(true);
+        Ok(Self {
+            origin,
+            ttl,
+            synced: false,
+            services: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            serial: 1,
+        })
+    }
+
+    /// Marks the zone as synced with the API (answers before are SERVFAIL).
+    pub fn set_synced(&mut self) {
+        self.synced = true;
+    }
+
+    /// Sets or removes (`None`) a Service.
+    pub fn set_service(&mut self, ns: &str, name: &str, svc: Option<ServiceInfo>) {
+        let key = (lower(ns), lower(name));
+        match svc {
+            Some(s) => {
+                self.services.insert(key, s);
+            }
+            None => {
+                self.services.remove(&key);
+            }
+        }
+        self.serial = self.serial.wrapping_add(1);
+    }
+
+    /// Replaces the pod IPs of a namespace.
+    pub fn set_pods(&mut self, ns: &str, ips: BTreeSet<Ipv4Addr>) {
+        if ips.is_empty() {
+            self.pods.remove(&lower(ns));
+        } else {
+            self.pods.insert(lower(ns), ips);
+        }
+        self.serial = self.serial.wrapping_add(1);
+    }
+
+    /// The zone's origin.
+    #[must_use]
+    pub fn origin(&self) -> &Name {
+        &self.origin
+    }
+
+    /// The SOA record of the zone (authority section of negative answers).
+    #[must_use]
+    pub fn soa(&self) -> Record {
+        let ns = Name::from_ascii("ns.dns")
+            .and_then(|n| n.append_domain(&self.origin))
+            .unwrap_or_else(|_| self.origin.clone());
+        let mbox = Name::from_ascii("hostmaster")
+            .and_then(|n| n.append_domain(&self.origin))
+            .unwrap_or_else(|_| self.origin.clone());
+        Record::from_rdata(
+            self.origin.clone(),
+            self.ttl,
+            RData::SOA(SOA::new(
+                ns,
+                mbox,
+                self.serial,
+                7200,
+                1800,
+                86_400,
+                self.ttl,
+            )),
+        )
+    }
+
+    fn name(&self, labels: &[&str]) -> Name {
+        let mut n =
+            Name::from_labels(labels.iter().map(|l| l.as_bytes())).unwrap_or_else(|_| Name::root());
+        n.set_fqdn(false);
+        n.append_domain(&self.origin)
+            .unwrap_or_else(|_| self.origin.clone())
+    }
+
+    fn rec(&self, name: &Name, rdata: RData) -> Record {
+        Record::from_rdata(name.clone(), self.ttl, rdata)
+    }
+
+    /// The answer to `qname`/`qtype`. Names are compared case-insensitively;
+    /// the records carry the name as asked.
+    #[must_use]
+    pub fn resolve(&self, qname: &Name, qtype: RecordType) -> Answer {
+        let lname = qname.to_lowercase();
+        if let Some(a) = self.reverse(&lname, qname, qtype) {
+            return a;
+        }
+        if !self.origin.zone_of(&lname) {
+            return Answer::NotOurs;
+        }
+        if !self.synced {
+            return Answer::ServFail;
+        }
+        let depth = usize::from(lname.num_labels() - self.origin.num_labels());
+        let labels: Vec<String> = lname
+            .iter()
+            .take(depth)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let found = |v: Vec<Record>| {
+            if v.is_empty() {
+                Answer::NoData
+            } else {
+                Answer::Records(v)
+            }
+        };
+        match l.as_slice() {
+            // The apex.
+            [] => match qtype {
+                RecordType::SOA => Answer::Records(vec![self.soa()]),
+                _ => Answer::NoData,
+            },
+            ["dns-version"] => match qtype {
+                RecordType::TXT => Answer::Records(vec![self.rec(
+                    qname,
+                    RData::TXT(TXT::new(vec![SCHEMA_VERSION.to_string()])),
+                )]),
+                _ => Answer::NoData,
+            },
+            // Empty non-terminals.
+            ["svc"] | ["pod"] => Answer::NoData,
+            [ns, "svc"] => {
+                if self.services.keys().any(|(n, _)| n == ns) {
+                    Answer::NoData
+                } else {
+                    Answer::NxDomain
+                }
+            }
+            [svc, ns, "svc"] => self.service(qname, ns, svc, qtype, found),
+            [host, svc, ns, "svc"] => {
+                let Some(s) = self.services.get(&(ns.to_string(), svc.to_string())) else {
+                    return Answer::NxDomain;
+                };
+                if host.starts_with('_') {
+                    // `_proto.svc.ns.svc`: an empty non-terminal of a named
+                    // port's SRV name.
+                    let proto = host.trim_start_matches('_');
+                    return if s.ports.iter().any(|(n, p, _)| !n.is_empty() && p == proto) {
+                        Answer::NoData
+                    } else {
+                        Answer::NxDomain
+                    };
+                }
+                let ips: Vec<Ipv4Addr> = s
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.ready && s.headless)
+                    .filter(|e| e.hostname.as_deref().map(lower).as_deref() == Some(host))
+                    .map(|e| e.ip)
+                    .collect();
+                if ips.is_empty() {
+                    return Answer::NxDomain;
+                }
+                found(if qtype == RecordType::A {
+                    ips.iter()
+                        .map(|ip| self.rec(qname, RData::A(A(*ip))))
+                        .collect()
+                } else {
+                    Vec::new()
+                })
+            }
+            [port, proto, svc, ns, "svc"] if port.starts_with('_') && proto.starts_with('_') => {
+                self.srv(qname, ns, svc, &port[1..], &proto[1..], qtype, found)
+            }
+            [ns, "pod"] => {
+                if self.pods.contains_key(*ns) {
+                    Answer::NoData
+                } else {
+                    Answer::NxDomain
+                }
+            }
+            [dashed, ns, "pod"] => {
+                let Some(ip) = dashed_ip(dashed) else {
+                    return Answer::NxDomain;
+                };
+                if !self.pods.get(*ns).is_some_and(|ips| ips.contains(&ip)) {
+                    return Answer::NxDomain;
+                }
+                found(if qtype == RecordType::A {
+                    vec![self.rec(qname, RData::A(A(ip)))]
+                } else {
+                    Vec::new()
+                })
+            }
+            _ => Answer::NxDomain,
+        }
+    }
+
+    fn service(
+        &self,
+        qname: &Name,
+        ns: &str,
+        svc: &str,
+        qtype: RecordType,
+        found: impl Fn(Vec<Record>) -> Answer,
+    ) -> Answer {
+        let Some(s) = self.services.get(&(ns.to_string(), svc.to_string())) else {
+            return Answer::NxDomain;
+        };
+        if let Some(ext) = &s.external_name {
+            let Ok(mut target) = Name::from_ascii(ext) else {
+                return Answer::NxDomain;
+            };
+            target.set_fqdn(true);
+            // A CNAME answers every type but itself asked for by name.
+            return Answer::Records(vec![self.rec(qname, RData::CNAME(CNAME(target)))]);
+        }
+        let ips: Vec<Ipv4Addr> = if s.headless {
+            s.endpoints
+                .iter()
+                .filter(|e| e.ready)
+                .map(|e| e.ip)
+                .collect()
+        } else {
+            s.cluster_ips.clone()
+        };
+        // A headless Service without a ready endpoint has no name.
+        if s.headless && ips.is_empty() {
+            return Answer::NxDomain;
+        }
+        found(if qtype == RecordType::A {
+            ips.iter()
+                .map(|ip| self.rec(qname, RData::A(A(*ip))))
+                .collect()
+        } else {
+            Vec::new()
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn srv(
+        &self,
+        qname: &Name,
+        ns: &str,
+        svc: &str,
+        port: &str,
+        proto: &str,
+        qtype: RecordType,
+        found: impl Fn(Vec<Record>) -> Answer,
+    ) -> Answer {
+        let Some(s) = self.services.get(&(ns.to_string(), svc.to_string())) else {
+            return Answer::NxDomain;
+        };
+        // Only named ports have SRV records.
+        let Some((_, _, number)) = s
+            .ports
+            .iter()
+            .find(|(n, p, _)| !n.is_empty() && n == port && p == proto)
+        else {
+            return Answer::NxDomain;
+        };
+        if qtype != RecordType::SRV {
+            return Answer::NoData;
+        }
+        if !s.headless {
+            let target = self.name(&[svc, ns, "svc"]);
+            return found(vec![
+                self.rec(qname, RData::SRV(SRV::new(0, 100, *number, target))),
+            ]);
+        }
+        let ready: Vec<&EndpointInfo> = s.endpoints.iter().filter(|e| e.ready).collect();
+        if ready.is_empty() {
+            return Answer::NxDomain;
+        }
+        let weight = u16::try_from(100 / ready.len()).unwrap_or(1).max(1);
+        found(
+            ready
+                .iter()
+                .map(|e| {
+                    let host = e.hostname.clone().unwrap_or_else(|| dashed(e.ip));
+                    let target = self.name(&[&host, svc, ns, "svc"]);
+                    let p = e.ports.get(port).copied().unwrap_or(*number);
+                    self.rec(qname, RData::SRV(SRV::new(0, weight, p, target)))
+                })
+                .collect(),
+        )
+    }
+
+    /// PTR answers under in-addr.arpa for Service and pod addresses.
+    fn reverse(&self, lname: &Name, qname: &Name, qtype: RecordType) -> Option<Answer> {
+        let arpa = Name::from_ascii("in-addr.arpa.").ok()?;
+        if !arpa.zone_of(lname) || lname.num_labels() != 6 {
+            return None;
+        }
+        let parts: Vec<String> = lname
+            .iter()
+            .take(4)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        let octets: Vec<u8> = parts.iter().rev().filter_map(|p| p.parse().ok()).collect();
+        let [a, b, c, d] = octets[..] else {
+            return None;
+        };
+        let ip = Ipv4Addr::new(a, b, c, d);
+        let mut targets = Vec::new();
+        for ((ns, name), s) in &self.services {
+            if s.cluster_ips.contains(&ip) {
+                targets.push(self.name(&[name, ns, "svc"]));
+            }
+            for e in s.endpoints.iter().filter(|e| e.ready && e.ip == ip) {
+                if let Some(h) = &e.hostname {
+                    targets.push(self.name(&[&lower(h), name, ns, "svc"]));
+                }
+            }
+        }
+        if targets.is_empty() {
+            for (ns, ips) in &self.pods {
+                if ips.contains(&ip) {
+                    targets.push(self.name(&[&dashed(ip), ns, "pod"]));
+                }
+            }
+        }
+        if targets.is_empty() {
+            // Not a cluster address: the upstream may know it.
+            return None;
+        }
+        if !self.synced {
+            return Some(Answer::ServFail);
+        }
+        Some(if qtype == RecordType::PTR {
+            Answer::Records(
+                targets
+                    .into_iter()
+                    .map(|t| self.rec(qname, RData::PTR(PTR(t))))
+                    .collect(),
+            )
+        } else {
+            Answer::NoData
+        })
+    }
+}
+
+/// `10.244.1.7` as `10-244-1-7`.
+#[must_use]
+pub fn dashed(ip: Ipv4Addr) -> String {
+    ip.octets()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn dashed_ip(s: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<u8> = s
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [a, b, c, d] = parts[..] else {
+        return None;
+    };
+    Some(Ipv4Addr::new(a, b, c, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zone() -> Zone {
+        let mut z = Zone::new("cluster.local", 5).expect("zone");
+        z.set_service(
+            "default",
+            "web",
+            Some(ServiceInfo {
+                cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+                ports: vec![
+                    ("http".into(), "tcp".into(), 80),
+                    (String::new(), "udp".into(), 53),
+                ],
+                ..ServiceInfo::default()
+            }),
+        );
+        z.set_service(
+            "default",
+            "db",
+            Some(ServiceInfo {
+                headless: true,
+                ports: vec![("pg".into(), "tcp".into(), 5432)],
+                endpoints: vec![
+                    EndpointInfo {
+                        ip: Ipv4Addr::new(10, 244, 1, 5),
+                        hostname: Some("db-0".into()),
+                        ready: true,
+                        ports: BTreeMap::from([("pg".into(), 5432)]),
+                    },
+                    EndpointInfo {
+                        ip: Ipv4Addr::new(10, 244, 2, 6),
+                        hostname: None,
+                        ready: true,
+                        ports: BTreeMap::new(),
+                    },
+                    EndpointInfo {
+                        ip: Ipv4Addr::new(10, 244, 3, 7),
+                        hostname: Some("db-2".into()),
+                        ready: false,
+                        ports: BTreeMap::new(),
+                    },
+                ],
+                ..ServiceInfo::default()
+            }),
+        );
+        z.set_service(
+            "default",
+            "empty",
+            Some(ServiceInfo {
+                headless: true,
+                ..ServiceInfo::default()
+            }),
+        );
+        z.set_service(
+            "ext",
+            "search",
+            Some(ServiceInfo {
+                external_name: Some("example.org".into()),
+                ..ServiceInfo::default()
+            }),
+        );
+        z.set_pods("default", BTreeSet::from([Ipv4Addr::new(10, 244, 1, 5)]));
+        z.set_synced();
+        z
+    }
+
+    fn q(z: &Zone, name: &str, t: RecordType) -> Answer {
+        z.resolve(&Name::from_ascii(name).expect("name"), t)
+    }
+
+    fn addrs(a: &Answer) -> Vec<String> {
+        match a {
+            Answer::Records(rs) => {
+                let mut v: Vec<String> = rs.iter().map(|r| r.data.to_string()).collect();
+                v.sort();
+                v
+            }
+            other => vec![format!("{other:?}")],
+        }
+    }
+
+    #[test]
+    fn cluster_ip_services_and_case() {
+        let z = zone();
+        assert_eq!(
+            addrs(&q(&z, "web.default.svc.cluster.local.", RecordType::A)),
+            ["10.96.0.10"]
+        );
+        assert_eq!(
+            addrs(&q(&z, "WEB.Default.SVC.cluster.LOCAL.", RecordType::A)),
+            ["10.96.0.10"]
+        );
+        assert_eq!(
+            q(&z, "web.default.svc.cluster.local.", RecordType::AAAA),
+            Answer::NoData
+        );
+        assert_eq!(
+            q(&z, "nope.default.svc.cluster.local.", RecordType::A),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            q(&z, "web.other.svc.cluster.local.", RecordType::A),
+            Answer::NxDomain
+        );
+    }
+
+    #[test]
+    fn headless_services_answer_ready_endpoints() {
+        let z = zone();
+        assert_eq!(
+            addrs(&q(&z, "db.default.svc.cluster.local.", RecordType::A)),
+            ["10.244.1.5", "10.244.2.6"]
+        );
+        assert_eq!(
+            addrs(&q(&z, "db-0.db.default.svc.cluster.local.", RecordType::A)),
+            ["10.244.1.5"]
+        );
+        // Not ready: not published.
+        assert_eq!(
+            q(&z, "db-2.db.default.svc.cluster.local.", RecordType::A),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            q(&z, "empty.default.svc.cluster.local.", RecordType::A),
+            Answer::NxDomain
+        );
+    }
+
+    #[test]
+    fn srv_only_for_named_ports() {
+        let z = zone();
+        let a = q(
+            &z,
+            "_http._tcp.web.default.svc.cluster.local.",
+            RecordType::SRV,
+        );
+        assert_eq!(addrs(&a), ["0 100 80 web.default.svc.cluster.local."]);
+        assert_eq!(
+            q(
+                &z,
+                "_dns._udp.web.default.svc.cluster.local.",
+                RecordType::SRV
+            ),
+            Answer::NxDomain,
+            "unnamed ports have no SRV"
+        );
+        let a = q(
+            &z,
+            "_pg._tcp.db.default.svc.cluster.local.",
+            RecordType::SRV,
+        );
+        assert_eq!(
+            addrs(&a),
+            [
+                "0 50 5432 10-244-2-6.db.default.svc.cluster.local.",
+                "0 50 5432 db-0.db.default.svc.cluster.local."
+            ]
+        );
+        assert_eq!(
+            q(&z, "_tcp.web.default.svc.cluster.local.", RecordType::A),
+            Answer::NoData
+        );
+    }
+
+    #[test]
+    fn pods_ptr_external_names_version_and_empty_non_terminals() {
+        let z = zone();
+        assert_eq!(
+            addrs(&q(
+                &z,
+                "10-244-1-5.default.pod.cluster.local.",
+                RecordType::A
+            )),
+            ["10.244.1.5"]
+        );
+        assert_eq!(
+            q(&z, "10-244-9-9.default.pod.cluster.local.", RecordType::A),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            addrs(&q(&z, "10.0.96.10.in-addr.arpa.", RecordType::PTR)),
+            ["web.default.svc.cluster.local."]
+        );
+        assert_eq!(
+            addrs(&q(&z, "5.1.244.10.in-addr.arpa.", RecordType::PTR)),
+            ["db-0.db.default.svc.cluster.local."]
+        );
+        assert_eq!(
+            q(&z, "1.1.1.1.in-addr.arpa.", RecordType::PTR),
+            Answer::NotOurs
+        );
+        assert_eq!(
+            addrs(&q(&z, "search.ext.svc.cluster.local.", RecordType::A)),
+            ["example.org."]
+        );
+        assert_eq!(
+            addrs(&q(&z, "dns-version.cluster.local.", RecordType::TXT)),
+            ["1.1.0"]
+        );
+        assert_eq!(q(&z, "svc.cluster.local.", RecordType::A), Answer::NoData);
+        assert_eq!(
+            q(&z, "default.svc.cluster.local.", RecordType::A),
+            Answer::NoData
+        );
+        assert_eq!(
+            q(&z, "nons.svc.cluster.local.", RecordType::A),
+            Answer::NxDomain
+        );
+        assert_eq!(q(&z, "example.org.", RecordType::A), Answer::NotOurs);
+        assert!(matches!(
+            q(&z, "cluster.local.", RecordType::SOA),
+            Answer::Records(_)
+        ));
+    }
+
+    #[test]
+    fn servfail_until_synced() {
+        let z = Zone::new("cluster.local", 5).expect("zone");
+        assert_eq!(
+            q(&z, "web.default.svc.cluster.local.", RecordType::A),
+            Answer::ServFail
+        );
+        assert_eq!(q(&z, "example.org.", RecordType::A), Answer::NotOurs);
+    }
+}
