@@ -4,3 +4,4 @@
 //! it come next.
 
 pub mod records;
+pub mod server;
