@@ -498,6 +498,22 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
         );
     }
 
+    // By name: the node's DNS (the pods' resolv.conf names it) answers the
+    // Service's name with its VIP, and the name reaches a backend.
+    let (code, out) = in_pod(
+        &c,
+        &pods[0].name,
+        "nslookup web.default.svc.cluster.local; wget -qO- http://web/",
+    )?;
+    ensure!(
+        code == 0 && out.contains(&format!("Address: {vip}")),
+        "nslookup from a pod: {out}"
+    );
+    ensure!(
+        out.lines().any(|l| names.contains(l.trim())),
+        "wget http://web/ from a pod: {out}"
+    );
+
     // No ready endpoint: refused at once, on both paths, never a timeout.
     let empty = cluster_ip(&c, "empty")?;
     let client = &pods[0];

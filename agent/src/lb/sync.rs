@@ -2,7 +2,7 @@
 //! EndpointSlices, and re-installs only the Services an event touched.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     sync::{Arc, Mutex},
 };
@@ -146,6 +146,76 @@ fn backends(slices: &[&EndpointSlice], name: &str, proto: u8) -> Vec<BackendSpec
     out
 }
 
+/// What the DNS zone needs of a Service and its slices.
+fn dns_info(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    slices: &[&EndpointSlice],
+) -> crate::dns::records::ServiceInfo {
+    use crate::dns::records::{EndpointInfo, ServiceInfo};
+    let external = spec.type_.as_deref() == Some("ExternalName");
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    let cluster_ips = spec
+        .cluster_ips
+        .clone()
+        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect())
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p.name.clone().unwrap_or_default(),
+                p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                u16::try_from(p.port).ok()?,
+            ))
+        })
+        .collect();
+    let mut endpoints = Vec::new();
+    for s in slices.iter().filter(|s| s.address_type == "IPv4") {
+        let slice_ports: BTreeMap<String, u16> = s
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    u16::try_from(p.port?).ok()?,
+                ))
+            })
+            .collect();
+        for e in &s.endpoints {
+            let Some(ip) = e.addresses.first().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            let c = e.conditions.as_ref();
+            endpoints.push(EndpointInfo {
+                ip,
+                hostname: e.hostname.clone(),
+                ready: c.and_then(|c| c.ready).unwrap_or(true),
+                ports: slice_ports.clone(),
+            });
+        }
+    }
+    ServiceInfo {
+        cluster_ips: if external || headless {
+            Vec::new()
+        } else {
+            cluster_ips
+        },
+        headless,
+        external_name: if external {
+            spec.external_name.clone()
+        } else {
+            None
+        },
+        ports,
+        endpoints,
+    }
+}
+
 fn key_of(ns: Option<&str>, name: Option<&str>) -> String {
     format!("{}/{}", ns.unwrap_or("default"), name.unwrap_or_default())
 }
@@ -253,6 +323,18 @@ impl Cache {
         }
     }
 
+    /// The Service `key` as the DNS zone sees it (`None`: gone).
+    fn dns_info(&self, key: &str) -> Option<crate::dns::records::ServiceInfo> {
+        let svc = self.services.get(key)?;
+        let spec = svc.spec.as_ref()?;
+        let slices: Vec<&EndpointSlice> = self
+            .slices
+            .get(key)
+            .map(|m| m.values().collect())
+            .unwrap_or_default();
+        Some(dns_info(spec, &slices))
+    }
+
     fn frontends(&self, key: &str) -> Vec<FrontendSpec> {
         let Some(svc) = self.services.get(key) else {
             return Vec::new();
@@ -272,6 +354,7 @@ pub async fn run(
     client: kube::Client,
     balancer: Arc<Mutex<Balancer>>,
     problems: tokio::sync::watch::Sender<std::collections::BTreeMap<String, String>>,
+    zone: Option<Arc<std::sync::RwLock<crate::dns::records::Zone>>>,
 ) {
     let services = watcher::watcher(
         kube::Api::<Service>::all(client.clone()),
@@ -309,9 +392,19 @@ pub async fn run(
         let started = std::time::Instant::now();
         let n = dirty.len();
         let mut b = balancer.lock().expect("balancer lock");
-        for key in std::mem::take(&mut dirty) {
-            let f = cache.frontends(&key);
-            b.set_service(&key, f);
+        let keys = std::mem::take(&mut dirty);
+        for key in &keys {
+            let f = cache.frontends(key);
+            b.set_service(key, f);
+        }
+        // The cluster DNS zone follows the same cache.
+        if let Some(zone) = &zone {
+            let mut z = zone.write().expect("zone lock");
+            for key in &keys {
+                let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+                z.set_service(ns, name, cache.dns_info(key));
+            }
+            z.set_synced();
         }
         if !adopted_dropped {
             b.drop_unclaimed();

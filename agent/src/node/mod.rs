@@ -298,10 +298,28 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let routes = tokio::spawn(routes::run(node.clone()));
     let pods = tokio::spawn(pods::run(node.clone()));
     let (problems_tx, problems_rx) = tokio::sync::watch::channel(Default::default());
+    // Cluster DNS on the pods' gateway (their resolv.conf names it), filled
+    // from the same watch as the load-balancer.
+    let zone = Arc::new(std::sync::RwLock::new(
+        crate::dns::records::Zone::new("cluster.local", 5).context("the cluster zone")?,
+    ));
+    match bind_dns(gateway.ip()) {
+        Ok((udp, tcp)) => {
+            let z = zone.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::dns::server::serve(z, udp, tcp).await {
+                    tracing::error!(error = %e, "the DNS server stopped");
+                }
+            });
+            tracing::info!(addr = %gateway.ip(), "serving cluster DNS");
+        }
+        Err(e) => tracing::warn!(error = %e, "cluster DNS not served"),
+    }
     let services = tokio::spawn(crate::lb::sync::run(
         node.api.client.clone(),
         lb,
         problems_tx,
+        Some(zone),
     ));
     let lb_status = tokio::spawn(register::report_lb(node.clone(), problems_rx));
     tracing::info!(node = %node.cfg.node_name, "agent running");
@@ -313,6 +331,20 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         r = services => r.context("load-balancer task"),
         r = lb_status => r.context("load-balancer status task")?,
     }
+}
+
+/// The UDP socket and TCP listener of the node's DNS server, port 53 on
+/// `addr`.
+fn bind_dns(addr: Ipv4Addr) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let sa = std::net::SocketAddrV4::new(addr, 53);
+    let udp = std::net::UdpSocket::bind(sa).with_context(|| format!("bind UDP {sa}"))?;
+    udp.set_nonblocking(true)?;
+    let tcp = std::net::TcpListener::bind(sa).with_context(|| format!("bind TCP {sa}"))?;
+    tcp.set_nonblocking(true)?;
+    Ok((
+        tokio::net::UdpSocket::from_std(udp)?,
+        tokio::net::TcpListener::from_std(tcp)?,
+    ))
 }
 
 /// Moves this process into cgroup `rel` of every hierarchy (made if need be).
