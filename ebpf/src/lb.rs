@@ -173,6 +173,21 @@ fn select(svc: &ServiceEntry, client: u64, hash: u32) -> Option<(u32, Backend)> 
     Some((id, b))
 }
 
+/// A reply whose both ends were translated (hairpin, NodePort SNAT): from
+/// the frontend, to the client.
+#[inline(always)]
+fn turn_back(ctx: &TcContext, f: &Flow, r: &CtEntry) -> Result<(), ()> {
+    pkt::rewrite(ctx, f, true, r.front_addr, r.front_port)?;
+    let f2 = Flow {
+        saddr: r.front_addr,
+        sport: r.front_port,
+        ..*f
+    };
+    pkt::rewrite(ctx, &f2, false, r.client_addr, r.client_port)?;
+    bump_packet(r.service, ctx.len());
+    Ok(())
+}
+
 /// The connection-tracking key of a packet's own direction.
 #[inline(always)]
 fn ct_key(f: &Flow, dir: u8) -> CtKey {
@@ -348,14 +363,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
     if let Some(r) = unsafe { CT.get(&rkey) }.copied() {
         if r.flags & CT_HAIRPIN != 0 {
             // The backend answering itself: from the frontend, to the client.
-            pkt::rewrite(ctx, &f, true, r.front_addr, r.front_port)?;
-            let f2 = Flow {
-                saddr: r.front_addr,
-                sport: r.front_port,
-                ..f
-            };
-            pkt::rewrite(ctx, &f2, false, r.client_addr, r.client_port)?;
-            bump_packet(r.service, ctx.len());
+            turn_back(ctx, &f, &r)?;
             return Ok(TC_ACT_OK as i32);
         }
     }
@@ -480,14 +488,7 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
             r.flags |= CT_CLOSING;
         }
         let r = *r;
-        pkt::rewrite(ctx, &f, true, r.front_addr, r.front_port)?;
-        let f2 = Flow {
-            saddr: r.front_addr,
-            sport: r.front_port,
-            ..f
-        };
-        pkt::rewrite(ctx, &f2, false, r.client_addr, r.client_port)?;
-        bump_packet(r.service, ctx.len());
+        turn_back(ctx, &f, &r)?;
         return pkt::forward(ctx, r.front_addr, r.client_addr, f.proto).or(Ok(TC_ACT_SHOT as i32));
     }
     let cfg = *CONFIG.get(0).ok_or(())?;

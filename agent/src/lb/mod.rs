@@ -254,9 +254,8 @@ pub struct Balancer {
     /// Earlier changes' quarantines, with when they closed.
     aging: Vec<(std::time::Instant, Quarantine)>,
     /// Frontends left out for want of room, by key, with the reason.
-    problems: BTreeMap<String, String>,
-    /// The subset of `problems` due to a full map.
-    full: BTreeMap<String, String>,
+    /// (left out because a map is full, the reason).
+    problems: BTreeMap<String, (bool, String)>,
     /// Source ports for NodePort flows sent on to other nodes.
     snat_ports: std::ops::RangeInclusive<u16>,
 }
@@ -302,7 +301,6 @@ impl Balancer {
             quarantine: Quarantine::default(),
             aging: Vec::new(),
             problems: BTreeMap::new(),
-            full: BTreeMap::new(),
             snat_ports: DEFAULT_SNAT_PORTS,
         };
         b.adopt()?;
@@ -446,7 +444,6 @@ impl Balancer {
         }
         let prefix = format!("{service} ");
         self.problems.retain(|label, _| !label.starts_with(&prefix));
-        self.full.retain(|label, _| !label.starts_with(&prefix));
         let mut installed = Vec::new();
         for spec in frontends {
             let key = spec.key();
@@ -455,10 +452,8 @@ impl Balancer {
                 Ok(()) => installed.push(key),
                 Err(e) => {
                     tracing::warn!(frontend = %label, error = %e, "frontend not installed");
-                    if matches!(e, LbError::Full { .. }) {
-                        self.full.insert(label.clone(), e.to_string());
-                    }
-                    self.problems.insert(label, e.to_string());
+                    let full = matches!(e, LbError::Full { .. });
+                    self.problems.insert(label, (full, e.to_string()));
                     // What was installed before keeps serving.
                     if self.frontends.contains_key(&key) {
                         installed.push(key);
@@ -743,14 +738,21 @@ impl Balancer {
 
     /// Frontends that could not be installed, with the reason.
     #[must_use]
-    pub fn problems(&self) -> &BTreeMap<String, String> {
-        &self.problems
+    pub fn problems(&self) -> BTreeMap<String, String> {
+        self.problems
+            .iter()
+            .map(|(k, (_, why))| (k.clone(), why.clone()))
+            .collect()
     }
 
     /// Frontends left out because a map is full (the Node condition).
     #[must_use]
-    pub fn full(&self) -> &BTreeMap<String, String> {
-        &self.full
+    pub fn full(&self) -> BTreeMap<String, String> {
+        self.problems
+            .iter()
+            .filter(|(_, (full, _))| *full)
+            .map(|(k, (_, why))| (k.clone(), why.clone()))
+            .collect()
     }
 
     /// What the maps hold, for `weft lb show`.
@@ -843,7 +845,7 @@ impl Balancer {
                     capacity: self.caps.affinity,
                 },
             ],
-            problems: self.problems.clone(),
+            problems: self.problems(),
         }
     }
 

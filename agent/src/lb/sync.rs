@@ -33,12 +33,8 @@ pub fn frontends(svc: &Service, slices: &[&EndpointSlice]) -> Vec<FrontendSpec> 
     if spec.type_.as_deref() == Some("ExternalName") {
         return Vec::new();
     }
-    let mut addrs: Vec<Ipv4Addr> = Vec::new();
-    let cluster_ips = spec
-        .cluster_ips
-        .clone()
-        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect());
-    for a in cluster_ips.iter().chain(spec.external_ips.iter().flatten()) {
+    let mut addrs = cluster_ips(spec);
+    for a in spec.external_ips.iter().flatten() {
         if let Ok(ip) = a.parse::<Ipv4Addr>()
             && !addrs.contains(&ip)
         {
@@ -146,6 +142,22 @@ fn backends(slices: &[&EndpointSlice], name: &str, proto: u8) -> Vec<BackendSpec
     out
 }
 
+/// A Service's IPv4 ClusterIPs (none for headless ones: "None" is no
+/// address).
+fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = Vec::new();
+    let all = spec
+        .cluster_ips
+        .clone()
+        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect());
+    for ip in all.iter().filter_map(|a| a.parse().ok()) {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
 /// What the DNS zone needs of a Service and its slices.
 fn dns_info(
     spec: &k8s_openapi::api::core::v1::ServiceSpec,
@@ -154,13 +166,7 @@ fn dns_info(
     use crate::dns::records::{EndpointInfo, ServiceInfo};
     let external = spec.type_.as_deref() == Some("ExternalName");
     let headless = spec.cluster_ip.as_deref() == Some("None");
-    let cluster_ips = spec
-        .cluster_ips
-        .clone()
-        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect())
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let cluster_ips = cluster_ips(spec);
     let ports = spec
         .ports
         .iter()
@@ -410,7 +416,7 @@ pub async fn run(
             b.drop_unclaimed();
             adopted_dropped = true;
         }
-        let now = b.full().clone();
+        let now = b.full();
         drop(b);
         problems.send_if_modified(|p| {
             let changed = *p != now;

@@ -178,7 +178,7 @@ fn lb_condition(problems: &BTreeMap<String, String>, now: &str) -> Value {
 }
 
 fn lb_problems(node: &Node) -> BTreeMap<String, String> {
-    node.lb.lock().expect("balancer lock").full().clone()
+    node.lb.lock().expect("balancer lock").full()
 }
 
 /// Keeps the Node's [`LB_CONDITION`] in step with what the load-balancer
