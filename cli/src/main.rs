@@ -218,6 +218,25 @@ struct AgentArgs {
     /// per UDP socket).
     #[arg(long, default_value_t = weft_common::LB_SOCK_MAX, value_parser = clap::value_parser!(u32).range(2..))]
     lb_sock: u32,
+    /// Upstream resolver for names outside the cluster zone (IP or
+    /// IP:PORT; repeat for more). Default: the nameservers of
+    /// --dns-resolv-conf.
+    #[arg(long = "dns-upstream", value_parser = weft_agent::dns::forward::parse_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
+    /// The resolv.conf whose nameservers are the upstream resolvers (when
+    /// no --dns-upstream is given).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    dns_resolv_conf: PathBuf,
+    /// TTL of the cluster zone's answers, in seconds.
+    #[arg(long, default_value_t = 5)]
+    dns_ttl: u32,
+    /// Answered upstream names kept in the DNS cache.
+    #[arg(long, default_value_t = weft_agent::dns::forward::DEFAULT_CACHE_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
+    dns_cache_size: u64,
+    /// Resolve a local pod's search-path misses (`NAME.<ns>.svc.cluster.local`)
+    /// on its behalf and answer with the final result (autopath).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    dns_search_shortcut: bool,
     /// A name unique on this machine for the node's cgroups and pod
     /// namespaces (default: the node name; labs set it).
     #[arg(long, hide = true)]
@@ -520,6 +539,16 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     };
     cfg.snat_ports = args.nodeport_snat_ports;
     cfg.lb_cgroup = args.lb_cgroup;
+    cfg.dns = weft_agent::node::DnsConfig {
+        upstreams: if args.dns_upstreams.is_empty() {
+            weft_agent::dns::forward::Upstreams::ResolvConf(args.dns_resolv_conf)
+        } else {
+            weft_agent::dns::forward::Upstreams::Servers(args.dns_upstreams)
+        },
+        ttl: args.dns_ttl,
+        cache_size: args.dns_cache_size,
+        search_shortcut: args.dns_search_shortcut,
+    };
     weft_agent::node::run(cfg).await?;
     Ok(0)
 }

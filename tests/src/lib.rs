@@ -13,3 +13,4 @@ pub mod island;
 pub mod lab;
 pub mod probe;
 pub mod stats;
+pub mod upstream;

@@ -4,7 +4,7 @@
 //! that fills [`Zone`] live elsewhere.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
 };
 
@@ -65,12 +65,52 @@ pub enum Answer {
 pub struct Zone {
     origin: Name,
     ttl: u32,
+    /// Services and EndpointSlices are listed.
     synced: bool,
+    /// Pods are listed.
+    pods_synced: bool,
     /// Services by (namespace, name), lowercase.
     services: BTreeMap<(String, String), ServiceInfo>,
-    /// Pod IPs by namespace.
-    pods: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// Services per namespace (`<ns>.svc` exists while it has one).
+    service_namespaces: HashMap<String, u32>,
+    /// Reverse index for PTR: the Service names (and endpoint hostnames)
+    /// an address stands for, as (namespace, service, hostname).
+    service_addrs: HashMap<Ipv4Addr, BTreeSet<(String, String, Option<String>)>>,
+    /// Pods by `namespace/name`.
+    pods: HashMap<String, PodInfo>,
+    /// Namespaces of pod addresses, with how many pods hold each (a
+    /// restarted pod may briefly share its address with the old one).
+    pod_addrs: HashMap<Ipv4Addr, HashMap<String, u32>>,
+    /// Namespaces of this node's pods by address.
+    local_addrs: HashMap<Ipv4Addr, String>,
+    /// Pods per namespace (`<ns>.pod` exists while it has one).
+    pod_namespaces: HashMap<String, u32>,
     serial: u32,
+}
+
+/// A pod as DNS sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// It runs on this node: its queries may take the search-path
+    /// shortcut, which needs the namespace of the asking address.
+    pub local: bool,
+}
+
+fn count_up(m: &mut HashMap<String, u32>, k: &str) {
+    *m.entry(k.to_string()).or_default() += 1;
+}
+
+fn count_down(m: &mut HashMap<String, u32>, k: &str) {
+    if let Some(n) = m.get_mut(k) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(k);
+        }
+    }
 }
 
 fn lower(s: &str) -> String {
@@ -89,39 +129,163 @@ impl Zone {
             origin,
             ttl,
             synced: false,
+            pods_synced: false,
             services: BTreeMap::new(),
-            pods: BTreeMap::new(),
+            service_namespaces: HashMap::new(),
+            service_addrs: HashMap::new(),
+            pods: HashMap::new(),
+            pod_addrs: HashMap::new(),
+            pod_namespaces: HashMap::new(),
+            local_addrs: HashMap::new(),
             serial: 1,
         })
     }
 
-    /// Marks the zone as synced with the API (answers before are SERVFAIL).
+    /// Marks the Services as synced with the API. Until they and the pods
+    /// are, cluster names answer SERVFAIL.
     pub fn set_synced(&mut self) {
         self.synced = true;
+    }
+
+    /// Marks the pods as synced with the API.
+    pub fn set_pods_synced(&mut self) {
+        self.pods_synced = true;
+    }
+
+    fn is_synced(&self) -> bool {
+        self.synced && self.pods_synced
     }
 
     /// Sets or removes (`None`) a Service.
     pub fn set_service(&mut self, ns: &str, name: &str, svc: Option<ServiceInfo>) {
         let key = (lower(ns), lower(name));
-        match svc {
+        let old = match svc {
             Some(s) => {
-                self.services.insert(key, s);
+                self.index_service(&key, &s, true);
+                self.services.insert(key.clone(), s)
             }
-            None => {
-                self.services.remove(&key);
+            None => self.services.remove(&key),
+        };
+        if let Some(old) = old {
+            self.index_service(&key, &old, false);
+        }
+        self.serial = self.serial.wrapping_add(1);
+    }
+
+    /// Adds (`add`) or removes a Service's entries in the indexes.
+    fn index_service(&mut self, key: &(String, String), s: &ServiceInfo, add: bool) {
+        let (ns, name) = key;
+        if add {
+            count_up(&mut self.service_namespaces, ns);
+        } else {
+            count_down(&mut self.service_namespaces, ns);
+        }
+        let named = s.cluster_ips.iter().map(|ip| (*ip, None)).chain(
+            s.endpoints
+                .iter()
+                .filter(|e| e.ready)
+                .filter_map(|e| e.hostname.as_ref().map(|h| (e.ip, Some(lower(h))))),
+        );
+        for (ip, host) in named {
+            let entry = (ns.clone(), name.clone(), host);
+            if add {
+                self.service_addrs.entry(ip).or_default().insert(entry);
+            } else if let Some(set) = self.service_addrs.get_mut(&ip) {
+                set.remove(&entry);
+                if set.is_empty() {
+                    self.service_addrs.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Sets or removes (`None`) the pod `key` (`namespace/name`).
+    pub fn set_pod(&mut self, key: &str, pod: Option<PodInfo>) {
+        let pod = pod.map(|mut p| {
+            p.namespace = lower(&p.namespace);
+            p
+        });
+        if self.pods.get(key) == pod.as_ref() {
+            return;
+        }
+        let old = match pod {
+            Some(p) => {
+                count_up(&mut self.pod_namespaces, &p.namespace);
+                count_up(self.pod_addrs.entry(p.ip).or_default(), &p.namespace);
+                if p.local {
+                    self.local_addrs.insert(p.ip, p.namespace.clone());
+                }
+                self.pods.insert(key.to_string(), p)
+            }
+            None => self.pods.remove(key),
+        };
+        if let Some(old) = old {
+            count_down(&mut self.pod_namespaces, &old.namespace);
+            if let Some(m) = self.pod_addrs.get_mut(&old.ip) {
+                count_down(m, &old.namespace);
+                if m.is_empty() {
+                    self.pod_addrs.remove(&old.ip);
+                }
+            }
+            // Unless a newer local pod took the address meanwhile.
+            let still = self
+                .pods
+                .get(key)
+                .is_some_and(|p| p.local && p.ip == old.ip);
+            if old.local && !still && self.local_addrs.get(&old.ip) == Some(&old.namespace) {
+                self.local_addrs.remove(&old.ip);
             }
         }
         self.serial = self.serial.wrapping_add(1);
     }
 
-    /// Replaces the pod IPs of a namespace.
-    pub fn set_pods(&mut self, ns: &str, ips: BTreeSet<Ipv4Addr>) {
-        if ips.is_empty() {
-            self.pods.remove(&lower(ns));
-        } else {
-            self.pods.insert(lower(ns), ips);
+    /// Keys of the pods the zone holds.
+    pub fn pod_keys(&self) -> impl Iterator<Item = &String> {
+        self.pods.keys()
+    }
+
+    /// The namespace of the local pod at `ip`, if one is there.
+    #[must_use]
+    pub fn local_pod_namespace(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.local_addrs.get(&ip).map(String::as_str)
+    }
+
+    /// The search-path shortcut: when this node's pod at `src` asks for
+    /// `qname` under its first search domain (`<ns>.svc.<zone>`), the names
+    /// its resolver would try next, in order: `<base>.svc.<zone>`,
+    /// `<base>.<zone>`, then `<base>.` itself. `None` when the query does
+    /// not come from a local pod or is not under its namespace.
+    #[must_use]
+    pub fn search_path(&self, src: Ipv4Addr, qname: &Name) -> Option<Vec<Name>> {
+        let ns = self.local_pod_namespace(src)?;
+        let first = self.name(&[ns, "svc"]);
+        let lname = qname.to_lowercase();
+        if !first.zone_of(&lname) || lname.num_labels() <= first.num_labels() {
+            return None;
         }
-        self.serial = self.serial.wrapping_add(1);
+        let keep = usize::from(lname.num_labels() - first.num_labels());
+        let mut base = Name::from_labels(lname.iter().take(keep)).ok()?;
+        base.set_fqdn(false);
+        let svc = self.name(&["svc"]);
+        let mut bare = base.clone();
+        bare.set_fqdn(true);
+        Some(vec![
+            base.clone().append_domain(&svc).ok()?,
+            base.append_domain(&self.origin).ok()?,
+            bare,
+        ])
+    }
+
+    /// How many Services and pods the zone holds.
+    #[must_use]
+    pub fn size(&self) -> (usize, usize) {
+        (self.services.len(), self.pods.len())
+    }
+
+    /// The TTL of its answers.
+    #[must_use]
+    pub fn ttl(&self) -> u32 {
+        self.ttl
     }
 
     /// The zone's origin.
@@ -177,7 +341,7 @@ impl Zone {
         if !self.origin.zone_of(&lname) {
             return Answer::NotOurs;
         }
-        if !self.synced {
+        if !self.is_synced() {
             return Answer::ServFail;
         }
         let depth = usize::from(lname.num_labels() - self.origin.num_labels());
@@ -210,7 +374,7 @@ impl Zone {
             // Empty non-terminals.
             ["svc"] | ["pod"] => Answer::NoData,
             [ns, "svc"] => {
-                if self.services.keys().any(|(n, _)| n == ns) {
+                if self.service_namespaces.contains_key(*ns) {
                     Answer::NoData
                 } else {
                     Answer::NxDomain
@@ -253,7 +417,7 @@ impl Zone {
                 self.srv(qname, ns, svc, &port[1..], &proto[1..], qtype, found)
             }
             [ns, "pod"] => {
-                if self.pods.contains_key(*ns) {
+                if self.pod_namespaces.contains_key(*ns) {
                     Answer::NoData
                 } else {
                     Answer::NxDomain
@@ -263,7 +427,7 @@ impl Zone {
                 let Some(ip) = dashed_ip(dashed) else {
                     return Answer::NxDomain;
                 };
-                if !self.pods.get(*ns).is_some_and(|ips| ips.contains(&ip)) {
+                if !self.pod_addrs.get(&ip).is_some_and(|m| m.contains_key(*ns)) {
                     return Answer::NxDomain;
                 }
                 found(if qtype == RecordType::A {
@@ -382,29 +546,27 @@ impl Zone {
             return None;
         };
         let ip = Ipv4Addr::new(a, b, c, d);
-        let mut targets = Vec::new();
-        for ((ns, name), s) in &self.services {
-            if s.cluster_ips.contains(&ip) {
-                targets.push(self.name(&[name, ns, "svc"]));
+        let mut targets: Vec<Name> = Vec::new();
+        if let Some(names) = self.service_addrs.get(&ip) {
+            for (ns, name, host) in names {
+                targets.push(match host {
+                    Some(h) => self.name(&[h, name, ns, "svc"]),
+                    None => self.name(&[name, ns, "svc"]),
+                });
             }
-            for e in s.endpoints.iter().filter(|e| e.ready && e.ip == ip) {
-                if let Some(h) = &e.hostname {
-                    targets.push(self.name(&[&lower(h), name, ns, "svc"]));
-                }
-            }
-        }
-        if targets.is_empty() {
-            for (ns, ips) in &self.pods {
-                if ips.contains(&ip) {
-                    targets.push(self.name(&[&dashed(ip), ns, "pod"]));
-                }
+        } else if let Some(nss) = self.pod_addrs.get(&ip) {
+            let d = dashed(ip);
+            let mut nss: Vec<&String> = nss.keys().collect();
+            nss.sort();
+            for ns in nss {
+                targets.push(self.name(&[&d, ns, "pod"]));
             }
         }
         if targets.is_empty() {
             // Not a cluster address: the upstream may know it.
             return None;
         }
-        if !self.synced {
+        if !self.is_synced() {
             return Some(Answer::ServFail);
         }
         Some(if qtype == RecordType::PTR {
@@ -504,8 +666,16 @@ mod tests {
                 ..ServiceInfo::default()
             }),
         );
-        z.set_pods("default", BTreeSet::from([Ipv4Addr::new(10, 244, 1, 5)]));
+        z.set_pod(
+            "default/db-0",
+            Some(PodInfo {
+                namespace: "default".into(),
+                ip: Ipv4Addr::new(10, 244, 1, 5),
+                local: true,
+            }),
+        );
         z.set_synced();
+        z.set_pods_synced();
         z
     }
 

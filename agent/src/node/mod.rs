@@ -85,6 +85,32 @@ pub struct AgentConfig {
     /// The cgroup (v2 directory) whose processes get the socket path
     /// (default: the node's own, `weft/<instance>`).
     pub lb_cgroup: Option<PathBuf>,
+    /// Cluster DNS.
+    pub dns: DnsConfig,
+}
+
+/// How the node's DNS server answers beyond the cluster zone.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    /// Where other names are sent.
+    pub upstreams: crate::dns::forward::Upstreams,
+    /// TTL of the zone's answers (seconds).
+    pub ttl: u32,
+    /// Answers kept in the forwarding cache.
+    pub cache_size: u64,
+    /// Resolve local pods' search-path misses on their behalf.
+    pub search_shortcut: bool,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            upstreams: crate::dns::forward::Upstreams::default(),
+            ttl: 5,
+            cache_size: crate::dns::forward::DEFAULT_CACHE_SIZE,
+            search_shortcut: true,
+        }
+    }
 }
 
 impl AgentConfig {
@@ -114,6 +140,7 @@ impl AgentConfig {
             lb_sizes: crate::bpf::LbSizes::default(),
             snat_ports: crate::lb::DEFAULT_SNAT_PORTS,
             lb_cgroup: None,
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -129,6 +156,8 @@ pub(crate) struct Node {
     pub(crate) cert_sha256: String,
     /// The Service load-balancer's maps.
     pub(crate) lb: Arc<Mutex<Balancer>>,
+    /// The DNS server's counters (once it runs).
+    pub(crate) dns_stats: Mutex<Option<Arc<crate::dns::server::Stats>>>,
 }
 
 /// Runs the agent until the process is stopped. Errors that retrying can
@@ -284,6 +313,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         block,
         cert_sha256: cert.sha256.clone(),
         lb: lb.clone(),
+        dns_stats: Mutex::new(None),
     });
     let stats = Arc::new(stats::Stats::default());
     tokio::spawn(stats.clone().run(node.clone()));
@@ -298,23 +328,47 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let routes = tokio::spawn(routes::run(node.clone()));
     let pods = tokio::spawn(pods::run(node.clone()));
     let (problems_tx, problems_rx) = tokio::sync::watch::channel(Default::default());
-    // Cluster DNS on the pods' gateway (their resolv.conf names it), filled
-    // from the same watch as the load-balancer.
+    // Cluster DNS on the pods' gateway (their resolv.conf names it): the
+    // Services come from the load-balancer's watch, the pods from their own.
     let zone = Arc::new(std::sync::RwLock::new(
-        crate::dns::records::Zone::new("cluster.local", 5).context("the cluster zone")?,
+        crate::dns::records::Zone::new("cluster.local", node.cfg.dns.ttl)
+            .context("the cluster zone")?,
     ));
+    let forwarder = match crate::dns::forward::Forwarder::new(
+        &node.cfg.dns.upstreams,
+        node.cfg.dns.cache_size,
+    ) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "names outside the cluster are refused: no upstream resolver");
+            None
+        }
+    };
+    let upstreams = forwarder.as_ref().map(|f| f.servers().to_vec());
+    let dns = crate::dns::server::Handler::new(
+        zone.clone(),
+        crate::dns::server::Options {
+            forwarder,
+            search_shortcut: node.cfg.dns.search_shortcut,
+        },
+    );
+    *node.dns_stats.lock().expect("dns stats lock") = Some(dns.stats());
     match bind_dns(gateway.ip()) {
         Ok((udp, tcp)) => {
-            let z = zone.clone();
             tokio::spawn(async move {
-                if let Err(e) = crate::dns::server::serve(z, udp, tcp).await {
+                if let Err(e) = crate::dns::server::serve(dns, udp, tcp).await {
                     tracing::error!(error = %e, "the DNS server stopped");
                 }
             });
-            tracing::info!(addr = %gateway.ip(), "serving cluster DNS");
+            tracing::info!(addr = %gateway.ip(), ?upstreams, "serving cluster DNS");
         }
         Err(e) => tracing::warn!(error = %e, "cluster DNS not served"),
     }
+    tokio::spawn(crate::dns::sync::run(
+        node.api.client.clone(),
+        zone.clone(),
+        node.cfg.node_name.clone(),
+    ));
     let services = tokio::spawn(crate::lb::sync::run(
         node.api.client.clone(),
         lb,

@@ -95,6 +95,7 @@ pub(super) async fn run(
         .route("/stats/summary", get(summary))
         .route("/lb/services", get(lb_services))
         .route("/lb/trace", get(lb_trace))
+        .route("/dns/stats", get(dns_stats))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared);
     tracing::info!(%addr, "serving logs, exec and stats");
@@ -373,6 +374,22 @@ async fn lb_services(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Respon
     (
         [(header::CONTENT_TYPE, "application/json")],
         serde_json::to_string(&snap).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// The DNS server's counters since the agent started.
+async fn dns_stats(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return *r;
+    }
+    let stats = s.node.dns_stats.lock().expect("dns stats lock").clone();
+    let Some(stats) = stats else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "DNS is not served\n").into_response();
+    };
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&*stats).unwrap_or_default(),
     )
         .into_response()
 }
