@@ -132,6 +132,9 @@ pub enum ClientCmd {
     /// The eBPF Service load-balancer of the nodes.
     #[command(subcommand)]
     Lb(LbCmd),
+    /// The nodes' cluster DNS servers.
+    #[command(subcommand)]
+    Dns(DnsCmd),
     /// Set the replica count of a Deployment or ReplicaSet.
     Scale {
         /// KIND/NAME or KIND NAME.
@@ -197,7 +200,7 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         | ClientCmd::Exec { common, .. }
         | ClientCmd::Top { common, .. } => common.clone(),
         ClientCmd::Lb(LbCmd::Show { common, .. }) => common.clone(),
-        ClientCmd::Lb(LbCmd::Trace { .. }) => Common::default(),
+        ClientCmd::Lb(LbCmd::Trace { .. }) | ClientCmd::Dns(_) => Common::default(),
     };
     let path = client::kubeconfig_path(kubeconfig.as_deref());
     let c = Client::from_kubeconfig(&path).await?;
@@ -358,6 +361,9 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         }
         ClientCmd::Lb(LbCmd::Trace { node, src, dst, .. }) => {
             crate::lb_cmds::trace(&c, &node, &src, &dst).await
+        }
+        ClientCmd::Dns(DnsCmd::Stats { node, output }) => {
+            crate::lb_cmds::dns_stats(&c, node.as_deref(), output.as_deref()).await
         }
         ClientCmd::Scale { args, replicas, .. } => {
             for (res, name) in targets(&args)? {
@@ -747,6 +753,22 @@ async fn get(
         .await?;
     }
     Ok(0)
+}
+
+/// `weft dns ...`.
+#[derive(clap::Subcommand)]
+pub enum DnsCmd {
+    /// What each node's DNS server answered since its agent started:
+    /// queries, answers from the cluster zone, forwarded lookups (the cache
+    /// answers many), search-path shortcuts, SERVFAIL and REFUSED.
+    Stats {
+        /// The node to ask (default: every node).
+        #[arg(long)]
+        node: Option<String>,
+        /// `json` for one JSON object per node, by node name.
+        #[arg(short = 'o', long, value_parser = ["json"])]
+        output: Option<String>,
+    },
 }
 
 /// `weft lb ...`.

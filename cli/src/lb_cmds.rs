@@ -1,5 +1,6 @@
-//! `weft lb`: what the nodes' eBPF load-balancers hold, read from the agents
-//! through the API server's node proxy.
+//! `weft lb`: what the nodes' eBPF load-balancers hold, and `weft dns
+//! stats`: what their DNS servers did, read from the agents through the API
+//! server's node proxy.
 
 use std::fmt::Write as _;
 
@@ -223,4 +224,41 @@ fn render_trace(node: &str, t: &Trace) -> String {
         let _ = writeln!(out, "slots     {}", shares.join(", "));
     }
     out
+}
+
+/// `weft dns stats [--node NODE] [-o json]`.
+pub async fn dns_stats(c: &Client, node: Option<&str>, output: Option<&str>) -> Result<u8> {
+    const FIELDS: [&str; 6] = [
+        "queries",
+        "zone",
+        "forwarded",
+        "shortcut",
+        "servfail",
+        "refused",
+    ];
+    let mut failed = false;
+    let mut all = serde_json::Map::new();
+    let mut text = String::from("NODE\tQUERIES\tZONE\tFORWARDED\tSHORTCUT\tSERVFAIL\tREFUSED\n");
+    for n in nodes(c, node).await? {
+        let v = match c.get(&format!("/api/v1/nodes/{n}/proxy/dns/stats")).await {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("node {n}: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        text.push_str(&n);
+        for f in FIELDS {
+            let _ = write!(text, "\t{}", v[f].as_u64().unwrap_or(0));
+        }
+        text.push('\n');
+        all.insert(n, v);
+    }
+    if output == Some("json") {
+        out(&format!("{}\n", serde_json::Value::Object(all)));
+    } else {
+        out(&text);
+    }
+    Ok(u8::from(failed))
 }

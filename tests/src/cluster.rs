@@ -56,6 +56,8 @@ pub struct ClusterSpec {
     pub controller_args: Vec<String>,
     /// Extra flags for every `weft agent`.
     pub agent_args: Vec<String>,
+    /// Extra flags for one node's agent (after `agent_args`).
+    pub node_agent_args: BTreeMap<String, Vec<String>>,
 }
 
 impl ClusterSpec {
@@ -70,6 +72,7 @@ impl ClusterSpec {
             host_api: None,
             controller_args: Vec::new(),
             agent_args: Vec::new(),
+            node_agent_args: BTreeMap::new(),
         }
     }
 }
@@ -413,7 +416,9 @@ impl Cluster {
         if self.lab.routing == Routing::Vxlan {
             cmd.args(["--routing", "vxlan"]);
         }
-        cmd.args(&self.spec.agent_args).env("RUST_LOG", "info");
+        cmd.args(&self.spec.agent_args)
+            .args(self.spec.node_agent_args.get(node).into_iter().flatten())
+            .env("RUST_LOG", "info");
         let child = spawn_in(&n.netns, cmd, &self.dir.join(format!("agent-{node}.log")))?;
         self.agents.insert(node.to_string(), child);
         Ok(())

@@ -25,8 +25,9 @@ use hickory_server::{
 
 use weft_agent::netlink::netns;
 
-/// The address `example.org` has upstream.
-pub const EXAMPLE_ORG: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
+/// The address `example.org` has upstream: loopback, so that a client's
+/// connection to a closed port of it is refused at once, wherever it runs.
+pub const EXAMPLE_ORG: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// Queries received, by `name TYPE` (name lowercase, fully qualified).
 pub type Counts = Arc<Mutex<BTreeMap<String, u32>>>;

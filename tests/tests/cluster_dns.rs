@@ -1,0 +1,290 @@
+//! Cluster DNS on a real 2-node lab: busybox pods resolve through the
+//! resolv.conf Weft gives them; names outside the cluster go to an
+//! upstream inside the lab (never the internet); the search-path shortcut
+//! is on for n1 and off for n2, and what an outside lookup costs is counted
+//! on both; Service changes reach every node's DNS.
+
+use std::{
+    net::Ipv4Addr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use serde_json::Value;
+use weft_tests::{
+    cluster::{Cluster, ClusterSpec, pod_ready},
+    lab::LabNode,
+    upstream,
+};
+
+/// A busybox pod `name` in namespace `ns`, placed on `node`.
+fn pod(ns: &str, name: &str, node: &str, labels: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels: {{{labels}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: weft.local/busybox:1.36
+    command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
+"#
+    )
+}
+
+const WEB_SERVICE: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  selector: {app: web}
+  ports:
+  - name: http
+    port: 80
+"#;
+
+fn wait_ready(c: &Cluster, ns: &str, names: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let v = c.get_json(&["pods", "-n", ns])?;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        let ready = names.iter().all(|n| {
+            items
+                .iter()
+                .any(|p| p["metadata"]["name"] == *n && pod_ready(p))
+        });
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("pods {names:?} in {ns} not ready after 90 s: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The address and network namespace of pod `ns/name`.
+fn pod_net(c: &Cluster, ns: &str, name: &str) -> Result<(Ipv4Addr, String)> {
+    let (_, rec) = weft_tests::lab::pods(&c.lab.prefix)?
+        .into_iter()
+        .find(|(_, r)| r.namespace == ns && r.name == name)
+        .with_context(|| format!("no record of pod {ns}/{name}"))?;
+    Ok((rec.ip, rec.netns))
+}
+
+/// `dig @server` run inside network namespace `netns`.
+fn dig(c: &Cluster, netns: &str, server: Ipv4Addr, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new("dig");
+    cmd.arg(format!("@{server}"))
+        .args(["+time=2", "+tries=1"])
+        .args(args);
+    let out = c.output_in(netns, cmd)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Queries node `n`'s DNS server has received (from `weft dns stats`).
+fn queries(c: &Cluster, n: &str) -> Result<u64> {
+    let out = c.weft(&["dns", "stats", "--node", n, "-o", "json"])?;
+    let v: Value = serde_json::from_str(&out).context("dns stats json")?;
+    v[n]["queries"].as_u64().context("queries")
+}
+
+/// The gateway of node `n`'s pods (the first address of the pod block the
+/// controller gave it), where its DNS server listens.
+fn gateway(c: &Cluster, n: &LabNode) -> Result<Ipv4Addr> {
+    let cidr: ipnetwork::Ipv4Network = c.get_json(&["node", &n.name])?["spec"]["podCIDR"]
+        .as_str()
+        .context("podCIDR")?
+        .parse()?;
+    Ok(weft_tests::lab::first_host(cidr))
+}
+
+/// Asks every node's DNS for `name` until `check` accepts the answer;
+/// returns how long the slowest node took.
+fn until_every_node(
+    c: &Cluster,
+    name: &str,
+    qtype: &str,
+    check: impl Fn(&str) -> bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for n in &c.lab.nodes {
+        loop {
+            let out = dig(c, &n.netns, gateway(c, n)?, &[name, qtype])?;
+            if check(&out) {
+                slowest = slowest.max(start.elapsed());
+                break;
+            }
+            ensure!(
+                start.elapsed() < Duration::from_secs(5),
+                "{name} {qtype} on {} after 5 s: {out}",
+                n.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(slowest)
+}
+
+#[test]
+fn pods_resolve_services_and_outside_names_with_and_without_the_shortcut() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut spec = ClusterSpec::new(2);
+    // The lab's stand-in for the internet's DNS, on the underlay's router.
+    spec.agent_args = vec!["--dns-upstream".into(), "192.0.2.1".into()];
+    spec.node_agent_args.insert(
+        "n2".into(),
+        vec!["--dns-search-shortcut".into(), "false".into()],
+    );
+    let c = rt.block_on(Cluster::up(spec, |_| {}))?;
+    let up = {
+        let _g = rt.enter();
+        upstream::start(
+            &c.lab.underlay,
+            std::net::SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 53),
+        )?
+    };
+    c.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n")?;
+    c.apply(&pod("default", "web", "n1", "app: web"))?;
+    c.apply(WEB_SERVICE)?;
+    c.apply(&pod("team", "c1", "n1", "app: client"))?;
+    c.apply(&pod("team", "c2", "n2", "app: client"))?;
+    wait_ready(&c, "default", &["web"])?;
+    wait_ready(&c, "team", &["c1", "c2"])?;
+    let (n1, n2) = (c.lab.node("n1").clone(), c.lab.node("n2").clone());
+
+    // The resolv.conf pods get.
+    let (code, out) = c.exec("team", "c1", &["cat", "/etc/resolv.conf"])?;
+    ensure!(code == 0, "{out}");
+    ensure!(
+        out.contains(&format!("nameserver {}", gateway(&c, &n1)?))
+            && out.contains("search team.svc.cluster.local svc.cluster.local cluster.local")
+            && out.contains("options ndots:5"),
+        "resolv.conf: {out}"
+    );
+
+    // Services by short, namespaced and full name, from both nodes, through
+    // the pods' own resolver (busybox nslookup and wget).
+    let vip = c.get_json(&["service", "web"])?["spec"]["clusterIP"]
+        .as_str()
+        .context("clusterIP")?
+        .to_string();
+    for client in ["c1", "c2"] {
+        let (code, out) = c.exec(
+            "team",
+            client,
+            &[
+                "sh",
+                "-c",
+                "nslookup web.default.svc.cluster.local && wget -qO- http://web.default/",
+            ],
+        )?;
+        ensure!(
+            code == 0 && out.contains(&vip) && out.contains("web"),
+            "{client}: {out}"
+        );
+    }
+
+    // Pod A and PTR records, from the Pod watch, on both nodes.
+    let (c1_ip, c1_ns) = pod_net(&c, "team", "c1")?;
+    let (_, c2_ns) = pod_net(&c, "team", "c2")?;
+    let dashed = c1_ip.to_string().replace('.', "-");
+    for (netns, gw) in [(&c1_ns, gateway(&c, &n1)?), (&c2_ns, gateway(&c, &n2)?)] {
+        let out = dig(
+            &c,
+            netns,
+            gw,
+            &["+short", &format!("{dashed}.team.pod.cluster.local"), "A"],
+        )?;
+        ensure!(out.trim() == c1_ip.to_string(), "pod A: {out}");
+        let out = dig(&c, netns, gw, &["+short", "-x", &c1_ip.to_string()])?;
+        ensure!(
+            out.trim() == format!("{dashed}.team.pod.cluster.local."),
+            "pod PTR: {out}"
+        );
+    }
+
+    // Outside names: forwarded to the upstream, then cached.
+    let (code, out) = c.exec("team", "c1", &["nslookup", "example.org"])?;
+    ensure!(code == 0 && out.contains("127.0.0.1"), "{out}");
+    let asked = upstream::count(&up, "example.org", "A");
+    let (code, out) = c.exec("team", "c1", &["nslookup", "example.org"])?;
+    ensure!(code == 0 && out.contains("127.0.0.1"), "{out}");
+    ensure!(
+        asked >= 1 && upstream::count(&up, "example.org", "A") == asked,
+        "cached: {up:?}"
+    );
+
+    // What one outside lookup costs a busybox pod's resolver (wget's
+    // getaddrinfo: A and AAAA down the search path), counted at the
+    // node's DNS server. Port 1 of example.org's address refuses at once.
+    let mut cost = Vec::new();
+    for (client, node) in [("c1", "n1"), ("c2", "n2")] {
+        let before = queries(&c, node)?;
+        let (_, out) = c.exec(
+            "team",
+            client,
+            &["sh", "-c", "wget -qO- http://example.org:1/ 2>&1; true"],
+        )?;
+        ensure!(
+            out.contains("(127.0.0.1)"),
+            "{client} resolved example.org: {out}"
+        );
+        cost.push(queries(&c, node)? - before);
+    }
+    println!(
+        "queries per outside lookup (busybox wget): {} with the shortcut, {} without",
+        cost[0], cost[1]
+    );
+    ensure!(
+        cost[0] < cost[1],
+        "the shortcut saves queries: {} with it, {} without",
+        cost[0],
+        cost[1]
+    );
+    // Names under the cluster suffix never went upstream.
+    ensure!(
+        upstream::count_under(&up, "cluster.local") == 0,
+        "cluster names reached the upstream: {up:?}"
+    );
+
+    // A Service created, changed and deleted is answered on every node.
+    c.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: fresh, namespace: default}\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80}\n",
+    )?;
+    let fresh_vip = c.get_json(&["service", "fresh"])?["spec"]["clusterIP"]
+        .as_str()
+        .context("clusterIP")?
+        .to_string();
+    let created = until_every_node(&c, "fresh.default.svc.cluster.local", "A", |o| {
+        o.contains("status: NOERROR") && o.contains(&fresh_vip)
+    })?;
+    c.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: fresh, namespace: default}\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 8080, targetPort: 80}\n",
+    )?;
+    let changed = until_every_node(
+        &c,
+        "_http._tcp.fresh.default.svc.cluster.local",
+        "SRV",
+        |o| o.contains(" 8080 fresh.default.svc.cluster.local."),
+    )?;
+    c.weft(&["delete", "service", "fresh"])?;
+    let deleted = until_every_node(&c, "fresh.default.svc.cluster.local", "A", |o| {
+        o.contains("status: NXDOMAIN")
+    })?;
+    println!(
+        "visible on every node after: created {created:?}, changed {changed:?}, deleted {deleted:?}"
+    );
+    Ok(())
+}
