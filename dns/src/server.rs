@@ -23,7 +23,7 @@ use hickory_server::{
     zone_handler::MessageResponseBuilder,
 };
 
-use super::{
+use crate::{
     forward::Forwarder,
     records::{Answer, Zone},
 };
@@ -311,6 +311,25 @@ impl RequestHandler for Handler {
             builder.edns(e);
         }
         let meta = &request.metadata;
+        // The question is echoed as received; a compression pointer into
+        // the header would point at other bytes in the answer, so such a
+        // question gets FORMERR without it.
+        if points_into_header(request.queries.as_bytes()) {
+            let Ok(none) =
+                hickory_server::zone_handler::Queries::read(&mut BinDecoder::new(&[]), 0)
+            else {
+                return failed(request);
+            };
+            let mut b = MessageResponseBuilder::new(&none, None);
+            if let Some(e) = &resp_edns {
+                b.edns(e);
+            }
+            let resp = b.error_msg(meta, ResponseCode::FormErr);
+            return match response_handle.send_response(resp).await {
+                Ok(i) => i,
+                Err(_) => failed(request),
+            };
+        }
         let unsupported = meta.message_type != MessageType::Query || meta.op_code != OpCode::Query;
         let info = match request.request_info() {
             Ok(i) if !unsupported => i,
@@ -353,6 +372,40 @@ impl RequestHandler for Handler {
             .await
             .unwrap_or_else(|_| failed(request))
     }
+}
+
+/// Whether a name in the question section (as sent, starting at offset 12
+/// of the message) holds a compression pointer into the 12-byte header.
+fn points_into_header(question: &[u8]) -> bool {
+    let mut i = 0;
+    while i < question.len() {
+        // One name: labels up to the root or a pointer.
+        loop {
+            let Some(&b) = question.get(i) else {
+                return false;
+            };
+            match b & 0xc0 {
+                0 if b == 0 => {
+                    i += 1;
+                    break;
+                }
+                0 => i += 1 + usize::from(b),
+                0xc0 => {
+                    let low = question.get(i + 1).copied().unwrap_or(0);
+                    if (usize::from(b & 0x3f) << 8 | usize::from(low)) < 12 {
+                        return true;
+                    }
+                    i += 2;
+                    break;
+                }
+                // Reserved label types: the decoder refused them already.
+                _ => return false,
+            }
+        }
+        // Type and class.
+        i += 4;
+    }
+    false
 }
 
 /// What to report when the answer could not be sent.

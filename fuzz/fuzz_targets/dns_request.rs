@@ -1,0 +1,105 @@
+//! The DNS server's request path on arbitrary bytes: decoding, the zone's
+//! answers, the search-path shortcut, encoding and UDP truncation. The
+//! first byte picks the transport and whether the sender is a local pod.
+//! Every message that decodes must get an answer that decodes, with its
+//! id, within the size the transport allows.
+#![no_main]
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, OnceLock, RwLock},
+};
+
+use hickory_proto::op::Message;
+use libfuzzer_sys::fuzz_target;
+use weft_dns::{
+    records::{EndpointInfo, PodInfo, ServiceInfo, Zone},
+    server::{Handler, Options},
+};
+
+fn handler() -> Handler {
+    let mut z = Zone::new("cluster.local", 5).expect("zone");
+    z.set_service(
+        "default",
+        "web",
+        Some(ServiceInfo {
+            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            ports: vec![("http".into(), "tcp".into(), 80)],
+            ..ServiceInfo::default()
+        }),
+    );
+    z.set_service(
+        "default",
+        "db",
+        Some(ServiceInfo {
+            headless: true,
+            ports: vec![("pg".into(), "tcp".into(), 5432)],
+            endpoints: (0..40)
+                .map(|i| EndpointInfo {
+                    ip: Ipv4Addr::new(10, 244, 1, 10 + i),
+                    hostname: (i % 2 == 0).then(|| format!("db-{i}")),
+                    ready: i % 7 != 0,
+                    ports: BTreeMap::from([("pg".into(), 5432)]),
+                })
+                .collect(),
+            ..ServiceInfo::default()
+        }),
+    );
+    z.set_service(
+        "ext",
+        "search",
+        Some(ServiceInfo {
+            external_name: Some("example.org".into()),
+            ..ServiceInfo::default()
+        }),
+    );
+    z.set_pod(
+        "team/client",
+        Some(PodInfo {
+            namespace: "team".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            local: true,
+        }),
+    );
+    z.set_synced();
+    z.set_pods_synced();
+    Handler::new(
+        Arc::new(RwLock::new(z)),
+        Options {
+            forwarder: None,
+            search_shortcut: true,
+        },
+    )
+}
+
+static STATE: OnceLock<(tokio::runtime::Runtime, Handler)> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, msg)) = data.split_first() else {
+        return;
+    };
+    let (rt, h) = STATE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        (rt, handler())
+    });
+    let tcp = mode & 1 == 1;
+    let src: SocketAddr = if mode & 2 == 2 {
+        "10.244.1.2:40000".parse().expect("addr")
+    } else {
+        "10.244.9.9:40000".parse().expect("addr")
+    };
+    let Some(out) = rt.block_on(h.handle_bytes(msg, src, tcp)) else {
+        return;
+    };
+    let reply = Message::from_vec(&out).expect("the answer decodes");
+    assert_eq!(reply.metadata.id, u16::from_be_bytes([msg[0], msg[1]]));
+    let limit = if tcp {
+        usize::from(u16::MAX)
+    } else {
+        usize::from(reply.edns.as_ref().map_or(512, |e| e.max_payload().max(512)))
+    };
+    assert!(out.len() <= limit, "{} bytes over {limit}", out.len());
+});
