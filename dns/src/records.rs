@@ -5,12 +5,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use hickory_proto::rr::{
     Name, RData, Record, RecordType,
-    rdata::{A, CNAME, PTR, SOA, SRV, TXT},
+    rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT},
 };
 
 /// The schema version `dns-version.<zone>` answers.
@@ -19,8 +19,9 @@ pub const SCHEMA_VERSION: &str = "1.1.0";
 /// A Service as DNS sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceInfo {
-    /// ClusterIPs (empty for headless and ExternalName Services).
-    pub cluster_ips: Vec<Ipv4Addr>,
+    /// ClusterIPs of both families (empty for headless and ExternalName
+    /// Services).
+    pub cluster_ips: Vec<IpAddr>,
     /// `clusterIP: None`.
     pub headless: bool,
     /// `type: ExternalName`: the name it stands for.
@@ -35,7 +36,7 @@ pub struct ServiceInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointInfo {
     /// Its address.
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// `hostname` of the endpoint (from the pod's spec.hostname).
     pub hostname: Option<String>,
     /// Ready (only ready endpoints are published).
@@ -75,7 +76,7 @@ pub struct Zone {
     service_namespaces: HashMap<String, u32>,
     /// Reverse index for PTR: the Service names (and endpoint hostnames)
     /// an address stands for, as (namespace, service, hostname).
-    service_addrs: HashMap<Ipv4Addr, BTreeSet<(String, String, Option<String>)>>,
+    service_addrs: HashMap<IpAddr, BTreeSet<(String, String, Option<String>)>>,
     /// Pods by `namespace/name`.
     pods: HashMap<String, PodInfo>,
     /// Namespaces of pod addresses, with how many pods hold each (a
@@ -395,7 +396,7 @@ impl Zone {
                         Answer::NxDomain
                     };
                 }
-                let ips: Vec<Ipv4Addr> = s
+                let ips: Vec<IpAddr> = s
                     .endpoints
                     .iter()
                     .filter(|e| e.ready && s.headless)
@@ -405,13 +406,7 @@ impl Zone {
                 if ips.is_empty() {
                     return Answer::NxDomain;
                 }
-                found(if qtype == RecordType::A {
-                    ips.iter()
-                        .map(|ip| self.rec(qname, RData::A(A(*ip))))
-                        .collect()
-                } else {
-                    Vec::new()
-                })
+                found(self.addresses(qname, &ips, qtype))
             }
             [port, proto, svc, ns, "svc"] if port.starts_with('_') && proto.starts_with('_') => {
                 self.srv(qname, ns, svc, &port[1..], &proto[1..], qtype, found)
@@ -430,11 +425,7 @@ impl Zone {
                 if !self.pod_addrs.get(&ip).is_some_and(|m| m.contains_key(*ns)) {
                     return Answer::NxDomain;
                 }
-                found(if qtype == RecordType::A {
-                    vec![self.rec(qname, RData::A(A(ip)))]
-                } else {
-                    Vec::new()
-                })
+                found(self.addresses(qname, &[IpAddr::V4(ip)], qtype))
             }
             _ => Answer::NxDomain,
         }
@@ -459,7 +450,7 @@ impl Zone {
             // A CNAME answers every type but itself asked for by name.
             return Answer::Records(vec![self.rec(qname, RData::CNAME(CNAME(target)))]);
         }
-        let ips: Vec<Ipv4Addr> = if s.headless {
+        let ips: Vec<IpAddr> = if s.headless {
             s.endpoints
                 .iter()
                 .filter(|e| e.ready)
@@ -472,13 +463,20 @@ impl Zone {
         if s.headless && ips.is_empty() {
             return Answer::NxDomain;
         }
-        found(if qtype == RecordType::A {
-            ips.iter()
-                .map(|ip| self.rec(qname, RData::A(A(*ip))))
-                .collect()
-        } else {
-            Vec::new()
-        })
+        found(self.addresses(qname, &ips, qtype))
+    }
+
+    /// A records for the IPv4 addresses (qtype A) or AAAA records for the
+    /// IPv6 ones (qtype AAAA); none for other types.
+    fn addresses(&self, qname: &Name, ips: &[IpAddr], qtype: RecordType) -> Vec<Record> {
+        ips.iter()
+            .filter_map(|ip| match (ip, qtype) {
+                (IpAddr::V4(v4), RecordType::A) => Some(RData::A(A(*v4))),
+                (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA(AAAA(*v6))),
+                _ => None,
+            })
+            .map(|r| self.rec(qname, r))
+            .collect()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -521,7 +519,11 @@ impl Zone {
             ready
                 .iter()
                 .map(|e| {
-                    let host = e.hostname.clone().unwrap_or_else(|| dashed(e.ip));
+                    let host = e.hostname.clone().unwrap_or_else(|| match e.ip {
+                        IpAddr::V4(v4) => dashed(v4),
+                        // As CoreDNS names them: the address, ':' as '-'.
+                        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
+                    });
                     let target = self.name(&[&host, svc, ns, "svc"]);
                     let p = e.ports.get(port).copied().unwrap_or(*number);
                     self.rec(qname, RData::SRV(SRV::new(0, weight, p, target)))
@@ -530,22 +532,10 @@ impl Zone {
         )
     }
 
-    /// PTR answers under in-addr.arpa for Service and pod addresses.
+    /// PTR answers under in-addr.arpa and ip6.arpa for Service and pod
+    /// addresses.
     fn reverse(&self, lname: &Name, qname: &Name, qtype: RecordType) -> Option<Answer> {
-        let arpa = Name::from_ascii("in-addr.arpa.").ok()?;
-        if !arpa.zone_of(lname) || lname.num_labels() != 6 {
-            return None;
-        }
-        let parts: Vec<String> = lname
-            .iter()
-            .take(4)
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .collect();
-        let octets: Vec<u8> = parts.iter().rev().filter_map(|p| p.parse().ok()).collect();
-        let [a, b, c, d] = octets[..] else {
-            return None;
-        };
-        let ip = Ipv4Addr::new(a, b, c, d);
+        let ip = reverse_ip(lname)?;
         let mut targets: Vec<Name> = Vec::new();
         if let Some(names) = self.service_addrs.get(&ip) {
             for (ns, name, host) in names {
@@ -554,8 +544,10 @@ impl Zone {
                     None => self.name(&[name, ns, "svc"]),
                 });
             }
-        } else if let Some(nss) = self.pod_addrs.get(&ip) {
-            let d = dashed(ip);
+        } else if let IpAddr::V4(v4) = ip
+            && let Some(nss) = self.pod_addrs.get(&v4)
+        {
+            let d = dashed(v4);
             let mut nss: Vec<&String> = nss.keys().collect();
             nss.sort();
             for ns in nss {
@@ -579,6 +571,34 @@ impl Zone {
         } else {
             Answer::NoData
         })
+    }
+}
+
+/// The address a reverse name (`d.c.b.a.in-addr.arpa.` or 32 nibbles
+/// under `ip6.arpa.`) stands for.
+fn reverse_ip(lname: &Name) -> Option<IpAddr> {
+    let labels: Vec<&[u8]> = lname.iter().collect();
+    match labels.as_slice() {
+        [d, c, b, a, in_addr, arpa] if *in_addr == b"in-addr" && *arpa == b"arpa" => {
+            let octet = |l: &[u8]| std::str::from_utf8(l).ok()?.parse::<u8>().ok();
+            Some(IpAddr::V4(Ipv4Addr::new(
+                octet(a)?,
+                octet(b)?,
+                octet(c)?,
+                octet(d)?,
+            )))
+        }
+        [nibbles @ .., ip6, arpa] if *ip6 == b"ip6" && *arpa == b"arpa" && nibbles.len() == 32 => {
+            let mut v: u128 = 0;
+            for n in nibbles.iter().rev() {
+                let [h] = n else {
+                    return None;
+                };
+                v = v << 4 | u128::from(char::from(*h).to_digit(16)?);
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(v)))
+        }
+        _ => None,
     }
 }
 
@@ -613,7 +633,7 @@ mod tests {
             "default",
             "web",
             Some(ServiceInfo {
-                cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+                cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10).into()],
                 ports: vec![
                     ("http".into(), "tcp".into(), 80),
                     (String::new(), "udp".into(), 53),
@@ -629,19 +649,19 @@ mod tests {
                 ports: vec![("pg".into(), "tcp".into(), 5432)],
                 endpoints: vec![
                     EndpointInfo {
-                        ip: Ipv4Addr::new(10, 244, 1, 5),
+                        ip: Ipv4Addr::new(10, 244, 1, 5).into(),
                         hostname: Some("db-0".into()),
                         ready: true,
                         ports: BTreeMap::from([("pg".into(), 5432)]),
                     },
                     EndpointInfo {
-                        ip: Ipv4Addr::new(10, 244, 2, 6),
+                        ip: Ipv4Addr::new(10, 244, 2, 6).into(),
                         hostname: None,
                         ready: true,
                         ports: BTreeMap::new(),
                     },
                     EndpointInfo {
-                        ip: Ipv4Addr::new(10, 244, 3, 7),
+                        ip: Ipv4Addr::new(10, 244, 3, 7).into(),
                         hostname: Some("db-2".into()),
                         ready: false,
                         ports: BTreeMap::new(),
@@ -826,6 +846,65 @@ mod tests {
             q(&z, "cluster.local.", RecordType::SOA),
             Answer::Records(_)
         ));
+    }
+
+    #[test]
+    fn ipv6_addresses_answer_aaaa_and_ip6_arpa() {
+        let mut z = zone();
+        let v6: Ipv6Addr = "fd00:10:96::a".parse().expect("v6");
+        z.set_service(
+            "default",
+            "dual",
+            Some(ServiceInfo {
+                cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 20).into(), v6.into()],
+                ..ServiceInfo::default()
+            }),
+        );
+        z.set_service(
+            "default",
+            "six",
+            Some(ServiceInfo {
+                headless: true,
+                ports: vec![("http".into(), "tcp".into(), 80)],
+                endpoints: vec![EndpointInfo {
+                    ip: "fd00:244::5".parse().expect("v6"),
+                    hostname: None,
+                    ready: true,
+                    ports: BTreeMap::new(),
+                }],
+                ..ServiceInfo::default()
+            }),
+        );
+        assert_eq!(
+            addrs(&q(&z, "dual.default.svc.cluster.local.", RecordType::A)),
+            ["10.96.0.20"]
+        );
+        assert_eq!(
+            addrs(&q(&z, "dual.default.svc.cluster.local.", RecordType::AAAA)),
+            ["fd00:10:96::a"]
+        );
+        // IPv4-only names have no AAAA; IPv6-only headless ones no A.
+        assert_eq!(
+            q(&z, "six.default.svc.cluster.local.", RecordType::A),
+            Answer::NoData
+        );
+        assert_eq!(
+            addrs(&q(&z, "six.default.svc.cluster.local.", RecordType::AAAA)),
+            ["fd00:244::5"]
+        );
+        assert_eq!(
+            addrs(&q(
+                &z,
+                "_http._tcp.six.default.svc.cluster.local.",
+                RecordType::SRV
+            )),
+            ["0 100 80 fd00-244--5.six.default.svc.cluster.local."]
+        );
+        let arpa = "a.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(
+            addrs(&q(&z, arpa, RecordType::PTR)),
+            ["dual.default.svc.cluster.local."]
+        );
     }
 
     #[test]

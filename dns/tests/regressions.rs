@@ -18,7 +18,7 @@ fn handler() -> Handler {
         "db",
         Some(ServiceInfo {
             ports: vec![("pg".into(), "tcp".into(), 5432)],
-            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 11)],
+            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 11).into()],
             ..ServiceInfo::default()
         }),
     );

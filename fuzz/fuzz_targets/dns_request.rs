@@ -24,7 +24,7 @@ fn handler() -> Handler {
         "default",
         "web",
         Some(ServiceInfo {
-            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10).into()],
             ports: vec![("http".into(), "tcp".into(), 80)],
             ..ServiceInfo::default()
         }),
@@ -37,7 +37,7 @@ fn handler() -> Handler {
             ports: vec![("pg".into(), "tcp".into(), 5432)],
             endpoints: (0..40)
                 .map(|i| EndpointInfo {
-                    ip: Ipv4Addr::new(10, 244, 1, 10 + i),
+                    ip: Ipv4Addr::new(10, 244, 1, 10 + i).into(),
                     hostname: (i % 2 == 0).then(|| format!("db-{i}")),
                     ready: i % 7 != 0,
                     ports: BTreeMap::from([("pg".into(), 5432)]),

@@ -81,7 +81,7 @@ fn serve_main() -> Result<()> {
             &format!("ns-{}", i % NAMESPACES),
             &format!("svc-{i}"),
             Some(ServiceInfo {
-                cluster_ips: vec![svc_ip(i)],
+                cluster_ips: vec![svc_ip(i).into()],
                 ports: vec![("http".into(), "tcp".into(), 80)],
                 ..ServiceInfo::default()
             }),

@@ -259,6 +259,45 @@ fn pods_resolve_services_and_outside_names_with_and_without_the_shortcut() -> Re
         "cluster names reached the upstream: {up:?}"
     );
 
+    // IPv6 endpoints (a headless Service with a slice of its own) answer
+    // AAAA, and only AAAA.
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: six, namespace: default}
+spec:
+  clusterIP: None
+  ports:
+  - {name: http, port: 80}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: six-1
+  namespace: default
+  labels: {kubernetes.io/service-name: six}
+addressType: IPv6
+ports:
+- {name: http, port: 80, protocol: TCP}
+endpoints:
+- addresses: ["fd00:244::5"]
+  hostname: six-0
+"#,
+    )?;
+    until_every_node(&c, "six.default.svc.cluster.local", "AAAA", |o| {
+        o.contains("AAAA\tfd00:244::5")
+    })?;
+    let out = dig(
+        &c,
+        &c1_ns,
+        gateway(&c, &n1)?,
+        &["six-0.six.default.svc.cluster.local", "A"],
+    )?;
+    ensure!(
+        out.contains("status: NOERROR") && out.contains("ANSWER: 0"),
+        "no A for an IPv6 endpoint: {out}"
+    );
+
     // A Service created, changed and deleted is answered on every node.
     c.apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: fresh, namespace: default}\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80}\n",

@@ -152,7 +152,7 @@ fn zone() -> Result<Zone> {
         "default",
         "web",
         Some(ServiceInfo {
-            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10).into()],
             ports: vec![("http".into(), "tcp".into(), 80)],
             ..ServiceInfo::default()
         }),
@@ -165,19 +165,19 @@ fn zone() -> Result<Zone> {
             ports: vec![("pg".into(), "tcp".into(), 5432)],
             endpoints: vec![
                 EndpointInfo {
-                    ip: Ipv4Addr::new(10, 244, 1, 5),
+                    ip: Ipv4Addr::new(10, 244, 1, 5).into(),
                     hostname: Some("db-0".into()),
                     ready: true,
                     ports: BTreeMap::from([("pg".into(), 5432)]),
                 },
                 EndpointInfo {
-                    ip: Ipv4Addr::new(10, 244, 2, 6),
+                    ip: Ipv4Addr::new(10, 244, 2, 6).into(),
                     hostname: None,
                     ready: true,
                     ports: BTreeMap::from([("pg".into(), 5433)]),
                 },
                 EndpointInfo {
-                    ip: Ipv4Addr::new(10, 244, 3, 7),
+                    ip: Ipv4Addr::new(10, 244, 3, 7).into(),
                     hostname: Some("db-2".into()),
                     ready: false,
                     ports: BTreeMap::new(),
@@ -205,7 +205,7 @@ fn zone() -> Result<Zone> {
     // Headless, with enough endpoints that a 512-byte UDP answer truncates.
     let endpoints = (0..60)
         .map(|i| EndpointInfo {
-            ip: Ipv4Addr::new(10, 244, 1, 10 + i),
+            ip: Ipv4Addr::new(10, 244, 1, 10 + i).into(),
             hostname: None,
             ready: true,
             ports: BTreeMap::new(),

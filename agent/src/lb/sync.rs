@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex},
 };
 
@@ -142,10 +142,10 @@ fn backends(slices: &[&EndpointSlice], name: &str, proto: u8) -> Vec<BackendSpec
     out
 }
 
-/// A Service's IPv4 ClusterIPs (none for headless ones: "None" is no
-/// address).
-fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr> {
-    let mut out: Vec<Ipv4Addr> = Vec::new();
+/// A Service's ClusterIPs of both families (none for headless ones:
+/// "None" is no address).
+fn cluster_addrs(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
     let all = spec
         .cluster_ips
         .clone()
@@ -158,6 +158,17 @@ fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr> 
     out
 }
 
+/// A Service's IPv4 ClusterIPs, the ones the load-balancer serves.
+fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr> {
+    cluster_addrs(spec)
+        .into_iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
 /// What the DNS zone needs of a Service and its slices.
 fn dns_info(
     spec: &k8s_openapi::api::core::v1::ServiceSpec,
@@ -166,7 +177,7 @@ fn dns_info(
     use crate::dns::records::{EndpointInfo, ServiceInfo};
     let external = spec.type_.as_deref() == Some("ExternalName");
     let headless = spec.cluster_ip.as_deref() == Some("None");
-    let cluster_ips = cluster_ips(spec);
+    let cluster_ips = cluster_addrs(spec);
     let ports = spec
         .ports
         .iter()
@@ -180,7 +191,10 @@ fn dns_info(
         })
         .collect();
     let mut endpoints = Vec::new();
-    for s in slices.iter().filter(|s| s.address_type == "IPv4") {
+    for s in slices
+        .iter()
+        .filter(|s| matches!(s.address_type.as_str(), "IPv4" | "IPv6"))
+    {
         let slice_ports: BTreeMap<String, u16> = s
             .ports
             .iter()
