@@ -444,7 +444,7 @@ pub async fn serve(
 impl Handler {
     /// Runs the request path on one raw message as the server would
     /// (decoding, answering, encoding, truncating for UDP) and returns the
-    /// encoded response; `None` when the message is not even a header.
+    /// encoded response; `None` when the message is shorter than a header.
     /// For the fuzz target and tests, which have no socket.
     pub async fn handle_bytes(&self, raw: &[u8], src: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
         let protocol = if tcp {
@@ -452,7 +452,30 @@ impl Handler {
         } else {
             hickory_server::net::xfer::Protocol::Udp
         };
-        let request = Request::from_bytes(raw.to_vec(), src, protocol).ok()?;
+        let request = match Request::from_bytes(raw.to_vec(), src, protocol) {
+            Ok(r) => r,
+            // As the server does: FORMERR when the header can be read.
+            Err(_) => {
+                let header = Header::read(&mut BinDecoder::new(raw)).ok()?;
+                let mut metadata = Metadata::new(
+                    header.metadata.id,
+                    MessageType::Response,
+                    header.metadata.op_code,
+                );
+                metadata.response_code = ResponseCode::FormErr;
+                let reply = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                let mut out = Vec::new();
+                hickory_proto::serialize::binary::BinEncodable::emit(
+                    &reply,
+                    &mut hickory_proto::serialize::binary::BinEncoder::new(&mut out),
+                )
+                .ok()?;
+                return Some(out);
+            }
+        };
         let capture = Capture {
             out: Arc::default(),
             tcp,

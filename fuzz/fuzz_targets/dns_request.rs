@@ -1,8 +1,9 @@
 //! The DNS server's request path on arbitrary bytes: decoding, the zone's
 //! answers, the search-path shortcut, encoding and UDP truncation. The
 //! first byte picks the transport and whether the sender is a local pod.
-//! Every message that decodes must get an answer that decodes, with its
-//! id, within the size the transport allows.
+//! Every message with a whole header must get an answer (FORMERR if
+//! nothing else) that decodes, with its id, within the size the transport
+//! allows.
 #![no_main]
 
 use std::{

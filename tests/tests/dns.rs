@@ -687,7 +687,8 @@ fn tcp_pipelining_and_malformed_queries() -> Result<()> {
 
 /// The request path on messages derived from valid queries by random
 /// changes (a deterministic generator, so a failure repeats): every
-/// message that decodes gets an answer that decodes, with its id.
+/// message with a whole header gets an answer (FORMERR if nothing else)
+/// that decodes, with its id.
 /// `fuzz/` runs the same path under libFuzzer.
 #[test]
 fn the_request_path_survives_mutated_messages() -> Result<()> {
@@ -711,7 +712,7 @@ fn the_request_path_survives_mutated_messages() -> Result<()> {
         state
     };
     let src: SocketAddr = "127.0.0.1:5353".parse()?;
-    let (mut decoded, mut answered) = (0, 0);
+    let mut decoded = 0;
     for i in 0..20_000u32 {
         let mut m = seeds[i as usize % seeds.len()].clone();
         for _ in 0..1 + next() % 4 {
@@ -740,11 +741,8 @@ fn the_request_path_survives_mutated_messages() -> Result<()> {
             tcp || out.len() <= 512 || reply.edns.is_some(),
             "UDP answer too large"
         );
-        answered += 1;
     }
-    ensure!(
-        decoded > 1000 && answered == decoded,
-        "{decoded} decoded, {answered} answered"
-    );
+    // Only messages cut below 12 bytes go unanswered.
+    ensure!(decoded > 15_000, "only {decoded} of 20 000 answered");
     Ok(())
 }
