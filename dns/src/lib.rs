@@ -11,3 +11,5 @@
 pub mod forward;
 pub mod records;
 pub mod server;
+#[doc(hidden)]
+pub mod testing;

@@ -628,72 +628,7 @@ mod tests {
     use super::*;
 
     fn zone() -> Zone {
-        let mut z = Zone::new("cluster.local", 5).expect("zone");
-        z.set_service(
-            "default",
-            "web",
-            Some(ServiceInfo {
-                cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10).into()],
-                ports: vec![
-                    ("http".into(), "tcp".into(), 80),
-                    (String::new(), "udp".into(), 53),
-                ],
-                ..ServiceInfo::default()
-            }),
-        );
-        z.set_service(
-            "default",
-            "db",
-            Some(ServiceInfo {
-                headless: true,
-                ports: vec![("pg".into(), "tcp".into(), 5432)],
-                endpoints: vec![
-                    EndpointInfo {
-                        ip: Ipv4Addr::new(10, 244, 1, 5).into(),
-                        hostname: Some("db-0".into()),
-                        ready: true,
-                        ports: BTreeMap::from([("pg".into(), 5432)]),
-                    },
-                    EndpointInfo {
-                        ip: Ipv4Addr::new(10, 244, 2, 6).into(),
-                        hostname: None,
-                        ready: true,
-                        ports: BTreeMap::new(),
-                    },
-                    EndpointInfo {
-                        ip: Ipv4Addr::new(10, 244, 3, 7).into(),
-                        hostname: Some("db-2".into()),
-                        ready: false,
-                        ports: BTreeMap::new(),
-                    },
-                ],
-                ..ServiceInfo::default()
-            }),
-        );
-        z.set_service(
-            "default",
-            "empty",
-            Some(ServiceInfo {
-                headless: true,
-                ..ServiceInfo::default()
-            }),
-        );
-        z.set_service(
-            "ext",
-            "search",
-            Some(ServiceInfo {
-                external_name: Some("example.org".into()),
-                ..ServiceInfo::default()
-            }),
-        );
-        z.set_pod(
-            "default/db-0",
-            Some(PodInfo {
-                namespace: "default".into(),
-                ip: Ipv4Addr::new(10, 244, 1, 5),
-                local: true,
-            }),
-        );
+        let mut z = crate::testing::sample_zone(Ipv4Addr::new(10, 244, 1, 2));
         z.set_synced();
         z.set_pods_synced();
         z
@@ -787,8 +722,8 @@ mod tests {
         assert_eq!(
             addrs(&a),
             [
-                "0 50 5432 10-244-2-6.db.default.svc.cluster.local.",
-                "0 50 5432 db-0.db.default.svc.cluster.local."
+                "0 50 5432 db-0.db.default.svc.cluster.local.",
+                "0 50 5433 10-244-2-6.db.default.svc.cluster.local."
             ]
         );
         assert_eq!(
@@ -826,7 +761,7 @@ mod tests {
         );
         assert_eq!(
             addrs(&q(&z, "search.ext.svc.cluster.local.", RecordType::A)),
-            ["example.org."]
+            ["www.example.org."]
         );
         assert_eq!(
             addrs(&q(&z, "dns-version.cluster.local.", RecordType::TXT)),

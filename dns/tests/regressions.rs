@@ -6,22 +6,10 @@ use std::{
 };
 
 use hickory_proto::op::Message;
-use weft_dns::{
-    records::{ServiceInfo, Zone},
-    server::{Handler, Options},
-};
+use weft_dns::server::{Handler, Options};
 
 fn handler() -> Handler {
-    let mut z = Zone::new("cluster.local", 5).expect("zone");
-    z.set_service(
-        "default",
-        "db",
-        Some(ServiceInfo {
-            ports: vec![("pg".into(), "tcp".into(), 5432)],
-            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 11).into()],
-            ..ServiceInfo::default()
-        }),
-    );
+    let mut z = weft_dns::testing::sample_zone(Ipv4Addr::new(10, 244, 1, 2));
     z.set_synced();
     z.set_pods_synced();
     Handler::new(
@@ -69,7 +57,7 @@ fn fuzzer_findings_get_answers_that_decode() {
     let mut ok = unhex(POINTER_INTO_HEADER);
     ok.truncate(12);
     ok[5] = 1;
-    for l in ["db", "default", "svc", "cluster", "local"] {
+    for l in ["web", "default", "svc", "cluster", "local"] {
         ok.push(u8::try_from(l.len()).expect("len"));
         ok.extend(l.as_bytes());
     }

@@ -7,62 +7,16 @@
 #![no_main]
 
 use std::{
-    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, OnceLock, RwLock},
 };
 
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
-use weft_dns::{
-    records::{EndpointInfo, PodInfo, ServiceInfo, Zone},
-    server::{Handler, Options},
-};
+use weft_dns::server::{Handler, Options};
 
 fn handler() -> Handler {
-    let mut z = Zone::new("cluster.local", 5).expect("zone");
-    z.set_service(
-        "default",
-        "web",
-        Some(ServiceInfo {
-            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10).into()],
-            ports: vec![("http".into(), "tcp".into(), 80)],
-            ..ServiceInfo::default()
-        }),
-    );
-    z.set_service(
-        "default",
-        "db",
-        Some(ServiceInfo {
-            headless: true,
-            ports: vec![("pg".into(), "tcp".into(), 5432)],
-            endpoints: (0..40)
-                .map(|i| EndpointInfo {
-                    ip: Ipv4Addr::new(10, 244, 1, 10 + i).into(),
-                    hostname: (i % 2 == 0).then(|| format!("db-{i}")),
-                    ready: i % 7 != 0,
-                    ports: BTreeMap::from([("pg".into(), 5432)]),
-                })
-                .collect(),
-            ..ServiceInfo::default()
-        }),
-    );
-    z.set_service(
-        "ext",
-        "search",
-        Some(ServiceInfo {
-            external_name: Some("example.org".into()),
-            ..ServiceInfo::default()
-        }),
-    );
-    z.set_pod(
-        "team/client",
-        Some(PodInfo {
-            namespace: "team".into(),
-            ip: Ipv4Addr::new(10, 244, 1, 2),
-            local: true,
-        }),
-    );
+    let mut z = weft_dns::testing::sample_zone(Ipv4Addr::new(10, 244, 1, 2));
     z.set_synced();
     z.set_pods_synced();
     Handler::new(

@@ -21,7 +21,7 @@ use hickory_proto::{
 use weft_agent::{
     dns::{
         forward::{Forwarder, Upstreams},
-        records::{EndpointInfo, PodInfo, ServiceInfo, Zone},
+        records::Zone,
         server::{Handler, Options, Stats},
     },
     netlink::{Netlink, netns},
@@ -78,7 +78,10 @@ fn start(tag: &str, with_upstream: bool, search_shortcut: bool) -> Result<Lab> {
         t.set_nonblocking(true)?;
         Ok((u, t))
     })??;
-    let zone = Arc::new(RwLock::new(zone()?));
+    // The "pod" dig asks from: 127.0.0.1 is a local pod of namespace team.
+    let zone = Arc::new(RwLock::new(weft_dns::testing::sample_zone(
+        Ipv4Addr::LOCALHOST,
+    )));
     let forwarder = if with_upstream {
         // The resolver's sockets are made in the namespace it runs in.
         let _guard = rt.enter();
@@ -144,100 +147,6 @@ fn dig_from(ns: &str, src: &str, args: &[&str]) -> Result<String> {
         .output()
         .context("dig (bind9-dnsutils)")?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn zone() -> Result<Zone> {
-    let mut z = Zone::new("cluster.local", 5)?;
-    z.set_service(
-        "default",
-        "web",
-        Some(ServiceInfo {
-            cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10).into()],
-            ports: vec![("http".into(), "tcp".into(), 80)],
-            ..ServiceInfo::default()
-        }),
-    );
-    z.set_service(
-        "default",
-        "db",
-        Some(ServiceInfo {
-            headless: true,
-            ports: vec![("pg".into(), "tcp".into(), 5432)],
-            endpoints: vec![
-                EndpointInfo {
-                    ip: Ipv4Addr::new(10, 244, 1, 5).into(),
-                    hostname: Some("db-0".into()),
-                    ready: true,
-                    ports: BTreeMap::from([("pg".into(), 5432)]),
-                },
-                EndpointInfo {
-                    ip: Ipv4Addr::new(10, 244, 2, 6).into(),
-                    hostname: None,
-                    ready: true,
-                    ports: BTreeMap::from([("pg".into(), 5433)]),
-                },
-                EndpointInfo {
-                    ip: Ipv4Addr::new(10, 244, 3, 7).into(),
-                    hostname: Some("db-2".into()),
-                    ready: false,
-                    ports: BTreeMap::new(),
-                },
-            ],
-            ..ServiceInfo::default()
-        }),
-    );
-    z.set_service(
-        "default",
-        "empty",
-        Some(ServiceInfo {
-            headless: true,
-            ..ServiceInfo::default()
-        }),
-    );
-    z.set_service(
-        "ext",
-        "search",
-        Some(ServiceInfo {
-            external_name: Some("www.example.org".into()),
-            ..ServiceInfo::default()
-        }),
-    );
-    // Headless, with enough endpoints that a 512-byte UDP answer truncates.
-    let endpoints = (0..60)
-        .map(|i| EndpointInfo {
-            ip: Ipv4Addr::new(10, 244, 1, 10 + i).into(),
-            hostname: None,
-            ready: true,
-            ports: BTreeMap::new(),
-        })
-        .collect();
-    z.set_service(
-        "default",
-        "many",
-        Some(ServiceInfo {
-            headless: true,
-            endpoints,
-            ..ServiceInfo::default()
-        }),
-    );
-    z.set_pod(
-        "default/db-0",
-        Some(PodInfo {
-            namespace: "default".into(),
-            ip: Ipv4Addr::new(10, 244, 1, 5),
-            local: false,
-        }),
-    );
-    // The "pod" dig asks from: 127.0.0.1 is a local pod of namespace team.
-    z.set_pod(
-        "team/client",
-        Some(PodInfo {
-            namespace: "team".into(),
-            ip: Ipv4Addr::LOCALHOST,
-            local: true,
-        }),
-    );
-    Ok(z)
 }
 
 /// The specification checklist: name, type, response code, answers
