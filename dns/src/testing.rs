@@ -99,3 +99,19 @@ pub fn sample_zone(local_pod: Ipv4Addr) -> Zone {
     );
     z
 }
+
+/// A server handler on the synced [`sample_zone`], with no upstream and
+/// the search-path shortcut on.
+#[must_use]
+pub fn sample_handler(local_pod: Ipv4Addr) -> crate::server::Handler {
+    let mut z = sample_zone(local_pod);
+    z.set_synced();
+    z.set_pods_synced();
+    crate::server::Handler::new(
+        std::sync::Arc::new(std::sync::RwLock::new(z)),
+        crate::server::Options {
+            forwarder: None,
+            search_shortcut: true,
+        },
+    )
+}

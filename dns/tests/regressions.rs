@@ -1,25 +1,8 @@
 //! Inputs the fuzzer found, replayed through the request path.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, RwLock},
-};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use hickory_proto::op::Message;
-use weft_dns::server::{Handler, Options};
-
-fn handler() -> Handler {
-    let mut z = weft_dns::testing::sample_zone(Ipv4Addr::new(10, 244, 1, 2));
-    z.set_synced();
-    z.set_pods_synced();
-    Handler::new(
-        Arc::new(RwLock::new(z)),
-        Options {
-            forwarder: None,
-            search_shortcut: true,
-        },
-    )
-}
 
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -38,7 +21,7 @@ fn fuzzer_findings_get_answers_that_decode() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let h = handler();
+    let h = weft_dns::testing::sample_handler(Ipv4Addr::new(10, 244, 1, 2));
     let src: SocketAddr = "10.244.9.9:40000".parse().expect("addr");
     for (input, tcp) in [(POINTER_INTO_HEADER, false), (POINTER_INTO_HEADER, true)] {
         let msg = unhex(input);

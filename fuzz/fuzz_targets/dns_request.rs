@@ -8,24 +8,15 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, OnceLock, RwLock},
+    sync::OnceLock,
 };
 
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
-use weft_dns::server::{Handler, Options};
+use weft_dns::server::Handler;
 
 fn handler() -> Handler {
-    let mut z = weft_dns::testing::sample_zone(Ipv4Addr::new(10, 244, 1, 2));
-    z.set_synced();
-    z.set_pods_synced();
-    Handler::new(
-        Arc::new(RwLock::new(z)),
-        Options {
-            forwarder: None,
-            search_shortcut: true,
-        },
-    )
+    weft_dns::testing::sample_handler(Ipv4Addr::new(10, 244, 1, 2))
 }
 
 static STATE: OnceLock<(tokio::runtime::Runtime, Handler)> = OnceLock::new();
