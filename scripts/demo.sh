@@ -42,6 +42,8 @@ $WEFT exec "$from" -- wget -qO- "http://$to_ip/"
 vip=$($WEFT get service web --no-headers | awk '{print $3}')
 step "weft exec $from -- sh -c 'for i in 1 2 3 4 5 6; do wget -qO- http://$vip/; done'   # the Service VIP"
 $WEFT exec "$from" -- sh -c "for i in 1 2 3 4 5 6; do wget -qO- http://$vip/; done"
+step "weft exec $from -- sh -c 'nslookup web.default.svc.cluster.local; wget -qO- http://web/'   # by name: the node's DNS"
+$WEFT exec "$from" -- sh -c 'nslookup web.default.svc.cluster.local; wget -qO- http://web/'
 step "weft lb show --node $from_node web   # what the node's eBPF maps hold"
 $WEFT lb show --node "$from_node" web
 step "weft logs $to --tail 1"
