@@ -2,7 +2,8 @@
 //! resolv.conf Weft gives them; names outside the cluster go to an
 //! upstream inside the lab (never the internet); the search-path shortcut
 //! is on for n1 and off for n2, and what an outside lookup costs is counted
-//! on both; Service changes reach every node's DNS.
+//! on both; n2's answers carry a TTL of 7 s instead of 5; Service changes
+//! reach every node's DNS.
 
 use std::{
     net::Ipv4Addr,
@@ -145,7 +146,12 @@ fn pods_resolve_services_and_outside_names_with_and_without_the_shortcut() -> Re
     spec.agent_args = vec!["--dns-upstream".into(), "192.0.2.1".into()];
     spec.node_agent_args.insert(
         "n2".into(),
-        vec!["--dns-search-shortcut".into(), "false".into()],
+        vec![
+            "--dns-search-shortcut".into(),
+            "false".into(),
+            "--dns-ttl".into(),
+            "7".into(),
+        ],
     );
     let c = rt.block_on(Cluster::up(spec, |_| {}))?;
     let up = {
@@ -193,6 +199,22 @@ fn pods_resolve_services_and_outside_names_with_and_without_the_shortcut() -> Re
         ensure!(
             code == 0 && out.contains(&vip) && out.contains("web"),
             "{client}: {out}"
+        );
+    }
+
+    // The TTL: 5 s by default (n1), --dns-ttl on n2.
+    for (n, ttl) in [(&n1, 5), (&n2, 7)] {
+        let out = dig(
+            &c,
+            &n.netns,
+            gateway(&c, n)?,
+            &["+noall", "+answer", "web.default.svc.cluster.local", "A"],
+        )?;
+        let words = out.split_whitespace().collect::<Vec<_>>().join(" ");
+        ensure!(
+            words == format!("web.default.svc.cluster.local. {ttl} IN A {vip}"),
+            "TTL {ttl} on {}: {out}",
+            n.name
         );
     }
 
