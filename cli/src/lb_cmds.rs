@@ -228,17 +228,27 @@ fn render_trace(node: &str, t: &Trace) -> String {
 
 /// `weft dns stats [--node NODE] [-o json]`.
 pub async fn dns_stats(c: &Client, node: Option<&str>, output: Option<&str>) -> Result<u8> {
-    const FIELDS: [&str; 6] = [
+    const FIELDS: [&str; 9] = [
         "queries",
         "zone",
         "forwarded",
         "shortcut",
         "servfail",
         "refused",
+        "notimp",
+        "formerr",
+        "overload",
     ];
     let mut failed = false;
     let mut all = serde_json::Map::new();
-    let mut text = String::from("NODE\tQUERIES\tZONE\tFORWARDED\tSHORTCUT\tSERVFAIL\tREFUSED\n");
+    let mut rows = vec![
+        ["NODE", "SERVING"]
+            .into_iter()
+            .chain(FIELDS.iter().copied())
+            .map(str::to_ascii_uppercase)
+            .collect::<Vec<_>>(),
+    ];
+    let mut problems = String::new();
     for n in nodes(c, node).await? {
         let v = match c.get(&format!("/api/v1/nodes/{n}/proxy/dns/stats")).await {
             Ok(v) => v,
@@ -248,17 +258,40 @@ pub async fn dns_stats(c: &Client, node: Option<&str>, output: Option<&str>) -> 
                 continue;
             }
         };
-        text.push_str(&n);
-        for f in FIELDS {
-            let _ = write!(text, "\t{}", v[f].as_u64().unwrap_or(0));
+        let serving = if v["serving"].as_bool().unwrap_or(false) {
+            "yes"
+        } else {
+            "no"
+        };
+        let mut row = vec![n.clone(), serving.to_string()];
+        row.extend(
+            FIELDS
+                .iter()
+                .map(|f| v[*f].as_u64().unwrap_or(0).to_string()),
+        );
+        rows.push(row);
+        if let Some(p) = v["problem"].as_str().filter(|p| !p.is_empty()) {
+            let _ = writeln!(problems, "node {n}: {p}");
         }
-        text.push('\n');
         all.insert(n, v);
     }
     if output == Some("json") {
         out(&format!("{}\n", serde_json::Value::Object(all)));
-    } else {
-        out(&text);
+        return Ok(u8::from(failed));
     }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut text = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(text, "{}", cells.join("   ").trim_end());
+    }
+    text.push_str(&problems);
+    out(&text);
     Ok(u8::from(failed))
 }

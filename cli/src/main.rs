@@ -228,7 +228,7 @@ struct AgentArgs {
     #[arg(long, default_value = "/etc/resolv.conf")]
     dns_resolv_conf: PathBuf,
     /// TTL of the cluster zone's answers, in seconds.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=2_147_483_647))]
     dns_ttl: u32,
     /// Answered upstream names kept in the DNS cache.
     #[arg(long, default_value_t = weft_agent::dns::forward::DEFAULT_CACHE_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
@@ -467,12 +467,22 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     use weft_agent::node::{AgentConfig, Routing};
     // kube-rs logs each failed connection at ERROR; the agent says what
-    // failed and that it retries, once, in its own words.
+    // failed and that it retries, once, in its own words. hickory logs
+    // every DNS query at INFO: kept to warnings unless RUST_LOG names it.
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube_client=off".into());
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("hickory")) {
+        for d in [
+            "hickory_server=warn",
+            "hickory_proto=warn",
+            "hickory_net=warn",
+            "hickory_resolver=warn",
+        ] {
+            filter = filter.add_directive(d.parse()?);
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube_client=off".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colours only on a terminal: log files stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

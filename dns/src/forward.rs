@@ -39,11 +39,16 @@ impl Default for Upstreams {
 /// # Errors
 /// When it is neither.
 pub fn parse_upstream(s: &str) -> Result<SocketAddr> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, 53));
+    let sa = match s.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, 53),
+        Err(_) => s
+            .parse::<SocketAddr>()
+            .with_context(|| format!("{s:?} is not an upstream resolver (IP or IP:PORT)"))?,
+    };
+    if sa.ip().is_unspecified() || sa.ip().is_multicast() || sa.port() == 0 {
+        bail!("{s:?} cannot be asked: give a resolver's own address and a port other than 0");
     }
-    s.parse::<SocketAddr>()
-        .with_context(|| format!("{s:?} is not an upstream resolver (IP or IP:PORT)"))
+    Ok(sa)
 }
 
 /// The answer of the upstream, as the server relays it.
@@ -62,6 +67,9 @@ pub struct Forwarded {
 pub struct Forwarder {
     resolver: Resolver<TokioRuntimeProvider>,
     servers: Vec<SocketAddr>,
+    /// Lookups in flight: each may hold a socket, so a flood of names that
+    /// miss the cache must not take the agent's descriptors.
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -74,6 +82,10 @@ impl std::fmt::Debug for Forwarder {
 
 /// Entries kept in the cache (each a whole answer).
 pub const DEFAULT_CACHE_SIZE: u64 = 10_000;
+
+/// Upstream lookups in flight at most (CoreDNS's forward plugin has the
+/// same default); beyond it, SERVFAIL at once.
+pub const MAX_IN_FLIGHT: usize = 1_000;
 
 impl Forwarder {
     /// A forwarder to `upstreams`, caching up to `cache_size` answers.
@@ -111,7 +123,11 @@ impl Forwarder {
         opts.attempts = 2;
         opts.try_tcp_on_error = true;
         let resolver = builder.build().context("the upstream resolver")?;
-        Ok(Self { resolver, servers })
+        Ok(Self {
+            resolver,
+            servers,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        })
     }
 
     /// The upstream servers.
@@ -120,8 +136,14 @@ impl Forwarder {
         &self.servers
     }
 
-    /// Resolves `name`/`qtype` upstream (or from the cache).
-    pub async fn lookup(&self, name: &Name, qtype: RecordType) -> Forwarded {
+    /// Resolves `name`/`qtype` upstream (or from the cache). `None` when
+    /// [`MAX_IN_FLIGHT`] lookups are already under way.
+    pub async fn lookup(&self, name: &Name, qtype: RecordType) -> Option<Forwarded> {
+        let _permit = self.in_flight.clone().try_acquire_owned().ok()?;
+        Some(self.lookup_now(name, qtype).await)
+    }
+
+    async fn lookup_now(&self, name: &Name, qtype: RecordType) -> Forwarded {
         let mut fqdn = name.clone();
         fqdn.set_fqdn(true);
         match self.resolver.lookup(fqdn, qtype).await {
@@ -185,6 +207,8 @@ mod tests {
             "192.0.2.1:5353".parse::<SocketAddr>().expect("sa")
         );
         assert!(parse_upstream("resolver.example").is_err());
+        assert!(parse_upstream("0.0.0.0").is_err());
+        assert!(parse_upstream("192.0.2.1:0").is_err());
     }
 
     #[test]

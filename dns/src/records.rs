@@ -160,15 +160,14 @@ impl Zone {
     /// Sets or removes (`None`) a Service.
     pub fn set_service(&mut self, ns: &str, name: &str, svc: Option<ServiceInfo>) {
         let key = (lower(ns), lower(name));
-        let old = match svc {
-            Some(s) => {
-                self.index_service(&key, &s, true);
-                self.services.insert(key.clone(), s)
-            }
-            None => self.services.remove(&key),
-        };
-        if let Some(old) = old {
+        // Out with the old entries before the new ones go in: the reverse
+        // index holds sets, and an entry both have must stay.
+        if let Some(old) = self.services.remove(&key) {
             self.index_service(&key, &old, false);
+        }
+        if let Some(s) = svc {
+            self.index_service(&key, &s, true);
+            self.services.insert(key, s);
         }
         self.serial = self.serial.wrapping_add(1);
     }
@@ -184,8 +183,8 @@ impl Zone {
         let named = s.cluster_ips.iter().map(|ip| (*ip, None)).chain(
             s.endpoints
                 .iter()
-                .filter(|e| e.ready)
-                .filter_map(|e| e.hostname.as_ref().map(|h| (e.ip, Some(lower(h))))),
+                .filter(|e| e.ready && s.headless)
+                .map(|e| (e.ip, Some(endpoint_host(e)))),
         );
         for (ip, host) in named {
             let entry = (ns.clone(), name.clone(), host);
@@ -389,8 +388,12 @@ impl Zone {
                 if host.starts_with('_') {
                     // `_proto.svc.ns.svc`: an empty non-terminal of a named
                     // port's SRV name.
+                    // Nothing exists below a headless Service's name while
+                    // it has no ready endpoint.
                     let proto = host.trim_start_matches('_');
-                    return if s.ports.iter().any(|(n, p, _)| !n.is_empty() && p == proto) {
+                    let exists = !s.headless || s.endpoints.iter().any(|e| e.ready);
+                    return if exists && s.ports.iter().any(|(n, p, _)| !n.is_empty() && p == proto)
+                    {
                         Answer::NoData
                     } else {
                         Answer::NxDomain
@@ -400,7 +403,7 @@ impl Zone {
                     .endpoints
                     .iter()
                     .filter(|e| e.ready && s.headless)
-                    .filter(|e| e.hostname.as_deref().map(lower).as_deref() == Some(host))
+                    .filter(|e| endpoint_host(e) == *host)
                     .map(|e| e.ip)
                     .collect();
                 if ips.is_empty() {
@@ -519,11 +522,7 @@ impl Zone {
             ready
                 .iter()
                 .map(|e| {
-                    let host = e.hostname.clone().unwrap_or_else(|| match e.ip {
-                        IpAddr::V4(v4) => dashed(v4),
-                        // As CoreDNS names them: the address, ':' as '-'.
-                        IpAddr::V6(v6) => v6.to_string().replace(':', "-"),
-                    });
+                    let host = endpoint_host(e);
                     let target = self.name(&[&host, svc, ns, "svc"]);
                     let p = e.ports.get(port).copied().unwrap_or(*number);
                     self.rec(qname, RData::SRV(SRV::new(0, weight, p, target)))
@@ -536,6 +535,11 @@ impl Zone {
     /// addresses.
     fn reverse(&self, lname: &Name, qname: &Name, qtype: RecordType) -> Option<Answer> {
         let ip = reverse_ip(lname)?;
+        // Before sync the indexes are empty: an address of the cluster
+        // would look like someone else's.
+        if !self.is_synced() {
+            return Some(Answer::ServFail);
+        }
         let mut targets: Vec<Name> = Vec::new();
         if let Some(names) = self.service_addrs.get(&ip) {
             for (ns, name, host) in names {
@@ -557,9 +561,6 @@ impl Zone {
         if targets.is_empty() {
             // Not a cluster address: the upstream may know it.
             return None;
-        }
-        if !self.is_synced() {
-            return Some(Answer::ServFail);
         }
         Some(if qtype == RecordType::PTR {
             Answer::Records(
@@ -602,6 +603,17 @@ fn reverse_ip(lname: &Name) -> Option<IpAddr> {
     }
 }
 
+/// The name of a headless Service's endpoint under the Service: its
+/// hostname, or else its address with dashes (`10-244-1-7`; for IPv6, as
+/// CoreDNS does, the address with ':' as '-').
+fn endpoint_host(e: &EndpointInfo) -> String {
+    match (&e.hostname, e.ip) {
+        (Some(h), _) => lower(h),
+        (None, IpAddr::V4(v4)) => dashed(v4),
+        (None, IpAddr::V6(v6)) => v6.to_string().replace(':', "-"),
+    }
+}
+
 /// `10.244.1.7` as `10-244-1-7`.
 #[must_use]
 pub fn dashed(ip: Ipv4Addr) -> String {
@@ -620,7 +632,9 @@ fn dashed_ip(s: &str) -> Option<Ipv4Addr> {
     let [a, b, c, d] = parts[..] else {
         return None;
     };
-    Some(Ipv4Addr::new(a, b, c, d))
+    let ip = Ipv4Addr::new(a, b, c, d);
+    // One name per address: `010-244-...` is not `10-244-...`.
+    (dashed(ip) == s).then_some(ip)
 }
 
 #[cfg(test)]
@@ -843,6 +857,52 @@ mod tests {
     }
 
     #[test]
+    fn updates_keep_reverse_records_and_endpoint_names_resolve() {
+        let mut z = zone();
+        // The same Service set again (every watch event does that).
+        let web = z.services[&("default".into(), "web".into())].clone();
+        z.set_service("default", "web", Some(web));
+        assert_eq!(
+            addrs(&q(&z, "10.0.96.10.in-addr.arpa.", RecordType::PTR)),
+            ["web.default.svc.cluster.local."]
+        );
+        // A headless endpoint without hostname is named by its address,
+        // the name SRV points at, and its PTR says so.
+        assert_eq!(
+            addrs(&q(
+                &z,
+                "10-244-2-6.db.default.svc.cluster.local.",
+                RecordType::A
+            )),
+            ["10.244.2.6"]
+        );
+        assert_eq!(
+            addrs(&q(&z, "6.2.244.10.in-addr.arpa.", RecordType::PTR)),
+            ["10-244-2-6.db.default.svc.cluster.local."]
+        );
+        // One name per address.
+        assert_eq!(
+            q(&z, "010-244-1-5.default.pod.cluster.local.", RecordType::A),
+            Answer::NxDomain
+        );
+        // Nothing below a headless name that does not exist.
+        assert_eq!(
+            q(&z, "empty.default.svc.cluster.local.", RecordType::A),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            q(&z, "_tcp.empty.default.svc.cluster.local.", RecordType::A),
+            Answer::NxDomain
+        );
+        // Removal takes the reverse records with it.
+        z.set_service("default", "web", None);
+        assert_eq!(
+            q(&z, "10.0.96.10.in-addr.arpa.", RecordType::PTR),
+            Answer::NotOurs
+        );
+    }
+
+    #[test]
     fn servfail_until_synced() {
         let z = Zone::new("cluster.local", 5).expect("zone");
         assert_eq!(
@@ -850,5 +910,9 @@ mod tests {
             Answer::ServFail
         );
         assert_eq!(q(&z, "example.org.", RecordType::A), Answer::NotOurs);
+        assert_eq!(
+            q(&z, "10.0.96.10.in-addr.arpa.", RecordType::PTR),
+            Answer::ServFail
+        );
     }
 }

@@ -14,23 +14,27 @@ use std::{
 
 use hickory_proto::{
     op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode},
-    rr::{Name, RData, Record, RecordType, rdata::CNAME},
+    rr::{DNSClass, Name, RData, Record, RecordType, rdata::CNAME},
     serialize::binary::{BinDecodable as _, BinDecoder},
 };
 use hickory_server::{
     Server,
     server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
-    zone_handler::MessageResponseBuilder,
+    zone_handler::{MessageResponseBuilder, Queries},
 };
 
 use crate::{
-    forward::Forwarder,
+    forward::{Forwarded, Forwarder},
     records::{Answer, Zone},
 };
 
 /// Counters of what the server did, for `/dns/stats` and tests.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Stats {
+    /// The server has its sockets.
+    pub serving: std::sync::atomic::AtomicBool,
+    /// What is wrong, if anything (no sockets, no upstream).
+    pub problem: std::sync::Mutex<String>,
     /// Queries received (answered or not).
     pub queries: AtomicU64,
     /// Answered from the cluster zone.
@@ -41,8 +45,15 @@ pub struct Stats {
     pub shortcut: AtomicU64,
     /// Answered SERVFAIL.
     pub servfail: AtomicU64,
-    /// Refused (outside the zone with no upstream, or not a query).
+    /// Refused (outside the zone with no upstream, another class, a zone
+    /// transfer).
     pub refused: AtomicU64,
+    /// Not implemented (not a standard query, a meta type).
+    pub notimp: AtomicU64,
+    /// Malformed (FORMERR) or of an EDNS version above 0 (BADVERS).
+    pub formerr: AtomicU64,
+    /// Forwarded lookups turned away because too many were in flight.
+    pub overload: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -159,8 +170,7 @@ impl Handler {
             }
             Answer::NotOurs => match &self.opts.forwarder {
                 Some(f) => {
-                    bump(&self.stats.forwarded);
-                    let got = f.lookup(qname, qtype).await;
+                    let got = self.forward(f, qname, qtype).await;
                     if got.code == ResponseCode::ServFail {
                         bump(&self.stats.servfail);
                     }
@@ -179,8 +189,22 @@ impl Handler {
         }
     }
 
-    /// An ExternalName's CNAME points outside the zone: add what the
-    /// target resolves to, as CoreDNS does, so clients need no second trip.
+    /// Asks the upstream through `f`; SERVFAIL when too many lookups are
+    /// in flight.
+    async fn forward(&self, f: &Forwarder, name: &Name, qtype: RecordType) -> Forwarded {
+        bump(&self.stats.forwarded);
+        f.lookup(name, qtype).await.unwrap_or_else(|| {
+            bump(&self.stats.overload);
+            Forwarded {
+                code: ResponseCode::ServFail,
+                answers: Vec::new(),
+                authority: Vec::new(),
+            }
+        })
+    }
+
+    /// An ExternalName's CNAME: add what the target resolves to (from the
+    /// zone or upstream), as CoreDNS does, so clients need no second trip.
     async fn chase(&self, reply: &mut Reply, qtype: RecordType) {
         let [only] = &reply.answers[..] else {
             return;
@@ -191,20 +215,26 @@ impl Handler {
         if qtype == RecordType::CNAME {
             return;
         }
+        // A target inside the zone is answered from it (one step: a CNAME
+        // there is not followed again).
+        let inside = {
+            let z = self.zone.read().expect("zone lock");
+            z.origin()
+                .zone_of(&target.to_lowercase())
+                .then(|| z.resolve(target, qtype))
+        };
+        if let Some(answer) = inside {
+            match answer {
+                Answer::Records(rs) => reply.answers.extend(rs),
+                Answer::NxDomain => reply.code = ResponseCode::NXDomain,
+                _ => {}
+            }
+            return;
+        }
         let Some(f) = &self.opts.forwarder else {
             return;
         };
-        if self
-            .zone
-            .read()
-            .expect("zone lock")
-            .origin()
-            .zone_of(target)
-        {
-            return;
-        }
-        bump(&self.stats.forwarded);
-        let got = f.lookup(target, qtype).await;
+        let got = self.forward(f, target, qtype).await;
         if got.code == ResponseCode::NXDomain {
             reply.code = ResponseCode::NXDomain;
         }
@@ -243,9 +273,10 @@ impl Handler {
                         reply.answers.extend(tail.answers);
                         return Some(reply);
                     }
-                    // Empty non-terminals and other types: a resolver goes
-                    // on down its search list, and so do we.
-                    Answer::NoData | Answer::NxDomain if i < last => {}
+                    // The name does not exist: on down the search list.
+                    Answer::NxDomain if i < last => {}
+                    // It exists without this type: that is the answer, as
+                    // it is for autopath (the first reply not NXDOMAIN).
                     Answer::NoData => {
                         let soa = self.zone.read().expect("zone lock").soa();
                         return Some(Reply {
@@ -260,10 +291,9 @@ impl Handler {
                 continue;
             }
             let f = self.opts.forwarder.as_ref()?;
-            bump(&self.stats.forwarded);
-            let got = f.lookup(name, qtype).await;
+            let got = self.forward(f, name, qtype).await;
             match got.code {
-                ResponseCode::NoError if !got.answers.is_empty() || i == last => {
+                ResponseCode::NoError => {
                     return Some(Reply {
                         code: ResponseCode::NoError,
                         authoritative: false,
@@ -271,7 +301,7 @@ impl Handler {
                         authority: got.authority,
                     });
                 }
-                ResponseCode::NoError | ResponseCode::NXDomain if i < last => {}
+                ResponseCode::NXDomain if i < last => {}
                 // Nothing found (or the upstream failed): the client's own
                 // search goes on as without the shortcut.
                 _ => return None,
@@ -298,79 +328,142 @@ impl RequestHandler for Handler {
         mut response_handle: R,
     ) -> ResponseInfo {
         bump(&self.stats.queries);
-        // EDNS: echo a version 0 OPT with the client's payload size (at
-        // least 512), so that UDP answers are truncated to what it takes.
+        // EDNS: a version 0 OPT with the client's payload size (512 to
+        // 4096), so that UDP answers are truncated to what it takes.
         let resp_edns = request.edns.as_ref().map(|e| {
             let mut r = Edns::new();
-            r.set_max_payload(e.max_payload().max(512));
+            r.set_max_payload(e.max_payload().clamp(512, 4096));
             r.set_version(0);
             r
         });
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(e) = &resp_edns {
-            builder.edns(e);
-        }
         let meta = &request.metadata;
-        // The question is echoed as received; a compression pointer into
-        // the header would point at other bytes in the answer, so such a
-        // question gets FORMERR without it.
-        if points_into_header(request.queries.as_bytes()) {
-            let Ok(none) =
-                hickory_server::zone_handler::Queries::read(&mut BinDecoder::new(&[]), 0)
-            else {
+        let no_question = || Queries::read(&mut BinDecoder::new(&[]), 0);
+        let code = if points_into_header(request.queries.as_bytes()) {
+            // The question is echoed as received; a compression pointer
+            // into the header would point at other bytes in the answer, so
+            // such a question gets FORMERR without it.
+            Some((ResponseCode::FormErr, false))
+        } else if meta.message_type != MessageType::Query || meta.op_code != OpCode::Query {
+            Some((ResponseCode::NotImp, true))
+        } else if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            Some((ResponseCode::BADVERS, true))
+        } else {
+            match request.request_info() {
+                Err(_) => Some((ResponseCode::FormErr, true)),
+                Ok(info) => match (info.query.query_class(), info.query.query_type()) {
+                    (c, _) if c != DNSClass::IN => Some((ResponseCode::Refused, true)),
+                    // No zone transfers; meta types are not questions.
+                    (_, RecordType::AXFR | RecordType::IXFR) => Some((ResponseCode::Refused, true)),
+                    (
+                        _,
+                        RecordType::OPT
+                        | RecordType::TSIG
+                        | RecordType::SIG
+                        | RecordType::Unknown(249 | 253 | 254),
+                    ) => Some((ResponseCode::NotImp, true)),
+                    _ => None,
+                },
+            }
+        };
+        if let Some((code, echo)) = code {
+            match code {
+                ResponseCode::Refused => bump(&self.stats.refused),
+                ResponseCode::NotImp => bump(&self.stats.notimp),
+                ResponseCode::FormErr | ResponseCode::BADVERS => bump(&self.stats.formerr),
+                _ => {}
+            }
+            let none = no_question();
+            let queries = if echo {
+                Ok(&request.queries)
+            } else {
+                none.as_ref()
+            };
+            let Ok(queries) = queries else {
                 return failed(request);
             };
-            let mut b = MessageResponseBuilder::new(&none, None);
+            let mut b = MessageResponseBuilder::new(queries, None);
             if let Some(e) = &resp_edns {
                 b.edns(e);
             }
-            let resp = b.error_msg(meta, ResponseCode::FormErr);
-            return match response_handle.send_response(resp).await {
+            return match response_handle.send_response(b.error_msg(meta, code)).await {
                 Ok(i) => i,
                 Err(_) => failed(request),
             };
         }
-        let unsupported = meta.message_type != MessageType::Query || meta.op_code != OpCode::Query;
-        let info = match request.request_info() {
-            Ok(i) if !unsupported => i,
-            _ => {
-                let code = if unsupported {
-                    bump(&self.stats.refused);
-                    ResponseCode::NotImp
-                } else {
-                    ResponseCode::FormErr
-                };
-                let resp = builder.error_msg(meta, code);
-                return match response_handle.send_response(resp).await {
-                    Ok(i) => i,
-                    Err(_) => failed(request),
-                };
-            }
-        };
         // The question as sent (hickory hands it over lowercased): answers
         // carry the name in the client's case, which 0x20 resolvers check.
-        let qname: Name =
+        let Ok(query) =
             hickory_proto::op::Query::read(&mut BinDecoder::new(request.queries.as_bytes()))
-                .map(|q| q.name().clone())
-                .unwrap_or_else(|_| info.query.name().into());
-        let qtype = info.query.query_type();
-        let reply = self.answer(request.src().ip(), &qname, qtype).await;
-        let mut meta = Metadata::response_from_request(meta);
-        meta.recursion_available = self.opts.forwarder.is_some();
-        meta.authoritative = reply.authoritative;
-        meta.response_code = reply.code;
+        else {
+            return failed(request);
+        };
+        let src = request.src().ip();
+        let meta = *meta;
+        // hickory-server answers one TCP connection's queries one after the
+        // other; a query that may wait on the upstream is answered from a
+        // task of its own, so that it does not hold up the ones behind it.
+        if request.protocol() != hickory_server::net::xfer::Protocol::Udp
+            && self.opts.forwarder.is_some()
+        {
+            let raw = request.queries.as_bytes().to_vec();
+            let count = request.queries.len();
+            let me = self.clone();
+            tokio::spawn(async move {
+                let reply = me.answer(src, query.name(), query.query_type()).await;
+                let Ok(queries) = Queries::read(&mut BinDecoder::new(&raw), count) else {
+                    return;
+                };
+                let _ = me
+                    .respond(meta, &queries, resp_edns.as_ref(), reply, response_handle)
+                    .await;
+            });
+            let mut m = Metadata::response_from_request(&meta);
+            m.response_code = ResponseCode::NoError;
+            return ResponseInfo::from(Header {
+                metadata: m,
+                counts: HeaderCounts::default(),
+            });
+        }
+        let reply = self.answer(src, query.name(), query.query_type()).await;
+        self.respond(
+            meta,
+            &request.queries,
+            resp_edns.as_ref(),
+            reply,
+            response_handle,
+        )
+        .await
+        .unwrap_or_else(|_| failed(request))
+    }
+}
+
+impl Handler {
+    /// Sends `reply` to the query `meta`/`queries`.
+    async fn respond<R: ResponseHandler>(
+        &self,
+        meta: Metadata,
+        queries: &Queries,
+        edns: Option<&Edns>,
+        reply: Reply,
+        mut handle: R,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let mut builder = MessageResponseBuilder::new(queries, None);
+        if let Some(e) = edns {
+            builder.edns(e);
+        }
+        let mut m = Metadata::response_from_request(&meta);
+        m.recursion_available = self.opts.forwarder.is_some();
+        m.authoritative = reply.authoritative;
+        m.response_code = reply.code;
         let empty: Vec<Record> = Vec::new();
         let resp = builder.build(
-            meta,
+            m,
             reply.answers.iter(),
             empty.iter(),
             reply.authority.iter(),
             empty.iter(),
         );
-        response_handle
-            .send_response(resp)
-            .await
-            .unwrap_or_else(|_| failed(request))
+        handle.send_response(resp).await
     }
 }
 

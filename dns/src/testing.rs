@@ -14,7 +14,8 @@ use crate::records::{EndpointInfo, PodInfo, ServiceInfo, Zone};
 /// - `empty.default`: headless without endpoints;
 /// - `many.default`: headless with 60 endpoints 10.244.1.10-69, more than a
 ///   512-byte UDP answer holds;
-/// - `search.ext`: ExternalName `www.example.org`;
+/// - `search.ext`: ExternalName `www.example.org`; `alias.ext`: ExternalName
+///   `web.default.svc.cluster.local`;
 /// - pods `default/db-0` (10.244.1.5, another node's) and `team/client` at
 ///   `local_pod`, on this node.
 #[must_use]
@@ -78,6 +79,14 @@ pub fn sample_zone(local_pod: Ipv4Addr) -> Zone {
         "search",
         Some(ServiceInfo {
             external_name: Some("www.example.org".into()),
+            ..ServiceInfo::default()
+        }),
+    );
+    z.set_service(
+        "ext",
+        "alias",
+        Some(ServiceInfo {
+            external_name: Some("web.default.svc.cluster.local".into()),
             ..ServiceInfo::default()
         }),
     );

@@ -29,6 +29,9 @@ use weft_agent::netlink::netns;
 /// connection to a closed port of it is refused at once, wherever it runs.
 pub const EXAMPLE_ORG: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
+/// How long `slow.example.org` takes to answer.
+pub const SLOW: Duration = Duration::from_millis(1500);
+
 /// Queries received, by `name TYPE` (name lowercase, fully qualified).
 pub type Counts = Arc<Mutex<BTreeMap<String, u32>>>;
 
@@ -71,6 +74,17 @@ impl RequestHandler for Handler {
         let mut answers = Vec::new();
         let mut code = ResponseCode::NoError;
         match lname.as_str() {
+            "slow.example.org." => {
+                // An upstream that takes its time.
+                tokio::time::sleep(SLOW).await;
+                if qtype == RecordType::A {
+                    answers.push(Record::from_rdata(
+                        qname.clone(),
+                        60,
+                        RData::A(A(EXAMPLE_ORG)),
+                    ));
+                }
+            }
             "example.org." => {
                 if qtype == RecordType::A {
                     answers.push(Record::from_rdata(

@@ -399,6 +399,31 @@ fn the_specification_checklist_with_dig_and_a_hickory_client() -> Result<()> {
     ])?;
     ensure!(out.lines().count() == 60, "60 with EDNS: {out}");
 
+    // EDNS versions above 0, other classes, zone transfers and meta types.
+    let out = lab.dig(&[
+        "+edns=1",
+        "+noednsnegotiation",
+        "web.default.svc.cluster.local",
+        "A",
+    ])?;
+    ensure!(out.contains("status: BADVERS"), "EDNS version 1: {out}");
+    let out = lab.dig(&["-c", "CH", "web.default.svc.cluster.local", "A"])?;
+    ensure!(out.contains("status: REFUSED"), "class CH: {out}");
+    for qtype in [RecordType::AXFR, RecordType::IXFR] {
+        let r = hickory_ask(&lab.ns.0, "cluster.local.", qtype)?;
+        ensure!(
+            r.metadata.response_code == ResponseCode::Refused,
+            "{qtype}: {:?}",
+            r.metadata.response_code
+        );
+    }
+    let r = hickory_ask(&lab.ns.0, "cluster.local.", RecordType::Unknown(253))?;
+    ensure!(
+        r.metadata.response_code == ResponseCode::NotImp,
+        "MAILB: {:?}",
+        r.metadata.response_code
+    );
+
     // Without an upstream, other names are refused, not denied.
     let out = lab.dig(&["example.org", "A"])?;
     ensure!(out.contains("status: REFUSED"), "{out}");
@@ -444,6 +469,13 @@ fn forwarding_caches_and_the_search_path_shortcut() -> Result<()> {
         "ExternalName chased: {out}"
     );
 
+    // An ExternalName inside the zone is answered from it.
+    let out = lab.dig(&["+short", "alias.ext.svc.cluster.local", "A"])?;
+    ensure!(
+        out.trim() == "web.default.svc.cluster.local.\n10.96.0.10",
+        "ExternalName inside the zone: {out}"
+    );
+
     // The shortcut: the local pod (127.0.0.1, namespace team) asks for
     // example.org under its first search domain and gets the final answer.
     let out = lab.dig(&["example.org.team.svc.cluster.local", "A"])?;
@@ -460,6 +492,19 @@ fn forwarding_caches_and_the_search_path_shortcut() -> Result<()> {
     );
     let out = lab.dig(&["nope.example.org.team.svc.cluster.local", "A"])?;
     ensure!(out.contains("status: NXDOMAIN"), "nothing found: {out}");
+    // A name that exists without the type ends the walk (NODATA), as the
+    // pod's own search would end there: nothing goes upstream.
+    let out = lab.dig(&["web.default.team.svc.cluster.local", "AAAA"])?;
+    ensure!(
+        out.contains("status: NOERROR")
+            && out.contains("CNAME\tweb.default.svc.cluster.local.")
+            && !out.contains("AAAA\t"),
+        "shortcut to NODATA: {out}"
+    );
+    ensure!(
+        upstream::count(&up, "web.default", "AAAA") == 0,
+        "an existing cluster name walked on upstream: {up:?}"
+    );
     // A name of the pod's own namespace is answered as itself.
     let out = lab.dig(&["+short", "web.team.svc.cluster.local", "A"])?;
     ensure!(out.trim().is_empty(), "{out}");
@@ -476,8 +521,8 @@ fn forwarding_caches_and_the_search_path_shortcut() -> Result<()> {
         lab.stats
             .shortcut
             .load(std::sync::atomic::Ordering::Relaxed)
-            == 2,
-        "two shortcuts: {:?}",
+            == 3,
+        "three shortcuts: {:?}",
         lab.stats
     );
 
@@ -516,13 +561,15 @@ fn tcp_pipelining_and_malformed_queries() -> Result<()> {
     lab.synced();
     let ns = lab.ns.0.clone();
 
-    // Several queries in flight on one connection, a forwarded one first:
-    // each gets its answer, whatever the order.
+    // Several queries in flight on one connection, a slow forwarded one
+    // first: each gets its answer, and the slow one holds up none of the
+    // others.
     let mut conn = netns::run_in(Some(&ns), || std::net::TcpStream::connect(SERVER))??;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut burst = Vec::new();
+    let sent = std::time::Instant::now();
     for (id, name) in [
-        (1, "example.org."),
+        (1, "slow.example.org."),
         (2, "web.default.svc.cluster.local."),
         (3, "nope.default.svc.cluster.local."),
         (4, "db.default.svc.cluster.local."),
@@ -531,6 +578,7 @@ fn tcp_pipelining_and_malformed_queries() -> Result<()> {
     }
     conn.write_all(&burst)?;
     let mut got = BTreeMap::new();
+    let mut order = Vec::new();
     for _ in 0..4 {
         let mut len = [0u8; 2];
         conn.read_exact(&mut len)?;
@@ -538,7 +586,16 @@ fn tcp_pipelining_and_malformed_queries() -> Result<()> {
         conn.read_exact(&mut body)?;
         let m = Message::from_vec(&body)?;
         got.insert(m.metadata.id, (m.metadata.response_code, m.answers.len()));
+        order.push((m.metadata.id, sent.elapsed()));
     }
+    ensure!(
+        order
+            .iter()
+            .take(3)
+            .all(|(id, t)| *id != 1 && *t < upstream::SLOW)
+            && order[3].0 == 1,
+        "the slow answer came last, the others without waiting for it: {order:?}"
+    );
     ensure!(
         got == BTreeMap::from([
             (1, (ResponseCode::NoError, 1)),

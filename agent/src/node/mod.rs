@@ -334,36 +334,63 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         crate::dns::records::Zone::new("cluster.local", node.cfg.dns.ttl)
             .context("the cluster zone")?,
     ));
-    let forwarder = match crate::dns::forward::Forwarder::new(
-        &node.cfg.dns.upstreams,
-        node.cfg.dns.cache_size,
-    ) {
-        Ok(f) => Some(f),
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "names outside the cluster are refused: no upstream resolver");
-            None
-        }
-    };
-    let upstreams = forwarder.as_ref().map(|f| f.servers().to_vec());
+    let forwarder =
+        match crate::dns::forward::Forwarder::new(&node.cfg.dns.upstreams, node.cfg.dns.cache_size)
+        {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                let e =
+                    format!("no upstream resolver, names outside the cluster are refused: {e:#}");
+                tracing::error!("{e}");
+                Err(e)
+            }
+        };
+    let upstreams = forwarder.as_ref().map(|f| f.servers().to_vec()).ok();
     let dns = crate::dns::server::Handler::new(
         zone.clone(),
         crate::dns::server::Options {
-            forwarder,
+            forwarder: forwarder.as_ref().ok().cloned(),
             search_shortcut: node.cfg.dns.search_shortcut,
         },
     );
-    *node.dns_stats.lock().expect("dns stats lock") = Some(dns.stats());
-    match bind_dns(gateway.ip()) {
-        Ok((udp, tcp)) => {
-            tokio::spawn(async move {
-                if let Err(e) = crate::dns::server::serve(dns, udp, tcp).await {
-                    tracing::error!(error = %e, "the DNS server stopped");
-                }
-            });
-            tracing::info!(addr = %gateway.ip(), ?upstreams, "serving cluster DNS");
-        }
-        Err(e) => tracing::warn!(error = %e, "cluster DNS not served"),
+    let stats = dns.stats();
+    if let Err(e) = &forwarder {
+        e.clone_into(&mut stats.problem.lock().expect("problem lock"));
     }
+    *node.dns_stats.lock().expect("dns stats lock") = Some(stats.clone());
+    let addr = gateway.ip();
+    // Pods' resolv.conf names this address whatever happens: a port taken
+    // by someone else is retried until it is free, and said meanwhile.
+    tokio::spawn(async move {
+        loop {
+            match bind_dns(addr) {
+                Ok((udp, tcp)) => {
+                    tracing::info!(%addr, ?upstreams, "serving cluster DNS");
+                    stats
+                        .serving
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    {
+                        let mut p = stats.problem.lock().expect("problem lock");
+                        if p.starts_with("cluster DNS not served") {
+                            p.clear();
+                        }
+                    }
+                    if let Err(e) = crate::dns::server::serve(dns.clone(), udp, tcp).await {
+                        tracing::error!(error = %e, "the DNS server stopped; restarting it");
+                    }
+                    stats
+                        .serving
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let e = format!("cluster DNS not served, retrying every 5 s: {e:#}");
+                    tracing::error!("{e}");
+                    *stats.problem.lock().expect("problem lock") = e;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
     tokio::spawn(crate::dns::sync::run(
         node.api.client.clone(),
         zone.clone(),
