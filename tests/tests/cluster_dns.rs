@@ -281,6 +281,78 @@ fn pods_resolve_services_and_outside_names_with_and_without_the_shortcut() -> Re
         "cluster names reached the upstream: {up:?}"
     );
 
+    // Pods named under a headless Service (hostname and subdomain), ready
+    // or, with publishNotReadyAddresses, not yet.
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: default}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports:
+  - {name: http, port: 80}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: peers, namespace: default}
+spec:
+  clusterIP: None
+  publishNotReadyAddresses: true
+  selector: {app: peer}
+  ports:
+  - {name: http, port: 80}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: default, labels: {app: db}}
+spec:
+  hostname: db-0
+  subdomain: db
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: weft.local/busybox:1.36
+    command: ["sh", "-c", "mkdir -p /www && exec httpd -f -p 80 -h /www"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: peer-0, namespace: default, labels: {app: peer}}
+spec:
+  hostname: peer-0
+  subdomain: peers
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: weft.local/busybox:1.36
+    command: ["sleep", "3600"]
+    readinessProbe:
+      tcpSocket: {port: 80}
+      periodSeconds: 1
+"#,
+    )?;
+    wait_ready(&c, "default", &["db-0"])?;
+    let (db_ip, _) = pod_net(&c, "default", "db-0")?;
+    until_every_node(&c, "db-0.db.default.svc.cluster.local", "A", |o| {
+        o.contains(&format!("A\t{db_ip}"))
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let peer_ip = loop {
+        if let Ok((ip, _)) = pod_net(&c, "default", "peer-0") {
+            break ip;
+        }
+        ensure!(Instant::now() < deadline, "peer-0 never got an address");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    until_every_node(&c, "peer-0.peers.default.svc.cluster.local", "A", |o| {
+        o.contains(&format!("A\t{peer_ip}"))
+    })?;
+    let peer = c.get_json(&["pod", "peer-0"])?;
+    ensure!(
+        !pod_ready(&peer),
+        "peer-0 is not ready, yet published: {peer}"
+    );
+
     // IPv6 endpoints (a headless Service with a slice of its own) answer
     // AAAA, and only AAAA.
     c.apply(

@@ -181,6 +181,18 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
             .push(pod.clone());
     }
 
+    // publishNotReadyAddresses: every pod counts as ready (what StatefulSet
+    // peers use to find each other before they are ready).
+    let publish_all = svc["spec"]["publishNotReadyAddresses"].as_bool() == Some(true);
+    let counts_ready = |p: &Value| publish_all || pod_ready(p);
+    // A pod with `hostname` whose `subdomain` is this Service is published
+    // under that name (DNS: hostname.service.namespace.svc).
+    let hostname = |p: &Value| {
+        p["spec"]["hostname"]
+            .as_str()
+            .filter(|h| !h.is_empty() && p["spec"]["subdomain"].as_str() == Some(name))
+            .map(String::from)
+    };
     // Endpoints: terminating pods are left out, not-ready ones listed apart.
     let mut subsets = Vec::new();
     for (ports, members) in groups.values() {
@@ -188,6 +200,9 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
             let mut a = json!({"ip": p["status"]["podIP"], "targetRef": target_ref(p)});
             if let Some(n) = p["spec"]["nodeName"].as_str() {
                 a["nodeName"] = json!(n);
+            }
+            if let Some(h) = hostname(p) {
+                a["hostname"] = json!(h);
             }
             a
         };
@@ -197,12 +212,12 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
             .collect();
         let ready: Vec<Value> = live
             .iter()
-            .filter(|p| pod_ready(p))
+            .filter(|p| counts_ready(p))
             .map(|p| addr(p))
             .collect();
         let not_ready: Vec<Value> = live
             .iter()
-            .filter(|p| !pod_ready(p))
+            .filter(|p| !counts_ready(p))
             .map(|p| addr(p))
             .collect();
         if ready.is_empty() && not_ready.is_empty() {
@@ -248,14 +263,18 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
                 .iter()
                 .map(|p| {
                     let terminating = p["metadata"]["deletionTimestamp"].is_string();
-                    let ready = pod_ready(p);
+                    let serving = pod_ready(p);
+                    let ready = publish_all || (serving && !terminating);
                     let mut e = json!({
                         "addresses": [p["status"]["podIP"]],
-                        "conditions": {"ready": ready && !terminating, "serving": ready, "terminating": terminating},
+                        "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
                         "targetRef": target_ref(p),
                     });
                     if let Some(n) = p["spec"]["nodeName"].as_str() {
                         e["nodeName"] = json!(n);
+                    }
+                    if let Some(h) = hostname(p) {
+                        e["hostname"] = json!(h);
                     }
                     e
                 })
