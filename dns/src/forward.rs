@@ -119,7 +119,9 @@ impl Forwarder {
         opts.ndots = 0;
         opts.use_hosts_file = ResolveHosts::Never;
         opts.preserve_intermediates = true;
-        opts.timeout = Duration::from_secs(2);
+        // An unreachable upstream must give SERVFAIL before the client's
+        // own resolver gives up (glibc: 5 s), not a timeout.
+        opts.timeout = Duration::from_secs(1);
         opts.attempts = 2;
         opts.try_tcp_on_error = true;
         let resolver = builder.build().context("the upstream resolver")?;

@@ -541,6 +541,46 @@ fn forwarding_caches_and_the_search_path_shortcut() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn an_upstream_that_never_answers_gives_servfail_before_clients_give_up() -> Result<()> {
+    let lab = start("s", false, true)?;
+    lab.synced();
+    // A resolver that takes queries and never answers (UDP), with nothing
+    // on its TCP port.
+    let blackhole = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 4), 53);
+    let _sink = netns::run_in(Some(&lab.ns.0), move || {
+        std::net::UdpSocket::bind(blackhole)
+    })??;
+    let forwarder = {
+        let _g = lab.rt.enter();
+        Forwarder::new(&Upstreams::Servers(vec![SocketAddr::V4(blackhole)]), 10)?
+    };
+    let handler = Handler::new(
+        lab.zone.clone(),
+        Options {
+            forwarder: Some(forwarder),
+            search_shortcut: true,
+        },
+    );
+    let t = std::time::Instant::now();
+    // Spawned: the runtime's threads are in the namespace, this one is not.
+    let reply = lab.rt.block_on(lab.rt.spawn(async move {
+        handler
+            .answer(
+                Ipv4Addr::new(127, 0, 0, 3).into(),
+                &Name::from_ascii("example.org.").expect("name"),
+                RecordType::A,
+            )
+            .await
+    }))?;
+    let took = t.elapsed();
+    ensure!(reply.code == ResponseCode::ServFail, "{reply:?}");
+    // glibc gives up on a server after 5 s.
+    ensure!(took < Duration::from_millis(4500), "SERVFAIL after {took:?}");
+    println!("SERVFAIL from a silent upstream after {took:?}");
+    Ok(())
+}
+
 /// One DNS message over TCP: the two-byte length, then the message.
 fn tcp_frame(m: &Message) -> Result<Vec<u8>> {
     let body = m.to_vec()?;
