@@ -576,7 +576,10 @@ fn an_upstream_that_never_answers_gives_servfail_before_clients_give_up() -> Res
     let took = t.elapsed();
     ensure!(reply.code == ResponseCode::ServFail, "{reply:?}");
     // glibc gives up on a server after 5 s.
-    ensure!(took < Duration::from_millis(4500), "SERVFAIL after {took:?}");
+    ensure!(
+        took < Duration::from_millis(4500),
+        "SERVFAIL after {took:?}"
+    );
     println!("SERVFAIL from a silent upstream after {took:?}");
     Ok(())
 }
