@@ -80,11 +80,12 @@ fn pod_net(c: &Cluster, ns: &str, name: &str) -> Result<(Ipv4Addr, String)> {
     Ok((rec.ip, rec.netns))
 }
 
-/// `dig @server` run inside network namespace `netns`.
+/// `dig @server` run inside network namespace `netns`. Two tries, as
+/// resolvers make: a datagram can be lost on a loaded CI machine.
 fn dig(c: &Cluster, netns: &str, server: Ipv4Addr, args: &[&str]) -> Result<String> {
     let mut cmd = Command::new("dig");
     cmd.arg(format!("@{server}"))
-        .args(["+time=2", "+tries=1"])
+        .args(["+time=2", "+tries=2"])
         .args(args);
     let out = c.output_in(netns, cmd)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
