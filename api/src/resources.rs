@@ -171,6 +171,17 @@ pub const RESOURCES: &[Resource] = &[
         categories: &[],
     },
     Resource {
+        group: "networking.k8s.io",
+        version: "v1",
+        plural: "networkpolicies",
+        singular: "networkpolicy",
+        kind: "NetworkPolicy",
+        namespaced: true,
+        short_names: &["netpol"],
+        subresources: &[],
+        categories: &[],
+    },
+    Resource {
         group: "apps",
         version: "v1",
         plural: "deployments",
@@ -248,5 +259,10 @@ mod tests {
             Some("replicasets")
         );
         assert_eq!(groups()[0], ("discovery.k8s.io", "v1"));
+        assert_eq!(by_name("netpol").map(|r| r.kind), Some("NetworkPolicy"));
+        assert_eq!(
+            by_name("networkpolicies.networking.k8s.io").map(|r| r.api_version()),
+            Some("networking.k8s.io/v1".to_string())
+        );
     }
 }

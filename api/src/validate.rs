@@ -42,6 +42,7 @@ fn typed_roundtrip(kind: &str, value: Value) -> Result<Value, (String, String)> 
         "Lease" => decode::<coord::Lease>(value),
         "Deployment" => decode::<apps::Deployment>(value),
         "ReplicaSet" => decode::<apps::ReplicaSet>(value),
+        "NetworkPolicy" => decode::<k8s_openapi::api::networking::v1::NetworkPolicy>(value),
         "Binding" => decode::<core::Binding>(value),
         "Scale" => decode::<k8s_openapi::api::autoscaling::v1::Scale>(value),
         "DeleteOptions" => {
@@ -498,9 +499,193 @@ pub fn validate_object(resource: &Resource, obj: &Value) -> Vec<Cause> {
                 ));
             }
         }
+        "NetworkPolicy" => check_network_policy(&mut out, &obj["spec"]),
         _ => {}
     }
     out
+}
+
+/// A label selector object (matchLabels, matchExpressions) at `field`.
+fn check_selector(out: &mut Vec<Cause>, field: &str, selector: &Value) {
+    if selector.is_null() {
+        return;
+    }
+    if let Err(e) = LabelSelector::from_k8s(selector) {
+        out.push(Cause::invalid(field, selector.clone(), e));
+    }
+    check_labels(
+        out,
+        &format!("{field}.matchLabels"),
+        &selector["matchLabels"],
+    );
+}
+
+/// A NetworkPolicy's spec, as the Kubernetes API checks it.
+fn check_network_policy(out: &mut Vec<Cause>, spec: &Value) {
+    if spec["podSelector"].is_null() {
+        out.push(Cause::required("spec.podSelector"));
+    }
+    check_selector(out, "spec.podSelector", &spec["podSelector"]);
+    let types = ["Ingress", "Egress"];
+    let listed = spec["policyTypes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (i, t) in listed.iter().enumerate() {
+        let t = t.as_str().unwrap_or_default();
+        if !types.contains(&t) {
+            out.push(Cause::not_supported(
+                format!("spec.policyTypes[{i}]"),
+                t,
+                &types,
+            ));
+        }
+    }
+    for (dir, peers_key) in [("ingress", "from"), ("egress", "to")] {
+        let rules = spec[dir].as_array().map(Vec::as_slice).unwrap_or_default();
+        for (i, rule) in rules.iter().enumerate() {
+            let base = format!("spec.{dir}[{i}]");
+            let peers = rule[peers_key]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for (j, peer) in peers.iter().enumerate() {
+                let at = format!("{base}.{peers_key}[{j}]");
+                let selectors = ["podSelector", "namespaceSelector"]
+                    .iter()
+                    .filter(|k| !peer[**k].is_null())
+                    .count();
+                let block = &peer["ipBlock"];
+                if selectors == 0 && block.is_null() {
+                    out.push(Cause::required(format!(
+                        "{at}: one of podSelector, namespaceSelector or ipBlock"
+                    )));
+                }
+                if selectors > 0 && !block.is_null() {
+                    out.push(Cause::invalid(
+                        format!("{at}.ipBlock"),
+                        block.clone(),
+                        "may not be specified with podSelector or namespaceSelector",
+                    ));
+                }
+                check_selector(out, &format!("{at}.podSelector"), &peer["podSelector"]);
+                check_selector(
+                    out,
+                    &format!("{at}.namespaceSelector"),
+                    &peer["namespaceSelector"],
+                );
+                if !block.is_null() {
+                    check_ip_block(out, &format!("{at}.ipBlock"), block);
+                }
+            }
+            let ports = rule["ports"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            for (j, p) in ports.iter().enumerate() {
+                let at = format!("{base}.ports[{j}]");
+                check_protocol(out, format!("{at}.protocol"), &p["protocol"]);
+                match &p["port"] {
+                    Value::Null => {
+                        if !p["endPort"].is_null() {
+                            out.push(Cause::required(format!("{at}.port")));
+                        }
+                    }
+                    Value::String(name) => {
+                        if let Some(e) = port_name_error(name) {
+                            out.push(Cause::invalid(format!("{at}.port"), name.as_str(), e));
+                        }
+                        if !p["endPort"].is_null() {
+                            out.push(Cause::invalid(
+                                format!("{at}.endPort"),
+                                p["endPort"].clone(),
+                                "may not be specified when `port` is non-numeric",
+                            ));
+                        }
+                    }
+                    v => {
+                        check_port(out, format!("{at}.port"), v);
+                        if !p["endPort"].is_null() {
+                            check_port(out, format!("{at}.endPort"), &p["endPort"]);
+                            if let (Some(s), Some(e)) = (v.as_i64(), p["endPort"].as_i64())
+                                && e < s
+                            {
+                                out.push(Cause::invalid(
+                                    format!("{at}.endPort"),
+                                    e,
+                                    "must be greater than or equal to `port`",
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An ipBlock: a CIDR, and exceptions inside it.
+fn check_ip_block(out: &mut Vec<Cause>, at: &str, block: &Value) {
+    let cidr = block["cidr"].as_str().unwrap_or_default();
+    let Some(net) = parse_cidr(cidr) else {
+        if cidr.is_empty() {
+            out.push(Cause::required(format!("{at}.cidr")));
+        } else {
+            out.push(Cause::invalid(
+                format!("{at}.cidr"),
+                cidr,
+                "must be a valid CIDR",
+            ));
+        }
+        return;
+    };
+    let excepts = block["except"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (k, e) in excepts.iter().enumerate() {
+        let s = e.as_str().unwrap_or_default();
+        let field = format!("{at}.except[{k}]");
+        match parse_cidr(s) {
+            None => out.push(Cause::invalid(field, s, "must be a valid CIDR")),
+            Some(x) if !(x.0.is_ipv4() == net.0.is_ipv4() && x.1 > net.1 && within(&x, &net)) => {
+                out.push(Cause::invalid(
+                    field,
+                    s,
+                    "must be a strict subset of `cidr`",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// `a.b.c.d/n` or an IPv6 prefix, as (address, prefix length).
+fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((ip, len))
+}
+
+/// Whether prefix `x` lies within prefix `net` (same family).
+fn within(x: &(std::net::IpAddr, u8), net: &(std::net::IpAddr, u8)) -> bool {
+    let bits = |ip: std::net::IpAddr| -> u128 {
+        match ip {
+            std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+            std::net::IpAddr::V6(v) => u128::from(v),
+        }
+    };
+    // IPv4 addresses sit in the top 32 bits, so the prefix counts from
+    // the top for both families.
+    let len = u32::from(net.1);
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
+    bits(x.0) & mask == bits(net.0) & mask
 }
 
 /// Kubernetes' IANA_SVC_NAME rule for port names: at most 15 characters,

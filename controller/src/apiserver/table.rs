@@ -248,6 +248,17 @@ fn columns(kind: &str) -> Vec<Column> {
             ("Status", "string", "", "The status of the namespace", 0),
             age,
         ],
+        "NetworkPolicy" => vec![
+            name,
+            (
+                "Pod-Selector",
+                "string",
+                "",
+                "podSelector selects the pods to which this NetworkPolicy object applies.",
+                0,
+            ),
+            age,
+        ],
         "Endpoints" => vec![
             name,
             ("Endpoints", "string", "", "Endpoints of this service", 0),
@@ -622,6 +633,13 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             json!(o["status"]["phase"].as_str().unwrap_or("Active")),
             age,
         ],
+        "NetworkPolicy" => {
+            // kubectl's rendering: the selector, or <none> for all pods.
+            let sel = weft_api::selector::LabelSelector::from_k8s(&o["spec"]["podSelector"])
+                .map(|s| super::selector_string(&s))
+                .unwrap_or_default();
+            vec![name, json!(or_none(sel)), age]
+        }
         "Endpoints" => {
             let mut eps = Vec::new();
             for subset in o["subsets"]
