@@ -282,6 +282,42 @@ fn check_labels(out: &mut Vec<Cause>, field: &str, labels: &Value) {
 }
 
 fn check_pod_spec(out: &mut Vec<Cause>, spec: &Value, path: &str) {
+    let policies = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
+    if let Some(p) = spec["dnsPolicy"].as_str()
+        && !policies.contains(&p)
+    {
+        out.push(Cause::not_supported(
+            format!("{path}.dnsPolicy"),
+            p,
+            &policies,
+        ));
+    }
+    let servers = spec["dnsConfig"]["nameservers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if spec["dnsPolicy"] == "None" && servers.is_empty() {
+        out.push(Cause::required(format!(
+            "{path}.dnsConfig.nameservers: at least one with dnsPolicy None"
+        )));
+    }
+    if servers.len() > 3 {
+        out.push(Cause::invalid(
+            format!("{path}.dnsConfig.nameservers"),
+            servers.len(),
+            "must not have more than 3 nameservers",
+        ));
+    }
+    for (i, s) in servers.iter().enumerate() {
+        let s = s.as_str().unwrap_or_default();
+        if s.parse::<std::net::IpAddr>().is_err() {
+            out.push(Cause::invalid(
+                format!("{path}.dnsConfig.nameservers[{i}]"),
+                s,
+                "must be a valid IP address",
+            ));
+        }
+    }
     let containers = spec["containers"]
         .as_array()
         .map(Vec::as_slice)

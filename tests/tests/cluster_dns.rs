@@ -181,6 +181,35 @@ fn pods_resolve_services_and_outside_names_with_and_without_the_shortcut() -> Re
         "resolv.conf: {out}"
     );
 
+    // dnsPolicy None with a dnsConfig of its own; None without nameservers
+    // is refused.
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: own-dns, namespace: team}
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: "None"
+  dnsConfig:
+    nameservers: ["192.0.2.1"]
+    searches: ["corp.example"]
+    options: [{name: ndots, value: "2"}]
+  containers:
+  - {name: c, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+"#,
+    )?;
+    wait_ready(&c, "team", &["own-dns"])?;
+    let (code, out) = c.exec("team", "own-dns", &["cat", "/etc/resolv.conf"])?;
+    ensure!(
+        code == 0 && out == "nameserver 192.0.2.1\nsearch corp.example\noptions ndots:2\n",
+        "dnsConfig: {out:?}"
+    );
+    ensure!(
+        c.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: no-dns, namespace: team}\nspec:\n  dnsPolicy: \"None\"\n  containers:\n  - {name: c, image: weft.local/busybox:1.36}\n")
+            .is_err(),
+        "dnsPolicy None without nameservers was accepted"
+    );
+
     // Services by short, namespaced and full name, from both nodes, through
     // the pods' own resolver (busybox nslookup and wget).
     let vip = c.get_json(&["service", "web"])?["spec"]["clusterIP"]
