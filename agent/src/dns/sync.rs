@@ -30,10 +30,20 @@ pub fn pod_info(pod: &Pod, node: &str) -> Option<PodInfo> {
         return None;
     }
     let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
+    // The search-path shortcut walks the cluster's search list: only for
+    // pods whose resolv.conf has it unchanged.
+    let cluster_search = matches!(
+        spec.dns_policy.as_deref(),
+        None | Some("ClusterFirst" | "ClusterFirstWithHostNet")
+    ) && spec
+        .dns_config
+        .as_ref()
+        .and_then(|c| c.searches.as_ref())
+        .is_none_or(Vec::is_empty);
     Some(PodInfo {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         ip,
-        local: spec.node_name.as_deref() == Some(node),
+        local: spec.node_name.as_deref() == Some(node) && cluster_search,
     })
 }
 
