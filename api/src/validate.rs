@@ -292,10 +292,7 @@ fn check_pod_spec(out: &mut Vec<Cause>, spec: &Value, path: &str) {
             &policies,
         ));
     }
-    let servers = spec["dnsConfig"]["nameservers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let servers = items_of(&spec["dnsConfig"]["nameservers"]);
     if spec["dnsPolicy"] == "None" && servers.is_empty() {
         out.push(Cause::required(format!(
             "{path}.dnsConfig.nameservers: at least one with dnsPolicy None"
@@ -318,10 +315,7 @@ fn check_pod_spec(out: &mut Vec<Cause>, spec: &Value, path: &str) {
             ));
         }
     }
-    let containers = spec["containers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let containers = items_of(&spec["containers"]);
     if containers.is_empty() {
         out.push(Cause::required(format!("{path}.containers")));
     }
@@ -351,13 +345,7 @@ fn check_pod_spec(out: &mut Vec<Cause>, spec: &Value, path: &str) {
             if c["image"].as_str().is_none_or(|s| s.trim().is_empty()) {
                 out.push(Cause::required(format!("{base}.image")));
             }
-            for (j, p) in c["ports"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-            {
+            for (j, p) in items_of(&c["ports"]).iter().enumerate() {
                 check_port(
                     out,
                     format!("{base}.ports[{j}].containerPort"),
@@ -418,10 +406,7 @@ pub fn validate_object(resource: &Resource, obj: &Value) -> Vec<Cause> {
             if !types.contains(&ty) {
                 out.push(Cause::not_supported("spec.type", ty, &types));
             }
-            let ports = spec["ports"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            let ports = items_of(&spec["ports"]);
             let headless = spec["clusterIP"].as_str() == Some("None");
             if ports.is_empty() && ty != "ExternalName" && !headless {
                 out.push(Cause::required("spec.ports"));
@@ -563,10 +548,7 @@ fn check_network_policy(out: &mut Vec<Cause>, spec: &Value) {
     }
     check_selector(out, "spec.podSelector", &spec["podSelector"]);
     let types = ["Ingress", "Egress"];
-    let listed = spec["policyTypes"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let listed = items_of(&spec["policyTypes"]);
     for (i, t) in listed.iter().enumerate() {
         let t = t.as_str().unwrap_or_default();
         if !types.contains(&t) {
@@ -578,13 +560,10 @@ fn check_network_policy(out: &mut Vec<Cause>, spec: &Value) {
         }
     }
     for (dir, peers_key) in [("ingress", "from"), ("egress", "to")] {
-        let rules = spec[dir].as_array().map(Vec::as_slice).unwrap_or_default();
+        let rules = items_of(&spec[dir]);
         for (i, rule) in rules.iter().enumerate() {
             let base = format!("spec.{dir}[{i}]");
-            let peers = rule[peers_key]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            let peers = items_of(&rule[peers_key]);
             for (j, peer) in peers.iter().enumerate() {
                 let at = format!("{base}.{peers_key}[{j}]");
                 let selectors = ["podSelector", "namespaceSelector"]
@@ -614,10 +593,7 @@ fn check_network_policy(out: &mut Vec<Cause>, spec: &Value) {
                     check_ip_block(out, &format!("{at}.ipBlock"), block);
                 }
             }
-            let ports = rule["ports"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            let ports = items_of(&rule["ports"]);
             for (j, p) in ports.iter().enumerate() {
                 let at = format!("{base}.ports[{j}]");
                 check_protocol(out, format!("{at}.protocol"), &p["protocol"]);
@@ -663,7 +639,7 @@ fn check_network_policy(out: &mut Vec<Cause>, spec: &Value) {
 /// An ipBlock: a CIDR, and exceptions inside it.
 fn check_ip_block(out: &mut Vec<Cause>, at: &str, block: &Value) {
     let cidr = block["cidr"].as_str().unwrap_or_default();
-    let Some(net) = parse_cidr(cidr) else {
+    let Ok(net) = cidr.parse::<ipnetwork::IpNetwork>() else {
         if cidr.is_empty() {
             out.push(Cause::required(format!("{at}.cidr")));
         } else {
@@ -675,16 +651,13 @@ fn check_ip_block(out: &mut Vec<Cause>, at: &str, block: &Value) {
         }
         return;
     };
-    let excepts = block["except"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let excepts = items_of(&block["except"]);
     for (k, e) in excepts.iter().enumerate() {
         let s = e.as_str().unwrap_or_default();
         let field = format!("{at}.except[{k}]");
-        match parse_cidr(s) {
+        match s.parse::<ipnetwork::IpNetwork>().ok() {
             None => out.push(Cause::invalid(field, s, "must be a valid CIDR")),
-            Some(x) if !(x.0.is_ipv4() == net.0.is_ipv4() && x.1 > net.1 && within(&x, &net)) => {
+            Some(x) if !(x.prefix() > net.prefix() && net.contains(x.network())) => {
                 out.push(Cause::invalid(
                     field,
                     s,
@@ -696,32 +669,9 @@ fn check_ip_block(out: &mut Vec<Cause>, at: &str, block: &Value) {
     }
 }
 
-/// `a.b.c.d/n` or an IPv6 prefix, as (address, prefix length).
-fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
-    let (ip, len) = s.split_once('/')?;
-    let ip: std::net::IpAddr = ip.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    (len <= max).then_some((ip, len))
-}
-
-/// Whether prefix `x` lies within prefix `net` (same family).
-fn within(x: &(std::net::IpAddr, u8), net: &(std::net::IpAddr, u8)) -> bool {
-    let bits = |ip: std::net::IpAddr| -> u128 {
-        match ip {
-            std::net::IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
-            std::net::IpAddr::V6(v) => u128::from(v),
-        }
-    };
-    // IPv4 addresses sit in the top 32 bits, so the prefix counts from
-    // the top for both families.
-    let len = u32::from(net.1);
-    let mask = if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - len)
-    };
-    bits(x.0) & mask == bits(net.0) & mask
+/// The items of a JSON list, none when it is absent or not a list.
+fn items_of(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
 }
 
 /// Kubernetes' IANA_SVC_NAME rule for port names: at most 15 characters,
