@@ -137,6 +137,69 @@ impl LbSizes {
     }
 }
 
+/// Sizes of the NetworkPolicy maps (entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicySizes {
+    /// Local pods under policy (also the counters' slots).
+    pub endpoints: u32,
+    /// Pod addresses with an identity, over the whole cluster.
+    pub identities: u32,
+    /// ipBlock prefixes.
+    pub cidrs: u32,
+    /// Rule entries over all local pods.
+    pub rules: u32,
+    /// Tracked flows of isolated pods.
+    pub ct: u32,
+}
+
+impl Default for PolicySizes {
+    fn default() -> Self {
+        Self {
+            endpoints: common::POL_ENDPOINTS_MAX,
+            identities: common::POL_IDENTITIES_MAX,
+            cidrs: common::POL_CIDRS_MAX,
+            rules: common::POL_RULES_MAX,
+            ct: common::POL_CT_MAX,
+        }
+    }
+}
+
+impl PolicySizes {
+    /// As [`LbSizes::per_map`]. LPM trie keys carry their 4-byte prefix
+    /// length.
+    fn per_map(&self) -> [(&'static str, u32, usize, usize); 6] {
+        use std::mem::size_of;
+        [
+            (
+                common::POL_ENDPOINTS_MAP,
+                self.endpoints,
+                4,
+                size_of::<common::PolicyEndpoint>(),
+            ),
+            (common::POL_IDENTITIES_MAP, self.identities, 4, 4),
+            (common::POL_CIDRS_MAP, self.cidrs, 8, 4),
+            (
+                common::POL_RULES_MAP,
+                self.rules,
+                4 + size_of::<common::RuleKey>(),
+                size_of::<common::RuleValue>(),
+            ),
+            (
+                common::POL_CT_MAP,
+                self.ct,
+                size_of::<common::PolicyCtKey>(),
+                size_of::<common::PolicyCtEntry>(),
+            ),
+            (
+                common::POL_COUNTERS_MAP,
+                self.endpoints,
+                4,
+                size_of::<common::PolicyCounters>(),
+            ),
+        ]
+    }
+}
+
 /// How to load the datapath.
 #[derive(Clone, Debug, Default)]
 pub struct DatapathOptions {
@@ -145,8 +208,10 @@ pub struct DatapathOptions {
     /// bpffs directory for pinned maps and links (`None`: nothing pinned,
     /// everything goes when the [`Datapath`] is dropped).
     pub pin_dir: Option<PathBuf>,
-    /// Map sizes.
+    /// Load-balancer map sizes.
     pub sizes: LbSizes,
+    /// NetworkPolicy map sizes.
+    pub policy_sizes: PolicySizes,
 }
 
 /// Errors of the bpf module.
@@ -248,15 +313,20 @@ impl Datapath {
     /// When the kernel refuses the object or the pin directory is unusable.
     pub fn load_with(opts: &DatapathOptions) -> Result<Self, BpfError> {
         let mut loader = EbpfLoader::new();
-        let maps = opts.sizes.per_map();
-        for (name, size, _, _) in maps {
+        let maps: Vec<_> = opts
+            .sizes
+            .per_map()
+            .into_iter()
+            .chain(opts.policy_sizes.per_map())
+            .collect();
+        for &(name, size, _, _) in &maps {
             loader.map_max_entries(name, size);
         }
         let mut pins = Vec::new();
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
             std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-            for (name, size, key, value) in maps {
+            for &(name, size, key, value) in &maps {
                 let path = dir.join(name);
                 drop_incompatible_pin(&path, size, key, value);
                 pins.push((name, path));

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod lb;
 pub mod netlink;
 pub mod node;
+pub mod policy;
 pub mod probe;
 pub mod runtime;
 pub mod sandbox;

@@ -346,3 +346,163 @@ fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+// ---------------------------------------------------------------------------
+// NetworkPolicy (the policy part of the pod programs).
+//
+// A peer's identity is a number: the same for every pod with the same
+// namespace, labels and named ports; one per prefix of the ipBlocks in use;
+// a few reserved ones below. A local pod's rules are entries of one LPM
+// trie whose keys start with the pod's endpoint number, so each pod has its
+// own part of the trie and a lookup never walks another pod's rules.
+
+/// The peer wildcard of a rule key: a rule with no peers (any address).
+pub const ID_ANY: u32 = 0;
+/// The node's own addresses: the node always reaches its pods (probes).
+pub const ID_HOST: u32 = 1;
+/// An address that is no pod's and in no ipBlock prefix.
+pub const ID_WORLD: u32 = 2;
+/// First identity given to pods.
+pub const ID_POD_MIN: u32 = 256;
+/// First identity given to ipBlock prefixes (pods' stay below).
+pub const ID_CIDR_MIN: u32 = 1 << 24;
+
+/// [`PolicyEndpoint::flags`]: some policy selects the pod for ingress.
+pub const POL_INGRESS: u32 = 1;
+/// [`PolicyEndpoint::flags`]: some policy selects the pod for egress.
+pub const POL_EGRESS: u32 = 2;
+/// [`PolicyEndpoint::flags`]: its rules did not fit in the maps; it is
+/// isolated as its flags say and nothing but replies pass (fail closed).
+pub const POL_OVERFLOW: u32 = 4;
+
+/// Rule direction: traffic into the pod.
+pub const DIR_INGRESS: u8 = 0;
+/// Rule direction: traffic out of the pod.
+pub const DIR_EGRESS: u8 = 1;
+
+/// A pod of this node under policy, by its address in [`POL_ENDPOINTS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEndpoint {
+    /// Endpoint number: the first field of its rule keys and its index in
+    /// [`POL_COUNTERS_MAP`].
+    pub id: u32,
+    /// `POL_*` flags.
+    pub flags: u32,
+}
+
+/// The data of a rule key in [`POL_RULES_MAP`] (behind the trie's prefix
+/// length). Matching runs over the bytes in order: endpoint, peer and
+/// direction always whole; then the protocol (a rule for all protocols
+/// stops before it); then the port, whose leading bits are a port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    /// Endpoint number of the local pod.
+    pub endpoint: u32,
+    /// Peer identity ([`ID_ANY`] for any peer).
+    pub peer: u32,
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub dir: u8,
+    /// IP protocol.
+    pub proto: u8,
+    /// Port, network order (its bytes big-endian, as in packets).
+    pub port: u16,
+}
+
+/// Prefix bits of a rule for every protocol and port.
+pub const RULE_BITS_ANY_PROTO: u32 = 72;
+/// Prefix bits of a rule for every port of one protocol.
+pub const RULE_BITS_ANY_PORT: u32 = 80;
+/// Prefix bits of a rule for one port.
+pub const RULE_BITS_PORT: u32 = 96;
+
+/// What a rule entry holds: the policy that allows, for attribution.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleValue {
+    /// The agent's number for the policy.
+    pub policy: u32,
+}
+
+/// A flow as the policy tracks it, addresses and ports as in packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyCtKey {
+    /// Source address.
+    pub saddr: u32,
+    /// Destination address.
+    pub daddr: u32,
+    /// Source port (ICMP echo: the identifier).
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Padding.
+    pub pad: [u8; 3],
+}
+
+/// A tracked flow: allowed when it started, its replies pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyCtEntry {
+    /// `bpf_ktime_get_ns` of the last packet seen (moved at most once a second).
+    pub last_seen: u64,
+}
+
+/// Per-endpoint counters (per CPU; the agent sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyCounters {
+    /// Packets into the pod denied by its ingress isolation.
+    pub ingress_denied: u64,
+    /// Packets from the pod denied by its egress isolation.
+    pub egress_denied: u64,
+    /// New flows into the pod that a rule allowed.
+    pub ingress_allowed: u64,
+    /// New flows from the pod that a rule allowed.
+    pub egress_allowed: u64,
+}
+
+#[cfg(feature = "user")]
+mod policy_pod_impls {
+    use super::*;
+    // SAFETY (all): plain old data, repr(C), explicit padding.
+    unsafe impl aya::Pod for PolicyEndpoint {}
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for RuleValue {}
+    unsafe impl aya::Pod for PolicyCtKey {}
+    unsafe impl aya::Pod for PolicyCtEntry {}
+    unsafe impl aya::Pod for PolicyCounters {}
+}
+
+/// Local pods under policy: pod address (`u32`) → [`PolicyEndpoint`] (hash).
+pub const POL_ENDPOINTS_MAP: &str = "WEFT_POL_ENDPOINTS";
+/// Pods' identities: pod address (`u32`) → identity (`u32`) (hash); the
+/// node's own addresses have [`ID_HOST`].
+pub const POL_IDENTITIES_MAP: &str = "WEFT_POL_IDENTITIES";
+/// ipBlock prefixes: LPM trie of addresses (`u32`, network order) → identity.
+pub const POL_CIDRS_MAP: &str = "WEFT_POL_CIDRS";
+/// Rules: LPM trie of [`RuleKey`] → [`RuleValue`].
+pub const POL_RULES_MAP: &str = "WEFT_POL_RULES";
+/// Flows allowed under policy: [`PolicyCtKey`] → [`PolicyCtEntry`] (LRU hash).
+pub const POL_CT_MAP: &str = "WEFT_POL_CT";
+/// Per-endpoint counters: per-CPU array of [`PolicyCounters`].
+pub const POL_COUNTERS_MAP: &str = "WEFT_POL_COUNTERS";
+
+/// Default sizes; the agent's flags change them.
+pub const POL_ENDPOINTS_MAX: u32 = 4096;
+/// Default number of pod addresses with an identity (the whole cluster).
+pub const POL_IDENTITIES_MAX: u32 = 65_536;
+/// Default number of ipBlock prefixes.
+pub const POL_CIDRS_MAX: u32 = 16_384;
+/// Default number of rule entries over all local pods.
+pub const POL_RULES_MAX: u32 = 262_144;
+/// Default number of tracked flows.
+pub const POL_CT_MAX: u32 = 262_144;
+
+/// The `skb->mark` the load-balancer puts on a pod's packet turned back to
+/// itself (hairpin), so that the pod's own ingress lets it in: a pod always
+/// reaches itself.
+pub const MARK_SELF: u32 = 0x5746_0001;

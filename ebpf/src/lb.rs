@@ -18,7 +18,27 @@ use weft_common::{
     cookie_hash, flow_hash,
 };
 
-use crate::pkt::{self, Flow};
+use crate::{
+    pkt::{self, Flow},
+    policy::{self, PFlow},
+};
+
+/// The egress verdict on a pod's packet as it will leave: to `daddr:dport`.
+#[inline(always)]
+fn egress_ok(ctx: &TcContext, f: &Flow, daddr: u32, dport: u16) -> bool {
+    policy::judge(
+        &PFlow {
+            saddr: f.saddr,
+            daddr,
+            sport: f.sport,
+            dport,
+            proto: f.proto,
+            syn: pkt::is_syn(ctx, f),
+            related: policy::NO_FLOW,
+        },
+        weft_common::DIR_EGRESS,
+    )
+}
 
 // Sizes are defaults: the agent sets the real ones at load time.
 #[map(name = "WEFT_LB_SERVICES")]
@@ -364,6 +384,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
         if r.flags & CT_HAIRPIN != 0 {
             // The backend answering itself: from the frontend, to the client.
             turn_back(ctx, &f, &r)?;
+            policy::mark_self(ctx);
             return Ok(TC_ACT_OK as i32);
         }
     }
@@ -384,6 +405,9 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
             };
             let _ = CT.remove(&stale);
         }
+        if !egress_ok(ctx, &f, f.daddr, f.dport) {
+            return Ok(TC_ACT_SHOT as i32);
+        }
         return Ok(TC_ACT_OK as i32);
     };
     let fkey = CtKey {
@@ -393,13 +417,24 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     let e = match tracked(&fkey, pkt::is_syn(ctx, &f), now) {
-        Some(e) => e,
+        Some(e) => {
+            // Judged on the backend, after translation.
+            if !egress_ok(ctx, &f, e.backend_addr, e.backend_port) {
+                return Ok(TC_ACT_SHOT as i32);
+            }
+            e
+        }
         None => {
             let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
             let Some((id, b)) = select(&svc, u64::from(f.saddr), hash) else {
                 bump(svc.id, Counter::Refused);
                 return pkt::reject(ctx, &f);
             };
+            // Judged on the backend, after translation; a denied flow
+            // leaves nothing tracked.
+            if !egress_ok(ctx, &f, b.addr, b.port) {
+                return Ok(TC_ACT_SHOT as i32);
+            }
             let hairpin = b.addr == f.saddr;
             let e = CtEntry {
                 backend: id,
@@ -435,6 +470,8 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
     };
     let saddr = if e.flags & CT_HAIRPIN != 0 {
         pkt::rewrite(ctx, &f, true, e.front_addr, f.sport)?;
+        // Back to the pod itself, from the frontend's address.
+        policy::mark_self(ctx);
         e.front_addr
     } else {
         f.saddr

@@ -7,7 +7,9 @@
 //!   that the socket path did not translate (DNAT with connection
 //!   tracking, reverse NAT on the way back, hairpin), and refuse
 //!   connections to a Service without ready backends with an ICMP
-//!   port-unreachable.
+//!   port-unreachable. They also give NetworkPolicy's verdict (`policy`):
+//!   egress on the way out, after Service translation, so it is judged on
+//!   the backend; ingress on delivery.
 //! - `weft_nodeport_in` / `weft_nodeport_out`: tc on the node's uplink, for
 //!   NodePorts: DNAT to a local pod, or DNAT and SNAT to a pod on another
 //!   node with the reply sent back to the client.
@@ -21,9 +23,10 @@
 
 mod lb;
 mod pkt;
+mod policy;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_PIPE},
+    bindings::{TC_ACT_OK, TC_ACT_PIPE, TC_ACT_SHOT},
     macros::{cgroup_sock_addr, classifier, map},
     maps::PerCpuHashMap,
     programs::{SockAddrContext, TcContext},
@@ -85,8 +88,14 @@ pub fn weft_from_pod(ctx: TcContext) -> i32 {
     count(&ctx, Dir::FromPod);
     match lb::from_pod(&ctx) {
         Ok(action) => action,
-        // A packet we cannot parse or rewrite is not ours to judge.
-        Err(()) => TC_ACT_OK as i32,
+        // Not TCP or UDP (or not rewritable): only the policy judges it.
+        Err(()) => {
+            if policy::egress_raw(&ctx) {
+                TC_ACT_OK as i32
+            } else {
+                TC_ACT_SHOT as i32
+            }
+        }
     }
 }
 
@@ -94,6 +103,11 @@ pub fn weft_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weft_to_pod(ctx: TcContext) -> i32 {
     count(&ctx, Dir::ToPod);
+    // Judged before the reverse translation: the policy tracks flows by
+    // the backend's address, as they were judged on the way out.
+    if !policy::ingress(&ctx) {
+        return TC_ACT_SHOT;
+    }
     let _ = lb::to_pod(&ctx);
     TC_ACT_PIPE
 }

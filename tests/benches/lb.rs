@@ -390,6 +390,7 @@ fn load_balancer(node: &LabNode, sizes: LbSizes) -> Result<(Datapath, Balancer)>
         netns: Some(node.netns.clone()),
         pin_dir: None,
         sizes,
+        ..DatapathOptions::default()
     })?;
     let maps = LbMaps::take(&mut dp)?;
     let mut b = Balancer::new(maps, sizes)?;

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use weft_agent::{
     netlink::netns,
     runtime::busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
@@ -508,6 +508,40 @@ impl Cluster {
         std::fs::write(f.path(), yaml)?;
         self.weft(&["apply", "-f", f.path().to_str().unwrap_or_default()])
             .map(drop)
+    }
+
+    /// Every node's iptables and nftables rule sets are empty: Weft's
+    /// data path needs none.
+    ///
+    /// # Errors
+    /// When a rule is found or a tool fails.
+    pub fn assert_no_firewall_rules(&self) -> Result<()> {
+        for n in &self.lab.nodes {
+            let mut nft = Command::new("nft");
+            nft.args(["list", "ruleset"]);
+            let out = self.output_in(&n.netns, nft)?;
+            ensure!(
+                out.status.success(),
+                "nft list ruleset failed on {}",
+                n.name
+            );
+            let rules = String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                rules.trim().is_empty(),
+                "nftables rules on {}:\n{rules}",
+                n.name
+            );
+            for tool in ["iptables-save", "iptables-legacy-save"] {
+                let out = self.output_in(&n.netns, Command::new(tool))?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                    .collect();
+                ensure!(lines.is_empty(), "{tool} on {}: {lines:?}", n.name);
+            }
+        }
+        Ok(())
     }
 
     /// Runs `cmd` inside a namespace of the lab and collects its output.

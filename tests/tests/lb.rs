@@ -360,40 +360,10 @@ fn in_pod(c: &Cluster, pod: &str, script: &str) -> Result<(i32, String)> {
     c.exec("default", pod, &["sh", "-c", script])
 }
 
-/// The node's iptables and nftables rule sets: no rule may be there.
-fn assert_no_firewall_rules(c: &Cluster) -> Result<()> {
-    for n in &c.lab.nodes {
-        let mut nft = Command::new("nft");
-        nft.args(["list", "ruleset"]);
-        let out = c.output_in(&n.netns, nft)?;
-        ensure!(
-            out.status.success(),
-            "nft list ruleset failed on {}",
-            n.name
-        );
-        let rules = String::from_utf8_lossy(&out.stdout);
-        ensure!(
-            rules.trim().is_empty(),
-            "nftables rules on {}:\n{rules}",
-            n.name
-        );
-        for tool in ["iptables-save", "iptables-legacy-save"] {
-            let out = c.output_in(&n.netns, Command::new(tool))?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let lines: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                .collect();
-            ensure!(lines.is_empty(), "{tool} on {}: {lines:?}", n.name);
-        }
-    }
-    Ok(())
-}
-
 #[test]
 fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
     let c = up(3)?;
-    assert_no_firewall_rules(&c)?;
+    c.assert_no_firewall_rules()?;
     c.apply(&app("web", 3, None))?;
     c.apply(EMPTY)?;
     // A client that is no backend, for the connected UDP socket below.
@@ -588,7 +558,7 @@ fn services_balance_over_pods_of_every_node_on_both_paths() -> Result<()> {
         connections >= 60,
         "connections counted: {connections}\n{shown}"
     );
-    assert_no_firewall_rules(&c)?;
+    c.assert_no_firewall_rules()?;
 
     // A pod's connected UDP socket leaves a backend that is gone: its
     // answers come from the others once the pod has been removed.
@@ -727,7 +697,7 @@ while time.time() < end:
 #[test]
 fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> {
     let mut c = up(3)?;
-    assert_no_firewall_rules(&c)?;
+    c.assert_no_firewall_rules()?;
     c.apply(&app("web", 3, None))?;
     c.apply(&app("sticky", 3, Some(60)))?;
     c.apply(&node_port("web"))?;
@@ -826,7 +796,7 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
         seen.insert(a);
     }
     ensure!(seen == ips, "UDP NodePort: {seen:?}");
-    assert_no_firewall_rules(&c)?;
+    c.assert_no_firewall_rules()?;
 
     // Established flows (packet path) to every backend.
     let client = &pods[0];
@@ -950,7 +920,7 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
     {
         f.alive(&format!("restart-{i}"))?;
     }
-    assert_no_firewall_rules(&c)?;
+    c.assert_no_firewall_rules()?;
 
     // Node teardown: with its agent stopped, `weft agent --teardown` removes
     // the node's load-balancer: the NodePort filters and every pin. It runs

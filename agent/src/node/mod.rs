@@ -80,6 +80,8 @@ pub struct AgentConfig {
     pub pin_dir: PathBuf,
     /// Load-balancer map sizes.
     pub lb_sizes: crate::bpf::LbSizes,
+    /// NetworkPolicy map sizes.
+    pub policy_sizes: crate::bpf::PolicySizes,
     /// Source ports for NodePort flows sent on to other nodes.
     pub snat_ports: std::ops::RangeInclusive<u16>,
     /// The cgroup (v2 directory) whose processes get the socket path
@@ -138,6 +140,7 @@ impl AgentConfig {
             cgroup_self: false,
             pin_dir: PathBuf::from("/sys/fs/bpf/weft").join(node_name),
             lb_sizes: crate::bpf::LbSizes::default(),
+            policy_sizes: crate::bpf::PolicySizes::default(),
             snat_ports: crate::lb::DEFAULT_SNAT_PORTS,
             lb_cgroup: None,
             dns: DnsConfig::default(),
@@ -156,6 +159,8 @@ pub(crate) struct Node {
     pub(crate) cert_sha256: String,
     /// The Service load-balancer's maps.
     pub(crate) lb: Arc<Mutex<Balancer>>,
+    /// NetworkPolicy: the engine and its maps.
+    pub(crate) policy: Arc<Mutex<crate::policy::sync::PolicyState>>,
     /// The DNS server's counters (once it runs).
     pub(crate) dns_stats: Mutex<Option<Arc<crate::dns::server::Stats>>>,
 }
@@ -247,6 +252,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         netns: None,
         pin_dir: Some(cfg.pin_dir.clone()),
         sizes: cfg.lb_sizes,
+        policy_sizes: cfg.policy_sizes,
     })
     .context("load the eBPF datapath")?;
     let lb = {
@@ -262,6 +268,26 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         b.set_node(node_ip, uplink_index, block)
             .context("configure the load-balancer")?;
         Arc::new(Mutex::new(b))
+    };
+    let policy = {
+        let maps = crate::policy::maps::PolicyMaps::take(&mut datapath)
+            .context("open the network policy maps")?;
+        let installed = maps.installed().context("read the network policy maps")?;
+        if !installed.rules.is_empty() || !installed.endpoints.is_empty() {
+            tracing::info!(
+                endpoints = installed.endpoints.len(),
+                rules = installed.rules.len(),
+                identities = installed.identities.len(),
+                "adopting the network policy state an earlier agent left pinned"
+            );
+        }
+        // The node's own addresses: its pods always let them in (probes).
+        let engine =
+            crate::policy::Engine::new(cfg.policy_sizes, vec![gateway.ip(), node_ip], installed);
+        Arc::new(Mutex::new(crate::policy::sync::PolicyState {
+            engine,
+            maps,
+        }))
     };
     // The socket path: every process of the node's cgroup, pods included,
     // has Service addresses translated at connect().
@@ -313,6 +339,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         block,
         cert_sha256: cert.sha256.clone(),
         lb: lb.clone(),
+        policy: policy.clone(),
         dns_stats: Mutex::new(None),
     });
     let stats = Arc::new(stats::Stats::default());
@@ -402,7 +429,23 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         problems_tx,
         Some(zone),
     ));
-    let lb_status = tokio::spawn(register::report_lb(node.clone(), problems_rx));
+    let lb_status = tokio::spawn(register::report_problems(
+        node.clone(),
+        problems_rx,
+        register::LB_CONDITION,
+    ));
+    let (policy_tx, policy_rx) = tokio::sync::watch::channel(Default::default());
+    let policies = tokio::spawn(crate::policy::sync::run(
+        node.api.client.clone(),
+        node.cfg.node_name.clone(),
+        policy,
+        policy_tx,
+    ));
+    let policy_status = tokio::spawn(register::report_problems(
+        node.clone(),
+        policy_rx,
+        register::POLICY_CONDITION,
+    ));
     tracing::info!(node = %node.cfg.node_name, "agent running");
     tokio::select! {
         r = lease => r.context("heartbeat task")?,
@@ -411,6 +454,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         r = server => r.context("endpoint task")?,
         r = services => r.context("load-balancer task"),
         r = lb_status => r.context("load-balancer status task")?,
+        r = policies => r.context("network policy task"),
+        r = policy_status => r.context("network policy status task")?,
     }
 }
 

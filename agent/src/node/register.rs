@@ -66,7 +66,7 @@ async fn try_register(
     cert_sha256: &str,
     want_block: Option<Ipv4Network>,
 ) -> Result<Option<Ipv4Network>, String> {
-    let status = node_status(cfg, node_ip, &BTreeMap::new());
+    let status = node_status(cfg, node_ip, &BTreeMap::new(), &BTreeMap::new());
     let spec = want_block.map_or_else(|| json!({}), |b| json!({"podCIDR": b.to_string()}));
     let obj = json!({
         "apiVersion": "v1",
@@ -120,7 +120,12 @@ async fn try_register(
 
 /// The node's status as the agent sees it: capacity, addresses, facts and
 /// a Ready condition.
-fn node_status(cfg: &AgentConfig, node_ip: Ipv4Addr, lb: &BTreeMap<String, String>) -> Value {
+fn node_status(
+    cfg: &AgentConfig,
+    node_ip: Ipv4Addr,
+    lb: &BTreeMap<String, String>,
+    policy: &BTreeMap<String, String>,
+) -> Value {
     let (cpu, memory) = capacity();
     let now = weft_now();
     let ready = json!({
@@ -145,6 +150,7 @@ fn node_status(cfg: &AgentConfig, node_ip: Ipv4Addr, lb: &BTreeMap<String, Strin
             pressure("DiskPressure", "KubeletHasNoDiskPressure", "weft agent has no disk pressure"),
             pressure("PIDPressure", "KubeletHasSufficientPID", "weft agent has sufficient PID available"),
             lb_condition(lb, &now),
+            map_condition(POLICY_CONDITION, policy, &now),
             ready,
         ],
         "nodeInfo": node_info(),
@@ -154,15 +160,44 @@ fn node_status(cfg: &AgentConfig, node_ip: Ipv4Addr, lb: &BTreeMap<String, Strin
 
 /// The Node condition saying whether the load-balancer's maps hold every
 /// Service frontend (`False`) or some were left out for want of room.
-pub(crate) const LB_CONDITION: &str = "LoadBalancerMapsFull";
+/// A Node condition the agent keeps for what its maps could not take.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MapCondition {
+    /// The condition's type.
+    pub(crate) kind: &'static str,
+    /// Its message when all is in the maps.
+    ok: &'static str,
+    /// What the problems are, counted.
+    what: &'static str,
+    /// Its reason when something is wrong.
+    reason: &'static str,
+}
+
+pub(crate) const LB_CONDITION: MapCondition = MapCondition {
+    kind: "LoadBalancerMapsFull",
+    ok: "every Service frontend is in the eBPF load-balancer's maps",
+    what: "Service frontend(s) not load-balanced",
+    reason: "MapFull",
+};
+
+pub(crate) const POLICY_CONDITION: MapCondition = MapCondition {
+    kind: "NetworkPolicyNotEnforced",
+    ok: "every NetworkPolicy is enforced in the eBPF maps",
+    what: "network policy problem(s)",
+    reason: "PolicyProblem",
+};
 
 fn lb_condition(problems: &BTreeMap<String, String>, now: &str) -> Value {
+    map_condition(LB_CONDITION, problems, now)
+}
+
+fn map_condition(c: MapCondition, problems: &BTreeMap<String, String>, now: &str) -> Value {
     if problems.is_empty() {
-        return json!({"type": LB_CONDITION, "status": "False", "reason": "MapsHaveRoom",
-            "message": "every Service frontend is in the eBPF load-balancer's maps",
+        return json!({"type": c.kind, "status": "False", "reason": "MapsHaveRoom",
+            "message": c.ok,
             "lastHeartbeatTime": now, "lastTransitionTime": now});
     }
-    let mut msg = format!("{} Service frontend(s) not load-balanced: ", problems.len());
+    let mut msg = format!("{} {}: ", problems.len(), c.what);
     for (i, (what, why)) in problems.iter().enumerate() {
         if i == 3 {
             msg.push_str("; ...");
@@ -173,7 +208,7 @@ fn lb_condition(problems: &BTreeMap<String, String>, now: &str) -> Value {
         }
         msg.push_str(&format!("{what}: {why}"));
     }
-    json!({"type": LB_CONDITION, "status": "True", "reason": "MapFull", "message": msg,
+    json!({"type": c.kind, "status": "True", "reason": c.reason, "message": msg,
         "lastHeartbeatTime": now, "lastTransitionTime": now})
 }
 
@@ -181,21 +216,31 @@ fn lb_problems(node: &Node) -> BTreeMap<String, String> {
     node.lb.lock().expect("balancer lock").full()
 }
 
-/// Keeps the Node's [`LB_CONDITION`] in step with what the load-balancer
-/// could not install. Never returns.
-pub(super) async fn report_lb(
+fn policy_problems(node: &Node) -> BTreeMap<String, String> {
+    node.policy
+        .lock()
+        .expect("policy lock")
+        .engine
+        .problems()
+        .clone()
+}
+
+/// Keeps the Node's condition `c` in step with what the load-balancer (or
+/// the policy engine) could not install. Never returns.
+pub(super) async fn report_problems(
     node: Arc<Node>,
     mut problems: tokio::sync::watch::Receiver<BTreeMap<String, String>>,
+    c: MapCondition,
 ) -> Result<()> {
     let nodes: kube::Api<NodeObject> = node.api.all();
     loop {
         let current = problems.borrow_and_update().clone();
         // Retried until it lands or something newer is to be said.
         loop {
-            match set_lb_condition(&nodes, &node.cfg.node_name, &current).await {
+            match set_condition(&nodes, &node.cfg.node_name, &current, c).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot report the load-balancer's state on the Node");
+                    tracing::warn!(error = %e, condition = c.kind, "cannot report on the Node");
                     tokio::time::sleep(node.cfg.lease_interval).await;
                     if problems.has_changed().unwrap_or(false) {
                         break;
@@ -209,17 +254,18 @@ pub(super) async fn report_lb(
     }
 }
 
-async fn set_lb_condition(
+async fn set_condition(
     nodes: &kube::Api<NodeObject>,
     name: &str,
     problems: &BTreeMap<String, String>,
+    c: MapCondition,
 ) -> Result<()> {
     let current = nodes
         .get(name)
         .await
         .map_err(|e| anyhow::anyhow!(describe(&e)))?;
     let now = weft_now();
-    let want = lb_condition(problems, &now);
+    let want = map_condition(c, problems, &now);
     let mut conditions: Vec<Value> = current
         .status
         .and_then(|s| s.conditions)
@@ -227,7 +273,7 @@ async fn set_lb_condition(
         .iter()
         .filter_map(|c| serde_json::to_value(c).ok())
         .collect();
-    match conditions.iter_mut().find(|c| c["type"] == LB_CONDITION) {
+    match conditions.iter_mut().find(|x| x["type"] == c.kind) {
         Some(c) if c["status"] == want["status"] && c["message"] == want["message"] => {
             return Ok(());
         }
@@ -451,7 +497,7 @@ async fn refresh_ready(nodes: &kube::Api<NodeObject>, node: &Node) -> Result<()>
                 name,
                 &PatchParams::default(),
                 &Patch::Merge(
-                    json!({"status": node_status(&node.cfg, node.node_ip, &lb_problems(node))}),
+                    json!({"status": node_status(&node.cfg, node.node_ip, &lb_problems(node), &policy_problems(node))}),
                 ),
             )
             .await

@@ -1,0 +1,345 @@
+//! NetworkPolicy: the verdict on a packet entering or leaving a local pod.
+//!
+//! A pod with no entry in the endpoints map, or one without isolation
+//! flags, is not under policy: its packets pass after one hash lookup and
+//! nothing is tracked. For an isolated pod, a packet passes when it is part
+//! of a flow allowed before (a reply included), when it goes to or comes
+//! from the pod itself, when the node sends it (probes), or when one of the
+//! pod's rules allows the peer's identity, protocol and port. The peer's
+//! identities are its pod identity (by address), its ipBlock prefix
+//! identity (longest prefix) and "any", so a verdict costs the same few
+//! lookups however many policies and pods there are.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+    programs::TcContext,
+};
+use weft_common::{
+    DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_HOST, MARK_SELF, POL_CIDRS_MAX, POL_CT_MAX, POL_EGRESS,
+    POL_ENDPOINTS_MAX, POL_IDENTITIES_MAX, POL_INGRESS, POL_OVERFLOW, POL_RULES_MAX, PROTO_TCP,
+    PROTO_UDP, PolicyCounters, PolicyCtEntry, PolicyCtKey, PolicyEndpoint, RULE_BITS_PORT, RuleKey,
+    RuleValue,
+};
+
+// Sizes are defaults: the agent sets the real ones at load time.
+#[map(name = "WEFT_POL_ENDPOINTS")]
+static ENDPOINTS: HashMap<u32, PolicyEndpoint> = HashMap::with_max_entries(POL_ENDPOINTS_MAX, 0);
+#[map(name = "WEFT_POL_IDENTITIES")]
+static IDENTITIES: HashMap<u32, u32> = HashMap::with_max_entries(POL_IDENTITIES_MAX, 0);
+#[map(name = "WEFT_POL_CIDRS")]
+static CIDRS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(POL_CIDRS_MAX, BPF_F_NO_PREALLOC);
+#[map(name = "WEFT_POL_RULES")]
+static RULES: LpmTrie<RuleKey, RuleValue> =
+    LpmTrie::with_max_entries(POL_RULES_MAX, BPF_F_NO_PREALLOC);
+#[map(name = "WEFT_POL_CT")]
+static CT: LruHashMap<PolicyCtKey, PolicyCtEntry> = LruHashMap::with_max_entries(POL_CT_MAX, 0);
+#[map(name = "WEFT_POL_COUNTERS")]
+static COUNTERS: PerCpuArray<PolicyCounters> = PerCpuArray::with_max_entries(POL_ENDPOINTS_MAX, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const PROTO_ICMP: u8 = 1;
+const PROTO_SCTP: u8 = 132;
+const NS_PER_SEC: u64 = 1_000_000_000;
+/// A TCP flow silent this long is judged again at its next packet.
+const CT_TCP_IDLE_NS: u64 = 3600 * NS_PER_SEC;
+/// Other flows (UDP, SCTP, ICMP echo).
+const CT_OTHER_IDLE_NS: u64 = 120 * NS_PER_SEC;
+/// A flow's timestamp is moved at most this often: a write per packet
+/// would bounce the entry between CPUs.
+const CT_REFRESH_NS: u64 = NS_PER_SEC;
+
+/// What the policy looks at in a packet, addresses and ports as in it.
+#[derive(Clone, Copy)]
+pub struct PFlow {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// TCP, UDP and SCTP ports; ICMP echo: the identifier as source port of
+    /// a request and destination port of a reply. 0 otherwise.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// A TCP SYN without ACK: a new connection, judged afresh even if its
+    /// ports match an old flow.
+    pub syn: bool,
+    /// An ICMP error's quoted packet, as sent (proto 0: none). Not an
+    /// `Option`: its uninitialised payload would reach the verifier.
+    pub related: PolicyCtKey,
+}
+
+impl PFlow {
+    fn key(&self) -> PolicyCtKey {
+        PolicyCtKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+
+    fn reverse(&self) -> PolicyCtKey {
+        PolicyCtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            pad: [0; 3],
+        }
+    }
+}
+
+/// No flow: the `related` of a packet that is no ICMP error.
+pub const NO_FLOW: PolicyCtKey = PolicyCtKey {
+    saddr: 0,
+    daddr: 0,
+    sport: 0,
+    dport: 0,
+    proto: 0,
+    pad: [0; 3],
+};
+
+/// Ports of TCP, UDP and SCTP (the first four bytes of each header).
+#[inline(always)]
+fn has_ports(proto: u8) -> bool {
+    proto == PROTO_TCP || proto == PROTO_UDP || proto == PROTO_SCTP
+}
+
+/// Parses any IPv4 packet. `Err` for what is not IPv4 (ARP, IPv6): the
+/// policy is IPv4's, as the cluster's pod addresses are.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<PFlow, ()> {
+    let proto_eth: u16 = ctx.load(12).map_err(|_| ())?;
+    if u16::from_be(proto_eth) != ETH_P_IP {
+        return Err(());
+    }
+    let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err(());
+    }
+    let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| ())?;
+    let first = u16::from_be(frag) & 0x1fff == 0;
+    let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| ())?;
+    let l4 = ETH_HLEN + ihl;
+    let mut f = PFlow {
+        saddr: ctx.load(ETH_HLEN + 12).map_err(|_| ())?,
+        daddr: ctx.load(ETH_HLEN + 16).map_err(|_| ())?,
+        sport: 0,
+        dport: 0,
+        proto,
+        syn: false,
+        related: NO_FLOW,
+    };
+    // Later fragments carry no ports: only rules for every port match them.
+    if !first {
+        return Ok(f);
+    }
+    if has_ports(proto) {
+        f.sport = ctx.load(l4).map_err(|_| ())?;
+        f.dport = ctx.load(l4 + 2).map_err(|_| ())?;
+        if proto == PROTO_TCP {
+            let flags: u8 = ctx.load(l4 + 13).unwrap_or(0);
+            f.syn = flags & 0x12 == 0x02;
+        }
+    } else if proto == PROTO_ICMP {
+        let ty: u8 = ctx.load(l4).map_err(|_| ())?;
+        match ty {
+            // Echo request and reply: the identifier pairs them.
+            8 => f.sport = ctx.load(l4 + 4).unwrap_or(0),
+            0 => f.dport = ctx.load(l4 + 4).unwrap_or(0),
+            // Unreachable, time exceeded, parameter problem: about a packet
+            // whose header (and first 8 bytes) follow.
+            3 | 11 | 12 => f.related = quoted(ctx, l4 + 8).unwrap_or(NO_FLOW),
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+/// The flow of the packet an ICMP error quotes, at `off`.
+#[inline(always)]
+fn quoted(ctx: &TcContext, off: usize) -> Option<PolicyCtKey> {
+    let vihl: u8 = ctx.load(off).ok()?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 || ihl > 60 {
+        return None;
+    }
+    let proto: u8 = ctx.load(off + 9).ok()?;
+    let mut k = PolicyCtKey {
+        saddr: ctx.load(off + 12).ok()?,
+        daddr: ctx.load(off + 16).ok()?,
+        sport: 0,
+        dport: 0,
+        proto,
+        pad: [0; 3],
+    };
+    if has_ports(proto) {
+        k.sport = ctx.load(off + ihl).ok()?;
+        k.dport = ctx.load(off + ihl + 2).ok()?;
+    }
+    Some(k)
+}
+
+/// Whether `key` is a flow allowed earlier and not idle for too long; its
+/// timestamp is moved on.
+#[inline(always)]
+fn tracked(key: &PolicyCtKey, now: u64) -> bool {
+    let Some(e) = CT.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: map value; racing writers only move a timestamp.
+    let e = unsafe { &mut *e };
+    let idle = now.wrapping_sub(e.last_seen);
+    let limit = if key.proto == PROTO_TCP {
+        CT_TCP_IDLE_NS
+    } else {
+        CT_OTHER_IDLE_NS
+    };
+    if idle > limit {
+        return false;
+    }
+    if idle > CT_REFRESH_NS {
+        e.last_seen = now;
+    }
+    true
+}
+
+#[derive(Clone, Copy)]
+enum Count {
+    Denied,
+    Allowed,
+}
+
+#[inline(always)]
+fn bump(endpoint: u32, dir: u8, what: Count) {
+    if let Some(c) = COUNTERS.get_ptr_mut(endpoint) {
+        // SAFETY: per-CPU value, written only by this CPU during this call.
+        let c = unsafe { &mut *c };
+        match (dir == DIR_INGRESS, what) {
+            (true, Count::Denied) => c.ingress_denied += 1,
+            (false, Count::Denied) => c.egress_denied += 1,
+            (true, Count::Allowed) => c.ingress_allowed += 1,
+            (false, Count::Allowed) => c.egress_allowed += 1,
+        }
+    }
+}
+
+/// Whether a rule of `endpoint` for `dir` allows `peer` (its identities)
+/// at the packet's protocol and destination port.
+#[inline(always)]
+fn rule_allows(endpoint: u32, dir: u8, peer_addr: u32, pod: Option<u32>, f: &PFlow) -> bool {
+    let lookup = |peer: u32| {
+        let key = Key::new(
+            RULE_BITS_PORT,
+            RuleKey {
+                endpoint,
+                peer,
+                dir,
+                proto: f.proto,
+                port: f.dport,
+            },
+        );
+        RULES.get(&key).is_some()
+    };
+    if let Some(id) = pod
+        && lookup(id)
+    {
+        return true;
+    }
+    // SAFETY: copied out at once.
+    if let Some(id) = CIDRS.get(&Key::new(32, peer_addr)).copied()
+        && lookup(id)
+    {
+        return true;
+    }
+    lookup(ID_ANY)
+}
+
+/// The verdict on `f` crossing a local pod's veth in `dir`: true lets it
+/// pass. Flows of isolated pods that pass are tracked, so that their
+/// replies pass too.
+#[inline(always)]
+pub fn judge(f: &PFlow, dir: u8) -> bool {
+    let (local, peer) = if dir == DIR_INGRESS {
+        (f.daddr, f.saddr)
+    } else {
+        (f.saddr, f.daddr)
+    };
+    // SAFETY: copied out at once.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&local) }).copied() else {
+        return true;
+    };
+    if ep.flags & (POL_INGRESS | POL_EGRESS) == 0 {
+        return true;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if tracked(&f.reverse(), now) {
+        return true;
+    }
+    let key = f.key();
+    if !f.syn && tracked(&key, now) {
+        return true;
+    }
+    if f.related.proto != 0 && tracked(&f.related, now) {
+        return true;
+    }
+    let isolated = ep.flags
+        & if dir == DIR_INGRESS {
+            POL_INGRESS
+        } else {
+            POL_EGRESS
+        }
+        != 0;
+    if isolated {
+        // SAFETY: copied out at once.
+        let pod = unsafe { IDENTITIES.get(&peer) }.copied();
+        let allowed = local == peer
+            || (dir == DIR_INGRESS && pod == Some(ID_HOST))
+            || (ep.flags & POL_OVERFLOW == 0 && rule_allows(ep.id, dir, peer, pod, f));
+        if !allowed {
+            bump(ep.id, dir, Count::Denied);
+            return false;
+        }
+        bump(ep.id, dir, Count::Allowed);
+    }
+    let _ = CT.insert(&key, &PolicyCtEntry { last_seen: now }, 0);
+    true
+}
+
+/// A packet a pod sends that the load-balancer did not handle (not TCP or
+/// UDP): its egress verdict.
+#[inline(always)]
+pub fn egress_raw(ctx: &TcContext) -> bool {
+    match parse(ctx) {
+        Ok(f) => judge(&f, DIR_EGRESS),
+        Err(()) => true,
+    }
+}
+
+/// A packet delivered to a pod: its ingress verdict. A pod's own packet
+/// turned back to it by the load-balancer passes.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext) -> bool {
+    // SAFETY: the skb of this invocation.
+    if unsafe { (*ctx.skb.skb).mark } == MARK_SELF {
+        return true;
+    }
+    match parse(ctx) {
+        Ok(f) => judge(&f, DIR_INGRESS),
+        Err(()) => true,
+    }
+}
+
+/// Marks a packet as the pod's own, turned back to it.
+#[inline(always)]
+pub fn mark_self(ctx: &TcContext) {
+    // SAFETY: the skb of this invocation; tc programs may write its mark.
+    unsafe { (*ctx.skb.skb).mark = MARK_SELF };
+}

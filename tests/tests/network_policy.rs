@@ -1,0 +1,475 @@
+//! NetworkPolicy on a real 2-node lab: pods in three namespaces, spread
+//! over both nodes, probe each other on TCP and UDP through their veths
+//! (and the eBPF programs on them); for every case of the truth table the
+//! verdicts of every pair must equal the expected matrix.
+//!
+//! The pods' containers sleep; their servers (TCP answering "ok", UDP
+//! echoing) are this test's threads bound inside the pods' network
+//! namespaces, and so are the clients: traffic crosses the same veths and
+//! programs as the containers' would.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::atomic::{AtomicU16, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use weft_agent::netlink::netns;
+use weft_tests::cluster::{Cluster, ClusterSpec, pod_ready};
+
+const TCP: &str = "TCP";
+const UDP: &str = "UDP";
+/// Ports every pod serves on, TCP and UDP.
+const PORTS: [u16; 7] = [53, 80, 81, 8999, 9000, 9002, 9003];
+
+/// A pod of the test.
+#[derive(Clone, Debug)]
+struct P {
+    ns: &'static str,
+    name: &'static str,
+    node: &'static str,
+    app: &'static str,
+    /// Its container port named "web" (web pods only).
+    web: Option<u16>,
+}
+
+const PODS: [P; 6] = [
+    P {
+        ns: "a",
+        name: "web",
+        node: "n1",
+        app: "web",
+        web: Some(80),
+    },
+    P {
+        ns: "a",
+        name: "client",
+        node: "n2",
+        app: "client",
+        web: None,
+    },
+    P {
+        ns: "b",
+        name: "web",
+        node: "n2",
+        app: "web",
+        web: Some(81),
+    },
+    P {
+        ns: "b",
+        name: "client",
+        node: "n1",
+        app: "client",
+        web: None,
+    },
+    P {
+        ns: "c",
+        name: "web",
+        node: "n1",
+        app: "web",
+        web: Some(80),
+    },
+    P {
+        ns: "c",
+        name: "client",
+        node: "n2",
+        app: "client",
+        web: None,
+    },
+];
+
+/// Namespaces and their `team` label.
+const TEAMS: [(&str, &str); 3] = [("a", "red"), ("b", "green"), ("c", "blue")];
+
+fn pod_yaml(p: &P) -> String {
+    let ports = match p.web {
+        Some(port) => format!("\n    ports:\n    - {{name: web, containerPort: {port}}}"),
+        None => String::new(),
+    };
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}, labels: {{app: {}}}}}\nspec:\n  nodeName: {}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: weft.local/busybox:1.36\n    command: [sleep, '3600']{ports}\n",
+        p.name, p.ns, p.app, p.node
+    )
+}
+
+/// A pod as running: its spec, address and network namespace.
+#[derive(Clone, Debug)]
+struct Live {
+    p: P,
+    ip: Ipv4Addr,
+    netns: String,
+}
+
+impl Live {
+    fn id(&self) -> String {
+        format!("{}/{}", self.p.ns, self.p.name)
+    }
+}
+
+/// Binds the servers of a pod in its namespace and serves them from here.
+fn serve(pod: &Live) -> Result<()> {
+    let sockets = netns::run_in(
+        Some(&pod.netns),
+        || -> Result<Vec<(TcpListener, UdpSocket)>> {
+            PORTS
+                .iter()
+                .map(|&port| {
+                    let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+                    Ok((TcpListener::bind(any)?, UdpSocket::bind(any)?))
+                })
+                .collect()
+        },
+    )??;
+    for (tcp, udp) in sockets {
+        std::thread::spawn(move || {
+            for s in tcp.incoming().flatten() {
+                let mut s = s;
+                let _ = s.write_all(b"ok\n");
+            }
+        });
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Source ports for UDP probes: each probe a fresh one, so that no probe
+/// rides on a flow an earlier case allowed.
+static UDP_PORT: AtomicU16 = AtomicU16::new(20_000);
+
+/// Whether a connection (TCP) or an exchange (UDP) from namespace `from`
+/// to `to:port` succeeds.
+fn probe(from: &str, to: Ipv4Addr, proto: &str, port: u16) -> Result<bool> {
+    let proto = proto.to_string();
+    netns::run_in(Some(from), move || -> Result<bool> {
+        let dst = std::net::SocketAddr::V4(SocketAddrV4::new(to, port));
+        if proto == TCP {
+            let Ok(mut s) = TcpStream::connect_timeout(&dst, Duration::from_millis(1500)) else {
+                return Ok(false);
+            };
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            return Ok(buf == "ok\n");
+        }
+        let sport = UDP_PORT.fetch_add(1, Ordering::Relaxed);
+        let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, sport))?;
+        s.set_read_timeout(Some(Duration::from_millis(600)))?;
+        for _ in 0..2 {
+            s.send_to(b"ping", dst)?;
+            let mut buf = [0u8; 16];
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                return Ok(&buf[..n] == b"ping");
+            }
+        }
+        Ok(false)
+    })?
+}
+
+type Probe = (usize, usize, &'static str, u16);
+
+/// Every probe's verdict, run 48 at a time.
+fn run_probes(pods: &[Live], probes: &[Probe]) -> Result<BTreeMap<Probe, bool>> {
+    let mut out = BTreeMap::new();
+    for chunk in probes.chunks(48) {
+        let results: Vec<Result<(Probe, bool)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|&pr| {
+                    s.spawn(move || {
+                        let (src, dst, proto, port) = pr;
+                        probe(&pods[src].netns, pods[dst].ip, proto, port).map(|v| (pr, v))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("probe thread"))
+                .collect()
+        });
+        for r in results {
+            let (pr, v) = r?;
+            out.insert(pr, v);
+        }
+    }
+    Ok(out)
+}
+
+/// A case's verdict on (source, destination, protocol, port).
+type Expect = Box<dyn Fn(&P, &P, &str, u16) -> bool>;
+
+/// One case of the truth table.
+struct Case {
+    name: &'static str,
+    policies: String,
+    ports: Vec<(&'static str, u16)>,
+    expect: Expect,
+}
+
+fn all_probes(pods: &[Live], ports: &[(&'static str, u16)]) -> Vec<Probe> {
+    let mut v = Vec::new();
+    for s in 0..pods.len() {
+        for d in 0..pods.len() {
+            if s != d {
+                for &(proto, port) in ports {
+                    v.push((s, d, proto, port));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Probes until the verdicts match the case's matrix (policies reach the
+/// agents in well under a second; the deadline is for a loaded machine).
+/// Returns how long that took.
+fn check_case(pods: &[Live], case: &Case) -> Result<Duration> {
+    let probes = all_probes(pods, &case.ports);
+    let start = Instant::now();
+    loop {
+        let got = run_probes(pods, &probes)?;
+        let wrong: Vec<String> = got
+            .iter()
+            .filter(|((s, d, proto, port), v)| {
+                (case.expect)(&pods[*s].p, &pods[*d].p, proto, *port) != **v
+            })
+            .map(|((s, d, proto, port), v)| {
+                format!(
+                    "{} -> {} {proto}/{port}: {}",
+                    pods[*s].id(),
+                    pods[*d].id(),
+                    if *v { "passed" } else { "refused" }
+                )
+            })
+            .collect();
+        if wrong.is_empty() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(15) {
+            bail!(
+                "case {:?}: {} of {} verdicts wrong after 15 s:\n{}",
+                case.name,
+                wrong.len(),
+                got.len(),
+                wrong.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n"
+    )
+}
+
+fn delete_policies(c: &Cluster) -> Result<()> {
+    let v = c.get_json(&["networkpolicies", "-A"])?;
+    for p in v["items"].as_array().into_iter().flatten() {
+        let (Some(ns), Some(name)) = (
+            p["metadata"]["namespace"].as_str(),
+            p["metadata"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        c.weft(&["delete", "networkpolicy", name, "-n", ns])?;
+    }
+    Ok(())
+}
+
+fn cases(n1_block: &str) -> Vec<Case> {
+    let web = vec![(TCP, 80), (UDP, 80)];
+    let deny_b = policy("b", "deny", "  podSelector: {}\n  policyTypes: [Ingress]");
+    vec![
+        Case {
+            name: "no policy",
+            policies: String::new(),
+            ports: web.clone(),
+            expect: Box::new(|_, _, _, _| true),
+        },
+        Case {
+            name: "default deny ingress",
+            policies: deny_b.clone(),
+            ports: web.clone(),
+            expect: Box::new(|_, d, _, _| d.ns != "b"),
+        },
+        Case {
+            name: "default deny egress with DNS allowed",
+            policies: policy(
+                "a",
+                "egress",
+                "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]",
+            ),
+            ports: vec![(TCP, 80), (UDP, 80), (TCP, 53), (UDP, 53)],
+            expect: Box::new(|s, _, _, port| s.ns != "a" || port == 53),
+        },
+        Case {
+            name: "allow from the same namespace",
+            policies: deny_b.clone()
+                + &policy(
+                    "b",
+                    "same",
+                    "  podSelector: {}\n  ingress:\n  - from: [{podSelector: {}}]",
+                ),
+            ports: web.clone(),
+            expect: Box::new(|s, d, _, _| d.ns != "b" || s.ns == "b"),
+        },
+        Case {
+            name: "allow from namespaces by label",
+            policies: deny_b.clone()
+                + &policy(
+                    "b",
+                    "blue",
+                    "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: blue}}}]",
+                ),
+            ports: web.clone(),
+            expect: Box::new(|s, d, _, _| d.ns != "b" || s.ns == "c"),
+        },
+        Case {
+            name: "pod and namespace selector together",
+            policies: policy(
+                "b",
+                "red-clients",
+                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: red}}, podSelector: {matchLabels: {app: client}}}]",
+            ),
+            ports: web.clone(),
+            expect: Box::new(|s, d, _, _| d.ns != "b" || (s.ns == "a" && s.app == "client")),
+        },
+        Case {
+            name: "ipBlock with except",
+            policies: policy(
+                "b",
+                "block",
+                &format!(
+                    "  podSelector: {{}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: 10.244.0.0/16, except: [{n1_block}]}}}}]"
+                ),
+            ),
+            ports: web.clone(),
+            expect: Box::new(|s, d, _, _| d.ns != "b" || s.node == "n2"),
+        },
+        Case {
+            name: "named ports",
+            // c's pods reach every pod only at its own "web" port; a's web
+            // pod lets in only at its "web" port.
+            policies: policy(
+                "c",
+                "web-out",
+                "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {}}]\n    ports: [{port: web}]",
+            ) + &policy(
+                "a",
+                "web-in",
+                "  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - ports: [{port: web}]",
+            ),
+            ports: vec![(TCP, 80), (TCP, 81)],
+            expect: Box::new(|s, d, _, port| {
+                (s.ns != "c" || d.web == Some(port))
+                    && (!(d.ns == "a" && d.app == "web") || d.web == Some(port))
+            }),
+        },
+        Case {
+            name: "endPort ranges",
+            policies: policy(
+                "b",
+                "range",
+                "  podSelector: {}\n  ingress:\n  - ports: [{port: 9000, endPort: 9002, protocol: TCP}, {port: 9000, endPort: 9002, protocol: UDP}]",
+            ),
+            ports: vec![
+                (TCP, 8999),
+                (TCP, 9000),
+                (TCP, 9002),
+                (TCP, 9003),
+                (UDP, 8999),
+                (UDP, 9000),
+                (UDP, 9002),
+                (UDP, 9003),
+            ],
+            expect: Box::new(|_, d, _, port| d.ns != "b" || (9000..=9002).contains(&port)),
+        },
+        Case {
+            name: "two policies whose union applies",
+            policies: policy(
+                "b",
+                "red",
+                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: red}}}]",
+            ) + &policy(
+                "b",
+                "blue-81",
+                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: blue}}}]\n    ports: [{port: 81}]",
+            ),
+            ports: vec![(TCP, 80), (TCP, 81)],
+            expect: Box::new(|s, d, _, port| {
+                d.ns != "b" || s.ns == "a" || (s.ns == "c" && port == 81)
+            }),
+        },
+    ]
+}
+
+fn up() -> Result<(Cluster, Vec<Live>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let c = rt.block_on(Cluster::up(ClusterSpec::new(2), |_| {}))?;
+    for (ns, team) in TEAMS {
+        c.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{team: {team}}}}}\n"
+        ))?;
+    }
+    let all: String = PODS
+        .iter()
+        .map(|p| format!("---\n{}", pod_yaml(p)))
+        .collect();
+    c.apply(&all)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = c.get_json(&["pods", "-A"])?;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        if items.len() == PODS.len() && items.iter().all(pod_ready) {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "pods not ready after 120 s: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let records = weft_tests::lab::pods(&c.lab.prefix)?;
+    let mut live = Vec::new();
+    for p in PODS {
+        let (_, rec) = records
+            .iter()
+            .find(|(_, r)| r.namespace == p.ns && r.name == p.name)
+            .with_context(|| format!("no record of {}/{}", p.ns, p.name))?;
+        let l = Live {
+            p: p.clone(),
+            ip: rec.ip,
+            netns: rec.netns.clone(),
+        };
+        serve(&l)?;
+        live.push(l);
+    }
+    Ok((c, live))
+}
+
+#[test]
+fn the_truth_table_holds_on_every_pair_tcp_and_udp() -> Result<()> {
+    let (c, pods) = up()?;
+    let n1_block = c.get_json(&["node", "n1"])?["spec"]["podCIDR"]
+        .as_str()
+        .context("podCIDR of n1")?
+        .to_string();
+    for case in cases(&n1_block) {
+        delete_policies(&c)?;
+        if !case.policies.is_empty() {
+            c.apply(&case.policies)?;
+        }
+        let took = check_case(&pods, &case)?;
+        eprintln!("case {:?}: matrix matched after {took:?}", case.name);
+    }
+    c.assert_no_firewall_rules()?;
+    Ok(())
+}
