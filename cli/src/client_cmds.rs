@@ -135,6 +135,9 @@ pub enum ClientCmd {
     /// The nodes' cluster DNS servers.
     #[command(subcommand)]
     Dns(DnsCmd),
+    /// NetworkPolicy as the nodes enforce it.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Set the replica count of a Deployment or ReplicaSet.
     Scale {
         /// KIND/NAME or KIND NAME.
@@ -199,7 +202,10 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         | ClientCmd::Logs { common, .. }
         | ClientCmd::Exec { common, .. }
         | ClientCmd::Top { common, .. } => common.clone(),
-        ClientCmd::Lb(LbCmd::Show { common, .. }) => common.clone(),
+        ClientCmd::Lb(LbCmd::Show { common, .. })
+        | ClientCmd::Policy(PolicyCmd::Show { common, .. } | PolicyCmd::Trace { common, .. }) => {
+            common.clone()
+        }
         ClientCmd::Lb(LbCmd::Trace { .. }) | ClientCmd::Dns(_) => Common::default(),
     };
     let path = client::kubeconfig_path(kubeconfig.as_deref());
@@ -362,6 +368,16 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         ClientCmd::Lb(LbCmd::Trace { node, src, dst, .. }) => {
             crate::lb_cmds::trace(&c, &node, &src, &dst).await
         }
+        ClientCmd::Policy(PolicyCmd::Show { pod, output, .. }) => {
+            crate::policy_cmds::show(&c, &ns, &pod, output.as_deref()).await
+        }
+        ClientCmd::Policy(PolicyCmd::Trace {
+            src,
+            dst,
+            port,
+            output,
+            ..
+        }) => crate::policy_cmds::trace(&c, &ns, &src, &dst, &port, output.as_deref()).await,
         ClientCmd::Dns(DnsCmd::Stats { node, output }) => {
             crate::lb_cmds::dns_stats(&c, node.as_deref(), output.as_deref()).await
         }
@@ -753,6 +769,39 @@ async fn get(
         .await?;
     }
     Ok(0)
+}
+
+/// `weft policy ...`.
+#[derive(clap::Subcommand)]
+pub enum PolicyCmd {
+    /// What applies to a pod on its node: the policies that select it,
+    /// its isolation, its rule entries, its counters (packets denied, new
+    /// flows allowed), and any problem (a full map).
+    Show {
+        /// The pod (NAME in the namespace, or NAMESPACE/NAME).
+        pod: String,
+        /// `json` for the agent's view as one JSON object.
+        #[arg(short = 'o', long, value_parser = ["json"])]
+        output: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Whether a new flow from one pod to another is allowed or denied, and
+    /// which policy or default decided: egress on the source's node, then
+    /// ingress on the destination's, from the maps the programs read.
+    Trace {
+        /// The source pod (NAME or NAMESPACE/NAME).
+        src: String,
+        /// The destination pod (NAME or NAMESPACE/NAME).
+        dst: String,
+        /// PORT/PROTO, e.g. 80/TCP (PROTO: TCP, UDP or SCTP; default TCP).
+        port: String,
+        /// `json` for both directions' verdicts as JSON.
+        #[arg(short = 'o', long, value_parser = ["json"])]
+        output: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// `weft dns ...`.

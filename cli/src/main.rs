@@ -4,6 +4,7 @@
 mod client_cmds;
 mod lb_cmds;
 mod pod_cmds;
+mod policy_cmds;
 
 use std::{path::PathBuf, process::ExitCode};
 

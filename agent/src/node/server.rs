@@ -96,6 +96,8 @@ pub(super) async fn run(
         .route("/lb/services", get(lb_services))
         .route("/lb/trace", get(lb_trace))
         .route("/dns/stats", get(dns_stats))
+        .route("/policy/pods/{ns}/{pod}", get(policy_show))
+        .route("/policy/trace", get(policy_trace))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared);
     tracing::info!(%addr, "serving logs, exec and stats");
@@ -392,6 +394,94 @@ async fn dns_stats(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response
         serde_json::to_string(&*stats).unwrap_or_default(),
     )
         .into_response()
+}
+
+/// `weft policy show`: a local pod's policies, rules and counters.
+async fn policy_show(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path((ns, pod)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return *r;
+    }
+    let key = format!("{ns}/{pod}");
+    let st = s.node.policy.lock().expect("policy lock");
+    match st.engine.show(&key, &s.node.cfg.node_name, &st.maps) {
+        Some(v) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&v).unwrap_or_default(),
+        )
+            .into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pod {key} has no address on node {}", s.node.cfg.node_name),
+        ),
+    }
+}
+
+/// The query of `/policy/trace`.
+#[derive(serde::Deserialize)]
+struct PolicyTraceQuery {
+    /// The local pod, `namespace/name`.
+    pod: String,
+    /// The other end's address.
+    peer: std::net::Ipv4Addr,
+    /// `ingress` (peer to pod) or `egress` (pod to peer).
+    dir: String,
+    proto: String,
+    /// Destination port.
+    port: u16,
+}
+
+/// `weft policy trace`: one direction's verdict, from this node's maps.
+async fn policy_trace(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<PolicyTraceQuery>,
+) -> Response {
+    if let Err(r) = authorized(&s, &headers) {
+        return *r;
+    }
+    let bad = |m: String| status(StatusCode::BAD_REQUEST, "BadRequest", &m);
+    let proto = match q.proto.to_ascii_uppercase().as_str() {
+        "TCP" => weft_common::PROTO_TCP,
+        "UDP" => weft_common::PROTO_UDP,
+        "SCTP" => crate::policy::model::PROTO_SCTP,
+        other => return bad(format!("protocol {other:?}: TCP, UDP or SCTP")),
+    };
+    let dir = match q.dir.as_str() {
+        "ingress" => weft_common::DIR_INGRESS,
+        "egress" => weft_common::DIR_EGRESS,
+        other => return bad(format!("direction {other:?}: ingress or egress")),
+    };
+    let st = s.node.policy.lock().expect("policy lock");
+    match st.engine.trace(
+        &st.maps,
+        &q.pod,
+        &s.node.cfg.node_name,
+        crate::policy::view::TraceFlow {
+            peer: q.peer,
+            dir,
+            proto,
+            port: q.port,
+        },
+    ) {
+        Some(j) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&j).unwrap_or_default(),
+        )
+            .into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "pod {} has no address on node {}",
+                q.pod, s.node.cfg.node_name
+            ),
+        ),
+    }
 }
 
 /// The query of `/lb/trace`.

@@ -18,6 +18,7 @@
 pub mod maps;
 pub mod model;
 pub mod sync;
+pub mod view;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -577,6 +578,54 @@ impl Engine {
                 e.rules = rules;
             }
         }
+        self.adopt_policy_numbers();
+    }
+
+    /// Gives the policies the numbers the installed rules carry (an
+    /// earlier agent's), so that adopting rewrites no rule.
+    fn adopt_policy_numbers(&mut self) {
+        let mut found: BTreeMap<u32, u32> = BTreeMap::new();
+        for (key, ep) in &self.endpoints {
+            let (_, rules, _) = self.desired(key, ep.id);
+            for (r, current) in rules {
+                if let Some(installed) = ep.rules.get(&r) {
+                    found.entry(current).or_insert(*installed);
+                }
+            }
+        }
+        if found.iter().all(|(c, i)| c == i) {
+            return;
+        }
+        let mut taken: HashSet<u32> = HashSet::new();
+        let mut numbers: HashMap<String, u32> = HashMap::new();
+        for (current, installed) in &found {
+            if let Some(key) = self.policy_keys.get(current)
+                && taken.insert(*installed)
+            {
+                numbers.insert(key.clone(), *installed);
+            }
+        }
+        let mut next = self
+            .installed
+            .rules
+            .values()
+            .chain(taken.iter())
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(self.next_policy)
+            + 1;
+        let mut keys: Vec<String> = self.policy_numbers.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
+            if let std::collections::hash_map::Entry::Vacant(e) = numbers.entry(key) {
+                e.insert(next);
+                next += 1;
+            }
+        }
+        self.policy_keys = numbers.iter().map(|(k, n)| (*n, k.clone())).collect();
+        self.policy_numbers = numbers;
+        self.next_policy = next;
     }
 
     /// The prefix set: every ipBlock's network and exceptions.
