@@ -190,6 +190,21 @@ struct AgentArgs {
     /// /sys/fs/bpf/weft/<instance>).
     #[arg(long)]
     bpf_pin_dir: Option<PathBuf>,
+    /// Local pods under NetworkPolicy the node holds (and counts).
+    #[arg(long, default_value_t = weft_common::POL_ENDPOINTS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    policy_endpoints: u32,
+    /// Pod addresses of the cluster with a policy identity.
+    #[arg(long, default_value_t = weft_common::POL_IDENTITIES_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    policy_identities: u32,
+    /// ipBlock prefixes (networks and exceptions) of all policies.
+    #[arg(long, default_value_t = weft_common::POL_CIDRS_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    policy_cidrs: u32,
+    /// Rule entries of the node's pods (a port range takes up to 30).
+    #[arg(long, default_value_t = weft_common::POL_RULES_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    policy_rules: u32,
+    /// Flows of isolated pods tracked so that their replies pass.
+    #[arg(long, default_value_t = weft_common::POL_CT_MAX, value_parser = clap::value_parser!(u32).range(1..))]
+    policy_ct: u32,
     /// Service ports (frontends, NodePorts included) the load-balancer holds.
     #[arg(long, default_value_t = weft_common::LB_SERVICES_MAX, value_parser = clap::value_parser!(u32).range(1..))]
     lb_services: u32,
@@ -547,6 +562,13 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
         ct: args.lb_ct,
         affinity: args.lb_affinity,
         sock: args.lb_sock,
+    };
+    cfg.policy_sizes = weft_agent::bpf::PolicySizes {
+        endpoints: args.policy_endpoints,
+        identities: args.policy_identities,
+        cidrs: args.policy_cidrs,
+        rules: args.policy_rules,
+        ct: args.policy_ct,
     };
     cfg.snat_ports = args.nodeport_snat_ports;
     cfg.lb_cgroup = args.lb_cgroup;

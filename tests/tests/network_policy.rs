@@ -413,16 +413,20 @@ fn cases(n1_block: &str) -> Vec<Case> {
 }
 
 fn up() -> Result<(Cluster, Vec<Live>)> {
+    up_with(ClusterSpec::new(2), &PODS)
+}
+
+fn up_with(spec: ClusterSpec, pods: &[P]) -> Result<(Cluster, Vec<Live>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let c = rt.block_on(Cluster::up(ClusterSpec::new(2), |_| {}))?;
+    let c = rt.block_on(Cluster::up(spec, |_| {}))?;
     for (ns, team) in TEAMS {
         c.apply(&format!(
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{team: {team}}}}}\n"
         ))?;
     }
-    let all: String = PODS
+    let all: String = pods
         .iter()
         .map(|p| format!("---\n{}", pod_yaml(p)))
         .collect();
@@ -431,7 +435,7 @@ fn up() -> Result<(Cluster, Vec<Live>)> {
     loop {
         let v = c.get_json(&["pods", "-A"])?;
         let items = v["items"].as_array().cloned().unwrap_or_default();
-        if items.len() == PODS.len() && items.iter().all(pod_ready) {
+        if items.len() == pods.len() && items.iter().all(pod_ready) {
             break;
         }
         ensure!(Instant::now() < deadline, "pods not ready after 120 s: {v}");
@@ -439,7 +443,7 @@ fn up() -> Result<(Cluster, Vec<Live>)> {
     }
     let records = weft_tests::lab::pods(&c.lab.prefix)?;
     let mut live = Vec::new();
-    for p in PODS {
+    for p in pods {
         let (_, rec) = records
             .iter()
             .find(|(_, r)| r.namespace == p.ns && r.name == p.name)
@@ -470,8 +474,112 @@ fn the_truth_table_holds_on_every_pair_tcp_and_udp() -> Result<()> {
         let took = check_case(&pods, &case)?;
         eprintln!("case {:?}: matrix matched after {took:?}", case.name);
     }
+
+    // Under default deny, the node still reaches its pods (probes); another
+    // node does not.
+    delete_policies(&c)?;
+    c.apply(&policy(
+        "b",
+        "deny",
+        "  podSelector: {}\n  policyTypes: [Ingress]",
+    ))?;
+    let (bc, bw) = (live(&pods, "b/client"), live(&pods, "b/web"));
+    until(live(&pods, "a/web"), bc, 80, false)?;
+    ensure!(
+        quick(&c.lab.node("n1").netns, bc.ip, 80),
+        "n1 reaches its pod b/client"
+    );
+    ensure!(
+        quick(&c.lab.node("n2").netns, bw.ip, 80),
+        "n2 reaches its pod b/web"
+    );
+    ensure!(
+        !quick(&c.lab.node("n2").netns, bc.ip, 80),
+        "n2 is refused by n1's pod b/client"
+    );
+
+    // SCTP: the kernel here has no SCTP, so raw IP packets of protocol 132
+    // carry its ports; the programs judge them all the same.
+    delete_policies(&c)?;
+    c.apply(&policy(
+        "b",
+        "sctp",
+        "  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - ports: [{port: 9000, protocol: SCTP}]",
+    ))?;
+    let a = live(&pods, "a/client");
+    until(a, bw, 9000, false)?;
+    ensure!(sctp_probe(a, bw, 9000)?, "SCTP to port 9000 is let in");
+    ensure!(!sctp_probe(a, bw, 9001)?, "SCTP to port 9001 is not");
+    ensure!(!quick(&a.netns, bw.ip, 9000), "TCP to port 9000 is not");
     c.assert_no_firewall_rules()?;
     Ok(())
+}
+
+/// Sends an SCTP common header (source port 5000, destination `port`) from
+/// `from` to `to` over a raw socket, and says whether a raw socket in
+/// `to`'s namespace received it.
+fn sctp_probe(from: &Live, to: &Live, port: u16) -> Result<bool> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const IPPROTO_SCTP: i32 = 132;
+    let raw = || -> Result<OwnedFd> {
+        // SAFETY: a plain socket call; the descriptor is owned at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, IPPROTO_SCTP) };
+        ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor of ours.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let rx = netns::run_in(Some(&to.netns), raw)??;
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    // SAFETY: setsockopt with a timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            rx.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+    }
+    let tx = netns::run_in(Some(&from.netns), raw)??;
+    let mut hdr = [0u8; 12];
+    hdr[0..2].copy_from_slice(&5000u16.to_be_bytes());
+    hdr[2..4].copy_from_slice(&port.to_be_bytes());
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    for _ in 0..3 {
+        // SAFETY: sendto with a buffer and address of the sizes given.
+        let n = unsafe {
+            libc::sendto(
+                tx.as_raw_fd(),
+                hdr.as_ptr().cast(),
+                hdr.len(),
+                0,
+                (&raw const dst).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        ensure!(n == 12, "sendto: {}", std::io::Error::last_os_error());
+        let mut buf = [0u8; 256];
+        // SAFETY: recv into a buffer of the size given.
+        let n = unsafe { libc::recv(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n > 0 {
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            let n = n as usize;
+            if n >= ihl + 4 && buf[ihl + 2..ihl + 4] == port.to_be_bytes() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// A quick TCP probe (300 ms), for watching a verdict change.
@@ -675,5 +783,100 @@ fn policies_change_under_traffic_are_shown_traced_and_survive_an_agent_restart()
         "the restarted agent found the maps as it wants them: {line}"
     );
     c.assert_no_firewall_rules()?;
+    Ok(())
+}
+
+#[test]
+fn full_maps_are_reported_and_fail_closed() -> Result<()> {
+    let mut spec = ClusterSpec::new(1);
+    // Room for the node's two addresses and two pods; three rule entries.
+    spec.agent_args = ["--policy-identities", "4", "--policy-rules", "3"]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+    let pods = [
+        P {
+            ns: "a",
+            name: "web",
+            node: "n1",
+            app: "web",
+            web: Some(80),
+        },
+        P {
+            ns: "a",
+            name: "client",
+            node: "n1",
+            app: "client",
+            web: None,
+        },
+        P {
+            ns: "b",
+            name: "client",
+            node: "n1",
+            app: "client",
+            web: None,
+        },
+    ];
+    let (c, live) = up_with(spec, &pods)?;
+    let (web, client) = (&live[0], &live[1]);
+    // Every pod of the cluster may reach a/web on 80 and 81: one entry per
+    // identity and port, more than the map holds.
+    c.apply(&policy(
+        "a",
+        "wide",
+        "  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from: [{namespaceSelector: {}}]\n    ports: [{port: 80}, {port: 81}]",
+    ))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let cond = loop {
+        let node = c.get_json(&["node", "n1"])?;
+        let cond = node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "NetworkPolicyNotEnforced")
+            .cloned()
+            .unwrap_or_default();
+        if cond["status"] == "True"
+            && cond["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("rule entries")
+        {
+            break cond;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no condition on the Node: {node}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let msg = cond["message"].as_str().unwrap_or_default();
+    ensure!(
+        msg.contains("WEFT_POL_IDENTITIES"),
+        "the identity map's fill is said: {msg}"
+    );
+    let show = c.weft(&["policy", "show", "a/web"])?;
+    ensure!(show.contains("WARNING    its rules did not fit"), "{show}");
+    ensure!(show.contains("raise --policy-rules"), "{show}");
+    ensure!(show.contains("raise --policy-identities"), "{show}");
+    // Not half-enforced: the pod denies everything but replies.
+    ensure!(
+        !quick(&client.netns, web.ip, 80),
+        "an overflowed pod fails closed"
+    );
+    let t = c.weft(&["policy", "trace", "a/client", "a/web", "80/TCP"])?;
+    ensure!(
+        t.contains("did not fit") && t.contains("verdict  DENIED"),
+        "{t}"
+    );
+    // A policy that fits clears the condition and lets the client in.
+    c.apply(&policy(
+        "a",
+        "wide",
+        "  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - ports: [{port: 80}]",
+    ))?;
+    until(client, web, 80, true)?;
+    let show = c.weft(&["policy", "show", "a/web"])?;
+    ensure!(!show.contains("WARNING"), "{show}");
     Ok(())
 }
