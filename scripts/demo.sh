@@ -3,7 +3,9 @@
 # namespaces on this machine), the web app of examples/ (a Deployment of
 # busybox httpd and a Service), its pods spread over the nodes, a request
 # from a pod on one node to a pod on another, requests through the Service's
-# VIP spread over the pods by the eBPF load-balancer, then teardown. Installs what
+# VIP spread over the pods by the eBPF load-balancer, cluster DNS, two
+# departments isolated by NetworkPolicy (a request that passes, one that is
+# refused, and why), then teardown. Installs what
 # it needs first. Needs root. `--keep` leaves the lab up to play with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +48,28 @@ step "weft exec $from -- sh -c 'nslookup web.default.svc.cluster.local; wget -qO
 $WEFT exec "$from" -- sh -c 'nslookup web.default.svc.cluster.local; wget -qO- http://web/'
 step "weft lb show --node $from_node web   # what the node's eBPF maps hold"
 $WEFT lb show --node "$from_node" web
+
+# Two departments (examples/departments.yaml): default deny in each, and one
+# allow rule from sales to finance's api.
+for _ in $(seq 1 60); do
+  ready=$( { $WEFT get pods -n sales --no-headers; $WEFT get pods -n finance --no-headers; } 2>/dev/null | awk '$2=="1/1" && $3=="Running"' | wc -l || true)
+  [[ "$ready" -ge 4 ]] && break
+  sleep 0.5
+done
+step "weft get networkpolicies -A"
+$WEFT get networkpolicies -A
+step "weft exec -n sales desk -- wget -qO- http://api.finance/   # allowed by finance/allow-sales"
+$WEFT exec -n sales desk -- wget -qO- http://api.finance/
+step "weft exec -n finance desk -- timeout 3 wget -qO- http://api.sales/   # sales lets nothing in"
+if $WEFT exec -n finance desk -- timeout 3 wget -qO- http://api.sales/; then
+  echo "unexpected: the request passed" >&2
+  exit 1
+fi
+echo "(refused: no answer within 3 s)"
+step "weft policy trace finance/desk sales/api 80/TCP"
+$WEFT policy trace finance/desk sales/api 80/TCP
+step "weft policy show finance/api"
+$WEFT policy show finance/api
 step "weft logs $to --tail 1"
 $WEFT logs "$to" --tail 1
 step "weft top pods   # CPU and memory from the pods' cgroups"

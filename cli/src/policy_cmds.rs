@@ -109,7 +109,7 @@ fn render_show(v: &PodView) -> String {
     );
     let _ = writeln!(
         s,
-        "allowed    {} new flows in, {} new flows out (by a rule)",
+        "allowed    {} new flows in, {} new flows out",
         v.ingress_allowed, v.egress_allowed
     );
     if v.overflow {
