@@ -18,8 +18,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     process::{Command, Stdio},
     sync::{
@@ -36,12 +36,11 @@ use weft_agent::{
     lb::{BackendSpec, Balancer, FrontendSpec, LbMaps, Scope},
     netlink::{Netlink, VethAttachment, netns},
 };
-use weft_tests::lab::{Lab, LabNode, LabSpec, NODE_BRIDGE};
+use weft_tests::{
+    lab::{Lab, LabNode, LabSpec, NODE_BRIDGE},
+    shortconn::{self, CONCURRENCY, RUN_SECS},
+};
 
-/// Seconds per measurement.
-const RUN_SECS: u64 = 3;
-/// Connections in flight (load generator threads).
-const CONCURRENCY: usize = 8;
 /// Rounds; each variant's figure is the median over them.
 const ROUNDS: usize = 3;
 const SCALES: [usize; 3] = [1, 1_000, 10_000];
@@ -49,7 +48,6 @@ const ENDPOINTS: usize = 10;
 /// The Service under measurement, in the middle of the others.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 1);
 const PORT: u16 = 80;
-const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
 
 /// The i-th filler Service's VIP (10.96.0.0/16 and up).
 fn filler_vip(i: usize) -> Ipv4Addr {
@@ -64,155 +62,6 @@ fn filler_ep(i: usize, j: usize) -> Ipv4Addr {
 // ---------------------------------------------------------------------------
 // Load generator: a child process, so that it can sit in the node's cgroup
 // (the socket path) or not (the packet path).
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Figures {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-    errors: usize,
-}
-
-fn loadgen_main(spec: &str) -> Result<()> {
-    // netns|cgroup or -|targets comma-separated
-    let parts: Vec<&str> = spec.split('|').collect();
-    ensure!(parts.len() == 3, "bad loadgen spec {spec}");
-    if parts[1] != "-" {
-        std::fs::write(
-            PathBuf::from(parts[1]).join("cgroup.procs"),
-            std::process::id().to_string(),
-        )
-        .context("join the cgroup")?;
-    }
-    let file = std::fs::File::open(netns::path(parts[0]))?;
-    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-    let targets: Vec<SocketAddrV4> = parts[2]
-        .split(',')
-        .map(|t| t.parse().context("target"))
-        .collect::<Result<_>>()?;
-    let deadline = Instant::now() + Duration::from_secs(RUN_SECS);
-    let threads: Vec<_> = (0..CONCURRENCY)
-        .map(|t| {
-            let targets = targets.clone();
-            std::thread::spawn(move || {
-                let mut lat = Vec::with_capacity(100_000);
-                let mut errors = 0usize;
-                let mut i = t;
-                let mut buf = [0u8; 256];
-                while Instant::now() < deadline {
-                    let to = targets[i % targets.len()];
-                    i += 1;
-                    let start = Instant::now();
-                    let ok = (|| -> std::io::Result<()> {
-                        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2))?;
-                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-                        // The client ends each connection with a reset once
-                        // it has the whole response, so no TIME_WAIT is left
-                        // anywhere: otherwise a client addressing one VIP
-                        // runs out of ports for it (a VIP is one
-                        // destination, two pod IPs are two), and flows of
-                        // different paths meet each other's TIME_WAIT on
-                        // the servers. Every path is measured the same way.
-                        let mut got = 0;
-                        while got < RESPONSE.len() {
-                            let n = s.read(&mut buf)?;
-                            if n == 0 {
-                                break;
-                            }
-                            got += n;
-                        }
-                        linger_zero(&s);
-                        if got == RESPONSE.len() {
-                            Ok(())
-                        } else {
-                            Err(std::io::Error::other("short response"))
-                        }
-                    })();
-                    match ok {
-                        Ok(()) => lat.push(start.elapsed().as_micros() as u32),
-                        Err(_) => errors += 1,
-                    }
-                }
-                (lat, errors)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in threads {
-        let (l, e) = t.join().expect("loadgen thread");
-        all.extend(l);
-        errors += e;
-    }
-    all.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if all.is_empty() {
-            return 0.0;
-        }
-        f64::from(all[((all.len() - 1) as f64 * p / 100.0).round() as usize])
-    };
-    println!(
-        "{} {} {} {}",
-        all.len() as f64 / RUN_SECS as f64,
-        pct(50.0),
-        pct(99.0),
-        errors
-    );
-    Ok(())
-}
-
-/// SO_LINGER with a zero timeout: close() sends a reset.
-fn linger_zero(s: &TcpStream) {
-    use std::os::fd::AsRawFd as _;
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own with a linger struct.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const l).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
-        );
-    }
-}
-
-fn load(netns: &str, cgroup: Option<&PathBuf>, targets: &[SocketAddrV4]) -> Result<Figures> {
-    let spec = format!(
-        "{netns}|{}|{}",
-        cgroup.map_or("-".into(), |c| c.display().to_string()),
-        targets
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    let out = Command::new(std::env::current_exe()?)
-        .env("WEFT_LB_LOADGEN", spec)
-        .stdin(Stdio::null())
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "load generator: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v: Vec<f64> = text
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    ensure!(v.len() == 4, "load generator said {text:?}");
-    Ok(Figures {
-        rps: v[0],
-        p50_us: v[1],
-        p99_us: v[2],
-        errors: v[3] as usize,
-    })
-}
 
 // ---------------------------------------------------------------------------
 // Pods and servers.
@@ -242,31 +91,6 @@ async fn pod(node: &LabNode, nl: &Netlink, tag: &str, index: u32) -> Result<Pod>
         veth,
         ip,
     })
-}
-
-/// An HTTP/1.0 server in `pod`: answers every request, then closes once
-/// the client has.
-fn serve(pod: &Pod, stop: Arc<AtomicBool>) -> Result<()> {
-    let l = netns::run_in(Some(&pod.netns), || {
-        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT))
-    })??;
-    let l = Arc::new(l);
-    for _ in 0..CONCURRENCY / 2 {
-        let l = l.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !stop.load(Ordering::Relaxed) {
-                let Ok((mut s, _)) = l.accept() else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.read(&mut buf);
-                let _ = s.write_all(RESPONSE);
-                // Wait for the client's close before closing.
-                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
-            }
-        });
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -399,8 +223,8 @@ fn load_balancer(node: &LabNode, sizes: LbSizes) -> Result<(Datapath, Balancer)>
 }
 
 fn main() -> Result<()> {
-    if let Ok(spec) = std::env::var("WEFT_LB_LOADGEN") {
-        return loadgen_main(&spec);
+    if let Ok(spec) = std::env::var(shortconn::LOADGEN_ENV) {
+        return shortconn::loadgen_main(&spec);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -508,8 +332,8 @@ async fn run(lab: &Lab) -> Result<()> {
         let client = pod(node, &nl, &format!("{tag}c"), 0).await?;
         let s0 = pod(node, &nl, &format!("{tag}s0"), 1).await?;
         let s1 = pod(node, &nl, &format!("{tag}s1"), 2).await?;
-        serve(&s0, stop.clone())?;
-        serve(&s1, stop.clone())?;
+        shortconn::serve(&s0.netns, PORT, stop.clone())?;
+        shortconn::serve(&s1.netns, PORT, stop.clone())?;
         pods.insert(node.name.clone(), (client, s0, s1));
     }
     // Conntrack of the iptables node: TIME_WAIT entries of finished
@@ -559,29 +383,28 @@ async fn run(lab: &Lab) -> Result<()> {
             SocketAddrV4::new(s1.ip, PORT),
         ];
         let vip = [SocketAddrV4::new(VIP, PORT)];
-        let mut results: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
+        let mut results: BTreeMap<&str, Vec<shortconn::Figures>> = BTreeMap::new();
         for _ in 0..ROUNDS {
             results
                 .entry("1 direct to pod IPs (floor)")
                 .or_default()
-                .push(load(&dp_client.netns, None, &direct_targets)?);
+                .push(shortconn::load(&dp_client.netns, None, &direct_targets)?);
             results
                 .entry("2 VIP, weft socket path (pods)")
                 .or_default()
-                .push(load(&dp_client.netns, Some(&cgroup), &vip)?);
-            results.entry("3 VIP, weft tc path").or_default().push(load(
-                &dp_client.netns,
-                None,
-                &vip,
-            )?);
+                .push(shortconn::load(&dp_client.netns, Some(&cgroup), &vip)?);
+            results
+                .entry("3 VIP, weft tc path")
+                .or_default()
+                .push(shortconn::load(&dp_client.netns, None, &vip)?);
             results
                 .entry("4 VIP, iptables DNAT (kube-proxy layout)")
                 .or_default()
-                .push(load(&ipt_client.netns, None, &vip)?);
+                .push(shortconn::load(&ipt_client.netns, None, &vip)?);
         }
-        let med = |k: &str| -> Figures {
+        let med = |k: &str| -> shortconn::Figures {
             let r = &results[k];
-            Figures {
+            shortconn::Figures {
                 rps: median(r.iter().map(|f| f.rps).collect()),
                 p50_us: median(r.iter().map(|f| f.p50_us).collect()),
                 p99_us: median(r.iter().map(|f| f.p99_us).collect()),

@@ -12,5 +12,6 @@ pub mod control;
 pub mod island;
 pub mod lab;
 pub mod probe;
+pub mod shortconn;
 pub mod stats;
 pub mod upstream;

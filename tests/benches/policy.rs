@@ -1,0 +1,324 @@
+//! NetworkPolicy's cost, side by side in one run on a 2-node lab cluster:
+//!
+//! - short TCP connections (connect, request, response, reset) from a
+//!   client pod on n1 to a server pod on n2: with no policy; with 1 policy
+//!   isolating the server and allowing the client; and with that policy
+//!   plus 1 000 policies selecting other pods and 10 000 other pods'
+//!   identities in every agent's maps (pods bound to 40 registered nodes
+//!   that run no agent, so they have addresses but no containers);
+//! - at that size, how long one policy change takes to be enforced on each
+//!   node: from just before `weft apply` to the agent's log line written
+//!   once its maps hold the change.
+//!
+//! Run: `sudo bash scripts/bench.sh` (or `cargo bench -p weft-tests --bench
+//! policy` after `cargo build --release --bin weft`).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddrV4,
+    sync::{Arc, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use k8s_openapi::jiff::Timestamp;
+use weft_tests::{
+    cluster::{Cluster, ClusterSpec, pod_ready},
+    shortconn::{self, CONCURRENCY, Figures, RUN_SECS},
+};
+
+const ROUNDS: usize = 3;
+const IDENTITIES: usize = 10_000;
+const POLICIES: usize = 1_000;
+/// Registered nodes without an agent that the crowd of pods is bound to
+/// (each has a /24: 250 pods apiece).
+const GHOSTS: usize = 40;
+const CHANGES: usize = 5;
+
+fn pod(name: &str, ns: &str, labels: &str, node: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  tolerations: [{{operator: Exists}}]\n  containers:\n  - {{name: c, image: weft.local/busybox:1.36, command: [sleep, '86400']}}\n"
+    )
+}
+
+fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}\n"
+    )
+}
+
+/// The policy under measurement: the server is isolated, the client let in.
+fn server_policy() -> String {
+    policy(
+        "bench",
+        "server",
+        "  podSelector: {matchLabels: {app: server}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: client}}}]\n    ports: [{port: 80}]",
+    )
+}
+
+/// `weft apply` of many documents, split over `parallel` processes.
+fn apply_many(c: &Cluster, docs: &[String], parallel: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let per = docs.len().div_ceil(parallel);
+    let mut children = Vec::new();
+    for (i, chunk) in docs.chunks(per).enumerate() {
+        let f = dir.path().join(format!("part-{i}.yaml"));
+        std::fs::write(&f, chunk.concat())?;
+        let mut cmd = c.weft_command(&["apply", "-f", f.to_str().unwrap_or_default()])?;
+        cmd.stdout(std::process::Stdio::null());
+        children.push(cmd.spawn()?);
+    }
+    for mut ch in children {
+        ensure!(ch.wait()?.success(), "weft apply failed");
+    }
+    Ok(())
+}
+
+/// The policy maps' fill on the node of `pod`, from `weft policy show`.
+fn fill(c: &Cluster, pod: &str) -> Result<BTreeMap<String, u64>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&c.weft(&["policy", "show", pod, "-o", "json"])?)?;
+    Ok(v["maps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["map"].as_str().unwrap_or_default().to_string(),
+                m["used"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+/// Timestamps of the agent's "network policy applied" lines, and how long
+/// each took inside the agent (ms).
+fn applied(c: &Cluster, node: &str) -> Vec<(Timestamp, f64)> {
+    c.agent_log(node)
+        .lines()
+        .filter(|l| l.contains("network policy applied"))
+        .filter_map(|l| {
+            let ts: Timestamp = l.split_whitespace().next()?.parse().ok()?;
+            let took = l
+                .split("took_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((ts, took))
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn med(figs: &[Figures]) -> Figures {
+    Figures {
+        rps: median(figs.iter().map(|f| f.rps).collect()),
+        p50_us: median(figs.iter().map(|f| f.p50_us).collect()),
+        p99_us: median(figs.iter().map(|f| f.p99_us).collect()),
+        errors: figs.iter().map(|f| f.errors).sum(),
+    }
+}
+
+fn main() -> Result<()> {
+    if let Ok(spec) = std::env::var(shortconn::LOADGEN_ENV) {
+        return shortconn::loadgen_main(&spec);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let c = rt.block_on(Cluster::up(ClusterSpec::new(2), |_| {}))?;
+    let r = run(&c);
+    drop(c);
+    r
+}
+
+fn run(c: &Cluster) -> Result<()> {
+    c.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: bench}\n")?;
+    c.apply(
+        &(pod("server", "bench", "app: server", "n2")
+            + &pod("client", "bench", "app: client", "n1")),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.get_json(&["pods", "-n", "bench"])?["items"]
+        .as_array()
+        .is_some_and(|v| v.len() == 2 && v.iter().all(pod_ready))
+    {
+        ensure!(Instant::now() < deadline, "bench pods not ready");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let recs = weft_tests::lab::pods(&c.lab.prefix)?;
+    let find = |n: &str| {
+        recs.iter()
+            .find(|(_, r)| r.namespace == "bench" && r.name == n)
+            .map(|(_, r)| r.clone())
+            .with_context(|| format!("no record of {n}"))
+    };
+    let (server, client) = (find("server")?, find("client")?);
+    let stop = Arc::new(AtomicBool::new(false));
+    shortconn::serve(&server.netns, 80, stop.clone())?;
+    let target = [SocketAddrV4::new(server.ip, 80)];
+    // Warm up (ARP, caches).
+    shortconn::load(&client.netns, None, &target)?;
+
+    let mut rows: BTreeMap<&str, Vec<Figures>> = BTreeMap::new();
+    let show = |what: &str| -> Result<()> {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.weft(&["policy", "show", "bench/server", "-o", "json"])?)?;
+        eprintln!(
+            "  {what}: server ingress isolated {}, {} rule entries",
+            v["ingress_isolated"], v["rule_entries"]
+        );
+        Ok(())
+    };
+    for round in 0..ROUNDS {
+        eprintln!("round {}", round + 1);
+        rows.entry("1 no policy")
+            .or_default()
+            .push(shortconn::load(&client.netns, None, &target)?);
+        c.apply(&server_policy())?;
+        std::thread::sleep(Duration::from_millis(500));
+        show("1 policy")?;
+        rows.entry("2 one policy")
+            .or_default()
+            .push(shortconn::load(&client.netns, None, &target)?);
+        c.weft(&["delete", "networkpolicy", "server", "-n", "bench"])?;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // The crowd: 10 000 pods with labels of their own on nodes without an
+    // agent, and 1 000 policies selecting some of them.
+    let start = Instant::now();
+    let nodes: Vec<String> = (0..GHOSTS)
+        .map(|i| format!("---\napiVersion: v1\nkind: Node\nmetadata: {{name: ghost-{i}}}\n"))
+        .collect();
+    apply_many(c, &nodes, 4)?;
+    c.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: crowd}\n")?;
+    let pods: Vec<String> = (0..IDENTITIES)
+        .map(|i| {
+            pod(
+                &format!("p{i}"),
+                "crowd",
+                &format!("id: p{i}"),
+                &format!("ghost-{}", i % GHOSTS),
+            )
+        })
+        .collect();
+    apply_many(c, &pods, 8)?;
+    let policies: Vec<String> = (0..POLICIES)
+        .map(|i| {
+            policy(
+                "crowd",
+                &format!("q{i}"),
+                &format!(
+                    "  podSelector: {{matchLabels: {{id: p{i}}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{id: p{}}}}}}}]\n    ports: [{{port: 8080}}, {{port: 9000, endPort: 9100}}]",
+                    (i + 1) % IDENTITIES
+                ),
+            )
+        })
+        .collect();
+    apply_many(c, &policies, 4)?;
+    c.apply(&server_policy())?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (f1, f2) = (fill(c, "bench/client")?, fill(c, "bench/server")?);
+        let ids = |f: &BTreeMap<String, u64>| f.get("WEFT_POL_IDENTITIES").copied().unwrap_or(0);
+        if ids(&f1) >= (IDENTITIES + 2) as u64 && ids(&f2) >= (IDENTITIES + 2) as u64 {
+            eprintln!(
+                "crowd in place after {:?}: n1 {f1:?}, n2 {f2:?}",
+                start.elapsed()
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the crowd never reached the maps: {f1:?} {f2:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    show("at scale")?;
+    for round in 0..ROUNDS {
+        eprintln!("round {} at scale", round + 1);
+        rows.entry("3 one policy + 1 000 others + 10 000 identities")
+            .or_default()
+            .push(shortconn::load(&client.netns, None, &target)?);
+    }
+
+    // One change, on both nodes: a rule for every bench pod (the client on
+    // n1 becomes isolated, the server on n2 gets an entry more).
+    let mut lags: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut inside: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for i in 0..CHANGES {
+        let before = [applied(c, "n1").len(), applied(c, "n2").len()];
+        let port = 9000 + i;
+        let t0 = Timestamp::now();
+        c.apply(&policy(
+            "bench",
+            "extra",
+            &format!(
+                "  podSelector: {{}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: probe}}}}}}]\n    ports: [{{port: {port}}}]"
+            ),
+        ))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (k, node) in ["n1", "n2"].iter().enumerate() {
+            let (ts, took) = loop {
+                let a = applied(c, node);
+                if a.len() > before[k] {
+                    break a[before[k]];
+                }
+                if Instant::now() > deadline {
+                    bail!("{node} never applied change {i}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let lag = ts.duration_since(t0).as_secs_f64() * 1e3;
+            lags.entry(node).or_default().push(lag);
+            inside.entry(node).or_default().push(took);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The client is still let in after all that (the data path agrees).
+    let after = shortconn::load(&client.netns, None, &target)?;
+    ensure!(
+        after.errors == 0 && after.rps > 0.0,
+        "the client is still allowed: {after:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let base = med(&rows["1 no policy"]);
+    let mut out = format!(
+        "Short TCP connections pod (n1) -> pod (n2) ({CONCURRENCY} in flight, {RUN_SECS} s per run, median of {ROUNDS} rounds)\n\n| variant | connections/s | p50 µs | p99 µs | errors | rate vs no policy | p99 vs no policy |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+    );
+    for (k, v) in &rows {
+        let m = med(v);
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {:+.1}% | {:+.1}% |\n",
+            &k[2..],
+            m.rps,
+            m.p50_us,
+            m.p99_us,
+            m.errors,
+            (m.rps / base.rps - 1.0) * 100.0,
+            (m.p99_us / base.p99_us - 1.0) * 100.0
+        ));
+    }
+    out.push_str(&format!(
+        "\nOne policy change at {POLICIES} policies and {IDENTITIES} identities, {CHANGES} changes: from before `weft apply` to the maps written (agent log), ms\n\n| node | median | max | inside the agent (median ms) |\n| --- | --- | --- | --- |\n"
+    ));
+    for (node, v) in &lags {
+        let max = v.iter().copied().fold(0.0, f64::max);
+        out.push_str(&format!(
+            "| {node} | {:.1} | {:.1} | {:.2} |\n",
+            median(v.clone()),
+            max,
+            median(inside[node].clone())
+        ));
+    }
+    println!("{out}");
+    Ok(())
+}
