@@ -11,7 +11,7 @@
 //! lookups however many policies and pods there are.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
@@ -34,8 +34,10 @@ static CIDRS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(POL_CIDRS_MAX, BPF_F
 #[map(name = "WEFT_POL_RULES")]
 static RULES: LpmTrie<RuleKey, RuleValue> =
     LpmTrie::with_max_entries(POL_RULES_MAX, BPF_F_NO_PREALLOC);
+/// LRU lists per CPU: a new flow's insert takes no lock shared between CPUs.
 #[map(name = "WEFT_POL_CT")]
-static CT: LruHashMap<PolicyCtKey, PolicyCtEntry> = LruHashMap::with_max_entries(POL_CT_MAX, 0);
+static CT: LruHashMap<PolicyCtKey, PolicyCtEntry> =
+    LruHashMap::with_max_entries(POL_CT_MAX, BPF_F_NO_COMMON_LRU);
 #[map(name = "WEFT_POL_COUNTERS")]
 static COUNTERS: PerCpuArray<PolicyCounters> = PerCpuArray::with_max_entries(POL_ENDPOINTS_MAX, 0);
 

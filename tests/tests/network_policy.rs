@@ -462,6 +462,8 @@ fn up_with(spec: ClusterSpec, pods: &[P]) -> Result<(Cluster, Vec<Live>)> {
 #[test]
 fn the_truth_table_holds_on_every_pair_tcp_and_udp() -> Result<()> {
     let (c, pods) = up()?;
+    // A name for the DNS check of the egress case.
+    c.apply("apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: a}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n")?;
     let n1_block = c.get_json(&["node", "n1"])?["spec"]["podCIDR"]
         .as_str()
         .context("podCIDR of n1")?
@@ -473,6 +475,30 @@ fn the_truth_table_holds_on_every_pair_tcp_and_udp() -> Result<()> {
         }
         let took = check_case(&pods, &case)?;
         eprintln!("case {:?}: matrix matched after {took:?}", case.name);
+        if case.name == "default deny egress with DNS allowed" {
+            // The node's DNS server is reached through the allowed port.
+            let a = live(&pods, "a/client");
+            let gw = weft_tests::lab::first_host(
+                c.get_json(&["node", a.p.node])?["spec"]["podCIDR"]
+                    .as_str()
+                    .context("podCIDR")?
+                    .parse()?,
+            );
+            let mut dig = std::process::Command::new("dig");
+            dig.args([
+                &format!("@{gw}"),
+                "+time=2",
+                "+tries=2",
+                "+short",
+                "web.a.svc.cluster.local",
+            ]);
+            let out = c.output_in(&a.netns, dig)?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                text.trim().parse::<Ipv4Addr>().is_ok(),
+                "a/client resolves through the node's DNS: {text:?}"
+            );
+        }
     }
 
     // Under default deny, the node still reaches its pods (probes); another

@@ -561,6 +561,23 @@ impl Engine {
                 );
             }
         }
+        // Numbers the maps hold that no pod claimed wait a batch before
+        // they are given out, as released ones do: their entries go first.
+        let claimed: HashSet<u32> = self.endpoints.values().map(|e| e.id).collect();
+        for ep in self.installed.endpoints.values() {
+            if !claimed.contains(&ep.id) && self.endpoint_ids.claim(ep.id) {
+                self.endpoint_ids.release(ep.id);
+            }
+        }
+        let ids: Vec<u32> = self.installed.identities.values().copied().collect();
+        for id in ids {
+            if id >= common::ID_POD_MIN
+                && !self.identity_keys.contains_key(&id)
+                && self.pod_ids.claim(id)
+            {
+                self.pod_ids.release(id);
+            }
+        }
         // Rules stay as installed; each endpoint's are compared with what
         // it should have when it is recomputed.
         let mut by_endpoint: HashMap<u32, &String> = HashMap::new();

@@ -108,7 +108,28 @@ async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
     let pods_res = res("", "pods");
     let grace = ctx.cfg.node_grace.as_secs_f64();
     let now = now_secs();
-    for node in ctx.cache.list(nodes_res, None, |_| true) {
+    // Pods by node, in one pass: a pass per node made the sweep cost nodes
+    // times pods (40 silent nodes and 10 000 pods kept a core 6% busy).
+    let mut by_node: std::collections::HashMap<String, Vec<std::sync::Arc<Value>>> =
+        std::collections::HashMap::new();
+    for pod in ctx.cache.list(pods_res, None, |p| {
+        p["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    }) {
+        let node = pod["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        by_node.entry(node).or_default().push(pod);
+    }
+    let nodes = ctx.cache.list(nodes_res, None, |_| true);
+    let known: std::collections::HashSet<&str> = nodes
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str())
+        .collect();
+    let pods_of = |name: &str| by_node.get(name).cloned().unwrap_or_default();
+    for node in nodes.iter().cloned() {
         let name = node["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -150,10 +171,7 @@ async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
             // As kube's MarkPodsNotReady: nobody vouches for its pods any
             // more, so they leave their Services' endpoints now, not at
             // eviction.
-            for pod in ctx
-                .cache
-                .list(pods_res, None, |p| p["spec"]["nodeName"] == name.as_str())
-            {
+            for pod in pods_of(&name) {
                 let (ns, pod_name) = (
                     pod["metadata"]["namespace"].as_str(),
                     pod["metadata"]["name"].as_str().unwrap_or_default(),
@@ -204,10 +222,7 @@ async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
                 .as_str()
                 .and_then(parse_time)
                 .unwrap_or(now);
-            let pods = ctx
-                .cache
-                .list(pods_res, None, |p| p["spec"]["nodeName"] == name.as_str());
-            for pod in pods {
+            for pod in pods_of(&name) {
                 let Some(delay) = tolerated_for(&pod, ctx.cfg.eviction_delay) else {
                     continue;
                 };
@@ -249,12 +264,13 @@ async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
         }
     }
     // Pods bound to a node that does not exist: nothing will ever run them.
-    for pod in ctx.cache.list(pods_res, None, |p| {
-        p["spec"]["nodeName"]
-            .as_str()
-            .is_some_and(|n| !n.is_empty())
-    }) {
+    let orphans = by_node
+        .iter()
+        .filter(|(n, _)| !known.contains(n.as_str()))
+        .flat_map(|(_, pods)| pods.iter().cloned());
+    for pod in orphans.collect::<Vec<_>>() {
         let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+        // Registered since the pods were listed: not an orphan.
         if ctx.cache.get(nodes_res, None, node).is_none() {
             let age = now
                 - pod["metadata"]["creationTimestamp"]
