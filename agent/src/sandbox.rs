@@ -1212,6 +1212,21 @@ pub(crate) fn is_dns_subdomain(s: &str) -> bool {
         })
 }
 
+/// The address a pod has of its own: `None` before it has one, with the
+/// host's network, or once it has finished (its address may be reused).
+#[must_use]
+pub fn own_address(pod: &Pod) -> Option<Ipv4Addr> {
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    status.pod_ip.as_deref()?.parse().ok()
+}
+
 /// The pod's host name: its name cut to 63 characters (the kernel takes
 /// 64), without a trailing '-' or '.', as kubelet does.
 /// A pod's /etc/resolv.conf, per its `dnsPolicy` and `dnsConfig`:

@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashSet,
-    net::Ipv4Addr,
     sync::{Arc, RwLock},
 };
 
@@ -21,15 +20,8 @@ use super::records::{PodInfo, Zone};
 /// host network, or finished).
 #[must_use]
 pub fn pod_info(pod: &Pod, node: &str) -> Option<PodInfo> {
+    let ip = crate::sandbox::own_address(pod)?;
     let spec = pod.spec.as_ref()?;
-    if spec.host_network == Some(true) {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
-    let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
     // The search-path shortcut walks the cluster's search list: only for
     // pods whose resolv.conf has it unchanged.
     let cluster_search = matches!(

@@ -82,15 +82,8 @@ fn protocol(p: Option<&str>) -> u8 {
 /// not yet scheduled, host network, or finished).
 #[must_use]
 pub fn pod_info(pod: &Pod, node: &str) -> Option<PodInfo> {
+    let ip = crate::sandbox::own_address(pod)?;
     let spec = pod.spec.as_ref()?;
-    if spec.host_network == Some(true) {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
-    let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
     let mut ports = BTreeSet::new();
     for c in &spec.containers {
         for p in c.ports.iter().flatten() {
