@@ -167,7 +167,7 @@ impl Default for PolicySizes {
 impl PolicySizes {
     /// As [`LbSizes::per_map`]. LPM trie keys carry their 4-byte prefix
     /// length.
-    fn per_map(&self) -> [(&'static str, u32, usize, usize); 6] {
+    fn per_map(&self) -> [(&'static str, u32, usize, usize); 7] {
         use std::mem::size_of;
         [
             (
@@ -195,6 +195,12 @@ impl PolicySizes {
                 self.endpoints,
                 4,
                 size_of::<common::PolicyCounters>(),
+            ),
+            (
+                common::POL_FRAGS_MAP,
+                common::POL_FRAGS_MAX,
+                size_of::<common::PolicyFragKey>(),
+                8,
             ),
         ]
     }
@@ -323,12 +329,15 @@ impl Datapath {
             loader.map_max_entries(name, size);
         }
         let mut pins = Vec::new();
+        let mut resized = Vec::new();
         if let Some(dir) = &opts.pin_dir {
             ensure_bpffs(dir)?;
             std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
             for &(name, size, key, value) in &maps {
                 let path = dir.join(name);
-                drop_incompatible_pin(&path, size, key, value);
+                if let Some(old) = drop_incompatible_pin(&path, size, key, value) {
+                    resized.push((name, old));
+                }
                 pins.push((name, path));
             }
         }
@@ -336,6 +345,24 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT)?;
+        // A map given another size starts with what the old one held, before
+        // any program of this agent runs on it: a policy map starting empty
+        // would let everything through until the first sync.
+        for (name, old) in resized {
+            if let Some(new) = ebpf.map_mut(name) {
+                match carry_over(name, old, new) {
+                    Ok(Some(n)) => tracing::info!(
+                        map = name,
+                        entries = n,
+                        "entries carried over to the resized map"
+                    ),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(map = name, error = %e, "cannot carry the entries over to the resized map")
+                    }
+                }
+            }
+        }
         for name in [FROM_POD, TO_POD, NODEPORT_IN, NODEPORT_OUT] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -572,28 +599,90 @@ impl Datapath {
     }
 }
 
+/// Copies the entries of `old` into `new` (same layout, another size), for
+/// the maps whose content decides verdicts. `None`: not such a map.
+fn carry_over(
+    name: &str,
+    old: aya::maps::MapData,
+    new: &mut aya::maps::Map,
+) -> Result<Option<usize>, aya::maps::MapError> {
+    use aya::maps::Map;
+    use common::{PolicyCtEntry, PolicyCtKey, PolicyEndpoint, RuleKey, RuleValue};
+    Ok(Some(match name {
+        common::POL_ENDPOINTS_MAP => copy_hash::<u32, PolicyEndpoint>(&Map::HashMap(old), new)?,
+        common::POL_IDENTITIES_MAP => copy_hash::<u32, u32>(&Map::HashMap(old), new)?,
+        common::POL_CT_MAP => copy_hash::<PolicyCtKey, PolicyCtEntry>(&Map::LruHashMap(old), new)?,
+        common::POL_CIDRS_MAP => copy_lpm::<u32, u32>(&Map::LpmTrie(old), new)?,
+        common::POL_RULES_MAP => copy_lpm::<RuleKey, RuleValue>(&Map::LpmTrie(old), new)?,
+        _ => return Ok(None),
+    }))
+}
+
+fn copy_hash<K: aya::Pod, V: aya::Pod>(
+    old: &aya::maps::Map,
+    new: &mut aya::maps::Map,
+) -> Result<usize, aya::maps::MapError> {
+    let old = aya::maps::HashMap::<_, K, V>::try_from(old)?;
+    let mut new = aya::maps::HashMap::<_, K, V>::try_from(new)?;
+    let mut n = 0;
+    for item in old.iter() {
+        let (k, v) = item?;
+        if new.insert(k, v, 0).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn copy_lpm<K: aya::Pod, V: aya::Pod>(
+    old: &aya::maps::Map,
+    new: &mut aya::maps::Map,
+) -> Result<usize, aya::maps::MapError> {
+    let old = aya::maps::lpm_trie::LpmTrie::<_, K, V>::try_from(old)?;
+    let mut new = aya::maps::lpm_trie::LpmTrie::<_, K, V>::try_from(new)?;
+    let mut n = 0;
+    for item in old.iter() {
+        let (k, v) = item?;
+        if new.insert(&k, v, 0).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Removes a pinned map that a new agent cannot share: another size, or
 /// keys or values of another layout (another version). The programs then
 /// start with an empty map, which is logged, rather than reading
-/// misinterpreted bytes.
-fn drop_incompatible_pin(path: &Path, max_entries: u32, key: usize, value: usize) {
-    let Ok(info) = MapInfo::from_pin(path) else {
-        return;
-    };
+/// misinterpreted bytes. A map of the same layout and another size is
+/// returned, open, so that its entries can be carried over.
+fn drop_incompatible_pin(
+    path: &Path,
+    max_entries: u32,
+    key: usize,
+    value: usize,
+) -> Option<aya::maps::MapData> {
+    let info = MapInfo::from_pin(path).ok()?;
     let pinned = (
         info.max_entries(),
         info.key_size() as usize,
         info.value_size() as usize,
     );
-    if pinned != (max_entries, key, value) {
-        tracing::warn!(
-            map = %path.display(),
-            ?pinned,
-            wanted = ?(max_entries, key, value),
-            "pinned map has another size or layout (entries, key, value); starting it afresh (its entries are lost)"
-        );
-        let _ = std::fs::remove_file(path);
+    if pinned == (max_entries, key, value) {
+        return None;
     }
+    let same_layout = (pinned.1, pinned.2) == (key, value);
+    // Opened before the pin goes, so that its entries can be read.
+    let old = same_layout
+        .then(|| aya::maps::MapData::from_pin(path).ok())
+        .flatten();
+    tracing::warn!(
+        map = %path.display(),
+        ?pinned,
+        wanted = ?(max_entries, key, value),
+        "pinned map has another size or layout (entries, key, value); making it afresh"
+    );
+    let _ = std::fs::remove_file(path);
+    old
 }
 
 /// Removes a node's load-balancer for good (the agent stopped): the

@@ -425,7 +425,9 @@ pub struct RuleValue {
     pub policy: u32,
 }
 
-/// A flow as the policy tracks it, addresses and ports as in packets.
+/// A flow as the policy tracks it, addresses and ports as in packets, and
+/// the hook that allowed it: a flow a pod sent (egress) is the sender's,
+/// never the receiver's, even when both are on one node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PolicyCtKey {
@@ -439,8 +441,27 @@ pub struct PolicyCtKey {
     pub dport: u16,
     /// IP protocol.
     pub proto: u8,
+    /// [`DIR_INGRESS`] (the receiver allowed it) or [`DIR_EGRESS`] (the sender).
+    pub dir: u8,
     /// Padding.
-    pub pad: [u8; 3],
+    pub pad: [u8; 2],
+}
+
+/// An IP datagram in fragments whose first fragment was allowed: its later
+/// fragments carry no ports, so they pass by this.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyFragKey {
+    /// Source address.
+    pub saddr: u32,
+    /// Destination address.
+    pub daddr: u32,
+    /// The IP identification field.
+    pub id: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// The hook that allowed the first fragment.
+    pub dir: u8,
 }
 
 /// A tracked flow: allowed when it started, its replies pass.
@@ -474,6 +495,7 @@ mod policy_pod_impls {
     unsafe impl aya::Pod for RuleValue {}
     unsafe impl aya::Pod for PolicyCtKey {}
     unsafe impl aya::Pod for PolicyCtEntry {}
+    unsafe impl aya::Pod for PolicyFragKey {}
     unsafe impl aya::Pod for PolicyCounters {}
 }
 
@@ -488,6 +510,10 @@ pub const POL_CIDRS_MAP: &str = "WEFT_POL_CIDRS";
 pub const POL_RULES_MAP: &str = "WEFT_POL_RULES";
 /// Flows allowed under policy: [`PolicyCtKey`] → [`PolicyCtEntry`] (LRU hash).
 pub const POL_CT_MAP: &str = "WEFT_POL_CT";
+/// Datagrams in fragments: [`PolicyFragKey`] → `bpf_ktime_get_ns` (LRU hash).
+pub const POL_FRAGS_MAP: &str = "WEFT_POL_FRAGS";
+/// Datagrams in fragments tracked at once.
+pub const POL_FRAGS_MAX: u32 = 8192;
 /// Per-endpoint counters: per-CPU array of [`PolicyCounters`].
 pub const POL_COUNTERS_MAP: &str = "WEFT_POL_COUNTERS";
 

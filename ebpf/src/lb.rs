@@ -26,6 +26,7 @@ use crate::{
 /// The egress verdict on a pod's packet as it will leave: to `daddr:dport`.
 #[inline(always)]
 fn egress_ok(ctx: &TcContext, f: &Flow, daddr: u32, dport: u16) -> bool {
+    let (frag, ip_id) = policy::fragment(ctx);
     policy::judge(
         &PFlow {
             saddr: f.saddr,
@@ -35,6 +36,8 @@ fn egress_ok(ctx: &TcContext, f: &Flow, daddr: u32, dport: u16) -> bool {
             proto: f.proto,
             syn: pkt::is_syn(ctx, f),
             related: policy::NO_FLOW,
+            frag,
+            ip_id,
         },
         weft_common::DIR_EGRESS,
     )

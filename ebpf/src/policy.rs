@@ -19,9 +19,9 @@ use aya_ebpf::{
 };
 use weft_common::{
     DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_HOST, MARK_SELF, POL_CIDRS_MAX, POL_CT_MAX, POL_EGRESS,
-    POL_ENDPOINTS_MAX, POL_IDENTITIES_MAX, POL_INGRESS, POL_OVERFLOW, POL_RULES_MAX, PROTO_TCP,
-    PROTO_UDP, PolicyCounters, PolicyCtEntry, PolicyCtKey, PolicyEndpoint, RULE_BITS_PORT, RuleKey,
-    RuleValue,
+    POL_ENDPOINTS_MAX, POL_FRAGS_MAX, POL_IDENTITIES_MAX, POL_INGRESS, POL_OVERFLOW, POL_RULES_MAX,
+    PROTO_TCP, PROTO_UDP, PolicyCounters, PolicyCtEntry, PolicyCtKey, PolicyEndpoint,
+    PolicyFragKey, RULE_BITS_PORT, RuleKey, RuleValue,
 };
 
 // Sizes are defaults: the agent sets the real ones at load time.
@@ -38,6 +38,9 @@ static RULES: LpmTrie<RuleKey, RuleValue> =
 #[map(name = "WEFT_POL_CT")]
 static CT: LruHashMap<PolicyCtKey, PolicyCtEntry> =
     LruHashMap::with_max_entries(POL_CT_MAX, BPF_F_NO_COMMON_LRU);
+#[map(name = "WEFT_POL_FRAGS")]
+static FRAGS: LruHashMap<PolicyFragKey, u64> =
+    LruHashMap::with_max_entries(POL_FRAGS_MAX, BPF_F_NO_COMMON_LRU);
 #[map(name = "WEFT_POL_COUNTERS")]
 static COUNTERS: PerCpuArray<PolicyCounters> = PerCpuArray::with_max_entries(POL_ENDPOINTS_MAX, 0);
 
@@ -50,6 +53,8 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 const CT_TCP_IDLE_NS: u64 = 3600 * NS_PER_SEC;
 /// Other flows (UDP, SCTP, ICMP echo).
 const CT_OTHER_IDLE_NS: u64 = 120 * NS_PER_SEC;
+/// A fragmented datagram's later fragments come this soon after its first.
+const FRAG_IDLE_NS: u64 = 2 * NS_PER_SEC;
 /// A flow's timestamp is moved at most this often: a write per packet
 /// would bounce the entry between CPUs.
 const CT_REFRESH_NS: u64 = NS_PER_SEC;
@@ -70,28 +75,64 @@ pub struct PFlow {
     /// An ICMP error's quoted packet, as sent (proto 0: none). Not an
     /// `Option`: its uninitialised payload would reach the verifier.
     pub related: PolicyCtKey,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    pub frag: u8,
+    /// The IP identification field (fragments).
+    pub ip_id: u16,
+}
+
+/// Not a fragment.
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment of a datagram (it carries the ports).
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment (no ports).
+pub const FRAG_LATER: u8 = 2;
+
+/// The other direction.
+#[inline(always)]
+fn opposite(dir: u8) -> u8 {
+    if dir == DIR_INGRESS {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    }
 }
 
 impl PFlow {
-    fn key(&self) -> PolicyCtKey {
+    /// The flow as allowed at hook `dir`.
+    fn key(&self, dir: u8) -> PolicyCtKey {
         PolicyCtKey {
             saddr: self.saddr,
             daddr: self.daddr,
             sport: self.sport,
             dport: self.dport,
             proto: self.proto,
-            pad: [0; 3],
+            dir,
+            pad: [0; 2],
         }
     }
 
-    fn reverse(&self) -> PolicyCtKey {
+    /// The flow this packet answers, as the local pod allowed it at the
+    /// other hook (a flow it sent, for a packet coming in).
+    fn reverse(&self, dir: u8) -> PolicyCtKey {
         PolicyCtKey {
             saddr: self.daddr,
             daddr: self.saddr,
             sport: self.dport,
             dport: self.sport,
             proto: self.proto,
-            pad: [0; 3],
+            dir: opposite(dir),
+            pad: [0; 2],
+        }
+    }
+
+    fn frag_key(&self, dir: u8) -> PolicyFragKey {
+        PolicyFragKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            id: self.ip_id,
+            proto: self.proto,
+            dir,
         }
     }
 }
@@ -103,7 +144,8 @@ pub const NO_FLOW: PolicyCtKey = PolicyCtKey {
     sport: 0,
     dport: 0,
     proto: 0,
-    pad: [0; 3],
+    dir: 0,
+    pad: [0; 2],
 };
 
 /// Ports of TCP, UDP and SCTP (the first four bytes of each header).
@@ -125,8 +167,10 @@ pub fn parse(ctx: &TcContext) -> Result<PFlow, ()> {
     if vihl >> 4 != 4 || ihl < 20 {
         return Err(());
     }
-    let frag: u16 = ctx.load(ETH_HLEN + 6).map_err(|_| ())?;
-    let first = u16::from_be(frag) & 0x1fff == 0;
+    let frag = u16::from_be(ctx.load(ETH_HLEN + 6).map_err(|_| ())?);
+    let first = frag & 0x1fff == 0;
+    let more = frag & 0x2000 != 0;
+    let ip_id = u16::from_be(ctx.load(ETH_HLEN + 4).map_err(|_| ())?);
     let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| ())?;
     let l4 = ETH_HLEN + ihl;
     let mut f = PFlow {
@@ -137,8 +181,17 @@ pub fn parse(ctx: &TcContext) -> Result<PFlow, ()> {
         proto,
         syn: false,
         related: NO_FLOW,
+        frag: if !first {
+            FRAG_LATER
+        } else if more {
+            FRAG_FIRST
+        } else {
+            FRAG_NONE
+        },
+        ip_id,
     };
-    // Later fragments carry no ports: only rules for every port match them.
+    // Later fragments carry no ports: they pass with their first fragment,
+    // or by a rule for every port.
     if !first {
         return Ok(f);
     }
@@ -164,6 +217,22 @@ pub fn parse(ctx: &TcContext) -> Result<PFlow, ()> {
     Ok(f)
 }
 
+/// The fragment state and IP identification of the packet in `ctx`
+/// (an IPv4 packet the caller parsed).
+#[inline(always)]
+pub fn fragment(ctx: &TcContext) -> (u8, u16) {
+    let frag = u16::from_be(ctx.load(ETH_HLEN + 6).unwrap_or(0));
+    let ip_id = u16::from_be(ctx.load(ETH_HLEN + 4).unwrap_or(0));
+    let state = if frag & 0x1fff != 0 {
+        FRAG_LATER
+    } else if frag & 0x2000 != 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    (state, ip_id)
+}
+
 /// The flow of the packet an ICMP error quotes, at `off`.
 #[inline(always)]
 fn quoted(ctx: &TcContext, off: usize) -> Option<PolicyCtKey> {
@@ -179,7 +248,8 @@ fn quoted(ctx: &TcContext, off: usize) -> Option<PolicyCtKey> {
         sport: 0,
         dport: 0,
         proto,
-        pad: [0; 3],
+        dir: 0,
+        pad: [0; 2],
     };
     if has_ports(proto) {
         k.sport = ctx.load(off + ihl).ok()?;
@@ -263,6 +333,26 @@ fn rule_allows(endpoint: u32, dir: u8, peer_addr: u32, pod: Option<u32>, f: &PFl
     lookup(ID_ANY)
 }
 
+/// Lets `f` pass: the first fragment of a datagram opens the way for the
+/// others.
+#[inline(always)]
+fn pass(f: &PFlow, dir: u8, now: u64) -> bool {
+    if f.frag == FRAG_FIRST {
+        let _ = FRAGS.insert(&f.frag_key(dir), &now, 0);
+    }
+    true
+}
+
+/// Whether a later fragment's first fragment passed at this hook.
+#[inline(always)]
+fn first_passed(f: &PFlow, dir: u8, now: u64) -> bool {
+    // SAFETY: copied out at once.
+    match unsafe { FRAGS.get(&f.frag_key(dir)) } {
+        Some(t) => now.wrapping_sub(*t) < FRAG_IDLE_NS,
+        None => false,
+    }
+}
+
 /// The verdict on `f` crossing a local pod's veth in `dir`: true lets it
 /// pass. Flows of isolated pods that pass are tracked, so that their
 /// replies pass too.
@@ -282,15 +372,23 @@ pub fn judge(f: &PFlow, dir: u8) -> bool {
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    if tracked(&f.reverse(), now) {
+    if f.frag == FRAG_LATER && first_passed(f, dir, now) {
         return true;
     }
-    let key = f.key();
+    if tracked(&f.reverse(dir), now) {
+        return pass(f, dir, now);
+    }
+    let key = f.key(dir);
     if !f.syn && tracked(&key, now) {
-        return true;
+        return pass(f, dir, now);
     }
-    if f.related.proto != 0 && tracked(&f.related, now) {
-        return true;
+    // An ICMP error about a packet: the packet went the other way.
+    if f.related.proto != 0 {
+        let mut q = f.related;
+        q.dir = opposite(dir);
+        if tracked(&q, now) {
+            return true;
+        }
     }
     let isolated = ep.flags
         & if dir == DIR_INGRESS {
@@ -312,7 +410,7 @@ pub fn judge(f: &PFlow, dir: u8) -> bool {
         bump(ep.id, dir, Count::Allowed);
     }
     let _ = CT.insert(&key, &PolicyCtEntry { last_seen: now }, 0);
-    true
+    pass(f, dir, now)
 }
 
 /// A packet a pod sends that the load-balancer did not handle (not TCP or

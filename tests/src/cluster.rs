@@ -424,6 +424,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sets the extra flags of `node`'s agent for its next start.
+    pub fn set_node_agent_args(&mut self, node: &str, args: &[&str]) {
+        self.spec.node_agent_args.insert(
+            node.to_string(),
+            args.iter().map(|a| (*a).to_string()).collect(),
+        );
+    }
+
     /// SIGKILLs `node`'s agent (its pods go on running) and waits for it.
     ///
     /// # Errors

@@ -131,7 +131,7 @@ fn serve(pod: &Live) -> Result<()> {
             }
         });
         std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
+            let mut buf = vec![0u8; 65_536];
             while let Ok((n, from)) = udp.recv_from(&mut buf) {
                 let _ = udp.send_to(&buf[..n], from);
             }
@@ -310,6 +310,20 @@ fn cases(n1_block: &str) -> Vec<Case> {
             ),
             ports: vec![(TCP, 80), (UDP, 80), (TCP, 53), (UDP, 53)],
             expect: Box::new(|s, _, _, port| s.ns != "a" || port == 53),
+        },
+        Case {
+            // Senders isolated for egress (all allowed) next to receivers
+            // that deny: on one node too, the sender's allowance is not
+            // the receiver's.
+            name: "isolated senders, denying receivers",
+            policies: deny_b.clone()
+                + &policy(
+                    "a",
+                    "out",
+                    "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{}]",
+                ),
+            ports: web.clone(),
+            expect: Box::new(|_, d, _, _| d.ns != "b"),
         },
         Case {
             name: "allow from the same namespace",
@@ -623,6 +637,25 @@ fn quick(from: &str, to: Ipv4Addr, port: u16) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether a UDP datagram of `size` bytes from `from` to `to:port` comes
+/// back whole.
+fn udp_big(from: &Live, to: &Live, port: u16, size: usize) -> Result<bool> {
+    let dst = SocketAddrV4::new(to.ip, port);
+    netns::run_in(Some(&from.netns), move || -> Result<bool> {
+        let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(Duration::from_millis(800)))?;
+        let out = vec![7u8; size];
+        let mut buf = vec![0u8; 65_536];
+        for _ in 0..2 {
+            s.send_to(&out, dst)?;
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                return Ok(n == size);
+            }
+        }
+        Ok(false)
+    })?
+}
+
 /// How long after now `from` -> `to:port` takes to become `want`.
 fn until(from: &Live, to: &Live, port: u16, want: bool) -> Result<Duration> {
     let start = Instant::now();
@@ -756,6 +789,17 @@ fn policies_change_under_traffic_are_shown_traced_and_survive_an_agent_restart()
     )?;
     ensure!(!out.contains("ok"), "socket path, denied: {out:?}");
 
+    // Datagrams bigger than the MTU travel in fragments, and only the
+    // first carries the ports.
+    ensure!(
+        udp_big(cc, b, 80, 4000)?,
+        "4000 bytes from an allowed client pass"
+    );
+    ensure!(
+        !udp_big(a, b, 80, 4000)?,
+        "4000 bytes from a denied client do not"
+    );
+
     // An agent restart changes no verdict: b/web's node loses its agent
     // while both clients keep probing.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -781,6 +825,12 @@ fn policies_change_under_traffic_are_shown_traced_and_survive_an_agent_restart()
     let applied_before = c.agent_log("n2").matches("network policy applied").count();
     c.kill_agent("n2")?;
     std::thread::sleep(Duration::from_secs(1));
+    // Restarted with bigger maps, as the agent's own advice says to do when
+    // they fill up: the new maps start with the old ones' entries.
+    c.set_node_agent_args(
+        "n2",
+        &["--policy-endpoints", "8192", "--policy-rules", "300000"],
+    );
     c.start_agent("n2")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.agent_log("n2").matches("network policy applied").count() <= applied_before {
@@ -807,6 +857,10 @@ fn policies_change_under_traffic_are_shown_traced_and_survive_an_agent_restart()
     ensure!(
         line.contains("writes=0"),
         "the restarted agent found the maps as it wants them: {line}"
+    );
+    ensure!(
+        log.contains("entries carried over to the resized map"),
+        "the resized maps kept their entries"
     );
     c.assert_no_firewall_rules()?;
     Ok(())

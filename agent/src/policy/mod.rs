@@ -473,7 +473,15 @@ impl Engine {
         let problem = format!("policy {key}");
         self.problems.remove(&problem);
         let new = match p {
-            Some(Ok(p)) => Some(p),
+            Some(Ok(p)) => {
+                if !p.warnings.is_empty() {
+                    self.problems.insert(
+                        problem.clone(),
+                        format!("partly not understood: {}", p.warnings.join("; ")),
+                    );
+                }
+                Some(p)
+            }
             Some(Err(e)) => {
                 self.problems.insert(problem, format!("not applied: {e}"));
                 None
@@ -714,6 +722,7 @@ impl Engine {
                 })
                 .map(|(_, id)| *id)
                 .collect(),
+            Peer::Nothing => Vec::new(),
             Peer::Pods { .. } => {
                 let mut labels: HashMap<&str, Labels> = HashMap::new();
                 self.identity_keys
@@ -1093,11 +1102,24 @@ impl Engine {
         // 4. What is gone: pods out of policy (or moved to another address),
         // addresses, prefixes, then rules nothing leads to any more.
         let mut old_rules: Vec<RuleEntry> = Vec::new();
+        // Addresses under policy after this batch: an address a pod gave up
+        // may already be another's (reused in the same batch).
+        let replanned: HashSet<&String> = plans.iter().map(|p| &p.key).collect();
+        let taken: HashSet<Ipv4Addr> = plans
+            .iter()
+            .filter(|p| p.flags != 0)
+            .filter_map(|p| p.ip)
+            .chain(
+                self.endpoints
+                    .iter()
+                    .filter(|(k, _)| !replanned.contains(k))
+                    .filter_map(|(_, e)| e.ip),
+            )
+            .collect();
         for plan in plans {
             let old = self.endpoints.remove(&plan.key);
             if let Some(o) = &old {
-                let keep_ip = plan.flags != 0 && o.ip == plan.ip;
-                if !keep_ip && let Some(ip) = o.ip {
+                if let Some(ip) = o.ip.filter(|ip| !taken.contains(ip)) {
                     applied.writes += 1;
                     match sink.del_endpoint(ip) {
                         Ok(()) => {
@@ -1180,5 +1202,118 @@ impl Engine {
             }
         }
         applied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine against the kernel's maps (root and BPF needed, as in CI).
+    use super::*;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+    fn pod(ns: &str, ip: [u8; 4], app: &str) -> PodInfo {
+        PodInfo {
+            namespace: ns.to_string(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ip: Ipv4Addr::from(ip),
+            local: true,
+            ports: BTreeSet::new(),
+        }
+    }
+
+    fn policy(v: serde_json::Value) -> Change {
+        let np: NetworkPolicy = serde_json::from_value(v).expect("a NetworkPolicy");
+        let p = Policy::from_k8s(&np);
+        Change::Policy(p.as_ref().map(Policy::key).unwrap_or_default(), Some(p))
+    }
+
+    fn kernel() -> (crate::bpf::Datapath, maps::PolicyMaps) {
+        let mut dp = crate::bpf::Datapath::load(None).expect("load the eBPF object");
+        let maps = maps::PolicyMaps::take(&mut dp).expect("policy maps");
+        (dp, maps)
+    }
+
+    #[test]
+    fn an_address_reused_in_one_batch_stays_under_policy() {
+        let (_dp, mut maps) = kernel();
+        let mut e = Engine::new(PolicySizes::default(), vec![], Installed::default());
+        let ip = Ipv4Addr::new(10, 9, 0, 5);
+        e.update(
+            vec![
+                policy(
+                    serde_json::json!({"metadata": {"name": "deny", "namespace": "a"},
+                    "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+                ),
+                Change::Pod("a/old".into(), Some(pod("a", ip.octets(), "x"))),
+            ],
+            true,
+            &mut maps,
+        );
+        assert_eq!(
+            maps.installed().unwrap().endpoints[&ip].flags,
+            common::POL_INGRESS
+        );
+        // The old pod goes and a new one gets its address, in one batch.
+        e.update(
+            vec![
+                Change::Pod("a/old".into(), None),
+                Change::Pod("a/new".into(), Some(pod("a", ip.octets(), "y"))),
+            ],
+            true,
+            &mut maps,
+        );
+        let ep = maps.installed().unwrap().endpoints.get(&ip).copied();
+        assert_eq!(ep.map(|e| e.flags), Some(common::POL_INGRESS), "{ep:?}");
+        assert_eq!(e.flags("a/new"), common::POL_INGRESS);
+    }
+
+    #[test]
+    fn an_ipv6_block_isolates_and_lets_nothing_in() {
+        let (_dp, mut maps) = kernel();
+        let mut e = Engine::new(PolicySizes::default(), vec![], Installed::default());
+        let ip = Ipv4Addr::new(10, 9, 0, 6);
+        e.update(
+            vec![
+                policy(serde_json::json!({"metadata": {"name": "v6", "namespace": "c"},
+                    "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "fd00::/64"}}]}]}})),
+                Change::Pod("c/c1".into(), Some(pod("c", ip.octets(), "x"))),
+            ],
+            true,
+            &mut maps,
+        );
+        let installed = maps.installed().unwrap();
+        assert_eq!(installed.endpoints[&ip].flags, common::POL_INGRESS);
+        assert!(installed.rules.is_empty(), "{:?}", installed.rules);
+        assert!(e.problems().is_empty(), "{:?}", e.problems());
+    }
+
+    #[test]
+    fn a_new_engine_over_the_same_maps_writes_nothing() {
+        let (_dp, mut maps) = kernel();
+        let changes = || {
+            vec![
+                policy(
+                    serde_json::json!({"metadata": {"name": "web", "namespace": "a"},
+                    "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                             "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}},
+                                                   {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}],
+                                          "ports": [{"port": 80}, {"port": 9000, "endPort": 9100}]}]}}),
+                ),
+                Change::Pod("a/web".into(), Some(pod("a", [10, 9, 0, 7], "web"))),
+                Change::Pod(
+                    "a/client".into(),
+                    Some(PodInfo {
+                        local: false,
+                        ..pod("a", [10, 9, 1, 7], "client")
+                    }),
+                ),
+            ]
+        };
+        let mut first = Engine::new(PolicySizes::default(), vec![], Installed::default());
+        let applied = first.update(changes(), true, &mut maps);
+        assert!(applied.writes > 5, "{applied:?}");
+        let mut second = Engine::new(PolicySizes::default(), vec![], maps.installed().unwrap());
+        let applied = second.update(changes(), true, &mut maps);
+        assert_eq!(applied.writes, 0, "a restart writes nothing");
     }
 }

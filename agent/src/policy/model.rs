@@ -119,6 +119,10 @@ pub enum Peer {
         /// Excluded parts.
         except: Vec<Ipv4Network>,
     },
+    /// Nothing: an IPv6 block (no pod or packet here is IPv6), or a peer
+    /// the engine cannot read. The rule still exists, so the pods stay
+    /// isolated: a peer not understood lets nothing in.
+    Nothing,
 }
 
 /// A rule's port.
@@ -166,6 +170,8 @@ pub struct Policy {
     pub ingress: Option<Vec<Rule>>,
     /// Egress rules, if it isolates the pods for egress.
     pub egress: Option<Vec<Rule>>,
+    /// Parts the engine could not read (they match nothing).
+    pub warnings: Vec<String>,
 }
 
 fn selector(sel: &K8sSelector) -> Result<LabelSelector, String> {
@@ -173,28 +179,53 @@ fn selector(sel: &K8sSelector) -> Result<LabelSelector, String> {
     LabelSelector::from_k8s(&v)
 }
 
-fn peer(p: &NetworkPolicyPeer) -> Result<Peer, String> {
+fn peer(p: &NetworkPolicyPeer, warnings: &mut Vec<String>) -> Peer {
     if let Some(b) = &p.ip_block {
-        let cidr: Ipv4Network = b
-            .cidr
-            .parse()
-            .map_err(|e| format!("ipBlock.cidr {:?}: {e}", b.cidr))?;
+        let cidr = match b.cidr.parse::<ipnetwork::IpNetwork>() {
+            Ok(ipnetwork::IpNetwork::V4(n)) => n,
+            // The cluster's addresses are IPv4: an IPv6 block holds none.
+            Ok(ipnetwork::IpNetwork::V6(_)) => return Peer::Nothing,
+            Err(e) => {
+                warnings.push(format!(
+                    "ipBlock.cidr {:?}: {e}; it matches nothing",
+                    b.cidr
+                ));
+                return Peer::Nothing;
+            }
+        };
         let mut except = Vec::new();
         for e in b.except.iter().flatten() {
-            except.push(
-                e.parse()
-                    .map_err(|err| format!("ipBlock.except {e:?}: {err}"))?,
-            );
+            match e.parse::<ipnetwork::IpNetwork>() {
+                Ok(ipnetwork::IpNetwork::V4(n)) => except.push(normalize(n)),
+                Ok(ipnetwork::IpNetwork::V6(_)) => {}
+                Err(err) => {
+                    warnings.push(format!(
+                        "ipBlock.except {e:?}: {err}; its block matches nothing"
+                    ));
+                    return Peer::Nothing;
+                }
+            }
         }
-        return Ok(Peer::Block {
+        return Peer::Block {
             cidr: normalize(cidr),
-            except: except.into_iter().map(normalize).collect(),
-        });
+            except,
+        };
     }
-    Ok(Peer::Pods {
-        namespaces: p.namespace_selector.as_ref().map(selector).transpose()?,
-        pods: p.pod_selector.as_ref().map(selector).transpose()?,
-    })
+    let sel = |s: Option<&K8sSelector>, warnings: &mut Vec<String>| match s.map(selector) {
+        None => Ok(None),
+        Some(Ok(s)) => Ok(Some(s)),
+        Some(Err(e)) => {
+            warnings.push(format!("a peer's selector: {e}; it matches nothing"));
+            Err(())
+        }
+    };
+    let (Ok(namespaces), Ok(pods)) = (
+        sel(p.namespace_selector.as_ref(), warnings),
+        sel(p.pod_selector.as_ref(), warnings),
+    ) else {
+        return Peer::Nothing;
+    };
+    Peer::Pods { namespaces, pods }
 }
 
 /// The network of `n` (host bits cleared).
@@ -224,30 +255,43 @@ fn port(p: &NetworkPolicyPort) -> Result<PortSpec, String> {
     })
 }
 
+/// A rule. What cannot be read matches nothing (and is said in
+/// `warnings`): the rule lets in less, never more.
 fn rule(
     peers: Option<&Vec<NetworkPolicyPeer>>,
     ports: Option<&Vec<NetworkPolicyPort>>,
-) -> Result<Rule, String> {
-    Ok(Rule {
+    warnings: &mut Vec<String>,
+) -> Rule {
+    Rule {
         // An empty list means every peer (or port), as an absent one.
         peers: match peers {
-            Some(v) if !v.is_empty() => Some(v.iter().map(peer).collect::<Result<_, _>>()?),
+            Some(v) if !v.is_empty() => Some(v.iter().map(|p| peer(p, warnings)).collect()),
             _ => None,
         },
         ports: match ports {
-            Some(v) if !v.is_empty() => Some(v.iter().map(port).collect::<Result<_, _>>()?),
+            Some(v) if !v.is_empty() => Some(
+                v.iter()
+                    .filter_map(|p| {
+                        port(p)
+                            .map_err(|e| warnings.push(format!("{e}; that port matches nothing")))
+                            .ok()
+                    })
+                    .collect(),
+            ),
             _ => None,
         },
-    })
+    }
 }
 
 impl Policy {
-    /// Parses a NetworkPolicy. The API validated it, so an error here is
-    /// an object the engine cannot apply (reported, not ignored).
+    /// Parses a NetworkPolicy. The API validated it; what the engine still
+    /// cannot read in a rule matches nothing, so the pods stay isolated.
     ///
     /// # Errors
-    /// A selector, CIDR or port the engine cannot read.
+    /// A pod selector the engine cannot read: then it cannot tell which
+    /// pods the policy isolates (reported).
     pub fn from_k8s(np: &NetworkPolicy) -> Result<Self, String> {
+        let mut warnings = Vec::new();
         let spec = np.spec.clone().unwrap_or_default();
         let types: Vec<String> = match &spec.policy_types {
             Some(t) if !t.is_empty() => t.clone(),
@@ -266,8 +310,8 @@ impl Policy {
                 spec.ingress
                     .iter()
                     .flatten()
-                    .map(|r| rule(r.from.as_ref(), r.ports.as_ref()))
-                    .collect::<Result<_, _>>()?,
+                    .map(|r| rule(r.from.as_ref(), r.ports.as_ref(), &mut warnings))
+                    .collect(),
             )
         } else {
             None
@@ -277,8 +321,8 @@ impl Policy {
                 spec.egress
                     .iter()
                     .flatten()
-                    .map(|r| rule(r.to.as_ref(), r.ports.as_ref()))
-                    .collect::<Result<_, _>>()?,
+                    .map(|r| rule(r.to.as_ref(), r.ports.as_ref(), &mut warnings))
+                    .collect(),
             )
         } else {
             None
@@ -294,6 +338,7 @@ impl Policy {
                 .unwrap_or_default(),
             ingress,
             egress,
+            warnings,
         })
     }
 
@@ -332,7 +377,7 @@ impl Policy {
                 Peer::Block { cidr, except } => std::iter::once(*cidr)
                     .chain(except.iter().copied())
                     .collect(),
-                Peer::Pods { .. } => Vec::new(),
+                Peer::Pods { .. } | Peer::Nothing => Vec::new(),
             })
     }
 
@@ -359,7 +404,7 @@ impl Policy {
 #[must_use]
 pub fn peer_selects(p: &Peer, policy_ns: &str, id: &IdentityKey, ns_labels: &Labels) -> bool {
     match p {
-        Peer::Block { .. } => false,
+        Peer::Block { .. } | Peer::Nothing => false,
         Peer::Pods { namespaces, pods } => {
             let ns_ok = match namespaces {
                 None => id.namespace == policy_ns,
