@@ -212,6 +212,52 @@ pub fn default_object(resource: &Resource, obj: &mut Value) {
         "Namespace" => {
             let spec = obj_mut(obj, "spec");
             set_default(spec, "finalizers", json!(["kubernetes"]));
+            // As kube-apiserver (1.21+): every namespace carries its name
+            // as a label, so that policies can select it by name.
+            if let Some(name) = obj["metadata"]["name"].as_str().map(String::from) {
+                let meta = obj_mut(obj, "metadata");
+                let labels = meta.entry("labels").or_insert_with(|| json!({}));
+                if let Some(l) = labels.as_object_mut() {
+                    l.insert("kubernetes.io/metadata.name".into(), json!(name));
+                }
+            }
+        }
+        "NetworkPolicy" => {
+            let spec = obj_mut(obj, "spec");
+            // Ingress always, Egress when there are egress rules.
+            let listed = spec
+                .get("policyTypes")
+                .and_then(Value::as_array)
+                .is_some_and(|t| !t.is_empty());
+            if !listed {
+                let egress = spec
+                    .get("egress")
+                    .and_then(Value::as_array)
+                    .is_some_and(|e| !e.is_empty());
+                let mut types = vec![json!("Ingress")];
+                if egress {
+                    types.push(json!("Egress"));
+                }
+                spec.insert("policyTypes".into(), json!(types));
+            }
+            for dir in ["ingress", "egress"] {
+                for rule in spec
+                    .get_mut(dir)
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    for port in rule
+                        .get_mut("ports")
+                        .and_then(Value::as_array_mut)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_object_mut)
+                    {
+                        set_default(port, "protocol", json!("TCP"));
+                    }
+                }
+            }
         }
         _ => {}
     }
@@ -534,6 +580,21 @@ fn check_selector(out: &mut Vec<Cause>, field: &str, selector: &Value) {
     if let Err(e) = LabelSelector::from_k8s(selector) {
         out.push(Cause::invalid(field, selector.clone(), e));
     }
+    // As kube-apiserver: In and NotIn need values, Exists and
+    // DoesNotExist take none.
+    for (i, e) in items_of(&selector["matchExpressions"]).iter().enumerate() {
+        let values = items_of(&e["values"]);
+        let at = format!("{field}.matchExpressions[{i}].values");
+        match e["operator"].as_str().unwrap_or_default() {
+            "In" | "NotIn" if values.is_empty() => out.push(Cause::required(at)),
+            "Exists" | "DoesNotExist" if !values.is_empty() => out.push(Cause::invalid(
+                at,
+                e["values"].clone(),
+                "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )),
+            _ => {}
+        }
+    }
     check_labels(
         out,
         &format!("{field}.matchLabels"),
@@ -639,7 +700,13 @@ fn check_network_policy(out: &mut Vec<Cause>, spec: &Value) {
 /// An ipBlock: a CIDR, and exceptions inside it.
 fn check_ip_block(out: &mut Vec<Cause>, at: &str, block: &Value) {
     let cidr = block["cidr"].as_str().unwrap_or_default();
-    let Ok(net) = cidr.parse::<ipnetwork::IpNetwork>() else {
+    // A CIDR names its prefix length: "10.0.0.1" alone is refused, as
+    // kube-apiserver does.
+    let Some(net) = cidr
+        .contains('/')
+        .then(|| cidr.parse::<ipnetwork::IpNetwork>().ok())
+        .flatten()
+    else {
         if cidr.is_empty() {
             out.push(Cause::required(format!("{at}.cidr")));
         } else {
@@ -655,7 +722,11 @@ fn check_ip_block(out: &mut Vec<Cause>, at: &str, block: &Value) {
     for (k, e) in excepts.iter().enumerate() {
         let s = e.as_str().unwrap_or_default();
         let field = format!("{at}.except[{k}]");
-        match s.parse::<ipnetwork::IpNetwork>().ok() {
+        match s
+            .contains('/')
+            .then(|| s.parse::<ipnetwork::IpNetwork>().ok())
+            .flatten()
+        {
             None => out.push(Cause::invalid(field, s, "must be a valid CIDR")),
             Some(x) if !(x.prefix() > net.prefix() && net.contains(x.network())) => {
                 out.push(Cause::invalid(

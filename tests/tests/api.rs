@@ -1273,11 +1273,36 @@ fn network_policies_are_served_validated_and_listed() -> Result<()> {
         let r = post(&c, path, &good).await?;
         ensure!(r.code == 201, "create: {}", r.text);
         let got = raw(&c, "GET", &format!("{path}/web-allow"), None, "").await?;
+        // Stored as sent, with the port's protocol defaulted as
+        // kube-apiserver does.
+        let mut want = good["spec"].clone();
+        want["ingress"][0]["ports"][0]["protocol"] = json!("TCP");
         ensure!(
-            got.code == 200 && got.body["spec"] == good["spec"],
+            got.code == 200 && got.body["spec"] == want,
             "stored as sent: {}",
             got.text
         );
+        // policyTypes is filled in: Ingress, and Egress with egress rules.
+        for (name, egress, types) in [
+            ("only-in", json!(null), json!(["Ingress"])),
+            (
+                "in-out",
+                json!([{"ports": [{"port": 53, "protocol": "UDP"}]}]),
+                json!(["Ingress", "Egress"]),
+            ),
+        ] {
+            let mut p = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": name}, "spec": {"podSelector": {}}});
+            if !egress.is_null() {
+                p["spec"]["egress"] = egress;
+            }
+            let r = post(&c, path, &p).await?;
+            ensure!(
+                r.code == 201 && r.body["spec"]["policyTypes"] == types,
+                "{name}: {}",
+                r.text
+            );
+        }
         // Every mistake is named by its field.
         let bad = json!({
             "apiVersion": "networking.k8s.io/v1",
@@ -1291,7 +1316,12 @@ fn network_policies_are_served_validated_and_listed() -> Result<()> {
                         {"ipBlock": {"cidr": "10.0.0.0/33"}},
                         {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}},
                         {"podSelector": {}, "ipBlock": {"cidr": "10.0.0.0/8"}},
-                        {}
+                        {},
+                        {"ipBlock": {"cidr": "10.0.0.1"}},
+                        {"namespaceSelector": {"matchExpressions": [
+                            {"key": "a", "operator": "In"},
+                            {"key": "b", "operator": "Exists", "values": ["x"]}
+                        ]}}
                     ],
                     "ports": [
                         {"port": 70000},
@@ -1326,6 +1356,9 @@ fn network_policies_are_served_validated_and_listed() -> Result<()> {
             "spec.ingress[0].ports[1].protocol",
             "spec.ingress[0].ports[2].endPort",
             "spec.ingress[0].ports[3].endPort",
+            "spec.ingress[0].from[4].ipBlock.cidr",
+            "spec.ingress[0].from[5].namespaceSelector.matchExpressions[0].values",
+            "spec.ingress[0].from[5].namespaceSelector.matchExpressions[1].values",
         ] {
             ensure!(fields.contains(f), "no cause for {f}: {fields:?}");
         }
