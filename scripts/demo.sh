@@ -14,7 +14,7 @@ keep=false
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --bin weft
-WEFT=./target/debug/weft
+WEFT="${CARGO_TARGET_DIR:-./target}/debug/weft"
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
 $WEFT lab down >/dev/null   # idempotent: start from a clean slate

@@ -14,6 +14,8 @@ struct Placed {
     name: String,
     node: String,
     ip: String,
+    /// The pod as the API has it.
+    pod: Value,
 }
 
 /// `NAME` (in `ns`) or `NAMESPACE/NAME`, looked up.
@@ -36,7 +38,19 @@ async fn placed(c: &Client, ns: &str, pod: &str) -> Result<Placed> {
         name: name.to_string(),
         node: node.to_string(),
         ip: ip.to_string(),
+        pod: p.clone(),
     })
+}
+
+/// The number of `pod`'s container port called `name` for `proto`.
+fn named_port(pod: &Value, name: &str, proto: &str) -> Option<u16> {
+    pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+        .find(|p| p["name"] == name && p["protocol"].as_str().unwrap_or("TCP") == proto)
+        .and_then(|p| p["containerPort"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
 }
 
 /// Writes to stdout; a reader that went away ends the output quietly.
@@ -132,16 +146,28 @@ fn render_show(v: &PodView) -> String {
     s
 }
 
-/// `PORT/PROTO` (PROTO defaults to TCP).
-fn parse_port(s: &str) -> Result<(u16, String)> {
+/// A port: its number, or the name of a container port of the destination.
+#[derive(Debug, PartialEq, Eq)]
+enum Port {
+    Number(u16),
+    Name(String),
+}
+
+/// `PORT/PROTO` (PROTO defaults to TCP; PORT is a number or a port name).
+fn parse_port(s: &str) -> Result<(Port, String)> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
     let proto = proto.to_ascii_uppercase();
     if !matches!(proto.as_str(), "TCP" | "UDP" | "SCTP") {
         bail!("{s:?}: the protocol is TCP, UDP or SCTP");
     }
+    if port.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Ok((Port::Name(port.to_string()), proto));
+    }
     match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok((p, proto)),
-        _ => bail!("{s:?}: expected PORT/PROTO with a port from 1 to 65535, like 80/TCP"),
+        Ok(p) if p > 0 => Ok((Port::Number(p), proto)),
+        _ => bail!(
+            "{s:?}: expected PORT/PROTO with a port from 1 to 65535 or a port name, like 80/TCP"
+        ),
     }
 }
 
@@ -157,6 +183,16 @@ pub async fn trace(
     let (port, proto) = parse_port(port)?;
     let s = placed(c, ns, src).await?;
     let d = placed(c, ns, dst).await?;
+    // A name is the destination's port, as policies resolve it.
+    let port = match port {
+        Port::Number(p) => p,
+        Port::Name(n) => named_port(&d.pod, &n, &proto).with_context(|| {
+            format!(
+                "pod {}/{} has no {proto} container port named {n:?}",
+                d.ns, d.name
+            )
+        })?,
+    };
     let ask = |local: &Placed, peer: &Placed, dir: &str| {
         format!(
             "/api/v1/nodes/{}/proxy/policy/trace?pod={}/{}&peer={}&dir={dir}&proto={proto}&port={port}",
@@ -209,11 +245,21 @@ mod tests {
 
     #[test]
     fn ports_parse_with_a_default_protocol_and_refuse_nonsense() {
-        assert_eq!(parse_port("80").unwrap(), (80, "TCP".to_string()));
-        assert_eq!(parse_port("53/udp").unwrap(), (53, "UDP".to_string()));
+        assert_eq!(
+            parse_port("80").unwrap(),
+            (Port::Number(80), "TCP".to_string())
+        );
+        assert_eq!(
+            parse_port("53/udp").unwrap(),
+            (Port::Number(53), "UDP".to_string())
+        );
+        assert_eq!(
+            parse_port("http/TCP").unwrap(),
+            (Port::Name("http".to_string()), "TCP".to_string())
+        );
         assert!(parse_port("0/TCP").is_err());
         assert!(parse_port("70000/TCP").is_err());
         assert!(parse_port("80/ICMP").is_err());
-        assert!(parse_port("http/TCP").is_err());
+        assert!(parse_port("-1/TCP").is_err());
     }
 }

@@ -750,8 +750,11 @@ fn policies_change_under_traffic_are_shown_traced_and_survive_an_agent_restart()
     let t = c.weft(&["policy", "trace", "c/client", "b/web", "80/udp"])?;
     ensure!(t.contains("verdict  allowed"), "{t}");
     ensure!(t.contains("allowed by b/allow"), "{t}");
-    let bad = c.weft_output(&["policy", "trace", "a/client", "b/web", "http"])?;
-    ensure!(!bad.status.success(), "a port name is refused");
+    // A port name is the destination's: b/web's "web" is 81.
+    let t = c.weft(&["policy", "trace", "c/client", "b/web", "web/TCP"])?;
+    ensure!(t.contains(") 81/TCP"), "{t}");
+    let bad = c.weft_output(&["policy", "trace", "a/client", "b/web", "nosuch"])?;
+    ensure!(!bad.status.success(), "an unknown port name is refused");
     let bad = c.weft_output(&["policy", "show", "b/nosuch"])?;
     ensure!(!bad.status.success(), "an unknown pod is an error");
 
