@@ -167,7 +167,7 @@ impl Default for PolicySizes {
 impl PolicySizes {
     /// As [`LbSizes::per_map`]. LPM trie keys carry their 4-byte prefix
     /// length.
-    fn per_map(&self) -> [(&'static str, u32, usize, usize); 7] {
+    fn per_map(&self) -> [(&'static str, u32, usize, usize); 8] {
         use std::mem::size_of;
         [
             (
@@ -200,6 +200,12 @@ impl PolicySizes {
                 common::POL_FRAGS_MAP,
                 common::POL_FRAGS_MAX,
                 size_of::<common::PolicyFragKey>(),
+                8,
+            ),
+            (
+                common::POL_ALLOWED_MAP,
+                common::POL_ALLOWED_MAX,
+                size_of::<common::PolicyUse>(),
                 8,
             ),
         ]

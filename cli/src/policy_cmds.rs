@@ -108,18 +108,32 @@ fn render_show(v: &PodView) -> String {
         let head = if i == 0 { "policies" } else { "" };
         let _ = writeln!(
             s,
-            "{head:<10} {} ({}; {} rule{})",
+            "{head:<10} {} ({}; {} rule{}): its rules let {} new flow{} through",
             p.name,
             dirs.join(", "),
             p.rules,
-            if p.rules == 1 { "" } else { "s" }
+            if p.rules == 1 { "" } else { "s" },
+            p.allowed,
+            if p.allowed == 1 { "" } else { "s" }
         );
     }
     let _ = writeln!(s, "entries    {} in the rules map", v.rule_entries);
+    // A denial is the default deny of every policy isolating the pod in
+    // that direction, together.
+    let by = |who: &[String]| {
+        if who.is_empty() {
+            String::new()
+        } else {
+            format!(" (default deny of {})", who.join(", "))
+        }
+    };
     let _ = writeln!(
         s,
-        "denied     {} packets in, {} packets out",
-        v.ingress_denied, v.egress_denied
+        "denied     {} packets in{}, {} packets out{}",
+        v.ingress_denied,
+        by(&v.ingress_deniers),
+        v.egress_denied,
+        by(&v.egress_deniers)
     );
     let _ = writeln!(
         s,

@@ -472,6 +472,17 @@ pub struct PolicyCtEntry {
     pub last_seen: u64,
 }
 
+/// A policy's rule at work for a local pod: the key of the per-policy
+/// counters in [`POL_ALLOWED_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyUse {
+    /// Endpoint number of the local pod.
+    pub endpoint: u32,
+    /// The agent's number for the policy.
+    pub policy: u32,
+}
+
 /// Per-endpoint counters (per CPU; the agent sums them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -496,6 +507,7 @@ mod policy_pod_impls {
     unsafe impl aya::Pod for PolicyCtKey {}
     unsafe impl aya::Pod for PolicyCtEntry {}
     unsafe impl aya::Pod for PolicyFragKey {}
+    unsafe impl aya::Pod for PolicyUse {}
     unsafe impl aya::Pod for PolicyCounters {}
 }
 
@@ -510,6 +522,11 @@ pub const POL_CIDRS_MAP: &str = "WEFT_POL_CIDRS";
 pub const POL_RULES_MAP: &str = "WEFT_POL_RULES";
 /// Flows allowed under policy: [`PolicyCtKey`] → [`PolicyCtEntry`] (LRU hash).
 pub const POL_CT_MAP: &str = "WEFT_POL_CT";
+/// New flows each policy's rules let in or out, per local pod:
+/// [`PolicyUse`] → count (per-CPU hash).
+pub const POL_ALLOWED_MAP: &str = "WEFT_POL_ALLOWED";
+/// (pod, policy) pairs counted.
+pub const POL_ALLOWED_MAX: u32 = 65_536;
 /// Datagrams in fragments: [`PolicyFragKey`] → `bpf_ktime_get_ns` (LRU hash).
 pub const POL_FRAGS_MAP: &str = "WEFT_POL_FRAGS";
 /// Datagrams in fragments tracked at once.

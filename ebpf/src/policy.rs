@@ -14,14 +14,14 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key, lpm_trie::LpmTrie},
     programs::TcContext,
 };
 use weft_common::{
-    DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_HOST, MARK_SELF, POL_CIDRS_MAX, POL_CT_MAX, POL_EGRESS,
-    POL_ENDPOINTS_MAX, POL_FRAGS_MAX, POL_IDENTITIES_MAX, POL_INGRESS, POL_OVERFLOW, POL_RULES_MAX,
-    PROTO_TCP, PROTO_UDP, PolicyCounters, PolicyCtEntry, PolicyCtKey, PolicyEndpoint,
-    PolicyFragKey, RULE_BITS_PORT, RuleKey, RuleValue,
+    DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_HOST, MARK_SELF, POL_ALLOWED_MAX, POL_CIDRS_MAX,
+    POL_CT_MAX, POL_EGRESS, POL_ENDPOINTS_MAX, POL_FRAGS_MAX, POL_IDENTITIES_MAX, POL_INGRESS,
+    POL_OVERFLOW, POL_RULES_MAX, PROTO_TCP, PROTO_UDP, PolicyCounters, PolicyCtEntry, PolicyCtKey,
+    PolicyEndpoint, PolicyFragKey, PolicyUse, RULE_BITS_PORT, RuleKey, RuleValue,
 };
 
 // Sizes are defaults: the agent sets the real ones at load time.
@@ -38,6 +38,9 @@ static RULES: LpmTrie<RuleKey, RuleValue> =
 #[map(name = "WEFT_POL_CT")]
 static CT: LruHashMap<PolicyCtKey, PolicyCtEntry> =
     LruHashMap::with_max_entries(POL_CT_MAX, BPF_F_NO_COMMON_LRU);
+/// Per CPU: counting never contends.
+#[map(name = "WEFT_POL_ALLOWED")]
+static ALLOWED: PerCpuHashMap<PolicyUse, u64> = PerCpuHashMap::with_max_entries(POL_ALLOWED_MAX, 0);
 #[map(name = "WEFT_POL_FRAGS")]
 static FRAGS: LruHashMap<PolicyFragKey, u64> =
     LruHashMap::with_max_entries(POL_FRAGS_MAX, BPF_F_NO_COMMON_LRU);
@@ -302,10 +305,10 @@ fn bump(endpoint: u32, dir: u8, what: Count) {
     }
 }
 
-/// Whether a rule of `endpoint` for `dir` allows `peer` (its identities)
-/// at the packet's protocol and destination port.
+/// The policy whose rule of `endpoint` for `dir` allows `peer` (its
+/// identities) at the packet's protocol and destination port, if any.
 #[inline(always)]
-fn rule_allows(endpoint: u32, dir: u8, peer_addr: u32, pod: Option<u32>, f: &PFlow) -> bool {
+fn rule_allows(endpoint: u32, dir: u8, peer_addr: u32, pod: Option<u32>, f: &PFlow) -> Option<u32> {
     let lookup = |peer: u32| {
         let key = Key::new(
             RULE_BITS_PORT,
@@ -317,20 +320,33 @@ fn rule_allows(endpoint: u32, dir: u8, peer_addr: u32, pod: Option<u32>, f: &PFl
                 port: f.dport,
             },
         );
-        RULES.get(&key).is_some()
+        RULES.get(&key).map(|v| v.policy)
     };
     if let Some(id) = pod
-        && lookup(id)
+        && let Some(p) = lookup(id)
     {
-        return true;
+        return Some(p);
     }
     // SAFETY: copied out at once.
     if let Some(id) = CIDRS.get(&Key::new(32, peer_addr)).copied()
-        && lookup(id)
+        && let Some(p) = lookup(id)
     {
-        return true;
+        return Some(p);
     }
     lookup(ID_ANY)
+}
+
+/// One more new flow let through by `policy`'s rules for `endpoint`.
+#[inline(always)]
+fn count_use(endpoint: u32, policy: u32) {
+    let key = PolicyUse { endpoint, policy };
+    if let Some(c) = ALLOWED.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, written only by this CPU during this call.
+        unsafe { *c += 1 };
+        return;
+    }
+    // A full map loses the count, never the flow.
+    let _ = ALLOWED.insert(&key, &1, 0);
 }
 
 /// Lets `f` pass: the first fragment of a datagram opens the way for the
@@ -400,9 +416,14 @@ pub fn judge(f: &PFlow, dir: u8) -> bool {
     if isolated {
         // SAFETY: copied out at once.
         let pod = unsafe { IDENTITIES.get(&peer) }.copied();
-        let allowed = local == peer
-            || (dir == DIR_INGRESS && pod == Some(ID_HOST))
-            || (ep.flags & POL_OVERFLOW == 0 && rule_allows(ep.id, dir, peer, pod, f));
+        let mut allowed = local == peer || (dir == DIR_INGRESS && pod == Some(ID_HOST));
+        if !allowed
+            && ep.flags & POL_OVERFLOW == 0
+            && let Some(policy) = rule_allows(ep.id, dir, peer, pod, f)
+        {
+            count_use(ep.id, policy);
+            allowed = true;
+        }
         if !allowed {
             bump(ep.id, dir, Count::Denied);
             return false;

@@ -740,6 +740,20 @@ fn policies_change_under_traffic_are_shown_traced_and_survive_an_agent_restart()
         v["ingress_allowed"].as_u64() > Some(0),
         "allowed flows counted: {v}"
     );
+    // Per policy: b/allow's rule let blue's client in, and its default deny
+    // decided the denials.
+    ensure!(
+        v["policies"][0]["allowed"].as_u64() > Some(0),
+        "per policy: {v}"
+    );
+    ensure!(
+        v["ingress_deniers"] == serde_json::json!(["b/allow"]),
+        "{v}"
+    );
+    ensure!(
+        show.contains("packets in (default deny of b/allow)"),
+        "{show}"
+    );
     let t = c.weft(&["policy", "trace", "a/client", "b/web", "80/TCP"])?;
     ensure!(t.contains("verdict  DENIED"), "{t}");
     ensure!(t.contains("isolated for ingress by b/allow"), "{t}");

@@ -4,12 +4,12 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{
-    HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+    HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
 use ipnetwork::Ipv4Network;
 use weft_common as common;
-use weft_common::{PolicyCounters, PolicyEndpoint, RuleKey, RuleValue};
+use weft_common::{PolicyCounters, PolicyEndpoint, PolicyUse, RuleKey, RuleValue};
 
 use super::{Installed, RuleEntry, Sink};
 use crate::bpf::{BpfError, Datapath};
@@ -21,6 +21,7 @@ pub struct PolicyMaps {
     cidrs: LpmTrie<MapData, u32, u32>,
     rules: LpmTrie<MapData, RuleKey, RuleValue>,
     counters: PerCpuArray<MapData, PolicyCounters>,
+    allowed: PerCpuHashMap<MapData, PolicyUse, u64>,
 }
 
 impl std::fmt::Debug for PolicyMaps {
@@ -67,6 +68,8 @@ impl PolicyMaps {
                 .map_err(map_err(common::POL_RULES_MAP))?,
             counters: PerCpuArray::try_from(take(dp, common::POL_COUNTERS_MAP)?)
                 .map_err(map_err(common::POL_COUNTERS_MAP))?,
+            allowed: PerCpuHashMap::try_from(take(dp, common::POL_ALLOWED_MAP)?)
+                .map_err(map_err(common::POL_ALLOWED_MAP))?,
         })
     }
 
@@ -122,6 +125,21 @@ impl PolicyMaps {
                 acc.egress_allowed += c.egress_allowed;
                 acc
             }))
+    }
+
+    /// New flows `policy`'s rules let through for endpoint `id`.
+    #[must_use]
+    pub fn allowed_by(&self, id: u32, policy: u32) -> u64 {
+        self.allowed
+            .get(
+                &PolicyUse {
+                    endpoint: id,
+                    policy,
+                },
+                0,
+            )
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Whether the rules trie allows `peer` for endpoint `id`, as the
@@ -208,6 +226,16 @@ impl Sink for PolicyMaps {
     }
 
     fn reset_counters(&mut self, id: u32) -> Result<(), String> {
+        // The per-policy counts of the endpoint number's earlier pod.
+        let old: Vec<PolicyUse> = self
+            .allowed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.endpoint == id)
+            .collect();
+        for k in old {
+            let _ = self.allowed.remove(&k);
+        }
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e.to_string())?;
         let zero = PerCpuValues::try_from(vec![PolicyCounters::default(); cpus])
             .map_err(|e| e.to_string())?;

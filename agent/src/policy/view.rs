@@ -21,6 +21,8 @@ pub struct Selecting {
     pub egress: bool,
     /// Its ingress and egress rules.
     pub rules: usize,
+    /// New flows its rules let in or out of the pod.
+    pub allowed: u64,
 }
 
 /// Fill level of one map.
@@ -58,6 +60,11 @@ pub struct PodView {
     pub policies: Vec<Selecting>,
     /// Its entries in the rules map.
     pub rule_entries: usize,
+    /// The policies whose default deny decided the denials, per direction
+    /// (every policy isolating the pod in that direction: together).
+    pub ingress_deniers: Vec<String>,
+    /// As above, for egress.
+    pub egress_deniers: Vec<String>,
     /// Counters of its endpoint.
     pub ingress_denied: u64,
     /// As above.
@@ -123,12 +130,23 @@ impl Engine {
             if let Some(p) = self.policies.get(pk)
                 && p.selects(&pod.namespace, &pod.labels)
             {
+                let allowed = match (ep, self.policy_numbers.get(pk)) {
+                    (Some(e), Some(n)) => maps.allowed_by(e.id, *n),
+                    _ => 0,
+                };
                 v.policies.push(Selecting {
                     name: pk.clone(),
                     ingress: p.ingress.is_some(),
                     egress: p.egress.is_some(),
                     rules: p.rules().count(),
+                    allowed,
                 });
+                if p.ingress.is_some() {
+                    v.ingress_deniers.push(pk.clone());
+                }
+                if p.egress.is_some() {
+                    v.egress_deniers.push(pk.clone());
+                }
             }
         }
         if let Some(e) = ep
