@@ -620,6 +620,21 @@ fn carry_over(
         common::POL_CT_MAP => copy_hash::<PolicyCtKey, PolicyCtEntry>(&Map::LruHashMap(old), new)?,
         common::POL_CIDRS_MAP => copy_lpm::<u32, u32>(&Map::LpmTrie(old), new)?,
         common::POL_RULES_MAP => copy_lpm::<RuleKey, RuleValue>(&Map::LpmTrie(old), new)?,
+        // The per-pod counters `weft policy show` reports.
+        common::POL_COUNTERS_MAP => {
+            let old = Map::PerCpuArray(old);
+            let old = aya::maps::PerCpuArray::<_, common::PolicyCounters>::try_from(&old)?;
+            let mut new = aya::maps::PerCpuArray::<_, common::PolicyCounters>::try_from(new)?;
+            let mut n = 0;
+            for i in 0..old.len().min(new.len()) {
+                if let Ok(v) = old.get(&i, 0)
+                    && new.set(i, v, 0).is_ok()
+                {
+                    n += 1;
+                }
+            }
+            n
+        }
         _ => return Ok(None),
     }))
 }

@@ -840,6 +840,12 @@ fn policies_change_under_traffic_are_shown_traced_and_survive_an_agent_restart()
     };
     std::thread::sleep(Duration::from_millis(500));
     let applied_before = c.agent_log("n2").matches("network policy applied").count();
+    let denied = |c: &Cluster| -> Result<u64> {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.weft(&["policy", "show", "b/web", "-o", "json"])?)?;
+        v["ingress_denied"].as_u64().context("ingress_denied")
+    };
+    let denied_before = denied(&c)?;
     c.kill_agent("n2")?;
     std::thread::sleep(Duration::from_secs(1));
     // Restarted with bigger maps, as the agent's own advice says to do when
@@ -878,6 +884,12 @@ fn policies_change_under_traffic_are_shown_traced_and_survive_an_agent_restart()
     ensure!(
         log.contains("entries carried over to the resized map"),
         "the resized maps kept their entries"
+    );
+    // The counters too.
+    let denied_after = denied(&c)?;
+    ensure!(
+        denied_after >= denied_before,
+        "denials counted before the restart kept: {denied_before} then {denied_after}"
     );
     c.assert_no_firewall_rules()?;
     Ok(())

@@ -272,6 +272,10 @@ impl Engine {
             (Some(common::ID_ANY), "any peer"),
         ];
         for (id, what) in ids {
+            let what = match (what, id) {
+                ("its identity", Some(i)) => format!("its identity {i}"),
+                _ => what.to_string(),
+            };
             let Some(id) = id else { continue };
             let hit = maps.lookup_rule(RuleKey {
                 endpoint: ep.id,
@@ -286,7 +290,7 @@ impl Engine {
                     .get(&num)
                     .cloned()
                     .unwrap_or_else(|| format!("policy #{num}"));
-                j.reason = format!("allowed by {name} (a rule for {what}, {id})");
+                j.reason = format!("allowed by {name} (a rule for {what})");
                 return Some(j);
             }
         }
