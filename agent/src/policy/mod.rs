@@ -832,6 +832,16 @@ impl Engine {
         }
     }
 
+    /// The policies that select `pod`, with their keys.
+    fn selecting<'a>(&'a self, pod: &'a PodInfo) -> impl Iterator<Item = (&'a String, &'a Policy)> {
+        self.by_namespace
+            .get(&pod.namespace)
+            .into_iter()
+            .flatten()
+            .filter_map(|pk| self.policies.get(pk).map(|p| (pk, p)))
+            .filter(|(_, p)| p.selects(&pod.namespace, &pod.labels))
+    }
+
     /// Isolation flags and rule entries the local pod `key` should have.
     fn desired(&self, key: &str, ep: u32) -> (u32, BTreeMap<RuleEntry, u32>, bool) {
         let mut flags = 0;
@@ -840,13 +850,7 @@ impl Engine {
         let Some(pod) = self.pods.get(key).filter(|p| p.local) else {
             return (0, rules, false);
         };
-        for pk in self.by_namespace.get(&pod.namespace).into_iter().flatten() {
-            let Some(p) = self.policies.get(pk) else {
-                continue;
-            };
-            if !p.selects(&pod.namespace, &pod.labels) {
-                continue;
-            }
+        for (pk, p) in self.selecting(pod) {
             let num = self.policy_numbers.get(pk).copied().unwrap_or(0);
             blocks |= p.blocks().next().is_some();
             if p.ingress.is_some() {

@@ -126,27 +126,23 @@ impl Engine {
             rule_entries: ep.map_or(0, |e| e.rules.len()),
             ..PodView::default()
         };
-        for pk in self.by_namespace.get(&pod.namespace).into_iter().flatten() {
-            if let Some(p) = self.policies.get(pk)
-                && p.selects(&pod.namespace, &pod.labels)
-            {
-                let allowed = match (ep, self.policy_numbers.get(pk)) {
-                    (Some(e), Some(n)) => maps.allowed_by(e.id, *n),
-                    _ => 0,
-                };
-                v.policies.push(Selecting {
-                    name: pk.clone(),
-                    ingress: p.ingress.is_some(),
-                    egress: p.egress.is_some(),
-                    rules: p.rules().count(),
-                    allowed,
-                });
-                if p.ingress.is_some() {
-                    v.ingress_deniers.push(pk.clone());
-                }
-                if p.egress.is_some() {
-                    v.egress_deniers.push(pk.clone());
-                }
+        for (pk, p) in self.selecting(pod) {
+            let allowed = match (ep, self.policy_numbers.get(pk)) {
+                (Some(e), Some(n)) => maps.allowed_by(e.id, *n),
+                _ => 0,
+            };
+            v.policies.push(Selecting {
+                name: pk.clone(),
+                ingress: p.ingress.is_some(),
+                egress: p.egress.is_some(),
+                rules: p.rules().count(),
+                allowed,
+            });
+            if p.ingress.is_some() {
+                v.ingress_deniers.push(pk.clone());
+            }
+            if p.egress.is_some() {
+                v.egress_deniers.push(pk.clone());
             }
         }
         if let Some(e) = ep
@@ -232,23 +228,6 @@ impl Engine {
             );
             return Some(j);
         };
-        let isolating: Vec<String> = self
-            .by_namespace
-            .get(&pod.namespace)
-            .into_iter()
-            .flatten()
-            .filter(|pk| {
-                self.policies.get(*pk).is_some_and(|p| {
-                    p.selects(&pod.namespace, &pod.labels)
-                        && if ingress {
-                            p.ingress.is_some()
-                        } else {
-                            p.egress.is_some()
-                        }
-                })
-            })
-            .cloned()
-            .collect();
         if peer == pod.ip {
             j.reason = "a pod always reaches itself".to_string();
             return Some(j);
@@ -294,6 +273,17 @@ impl Engine {
                 return Some(j);
             }
         }
+        let isolating: Vec<&str> = self
+            .selecting(pod)
+            .filter(|(_, p)| {
+                if ingress {
+                    p.ingress.is_some()
+                } else {
+                    p.egress.is_some()
+                }
+            })
+            .map(|(pk, _)| pk.as_str())
+            .collect();
         j.allowed = false;
         j.reason = format!(
             "isolated for {} by {}; none of their rules allows this peer ({}) at {}/{port}",
