@@ -24,6 +24,7 @@ use k8s_openapi::{
 };
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
+use weft_api::meta::{dns_label_error, dns_subdomain_error};
 
 use crate::{
     bpf::Datapath,
@@ -490,13 +491,13 @@ impl Sandbox {
                     "a UID with at least 12 hex digits is required",
                 )
             })?;
-        if !is_dns_subdomain(&name) {
+        if dns_subdomain_error(&name).is_some() {
             return Err(invalid(
                 "metadata.name",
                 "must be a DNS subdomain: 1-253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
             ));
         }
-        if !is_dns_label(&namespace) {
+        if dns_label_error(&namespace).is_some() {
             return Err(invalid(
                 "metadata.namespace",
                 "must be a DNS label: 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit",
@@ -1189,44 +1190,6 @@ fn name_key(namespace: &str, name: &str) -> String {
     format!("{namespace}_{name}")
 }
 
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// Kubernetes' DNS-1123 subdomain: at most 253 characters, dot-separated
-/// parts of lowercase letters, digits and '-' that start and end with a
-/// letter or digit (unlike a label, a part may be longer than 63).
-pub(crate) fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|p| {
-            !p.is_empty()
-                && p.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !p.starts_with('-')
-                && !p.ends_with('-')
-        })
-}
-
-/// The address a pod has of its own: `None` before it has one, with the
-/// host's network, or once it has finished (its address may be reused).
-#[must_use]
-pub fn own_address(pod: &Pod) -> Option<Ipv4Addr> {
-    let spec = pod.spec.as_ref()?;
-    if spec.host_network == Some(true) {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
-    status.pod_ip.as_deref()?.parse().ok()
-}
-
 /// The pod's host name: its name cut to 63 characters (the kernel takes
 /// 64), without a trailing '-' or '.', as kubelet does.
 /// A pod's /etc/resolv.conf, per its `dnsPolicy` and `dnsConfig`:
@@ -1456,19 +1419,6 @@ mod tests {
             resolv_conf(&pod(Some("ClusterFirst"), config), "team", dns, host),
             "nameserver 10.244.1.1\nnameserver 192.0.2.1\nsearch team.svc.cluster.local svc.cluster.local cluster.local corp.example\noptions ndots:2 edns0\n"
         );
-    }
-
-    #[test]
-    fn names_follow_kubernetes_rules() {
-        assert!(is_dns_subdomain("web-1.frontend"));
-        assert!(is_dns_subdomain(&"a".repeat(70)), "a part may exceed 63");
-        assert!(!is_dns_subdomain(&"a".repeat(254)));
-        for bad in ["", "Bad", "a_b", "-a", "a-", "a..b", "a/b"] {
-            assert!(!is_dns_subdomain(bad), "{bad:?}");
-        }
-        assert!(is_dns_label("team-a"));
-        assert!(!is_dns_label(&"a".repeat(64)));
-        assert!(!is_dns_label("a.b"));
     }
 
     #[test]

@@ -7,8 +7,10 @@
 #![allow(clippy::result_large_err)]
 
 pub mod client;
+pub mod debug;
 pub mod error;
 pub mod meta;
+pub mod pod;
 pub mod printer;
 pub mod quantity;
 pub mod resources;

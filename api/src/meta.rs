@@ -40,6 +40,24 @@ pub fn dns_subdomain_error(name: &str) -> Option<String> {
     })
 }
 
+/// An object's cache key: `namespace/name`, or `name` for cluster-scoped
+/// objects (the form client-go's `MetaNamespaceKeyFunc` gives).
+pub fn key_of<K: kube::Resource>(obj: &K) -> String {
+    let meta = obj.meta();
+    key(
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// The cache key of the object `name` in `namespace` (None: cluster-scoped).
+pub fn key(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
 /// Now as an RFC 3339 timestamp with seconds, as Kubernetes writes them.
 pub fn now_rfc3339() -> String {
     format_rfc3339(std::time::SystemTime::now())
@@ -63,6 +81,50 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         .map(|t| t.as_second())
 }
 
+/// How long ago `since` (RFC 3339) was, as kubectl prints ages;
+/// `<unknown>` when it does not parse.
+pub fn age(since: Option<&str>) -> String {
+    let Some(t) = since.and_then(parse_rfc3339) else {
+        return "<unknown>".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    human_duration((now - t).max(0))
+}
+
+/// A duration in seconds as Kubernetes' `HumanDuration` prints it: two
+/// units while the second one still says something (`2m30s`, `3h2m`,
+/// `2d2h`), one after that.
+pub fn human_duration(secs: i64) -> String {
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    let two = |big: i64, unit: &str, small: i64, small_unit: &str| {
+        if small == 0 {
+            format!("{big}{unit}")
+        } else {
+            format!("{big}{unit}{small}{small_unit}")
+        }
+    };
+    if secs < 120 {
+        format!("{secs}s")
+    } else if m < 10 {
+        two(m, "m", secs % 60, "s")
+    } else if h < 3 {
+        format!("{m}m")
+    } else if h < 8 {
+        two(h, "h", m % 60, "m")
+    } else if h < 48 {
+        format!("{h}h")
+    } else if d < 8 {
+        two(d, "d", h % 24, "h")
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else {
+        format!("{}y", d / 365)
+    }
+}
+
 /// A fresh random UID in the UUID text form.
 pub fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -80,6 +142,15 @@ mod tests {
         assert!(dns_subdomain_error("a.b-c").is_none());
         assert!(dns_subdomain_error("a..b").is_some());
         assert!(dns_subdomain_error(&"a".repeat(254)).is_some());
+        assert!(
+            dns_subdomain_error(&"a".repeat(70)).is_none(),
+            "a part may exceed 63"
+        );
+        for bad in ["", "Bad", "a_b", "-a", "a-", "a..b", "a/b"] {
+            assert!(dns_subdomain_error(bad).is_some(), "{bad:?}");
+        }
+        assert!(dns_label_error("team-a").is_none());
+        assert!(dns_label_error(&"a".repeat(64)).is_some());
     }
 
     #[test]
@@ -87,5 +158,15 @@ mod tests {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         assert_eq!(format_rfc3339(t), "2023-11-14T22:13:20Z");
         assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(1_700_000_000));
+    }
+
+    #[test]
+    fn durations_print_like_kubectl() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(150), "2m30s");
+        assert_eq!(human_duration(300), "5m");
+        assert_eq!(human_duration(3 * 3600 + 120), "3h2m");
+        assert_eq!(human_duration(50 * 3600), "2d2h");
+        assert_eq!(age(Some("not a time")), "<unknown>");
     }
 }

@@ -250,7 +250,7 @@ pub fn describe(obj: &Value, events: &[Value]) -> String {
             lines.push(vec![
                 format!("  {}", cell(&e["type"])),
                 cell(&e["reason"]),
-                age(when),
+                crate::meta::age(when),
                 cell(&e["source"]["component"]),
                 cell(&e["message"]),
             ]);
@@ -258,24 +258,6 @@ pub fn describe(obj: &Value, events: &[Value]) -> String {
         out.push_str(&align(&lines));
     }
     out
-}
-
-/// "5m" since an RFC 3339 time.
-pub fn age(since: Option<&str>) -> String {
-    let Some(t) = since.and_then(crate::meta::parse_rfc3339) else {
-        return "<unknown>".into();
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let s = (now - t).max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=10799 => format!("{}m", s / 60),
-        10800..=172799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
 }
 
 #[cfg(test)]

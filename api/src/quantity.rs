@@ -64,9 +64,15 @@ pub fn parse(q: &str) -> Option<i128> {
     Some(if negative { -milli } else { milli })
 }
 
+/// A quantity in whole units (bytes for memory), rounded up as the kubelet
+/// rounds a memory limit; `None` when it does not parse.
+pub fn units(q: &str) -> Option<i128> {
+    parse(q).map(|milli| milli.div_euclid(1000) + i128::from(milli.rem_euclid(1000) != 0))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, units};
 
     #[test]
     fn quantities() {
@@ -80,5 +86,10 @@ mod tests {
         assert_eq!(parse("abc"), None);
         assert_eq!(parse("1Q"), None);
         assert_eq!(parse(""), None);
+        assert_eq!(units("64Mi"), Some(64 * 1024 * 1024));
+        assert_eq!(units("1e3"), Some(1000));
+        assert_eq!(units("1Pi"), Some(1 << 50));
+        assert_eq!(units("500m"), Some(1));
+        assert_eq!(units("1500m"), Some(2));
     }
 }

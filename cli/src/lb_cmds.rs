@@ -2,11 +2,13 @@
 //! stats`: what their DNS servers did, read from the agents through the API
 //! server's node proxy.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, bail};
-use weft_agent::lb::{Snapshot, Trace};
 use weft_api::client::Client;
+use weft_api::debug::dns::DnsStats;
+use weft_api::debug::lb::{Snapshot, Trace};
 
 /// Writes to stdout; a reader that went away (`| head`) ends the output
 /// quietly instead of with a panic.
@@ -228,55 +230,40 @@ fn render_trace(node: &str, t: &Trace) -> String {
 
 /// `weft dns stats [--node NODE] [-o json]`.
 pub async fn dns_stats(c: &Client, node: Option<&str>, output: Option<&str>) -> Result<u8> {
-    const FIELDS: [&str; 9] = [
-        "queries",
-        "zone",
-        "forwarded",
-        "shortcut",
-        "servfail",
-        "refused",
-        "notimp",
-        "formerr",
-        "overload",
-    ];
     let mut failed = false;
-    let mut all = serde_json::Map::new();
+    let mut all = BTreeMap::new();
     let mut rows = vec![
         ["NODE", "SERVING"]
             .into_iter()
-            .chain(FIELDS.iter().copied())
+            .chain(DnsStats::default().counters().map(|(name, _)| name))
             .map(str::to_ascii_uppercase)
             .collect::<Vec<_>>(),
     ];
     let mut problems = String::new();
     for n in nodes(c, node).await? {
-        let v = match c.get(&format!("/api/v1/nodes/{n}/proxy/dns/stats")).await {
+        let got = match c.get(&format!("/api/v1/nodes/{n}/proxy/dns/stats")).await {
+            Ok(v) => serde_json::from_value::<DnsStats>(v).context("the agent's answer"),
+            Err(e) => Err(e.into()),
+        };
+        let v = match got {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("node {n}: {e}");
+                eprintln!("node {n}: {e:#}");
                 failed = true;
                 continue;
             }
         };
-        let serving = if v["serving"].as_bool().unwrap_or(false) {
-            "yes"
-        } else {
-            "no"
-        };
+        let serving = if v.serving { "yes" } else { "no" };
         let mut row = vec![n.clone(), serving.to_string()];
-        row.extend(
-            FIELDS
-                .iter()
-                .map(|f| v[*f].as_u64().unwrap_or(0).to_string()),
-        );
+        row.extend(v.counters().map(|(_, count)| count.to_string()));
         rows.push(row);
-        if let Some(p) = v["problem"].as_str().filter(|p| !p.is_empty()) {
-            let _ = writeln!(problems, "node {n}: {p}");
+        if !v.problem.is_empty() {
+            let _ = writeln!(problems, "node {n}: {}", v.problem);
         }
         all.insert(n, v);
     }
     if output == Some("json") {
-        out(&format!("{}\n", serde_json::Value::Object(all)));
+        out(&format!("{}\n", serde_json::to_string(&all)?));
         return Ok(u8::from(failed));
     }
     let widths: Vec<usize> = (0..rows[0].len())

@@ -14,9 +14,9 @@ use weft_agent::runtime::{
     busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
     shim::{self, ShimArgs},
 };
-use weft_tests::{
-    cluster::{Cluster, ClusterSpec, Store},
-    lab::{self, STATE_ROOT},
+use weft_lab::{
+    Cluster, ClusterSpec, Store,
+    topology::{self, STATE_ROOT},
 };
 
 /// Name prefix of the lab `weft lab` manages (one per machine).
@@ -600,7 +600,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             spec.lab.prefix = prefix.into();
             spec.lab.weft_bin = std::env::current_exe()?;
             if vxlan {
-                spec.lab.routing = lab::Routing::Vxlan;
+                spec.lab.routing = topology::Routing::Vxlan;
             }
             spec.lab.validate()?;
             spec.store = if store == "etcd" {
@@ -614,22 +614,22 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             spec.host_api = Some(std::net::SocketAddr::from(([127, 0, 0, 1], api_port)));
             // Pods of a lost node move within seconds, not Kubernetes' minutes.
             spec.controller_args = vec!["--eviction-delay".into(), "0s".into()];
-            match lab::state(prefix) {
-                lab::LabState::Up if lab::alive(prefix) => {
+            match topology::state(prefix) {
+                topology::LabState::Up if topology::alive(prefix) => {
                     bail!(
                         "a lab is already up; `weft lab down` first (or use it: `weft get nodes`)"
                     )
                 }
-                lab::LabState::Up => {
+                topology::LabState::Up => {
                     bail!(
                         "a lab is up but its controller is not running (did the machine or a process crash?); `weft lab down` removes it"
                     )
                 }
-                lab::LabState::Partial => {
+                topology::LabState::Partial => {
                     eprintln!("a previous `weft lab up` did not finish; removing what it left ...");
-                    lab::remove_prefix(prefix);
+                    topology::remove_prefix(prefix);
                 }
-                lab::LabState::Absent => {}
+                topology::LabState::Absent => {}
             }
             let started = std::time::Instant::now();
             let step = std::sync::atomic::AtomicUsize::new(0);
@@ -690,12 +690,12 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             Ok(0)
         }
         LabCmd::Down => {
-            lab::remove_prefix(prefix);
+            topology::remove_prefix(prefix);
             println!("lab removed");
             Ok(0)
         }
         LabCmd::Pods => {
-            let pods = lab::pod_summaries(prefix)?;
+            let pods = topology::pod_summaries(prefix)?;
             let mut rows = vec![
                 ["NAMESPACE", "NAME", "NODE", "IP", "STATUS"]
                     .map(String::from)
@@ -719,7 +719,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             container,
             cmd,
         } => {
-            let Some((node, rec)) = lab::pods(prefix)?
+            let Some((node, rec)) = topology::pods(prefix)?
                 .into_iter()
                 .find(|(_, r)| r.namespace == namespace && r.name == pod)
             else {
@@ -739,7 +739,7 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                     .context("pod has no containers")?,
             };
             let state = PathBuf::from(STATE_ROOT).join(prefix).join(&node);
-            let rt = lab::node_runtime(&state, &std::env::current_exe()?, Default::default())?;
+            let rt = topology::node_runtime(&state, &std::env::current_exe()?, Default::default())?;
             let code = rt.exec_inherit(&id, &cmd)?;
             Ok(u8::try_from(code).unwrap_or(255))
         }

@@ -8,6 +8,7 @@ use kube::api::{AttachParams, LogParams};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_api::client::Client;
+use weft_api::debug::stats::{CpuStats, MemoryStats, Summary};
 
 /// `weft logs`.
 pub async fn logs(
@@ -194,9 +195,11 @@ pub async fn top(c: &Client, what: &str, ns: Option<&str>) -> Result<u8> {
     let mut pod_rows = Vec::new();
     for n in &nodes {
         let name = n["metadata"]["name"].as_str().unwrap_or_default();
-        let summary = match c
+        let summary: Summary = match c
             .get(&format!("/api/v1/nodes/{name}/proxy/stats/summary"))
             .await
+            .map_err(anyhow::Error::from)
+            .and_then(|v| serde_json::from_value(v).map_err(anyhow::Error::from))
         {
             Ok(s) => s,
             Err(e) => {
@@ -205,42 +208,42 @@ pub async fn top(c: &Client, what: &str, ns: Option<&str>) -> Result<u8> {
             }
         };
         if pods_view {
-            for p in summary["pods"].as_array().cloned().unwrap_or_default() {
-                let pns = p["podRef"]["namespace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                if ns.is_some_and(|want| want != pns) {
+            for p in summary.pods {
+                if ns.is_some_and(|want| want != p.pod_ref.namespace) {
                     continue;
                 }
-                let mut row = if ns.is_none() { vec![pns] } else { Vec::new() };
-                row.push(p["podRef"]["name"].as_str().unwrap_or_default().to_string());
-                row.push(cpu(&p["cpu"]));
-                row.push(mem(&p["memory"]));
+                let mut row = if ns.is_none() {
+                    vec![p.pod_ref.namespace]
+                } else {
+                    Vec::new()
+                };
+                row.push(p.pod_ref.name);
+                row.push(cpu(p.cpu.as_ref()));
+                row.push(mem(p.memory.as_ref()));
                 pod_rows.push(row);
             }
         } else {
-            let alloc_cpu = n["status"]["allocatable"]["cpu"]
-                .as_str()
-                .and_then(|c| c.parse::<f64>().ok())
-                .unwrap_or(0.0);
-            let alloc_mem = n["status"]["allocatable"]["memory"]
-                .as_str()
-                .and_then(|m| m.strip_suffix("Ki"))
-                .and_then(|m| m.parse::<f64>().ok())
-                .map_or(0.0, |k| k * 1024.0);
-            let nc = summary["node"]["cpu"]["usageNanoCores"].as_f64();
-            let nm = summary["node"]["memory"]["workingSetBytes"].as_f64();
+            // Allocatable, in cores and bytes (quantities are in thousandths).
+            let allocatable = |r: &str| {
+                n["status"]["allocatable"][r]
+                    .as_str()
+                    .and_then(weft_api::quantity::parse)
+                    .map_or(0.0, |milli| milli as f64 / 1000.0)
+            };
+            let (alloc_cpu, alloc_mem) = (allocatable("cpu"), allocatable("memory"));
+            let node = &summary.node;
+            let nc = node.cpu.as_ref().and_then(|c| c.usage_nano_cores);
+            let nm = node.memory.as_ref().map(|m| m.working_set_bytes);
             let pct = |v: Option<f64>, of: f64| match v {
                 Some(v) if of > 0.0 => format!("{:.0}%", v / of * 100.0),
                 _ => "-".into(),
             };
             rows.push(vec![
                 name.to_string(),
-                cpu(&summary["node"]["cpu"]),
-                pct(nc.map(|v| v / 1e9), alloc_cpu),
-                mem(&summary["node"]["memory"]),
-                pct(nm, alloc_mem),
+                cpu(node.cpu.as_ref()),
+                pct(nc.map(|v| v as f64 / 1e9), alloc_cpu),
+                mem(node.memory.as_ref()),
+                pct(nm.map(|b| b as f64), alloc_mem),
             ]);
         }
     }
@@ -255,19 +258,18 @@ pub async fn top(c: &Client, what: &str, ns: Option<&str>) -> Result<u8> {
 }
 
 /// CPU as kubectl top prints it: millicores, or "-" before the first rate.
-fn cpu(v: &Value) -> String {
-    v["usageNanoCores"]
-        .as_f64()
-        .map_or_else(|| "-".into(), |n| format!("{:.0}m", n / 1e6))
+fn cpu(v: Option<&CpuStats>) -> String {
+    v.and_then(|c| c.usage_nano_cores)
+        .map_or_else(|| "-".into(), |n| format!("{:.0}m", n as f64 / 1e6))
 }
 
 /// Memory (working set) in MiB; one decimal below 10 MiB, where busybox
 /// pods live.
-fn mem(v: &Value) -> String {
-    v["workingSetBytes"].as_f64().map_or_else(
+fn mem(v: Option<&MemoryStats>) -> String {
+    v.map(|m| m.working_set_bytes).map_or_else(
         || "-".into(),
         |b| {
-            let mib = b / 1024.0 / 1024.0;
+            let mib = b as f64 / 1024.0 / 1024.0;
             if mib < 10.0 {
                 format!("{mib:.1}Mi")
             } else {

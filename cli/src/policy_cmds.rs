@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
-use weft_agent::policy::view::{Judged, PodView};
 use weft_api::client::Client;
+use weft_api::debug::policy::{Judged, PodView};
 
 /// A pod's place: namespace, name, node and address.
 struct Placed {

@@ -16,10 +16,8 @@ use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use weft_agent::runtime::busybox::BUSYBOX_IMAGE;
-use weft_tests::{
-    cluster::{Cluster, ClusterSpec, pod_ready},
-    lab::{Lab, LabSpec},
-};
+use weft_lab::cluster::{Cluster, ClusterSpec, pod_ready};
+use weft_lab::topology::{Lab, LabSpec};
 
 const REPLICAS: usize = 30;
 const ROUNDS: usize = 3;

@@ -37,7 +37,7 @@ use weft_agent::{
     },
     netlink::{Netlink, netns},
 };
-use weft_tests::cluster::{Cluster, ClusterSpec};
+use weft_lab::cluster::{Cluster, ClusterSpec};
 
 const SERVICES: u32 = 1_000;
 const PODS: u32 = 10_000;
@@ -426,7 +426,7 @@ fn freshness() -> Result<()> {
         .as_str()
         .context("podCIDR")?
         .parse()?;
-    let dns = SocketAddr::from((weft_tests::lab::first_host(cidr), 53));
+    let dns = SocketAddr::from((weft_lab::topology::first_host(cidr), 53));
     let sock = netns::run_in(Some(&node.netns), || UdpSocket::bind("0.0.0.0:0"))??;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
     // Every Service is in the node's DNS before measuring.

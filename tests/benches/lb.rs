@@ -36,10 +36,8 @@ use weft_agent::{
     lb::{BackendSpec, Balancer, FrontendSpec, LbMaps, Scope},
     netlink::{Netlink, VethAttachment, netns},
 };
-use weft_tests::{
-    lab::{Lab, LabNode, LabSpec, NODE_BRIDGE},
-    shortconn::{self, CONCURRENCY, RUN_SECS},
-};
+use weft_lab::topology::{Lab, LabNode, LabSpec, NODE_BRIDGE};
+use weft_tests::shortconn::{self, CONCURRENCY, RUN_SECS};
 
 /// Rounds; each variant's figure is the median over them.
 const ROUNDS: usize = 3;
@@ -186,7 +184,7 @@ fn iptables_restore(node: &LabNode, input: &str, noflush: bool) -> Result<Durati
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    weft_tests::cluster::in_netns(&mut cmd, &node.netns, false)?;
+    weft_lab::cluster::in_netns(&mut cmd, &node.netns, false)?;
     let start = Instant::now();
     let mut child = cmd.spawn().context("iptables-restore")?;
     child

@@ -16,10 +16,8 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use ipnetwork::Ipv4Network;
 use weft_agent::netlink::{Netlink, VethAttachment, netns};
-use weft_tests::{
-    lab::{Lab, LabSpec, NODE_BRIDGE},
-    stats::{ends, ms, percentile},
-};
+use weft_lab::topology::{Lab, LabSpec, NODE_BRIDGE};
+use weft_tests::stats::{ends, ms, percentile};
 
 const PODS: u32 = 200;
 const CNI_BIN: &str = "/usr/lib/cni";
@@ -101,7 +99,7 @@ fn cni(lab: &Lab, command: &str, ns: &str, id: &str, conf: &str) -> Result<()> {
 
 fn peer(lab: &Lab) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let node = lab.node("n1");
-    let data = std::path::Path::new(weft_tests::lab::STATE_ROOT)
+    let data = std::path::Path::new(weft_lab::topology::STATE_ROOT)
         .join(&lab.prefix)
         .join("cni-ipam");
     let conf = serde_json::json!({

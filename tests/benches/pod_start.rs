@@ -13,10 +13,8 @@ use anyhow::{Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use weft_agent::{netlink::netns, runtime::busybox::BUSYBOX_IMAGE, sandbox::remove_cgroups};
-use weft_tests::{
-    lab::{Lab, LabSpec},
-    stats::{ends, ms, percentile},
-};
+use weft_lab::topology::{Lab, LabSpec};
+use weft_tests::stats::{ends, ms, percentile};
 
 const PODS: u32 = 100;
 

@@ -22,10 +22,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::jiff::Timestamp;
-use weft_tests::{
-    cluster::{Cluster, ClusterSpec, pod_ready},
-    shortconn::{self, CONCURRENCY, Figures, RUN_SECS},
-};
+use weft_lab::cluster::{Cluster, ClusterSpec, pod_ready};
+use weft_tests::shortconn::{self, CONCURRENCY, Figures, RUN_SECS};
 
 const ROUNDS: usize = 5;
 const IDENTITIES: usize = 10_000;
@@ -188,7 +186,7 @@ fn run(c: &Cluster) -> Result<()> {
         ensure!(Instant::now() < deadline, "bench pods not ready");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let recs = weft_tests::lab::pods(&c.lab.prefix)?;
+    let recs = weft_lab::topology::pods(&c.lab.prefix)?;
     let find = |n: &str| {
         recs.iter()
             .find(|(_, r)| r.namespace == "bench" && r.name == n)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::island::Island;
-use crate::lab::default_weft_bin;
+use weft_lab::topology::default_weft_bin;
 
 /// Which store the controller runs on.
 #[derive(Debug, Clone)]
@@ -171,34 +171,6 @@ impl ControlPlane {
             .context("run kubectl")
     }
 
-    /// Like `kubectl`, with `stdin` fed to it.
-    pub fn kubectl_stdin(&self, minor: Option<u32>, args: &[&str], stdin: &str) -> Result<Output> {
-        use std::io::Write;
-        let cache = self
-            .dir
-            .path()
-            .join(format!("kubectl-cache-{}", minor.unwrap_or(0)));
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns])
-            .arg(kubectl_path(minor))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(cache)
-            .arg("--request-timeout=20s")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(stdin.as_bytes())?;
-        Ok(child.wait_with_output()?)
-    }
-
     /// The token of a node's agent (created on first use).
     pub fn node_token(&self, node: &str) -> Result<String> {
         let out = Command::new(default_weft_bin())
@@ -212,11 +184,6 @@ impl ControlPlane {
             );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
-    }
-
-    /// The cluster CA certificate (PEM).
-    pub fn ca_pem(&self) -> Result<String> {
-        Ok(std::fs::read_to_string(self.data_dir().join("pki/ca.crt"))?)
     }
 
     /// The admin token from the kubeconfig.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use weft_agent::netlink::{Netlink, netns};
 
-use crate::lab::unique_prefix;
+use weft_lab::topology::unique_prefix;
 
 /// A test-owned network namespace, removed (with every process in it) on drop.
 pub struct Island {

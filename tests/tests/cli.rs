@@ -7,9 +7,9 @@ use std::process::{Command, Output};
 
 use anyhow::{Result, ensure};
 use serde_json::Value;
+use weft_lab::topology::default_weft_bin;
 use weft_tests::control::{ControlOptions, ControlPlane};
 use weft_tests::island::Island;
-use weft_tests::lab::default_weft_bin;
 
 struct Cli<'a> {
     island: &'a Island,

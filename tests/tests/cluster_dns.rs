@@ -13,11 +13,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
-use weft_tests::{
-    cluster::{Cluster, ClusterSpec, pod_ready},
-    lab::LabNode,
-    upstream,
-};
+use weft_lab::cluster::{Cluster, ClusterSpec, pod_ready};
+use weft_lab::topology::LabNode;
+use weft_tests::upstream;
 
 /// A busybox pod `name` in namespace `ns`, placed on `node`.
 fn pod(ns: &str, name: &str, node: &str, labels: &str) -> String {
@@ -73,7 +71,7 @@ fn wait_ready(c: &Cluster, ns: &str, names: &[&str]) -> Result<()> {
 
 /// The address and network namespace of pod `ns/name`.
 fn pod_net(c: &Cluster, ns: &str, name: &str) -> Result<(Ipv4Addr, String)> {
-    let (_, rec) = weft_tests::lab::pods(&c.lab.prefix)?
+    let (_, rec) = weft_lab::topology::pods(&c.lab.prefix)?
         .into_iter()
         .find(|(_, r)| r.namespace == ns && r.name == name)
         .with_context(|| format!("no record of pod {ns}/{name}"))?;
@@ -105,7 +103,7 @@ fn gateway(c: &Cluster, n: &LabNode) -> Result<Ipv4Addr> {
         .as_str()
         .context("podCIDR")?
         .parse()?;
-    Ok(weft_tests::lab::first_host(cidr))
+    Ok(weft_lab::topology::first_host(cidr))
 }
 
 /// Asks every node's DNS for `name` until `check` accepts the answer;

@@ -19,7 +19,7 @@ use weft_agent::{
     },
     sandbox::{Phase, PodRecord, Sandbox, SandboxError},
 };
-use weft_tests::lab::{Lab, LabSpec};
+use weft_lab::topology::{Lab, LabSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -476,7 +476,7 @@ async fn resource_limits_become_cgroup_limits() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_pulled_from_a_registry_in_the_lab() -> Result<()> {
     use weft_agent::runtime::{image::ImageStore, registry::RegistryOptions};
-    use weft_tests::lab::REGISTRY_ADDR;
+    use weft_lab::topology::REGISTRY_ADDR;
     tokio::time::timeout(TIMEOUT, async {
         let mut lab = Lab::up(LabSpec::new(2)).await?;
         lab.start_registry()?;
@@ -536,7 +536,7 @@ async fn images_are_pulled_from_a_registry_in_the_lab() -> Result<()> {
         // and the bad blob is not kept.
         let layer = sb1.runtime().images().resolve(BUSYBOX_IMAGE)?.layers[0].clone();
         let hex = layer.trim_start_matches("sha256:");
-        let data = std::path::Path::new(weft_tests::lab::STATE_ROOT)
+        let data = std::path::Path::new(weft_lab::topology::STATE_ROOT)
             .join(&lab.prefix)
             .join("registry/data/docker/registry/v2/blobs/sha256")
             .join(&hex[..2])
@@ -637,8 +637,8 @@ async fn the_container_spec_reaches_the_process() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_import_from_layout_archives_plain_and_gzipped() -> Result<()> {
     use weft_agent::runtime::image::ImageStore;
-    let dir =
-        std::path::Path::new(weft_tests::lab::STATE_ROOT).join(weft_tests::lab::unique_prefix("t"));
+    let dir = std::path::Path::new(weft_lab::topology::STATE_ROOT)
+        .join(weft_lab::topology::unique_prefix("t"));
     let layout = dir.join("layout");
     let digest = build_layout(
         &layout,

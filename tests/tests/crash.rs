@@ -11,7 +11,7 @@ use weft_agent::{
     netlink::netns,
     sandbox::{POD_VETH_PREFIX, Phase, Sandbox},
 };
-use weft_tests::lab::{Lab, LabNode, LabSpec, STATE_ROOT, node_sandbox};
+use weft_lab::topology::{Lab, LabNode, LabSpec, STATE_ROOT, node_sandbox};
 
 const CHILD_ENV: &str = "WEFT_CRASH_CHILD";
 

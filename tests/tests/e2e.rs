@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
-use weft_tests::cluster::{Cluster, ClusterSpec, pod_ready};
+use weft_lab::cluster::{Cluster, ClusterSpec, pod_ready};
 
 /// A web Deployment: every replica serves "<page> from <pod name>" and
 /// exits at once on SIGTERM (a shell as PID 1 would otherwise ignore it and

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use anyhow::Result;
 use weft_agent::netlink::netns;
-use weft_tests::lab::{STATE_ROOT, default_weft_bin, unique_prefix};
+use weft_lab::topology::{STATE_ROOT, default_weft_bin, unique_prefix};
 
 struct Env {
     name: String,
@@ -56,7 +56,7 @@ fn leftovers(name: &str) -> Vec<String> {
             .map(String::from),
     );
     // The nodes' pinned eBPF maps and links.
-    if let Ok(rd) = std::fs::read_dir(weft_tests::lab::PIN_ROOT) {
+    if let Ok(rd) = std::fs::read_dir(weft_lab::topology::PIN_ROOT) {
         v.extend(
             rd.flatten()
                 .map(|e| e.path().display().to_string())

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use weft_agent::netlink::netns;
-use weft_tests::cluster::{Cluster, ClusterSpec, pod_ready};
+use weft_lab::cluster::{Cluster, ClusterSpec, pod_ready};
 
 const UDP_TARGET: u16 = 5353;
 
@@ -193,7 +193,7 @@ fn ready_pods(c: &Cluster, app: &str, n: usize) -> Result<Vec<PodInfo>> {
             .filter(|p| pod_ready(p) && p["status"]["phase"] == "Running")
             .collect();
         if ready.len() == n && items.len() == n {
-            let records = weft_tests::lab::pods(&c.lab.prefix)?;
+            let records = weft_lab::topology::pods(&c.lab.prefix)?;
             let mut out = Vec::new();
             for p in ready {
                 let name = p["metadata"]["name"].as_str().unwrap_or_default();
@@ -666,7 +666,7 @@ while time.time() < end:
     let mut cmd = Command::new("python3");
     cmd.args(["-c", &script])
         .stdout(std::process::Stdio::piped());
-    weft_tests::cluster::in_netns(&mut cmd, &pod.netns, false)?;
+    weft_lab::cluster::in_netns(&mut cmd, &pod.netns, false)?;
     let fd = procs.as_raw_fd();
     // SAFETY: after fork only write(2) on a descriptor opened before it:
     // "0" moves the writing process, the child, into the cgroup.
@@ -874,7 +874,7 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
     // And from inside the pod (socket path), a request every 50 ms, run
     // with runc directly: `weft exec` goes through the agent.
     let socket_stream = {
-        let (_, rec) = weft_tests::lab::pods(&c.lab.prefix)?
+        let (_, rec) = weft_lab::topology::pods(&c.lab.prefix)?
             .into_iter()
             .find(|(_, r)| r.name == client.name)
             .context("client record")?;
@@ -944,7 +944,7 @@ fn affinity_nodeport_and_backend_changes_keep_established_flows() -> Result<()> 
         String::from_utf8_lossy(&out.stderr)
     );
     ensure!(
-        !std::path::Path::new(weft_tests::lab::PIN_ROOT)
+        !std::path::Path::new(weft_lab::topology::PIN_ROOT)
             .join(&node.netns)
             .exists(),
         "the node's pins are still there"

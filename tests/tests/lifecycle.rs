@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use weft_agent::{runtime::busybox::BUSYBOX_IMAGE, sandbox::Sandbox};
-use weft_tests::lab::{Lab, LabSpec};
+use weft_lab::topology::{Lab, LabSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const BACKOFF: Duration = Duration::from_millis(300);

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use weft_agent::netlink::netns;
-use weft_tests::cluster::{Cluster, ClusterSpec, pod_ready};
+use weft_lab::cluster::{Cluster, ClusterSpec, pod_ready};
 
 const TCP: &str = "TCP";
 const UDP: &str = "UDP";
@@ -455,7 +455,7 @@ fn up_with(spec: ClusterSpec, pods: &[P]) -> Result<(Cluster, Vec<Live>)> {
         ensure!(Instant::now() < deadline, "pods not ready after 120 s: {v}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let records = weft_tests::lab::pods(&c.lab.prefix)?;
+    let records = weft_lab::topology::pods(&c.lab.prefix)?;
     let mut live = Vec::new();
     for p in pods {
         let (_, rec) = records
@@ -492,7 +492,7 @@ fn the_truth_table_holds_on_every_pair_tcp_and_udp() -> Result<()> {
         if case.name == "default deny egress with DNS allowed" {
             // The node's DNS server is reached through the allowed port.
             let a = live(&pods, "a/client");
-            let gw = weft_tests::lab::first_host(
+            let gw = weft_lab::topology::first_host(
                 c.get_json(&["node", a.p.node])?["spec"]["podCIDR"]
                     .as_str()
                     .context("podCIDR")?

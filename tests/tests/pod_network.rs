@@ -10,10 +10,8 @@ use weft_agent::{
     bpf::Datapath,
     netlink::{BlockRoute, Netlink, VethAttachment, netns},
 };
-use weft_tests::{
-    lab::{Lab, LabNode, LabSpec, NODE_BRIDGE, Routing, VXLAN_DEV},
-    probe::{Echo, tcp_ask, udp_ask},
-};
+use weft_lab::topology::{Lab, LabNode, LabSpec, NODE_BRIDGE, Routing, VXLAN_DEV};
+use weft_tests::probe::{Echo, tcp_ask, udp_ask};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -20,7 +20,7 @@ use super::records::{PodInfo, Zone};
 /// host network, or finished).
 #[must_use]
 pub fn pod_info(pod: &Pod, node: &str) -> Option<PodInfo> {
-    let ip = crate::sandbox::own_address(pod)?;
+    let ip = weft_api::pod::own_address(pod)?;
     let spec = pod.spec.as_ref()?;
     // The search-path shortcut walks the cluster's search list: only for
     // pods whose resolv.conf has it unchanged.
@@ -39,14 +39,6 @@ pub fn pod_info(pod: &Pod, node: &str) -> Option<PodInfo> {
     })
 }
 
-fn key(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
 /// Follows every pod of the cluster into `zone`. Never returns; watch
 /// errors are retried with back-off.
 pub async fn run(client: kube::Client, zone: Arc<RwLock<Zone>>, node: String) {
@@ -63,11 +55,11 @@ pub async fn run(client: kube::Client, zone: Arc<RwLock<Zone>>, node: String) {
         let mut z = zone.write().expect("zone lock");
         for ev in batch {
             match ev {
-                Ok(Event::Apply(p)) => z.set_pod(&key(&p), pod_info(&p, &node)),
-                Ok(Event::Delete(p)) => z.set_pod(&key(&p), None),
+                Ok(Event::Apply(p)) => z.set_pod(&weft_api::meta::key_of(&p), pod_info(&p, &node)),
+                Ok(Event::Delete(p)) => z.set_pod(&weft_api::meta::key_of(&p), None),
                 Ok(Event::Init) => relisted = Some(HashSet::new()),
                 Ok(Event::InitApply(p)) => {
-                    let k = key(&p);
+                    let k = weft_api::meta::key_of(&p);
                     z.set_pod(&k, pod_info(&p, &node));
                     if let Some(seen) = &mut relisted {
                         seen.insert(k);

@@ -236,10 +236,6 @@ fn dns_info(
     }
 }
 
-fn key_of(ns: Option<&str>, name: Option<&str>) -> String {
-    format!("{}/{}", ns.unwrap_or("default"), name.unwrap_or_default())
-}
-
 enum Change {
     Service(Box<Event<Service>>),
     Slice(Box<Event<EndpointSlice>>),
@@ -261,7 +257,7 @@ struct Cache {
 
 impl Cache {
     fn put_slice(&mut self, s: EndpointSlice, dirty: &mut BTreeSet<String>) {
-        let skey = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+        let skey = weft_api::meta::key_of(&s);
         self.remove_slice(&skey, dirty);
         let Some(owner) = s
             .metadata
@@ -271,7 +267,7 @@ impl Cache {
         else {
             return;
         };
-        let owner = key_of(s.metadata.namespace.as_deref(), Some(owner));
+        let owner = weft_api::meta::key(s.metadata.namespace.as_deref(), owner);
         dirty.insert(owner.clone());
         self.slice_owner.insert(skey.clone(), owner.clone());
         self.slices.entry(owner).or_default().insert(skey, s);
@@ -294,7 +290,7 @@ impl Cache {
             Change::Service(ev) => match *ev {
                 Event::Init => self.init_services = Some(HashMap::new()),
                 Event::InitApply(s) => {
-                    let k = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+                    let k = weft_api::meta::key_of(&s);
                     if let Some(m) = self.init_services.as_mut() {
                         m.insert(k, s);
                     }
@@ -307,12 +303,12 @@ impl Cache {
                     self.services_synced = true;
                 }
                 Event::Apply(s) => {
-                    let k = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+                    let k = weft_api::meta::key_of(&s);
                     dirty.insert(k.clone());
                     self.services.insert(k, s);
                 }
                 Event::Delete(s) => {
-                    let k = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+                    let k = weft_api::meta::key_of(&s);
                     dirty.insert(k.clone());
                     self.services.remove(&k);
                 }
@@ -336,7 +332,7 @@ impl Cache {
                 }
                 Event::Apply(s) => self.put_slice(s, dirty),
                 Event::Delete(s) => {
-                    let skey = key_of(s.metadata.namespace.as_deref(), s.metadata.name.as_deref());
+                    let skey = weft_api::meta::key_of(&s);
                     self.remove_slice(&skey, dirty);
                 }
             },

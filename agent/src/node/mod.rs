@@ -173,7 +173,7 @@ pub(crate) struct Node {
 /// A kubeconfig that cannot be read, a missing uplink, or a node whose
 /// networking cannot be set up.
 pub async fn run(cfg: AgentConfig) -> Result<()> {
-    if !crate::sandbox::is_dns_subdomain(&cfg.node_name) {
+    if weft_api::meta::dns_subdomain_error(&cfg.node_name).is_some() {
         anyhow::bail!(
             "invalid node name {:?}: must be lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
             cfg.node_name

@@ -190,7 +190,9 @@ impl PodWorker {
                     // A finished pod is not run again; one without an IP
                     // waits for it; a failed one waits out its back-off.
                     let due = failure.as_ref().is_none_or(|f| Instant::now() >= f.next);
-                    if let (false, Some(ip), true) = (finished(&p), pod_ip(&p), due) {
+                    if let (false, Some(ip), true) =
+                        (weft_api::pod::is_finished(&p), pod_ip(&p), due)
+                    {
                         match self.create(&p, ip).await {
                             Ok(()) => {
                                 created = Some(ip);
@@ -238,9 +240,11 @@ impl PodWorker {
         let r = self.node.sandbox.create_pod(pod, ip).await;
         match &r {
             Ok(_) => {
-                tracing::info!(pod = %key(pod), %ip, ms = t.elapsed().as_millis() as u64, "pod started")
+                tracing::info!(pod = %weft_api::meta::key_of(pod), %ip, ms = t.elapsed().as_millis() as u64, "pod started")
             }
-            Err(e) => tracing::warn!(pod = %key(pod), error = %e, "pod could not be started"),
+            Err(e) => {
+                tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %e, "pod could not be started")
+            }
         }
         r.map(drop)
     }
@@ -300,7 +304,7 @@ impl PodWorker {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => {
-                tracing::warn!(pod = %key(pod), error = %describe(&e), "cannot finish the pod's deletion")
+                tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %describe(&e), "cannot finish the pod's deletion")
             }
         }
     }
@@ -310,7 +314,7 @@ impl PodWorker {
         let statuses = match self.node.sandbox.sync_pod(&self.uid).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(pod = %key(pod), error = %e, "pod sync failed");
+                tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %e, "pod sync failed");
                 return;
             }
         };
@@ -428,7 +432,7 @@ impl PodWorker {
             Ok(_) => *reported = Some(status),
             Err(e) if is_not_found(&e) => {}
             Err(e) => {
-                tracing::warn!(pod = %key(pod), error = %describe(&e), "cannot report pod status")
+                tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %describe(&e), "cannot report pod status")
             }
         }
     }
@@ -450,23 +454,8 @@ fn classify(e: &SandboxError, count: u32) -> (&'static str, &'static str) {
     }
 }
 
-fn key(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or("default"),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
 fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
     pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
-}
-
-fn finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 /// The pod's status from its containers' statuses, keeping what did not

@@ -391,7 +391,7 @@ async fn dns_stats(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response
     };
     (
         [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_string(&*stats).unwrap_or_default(),
+        serde_json::to_string(&crate::dns::stats_view(&stats)).unwrap_or_default(),
     )
         .into_response()
 }
@@ -537,7 +537,7 @@ async fn summary(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         .summary(&s.node.cfg.node_name, &s.node.sandbox, &records);
     (
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        serde_json::to_string(&body).unwrap_or_default(),
     )
         .into_response()
 }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use weft_api::debug::stats::{CpuStats, MemoryStats, NodeStats, PodReference, PodStats, Summary};
 
 use super::api::weft_now;
 use crate::sandbox::{PodRecord, Sandbox};
@@ -117,34 +117,55 @@ impl Stats {
         }
     }
 
-    fn entry(&self, group: &str) -> Value {
+    /// The CPU and memory of cgroup `group`: memory read now, CPU from
+    /// the sampler's last rate. None when the cgroup cannot be read.
+    fn entry(&self, group: &str) -> (Option<CpuStats>, Option<MemoryStats>) {
         let last = self.last.lock().expect("stats lock");
-        // Memory is read fresh; the CPU rate is the sampler's.
-        let now = usage(group);
+        let Some(u) = usage(group) else {
+            return (None, None);
+        };
         let rate = last.get(group).and_then(|(_, _, r)| *r);
         let time = weft_now();
-        match now {
-            Some(u) => json!({
-                "cpu": {"time": time, "usageNanoCores": rate, "usageCoreNanoSeconds": u.cpu_ns},
-                "memory": {"time": time, "usageBytes": u.memory, "workingSetBytes": u.working_set},
+        (
+            Some(CpuStats {
+                time: time.clone(),
+                usage_nano_cores: rate,
+                usage_core_nano_seconds: u.cpu_ns,
             }),
-            None => json!({}),
-        }
+            Some(MemoryStats {
+                time,
+                usage_bytes: u.memory,
+                working_set_bytes: u.working_set,
+            }),
+        )
     }
 
     /// kubelet's `/stats/summary`, with the node's and each pod's CPU and
     /// memory (the node's: everything under its cgroup, agent included).
-    pub(crate) fn summary(&self, node: &str, sandbox: &Sandbox, records: &[PodRecord]) -> Value {
-        let mut n = self.entry(&sandbox.node_cgroup());
-        n["nodeName"] = json!(node);
-        let pods: Vec<Value> = records
+    pub(crate) fn summary(&self, node: &str, sandbox: &Sandbox, records: &[PodRecord]) -> Summary {
+        let (cpu, memory) = self.entry(&sandbox.node_cgroup());
+        let pods = records
             .iter()
             .map(|r| {
-                let mut p = self.entry(&sandbox.pod_cgroup(&r.uid));
-                p["podRef"] = json!({"name": r.name, "namespace": r.namespace, "uid": r.uid});
-                p
+                let (cpu, memory) = self.entry(&sandbox.pod_cgroup(&r.uid));
+                PodStats {
+                    pod_ref: PodReference {
+                        name: r.name.clone(),
+                        namespace: r.namespace.clone(),
+                        uid: r.uid.clone(),
+                    },
+                    cpu,
+                    memory,
+                }
             })
             .collect();
-        json!({"node": n, "pods": pods})
+        Summary {
+            node: NodeStats {
+                node_name: node.to_string(),
+                cpu,
+                memory,
+            },
+            pods,
+        }
     }
 }

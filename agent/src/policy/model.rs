@@ -82,7 +82,7 @@ fn protocol(p: Option<&str>) -> u8 {
 /// not yet scheduled, host network, or finished).
 #[must_use]
 pub fn pod_info(pod: &Pod, node: &str) -> Option<PodInfo> {
-    let ip = crate::sandbox::own_address(pod)?;
+    let ip = weft_api::pod::own_address(pod)?;
     let spec = pod.spec.as_ref()?;
     let mut ports = BTreeSet::new();
     for c in &spec.containers {

@@ -54,13 +54,6 @@ enum Item {
     Failed(&'static str, String),
 }
 
-fn key<K: Resource>(o: &K) -> String {
-    match o.meta().namespace.as_deref() {
-        Some(ns) => format!("{ns}/{}", o.meta().name.as_deref().unwrap_or_default()),
-        None => o.meta().name.clone().unwrap_or_default(),
-    }
-}
-
 fn items<K, F>(
     ev: Result<Event<K>, watcher::Error>,
     which: usize,
@@ -73,9 +66,12 @@ where
 {
     match ev {
         Ok(Event::Apply(o)) => vec![Item::Change(change(&o))],
-        Ok(Event::Delete(o)) => vec![Item::Change(gone(which, key(&o)))],
+        Ok(Event::Delete(o)) => vec![Item::Change(gone(which, weft_api::meta::key_of(&o)))],
         Ok(Event::Init) => vec![Item::Init(which)],
-        Ok(Event::InitApply(o)) => vec![Item::Seen(which, key(&o)), Item::Change(change(&o))],
+        Ok(Event::InitApply(o)) => vec![
+            Item::Seen(which, weft_api::meta::key_of(&o)),
+            Item::Change(change(&o)),
+        ],
         Ok(Event::InitDone) => vec![Item::Done(which)],
         Err(e) => vec![Item::Failed(what, e.to_string())],
     }
@@ -102,7 +98,7 @@ pub async fn run(
         .default_backoff()
         .map(move |ev| {
             items(ev, Kind::Pod as usize, "pods", |p: &Pod| {
-                Change::Pod(key(p), model::pod_info(p, &node))
+                Change::Pod(weft_api::meta::key_of(p), model::pod_info(p, &node))
             })
         })
         .boxed();
@@ -124,7 +120,9 @@ pub async fn run(
                 ev,
                 Kind::Policy as usize,
                 "network policies",
-                |p: &NetworkPolicy| Change::Policy(key(p), Some(Policy::from_k8s(p))),
+                |p: &NetworkPolicy| {
+                    Change::Policy(weft_api::meta::key_of(p), Some(Policy::from_k8s(p)))
+                },
             )
         })
         .boxed();

@@ -50,59 +50,33 @@ pub enum BundleError {
     Oci(#[from] oci_spec::OciSpecError),
 }
 
-/// Parses a Kubernetes memory quantity ("64Mi", "1G", "500000") to bytes.
+/// A memory limit in bytes, from a Kubernetes quantity ("64Mi", "1G",
+/// "1e3"), parsed by the API's one quantity parser so that the cgroup limit
+/// and the scheduler's accounting agree.
 ///
 /// # Errors
-/// When it is not a quantity.
+/// When it is not a quantity, or not a positive number of bytes.
 pub fn parse_memory(q: &str) -> Result<i64, String> {
-    let q = q.trim();
-    let split = q.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{q:?} is not a quantity"))?;
-    let mult: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "m" => 1e-3,
-        _ => return Err(format!("{q:?}: unknown suffix {suffix:?}")),
-    };
-    let v = (n * mult).ceil();
-    if !(1.0..=9.0e18).contains(&v) {
-        return Err(format!("{q:?} is out of range"));
-    }
-    Ok(v as i64)
+    let bytes = weft_api::quantity::units(q).ok_or_else(|| format!("{q:?} is not a quantity"))?;
+    i64::try_from(bytes)
+        .ok()
+        .filter(|b| *b >= 1)
+        .ok_or_else(|| format!("{q:?} is out of range"))
 }
 
-/// Parses a Kubernetes CPU quantity ("250m", "1.5", "2") to millicores.
+/// A CPU limit in millicores, from a Kubernetes quantity ("250m", "1.5",
+/// "2"), parsed by the API's one quantity parser.
 ///
 /// # Errors
-/// When it is not a CPU quantity.
+/// When it is not a quantity, or not above zero.
 pub fn parse_cpu_millis(q: &str) -> Result<u64, String> {
-    let q = q.trim();
-    let m = if let Some(m) = q.strip_suffix('m') {
-        m.parse::<u64>()
-            .map_err(|_| format!("{q:?} is not a CPU quantity"))?
-    } else {
-        let c: f64 = q
-            .parse()
-            .map_err(|_| format!("{q:?} is not a CPU quantity"))?;
-        if !(0.0..1.0e9).contains(&c) {
-            return Err(format!("{q:?} is out of range"));
-        }
-        (c * 1000.0).ceil() as u64
-    };
-    if m == 0 {
-        return Err(format!("{q:?} is zero"));
+    let millis =
+        weft_api::quantity::parse(q).ok_or_else(|| format!("{q:?} is not a CPU quantity"))?;
+    match u64::try_from(millis) {
+        Ok(0) => Err(format!("{q:?} is zero")),
+        Ok(m) if m < 1_000_000_000_000 => Ok(m),
+        _ => Err(format!("{q:?} is out of range")),
     }
-    Ok(m)
 }
 
 /// The argv the container runs, per Kubernetes' command/args rules.
@@ -311,6 +285,11 @@ mod tests {
         assert_eq!(parse_cpu_millis("250m").unwrap(), 250);
         assert_eq!(parse_cpu_millis("1.5").unwrap(), 1500);
         assert!(parse_cpu_millis("0").is_err());
+        // The API's parser: exponents and every suffix it accepts.
+        assert_eq!(parse_memory("1e3").unwrap(), 1000);
+        assert_eq!(parse_memory("1Pi").unwrap(), 1 << 50);
+        assert_eq!(parse_cpu_millis("1e0").unwrap(), 1000);
+        assert!(parse_memory("-1Mi").is_err());
     }
 
     #[test]

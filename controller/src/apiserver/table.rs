@@ -370,52 +370,6 @@ fn columns(kind: &str) -> Vec<Column> {
     }
 }
 
-/// "5m", "3h", "2d" as kubectl prints ages.
-pub fn human_age(since: Option<&str>) -> String {
-    let Some(t) = since.and_then(weft_api::meta::parse_rfc3339) else {
-        return "<unknown>".into();
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    human_duration((now - t).max(0))
-}
-
-/// Kubernetes' HumanDuration.
-pub fn human_duration(secs: i64) -> String {
-    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
-    if secs < 120 {
-        format!("{secs}s")
-    } else if m < 10 {
-        if secs % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", secs % 60)
-        }
-    } else if h < 3 {
-        format!("{m}m")
-    } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
-    } else if h < 48 {
-        format!("{h}h")
-    } else if d < 8 {
-        if h % 24 == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{}h", h % 24)
-        }
-    } else if d < 365 * 2 {
-        format!("{d}d")
-    } else {
-        format!("{}y", d / 365)
-    }
-}
-
 fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
@@ -492,7 +446,9 @@ pub fn pod_status(pod: &Value) -> String {
 
 fn cells(kind: &str, o: &Value) -> Vec<Value> {
     let name = json!(o["metadata"]["name"]);
-    let age = json!(human_age(o["metadata"]["creationTimestamp"].as_str()));
+    let age = json!(weft_api::meta::age(
+        o["metadata"]["creationTimestamp"].as_str()
+    ));
     match kind {
         "Pod" => {
             let statuses = o["status"]["containerStatuses"]
@@ -712,7 +668,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             let first = o["firstTimestamp"].as_str().or(last);
             let inv = &o["involvedObject"];
             vec![
-                json!(human_age(last)),
+                json!(weft_api::meta::age(last)),
                 json!(s(&o["type"])),
                 json!(s(&o["reason"])),
                 json!(format!(
@@ -723,7 +679,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(s(&o["message"])),
                 json!(s(&inv["fieldPath"])),
                 json!(s(&o["source"]["component"])),
-                json!(human_age(first)),
+                json!(weft_api::meta::age(first)),
                 json!(o["count"].as_i64().unwrap_or(1).to_string()),
                 name,
             ]
@@ -770,17 +726,4 @@ pub fn single_row_table(res: &Resource, o: &Value, include: &str, with_columns: 
         t["columnDefinitions"] = json!([]);
     }
     t
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_print_like_kubectl() {
-        assert_eq!(human_duration(5), "5s");
-        assert_eq!(human_duration(150), "2m30s");
-        assert_eq!(human_duration(3 * 3600 + 120), "3h2m");
-        assert_eq!(human_duration(50 * 3600), "2d2h");
-    }
 }

@@ -1,5 +1,5 @@
 //! A whole Weft cluster inside a lab: the underlay and node namespaces of
-//! [`crate::lab`], a `weft controller` (SQLite or etcd) in the underlay
+//! [`crate::topology`], a `weft controller` (SQLite or etcd) in the underlay
 //! namespace at 192.0.2.1:6443, and a `weft agent` in every node's
 //! namespace, each with its own token. `weft lab up` and the end-to-end
 //! tests both build it with [`Cluster::up`].
@@ -25,7 +25,7 @@ use weft_agent::{
     runtime::reference::ImageRef,
 };
 
-use crate::lab::{self, Lab, LabNode, LabSpec, Routing, STATE_ROOT};
+use crate::topology::{self, Lab, LabNode, LabSpec, Routing, STATE_ROOT};
 
 /// Where the controller listens inside the lab (the underlay's first address).
 pub const API_ADDR: &str = "192.0.2.1:6443";
@@ -143,12 +143,13 @@ fn spawn_in(ns: &str, mut cmd: Command, log: &Path) -> Result<Child> {
 /// Whether a pod (as JSON) is Ready and not being deleted.
 #[must_use]
 pub fn pod_ready(p: &serde_json::Value) -> bool {
-    p["metadata"]["deletionTimestamp"].is_null() && ready_condition(p)
+    serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(p.clone())
+        .is_ok_and(|p| p.metadata.deletion_timestamp.is_none() && weft_api::pod::is_ready(&p))
 }
 
-/// Whether an object's (pod's or node's) Ready condition is True.
-fn ready_condition(obj: &serde_json::Value) -> bool {
-    obj["status"]["conditions"].as_array().is_some_and(|cs| {
+/// Whether a node (as JSON) has its Ready condition True.
+fn ready_condition(node: &serde_json::Value) -> bool {
+    node["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     })
@@ -343,7 +344,7 @@ impl Cluster {
                 .context("build the busybox image (apt-get install busybox-static)")?;
         }
         for n in &self.lab.nodes {
-            let rt = lab::node_runtime(
+            let rt = topology::node_runtime(
                 &self.lab.node_state_dir(n),
                 &self.lab.weft_bin,
                 Default::default(),
@@ -412,7 +413,7 @@ impl Cluster {
             ])
             .arg("--state-dir")
             .arg(&state)
-            .args(["--insecure-registry", lab::REGISTRY_ADDR]);
+            .args(["--insecure-registry", topology::REGISTRY_ADDR]);
         if self.lab.routing == Routing::Vxlan {
             cmd.args(["--routing", "vxlan"]);
         }
@@ -597,7 +598,7 @@ impl Cluster {
     /// # Errors
     /// When the pod is not on any node or runc cannot be run.
     pub fn exec(&self, ns: &str, name: &str, argv: &[&str]) -> Result<(i32, String)> {
-        let (node, rec) = lab::pods(&self.lab.prefix)?
+        let (node, rec) = topology::pods(&self.lab.prefix)?
             .into_iter()
             .find(|(_, r)| r.namespace == ns && r.name == name)
             .with_context(|| format!("pod {ns}/{name} is on no node"))?;
@@ -606,7 +607,7 @@ impl Cluster {
             .first()
             .map(|(_, id)| id.clone())
             .context("no containers")?;
-        let rt = lab::node_runtime(
+        let rt = topology::node_runtime(
             &self.dir.join(&node),
             &self.lab.weft_bin,
             Default::default(),
@@ -623,7 +624,7 @@ impl Cluster {
     pub fn node_inventory(&self, node: &str) -> Result<[Vec<String>; 4]> {
         let n = self.lab.node(node);
         let state = self.lab.node_state_dir(n);
-        let mut records: Vec<String> = lab::pods(&self.lab.prefix)?
+        let mut records: Vec<String> = topology::pods(&self.lab.prefix)?
             .into_iter()
             .filter(|(nn, _)| nn == node)
             .map(|(_, r)| format!("{}/{}", r.namespace, r.name))
@@ -741,7 +742,7 @@ impl Drop for Cluster {
         }
         // Removing the lab kills every process in its namespaces; the
         // children are reaped here so that none is left a zombie.
-        lab::remove_prefix(&self.lab.prefix);
+        topology::remove_prefix(&self.lab.prefix);
         for c in self
             .agents
             .values_mut()

@@ -17,7 +17,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use ipnetwork::Ipv4Network;
-use k8s_openapi::api::core::v1::Pod;
 use weft_agent::{
     bpf::Datapath,
     netlink::{BlockRoute, Netlink, VethAttachment, VxlanPeer, netns},
@@ -369,37 +368,6 @@ impl Lab {
         }
         sandbox.runtime().images().import(&layout, None)?;
         Ok(())
-    }
-
-    /// Runs a bare Pod on the node its `spec.nodeName` names (`n1` if
-    /// none), at the node's lowest free address, giving it a fresh UID if
-    /// it has none, as the API server would.
-    ///
-    /// # Errors
-    /// An unknown node, or the sandbox's refusal.
-    pub async fn run_pod<'a>(
-        &self,
-        mut pod: Pod,
-        sandboxes: &'a [(LabNode, Sandbox)],
-    ) -> Result<(&'a LabNode, PodRecord)> {
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_else(|| "n1".into());
-        let Some((n, sb)) = sandboxes.iter().find(|(n, _)| n.name == node) else {
-            bail!(
-                "pod {:?}: spec.nodeName {node:?} is not a lab node (n1..n{})",
-                pod.metadata.name.as_deref().unwrap_or_default(),
-                self.nodes.len()
-            );
-        };
-        if pod.metadata.uid.is_none() {
-            let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?;
-            pod.metadata.uid = Some(uuid.trim().to_string());
-        }
-        let rec = sb.create_pod(&pod, sb.free_ip()?).await?;
-        Ok((n, rec))
     }
 
     /// Starts Debian's docker-registry inside the underlay namespace at

@@ -1,0 +1,80 @@
+//! What a pod's fields mean, where more than one component needs to know:
+//! its readiness, whether it has finished, and the address it owns.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// Whether the pod's Ready condition is True (what Services and
+/// ReplicaSets count).
+#[must_use]
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the pod has finished: phase Succeeded or Failed.
+#[must_use]
+pub fn is_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Whether the pod is finished or being deleted: what a controller no
+/// longer counts as one of its replicas.
+#[must_use]
+pub fn is_gone(pod: &Pod) -> bool {
+    is_finished(pod) || pod.metadata.deletion_timestamp.is_some()
+}
+
+/// The address a pod has of its own: `None` before it has one, with the
+/// host's network, or once it has finished (its address may be reused).
+#[must_use]
+pub fn own_address(pod: &Pod) -> Option<Ipv4Addr> {
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) || is_finished(pod) {
+        return None;
+    }
+    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("a pod")
+    }
+
+    #[test]
+    fn readiness_and_address() {
+        let running = pod(json!({
+            "metadata": {"name": "a"},
+            "spec": {"containers": []},
+            "status": {"phase": "Running", "podIP": "10.244.1.5",
+                       "conditions": [{"type": "Ready", "status": "True"}]},
+        }));
+        assert!(is_ready(&running));
+        assert!(!is_gone(&running));
+        assert_eq!(own_address(&running), Some(Ipv4Addr::new(10, 244, 1, 5)));
+        let done = pod(json!({
+            "metadata": {"name": "a"},
+            "spec": {"containers": []},
+            "status": {"phase": "Succeeded", "podIP": "10.244.1.5"},
+        }));
+        assert!(!is_ready(&done));
+        assert!(is_gone(&done));
+        assert_eq!(own_address(&done), None, "a finished pod's address is free");
+        let host = pod(json!({
+            "metadata": {"name": "a"},
+            "spec": {"containers": [], "hostNetwork": true},
+            "status": {"phase": "Running", "podIP": "192.0.2.2"},
+        }));
+        assert_eq!(own_address(&host), None);
+    }
+}
