@@ -83,6 +83,34 @@ async fn two_pods_on_one_node_reach_each_other_and_are_counted() -> Result<()> {
     .await?
 }
 
+/// Regression: the node bridge took the lowest MAC of its ports, so a new
+/// pod whose veth sorted first moved the gateway's MAC under every other
+/// pod, whose DNS queries to the gateway then went unanswered until their
+/// neighbour entries expired (the cluster DNS lab test failed one run in
+/// three).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_mac_stays_when_a_lower_one_joins_the_bridge() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        let lab = Lab::up(LabSpec::new(1)).await?;
+        let n1 = lab.node("n1").clone();
+        let nl = Netlink::open(Some(&n1.netns))?;
+        let fixed = weft_agent::netlink::bridge_mac(n1.gateway().ip()).to_vec();
+        let mac =
+            || async { Ok::<_, anyhow::Error>(nl.link(NODE_BRIDGE).await?.expect("bridge").mac) };
+        assert_eq!(mac().await?, fixed);
+        let (_a, veth_a, _) = add_pod(&n1, 1).await?;
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", &n1.netns, "ip", "link", "set", &veth_a])
+            .args(["address", "02:00:00:00:00:01"])
+            .status()?;
+        assert!(status.success(), "ip link set address");
+        let (_b, _, _) = add_pod(&n1, 2).await?;
+        assert_eq!(mac().await?, fixed, "the gateway's MAC moved");
+        Ok(())
+    })
+    .await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_on_two_nodes_reach_each_other_over_host_gw() -> Result<()> {
     tokio::time::timeout(TIMEOUT, async {

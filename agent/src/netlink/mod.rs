@@ -257,6 +257,19 @@ pub fn vtep_mac(node_ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x57, o[0], o[1], o[2], o[3]]
 }
 
+/// The MAC address of a bridge holding `gateway`: fixed and derived from
+/// the address, so that it never moves. A bridge without a MAC of its own
+/// takes the lowest of its ports', so a new pod whose veth sorts first
+/// would change the gateway's MAC under every other pod, and their traffic
+/// to the gateway (DNS, probes' replies) would go to the old MAC until
+/// their neighbour entries expire, for up to half a minute.
+#[must_use]
+pub fn bridge_mac(gateway: Ipv4Addr) -> [u8; 6] {
+    let o = gateway.octets();
+    // 0x02: locally administered, unicast; 0x77 keeps it apart from VTEPs.
+    [0x02, 0x77, o[0], o[1], o[2], o[3]]
+}
+
 /// The address a node's VTEP holds: its block's network address (as /32).
 #[must_use]
 pub fn vtep_addr(block: Ipv4Network) -> Ipv4Addr {
@@ -449,7 +462,8 @@ impl Netlink {
     }
 
     /// Ensures a bridge `name` exists, is up, has `gateway` (e.g.
-    /// 10.244.1.1/24) and `mtu`. Returns its ifindex.
+    /// 10.244.1.1/24), `mtu` and the fixed MAC of [`bridge_mac`]. Returns
+    /// its ifindex.
     ///
     /// # Errors
     /// [`NetlinkError::WrongKind`] if a non-bridge holds the name.
@@ -460,13 +474,14 @@ impl Netlink {
         mtu: u32,
     ) -> Result<u32, NetlinkError> {
         check_ifname(name)?;
+        let mac = bridge_mac(gateway.ip());
         let link = match self.link(name).await? {
             Some(l) => l,
             None => {
                 let res = self
                     .handle
                     .link()
-                    .add(LinkBridge::new(name).mtu(mtu).build())
+                    .add(LinkBridge::new(name).mtu(mtu).address(mac.to_vec()).build())
                     .execute()
                     .await;
                 match res {
@@ -483,6 +498,19 @@ impl Netlink {
                 found: link.kind,
                 wanted: "bridge",
             });
+        }
+        if link.mac != mac {
+            // Setting it also tells the bridge to stop following its ports.
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(link.index)
+                        .address(mac.to_vec())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| NetlinkError::nl(format!("set the MAC of bridge {name}"), e))?;
         }
         self.ensure_address(link.index, gateway).await?;
         self.set_up(link.index).await?;
@@ -822,6 +850,16 @@ mod tests {
         assert!(check_ifname("").is_err());
         assert!(check_ifname("a/b").is_err());
         assert!(check_ifname("a b").is_err());
+    }
+
+    #[test]
+    fn bridge_macs_are_local_unicast_and_apart_from_vteps() {
+        let gw = Ipv4Addr::new(10, 244, 1, 1);
+        let m = bridge_mac(gw);
+        assert_eq!(m[0] & 0x01, 0, "unicast");
+        assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        assert_ne!(m, vtep_mac(gw));
+        assert_ne!(m, bridge_mac(Ipv4Addr::new(10, 244, 2, 1)));
     }
 
     #[test]
