@@ -42,6 +42,8 @@ pub const IF_COUNTERS_MAX: u32 = 4096;
 pub const PROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const PROTO_UDP: u8 = 17;
+/// IP protocol number of SCTP (judged by NetworkPolicy, not load-balanced).
+pub const PROTO_SCTP: u8 = 132;
 
 /// A frontend: a ClusterIP (or external IP) with a port, or a NodePort.
 #[repr(C)]

@@ -20,8 +20,8 @@ use aya_ebpf::{
 use weft_common::{
     DIR_EGRESS, DIR_INGRESS, ID_ANY, ID_HOST, MARK_SELF, POL_ALLOWED_MAX, POL_CIDRS_MAX,
     POL_CT_MAX, POL_EGRESS, POL_ENDPOINTS_MAX, POL_FRAGS_MAX, POL_IDENTITIES_MAX, POL_INGRESS,
-    POL_OVERFLOW, POL_RULES_MAX, PROTO_TCP, PROTO_UDP, PolicyCounters, PolicyCtEntry, PolicyCtKey,
-    PolicyEndpoint, PolicyFragKey, PolicyUse, RULE_BITS_PORT, RuleKey, RuleValue,
+    POL_OVERFLOW, POL_RULES_MAX, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyCounters, PolicyCtEntry,
+    PolicyCtKey, PolicyEndpoint, PolicyFragKey, PolicyUse, RULE_BITS_PORT, RuleKey, RuleValue,
 };
 
 // Sizes are defaults: the agent sets the real ones at load time.
@@ -50,7 +50,6 @@ static COUNTERS: PerCpuArray<PolicyCounters> = PerCpuArray::with_max_entries(POL
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const PROTO_ICMP: u8 = 1;
-const PROTO_SCTP: u8 = 132;
 const NS_PER_SEC: u64 = 1_000_000_000;
 /// A TCP flow silent this long is judged again at its next packet.
 const CT_TCP_IDLE_NS: u64 = 3600 * NS_PER_SEC;

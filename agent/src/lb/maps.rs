@@ -11,6 +11,7 @@ use weft_common::{
     ServiceKey, SockEntry, SockKey,
 };
 
+use super::balancer::{Sink, SinkError};
 use crate::bpf::{BpfError, Datapath};
 
 /// Typed handles on every load-balancer map.
@@ -219,5 +220,75 @@ impl Drop for Slots {
         unsafe {
             libc::munmap(self.ptr.as_ptr().cast(), self.bytes);
         }
+    }
+}
+
+fn sink_err(map: &'static str) -> impl FnOnce(MapError) -> SinkError {
+    move |e| SinkError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+/// The balancer's writes, onto the pinned maps.
+impl Sink for LbMaps {
+    fn frontends(&self) -> Result<Vec<(ServiceKey, ServiceEntry)>, SinkError> {
+        self.services
+            .iter()
+            .map(|item| item.map_err(sink_err(common::LB_SERVICES_MAP)))
+            .collect()
+    }
+
+    fn backend(&self, id: u32) -> Option<Backend> {
+        self.backends.get(&id, 0).ok()
+    }
+
+    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), SinkError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(sink_err(common::LB_BACKENDS_MAP))
+    }
+
+    fn set_frontend(&mut self, key: ServiceKey, entry: ServiceEntry) -> Result<(), SinkError> {
+        self.services.insert(key, entry, 0).map_err(|e| {
+            let full = matches!(&e, MapError::SyscallError(s)
+                if s.io_error.raw_os_error() == Some(libc::E2BIG));
+            if full {
+                SinkError::Full
+            } else {
+                sink_err(common::LB_SERVICES_MAP)(e)
+            }
+        })
+    }
+
+    fn del_frontend(&mut self, key: &ServiceKey) -> Result<(), SinkError> {
+        self.services
+            .remove(key)
+            .map_err(sink_err(common::LB_SERVICES_MAP))
+    }
+
+    fn table_slots(&self) -> u32 {
+        self.maglev.len()
+    }
+
+    fn read_table(&self, offset: u32, len: u32) -> Vec<u32> {
+        self.maglev.read(offset, len)
+    }
+
+    fn write_table(&mut self, offset: u32, table: &[u32]) {
+        self.maglev.write(offset, table);
+    }
+
+    fn reset_counters(&mut self, id: u32) -> Result<(), SinkError> {
+        LbMaps::reset_counters(self, id).map_err(|e| SinkError::Map {
+            map: common::LB_COUNTERS_MAP,
+            reason: e.to_string(),
+        })
+    }
+
+    fn set_config(&mut self, cfg: LbConfig) -> Result<(), SinkError> {
+        self.config
+            .set(0, cfg, 0)
+            .map_err(sink_err(common::LB_CONFIG_MAP))
     }
 }

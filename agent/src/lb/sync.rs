@@ -15,12 +15,10 @@ use kube::runtime::{
 };
 use weft_common as common;
 
-use super::{BackendSpec, Balancer, FrontendSpec, Scope};
+use super::{BackendSpec, Balancer, FrontendSpec, Scope, model::PROTO_SCTP};
 
 /// The label tying an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// IP protocol number of SCTP.
-pub const PROTO_SCTP: u8 = 132;
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 

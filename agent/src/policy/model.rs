@@ -18,8 +18,7 @@ use k8s_openapi::{
 use weft_api::selector::LabelSelector;
 use weft_common as common;
 
-/// IP protocol number of SCTP.
-pub const PROTO_SCTP: u8 = 132;
+pub use weft_common::PROTO_SCTP;
 /// The label every namespace carries with its own name (Kubernetes sets
 /// it; policies select namespaces by it).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
