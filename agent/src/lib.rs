@@ -4,6 +4,7 @@
 
 pub mod bpf;
 pub mod dns;
+pub mod informer;
 pub mod lb;
 pub mod netlink;
 pub mod node;

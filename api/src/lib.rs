@@ -15,6 +15,7 @@ pub mod printer;
 pub mod quantity;
 pub mod resources;
 pub mod selector;
+pub mod service;
 pub mod validate;
 
 pub use error::{ApiError, Cause};

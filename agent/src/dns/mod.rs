@@ -1,5 +1,5 @@
-//! Cluster DNS (the `weft-dns` crate) as the agent runs it: the zone's
-//! Services come from the load-balancer's watch, its pods from [`sync`].
+//! Cluster DNS (the `weft-dns` crate) as the agent runs it: [`sync`] fills
+//! the zone's Services and pods from the agent's informers.
 
 pub use weft_dns::{forward, records, server};
 pub mod sync;

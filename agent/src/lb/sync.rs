@@ -1,24 +1,19 @@
-//! Keeps a [`Balancer`] in step with the API: watches Services and
-//! EndpointSlices, and re-installs only the Services an event touched.
+//! Keeps a [`Balancer`] in step with the API: follows Services and
+//! EndpointSlices through the agent's informers, and re-installs only the
+//! Services a change touched.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex},
 };
 
-use futures::{FutureExt as _, StreamExt as _, stream};
+use futures::StreamExt as _;
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use kube::runtime::{
-    WatchStreamExt as _,
-    watcher::{self, Event},
-};
 use weft_common as common;
 
 use super::{BackendSpec, Balancer, FrontendSpec, Scope, model::PROTO_SCTP};
-
-/// The label tying an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use crate::informer::Informers;
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
@@ -140,25 +135,9 @@ fn backends(slices: &[&EndpointSlice], name: &str, proto: u8) -> Vec<BackendSpec
     out
 }
 
-/// A Service's ClusterIPs of both families (none for headless ones:
-/// "None" is no address).
-fn cluster_addrs(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = Vec::new();
-    let all = spec
-        .cluster_ips
-        .clone()
-        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect());
-    for ip in all.iter().filter_map(|a| a.parse().ok()) {
-        if !out.contains(&ip) {
-            out.push(ip);
-        }
-    }
-    out
-}
-
 /// A Service's IPv4 ClusterIPs, the ones the load-balancer serves.
 fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr> {
-    cluster_addrs(spec)
+    weft_api::service::cluster_addrs(spec)
         .into_iter()
         .filter_map(|a| match a {
             IpAddr::V4(v4) => Some(v4),
@@ -167,258 +146,32 @@ fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<Ipv4Addr> 
         .collect()
 }
 
-/// What the DNS zone needs of a Service and its slices.
-fn dns_info(
-    spec: &k8s_openapi::api::core::v1::ServiceSpec,
-    slices: &[&EndpointSlice],
-) -> crate::dns::records::ServiceInfo {
-    use crate::dns::records::{EndpointInfo, ServiceInfo};
-    let external = spec.type_.as_deref() == Some("ExternalName");
-    let headless = spec.cluster_ip.as_deref() == Some("None");
-    let cluster_ips = cluster_addrs(spec);
-    let ports = spec
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p.name.clone().unwrap_or_default(),
-                p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
-                u16::try_from(p.port).ok()?,
-            ))
-        })
-        .collect();
-    let mut endpoints = Vec::new();
-    for s in slices
-        .iter()
-        .filter(|s| matches!(s.address_type.as_str(), "IPv4" | "IPv6"))
-    {
-        let slice_ports: BTreeMap<String, u16> = s
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                Some((
-                    p.name.clone().unwrap_or_default(),
-                    u16::try_from(p.port?).ok()?,
-                ))
-            })
-            .collect();
-        for e in &s.endpoints {
-            let Some(ip) = e.addresses.first().and_then(|a| a.parse().ok()) else {
-                continue;
-            };
-            let c = e.conditions.as_ref();
-            endpoints.push(EndpointInfo {
-                ip,
-                hostname: e.hostname.clone(),
-                ready: c.and_then(|c| c.ready).unwrap_or(true),
-                ports: slice_ports.clone(),
-            });
-        }
-    }
-    ServiceInfo {
-        cluster_ips: if external || headless {
-            Vec::new()
-        } else {
-            cluster_ips
-        },
-        headless,
-        external_name: if external {
-            spec.external_name.clone()
-        } else {
-            None
-        },
-        ports,
-        endpoints,
-    }
+/// The frontends of Service `key`, from the informers' stores (none when
+/// it is gone).
+fn frontends_of(informers: &Informers, key: &str) -> Vec<FrontendSpec> {
+    let Some(svc) = informers.services.get(key) else {
+        return Vec::new();
+    };
+    let slices = informers.slices.indexed(key);
+    let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
+    frontends(&svc, &slices)
 }
 
-enum Change {
-    Service(Box<Event<Service>>),
-    Slice(Box<Event<EndpointSlice>>),
-}
-
-/// The watch cache the balancer is fed from.
-#[derive(Default)]
-struct Cache {
-    services: HashMap<String, Service>,
-    /// Slices by Service key, then by slice key.
-    slices: HashMap<String, HashMap<String, EndpointSlice>>,
-    /// The Service key each slice was filed under.
-    slice_owner: HashMap<String, String>,
-    init_services: Option<HashMap<String, Service>>,
-    init_slices: Option<Vec<EndpointSlice>>,
-    services_synced: bool,
-    slices_synced: bool,
-}
-
-impl Cache {
-    fn put_slice(&mut self, s: EndpointSlice, dirty: &mut BTreeSet<String>) {
-        let skey = weft_api::meta::key_of(&s);
-        self.remove_slice(&skey, dirty);
-        let Some(owner) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            return;
-        };
-        let owner = weft_api::meta::key(s.metadata.namespace.as_deref(), owner);
-        dirty.insert(owner.clone());
-        self.slice_owner.insert(skey.clone(), owner.clone());
-        self.slices.entry(owner).or_default().insert(skey, s);
-    }
-
-    fn remove_slice(&mut self, skey: &str, dirty: &mut BTreeSet<String>) {
-        if let Some(owner) = self.slice_owner.remove(skey) {
-            if let Some(m) = self.slices.get_mut(&owner) {
-                m.remove(skey);
-                if m.is_empty() {
-                    self.slices.remove(&owner);
-                }
-            }
-            dirty.insert(owner);
-        }
-    }
-
-    fn apply(&mut self, change: Change, dirty: &mut BTreeSet<String>) {
-        match change {
-            Change::Service(ev) => match *ev {
-                Event::Init => self.init_services = Some(HashMap::new()),
-                Event::InitApply(s) => {
-                    let k = weft_api::meta::key_of(&s);
-                    if let Some(m) = self.init_services.as_mut() {
-                        m.insert(k, s);
-                    }
-                }
-                Event::InitDone => {
-                    let new = self.init_services.take().unwrap_or_default();
-                    dirty.extend(self.services.keys().cloned());
-                    dirty.extend(new.keys().cloned());
-                    self.services = new;
-                    self.services_synced = true;
-                }
-                Event::Apply(s) => {
-                    let k = weft_api::meta::key_of(&s);
-                    dirty.insert(k.clone());
-                    self.services.insert(k, s);
-                }
-                Event::Delete(s) => {
-                    let k = weft_api::meta::key_of(&s);
-                    dirty.insert(k.clone());
-                    self.services.remove(&k);
-                }
-            },
-            Change::Slice(ev) => match *ev {
-                Event::Init => self.init_slices = Some(Vec::new()),
-                Event::InitApply(s) => {
-                    if let Some(v) = self.init_slices.as_mut() {
-                        v.push(s);
-                    }
-                }
-                Event::InitDone => {
-                    let all: Vec<String> = self.slice_owner.keys().cloned().collect();
-                    for k in all {
-                        self.remove_slice(&k, dirty);
-                    }
-                    for s in self.init_slices.take().unwrap_or_default() {
-                        self.put_slice(s, dirty);
-                    }
-                    self.slices_synced = true;
-                }
-                Event::Apply(s) => self.put_slice(s, dirty),
-                Event::Delete(s) => {
-                    let skey = weft_api::meta::key_of(&s);
-                    self.remove_slice(&skey, dirty);
-                }
-            },
-        }
-    }
-
-    /// The Service `key` as the DNS zone sees it (`None`: gone).
-    fn dns_info(&self, key: &str) -> Option<crate::dns::records::ServiceInfo> {
-        let svc = self.services.get(key)?;
-        let spec = svc.spec.as_ref()?;
-        let slices: Vec<&EndpointSlice> = self
-            .slices
-            .get(key)
-            .map(|m| m.values().collect())
-            .unwrap_or_default();
-        Some(dns_info(spec, &slices))
-    }
-
-    fn frontends(&self, key: &str) -> Vec<FrontendSpec> {
-        let Some(svc) = self.services.get(key) else {
-            return Vec::new();
-        };
-        let slices: Vec<&EndpointSlice> = self
-            .slices
-            .get(key)
-            .map(|m| m.values().collect())
-            .unwrap_or_default();
-        frontends(svc, &slices)
-    }
-}
-
-/// Follows Services and EndpointSlices and keeps `balancer` in step. Never
-/// returns; watch errors are retried with back-off.
+/// Follows Services and EndpointSlices (through the agent's informers) and
+/// keeps `balancer` in step, re-installing only the Services a change
+/// touched. Never returns.
 pub async fn run(
-    client: kube::Client,
+    informers: Informers,
     balancer: Arc<Mutex<Balancer>>,
-    problems: tokio::sync::watch::Sender<std::collections::BTreeMap<String, String>>,
-    zone: Option<Arc<std::sync::RwLock<crate::dns::records::Zone>>>,
+    problems: tokio::sync::watch::Sender<BTreeMap<String, String>>,
 ) {
-    let services = watcher::watcher(
-        kube::Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|r| r.map(|e| Change::Service(Box::new(e))));
-    let slices = watcher::watcher(
-        kube::Api::<EndpointSlice>::all(client),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .map(|r| r.map(|e| Change::Slice(Box::new(e))));
-    let mut events = std::pin::pin!(stream::select(services, slices));
-    let mut cache = Cache::default();
-    let mut dirty = BTreeSet::new();
+    let mut batches = crate::informer::service_changes(&informers);
     let mut adopted_dropped = false;
-    while let Some(first) = events.next().await {
-        // Take every event already waiting, then apply once: a burst (the
-        // initial lists, a rollout) costs one pass over what it touched.
-        let mut batch = vec![first];
-        while let Some(Some(more)) = events.next().now_or_never() {
-            batch.push(more);
-        }
-        for ev in batch {
-            match ev {
-                Ok(c) => cache.apply(c, &mut dirty),
-                Err(e) => tracing::warn!(error = %e, "watching services failed; retrying"),
-            }
-        }
-        // Before both lists are in, a Service might look endpoint-less.
-        if !(cache.services_synced && cache.slices_synced) {
-            continue;
-        }
+    while let Some(keys) = batches.next().await {
         let started = std::time::Instant::now();
-        let n = dirty.len();
         let mut b = balancer.lock().expect("balancer lock");
-        let keys = std::mem::take(&mut dirty);
         for key in &keys {
-            let f = cache.frontends(key);
-            b.set_service(key, f);
-        }
-        // The cluster DNS zone follows the same cache.
-        if let Some(zone) = &zone {
-            let mut z = zone.write().expect("zone lock");
-            for key in &keys {
-                let (ns, name) = key.split_once('/').unwrap_or(("default", key));
-                z.set_service(ns, name, cache.dns_info(key));
-            }
-            z.set_synced();
+            b.set_service(key, frontends_of(&informers, key));
         }
         if !adopted_dropped {
             b.drop_unclaimed();
@@ -431,6 +184,6 @@ pub async fn run(
             *p = now;
             changed
         });
-        tracing::debug!(services = n, took = ?started.elapsed(), "load-balancer maps updated");
+        tracing::debug!(services = keys.len(), took = ?started.elapsed(), "load-balancer maps updated");
     }
 }

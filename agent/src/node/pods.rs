@@ -18,13 +18,7 @@ use std::{
 use anyhow::Result;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::{
-    api::{DeleteParams, Patch, PatchParams, Preconditions},
-    runtime::{
-        WatchStreamExt as _,
-        watcher::{self, Event},
-    },
-};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -32,7 +26,11 @@ use super::{
     Node,
     api::{describe, is_not_found, weft_now},
 };
-use crate::{runtime::RuntimeError, sandbox::SandboxError};
+use crate::{
+    informer::{Event, Informer},
+    runtime::RuntimeError,
+    sandbox::SandboxError,
+};
 
 /// Longest pause between attempts to create a pod that failed.
 const MAX_CREATE_BACKOFF: Duration = Duration::from_secs(30);
@@ -41,20 +39,17 @@ struct Worker {
     tx: watch::Sender<Option<Pod>>,
 }
 
-/// Follows the pods bound to this node and keeps one worker per pod.
-/// Never returns.
-pub(super) async fn run(node: Arc<Node>) -> Result<()> {
-    let config =
-        watcher::Config::default().fields(&format!("spec.nodeName={}", node.cfg.node_name));
-    let stream = watcher::watcher(node.api.all::<Pod>(), config).default_backoff();
-    let mut stream = std::pin::pin!(stream);
+/// Follows the pods bound to this node (from the agent's pod informer)
+/// and keeps one worker per pod. Never returns.
+pub(super) async fn run(node: Arc<Node>, pods: Informer<Pod>) -> Result<()> {
+    let mut events = pods.subscribe();
     let creates = Arc::new(Semaphore::new(node.cfg.parallel_creates.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut workers: HashMap<String, Worker> = HashMap::new();
-    // Pods seen in the current (re)list, and whether a list has completed.
-    let mut listing: Option<HashSet<String>> = None;
     let mut listed_once = false;
-    let mut failing = false;
+    let mine = |p: &Pod| {
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.cfg.node_name.as_str())
+    };
 
     let spawn = |uid: &str, pod: Option<Pod>, workers: &mut HashMap<String, Worker>| {
         let (tx, rx) = watch::channel(pod);
@@ -71,6 +66,18 @@ pub(super) async fn run(node: Arc<Node>) -> Result<()> {
         });
         workers.insert(uid.to_string(), Worker { tx });
     };
+    // The pod, to its worker (started if need be).
+    let give = |pod: &Pod, workers: &mut HashMap<String, Worker>| {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        match workers.get(&uid) {
+            Some(w) => {
+                w.tx.send_replace(Some(pod.clone()));
+            }
+            None => spawn(&uid, Some(pod.clone()), workers),
+        }
+    };
 
     loop {
         tokio::select! {
@@ -82,44 +89,25 @@ pub(super) async fn run(node: Arc<Node>) -> Result<()> {
                     workers.remove(&uid);
                 }
             }
-            ev = stream.next() => {
-                let Some(ev) = ev else { anyhow::bail!("the pod watch ended") };
-                let ev = match ev {
-                    Ok(ev) => {
-                        if failing {
-                            tracing::info!("watching this node's pods again");
-                            failing = false;
-                        }
-                        ev
-                    }
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(error = %e, "watching this node's pods failed; retrying");
-                            failing = true;
-                        }
-                        continue;
-                    }
-                };
+            ev = events.next() => {
+                let Some(ev) = ev else { anyhow::bail!("the pod informer ended") };
                 match ev {
-                    Event::Init => listing = Some(HashSet::new()),
-                    Event::InitApply(pod) | Event::Apply(pod) => {
-                        let Some(uid) = pod.metadata.uid.clone() else { continue };
-                        if let Some(seen) = listing.as_mut() {
-                            seen.insert(uid.clone());
-                        }
-                        match workers.get(&uid) {
-                            Some(w) => { w.tx.send_replace(Some(pod)); }
-                            None => spawn(&uid, Some(pod), &mut workers),
-                        }
-                    }
-                    Event::Delete(pod) => {
+                    Event::Change { new: Some(pod), .. } if mine(&pod) => give(&pod, &mut workers),
+                    Event::Change { old: Some(pod), new: None } => {
                         let Some(uid) = pod.metadata.uid.clone() else { continue };
                         if let Some(w) = workers.get(&uid) {
                             w.tx.send_replace(None);
                         }
                     }
-                    Event::InitDone => {
-                        let seen = listing.take().unwrap_or_default();
+                    Event::Change { .. } => {}
+                    Event::Resync(all) => {
+                        let mut seen = HashSet::new();
+                        for pod in all.iter().filter(|p| mine(p)) {
+                            if let Some(uid) = &pod.metadata.uid {
+                                seen.insert(uid.clone());
+                            }
+                            give(pod, &mut workers);
+                        }
                         // Workers of pods the API no longer has.
                         for (uid, w) in &workers {
                             if !seen.contains(uid) {

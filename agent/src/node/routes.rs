@@ -8,12 +8,9 @@ use anyhow::Result;
 use futures::StreamExt as _;
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Node as NodeObject;
-use kube::runtime::{
-    WatchStreamExt as _,
-    watcher::{self, Event},
-};
 
 use super::Node;
+use crate::informer::{Event, Informer};
 use crate::netlink::{BlockRoute, Netlink, VxlanPeer, vtep_addr};
 
 /// How other nodes' blocks are reached.
@@ -30,44 +27,30 @@ pub const VXLAN_DEV: &str = "weft.vx";
 /// VXLAN network identifier.
 pub const VXLAN_VNI: u32 = 7;
 
-/// Follows the Nodes and keeps the routes to their blocks. Never returns.
-pub(super) async fn run(node: Arc<Node>) -> Result<()> {
+/// Follows the Nodes (from the agent's node informer) and keeps the routes
+/// to their blocks. Never returns.
+pub(super) async fn run(node: Arc<Node>, nodes: Informer<NodeObject>) -> Result<()> {
     let net = Netlink::open(None)?;
     let mut peers: BTreeMap<String, (Ipv4Network, Ipv4Addr)> = BTreeMap::new();
-    let mut init: Option<BTreeMap<String, (Ipv4Network, Ipv4Addr)>> = None;
     let mut last: Option<Vec<BlockRoute>> = None;
-    let stream = watcher::watcher(node.api.all::<NodeObject>(), watcher::Config::default())
-        .default_backoff();
-    let mut stream = std::pin::pin!(stream);
-    while let Some(ev) = stream.next().await {
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching nodes failed; retrying");
-                continue;
-            }
-        };
+    let mut events = nodes.subscribe();
+    while let Some(ev) = events.next().await {
         match ev {
-            Event::Init => init = Some(BTreeMap::new()),
-            Event::InitApply(n) => {
-                if let (Some(m), Some((name, p))) = (init.as_mut(), peer(&n)) {
-                    m.insert(name, p);
-                }
-            }
-            Event::InitDone => peers = init.take().unwrap_or_default(),
-            Event::Apply(n) => {
+            Event::Resync(all) => peers = all.iter().filter_map(|n| peer(n)).collect(),
+            Event::Change { new: Some(n), .. } => {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 match peer(&n) {
                     Some((_, p)) => peers.insert(name, p),
                     None => peers.remove(&name),
                 };
             }
-            Event::Delete(n) => {
+            Event::Change {
+                old: Some(n),
+                new: None,
+            } => {
                 peers.remove(n.metadata.name.as_deref().unwrap_or_default());
             }
-        }
-        if init.is_some() {
-            continue;
+            Event::Change { .. } => continue,
         }
         let others: Vec<(Ipv4Network, Ipv4Addr)> = peers
             .iter()

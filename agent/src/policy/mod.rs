@@ -866,24 +866,28 @@ impl Engine {
         (flags, rules, blocks)
     }
 
-    /// Recomputes the `dirty` local pods and writes every difference.
+    /// Recomputes the `dirty` local pods and writes every difference, in
+    /// an order that never lets a packet reach a missing entry: new rules,
+    /// then identities and prefixes, then the pods' isolation, and last
+    /// what is gone.
     fn write(&mut self, dirty: &HashSet<String>, full: bool, sink: &mut dyn Sink) -> Applied {
         self.number_identities();
         let mut applied = Applied::default();
         // Write errors are said again if they happen again.
         self.problems.retain(|k, _| !k.starts_with("writing "));
-        let fail = |problems: &mut BTreeMap<String, String>, what: &str, e: String| {
-            problems.insert(format!("writing {what}"), e);
-        };
-        // What each dirty pod should be.
-        struct Plan {
-            key: String,
-            ip: Option<Ipv4Addr>,
-            id: u32,
-            fresh: bool,
-            flags: u32,
-            rules: BTreeMap<RuleEntry, u32>,
-        }
+        let mut plans = self.plan(dirty, &mut applied);
+        self.number_endpoints(&mut plans, sink);
+        self.write_rules(&plans, sink, &mut applied);
+        let id_deletes = self.write_identities(full, sink, &mut applied);
+        self.write_cidrs(sink, &mut applied);
+        self.write_endpoints(&plans, sink, &mut applied);
+        self.retire(plans, id_deletes, full, sink, &mut applied);
+        applied
+    }
+
+    /// What each dirty pod should be, with its rules fitted to the map or
+    /// the pod marked as overflowing.
+    fn plan(&mut self, dirty: &HashSet<String>, applied: &mut Applied) -> Vec<Plan> {
         let mut plans = Vec::new();
         let mut total: usize = self.endpoints.values().map(|e| e.rules.len()).sum();
         let mut keys: Vec<&String> = dirty.iter().collect();
@@ -892,10 +896,7 @@ impl Engine {
             applied.recomputed += 1;
             let existing = self.endpoints.get(key);
             let id = existing.map(|e| e.id);
-            let (id, fresh) = match id {
-                Some(id) => (Some(id), false),
-                None => (None, true),
-            };
+            let fresh = id.is_none();
             // A number is needed to compute keys; given for real below.
             let probe_id = id.unwrap_or(u32::MAX);
             let (mut flags, mut rules, blocks) = self.desired(key, probe_id);
@@ -947,11 +948,12 @@ impl Engine {
                 rules,
             });
         }
-        // Endpoint numbers for pods new to policy; keys renumbered.
-        for plan in &mut plans {
-            if plan.flags == 0 || !plan.fresh {
-                continue;
-            }
+        plans
+    }
+
+    /// Endpoint numbers for pods new to policy, their rule keys renumbered.
+    fn number_endpoints(&mut self, plans: &mut [Plan], sink: &mut dyn Sink) {
+        for plan in plans.iter_mut().filter(|p| p.flags != 0 && p.fresh) {
             match self.endpoint_ids.alloc() {
                 Some(id) => {
                     plan.id = id;
@@ -979,8 +981,11 @@ impl Engine {
                 }
             }
         }
-        // 1. New rules, before anything can lead a packet to them.
-        for plan in &plans {
+    }
+
+    /// Step 1: new rules, before anything can lead a packet to them.
+    fn write_rules(&mut self, plans: &[Plan], sink: &mut dyn Sink, applied: &mut Applied) {
+        for plan in plans {
             let old = self.endpoints.get(&plan.key).map(|e| &e.rules);
             for (r, n) in &plan.rules {
                 if old.and_then(|o| o.get(r)) == Some(n) && self.installed.rules.get(r) == Some(n) {
@@ -995,8 +1000,16 @@ impl Engine {
                 }
             }
         }
-        // 2. Identities (of the addresses that changed; all of them on
-        // the first pass) and prefixes.
+    }
+
+    /// Step 2: identities of the addresses that changed (all of them on the
+    /// first pass). Returns the addresses whose identity is to go, last.
+    fn write_identities(
+        &mut self,
+        full: bool,
+        sink: &mut dyn Sink,
+        applied: &mut Applied,
+    ) -> Vec<Ipv4Addr> {
         let mut ips: Vec<Ipv4Addr> = if full {
             self.owners
                 .keys()
@@ -1068,6 +1081,11 @@ impl Engine {
                 ),
             );
         }
+        id_deletes
+    }
+
+    /// Step 2: the ipBlock prefixes that changed.
+    fn write_cidrs(&mut self, sink: &mut dyn Sink, applied: &mut Applied) {
         let cidr_sets: Vec<(Ipv4Network, u32)> = self
             .cidrs
             .iter()
@@ -1083,8 +1101,11 @@ impl Engine {
                 Err(e) => fail(&mut self.problems, common::POL_CIDRS_MAP, e),
             }
         }
-        // 3. Isolation of the pods recomputed.
-        for plan in &plans {
+    }
+
+    /// Step 3: isolation of the pods recomputed.
+    fn write_endpoints(&mut self, plans: &[Plan], sink: &mut dyn Sink, applied: &mut Applied) {
+        for plan in plans {
             let (Some(ip), true) = (plan.ip, plan.flags != 0) else {
                 continue;
             };
@@ -1103,8 +1124,19 @@ impl Engine {
                 Err(e) => fail(&mut self.problems, common::POL_ENDPOINTS_MAP, e),
             }
         }
-        // 4. What is gone: pods out of policy (or moved to another address),
-        // addresses, prefixes, then rules nothing leads to any more.
+    }
+
+    /// Step 4: what is gone: pods out of policy (or moved to another address),
+    /// addresses, prefixes, then rules nothing leads to any more; and the
+    /// plans become the endpoints.
+    fn retire(
+        &mut self,
+        plans: Vec<Plan>,
+        id_deletes: Vec<Ipv4Addr>,
+        full: bool,
+        sink: &mut dyn Sink,
+        applied: &mut Applied,
+    ) {
         let mut old_rules: Vec<RuleEntry> = Vec::new();
         // Addresses under policy after this batch: an address a pod gave up
         // may already be another's (reused in the same batch).
@@ -1205,8 +1237,23 @@ impl Engine {
                 Err(e) => fail(&mut self.problems, common::POL_RULES_MAP, e),
             }
         }
-        applied
     }
+}
+
+/// Records that writing `what` failed (said again if it fails again).
+fn fail(problems: &mut BTreeMap<String, String>, what: &str, e: String) {
+    problems.insert(format!("writing {what}"), e);
+}
+
+/// What one dirty pod should be after a write.
+struct Plan {
+    key: String,
+    ip: Option<Ipv4Addr>,
+    id: u32,
+    /// New to policy: it gets an endpoint number.
+    fresh: bool,
+    flags: u32,
+    rules: BTreeMap<RuleEntry, u32>,
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! Keeps the [`Engine`] and its maps in step with the API: watches
-//! NetworkPolicies, Pods and Namespaces, and applies whatever arrived
-//! together as one batch.
+//! Keeps the [`Engine`] and its maps in step with the API: follows
+//! NetworkPolicies, Pods and Namespaces through the agent's informers, and
+//! applies whatever arrived together as one batch.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -13,15 +13,10 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
     networking::v1::NetworkPolicy,
 };
-use kube::{
-    Resource, ResourceExt as _,
-    runtime::{
-        WatchStreamExt as _,
-        watcher::{self, Event},
-    },
-};
+use kube::ResourceExt as _;
 
 use super::{Change, Engine, Policy, maps::PolicyMaps, model};
+use crate::informer::{Event, Informers};
 
 /// The engine and its maps, shared with the agent's endpoint (show, trace).
 pub struct PolicyState {
@@ -39,42 +34,12 @@ impl std::fmt::Debug for PolicyState {
     }
 }
 
-enum Kind {
-    Pod,
-    Namespace,
-    Policy,
-}
-
-/// One watch event, reduced to a change.
-enum Item {
-    Change(Change),
-    Init(usize),
-    Seen(usize, String),
-    Done(usize),
-    Failed(&'static str, String),
-}
-
-fn items<K, F>(
-    ev: Result<Event<K>, watcher::Error>,
+/// One kind's events, reduced to the engine's changes.
+struct Batch {
     which: usize,
-    what: &'static str,
-    change: F,
-) -> Vec<Item>
-where
-    K: Resource,
-    F: Fn(&K) -> Change,
-{
-    match ev {
-        Ok(Event::Apply(o)) => vec![Item::Change(change(&o))],
-        Ok(Event::Delete(o)) => vec![Item::Change(gone(which, weft_api::meta::key_of(&o)))],
-        Ok(Event::Init) => vec![Item::Init(which)],
-        Ok(Event::InitApply(o)) => vec![
-            Item::Seen(which, weft_api::meta::key_of(&o)),
-            Item::Change(change(&o)),
-        ],
-        Ok(Event::InitDone) => vec![Item::Done(which)],
-        Err(e) => vec![Item::Failed(what, e.to_string())],
-    }
+    /// Every object of the kind, when this is a resync.
+    resync: bool,
+    changes: Vec<Change>,
 }
 
 fn gone(which: usize, key: String) -> Change {
@@ -85,92 +50,94 @@ fn gone(which: usize, key: String) -> Change {
     }
 }
 
-/// Follows the API into `state`'s maps. Never returns; watch errors are
-/// retried with back-off. `problems` gets what cannot be enforced.
+/// `events` of kind `which` as [`Batch`]es, with `change` giving what an
+/// object means to the engine.
+fn follow<K>(
+    events: futures::stream::BoxStream<'static, Event<K>>,
+    which: usize,
+    change: impl Fn(&K) -> Change + Send + 'static,
+) -> futures::stream::BoxStream<'static, Batch>
+where
+    K: kube::Resource + Send + Sync + 'static,
+{
+    events
+        .map(move |ev| match ev {
+            Event::Resync(all) => Batch {
+                which,
+                resync: true,
+                changes: all.iter().map(|o| change(o)).collect(),
+            },
+            Event::Change { new: Some(o), .. } => Batch {
+                which,
+                resync: false,
+                changes: vec![change(&o)],
+            },
+            Event::Change { old, new: None } => Batch {
+                which,
+                resync: false,
+                changes: old
+                    .map(|o| gone(which, weft_api::meta::key_of(&*o)))
+                    .into_iter()
+                    .collect(),
+            },
+        })
+        .boxed()
+}
+
+/// Follows the API (through the agent's informers) into `state`'s maps.
+/// Never returns. `problems` gets what cannot be enforced.
 pub async fn run(
-    client: kube::Client,
+    informers: Informers,
     node: String,
     state: Arc<Mutex<PolicyState>>,
     problems: tokio::sync::watch::Sender<BTreeMap<String, String>>,
 ) {
-    let cfg = watcher::Config::default;
-    let pods = watcher::watcher(kube::Api::<Pod>::all(client.clone()), cfg())
-        .default_backoff()
-        .map(move |ev| {
-            items(ev, Kind::Pod as usize, "pods", |p: &Pod| {
-                Change::Pod(weft_api::meta::key_of(p), model::pod_info(p, &node))
-            })
-        })
-        .boxed();
-    let namespaces = watcher::watcher(kube::Api::<Namespace>::all(client.clone()), cfg())
-        .default_backoff()
-        .map(|ev| {
-            items(
-                ev,
-                Kind::Namespace as usize,
-                "namespaces",
-                |n: &Namespace| Change::Namespace(n.name_any(), Some(n.labels().clone())),
-            )
-        })
-        .boxed();
-    let policies = watcher::watcher(kube::Api::<NetworkPolicy>::all(client), cfg())
-        .default_backoff()
-        .map(|ev| {
-            items(
-                ev,
-                Kind::Policy as usize,
-                "network policies",
-                |p: &NetworkPolicy| {
-                    Change::Policy(weft_api::meta::key_of(p), Some(Policy::from_k8s(p)))
-                },
-            )
-        })
-        .boxed();
+    let pods = follow(informers.pods.subscribe(), 0, move |p: &Pod| {
+        Change::Pod(weft_api::meta::key_of(p), model::pod_info(p, &node))
+    });
+    let namespaces = follow(informers.namespaces.subscribe(), 1, |n: &Namespace| {
+        Change::Namespace(n.name_any(), Some(n.labels().clone()))
+    });
+    let policies = follow(informers.policies.subscribe(), 2, |p: &NetworkPolicy| {
+        Change::Policy(weft_api::meta::key_of(p), Some(Policy::from_k8s(p)))
+    });
     let mut events = stream::select_all([pods, namespaces, policies]);
-    // Per kind: synced once, the keys known, and those seen in a relist.
+    // Per kind: synced once, and the keys known.
     let mut synced = [false; 3];
     let mut known: [HashSet<String>; 3] = Default::default();
-    let mut relisted: [Option<HashSet<String>>; 3] = Default::default();
     while let Some(first) = events.next().await {
-        let mut batch = first;
+        let mut batches = vec![first];
         while let Some(Some(more)) = events.next().now_or_never() {
-            batch.extend(more);
+            batches.push(more);
         }
         let mut changes = Vec::new();
-        for item in batch {
-            match item {
-                Item::Change(c) => {
-                    let (which, k, present) = match &c {
-                        Change::Pod(k, _) => (0, k, true),
-                        Change::Namespace(k, l) => (1, k, l.is_some()),
-                        Change::Policy(k, p) => (2, k, p.is_some()),
-                    };
-                    if present {
-                        known[which].insert(k.clone());
-                    } else {
-                        known[which].remove(k);
+        for batch in batches {
+            let w = batch.which;
+            let mut listed = HashSet::new();
+            for c in batch.changes {
+                let (k, present) = match &c {
+                    Change::Pod(k, _) => (k, true),
+                    Change::Namespace(k, l) => (k, l.is_some()),
+                    Change::Policy(k, p) => (k, p.is_some()),
+                };
+                if present {
+                    known[w].insert(k.clone());
+                    if batch.resync {
+                        listed.insert(k.clone());
                     }
-                    changes.push(c);
+                } else {
+                    known[w].remove(k);
                 }
-                Item::Init(w) => relisted[w] = Some(HashSet::new()),
-                Item::Seen(w, k) => {
-                    if let Some(s) = &mut relisted[w] {
-                        s.insert(k);
-                    }
+                changes.push(c);
+            }
+            if batch.resync {
+                // What the list lacks is gone.
+                let stale: Vec<String> = known[w].difference(&listed).cloned().collect();
+                for k in stale {
+                    known[w].remove(&k);
+                    changes.push(gone(w, k));
                 }
-                Item::Done(w) => {
-                    if let Some(seen) = relisted[w].take() {
-                        let stale: Vec<String> = known[w].difference(&seen).cloned().collect();
-                        for k in stale {
-                            known[w].remove(&k);
-                            changes.push(gone(w, k));
-                        }
-                    }
-                    synced[w] = true;
-                }
-                Item::Failed(what, e) => {
-                    tracing::warn!(error = %e, "watching {what} for network policy failed; retrying");
-                }
+                synced[w] = true;
             }
         }
         let all = synced.iter().all(|s| *s);

@@ -1,0 +1,674 @@
+//! Pod sandboxes: one call creates a pod (network namespace, veth, IP, its
+//! containers) from a Kubernetes Pod spec and an assigned IP; one call
+//! removes all of it. A record per pod is written to disk *before* anything
+//! is created, so that after a crash [`Sandbox::recover`] can finish the
+//! cleanup, and [`Sandbox::sweep`] removes anything (namespace, veth,
+//! container) that no record accounts for.
+//!
+//! By concern: [`records`] (the records and the claims on addresses and
+//! names), [`files`] (resolv.conf, host name), [`cgroups`], and
+//! [`lifecycle`] (a running pod's sync: probes, restarts, back-off); this
+//! module creates and removes pods and recovers after a crash.
+
+mod cgroups;
+mod files;
+mod lifecycle;
+mod records;
+
+pub use cgroups::{cgroup_roots, cgroup_v2_root, remove_cgroups};
+pub use files::resolv_conf;
+pub use lifecycle::{BACKOFF_RESET, MAX_BACKOFF};
+pub use records::{Phase, PodRecord};
+
+use std::{
+    collections::HashSet,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnetwork::Ipv4Network;
+use k8s_openapi::api::core::v1::Pod;
+use weft_api::meta::{dns_label_error, dns_subdomain_error};
+
+use self::{
+    files::hostname_of,
+    lifecycle::Observed,
+    records::{Claim, name_key},
+};
+
+use crate::{
+    bpf::Datapath,
+    netlink::{Netlink, NetlinkError, VethAttachment, netns},
+    runtime::{CreateRequest, Runtime, RuntimeError},
+};
+
+/// Prefix of host-side pod veth names (`wft` + 12 hex digits of the UID).
+pub const POD_VETH_PREFIX: &str = "wft";
+
+/// Errors of the sandbox.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// The pod spec cannot be run.
+    #[error("pod {pod}: {field}: {reason}")]
+    InvalidPod {
+        /// namespace/name.
+        pod: String,
+        /// Field path.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// That pod (same UID, or same namespace/name) is already on the node.
+    #[error("pod {pod} already exists on this node (uid {uid})")]
+    DuplicatePod {
+        /// namespace/name.
+        pod: String,
+        /// The UID (and for a name clash, the existing pod).
+        uid: String,
+    },
+    /// The IP is not usable for a pod on this node.
+    #[error("address {ip} is not usable for a pod on this node: {reason}")]
+    BadAddress {
+        /// The address.
+        ip: Ipv4Addr,
+        /// Why.
+        reason: String,
+    },
+    /// No free address left in the node's block.
+    #[error("address block {block} of node {node} is exhausted")]
+    AddressBlockExhausted {
+        /// The block.
+        block: Ipv4Network,
+        /// The node.
+        node: String,
+    },
+    /// Networking failed.
+    #[error(transparent)]
+    Net(#[from] NetlinkError),
+    /// A container failed.
+    #[error("pod {pod}: container {container}: {source}")]
+    Container {
+        /// namespace/name of its pod.
+        pod: String,
+        /// Container name.
+        container: String,
+        /// Cause (boxed: runtime errors are large).
+        #[source]
+        source: Box<RuntimeError>,
+    },
+    /// The runtime failed outside any one container.
+    #[error(transparent)]
+    Runtime(Box<RuntimeError>),
+    /// eBPF attach failed.
+    #[error(transparent)]
+    Bpf(#[from] crate::bpf::BpfError),
+    /// State files.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The node facts a sandbox needs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Node name (cgroup and container ids use it).
+    pub node: String,
+    /// The node's network namespace (`None`: the agent's own).
+    pub node_netns: Option<String>,
+    /// Prefix of pod namespace names (the node's, so nodes never collide).
+    pub pod_netns_prefix: String,
+    /// The node's pod bridge.
+    pub bridge: String,
+    /// The node's pod block.
+    pub block: Ipv4Network,
+    /// Pod MTU.
+    pub mtu: u32,
+    /// Where pod records and per-pod files live.
+    pub state_dir: PathBuf,
+    /// DNS server pods are told to use (the node's gateway address).
+    pub dns: Ipv4Addr,
+    /// First restart back-off; it doubles per restart up to
+    /// [`MAX_BACKOFF`] (Kubernetes: 10 s).
+    pub restart_backoff: Duration,
+}
+
+impl NodeConfig {
+    /// The gateway address of the block (first host address).
+    #[must_use]
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.block.network()) + 1)
+    }
+}
+
+/// Host-side veth name for a pod UID: `wft` + 12 hex digits (15 bytes, IFNAMSIZ).
+#[must_use]
+pub fn veth_name(uid: &str) -> String {
+    let hex: String = uid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    format!("{POD_VETH_PREFIX}{hex}")
+}
+
+fn short_uid(uid: &str) -> String {
+    uid.chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect()
+}
+
+/// The pod sandbox manager of one node.
+pub struct Sandbox {
+    cfg: NodeConfig,
+    net: Netlink,
+    runtime: Runtime,
+    datapath: Option<std::sync::Mutex<Datapath>>,
+    /// What the node observes of each container between syncs (by runtime
+    /// id): probe counters, back-off. Rebuilt from scratch after a restart
+    /// of the agent, as kubelet's is.
+    observed: std::sync::Mutex<std::collections::HashMap<String, Observed>>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("node", &self.cfg.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let path = path.to_path_buf();
+    move |source| SandboxError::Io { op, path, source }
+}
+
+impl Sandbox {
+    /// Opens the node's sandbox manager. `datapath` attaches the eBPF
+    /// counters to every pod veth when given.
+    ///
+    /// # Errors
+    /// When the state directory or the node's namespace is unusable.
+    pub fn new(
+        cfg: NodeConfig,
+        runtime: Runtime,
+        datapath: Option<Datapath>,
+    ) -> Result<Self, SandboxError> {
+        for d in ["pods", "ips", "names"] {
+            let p = cfg.state_dir.join(d);
+            fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        let net = Netlink::open(cfg.node_netns.as_deref())?;
+        Ok(Self {
+            cfg,
+            net,
+            runtime,
+            datapath: datapath.map(std::sync::Mutex::new),
+            observed: Default::default(),
+        })
+    }
+
+    /// The node configuration.
+    #[must_use]
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// The runtime (for logs and exec).
+    #[must_use]
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Creates the pod with address `ip`: namespace, veth, resolv.conf and
+    /// hosts files, then every container, started in order. On failure
+    /// everything is removed and the error says what failed.
+    ///
+    /// # Errors
+    /// Bad spec, duplicate pod, unusable address, or the failing step.
+    pub async fn create_pod(&self, pod: &Pod, ip: Ipv4Addr) -> Result<PodRecord, SandboxError> {
+        let meta = &pod.metadata;
+        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = meta.name.clone().unwrap_or_default();
+        let full = format!("{namespace}/{name}");
+        let invalid = |field: &str, reason: &str| SandboxError::InvalidPod {
+            pod: full.clone(),
+            field: field.to_string(),
+            reason: reason.to_string(),
+        };
+        let uid = meta
+            .uid
+            .clone()
+            .filter(|u| short_uid(u).len() == 12)
+            .ok_or_else(|| {
+                invalid(
+                    "metadata.uid",
+                    "a UID with at least 12 hex digits is required",
+                )
+            })?;
+        if dns_subdomain_error(&name).is_some() {
+            return Err(invalid(
+                "metadata.name",
+                "must be a DNS subdomain: 1-253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+            ));
+        }
+        if dns_label_error(&namespace).is_some() {
+            return Err(invalid(
+                "metadata.namespace",
+                "must be a DNS label: 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit",
+            ));
+        }
+        let spec = pod
+            .spec
+            .as_ref()
+            .ok_or_else(|| invalid("spec", "required"))?;
+        if spec.containers.is_empty() {
+            return Err(invalid(
+                "spec.containers",
+                "at least one container is required",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, c) in spec.containers.iter().enumerate() {
+            if c.name.is_empty()
+                || c.name.len() > 63
+                || !c
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(invalid(
+                    &format!("spec.containers[{i}].name"),
+                    "1-63 lowercase letters, digits or '-'",
+                ));
+            }
+            if !seen.insert(&c.name) {
+                return Err(invalid(
+                    &format!("spec.containers[{i}].name"),
+                    "duplicate container name",
+                ));
+            }
+            if c.image.as_deref().unwrap_or_default().is_empty() {
+                return Err(invalid(&format!("spec.containers[{i}].image"), "required"));
+            }
+        }
+        if self.record_path(&uid).exists() {
+            let other = self.load_record(&uid)?;
+            return Err(if other.uid == uid {
+                SandboxError::DuplicatePod { pod: full, uid }
+            } else {
+                SandboxError::InvalidPod {
+                    pod: full,
+                    field: "metadata.uid".into(),
+                    reason: format!(
+                        "its first 12 hex digits are those of pod {}/{} (uid {}); node-local names derive from them",
+                        other.namespace, other.name, other.uid
+                    ),
+                }
+            });
+        }
+        self.check_ip_range(ip)?;
+        // Images are made present (pulled if need be) before anything is
+        // made, so a missing image leaves nothing behind and says so.
+        for c in &spec.containers {
+            let c2 = c.clone();
+            self.runtime_call(&full, &c.name, move |rt| rt.ensure_image(&c2))
+                .await?;
+        }
+        let su = short_uid(&uid);
+        let mut rec = PodRecord {
+            uid: uid.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            netns: format!("{}{su}", self.cfg.pod_netns_prefix),
+            host_veth: veth_name(&uid),
+            ip,
+            containers: spec
+                .containers
+                .iter()
+                .map(|c| (c.name.clone(), format!("{}-{su}-{}", self.cfg.node, c.name)))
+                .collect(),
+            phase: Phase::Creating,
+            restarts: Default::default(),
+        };
+        // One pod per namespace/name on a node, whatever its UID.
+        let key = name_key(&namespace, &name);
+        self.claim("names", &key, &uid, "claim pod name")
+            .map_err(|c| match c {
+                Claim::Taken(who) => SandboxError::DuplicatePod {
+                    pod: full.clone(),
+                    uid: who,
+                },
+                Claim::Failed(e) => e,
+            })?;
+        if let Err(e) = self.claim_ip(ip, &uid) {
+            self.release("names", &key, &uid);
+            return Err(e);
+        }
+        if let Err(e) = self.save(&rec) {
+            self.release("ips", &ip.to_string(), &uid);
+            self.release("names", &key, &uid);
+            return Err(e);
+        }
+        match self.build(pod, &rec).await {
+            Ok(()) => {
+                rec.phase = Phase::Ready;
+                self.save(&rec)?;
+                Ok(rec)
+            }
+            Err(e) => {
+                let _ = self.remove_record(&rec, Duration::ZERO).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(&self, pod: &Pod, rec: &PodRecord) -> Result<(), SandboxError> {
+        netns::ensure(&rec.netns)?;
+        self.net
+            .attach_veth(&VethAttachment {
+                host_veth: rec.host_veth.clone(),
+                netns: rec.netns.clone(),
+                bridge: self.cfg.bridge.clone(),
+                address: Ipv4Network::new(rec.ip, self.cfg.block.prefix()).expect("block prefix"),
+                gateway: Some(self.cfg.gateway()),
+                mtu: self.cfg.mtu,
+            })
+            .await?;
+        if let Some(dp) = &self.datapath {
+            dp.lock()
+                .expect("datapath lock")
+                .attach_pod(&rec.host_veth)?;
+        }
+        let dir = self.pod_dir(&rec.uid);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let resolv = dir.join("resolv.conf");
+        let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        fs::write(
+            &resolv,
+            resolv_conf(pod, &rec.namespace, self.cfg.dns, &host),
+        )
+        .map_err(io_err("write", &resolv))?;
+        let hosts = dir.join("hosts");
+        fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+                rec.ip,
+                hostname_of(&rec.name)
+            ),
+        )
+        .map_err(io_err("write", &hosts))?;
+        let hostname = dir.join("hostname");
+        fs::write(&hostname, format!("{}\n", hostname_of(&rec.name)))
+            .map_err(io_err("write", &hostname))?;
+        let pod_json = dir.join("pod.json");
+        fs::write(
+            &pod_json,
+            serde_json::to_vec(pod).expect("a Pod serializes"),
+        )
+        .map_err(io_err("write", &pod_json))?;
+        let spec = pod.spec.as_ref().expect("checked");
+        for (c, (_, id)) in spec.containers.iter().zip(&rec.containers) {
+            self.start_container(rec, c, id).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a blocking runtime call (runc, the shim handshake, a pull) off
+    /// the async workers; its error is reported as the container's.
+    async fn runtime_call<T: Send + 'static>(
+        &self,
+        pod: &str,
+        container: &str,
+        f: impl FnOnce(Runtime) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let rt = self.runtime.clone();
+        tokio::task::spawn_blocking(move || f(rt))
+            .await
+            .expect("runtime task panicked")
+            .map_err(|source| SandboxError::Container {
+                pod: pod.to_string(),
+                container: container.to_string(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Creates and starts one container of the pod (also used for restarts).
+    async fn start_container(
+        &self,
+        rec: &PodRecord,
+        c: &k8s_openapi::api::core::v1::Container,
+        id: &str,
+    ) -> Result<(), SandboxError> {
+        let dir = self.pod_dir(&rec.uid);
+        let container = c.clone();
+        let id = id.to_string();
+        let netns_path = netns::path(&rec.netns);
+        let hostname = hostname_of(&rec.name);
+        let cgroups_path = format!("/weft/{}/{}/{}", self.cfg.node, short_uid(&rec.uid), c.name);
+        let files = ["resolv.conf", "hosts", "hostname"]
+            .iter()
+            .map(|f| (dir.join(f), format!("/etc/{f}")))
+            .collect();
+        let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
+        let log = Some(self.log_path(&rec.uid, &c.name, restarts));
+        self.runtime_call(&pod_name(rec), &c.name, move |rt| {
+            let req = CreateRequest {
+                id: &id,
+                container: &container,
+                netns_path,
+                hostname,
+                cgroups_path,
+                files,
+                log,
+            };
+            rt.run(&req).map(drop)
+        })
+        .await
+    }
+
+    /// Removes the pod of that UID: containers (SIGTERM, then SIGKILL after
+    /// `grace`), veth, namespace, cgroups, files and record. Idempotent.
+    ///
+    /// # Errors
+    /// When a step fails; the record stays so that a retry finishes the job.
+    pub async fn remove_pod(&self, uid: &str, grace: Duration) -> Result<(), SandboxError> {
+        if !self.record_path(uid).exists() {
+            return Ok(());
+        }
+        let rec = self.load_record(uid)?;
+        self.remove_record(&rec, grace).await
+    }
+
+    async fn remove_record(&self, rec: &PodRecord, grace: Duration) -> Result<(), SandboxError> {
+        // Say so on disk first, so that a crash half-way is finished by
+        // `recover` instead of leaving a pod that is neither here nor gone.
+        if rec.phase != Phase::Removing && self.record_path(&rec.uid).exists() {
+            self.save(&PodRecord {
+                phase: Phase::Removing,
+                ..rec.clone()
+            })?;
+        }
+        for (name, id) in &rec.containers {
+            let id2 = id.clone();
+            self.runtime_call(&pod_name(rec), name, move |rt| {
+                if rt.state(&id2).is_ok() {
+                    let _ = rt.stop(&id2, grace);
+                }
+                rt.delete(&id2)
+            })
+            .await?;
+            self.observed.lock().expect("observed lock").remove(id);
+        }
+        let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
+        if let Some(dp) = &self.datapath {
+            dp.lock()
+                .expect("datapath lock")
+                .detach_pod(&rec.host_veth, ifindex);
+        }
+        self.net.detach_veth(&rec.host_veth).await?;
+        netns::delete(&rec.netns)?;
+        remove_cgroups(&format!("weft/{}/{}", self.cfg.node, short_uid(&rec.uid)));
+        let dir = self.pod_dir(&rec.uid);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        }
+        self.release("ips", &rec.ip.to_string(), &rec.uid);
+        self.release("names", &name_key(&rec.namespace, &rec.name), &rec.uid);
+        match fs::remove_file(self.record_path(&rec.uid)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SandboxError::Io {
+                op: "remove record",
+                path: self.record_path(&rec.uid),
+                source: e,
+            }),
+        }
+    }
+
+    /// Attaches this agent's programs to every recorded pod's veth,
+    /// replacing those an earlier agent left in place.
+    ///
+    /// # Errors
+    /// When attaching fails.
+    pub fn reattach(&self) -> Result<(), SandboxError> {
+        let Some(dp) = &self.datapath else {
+            return Ok(());
+        };
+        let mut dp = dp.lock().expect("datapath lock");
+        for r in self.records()? {
+            dp.attach_pod(&r.host_veth)?;
+        }
+        Ok(())
+    }
+
+    /// Rolls back pods whose creation was interrupted and finishes removals
+    /// that were. Returns their UIDs.
+    ///
+    /// # Errors
+    /// When a rollback step fails.
+    pub async fn recover(&self) -> Result<Vec<String>, SandboxError> {
+        let mut out = Vec::new();
+        for r in self.records()? {
+            if r.phase != Phase::Ready {
+                self.remove_record(&r, Duration::ZERO).await?;
+                out.push(r.uid);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes what no pod record accounts for: pod namespaces of this node,
+    /// `wft*` veths on the node and containers in the runtime's state.
+    /// Returns what it removed.
+    ///
+    /// # Errors
+    /// When listing or removing fails.
+    pub async fn sweep(&self) -> Result<Vec<String>, SandboxError> {
+        let recs = self.records()?;
+        let mut removed = Vec::new();
+        let ids: HashSet<&str> = recs
+            .iter()
+            .flat_map(|r| r.containers.iter().map(|(_, id)| id.as_str()))
+            .collect();
+        for id in self
+            .runtime
+            .list()
+            .map_err(|e| SandboxError::Runtime(Box::new(e)))?
+        {
+            if !ids.contains(id.as_str()) {
+                let rt = self.runtime.clone();
+                let id2 = id.clone();
+                let _ = tokio::task::spawn_blocking(move || rt.delete(&id2)).await;
+                removed.push(format!("container {id}"));
+            }
+        }
+        let veths: HashSet<&str> = recs.iter().map(|r| r.host_veth.as_str()).collect();
+        for l in self.net.links().await? {
+            if l.kind == "veth"
+                && l.name.starts_with(POD_VETH_PREFIX)
+                && !veths.contains(l.name.as_str())
+            {
+                self.net.detach_veth(&l.name).await?;
+                removed.push(format!("veth {}", l.name));
+            }
+        }
+        let nss: HashSet<&str> = recs.iter().map(|r| r.netns.as_str()).collect();
+        for n in netns::list()? {
+            if n.starts_with(&self.cfg.pod_netns_prefix) && !nss.contains(n.as_str()) {
+                netns::delete(&n)?;
+                removed.push(format!("netns {n}"));
+            }
+        }
+        let uids: HashSet<&str> = recs.iter().map(|r| r.uid.as_str()).collect();
+        for kind in ["ips", "names"] {
+            let d = self.cfg.state_dir.join(kind);
+            for e in fs::read_dir(&d).map_err(io_err("read", &d))?.flatten() {
+                let owner = fs::read_to_string(e.path()).unwrap_or_default();
+                if !uids.contains(owner.trim()) {
+                    let _ = fs::remove_file(e.path());
+                    removed.push(format!("{kind} claim {}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        let dir = self.cfg.state_dir.join("pods");
+        let known: HashSet<String> = recs.iter().map(|r| short_uid(&r.uid)).collect();
+        for e in fs::read_dir(&dir).map_err(io_err("read", &dir))?.flatten() {
+            let p = e.path();
+            if p.is_dir() && !known.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = fs::remove_dir_all(&p);
+                removed.push(format!("files {}", p.display()));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every pod of the node (node teardown).
+    ///
+    /// # Errors
+    /// When a removal fails.
+    pub async fn remove_all(&self, grace: Duration) -> Result<(), SandboxError> {
+        for r in self.records()? {
+            self.remove_record(&r, grace).await?;
+        }
+        self.sweep().await?;
+        remove_cgroups(&format!("weft/{}", self.cfg.node));
+        Ok(())
+    }
+
+    /// eBPF counters of a pod's veth.
+    ///
+    /// # Errors
+    /// When the datapath is off or the map unreadable.
+    pub async fn counters(&self, uid: &str) -> Result<weft_common::IfCounters, SandboxError> {
+        let host_veth = veth_name(uid);
+        let idx = self
+            .net
+            .link(&host_veth)
+            .await?
+            .ok_or_else(|| NetlinkError::NotFound {
+                what: "interface",
+                name: host_veth.clone(),
+            })?
+            .index;
+        match &self.datapath {
+            Some(dp) => Ok(dp.lock().expect("datapath lock").counters(idx)?),
+            None => Ok(weft_common::IfCounters::default()),
+        }
+    }
+}
+
+fn pod_name(rec: &PodRecord) -> String {
+    format!("{}/{}", rec.namespace, rec.name)
+}
