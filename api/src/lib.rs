@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod client;
+pub mod conditions;
 pub mod debug;
 pub mod error;
 pub mod meta;

@@ -63,6 +63,23 @@ pub fn now_rfc3339() -> String {
     format_rfc3339(std::time::SystemTime::now())
 }
 
+/// Now as an object timestamp (whole seconds, as they are stored).
+pub fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    time_at(std::time::SystemTime::now())
+}
+
+/// An instant as an object timestamp (whole seconds, as they are stored).
+pub fn time_at(t: std::time::SystemTime) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(secs)
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
 /// An instant as `2006-01-02T15:04:05Z`.
 pub fn format_rfc3339(t: std::time::SystemTime) -> String {
     let secs = t

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
 
 /// Whether the pod's Ready condition is True (what Services and
 /// ReplicaSets count).
@@ -42,6 +42,39 @@ pub fn own_address(pod: &Pod) -> Option<Ipv4Addr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
 }
 
+/// Sets the pod condition `kind`, keeping its lastTransitionTime when its
+/// status does not change (what the scheduler and the agent both do).
+pub fn set_condition(
+    pod: &mut Pod,
+    kind: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+) {
+    let conditions = pod
+        .status
+        .get_or_insert_with(Default::default)
+        .conditions
+        .get_or_insert_with(Vec::new);
+    crate::conditions::set(
+        conditions,
+        PodCondition {
+            type_: kind.to_string(),
+            status: status.to_string(),
+            reason: reason.map(String::from),
+            message: message.map(String::from),
+            last_transition_time: Some(crate::meta::now_time()),
+            ..PodCondition::default()
+        },
+    );
+}
+
+/// The pod's condition `kind`, if it has one.
+#[must_use]
+pub fn condition<'a>(pod: &'a Pod, kind: &str) -> Option<&'a PodCondition> {
+    crate::conditions::find(pod.status.as_ref()?.conditions.as_deref()?, kind)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +109,45 @@ mod tests {
             "status": {"phase": "Running", "podIP": "192.0.2.2"},
         }));
         assert_eq!(own_address(&host), None);
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_stays() {
+        let mut p = pod(json!({"metadata": {"name": "a"}, "spec": {"containers": []}}));
+        set_condition(
+            &mut p,
+            "PodScheduled",
+            "False",
+            Some("Unschedulable"),
+            Some("no"),
+        );
+        let first = condition(&p, "PodScheduled").cloned().expect("set");
+        let old = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        );
+        p.status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+            .expect("conditions")[0]
+            .last_transition_time = Some(old.clone());
+        set_condition(
+            &mut p,
+            "PodScheduled",
+            "False",
+            Some("Unschedulable"),
+            Some("still no"),
+        );
+        let c = condition(&p, "PodScheduled").expect("set");
+        assert_eq!(
+            c.last_transition_time,
+            Some(old.clone()),
+            "same status: kept"
+        );
+        assert_eq!(c.message.as_deref(), Some("still no"));
+        set_condition(&mut p, "PodScheduled", "True", None, None);
+        let c = condition(&p, "PodScheduled").expect("set");
+        assert_ne!(c.last_transition_time, Some(old), "a transition");
+        assert_eq!(c.reason, None);
+        assert_eq!(first.type_, "PodScheduled");
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use base64::Engine;
+use k8s_openapi::api::core::v1::Namespace;
 use serde_json::json;
-use weft_api::resources;
 
 use crate::apiserver::{self, ApiState, auth::Tokens, tls};
 use crate::cache::Cache;
@@ -157,11 +157,11 @@ pub fn write_kubeconfig_as(
 
 /// Creates the namespaces every cluster has.
 pub async fn bootstrap(registry: &Registry) -> Result<()> {
-    let namespaces = resources::by_path("", "v1", "namespaces").expect("served");
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        if registry.get_raw(namespaces, None, ns).await?.is_none() {
-            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match registry.create(namespaces, None, obj).await {
+        if registry.find::<Namespace>(None, ns).await?.is_none() {
+            let mut obj = Namespace::default();
+            obj.metadata.name = Some(ns.to_string());
+            match registry.create(None, obj).await {
                 Ok(_) => {}
                 Err(e) if e.code == 409 => {}
                 Err(e) => return Err(e.into()),
@@ -182,7 +182,8 @@ pub struct Started {
 
 /// Everything before serving: store, PKI, tokens, kubeconfig, namespaces.
 pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
-    crate::ipam::configure(cfg.cluster_cidr, cfg.service_cidr).map_err(anyhow::Error::msg)?;
+    let ipam =
+        crate::ipam::Ipam::new(cfg.cluster_cidr, cfg.service_cidr).map_err(anyhow::Error::msg)?;
     let store = open_store(cfg).await?;
     let mut sans = cfg.extra_sans.clone();
     if let Some(ip) = cfg.advertise {
@@ -197,7 +198,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
     let admin_token = tokens
         .admin_token()
         .context("the token file has no admin token")?;
-    let registry = Registry::new(store);
+    let registry = Registry::new(store, ipam);
     bootstrap(&registry)
         .await
         .context("create the built-in namespaces")?;

@@ -504,35 +504,26 @@ fn pod_status(
     };
     let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
     let now = weft_now();
-    let old_conditions = old.conditions.clone().unwrap_or_default();
-    let condition = |t: &str, ok: bool, reason: Option<&str>| {
-        let st = if ok { "True" } else { "False" };
-        let since = old_conditions
-            .iter()
-            .find(|c| c.type_ == t && c.status == st)
-            .and_then(|c| c.last_transition_time.as_ref())
-            .map_or_else(|| json!(now), |t| json!(t));
-        let mut c = json!({"type": t, "status": st, "lastTransitionTime": since});
-        if let Some(r) = reason {
-            c["reason"] = json!(r);
-        }
-        c
-    };
+    // The conditions the agent owns, by the API's one rule: a transition
+    // time moves only with the status.
     let not_ready = (!all_ready).then_some("ContainersNotReady");
-    let mut conditions: Vec<Value> = old_conditions
-        .iter()
-        .filter(|c| {
-            !matches!(
-                c.type_.as_str(),
-                "Initialized" | "ContainersReady" | "Ready" | "PodReadyToStartContainers"
-            )
-        })
-        .map(|c| serde_json::to_value(c).unwrap_or_default())
-        .collect();
-    conditions.push(condition("PodReadyToStartContainers", ip.is_some(), None));
-    conditions.push(condition("Initialized", true, None));
-    conditions.push(condition("ContainersReady", all_ready, not_ready));
-    conditions.push(condition("Ready", all_ready, not_ready));
+    let mut scratch = Pod {
+        status: Some(old.clone()),
+        ..Pod::default()
+    };
+    let status_of = |ok: bool| if ok { "True" } else { "False" };
+    for (t, ok, reason) in [
+        ("PodReadyToStartContainers", ip.is_some(), None),
+        ("Initialized", true, None),
+        ("ContainersReady", all_ready, not_ready),
+        ("Ready", all_ready, not_ready),
+    ] {
+        weft_api::pod::set_condition(&mut scratch, t, status_of(ok), reason, None);
+    }
+    let conditions = scratch
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default();
     let start_time = old
         .start_time
         .as_ref()

@@ -7,7 +7,10 @@ use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use ipnetwork::Ipv4Network;
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node as NodeObject};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node as NodeObject, NodeCondition},
+};
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -149,8 +152,8 @@ fn node_status(
             pressure("MemoryPressure", "KubeletHasSufficientMemory", "weft agent has sufficient memory available"),
             pressure("DiskPressure", "KubeletHasNoDiskPressure", "weft agent has no disk pressure"),
             pressure("PIDPressure", "KubeletHasSufficientPID", "weft agent has sufficient PID available"),
-            lb_condition(lb, &now),
-            map_condition(POLICY_CONDITION, policy, &now),
+            map_condition(LB_CONDITION, lb),
+            map_condition(POLICY_CONDITION, policy),
             ready,
         ],
         "nodeInfo": node_info(),
@@ -158,9 +161,9 @@ fn node_status(
     })
 }
 
-/// The Node condition saying whether the load-balancer's maps hold every
-/// Service frontend (`False`) or some were left out for want of room.
-/// A Node condition the agent keeps for what its maps could not take.
+/// A Node condition the agent keeps for what its maps could not take: the
+/// load-balancer's (every Service frontend in its maps is `False`) or the
+/// policy engine's.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MapCondition {
     /// The condition's type.
@@ -187,29 +190,33 @@ pub(crate) const POLICY_CONDITION: MapCondition = MapCondition {
     reason: "PolicyProblem",
 };
 
-fn lb_condition(problems: &BTreeMap<String, String>, now: &str) -> Value {
-    map_condition(LB_CONDITION, problems, now)
-}
-
-fn map_condition(c: MapCondition, problems: &BTreeMap<String, String>, now: &str) -> Value {
-    if problems.is_empty() {
-        return json!({"type": c.kind, "status": "False", "reason": "MapsHaveRoom",
-            "message": c.ok,
-            "lastHeartbeatTime": now, "lastTransitionTime": now});
-    }
-    let mut msg = format!("{} {}: ", problems.len(), c.what);
-    for (i, (what, why)) in problems.iter().enumerate() {
-        if i == 3 {
-            msg.push_str("; ...");
-            break;
+/// The condition `c` says for these `problems` (none: all is well).
+fn map_condition(c: MapCondition, problems: &BTreeMap<String, String>) -> NodeCondition {
+    let now = Some(weft_api::meta::now_time());
+    let (status, reason, message) = if problems.is_empty() {
+        ("False", "MapsHaveRoom", c.ok.to_string())
+    } else {
+        let mut msg = format!("{} {}: ", problems.len(), c.what);
+        for (i, (what, why)) in problems.iter().enumerate() {
+            if i == 3 {
+                msg.push_str("; ...");
+                break;
+            }
+            if i > 0 {
+                msg.push_str("; ");
+            }
+            msg.push_str(&format!("{what}: {why}"));
         }
-        if i > 0 {
-            msg.push_str("; ");
-        }
-        msg.push_str(&format!("{what}: {why}"));
+        ("True", c.reason, msg)
+    };
+    NodeCondition {
+        type_: c.kind.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message),
+        last_heartbeat_time: now.clone(),
+        last_transition_time: now,
     }
-    json!({"type": c.kind, "status": "True", "reason": c.reason, "message": msg,
-        "lastHeartbeatTime": now, "lastTransitionTime": now})
 }
 
 fn lb_problems(node: &Node) -> BTreeMap<String, String> {
@@ -264,21 +271,12 @@ async fn set_condition(
         .get(name)
         .await
         .map_err(|e| anyhow::anyhow!(describe(&e)))?;
-    let now = weft_now();
-    let want = map_condition(c, problems, &now);
-    let mut conditions: Vec<Value> = current
+    let mut conditions = current
         .status
         .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|c| serde_json::to_value(c).ok())
-        .collect();
-    match conditions.iter_mut().find(|x| x["type"] == c.kind) {
-        Some(c) if c["status"] == want["status"] && c["message"] == want["message"] => {
-            return Ok(());
-        }
-        Some(c) => *c = want,
-        None => conditions.push(want),
+        .unwrap_or_default();
+    if !weft_api::conditions::set(&mut conditions, map_condition(c, problems)) {
+        return Ok(());
     }
     nodes
         .patch_status(

@@ -24,10 +24,9 @@ use serde_json::{Value, json};
 use weft_api::error::ApiError;
 use weft_api::resources::{self, Resource};
 use weft_api::selector::{FieldSelector, LabelSelector};
-use weft_api::validate::decode_object;
+use weft_api::validate::{FieldValidation, decode_object};
 
-use crate::ipam;
-use crate::registry::{Registry, Write, parse_rv};
+use crate::registry::{Registry, Write, kind_of, parse_rv};
 use auth::{Attributes, Decision, Tokens, User};
 
 /// Kubernetes' limit on a request body.
@@ -284,46 +283,6 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     }
 }
 
-/// Unknown fields: refused with fieldValidation=Strict, warned about
-/// otherwise (Kubernetes' default is Warn), silent with Ignore.
-fn field_validation(
-    query: &Query,
-    kind: &str,
-    unknown: &[String],
-) -> Result<Vec<String>, ApiError> {
-    if unknown.is_empty() {
-        return Ok(Vec::new());
-    }
-    match query.get("fieldValidation").unwrap_or("Warn") {
-        "Strict" => {
-            let list = unknown
-                .iter()
-                .map(|u| format!("unknown field \"{u}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut e = ApiError::bad_request(format!("strict decoding error: {list}"));
-            e.kind = Some(kind.to_string());
-            e.causes = unknown
-                .iter()
-                .map(|u| weft_api::Cause {
-                    reason: "FieldValueInvalid",
-                    message: format!("unknown field \"{u}\""),
-                    field: u.clone(),
-                })
-                .collect();
-            Err(e)
-        }
-        "Ignore" => Ok(Vec::new()),
-        "Warn" => Ok(unknown
-            .iter()
-            .map(|u| format!("unknown field \"{u}\""))
-            .collect()),
-        other => Err(ApiError::bad_request(format!(
-            "fieldValidation must be one of Ignore, Warn or Strict, not \"{other}\""
-        ))),
-    }
-}
-
 fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
@@ -423,7 +382,12 @@ async fn dispatch(
         Decision::Deny(msg) => return Err(ApiError::forbidden(msg)),
         Decision::IfPodOnNode(node) => {
             let name = target.name.as_deref().unwrap_or_default();
-            let pod = st.registry.get(res, target.ns.as_deref(), name).await?;
+            let pod = st
+                .registry
+                .get_json(res, target.ns.as_deref(), name)
+                .await?
+                .map(|(p, _)| p)
+                .ok_or_else(|| ApiError::not_found(res.plural, res.group, name))?;
             if pod["spec"]["nodeName"].as_str() != Some(node.as_str()) {
                 return Err(ApiError::forbidden(format!(
                     "node \"{node}\" can only change pods bound to it; pod \"{name}\" is not"
@@ -433,14 +397,20 @@ async fn dispatch(
     }
     let ns = target.ns.as_deref();
     let table = wants_table(headers);
+    let fv = FieldValidation::parse(query.get("fieldValidation"))?;
+    let kind = kind_of(res);
+    let get = |name: String| async move {
+        st.registry
+            .get_json(res, ns, &name)
+            .await?
+            .map(|(o, _)| o)
+            .ok_or_else(|| ApiError::not_found(res.plural, res.group, &name))
+    };
     match (verb, target.sub.as_deref()) {
         ("watch", None) => watch::serve(st, res, ns, &query, table).await,
         ("list", None) => list(st, res, ns, &query, table).await,
         ("get", None | Some("status")) => {
-            let obj = st
-                .registry
-                .get(res, ns, target.name.as_deref().unwrap_or_default())
-                .await?;
+            let obj = get(target.name.clone().unwrap_or_default()).await?;
             if table {
                 return Ok(json_response(
                     200,
@@ -455,27 +425,27 @@ async fn dispatch(
             Ok(json_response(200, &obj))
         }
         ("get", Some("scale")) => {
-            let obj = st
-                .registry
-                .get(res, ns, target.name.as_deref().unwrap_or_default())
-                .await?;
+            let obj = get(target.name.clone().unwrap_or_default()).await?;
             Ok(json_response(200, &scale_of(&obj)))
         }
         ("create", None) if target.name.is_none() => {
-            let decoded =
-                decode_object(&res.api_version(), res.kind, parse_body(headers, &bytes)?)?;
-            let warnings = field_validation(&query, res.kind, &decoded.unknown)?;
-            auth::check_body_name(&user, res.plural, crate::registry::name_of(&decoded.object))?;
+            let body = parse_body(headers, &bytes)?;
+            auth::check_body_name(
+                &user,
+                res.plural,
+                body["metadata"]["name"].as_str().unwrap_or_default(),
+            )?;
             let reg = registry_for(st, &query)?;
-            let created = reg.create(res, ns, decoded.object).await?;
+            let (created, warnings) = kind.create(&reg, ns, body, fv).await?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }
         ("create", Some("binding")) => {
-            let decoded = decode_object("v1", "Binding", parse_body(headers, &bytes)?)?;
-            let node = decoded.object["target"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let decoded = decode_object::<k8s_openapi::api::core::v1::Binding>(
+                "v1",
+                "Binding",
+                parse_body(headers, &bytes)?,
+            )?;
+            let node = decoded.object.target.name.clone().unwrap_or_default();
             if node.is_empty() {
                 return Err(ApiError::invalid(
                     "Binding",
@@ -484,13 +454,13 @@ async fn dispatch(
                     vec![weft_api::Cause::required("target.name")],
                 ));
             }
-            ipam::bind(
-                &st.registry,
-                ns.unwrap_or("default"),
-                target.name.as_deref().unwrap_or_default(),
-                &node,
-            )
-            .await?;
+            st.registry
+                .bind(
+                    ns.unwrap_or("default"),
+                    target.name.as_deref().unwrap_or_default(),
+                    &node,
+                )
+                .await?;
             Ok(json_response(
                 201,
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -498,16 +468,14 @@ async fn dispatch(
         }
         ("update", None | Some("status")) => {
             let name = target.name.as_deref().unwrap_or_default();
-            let decoded =
-                decode_object(&res.api_version(), res.kind, parse_body(headers, &bytes)?)?;
-            let warnings = field_validation(&query, res.kind, &decoded.unknown)?;
             let reg = registry_for(st, &query)?;
             let write = if target.sub.is_some() {
                 Write::Status
             } else {
                 Write::Update
             };
-            let updated = reg.update(res, ns, name, decoded.object, write).await?;
+            let body = parse_body(headers, &bytes)?;
+            let (updated, warnings) = kind.update(&reg, ns, name, body, write, fv).await?;
             Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         ("update", Some("scale")) | ("patch", Some("scale")) => {
@@ -515,8 +483,8 @@ async fn dispatch(
             let reg = registry_for(st, &query)?;
             let is_patch = verb == "patch";
             let ct = content_type(headers);
-            let updated = reg
-                .modify(res, ns, &name, Write::Update, |obj| {
+            let (updated, _) = kind
+                .modify(&reg, ns, &name, Write::Update, fv, &mut |obj| {
                     let mut scale = scale_of(&obj);
                     let current_rv = scale["metadata"]["resourceVersion"].clone();
                     if is_patch {
@@ -551,14 +519,11 @@ async fn dispatch(
             } else {
                 Write::Update
             };
-            let mut warnings = Vec::new();
-            let updated = reg
-                .modify(res, ns, &name, write, |obj| {
+            let (updated, warnings) = kind
+                .modify(&reg, ns, &name, write, fv, &mut |obj| {
                     let mut patched = obj;
                     patch::apply(&ct, &mut patched, &bytes)?;
-                    let decoded = decode_object(&res.api_version(), res.kind, patched)?;
-                    warnings = field_validation(&query, res.kind, &decoded.unknown)?;
-                    Ok(decoded.object)
+                    Ok(patched)
                 })
                 .await?;
             Ok(with_warnings(json_response(200, &updated), &warnings))
@@ -579,10 +544,12 @@ async fn dispatch(
             if policy.as_deref() == Some("Orphan") && !reg.dry_run {
                 // Orphan: the dependents lose their reference to it first,
                 // so the garbage collector leaves them alone.
-                let owner = reg.get(res, ns, name).await?;
-                reg.orphan_dependents(&owner).await?;
+                let owner = get(name.to_string()).await?;
+                let owner_ns = owner["metadata"]["namespace"].as_str();
+                let owner_uid = owner["metadata"]["uid"].as_str().unwrap_or_default();
+                reg.orphan_dependents(owner_ns, owner_uid).await?;
             }
-            let deleted = reg.delete_with(res, ns, name, (uid, rv), grace).await?;
+            let deleted = kind.delete(&reg, ns, name, (uid, rv), grace).await?;
             Ok(json_response(200, &deleted))
         }
         ("deletecollection", None) => {
@@ -590,13 +557,14 @@ async fn dispatch(
             let (items, _) = selected(st, res, ns, &query).await?;
             let mut deleted = Vec::new();
             for obj in items {
-                let name = crate::registry::name_of(&obj).to_string();
-                match reg
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                match kind
                     .delete(
-                        res,
-                        crate::registry::namespace_of(&obj),
-                        &name,
+                        &reg,
+                        obj["metadata"]["namespace"].as_str(),
+                        name,
                         (None, None),
+                        None,
                     )
                     .await
                 {
@@ -772,13 +740,13 @@ async fn selected(
             .revision()
             .await
             .map_err(crate::registry::store_error)?;
-        let items = match st.registry.get_raw(res, ns, name).await? {
+        let items = match st.registry.get_json(res, ns, name).await? {
             Some((obj, _)) if sel.matches(&obj) => vec![obj],
             _ => Vec::new(),
         };
         return Ok((items, rev));
     }
-    st.registry.list(res, ns, |o| sel.matches(o)).await
+    st.registry.list_json(res, ns, |o| sel.matches(o)).await
 }
 
 async fn list(

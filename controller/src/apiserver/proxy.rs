@@ -27,8 +27,8 @@ use sha2::Digest as _;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 
 use super::{ApiState, Query};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use weft_api::error::ApiError;
-use weft_api::resources;
 
 /// The Node annotation holding the hex SHA-256 of the agent's certificate.
 pub const CERT_ANNOTATION: &str = "weft.dev/serving-cert-sha256";
@@ -110,21 +110,22 @@ struct Agent {
 }
 
 async fn agent(st: &ApiState, node: &str) -> Result<Agent, ApiError> {
-    let obj = st
-        .registry
-        .get(resources::by_name("nodes").expect("nodes"), None, node)
-        .await?;
-    let ip = obj["status"]["addresses"]
-        .as_array()
-        .and_then(|a| a.iter().find(|x| x["type"] == "InternalIP"))
-        .and_then(|x| x["address"].as_str())
-        .ok_or_else(|| ApiError::unavailable(format!("node {node} has no InternalIP")))?
-        .to_string();
-    let port = obj["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
-        .as_u64()
-        .unwrap_or(10250);
-    let sha256 = obj["metadata"]["annotations"][CERT_ANNOTATION]
-        .as_str()
+    let obj: Node = st.registry.get(None, node).await?;
+    let status = obj.status.as_ref();
+    let ip = status
+        .and_then(|s| s.addresses.as_ref())
+        .and_then(|a| a.iter().find(|x| x.type_ == "InternalIP"))
+        .map(|x| x.address.clone())
+        .ok_or_else(|| ApiError::unavailable(format!("node {node} has no InternalIP")))?;
+    let port = status
+        .and_then(|s| s.daemon_endpoints.as_ref())
+        .and_then(|d| d.kubelet_endpoint.as_ref())
+        .map_or(10250, |k| k.port);
+    let sha256 = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CERT_ANNOTATION))
         .ok_or_else(|| {
             ApiError::unavailable(format!(
                 "node {node} has not published its agent's certificate ({CERT_ANNOTATION})"
@@ -160,23 +161,14 @@ async fn pod_target(
     name: &str,
     query: &Query,
 ) -> Result<(String, String), ApiError> {
-    let pod = st
-        .registry
-        .get(resources::by_name("pods").expect("pods"), Some(ns), name)
-        .await?;
-    let node = pod["spec"]["nodeName"]
-        .as_str()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "pod {name} is not scheduled to a node yet; it has no logs and nothing to exec in"
-            ))
-        })?
-        .to_string();
-    let names: Vec<&str> = pod["spec"]["containers"]
-        .as_array()
-        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
-        .unwrap_or_default();
+    let pod: Pod = st.registry.get(Some(ns), name).await?;
+    let spec = pod.spec.unwrap_or_default();
+    let node = spec.node_name.filter(|n| !n.is_empty()).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "pod {name} is not scheduled to a node yet; it has no logs and nothing to exec in"
+        ))
+    })?;
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
     let container = match query.get("container") {
         Some(c) if names.contains(&c) => c.to_string(),
         Some(c) => {

@@ -83,7 +83,7 @@ pub(super) async fn serve(
     };
     let (initial, start) = match rv {
         Some(rv) => (Vec::new(), rv),
-        None => st.registry.list(res, ns, |o| sel.matches(o)).await?,
+        None => st.registry.list_json(res, ns, |o| sel.matches(o)).await?,
     };
     let opened = st.hub.watch(&prefix, start).await;
     let every = st.bookmark_every;

@@ -4,28 +4,32 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource as _, ResourceExt as _};
 use weft_api::ApiError;
 
-use super::{Ctx, Queue, controller_of, owner_ref, record_event, res, run_workers, split_key};
-use crate::registry::Write;
+use super::{Action, Controller, Ctx, record_event};
+use crate::registry::{Write, revision_of};
 
 pub const HASH_LABEL: &str = "pod-template-hash";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 
-pub fn start(ctx: Ctx) {
-    let queue = Queue::new();
-    super::follow_owner_and_children(&ctx, &queue, res("apps", "deployments"), "ReplicaSet");
-    let ctx = Arc::new(ctx);
-    run_workers("deployment", queue, 4, move |key| {
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, &key).await.map(|_| None) }
-    });
+pub fn start(ctx: &Ctx) {
+    Controller::<Deployment>::new("deployment", ctx)
+        .owns::<ReplicaSet>()
+        .run(4, |d, ctx| async move { reconcile(&d, &ctx).await });
 }
 
-/// FNV-1a of the template, as a short label value.
-pub fn template_hash(template: &Value) -> String {
-    let text = serde_json::to_string(template).unwrap_or_default();
+/// FNV-1a of the template (its JSON, keys sorted), as a short label value.
+pub fn template_hash(template: &PodTemplateSpec) -> String {
+    let text = serde_json::to_value(template)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
     let mut h: u64 = 0xcbf29ce484222325;
     for b in text.bytes() {
         h ^= b as u64;
@@ -42,73 +46,84 @@ pub fn template_hash(template: &Value) -> String {
 
 /// The template without the hash label: what a Deployment's template is
 /// compared with.
-fn plain_template(rs: &Value) -> Value {
-    let mut t = rs["spec"]["template"].clone();
-    if let Some(labels) = t["metadata"]["labels"].as_object_mut() {
+fn plain_template(rs: &ReplicaSet) -> PodTemplateSpec {
+    let mut t = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
+    if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         labels.remove(HASH_LABEL);
     }
     t
 }
 
 /// An int-or-percent of `total`, rounded up or down.
-pub fn resolve(v: &Value, total: i64, round_up: bool) -> i64 {
+pub fn resolve(v: Option<&IntOrString>, total: i64, round_up: bool) -> i64 {
     match v {
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        Value::String(s) => match s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
-            Some(p) => {
-                let x = p * total;
-                if round_up { (x + 99) / 100 } else { x / 100 }
+        Some(IntOrString::Int(n)) => i64::from(*n),
+        Some(IntOrString::String(s)) => {
+            match s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
+                Some(p) => {
+                    let x = p * total;
+                    if round_up { (x + 99) / 100 } else { x / 100 }
+                }
+                None => s.parse().unwrap_or(0),
             }
-            None => s.parse().unwrap_or(0),
-        },
-        _ => 0,
+        }
+        None => 0,
     }
 }
 
-fn replicas(obj: &Value) -> i64 {
-    obj["spec"]["replicas"].as_i64().unwrap_or(1).max(0)
+fn replicas(rs: &ReplicaSet) -> i64 {
+    rs.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .map_or(1, i64::from)
+        .max(0)
 }
 
-fn status_num(obj: &Value, field: &str) -> i64 {
-    obj["status"][field].as_i64().unwrap_or(0)
+fn status_replicas(rs: &ReplicaSet) -> i64 {
+    rs.status.as_ref().map_or(0, |s| i64::from(s.replicas))
+}
+
+fn status_num(
+    rs: &ReplicaSet,
+    f: impl Fn(&k8s_openapi::api::apps::v1::ReplicaSetStatus) -> Option<i32>,
+) -> i64 {
+    rs.status.as_ref().and_then(f).map_or(0, i64::from)
 }
 
 /// Ready pods of a ReplicaSet, counted from the pods themselves (the
 /// ReplicaSet's status may lag).
-fn available_pods(ctx: &Ctx, rs: &Value) -> i64 {
-    let uid = &rs["metadata"]["uid"];
+fn available_pods(ctx: &Ctx, rs: &ReplicaSet) -> i64 {
+    let uid = rs.metadata.uid.as_deref().unwrap_or_default();
     ctx.cache
-        .list(res("", "pods"), rs["metadata"]["namespace"].as_str(), |p| {
-            controller_of(p).is_some_and(|o| o["uid"] == *uid)
-                && !super::pod_gone(p)
-                && super::pod_ready(p)
-        })
-        .len() as i64
+        .store::<Pod>()
+        .controlled_by(uid)
+        .iter()
+        .filter(|p| !weft_api::pod::is_gone(p) && weft_api::pod::is_ready(p))
+        .count() as i64
 }
 
-fn revision_of(rs: &Value) -> i64 {
-    rs["metadata"]["annotations"][REVISION]
-        .as_str()
+fn revision_annotation(rs: &ReplicaSet) -> i64 {
+    rs.annotations()
+        .get(REVISION)
         .and_then(|r| r.parse().ok())
         .unwrap_or(0)
 }
 
-async fn set_replicas(ctx: &Ctx, rs: &Value, n: i64) -> Result<(), ApiError> {
+async fn set_replicas(ctx: &Ctx, rs: &ReplicaSet, n: i64) -> Result<(), ApiError> {
     if replicas(rs) == n {
         return Ok(());
     }
-    let (ns, name) = (
-        rs["metadata"]["namespace"].as_str(),
-        rs["metadata"]["name"].as_str().unwrap_or_default(),
-    );
     ctx.reg
-        .modify(
-            res("apps", "replicasets"),
-            ns,
-            name,
+        .modify::<ReplicaSet>(
+            rs.namespace().as_deref(),
+            &rs.name_any(),
             Write::Update,
             |mut obj| {
-                obj["spec"]["replicas"] = json!(n);
+                obj.spec.get_or_insert_with(Default::default).replicas = Some(n as i32);
                 Ok(obj)
             },
         )
@@ -116,84 +131,116 @@ async fn set_replicas(ctx: &Ctx, rs: &Value, n: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
-    let (ns, name) = split_key(key);
-    let d_res = res("apps", "deployments");
-    let rs_res = res("apps", "replicasets");
-    let Some(d) = ctx.cache.get(d_res, ns, name) else {
-        return Ok(());
-    };
-    if d["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(());
+async fn scaled(ctx: &Ctx, d: &Deployment, message: &str) {
+    record_event(
+        &ctx.reg,
+        d,
+        "Normal",
+        "ScalingReplicaSet",
+        message,
+        "deployment-controller",
+    )
+    .await;
+}
+
+pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
     }
-    let uid = d["metadata"]["uid"].clone();
-    let mut all: Vec<Arc<Value>> = ctx.cache.list(rs_res, ns, |rs| {
-        controller_of(rs).is_some_and(|o| o["uid"] == uid)
-    });
-    all.sort_by_key(|rs| revision_of(rs));
-    let template = &d["spec"]["template"];
-    let want = replicas(&d);
+    let ns = d.namespace();
+    let ns = ns.as_deref();
+    let name = d.name_any();
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let spec = d.spec.clone().unwrap_or_default();
+    let rs_store = ctx.cache.store::<ReplicaSet>();
+    let mut all: Vec<Arc<ReplicaSet>> = rs_store.controlled_by(&uid);
+    all.sort_by_key(|rs| revision_annotation(rs));
+    let template = &spec.template;
+    let want = i64::from(spec.replicas.unwrap_or(1)).max(0);
     let new = all
         .iter()
         .find(|rs| plain_template(rs) == *template)
         .cloned();
-    let olds: Vec<Arc<Value>> = all
+    let olds: Vec<Arc<ReplicaSet>> = all
         .iter()
         .filter(|rs| plain_template(rs) != *template)
         .cloned()
         .collect();
-    let next_revision = all.iter().map(|rs| revision_of(rs)).max().unwrap_or(0) + 1;
+    let next_revision = all
+        .iter()
+        .map(|rs| revision_annotation(rs))
+        .max()
+        .unwrap_or(0)
+        + 1;
 
-    let strategy = d["spec"]["strategy"]["type"]
-        .as_str()
-        .unwrap_or("RollingUpdate");
+    let strategy = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .unwrap_or("RollingUpdate")
+        .to_string();
+    let rolling = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.clone());
     let old_total: i64 = olds.iter().map(|rs| replicas(rs)).sum();
-    let old_pods: i64 = olds.iter().map(|rs| status_num(rs, "replicas")).sum();
+    let old_pods: i64 = olds.iter().map(|rs| status_replicas(rs)).sum();
 
     let new = match new {
         Some(rs) => rs,
         None => {
             let hash = template_hash(template);
             let mut t = template.clone();
-            t["metadata"]["labels"][HASH_LABEL] = json!(hash);
-            let mut selector = d["spec"]["selector"].clone();
-            selector["matchLabels"][HASH_LABEL] = json!(hash);
+            t.metadata
+                .get_or_insert_with(Default::default)
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(HASH_LABEL.into(), hash.clone());
+            let mut selector = spec.selector.clone();
+            selector
+                .match_labels
+                .get_or_insert_with(Default::default)
+                .insert(HASH_LABEL.into(), hash.clone());
             let initial = if olds.is_empty() { want } else { 0 };
-            let rs = json!({
-                "apiVersion": "apps/v1",
-                "kind": "ReplicaSet",
-                "metadata": {
-                    "name": format!("{name}-{hash}"),
-                    "namespace": ns,
-                    "labels": t["metadata"]["labels"],
-                    "annotations": {REVISION: next_revision.to_string()},
-                    "ownerReferences": [owner_ref(&d)],
+            let rs = ReplicaSet {
+                metadata: ObjectMeta {
+                    name: Some(format!("{name}-{hash}")),
+                    namespace: ns.map(String::from),
+                    labels: t.metadata.as_ref().and_then(|m| m.labels.clone()),
+                    annotations: Some([(REVISION.to_string(), next_revision.to_string())].into()),
+                    owner_references: d.controller_owner_ref(&()).map(|o| vec![o]),
+                    ..ObjectMeta::default()
                 },
-                "spec": {"replicas": initial, "selector": selector, "template": t},
-            });
-            let created = ctx.reg.create(rs_res, ns, rs).await?;
+                spec: Some(ReplicaSetSpec {
+                    replicas: Some(initial as i32),
+                    selector,
+                    template: Some(t),
+                    ..ReplicaSetSpec::default()
+                }),
+                status: None,
+            };
+            let created = ctx.reg.create(ns, rs).await?;
             if initial > 0 {
-                let name = created["metadata"]["name"].as_str().unwrap_or_default();
-                record_event(
-                    &ctx.reg,
-                    &d,
-                    "Normal",
-                    "ScalingReplicaSet",
-                    &format!("Scaled up replica set {name} from 0 to {initial}"),
-                    "deployment-controller",
+                scaled(
+                    ctx,
+                    d,
+                    &format!(
+                        "Scaled up replica set {} from 0 to {initial}",
+                        created.name_any()
+                    ),
                 )
                 .await;
             }
             // The Deployment carries the revision of its newest ReplicaSet,
             // as Kubernetes' does (kubectl rollout history reads it).
             ctx.reg
-                .modify(d_res, ns, name, Write::Update, |mut obj| {
-                    obj["metadata"]["annotations"][REVISION] = json!(next_revision.to_string());
+                .modify::<Deployment>(ns, &name, Write::Update, |mut obj| {
+                    obj.annotations_mut()
+                        .insert(REVISION.into(), next_revision.to_string());
                     Ok(obj)
                 })
                 .await?;
-            let rev = super::resource_version(&created);
-            ctx.cache.wait_for(rev).await;
+            ctx.cache.wait_for(revision_of(&created)).await;
             Arc::new(created)
         }
     };
@@ -202,17 +249,14 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
         if replicas(&new) != want {
             set_replicas(ctx, &new, want).await?;
             let verb = if want > replicas(&new) { "up" } else { "down" };
-            record_event(
-                &ctx.reg,
-                &d,
-                "Normal",
-                "ScalingReplicaSet",
+            scaled(
+                ctx,
+                d,
                 &format!(
                     "Scaled {verb} replica set {} from {} to {want}",
-                    new["metadata"]["name"].as_str().unwrap_or_default(),
+                    new.name_any(),
                     replicas(&new)
                 ),
-                "deployment-controller",
             )
             .await;
         }
@@ -221,9 +265,16 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
             set_replicas(ctx, rs, 0).await?;
         }
     } else {
-        let ru = &d["spec"]["strategy"]["rollingUpdate"];
-        let surge = resolve(&ru["maxSurge"], want, true);
-        let mut unavailable = resolve(&ru["maxUnavailable"], want, false);
+        let surge = resolve(
+            rolling.as_ref().and_then(|r| r.max_surge.as_ref()),
+            want,
+            true,
+        );
+        let mut unavailable = resolve(
+            rolling.as_ref().and_then(|r| r.max_unavailable.as_ref()),
+            want,
+            false,
+        );
         if surge == 0 && unavailable == 0 {
             unavailable = 1;
         }
@@ -233,17 +284,14 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
         let new_target = (replicas(&new) + room.max(0)).min(want);
         if new_target > replicas(&new) {
             set_replicas(ctx, &new, new_target).await?;
-            record_event(
-                &ctx.reg,
-                &d,
-                "Normal",
-                "ScalingReplicaSet",
+            scaled(
+                ctx,
+                d,
                 &format!(
                     "Scaled up replica set {} from {} to {new_target}",
-                    new["metadata"]["name"].as_str().unwrap_or_default(),
+                    new.name_any(),
                     replicas(&new)
                 ),
-                "deployment-controller",
             )
             .await;
         }
@@ -268,17 +316,14 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
             if cut > 0 {
                 removable -= (cut - unhealthy).max(0);
                 set_replicas(ctx, rs, current - cut).await?;
-                record_event(
-                    &ctx.reg,
-                    &d,
-                    "Normal",
-                    "ScalingReplicaSet",
+                scaled(
+                    ctx,
+                    d,
                     &format!(
                         "Scaled down replica set {} from {current} to {}",
-                        rs["metadata"]["name"].as_str().unwrap_or_default(),
+                        rs.name_any(),
                         current - cut
                     ),
-                    "deployment-controller",
                 )
                 .await;
             }
@@ -286,18 +331,18 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
     }
 
     // History: keep revisionHistoryLimit scaled-down old ReplicaSets.
-    let limit = d["spec"]["revisionHistoryLimit"]
-        .as_i64()
-        .unwrap_or(10)
-        .max(0) as usize;
-    let idle: Vec<&Arc<Value>> = olds
+    let limit = spec.revision_history_limit.unwrap_or(10).max(0) as usize;
+    let idle: Vec<&Arc<ReplicaSet>> = olds
         .iter()
-        .filter(|rs| replicas(rs) == 0 && status_num(rs, "replicas") == 0)
+        .filter(|rs| replicas(rs) == 0 && status_replicas(rs) == 0)
         .collect();
     if idle.len() > limit {
         for rs in &idle[..idle.len() - limit] {
-            let name = rs["metadata"]["name"].as_str().unwrap_or_default();
-            match ctx.reg.delete(rs_res, ns, name, (None, None)).await {
+            match ctx
+                .reg
+                .delete::<ReplicaSet>(ns, &rs.name_any(), (None, None), None)
+                .await
+            {
                 Ok(_) | Err(ApiError { code: 404, .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -305,83 +350,98 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
     }
 
     // Status, from what the ReplicaSets report.
-    let all: Vec<Arc<Value>> = ctx.cache.list(rs_res, ns, |rs| {
-        controller_of(rs).is_some_and(|o| o["uid"] == uid)
-    });
-    let total: i64 = all.iter().map(|rs| status_num(rs, "replicas")).sum();
-    let ready: i64 = all.iter().map(|rs| status_num(rs, "readyReplicas")).sum();
+    let all = rs_store.controlled_by(&uid);
+    let total: i64 = all.iter().map(|rs| status_replicas(rs)).sum();
+    let ready: i64 = all
+        .iter()
+        .map(|rs| status_num(rs, |s| s.ready_replicas))
+        .sum();
     let available: i64 = all
         .iter()
-        .map(|rs| status_num(rs, "availableReplicas"))
+        .map(|rs| status_num(rs, |s| s.available_replicas))
         .sum();
-    let updated = all
-        .iter()
-        .find(|rs| plain_template(rs) == *template)
-        .map(|rs| status_num(rs, "replicas"))
-        .unwrap_or(0);
+    let newest = all.iter().find(|rs| plain_template(rs) == *template);
+    let updated = newest.map_or(0, |rs| status_replicas(rs));
     let unavailable_allowed = resolve(
-        &d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        rolling.as_ref().and_then(|r| r.max_unavailable.as_ref()),
         want,
         false,
     );
     let is_available = available >= want - unavailable_allowed;
     let complete = updated == want && total == want && available == want;
-    let now = weft_api::meta::now_rfc3339();
-    let keep_time = |kind: &str, status: &str| -> Value {
-        d["status"]["conditions"]
-            .as_array()
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c["type"] == kind && c["status"] == status)
-            })
-            .map(|c| c["lastTransitionTime"].clone())
-            .unwrap_or_else(|| json!(now))
+    let now = weft_api::meta::now_time();
+    let keep_time = |kind: &str, status: &str| -> Option<Time> {
+        let kept = d
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == kind && c.status == status))
+            .and_then(|c| c.last_transition_time.clone());
+        Some(kept.unwrap_or_else(|| now.clone()))
     };
     let available_status = if is_available { "True" } else { "False" };
-    let new_name = all
-        .iter()
-        .find(|rs| plain_template(rs) == *template)
-        .map(|rs| rs["metadata"]["name"].clone())
-        .unwrap_or(Value::Null);
-    let status = json!({
-        "observedGeneration": d["metadata"]["generation"],
-        "replicas": total,
-        "updatedReplicas": updated,
-        "readyReplicas": ready,
-        "availableReplicas": available,
-        "unavailableReplicas": (want - available).max(0),
-        "conditions": [
-            {
-                "type": "Available",
-                "status": available_status,
-                "reason": if is_available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
-                "message": if is_available { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." },
-                "lastTransitionTime": keep_time("Available", available_status),
-                "lastUpdateTime": keep_time("Available", available_status),
+    let new_name = newest.map(|rs| rs.name_any()).unwrap_or_default();
+    let status = DeploymentStatus {
+        observed_generation: d.metadata.generation,
+        replicas: Some(total as i32),
+        updated_replicas: Some(updated as i32),
+        ready_replicas: Some(ready as i32),
+        available_replicas: Some(available as i32),
+        unavailable_replicas: Some((want - available).max(0) as i32),
+        conditions: Some(vec![
+            DeploymentCondition {
+                type_: "Available".into(),
+                status: available_status.into(),
+                reason: Some(
+                    if is_available {
+                        "MinimumReplicasAvailable"
+                    } else {
+                        "MinimumReplicasUnavailable"
+                    }
+                    .into(),
+                ),
+                message: Some(
+                    if is_available {
+                        "Deployment has minimum availability."
+                    } else {
+                        "Deployment does not have minimum availability."
+                    }
+                    .into(),
+                ),
+                last_transition_time: keep_time("Available", available_status),
+                last_update_time: keep_time("Available", available_status),
             },
-            {
-                "type": "Progressing",
-                "status": "True",
-                "reason": if complete { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" },
-                "message": if complete {
-                    format!("ReplicaSet \"{}\" has successfully progressed.", new_name.as_str().unwrap_or_default())
+            DeploymentCondition {
+                type_: "Progressing".into(),
+                status: "True".into(),
+                reason: Some(
+                    if complete {
+                        "NewReplicaSetAvailable"
+                    } else {
+                        "ReplicaSetUpdated"
+                    }
+                    .into(),
+                ),
+                message: Some(if complete {
+                    format!("ReplicaSet \"{new_name}\" has successfully progressed.")
                 } else {
-                    format!("ReplicaSet \"{}\" is progressing.", new_name.as_str().unwrap_or_default())
-                },
-                "lastTransitionTime": keep_time("Progressing", "True"),
-                "lastUpdateTime": keep_time("Progressing", "True"),
-            }
-        ],
-    });
-    if d["status"] != status {
+                    format!("ReplicaSet \"{new_name}\" is progressing.")
+                }),
+                last_transition_time: keep_time("Progressing", "True"),
+                last_update_time: keep_time("Progressing", "True"),
+            },
+        ]),
+        ..DeploymentStatus::default()
+    };
+    if d.status.as_ref() != Some(&status) {
         ctx.reg
-            .modify(d_res, ns, name, Write::Status, |mut obj| {
-                obj["status"] = status.clone();
+            .modify::<Deployment>(ns, &name, Write::Status, |mut obj| {
+                obj.status = Some(status.clone());
                 Ok(obj)
             })
             .await?;
     }
-    Ok(())
+    Ok(Action::await_change())
 }
 
 #[cfg(test)]
@@ -390,12 +450,16 @@ mod tests {
 
     #[test]
     fn int_or_percent() {
-        assert_eq!(resolve(&json!("25%"), 10, true), 3);
-        assert_eq!(resolve(&json!("25%"), 10, false), 2);
-        assert_eq!(resolve(&json!(2), 10, false), 2);
+        let pct = IntOrString::String("25%".into());
+        assert_eq!(resolve(Some(&pct), 10, true), 3);
+        assert_eq!(resolve(Some(&pct), 10, false), 2);
+        assert_eq!(resolve(Some(&IntOrString::Int(2)), 10, false), 2);
+        let t = |v: serde_json::Value| -> PodTemplateSpec {
+            serde_json::from_value(v).expect("template")
+        };
         assert_ne!(
-            template_hash(&json!({"a": 1})),
-            template_hash(&json!({"a": 2}))
+            template_hash(&t(serde_json::json!({"metadata": {"labels": {"a": "1"}}}))),
+            template_hash(&t(serde_json::json!({"metadata": {"labels": {"a": "2"}}})))
         );
     }
 }

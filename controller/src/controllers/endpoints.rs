@@ -5,14 +5,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{Value, json};
-use weft_api::ApiError;
-use weft_api::selector::{LabelSelector, Requirement};
-
-use super::{
-    Ctx, Queue, follow_changes, key_of, owner_ref, pod_ready, res, run_workers, split_key,
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort as CorePort, EndpointSubset, Endpoints, ObjectReference, Pod,
+    Service, ServicePort,
 };
-use crate::registry::Write;
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::{Selector, SelectorExt as _};
+use kube::{Resource as _, ResourceExt as _};
+use weft_api::ApiError;
+use weft_api::pod::is_ready;
+
+use super::{Action, Controller, Ctx, split_key};
+use crate::cache::Change;
+use crate::registry::{Kind, Write, revision_of};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
@@ -20,202 +29,197 @@ pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 /// Endpoints per slice, as Kubernetes' default.
 const SLICE_SIZE: usize = 100;
 
-fn selector_of(svc: &Value) -> Option<LabelSelector> {
-    let map = svc["spec"]["selector"].as_object()?;
+/// The Service's pod selector, when it has one (without one, whoever made
+/// the Service manages its endpoints).
+fn selector_of(svc: &Service) -> Option<Selector> {
+    let map = svc.spec.as_ref()?.selector.as_ref()?;
     if map.is_empty() {
         return None;
     }
-    Some(LabelSelector(
-        map.iter()
-            .map(|(k, v)| {
-                Requirement::In(k.clone(), vec![v.as_str().unwrap_or_default().to_string()])
-            })
-            .collect(),
-    ))
+    Some(map.clone().into_iter().collect())
 }
 
-pub fn start(ctx: Ctx) {
-    let queue = Queue::new();
-    {
-        let (q, q2, cache, cache2) = (
-            queue.clone(),
-            queue.clone(),
-            ctx.cache.clone(),
-            ctx.cache.clone(),
-        );
-        let svc_res = res("", "services");
-        follow_changes(
-            ctx.cache.clone(),
-            move |c| match c.res.kind {
-                "Service" => q.add(c.key_tail()),
-                "Endpoints" => q.add(c.key_tail()),
-                "EndpointSlice" => {
-                    for obj in [&c.new, &c.old].into_iter().flatten() {
-                        if let Some(svc) = obj["metadata"]["labels"][SERVICE_NAME_LABEL].as_str() {
-                            let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
-                            q.add(format!("{ns}/{svc}"));
-                        }
-                    }
-                }
-                "Pod" => {
-                    let ns = c
-                        .new
-                        .as_ref()
-                        .or(c.old.as_ref())
-                        .and_then(|p| p["metadata"]["namespace"].as_str())
-                        .unwrap_or_default();
-                    for svc in cache.list(svc_res, Some(ns), |_| true) {
-                        let Some(sel) = selector_of(&svc) else {
-                            continue;
-                        };
-                        if [&c.new, &c.old]
-                            .into_iter()
-                            .flatten()
-                            .any(|p| sel.matches_object(p))
-                        {
-                            q.add(key_of(&svc));
-                        }
-                    }
-                }
-                _ => {}
-            },
-            move || {
-                for svc in cache2.list(svc_res, None, |_| true) {
-                    q2.add(key_of(&svc));
-                }
-            },
-        );
+fn labels(obj: &impl kube::Resource) -> BTreeMap<String, String> {
+    obj.meta().labels.clone().unwrap_or_default()
+}
+
+/// The Services of the pod's namespace that select it (before or after).
+fn services_of(change: &Change<Pod>, cache: &crate::cache::Cache) -> Vec<String> {
+    let Some(ns) = change.object().and_then(|p| p.metadata.namespace.clone()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for svc in cache.store::<Service>().list(Some(&ns)) {
+        let Some(sel) = selector_of(&svc) else {
+            continue;
+        };
+        if [&change.new, &change.old]
+            .into_iter()
+            .flatten()
+            .any(|p| sel.matches(&labels(&**p)))
+        {
+            out.push(weft_api::meta::key_of(&*svc));
+        }
     }
-    let ctx = Arc::new(ctx);
-    run_workers("endpoints", queue, 2, move |key| {
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, &key).await.map(|_| None) }
-    });
+    out
+}
+
+pub fn start(ctx: &Ctx) {
+    Controller::<Service>::new("endpoints", ctx)
+        .watches::<Endpoints>(|c, _| vec![c.key.clone()])
+        .watches::<EndpointSlice>(|c, _| {
+            [&c.new, &c.old]
+                .into_iter()
+                .flatten()
+                .filter_map(|s| {
+                    let svc = s.labels().get(SERVICE_NAME_LABEL)?;
+                    Some(weft_api::meta::key(s.metadata.namespace.as_deref(), svc))
+                })
+                .collect()
+        })
+        .watches::<Pod>(services_of)
+        .run_keyed(2, |key, svc, ctx| async move {
+            reconcile(&ctx, &key, svc).await
+        });
 }
 
 /// The pod port a Service port sends to, or None when the pod lacks a port
 /// of that name.
-fn resolve_port(pod: &Value, svc_port: &Value) -> Option<i64> {
-    match &svc_port["targetPort"] {
-        Value::Number(n) => n.as_i64(),
-        Value::String(name) => pod["spec"]["containers"].as_array()?.iter().find_map(|c| {
-            c["ports"]
-                .as_array()?
+fn resolve_port(pod: &Pod, svc_port: &ServicePort) -> Option<i32> {
+    match &svc_port.target_port {
+        Some(IntOrString::Int(n)) => Some(*n),
+        Some(IntOrString::String(name)) => pod.spec.as_ref()?.containers.iter().find_map(|c| {
+            c.ports
+                .as_ref()?
                 .iter()
-                .find(|p| p["name"] == name.as_str())
-                .and_then(|p| p["containerPort"].as_i64())
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .map(|p| p.container_port)
         }),
-        _ => svc_port["port"].as_i64(),
+        None => Some(svc_port.port),
     }
 }
 
-fn target_ref(pod: &Value) -> Value {
-    json!({"kind": "Pod", "namespace": pod["metadata"]["namespace"], "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]})
+fn target_ref(pod: &Pod) -> ObjectReference {
+    ObjectReference {
+        kind: Some("Pod".into()),
+        namespace: pod.metadata.namespace.clone(),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+        ..ObjectReference::default()
+    }
 }
 
-pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
+fn pod_ip(p: &Pod) -> Option<&str> {
+    p.status
+        .as_ref()?
+        .pod_ip
+        .as_deref()
+        .filter(|ip| !ip.is_empty())
+}
+
+fn node_name(p: &Pod) -> Option<String> {
+    p.spec.as_ref()?.node_name.clone()
+}
+
+/// A Service port as the endpoints list it, resolved to `port`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Resolved {
+    name: Option<String>,
+    port: i32,
+    protocol: String,
+}
+
+pub async fn reconcile(
+    ctx: &Ctx,
+    key: &str,
+    svc: Option<Arc<Service>>,
+) -> Result<Action, ApiError> {
     let (ns, name) = split_key(key);
-    let (svc_res, ep_res, slice_res, pods_res) = (
-        res("", "services"),
-        res("", "endpoints"),
-        res("discovery.k8s.io", "endpointslices"),
-        res("", "pods"),
-    );
-    let svc = ctx.cache.get(svc_res, ns, name);
-    let slices: Vec<Arc<Value>> = ctx.cache.list(slice_res, ns, |s| {
-        s["metadata"]["labels"][SERVICE_NAME_LABEL] == name
-            && s["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY
-    });
-    let Some(svc) = svc.filter(|s| selector_of(s).is_some()) else {
+    let slices: Vec<Arc<EndpointSlice>> = ctx
+        .cache
+        .store::<EndpointSlice>()
+        .list(ns)
+        .into_iter()
+        .filter(|s| {
+            let l = s.labels();
+            l.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
+                && l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        })
+        .collect();
+    let endpoints_store = ctx.cache.store::<Endpoints>();
+    let Some((svc, sel)) = svc.and_then(|s| selector_of(&s).map(|sel| (s, sel))) else {
         // No Service (or one without a selector, whose endpoints its owner
         // manages): remove what this controller made for it.
-        if ctx.cache.get(svc_res, ns, name).is_none() && ctx.cache.get(ep_res, ns, name).is_some() {
-            delete_quietly(ctx, ep_res, ns, name).await?;
+        if ctx.cache.store::<Service>().get(ns, name).is_none()
+            && endpoints_store.get(ns, name).is_some()
+        {
+            delete_quietly::<Endpoints>(ctx, ns, name).await?;
         }
         for s in slices {
-            delete_quietly(
-                ctx,
-                slice_res,
-                ns,
-                s["metadata"]["name"].as_str().unwrap_or_default(),
-            )
-            .await?;
+            delete_quietly::<EndpointSlice>(ctx, ns, &s.name_any()).await?;
         }
-        return Ok(());
+        return Ok(Action::await_change());
     };
-    let sel = selector_of(&svc).expect("checked");
-    let mut pods: Vec<Arc<Value>> = ctx.cache.list(pods_res, ns, |p| {
-        sel.matches_object(p)
-            && p["status"]["podIP"]
-                .as_str()
-                .is_some_and(|ip| !ip.is_empty())
-            && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-    });
-    pods.sort_by(|a, b| {
-        a["status"]["podIP"]
-            .as_str()
-            .cmp(&b["status"]["podIP"].as_str())
-    });
-    let svc_ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let mut pods: Vec<Arc<Pod>> = ctx
+        .cache
+        .store::<Pod>()
+        .list(ns)
+        .into_iter()
+        .filter(|p| {
+            sel.matches(&labels(&**p)) && pod_ip(p).is_some() && !weft_api::pod::is_finished(p)
+        })
+        .collect();
+    pods.sort_by(|a, b| pod_ip(a).cmp(&pod_ip(b)));
+    let svc_spec = svc.spec.clone().unwrap_or_default();
+    let svc_ports = svc_spec.ports.clone().unwrap_or_default();
 
     // Group pods by the ports they resolve to (named ports may differ).
-    let mut groups: BTreeMap<String, (Vec<Value>, Vec<Arc<Value>>)> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<Resolved>, Vec<Arc<Pod>>> = BTreeMap::new();
     for pod in &pods {
-        let ports: Vec<Value> = svc_ports
+        let ports: Vec<Resolved> = svc_ports
             .iter()
             .filter_map(|sp| {
-                let port = resolve_port(pod, sp)?;
-                let mut p =
-                    json!({"port": port, "protocol": sp["protocol"].as_str().unwrap_or("TCP")});
-                if let Some(n) = sp["name"].as_str().filter(|n| !n.is_empty()) {
-                    p["name"] = json!(n);
-                }
-                Some(p)
+                Some(Resolved {
+                    name: sp.name.clone().filter(|n| !n.is_empty()),
+                    port: resolve_port(pod, sp)?,
+                    protocol: sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                })
             })
             .collect();
-        let id = serde_json::to_string(&ports).unwrap_or_default();
-        groups
-            .entry(id)
-            .or_insert_with(|| (ports, Vec::new()))
-            .1
-            .push(pod.clone());
+        groups.entry(ports).or_default().push(pod.clone());
     }
 
     // publishNotReadyAddresses: every pod counts as ready (what StatefulSet
     // peers use to find each other before they are ready).
-    let publish_all = svc["spec"]["publishNotReadyAddresses"].as_bool() == Some(true);
-    let counts_ready = |p: &Value| publish_all || pod_ready(p);
+    let publish_all = svc_spec.publish_not_ready_addresses == Some(true);
+    let counts_ready = |p: &Pod| publish_all || is_ready(p);
     // A pod with `hostname` whose `subdomain` is this Service is published
     // under that name (DNS: hostname.service.namespace.svc).
-    let hostname = |p: &Value| {
-        p["spec"]["hostname"]
-            .as_str()
-            .filter(|h| !h.is_empty() && p["spec"]["subdomain"].as_str() == Some(name))
-            .map(String::from)
+    let hostname = |p: &Pod| {
+        let spec = p.spec.as_ref()?;
+        spec.hostname
+            .clone()
+            .filter(|h| !h.is_empty() && spec.subdomain.as_deref() == Some(name))
     };
     // Endpoints: terminating pods are left out, not-ready ones listed apart.
     let mut subsets = Vec::new();
-    for (ports, members) in groups.values() {
-        let addr = |p: &Value| {
-            let mut a = json!({"ip": p["status"]["podIP"], "targetRef": target_ref(p)});
-            if let Some(n) = p["spec"]["nodeName"].as_str() {
-                a["nodeName"] = json!(n);
-            }
-            if let Some(h) = hostname(p) {
-                a["hostname"] = json!(h);
-            }
-            a
+    for (ports, members) in &groups {
+        let addr = |p: &Pod| EndpointAddress {
+            ip: pod_ip(p).unwrap_or_default().to_string(),
+            target_ref: Some(target_ref(p)),
+            node_name: node_name(p),
+            hostname: hostname(p),
         };
-        let live: Vec<&Arc<Value>> = members
+        let live: Vec<&Arc<Pod>> = members
             .iter()
-            .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
             .collect();
-        let ready: Vec<Value> = live
+        let ready: Vec<EndpointAddress> = live
             .iter()
             .filter(|p| counts_ready(p))
             .map(|p| addr(p))
             .collect();
-        let not_ready: Vec<Value> = live
+        let not_ready: Vec<EndpointAddress> = live
             .iter()
             .filter(|p| !counts_ready(p))
             .map(|p| addr(p))
@@ -223,30 +227,48 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
         if ready.is_empty() && not_ready.is_empty() {
             continue;
         }
-        let mut subset = json!({"ports": ports});
-        if !ready.is_empty() {
-            subset["addresses"] = json!(ready);
-        }
-        if !not_ready.is_empty() {
-            subset["notReadyAddresses"] = json!(not_ready);
-        }
-        subsets.push(subset);
+        subsets.push(EndpointSubset {
+            ports: Some(
+                ports
+                    .iter()
+                    .cloned()
+                    .map(|r| CorePort {
+                        name: r.name,
+                        port: r.port,
+                        protocol: Some(r.protocol),
+                        app_protocol: None,
+                    })
+                    .collect(),
+            ),
+            addresses: (!ready.is_empty()).then_some(ready),
+            not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
+        });
     }
-    let labels = svc["metadata"]["labels"].clone();
-    let endpoints = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "labels": labels}, "subsets": subsets});
-    match ctx.cache.get(ep_res, ns, name) {
-        None => match ctx.reg.create(ep_res, ns, endpoints).await {
-            Ok(_) | Err(ApiError { code: 409, .. }) => {}
-            Err(e) => return Err(e),
-        },
+    let svc_labels = svc.metadata.labels.clone();
+    match endpoints_store.get(ns, name) {
+        None => {
+            let endpoints = Endpoints {
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    namespace: ns.map(String::from),
+                    labels: svc_labels.clone(),
+                    ..ObjectMeta::default()
+                },
+                subsets: Some(subsets),
+            };
+            match ctx.reg.create(ns, endpoints).await {
+                Ok(_) | Err(ApiError { code: 409, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Some(current)
-            if current["subsets"] != endpoints["subsets"]
-                || current["metadata"]["labels"] != labels =>
+            if current.subsets.as_ref() != Some(&subsets)
+                || current.metadata.labels != svc_labels =>
         {
             ctx.reg
-                .modify(ep_res, ns, name, Write::Update, |mut obj| {
-                    obj["subsets"] = endpoints["subsets"].clone();
-                    obj["metadata"]["labels"] = labels.clone();
+                .modify::<Endpoints>(ns, name, Write::Update, |mut obj| {
+                    obj.subsets = Some(subsets.clone());
+                    obj.metadata.labels.clone_from(&svc_labels);
                     Ok(obj)
                 })
                 .await?;
@@ -256,109 +278,102 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
 
     // EndpointSlices: terminating endpoints stay, marked, so that load
     // balancers let their connections finish.
-    let mut wanted: Vec<Value> = Vec::new();
-    for (ports, members) in groups.values() {
+    let slice_port = |r: Resolved| SlicePort {
+        name: r.name,
+        port: Some(r.port),
+        protocol: Some(r.protocol),
+        app_protocol: None,
+    };
+    let mut wanted: Vec<(Vec<Endpoint>, Vec<SlicePort>)> = Vec::new();
+    for (ports, members) in &groups {
         for chunk in members.chunks(SLICE_SIZE) {
-            let endpoints: Vec<Value> = chunk
+            let endpoints: Vec<Endpoint> = chunk
                 .iter()
                 .map(|p| {
-                    let terminating = p["metadata"]["deletionTimestamp"].is_string();
-                    let serving = pod_ready(p);
+                    let terminating = p.metadata.deletion_timestamp.is_some();
+                    let serving = is_ready(p);
                     let ready = publish_all || (serving && !terminating);
-                    let mut e = json!({
-                        "addresses": [p["status"]["podIP"]],
-                        "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
-                        "targetRef": target_ref(p),
-                    });
-                    if let Some(n) = p["spec"]["nodeName"].as_str() {
-                        e["nodeName"] = json!(n);
+                    Endpoint {
+                        addresses: vec![pod_ip(p).unwrap_or_default().to_string()],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(ready),
+                            serving: Some(serving),
+                            terminating: Some(terminating),
+                        }),
+                        target_ref: Some(target_ref(p)),
+                        node_name: node_name(p),
+                        hostname: hostname(p),
+                        ..Endpoint::default()
                     }
-                    if let Some(h) = hostname(p) {
-                        e["hostname"] = json!(h);
-                    }
-                    e
                 })
                 .collect();
-            wanted.push(json!({"endpoints": endpoints, "ports": ports}));
+            wanted.push((endpoints, ports.iter().cloned().map(slice_port).collect()));
         }
     }
-    let mut slice_labels = labels.as_object().cloned().unwrap_or_default();
-    slice_labels.insert(SERVICE_NAME_LABEL.into(), json!(name));
-    slice_labels.insert(MANAGED_BY_LABEL.into(), json!(MANAGED_BY));
-    let mut existing: Vec<Arc<Value>> = slices;
-    existing.sort_by(|a, b| {
-        a["metadata"]["name"]
-            .as_str()
-            .cmp(&b["metadata"]["name"].as_str())
-    });
+    let mut slice_labels = svc_labels.clone().unwrap_or_default();
+    slice_labels.insert(SERVICE_NAME_LABEL.into(), name.into());
+    slice_labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    let mut existing = slices;
+    existing.sort_by_key(|s| s.name_any());
     // A Service with no endpoints still gets one (empty) slice.
     if wanted.is_empty() {
-        wanted.push(json!({"endpoints": [], "ports": svc_ports.iter().map(|sp| {
-            let mut p = json!({"port": sp["targetPort"].as_i64().or(sp["port"].as_i64()), "protocol": sp["protocol"].as_str().unwrap_or("TCP")});
-            if let Some(n) = sp["name"].as_str().filter(|n| !n.is_empty()) { p["name"] = json!(n); }
-            p
-        }).collect::<Vec<_>>()}));
+        let ports = svc_ports
+            .iter()
+            .map(|sp| SlicePort {
+                name: sp.name.clone().filter(|n| !n.is_empty()),
+                port: Some(match &sp.target_port {
+                    Some(IntOrString::Int(t)) => *t,
+                    _ => sp.port,
+                }),
+                protocol: Some(sp.protocol.clone().unwrap_or_else(|| "TCP".into())),
+                app_protocol: None,
+            })
+            .collect();
+        wanted.push((Vec::new(), ports));
     }
-    for (i, want) in wanted.iter().enumerate() {
+    for (i, (endpoints, ports)) in wanted.iter().enumerate() {
         match existing.get(i) {
             Some(cur) => {
-                if cur["endpoints"] != want["endpoints"]
-                    || cur["ports"] != want["ports"]
-                    || cur["metadata"]["labels"] != json!(slice_labels)
+                if cur.endpoints != *endpoints
+                    || cur.ports.as_ref() != Some(ports)
+                    || cur.metadata.labels.as_ref() != Some(&slice_labels)
                 {
-                    let slice_name = cur["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
                     ctx.reg
-                        .modify(slice_res, ns, &slice_name, Write::Update, |mut obj| {
-                            obj["endpoints"] = want["endpoints"].clone();
-                            obj["ports"] = want["ports"].clone();
-                            obj["metadata"]["labels"] = json!(slice_labels);
+                        .modify::<EndpointSlice>(ns, &cur.name_any(), Write::Update, |mut obj| {
+                            obj.endpoints = endpoints.clone();
+                            obj.ports = Some(ports.clone());
+                            obj.metadata.labels = Some(slice_labels.clone());
                             Ok(obj)
                         })
                         .await?;
                 }
             }
             None => {
-                let slice = json!({
-                    "apiVersion": "discovery.k8s.io/v1",
-                    "kind": "EndpointSlice",
-                    "metadata": {
-                        "generateName": format!("{name}-"),
-                        "namespace": ns,
-                        "labels": slice_labels,
-                        "ownerReferences": [owner_ref(&svc)],
+                let slice = EndpointSlice {
+                    metadata: ObjectMeta {
+                        generate_name: Some(format!("{name}-")),
+                        namespace: ns.map(String::from),
+                        labels: Some(slice_labels.clone()),
+                        owner_references: svc.controller_owner_ref(&()).map(|o| vec![o]),
+                        ..ObjectMeta::default()
                     },
-                    "addressType": "IPv4",
-                    "endpoints": want["endpoints"],
-                    "ports": want["ports"],
-                });
-                let created = ctx.reg.create(slice_res, ns, slice).await?;
-                let rev = super::resource_version(&created);
-                ctx.cache.wait_for(rev).await;
+                    address_type: "IPv4".into(),
+                    endpoints: endpoints.clone(),
+                    ports: Some(ports.clone()),
+                };
+                let created = ctx.reg.create(ns, slice).await?;
+                ctx.cache.wait_for(revision_of(&created)).await;
             }
         }
     }
     for extra in existing.iter().skip(wanted.len()) {
-        delete_quietly(
-            ctx,
-            slice_res,
-            ns,
-            extra["metadata"]["name"].as_str().unwrap_or_default(),
-        )
-        .await?;
+        delete_quietly::<EndpointSlice>(ctx, ns, &extra.name_any()).await?;
     }
-    Ok(())
+    Ok(Action::await_change())
 }
 
-async fn delete_quietly(
-    ctx: &Ctx,
-    r: &weft_api::Resource,
-    ns: Option<&str>,
-    name: &str,
-) -> Result<(), ApiError> {
-    match ctx.reg.delete(r, ns, name, (None, None)).await {
+async fn delete_quietly<K: Kind>(ctx: &Ctx, ns: Option<&str>, name: &str) -> Result<(), ApiError> {
+    match ctx.reg.delete::<K>(ns, name, (None, None), None).await {
         Ok(_) | Err(ApiError { code: 404, .. }) => Ok(()),
         Err(e) => Err(e),
     }

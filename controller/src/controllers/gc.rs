@@ -1,95 +1,127 @@
 //! Garbage collection through ownerReferences (an object whose owners are all
 //! gone is deleted, in the background) and namespace deletion (a namespace
 //! being deleted is emptied, then its finalizer is removed and it goes).
+//!
+//! Both work on any kind, through the objects' metadata: the cache's owner
+//! index finds the dependents of a deleted object, and the registry's
+//! [`DynKind`](crate::registry::DynKind) deletes them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use weft_api::ApiError;
-use weft_api::resources::{RESOURCES, Resource};
+use weft_api::resources::{self, RESOURCES, Resource};
 
-use super::{Ctx, Queue, follow_changes, res, run_workers};
-use crate::registry::Write;
+use super::{Action, Controller, Ctx, Queue, backoff};
+use crate::registry::{Write, kind_of};
 
-pub fn start(ctx: Ctx) {
-    // Dependents of deleted objects, by store key.
-    let orphans = Queue::new();
-    let namespaces = Queue::new();
-    {
-        let (q, nq, cache) = (orphans.clone(), namespaces.clone(), ctx.cache.clone());
-        let (q2, nq2, cache2) = (orphans.clone(), namespaces.clone(), ctx.cache.clone());
-        follow_changes(
-            ctx.cache.clone(),
-            move |c| {
-                if c.res.kind == "Namespace"
-                    && let Some(ns) = &c.new
-                    && ns["metadata"]["deletionTimestamp"].is_string()
-                {
-                    nq.add(ns["metadata"]["name"].as_str().unwrap_or_default());
-                }
-                // Something in a terminating namespace changed: look again.
-                if let Some(ns) = c
-                    .old
-                    .as_ref()
-                    .and_then(|o| o["metadata"]["namespace"].as_str())
-                    && c.new.is_none()
-                    && let Some(n) = cache.get(res("", "namespaces"), None, ns)
-                    && n["metadata"]["deletionTimestamp"].is_string()
-                {
-                    nq.add(ns);
-                }
-                if c.new.is_none()
-                    && let Some(old) = &c.old
-                {
-                    let uid = old["metadata"]["uid"].clone();
-                    let ns = old["metadata"]["namespace"].as_str();
-                    for r in RESOURCES.iter().filter(|r| r.namespaced) {
-                        for dep in cache.list(r, ns, |o| owned_by(o, &uid)) {
-                            q.add(r.key(
-                                dep["metadata"]["namespace"].as_str(),
-                                dep["metadata"]["name"].as_str().unwrap_or_default(),
-                            ));
-                        }
-                    }
-                }
-            },
-            move || {
-                for r in RESOURCES.iter().filter(|r| r.namespaced) {
-                    for dep in cache2.list(r, None, |o| o["metadata"]["ownerReferences"].is_array())
-                    {
-                        q2.add(r.key(
-                            dep["metadata"]["namespace"].as_str(),
-                            dep["metadata"]["name"].as_str().unwrap_or_default(),
-                        ));
-                    }
-                }
-                for ns in cache2.list(res("", "namespaces"), None, |n| {
-                    n["metadata"]["deletionTimestamp"].is_string()
-                }) {
-                    nq2.add(ns["metadata"]["name"].as_str().unwrap_or_default());
-                }
-            },
-        );
-    }
-    let ctx = Arc::new(ctx);
-    {
-        let ctx = ctx.clone();
-        run_workers("garbage-collector", orphans, 4, move |key| {
-            let ctx = ctx.clone();
-            async move { collect(&ctx, &key).await.map(|_| None) }
-        });
-    }
-    run_workers("namespace", namespaces, 1, move |name| {
-        let ctx = ctx.clone();
-        async move { finish_namespace(&ctx, &name).await }
-    });
+/// The store key of an object of `res`.
+fn store_key(res: &Resource, meta: &ObjectMeta) -> String {
+    res.key(
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
 }
 
-fn owned_by(obj: &Value, uid: &Value) -> bool {
-    obj["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|refs| refs.iter().any(|r| r["uid"] == *uid))
+pub fn start(ctx: &Ctx) {
+    // Namespaces being deleted: the namespace controller, also woken by
+    // the deletions of their content.
+    let namespace_controller = Controller::<Namespace>::new("namespace", ctx);
+    let namespaces = namespace_controller.queue();
+    // Dependents of deleted objects, by store key.
+    let orphans = Queue::new();
+    for store in ctx.cache.stores() {
+        let res = store.resource();
+        let (q, nq, cache) = (orphans.clone(), namespaces.clone(), ctx.cache.clone());
+        let (q2, cache2) = (orphans.clone(), ctx.cache.clone());
+        store.follow_meta(
+            Box::new(move |_key, old, new| {
+                if res.kind == "Namespace"
+                    && let Some(ns) = new
+                    && ns.deletion_timestamp.is_some()
+                {
+                    nq.add(ns.name.clone().unwrap_or_default());
+                }
+                let (Some(old), None) = (old, new) else {
+                    return;
+                };
+                // Something in a terminating namespace went: look again.
+                if let Some(ns) = &old.namespace
+                    && cache
+                        .store::<Namespace>()
+                        .get(None, ns)
+                        .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+                {
+                    nq.add(ns.clone());
+                }
+                // Its dependents may be orphans now.
+                let uid = old.uid.as_deref().unwrap_or_default();
+                for s in cache.stores().iter().filter(|s| s.resource().namespaced) {
+                    for dep in s.owned_by(uid) {
+                        q.add(store_key(s.resource(), &dep));
+                    }
+                }
+            }),
+            Box::new(move || {
+                if !res.namespaced {
+                    return;
+                }
+                let Some(s) = cache2.store_of(res) else {
+                    return;
+                };
+                for dep in s
+                    .metas(None)
+                    .iter()
+                    .filter(|m| m.owner_references.as_ref().is_some_and(|r| !r.is_empty()))
+                {
+                    q2.add(store_key(res, dep));
+                }
+            }),
+        );
+    }
+    run_collector(Arc::new(ctx.clone()), orphans);
+    namespace_controller.run(
+        1,
+        |ns, ctx| async move { finish_namespace(&ns, &ctx).await },
+    );
+}
+
+/// Workers deleting the queued dependents whose owners are all gone.
+fn run_collector(ctx: Arc<Ctx>, queue: Arc<Queue>) {
+    let failures: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
+    for _ in 0..4 {
+        let (ctx, queue, failures) = (ctx.clone(), queue.clone(), failures.clone());
+        tokio::spawn(async move {
+            loop {
+                let key = queue.pop().await;
+                let outcome = collect(&ctx, &key).await;
+                queue.done(&key);
+                match outcome {
+                    Ok(()) => {
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key);
+                    }
+                    Err(e) => {
+                        let n = {
+                            let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
+                            let n = f.entry(key.clone()).or_insert(0);
+                            *n += 1;
+                            *n
+                        };
+                        let delay = backoff(n);
+                        if e.code != 409 && e.code != 404 {
+                            tracing::warn!(controller = "garbage-collector", key = %key, "reconcile failed (retry in {delay:?}): {e}");
+                        }
+                        queue.add_after(key, delay);
+                    }
+                }
+            }
+        });
+    }
 }
 
 fn resource_of_key(key: &str) -> Option<&'static Resource> {
@@ -101,43 +133,34 @@ async fn collect(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
     let Some(r) = resource_of_key(key) else {
         return Ok(());
     };
-    let Some(obj) = ctx.cache.get_key(r, key) else {
+    let Some(store) = ctx.cache.store_of(r) else {
         return Ok(());
     };
-    let Some(refs) = obj["metadata"]["ownerReferences"].as_array() else {
+    let tail = key.strip_prefix(&r.key_prefix()).unwrap_or_default();
+    let Some(meta) = store.meta_of(tail) else {
         return Ok(());
     };
-    let ns = obj["metadata"]["namespace"].as_str();
+    let Some(refs) = &meta.owner_references else {
+        return Ok(());
+    };
+    let ns = meta.namespace.as_deref();
     let alive = refs.iter().any(|o| {
-        let owner_res = RESOURCES.iter().find(|r| {
-            r.kind == o["kind"].as_str().unwrap_or_default()
-                && r.api_version() == o["apiVersion"].as_str().unwrap_or_default()
-        });
-        match owner_res {
+        match resources::by_kind(&o.api_version, &o.kind) {
             // An owner of a kind this server does not serve is not judged.
             None => true,
-            Some(or) => ctx
-                .cache
-                .get(
-                    or,
-                    if or.namespaced { ns } else { None },
-                    o["name"].as_str().unwrap_or_default(),
-                )
-                .is_some_and(|owner| owner["metadata"]["uid"] == o["uid"]),
+            Some(or) => ctx.cache.store_of(or).is_none_or(|s| {
+                let owner_key = weft_api::meta::key(if or.namespaced { ns } else { None }, &o.name);
+                s.meta_of(&owner_key)
+                    .is_some_and(|owner| owner.uid.as_deref() == Some(o.uid.as_str()))
+            }),
         }
     });
     if alive {
         return Ok(());
     }
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    match ctx
-        .reg
-        .delete(
-            r,
-            ns,
-            name,
-            (obj["metadata"]["uid"].as_str().map(String::from), None),
-        )
+    let name = meta.name.as_deref().unwrap_or_default();
+    match kind_of(r)
+        .delete(&ctx.reg, ns, name, (meta.uid.clone(), None), None)
         .await
     {
         Ok(_)
@@ -149,20 +172,25 @@ async fn collect(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
 }
 
 /// Empties a namespace being deleted; once empty, lets it go.
-async fn finish_namespace(ctx: &Ctx, name: &str) -> Result<Option<Duration>, ApiError> {
-    let ns_res = res("", "namespaces");
-    let Some(ns) = ctx.cache.get(ns_res, None, name) else {
-        return Ok(None);
-    };
-    if !ns["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(None);
+async fn finish_namespace(ns: &Namespace, ctx: &Ctx) -> Result<Action, ApiError> {
+    if ns.metadata.deletion_timestamp.is_none() {
+        return Ok(Action::await_change());
     }
+    let name = ns.metadata.name.clone().unwrap_or_default();
     let mut left = 0;
-    for r in RESOURCES.iter().filter(|r| r.namespaced) {
-        for obj in ctx.cache.list(r, Some(name), |_| true) {
+    for store in ctx
+        .cache
+        .stores()
+        .iter()
+        .filter(|s| s.resource().namespaced)
+    {
+        for meta in store.metas(Some(&name)) {
             left += 1;
-            let obj_name = obj["metadata"]["name"].as_str().unwrap_or_default();
-            match ctx.reg.delete(r, Some(name), obj_name, (None, None)).await {
+            let obj_name = meta.name.as_deref().unwrap_or_default();
+            match kind_of(store.resource())
+                .delete(&ctx.reg, Some(&name), obj_name, (None, None), None)
+                .await
+            {
                 Ok(_)
                 | Err(ApiError {
                     code: 404 | 409, ..
@@ -173,14 +201,20 @@ async fn finish_namespace(ctx: &Ctx, name: &str) -> Result<Option<Duration>, Api
     }
     if left > 0 {
         // Look again once the deletions have landed.
-        return Ok(Some(Duration::from_millis(200)));
+        return Ok(Action::requeue(Duration::from_millis(200)));
     }
     ctx.reg
-        .modify(ns_res, None, name, Write::Update, |mut obj| {
-            obj["spec"]["finalizers"] = json!([]);
+        .modify::<Namespace>(None, &name, Write::Update, |mut obj| {
+            obj.spec.get_or_insert_with(Default::default).finalizers = Some(Vec::new());
             Ok(obj)
         })
         .await
-        .map(|_| None)
-        .or_else(|e| if e.code == 404 { Ok(None) } else { Err(e) })
+        .map(|_| Action::await_change())
+        .or_else(|e| {
+            if e.code == 404 {
+                Ok(Action::await_change())
+            } else {
+                Err(e)
+            }
+        })
 }

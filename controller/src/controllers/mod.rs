@@ -1,7 +1,13 @@
-//! The controllers: reconcile loops over the cache, writing through the
-//! registry. Each is level-triggered (it looks at the whole object and what it
-//! owns, not at the event), so running one twice or after a crash converges
-//! to the same state.
+//! The controllers: reconcile loops over the typed cache, writing through
+//! the registry, in the shape kube-rs's `Controller` gives its users. A
+//! [`Controller`] for a kind queues the key of every object of that kind
+//! that changes (and of the owner of every dependent that changes, or
+//! whatever a mapper says), and its workers run a typed
+//! `reconcile(Arc<K>, Arc<Ctx>) -> Result<Action, ApiError>` per key; on an
+//! error its error policy decides the retry, with back-off per object.
+//! Each reconcile is level-triggered (it looks at the whole object and what
+//! it owns, not at the event), so running one twice or after a crash
+//! converges to the same state.
 
 pub mod deployment;
 pub mod endpoints;
@@ -10,17 +16,17 @@ pub mod nodes;
 pub mod replicaset;
 pub mod scheduler;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use tokio::sync::{Notify, broadcast};
-use weft_api::resources::{self, Resource};
+use weft_api::ApiError;
 
 use crate::cache::{Cache, Change};
-use crate::registry::Registry;
+use crate::registry::{Kind, Registry};
 
 /// Settings of the controllers.
 #[derive(Debug, Clone)]
@@ -43,14 +49,34 @@ impl Default for ControllersConfig {
 /// What every controller gets.
 #[derive(Clone)]
 pub struct Ctx {
+    /// Where they write.
     pub reg: Registry,
+    /// What they read.
     pub cache: Arc<Cache>,
+    /// Their settings.
     pub cfg: ControllersConfig,
 }
 
-pub fn res(group: &str, plural: &str) -> &'static Resource {
-    let version = "v1";
-    resources::by_path(group, version, plural).expect("a served resource")
+/// What a reconcile asks for next (kube-rs's `Action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Action {
+    /// Look again after this long, whether or not anything changes.
+    Requeue(Duration),
+    /// Look again when something the controller follows changes.
+    AwaitChange,
+}
+
+impl Action {
+    /// Look again after `after`.
+    pub fn requeue(after: Duration) -> Self {
+        Self::Requeue(after)
+    }
+
+    /// Look again on the next change.
+    pub fn await_change() -> Self {
+        Self::AwaitChange
+    }
 }
 
 /// A work queue of object keys ("namespace/name") in client-go's manner: a
@@ -71,10 +97,12 @@ struct QueueState {
 }
 
 impl Queue {
+    /// An empty queue.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
+    /// Queues `key` (once).
     pub fn add(&self, key: impl Into<String>) {
         let key = key.into();
         let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -89,6 +117,7 @@ impl Queue {
         }
     }
 
+    /// Queues `key` after `delay`.
     pub fn add_after(self: &Arc<Self>, key: impl Into<String>, delay: Duration) {
         let (queue, key) = (self.clone(), key.into());
         tokio::spawn(async move {
@@ -116,6 +145,7 @@ impl Queue {
         }
     }
 
+    /// Ends the work on `key` (queued again if it changed meanwhile).
     pub fn done(&self, key: &str) {
         let mut q = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         q.processing.remove(key);
@@ -126,6 +156,7 @@ impl Queue {
         }
     }
 
+    /// Keys waiting.
     pub fn len(&self) -> usize {
         self.inner
             .lock()
@@ -134,20 +165,13 @@ impl Queue {
             .len()
     }
 
+    /// Whether no key waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
-/// "namespace/name" (or "name") of an object.
-pub fn key_of(obj: &Value) -> String {
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    match obj["metadata"]["namespace"].as_str() {
-        Some(ns) => format!("{ns}/{name}"),
-        None => name.to_string(),
-    }
-}
-
+/// Splits `namespace/name` (or `name`).
 pub fn split_key(key: &str) -> (Option<&str>, &str) {
     match key.split_once('/') {
         Some((ns, name)) => (Some(ns), name),
@@ -155,14 +179,15 @@ pub fn split_key(key: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// Feeds cache changes to `on_change`, and everything again after the
-/// subscriber fell behind (so nothing is missed, only repeated).
-pub fn follow_changes(
-    cache: Arc<Cache>,
-    mut on_change: impl FnMut(&Change) + Send + 'static,
+/// Feeds changes of kind `C` to `on_change`, and calls `resync` first and
+/// again whenever the subscriber fell behind (so nothing is missed, only
+/// repeated).
+pub fn follow<C: Kind>(
+    cache: &Arc<Cache>,
+    mut on_change: impl FnMut(&Change<C>) + Send + 'static,
     resync: impl Fn() + Send + 'static,
 ) {
-    let mut rx = cache.subscribe();
+    let mut rx = cache.store::<C>().subscribe();
     tokio::spawn(async move {
         resync();
         loop {
@@ -175,179 +200,227 @@ pub fn follow_changes(
     });
 }
 
-/// Queues the key of every `kind` object that changes, and of the `kind`
-/// that controls a changed `child` (a ReplicaSet's pods, a Deployment's
-/// ReplicaSets): the trigger of the owner-driven controllers.
-pub fn follow_owner_and_children(
-    ctx: &Ctx,
-    queue: &Arc<Queue>,
-    owner: &'static Resource,
-    child: &'static str,
-) {
-    let (q, q2, cache) = (queue.clone(), queue.clone(), ctx.cache.clone());
-    follow_changes(
-        ctx.cache.clone(),
-        move |c| {
-            if c.res.kind == owner.kind {
-                q.add(c.key_tail());
-            } else if c.res.kind == child {
+/// How a controller retries a reconcile that failed: after a back-off that
+/// doubles per failure of that object (50 ms up to 30 s), as kube-rs users
+/// write their `error_policy`.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(50u64 << failures.min(10)).min(Duration::from_secs(30))
+}
+
+/// A controller of kind `K`, being built.
+#[must_use]
+pub struct Controller<K: Kind> {
+    name: &'static str,
+    ctx: Arc<Ctx>,
+    queue: Arc<Queue>,
+    _kind: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K: Kind> Controller<K> {
+    /// A controller named `name` of kind `K`: every change of a `K`
+    /// queues it.
+    pub fn new(name: &'static str, ctx: &Ctx) -> Self {
+        let ctx = Arc::new(ctx.clone());
+        let queue = Queue::new();
+        let (q, q2, cache) = (queue.clone(), queue.clone(), ctx.cache.clone());
+        follow::<K>(
+            &ctx.cache,
+            move |c| q.add(c.key.clone()),
+            move || {
+                for o in cache.store::<K>().list(None) {
+                    q2.add(weft_api::meta::key_of(&*o));
+                }
+            },
+        );
+        Self {
+            name,
+            ctx,
+            queue,
+            _kind: std::marker::PhantomData,
+        }
+    }
+
+    /// Its queue, for triggers of its own.
+    pub fn queue(&self) -> Arc<Queue> {
+        self.queue.clone()
+    }
+
+    /// Also queues the `K` that controls each changed `C` (its
+    /// ownerReference with `controller: true`), as kube-rs's `owns`.
+    pub fn owns<C: Kind>(self) -> Self {
+        let q = self.queue.clone();
+        follow::<C>(
+            &self.ctx.cache,
+            move |c: &Change<C>| {
                 for obj in [&c.new, &c.old].into_iter().flatten() {
-                    if let Some(o) = controller_of(obj).filter(|o| o["kind"] == owner.kind) {
-                        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
-                        q.add(format!("{ns}/{}", o["name"].as_str().unwrap_or_default()));
+                    let owner = obj.meta().owner_references.iter().flatten().find(|r| {
+                        r.controller == Some(true)
+                            && r.kind == <K as k8s_openapi::Resource>::KIND
+                            && r.api_version == <K as k8s_openapi::Resource>::API_VERSION
+                    });
+                    if let Some(o) = owner {
+                        q.add(weft_api::meta::key(
+                            obj.meta().namespace.as_deref(),
+                            &o.name,
+                        ));
                     }
                 }
-            }
-        },
-        move || {
-            for o in cache.list(owner, None, |_| true) {
-                q2.add(key_of(&o));
-            }
-        },
-    );
-}
+            },
+            || {},
+        );
+        self
+    }
 
-/// The resourceVersion of an object the registry returned, as a revision.
-pub fn resource_version(obj: &Value) -> i64 {
-    obj["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
-}
+    /// Also queues the keys `mapper` gives for each changed `C`, as
+    /// kube-rs's `watches`.
+    pub fn watches<C: Kind>(
+        self,
+        mapper: impl Fn(&Change<C>, &Cache) -> Vec<String> + Send + 'static,
+    ) -> Self {
+        let (q, cache) = (self.queue.clone(), self.ctx.cache.clone());
+        follow::<C>(
+            &self.ctx.cache,
+            move |c: &Change<C>| {
+                for key in mapper(c, &cache) {
+                    q.add(key);
+                }
+            },
+            || {},
+        );
+        self
+    }
 
-/// Runs `workers` tasks that reconcile keys from `queue`; an error requeues
-/// the key with back-off.
-pub fn run_workers<F, Fut>(name: &'static str, queue: Arc<Queue>, workers: usize, reconcile: F)
-where
-    F: Fn(String) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Option<Duration>, weft_api::ApiError>> + Send,
-{
-    let reconcile = Arc::new(reconcile);
-    let failures: Arc<Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
-    for _ in 0..workers {
-        let (queue, reconcile, failures) = (queue.clone(), reconcile.clone(), failures.clone());
-        tokio::spawn(async move {
-            loop {
-                let key = queue.pop().await;
-                let outcome = reconcile(key.clone()).await;
-                queue.done(&key);
-                match outcome {
-                    Ok(requeue) => {
-                        failures
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&key);
-                        if let Some(after) = requeue {
-                            queue.add_after(key, after);
-                        }
-                    }
-                    Err(e) => {
-                        let n = {
-                            let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
-                            let n = f.entry(key.clone()).or_insert(0);
-                            *n += 1;
-                            *n
-                        };
-                        let delay =
-                            Duration::from_millis(50u64 << n.min(10)).min(Duration::from_secs(30));
-                        if e.code != 409 && e.code != 404 {
-                            tracing::warn!(controller = name, key = %key, "reconcile failed (retry in {delay:?}): {e}");
-                        }
-                        queue.add_after(key, delay);
-                    }
+    /// Runs `workers` tasks reconciling the queued objects with
+    /// `reconcile`; a failure is retried after [`backoff`], a 404 or 409
+    /// (the object went, or changed meanwhile) without a warning. An object
+    /// gone from the cache is not reconciled.
+    pub fn run<F, Fut>(self, workers: usize, reconcile: F)
+    where
+        F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, ApiError>> + Send,
+    {
+        let reconcile = Arc::new(reconcile);
+        self.run_keyed(workers, move |_key, obj, ctx| {
+            let reconcile = reconcile.clone();
+            async move {
+                match obj {
+                    Some(obj) => reconcile(obj, ctx).await,
+                    // Gone: nothing to converge.
+                    None => Ok(Action::await_change()),
                 }
             }
         });
+    }
+
+    /// As [`Controller::run`], for a controller that also cleans up after
+    /// an object that is gone: `reconcile` gets the key and the object, if
+    /// there still is one.
+    pub fn run_keyed<F, Fut>(self, workers: usize, reconcile: F)
+    where
+        F: Fn(String, Option<Arc<K>>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, ApiError>> + Send,
+    {
+        let reconcile = Arc::new(reconcile);
+        let failures: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        for _ in 0..workers {
+            let (queue, reconcile, failures, ctx) = (
+                self.queue.clone(),
+                reconcile.clone(),
+                failures.clone(),
+                self.ctx.clone(),
+            );
+            let name = self.name;
+            tokio::spawn(async move {
+                loop {
+                    let key = queue.pop().await;
+                    let obj = ctx.cache.store::<K>().get_key(&key);
+                    let outcome = reconcile(key.clone(), obj, ctx.clone()).await;
+                    queue.done(&key);
+                    match outcome {
+                        Ok(action) => {
+                            failures
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&key);
+                            if let Action::Requeue(after) = action {
+                                queue.add_after(key, after);
+                            }
+                        }
+                        Err(e) => {
+                            let n = {
+                                let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
+                                let n = f.entry(key.clone()).or_insert(0);
+                                *n += 1;
+                                *n
+                            };
+                            let delay = backoff(n);
+                            if e.code != 409 && e.code != 404 {
+                                tracing::warn!(controller = name, key = %key, "reconcile failed (retry in {delay:?}): {e}");
+                            }
+                            queue.add_after(key, delay);
+                        }
+                    }
+                }
+            });
+        }
     }
 }
 
 /// Records a Kubernetes Event about `obj` (best effort: a lost Event is not
 /// worth failing a reconcile for).
-pub async fn record_event(
+pub async fn record_event<K: Kind>(
     reg: &Registry,
-    obj: &Value,
+    obj: &K,
     kind: &str,
     reason: &str,
     message: &str,
     component: &str,
 ) {
-    let ns = obj["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-    let now = weft_api::meta::now_rfc3339();
+    let meta = obj.meta();
+    let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = meta.name.clone().unwrap_or_default();
+    let now = weft_api::meta::now_time();
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let event = json!({
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"name": format!("{name}.{suffix}"), "namespace": ns},
-        "involvedObject": {
-            "apiVersion": obj["apiVersion"],
-            "kind": obj["kind"],
-            "name": name,
-            "namespace": obj["metadata"]["namespace"],
-            "uid": obj["metadata"]["uid"],
-            "resourceVersion": obj["metadata"]["resourceVersion"],
+    let event = Event {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(format!("{name}.{suffix}")),
+            namespace: Some(ns.clone()),
+            ..Default::default()
         },
-        "reason": reason,
-        "message": message,
-        "type": kind,
-        "source": {"component": component},
-        "reportingComponent": component,
-        "reportingInstance": component,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    });
-    let events = res("", "events");
-    if let Err(e) = reg.create(events, Some(&ns), event).await {
+        involved_object: ObjectReference {
+            api_version: Some(<K as k8s_openapi::Resource>::API_VERSION.into()),
+            kind: Some(<K as k8s_openapi::Resource>::KIND.into()),
+            name: Some(name.clone()),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        type_: Some(kind.into()),
+        source: Some(EventSource {
+            component: Some(component.into()),
+            host: None,
+        }),
+        reporting_component: Some(component.into()),
+        reporting_instance: Some(component.into()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    };
+    if let Err(e) = reg.create(Some(&ns), event).await {
         tracing::debug!("event {reason} on {ns}/{name} not recorded: {e}");
     }
-}
-
-/// The controller reference of an object (the ownerReference with controller: true).
-pub fn controller_of(obj: &Value) -> Option<&Value> {
-    obj["metadata"]["ownerReferences"]
-        .as_array()?
-        .iter()
-        .find(|o| o["controller"].as_bool() == Some(true))
-}
-
-/// An ownerReference to `owner`, as its controller.
-pub fn owner_ref(owner: &Value) -> Value {
-    json!({
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
-        "controller": true,
-        "blockOwnerDeletion": true,
-    })
-}
-
-/// Whether a pod counts as ready (its Ready condition is True).
-pub fn pod_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
-}
-
-/// Whether a pod is finished (Succeeded or Failed) or being deleted.
-pub fn pod_gone(pod: &Value) -> bool {
-    matches!(
-        pod["status"]["phase"].as_str(),
-        Some("Succeeded" | "Failed")
-    ) || pod["metadata"]["deletionTimestamp"].is_string()
 }
 
 /// Starts every controller and the scheduler.
 pub fn start_all(ctx: &Ctx) {
     scheduler::start(ctx.clone());
-    replicaset::start(ctx.clone());
-    deployment::start(ctx.clone());
-    endpoints::start(ctx.clone());
+    replicaset::start(ctx);
+    deployment::start(ctx);
+    endpoints::start(ctx);
     nodes::start(ctx.clone());
-    gc::start(ctx.clone());
+    gc::start(ctx);
 }

@@ -4,13 +4,16 @@
 //! elsewhere. A node that renews again loses the taints. Pods bound to a
 //! node that no longer exists are deleted too.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt as _;
 use weft_api::ApiError;
-use weft_api::meta::{now_rfc3339, parse_rfc3339};
 
-use super::{Ctx, record_event, res};
+use super::{Ctx, record_event};
 use crate::registry::Write;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -35,272 +38,253 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Seconds since the epoch of an RFC 3339 time, fractions included.
-fn parse_time(t: &str) -> Option<f64> {
-    let whole = parse_rfc3339(t)? as f64;
-    let frac = t
-        .split_once('.')
-        .map(|(_, f)| f.trim_end_matches('Z'))
-        .and_then(|f| format!("0.{f}").parse::<f64>().ok());
-    Some(whole + frac.unwrap_or(0.0))
+/// Seconds since the epoch, fractions included.
+fn secs(t: &Timestamp) -> f64 {
+    t.as_second() as f64 + f64::from(t.subsec_nanosecond()) * 1e-9
+}
+
+fn ready_condition(node: &Node) -> Option<&NodeCondition> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
 }
 
 /// When the node last showed it is alive: its Lease, else its Ready
 /// condition's heartbeat, else its creation.
-fn last_heartbeat(ctx: &Ctx, node: &Value) -> f64 {
-    let name = node["metadata"]["name"].as_str().unwrap_or_default();
-    let lease = ctx.cache.get(
-        res("coordination.k8s.io", "leases"),
-        Some("kube-node-lease"),
-        name,
-    );
-    let from_lease = lease.and_then(|l| l["spec"]["renewTime"].as_str().and_then(parse_time));
+fn last_heartbeat(ctx: &Ctx, node: &Node) -> f64 {
+    let lease = ctx
+        .cache
+        .store::<Lease>()
+        .get(Some("kube-node-lease"), &node.name_any());
+    let from_lease = lease.and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| secs(&t.0)));
     let from_condition =
-        ready_condition(node).and_then(|c| c["lastHeartbeatTime"].as_str().and_then(parse_time));
-    let created = node["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(parse_time)
-        .unwrap_or(0.0);
+        ready_condition(node).and_then(|c| c.last_heartbeat_time.as_ref().map(|t| secs(&t.0)));
+    let created = node
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0.0, |t| secs(&t.0));
     from_lease
         .into_iter()
         .chain(from_condition)
         .fold(created, f64::max)
 }
 
-fn ready_condition(node: &Value) -> Option<&Value> {
-    node["status"]["conditions"]
-        .as_array()?
+fn unreachable_taint(node: &Node) -> Option<&Taint> {
+    node.spec
+        .as_ref()?
+        .taints
+        .as_ref()?
         .iter()
-        .find(|c| c["type"] == "Ready")
-}
-
-fn unreachable_taint(node: &Value) -> Option<&Value> {
-    node["spec"]["taints"]
-        .as_array()?
-        .iter()
-        .find(|t| t["key"] == UNREACHABLE && t["effect"] == "NoExecute")
+        .find(|t| t.key == UNREACHABLE && t.effect == "NoExecute")
 }
 
 /// How long a pod stays on an unreachable node: its toleration's seconds,
 /// forever for a toleration without them, else the controller's delay.
-fn tolerated_for(pod: &Value, default: Duration) -> Option<Duration> {
-    let tolerations = pod["spec"]["tolerations"]
-        .as_array()
-        .map(Vec::as_slice)
+fn tolerated_for(pod: &Pod, default: Duration) -> Option<Duration> {
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
     for t in tolerations {
-        let key_ok = t["key"] == UNREACHABLE
-            || (t["key"].as_str().unwrap_or_default().is_empty() && t["operator"] == "Exists");
-        let effect_ok = t["effect"]
-            .as_str()
+        let key = t.key.as_deref().unwrap_or_default();
+        let key_ok =
+            key == UNREACHABLE || (key.is_empty() && t.operator.as_deref() == Some("Exists"));
+        let effect_ok = t
+            .effect
+            .as_deref()
             .is_none_or(|e| e.is_empty() || e == "NoExecute");
         if key_ok && effect_ok {
-            return t["tolerationSeconds"]
-                .as_i64()
-                .map(|s| Duration::from_secs(s.max(0) as u64));
+            return t
+                .toleration_seconds
+                .map(|s| Duration::from_secs(s.max(0).unsigned_abs()));
         }
     }
     Some(default)
 }
 
-async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
-    let nodes_res = res("", "nodes");
-    let pods_res = res("", "pods");
-    let grace = ctx.cfg.node_grace.as_secs_f64();
-    let now = now_secs();
-    // Pods by node, in one pass: a pass per node made the sweep cost nodes
-    // times pods (40 silent nodes and 10 000 pods kept a core 6% busy).
-    let mut by_node: std::collections::HashMap<String, Vec<std::sync::Arc<Value>>> =
-        std::collections::HashMap::new();
-    for pod in ctx.cache.list(pods_res, None, |p| {
-        p["spec"]["nodeName"]
-            .as_str()
-            .is_some_and(|n| !n.is_empty())
-    }) {
-        let node = pod["spec"]["nodeName"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        by_node.entry(node).or_default().push(pod);
+/// Deletes a pod at once (its node will never stop it).
+async fn delete_now(ctx: &Ctx, pod: &Pod) -> Result<bool, ApiError> {
+    match ctx
+        .reg
+        .delete::<Pod>(
+            pod.namespace().as_deref(),
+            &pod.name_any(),
+            (pod.metadata.uid.clone(), None),
+            Some(0),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(ApiError {
+            code: 404 | 409, ..
+        }) => Ok(false),
+        Err(e) => Err(e),
     }
-    let nodes = ctx.cache.list(nodes_res, None, |_| true);
-    let known: std::collections::HashSet<&str> = nodes
-        .iter()
-        .filter_map(|n| n["metadata"]["name"].as_str())
-        .collect();
-    let pods_of = |name: &str| by_node.get(name).cloned().unwrap_or_default();
-    for node in nodes.iter().cloned() {
-        let name = node["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let silent = now - last_heartbeat(ctx, &node) > grace;
-        let tainted = unreachable_taint(&node).is_some();
-        if silent && !tainted {
-            let stamp = now_rfc3339();
-            ctx.reg
-                .modify(nodes_res, None, &name, Write::Status, |mut n| {
-                    let conditions = n["status"]["conditions"].as_array().cloned().unwrap_or_default();
-                    let mut out: Vec<Value> = conditions.into_iter().filter(|c| c["type"] != "Ready").collect();
-                    out.push(json!({
-                        "type": "Ready",
-                        "status": "Unknown",
-                        "reason": "NodeStatusUnknown",
-                        "message": "Kubelet stopped posting node status.",
-                        "lastHeartbeatTime": ready_condition(&n).map(|c| c["lastHeartbeatTime"].clone()).unwrap_or(Value::Null),
-                        "lastTransitionTime": stamp,
-                    }));
-                    n["status"]["conditions"] = json!(out);
-                    Ok(n)
-                })
-                .await?;
-            ctx.reg
-                .modify(nodes_res, None, &name, Write::Update, |mut n| {
-                    let mut taints = n["spec"]["taints"].as_array().cloned().unwrap_or_default();
-                    taints.retain(|t| t["key"] != UNREACHABLE);
-                    taints.push(
-                        json!({"key": UNREACHABLE, "effect": "NoSchedule", "timeAdded": stamp}),
-                    );
-                    taints.push(
-                        json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": stamp}),
-                    );
-                    n["spec"]["taints"] = json!(taints);
-                    Ok(n)
-                })
-                .await?;
-            // As kube's MarkPodsNotReady: nobody vouches for its pods any
-            // more, so they leave their Services' endpoints now, not at
-            // eviction.
-            for pod in pods_of(&name) {
-                let (ns, pod_name) = (
-                    pod["metadata"]["namespace"].as_str(),
-                    pod["metadata"]["name"].as_str().unwrap_or_default(),
-                );
-                let r = ctx
-                    .reg
-                    .modify(pods_res, ns, pod_name, Write::Status, |mut p| {
-                        if let Some(cs) = p["status"]["conditions"].as_array_mut() {
-                            for c in cs.iter_mut() {
-                                if c["type"] == "Ready" && c["status"] != "False" {
-                                    c["status"] = json!("False");
-                                    c["reason"] = json!("NodeNotReady");
-                                    c["lastTransitionTime"] = json!(stamp);
-                                }
-                            }
-                        }
-                        Ok(p)
-                    })
-                    .await;
-                if let Err(e) = r
-                    && e.code != 404
-                {
-                    tracing::warn!(pod = %pod_name, error = %e, "cannot mark the pod not ready");
-                }
+}
+
+async fn mark_not_ready(ctx: &Ctx, node: &Node) -> Result<(), ApiError> {
+    let name = node.name_any();
+    let stamp = weft_api::meta::now_time();
+    ctx.reg
+        .modify::<Node>(None, &name, Write::Status, |mut n| {
+            let status = n.status.get_or_insert_with(Default::default);
+            let heartbeat = ready_condition_of(status).and_then(|c| c.last_heartbeat_time.clone());
+            let mut out: Vec<NodeCondition> = status
+                .conditions
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| c.type_ != "Ready")
+                .collect();
+            out.push(NodeCondition {
+                type_: "Ready".into(),
+                status: "Unknown".into(),
+                reason: Some("NodeStatusUnknown".into()),
+                message: Some("Kubelet stopped posting node status.".into()),
+                last_heartbeat_time: heartbeat,
+                last_transition_time: Some(stamp.clone()),
+            });
+            status.conditions = Some(out);
+            Ok(n)
+        })
+        .await?;
+    ctx.reg
+        .modify::<Node>(None, &name, Write::Update, |mut n| {
+            let taints = n
+                .spec
+                .get_or_insert_with(Default::default)
+                .taints
+                .get_or_insert_with(Vec::new);
+            taints.retain(|t| t.key != UNREACHABLE);
+            for effect in ["NoSchedule", "NoExecute"] {
+                taints.push(Taint {
+                    key: UNREACHABLE.into(),
+                    effect: effect.into(),
+                    time_added: Some(stamp.clone()),
+                    value: None,
+                });
             }
-            record_event(
-                &ctx.reg,
-                &node,
-                "Normal",
-                "NodeNotReady",
-                &format!("Node {name} status is now: NodeNotReady"),
-                "node-controller",
+            Ok(n)
+        })
+        .await?;
+    // As kube's MarkPodsNotReady: nobody vouches for its pods any more, so
+    // they leave their Services' endpoints now, not at eviction.
+    for pod in ctx.cache.store::<Pod>().on_node(&name) {
+        let r = ctx
+            .reg
+            .modify::<Pod>(
+                pod.namespace().as_deref(),
+                &pod.name_any(),
+                Write::Status,
+                |mut p| {
+                    let conditions = p
+                        .status
+                        .as_mut()
+                        .and_then(|s| s.conditions.as_mut())
+                        .into_iter()
+                        .flatten();
+                    for c in conditions.filter(|c| c.type_ == "Ready" && c.status != "False") {
+                        c.status = "False".into();
+                        c.reason = Some("NodeNotReady".into());
+                        c.last_transition_time = Some(stamp.clone());
+                    }
+                    Ok(p)
+                },
             )
             .await;
-            tracing::info!(node = %name, "node stopped renewing its lease: NotReady");
+        if let Err(e) = r
+            && e.code != 404
+        {
+            tracing::warn!(pod = %pod.name_any(), error = %e, "cannot mark the pod not ready");
+        }
+    }
+    record_event(
+        &ctx.reg,
+        node,
+        "Normal",
+        "NodeNotReady",
+        &format!("Node {name} status is now: NodeNotReady"),
+        "node-controller",
+    )
+    .await;
+    tracing::info!(node = %name, "node stopped renewing its lease: NotReady");
+    Ok(())
+}
+
+fn ready_condition_of(status: &k8s_openapi::api::core::v1::NodeStatus) -> Option<&NodeCondition> {
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+}
+
+async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
+    let grace = ctx.cfg.node_grace.as_secs_f64();
+    let now = now_secs();
+    let pods = ctx.cache.store::<Pod>();
+    let nodes = ctx.cache.store::<Node>().list(None);
+    let known: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+    for node in &nodes {
+        let name = node.name_any();
+        let silent = now - last_heartbeat(ctx, node) > grace;
+        let tainted = unreachable_taint(node).is_some();
+        if silent && !tainted {
+            mark_not_ready(ctx, node).await?;
         } else if !silent && tainted {
             ctx.reg
-                .modify(nodes_res, None, &name, Write::Update, |mut n| {
-                    if let Some(taints) = n["spec"]["taints"].as_array_mut() {
-                        taints.retain(|t| t["key"] != UNREACHABLE);
+                .modify::<Node>(None, &name, Write::Update, |mut n| {
+                    if let Some(taints) = n.spec.as_mut().and_then(|s| s.taints.as_mut()) {
+                        taints.retain(|t| t.key != UNREACHABLE);
                     }
                     Ok(n)
                 })
                 .await?;
             tracing::info!(node = %name, "node renews its lease again");
-        } else if let Some(taint) = unreachable_taint(&node) {
-            let since = taint["timeAdded"]
-                .as_str()
-                .and_then(parse_time)
-                .unwrap_or(now);
-            for pod in pods_of(&name) {
+        } else if let Some(taint) = unreachable_taint(node) {
+            let since = taint.time_added.as_ref().map_or(now, |t| secs(&t.0));
+            for pod in pods.on_node(&name) {
                 let Some(delay) = tolerated_for(&pod, ctx.cfg.eviction_delay) else {
                     continue;
                 };
                 if now - since < delay.as_secs_f64() {
                     continue;
                 }
-                let (ns, pod_name) = (
-                    pod["metadata"]["namespace"].as_str(),
-                    pod["metadata"]["name"].as_str().unwrap_or_default(),
-                );
-                match ctx
-                    .reg
-                    .delete_with(
-                        pods_res,
-                        ns,
-                        pod_name,
-                        (pod["metadata"]["uid"].as_str().map(String::from), None),
-                        Some(0),
+                if delete_now(ctx, &pod).await? {
+                    record_event(
+                        &ctx.reg,
+                        &*pod,
+                        "Normal",
+                        "TaintManagerEviction",
+                        &format!("Marking for deletion Pod {}", weft_api::meta::key_of(&*pod)),
+                        "taint-eviction-controller",
                     )
-                    .await
-                {
-                    Ok(_) => {
-                        record_event(
-                            &ctx.reg,
-                            &pod,
-                            "Normal",
-                            "TaintManagerEviction",
-                            &format!("Marking for deletion Pod {}", super::key_of(&pod)),
-                            "taint-eviction-controller",
-                        )
-                        .await;
-                    }
-                    Err(ApiError {
-                        code: 404 | 409, ..
-                    }) => {}
-                    Err(e) => return Err(e),
+                    .await;
                 }
             }
         }
     }
     // Pods bound to a node that does not exist: nothing will ever run them.
-    let orphans = by_node
-        .iter()
-        .filter(|(n, _)| !known.contains(n.as_str()))
-        .flat_map(|(_, pods)| pods.iter().cloned());
-    for pod in orphans.collect::<Vec<_>>() {
-        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default();
-        // Registered since the pods were listed: not an orphan.
-        if ctx.cache.get(nodes_res, None, node).is_none() {
-            let age = now
-                - pod["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .and_then(parse_time)
-                    .unwrap_or(now);
-            if age < 5.0 {
+    for node in pods.nodes().into_iter().filter(|n| !known.contains(n)) {
+        for pod in pods.on_node(&node) {
+            // Registered since the nodes were listed: not an orphan.
+            if ctx.cache.store::<Node>().get(None, &node).is_some() {
+                break;
+            }
+            let created = pod
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(now, |t| secs(&t.0));
+            if now - created < 5.0 {
                 continue; // the node may be registering right now
             }
-            let (ns, name) = (
-                pod["metadata"]["namespace"].as_str(),
-                pod["metadata"]["name"].as_str().unwrap_or_default(),
-            );
-            match ctx
-                .reg
-                .delete_with(
-                    pods_res,
-                    ns,
-                    name,
-                    (pod["metadata"]["uid"].as_str().map(String::from), None),
-                    Some(0),
-                )
-                .await
-            {
-                Ok(_)
-                | Err(ApiError {
-                    code: 404 | 409, ..
-                }) => {}
-                Err(e) => return Err(e),
-            }
+            delete_now(ctx, &pod).await?;
         }
     }
     Ok(())
@@ -312,8 +296,20 @@ mod tests {
 
     #[test]
     fn times_with_fractions() {
-        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000.0));
-        let t = parse_time("2023-11-14T22:13:20.250000Z").unwrap();
-        assert!((t - 1_700_000_000.25).abs() < 1e-6);
+        let t: Timestamp = "2023-11-14T22:13:20.250000Z".parse().expect("a time");
+        assert!((secs(&t) - 1_700_000_000.25).abs() < 1e-6);
+        let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {"containers": [],
+            "tolerations": [{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 7}]}}))
+        .expect("a pod");
+        assert_eq!(
+            tolerated_for(&pod, Duration::from_secs(30)),
+            Some(Duration::from_secs(7))
+        );
+        let plain: Pod =
+            serde_json::from_value(serde_json::json!({"spec": {"containers": []}})).expect("a pod");
+        assert_eq!(
+            tolerated_for(&plain, Duration::from_secs(30)),
+            Some(Duration::from_secs(30))
+        );
     }
 }

@@ -4,88 +4,92 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde_json::{Value, json};
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::{Resource as _, ResourceExt as _};
 use weft_api::ApiError;
-use weft_api::selector::LabelSelector;
+use weft_api::pod::{is_gone, is_ready};
 
-use super::{
-    Ctx, Queue, controller_of, owner_ref, pod_gone, pod_ready, record_event, res, run_workers,
-    split_key,
-};
-use crate::registry::Write;
+use super::{Action, Controller, Ctx, record_event};
+use crate::registry::{Write, revision_of, store_error};
 
 /// Pod creations or deletions in flight per reconcile.
 const BURST: usize = 64;
 
-pub fn start(ctx: Ctx) {
-    let queue = Queue::new();
-    super::follow_owner_and_children(&ctx, &queue, res("apps", "replicasets"), "Pod");
-    let ctx = Arc::new(ctx);
-    run_workers("replicaset", queue, 4, move |key| {
-        let ctx = ctx.clone();
-        async move { reconcile(&ctx, &key).await.map(|_| None) }
-    });
+pub fn start(ctx: &Ctx) {
+    Controller::<ReplicaSet>::new("replicaset", ctx)
+        .owns::<Pod>()
+        .run(4, |rs, ctx| async move { reconcile(&rs, &ctx).await });
 }
 
 /// The order pods are removed in when scaling down: unscheduled, then
 /// pending, then not ready, then the youngest.
-fn deletion_rank(pod: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
-    let scheduled = pod["spec"]["nodeName"]
-        .as_str()
+fn deletion_rank(pod: &Pod) -> (u8, u8, u8, std::cmp::Reverse<Option<Time>>) {
+    let scheduled = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
         .is_some_and(|n| !n.is_empty());
-    let running = pod["status"]["phase"] == "Running";
+    let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    let created = pod.metadata.creation_timestamp.clone();
     (
         scheduled as u8,
         running as u8,
-        pod_ready(pod) as u8,
-        std::cmp::Reverse(
-            pod["metadata"]["creationTimestamp"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        ),
+        is_ready(pod) as u8,
+        std::cmp::Reverse(created),
     )
 }
 
-/// A pod made from the ReplicaSet's template.
-pub fn pod_from_template(rs: &Value) -> Value {
-    let template = &rs["spec"]["template"];
-    let mut meta = json!({
-        "generateName": format!("{}-", rs["metadata"]["name"].as_str().unwrap_or_default()),
-        "ownerReferences": [owner_ref(rs)],
-    });
-    for field in ["labels", "annotations"] {
-        if template["metadata"][field].is_object() {
-            meta[field] = template["metadata"][field].clone();
-        }
+/// A pod made from the ReplicaSet's template, owned by it.
+pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
+    let template = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
+    let tmeta = template.metadata.unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", rs.name_any())),
+            owner_references: rs.controller_owner_ref(&()).map(|o| vec![o]),
+            labels: tmeta.labels,
+            annotations: tmeta.annotations,
+            ..ObjectMeta::default()
+        },
+        spec: template.spec,
+        status: None,
     }
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template["spec"]})
 }
 
-pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
-    let (ns, name) = split_key(key);
-    let rs_res = res("apps", "replicasets");
-    let pods_res = res("", "pods");
-    let Some(rs) = ctx.cache.get(rs_res, ns, name) else {
-        return Ok(());
-    };
-    if rs["metadata"]["deletionTimestamp"].is_string() {
-        return Ok(());
+fn owned_pods(ctx: &Ctx, rs: &ReplicaSet) -> Vec<Arc<Pod>> {
+    let uid = rs.metadata.uid.as_deref().unwrap_or_default();
+    let mut pods = ctx.cache.store::<Pod>().controlled_by(uid);
+    pods.retain(|p| !is_gone(p));
+    pods
+}
+
+pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
     }
-    let uid = rs["metadata"]["uid"].clone();
-    let selector =
-        LabelSelector::from_k8s(&rs["spec"]["selector"]).map_err(ApiError::bad_request)?;
-    let owned: Vec<Arc<Value>> = ctx.cache.list(pods_res, ns, |p| {
-        controller_of(p).is_some_and(|o| o["uid"] == uid) && !pod_gone(p)
-    });
-    let want = rs["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
+    let ns = rs.namespace();
+    let ns = ns.as_deref();
+    let name = rs.name_any();
+    let owned = owned_pods(ctx, rs);
+    let want = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(0) as usize;
     let mut last_rev = 0i64;
     if owned.len() < want {
-        let template = pod_from_template(&rs);
+        let template = pod_from_template(rs);
         // Results are folded as they come: holding 10 000 created pods
         // until the last one lands would cost more memory than the cache.
         let (rev, created, names, failure) = futures::stream::iter(0..want - owned.len())
-            .map(|_| ctx.reg.create(pods_res, ns, template.clone()))
+            .map(|_| ctx.reg.create(ns, template.clone()))
             .buffer_unordered(BURST)
             .fold(
                 (0i64, 0usize, Vec::new(), None),
@@ -93,19 +97,9 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
                     match r {
                         Ok(pod) => {
                             if names.len() < 5 {
-                                names.push(
-                                    pod["metadata"]["name"]
-                                        .as_str()
-                                        .unwrap_or_default()
-                                        .to_string(),
-                                );
+                                names.push(pod.name_any());
                             }
-                            (
-                                rev.max(super::resource_version(&pod)),
-                                n + 1,
-                                names,
-                                failure,
-                            )
+                            (rev.max(revision_of(&pod)), n + 1, names, failure)
                         }
                         Err(e) => (rev, n, names, Some(e)),
                     }
@@ -116,7 +110,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
         if created > 0 {
             record_event(
                 &ctx.reg,
-                &rs,
+                rs,
                 "Normal",
                 "SuccessfulCreate",
                 &created_message("Created", created, &names),
@@ -127,7 +121,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
         if let Some(e) = failure {
             record_event(
                 &ctx.reg,
-                &rs,
+                rs,
                 "Warning",
                 "FailedCreate",
                 &format!("Error creating: {e}"),
@@ -139,14 +133,12 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
     } else if owned.len() > want {
         let mut victims = owned.clone();
         victims.sort_by_key(|p| deletion_rank(p));
-        let results: Vec<Result<Value, ApiError>> =
+        let results: Vec<Result<Pod, ApiError>> =
             futures::stream::iter(victims.into_iter().take(owned.len() - want))
-                .map(|p| {
-                    let name = p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    async move { ctx.reg.delete(pods_res, ns, &name, (None, None)).await }
+                .map(|p| async move {
+                    ctx.reg
+                        .delete::<Pod>(ns, &p.name_any(), (None, None), None)
+                        .await
                 })
                 .buffer_unordered(BURST)
                 .collect()
@@ -154,12 +146,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
         let mut names = Vec::new();
         for r in results {
             match r {
-                Ok(p) => names.push(
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
+                Ok(p) => names.push(p.name_any()),
                 Err(ApiError { code: 404, .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -167,7 +154,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
         if !names.is_empty() {
             record_event(
                 &ctx.reg,
-                &rs,
+                rs,
                 "Normal",
                 "SuccessfulDelete",
                 &created_message("Deleted", names.len(), &names),
@@ -175,39 +162,46 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
             )
             .await;
         }
-        last_rev = ctx
-            .reg
-            .store
-            .revision()
-            .await
-            .map_err(crate::registry::store_error)?;
+        last_rev = ctx.reg.store.revision().await.map_err(store_error)?;
     }
     if last_rev > 0 {
         // Expectations, the simple way: the next look at this ReplicaSet
         // must see the pods just made or removed.
         ctx.cache.wait_for(last_rev).await;
     }
-    let owned: Vec<Arc<Value>> = ctx.cache.list(pods_res, ns, |p| {
-        controller_of(p).is_some_and(|o| o["uid"] == uid) && !pod_gone(p)
-    });
-    let ready = owned.iter().filter(|p| pod_ready(p)).count();
-    let labeled = owned.iter().filter(|p| selector.matches_object(p)).count();
-    let status = json!({
-        "replicas": owned.len(),
-        "fullyLabeledReplicas": labeled,
-        "readyReplicas": ready,
-        "availableReplicas": ready,
-        "observedGeneration": rs["metadata"]["generation"],
-    });
-    if rs["status"] != status {
+    let owned = owned_pods(ctx, rs);
+    let ready = owned.iter().filter(|p| is_ready(p)).count() as i32;
+    let selector = rs
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .unwrap_or_default();
+    let labeled = owned
+        .iter()
+        .filter(|p| {
+            crate::registry::validation::selects(
+                &selector,
+                p.metadata.labels.as_ref().unwrap_or(&Default::default()),
+            )
+        })
+        .count() as i32;
+    let status = ReplicaSetStatus {
+        replicas: owned.len() as i32,
+        fully_labeled_replicas: Some(labeled),
+        ready_replicas: Some(ready),
+        available_replicas: Some(ready),
+        observed_generation: rs.metadata.generation,
+        ..ReplicaSetStatus::default()
+    };
+    if rs.status.as_ref() != Some(&status) {
         ctx.reg
-            .modify(rs_res, ns, name, Write::Status, |mut obj| {
-                obj["status"] = status.clone();
+            .modify::<ReplicaSet>(ns, &name, Write::Status, |mut obj| {
+                obj.status = Some(status.clone());
                 Ok(obj)
             })
             .await?;
     }
-    Ok(())
+    Ok(Action::await_change())
 }
 
 /// "Created pod: a" or "Created 12 pods: a, b, c, ...": one Event per

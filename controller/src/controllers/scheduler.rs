@@ -15,12 +15,14 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, Taint};
+use kube::ResourceExt as _;
 use tokio::sync::{Notify, Semaphore};
 use weft_api::ApiError;
 
-use super::{Ctx, controller_of, follow_changes, key_of, record_event, res};
-use crate::ipam;
+use super::{Ctx, follow, record_event, split_key};
+use crate::cache::controller_uid;
+use crate::registry::Write;
 
 /// Bindings in flight at once (they are store writes; more in flight means
 /// larger group commits).
@@ -34,40 +36,34 @@ pub struct Request {
     pub memory: i64,
 }
 
-fn quantity(v: &Value) -> i64 {
+fn quantity(q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>) -> i64 {
     // Milli-units for CPU; bytes (rounded up) for memory.
-    v.as_str().and_then(weft_api::quantity::parse).unwrap_or(0) as i64
+    q.and_then(|q| weft_api::quantity::parse(&q.0)).unwrap_or(0) as i64
 }
 
 /// The pod's requests, as Kubernetes counts them: the sum over containers,
 /// at least the largest init container; a limit without a request counts as
 /// the request.
-pub fn pod_request(spec: &Value) -> Request {
-    let one = |c: &Value| {
+pub fn pod_request(spec: Option<&PodSpec>) -> Request {
+    let one = |c: &Container| {
         let get = |r: &str| {
-            let req = &c["resources"]["requests"][r];
-            if req.is_string() {
-                quantity(req)
-            } else {
-                quantity(&c["resources"]["limits"][r])
+            let res = c.resources.as_ref();
+            match res.and_then(|x| x.requests.as_ref()).and_then(|m| m.get(r)) {
+                Some(req) => quantity(Some(req)),
+                None => quantity(res.and_then(|x| x.limits.as_ref()).and_then(|m| m.get(r))),
             }
         };
         (get("cpu"), get("memory"))
     };
     let mut cpu = 0i64;
     let mut mem = 0i64;
-    for c in spec["containers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
+    for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
         let (c, m) = one(c);
         cpu += c;
         mem += m;
     }
-    for c in spec["initContainers"]
-        .as_array()
-        .map(Vec::as_slice)
+    for c in spec
+        .and_then(|s| s.init_containers.as_deref())
         .unwrap_or_default()
     {
         let (c, m) = one(c);
@@ -96,40 +92,34 @@ struct NodeInfo {
     name: String,
     ready: bool,
     unschedulable: bool,
-    taints: Vec<Value>,
-    labels: serde_json::Map<String, Value>,
+    taints: Vec<Taint>,
+    labels: BTreeMap<String, String>,
     milli_cpu: i64,
     memory: i64,
     max_pods: i64,
 }
 
 impl NodeInfo {
-    fn from(node: &Value) -> Self {
+    fn from(node: &Node) -> Self {
+        let spec = node.spec.as_ref();
         Self {
-            name: node["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            ready: node["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            }),
-            unschedulable: node["spec"]["unschedulable"].as_bool() == Some(true),
-            taints: node["spec"]["taints"]
-                .as_array()
+            name: node.name_any(),
+            ready: node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            unschedulable: spec.and_then(|s| s.unschedulable) == Some(true),
+            taints: spec
+                .and_then(|s| s.taints.as_ref())
                 .map(|ts| {
                     ts.iter()
-                        .filter(|t| {
-                            matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
-                        })
+                        .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
                         .cloned()
                         .collect()
                 })
                 .unwrap_or_default(),
-            labels: node["metadata"]["labels"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
+            labels: node.labels().clone(),
             milli_cpu: allocatable(node, "cpu").unwrap_or(i64::MAX / 4),
             memory: allocatable(node, "memory")
                 .map(|m| m / 1000)
@@ -204,126 +194,131 @@ impl State {
     }
 }
 
-fn wants_scheduling(pod: &Value) -> bool {
-    pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
-        && pod["spec"]["schedulerName"]
-            .as_str()
+fn wants_scheduling(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    spec.and_then(|s| s.node_name.as_deref())
+        .is_none_or(str::is_empty)
+        && spec
+            .and_then(|s| s.scheduler_name.as_deref())
             .is_none_or(|s| s == "default-scheduler")
-        && !pod["metadata"]["deletionTimestamp"].is_string()
-        && !matches!(
-            pod["status"]["phase"].as_str(),
-            Some("Succeeded" | "Failed")
-        )
+        && pod.metadata.deletion_timestamp.is_none()
+        && !weft_api::pod::is_finished(pod)
 }
 
-fn counts_on_node(pod: &Value) -> Option<&str> {
-    let node = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())?;
-    if matches!(
-        pod["status"]["phase"].as_str(),
-        Some("Succeeded" | "Failed")
-    ) {
+fn counts_on_node(pod: &Pod) -> Option<&str> {
+    let node = pod
+        .spec
+        .as_ref()?
+        .node_name
+        .as_deref()
+        .filter(|n| !n.is_empty())?;
+    if weft_api::pod::is_finished(pod) {
         return None;
     }
     Some(node)
 }
 
-fn owner_uid(pod: &Value) -> Option<String> {
-    controller_of(pod)
-        .and_then(|o| o["uid"].as_str())
-        .map(String::from)
+fn owner_uid(pod: &Pod) -> Option<String> {
+    controller_uid(pod).map(String::from)
+}
+
+/// Whether a Node change can change where pods fit.
+fn node_changed(old: &Node, new: &Node) -> bool {
+    let conditions = |n: &Node| n.status.as_ref().and_then(|s| s.conditions.clone());
+    let allocatable = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
+    old.spec != new.spec
+        || conditions(old) != conditions(new)
+        || old.metadata.labels != new.metadata.labels
+        || allocatable(old) != allocatable(new)
 }
 
 pub fn start(ctx: Ctx) {
     let state = Arc::new(Mutex::new(State::default()));
     let wake = Arc::new(Notify::new());
+    // Everything again: on start and whenever a follower fell behind.
+    let resync = {
+        let (st, wk, cache) = (state.clone(), wake.clone(), ctx.cache.clone());
+        Arc::new(move || {
+            let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+            *s = State::default();
+            for node in cache.store::<Node>().list(None) {
+                let info = NodeInfo::from(&node);
+                s.infos.insert(info.name.clone(), info);
+            }
+            for pod in cache.store::<Pod>().list(None) {
+                let key = weft_api::meta::key_of(&*pod);
+                if let Some(node) = counts_on_node(&pod) {
+                    s.count(&key, node, pod_request(pod.spec.as_ref()), owner_uid(&pod));
+                }
+                if wants_scheduling(&pod) {
+                    s.enqueue(key);
+                }
+            }
+            drop(s);
+            wk.notify_one();
+        })
+    };
     {
-        let (st, wk, st2, wk2, cache) = (
-            state.clone(),
-            wake.clone(),
-            state.clone(),
-            wake.clone(),
-            ctx.cache.clone(),
-        );
-        follow_changes(
-            ctx.cache.clone(),
+        let (st, wk, rs) = (state.clone(), wake.clone(), resync.clone());
+        follow::<Pod>(
+            &ctx.cache,
             move |c| {
                 let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
-                match c.res.kind {
-                    "Pod" => {
-                        let key = c.key_tail();
-                        match &c.new {
-                            Some(pod) => {
-                                if let Some(node) = counts_on_node(pod) {
-                                    s.count(&key, node, pod_request(&pod["spec"]), owner_uid(pod));
-                                } else {
-                                    s.uncount(&key);
-                                }
-                                if wants_scheduling(pod) {
-                                    if !s.unschedulable.contains_key(&key) {
-                                        s.enqueue(key);
-                                    }
-                                } else {
-                                    s.unschedulable.remove(&key);
-                                }
+                let key = c.key.clone();
+                match &c.new {
+                    Some(pod) => {
+                        if let Some(node) = counts_on_node(pod) {
+                            s.count(&key, node, pod_request(pod.spec.as_ref()), owner_uid(pod));
+                        } else {
+                            s.uncount(&key);
+                        }
+                        if wants_scheduling(pod) {
+                            if !s.unschedulable.contains_key(&key) {
+                                s.enqueue(key);
                             }
-                            None => {
-                                s.uncount(&key);
-                                s.unschedulable.remove(&key);
-                                // Room was freed: the waiting may fit now.
-                                s.retry_unschedulable();
-                            }
+                        } else {
+                            s.unschedulable.remove(&key);
                         }
                     }
-                    "Node" => {
-                        match &c.new {
-                            Some(n) => {
-                                let info = NodeInfo::from(n);
-                                s.infos.insert(info.name.clone(), info);
-                            }
-                            None => {
-                                if let Some(o) = &c.old {
-                                    s.infos
-                                        .remove(o["metadata"]["name"].as_str().unwrap_or_default());
-                                }
-                            }
-                        }
-                        let changed = match (&c.old, &c.new) {
-                            (Some(o), Some(n)) => {
-                                o["spec"] != n["spec"]
-                                    || o["status"]["conditions"] != n["status"]["conditions"]
-                                    || o["metadata"]["labels"] != n["metadata"]["labels"]
-                                    || o["status"]["allocatable"] != n["status"]["allocatable"]
-                            }
-                            _ => true,
-                        };
-                        if changed {
-                            s.retry_unschedulable();
-                        }
+                    None => {
+                        s.uncount(&key);
+                        s.unschedulable.remove(&key);
+                        // Room was freed: the waiting may fit now.
+                        s.retry_unschedulable();
                     }
-                    _ => return,
                 }
                 drop(s);
                 wk.notify_one();
             },
-            move || {
-                let mut s = st2.lock().unwrap_or_else(|e| e.into_inner());
-                *s = State::default();
-                for node in cache.list(res("", "nodes"), None, |_| true) {
-                    let info = NodeInfo::from(&node);
-                    s.infos.insert(info.name.clone(), info);
+            move || rs(),
+        );
+    }
+    {
+        let (st, wk, rs) = (state.clone(), wake.clone(), resync.clone());
+        follow::<Node>(
+            &ctx.cache,
+            move |c| {
+                let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+                match &c.new {
+                    Some(n) => {
+                        let info = NodeInfo::from(n);
+                        s.infos.insert(info.name.clone(), info);
+                    }
+                    None => {
+                        s.infos.remove(&c.key);
+                    }
                 }
-                for pod in cache.list(res("", "pods"), None, |_| true) {
-                    let key = key_of(&pod);
-                    if let Some(node) = counts_on_node(&pod) {
-                        s.count(&key, node, pod_request(&pod["spec"]), owner_uid(&pod));
-                    }
-                    if wants_scheduling(&pod) {
-                        s.enqueue(key);
-                    }
+                let changed = match (&c.old, &c.new) {
+                    (Some(o), Some(n)) => node_changed(o, n),
+                    _ => true,
+                };
+                if changed {
+                    s.retry_unschedulable();
                 }
                 drop(s);
-                wk2.notify_one();
+                wk.notify_one();
             },
+            move || rs(),
         );
     }
     // Now and then, try the unschedulable again (a Lease renewal, say,
@@ -361,8 +356,7 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
             .unwrap_or_else(|e| e.into_inner())
             .queued
             .remove(&key);
-        let (ns, name) = super::split_key(&key);
-        let Some(pod) = ctx.cache.get(res("", "pods"), ns, name) else {
+        let Some(pod) = ctx.cache.store::<Pod>().get_key(&key) else {
             continue;
         };
         if !wants_scheduling(&pod) {
@@ -374,7 +368,7 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
         };
         match decision {
             Ok(node) => {
-                let req = pod_request(&pod["spec"]);
+                let req = pod_request(pod.spec.as_ref());
                 state.lock().unwrap_or_else(|e| e.into_inner()).count(
                     &key,
                     &node,
@@ -386,8 +380,8 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
                     (ctx.clone(), state.clone(), wake.clone(), key.clone());
                 let pod = pod.clone();
                 tokio::spawn(async move {
-                    let (ns, name) = super::split_key(&key);
-                    let result = ipam::bind(&ctx.reg, ns.unwrap_or("default"), name, &node).await;
+                    let (ns, name) = split_key(&key);
+                    let result = ctx.reg.bind(ns.unwrap_or("default"), name, &node).await;
                     drop(permit);
                     match result {
                         Ok(_) => {}
@@ -404,7 +398,7 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
                             if e.code != 404 && e.code != 409 {
                                 record_event(
                                     &ctx.reg,
-                                    &pod,
+                                    &*pod,
                                     "Warning",
                                     "FailedScheduling",
                                     &format!("Binding rejected: {e}"),
@@ -431,36 +425,25 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
     }
 }
 
-async fn report_unschedulable(ctx: &Ctx, pod: &Value, why: &str) {
-    let already = pod["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == "PodScheduled" && c["status"] == "False" && c["message"] == why)
-    });
+async fn report_unschedulable(ctx: &Ctx, pod: &Pod, why: &str) {
+    let already = weft_api::pod::condition(pod, "PodScheduled")
+        .is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(why));
     if already {
         return;
     }
-    let (ns, name) = (
-        pod["metadata"]["namespace"].as_str(),
-        pod["metadata"]["name"].as_str().unwrap_or_default(),
-    );
+    let name = pod.name_any();
     let result = ctx
         .reg
-        .modify(
-            res("", "pods"),
-            ns,
-            name,
-            crate::registry::Write::Status,
-            |mut p| {
-                ipam::set_condition(
-                    &mut p,
-                    "PodScheduled",
-                    "False",
-                    Some("Unschedulable"),
-                    Some(why),
-                );
-                Ok(p)
-            },
-        )
+        .modify::<Pod>(pod.namespace().as_deref(), &name, Write::Status, |mut p| {
+            weft_api::pod::set_condition(
+                &mut p,
+                "PodScheduled",
+                "False",
+                Some("Unschedulable"),
+                Some(why),
+            );
+            Ok(p)
+        })
         .await;
     if let Err(e) = result {
         if e.code != 404 {
@@ -479,43 +462,40 @@ async fn report_unschedulable(ctx: &Ctx, pod: &Value, why: &str) {
     .await;
 }
 
-fn tolerates(pod: &Value, taint: &Value) -> bool {
-    let tolerations = pod["spec"]["tolerations"]
-        .as_array()
-        .map(Vec::as_slice)
+fn tolerates(pod: &Pod, taint: &Taint) -> bool {
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
     tolerations.iter().any(|t| {
-        let key = t["key"].as_str().unwrap_or_default();
-        let op = t["operator"].as_str().unwrap_or("Equal");
-        let effect = t["effect"].as_str().unwrap_or_default();
-        let key_ok =
-            (key.is_empty() && op == "Exists") || key == taint["key"].as_str().unwrap_or_default();
+        let key = t.key.as_deref().unwrap_or_default();
+        let op = t.operator.as_deref().unwrap_or("Equal");
+        let effect = t.effect.as_deref().unwrap_or_default();
+        let key_ok = (key.is_empty() && op == "Exists") || key == taint.key;
         let value_ok = op == "Exists"
-            || t["value"].as_str().unwrap_or_default()
-                == taint["value"].as_str().unwrap_or_default();
-        let effect_ok = effect.is_empty() || effect == taint["effect"].as_str().unwrap_or_default();
+            || t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
+        let effect_ok = effect.is_empty() || effect == taint.effect;
         key_ok && value_ok && effect_ok
     })
 }
 
-fn allocatable(node: &Value, what: &str) -> Option<i64> {
-    let v = &node["status"]["allocatable"][what];
-    let v = if v.is_string() {
-        v
-    } else {
-        &node["status"]["capacity"][what]
-    };
-    v.as_str()
-        .and_then(weft_api::quantity::parse)
-        .map(|q| q as i64)
+fn allocatable(node: &Node, what: &str) -> Option<i64> {
+    let status = node.status.as_ref()?;
+    let q = status
+        .allocatable
+        .as_ref()
+        .and_then(|a| a.get(what))
+        .or_else(|| status.capacity.as_ref().and_then(|c| c.get(what)))?;
+    weft_api::quantity::parse(&q.0).map(|q| q as i64)
 }
 
 /// The best node for `pod`, or why none fits (in kube-scheduler's words).
-fn choose(_ctx: &Ctx, s: &State, pod: &Value) -> Result<String, String> {
-    let req = pod_request(&pod["spec"]);
+fn choose(_ctx: &Ctx, s: &State, pod: &Pod) -> Result<String, String> {
+    let req = pod_request(pod.spec.as_ref());
     let owner = owner_uid(pod);
-    let selector = pod["spec"]["nodeSelector"].as_object();
-    let tolerations = !pod["spec"]["tolerations"].is_null();
+    let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
+    let tolerations = pod.spec.as_ref().is_some_and(|s| s.tolerations.is_some());
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let empty = NodeUse::default();
     let mut feasible: Vec<(&NodeInfo, &NodeUse)> = Vec::new();
@@ -537,8 +517,8 @@ fn choose(_ctx: &Ctx, s: &State, pod: &Value) -> Result<String, String> {
         if let Some(t) = untolerated {
             let text = format!(
                 "node(s) had untolerated taint {{{}: {}}}",
-                t["key"].as_str().unwrap_or_default(),
-                t["value"].as_str().unwrap_or_default()
+                t.key,
+                t.value.as_deref().unwrap_or_default()
             );
             *reasons.entry(text).or_default() += 1;
             continue;
@@ -640,17 +620,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("a pod")
+    }
+
     #[test]
     fn requests_sum_containers_and_respect_init() {
-        let spec = json!({
+        let p = pod(json!({"spec": {
             "containers": [
-                {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
-                {"resources": {"limits": {"cpu": "200m"}}}
+                {"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+                {"name": "b", "resources": {"limits": {"cpu": "200m"}}}
             ],
-            "initContainers": [{"resources": {"requests": {"cpu": "1"}}}]
-        });
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "1"}}}]
+        }}));
         assert_eq!(
-            pod_request(&spec),
+            pod_request(p.spec.as_ref()),
             Request {
                 milli_cpu: 1000,
                 memory: 64 * 1024 * 1024
@@ -660,23 +644,30 @@ mod tests {
 
     #[test]
     fn tolerations() {
-        let taint = json!({"key": "a", "value": "b", "effect": "NoSchedule"});
+        let taint = Taint {
+            key: "a".into(),
+            value: Some("b".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        };
+        let with =
+            |t: serde_json::Value| pod(json!({"spec": {"containers": [], "tolerations": t}}));
         assert!(tolerates(
-            &json!({"spec": {"tolerations": [{"key": "a", "operator": "Equal", "value": "b"}]}}),
+            &with(json!([{"key": "a", "operator": "Equal", "value": "b"}])),
             &taint
         ));
-        assert!(tolerates(
-            &json!({"spec": {"tolerations": [{"operator": "Exists"}]}}),
+        assert!(tolerates(&with(json!([{"operator": "Exists"}])), &taint));
+        assert!(!tolerates(
+            &with(json!([{"key": "a", "value": "c"}])),
             &taint
         ));
         assert!(!tolerates(
-            &json!({"spec": {"tolerations": [{"key": "a", "value": "c"}]}}),
+            &with(json!([{"key": "a", "operator": "Exists", "effect": "NoExecute"}])),
             &taint
         ));
         assert!(!tolerates(
-            &json!({"spec": {"tolerations": [{"key": "a", "operator": "Exists", "effect": "NoExecute"}]}}),
+            &pod(json!({"spec": {"containers": []}})),
             &taint
         ));
-        assert!(!tolerates(&json!({"spec": {}}), &taint));
     }
 }

@@ -1,0 +1,168 @@
+//! Deployments and ReplicaSets: replicas and (for Deployments) the rollout
+//! strategy defaulted, the pod template checked like a Pod's, a selector
+//! that must select the template's labels and may never change.
+
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStatus, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus,
+    RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
+use weft_api::error::Cause;
+
+use super::kind::{Kind, kind_fields};
+use super::validation::{
+    check_labels, check_pod_spec, default_pod_spec, selector_error, selector_is_empty, selects,
+};
+
+/// What a Deployment and a ReplicaSet check alike: replicas, selector,
+/// template.
+fn check_workload(
+    out: &mut Vec<Cause>,
+    replicas: Option<i32>,
+    selector: &LabelSelector,
+    template: Option<&PodTemplateSpec>,
+) {
+    if let Some(r) = replicas
+        && r < 0
+    {
+        out.push(Cause::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
+    }
+    let labels = template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone());
+    if let Some(e) = selector_error(selector) {
+        out.push(Cause::invalid("spec.selector", json!(selector), e));
+    } else if selector_is_empty(selector) {
+        out.push(Cause::required("spec.selector"));
+    } else if !selects(selector, &labels.clone().unwrap_or_default()) {
+        out.push(Cause::invalid(
+            "spec.template.metadata.labels",
+            serde_json::to_string(&labels).unwrap_or_default(),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    check_labels(out, "spec.template.metadata.labels", labels.as_ref());
+    check_pod_spec(
+        out,
+        template.and_then(|t| t.spec.as_ref()),
+        "spec.template.spec",
+    );
+}
+
+fn selector_unchanged(old: &LabelSelector, new: &LabelSelector) -> Vec<Cause> {
+    if old == new {
+        return Vec::new();
+    }
+    vec![Cause::invalid(
+        "spec.selector",
+        serde_json::to_string(new).unwrap_or_default(),
+        "field is immutable",
+    )]
+}
+
+#[async_trait]
+impl Kind for Deployment {
+    kind_fields!(spec: DeploymentSpec, status: DeploymentStatus);
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    fn default_fields(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        spec.revision_history_limit.get_or_insert(10);
+        spec.progress_deadline_seconds.get_or_insert(600);
+        let strategy = spec.strategy.get_or_insert_with(Default::default);
+        strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if strategy.type_.as_deref() == Some("RollingUpdate") {
+            let ru = strategy
+                .rolling_update
+                .get_or_insert_with(RollingUpdateDeployment::default);
+            let quarter = || IntOrString::String("25%".into());
+            ru.max_surge.get_or_insert_with(quarter);
+            ru.max_unavailable.get_or_insert_with(quarter);
+        }
+        default_pod_spec(spec.template.spec.get_or_insert_with(Default::default));
+    }
+
+    fn validate(&self) -> Vec<Cause> {
+        let mut out = Vec::new();
+        let empty = DeploymentSpec::default();
+        let spec = self.spec.as_ref().unwrap_or(&empty);
+        check_workload(
+            &mut out,
+            spec.replicas,
+            &spec.selector,
+            Some(&spec.template),
+        );
+        if let Some(t) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref())
+            && !["RollingUpdate", "Recreate"].contains(&t)
+        {
+            out.push(Cause::not_supported(
+                "spec.strategy.type",
+                t,
+                &["RollingUpdate", "Recreate"],
+            ));
+        }
+        out
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<Cause> {
+        let sel = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .map(|s| s.selector.clone())
+                .unwrap_or_default()
+        };
+        selector_unchanged(&sel(old), &sel(self))
+    }
+}
+
+#[async_trait]
+impl Kind for ReplicaSet {
+    kind_fields!(spec: ReplicaSetSpec, status: ReplicaSetStatus);
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    fn default_fields(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        if let Some(template) = spec.template.as_mut() {
+            default_pod_spec(template.spec.get_or_insert_with(Default::default));
+        }
+    }
+
+    fn validate(&self) -> Vec<Cause> {
+        let mut out = Vec::new();
+        let empty = ReplicaSetSpec::default();
+        let spec = self.spec.as_ref().unwrap_or(&empty);
+        check_workload(
+            &mut out,
+            spec.replicas,
+            &spec.selector,
+            spec.template.as_ref(),
+        );
+        out
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<Cause> {
+        let sel = |r: &ReplicaSet| {
+            r.spec
+                .as_ref()
+                .map(|s| s.selector.clone())
+                .unwrap_or_default()
+        };
+        selector_unchanged(&sel(old), &sel(self))
+    }
+}

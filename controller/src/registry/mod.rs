@@ -1,0 +1,527 @@
+//! The API's write semantics over the store: what happens to an object on
+//! create, update, status update and delete, whoever asks (an HTTP client or
+//! one of the controller's own loops).
+//!
+//! The generic compare-and-swap write path is here, once for every kind;
+//! what a kind means (defaults, validation, immutable fields, what a write
+//! also claims or frees) is its [`Kind`] implementation, one file per kind
+//! (or group of kinds) in this folder, in the manner of kube-apiserver's
+//! strategies. Every write is one store transaction that also carries what
+//! the write allocates or frees (IPs, node blocks, node ports), so nothing is
+//! ever half-stored.
+
+mod apps;
+mod core;
+mod kind;
+mod namespace;
+mod network_policy;
+mod node;
+pub mod object;
+mod pod;
+mod service;
+pub mod validation;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+use serde_json::Value;
+use weft_api::error::ApiError;
+use weft_api::meta::new_uid;
+use weft_api::resources::{self, Resource};
+
+pub(crate) use kind::for_each_kind;
+pub use kind::{DynKind, KINDS, Kind, NameRule, kind_of};
+pub use object::{
+    decode_stored, decode_typed, encode, parse_rv, revision_of, set_rv, splice_rv, store_error,
+};
+pub use pod::qos_class;
+
+use crate::ipam::Ipam;
+use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
+
+/// How often a write retries when something it allocates was taken by a
+/// concurrent writer.
+const ALLOCATION_RETRIES: usize = 64;
+
+/// What a write is: create, update of the object or of its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// A new object.
+    Create,
+    /// The object (its status is kept as it is).
+    Update,
+    /// Its status subresource (nothing else changes).
+    Status,
+}
+
+/// The API's writes, over the store.
+#[derive(Clone)]
+pub struct Registry {
+    /// Where objects live.
+    pub store: Arc<dyn Store>,
+    /// The address and port ranges writes allocate from.
+    pub ipam: Arc<Ipam>,
+    /// Check and answer as usual, but write nothing (`dryRun=All`).
+    pub dry_run: bool,
+}
+
+/// `res`'s namespace for an object: the given one (or `default`) when the
+/// kind is namespaced, none otherwise.
+fn scope(res: &Resource, ns: Option<&str>) -> Option<String> {
+    res.namespaced.then(|| ns.unwrap_or("default").to_string())
+}
+
+fn invalid<K: Kind>(name: &str, causes: Vec<weft_api::Cause>) -> ApiError {
+    let res = K::resource();
+    ApiError::invalid(res.kind, res.group, name, causes)
+}
+
+fn conflict<K: Kind>(name: &str, why: impl std::fmt::Display) -> ApiError {
+    let res = K::resource();
+    ApiError::conflict(res.plural, res.group, name, why)
+}
+
+fn not_found<K: Kind>(name: &str) -> ApiError {
+    let res = K::resource();
+    ApiError::not_found(res.plural, res.group, name)
+}
+
+impl Registry {
+    /// A registry over `store`, allocating from `ipam`'s ranges.
+    pub fn new(store: Arc<dyn Store>, ipam: Ipam) -> Self {
+        Self {
+            store,
+            ipam: Arc::new(ipam),
+            dry_run: false,
+        }
+    }
+
+    /// The same registry, writing nothing.
+    pub fn dry(&self) -> Self {
+        Self {
+            dry_run: true,
+            ..self.clone()
+        }
+    }
+
+    // --- The read path of the HTTP handlers: JSON straight from the store.
+
+    /// The object as JSON and its revision, if it exists.
+    pub async fn get_json(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<(Value, i64)>, ApiError> {
+        let kv = self
+            .store
+            .get(&res.key(ns, name))
+            .await
+            .map_err(store_error)?;
+        kv.map(|kv| Ok((decode_stored(&kv)?, kv.mod_revision)))
+            .transpose()
+    }
+
+    /// Objects of `res` in `ns` (all namespaces for `None`) that pass
+    /// `keep`, as JSON, and the revision the list was read at.
+    pub async fn list_json(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<(Vec<Value>, i64), ApiError> {
+        let (kvs, rev) = self
+            .store
+            .list(&res.list_prefix(ns))
+            .await
+            .map_err(store_error)?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            let obj = decode_stored(kv)?;
+            if keep(&obj) {
+                out.push(obj);
+            }
+        }
+        Ok((out, rev))
+    }
+
+    // --- Typed objects.
+
+    /// The object and its revision, if it exists.
+    pub async fn find<K: Kind>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<(K, i64)>, ApiError> {
+        let res = K::resource();
+        let ns = scope(res, ns);
+        let kv = self
+            .store
+            .get(&res.key(ns.as_deref(), name))
+            .await
+            .map_err(store_error)?;
+        kv.map(|kv| Ok((decode_typed::<K>(&kv)?, kv.mod_revision)))
+            .transpose()
+    }
+
+    /// The object (404 when it does not exist).
+    pub async fn get<K: Kind>(&self, ns: Option<&str>, name: &str) -> Result<K, ApiError> {
+        self.find::<K>(ns, name)
+            .await?
+            .map(|(o, _)| o)
+            .ok_or_else(|| not_found::<K>(name))
+    }
+
+    /// Creates `obj` in `ns`.
+    pub async fn create<K: Kind>(&self, ns: Option<&str>, mut obj: K) -> Result<K, ApiError> {
+        let res = K::resource();
+        let ns = scope(res, ns);
+        {
+            let meta = obj.meta_mut();
+            match (&ns, meta.namespace.as_deref()) {
+                (Some(ns), Some(given)) if !given.is_empty() && given != ns => {
+                    return Err(ApiError::bad_request(format!(
+                        "the namespace of the provided object ({given}) does not match the namespace sent on the request ({ns})"
+                    )));
+                }
+                _ => meta.namespace.clone_from(&ns),
+            }
+            if meta.name.as_deref().unwrap_or_default().is_empty()
+                && let Some(prefix) = meta.generate_name.as_deref().filter(|p| !p.is_empty())
+            {
+                meta.name = Some(format!("{prefix}{}", object::random_suffix()));
+            }
+            meta.uid = Some(new_uid());
+            meta.creation_timestamp = Some(weft_api::meta::now_time());
+            meta.resource_version = None;
+            meta.deletion_timestamp = None;
+            meta.deletion_grace_period_seconds = None;
+            meta.managed_fields = None;
+            meta.self_link = None;
+        }
+        if obj.spec().is_some() {
+            obj.meta_mut().generation = Some(1);
+        }
+        obj.prepare_for_create();
+        obj.default_fields();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let mut causes = kind::validate_meta(&obj);
+        causes.extend(obj.validate());
+        if !causes.is_empty() {
+            return Err(invalid::<K>(&name, causes));
+        }
+        if let Some(ns) = &ns {
+            self.check_namespace_open(ns).await?;
+        }
+        let key = res.key(ns.as_deref(), &name);
+        for _ in 0..ALLOCATION_RETRIES {
+            let mut obj = obj.clone();
+            let mut txn = Txn::new().when(Compare::absent(&key));
+            obj.on_create(self, &mut txn).await?;
+            txn = txn.then(Op::put(&key, encode(&obj)));
+            if self.dry_run {
+                if self.store.get(&key).await.map_err(store_error)?.is_some() {
+                    return Err(ApiError::already_exists(res.plural, res.group, &name));
+                }
+                return Ok(obj);
+            }
+            match self.store.txn(txn).await.map_err(store_error)? {
+                TxnOutcome::Applied { revision } => {
+                    obj.meta_mut().resource_version = Some(revision.to_string());
+                    return Ok(obj);
+                }
+                TxnOutcome::Failed { .. } => {
+                    if self.store.get(&key).await.map_err(store_error)?.is_some() {
+                        return Err(ApiError::already_exists(res.plural, res.group, &name));
+                    }
+                    // Something allocated was taken meanwhile: try again.
+                }
+            }
+        }
+        Err(conflict::<K>(
+            &name,
+            "too many concurrent allocations; try again",
+        ))
+    }
+
+    async fn check_namespace_open(&self, ns: &str) -> Result<(), ApiError> {
+        match self.find::<Namespace>(None, ns).await? {
+            None => Err(ApiError::not_found("namespaces", "", ns)),
+            Some((obj, _)) if obj.metadata.deletion_timestamp.is_some() => {
+                Err(ApiError::forbidden(format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Replaces the object (or, for `Write::Status`, its status) with `new`.
+    /// `new`'s resourceVersion, when set, must be the current one.
+    pub async fn update<K: Kind>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        new: K,
+        write: Write,
+    ) -> Result<K, ApiError> {
+        let res = K::resource();
+        let ns = scope(res, ns);
+        let key = res.key(ns.as_deref(), name);
+        let wanted_rv = new
+            .meta()
+            .resource_version
+            .as_deref()
+            .map(parse_rv)
+            .transpose()?;
+        for _ in 0..ALLOCATION_RETRIES {
+            let Some((old, rev)) = self.find::<K>(ns.as_deref(), name).await? else {
+                return Err(not_found::<K>(name));
+            };
+            if let Some(wanted) = wanted_rv
+                && wanted != rev
+            {
+                return Err(conflict::<K>(
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            let mut obj = prepare_update(&old, new.clone(), write, name, ns.as_deref())?;
+            if obj == old {
+                // Nothing changed: no write, no event, same resourceVersion.
+                return Ok(old);
+            }
+            let mut txn = Txn::new().when(Compare::at(&key, rev));
+            obj.on_update(&old, self, &mut txn).await?;
+            // Finalizers gone from an object being deleted: it goes now.
+            let finished = obj.meta().deletion_timestamp.is_some()
+                && obj.meta().finalizers.as_ref().is_none_or(Vec::is_empty)
+                && !obj.has_spec_finalizers();
+            if finished {
+                old.on_delete(self, &mut txn);
+                txn = txn.then(Op::delete(&key));
+            } else {
+                txn = txn.then(Op::put(&key, encode(&obj)));
+            }
+            if self.dry_run {
+                return Ok(obj);
+            }
+            match self.store.txn(txn).await.map_err(store_error)? {
+                TxnOutcome::Applied { revision } => {
+                    obj.meta_mut().resource_version = Some(revision.to_string());
+                    return Ok(obj);
+                }
+                TxnOutcome::Failed { .. } => {
+                    let now = self.store.get(&key).await.map_err(store_error)?;
+                    if now.map(|kv| kv.mod_revision) != Some(rev) && wanted_rv.is_some() {
+                        return Err(conflict::<K>(
+                            name,
+                            "the object has been modified; please apply your changes to the latest version and try again",
+                        ));
+                    }
+                    // Changed underneath an unconditional update, or an
+                    // allocation was taken: read again and retry.
+                }
+            }
+        }
+        Err(conflict::<K>(
+            name,
+            "too many concurrent writers; try again",
+        ))
+    }
+
+    /// Reads, changes with `f` and writes back, retrying on conflicts: the
+    /// read-modify-write of controllers and of patches.
+    pub async fn modify<K: Kind>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        write: Write,
+        mut f: impl FnMut(K) -> Result<K, ApiError> + Send,
+    ) -> Result<K, ApiError> {
+        let mut last = None;
+        for _ in 0..ALLOCATION_RETRIES {
+            let old = self.get::<K>(ns, name).await?;
+            let rv = old.meta().resource_version.clone();
+            let mut new = f(old)?;
+            new.meta_mut().resource_version = rv;
+            match self.update(ns, name, new, write).await {
+                Err(e) if e.reason == "Conflict" => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| conflict::<K>(name, "too many concurrent writers")))
+    }
+
+    /// Deletes the object; with finalizers it is only marked for deletion.
+    /// `precondition` is (uid, resourceVersion) from DeleteOptions. An
+    /// object that must be stopped first (a pod running on a node) is only
+    /// marked too, with a grace period (see [`Kind::graceful_deletion`]):
+    /// `grace` None takes the object's own, 0 deletes at once.
+    pub async fn delete<K: Kind>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        precondition: (Option<String>, Option<i64>),
+        grace: Option<i64>,
+    ) -> Result<K, ApiError> {
+        let res = K::resource();
+        let ns = scope(res, ns);
+        let key = res.key(ns.as_deref(), name);
+        loop {
+            let Some((mut obj, rev)) = self.find::<K>(ns.as_deref(), name).await? else {
+                return Err(not_found::<K>(name));
+            };
+            if let Some(uid) = &precondition.0
+                && obj.meta().uid.as_deref() != Some(uid)
+            {
+                return Err(conflict::<K>(
+                    name,
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        obj.meta().uid.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            if let Some(want) = precondition.1
+                && want != rev
+            {
+                return Err(conflict::<K>(
+                    name,
+                    format!(
+                        "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rev}"
+                    ),
+                ));
+            }
+            let has_finalizers = obj
+                .meta()
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+                || obj.has_spec_finalizers();
+            let mut txn = Txn::new().when(Compare::at(&key, rev));
+            if let Some(secs) = obj.graceful_deletion(grace) {
+                if obj.meta().deletion_timestamp.is_some() {
+                    return Ok(obj); // already terminating
+                }
+                let at = std::time::SystemTime::now()
+                    + std::time::Duration::from_secs(secs.unsigned_abs());
+                obj.meta_mut().deletion_timestamp = Some(weft_api::meta::time_at(at));
+                obj.meta_mut().deletion_grace_period_seconds = Some(secs);
+                txn = txn.then(Op::put(&key, encode(&obj)));
+            } else if has_finalizers {
+                if obj.meta().deletion_timestamp.is_some() {
+                    return Ok(obj);
+                }
+                obj.meta_mut().deletion_timestamp = Some(weft_api::meta::now_time());
+                obj.meta_mut().deletion_grace_period_seconds = Some(0);
+                obj.on_terminating();
+                txn = txn.then(Op::put(&key, encode(&obj)));
+            } else {
+                obj.on_delete(self, &mut txn);
+                txn = txn.then(Op::delete(&key));
+            }
+            if self.dry_run {
+                return Ok(obj);
+            }
+            if let TxnOutcome::Applied { revision } =
+                self.store.txn(txn).await.map_err(store_error)?
+            {
+                obj.meta_mut().resource_version = Some(revision.to_string());
+                return Ok(obj);
+            }
+        }
+    }
+
+    /// Takes the ownerReferences to `owner_uid` off everything that has
+    /// them (in `ns`, and cluster-scoped objects), so that deleting the
+    /// owner orphans them (propagationPolicy=Orphan).
+    pub async fn orphan_dependents(
+        &self,
+        ns: Option<&str>,
+        owner_uid: &str,
+    ) -> Result<usize, ApiError> {
+        let mut n = 0;
+        for r in resources::RESOURCES
+            .iter()
+            .filter(|r| r.namespaced || ns.is_none())
+        {
+            let owned = |o: &Value| {
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|x| x["uid"] == owner_uid))
+            };
+            let (deps, _) = self
+                .list_json(r, if r.namespaced { ns } else { None }, owned)
+                .await?;
+            for dep in deps {
+                let name = dep["metadata"]["name"].as_str().unwrap_or_default();
+                match kind_of(r)
+                    .drop_owner(self, dep["metadata"]["namespace"].as_str(), name, owner_uid)
+                    .await
+                {
+                    Ok(()) => n += 1,
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The object to store for an update of `old` with `new`.
+fn prepare_update<K: Kind>(
+    old: &K,
+    mut new: K,
+    write: Write,
+    name: &str,
+    ns: Option<&str>,
+) -> Result<K, ApiError> {
+    let given_name = new.meta().name.clone().unwrap_or_default();
+    if !given_name.is_empty() && given_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({given_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if let (Some(ns), Some(given)) = (ns, new.meta().namespace.as_deref())
+        && !given.is_empty()
+        && given != ns
+    {
+        return Err(ApiError::bad_request(format!(
+            "the namespace of the object ({given}) does not match the namespace on the URL ({ns})"
+        )));
+    }
+    if write == Write::Status {
+        // A status update changes the status and nothing else.
+        let mut obj = old.clone();
+        obj.set_status(new.status().cloned());
+        return Ok(obj);
+    }
+    {
+        let (om, nm) = (old.meta(), new.meta_mut());
+        nm.name.clone_from(&om.name);
+        nm.namespace.clone_from(&om.namespace);
+        nm.uid.clone_from(&om.uid);
+        nm.creation_timestamp.clone_from(&om.creation_timestamp);
+        nm.deletion_timestamp.clone_from(&om.deletion_timestamp);
+        nm.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
+        nm.generation = om.generation;
+        nm.resource_version.clone_from(&om.resource_version);
+        nm.managed_fields = None;
+    }
+    if K::resource().has_status() {
+        new.set_status(old.status().cloned());
+    }
+    new.default_fields();
+    let mut causes = kind::validate_meta(&new);
+    causes.extend(new.validate());
+    causes.extend(new.validate_update(old));
+    if !causes.is_empty() {
+        return Err(invalid::<K>(name, causes));
+    }
+    if old.spec() != new.spec() && new.spec().is_some() {
+        new.meta_mut().generation = Some(old.meta().generation.unwrap_or(0) + 1);
+    }
+    Ok(new)
+}

@@ -1,0 +1,303 @@
+//! Pods: a new pod starts Pending with its QoS class; only its images (and
+//! tolerations, activeDeadlineSeconds) may change; a pod bound to a node
+//! holds an address of the node's block; deleting a pod that runs on a node
+//! only marks it, so that its agent stops it within its grace period. The
+//! binding subresource, which the scheduler uses, is here too.
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Node, Pod, PodIP, PodSpec, PodStatus};
+use weft_api::error::{ApiError, Cause};
+
+use super::kind::{Kind, kind_fields};
+use super::validation::{check_pod_spec, default_pod_spec};
+use super::{Registry, object, store_error};
+use crate::ipam::{self, IpamError};
+use crate::store::{Compare, Op, Txn, TxnOutcome};
+
+/// The QoS class Kubernetes gives a pod from its containers' resources.
+pub fn qos_class(spec: Option<&PodSpec>) -> &'static str {
+    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in containers {
+        let resources = c.resources.as_ref();
+        for r in ["cpu", "memory"] {
+            let req = resources
+                .and_then(|x| x.requests.as_ref())
+                .and_then(|m| m.get(r));
+            let lim = resources
+                .and_then(|x| x.limits.as_ref())
+                .and_then(|m| m.get(r));
+            if req.is_some() || lim.is_some() {
+                any = true;
+            }
+            let eq = match (req, lim) {
+                (Some(a), Some(b)) => {
+                    weft_api::quantity::parse(&a.0) == weft_api::quantity::parse(&b.0)
+                }
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if !eq {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+fn node_of(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+fn who(pod: &Pod) -> Vec<u8> {
+    ipam::owner(&weft_api::meta::key_of(pod), pod.metadata.uid.as_deref())
+}
+
+fn invalid(pod: &Pod, cause: Cause) -> ApiError {
+    ApiError::invalid(
+        "Pod",
+        "",
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        vec![cause],
+    )
+}
+
+/// Gives `pod` (bound to `node`) a free address of the node's block, claimed
+/// in `txn`.
+async fn assign_address(
+    reg: &Registry,
+    pod: &mut Pod,
+    node: &str,
+    txn: &mut Txn,
+) -> Result<(), ApiError> {
+    let node_obj = reg
+        .find::<Node>(None, node)
+        .await?
+        .ok_or_else(|| invalid(pod, Cause::invalid("spec.nodeName", node, "no such node")))?
+        .0;
+    let block = node_obj
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_cidr.as_deref())
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| ApiError::unavailable(format!("node {node} has no pod block yet")))?;
+    let ip = reg
+        .ipam
+        .pick_pod_ip(reg.store.as_ref(), block, node)
+        .await
+        .map_err(|e| match e {
+            IpamError::Store(e) => super::store_error(e),
+            other => ApiError::forbidden(other.to_string()),
+        })?;
+    reg.ipam.claim_pod_ip(ip, &who(pod), txn);
+    let status = pod.status.get_or_insert_with(Default::default);
+    status.pod_ip = Some(ip.to_string());
+    status.pod_ips = Some(vec![PodIP { ip: ip.to_string() }]);
+    Ok(())
+}
+
+#[async_trait]
+impl Kind for Pod {
+    kind_fields!(spec: PodSpec, status: PodStatus);
+
+    fn prepare_for_create(&mut self) {
+        self.status = Some(PodStatus {
+            phase: Some("Pending".into()),
+            qos_class: Some(qos_class(self.spec.as_ref()).into()),
+            ..PodStatus::default()
+        });
+    }
+
+    fn default_fields(&mut self) {
+        default_pod_spec(self.spec.get_or_insert_with(Default::default));
+    }
+
+    fn validate(&self) -> Vec<Cause> {
+        let mut out = Vec::new();
+        check_pod_spec(&mut out, self.spec.as_ref(), "spec");
+        out
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<Cause> {
+        // As in Kubernetes: only images (and tolerations, activeDeadline)
+        // of a pod may change; the rest means a new pod.
+        let mutable_cleared = |p: &Pod| {
+            let mut spec = p.spec.clone().unwrap_or_default();
+            for c in spec
+                .containers
+                .iter_mut()
+                .chain(spec.init_containers.iter_mut().flatten())
+            {
+                c.image = None;
+            }
+            spec.tolerations = None;
+            spec.active_deadline_seconds = None;
+            spec
+        };
+        if mutable_cleared(old) != mutable_cleared(self) {
+            return vec![Cause {
+                reason: "FieldValueForbidden",
+                message: "Forbidden: pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds` or `spec.tolerations` (only additions to existing tolerations)".into(),
+                field: "spec".into(),
+            }];
+        }
+        Vec::new()
+    }
+
+    async fn on_create(&mut self, reg: &Registry, txn: &mut Txn) -> Result<(), ApiError> {
+        if let Some(node) = node_of(self).map(str::to_string) {
+            assign_address(reg, self, &node, txn).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_update(
+        &mut self,
+        old: &Self,
+        _reg: &Registry,
+        _txn: &mut Txn,
+    ) -> Result<(), ApiError> {
+        // The assigned address stays, whatever a status writer sends.
+        if let Some(ip) = old.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+            let status = self.status.get_or_insert_with(Default::default);
+            status.pod_ips = Some(vec![PodIP { ip: ip.clone() }]);
+            status.pod_ip = Some(ip);
+        }
+        Ok(())
+    }
+
+    fn on_delete(&self, reg: &Registry, txn: &mut Txn) {
+        if let Some(ip) = self.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+            reg.ipam.release_pod_ip(ip, txn);
+        }
+    }
+
+    fn node_name(&self) -> Option<&str> {
+        node_of(self)
+    }
+
+    /// As kube-apiserver does: a pod bound to a node and not finished is
+    /// only marked (deletionTimestamp now + grace) so that its node's agent
+    /// stops its containers and then deletes it with grace 0. `grace` None
+    /// takes the pod's terminationGracePeriodSeconds (30 s by default); 0
+    /// deletes at once (`--force --grace-period=0`, and the agent's final
+    /// delete). Unbound and finished pods go at once.
+    fn graceful_deletion(&self, grace: Option<i64>) -> Option<i64> {
+        if grace == Some(0) || node_of(self).is_none() || weft_api::pod::is_finished(self) {
+            return None;
+        }
+        Some(
+            grace
+                .or_else(|| {
+                    self.spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
+                .unwrap_or(30)
+                .max(0),
+        )
+    }
+}
+
+impl Registry {
+    /// Binds a pending pod to `node` and gives it an address from the
+    /// node's block, in one transaction: the pod's binding subresource,
+    /// which the scheduler uses too.
+    ///
+    /// # Errors
+    /// A pod already bound or being deleted (409), a missing pod (404) or
+    /// node (422), or a full block (403).
+    pub async fn bind(&self, ns: &str, name: &str, node: &str) -> Result<Pod, ApiError> {
+        let key = Pod::resource().key(Some(ns), name);
+        for _ in 0..64 {
+            let Some((mut pod, rev)) = self.find::<Pod>(Some(ns), name).await? else {
+                return Err(ApiError::not_found("pods", "", name));
+            };
+            if let Some(bound) = node_of(&pod) {
+                return Err(ApiError::conflict(
+                    "pods",
+                    "",
+                    name,
+                    format!("pod {name} is already assigned to node \"{bound}\""),
+                ));
+            }
+            if pod.metadata.deletion_timestamp.is_some() {
+                return Err(ApiError::conflict(
+                    "pods",
+                    "",
+                    name,
+                    "the pod is being deleted",
+                ));
+            }
+            let mut txn = Txn::new().when(Compare::at(&key, rev));
+            pod.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
+            assign_address(self, &mut pod, node, &mut txn).await?;
+            weft_api::pod::set_condition(&mut pod, "PodScheduled", "True", None, None);
+            if self.dry_run {
+                return Ok(pod);
+            }
+            txn.ops.push(Op::put(&key, object::encode(&pod)));
+            if let TxnOutcome::Applied { revision } =
+                self.store.txn(txn).await.map_err(store_error)?
+            {
+                pod.metadata.resource_version = Some(revision.to_string());
+                return Ok(pod);
+            }
+        }
+        Err(ApiError::conflict(
+            "pods",
+            "",
+            name,
+            "too many concurrent writers; try again",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("a pod")
+    }
+
+    #[test]
+    fn qos_classes() {
+        let best = pod(serde_json::json!({"spec": {"containers": [{"name": "a"}]}}));
+        assert_eq!(qos_class(best.spec.as_ref()), "BestEffort");
+        let guaranteed = pod(serde_json::json!({"spec": {"containers": [{"name": "a",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1000m", "memory": "1Gi"}}}]}}));
+        assert_eq!(qos_class(guaranteed.spec.as_ref()), "Guaranteed");
+        let burstable = pod(serde_json::json!({"spec": {"containers": [{"name": "a",
+            "resources": {"requests": {"cpu": "100m"}}}]}}));
+        assert_eq!(qos_class(burstable.spec.as_ref()), "Burstable");
+    }
+
+    #[test]
+    fn only_bound_running_pods_are_deleted_gracefully() {
+        let bound = pod(
+            serde_json::json!({"spec": {"containers": [], "nodeName": "n1",
+            "terminationGracePeriodSeconds": 5}, "status": {"phase": "Running"}}),
+        );
+        assert_eq!(bound.graceful_deletion(None), Some(5));
+        assert_eq!(bound.graceful_deletion(Some(2)), Some(2));
+        assert_eq!(bound.graceful_deletion(Some(0)), None);
+        let pending = pod(serde_json::json!({"spec": {"containers": []}}));
+        assert_eq!(pending.graceful_deletion(None), None);
+        let done = pod(
+            serde_json::json!({"spec": {"containers": [], "nodeName": "n1"},
+            "status": {"phase": "Succeeded"}}),
+        );
+        assert_eq!(done.graceful_deletion(None), None);
+    }
+}

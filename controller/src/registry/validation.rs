@@ -1,0 +1,270 @@
+//! Checks more than one kind needs, on the typed objects: labels and label
+//! selectors, ports and protocols, port names, pod specs (in Pods and in
+//! the templates of Deployments and ReplicaSets), with the field paths and
+//! messages kube-apiserver gives.
+
+use std::collections::{BTreeMap, HashSet};
+
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde_json::json;
+use weft_api::error::Cause;
+use weft_api::meta::dns_label_error;
+
+/// The protocols a port may name.
+pub const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
+
+/// A port number, 1-65535; `None` is a missing one.
+pub fn check_port(out: &mut Vec<Cause>, field: String, port: Option<i32>) {
+    match port {
+        Some(p) if (1..=65535).contains(&p) => {}
+        Some(p) => out.push(Cause::invalid(
+            field,
+            p,
+            "must be between 1 and 65535, inclusive",
+        )),
+        None => out.push(Cause::required(field)),
+    }
+}
+
+/// A protocol, when given.
+pub fn check_protocol(out: &mut Vec<Cause>, field: String, protocol: Option<&str>) {
+    if let Some(p) = protocol
+        && !PROTOCOLS.contains(&p)
+    {
+        out.push(Cause::not_supported(field, p, PROTOCOLS));
+    }
+}
+
+/// Label keys and values (`metadata.labels`, a Service's selector).
+pub fn check_labels(out: &mut Vec<Cause>, field: &str, labels: Option<&BTreeMap<String, String>>) {
+    for (k, v) in labels.into_iter().flatten() {
+        let sel = format!("{k}={v}");
+        if let Err(e) = weft_api::selector::LabelSelector::parse(&sel) {
+            out.push(Cause::invalid(format!("{field}[{k}]"), sel, e));
+        }
+    }
+}
+
+/// What is wrong with a label selector object, as one message (its
+/// operators), or `None`.
+pub fn selector_error(selector: &LabelSelector) -> Option<String> {
+    for e in selector.match_expressions.iter().flatten() {
+        if !["In", "NotIn", "Exists", "DoesNotExist"].contains(&e.operator.as_str()) {
+            return Some(format!(
+                "\"{}\" is not a valid label selector operator",
+                e.operator
+            ));
+        }
+    }
+    None
+}
+
+/// Whether a label selector object selects nothing in particular (no
+/// labels and no expressions).
+pub fn selector_is_empty(selector: &LabelSelector) -> bool {
+    selector
+        .match_labels
+        .as_ref()
+        .is_none_or(BTreeMap::is_empty)
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(Vec::is_empty)
+}
+
+/// Whether `labels` satisfy `selector` (kube-core's matching; an invalid
+/// selector matches nothing).
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    use kube::core::SelectorExt as _;
+    kube::core::Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
+}
+
+/// A label selector object (matchLabels, matchExpressions) at `field`.
+pub fn check_selector(out: &mut Vec<Cause>, field: &str, selector: Option<&LabelSelector>) {
+    let Some(selector) = selector else {
+        return;
+    };
+    if let Some(e) = selector_error(selector) {
+        out.push(Cause::invalid(field, json!(selector), e));
+    }
+    // As kube-apiserver: In and NotIn need values, Exists and
+    // DoesNotExist take none.
+    for (i, e) in selector.match_expressions.iter().flatten().enumerate() {
+        let values = e.values.as_deref().unwrap_or_default();
+        let at = format!("{field}.matchExpressions[{i}].values");
+        match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => out.push(Cause::required(at)),
+            "Exists" | "DoesNotExist" if !values.is_empty() => out.push(Cause::invalid(
+                at,
+                json!(values),
+                "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+            )),
+            _ => {}
+        }
+    }
+    check_labels(
+        out,
+        &format!("{field}.matchLabels"),
+        selector.match_labels.as_ref(),
+    );
+}
+
+/// Kubernetes' IANA_SVC_NAME rule for port names: at most 15 characters,
+/// lowercase letters, digits and '-', at least one letter, no '-' at
+/// either end or twice in a row.
+pub fn port_name_error(n: &str) -> Option<&'static str> {
+    if n.is_empty() || n.len() > 15 {
+        return Some("must be no more than 15 characters and not empty");
+    }
+    if !n
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if !n.chars().any(|c| c.is_ascii_lowercase()) {
+        return Some("must contain at least one letter (a-z)");
+    }
+    if n.starts_with('-') || n.ends_with('-') || n.contains("--") {
+        return Some("must not begin or end with a hyphen, or contain adjacent hyphens");
+    }
+    None
+}
+
+/// The defaults kube-apiserver fills in a pod spec (a Pod's, or a
+/// template's).
+pub fn default_pod_spec(spec: &mut PodSpec) {
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    spec.security_context.get_or_insert_with(Default::default);
+    let containers = spec
+        .init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut());
+    for c in containers {
+        let image = c.image.as_deref().unwrap_or_default();
+        let last = image.rsplit('/').next().unwrap_or_default();
+        let latest = !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"));
+        c.image_pull_policy
+            .get_or_insert_with(|| if latest { "Always" } else { "IfNotPresent" }.into());
+        c.termination_message_path
+            .get_or_insert_with(|| "/dev/termination-log".into());
+        c.termination_message_policy
+            .get_or_insert_with(|| "File".into());
+        for p in c.ports.iter_mut().flatten() {
+            p.protocol.get_or_insert_with(|| "TCP".into());
+        }
+    }
+}
+
+/// A pod spec at `path` (a Pod's `spec`, a template's `spec.template.spec`).
+pub fn check_pod_spec(out: &mut Vec<Cause>, spec: Option<&PodSpec>, path: &str) {
+    let empty = PodSpec::default();
+    let spec = spec.unwrap_or(&empty);
+    let policies = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
+    if let Some(p) = spec.dns_policy.as_deref()
+        && !policies.contains(&p)
+    {
+        out.push(Cause::not_supported(
+            format!("{path}.dnsPolicy"),
+            p,
+            &policies,
+        ));
+    }
+    let servers = spec
+        .dns_config
+        .as_ref()
+        .and_then(|c| c.nameservers.as_deref())
+        .unwrap_or_default();
+    if spec.dns_policy.as_deref() == Some("None") && servers.is_empty() {
+        out.push(Cause::required(format!(
+            "{path}.dnsConfig.nameservers: at least one with dnsPolicy None"
+        )));
+    }
+    if servers.len() > 3 {
+        out.push(Cause::invalid(
+            format!("{path}.dnsConfig.nameservers"),
+            servers.len(),
+            "must not have more than 3 nameservers",
+        ));
+    }
+    for (i, s) in servers.iter().enumerate() {
+        if s.parse::<std::net::IpAddr>().is_err() {
+            out.push(Cause::invalid(
+                format!("{path}.dnsConfig.nameservers[{i}]"),
+                s,
+                "must be a valid IP address",
+            ));
+        }
+    }
+    if spec.containers.is_empty() {
+        out.push(Cause::required(format!("{path}.containers")));
+    }
+    let mut names = HashSet::new();
+    let lists = [
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+        ("containers", spec.containers.as_slice()),
+    ];
+    for (list, items) in lists {
+        for (i, c) in items.iter().enumerate() {
+            let base = format!("{path}.{list}[{i}]");
+            if c.name.is_empty() {
+                out.push(Cause::required(format!("{base}.name")));
+            } else {
+                if let Some(e) = dns_label_error(&c.name) {
+                    out.push(Cause::invalid(format!("{base}.name"), &c.name, e));
+                }
+                if !names.insert(c.name.clone()) {
+                    out.push(Cause::duplicate(format!("{base}.name"), &c.name));
+                }
+            }
+            if c.image.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                out.push(Cause::required(format!("{base}.image")));
+            }
+            for (j, p) in c.ports.iter().flatten().enumerate() {
+                check_port(
+                    out,
+                    format!("{base}.ports[{j}].containerPort"),
+                    Some(p.container_port),
+                );
+                check_protocol(
+                    out,
+                    format!("{base}.ports[{j}].protocol"),
+                    p.protocol.as_deref(),
+                );
+            }
+            let resources = c.resources.as_ref();
+            for (kind, map) in [
+                ("requests", resources.and_then(|r| r.requests.as_ref())),
+                ("limits", resources.and_then(|r| r.limits.as_ref())),
+            ] {
+                for (k, q) in map.into_iter().flatten() {
+                    if weft_api::quantity::parse(&q.0).is_none() {
+                        out.push(Cause::invalid(
+                            format!("{base}.resources.{kind}[{k}]"),
+                            &q.0,
+                            "must be a quantity such as 100m, 0.5 or 64Mi",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(p) = spec.restart_policy.as_deref()
+        && !["Always", "OnFailure", "Never"].contains(&p)
+    {
+        out.push(Cause::not_supported(
+            format!("{path}.restartPolicy"),
+            p,
+            &["Always", "OnFailure", "Never"],
+        ));
+    }
+}
