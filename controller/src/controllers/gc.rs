@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use weft_api::ApiError;
 use weft_api::resources::{self, RESOURCES, Resource};
 
-use super::{Action, Controller, Ctx, Queue, backoff};
+use super::{Action, Controller, Ctx, Queue, run_queue};
 use crate::registry::{Write, kind_of};
 
 /// The store key of an object of `res`.
@@ -81,47 +81,15 @@ pub fn start(ctx: &Ctx) {
             }),
         );
     }
-    run_collector(Arc::new(ctx.clone()), orphans);
+    let collector = Arc::new(ctx.clone());
+    run_queue("garbage-collector", orphans, 4, move |key| {
+        let ctx = collector.clone();
+        async move { collect(&ctx, &key).await.map(|()| Action::await_change()) }
+    });
     namespace_controller.run(
         1,
         |ns, ctx| async move { finish_namespace(&ns, &ctx).await },
     );
-}
-
-/// Workers deleting the queued dependents whose owners are all gone.
-fn run_collector(ctx: Arc<Ctx>, queue: Arc<Queue>) {
-    let failures: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> = Arc::default();
-    for _ in 0..4 {
-        let (ctx, queue, failures) = (ctx.clone(), queue.clone(), failures.clone());
-        tokio::spawn(async move {
-            loop {
-                let key = queue.pop().await;
-                let outcome = collect(&ctx, &key).await;
-                queue.done(&key);
-                match outcome {
-                    Ok(()) => {
-                        failures
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&key);
-                    }
-                    Err(e) => {
-                        let n = {
-                            let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
-                            let n = f.entry(key.clone()).or_insert(0);
-                            *n += 1;
-                            *n
-                        };
-                        let delay = backoff(n);
-                        if e.code != 409 && e.code != 404 {
-                            tracing::warn!(controller = "garbage-collector", key = %key, "reconcile failed (retry in {delay:?}): {e}");
-                        }
-                        queue.add_after(key, delay);
-                    }
-                }
-            }
-        });
-    }
 }
 
 fn resource_of_key(key: &str) -> Option<&'static Resource> {

@@ -320,49 +320,62 @@ impl<K: Kind> Controller<K> {
         F: Fn(String, Option<Arc<K>>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, ApiError>> + Send,
     {
+        let ctx = self.ctx.clone();
         let reconcile = Arc::new(reconcile);
-        let failures: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-        for _ in 0..workers {
-            let (queue, reconcile, failures, ctx) = (
-                self.queue.clone(),
-                reconcile.clone(),
-                failures.clone(),
-                self.ctx.clone(),
-            );
-            let name = self.name;
-            tokio::spawn(async move {
-                loop {
-                    let key = queue.pop().await;
-                    let obj = ctx.cache.store::<K>().get_key(&key);
-                    let outcome = reconcile(key.clone(), obj, ctx.clone()).await;
-                    queue.done(&key);
-                    match outcome {
-                        Ok(action) => {
-                            failures
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .remove(&key);
-                            if let Action::Requeue(after) = action {
-                                queue.add_after(key, after);
-                            }
-                        }
-                        Err(e) => {
-                            let n = {
-                                let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
-                                let n = f.entry(key.clone()).or_insert(0);
-                                *n += 1;
-                                *n
-                            };
-                            let delay = backoff(n);
-                            if e.code != 409 && e.code != 404 {
-                                tracing::warn!(controller = name, key = %key, "reconcile failed (retry in {delay:?}): {e}");
-                            }
-                            queue.add_after(key, delay);
+        run_queue(self.name, self.queue, workers, move |key| {
+            let (ctx, reconcile) = (ctx.clone(), reconcile.clone());
+            async move {
+                let obj = ctx.cache.store::<K>().get_key(&key);
+                reconcile(key, obj, ctx).await
+            }
+        });
+    }
+}
+
+/// Runs `workers` tasks that work through `queue` with `work`; a key never
+/// goes to two workers at once. A failure is retried after [`backoff`] (a
+/// 404 or 409, the object gone or changed meanwhile, without a warning); a
+/// success may ask to look again later.
+pub fn run_queue<F, Fut>(name: &'static str, queue: Arc<Queue>, workers: usize, work: F)
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, ApiError>> + Send,
+{
+    let work = Arc::new(work);
+    let failures: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    for _ in 0..workers {
+        let (queue, work, failures) = (queue.clone(), work.clone(), failures.clone());
+        tokio::spawn(async move {
+            loop {
+                let key = queue.pop().await;
+                let outcome = work(key.clone()).await;
+                queue.done(&key);
+                match outcome {
+                    Ok(action) => {
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key);
+                        if let Action::Requeue(after) = action {
+                            queue.add_after(key, after);
                         }
                     }
+                    Err(e) => {
+                        let n = {
+                            let mut f = failures.lock().unwrap_or_else(|e| e.into_inner());
+                            let n = f.entry(key.clone()).or_insert(0);
+                            *n += 1;
+                            *n
+                        };
+                        let delay = backoff(n);
+                        if e.code != 409 && e.code != 404 {
+                            tracing::warn!(controller = name, key = %key, "reconcile failed (retry in {delay:?}): {e}");
+                        }
+                        queue.add_after(key, delay);
+                    }
                 }
-            });
-        }
+            }
+        });
     }
 }
 

@@ -225,18 +225,13 @@ impl Registry {
                 }
                 return Ok(obj);
             }
-            match self.store.txn(txn).await.map_err(store_error)? {
-                TxnOutcome::Applied { revision } => {
-                    obj.meta_mut().resource_version = Some(revision.to_string());
-                    return Ok(obj);
-                }
-                TxnOutcome::Failed { .. } => {
-                    if self.store.get(&key).await.map_err(store_error)?.is_some() {
-                        return Err(ApiError::already_exists(res.plural, res.group, &name));
-                    }
-                    // Something allocated was taken meanwhile: try again.
-                }
+            if self.commit(txn, &mut obj).await? {
+                return Ok(obj);
             }
+            if self.store.get(&key).await.map_err(store_error)?.is_some() {
+                return Err(ApiError::already_exists(res.plural, res.group, &name));
+            }
+            // Something allocated was taken meanwhile: try again.
         }
         Err(conflict::<K>(
             &name,
@@ -306,23 +301,18 @@ impl Registry {
             if self.dry_run {
                 return Ok(obj);
             }
-            match self.store.txn(txn).await.map_err(store_error)? {
-                TxnOutcome::Applied { revision } => {
-                    obj.meta_mut().resource_version = Some(revision.to_string());
-                    return Ok(obj);
-                }
-                TxnOutcome::Failed { .. } => {
-                    let now = self.store.get(&key).await.map_err(store_error)?;
-                    if now.map(|kv| kv.mod_revision) != Some(rev) && wanted_rv.is_some() {
-                        return Err(conflict::<K>(
-                            name,
-                            "the object has been modified; please apply your changes to the latest version and try again",
-                        ));
-                    }
-                    // Changed underneath an unconditional update, or an
-                    // allocation was taken: read again and retry.
-                }
+            if self.commit(txn, &mut obj).await? {
+                return Ok(obj);
             }
+            let now = self.store.get(&key).await.map_err(store_error)?;
+            if now.map(|kv| kv.mod_revision) != Some(rev) && wanted_rv.is_some() {
+                return Err(conflict::<K>(
+                    name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
+            }
+            // Changed underneath an unconditional update, or an allocation
+            // was taken: read again and retry.
         }
         Err(conflict::<K>(
             name,
@@ -424,12 +414,21 @@ impl Registry {
             if self.dry_run {
                 return Ok(obj);
             }
-            if let TxnOutcome::Applied { revision } =
-                self.store.txn(txn).await.map_err(store_error)?
-            {
-                obj.meta_mut().resource_version = Some(revision.to_string());
+            if self.commit(txn, &mut obj).await? {
                 return Ok(obj);
             }
+        }
+    }
+
+    /// Applies `txn` and, when it applies, gives `obj` its revision as
+    /// resourceVersion. False: a compare failed and nothing was written.
+    pub(crate) async fn commit<K: Kind>(&self, txn: Txn, obj: &mut K) -> Result<bool, ApiError> {
+        match self.store.txn(txn).await.map_err(store_error)? {
+            TxnOutcome::Applied { revision } => {
+                obj.meta_mut().resource_version = Some(revision.to_string());
+                Ok(true)
+            }
+            TxnOutcome::Failed { .. } => Ok(false),
         }
     }
 

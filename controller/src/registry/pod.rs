@@ -10,9 +10,9 @@ use weft_api::error::{ApiError, Cause};
 
 use super::kind::{Kind, kind_fields};
 use super::validation::{check_pod_spec, default_pod_spec};
-use super::{Registry, object, store_error};
+use super::{Registry, object};
 use crate::ipam::{self, IpamError};
-use crate::store::{Compare, Op, Txn, TxnOutcome};
+use crate::store::{Compare, Op, Txn};
 
 /// The QoS class Kubernetes gives a pod from its containers' resources.
 pub fn qos_class(spec: Option<&PodSpec>) -> &'static str {
@@ -247,10 +247,7 @@ impl Registry {
                 return Ok(pod);
             }
             txn.ops.push(Op::put(&key, object::encode(&pod)));
-            if let TxnOutcome::Applied { revision } =
-                self.store.txn(txn).await.map_err(store_error)?
-            {
-                pod.metadata.resource_version = Some(revision.to_string());
+            if self.commit(txn, &mut pod).await? {
                 return Ok(pod);
             }
         }
