@@ -195,6 +195,37 @@ impl LabelSelector {
         Ok(Self(reqs))
     }
 
+    /// From a typed `metav1.LabelSelector`.
+    ///
+    /// # Errors
+    /// An operator other than In, NotIn, Exists and DoesNotExist.
+    pub fn from_typed(
+        sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    ) -> Result<Self, String> {
+        let mut reqs: Vec<Requirement> = sel
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| Requirement::In(k.clone(), vec![v.clone()]))
+            .collect();
+        for e in sel.match_expressions.iter().flatten() {
+            let values = e.values.clone().unwrap_or_default();
+            let key = e.key.clone();
+            reqs.push(match e.operator.as_str() {
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::DoesNotExist(key),
+                other => {
+                    return Err(format!(
+                        "\"{other}\" is not a valid label selector operator"
+                    ));
+                }
+            });
+        }
+        Ok(Self(reqs))
+    }
+
     /// Whether these labels satisfy every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {

@@ -174,8 +174,7 @@ pub struct Policy {
 }
 
 fn selector(sel: &K8sSelector) -> Result<LabelSelector, String> {
-    let v = serde_json::to_value(sel).map_err(|e| e.to_string())?;
-    LabelSelector::from_k8s(&v)
+    LabelSelector::from_typed(sel)
 }
 
 fn peer(p: &NetworkPolicyPeer, warnings: &mut Vec<String>) -> Peer {

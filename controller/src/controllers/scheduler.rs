@@ -295,6 +295,7 @@ pub fn start(ctx: Ctx) {
     }
     {
         let (st, wk, rs) = (state.clone(), wake.clone(), resync.clone());
+        let first = std::sync::atomic::AtomicBool::new(true);
         follow::<Node>(
             &ctx.cache,
             move |c| {
@@ -318,7 +319,13 @@ pub fn start(ctx: Ctx) {
                 drop(s);
                 wk.notify_one();
             },
-            move || rs(),
+            // The pod follower's first resync reads the nodes too: this
+            // one only runs after falling behind.
+            move || {
+                if !first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    rs();
+                }
+            },
         );
     }
     // Now and then, try the unschedulable again (a Lease renewal, say,
