@@ -124,7 +124,7 @@ where
 
 /// What to do with fields the kind does not have (`fieldValidation`):
 /// Kubernetes' default is to warn.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum FieldValidation {
     /// Drop them silently.
     Ignore,
@@ -133,29 +133,28 @@ pub enum FieldValidation {
     Warn,
     /// Refuse the request.
     Strict,
+    /// A value that is none of these: refused once there are unknown
+    /// fields to apply it to.
+    Invalid(String),
 }
 
 impl FieldValidation {
     /// The `fieldValidation` query parameter (`None`: the default).
-    ///
-    /// # Errors
-    /// A value other than Ignore, Warn or Strict.
-    pub fn parse(value: Option<&str>) -> Result<Self, ApiError> {
+    #[must_use]
+    pub fn parse(value: Option<&str>) -> Self {
         match value.unwrap_or("Warn") {
-            "Strict" => Ok(Self::Strict),
-            "Ignore" => Ok(Self::Ignore),
-            "Warn" => Ok(Self::Warn),
-            other => Err(ApiError::bad_request(format!(
-                "fieldValidation must be one of Ignore, Warn or Strict, not \"{other}\""
-            ))),
+            "Strict" => Self::Strict,
+            "Ignore" => Self::Ignore,
+            "Warn" => Self::Warn,
+            other => Self::Invalid(other.to_string()),
         }
     }
 
     /// The warnings for `unknown` fields of a `kind`, or the refusal.
     ///
     /// # Errors
-    /// Unknown fields under `Strict`.
-    pub fn check(self, kind: &str, unknown: &[String]) -> Result<Vec<String>, ApiError> {
+    /// Unknown fields under `Strict`, or with an invalid setting.
+    pub fn check(&self, kind: &str, unknown: &[String]) -> Result<Vec<String>, ApiError> {
         if unknown.is_empty() {
             return Ok(Vec::new());
         }
@@ -183,6 +182,63 @@ impl FieldValidation {
                 .iter()
                 .map(|u| format!("unknown field \"{u}\""))
                 .collect()),
+            Self::Invalid(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, not \"{other}\""
+            ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_validation_is_judged_only_where_there_are_unknown_fields() {
+        let unknown = vec!["spec.colour".to_string()];
+        assert_eq!(FieldValidation::parse(None), FieldValidation::Warn);
+        assert_eq!(
+            FieldValidation::Warn
+                .check("Pod", &unknown)
+                .expect("warned"),
+            ["unknown field \"spec.colour\""]
+        );
+        assert!(
+            FieldValidation::Ignore
+                .check("Pod", &unknown)
+                .expect("quiet")
+                .is_empty()
+        );
+        let strict = FieldValidation::Strict
+            .check("Pod", &unknown)
+            .expect_err("refused");
+        assert_eq!(strict.causes[0].field, "spec.colour");
+        let bad = FieldValidation::parse(Some("Loose"));
+        assert!(bad.check("Pod", &[]).expect("nothing to judge").is_empty());
+        let e = bad.check("Pod", &unknown).expect_err("refused");
+        assert!(e.to_string().contains("not \"Loose\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_found_with_their_paths() {
+        let d = decode_object::<k8s_openapi::api::core::v1::Pod>(
+            "v1",
+            "Pod",
+            json!({"metadata": {"name": "a", "colour": "red"},
+                   "spec": {"containers": [{"name": "c", "size": 3}]}}),
+        )
+        .expect("a pod");
+        assert_eq!(d.unknown, ["metadata.colour", "spec.containers[0].size"]);
+        assert_eq!(d.object.metadata.name.as_deref(), Some("a"));
+        let e = decode_object::<k8s_openapi::api::core::v1::Pod>(
+            "v1",
+            "Pod",
+            json!({"kind": "Service"}),
+        )
+        .expect_err("another kind");
+        assert!(
+            e.to_string().contains("does not match the expected kind"),
+            "{e}"
+        );
     }
 }

@@ -220,7 +220,9 @@ impl<K: Kind> Store<K> {
         self.changes.subscribe()
     }
 
-    fn put(&self, key: String, obj: K) {
+    /// Stores `obj` and tells the subscribers (what the cache's watch does
+    /// for each put; tests call it directly).
+    pub(crate) fn put(&self, key: String, obj: K) {
         let obj = Arc::new(obj);
         let old = self.write().insert(key.clone(), obj.clone());
         let _ = self.changes.send(Change {
@@ -230,7 +232,8 @@ impl<K: Kind> Store<K> {
         });
     }
 
-    fn delete(&self, key: &str) {
+    /// Forgets `key` and tells the subscribers.
+    pub(crate) fn delete(&self, key: &str) {
         let old = self.write().remove(key);
         if old.is_some() {
             let _ = self.changes.send(Change {
@@ -287,12 +290,14 @@ pub trait AnyStore: Send + Sync {
     fn resource(&self) -> &'static Resource;
     /// The typed store, to downcast.
     fn as_any(&self) -> &dyn Any;
-    /// Decodes and stores a put.
-    fn put_kv(&self, key: String, kv: &KeyValue) -> anyhow::Result<()>;
+    /// Decodes and stores a put (an object that does not decode as its
+    /// kind is left out, with a warning).
+    fn put_kv(&self, key: String, kv: &KeyValue);
     /// Forgets a deleted object.
     fn delete_key(&self, key: &str);
-    /// Replaces everything after a relist.
-    fn replace_kvs(&self, kvs: &[(String, &KeyValue)]) -> anyhow::Result<()>;
+    /// Replaces everything after a relist (leaving out what does not
+    /// decode).
+    fn replace_kvs(&self, kvs: &[(String, &KeyValue)]);
     /// The metadata of the objects owned by `uid`.
     fn owned_by(&self, uid: &str) -> Vec<ObjectMeta>;
     /// The metadata of the object at `key`.
@@ -317,24 +322,31 @@ impl<K: Kind> AnyStore for Store<K> {
         self
     }
 
-    fn put_kv(&self, key: String, kv: &KeyValue) -> anyhow::Result<()> {
-        let obj = decode_typed::<K>(kv).map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.put(key, obj);
-        Ok(())
+    fn put_kv(&self, key: String, kv: &KeyValue) {
+        match decode_typed::<K>(kv) {
+            Ok(obj) => self.put(key, obj),
+            // One object that is not its kind must not stop every
+            // controller: it is left out, and said.
+            Err(e) => tracing::warn!("cache: {e}; left out"),
+        }
     }
 
     fn delete_key(&self, key: &str) {
         self.delete(key);
     }
 
-    fn replace_kvs(&self, kvs: &[(String, &KeyValue)]) -> anyhow::Result<()> {
+    fn replace_kvs(&self, kvs: &[(String, &KeyValue)]) {
         let fresh = kvs
             .iter()
-            .map(|(k, kv)| Ok((k.clone(), decode_typed::<K>(kv)?)))
-            .collect::<Result<Vec<_>, weft_api::ApiError>>()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .filter_map(|(k, kv)| match decode_typed::<K>(kv) {
+                Ok(obj) => Some((k.clone(), obj)),
+                Err(e) => {
+                    tracing::warn!("cache: {e}; left out");
+                    None
+                }
+            })
+            .collect();
         self.replace(fresh);
-        Ok(())
     }
 
     fn owned_by(&self, uid: &str) -> Vec<ObjectMeta> {
@@ -460,7 +472,7 @@ impl Cache {
             }
         }
         for (s, kvs) in self.stores.iter().zip(&by_store) {
-            s.replace_kvs(kvs)?;
+            s.replace_kvs(kvs);
         }
         self.synced.send_replace(rev);
         Ok(rev)
@@ -477,7 +489,7 @@ impl Cache {
                     let rev = e.kv.mod_revision;
                     if let Some((s, tail)) = self.route(&e.kv.key) {
                         match e.kind {
-                            EventKind::Put => s.put_kv(tail.to_string(), &e.kv)?,
+                            EventKind::Put => s.put_kv(tail.to_string(), &e.kv),
                             EventKind::Delete => s.delete_key(tail),
                         }
                     }
@@ -540,6 +552,27 @@ mod tests {
         );
         assert!(cache.store::<ReplicaSet>().is_empty());
         assert_eq!(cache.stores().len(), weft_api::resources::RESOURCES.len());
+    }
+
+    #[test]
+    fn an_object_that_is_not_its_kind_is_left_out_not_fatal() {
+        let cache = Cache::new();
+        let pods = cache.store::<Pod>();
+        let kv = |value: &[u8]| KeyValue {
+            key: "/registry/core/pods/ns/a".into(),
+            value: value.to_vec(),
+            create_revision: 1,
+            mod_revision: 2,
+        };
+        pods.put_kv(
+            "ns/a".into(),
+            &kv(br#"{"metadata": {"name": "a"}, "spec": {"containers": 7}}"#),
+        );
+        assert!(pods.is_empty());
+        let good =
+            kv(br#"{"metadata": {"name": "b", "namespace": "ns"}, "spec": {"containers": []}}"#);
+        pods.replace_kvs(&[("ns/a".into(), &kv(b"not json")), ("ns/b".into(), &good)]);
+        assert_eq!(pods.len(), 1, "the good one is kept");
     }
 
     #[test]

@@ -397,7 +397,7 @@ async fn dispatch(
     }
     let ns = target.ns.as_deref();
     let table = wants_table(headers);
-    let fv = FieldValidation::parse(query.get("fieldValidation"))?;
+    let fv = FieldValidation::parse(query.get("fieldValidation"));
     let kind = kind_of(res);
     let get = |name: String| async move {
         st.registry
@@ -429,14 +429,11 @@ async fn dispatch(
             Ok(json_response(200, &scale_of(&obj)))
         }
         ("create", None) if target.name.is_none() => {
-            let body = parse_body(headers, &bytes)?;
-            auth::check_body_name(
-                &user,
-                res.plural,
-                body["metadata"]["name"].as_str().unwrap_or_default(),
-            )?;
+            let decoded = kind.decode(parse_body(headers, &bytes)?, &fv)?;
+            auth::check_body_name(&user, res.plural, &decoded.name)?;
             let reg = registry_for(st, &query)?;
-            let (created, warnings) = kind.create(&reg, ns, body, fv).await?;
+            let warnings = decoded.warnings.clone();
+            let created = kind.create(&reg, ns, decoded).await?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }
         ("create", Some("binding")) => {
@@ -468,14 +465,15 @@ async fn dispatch(
         }
         ("update", None | Some("status")) => {
             let name = target.name.as_deref().unwrap_or_default();
+            let decoded = kind.decode(parse_body(headers, &bytes)?, &fv)?;
             let reg = registry_for(st, &query)?;
             let write = if target.sub.is_some() {
                 Write::Status
             } else {
                 Write::Update
             };
-            let body = parse_body(headers, &bytes)?;
-            let (updated, warnings) = kind.update(&reg, ns, name, body, write, fv).await?;
+            let warnings = decoded.warnings.clone();
+            let updated = kind.update(&reg, ns, name, decoded, write).await?;
             Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         ("update", Some("scale")) | ("patch", Some("scale")) => {
@@ -484,7 +482,7 @@ async fn dispatch(
             let is_patch = verb == "patch";
             let ct = content_type(headers);
             let (updated, _) = kind
-                .modify(&reg, ns, &name, Write::Update, fv, &mut |obj| {
+                .modify(&reg, ns, &name, Write::Update, &fv, &mut |obj| {
                     let mut scale = scale_of(&obj);
                     let current_rv = scale["metadata"]["resourceVersion"].clone();
                     if is_patch {
@@ -520,7 +518,7 @@ async fn dispatch(
                 Write::Update
             };
             let (updated, warnings) = kind
-                .modify(&reg, ns, &name, write, fv, &mut |obj| {
+                .modify(&reg, ns, &name, write, &fv, &mut |obj| {
                     let mut patched = obj;
                     patch::apply(&ct, &mut patched, &bytes)?;
                     Ok(patched)

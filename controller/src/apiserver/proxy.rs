@@ -120,7 +120,9 @@ async fn agent(st: &ApiState, node: &str) -> Result<Agent, ApiError> {
     let port = status
         .and_then(|s| s.daemon_endpoints.as_ref())
         .and_then(|d| d.kubelet_endpoint.as_ref())
-        .map_or(10250, |k| k.port);
+        .map(|k| k.port)
+        .filter(|p| *p > 0)
+        .unwrap_or(10250);
     let sha256 = obj
         .metadata
         .annotations

@@ -10,10 +10,10 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::{Resource as _, ResourceExt as _};
+use kube::ResourceExt as _;
 use weft_api::ApiError;
 
-use super::{Action, Controller, Ctx, record_event};
+use super::{Action, Controller, Ctx, controller_ref, record_event};
 use crate::registry::{Write, revision_of};
 
 pub const HASH_LABEL: &str = "pod-template-hash";
@@ -208,7 +208,7 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
                     namespace: ns.map(String::from),
                     labels: t.metadata.as_ref().and_then(|m| m.labels.clone()),
                     annotations: Some([(REVISION.to_string(), next_revision.to_string())].into()),
-                    owner_references: d.controller_owner_ref(&()).map(|o| vec![o]),
+                    owner_references: controller_ref(d),
                     ..ObjectMeta::default()
                 },
                 spec: Some(ReplicaSetSpec {

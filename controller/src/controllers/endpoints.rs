@@ -14,12 +14,12 @@ use k8s_openapi::api::discovery::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt as _;
 use kube::core::{Selector, SelectorExt as _};
-use kube::{Resource as _, ResourceExt as _};
 use weft_api::ApiError;
 use weft_api::pod::is_ready;
 
-use super::{Action, Controller, Ctx, split_key};
+use super::{Action, Controller, Ctx, controller_ref, split_key};
 use crate::cache::Change;
 use crate::registry::{Kind, Write, revision_of};
 
@@ -122,7 +122,7 @@ fn node_name(p: &Pod) -> Option<String> {
 }
 
 /// A Service port as the endpoints list it, resolved to `port`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone)]
 struct Resolved {
     name: Option<String>,
     port: i32,
@@ -174,7 +174,9 @@ pub async fn reconcile(
     let svc_ports = svc_spec.ports.clone().unwrap_or_default();
 
     // Group pods by the ports they resolve to (named ports may differ).
-    let mut groups: BTreeMap<Vec<Resolved>, Vec<Arc<Pod>>> = BTreeMap::new();
+    // Keyed by the ports' JSON (sorted keys), which orders the subsets and
+    // slices as they always were.
+    let mut groups: BTreeMap<String, (Vec<Resolved>, Vec<Arc<Pod>>)> = BTreeMap::new();
     for pod in &pods {
         let ports: Vec<Resolved> = svc_ports
             .iter()
@@ -186,7 +188,24 @@ pub async fn reconcile(
                 })
             })
             .collect();
-        groups.entry(ports).or_default().push(pod.clone());
+        let id = serde_json::to_string(
+            &ports
+                .iter()
+                .map(|r| {
+                    let mut p = serde_json::json!({"port": r.port, "protocol": r.protocol});
+                    if let Some(n) = &r.name {
+                        p["name"] = serde_json::json!(n);
+                    }
+                    p
+                })
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        groups
+            .entry(id)
+            .or_insert_with(|| (ports, Vec::new()))
+            .1
+            .push(pod.clone());
     }
 
     // publishNotReadyAddresses: every pod counts as ready (what StatefulSet
@@ -203,7 +222,7 @@ pub async fn reconcile(
     };
     // Endpoints: terminating pods are left out, not-ready ones listed apart.
     let mut subsets = Vec::new();
-    for (ports, members) in &groups {
+    for (ports, members) in groups.values() {
         let addr = |p: &Pod| EndpointAddress {
             ip: pod_ip(p).unwrap_or_default().to_string(),
             target_ref: Some(target_ref(p)),
@@ -285,7 +304,7 @@ pub async fn reconcile(
         app_protocol: None,
     };
     let mut wanted: Vec<(Vec<Endpoint>, Vec<SlicePort>)> = Vec::new();
-    for (ports, members) in &groups {
+    for (ports, members) in groups.values() {
         for chunk in members.chunks(SLICE_SIZE) {
             let endpoints: Vec<Endpoint> = chunk
                 .iter()
@@ -354,7 +373,7 @@ pub async fn reconcile(
                         generate_name: Some(format!("{name}-")),
                         namespace: ns.map(String::from),
                         labels: Some(slice_labels.clone()),
-                        owner_references: svc.controller_owner_ref(&()).map(|o| vec![o]),
+                        owner_references: controller_ref(&*svc),
                         ..ObjectMeta::default()
                     },
                     address_type: "IPv4".into(),

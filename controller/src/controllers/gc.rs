@@ -36,6 +36,7 @@ pub fn start(ctx: &Ctx) {
         let res = store.resource();
         let (q, nq, cache) = (orphans.clone(), namespaces.clone(), ctx.cache.clone());
         let (q2, cache2) = (orphans.clone(), ctx.cache.clone());
+        let first = std::sync::atomic::AtomicBool::new(true);
         store.follow_meta(
             Box::new(move |_key, old, new| {
                 if res.kind == "Namespace"
@@ -64,19 +65,23 @@ pub fn start(ctx: &Ctx) {
                     }
                 }
             }),
+            // At start, this kind's objects that have owners; after falling
+            // behind (a deletion may have been missed, whose dependents are
+            // of any kind), every kind's.
             Box::new(move || {
-                if !res.namespaced {
-                    return;
-                }
-                let Some(s) = cache2.store_of(res) else {
-                    return;
-                };
-                for dep in s
-                    .metas(None)
+                let all = !first.swap(false, std::sync::atomic::Ordering::Relaxed);
+                for s in cache2
+                    .stores()
                     .iter()
-                    .filter(|m| m.owner_references.as_ref().is_some_and(|r| !r.is_empty()))
+                    .filter(|s| s.resource().namespaced && (all || s.resource() == res))
                 {
-                    q2.add(store_key(res, dep));
+                    for dep in s
+                        .metas(None)
+                        .iter()
+                        .filter(|m| m.owner_references.as_ref().is_some_and(|r| !r.is_empty()))
+                    {
+                        q2.add(store_key(s.resource(), dep));
+                    }
                 }
             }),
         );

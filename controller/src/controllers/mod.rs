@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use tokio::sync::{Notify, broadcast};
 use weft_api::ApiError;
 
@@ -222,21 +223,28 @@ impl<K: Kind> Controller<K> {
     pub fn new(name: &'static str, ctx: &Ctx) -> Self {
         let ctx = Arc::new(ctx.clone());
         let queue = Queue::new();
-        let (q, q2, cache) = (queue.clone(), queue.clone(), ctx.cache.clone());
+        let q = queue.clone();
         follow::<K>(
             &ctx.cache,
             move |c| q.add(c.key.clone()),
-            move || {
-                for o in cache.store::<K>().list(None) {
-                    q2.add(weft_api::meta::key_of(&*o));
-                }
-            },
+            Self::requeue_all(&ctx, &queue),
         );
         Self {
             name,
             ctx,
             queue,
             _kind: std::marker::PhantomData,
+        }
+    }
+
+    /// Queues every `K`: what a follower that fell behind (and so may have
+    /// missed changes) does.
+    fn requeue_all(ctx: &Arc<Ctx>, queue: &Arc<Queue>) -> impl Fn() + Send + 'static {
+        let (q, cache) = (queue.clone(), ctx.cache.clone());
+        move || {
+            for o in cache.store::<K>().list(None) {
+                q.add(weft_api::meta::key_of(&*o));
+            }
         }
     }
 
@@ -266,9 +274,22 @@ impl<K: Kind> Controller<K> {
                     }
                 }
             },
-            || {},
+            // Fell behind: every owner may have missed a change.
+            self.resync_after_lag(),
         );
         self
+    }
+
+    /// What an `owns` or `watches` follower does when it fell behind: queue
+    /// every `K` (not at start: `new` already did).
+    fn resync_after_lag(&self) -> impl Fn() + Send + 'static {
+        let all = Self::requeue_all(&self.ctx, &self.queue);
+        let first = std::sync::atomic::AtomicBool::new(true);
+        move || {
+            if !first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                all();
+            }
+        }
     }
 
     /// Also queues the keys `mapper` gives for each changed `C`, as
@@ -285,7 +306,7 @@ impl<K: Kind> Controller<K> {
                     q.add(key);
                 }
             },
-            || {},
+            self.resync_after_lag(),
         );
         self
     }
@@ -379,6 +400,15 @@ where
     }
 }
 
+/// The ownerReference that makes `owner` the controller of an object, as
+/// kube-controller-manager writes it (`controller` and
+/// `blockOwnerDeletion` set).
+pub fn controller_ref<K: Kind>(owner: &K) -> Option<Vec<OwnerReference>> {
+    let mut r = owner.controller_owner_ref(&())?;
+    r.block_owner_deletion = Some(true);
+    Some(vec![r])
+}
+
 /// Records a Kubernetes Event about `obj` (best effort: a lost Event is not
 /// worth failing a reconcile for).
 pub async fn record_event<K: Kind>(
@@ -436,4 +466,71 @@ pub fn start_all(ctx: &Ctx) {
     endpoints::start(ctx);
     nodes::start(ctx.clone());
     gc::start(ctx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{SqliteOptions, SqliteStore};
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn named<K: Kind>(name: &str) -> K {
+        let mut o = K::default();
+        o.meta_mut().name = Some(name.into());
+        o.meta_mut().namespace = Some("ns".into());
+        o.meta_mut().uid = Some(format!("uid-{name}"));
+        o
+    }
+
+    #[test]
+    fn controller_references_block_the_owners_deletion() {
+        let rs: ReplicaSet = named("web");
+        let refs = controller_ref(&rs).expect("a reference");
+        assert_eq!(refs[0].controller, Some(true));
+        assert_eq!(refs[0].block_owner_deletion, Some(true));
+        assert_eq!(
+            (refs[0].kind.as_str(), refs[0].uid.as_str()),
+            ("ReplicaSet", "uid-web")
+        );
+    }
+
+    /// Regression: a follower of a dependent kind that fell behind dropped
+    /// the changes it missed, so their owners were never looked at again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_owns_follower_that_falls_behind_requeues_every_owner() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let store =
+            SqliteStore::open(dir.path().join("s.db"), SqliteOptions::default()).expect("a store");
+        let ctx = Ctx {
+            reg: Registry::new(Arc::new(store), crate::ipam::Ipam::default()),
+            cache: Cache::new(),
+            cfg: ControllersConfig::default(),
+        };
+        for name in ["a", "b"] {
+            ctx.cache
+                .store::<ReplicaSet>()
+                .put(format!("ns/{name}"), named(name));
+        }
+        let controller = Controller::<ReplicaSet>::new("test", &ctx).owns::<Pod>();
+        let queue = controller.queue();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(queue.len(), 2, "both ReplicaSets at start");
+        for _ in 0..2 {
+            let key = queue.pop().await;
+            queue.done(&key);
+        }
+        // More changes than the follower's buffer, none of them owned by a
+        // ReplicaSet, before it can read one.
+        let pods = ctx.cache.store::<Pod>();
+        for i in 0..5000 {
+            pods.put(format!("ns/p{i}"), named(&format!("p{i}")));
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(queue.len(), 2, "every ReplicaSet again after the lag");
+    }
 }

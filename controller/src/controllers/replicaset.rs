@@ -7,11 +7,11 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::{Resource as _, ResourceExt as _};
+use kube::ResourceExt as _;
 use weft_api::ApiError;
 use weft_api::pod::{is_gone, is_ready};
 
-use super::{Action, Controller, Ctx, record_event};
+use super::{Action, Controller, Ctx, controller_ref, record_event};
 use crate::registry::{Write, revision_of, store_error};
 
 /// Pod creations or deletions in flight per reconcile.
@@ -52,7 +52,7 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
     Pod {
         metadata: ObjectMeta {
             generate_name: Some(format!("{}-", rs.name_any())),
-            owner_references: rs.controller_owner_ref(&()).map(|o| vec![o]),
+            owner_references: controller_ref(rs),
             labels: tmeta.labels,
             annotations: tmeta.annotations,
             ..ObjectMeta::default()

@@ -15,7 +15,8 @@ use weft_api::error::Cause;
 
 use super::kind::{Kind, kind_fields};
 use super::validation::{
-    check_labels, check_pod_spec, default_pod_spec, selector_error, selector_is_empty, selects,
+    check_expression_values, check_labels, check_pod_spec, default_pod_spec, selector_error,
+    selector_is_empty, selects,
 };
 
 /// What a Deployment and a ReplicaSet check alike: replicas, selector,
@@ -40,14 +41,16 @@ fn check_workload(
         .and_then(|m| m.labels.clone());
     if let Some(e) = selector_error(selector) {
         out.push(Cause::invalid("spec.selector", json!(selector), e));
-    } else if selector_is_empty(selector) {
-        out.push(Cause::required("spec.selector"));
-    } else if !selects(selector, &labels.clone().unwrap_or_default()) {
-        out.push(Cause::invalid(
-            "spec.template.metadata.labels",
-            serde_json::to_string(&labels).unwrap_or_default(),
-            "`selector` does not match template `labels`",
-        ));
+    } else if check_expression_values(out, "spec.selector", selector) {
+        if selector_is_empty(selector) {
+            out.push(Cause::required("spec.selector"));
+        } else if !selects(selector, &labels.clone().unwrap_or_default()) {
+            out.push(Cause::invalid(
+                "spec.template.metadata.labels",
+                serde_json::to_string(&labels).unwrap_or_default(),
+                "`selector` does not match template `labels`",
+            ));
+        }
     }
     check_labels(out, "spec.template.metadata.labels", labels.as_ref());
     check_pod_spec(
@@ -164,5 +167,38 @@ impl Kind for ReplicaSet {
                 .unwrap_or_default()
         };
         selector_unchanged(&sel(old), &sel(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rs(selector: serde_json::Value) -> ReplicaSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": selector, "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+        }))
+        .expect("a ReplicaSet")
+    }
+
+    #[test]
+    fn selector_expressions_need_their_values_and_must_select_the_template() {
+        assert!(
+            rs(serde_json::json!({"matchLabels": {"app": "web"}}))
+                .validate()
+                .is_empty()
+        );
+        let causes = rs(serde_json::json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "NotIn"}]}))
+        .validate();
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec.selector.matchExpressions[0].values");
+        assert_eq!(causes[0].reason, "FieldValueRequired");
+        let causes = rs(serde_json::json!({"matchLabels": {"app": "db"}})).validate();
+        assert_eq!(causes[0].field, "spec.template.metadata.labels");
+        let causes = rs(serde_json::json!({})).validate();
+        assert_eq!(causes[0].field, "spec.selector");
     }
 }

@@ -195,26 +195,30 @@ pub trait DynKind: Send + Sync {
     /// Where it is served.
     fn resource(&self) -> &'static Resource;
 
-    /// Creates the object in `body`, after checking its fields (unknown
-    /// ones as `fv` says); returns it and the warnings.
+    /// Decodes a request body as the kind, checking its fields (unknown
+    /// ones as `fv` says).
+    ///
+    /// # Errors
+    /// A body that is not the kind, or unknown fields `fv` refuses.
+    fn decode(&self, body: Value, fv: &FieldValidation) -> Result<Decoded, ApiError>;
+
+    /// Creates the decoded object.
     async fn create(
         &self,
         reg: &Registry,
         ns: Option<&str>,
-        body: Value,
-        fv: FieldValidation,
-    ) -> Result<(Value, Vec<String>), ApiError>;
+        obj: Decoded,
+    ) -> Result<Value, ApiError>;
 
-    /// Replaces the object (or its status) with `body`.
+    /// Replaces the object (or its status) with the decoded one.
     async fn update(
         &self,
         reg: &Registry,
         ns: Option<&str>,
         name: &str,
-        body: Value,
+        obj: Decoded,
         write: Write,
-        fv: FieldValidation,
-    ) -> Result<(Value, Vec<String>), ApiError>;
+    ) -> Result<Value, ApiError>;
 
     /// Reads, changes with `f` (a patch, a scale) and writes back, retrying
     /// on conflicts.
@@ -224,7 +228,7 @@ pub trait DynKind: Send + Sync {
         ns: Option<&str>,
         name: &str,
         write: Write,
-        fv: FieldValidation,
+        fv: &FieldValidation,
         f: &mut (dyn FnMut(Value) -> Result<Value, ApiError> + Send),
     ) -> Result<(Value, Vec<String>), ApiError>;
 
@@ -248,6 +252,24 @@ pub trait DynKind: Send + Sync {
     ) -> Result<(), ApiError>;
 }
 
+/// A request body decoded as its kind (which the kind's [`DynKind`] knows).
+pub struct Decoded {
+    object: Box<dyn std::any::Any + Send + Sync>,
+    /// `metadata.name`, for the handler's checks.
+    pub name: String,
+    /// What to tell the client about its body (unknown fields).
+    pub warnings: Vec<String>,
+}
+
+impl Decoded {
+    fn take<K: Kind>(self) -> Result<K, ApiError> {
+        self.object
+            .downcast::<K>()
+            .map(|k| *k)
+            .map_err(|_| ApiError::internal("a body decoded as another kind"))
+    }
+}
+
 /// [`DynKind`] for one [`Kind`].
 pub struct Typed<K>(std::marker::PhantomData<fn() -> K>);
 
@@ -261,7 +283,7 @@ fn to_json<K: Serialize>(obj: &K) -> Value {
 }
 
 /// Decodes a body as `K`, checking its fields as `fv` says.
-pub fn decode<K: Kind>(body: Value, fv: FieldValidation) -> Result<(K, Vec<String>), ApiError> {
+pub fn decode<K: Kind>(body: Value, fv: &FieldValidation) -> Result<(K, Vec<String>), ApiError> {
     let res = K::resource();
     let decoded = decode_object::<K>(&res.api_version(), res.kind, body)?;
     let warnings = fv.check(res.kind, &decoded.unknown)?;
@@ -274,16 +296,23 @@ impl<K: Kind> DynKind for Typed<K> {
         K::resource()
     }
 
+    fn decode(&self, body: Value, fv: &FieldValidation) -> Result<Decoded, ApiError> {
+        let (obj, warnings) = decode::<K>(body, fv)?;
+        Ok(Decoded {
+            name: obj.meta().name.clone().unwrap_or_default(),
+            object: Box::new(obj),
+            warnings,
+        })
+    }
+
     async fn create(
         &self,
         reg: &Registry,
         ns: Option<&str>,
-        body: Value,
-        fv: FieldValidation,
-    ) -> Result<(Value, Vec<String>), ApiError> {
-        let (obj, warnings) = decode::<K>(body, fv)?;
-        let created = reg.create(ns, obj).await?;
-        Ok((to_json(&created), warnings))
+        obj: Decoded,
+    ) -> Result<Value, ApiError> {
+        let created = reg.create(ns, obj.take::<K>()?).await?;
+        Ok(to_json(&created))
     }
 
     async fn update(
@@ -291,13 +320,11 @@ impl<K: Kind> DynKind for Typed<K> {
         reg: &Registry,
         ns: Option<&str>,
         name: &str,
-        body: Value,
+        obj: Decoded,
         write: Write,
-        fv: FieldValidation,
-    ) -> Result<(Value, Vec<String>), ApiError> {
-        let (obj, warnings) = decode::<K>(body, fv)?;
-        let updated = reg.update(ns, name, obj, write).await?;
-        Ok((to_json(&updated), warnings))
+    ) -> Result<Value, ApiError> {
+        let updated = reg.update(ns, name, obj.take::<K>()?, write).await?;
+        Ok(to_json(&updated))
     }
 
     async fn modify(
@@ -306,7 +333,7 @@ impl<K: Kind> DynKind for Typed<K> {
         ns: Option<&str>,
         name: &str,
         write: Write,
-        fv: FieldValidation,
+        fv: &FieldValidation,
         f: &mut (dyn FnMut(Value) -> Result<Value, ApiError> + Send),
     ) -> Result<(Value, Vec<String>), ApiError> {
         let mut warnings = Vec::new();

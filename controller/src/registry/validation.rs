@@ -88,8 +88,22 @@ pub fn check_selector(out: &mut Vec<Cause>, field: &str, selector: Option<&Label
     if let Some(e) = selector_error(selector) {
         out.push(Cause::invalid(field, json!(selector), e));
     }
-    // As kube-apiserver: In and NotIn need values, Exists and
-    // DoesNotExist take none.
+    check_expression_values(out, field, selector);
+    check_labels(
+        out,
+        &format!("{field}.matchLabels"),
+        selector.match_labels.as_ref(),
+    );
+}
+
+/// As kube-apiserver: In and NotIn need values, Exists and DoesNotExist
+/// take none. Returns whether all is well.
+pub fn check_expression_values(
+    out: &mut Vec<Cause>,
+    field: &str,
+    selector: &LabelSelector,
+) -> bool {
+    let before = out.len();
     for (i, e) in selector.match_expressions.iter().flatten().enumerate() {
         let values = e.values.as_deref().unwrap_or_default();
         let at = format!("{field}.matchExpressions[{i}].values");
@@ -103,11 +117,7 @@ pub fn check_selector(out: &mut Vec<Cause>, field: &str, selector: Option<&Label
             _ => {}
         }
     }
-    check_labels(
-        out,
-        &format!("{field}.matchLabels"),
-        selector.match_labels.as_ref(),
-    );
+    out.len() == before
 }
 
 /// Kubernetes' IANA_SVC_NAME rule for port names: at most 15 characters,
