@@ -5,10 +5,11 @@
 //! No kind is watched twice by one agent.
 //!
 //! A subscriber first gets [`Event::Resync`] with every object, then one
-//! [`Event::Change`] per change, with the object before and after. One that
-//! falls more than [`BUFFER`] changes behind is sent a fresh `Resync`
-//! instead of the changes it missed, so a slow subscriber costs memory
-//! bounded by the buffer, never by how far behind it is.
+//! [`Event::Change`] per change, with the object before and after. Each
+//! subscriber has a queue of its own, which holds only the changes it has
+//! not read yet; one that falls more than [`BUFFER`] changes behind has its
+//! queue dropped and is sent a fresh `Resync` instead, so a slow subscriber
+//! costs memory bounded by the buffer, never by how far behind it is.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -22,7 +23,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::runtime::{WatchStreamExt as _, watcher};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, watch};
 
 /// Changes a subscriber may fall behind by before it is resynced.
 pub const BUFFER: usize = 1024;
@@ -49,15 +50,62 @@ pub enum Event<K> {
 
 type Pair<K> = (Option<Arc<K>>, Option<Arc<K>>);
 
+/// One subscriber's unread changes.
+struct Queue<K> {
+    state: Mutex<QueueState<K>>,
+    ready: Notify,
+}
+
+struct QueueState<K> {
+    pending: std::collections::VecDeque<Pair<K>>,
+    /// More than [`BUFFER`] changes came unread: the next event is a resync.
+    lagged: bool,
+}
+
+impl<K> Queue<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState<K>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, pair: Pair<K>) {
+        {
+            let mut q = self.lock();
+            if q.lagged {
+                return;
+            }
+            if q.pending.len() >= BUFFER {
+                q.pending.clear();
+                q.lagged = true;
+            } else {
+                q.pending.push_back(pair);
+            }
+        }
+        self.ready.notify_one();
+    }
+}
+
 struct Inner<K> {
     objects: HashMap<String, Arc<K>>,
     /// Index key to the keys of the objects filed under it.
     index: HashMap<String, BTreeSet<String>>,
     /// A relist in progress (the watch restarted).
     relist: Option<Vec<K>>,
-    /// Sent under the lock, so that a snapshot and the changes after it
-    /// never overlap or leave a gap.
-    tx: broadcast::Sender<Pair<K>>,
+    /// The subscribers' queues (gone with their streams). Changes are queued
+    /// under the lock, so that a snapshot and the changes after it never
+    /// overlap or leave a gap.
+    subscribers: Vec<std::sync::Weak<Queue<K>>>,
+}
+
+impl<K> Inner<K> {
+    fn send(&mut self, pair: Pair<K>) {
+        self.subscribers.retain(|s| match s.upgrade() {
+            Some(q) => {
+                q.push(pair.clone());
+                true
+            }
+            None => false,
+        });
+    }
 }
 
 struct Shared<K> {
@@ -104,7 +152,6 @@ where
     /// objects under `index_of` when given.
     #[must_use]
     pub fn new(what: &'static str, index_of: Option<fn(&K) -> Option<String>>) -> Self {
-        let (tx, _) = broadcast::channel(BUFFER);
         Self {
             shared: Arc::new(Shared {
                 what,
@@ -113,7 +160,7 @@ where
                     objects: HashMap::new(),
                     index: HashMap::new(),
                     relist: None,
-                    tx,
+                    subscribers: Vec::new(),
                 }),
                 synced: watch::channel(false).0,
             }),
@@ -185,13 +232,17 @@ where
                             && resource_version(&**o) == resource_version(&**new)
                     });
                     if !same {
-                        let _ = inner.tx.send((old.cloned(), Some(new.clone())));
+                        inner.send((old.cloned(), Some(new.clone())));
                     }
                 }
-                for (k, old) in &inner.objects {
-                    if !listed.contains_key(k) {
-                        let _ = inner.tx.send((Some(old.clone()), None));
-                    }
+                let gone: Vec<Arc<K>> = inner
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| !listed.contains_key(*k))
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                for old in gone {
+                    inner.send((Some(old), None));
                 }
                 inner.objects = listed;
                 inner.index.clear();
@@ -208,15 +259,13 @@ where
                 let (k, new) = (key_of(&o), Arc::new(o));
                 let old = inner.objects.insert(k.clone(), new.clone());
                 self.reindex(inner, &k, old.as_deref(), Some(&new));
-                let _ = inner.tx.send((old, Some(new)));
+                inner.send((old, Some(new)));
             }
             watcher::Event::Delete(o) => {
                 let k = key_of(&o);
                 let old = inner.objects.remove(&k);
                 self.reindex(inner, &k, old.as_deref(), None);
-                let _ = inner
-                    .tx
-                    .send((Some(old.unwrap_or_else(|| Arc::new(o))), None));
+                inner.send((Some(old.unwrap_or_else(|| Arc::new(o))), None));
             }
         }
     }
@@ -269,13 +318,23 @@ where
         self.len() == 0
     }
 
-    /// A receiver of the changes from now on, and every object now.
-    fn snapshot(&self) -> (broadcast::Receiver<Pair<K>>, Vec<Arc<K>>) {
-        let inner = self.lock();
-        (
-            inner.tx.subscribe(),
-            inner.objects.values().cloned().collect(),
-        )
+    /// Every object now, with `queue` emptied and hearing of the changes
+    /// from now on.
+    fn snapshot(&self, queue: &Arc<Queue<K>>) -> Vec<Arc<K>> {
+        let mut inner = self.lock();
+        {
+            let mut q = queue.lock();
+            q.pending.clear();
+            q.lagged = false;
+        }
+        if !inner
+            .subscribers
+            .iter()
+            .any(|s| std::ptr::eq(s.as_ptr(), Arc::as_ptr(queue)))
+        {
+            inner.subscribers.push(Arc::downgrade(queue));
+        }
+        inner.objects.values().cloned().collect()
     }
 
     /// The kind's events for one subscriber: a [`Event::Resync`] once the
@@ -283,27 +342,41 @@ where
     #[must_use]
     pub fn subscribe(&self) -> BoxStream<'static, Event<K>> {
         let me = self.clone();
-        futures::stream::unfold(None, move |rx: Option<broadcast::Receiver<Pair<K>>>| {
-            let me = me.clone();
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState {
+                pending: std::collections::VecDeque::new(),
+                lagged: false,
+            }),
+            ready: Notify::new(),
+        });
+        futures::stream::unfold(false, move |started| {
+            let (me, queue) = (me.clone(), queue.clone());
             async move {
-                let Some(mut rx) = rx else {
+                if !started {
                     let mut synced = me.shared.synced.subscribe();
                     let _ = synced.wait_for(|s| *s).await;
-                    let (rx, all) = me.snapshot();
-                    return Some((Event::Resync(all), Some(rx)));
-                };
-                match rx.recv().await {
-                    Ok((old, new)) => Some((Event::Change { old, new }, Some(rx))),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::info!(
-                            missed = n,
-                            "a subscriber of {} fell behind; sending it everything again",
-                            me.shared.what
-                        );
-                        let (rx, all) = me.snapshot();
-                        Some((Event::Resync(all), Some(rx)))
+                    return Some((Event::Resync(me.snapshot(&queue)), true));
+                }
+                loop {
+                    let next = {
+                        let mut q = queue.lock();
+                        if q.lagged {
+                            None
+                        } else {
+                            Some(q.pending.pop_front())
+                        }
+                    };
+                    match next {
+                        Some(Some((old, new))) => return Some((Event::Change { old, new }, true)),
+                        Some(None) => queue.ready.notified().await,
+                        None => {
+                            tracing::info!(
+                                "a subscriber of {} fell more than {BUFFER} changes behind; sending it everything again",
+                                me.shared.what
+                            );
+                            return Some((Event::Resync(me.snapshot(&queue)), true));
+                        }
                     }
-                    Err(broadcast::error::RecvError::Closed) => None,
                 }
             }
         })
