@@ -225,7 +225,7 @@ fn run_case(backend_name: &str, nodes: usize, deployment: bool) -> Result<Outcom
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rv = raw(&c, "GET", "/api/v1/namespaces/default/pods", None, "").await?.body["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
         let bound: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-        let observer = tokio::spawn(observe_bound(client(&cp, None).await?, rv.clone(), bound.clone()));
+        let mut observer = tokio::spawn(observe_bound(client(&cp, None).await?, rv.clone(), bound.clone()));
         let seen: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
         let mut watchers = Vec::new();
         if !deployment {
@@ -279,6 +279,11 @@ fn run_case(backend_name: &str, nodes: usize, deployment: bool) -> Result<Outcom
             }
             if Instant::now() > deadline {
                 bail!("only {n} of {PODS} pods bound within 10 minutes");
+            }
+            if observer.is_finished() {
+                // It only returns on an error: say which, now.
+                let why = (&mut observer).await;
+                bail!("the watch of bound pods stopped with {n} of {PODS} seen: {why:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -5,8 +5,8 @@
 //! a watch from a start revision with previous values.
 
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, Txn as EtcdTxn, TxnOp,
-    WatchOptions,
+    Client, Compare as EtcdCompare, CompareOp, EventType, GetOptions, KvClient, Txn as EtcdTxn,
+    TxnOp, WatchClient, WatchOptions,
 };
 
 use super::{
@@ -15,6 +15,33 @@ use super::{
 
 pub struct EtcdStore {
     client: Client,
+    kv: KvClient,
+    watch: WatchClient,
+}
+
+/// The largest gRPC message taken from etcd: one watch event carries an
+/// object and its previous version, each up to etcd's request limit (1.5 MiB
+/// by default, configurable); a list page is cut to fit.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Keys asked for per list page; halved while a page is too large.
+const PAGE: i64 = 500;
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
+/// Whether etcd's answer was larger than a gRPC message may be.
+fn too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::OutOfRange)
 }
 
 impl EtcdStore {
@@ -24,7 +51,9 @@ impl EtcdStore {
             .with_connect_timeout(std::time::Duration::from_secs(5))
             .with_timeout(std::time::Duration::from_secs(30));
         let client = Client::connect(endpoints, Some(options)).await?;
-        Ok(Self { client })
+        let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        Ok(Self { client, kv, watch })
     }
 }
 
@@ -99,18 +128,43 @@ fn convert_response(
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let response = self.client.clone().get(key, None).await?;
+        let response = self.kv.clone().get(key, None).await?;
         Ok(response.kvs().first().map(convert))
     }
 
+    /// In pages, all at the revision of the first (as kube-apiserver lists
+    /// etcd): one response with every object of a kind could pass any
+    /// message limit.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
-        let response = self
-            .client
-            .clone()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
-        let items = response.kvs().iter().map(convert).collect();
-        Ok((items, header_revision(response.header())))
+        let end = prefix_end(prefix.as_bytes());
+        let mut kv = self.kv.clone();
+        let (mut from, mut page, mut revision) = (prefix.as_bytes().to_vec(), PAGE, 0);
+        let mut items = Vec::new();
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = match kv.get(from.clone(), Some(options)).await {
+                Ok(r) => r,
+                Err(e) if too_large(&e) && page > 1 => {
+                    page /= 2;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if revision == 0 {
+                revision = header_revision(response.header());
+            }
+            items.extend(response.kvs().iter().map(convert));
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((items, revision)),
+            }
+        }
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
@@ -128,7 +182,7 @@ impl Store for EtcdStore {
             })
             .collect();
         let response = self
-            .client
+            .kv
             .clone()
             .txn(EtcdTxn::new().when(compares).and_then(ops))
             .await?;
@@ -144,8 +198,11 @@ impl Store for EtcdStore {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(after + 1)
-            .with_prev_key();
-        let mut stream = self.client.clone().watch(prefix, Some(options)).await?;
+            .with_prev_key()
+            // A revision's events (a history replayed) come in pieces no
+            // larger than etcd's request limit.
+            .with_fragment();
+        let mut stream = self.watch.clone().watch(prefix, Some(options)).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchItem, StoreError>>(256);
         tokio::spawn(async move {
             // etcd reports progress only when asked (or every ten minutes).
