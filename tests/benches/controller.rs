@@ -278,12 +278,14 @@ fn run_case(backend_name: &str, nodes: usize, deployment: bool) -> Result<Outcom
                 break;
             }
             if Instant::now() > deadline {
-                bail!("only {n} of {PODS} pods bound within 10 minutes");
+                let seen = bound.lock().unwrap().clone();
+                bail!("only {n} of {PODS} pods bound within 10 minutes; {}", not_bound(&c, &seen, &cp.log()).await);
             }
             if observer.is_finished() {
                 // It only returns on an error: say which, now.
                 let why = (&mut observer).await;
-                bail!("the watch of bound pods stopped with {n} of {PODS} seen: {why:?}");
+                let seen = bound.lock().unwrap().clone();
+                bail!("the watch of bound pods stopped with {n} of {PODS} seen: {why:?}; {}", not_bound(&c, &seen, &cp.log()).await);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -429,4 +431,37 @@ fn main() -> Result<()> {
         println!("- {backend}: {rate:.0} creates/s");
     }
     Ok(())
+}
+
+/// What the store holds for the pods a watch has not reported bound, and
+/// the controller's warnings: were they never bound, or was an event lost?
+async fn not_bound(c: &kube::Client, seen: &HashMap<String, Instant>, log: &str) -> String {
+    let list = match raw(c, "GET", "/api/v1/namespaces/default/pods", None, "").await {
+        Ok(r) => r.body,
+        Err(e) => return format!("the pods could not be listed: {e}"),
+    };
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let missing: Vec<String> = items
+        .iter()
+        .filter(|o| !seen.contains_key(o["metadata"]["name"].as_str().unwrap_or_default()))
+        .take(20)
+        .map(|o| {
+            format!(
+                "{} node={} ip={} rv={}",
+                o["metadata"]["name"],
+                o["spec"]["nodeName"],
+                o["status"]["podIP"],
+                o["metadata"]["resourceVersion"]
+            )
+        })
+        .collect();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains(" INFO "))
+        .take(20)
+        .collect();
+    format!(
+        "the store has {} pods; not seen bound (first 20): {missing:?}; controller warnings: {warnings:#?}",
+        items.len()
+    )
 }

@@ -11,6 +11,7 @@ use etcd_client::{
 
 use super::{
     Event, EventKind, EventStream, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchItem,
+    prefix_end,
 };
 
 pub struct EtcdStore {
@@ -25,19 +26,6 @@ pub struct EtcdStore {
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Keys asked for per list page; halved while a page is too large.
 const PAGE: i64 = 500;
-
-/// The first key after every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff (or empty): to the end of the keyspace.
-    vec![0]
-}
 
 /// Whether etcd's answer was larger than a gRPC message may be.
 fn too_large(e: &etcd_client::Error) -> bool {
@@ -69,9 +57,6 @@ fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
 fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
     header.map(|h| h.revision()).unwrap_or(0)
 }
-
-/// How often an idle watch asks etcd for its revision.
-const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn convert_response(
     response: etcd_client::WatchResponse,
@@ -136,7 +121,7 @@ impl Store for EtcdStore {
     /// etcd): one response with every object of a kind could pass any
     /// message limit.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
-        let end = prefix_end(prefix.as_bytes());
+        let end = prefix_end(prefix);
         let mut kv = self.kv.clone();
         let (mut from, mut page, mut revision) = (prefix.as_bytes().to_vec(), PAGE, 0);
         let mut items = Vec::new();
@@ -201,22 +186,20 @@ impl Store for EtcdStore {
             .with_prev_key()
             // A revision's events (a history replayed) come in pieces no
             // larger than etcd's request limit.
-            .with_fragment();
+            .with_fragment()
+            // Progress comes from etcd's own timer (every ten minutes by
+            // default), sent only to a watcher that has had every event up
+            // to it. A progress asked for is not: etcd before 3.4.24 (Debian
+            // 12 ships 3.4.23) answers with its current revision while the
+            // watcher may still have events of it to send (etcd-io/etcd
+            // #15220), and a watcher that trusts it loses those events.
+            .with_progress_notify();
         let mut stream = self.watch.clone().watch(prefix, Some(options)).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchItem, StoreError>>(256);
         tokio::spawn(async move {
-            // etcd reports progress only when asked (or every ten minutes).
-            let mut ask = tokio::time::interval_at(
-                tokio::time::Instant::now() + PROGRESS_EVERY,
-                PROGRESS_EVERY,
-            );
             loop {
                 let response = tokio::select! {
                     _ = tx.closed() => return,
-                    _ = ask.tick() => {
-                        let _ = stream.request_progress().await;
-                        continue;
-                    }
                     response = stream.message() => response,
                 };
                 let items = match response {
