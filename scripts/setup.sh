@@ -10,7 +10,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 PKGS=(runc busybox-static iproute2 llvm-22-dev libpolly-22-dev clang-22 libzstd-dev
       bind9-dnsutils containernetworking-plugins docker-registry
-      protobuf-compiler etcd-server iptables nftables)
+      protobuf-compiler etcd-server iptables nftables python3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
