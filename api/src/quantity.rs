@@ -11,16 +11,14 @@ pub fn parse(q: &str) -> Option<i128> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
         .unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
-    // `e`/`E` exponents: 1e3.
-    let (number, exponent): (&str, i32) = if let Some(exp) = suffix.strip_prefix(['e', 'E']) {
-        (number, exp.parse().ok()?)
-    } else {
-        (number, 0)
-    };
-    let suffix = if exponent != 0 || suffix.starts_with(['e', 'E']) {
-        ""
-    } else {
-        suffix
+    // `e`/`E` and digits is an exponent; `E` alone is exa, `Ei` exbi.
+    let exponent = suffix
+        .strip_prefix(['e', 'E'])
+        .filter(|e| !e.is_empty() && *e != "i")
+        .map(str::parse::<i32>);
+    let (suffix, exponent) = match exponent {
+        Some(e) => ("", e.ok()?),
+        None => (suffix, 0),
     };
     let (mul_num, mul_den): (i128, i128) = match suffix {
         "" => (1, 1),
@@ -35,11 +33,14 @@ pub fn parse(q: &str) -> Option<i128> {
         "Gi" => (1 << 30, 1),
         "Ti" => (1 << 40, 1),
         "Pi" => (1 << 50, 1),
+        "E" => (1_000_000_000_000_000_000, 1),
+        "Ei" => (1 << 60, 1),
         _ => return None,
     };
+    // One sign at most.
     let negative = number.starts_with('-');
-    let number = number.trim_start_matches(['+', '-']);
-    if number.is_empty() || number.matches('.').count() > 1 {
+    let number = number.strip_prefix(['+', '-']).unwrap_or(number);
+    if number.is_empty() || number.contains(['+', '-']) || number.matches('.').count() > 1 {
         return None;
     }
     let (int, frac) = number.split_once('.').unwrap_or((number, ""));
@@ -86,6 +87,15 @@ mod tests {
         assert_eq!(parse("abc"), None);
         assert_eq!(parse("1Q"), None);
         assert_eq!(parse(""), None);
+        assert_eq!(parse("-1"), Some(-1000));
+        assert_eq!(parse("+1"), Some(1000));
+        assert_eq!(parse("+-1"), None);
+        assert_eq!(parse("--1"), None);
+        assert_eq!(parse("1-"), None);
+        assert_eq!(parse("1E"), Some(1_000_000_000_000_000_000_000));
+        assert_eq!(parse("2Ei"), Some((2 << 60) * 1000));
+        assert_eq!(parse("1e"), None);
+        assert_eq!(parse("1E-3"), Some(1));
         assert_eq!(units("64Mi"), Some(64 * 1024 * 1024));
         assert_eq!(units("1e3"), Some(1000));
         assert_eq!(units("1Pi"), Some(1 << 50));

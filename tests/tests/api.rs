@@ -509,6 +509,26 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
         let r = post(&c, pods, &p).await?;
         check(&r, 422, "Invalid", "no containers")?;
         ensure!(r.body["details"]["causes"][0]["field"] == "spec.containers");
+        // Quantities: a negative one is refused at its field, with one sign
+        // at most; a huge one is stored (Kubernetes' quantities saturate)
+        // and the scheduler goes on with other pods (see the scheduler's
+        // unit tests).
+        for (q, why) in [
+            ("-1", "greater than or equal to 0"),
+            ("+-1", "must be a quantity"),
+        ] {
+            let mut p = apitest::pod("badquantity", json!({}), manual());
+            p["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": q}});
+            let r = post(&c, pods, &p).await?;
+            check(&r, 422, "Invalid", "a bad quantity")?;
+            ensure!(
+                r.body["details"]["causes"][0]["field"]
+                    == "spec.containers[0].resources.limits[memory]"
+                    && r.text.contains(why),
+                "{q}: {}",
+                r.text
+            );
+        }
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 70000, "protocol": "TCPX"}]}});
         let r = post(&c, "/api/v1/namespaces/default/services", &svc).await?;
         check(&r, 422, "Invalid", "bad port and protocol")?;
@@ -969,6 +989,40 @@ fn ipam_never_hands_out_an_address_twice() -> Result<()> {
                 == 201
         );
         let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "unbound"}, "target": {"kind": "Node", "name": "n3"}});
+        // A dry run binds nothing; a Binding names the pod of its URL.
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/pods/unbound/binding?dryRun=All",
+            &binding,
+        )
+        .await?;
+        ensure!(r.code == 201, "dry-run binding: {} {}", r.code, r.text);
+        let other = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "other"}, "target": {"kind": "Node", "name": "n3"}});
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/pods/unbound/binding",
+            &other,
+        )
+        .await?;
+        ensure!(
+            r.code == 400,
+            "binding another pod's name: {} {}",
+            r.code,
+            r.text
+        );
+        let pod = raw(
+            &c,
+            "GET",
+            "/api/v1/namespaces/default/pods/unbound",
+            None,
+            "",
+        )
+        .await?
+        .body;
+        ensure!(
+            pod["spec"]["nodeName"].is_null(),
+            "a dry run or refused binding bound the pod: {pod}"
+        );
         let r = post(
             &c,
             "/api/v1/namespaces/default/pods/unbound/binding",
@@ -1082,6 +1136,54 @@ fn ipam_never_hands_out_an_address_twice() -> Result<()> {
         )
         .await?;
         ensure!(r.code == 201, "{} {}", r.code, r.text);
+        // clusterIPs: a request through it alone is honoured; it cannot
+        // disagree with clusterIP, hold two, or move a Service onto another
+        // Service's address (which it once could, through a patch).
+        let mut only = want("byips", "");
+        only["spec"]["clusterIPs"] = json!(["10.96.0.20"]);
+        let r = post(&c, "/api/v1/namespaces/default/services", &only).await?;
+        ensure!(
+            r.code == 201 && r.body["spec"]["clusterIP"] == "10.96.0.20",
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let mut two = want("twoips", "10.96.0.21");
+        two["spec"]["clusterIPs"] = json!(["10.96.0.22"]);
+        let r = post(&c, "/api/v1/namespaces/default/services", &two).await?;
+        ensure!(
+            r.code == 422 && r.text.contains("spec.clusterIPs[0]"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        two["spec"]["clusterIPs"] = json!(["10.96.0.21", "fd00::1"]);
+        let r = post(&c, "/api/v1/namespaces/default/services", &two).await?;
+        ensure!(
+            r.code == 422 && r.text.contains("spec.clusterIPs"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        for patch in [
+            json!({"spec": {"clusterIPs": ["10.96.0.10"]}}),
+            json!({"spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"]}}),
+        ] {
+            let r = raw(
+                &c,
+                "PATCH",
+                "/api/v1/namespaces/default/services/byips",
+                Some(serde_json::to_vec(&patch)?),
+                "application/merge-patch+json",
+            )
+            .await?;
+            ensure!(
+                r.code == 422 && r.text.contains("spec.clusterIP"),
+                "{patch}: {} {}",
+                r.code,
+                r.text
+            );
+        }
         // NodePorts: allocated in range, distinct, a taken one refused.
         let np = |name: &str, port: Option<u16>| {
             let mut p = json!({"port": 80});

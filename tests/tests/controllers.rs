@@ -957,3 +957,90 @@ fn orphan_deletion_keeps_the_dependents() -> Result<()> {
         Ok(())
     })
 }
+
+/// The count in "Created 500 pods: a, b, ..." or "Deleted pod: a".
+fn batch_size(event: &Value) -> usize {
+    let words: Vec<&str> = event["message"]
+        .as_str()
+        .unwrap_or_default()
+        .split(' ')
+        .collect();
+    match words.as_slice() {
+        [_, "pod:", ..] => 1,
+        [_, n, "pods:", ..] => n.parse().unwrap_or(usize::MAX),
+        _ => usize::MAX,
+    }
+}
+
+/// Regression: a ReplicaSet created every missing pod in one pass, so a
+/// scale to a million that was taken back went on creating for minutes.
+/// Now each pass creates or deletes 500 at most and reads the spec again.
+#[test]
+fn replica_sets_create_and_delete_in_batches() -> Result<()> {
+    let island = Island::new("rsburst")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let mut rs = deployment("burst", 1200, "i", json!({}));
+        rs["kind"] = json!("ReplicaSet");
+        let r = post(&c, "/apis/apps/v1/namespaces/default/replicasets", &rs).await?;
+        ensure!(r.code == 201, "{} {}", r.code, r.text);
+        eventually(Duration::from_secs(60), "1200 pods", || {
+            let c = c.clone();
+            async move { Ok((app_pods(&c, "default", "burst").await?.len() == 1200).then_some(())) }
+        })
+        .await?;
+        let path = "/apis/apps/v1/namespaces/default/replicasets/burst";
+        let scale = |n: i64| {
+            let c = c.clone();
+            async move {
+                let body = serde_json::to_vec(&json!({"spec": {"replicas": n}}))?;
+                let r = raw(
+                    &c,
+                    "PATCH",
+                    path,
+                    Some(body),
+                    "application/merge-patch+json",
+                )
+                .await?;
+                ensure!(r.code == 200, "{} {}", r.code, r.text);
+                anyhow::Ok(())
+            }
+        };
+        scale(0).await?;
+        eventually(Duration::from_secs(60), "no pods", || {
+            let c = c.clone();
+            async move {
+                Ok(app_pods(&c, "default", "burst")
+                    .await?
+                    .is_empty()
+                    .then_some(()))
+            }
+        })
+        .await?;
+        for (reason, total) in [("SuccessfulCreate", 1200), ("SuccessfulDelete", 1200)] {
+            let events = list(&c, &format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dburst,reason%3D{reason}")).await?;
+            let sizes: Vec<usize> = events.iter().map(batch_size).collect();
+            ensure!(
+                sizes.iter().all(|n| *n <= 500) && sizes.iter().sum::<usize>() == total,
+                "{reason} batches {sizes:?}"
+            );
+        }
+        // A scale to a million taken back at once: the pass that reads it
+        // back stops the creating, so pods stay within a few batches.
+        scale(1_000_000).await?;
+        scale(2).await?;
+        eventually(Duration::from_secs(60), "2 pods", || {
+            let c = c.clone();
+            async move { Ok((app_pods(&c, "default", "burst").await?.len() == 2).then_some(())) }
+        })
+        .await?;
+        let events = list(&c, "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dburst,reason%3DSuccessfulCreate").await?;
+        let created: usize = events.iter().map(batch_size).sum::<usize>() - 1200;
+        ensure!(
+            created <= 1000,
+            "{created} pods created for a scale taken back at once"
+        );
+        Ok(())
+    })
+}

@@ -442,6 +442,26 @@ async fn dispatch(
                 "Binding",
                 parse_body(headers, &bytes)?,
             )?;
+            let pod = target.name.as_deref().unwrap_or_default();
+            // As kube-apiserver: the Binding names the pod of its URL.
+            if decoded
+                .object
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n != pod)
+            {
+                return Err(ApiError::bad_request(
+                    "name in URL does not match name in Binding object",
+                ));
+            }
+            if let (Some(body), Some(url)) = (decoded.object.metadata.namespace.as_deref(), ns)
+                && body != url
+            {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
             let node = decoded.object.target.name.clone().unwrap_or_default();
             if node.is_empty() {
                 return Err(ApiError::invalid(
@@ -451,12 +471,8 @@ async fn dispatch(
                     vec![weft_api::Cause::required("target.name")],
                 ));
             }
-            st.registry
-                .bind(
-                    ns.unwrap_or("default"),
-                    target.name.as_deref().unwrap_or_default(),
-                    &node,
-                )
+            registry_for(st, &query)?
+                .bind(ns.unwrap_or("default"), pod, &node)
                 .await?;
             Ok(json_response(
                 201,

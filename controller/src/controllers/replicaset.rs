@@ -17,6 +17,11 @@ use crate::registry::{Write, revision_of, store_error};
 /// Pod creations or deletions in flight per reconcile.
 const BURST: usize = 64;
 
+/// Pods created or deleted per reconcile at most, as kube-controller-manager's
+/// `burstReplicas`: the next pass reads `spec.replicas` again, so a scale to
+/// a million that is taken back stops within a batch.
+const BURST_REPLICAS: usize = 500;
+
 pub fn start(ctx: &Ctx) {
     Controller::<ReplicaSet>::new("replicaset", ctx)
         .owns::<Pod>()
@@ -84,28 +89,30 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
         .unwrap_or(1)
         .max(0) as usize;
     let mut last_rev = 0i64;
+    let capped = owned.len().abs_diff(want) > BURST_REPLICAS;
     if owned.len() < want {
         let template = pod_from_template(rs);
         // Results are folded as they come: holding 10 000 created pods
         // until the last one lands would cost more memory than the cache.
-        let (rev, created, names, failure) = futures::stream::iter(0..want - owned.len())
-            .map(|_| ctx.reg.create(ns, template.clone()))
-            .buffer_unordered(BURST)
-            .fold(
-                (0i64, 0usize, Vec::new(), None),
-                |(rev, n, mut names, failure), r| async move {
-                    match r {
-                        Ok(pod) => {
-                            if names.len() < 5 {
-                                names.push(pod.name_any());
+        let (rev, created, names, failure) =
+            futures::stream::iter(0..(want - owned.len()).min(BURST_REPLICAS))
+                .map(|_| ctx.reg.create(ns, template.clone()))
+                .buffer_unordered(BURST)
+                .fold(
+                    (0i64, 0usize, Vec::new(), None),
+                    |(rev, n, mut names, failure), r| async move {
+                        match r {
+                            Ok(pod) => {
+                                if names.len() < 5 {
+                                    names.push(pod.name_any());
+                                }
+                                (rev.max(revision_of(&pod)), n + 1, names, failure)
                             }
-                            (rev.max(revision_of(&pod)), n + 1, names, failure)
+                            Err(e) => (rev, n, names, Some(e)),
                         }
-                        Err(e) => (rev, n, names, Some(e)),
-                    }
-                },
-            )
-            .await;
+                    },
+                )
+                .await;
         last_rev = rev;
         if created > 0 {
             record_event(
@@ -133,16 +140,19 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
     } else if owned.len() > want {
         let mut victims = owned.clone();
         victims.sort_by_key(|p| deletion_rank(p));
-        let results: Vec<Result<Pod, ApiError>> =
-            futures::stream::iter(victims.into_iter().take(owned.len() - want))
-                .map(|p| async move {
-                    ctx.reg
-                        .delete::<Pod>(ns, &p.name_any(), (None, None), None)
-                        .await
-                })
-                .buffer_unordered(BURST)
-                .collect()
-                .await;
+        let results: Vec<Result<Pod, ApiError>> = futures::stream::iter(
+            victims
+                .into_iter()
+                .take((owned.len() - want).min(BURST_REPLICAS)),
+        )
+        .map(|p| async move {
+            ctx.reg
+                .delete::<Pod>(ns, &p.name_any(), (None, None), None)
+                .await
+        })
+        .buffer_unordered(BURST)
+        .collect()
+        .await;
         let mut names = Vec::new();
         for r in results {
             match r {
@@ -200,6 +210,9 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
                 Ok(obj)
             })
             .await?;
+    }
+    if capped {
+        return Ok(Action::requeue(std::time::Duration::ZERO));
     }
     Ok(Action::await_change())
 }

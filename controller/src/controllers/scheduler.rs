@@ -37,8 +37,14 @@ pub struct Request {
 }
 
 fn quantity(q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>) -> i64 {
-    // Milli-units for CPU; bytes (rounded up) for memory.
-    q.and_then(|q| weft_api::quantity::parse(&q.0)).unwrap_or(0) as i64
+    // Milli-units for CPU; bytes (rounded up) for memory. The API refuses
+    // a negative quantity; a huge one counts as the most there can be, as
+    // Kubernetes' Quantity::Value saturates.
+    clamp(q.and_then(|q| weft_api::quantity::parse(&q.0)).unwrap_or(0))
+}
+
+fn clamp(q: i128) -> i64 {
+    i64::try_from(q.max(0)).unwrap_or(i64::MAX)
 }
 
 /// The pod's requests, as Kubernetes counts them: the sum over containers,
@@ -59,8 +65,8 @@ pub fn pod_request(spec: Option<&PodSpec>) -> Request {
     let mut mem = 0i64;
     for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
         let (c, m) = one(c);
-        cpu += c;
-        mem += m;
+        cpu = cpu.saturating_add(c);
+        mem = mem.saturating_add(m);
     }
     for c in spec
         .and_then(|s| s.init_containers.as_deref())
@@ -151,8 +157,8 @@ impl State {
         if let Some((node, req, owner)) = self.counted.remove(pod)
             && let Some(u) = self.nodes.get_mut(&node)
         {
-            u.milli_cpu -= req.milli_cpu;
-            u.memory -= req.memory;
+            u.milli_cpu = u.milli_cpu.saturating_sub(req.milli_cpu);
+            u.memory = u.memory.saturating_sub(req.memory);
             u.pods -= 1;
             if let Some(o) = owner
                 && let Some(n) = u.owners.get_mut(&o)
@@ -168,8 +174,8 @@ impl State {
     fn count(&mut self, pod: &str, node: &str, req: Request, owner: Option<String>) {
         self.uncount(pod);
         let u = self.nodes.entry(node.to_string()).or_default();
-        u.milli_cpu += req.milli_cpu;
-        u.memory += req.memory;
+        u.milli_cpu = u.milli_cpu.saturating_add(req.milli_cpu);
+        u.memory = u.memory.saturating_add(req.memory);
         u.pods += 1;
         if let Some(o) = &owner {
             *u.owners.entry(o.clone()).or_default() += 1;
@@ -371,7 +377,7 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
         }
         let decision = {
             let s = state.lock().unwrap_or_else(|e| e.into_inner());
-            choose(&ctx, &s, &pod)
+            choose(&s, &pod)
         };
         match decision {
             Ok(node) => {
@@ -494,11 +500,11 @@ fn allocatable(node: &Node, what: &str) -> Option<i64> {
         .as_ref()
         .and_then(|a| a.get(what))
         .or_else(|| status.capacity.as_ref().and_then(|c| c.get(what)))?;
-    weft_api::quantity::parse(&q.0).map(|q| q as i64)
+    weft_api::quantity::parse(&q.0).map(clamp)
 }
 
 /// The best node for `pod`, or why none fits (in kube-scheduler's words).
-fn choose(_ctx: &Ctx, s: &State, pod: &Pod) -> Result<String, String> {
+fn choose(s: &State, pod: &Pod) -> Result<String, String> {
     let req = pod_request(pod.spec.as_ref());
     let owner = owner_uid(pod);
     let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
@@ -544,11 +550,11 @@ fn choose(_ctx: &Ctx, s: &State, pod: &Pod) -> Result<String, String> {
             *reasons.entry("Too many pods".into()).or_default() += 1;
             fits = false;
         }
-        if req.milli_cpu > 0 && used.milli_cpu + req.milli_cpu > info.milli_cpu {
+        if req.milli_cpu > 0 && used.milli_cpu.saturating_add(req.milli_cpu) > info.milli_cpu {
             *reasons.entry("Insufficient cpu".into()).or_default() += 1;
             fits = false;
         }
-        if req.memory > 0 && used.memory + req.memory > info.memory {
+        if req.memory > 0 && used.memory.saturating_add(req.memory) > info.memory {
             *reasons.entry("Insufficient memory".into()).or_default() += 1;
             fits = false;
         }
@@ -583,7 +589,8 @@ fn choose(_ctx: &Ctx, s: &State, pod: &Pod) -> Result<String, String> {
         if total <= 0 || total >= i64::MAX / 8 {
             return 100;
         }
-        ((total - used - want).max(0) * 100) / total
+        let left = i128::from(total) - i128::from(used) - i128::from(want);
+        (left.max(0) * 100 / i128::from(total)) as i64
     };
     let mut best: Option<(i64, i64, &str)> = None;
     for (info, used) in &feasible {
@@ -647,6 +654,43 @@ mod tests {
                 memory: 64 * 1024 * 1024
             }
         );
+    }
+
+    /// Regression: a quantity beyond i64 wrapped negative and the fit's
+    /// arithmetic overflowed, which killed the scheduler for every pod.
+    #[test]
+    fn huge_requests_saturate_and_do_not_fit() {
+        let huge = "99999999999999999999999Gi";
+        let p = pod(json!({"spec": {"containers": [
+            {"name": "a", "resources": {"limits": {"cpu": huge, "memory": huge}}},
+            {"name": "b", "resources": {"requests": {"cpu": huge, "memory": huge}}}
+        ]}}));
+        let req = pod_request(p.spec.as_ref());
+        assert_eq!(req.milli_cpu, i64::MAX);
+        assert!(req.memory > 0);
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                "allocatable": {"cpu": huge, "memory": "64Gi", "pods": "110"}}
+        }))
+        .expect("a node");
+        let mut s = State::default();
+        s.infos.insert("n1".into(), NodeInfo::from(&node));
+        s.count(
+            "other",
+            "n1",
+            Request {
+                milli_cpu: 1000,
+                memory: 1,
+            },
+            None,
+        );
+        let why = choose(&s, &p).expect_err("nothing holds it");
+        assert!(why.contains("Insufficient"), "{why}");
+        let small = pod(json!({"spec": {"containers": [
+            {"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "1Mi"}}}
+        ]}}));
+        assert_eq!(choose(&s, &small), Ok("n1".to_string()));
     }
 
     #[test]

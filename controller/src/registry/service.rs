@@ -87,7 +87,7 @@ async fn claim_cluster_ip(
         return Ok(());
     }
     let spec = svc.spec.get_or_insert_with(Default::default);
-    let requested = spec.cluster_ip.clone().filter(|s| !s.is_empty());
+    let requested = requested_ip(spec);
     if requested.as_deref() == Some("None") {
         spec.cluster_ips = Some(vec!["None".into()]);
         spec.ip_families = Some(vec!["IPv4".into()]);
@@ -113,6 +113,16 @@ async fn claim_cluster_ip(
     spec.ip_families = Some(vec!["IPv4".into()]);
     spec.ip_family_policy = Some("SingleStack".into());
     Ok(())
+}
+
+/// The ClusterIP a Service asks for: `clusterIP`, or else the first of
+/// `clusterIPs` (validation has made them agree when both are there).
+fn requested_ip(spec: &ServiceSpec) -> Option<String> {
+    spec.cluster_ip
+        .clone()
+        .filter(|s| !s.is_empty())
+        .or_else(|| spec.cluster_ips.as_ref()?.first().cloned())
+        .filter(|s| !s.is_empty())
 }
 
 fn release_cluster_ip(reg: &Registry, svc: &Service, txn: &mut Txn) {
@@ -342,25 +352,57 @@ impl Kind for Service {
             ));
         }
         check_labels(&mut out, "spec.selector", spec.selector.as_ref());
+        // Single-stack IPv4: one ClusterIP, the same in both fields.
+        let ips = spec.cluster_ips.as_deref().unwrap_or_default();
+        if ips.len() > 1 {
+            out.push(Cause::invalid(
+                "spec.clusterIPs",
+                json!(ips),
+                "may only hold one value: Services here are single-stack IPv4",
+            ));
+        }
+        if let (Some(first), Some(ip)) = (ips.first(), spec.cluster_ip.as_deref())
+            && !ip.is_empty()
+            && first != ip
+        {
+            out.push(Cause::invalid(
+                "spec.clusterIPs[0]",
+                json!(first),
+                "must be the same as spec.clusterIP",
+            ));
+        }
+        for (i, f) in spec.ip_families.iter().flatten().enumerate() {
+            if f != "IPv4" {
+                out.push(Cause::not_supported(
+                    format!("spec.ipFamilies[{i}]"),
+                    f,
+                    &["IPv4"],
+                ));
+            }
+        }
+        // PreferDualStack is single-stack on a single-stack cluster, as in
+        // Kubernetes; RequireDualStack cannot be met.
+        let policies = ["SingleStack", "PreferDualStack"];
+        if let Some(p) = spec.ip_family_policy.as_deref()
+            && !policies.contains(&p)
+        {
+            out.push(Cause::not_supported("spec.ipFamilyPolicy", p, &policies));
+        }
         out
     }
 
     fn validate_update(&self, old: &Self) -> Vec<Cause> {
-        let ip = |s: &Service| {
-            s.spec
-                .as_ref()
-                .and_then(|s| s.cluster_ip.clone())
-                .unwrap_or_default()
-        };
-        let (old_ip, new_ip) = (ip(old), ip(self));
-        if !old_ip.is_empty() && !new_ip.is_empty() && old_ip != new_ip {
-            return vec![Cause::invalid(
+        // Either field may be left out (the update keeps the address), but
+        // neither may name another: that would take another Service's.
+        let ip = |s: &Service| s.spec.as_ref().and_then(requested_ip);
+        match (ip(old), ip(self)) {
+            (Some(old_ip), Some(new_ip)) if old_ip != new_ip => vec![Cause::invalid(
                 "spec.clusterIP",
                 new_ip,
                 "field is immutable",
-            )];
+            )],
+            _ => Vec::new(),
         }
-        Vec::new()
     }
 
     async fn on_create(&mut self, reg: &Registry, txn: &mut Txn) -> Result<(), ApiError> {

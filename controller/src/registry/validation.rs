@@ -257,13 +257,16 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: Option<&PodSpec>, path: &str) 
                 ("limits", resources.and_then(|r| r.limits.as_ref())),
             ] {
                 for (k, q) in map.into_iter().flatten() {
-                    if weft_api::quantity::parse(&q.0).is_none() {
-                        out.push(Cause::invalid(
-                            format!("{base}.resources.{kind}[{k}]"),
-                            &q.0,
-                            "must be a quantity such as 100m, 0.5 or 64Mi",
-                        ));
-                    }
+                    let why = match weft_api::quantity::parse(&q.0) {
+                        None => "must be a quantity such as 100m, 0.5 or 64Mi",
+                        Some(v) if v < 0 => "must be greater than or equal to 0",
+                        Some(_) => continue,
+                    };
+                    out.push(Cause::invalid(
+                        format!("{base}.resources.{kind}[{k}]"),
+                        &q.0,
+                        why,
+                    ));
                 }
             }
         }
