@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod debug;
 pub mod error;
 pub mod meta;
+pub mod node;
 pub mod pod;
 pub mod printer;
 pub mod quantity;

@@ -137,6 +137,8 @@ pub fn human_duration(secs: i64) -> String {
         two(d, "d", h % 24, "h")
     } else if d < 365 * 2 {
         format!("{d}d")
+    } else if d < 365 * 8 {
+        two(d / 365, "y", d % 365, "d")
     } else {
         format!("{}y", d / 365)
     }
@@ -184,6 +186,10 @@ mod tests {
         assert_eq!(human_duration(300), "5m");
         assert_eq!(human_duration(3 * 3600 + 120), "3h2m");
         assert_eq!(human_duration(50 * 3600), "2d2h");
+        assert_eq!(human_duration(400 * 86400), "400d");
+        assert_eq!(human_duration(925 * 86400), "2y195d");
+        assert_eq!(human_duration(730 * 86400), "2y");
+        assert_eq!(human_duration(3000 * 86400), "8y");
         assert_eq!(age(Some("not a time")), "<unknown>");
     }
 }

@@ -456,12 +456,7 @@ async fn refresh_ready(nodes: &kube::Api<NodeObject>, node: &Node) -> Result<()>
         }
         Err(e) => anyhow::bail!(describe(&e)),
     };
-    let ready = current
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-        .cloned();
+    let ready = weft_api::node::ready_condition(&current).cloned();
     // The certificate the controller trusts must be this agent's.
     let announced = current
         .metadata

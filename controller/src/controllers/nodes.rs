@@ -43,15 +43,6 @@ fn secs(t: &Timestamp) -> f64 {
     t.as_second() as f64 + f64::from(t.subsec_nanosecond()) * 1e-9
 }
 
-fn ready_condition(node: &Node) -> Option<&NodeCondition> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-}
-
 /// When the node last showed it is alive: its Lease, else its Ready
 /// condition's heartbeat, else its creation.
 fn last_heartbeat(ctx: &Ctx, node: &Node) -> f64 {
@@ -60,8 +51,8 @@ fn last_heartbeat(ctx: &Ctx, node: &Node) -> f64 {
         .store::<Lease>()
         .get(Some("kube-node-lease"), &node.name_any());
     let from_lease = lease.and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| secs(&t.0)));
-    let from_condition =
-        ready_condition(node).and_then(|c| c.last_heartbeat_time.as_ref().map(|t| secs(&t.0)));
+    let from_condition = weft_api::node::ready_condition(node)
+        .and_then(|c| c.last_heartbeat_time.as_ref().map(|t| secs(&t.0)));
     let created = node
         .metadata
         .creation_timestamp
@@ -133,7 +124,8 @@ async fn mark_not_ready(ctx: &Ctx, node: &Node) -> Result<(), ApiError> {
     ctx.reg
         .modify::<Node>(None, &name, Write::Status, |mut n| {
             let status = n.status.get_or_insert_with(Default::default);
-            let heartbeat = ready_condition_of(status).and_then(|c| c.last_heartbeat_time.clone());
+            let heartbeat =
+                weft_api::node::status_ready(status).and_then(|c| c.last_heartbeat_time.clone());
             let mut out: Vec<NodeCondition> = status
                 .conditions
                 .take()
@@ -214,14 +206,6 @@ async fn mark_not_ready(ctx: &Ctx, node: &Node) -> Result<(), ApiError> {
     .await;
     tracing::info!(node = %name, "node stopped renewing its lease: NotReady");
     Ok(())
-}
-
-fn ready_condition_of(status: &k8s_openapi::api::core::v1::NodeStatus) -> Option<&NodeCondition> {
-    status
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
 }
 
 async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {

@@ -110,11 +110,7 @@ impl NodeInfo {
         let spec = node.spec.as_ref();
         Self {
             name: node.name_any(),
-            ready: node
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            ready: weft_api::node::is_ready(node),
             unschedulable: spec.and_then(|s| s.unschedulable) == Some(true),
             taints: spec
                 .and_then(|s| s.taints.as_ref())
