@@ -371,7 +371,18 @@ fn agent_restart_and_node_failure() -> Result<()> {
     );
     assert!(
         failover <= grace + Duration::from_secs(10),
-        "failover took {failover:?}"
+        "failover took {failover:?} (NotReady after {not_ready_after:?}); pods: {:#?}\ncontroller:\n{}",
+        moved
+            .iter()
+            .map(|p| format!(
+                "{} on {} created {} conditions {}",
+                name(p),
+                p["spec"]["nodeName"],
+                p["metadata"]["creationTimestamp"],
+                p["status"]["conditions"]
+            ))
+            .collect::<Vec<_>>(),
+        tail(&c.controller_log())
     );
     check_reachable(&c, &moved, "v1")?;
 
