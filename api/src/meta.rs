@@ -19,6 +19,19 @@ pub fn dns_label_error(name: &str) -> Option<String> {
     })
 }
 
+/// Why `name` is not a DNS-1035 label (a DNS-1123 label that starts with
+/// a letter: what Kubernetes asks of a Service's name), or `None`.
+pub fn dns_1035_label_error(name: &str) -> Option<String> {
+    let ok = dns_label_error(name).is_none() && name.starts_with(|c: char| c.is_ascii_lowercase());
+    (!ok).then(|| {
+        dns_label_error(name)
+            .filter(|e| e.starts_with("must be no more"))
+            .unwrap_or_else(|| {
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character".into()
+            })
+    })
+}
+
 /// Why `name` is not a DNS-1123 subdomain (labels joined by '.', at most
 /// 253), or `None` when it is one.
 pub fn dns_subdomain_error(name: &str) -> Option<String> {
@@ -158,6 +171,11 @@ mod tests {
         assert!(dns_label_error("web-1").is_none());
         assert!(dns_label_error("Web").is_some());
         assert!(dns_label_error("a.b").is_some());
+        assert!(dns_label_error("1abc").is_none());
+        assert!(dns_1035_label_error("1abc").is_some());
+        assert!(dns_1035_label_error("abc-1").is_none());
+        assert!(dns_1035_label_error("").is_some());
+        assert!(dns_1035_label_error(&"a".repeat(64)).is_some_and(|e| e.contains("63")));
         assert!(dns_subdomain_error("a.b-c").is_none());
         assert!(dns_subdomain_error("a..b").is_some());
         assert!(dns_subdomain_error(&"a".repeat(254)).is_some());

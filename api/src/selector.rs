@@ -22,7 +22,9 @@ pub enum Requirement {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LabelSelector(pub Vec<Requirement>);
 
-fn valid_key(key: &str) -> bool {
+/// Whether `key` is a label key: an optional DNS subdomain prefix and
+/// '/', then a name of at most 63 alphanumerics, '-', '_' or '.'.
+pub fn valid_key(key: &str) -> bool {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -46,7 +48,9 @@ fn valid_key(key: &str) -> bool {
     name_ok && prefix_ok
 }
 
-fn valid_value(value: &str) -> bool {
+/// Whether `value` is a label value: empty, or at most 63 alphanumerics,
+/// '-', '_' or '.', starting and ending with an alphanumeric.
+pub fn valid_value(value: &str) -> bool {
     value.is_empty()
         || (value.len() <= 63
             && value

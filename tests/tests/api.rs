@@ -529,6 +529,33 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
                 r.text
             );
         }
+        // Label keys and values, each named as itself.
+        for (labels, field, value) in [
+            (json!({"bad key!": "x"}), "metadata.labels", "bad key!"),
+            (json!({"app": "-x"}), "metadata.labels[app]", "-x"),
+        ] {
+            let r = post(&c, pods, &apitest::pod("badlabel", labels, manual())).await?;
+            check(&r, 422, "Invalid", "a bad label")?;
+            let cause = &r.body["details"]["causes"][0];
+            ensure!(
+                cause["field"] == field
+                    && cause["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with(&format!("Invalid value: \"{value}\"")),
+                "{}",
+                r.text
+            );
+        }
+        // A Service's name is a DNS-1035 label: it starts with a letter.
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "1abc"}, "spec": {"ports": [{"port": 80}]}});
+        let r = post(&c, "/api/v1/namespaces/default/services", &svc).await?;
+        check(&r, 422, "Invalid", "a Service name starting with a digit")?;
+        ensure!(
+            r.body["details"]["causes"][0]["field"] == "metadata.name",
+            "{}",
+            r.text
+        );
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": 70000, "protocol": "TCPX"}]}});
         let r = post(&c, "/api/v1/namespaces/default/services", &svc).await?;
         check(&r, 422, "Invalid", "bad port and protocol")?;

@@ -26,8 +26,10 @@ use crate::store::Txn;
 pub enum NameRule {
     /// A DNS-1123 subdomain (most kinds).
     Subdomain,
-    /// A DNS-1123 label (Namespaces, Services: their names become DNS labels).
+    /// A DNS-1123 label (Namespaces: their names become DNS labels).
     Label,
+    /// A DNS-1035 label, one that starts with a letter (Services).
+    Label1035,
 }
 
 /// A served kind: the k8s-openapi type with what the API server does to it.
@@ -179,6 +181,7 @@ pub(super) fn validate_meta<K: Kind>(obj: &K) -> Vec<Cause> {
     } else {
         let err = match K::NAME {
             NameRule::Label => weft_api::meta::dns_label_error(name),
+            NameRule::Label1035 => weft_api::meta::dns_1035_label_error(name),
             NameRule::Subdomain => weft_api::meta::dns_subdomain_error(name),
         };
         if let Some(e) = err {

@@ -245,7 +245,7 @@ async fn claim_node_ports(
 impl Kind for Service {
     kind_fields!(spec: ServiceSpec, status: ServiceStatus);
 
-    const NAME: NameRule = NameRule::Label;
+    const NAME: NameRule = NameRule::Label1035;
 
     fn prepare_for_create(&mut self) {
         self.status = None;

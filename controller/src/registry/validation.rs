@@ -39,9 +39,18 @@ pub fn check_protocol(out: &mut Vec<Cause>, field: String, protocol: Option<&str
 /// Label keys and values (`metadata.labels`, a Service's selector).
 pub fn check_labels(out: &mut Vec<Cause>, field: &str, labels: Option<&BTreeMap<String, String>>) {
     for (k, v) in labels.into_iter().flatten() {
-        let sel = format!("{k}={v}");
-        if let Err(e) = weft_api::selector::LabelSelector::parse(&sel) {
-            out.push(Cause::invalid(format!("{field}[{k}]"), sel, e));
+        if !weft_api::selector::valid_key(k) {
+            out.push(Cause::invalid(
+                field,
+                serde_json::json!(k),
+                "a label key must be an optional DNS subdomain prefix and '/', then a name of at most 63 characters that consists of alphanumeric characters, '-', '_' or '.', and starts and ends with an alphanumeric character",
+            ));
+        } else if !weft_api::selector::valid_value(v) {
+            out.push(Cause::invalid(
+                format!("{field}[{k}]"),
+                serde_json::json!(v),
+                "a valid label must be an empty string or consist of at most 63 alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+            ));
         }
     }
 }
