@@ -1037,6 +1037,16 @@ fn ipam_never_hands_out_an_address_twice() -> Result<()> {
             r.code,
             r.text
         );
+        // A dry run asked for in any way is one, or a 400: never a real write.
+        for q in ["dryRun=All&dryRun=", "dryRun", "dryRun=Bogus&dryRun=All"] {
+            let r = post(
+                &c,
+                &format!("/api/v1/namespaces/default/pods/unbound/binding?{q}"),
+                &binding,
+            )
+            .await?;
+            ensure!(r.code == 400, "binding with {q}: {} {}", r.code, r.text);
+        }
         let pod = raw(
             &c,
             "GET",
@@ -1211,6 +1221,31 @@ fn ipam_never_hands_out_an_address_twice() -> Result<()> {
                 r.text
             );
         }
+        // Leaving clusterIPs out of an update keeps them, as Kubernetes does.
+        let r = raw(
+            &c,
+            "PATCH",
+            "/api/v1/namespaces/default/services/byips",
+            Some(serde_json::to_vec(&json!({"spec": {"clusterIPs": null}}))?),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(
+            r.code == 200 && r.body["spec"]["clusterIPs"] == json!(["10.96.0.20"]),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        // Headless through clusterIPs alone is headless.
+        let mut headless = want("headless", "");
+        headless["spec"]["clusterIPs"] = json!(["None"]);
+        let r = post(&c, "/api/v1/namespaces/default/services", &headless).await?;
+        ensure!(
+            r.code == 201 && r.body["spec"]["clusterIP"] == "None",
+            "{} {}",
+            r.code,
+            r.text
+        );
         // NodePorts: allocated in range, distinct, a taken one refused.
         let np = |name: &str, port: Option<u16>| {
             let mut p = json!({"port": 80});

@@ -155,19 +155,28 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     }
 }
 
-/// Query parameters (the last value of each wins, as in Go's url.Values.Get).
-pub struct Query(HashMap<String, String>);
+/// Query parameters, every value of each (a single-valued one is its first,
+/// as kube-apiserver converts them).
+pub struct Query(HashMap<String, Vec<String>>);
 
 impl Query {
     fn parse(q: Option<&str>) -> Self {
-        Query(
-            form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-                .into_owned()
-                .collect(),
-        )
+        let mut m: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned() {
+            m.entry(k).or_default().push(v);
+        }
+        Query(m)
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(k)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+    /// Every value of `k`, empty ones included.
+    fn values(&self, k: &str) -> &[String] {
+        self.0.get(k).map_or(&[], Vec::as_slice)
     }
     fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("1" | "true" | "True"))
@@ -664,12 +673,16 @@ async fn exec(
 /// The registry to write through: `dryRun=All` checks and answers as usual
 /// and stores nothing.
 fn registry_for(st: &ApiState, query: &Query) -> Result<Registry, ApiError> {
-    match query.get("dryRun") {
-        None => Ok(st.registry.clone()),
-        Some("All") => Ok(st.registry.dry()),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "dryRun must be \"All\", not \"{other}\""
-        ))),
+    // Every value must be All: a write that was asked to be a dry run in any
+    // way (`?dryRun`, `?dryRun=All&dryRun=`) must not happen for real.
+    match query.values("dryRun") {
+        [] => Ok(st.registry.clone()),
+        values => match values.iter().find(|v| *v != "All") {
+            None => Ok(st.registry.dry()),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "dryRun must be \"All\", not \"{other}\""
+            ))),
+        },
     }
 }
 

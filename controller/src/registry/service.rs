@@ -69,12 +69,7 @@ async fn claim_cluster_ip(
     txn: &mut Txn,
 ) -> Result<(), ApiError> {
     if ty(svc.spec.as_ref()) == "ExternalName" {
-        if let Some(ip) = svc
-            .spec
-            .as_ref()
-            .and_then(|s| s.cluster_ip.as_deref())
-            .filter(|ip| !ip.is_empty())
-        {
+        if let Some(ip) = svc.spec.as_ref().and_then(requested_ip) {
             return Err(invalid(
                 svc,
                 Cause::invalid(
@@ -89,6 +84,7 @@ async fn claim_cluster_ip(
     let spec = svc.spec.get_or_insert_with(Default::default);
     let requested = requested_ip(spec);
     if requested.as_deref() == Some("None") {
+        spec.cluster_ip = Some("None".into());
         spec.cluster_ips = Some(vec!["None".into()]);
         spec.ip_families = Some(vec!["IPv4".into()]);
         spec.ip_family_policy = Some("SingleStack".into());
@@ -427,6 +423,10 @@ impl Kind for Service {
             spec.cluster_ips = old_spec.cluster_ips.clone();
             spec.ip_families = old_spec.ip_families.clone();
             spec.ip_family_policy = old_spec.ip_family_policy.clone();
+        }
+        // So does one that leaves out (or empties) clusterIPs alone.
+        if !external && spec.cluster_ips.as_deref().is_none_or(<[String]>::is_empty) {
+            spec.cluster_ips = old_spec.cluster_ips.clone();
         }
         if external && old_type != "ExternalName" {
             release_cluster_ip(reg, old, txn);
