@@ -161,42 +161,18 @@ impl LabelSelector {
         Ok(Requirement::Exists(check_key(part)?))
     }
 
-    /// From a `metav1.LabelSelector` object (matchLabels and matchExpressions).
+    /// From a `metav1.LabelSelector` object as JSON (matchLabels and
+    /// matchExpressions); a missing one selects everything.
+    ///
+    /// # Errors
+    /// When it is not a label selector, or has an unknown operator.
     pub fn from_k8s(sel: &Value) -> Result<Self, String> {
-        let mut reqs = Vec::new();
-        if let Some(labels) = sel.get("matchLabels").and_then(Value::as_object) {
-            for (k, v) in labels {
-                reqs.push(Requirement::In(
-                    k.clone(),
-                    vec![v.as_str().unwrap_or_default().to_string()],
-                ));
-            }
+        if sel.is_null() {
+            return Ok(Self::default());
         }
-        if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
-            for e in exprs {
-                let key = e["key"].as_str().unwrap_or_default().to_string();
-                let values: Vec<String> = e["values"]
-                    .as_array()
-                    .map(|v| {
-                        v.iter()
-                            .filter_map(|s| s.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                reqs.push(match e["operator"].as_str().unwrap_or_default() {
-                    "In" => Requirement::In(key, values),
-                    "NotIn" => Requirement::NotIn(key, values),
-                    "Exists" => Requirement::Exists(key),
-                    "DoesNotExist" => Requirement::DoesNotExist(key),
-                    other => {
-                        return Err(format!(
-                            "\"{other}\" is not a valid label selector operator"
-                        ));
-                    }
-                });
-            }
-        }
-        Ok(Self(reqs))
+        let typed = serde_json::from_value(sel.clone())
+            .map_err(|e| format!("not a label selector: {e}"))?;
+        Self::from_typed(&typed)
     }
 
     /// From a typed `metav1.LabelSelector`.

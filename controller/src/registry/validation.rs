@@ -58,15 +58,7 @@ pub fn check_labels(out: &mut Vec<Cause>, field: &str, labels: Option<&BTreeMap<
 /// What is wrong with a label selector object, as one message (its
 /// operators), or `None`.
 pub fn selector_error(selector: &LabelSelector) -> Option<String> {
-    for e in selector.match_expressions.iter().flatten() {
-        if !["In", "NotIn", "Exists", "DoesNotExist"].contains(&e.operator.as_str()) {
-            return Some(format!(
-                "\"{}\" is not a valid label selector operator",
-                e.operator
-            ));
-        }
-    }
-    None
+    weft_api::selector::LabelSelector::from_typed(selector).err()
 }
 
 /// Whether a label selector object selects nothing in particular (no
