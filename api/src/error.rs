@@ -95,6 +95,9 @@ pub struct ApiError {
     pub name: Option<String>,
     /// Field-level causes.
     pub causes: Vec<Cause>,
+    /// A continue token offered with a 410 for an expired one (the Status's
+    /// `metadata.continue`).
+    pub continue_token: Option<String>,
 }
 
 impl ApiError {
@@ -107,6 +110,7 @@ impl ApiError {
             group: None,
             name: None,
             causes: Vec::new(),
+            continue_token: None,
         }
     }
 
@@ -184,6 +188,26 @@ impl ApiError {
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
     }
+    /// 410 Expired for a list continued from a compacted revision, with a
+    /// token that continues from the current one (as kube-apiserver offers).
+    pub fn continue_expired(token: String) -> Self {
+        let mut e = Self::new(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. \
+             You can start a new list without the continue parameter, or use the continue token \
+             in this response to retrieve the remainder of the results. Continuing with the \
+             provided token results in an inconsistent list - objects that were created, \
+             modified, or deleted between the time the first chunk was returned and now may \
+             show up in the list.",
+        );
+        e.continue_token = Some(token);
+        e
+    }
+    /// 504 Timeout (a list at a resourceVersion the store has not reached).
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "Timeout", message)
+    }
     /// 413 RequestEntityTooLarge.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
@@ -248,6 +272,9 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        if let Some(token) = &self.continue_token {
+            status["metadata"]["continue"] = json!(token);
+        }
         if self.kind.is_some() || !self.causes.is_empty() {
             let mut details = serde_json::Map::new();
             if let Some(name) = &self.name {
@@ -288,9 +315,11 @@ impl ApiError {
             "BadRequest" => "BadRequest",
             "Expired" | "Gone" => "Expired",
             "RequestEntityTooLarge" => "RequestEntityTooLarge",
+            "Timeout" => "Timeout",
             _ => "Unknown",
         };
         let mut e = Self::new(code, reason, message);
+        e.continue_token = body["metadata"]["continue"].as_str().map(String::from);
         let details = &body["details"];
         e.kind = details["kind"].as_str().map(String::from);
         e.name = details["name"].as_str().map(String::from);

@@ -24,6 +24,18 @@ pub async fn client(cp: &ControlPlane, token: Option<&str>) -> Result<kube::Clie
     Ok(kube::Client::try_from(cfg)?)
 }
 
+/// As `client`, without kube-rs' retries of 429, 503 and 504: for tests
+/// that must see those answers.
+pub async fn client_without_retries(cp: &ControlPlane) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
+    let mut cfg =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    cfg.read_timeout = Some(Duration::from_secs(30));
+    cfg.default_retry = false;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
 /// A raw response: status code, JSON body (Null when not JSON), headers.
 pub struct Raw {
     /// HTTP status.

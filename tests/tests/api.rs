@@ -1548,3 +1548,242 @@ fn network_policies_are_served_validated_and_listed() -> Result<()> {
     ensure!(out.status.success(), "kubectl delete");
     Ok(())
 }
+
+/// LIST pages (issue 16): `limit` and `continue` over one snapshot, as
+/// kube-rs and kubectl page; an expired token gets 410 with a fresh one;
+/// malformed parameters get 400.
+#[test]
+fn lists_page_over_a_consistent_snapshot() -> Result<()> {
+    let island = Island::new("paging")?;
+    // Five revisions of history, compacted every five seconds: a token
+    // expires soon after a few writes.
+    let cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            args: vec!["--watch-history".into(), "5".into()],
+            ..Default::default()
+        },
+    )?;
+    let path = "/api/v1/namespaces/default/pods";
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+        let mut names = Vec::new();
+        for i in 0..25 {
+            let name = format!("p{i:02}");
+            let p: Pod =
+                serde_json::from_value(apitest::pod(&name, json!({"app": "x"}), manual()))?;
+            pods.create(&PostParams::default(), &p).await?;
+            names.push(name);
+        }
+        // Page one, then writes, then the rest: the rest is as of page one.
+        let first = raw(&c, "GET", &format!("{path}?limit=10"), None, "").await?;
+        ensure!(first.code == 200, "page one: {}", first.text);
+        let rv = first.body["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut got: Vec<String> = items(&first.body)
+            .iter()
+            .map(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        ensure!(got.len() == 10, "page one holds {}", got.len());
+        let p: Pod = serde_json::from_value(apitest::pod("a-new", json!({}), manual()))?;
+        pods.create(&PostParams::default(), &p).await?;
+        pods.delete("p20", &DeleteParams::default().grace_period(0))
+            .await?;
+        let mut token = first.body["metadata"]["continue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        ensure!(
+            !token.is_empty(),
+            "page one has no continue token: {}",
+            first.text
+        );
+        let mut pages = 1;
+        while !token.is_empty() {
+            let page = raw(
+                &c,
+                "GET",
+                &format!("{path}?limit=10&continue={token}"),
+                None,
+                "",
+            )
+            .await?;
+            ensure!(page.code == 200, "page {}: {}", pages + 1, page.text);
+            ensure!(
+                page.body["metadata"]["resourceVersion"].as_str() == Some(&rv),
+                "page {} read at another revision: {}",
+                pages + 1,
+                page.body["metadata"]
+            );
+            got.extend(items(&page.body).iter().map(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            }));
+            token = page.body["metadata"]["continue"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            pages += 1;
+        }
+        ensure!(
+            got == names && pages == 3,
+            "{pages} pages of the snapshot: {got:?}"
+        );
+        // The same list at that exact revision, all at once.
+        let exact = raw(
+            &c,
+            "GET",
+            &format!("{path}?resourceVersion={rv}&resourceVersionMatch=Exact"),
+            None,
+            "",
+        )
+        .await?;
+        ensure!(
+            exact.code == 200 && items(&exact.body).len() == 25,
+            "exact: {}",
+            exact.text
+        );
+
+        // kube-rs pages with its ListParams.
+        let mut seen = Vec::new();
+        let mut lp = ListParams::default().limit(7);
+        loop {
+            let list = pods.list(&lp).await?;
+            seen.extend(list.items.iter().filter_map(|p| p.metadata.name.clone()));
+            match list.metadata.continue_.filter(|t| !t.is_empty()) {
+                Some(t) => lp = lp.continue_token(&t),
+                None => break,
+            }
+        }
+        let mut now: Vec<String> = names.iter().filter(|n| *n != "p20").cloned().collect();
+        now.insert(0, "a-new".into());
+        ensure!(seen == now, "kube-rs pages: {seen:?}");
+
+        // Malformed parameters.
+        for (q, want) in [
+            ("resourceVersion=abc", "invalid resourceVersion"),
+            ("limit=ten", "invalid limit"),
+            ("continue=not-a-token", "continue key is not valid"),
+            (
+                "resourceVersionMatch=Exact",
+                "resourceVersionMatch is forbidden",
+            ),
+            (
+                &format!(
+                    "continue={}&resourceVersion=5",
+                    first.body["metadata"]["continue"]
+                        .as_str()
+                        .unwrap_or_default()
+                ),
+                "not allowed when using continue",
+            ),
+        ] {
+            let r = raw(&c, "GET", &format!("{path}?{q}"), None, "").await?;
+            ensure!(
+                r.code == 400 && r.text.contains(want),
+                "{q}: {} {}",
+                r.code,
+                r.text
+            );
+        }
+        let ahead = rv.parse::<i64>()? + 100_000;
+        // kube-rs retries a 504 (as client-go does): ask once.
+        let once = apitest::client_without_retries(&cp).await?;
+        let r = raw(
+            &once,
+            "GET",
+            &format!("{path}?resourceVersion={ahead}"),
+            None,
+            "",
+        )
+        .await?;
+        ensure!(
+            r.code == 504 && r.text.contains("Too large resource version"),
+            "future: {} {}",
+            r.code,
+            r.text
+        );
+
+        // An expired token: 410 Expired with a token that goes on from now.
+        let page = raw(&c, "GET", &format!("{path}?limit=5"), None, "").await?;
+        let stale = page.body["metadata"]["continue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        for i in 0..10 {
+            let p: Pod =
+                serde_json::from_value(apitest::pod(&format!("z{i}"), json!({}), manual()))?;
+            pods.create(&PostParams::default(), &p).await?;
+        }
+        let expired = eventually(Duration::from_secs(20), "the token to expire", || {
+            let c = c.clone();
+            let stale = stale.clone();
+            async move {
+                let r = raw(
+                    &c,
+                    "GET",
+                    &format!("{path}?limit=5&continue={stale}"),
+                    None,
+                    "",
+                )
+                .await?;
+                Ok((r.code == 410).then_some(r))
+            }
+        })
+        .await?;
+        ensure!(
+            expired.body["reason"] == "Expired"
+                && expired
+                    .text
+                    .contains("too old to display a consistent list"),
+            "expired: {}",
+            expired.text
+        );
+        let fresh = expired.body["metadata"]["continue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        ensure!(!fresh.is_empty(), "no fresh token: {}", expired.text);
+        let rest = raw(&c, "GET", &format!("{path}?continue={fresh}"), None, "").await?;
+        let rest_names: Vec<String> = items(&rest.body)
+            .iter()
+            .map(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        // p04 to p24 but p20, and z0 to z9.
+        ensure!(
+            rest.code == 200
+                && rest_names.first().map(String::as_str) == Some("p04")
+                && rest_names.len() == 30,
+            "after the fresh token: {} {rest_names:?}",
+            rest.code
+        );
+        Ok(())
+    })?;
+    // kubectl's chunked get (tables, 4 rows a request) lists every pod.
+    let out = cp.kubectl(Some(31), &["get", "pods", "--chunk-size=4", "-v=6"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "kubectl get: {stderr}");
+    let rows = stdout.lines().skip(1).count();
+    ensure!(rows == 35, "kubectl listed {rows} pods: {stdout}");
+    ensure!(
+        stderr.contains("limit=4") && stderr.contains("continue="),
+        "kubectl did not page: {stderr}"
+    );
+    Ok(())
+}

@@ -320,6 +320,118 @@ fn etcd_lists_and_replays_more_than_a_message() -> Result<()> {
     })?
 }
 
+/// Every page of a list read at one revision, whatever was written since.
+async fn pages_at(
+    store: &dyn Store,
+    prefix: &str,
+    at: Option<i64>,
+    limit: usize,
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pinned = at;
+    loop {
+        let page = store
+            .list_page(prefix, after.as_deref(), limit, pinned)
+            .await?;
+        ensure!(
+            page.items.len() <= limit,
+            "a page of {} with limit {limit}",
+            page.items.len()
+        );
+        pinned = Some(page.revision);
+        out.extend(page.items.iter().map(|kv| {
+            (
+                kv.key.clone(),
+                String::from_utf8_lossy(&kv.value).into_owned(),
+            )
+        }));
+        match page.items.last() {
+            Some(last) if page.more => after = Some(last.key.clone()),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Paged lists at a past revision see the keys as they were then: changed
+/// keys with their old values, deleted ones still there, created ones not
+/// yet; a compacted revision is Compacted and a future one Future.
+async fn paging(store: Arc<dyn Store>) -> Result<()> {
+    let s = store.as_ref();
+    for i in 0..10 {
+        create(s, &format!("/p/k{i}"), &format!("v{i}")).await?;
+    }
+    create(s, "/p0", "beside").await?;
+    let then = s.revision().await?;
+    let before: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("/p/k{i}"), format!("v{i}")))
+        .collect();
+    // Change, delete and add keys at the start, middle and end of the range.
+    for k in ["/p/k0", "/p/k5", "/p/k9"] {
+        let kv = s.get(k).await?.expect("key");
+        s.txn(
+            Txn::new()
+                .when(Compare::at(k, kv.mod_revision))
+                .then(Op::put(k, b"changed".to_vec())),
+        )
+        .await?;
+    }
+    for k in ["/p/k1", "/p/k6"] {
+        s.txn(Txn::new().then(Op::delete(k))).await?;
+    }
+    for k in ["/p/a", "/p/k55", "/p/z"] {
+        create(s, k, "new").await?;
+    }
+    for limit in [1, 3, 4, 100] {
+        let got = pages_at(s, "/p/", Some(then), limit).await?;
+        ensure!(got == before, "limit {limit} at {then}: {got:?}");
+    }
+    let now = pages_at(s, "/p/", None, 4).await?;
+    let keys: Vec<&str> = now.iter().map(|(k, _)| k.as_str()).collect();
+    ensure!(
+        keys == [
+            "/p/a", "/p/k0", "/p/k2", "/p/k3", "/p/k4", "/p/k5", "/p/k55", "/p/k7", "/p/k8",
+            "/p/k9", "/p/z"
+        ],
+        "now: {keys:?}"
+    );
+    // From a key on, and no limit.
+    let rest = s.list_page("/p/", Some("/p/k7"), 0, None).await?;
+    ensure!(rest.items.len() == 3 && !rest.more, "after k7: {rest:?}");
+    let head = s.revision().await?;
+    match s.list_page("/p/", None, 2, Some(head + 1000)).await {
+        Err(StoreError::Future { .. }) => {}
+        other => anyhow::bail!("a page in the future: {other:?}"),
+    }
+    s.compact(head - 1).await?;
+    match s.list_page("/p/", None, 2, Some(then)).await {
+        Err(StoreError::Compacted { .. }) => {}
+        other => anyhow::bail!("a page at a compacted revision: {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn sqlite_pages_at_a_revision() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let store = SqliteStore::open(dir.path().join("state.db"), SqliteOptions::default())?;
+        paging(Arc::new(store)).await
+    })
+}
+
+#[test]
+fn etcd_pages_at_a_revision() -> Result<()> {
+    let island = Island::new("etcd")?;
+    let etcd = Etcd::start(&island)?;
+    let endpoint = etcd.endpoint.clone();
+    island.block_on(async move {
+        let store = EtcdStore::connect(&[endpoint]).await?;
+        paging(Arc::new(store)).await
+    })?
+}
+
 #[test]
 fn sqlite_conformance() -> Result<()> {
     let dir = tempfile::tempdir()?;

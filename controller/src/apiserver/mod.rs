@@ -4,6 +4,7 @@
 pub mod auth;
 mod discovery;
 pub mod hub;
+pub mod list;
 pub mod patch;
 pub mod proxy;
 pub mod table;
@@ -417,7 +418,7 @@ async fn dispatch(
     };
     match (verb, target.sub.as_deref()) {
         ("watch", None) => watch::serve(st, res, ns, &query, table).await,
-        ("list", None) => list(st, res, ns, &query, table).await,
+        ("list", None) => list::serve(st, res, ns, &query, table).await,
         ("get", None | Some("status")) => {
             let obj = get(target.name.clone().unwrap_or_default()).await?;
             if table {
@@ -774,31 +775,6 @@ async fn selected(
         return Ok((items, rev));
     }
     st.registry.list_json(res, ns, |o| sel.matches(o)).await
-}
-
-async fn list(
-    st: &ApiState,
-    res: &Resource,
-    ns: Option<&str>,
-    query: &Query,
-    table: bool,
-) -> Result<Response, ApiError> {
-    let (items, rev) = selected(st, res, ns, query).await?;
-    if table {
-        return Ok(json_response(
-            200,
-            &table::table(res, &items, Some(rev), &query_include(query)),
-        ));
-    }
-    Ok(json_response(
-        200,
-        &json!({
-            "kind": format!("{}List", res.kind),
-            "apiVersion": res.api_version(),
-            "metadata": {"resourceVersion": rev.to_string()},
-            "items": items,
-        }),
-    ))
 }
 
 /// The autoscaling/v1 Scale view of a Deployment or ReplicaSet.

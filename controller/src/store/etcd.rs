@@ -10,8 +10,8 @@ use etcd_client::{
 };
 
 use super::{
-    Event, EventKind, EventStream, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchItem,
-    prefix_end,
+    Event, EventKind, EventStream, KeyValue, Op, Page, Store, StoreError, Txn, TxnOutcome,
+    WatchItem, prefix_end,
 };
 
 pub struct EtcdStore {
@@ -51,6 +51,26 @@ fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
         value: kv.value().to_vec(),
         create_revision: kv.create_revision(),
         mod_revision: kv.mod_revision(),
+    }
+}
+
+/// etcd's refusals of a read at a revision, as the store's errors.
+fn revision_error(e: etcd_client::Error, at: Option<i64>) -> StoreError {
+    let text = e.to_string();
+    match at {
+        Some(requested) if text.contains("required revision has been compacted") => {
+            StoreError::Compacted {
+                requested,
+                oldest: requested + 1,
+            }
+        }
+        Some(requested) if text.contains("required revision is a future revision") => {
+            StoreError::Future {
+                requested,
+                current: requested - 1,
+            }
+        }
+        _ => e.into(),
     }
 }
 
@@ -148,6 +168,45 @@ impl Store for EtcdStore {
                     from.push(0);
                 }
                 _ => return Ok((items, revision)),
+            }
+        }
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        at: Option<i64>,
+    ) -> Result<Page, StoreError> {
+        let end = prefix_end(prefix);
+        let from = match after {
+            Some(a) => {
+                let mut k = a.as_bytes().to_vec();
+                k.push(0);
+                k
+            }
+            None => prefix.as_bytes().to_vec(),
+        };
+        let mut page = if limit == 0 { 0 } else { limit as i64 };
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+            if let Some(rev) = at {
+                options = options.with_revision(rev);
+            }
+            match self.kv.clone().get(from.clone(), Some(options)).await {
+                Ok(response) => {
+                    return Ok(Page {
+                        items: response.kvs().iter().map(convert).collect(),
+                        revision: at.unwrap_or_else(|| header_revision(response.header())),
+                        more: response.more(),
+                    });
+                }
+                // Too large for one message: a shorter page.
+                Err(e) if too_large(&e) && page != 1 => {
+                    page = if page == 0 { PAGE } else { page / 2 };
+                }
+                Err(e) => return Err(revision_error(e, at)),
             }
         }
     }

@@ -141,6 +141,16 @@ pub enum WatchItem {
     Progress(i64),
 }
 
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<KeyValue>,
+    /// The revision the page was read at.
+    pub revision: i64,
+    /// Whether more keys follow the last one.
+    pub more: bool,
+}
+
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<WatchItem, StoreError>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +163,9 @@ pub enum StoreError {
     /// list again.
     #[error("watch fell behind the store and was closed")]
     Lagged,
+    /// A read at a revision the store has not reached yet.
+    #[error("revision {requested} is in the future (the store is at {current})")]
+    Future { requested: i64, current: i64 },
     #[error("sqlite store: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("etcd store: {0}")]
@@ -168,6 +181,18 @@ pub trait Store: Send + Sync + 'static {
     /// Every key starting with `prefix`, sorted by key, and the revision the
     /// list was read at.
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError>;
+    /// At most `limit` keys under `prefix` that sort after `after` (from the
+    /// first when None), as they stood at revision `at` (now when None), in
+    /// key order: a page of a list that stays consistent across pages.
+    /// `Compacted` when `at` is older than the history kept, `Future` when
+    /// the store has not reached it.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        at: Option<i64>,
+    ) -> Result<Page, StoreError>;
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError>;
     /// Every event on keys under `prefix` with a revision greater than
     /// `after`, in revision order, then live events.

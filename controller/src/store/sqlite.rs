@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
-    Event, EventKind, EventStream, KeyValue, Op, Store, StoreError, Txn, TxnOutcome, WatchItem,
-    prefix_end,
+    Event, EventKind, EventStream, KeyValue, Op, Page, Store, StoreError, Txn, TxnOutcome,
+    WatchItem, prefix_end,
 };
 
 /// How many queued transactions one commit may cover.
@@ -338,6 +338,104 @@ fn meta(conn: &Connection, name: &str) -> Result<i64, rusqlite::Error> {
     })
 }
 
+/// A page of keys as they stood at revision `at`: the current rows, except
+/// that a key written since `at` is taken as the log says it was before its
+/// first write after `at` (absent if it did not exist then).
+fn page_at(
+    tx: &rusqlite::Transaction<'_>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    at: Option<i64>,
+) -> Result<Page, StoreError> {
+    let current = meta(tx, "revision")?;
+    let rev = at.unwrap_or(current);
+    if rev > current {
+        return Err(StoreError::Future {
+            requested: rev,
+            current,
+        });
+    }
+    let compacted = meta(tx, "compacted")?;
+    if rev < current && rev < compacted {
+        return Err(StoreError::Compacted {
+            requested: rev,
+            oldest: compacted,
+        });
+    }
+    // Keys sort after `after`: from `after` + NUL on.
+    let start = match after {
+        Some(a) => format!("{a}\0"),
+        None => prefix.to_string(),
+    };
+    let end = text_end(prefix);
+    // What each key written since `rev` was at `rev`.
+    let mut then: std::collections::HashMap<String, Option<KeyValue>> = Default::default();
+    if rev < current {
+        let mut stmt = tx.prepare_cached(
+            "SELECT key, prev_value, prev_create_rev, prev_mod_rev FROM log
+             WHERE rev > ?1 AND key >= ?2 AND key < ?3 ORDER BY rev, sub",
+        )?;
+        let mut rows = stmt.query(params![rev, start, end])?;
+        while let Some(r) = rows.next()? {
+            let key: String = r.get(0)?;
+            if then.contains_key(&key) {
+                continue;
+            }
+            let prev = match r.get::<_, Option<Vec<u8>>>(1)? {
+                Some(value) => Some(KeyValue {
+                    key: key.clone(),
+                    value,
+                    create_revision: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                    mod_revision: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                }),
+                None => None,
+            };
+            then.insert(key, prev);
+        }
+    }
+    // Enough current rows that, with every changed one set aside, `limit`
+    // and one more remain.
+    let want = if limit == 0 {
+        -1
+    } else {
+        (limit + then.len() + 1) as i64
+    };
+    let mut stmt = tx.prepare_cached(
+        "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![start, end, want], |r| {
+        Ok(KeyValue {
+            key: r.get(0)?,
+            value: r.get(1)?,
+            create_revision: r.get(2)?,
+            mod_revision: r.get(3)?,
+        })
+    })?;
+    let rows = rows.collect::<Result<Vec<_>, _>>()?;
+    // Past the last row read, other current rows may sort before a changed
+    // key: only keys up to it are known to be complete.
+    let cut = (want >= 0 && rows.len() as i64 == want).then(|| rows[rows.len() - 1].key.clone());
+    let mut items: Vec<KeyValue> = rows
+        .into_iter()
+        .filter(|kv| !then.contains_key(&kv.key))
+        .collect();
+    items.extend(then.into_values().flatten());
+    if let Some(cut) = &cut {
+        items.retain(|kv| &kv.key <= cut);
+    }
+    items.sort_by(|a, b| a.key.cmp(&b.key));
+    let more = cut.is_some() || (limit > 0 && items.len() > limit);
+    if limit > 0 {
+        items.truncate(limit);
+    }
+    Ok(Page {
+        items,
+        revision: rev,
+        more,
+    })
+}
+
 /// Logged events with revision in (after, upto], under `prefix`.
 fn history(
     conn: &mut Connection,
@@ -416,6 +514,24 @@ impl Store for SqliteStore {
             drop(stmt);
             tx.commit()?;
             Ok((items, revision))
+        })
+        .await
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        at: Option<i64>,
+    ) -> Result<Page, StoreError> {
+        let prefix = prefix.to_string();
+        let after = after.map(String::from);
+        self.read(move |conn| {
+            let tx = conn.transaction()?;
+            let page = page_at(&tx, &prefix, after.as_deref(), limit, at)?;
+            tx.commit()?;
+            Ok(page)
         })
         .await
     }
