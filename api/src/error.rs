@@ -35,6 +35,14 @@ impl Cause {
             field: field.into(),
         }
     }
+    /// A value is longer than allowed (Kubernetes' `FieldValueTooLong`).
+    pub fn too_long(field: impl Into<String>, limit: usize) -> Self {
+        Self {
+            reason: "FieldValueTooLong",
+            message: format!("Too long: must have at most {limit} bytes"),
+            field: field.into(),
+        }
+    }
     /// A field is not known for this kind.
     pub fn unknown(field: impl Into<String>) -> Self {
         let field = field.into();
@@ -214,6 +222,16 @@ impl ApiError {
             413,
             "RequestEntityTooLarge",
             format!("request body too large: the limit is {limit} bytes"),
+        )
+    }
+    /// 413 for an object too large to store.
+    pub fn object_too_large(kind: &str, name: &str, size: usize, limit: usize) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "{kind} \"{name}\" is too large to store: {size} bytes, the limit is {limit} bytes (the controller's --max-object-size)"
+            ),
         )
     }
     /// 415 UnsupportedMediaType.

@@ -125,6 +125,10 @@ struct ControllerArgs {
     /// Revisions of history kept for watches (older resourceVersions get 410 Gone).
     #[arg(long, default_value_t = 100_000)]
     watch_history: i64,
+    /// The largest object stored, in bytes of its JSON (Kubernetes' limit is
+    /// etcd's request limit, 1.5 MiB); a larger one is refused with 413.
+    #[arg(long, default_value_t = weft_controller::registry::MAX_OBJECT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=64 * 1024 * 1024))]
+    max_object_size: usize,
     /// The pod network; every node gets a /24 of it.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: ipnetwork::Ipv4Network,
@@ -459,6 +463,7 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     cfg.controllers.node_grace = args.node_grace;
     cfg.controllers.eviction_delay = args.eviction_delay;
     cfg.watch_history = args.watch_history;
+    cfg.max_object_size = args.max_object_size;
     cfg.bookmark_every = args.bookmark_interval;
     cfg.cluster_cidr = args.cluster_cidr;
     cfg.service_cidr = args.service_cidr;

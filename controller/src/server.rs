@@ -42,6 +42,8 @@ pub struct ControllerConfig {
     pub controllers: ControllersConfig,
     /// Revisions of history kept for watches; older resourceVersions get 410.
     pub watch_history: i64,
+    /// The largest object stored, encoded, in bytes (413 above it).
+    pub max_object_size: usize,
     /// The pod network (a /24 per node) and the Service network.
     pub cluster_cidr: ipnetwork::Ipv4Network,
     pub service_cidr: ipnetwork::Ipv4Network,
@@ -64,6 +66,7 @@ impl ControllerConfig {
             controllers: ControllersConfig::default(),
             listen_fds: Vec::new(),
             watch_history: 100_000,
+            max_object_size: crate::registry::MAX_OBJECT,
             cluster_cidr: crate::ipam::CLUSTER_CIDR.parse().expect("valid"),
             service_cidr: crate::ipam::SERVICE_CIDR.parse().expect("valid"),
         }
@@ -198,7 +201,8 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
     let admin_token = tokens
         .admin_token()
         .context("the token file has no admin token")?;
-    let registry = Registry::new(store, ipam);
+    let mut registry = Registry::new(store, ipam);
+    registry.max_object = cfg.max_object_size;
     bootstrap(&registry)
         .await
         .context("create the built-in namespaces")?;

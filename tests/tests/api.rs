@@ -1787,3 +1787,95 @@ fn lists_page_over_a_consistent_snapshot() -> Result<()> {
     );
     Ok(())
 }
+
+/// Kubernetes' size limits (issue 16): all annotations of an object
+/// together at most 256 KiB (422), a stored object at most 1.5 MiB by
+/// default (413), dry runs included; nothing is stored.
+#[test]
+fn objects_and_annotations_have_kubernetes_size_limits() -> Result<()> {
+    let island = Island::new("limits")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    let path = "/api/v1/namespaces/default/pods";
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let with_annotations = |name: &str, sizes: &[usize]| {
+            let mut p = apitest::pod(name, json!({}), manual());
+            for (i, n) in sizes.iter().enumerate() {
+                p["metadata"]["annotations"][format!("example.com/a{i}")] = json!("x".repeat(*n));
+            }
+            p
+        };
+        // 300 KiB in one annotation, and in three that pass alone.
+        for (name, sizes) in [("one", vec![300 * 1024]), ("three", vec![100 * 1024; 3])] {
+            let r = post(&c, path, &with_annotations(name, &sizes)).await?;
+            ensure!(
+                r.code == 422
+                    && r.body["details"]["causes"][0]["field"] == "metadata.annotations"
+                    && r.body["details"]["causes"][0]["reason"] == "FieldValueTooLong"
+                    && r.text.contains("262144"),
+                "{name}: {} {}",
+                r.code,
+                r.text
+            );
+        }
+        // Under the limit it is stored; a patch that takes it over is refused.
+        let r = post(&c, path, &with_annotations("under", &[200 * 1024])).await?;
+        ensure!(
+            r.code == 201,
+            "200 KiB of annotations: {} {}",
+            r.code,
+            r.text
+        );
+        let patch =
+            json!({"metadata": {"annotations": {"example.com/more": "y".repeat(100 * 1024)}}});
+        let r = raw(
+            &c,
+            "PATCH",
+            &format!("{path}/under"),
+            Some(serde_json::to_vec(&patch)?),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(
+            r.code == 422 && r.text.contains("metadata.annotations"),
+            "patch over the limit: {} {}",
+            r.code,
+            r.text
+        );
+        let bad_key = json!({"metadata": {"annotations": {"not a key!": "v"}}});
+        let r = raw(
+            &c,
+            "PATCH",
+            &format!("{path}/under"),
+            Some(serde_json::to_vec(&bad_key)?),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(
+            r.code == 422 && r.text.contains("not a key!"),
+            "bad annotation key: {} {}",
+            r.code,
+            r.text
+        );
+
+        // 2 MiB in an environment variable: within the 3 MiB body limit,
+        // over the 1.5 MiB object limit; so in a dry run too.
+        let mut big = apitest::pod("big", json!({}), manual());
+        big["spec"]["containers"][0]["env"] =
+            json!([{"name": "BLOB", "value": "z".repeat(2 * 1024 * 1024)}]);
+        for q in ["", "?dryRun=All"] {
+            let r = post(&c, &format!("{path}{q}"), &big).await?;
+            ensure!(
+                r.code == 413
+                    && r.body["reason"] == "RequestEntityTooLarge"
+                    && r.text.contains("1572864"),
+                "2 MiB pod{q}: {} {}",
+                r.code,
+                &r.text[..r.text.len().min(300)]
+            );
+        }
+        let got = raw(&c, "GET", &format!("{path}/big"), None, "").await?;
+        ensure!(got.code == 404, "the refused pod was stored: {}", got.code);
+        Ok(())
+    })
+}

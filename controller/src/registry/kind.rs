@@ -189,6 +189,7 @@ pub(super) fn validate_meta<K: Kind>(obj: &K) -> Vec<Cause> {
         }
     }
     super::validation::check_labels(&mut out, "metadata.labels", obj.meta().labels.as_ref());
+    super::validation::check_annotations(&mut out, obj.meta().annotations.as_ref());
     out
 }
 

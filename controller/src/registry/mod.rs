@@ -63,7 +63,13 @@ pub struct Registry {
     pub ipam: Arc<Ipam>,
     /// Check and answer as usual, but write nothing (`dryRun=All`).
     pub dry_run: bool,
+    /// The largest object stored, encoded, in bytes.
+    pub max_object: usize,
 }
+
+/// The default largest stored object: etcd's default request limit, as in
+/// Kubernetes.
+pub const MAX_OBJECT: usize = 1536 * 1024;
 
 /// `res`'s namespace for an object: the given one (or `default`) when the
 /// kind is namespaced, none otherwise.
@@ -93,6 +99,7 @@ impl Registry {
             store,
             ipam: Arc::new(ipam),
             dry_run: false,
+            max_object: MAX_OBJECT,
         }
     }
 
@@ -219,6 +226,7 @@ impl Registry {
             let mut txn = Txn::new().when(Compare::absent(&key));
             obj.on_create(self, &mut txn).await?;
             txn = txn.then(Op::put(&key, encode(&obj)));
+            self.check_size(&txn, &obj)?;
             if self.dry_run {
                 if self.store.get(&key).await.map_err(store_error)?.is_some() {
                     return Err(ApiError::already_exists(res.plural, res.group, &name));
@@ -298,6 +306,7 @@ impl Registry {
             } else {
                 txn = txn.then(Op::put(&key, encode(&obj)));
             }
+            self.check_size(&txn, &obj)?;
             if self.dry_run {
                 return Ok(obj);
             }
@@ -411,6 +420,7 @@ impl Registry {
                 obj.on_delete(self, &mut txn);
                 txn = txn.then(Op::delete(&key));
             }
+            self.check_size(&txn, &obj)?;
             if self.dry_run {
                 return Ok(obj);
             }
@@ -423,6 +433,7 @@ impl Registry {
     /// Applies `txn` and, when it applies, gives `obj` its revision as
     /// resourceVersion. False: a compare failed and nothing was written.
     pub(crate) async fn commit<K: Kind>(&self, txn: Txn, obj: &mut K) -> Result<bool, ApiError> {
+        self.check_size(&txn, obj)?;
         match self.store.txn(txn).await.map_err(store_error)? {
             TxnOutcome::Applied { revision } => {
                 obj.meta_mut().resource_version = Some(revision.to_string());
@@ -430,6 +441,24 @@ impl Registry {
             }
             TxnOutcome::Failed { .. } => Ok(false),
         }
+    }
+
+    /// 413 when `txn` would store a value over `max_object` (a dry run is
+    /// refused as the write would be).
+    fn check_size<K: Kind>(&self, txn: &Txn, obj: &K) -> Result<(), ApiError> {
+        for op in &txn.ops {
+            if let crate::store::Op::Put { value, .. } = op
+                && value.len() > self.max_object
+            {
+                return Err(ApiError::object_too_large(
+                    K::resource().kind,
+                    obj.meta().name.as_deref().unwrap_or_default(),
+                    value.len(),
+                    self.max_object,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Takes the ownerReferences to `owner_uid` off everything that has

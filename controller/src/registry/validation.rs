@@ -55,6 +55,28 @@ pub fn check_labels(out: &mut Vec<Cause>, field: &str, labels: Option<&BTreeMap<
     }
 }
 
+/// Kubernetes' limit on all of an object's annotations together, keys and
+/// values.
+pub const MAX_ANNOTATIONS: usize = 256 * 1024;
+
+/// Annotation keys (qualified names, as label keys) and their total size.
+pub fn check_annotations(out: &mut Vec<Cause>, annotations: Option<&BTreeMap<String, String>>) {
+    let mut total = 0usize;
+    for (k, v) in annotations.into_iter().flatten() {
+        total += k.len() + v.len();
+        if !weft_api::selector::valid_key(&k.to_ascii_lowercase()) {
+            out.push(Cause::invalid(
+                "metadata.annotations",
+                serde_json::json!(k),
+                "an annotation key must be an optional DNS subdomain prefix and '/', then a name of at most 63 characters that consists of alphanumeric characters, '-', '_' or '.', and starts and ends with an alphanumeric character",
+            ));
+        }
+    }
+    if total > MAX_ANNOTATIONS {
+        out.push(Cause::too_long("metadata.annotations", MAX_ANNOTATIONS));
+    }
+}
+
 /// What is wrong with a label selector object, as one message (its
 /// operators), or `None`.
 pub fn selector_error(selector: &LabelSelector) -> Option<String> {
