@@ -387,8 +387,229 @@ fn tokens_and_node_authorization() -> Result<()> {
             "{}",
             r.text
         );
-        Ok(())
+        node_restriction(&cp, &admin, &node).await
     })
+}
+
+/// NodeRestriction (issue 16): what node n1's agent may write on its Node
+/// and in Events, and what it may read.
+async fn node_restriction(
+    cp: &ControlPlane,
+    admin: &kube::Client,
+    node: &kube::Client,
+) -> Result<()> {
+    let merge = "application/merge-patch+json";
+    let label = |k: &str, v: Option<&str>| {
+        serde_json::to_vec(&json!({"metadata": {"labels": {k: v}}})).expect("JSON")
+    };
+    // Roles and restricted labels: refused, and named.
+    for key in [
+        "node-role.kubernetes.io/control-plane",
+        "node-restriction.kubernetes.io/pool",
+        "kubernetes.io/role",
+        "sub.k8s.io/x",
+    ] {
+        let r = raw(
+            node,
+            "PATCH",
+            "/api/v1/nodes/n1",
+            Some(label(key, Some(""))),
+            merge,
+        )
+        .await?;
+        ensure!(
+            r.code == 403
+                && r.text
+                    .contains(&format!("is not allowed to modify labels: {key}")),
+            "n1 setting {key}: {} {}",
+            r.code,
+            r.text
+        );
+    }
+    // Its own labels and other namespaces: allowed.
+    for key in [
+        "example.com/team",
+        "node.kubernetes.io/pool",
+        "topology.kubernetes.io/zone",
+    ] {
+        let r = raw(
+            node,
+            "PATCH",
+            "/api/v1/nodes/n1",
+            Some(label(key, Some("a"))),
+            merge,
+        )
+        .await?;
+        ensure!(r.code == 200, "n1 setting {key}: {} {}", r.code, r.text);
+    }
+    // A role an admin gave it stays through the node's own writes, and the
+    // node may not take it off.
+    let r = raw(
+        admin,
+        "PATCH",
+        "/api/v1/nodes/n1",
+        Some(label("node-role.kubernetes.io/worker", Some(""))),
+        merge,
+    )
+    .await?;
+    ensure!(r.code == 200, "admin labelling n1: {}", r.text);
+    let r = raw(
+        node,
+        "PATCH",
+        "/api/v1/nodes/n1",
+        Some(label("example.com/team", Some("b"))),
+        merge,
+    )
+    .await?;
+    ensure!(
+        r.code == 200 && r.body["metadata"]["labels"]["node-role.kubernetes.io/worker"] == "",
+        "n1 relabelling itself: {}",
+        r.text
+    );
+    let r = raw(
+        node,
+        "PATCH",
+        "/api/v1/nodes/n1",
+        Some(label("node-role.kubernetes.io/worker", None)),
+        merge,
+    )
+    .await?;
+    ensure!(r.code == 403, "n1 dropping its role: {} {}", r.code, r.text);
+    let taint =
+        serde_json::to_vec(&json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}}))?;
+    let r = raw(node, "PATCH", "/api/v1/nodes/n1", Some(taint), merge).await?;
+    ensure!(
+        r.code == 403 && r.text.contains("taints"),
+        "n1 tainting itself: {} {}",
+        r.code,
+        r.text
+    );
+    // A new node may not register with a role either; nothing is stored.
+    let n3 = client(cp, Some(&cp.node_token("n3")?)).await?;
+    let r = post(
+        &n3,
+        "/api/v1/nodes",
+        &apitest::node_object(
+            "n3",
+            "2",
+            "2Gi",
+            json!({"node-role.kubernetes.io/control-plane": ""}),
+        ),
+    )
+    .await?;
+    ensure!(
+        r.code == 403,
+        "n3 registering as control plane: {} {}",
+        r.code,
+        r.text
+    );
+    ensure!(
+        raw(admin, "GET", "/api/v1/nodes/n3", None, "").await?.code == 404,
+        "n3 was stored"
+    );
+
+    // Events: about itself and its pods only.
+    let event = |ns: &str, kind: &str, about_ns: &str, name: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": "e.", "namespace": ns},
+            "involvedObject": {"apiVersion": "v1", "kind": kind, "namespace": about_ns, "name": name},
+            "type": "Warning", "reason": "Test", "message": "m",
+        })
+    };
+    let events = |ns: &str| format!("/api/v1/namespaces/{ns}/events");
+    for (ns, kind, about_ns, name, want) in [
+        ("default", "Pod", "default", "on-n1", 201),
+        ("default", "Node", "", "n1", 201),
+        ("default", "Pod", "default", "on-n2", 403),
+        ("default", "Pod", "default", "missing", 403),
+        ("kube-system", "Pod", "default", "on-n1", 403),
+        ("default", "Node", "", "n2", 403),
+        ("default", "Deployment", "default", "d", 403),
+    ] {
+        let r = post(node, &events(ns), &event(ns, kind, about_ns, name)).await?;
+        ensure!(
+            r.code == want
+                && (want != 403 || r.text.contains("may only write Events about itself")),
+            "n1's Event in {ns} about {kind} {about_ns}/{name}: {} {}",
+            r.code,
+            r.text
+        );
+    }
+    // An Event about another node's pod may not be rewritten by n1, nor
+    // one of n1's turned into one about n2's pod.
+    let theirs = post(
+        admin,
+        &events("default"),
+        &event("default", "Pod", "default", "on-n2"),
+    )
+    .await?;
+    let theirs = theirs.body["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let msg = serde_json::to_vec(&json!({"message": "rewritten"}))?;
+    let r = raw(
+        node,
+        "PATCH",
+        &format!("{}/{theirs}", events("default")),
+        Some(msg),
+        merge,
+    )
+    .await?;
+    ensure!(
+        r.code == 403,
+        "n1 rewriting an Event about n2's pod: {} {}",
+        r.code,
+        r.text
+    );
+    let mine = post(
+        node,
+        &events("default"),
+        &event("default", "Pod", "default", "on-n1"),
+    )
+    .await?;
+    let mine = mine.body["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let retarget = serde_json::to_vec(&json!({"involvedObject": {"name": "on-n2"}}))?;
+    let r = raw(
+        node,
+        "PATCH",
+        &format!("{}/{mine}", events("default")),
+        Some(retarget),
+        merge,
+    )
+    .await?;
+    ensure!(
+        r.code == 403,
+        "n1 retargeting its Event: {} {}",
+        r.code,
+        r.text
+    );
+
+    // Reads: what the agent serves from, not workloads' controllers nor Events.
+    for (path, want) in [
+        ("/api/v1/services", 200),
+        ("/api/v1/namespaces", 200),
+        ("/apis/discovery.k8s.io/v1/endpointslices", 200),
+        ("/apis/networking.k8s.io/v1/networkpolicies", 200),
+        (
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+            200,
+        ),
+        ("/apis/apps/v1/deployments", 403),
+        ("/api/v1/events", 403),
+        (
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+            403,
+        ),
+    ] {
+        let r = raw(node, "GET", path, None, "").await?;
+        ensure!(r.code == want, "n1 reading {path}: {} {}", r.code, r.text);
+    }
+    Ok(())
 }
 
 #[test]

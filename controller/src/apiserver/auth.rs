@@ -229,15 +229,31 @@ fn is_read(verb: &str) -> bool {
     matches!(verb, "get" | "list" | "watch")
 }
 
-/// Admins may do anything. A node's agent may read, change its own Node and
-/// Lease, write Events, and change the status of (or delete) pods bound to it.
+/// Admins may do anything. A node's agent may read what it serves from
+/// (nodes, pods, services, endpoints and slices, namespaces, network
+/// policies, node Leases), change its own Node and Lease, write Events, and
+/// change the status of (or delete) pods bound to it; what it writes is
+/// admitted by the registry's NodeRestriction rules (`Kind::admit_node`).
 pub fn authorize(user: &User, a: &Attributes<'_>) -> Decision {
     if user.is_admin() {
         return Decision::Allow;
     }
     if let Some(node) = user.node() {
-        if is_read(a.verb) {
-            return Decision::Allow;
+        if is_read(a.verb) && a.subresource.is_none_or(|s| s == "status") {
+            // What the agent reads (it is kubelet, kube-proxy, the CNI
+            // plugin, the NetworkPolicy agent and the DNS server in one), as
+            // kube's node authorizer and the roles of those parts allow;
+            // not workloads' controllers, nor Events.
+            let readable = match (a.group, a.resource) {
+                ("", "nodes" | "pods" | "services" | "endpoints" | "namespaces")
+                | ("discovery.k8s.io", "endpointslices")
+                | ("networking.k8s.io", "networkpolicies") => true,
+                ("coordination.k8s.io", "leases") => a.namespace == Some("kube-node-lease"),
+                _ => false,
+            };
+            if readable {
+                return Decision::Allow;
+            }
         }
         let own = a.name == Some(node);
         let allowed = match (a.group, a.resource, a.subresource) {

@@ -441,7 +441,7 @@ async fn dispatch(
         ("create", None) if target.name.is_none() => {
             let decoded = kind.decode(parse_body(headers, &bytes)?, &fv)?;
             auth::check_body_name(&user, res.plural, &decoded.name)?;
-            let reg = registry_for(st, &query)?;
+            let reg = registry_for(st, &query, &user)?;
             let warnings = decoded.warnings.clone();
             let created = kind.create(&reg, ns, decoded).await?;
             Ok(with_warnings(json_response(201, &created), &warnings))
@@ -481,7 +481,7 @@ async fn dispatch(
                     vec![weft_api::Cause::required("target.name")],
                 ));
             }
-            registry_for(st, &query)?
+            registry_for(st, &query, &user)?
                 .bind(ns.unwrap_or("default"), pod, &node)
                 .await?;
             Ok(json_response(
@@ -492,7 +492,7 @@ async fn dispatch(
         ("update", None | Some("status")) => {
             let name = target.name.as_deref().unwrap_or_default();
             let decoded = kind.decode(parse_body(headers, &bytes)?, &fv)?;
-            let reg = registry_for(st, &query)?;
+            let reg = registry_for(st, &query, &user)?;
             let write = if target.sub.is_some() {
                 Write::Status
             } else {
@@ -504,7 +504,7 @@ async fn dispatch(
         }
         ("update", Some("scale")) | ("patch", Some("scale")) => {
             let name = target.name.as_deref().unwrap_or_default().to_string();
-            let reg = registry_for(st, &query)?;
+            let reg = registry_for(st, &query, &user)?;
             let is_patch = verb == "patch";
             let ct = content_type(headers);
             let (updated, _) = kind
@@ -536,7 +536,7 @@ async fn dispatch(
         }
         ("patch", None | Some("status")) => {
             let name = target.name.as_deref().unwrap_or_default().to_string();
-            let reg = registry_for(st, &query)?;
+            let reg = registry_for(st, &query, &user)?;
             let ct = content_type(headers);
             let write = if target.sub.is_some() {
                 Write::Status
@@ -563,7 +563,7 @@ async fn dispatch(
                 })?),
                 None => body_grace,
             };
-            let reg = registry_for(st, &query)?;
+            let reg = registry_for(st, &query, &user)?;
             let policy = policy.or_else(|| query.get("propagationPolicy").map(String::from));
             if policy.as_deref() == Some("Orphan") && !reg.dry_run {
                 // Orphan: the dependents lose their reference to it first,
@@ -577,7 +577,7 @@ async fn dispatch(
             Ok(json_response(200, &deleted))
         }
         ("deletecollection", None) => {
-            let reg = registry_for(st, &query)?;
+            let reg = registry_for(st, &query, &user)?;
             let (items, _) = selected(st, res, ns, &query).await?;
             let mut deleted = Vec::new();
             for obj in items {
@@ -673,13 +673,19 @@ async fn exec(
 
 /// The registry to write through: `dryRun=All` checks and answers as usual
 /// and stores nothing.
-fn registry_for(st: &ApiState, query: &Query) -> Result<Registry, ApiError> {
+/// A node's agent writes through a registry that admits only what
+/// NodeRestriction allows it.
+fn registry_for(st: &ApiState, query: &Query, user: &User) -> Result<Registry, ApiError> {
+    let reg = match user.node() {
+        Some(node) => st.registry.as_node(node),
+        None => st.registry.clone(),
+    };
     // Every value must be All: a write that was asked to be a dry run in any
     // way (`?dryRun`, `?dryRun=All&dryRun=`) must not happen for real.
     match query.values("dryRun") {
-        [] => Ok(st.registry.clone()),
+        [] => Ok(reg),
         values => match values.iter().find(|v| *v != "All") {
-            None => Ok(st.registry.dry()),
+            None => Ok(reg.dry()),
             Some(other) => Err(ApiError::bad_request(format!(
                 "dryRun must be \"All\", not \"{other}\""
             ))),

@@ -88,6 +88,18 @@ pub trait Kind:
         Vec::new()
     }
 
+    /// kube's NodeRestriction admission: whether node `node`'s agent may
+    /// write this (created, or updated from `old`). Nodes' writes are
+    /// authorized per verb and name first; this sees the objects.
+    async fn admit_node(
+        &self,
+        _old: Option<&Self>,
+        _node: &str,
+        _reg: &Registry,
+    ) -> Result<(), ApiError> {
+        Ok(())
+    }
+
     /// What a create also claims in the same transaction (addresses,
     /// blocks, ports), filling them into the object.
     async fn on_create(&mut self, _reg: &Registry, _txn: &mut Txn) -> Result<(), ApiError> {

@@ -65,6 +65,9 @@ pub struct Registry {
     pub dry_run: bool,
     /// The largest object stored, encoded, in bytes.
     pub max_object: usize,
+    /// The node whose agent writes through this registry: what it writes is
+    /// admitted by [`Kind::admit_node`] (kube's NodeRestriction).
+    pub node: Option<String>,
 }
 
 /// The default largest stored object: etcd's default request limit, as in
@@ -100,6 +103,15 @@ impl Registry {
             ipam: Arc::new(ipam),
             dry_run: false,
             max_object: MAX_OBJECT,
+            node: None,
+        }
+    }
+
+    /// The same registry, for writes by node `node`'s agent.
+    pub fn as_node(&self, node: &str) -> Self {
+        Self {
+            node: Some(node.to_string()),
+            ..self.clone()
         }
     }
 
@@ -217,6 +229,9 @@ impl Registry {
         if !causes.is_empty() {
             return Err(invalid::<K>(&name, causes));
         }
+        if let Some(node) = &self.node {
+            obj.admit_node(None, node, self).await?;
+        }
         if let Some(ns) = &ns {
             self.check_namespace_open(ns).await?;
         }
@@ -290,6 +305,9 @@ impl Registry {
                 ));
             }
             let mut obj = prepare_update(&old, new.clone(), write, name, ns.as_deref())?;
+            if let Some(node) = &self.node {
+                obj.admit_node(Some(&old), node, self).await?;
+            }
             if obj == old {
                 // Nothing changed: no write, no event, same resourceVersion.
                 return Ok(old);

@@ -47,9 +47,87 @@ async fn claim_block(reg: &Registry, node: &mut Node, txn: &mut Txn) -> Result<(
     Ok(())
 }
 
+/// Labels of the `kubernetes.io` and `k8s.io` namespaces a node's agent
+/// may set on its own Node (kubelet's own labels), as kube's
+/// NodeRestriction allows.
+const AGENT_LABELS: &[&str] = &[
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+];
+
+/// Whether a node's agent may not set or change label `key` on its Node:
+/// `node-restriction.kubernetes.io/` ones (which admins set to place
+/// workloads, so nodes must not claim them), and the `kubernetes.io` and
+/// `k8s.io` namespaces (roles such as `node-role.kubernetes.io/*` among
+/// them) but for kubelet's own labels and the `kubelet.kubernetes.io` and
+/// `node.kubernetes.io` prefixes.
+pub fn restricted_label(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else {
+        return false;
+    };
+    let under = |domain: &str| prefix == domain || prefix.ends_with(&format!(".{domain}"));
+    if under("node-restriction.kubernetes.io") {
+        return true;
+    }
+    if !(under("kubernetes.io") || under("k8s.io")) {
+        return false;
+    }
+    !(AGENT_LABELS.contains(&key) || under("kubelet.kubernetes.io") || under("node.kubernetes.io"))
+}
+
 #[async_trait]
 impl Kind for Node {
     kind_fields!(spec: NodeSpec, status: NodeStatus);
+
+    async fn admit_node(
+        &self,
+        old: Option<&Self>,
+        node: &str,
+        _reg: &Registry,
+    ) -> Result<(), ApiError> {
+        let none = Default::default();
+        let new_labels = self.metadata.labels.as_ref().unwrap_or(&none);
+        let old_labels = old
+            .and_then(|o| o.metadata.labels.as_ref())
+            .unwrap_or(&none);
+        // Set, changed or removed: labels left as an admin set them pass.
+        let touched: std::collections::BTreeSet<&str> = new_labels
+            .keys()
+            .chain(old_labels.keys())
+            .filter(|k| new_labels.get(*k) != old_labels.get(*k))
+            .filter(|k| restricted_label(k))
+            .map(String::as_str)
+            .collect();
+        if !touched.is_empty() {
+            return Err(ApiError::forbidden(format!(
+                "node \"{node}\" is not allowed to modify labels: {} (NodeRestriction: a node may not give itself a role or a label of the kubernetes.io, k8s.io or node-restriction.kubernetes.io namespaces beyond the agent's own)",
+                touched.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if let Some(old) = old {
+            let taints = |n: &Node| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.taints.clone())
+                    .unwrap_or_default()
+            };
+            if taints(old) != taints(self) {
+                return Err(ApiError::forbidden(format!(
+                    "node \"{node}\" is not allowed to modify taints (NodeRestriction)"
+                )));
+            }
+        }
+        Ok(())
+    }
 
     fn validate_update(&self, old: &Self) -> Vec<Cause> {
         match (cidr(old), cidr(self)) {
