@@ -617,8 +617,11 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                 bail!("--api-port must name a port (1-65535): clients find the API through it");
             }
             spec.host_api = Some(std::net::SocketAddr::from(([127, 0, 0, 1], api_port)));
-            // Pods of a lost node move within seconds, not Kubernetes' minutes.
-            spec.controller_args = vec!["--eviction-delay".into(), "0s".into()];
+            // Pods of a lost node move within a quarter minute, not
+            // Kubernetes' five: a node is NotReady after the default 10 s of
+            // silence, and its pods go 10 s later, so that a brief stall
+            // (an agent restarting, a loaded machine) costs no pods.
+            spec.controller_args = vec!["--eviction-delay".into(), "10s".into()];
             match topology::state(prefix) {
                 topology::LabState::Up if topology::alive(prefix) => {
                     bail!(

@@ -1044,3 +1044,161 @@ fn replica_sets_create_and_delete_in_batches() -> Result<()> {
         Ok(())
     })
 }
+
+/// Whether any node is NotReady or tainted unreachable, and which.
+async fn unhealthy_nodes(c: &kube::Client) -> Result<Vec<String>> {
+    Ok(list(c, "/api/v1/nodes")
+        .await?
+        .iter()
+        .filter(|n| {
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| c["status"] == "True")
+                .unwrap_or(false);
+            let tainted = n["spec"]["taints"].as_array().is_some_and(|ts| {
+                ts.iter()
+                    .any(|t| t["key"] == "node.kubernetes.io/unreachable")
+            });
+            !ready || tainted
+        })
+        .map(|n| {
+            n["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect())
+}
+
+/// Heartbeats after the controller's own absence (issue 16): a controller
+/// stopped (SIGSTOP) or killed for four grace periods finds every node
+/// healthy when it comes back, as every node gets a full grace period from
+/// its first look; a node that really stops is still found; and when every
+/// node falls silent at once, pods are neither marked not Ready nor evicted.
+#[test]
+fn controller_absence_is_not_node_failure() -> Result<()> {
+    let island = Island::new("absence")?;
+    let args = ["--node-grace", "3s", "--eviction-delay", "1s"]
+        .map(String::from)
+        .to_vec();
+    let mut cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            args,
+            ..Default::default()
+        },
+    )?;
+    let island_ref = &island;
+    let cp_ref = &mut cp;
+    island_ref.block_on(async move {
+        let c = client(cp_ref, None).await?;
+        let every = Duration::from_millis(500);
+        let mut renewing = Vec::new();
+        for n in ["n1", "n2", "n3"] {
+            renewing.push(simulated_node(&c, n, "4", "8Gi", json!({}), every).await?);
+            let pod = apitest::pod(
+                &format!("on-{n}"),
+                json!({"app": "x"}),
+                json!({"nodeName": n}),
+            );
+            ensure!(
+                post(&c, "/api/v1/namespaces/default/pods", &pod)
+                    .await?
+                    .code
+                    == 201
+            );
+            mark_ready(&c, "default", &format!("on-{n}")).await?;
+        }
+        // Healthy for two grace periods first.
+        let watch_healthy = |c: kube::Client, what: &'static str, d: Duration| async move {
+            let until = tokio::time::Instant::now() + d;
+            while tokio::time::Instant::now() < until {
+                let bad = unhealthy_nodes(&c).await?;
+                ensure!(bad.is_empty(), "{what}: {bad:?} unhealthy");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            anyhow::Ok(())
+        };
+        watch_healthy(c.clone(), "before", Duration::from_secs(6)).await?;
+        let pid = nix::unistd::Pid::from_raw(cp_ref.pid().expect("running") as i32);
+        // Stopped for 12 s, then resumed.
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+        watch_healthy(c.clone(), "after SIGSTOP", Duration::from_secs(8)).await?;
+        // Killed for 12 s, then started again.
+        cp_ref.kill9();
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        cp_ref.restart()?;
+        let c = client(cp_ref, None).await?;
+        watch_healthy(c.clone(), "after a restart", Duration::from_secs(8)).await?;
+        ensure!(
+            cp_ref.log().contains("every node gets a full grace period"),
+            "the resumed controller did not notice its absence:\n{}",
+            cp_ref.log()
+        );
+        // A node that does stop is still found, and its pod evicted.
+        renewing.remove(0).abort();
+        eventually(Duration::from_secs(10), "n1 NotReady", || {
+            let c = c.clone();
+            async move {
+                Ok(unhealthy_nodes(&c)
+                    .await?
+                    .contains(&"n1".to_string())
+                    .then_some(()))
+            }
+        })
+        .await?;
+        eventually(Duration::from_secs(10), "on-n1 evicted", || {
+            let c = c.clone();
+            async move {
+                let r = raw(&c, "GET", "/api/v1/namespaces/default/pods/on-n1", None, "").await?;
+                Ok((r.code == 404).then_some(()))
+            }
+        })
+        .await?;
+        // Every other node falls silent at once as well: Ready is Unknown,
+        // but their pods stay Ready and in place.
+        for h in renewing.drain(..) {
+            h.abort();
+        }
+        eventually(Duration::from_secs(10), "n2 and n3 Unknown", || {
+            let c = c.clone();
+            async move {
+                let bad = unhealthy_nodes(&c).await?;
+                Ok((bad.len() == 3).then_some(()))
+            }
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for n in ["n2", "n3"] {
+            let r = raw(&c, "GET", &format!("/api/v1/nodes/{n}"), None, "").await?;
+            ensure!(
+                !r.text.contains("node.kubernetes.io/unreachable"),
+                "{n} tainted during a disruption: {}",
+                r.text
+            );
+            let p = raw(
+                &c,
+                "GET",
+                &format!("/api/v1/namespaces/default/pods/on-{n}"),
+                None,
+                "",
+            )
+            .await?;
+            let ready = p.body["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| c["status"].clone());
+            ensure!(
+                p.code == 200 && ready == Some(json!("True")),
+                "on-{n} during a disruption: {} {:?}",
+                p.code,
+                ready
+            );
+        }
+        anyhow::Ok(())
+    })??;
+    Ok(())
+}

@@ -3,9 +3,26 @@
 //! eviction delay its pods are deleted, so their controllers make new ones
 //! elsewhere. A node that renews again loses the taints. Pods bound to a
 //! node that no longer exists are deleted too.
+//!
+//! As kube's node lifecycle controller does, the grace period is counted on
+//! the controller's own clock, from when it last saw the node's heartbeat
+//! change (not from the Lease's renewTime), and only over time in which it
+//! could have seen one:
+//! - a controller that starts or restarts observes every node afresh, so
+//!   each gets a full grace period;
+//! - a sweep that comes late (the process was stopped, or starved of CPU)
+//!   observes every node afresh too;
+//! - while the controllers' cache lags the store (the controller is too
+//!   busy to take in the renewals that are there), the lag does not count.
+//!
+//! When most nodes look silent at once (all of them, or more than two and
+//! at least 55%, kube's zone-disruption thresholds), the fault is more
+//! likely the controller's or the network's than the nodes': their Ready
+//! condition says Unknown, but their pods are neither marked not Ready nor
+//! evicted until enough nodes are back.
 
-use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint};
@@ -18,17 +35,115 @@ use crate::registry::Write;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
+/// kube's `unhealthyZoneThreshold`: the share of silent nodes (of more than
+/// two) from which the controller suspects itself or the network.
+const DISRUPTION_SHARE: f64 = 0.55;
+
 pub fn start(ctx: Ctx) {
     tokio::spawn(async move {
         let every =
             (ctx.cfg.node_grace / 5).clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let mut seen = Observer::new(every);
         loop {
-            if let Err(e) = sweep(&ctx).await {
+            seen.look(&ctx).await;
+            if let Err(e) = sweep(&ctx, &mut seen).await {
                 tracing::warn!("node lifecycle: {e}");
             }
             tokio::time::sleep(every).await;
         }
     });
+}
+
+/// What the controller itself has seen of the nodes' heartbeats.
+struct Observer {
+    every: Duration,
+    /// Per node: its last heartbeat as written (Lease renewTime, Ready
+    /// heartbeat), and when this controller saw it change.
+    nodes: HashMap<String, (f64, Instant)>,
+    /// When the last sweep began.
+    last_sweep: Option<Instant>,
+    /// The store's revision at past moments, oldest first.
+    samples: VecDeque<(Instant, i64)>,
+    /// Up to when the cache is known to hold everything the store held.
+    fresh_until: Instant,
+    /// Whether the last sweep found most nodes silent.
+    disrupted: bool,
+}
+
+impl Observer {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            nodes: HashMap::new(),
+            last_sweep: None,
+            samples: VecDeque::new(),
+            fresh_until: Instant::now(),
+            disrupted: false,
+        }
+    }
+
+    /// Before a sweep: notices a late sweep, and how far the cache is
+    /// behind the store.
+    async fn look(&mut self, ctx: &Ctx) {
+        let now = Instant::now();
+        if let Some(last) = self.last_sweep {
+            let gap = now - last;
+            if gap > self.every * 3 + Duration::from_secs(1) {
+                tracing::warn!(
+                    "node lifecycle: no sweep for {:.1} s (the controller was stopped or starved); every node gets a full grace period from now",
+                    gap.as_secs_f64()
+                );
+                for (_, at) in self.nodes.values_mut() {
+                    *at = now;
+                }
+                self.samples.clear();
+                self.fresh_until = now;
+            }
+        }
+        self.last_sweep = Some(now);
+        if let Ok(rev) = ctx.reg.store.revision().await {
+            self.samples.push_back((now, rev));
+        }
+        // The cache holds everything the store held at each sample whose
+        // revision it has reached.
+        let cached = ctx.cache.revision();
+        while let Some(&(at, rev)) = self.samples.front() {
+            if rev > cached {
+                break;
+            }
+            self.fresh_until = self.fresh_until.max(at);
+            self.samples.pop_front();
+        }
+        // A cache far behind: keep only samples enough to tell.
+        while self.samples.len() > 1000 {
+            self.samples.pop_front();
+        }
+    }
+
+    /// How long the node has been silent, as far as this controller could
+    /// have seen: a heartbeat that changed since the last look restarts it.
+    fn silent_for(&mut self, name: &str, heartbeat: f64, now: Instant) -> Duration {
+        let entry = self
+            .nodes
+            .entry(name.to_string())
+            .or_insert((heartbeat, now));
+        if entry.0 != heartbeat {
+            *entry = (heartbeat, now);
+        }
+        self.fresh_until.saturating_duration_since(entry.1)
+    }
+
+    /// Forgets nodes that are gone.
+    fn keep(&mut self, known: &HashSet<String>) {
+        self.nodes.retain(|n, _| known.contains(n));
+    }
+}
+
+/// Whether `silent` of `total` nodes silent at once is a disruption rather
+/// than node failures (kube's full and partial zone disruption).
+fn disruption(silent: usize, total: usize) -> bool {
+    silent > 0
+        && (silent == total || (silent > 2 && silent as f64 >= total as f64 * DISRUPTION_SHARE))
 }
 
 fn now_secs() -> f64 {
@@ -118,11 +233,15 @@ async fn delete_now(ctx: &Ctx, pod: &Pod) -> Result<bool, ApiError> {
     }
 }
 
-async fn mark_not_ready(ctx: &Ctx, node: &Node) -> Result<(), ApiError> {
-    let name = node.name_any();
+fn status_unknown(node: &Node) -> bool {
+    weft_api::node::ready_condition(node).is_some_and(|c| c.status == "Unknown")
+}
+
+/// Sets the node's Ready condition to Unknown, as its agent no longer says.
+async fn mark_status_unknown(ctx: &Ctx, name: &str) -> Result<(), ApiError> {
     let stamp = weft_api::meta::now_time();
     ctx.reg
-        .modify::<Node>(None, &name, Write::Status, |mut n| {
+        .modify::<Node>(None, name, Write::Status, |mut n| {
             let status = n.status.get_or_insert_with(Default::default);
             let heartbeat =
                 weft_api::node::status_ready(status).and_then(|c| c.last_heartbeat_time.clone());
@@ -145,6 +264,15 @@ async fn mark_not_ready(ctx: &Ctx, node: &Node) -> Result<(), ApiError> {
             Ok(n)
         })
         .await?;
+    Ok(())
+}
+
+async fn mark_not_ready(ctx: &Ctx, node: &Node) -> Result<(), ApiError> {
+    let name = node.name_any();
+    if !status_unknown(node) {
+        mark_status_unknown(ctx, &name).await?;
+    }
+    let stamp = weft_api::meta::now_time();
     ctx.reg
         .modify::<Node>(None, &name, Write::Update, |mut n| {
             let taints = n
@@ -208,17 +336,42 @@ async fn mark_not_ready(ctx: &Ctx, node: &Node) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
-    let grace = ctx.cfg.node_grace.as_secs_f64();
+async fn sweep(ctx: &Ctx, seen: &mut Observer) -> Result<(), ApiError> {
+    let grace = ctx.cfg.node_grace;
     let now = now_secs();
     let pods = ctx.cache.store::<Pod>();
     let nodes = ctx.cache.store::<Node>().list(None);
     let known: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+    seen.keep(&known);
+    let silent: HashSet<String> = nodes
+        .iter()
+        .filter(|n| seen.silent_for(&n.name_any(), last_heartbeat(ctx, n), Instant::now()) > grace)
+        .map(|n| n.name_any())
+        .collect();
+    let disrupted = disruption(silent.len(), nodes.len());
+    if disrupted != seen.disrupted {
+        seen.disrupted = disrupted;
+        if disrupted {
+            tracing::warn!(
+                silent = silent.len(),
+                nodes = nodes.len(),
+                "node lifecycle: most nodes look silent at once; suspecting the controller or the network, not marking pods not Ready nor evicting until enough are back"
+            );
+        } else {
+            tracing::info!("node lifecycle: enough nodes are back; handling silent nodes again");
+        }
+    }
     for node in &nodes {
         let name = node.name_any();
-        let silent = now - last_heartbeat(ctx, node) > grace;
+        let silent = silent.contains(&name);
         let tainted = unreachable_taint(node).is_some();
-        if silent && !tainted {
+        if silent && disrupted {
+            // Say what is known (nothing), and do nothing about it.
+            if !status_unknown(node) {
+                mark_status_unknown(ctx, &name).await?;
+                tracing::info!(node = %name, "node silent during a disruption: Ready=Unknown, pods left alone");
+            }
+        } else if silent && !tainted {
             mark_not_ready(ctx, node).await?;
         } else if !silent && tainted {
             ctx.reg
@@ -230,7 +383,7 @@ async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
                 })
                 .await?;
             tracing::info!(node = %name, "node renews its lease again");
-        } else if let Some(taint) = unreachable_taint(node) {
+        } else if let Some(taint) = unreachable_taint(node).filter(|_| !disrupted) {
             let since = taint.time_added.as_ref().map_or(now, |t| secs(&t.0));
             for pod in pods.on_node(&name) {
                 let Some(delay) = tolerated_for(&pod, ctx.cfg.eviction_delay) else {
@@ -277,6 +430,37 @@ async fn sweep(ctx: &Ctx) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn most_nodes_silent_at_once_is_a_disruption() {
+        assert!(!disruption(0, 3));
+        assert!(disruption(1, 1), "the only node");
+        assert!(disruption(2, 2), "every node");
+        assert!(!disruption(1, 2));
+        assert!(!disruption(1, 3));
+        assert!(!disruption(2, 3), "two of three: not more than two");
+        assert!(disruption(3, 5));
+        assert!(!disruption(3, 6), "50%");
+        assert!(disruption(6, 10));
+    }
+
+    #[test]
+    fn silence_counts_only_what_the_controller_could_see() {
+        let mut seen = Observer::new(Duration::from_millis(200));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        seen.fresh_until = t0;
+        // First observation: no silence yet, whatever the heartbeat says.
+        assert_eq!(seen.silent_for("n1", 1.0, t0), Duration::ZERO);
+        // The cache was fresh 5 s later and the heartbeat did not change.
+        seen.fresh_until = at(5);
+        assert_eq!(seen.silent_for("n1", 1.0, at(5)), Duration::from_secs(5));
+        // A new heartbeat restarts it.
+        assert_eq!(seen.silent_for("n1", 2.0, at(5)), Duration::ZERO);
+        // A cache that falls behind stops the count where it was fresh.
+        seen.fresh_until = at(7);
+        assert_eq!(seen.silent_for("n1", 2.0, at(30)), Duration::from_secs(2));
+    }
 
     #[test]
     fn times_with_fractions() {
