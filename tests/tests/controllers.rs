@@ -1202,3 +1202,142 @@ fn controller_absence_is_not_node_failure() -> Result<()> {
     })??;
     Ok(())
 }
+
+/// Deleting a namespace of 10 000 pods bound to forty nodes (a node's /24
+/// holds 250; issue 16): the nodes' Lease renewals are never held up long
+/// enough for one to turn NotReady, and the namespace goes. The nodes are
+/// simulated: each renews its Lease every second, and a watch finishes the
+/// pods' graceful deletions as their agents would. 2 000 unschedulable pods
+/// wait meanwhile.
+#[test]
+fn bulk_namespace_deletion_does_not_starve_heartbeats() -> Result<()> {
+    const PODS: usize = 10_000;
+    let island = Island::new("bulkdel")?;
+    let cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            args: ["--node-grace", "4s"].map(String::from).to_vec(),
+            ..Default::default()
+        },
+    )?;
+    island.block_on(async {
+        tokio::time::timeout(Duration::from_secs(600), async {
+            use futures::StreamExt as _;
+            let c = client(&cp, None).await?;
+            let nodes: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+            for n in &nodes {
+                let r = post(&c, "/api/v1/nodes", &apitest::node_object(n, "1000", "4000Gi", json!({}))).await?;
+                ensure!(r.code == 201, "{}", r.text);
+                apitest::renew_lease(&c, n).await?;
+            }
+            // Renewals, each timed.
+            let worst = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+            let renewers: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    let (c, n, worst) = (c.clone(), n.to_string(), worst.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            let t = tokio::time::Instant::now();
+                            let _ = apitest::renew_lease(&c, &n).await;
+                            let took = t.elapsed();
+                            let mut w = worst.lock().unwrap();
+                            *w = (*w).max(took);
+                        }
+                    })
+                })
+                .collect();
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bulk"}});
+            ensure!(post(&c, "/api/v1/namespaces", &ns).await?.code == 201);
+            let created = std::time::Instant::now();
+            let results: Vec<Result<u16>> = futures::stream::iter(0..PODS)
+                .map(|i| {
+                    let c = c.clone();
+                    let node = nodes[i % nodes.len()].clone();
+                    async move {
+                        let mut p = apitest::pod(&format!("p{i}"), json!({"app": "bulk"}), json!({"nodeName": node}));
+                        p["metadata"]["namespace"] = json!("bulk");
+                        Ok(post(&c, "/api/v1/namespaces/bulk/pods", &p).await?.code)
+                    }
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            let failed = results.iter().filter(|r| !matches!(r, Ok(201))).count();
+            ensure!(failed == 0, "{failed} creations failed: {:?}", results.iter().find(|r| !matches!(r, Ok(201))));
+            eprintln!("created {PODS} pods in {:?}", created.elapsed());
+            // And 2 000 that fit nowhere, waiting in the scheduler: each
+            // pod leaving a node may make them fit, but must not make the
+            // scheduler try them all again per event.
+            let waiting: Vec<Result<u16>> = futures::stream::iter(0..2_000)
+                .map(|i| {
+                    let c = c.clone();
+                    async move {
+                        let mut p = apitest::pod(&format!("big{i}"), json!({}), json!({}));
+                        p["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "5000"}});
+                        Ok(post(&c, "/api/v1/namespaces/default/pods", &p).await?.code)
+                    }
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            ensure!(waiting.iter().all(|r| matches!(r, Ok(201))), "unschedulable pods: {:?}", waiting.iter().find(|r| !matches!(r, Ok(201))));
+            *worst.lock().unwrap() = Duration::ZERO;
+            // The agents' part: a pod marked for deletion is stopped (there
+            // is nothing to stop) and deleted for good.
+            let finisher = tokio::spawn({
+                let c = c.clone();
+                async move {
+                    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(c.clone(), "bulk");
+                    let stream = kube::runtime::watcher(pods.clone(), Default::default());
+                    futures::pin_mut!(stream);
+                    let mut deleting = futures::stream::FuturesUnordered::new();
+                    loop {
+                        tokio::select! {
+                            ev = stream.next() => {
+                                let Some(Ok(kube::runtime::watcher::Event::Apply(p))) = ev else { continue };
+                                if p.metadata.deletion_timestamp.is_some() {
+                                    let pods = pods.clone();
+                                    let name = p.metadata.name.clone().unwrap_or_default();
+                                    deleting.push(async move {
+                                        let _ = pods.delete(&name, &kube::api::DeleteParams::default().grace_period(0)).await;
+                                    });
+                                }
+                            }
+                            Some(()) = deleting.next(), if !deleting.is_empty() => {}
+                        }
+                    }
+                }
+            });
+            let started = std::time::Instant::now();
+            let r = raw(&c, "DELETE", "/api/v1/namespaces/bulk", None, "").await?;
+            ensure!(r.code == 200, "{}", r.text);
+            let mut unhealthy = Vec::new();
+            loop {
+                let bad = unhealthy_nodes(&c).await?;
+                if !bad.is_empty() {
+                    unhealthy = bad;
+                    break;
+                }
+                if raw(&c, "GET", "/api/v1/namespaces/bulk", None, "").await?.code == 404 {
+                    break;
+                }
+                ensure!(started.elapsed() < Duration::from_secs(300), "the namespace is still there after 300 s");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let took = started.elapsed();
+            let worst = *worst.lock().unwrap();
+            finisher.abort();
+            for r in renewers {
+                r.abort();
+            }
+            eprintln!("namespace of {PODS} pods gone in {took:?}; slowest Lease renewal {worst:?}");
+            ensure!(unhealthy.is_empty(), "{unhealthy:?} turned NotReady during the deletion (slowest renewal {worst:?})");
+            ensure!(worst < Duration::from_secs(2), "a Lease renewal took {worst:?}");
+            anyhow::Ok(())
+        })
+        .await?
+    })??;
+    Ok(())
+}

@@ -4,8 +4,15 @@
 //! what is bound there cover the pod's requests. Scores: least allocated,
 //! and spreading pods of one owner (a ReplicaSet) across nodes. A pod that
 //! fits nowhere stays Pending with a PodScheduled=False condition and a
-//! FailedScheduling Event saying why, and is tried again when nodes or pods
-//! change.
+//! FailedScheduling Event saying why.
+//!
+//! As in kube-scheduler's queue, an unschedulable pod waits aside and is
+//! tried again only after an event that could make it fit (a node added or
+//! changed in what matters to scheduling, a pod leaving a node), and then
+//! no sooner than its back-off (1 s, doubling per failed attempt up to
+//! 10 s); every 30 s all of them are tried again regardless. The cost of an
+//! event is O(1): it is noted, and the waiting pods are looked at once per
+//! second at most, not once per event.
 //!
 //! Like kube-scheduler it keeps its own account of what each node holds, and
 //! counts a pod on its node as soon as it decides ("assumes"), before the
@@ -13,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, Taint};
 use kube::ResourceExt as _;
@@ -28,6 +35,27 @@ use crate::registry::Write;
 /// larger group commits).
 const BINDS_IN_FLIGHT: usize = 64;
 const DEFAULT_MAX_PODS: i64 = 110;
+/// An unschedulable pod's first back-off; it doubles per failed attempt.
+const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often every unschedulable pod is tried again, events or not (kube's
+/// is five minutes).
+const FLUSH_ALL: Duration = Duration::from_secs(30);
+
+/// A pod that fit nowhere.
+#[derive(Debug, Clone)]
+struct Waiting {
+    why: String,
+    attempts: u32,
+    failed_at: Instant,
+}
+
+impl Waiting {
+    fn backoff(&self) -> Duration {
+        let doublings = self.attempts.saturating_sub(1).min(8);
+        (BACKOFF_INITIAL * 2u32.pow(doublings)).min(BACKOFF_MAX)
+    }
+}
 
 /// What a pod asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -144,8 +172,10 @@ struct State {
     /// Pods waiting, in arrival order.
     pending: VecDeque<String>,
     queued: HashSet<String>,
-    /// Pods that fit nowhere; tried again on changes.
-    unschedulable: BTreeMap<String, String>,
+    /// Pods that fit nowhere, set aside.
+    unschedulable: HashMap<String, Waiting>,
+    /// When an event last happened that could make a waiting pod fit.
+    last_event: Option<Instant>,
 }
 
 impl State {
@@ -186,13 +216,56 @@ impl State {
         }
     }
 
-    fn retry_unschedulable(&mut self) {
-        let waiting: Vec<String> = std::mem::take(&mut self.unschedulable)
-            .into_keys()
-            .collect();
-        for p in waiting {
-            self.enqueue(p);
+    /// Notes an event that could make a waiting pod fit (O(1): the pods
+    /// are moved by [`State::flush`]).
+    fn relevant_event(&mut self) {
+        self.last_event = Some(Instant::now());
+    }
+
+    /// Sets a pod aside that fit nowhere; whether its reason is new.
+    fn set_aside(&mut self, key: &str, why: &str) -> bool {
+        let now = Instant::now();
+        match self.unschedulable.get_mut(key) {
+            Some(w) => {
+                let new = w.why != why;
+                w.why = why.to_string();
+                w.attempts = w.attempts.saturating_add(1);
+                w.failed_at = now;
+                new
+            }
+            None => {
+                self.unschedulable.insert(
+                    key.to_string(),
+                    Waiting {
+                        why: why.to_string(),
+                        attempts: 1,
+                        failed_at: now,
+                    },
+                );
+                true
+            }
         }
+    }
+
+    /// Moves back to the queue the waiting pods that an event since their
+    /// failure may have made fit and whose back-off is over (all of them
+    /// with `all`); how many.
+    fn flush(&mut self, now: Instant, all: bool) -> usize {
+        let last_event = self.last_event;
+        let ready: Vec<String> = self
+            .unschedulable
+            .iter()
+            .filter(|(_, w)| {
+                all || (last_event.is_some_and(|e| e > w.failed_at)
+                    && now >= w.failed_at + w.backoff())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &ready {
+            // Its attempts stay counted: failing again backs off longer.
+            self.enqueue(key.clone());
+        }
+        ready.len()
     }
 }
 
@@ -226,7 +299,17 @@ fn owner_uid(pod: &Pod) -> Option<String> {
 
 /// Whether a Node change can change where pods fit.
 fn node_changed(old: &Node, new: &Node) -> bool {
-    let conditions = |n: &Node| n.status.as_ref().and_then(|s| s.conditions.clone());
+    // Conditions by type and status: a heartbeat time changes nothing.
+    let conditions = |n: &Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(|cs| {
+                cs.iter()
+                    .map(|c| (c.type_.clone(), c.status.clone()))
+                    .collect::<Vec<_>>()
+            })
+    };
     let allocatable = |n: &Node| n.status.as_ref().and_then(|s| s.allocatable.clone());
     old.spec != new.spec
         || conditions(old) != conditions(new)
@@ -267,12 +350,17 @@ pub fn start(ctx: Ctx) {
             move |c| {
                 let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
                 let key = c.key.clone();
+                // A pod leaving a node frees room there: the waiting may fit.
+                let was_counted = s.counted.contains_key(&key);
                 match &c.new {
                     Some(pod) => {
                         if let Some(node) = counts_on_node(pod) {
                             s.count(&key, node, pod_request(pod.spec.as_ref()), owner_uid(pod));
                         } else {
                             s.uncount(&key);
+                            if was_counted {
+                                s.relevant_event();
+                            }
                         }
                         if wants_scheduling(pod) {
                             if !s.unschedulable.contains_key(&key) {
@@ -285,8 +373,9 @@ pub fn start(ctx: Ctx) {
                     None => {
                         s.uncount(&key);
                         s.unschedulable.remove(&key);
-                        // Room was freed: the waiting may fit now.
-                        s.retry_unschedulable();
+                        if was_counted {
+                            s.relevant_event();
+                        }
                     }
                 }
                 drop(s);
@@ -316,7 +405,7 @@ pub fn start(ctx: Ctx) {
                     _ => true,
                 };
                 if changed {
-                    s.retry_unschedulable();
+                    s.relevant_event();
                 }
                 drop(s);
                 wk.notify_one();
@@ -330,17 +419,23 @@ pub fn start(ctx: Ctx) {
             },
         );
     }
-    // Now and then, try the unschedulable again (a Lease renewal, say,
-    // changes no Node, but time makes nodes Ready or NotReady).
+    // Once a second, the waiting pods whose back-off is over and that an
+    // event may have made fit go back to the queue; every FLUSH_ALL, all.
     {
         let (st, wk) = (state.clone(), wake.clone());
         tokio::spawn(async move {
+            let mut last_all = Instant::now();
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                st.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retry_unschedulable();
-                wk.notify_one();
+                tokio::time::sleep(BACKOFF_INITIAL).await;
+                let now = Instant::now();
+                let all = now - last_all >= FLUSH_ALL;
+                if all {
+                    last_all = now;
+                }
+                let moved = st.lock().unwrap_or_else(|e| e.into_inner()).flush(now, all);
+                if moved > 0 {
+                    wk.notify_one();
+                }
             }
         });
     }
@@ -400,7 +495,7 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
                                 s.uncount(&key);
                                 if e.code != 404 && e.code != 409 {
                                     tracing::warn!(pod = %key, node = %node, "binding failed: {e}");
-                                    s.unschedulable.insert(key.clone(), e.to_string());
+                                    s.set_aside(&key, &e.to_string());
                                 }
                             }
                             wake.notify_one();
@@ -423,9 +518,7 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
                 let first = state
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .unschedulable
-                    .insert(key.clone(), why.clone())
-                    != Some(why.clone());
+                    .set_aside(&key, &why);
                 if first {
                     report_unschedulable(&ctx, &pod, &why).await;
                 }
@@ -632,6 +725,35 @@ mod tests {
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).expect("a pod")
+    }
+
+    #[test]
+    fn waiting_pods_move_only_after_a_relevant_event_and_their_backoff() {
+        let mut s = State::default();
+        assert!(s.set_aside("ns/a", "no room"));
+        assert!(!s.set_aside("ns/a", "no room"), "same reason: not new");
+        let t = s.unschedulable["ns/a"].failed_at;
+        // No event since the failure: nothing moves, however late.
+        assert_eq!(s.flush(t + Duration::from_secs(60), false), 0);
+        s.last_event = Some(t + Duration::from_millis(10));
+        // Two attempts: a 2 s back-off.
+        assert_eq!(s.flush(t + Duration::from_secs(1), false), 0);
+        assert_eq!(s.flush(t + Duration::from_secs(2), false), 1);
+        assert_eq!(s.pending.len(), 1);
+        // Back-off doubles per attempt, up to 10 s.
+        let w = |attempts| Waiting {
+            why: String::new(),
+            attempts,
+            failed_at: t,
+        };
+        assert_eq!(w(1).backoff(), Duration::from_secs(1));
+        assert_eq!(w(4).backoff(), Duration::from_secs(8));
+        assert_eq!(w(40).backoff(), Duration::from_secs(10));
+        // `all` moves everything.
+        s.set_aside("ns/b", "no room");
+        s.pending.clear();
+        s.queued.clear();
+        assert_eq!(s.flush(Instant::now(), true), 2);
     }
 
     #[test]
