@@ -2100,3 +2100,206 @@ fn objects_and_annotations_have_kubernetes_size_limits() -> Result<()> {
         Ok(())
     })
 }
+
+/// The controller's resident memory in bytes, now and at its peak.
+fn rss(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/{pid}/status"))?;
+        let kb: u64 = line.split_whitespace().nth(1).unwrap_or_default().parse()?;
+        Ok(kb * 1024)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Opens a watch; the response, whose body is not read yet.
+async fn open_watch(c: &kube::Client, path: &str) -> Result<http::Response<kube::client::Body>> {
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(path)
+        .body(kube::client::Body::empty())?;
+    let resp = c.send(req).await?;
+    ensure!(resp.status() == 200, "watch {path}: {}", resp.status());
+    Ok(resp)
+}
+
+/// Reads `n` watch lines from a watch's body; their total size.
+async fn read_lines(resp: http::Response<kube::client::Body>, n: usize) -> Result<usize> {
+    use http_body_util::BodyExt as _;
+    let mut body = resp.into_body();
+    let (mut lines, mut bytes) = (0, 0);
+    while lines < n {
+        let frame = body
+            .frame()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the watch ended after {lines} lines"))??;
+        if let Ok(data) = frame.into_data() {
+            bytes += data.len();
+            lines += data.iter().filter(|b| **b == b'\n').count();
+        }
+    }
+    Ok(bytes)
+}
+
+/// Sets the pod's status message to `size` bytes of `fill`.
+async fn big_status(c: &kube::Client, name: &str, fill: char, size: usize) -> Result<()> {
+    let patch = json!({"status": {"message": fill.to_string().repeat(size)}});
+    let r = raw(
+        c,
+        "PATCH",
+        &format!("/api/v1/namespaces/default/pods/{name}/status"),
+        Some(serde_json::to_vec(&patch)?),
+        "application/merge-patch+json",
+    )
+    .await?;
+    ensure!(
+        r.code == 200,
+        "patch {name}: {} {}",
+        r.code,
+        &r.text[..r.text.len().min(200)]
+    );
+    Ok(())
+}
+
+/// A watcher that reads nothing is closed once its buffer stays full
+/// (issue 16), counted in /metrics and logged, while a watcher beside it
+/// gets every event.
+#[test]
+fn a_watcher_that_reads_nothing_is_closed() -> Result<()> {
+    let island = Island::new("slowwatch")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/pods",
+            &apitest::pod("big", json!({}), manual()),
+        )
+        .await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let rv = r.body["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let path = format!("/api/v1/pods?watch=1&resourceVersion={rv}");
+        let stalled = open_watch(&c, &path).await?;
+        let reader = tokio::spawn(read_lines(open_watch(&c, &path).await?, 40));
+        // 40 MiB: more than the socket buffers and the watcher's own.
+        for i in 0..40 {
+            big_status(&c, "big", char::from(b'a' + (i % 26) as u8), 1024 * 1024).await?;
+        }
+        let got = tokio::time::timeout(Duration::from_secs(30), reader).await???;
+        ensure!(
+            got >= 40 * 1024 * 1024,
+            "the reading watcher got {got} bytes"
+        );
+        let closed = eventually(
+            Duration::from_secs(30),
+            "the stalled watcher closed",
+            || {
+                let c = c.clone();
+                async move {
+                    let m = raw(&c, "GET", "/metrics", None, "").await?;
+                    let n = m
+                        .text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("weft_apiserver_watchers_closed_slow_total "))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    Ok((n >= 1).then_some(m.text))
+                }
+            },
+        )
+        .await?;
+        ensure!(
+            closed.contains("weft_controller_heap_in_use_bytes"),
+            "{closed}"
+        );
+        drop(stalled);
+        ensure!(
+            cp.log().contains("read nothing for 10 s"),
+            "not logged:\n{}",
+            cp.log()
+        );
+        // A node's token may not read the metrics.
+        let node = client(&cp, Some(&cp.node_token("n1")?)).await?;
+        ensure!(raw(&node, "GET", "/metrics", None, "").await?.code == 403);
+        Ok(())
+    })
+}
+
+/// 1 000 watchers of a 1 MiB pod patched five times, and 200 that read
+/// nothing (issue 16): the controller's memory stays bounded, and comes
+/// back once they close.
+#[test]
+fn a_thousand_watchers_share_each_event() -> Result<()> {
+    const WATCHERS: usize = 1_000;
+    const STALLED: usize = 200;
+    let island = Island::new("watchmem")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    let pid = cp.pid().expect("running");
+    island.block_on(async {
+        use futures::StreamExt as _;
+        let c = client(&cp, None).await?;
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/pods",
+            &apitest::pod("big", json!({}), manual()),
+        )
+        .await?;
+        ensure!(r.code == 201, "{}", r.text);
+        big_status(&c, "big", 'x', 1024 * 1024).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (idle, _) = rss(pid)?;
+        let rv = raw(&c, "GET", "/api/v1/namespaces/default/pods/big", None, "")
+            .await?
+            .body["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let path = format!("/api/v1/pods?watch=1&resourceVersion={rv}");
+        let opened = std::time::Instant::now();
+        let watches: Vec<_> = futures::stream::iter(0..WATCHERS + STALLED)
+            .map(|_| open_watch(&c, &path))
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let mut watches = watches.into_iter().collect::<Result<Vec<_>>>()?;
+        eprintln!("{} watches open in {:?}", watches.len(), opened.elapsed());
+        let stalled: Vec<_> = watches.split_off(WATCHERS);
+        let readers: Vec<_> = watches
+            .into_iter()
+            .map(|w| tokio::spawn(read_lines(w, 5)))
+            .collect();
+        for i in 0..5 {
+            big_status(&c, "big", char::from(b'a' + i as u8), 1024 * 1024).await?;
+        }
+        for r in readers {
+            let got = tokio::time::timeout(Duration::from_secs(120), r).await???;
+            ensure!(got >= 5 * 1024 * 1024, "a watcher got {got} bytes");
+        }
+        let (during, peak) = rss(pid)?;
+        eprintln!(
+            "controller RSS idle {} MiB, with the watchers {} MiB, peak {} MiB",
+            idle >> 20,
+            during >> 20,
+            peak >> 20
+        );
+        drop(stalled);
+        ensure!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
+        let back = eventually(
+            Duration::from_secs(60),
+            "memory back within 200 MiB of idle",
+            || async move {
+                let (now, _) = rss(pid)?;
+                Ok((now < idle + (200 << 20)).then_some(now))
+            },
+        )
+        .await?;
+        eprintln!("back to {} MiB", back >> 20);
+        Ok(())
+    })?
+}

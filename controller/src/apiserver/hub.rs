@@ -3,29 +3,108 @@
 //! one store watch, not a hundred. Recent events are kept in a ring, so a
 //! watcher starting from a recent resourceVersion is served from memory; one
 //! starting before the ring reads the store's own history.
+//!
+//! As in kube-apiserver's watch cache, an event is held once and shared by
+//! every watcher (`Arc<Shared>`), and so is its encoding for plain JSON
+//! watchers ([`Shared::line`], encoded the first time one asks): a thousand
+//! watchers of a 1 MiB object cost one copy of it, not a thousand. The ring
+//! is bounded in events and in bytes.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::store::{Event, EventStream, Store, StoreError, WatchItem};
+use crate::store::{Event, EventKind, Store, StoreError, WatchItem};
 
 /// Events kept in memory for watchers that start a little in the past.
 const RING: usize = 5_000;
+/// Bytes of events (objects and their previous versions) the ring holds at
+/// most: 1.5 MiB objects fill it with 85, not 5 000.
+const RING_BYTES: usize = 256 * 1024 * 1024;
 /// Live items buffered per watcher before it must catch up from the ring.
 const LIVE: usize = 2048;
 
+/// An event as every watcher shares it.
+#[derive(Debug)]
+pub struct Shared {
+    pub event: Event,
+    line: OnceLock<Option<Bytes>>,
+}
+
+impl Shared {
+    pub fn new(event: Event) -> Arc<Self> {
+        Arc::new(Self {
+            event,
+            line: OnceLock::new(),
+        })
+    }
+
+    /// The watch line of a watcher without selectors that wants JSON:
+    /// `{"type":...,"object":...}` and a newline, the stored object with its
+    /// resourceVersion spliced in; encoded once, shared by every such
+    /// watcher. None when the stored value cannot be spliced.
+    pub fn line(&self) -> Option<Bytes> {
+        self.line
+            .get_or_init(|| {
+                let e = &self.event;
+                let kind = match (&e.kind, &e.prev) {
+                    (EventKind::Delete, _) => "DELETED",
+                    (EventKind::Put, None) => "ADDED",
+                    (EventKind::Put, Some(_)) => "MODIFIED",
+                };
+                crate::registry::splice_rv(&e.kv.value, e.kv.mod_revision)
+                    .map(|object| watch_line(kind, &object))
+            })
+            .clone()
+    }
+
+    /// What the event holds in memory.
+    fn size(&self) -> usize {
+        self.event.kv.value.len()
+            + self.event.prev.as_ref().map_or(0, |p| p.value.len())
+            + self
+                .line
+                .get()
+                .and_then(|l| l.as_ref())
+                .map_or(0, Bytes::len)
+    }
+}
+
+/// `{"type":"<kind>","object":<object>}` and a newline.
+pub fn watch_line(kind: &str, object: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"}\n");
+    out.into()
+}
+
+/// What a hub watch yields: shared events, and progress.
+#[derive(Debug, Clone)]
+pub enum HubItem {
+    Event(Arc<Shared>),
+    Progress(i64),
+}
+
+pub type HubStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<HubItem, StoreError>> + Send>>;
+
 #[derive(Debug, Clone)]
 enum Item {
-    Event(Arc<Event>),
+    Event(Arc<Shared>),
     Progress(i64),
 }
 
 struct Ring {
-    events: VecDeque<Arc<Event>>,
+    events: VecDeque<Arc<Shared>>,
+    /// What the events hold, in bytes (as when they entered).
+    bytes: usize,
     /// Every event with a revision above this is in `events` (up to `head`).
     covered_from: i64,
     /// The revision everything has been received up to.
@@ -47,6 +126,7 @@ impl WatchHub {
             store,
             ring: Mutex::new(Ring {
                 events: VecDeque::new(),
+                bytes: 0,
                 covered_from: head,
                 head,
             }),
@@ -79,6 +159,7 @@ impl WatchHub {
                     if let Ok(rev) = self.store.revision().await {
                         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
                         ring.events.clear();
+                        ring.bytes = 0;
                         ring.covered_from = rev;
                         ring.head = rev;
                     }
@@ -90,20 +171,25 @@ impl WatchHub {
     }
 
     fn push(&self, e: Event) {
-        let event = Arc::new(e);
+        let event = Shared::new(e);
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.head = ring.head.max(event.kv.mod_revision);
+        ring.head = ring.head.max(event.event.kv.mod_revision);
+        ring.bytes += event.size();
         ring.events.push_back(event.clone());
-        while ring.events.len() > RING {
+        while ring.events.len() > RING || (ring.bytes > RING_BYTES && ring.events.len() > 1) {
             if let Some(old) = ring.events.pop_front() {
+                ring.bytes = ring.bytes.saturating_sub(old.size());
                 // Events of one revision leave together, so coverage stays exact.
-                ring.covered_from = old.kv.mod_revision;
+                let rev = old.event.kv.mod_revision;
+                ring.covered_from = rev;
                 while ring
                     .events
                     .front()
-                    .is_some_and(|f| f.kv.mod_revision == old.kv.mod_revision)
+                    .is_some_and(|f| f.event.kv.mod_revision == rev)
                 {
-                    ring.events.pop_front();
+                    if let Some(o) = ring.events.pop_front() {
+                        ring.bytes = ring.bytes.saturating_sub(o.size());
+                    }
                 }
             }
         }
@@ -128,9 +214,11 @@ impl WatchHub {
         while ring
             .events
             .front()
-            .is_some_and(|e| e.kv.mod_revision <= rev)
+            .is_some_and(|e| e.event.kv.mod_revision <= rev)
         {
-            ring.events.pop_front();
+            if let Some(o) = ring.events.pop_front() {
+                ring.bytes = ring.bytes.saturating_sub(o.size());
+            }
         }
         ring.covered_from = ring.covered_from.max(rev.min(ring.head));
     }
@@ -141,12 +229,18 @@ impl WatchHub {
         self: &Arc<Self>,
         prefix: &str,
         after: i64,
-    ) -> Result<EventStream, StoreError> {
+    ) -> Result<HubStream, StoreError> {
         let Some((backlog, head, rx)) = self.subscribe(prefix, after) else {
             // Older than the ring: the store's history (or its 410).
-            return self.store.watch(prefix, after).await;
+            let history = self.store.watch(prefix, after).await?;
+            return Ok(Box::pin(history.map(|item| {
+                item.map(|i| match i {
+                    WatchItem::Event(e) => HubItem::Event(Shared::new(e)),
+                    WatchItem::Progress(rev) => HubItem::Progress(rev),
+                })
+            })));
         };
-        let (tx, out) = mpsc::channel::<Result<WatchItem, StoreError>>(64);
+        let (tx, out) = mpsc::channel::<Result<HubItem, StoreError>>(16);
         let hub = self.clone();
         let prefix = prefix.to_string();
         tokio::spawn(async move {
@@ -170,7 +264,7 @@ impl WatchHub {
                         // that an idle watch can send a bookmark.
                         if sent > reported {
                             reported = sent;
-                            if tx.send(Ok(WatchItem::Progress(sent))).await.is_err() {
+                            if tx.send(Ok(HubItem::Progress(sent))).await.is_err() {
                                 return;
                             }
                         }
@@ -180,14 +274,14 @@ impl WatchHub {
                 };
                 match item {
                     Ok(Item::Event(e)) => {
-                        if !cursor.is_new(&e) {
+                        if !cursor.is_new(&e.event) {
                             continue;
                         }
-                        cursor.saw(&e);
-                        sent = sent.max(e.kv.mod_revision);
-                        if e.kv.key.starts_with(&prefix) {
+                        cursor.saw(&e.event);
+                        sent = sent.max(e.event.kv.mod_revision);
+                        if e.event.kv.key.starts_with(&prefix) {
                             reported = sent;
-                            if tx.send(Ok(WatchItem::Event((*e).clone()))).await.is_err() {
+                            if tx.send(Ok(HubItem::Event(e))).await.is_err() {
                                 return;
                             }
                         }
@@ -215,12 +309,19 @@ impl WatchHub {
                                 match hub.store.watch(&prefix, cursor.resume_after()).await {
                                     Ok(mut rest) => {
                                         while let Some(item) = rest.next().await {
-                                            if let Ok(WatchItem::Event(e)) = &item {
-                                                if !cursor.is_new(e) {
-                                                    continue;
+                                            let item = match item {
+                                                Ok(WatchItem::Event(e)) => {
+                                                    if !cursor.is_new(&e) {
+                                                        continue;
+                                                    }
+                                                    cursor.saw(&e);
+                                                    Ok(HubItem::Event(Shared::new(e)))
                                                 }
-                                                cursor.saw(e);
-                                            }
+                                                Ok(WatchItem::Progress(rev)) => {
+                                                    Ok(HubItem::Progress(rev))
+                                                }
+                                                Err(e) => Err(e),
+                                            };
                                             if tx.send(item).await.is_err() {
                                                 return;
                                             }
@@ -249,16 +350,16 @@ impl WatchHub {
         &self,
         prefix: &str,
         after: i64,
-    ) -> Option<(Vec<Arc<Event>>, i64, broadcast::Receiver<Item>)> {
+    ) -> Option<(Vec<Arc<Shared>>, i64, broadcast::Receiver<Item>)> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         if after < ring.covered_from {
             return None;
         }
         let rx = self.live.subscribe();
-        let backlog: Vec<Arc<Event>> = ring
+        let backlog: Vec<Arc<Shared>> = ring
             .events
             .iter()
-            .filter(|e| e.kv.mod_revision > after && e.kv.key.starts_with(prefix))
+            .filter(|e| e.event.kv.mod_revision > after && e.event.kv.key.starts_with(prefix))
             .cloned()
             .collect();
         Some((backlog, ring.head.max(after), rx))
@@ -307,16 +408,16 @@ impl Cursor {
 
 /// Sends the events of `backlog` the watcher has not seen.
 async fn send_new(
-    tx: &mpsc::Sender<Result<WatchItem, StoreError>>,
+    tx: &mpsc::Sender<Result<HubItem, StoreError>>,
     cursor: &mut Cursor,
-    backlog: Vec<Arc<Event>>,
+    backlog: Vec<Arc<Shared>>,
 ) -> bool {
     for e in backlog {
-        if !cursor.is_new(&e) {
+        if !cursor.is_new(&e.event) {
             continue;
         }
-        cursor.saw(&e);
-        if tx.send(Ok(WatchItem::Event((*e).clone()))).await.is_err() {
+        cursor.saw(&e.event);
+        if tx.send(Ok(HubItem::Event(e))).await.is_err() {
             return false;
         }
     }
@@ -328,7 +429,7 @@ mod tests {
     use super::*;
     use crate::store::{Compare, Op, SqliteOptions, SqliteStore, Txn};
 
-    async fn next(s: &mut EventStream) -> WatchItem {
+    async fn next(s: &mut HubStream) -> HubItem {
         tokio::time::timeout(Duration::from_secs(5), s.next())
             .await
             .unwrap()
@@ -358,21 +459,21 @@ mod tests {
             .applied()
             .unwrap();
         match next(&mut a).await {
-            WatchItem::Event(e) => assert_eq!(
-                (e.kv.key.as_str(), e.kv.mod_revision),
+            HubItem::Event(e) => assert_eq!(
+                (e.event.kv.key.as_str(), e.event.kv.mod_revision),
                 ("/registry/a/1", r1)
             ),
             other => panic!("{other:?}"),
         }
         // b sees no event, but learns that the revision moved on.
         match next(&mut b).await {
-            WatchItem::Progress(p) => assert!(p >= r1),
+            HubItem::Progress(p) => assert!(p >= r1),
             other => panic!("{other:?}"),
         }
         // A watch starting at r1 - 1 is served from the ring.
         let mut late = hub.watch("/registry/a/", r1 - 1).await.unwrap();
         match next(&mut late).await {
-            WatchItem::Event(e) => assert_eq!(e.kv.mod_revision, r1),
+            HubItem::Event(e) => assert_eq!(e.event.kv.mod_revision, r1),
             other => panic!("{other:?}"),
         }
     }
@@ -411,7 +512,7 @@ mod tests {
         hub.push(event("/registry/core/pods/ns/b", r));
         for want in ["/registry/core/pods/ns/a", "/registry/core/pods/ns/b"] {
             match next(&mut w).await {
-                WatchItem::Event(e) => assert_eq!(e.kv.key, want),
+                HubItem::Event(e) => assert_eq!(e.event.kv.key, want),
                 other => panic!("{other:?}"),
             }
         }
@@ -434,10 +535,14 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         while (seen.len() as i64) < n {
             match tokio::time::timeout(Duration::from_secs(5), w.next()).await {
-                Ok(Some(Ok(WatchItem::Event(e)))) => {
-                    assert!(seen.insert(e.kv.key.clone()), "{} twice", e.kv.key);
+                Ok(Some(Ok(HubItem::Event(e)))) => {
+                    assert!(
+                        seen.insert(e.event.kv.key.clone()),
+                        "{} twice",
+                        e.event.kv.key
+                    );
                 }
-                Ok(Some(Ok(WatchItem::Progress(_)))) => {}
+                Ok(Some(Ok(HubItem::Progress(_)))) => {}
                 other => panic!("after {} pods: {other:?}", seen.len()),
             }
         }
@@ -464,19 +569,19 @@ mod tests {
         let mut seen = 0;
         while seen < n {
             match tokio::time::timeout(Duration::from_secs(5), w.next()).await {
-                Ok(Some(Ok(WatchItem::Event(_)))) => seen += 1,
-                Ok(Some(Ok(WatchItem::Progress(_)))) => {}
+                Ok(Some(Ok(HubItem::Event(_)))) => seen += 1,
+                Ok(Some(Ok(HubItem::Progress(_)))) => {}
                 other => panic!("after {seen} pods: {other:?}"),
             }
         }
         hub.push(event("/registry/core/pods/ns/last", last));
         loop {
             match next(&mut w).await {
-                WatchItem::Event(e) => {
-                    assert_eq!(e.kv.key, "/registry/core/pods/ns/last");
+                HubItem::Event(e) => {
+                    assert_eq!(e.event.kv.key, "/registry/core/pods/ns/last");
                     break;
                 }
-                WatchItem::Progress(_) => {}
+                HubItem::Progress(_) => {}
             }
         }
     }
@@ -493,11 +598,11 @@ mod tests {
         hub.push(event("/registry/core/pods/ns/late", rev + 3));
         loop {
             match next(&mut w).await {
-                WatchItem::Event(e) => {
-                    assert_eq!(e.kv.key, "/registry/core/pods/ns/late");
+                HubItem::Event(e) => {
+                    assert_eq!(e.event.kv.key, "/registry/core/pods/ns/late");
                     break;
                 }
-                WatchItem::Progress(_) => {}
+                HubItem::Progress(_) => {}
             }
         }
     }

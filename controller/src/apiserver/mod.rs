@@ -5,6 +5,7 @@ pub mod auth;
 mod discovery;
 pub mod hub;
 pub mod list;
+pub mod metrics;
 pub mod patch;
 pub mod proxy;
 pub mod table;
@@ -40,6 +41,8 @@ pub struct ApiState {
     pub tokens: Arc<Tokens>,
     /// How often a watch with allowWatchBookmarks=true gets a bookmark.
     pub bookmark_every: Duration,
+    /// What `/metrics` reports.
+    pub metrics: metrics::Metrics,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -342,6 +345,20 @@ async fn dispatch(
         ["apis", g] => return Ok(json_response(200, &discovery::api_group(g)?)),
         ["apis", g, v] => return Ok(json_response(200, &discovery::resource_list(g, v)?)),
         ["openapi", "v2"] => return Ok(discovery::openapi_v2()),
+        ["metrics"] => {
+            if !user.is_admin() {
+                return Err(ApiError::forbidden(format!(
+                    "User \"{}\" cannot get path \"/metrics\"",
+                    user.name
+                )));
+            }
+            let mut resp = Response::new(Body::from(st.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return Ok(resp);
+        }
         ["openapi", ..] => return Err(ApiError::no_route(path)),
         ["api", "v1", "nodes", node, "proxy", rest @ ..] => {
             if !user.is_admin() {

@@ -1,50 +1,100 @@
 //! Watch: one JSON event per line (`{"type": ..., "object": ...}`), from a
 //! resourceVersion, with selectors, bookmarks and 410 Gone.
+//!
+//! Memory per watcher is bounded, as in kube-apiserver's watch cache:
+//! - events come from the hub shared (`Arc`), and a watcher without
+//!   selectors that wants JSON sends the hub's one encoding of each
+//!   (`Bytes`, reference-counted): nothing of the object is copied for it;
+//! - each watcher has a small buffer ([`BUFFER`] lines); a client that
+//!   takes nothing from it for [`SLOW`] is closed, logged and counted
+//!   (`weft_apiserver_watchers_closed_slow_total`): like kube-apiserver's
+//!   clients, it watches again from its last resourceVersion, or relists;
+//! - the initial events of a watch without a resourceVersion are read and
+//!   sent a page at a time, at one revision, not built as one list.
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use weft_api::ApiError;
 use weft_api::resources::Resource;
 
+use super::hub::{HubItem, watch_line};
+use super::metrics::Metrics;
 use super::{ApiState, Query, Selectors, table};
 use crate::registry::{decode_stored, parse_rv, store_error};
-use crate::store::{EventKind, StoreError, WatchItem};
+use crate::store::{EventKind, KeyValue, StoreError};
 
-/// Encodes a watch event line.
-fn line(kind: &str, object: &Value) -> bytes::Bytes {
-    let mut out =
-        serde_json::to_vec(&json!({"type": kind, "object": object})).expect("JSON values encode");
-    out.push(b'\n');
-    out.into()
+/// Lines buffered per watcher.
+const BUFFER: usize = 16;
+/// How long a watcher may take nothing from a full buffer before it is
+/// closed.
+const SLOW: Duration = Duration::from_secs(10);
+/// Objects read per page of a watch's initial events.
+const PAGE: usize = 500;
+
+/// Counts a watcher open while it lives.
+struct Open(Metrics);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.watchers.dec();
+    }
+}
+
+fn encode(kind: &str, object: &Value) -> Bytes {
+    watch_line(
+        kind,
+        &serde_json::to_vec(object).expect("JSON values encode"),
+    )
+}
+
+/// Why a watcher stopped sending.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// The client read nothing for [`SLOW`].
+    Slow,
 }
 
 struct Emitter {
-    tx: mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     res: &'static Resource,
     table: bool,
     include: String,
     sent_columns: bool,
+    stats: Metrics,
 }
 
 impl Emitter {
-    /// Sends one event; false when the client is gone.
-    async fn send(&mut self, kind: &str, obj: &Value) -> bool {
-        let object = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
-            let t = table::single_row_table(self.res, obj, &self.include, !self.sent_columns);
+    /// Sends one line, waiting at most [`SLOW`] for room.
+    async fn line(&mut self, line: Bytes) -> Result<(), Stop> {
+        match self.tx.send_timeout(Ok(line), SLOW).await {
+            Ok(()) => {
+                self.stats.watch_events_sent.inc();
+                Ok(())
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::Gone),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Stop::Slow),
+        }
+    }
+
+    /// Sends one event of `obj`.
+    async fn send(&mut self, kind: &str, obj: &Value) -> Result<(), Stop> {
+        let line = if self.table && kind != "BOOKMARK" && kind != "ERROR" {
+            let mut t = table::single_row_table(self.res, obj, &self.include, !self.sent_columns);
             self.sent_columns = true;
-            let mut t = t;
             t["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"].clone();
-            t
+            encode(kind, &t)
         } else {
-            obj.clone()
+            encode(kind, obj)
         };
-        self.tx.send(Ok(line(kind, &object))).await.is_ok()
+        self.line(line).await
     }
 }
 
@@ -81,119 +131,54 @@ pub(super) async fn serve(
         None | Some("0") => None,
         Some(rv) => Some(parse_rv(rv)?),
     };
-    let (initial, start) = match rv {
-        Some(rv) => (Vec::new(), rv),
-        None => st.registry.list_json(res, ns, |o| sel.matches(o)).await?,
+    let store = st.registry.store.clone();
+    // The revision the initial events are read at, and the watch starts
+    // after.
+    let start = match rv {
+        Some(rv) => rv,
+        None => store.revision().await.map_err(store_error)?,
     };
-    let opened = st.hub.watch(&prefix, start).await;
+    let hub = st.hub.clone();
     let every = st.bookmark_every;
     let fast = !table && sel.label.is_empty() && sel.field.is_empty();
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(BUFFER);
+    let stats = st.metrics.clone();
+    stats.watchers.inc();
+    let open = Open(stats.clone());
     let mut em = Emitter {
         tx,
         res,
         table,
         include: query.get("includeObject").unwrap_or("Metadata").to_string(),
         sent_columns: false,
+        stats,
+    };
+    let what = match ns {
+        Some(ns) => format!("{} in {ns}", res.plural),
+        None => res.plural.to_string(),
     };
     tokio::spawn(async move {
-        for obj in &initial {
-            if !em.send("ADDED", obj).await {
-                return;
+        let _open = open;
+        let result = async {
+            if rv.is_none() {
+                initial(&mut em, store.as_ref(), &prefix, start, fast, &sel).await?;
             }
-        }
-        let mut stream = match opened {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = em.send("ERROR", &gone(e)).await;
-                return;
-            }
-        };
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut last = start;
-        let mut bookmarked = start;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            let item = tokio::select! {
-                _ = em.tx.closed() => return,
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                    if bookmarks && last > bookmarked {
-                        let _ = em.send("BOOKMARK", &bookmark(res, last)).await;
-                    }
-                    return;
-                }
-                _ = tick.tick() => {
-                    if bookmarks && last > bookmarked {
-                        bookmarked = last;
-                        if !em.send("BOOKMARK", &bookmark(res, last)).await {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                item = stream.next() => item,
+            let stream = match hub.watch(&prefix, start).await {
+                Ok(s) => s,
+                Err(e) => return em.send("ERROR", &gone(e)).await,
             };
-            match item {
-                None => return,
-                Some(Err(e)) => {
-                    let _ = em.send("ERROR", &gone(e)).await;
-                    return;
-                }
-                Some(Ok(WatchItem::Progress(rev))) => last = last.max(rev),
-                Some(Ok(WatchItem::Event(e))) => {
-                    last = last.max(e.kv.mod_revision);
-                    // No selector and plain JSON: the stored bytes go out as
-                    // they are, with the resourceVersion spliced in; nothing
-                    // is decoded or encoded per watcher.
-                    if fast {
-                        let kind = match (&e.kind, &e.prev) {
-                            (EventKind::Delete, _) => "DELETED",
-                            (EventKind::Put, None) => "ADDED",
-                            (EventKind::Put, Some(_)) => "MODIFIED",
-                        };
-                        if let Some(object) =
-                            crate::registry::splice_rv(&e.kv.value, e.kv.mod_revision)
-                        {
-                            let mut out = Vec::with_capacity(object.len() + 32);
-                            out.extend_from_slice(b"{\"type\":\"");
-                            out.extend_from_slice(kind.as_bytes());
-                            out.extend_from_slice(b"\",\"object\":");
-                            out.extend_from_slice(&object);
-                            out.extend_from_slice(b"}\n");
-                            if em.tx.send(Ok(out.into())).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                    }
-                    let new = match decode_stored(&e.kv) {
-                        Ok(o) => o,
-                        Err(err) => {
-                            let _ = em.send("ERROR", &err.to_status()).await;
-                            return;
-                        }
-                    };
-                    let was = e
-                        .prev
-                        .as_ref()
-                        .and_then(|p| decode_stored(p).ok())
-                        .is_some_and(|o| sel.matches(&o));
-                    let kind = match e.kind {
-                        EventKind::Delete if was => "DELETED",
-                        EventKind::Delete => continue,
-                        EventKind::Put => match (was, sel.matches(&new)) {
-                            (true, true) => "MODIFIED",
-                            (false, true) => "ADDED",
-                            // No longer selected: gone, for this watcher.
-                            (true, false) => "DELETED",
-                            (false, false) => continue,
-                        },
-                    };
-                    if !em.send(kind, &new).await {
-                        return;
-                    }
-                }
-            }
+            follow(
+                &mut em, stream, start, fast, &sel, bookmarks, every, timeout,
+            )
+            .await
+        }
+        .await;
+        if let Err(Stop::Slow) = result {
+            em.stats.watchers_closed_slow.inc();
+            tracing::warn!(
+                "closing a watch of {what}: its client read nothing for {} s (it may watch again from its last resourceVersion)",
+                SLOW.as_secs()
+            );
         }
     });
     let mut resp = Response::new(Body::from_stream(
@@ -209,6 +194,121 @@ pub(super) async fn serve(
         HeaderValue::from_static("no-cache, private"),
     );
     Ok(resp)
+}
+
+/// The objects under `prefix` at revision `at` as ADDED events, a page at a
+/// time.
+async fn initial(
+    em: &mut Emitter,
+    store: &dyn crate::store::Store,
+    prefix: &str,
+    at: i64,
+    fast: bool,
+    sel: &Selectors,
+) -> Result<(), Stop> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = match store
+            .list_page(prefix, after.as_deref(), PAGE, Some(at))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return em.send("ERROR", &gone(e)).await,
+        };
+        for kv in &page.items {
+            added(em, kv, fast, sel).await?;
+        }
+        match page.items.last() {
+            Some(last) if page.more => after = Some(last.key.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+async fn added(em: &mut Emitter, kv: &KeyValue, fast: bool, sel: &Selectors) -> Result<(), Stop> {
+    if fast && let Some(object) = crate::registry::splice_rv(&kv.value, kv.mod_revision) {
+        return em.line(watch_line("ADDED", &object)).await;
+    }
+    match decode_stored(kv) {
+        Ok(obj) if sel.matches(&obj) => em.send("ADDED", &obj).await,
+        Ok(_) => Ok(()),
+        Err(err) => em.send("ERROR", &err.to_status()).await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    em: &mut Emitter,
+    mut stream: super::hub::HubStream,
+    start: i64,
+    fast: bool,
+    sel: &Selectors,
+    bookmarks: bool,
+    every: Duration,
+    timeout: Option<Duration>,
+) -> Result<(), Stop> {
+    let res = em.res;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut last = start;
+    let mut bookmarked = start;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        let item = tokio::select! {
+            _ = em.tx.closed() => return Err(Stop::Gone),
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                if bookmarks && last > bookmarked {
+                    em.send("BOOKMARK", &bookmark(res, last)).await?;
+                }
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                if bookmarks && last > bookmarked {
+                    bookmarked = last;
+                    em.send("BOOKMARK", &bookmark(res, last)).await?;
+                }
+                continue;
+            }
+            item = stream.next() => item,
+        };
+        let shared = match item {
+            None => return Ok(()),
+            Some(Err(e)) => return em.send("ERROR", &gone(e)).await,
+            Some(Ok(HubItem::Progress(rev))) => {
+                last = last.max(rev);
+                continue;
+            }
+            Some(Ok(HubItem::Event(shared))) => shared,
+        };
+        let e = &shared.event;
+        last = last.max(e.kv.mod_revision);
+        // No selector and plain JSON: the hub's one encoding of the event,
+        // shared with every such watcher.
+        if fast && let Some(line) = shared.line() {
+            em.line(line).await?;
+            continue;
+        }
+        let new = match decode_stored(&e.kv) {
+            Ok(o) => o,
+            Err(err) => return em.send("ERROR", &err.to_status()).await,
+        };
+        let was = e
+            .prev
+            .as_ref()
+            .and_then(|p| decode_stored(p).ok())
+            .is_some_and(|o| sel.matches(&o));
+        let kind = match e.kind {
+            EventKind::Delete if was => "DELETED",
+            EventKind::Delete => continue,
+            EventKind::Put => match (was, sel.matches(&new)) {
+                (true, true) => "MODIFIED",
+                (false, true) => "ADDED",
+                // No longer selected: gone, for this watcher.
+                (true, false) => "DELETED",
+                (false, false) => continue,
+            },
+        };
+        em.send(kind, &new).await?;
+    }
 }
 
 fn bookmark(res: &Resource, rev: i64) -> Value {
