@@ -233,6 +233,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         tokens,
         bookmark_every: cfg.bookmark_every,
         metrics: Default::default(),
+        heartbeats: heartbeat_runtime()?,
     });
     spawn_heap_trimmer();
     Ok(Started {
@@ -242,6 +243,23 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         listener,
         cache,
     })
+}
+
+/// A runtime of one thread for node heartbeats (see `apiserver::handle`):
+/// the operating system shares the cores with it whatever the main runtime's
+/// queue holds.
+fn heartbeat_runtime() -> Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("weft-heartbeats")
+        .build()
+        .context("start the heartbeat runtime")?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("weft-heartbeats".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))
+        .context("start the heartbeat thread")?;
+    Ok(handle)
 }
 
 /// Gives free heap memory back to the system when much of it is free: after

@@ -1232,10 +1232,16 @@ fn bulk_namespace_deletion_does_not_starve_heartbeats() -> Result<()> {
             }
             // Renewals, each timed.
             let worst = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+            // Renewed with each node's own token, as agents do.
+            let mut node_clients = Vec::new();
+            for n in &nodes {
+                node_clients.push(client(&cp, Some(&cp.node_token(n)?)).await?);
+            }
             let renewers: Vec<_> = nodes
                 .iter()
-                .map(|n| {
-                    let (c, n, worst) = (c.clone(), n.to_string(), worst.clone());
+                .zip(node_clients)
+                .map(|(n, c)| {
+                    let (n, worst) = (n.to_string(), worst.clone());
                     tokio::spawn(async move {
                         loop {
                             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -43,6 +43,39 @@ pub struct ApiState {
     pub bookmark_every: Duration,
     /// What `/metrics` reports.
     pub metrics: metrics::Metrics,
+    /// Where node heartbeats are served: a runtime of their own, so that no
+    /// other client's load delays them.
+    pub heartbeats: tokio::runtime::Handle,
+}
+
+/// Whether a request is a node's heartbeat: a write of a Lease in
+/// `kube-node-lease` or of a Node's status, by a node.
+fn is_heartbeat(st: &ApiState, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    if !matches!(method.as_str(), "PUT" | "PATCH" | "POST") {
+        return false;
+    }
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let heartbeat_path = matches!(
+        segs.as_slice(),
+        [
+            "apis",
+            "coordination.k8s.io",
+            "v1",
+            "namespaces",
+            "kube-node-lease",
+            "leases",
+            ..
+        ] | ["api", "v1", "nodes", _, "status"]
+    );
+    heartbeat_path
+        && st
+            .tokens
+            .authenticate(
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .is_ok_and(|u| u.node().is_some())
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -127,6 +160,23 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     // stream answered while its client is still sending is reset, and the
     // client never sees the Status.
     let result = match read_body(body).await {
+        Ok(bytes) if is_heartbeat(&st, &method, &path, &parts.headers) => {
+            // A heartbeat: served on its own runtime, and ahead of other
+            // work in the store.
+            let lane = st.heartbeats.clone();
+            let (st, method, path) = (st.clone(), method.clone(), path.clone());
+            let (query, headers) = (parts.uri.query().map(String::from), parts.headers.clone());
+            let work = async move {
+                crate::store::HEARTBEAT
+                    .scope(true, async {
+                        dispatch(&st, &method, &path, query.as_deref(), &headers, bytes).await
+                    })
+                    .await
+            };
+            lane.spawn(work)
+                .await
+                .unwrap_or_else(|e| Err(ApiError::internal(format!("heartbeat task: {e}"))))
+        }
         Ok(bytes) => {
             dispatch(
                 &st,

@@ -19,6 +19,19 @@ use std::pin::Pin;
 
 use futures::Stream;
 
+tokio::task_local! {
+    /// Set for the work of a node heartbeat (a Lease renewal, a node
+    /// status): the store serves it ahead of other work (its own readers,
+    /// the head of the write queue), so that no other client's load delays
+    /// it, in the manner of API Priority and Fairness' exempt level.
+    pub static HEARTBEAT: bool;
+}
+
+/// Whether the current task works for a heartbeat.
+pub fn is_heartbeat() -> bool {
+    HEARTBEAT.try_with(|h| *h).unwrap_or(false)
+}
+
 /// One stored key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {

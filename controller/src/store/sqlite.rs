@@ -6,6 +6,7 @@
 //! rate while every acknowledged write is still durable. Every change is also
 //! appended to a log table, which is the watch history; compaction trims it.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -44,6 +45,8 @@ type Batch = Arc<Vec<Event>>;
 struct Request {
     txn: Txn,
     reply: oneshot::Sender<Result<TxnOutcome, StoreError>>,
+    /// A heartbeat's write: it goes ahead of the queue.
+    heartbeat: bool,
 }
 
 /// Reads running at once. Each holds a connection with its own page cache,
@@ -51,10 +54,13 @@ struct Request {
 /// nothing: WAL readers do not block each other, but two cores cannot run
 /// more than a few of them anyway.
 const READERS: usize = 8;
+/// Reads reserved for heartbeats (see [`super::HEARTBEAT`]).
+const HEARTBEAT_READERS: usize = 2;
 
 pub struct SqliteStore {
     path: PathBuf,
     reading: Arc<tokio::sync::Semaphore>,
+    heartbeat_reading: Arc<tokio::sync::Semaphore>,
     writer: mpsc::UnboundedSender<Request>,
     events: broadcast::Sender<Batch>,
     readers: Arc<ReaderPool>,
@@ -142,6 +148,7 @@ impl SqliteStore {
         Ok(Self {
             path,
             reading: Arc::new(tokio::sync::Semaphore::new(READERS)),
+            heartbeat_reading: Arc::new(tokio::sync::Semaphore::new(HEARTBEAT_READERS)),
             writer,
             events,
             readers,
@@ -157,8 +164,12 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
-        let permit = self
-            .reading
+        let lane = if super::is_heartbeat() {
+            &self.heartbeat_reading
+        } else {
+            &self.reading
+        };
+        let permit = lane
             .clone()
             .acquire_owned()
             .await
@@ -171,20 +182,48 @@ impl SqliteStore {
     }
 }
 
+/// Write requests taken off the channel, heartbeats apart.
+#[derive(Default)]
+struct Waiting {
+    urgent: VecDeque<Request>,
+    rest: VecDeque<Request>,
+}
+
+impl Waiting {
+    /// The next group to commit: every request on the channel is taken
+    /// off it, and heartbeats go first; None once the channel is closed and
+    /// nothing waits.
+    fn next_group(&mut self, queue: &mut mpsc::UnboundedReceiver<Request>) -> Option<Vec<Request>> {
+        if self.urgent.is_empty() && self.rest.is_empty() {
+            self.rest.push_back(queue.blocking_recv()?);
+        }
+        while let Ok(r) = queue.try_recv() {
+            if r.heartbeat {
+                self.urgent.push_back(r);
+            } else {
+                self.rest.push_back(r);
+            }
+        }
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while group.len() < MAX_GROUP {
+            match self.urgent.pop_front().or_else(|| self.rest.pop_front()) {
+                Some(r) => group.push(r),
+                None => break,
+            }
+        }
+        Some(group)
+    }
+}
+
 fn write_loop(
     mut conn: Connection,
     mut revision: i64,
     mut queue: mpsc::UnboundedReceiver<Request>,
     publish: broadcast::Sender<Batch>,
 ) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(request) => group.push(request),
-                Err(_) => break,
-            }
-        }
+    // What has been taken off the channel and waits: heartbeats first.
+    let mut waiting = Waiting::default();
+    while let Some(group) = waiting.next_group(&mut queue) {
         let start = revision;
         match commit_group(&mut conn, &mut revision, &group) {
             Ok((outcomes, batches)) => {
@@ -539,7 +578,11 @@ impl Store for SqliteStore {
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(Request { txn, reply })
+            .send(Request {
+                txn,
+                reply,
+                heartbeat: super::is_heartbeat(),
+            })
             .map_err(|_| StoreError::Other("the writer thread has stopped".into()))?;
         answer
             .await
@@ -658,5 +701,43 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(key: &str, heartbeat: bool) -> Request {
+        let (reply, _) = oneshot::channel();
+        Request {
+            txn: Txn::new().then(Op::put(key, Vec::new())),
+            reply,
+            heartbeat,
+        }
+    }
+
+    /// A heartbeat behind a backlog of writes is in the next group, first.
+    #[test]
+    fn heartbeats_jump_the_write_queue() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for i in 0..MAX_GROUP * 3 {
+            tx.send(request(&format!("/w/{i}"), false)).unwrap();
+        }
+        tx.send(request("/lease", true)).unwrap();
+        let mut waiting = Waiting::default();
+        let group = waiting.next_group(&mut rx).unwrap();
+        assert_eq!(group.len(), MAX_GROUP);
+        assert_eq!(group[0].txn.ops[0].key(), "/lease");
+        assert_eq!(group[1].txn.ops[0].key(), "/w/0");
+        // The rest keep their order.
+        let next = waiting.next_group(&mut rx).unwrap();
+        assert_eq!(next[0].txn.ops[0].key(), format!("/w/{}", MAX_GROUP - 1));
+        drop(tx);
+        let mut left = next.len();
+        while let Some(g) = waiting.next_group(&mut rx) {
+            left += g.len();
+        }
+        assert_eq!(left, MAX_GROUP * 3 + 1 - MAX_GROUP);
     }
 }
