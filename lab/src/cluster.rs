@@ -198,6 +198,44 @@ impl Cluster {
     }
 
     fn start_control_plane(&mut self, progress: &impl Fn(&str)) -> Result<()> {
+        if self.spec.store == Store::Etcd {
+            progress("starting etcd in the underlay namespace");
+            self.start_etcd()?;
+        }
+        self.start_controller(progress)
+    }
+
+    /// SIGKILLs the controller (the agents and their pods go on) and waits
+    /// for it.
+    ///
+    /// # Errors
+    /// When it was not started by this handle.
+    pub fn kill_controller(&mut self) -> Result<()> {
+        let mut c = self.controller.take().context("no controller started here")?;
+        c.kill()?;
+        c.wait()?;
+        Ok(())
+    }
+
+    /// Starts the controller again on its data (after `kill_controller`),
+    /// and waits until it serves.
+    ///
+    /// # Errors
+    /// When it does not serve within 30 s.
+    pub fn restart_controller(&mut self) -> Result<()> {
+        if self.controller.is_some() {
+            self.kill_controller()?;
+        }
+        self.start_controller(&|_: &str| {})
+    }
+
+    /// The controller's pid.
+    #[must_use]
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller.as_ref().map(Child::id)
+    }
+
+    fn start_controller(&mut self, progress: &impl Fn(&str)) -> Result<()> {
         let weft = self.lab.weft_bin.clone();
         let data = self.dir.join("controller");
         std::fs::create_dir_all(&data)?;
@@ -215,8 +253,6 @@ impl Cluster {
         .arg(&self.kubeconfig)
         .args(["--tls-san", "127.0.0.1", "--tls-san", "localhost"]);
         if self.spec.store == Store::Etcd {
-            progress("starting etcd in the underlay namespace");
-            self.start_etcd()?;
             cmd.args([
                 "--store",
                 "etcd",

@@ -933,3 +933,89 @@ spec:
     }
     Ok(())
 }
+
+/// The controller killed for 60 s and started again (issue 16): a client
+/// pod requesting a Service every 100 ms sees no request fail, during the
+/// outage or after, and no node turns NotReady: the agents and the data
+/// plane go on without the controller, and the restarted controller gives
+/// every node a full grace period before it judges it.
+#[test]
+fn controller_outage_keeps_services_up() -> Result<()> {
+    let mut c = up(2, &[], &[])?;
+    c.apply(&web(2, "weft.local/busybox:1.36", "v1"))?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+"#,
+    )?;
+    wait_ready(&c, "app=web", 2, Duration::from_secs(60))?;
+    let vip = c.get_json(&["service", "web"])?["spec"]["clusterIP"]
+        .as_str()
+        .context("no ClusterIP")?
+        .to_string();
+    // One line per request: the time, and ok or FAIL.
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: default, labels: {{app: client}}}}
+spec:
+  containers:
+  - name: c
+    image: weft.local/busybox:1.36
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do if timeout 2 wget -qO- http://{vip}/ >/dev/null 2>&1; then echo \"$(date +%s) ok\"; else echo \"$(date +%s) FAIL\"; fi; sleep 0.1; done"]
+"#
+    ))?;
+    wait_ready(&c, "app=client", 1, Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs(3));
+    let before = c.weft(&["logs", "client", "--tail", "-1"])?;
+    anyhow::ensure!(
+        before.lines().any(|l| l.ends_with(" ok")) && !before.contains("FAIL"),
+        "the client fails before the outage:\n{before}"
+    );
+    let since = Instant::now();
+    c.kill_controller()?;
+    std::thread::sleep(Duration::from_secs(60));
+    c.restart_controller()?;
+    // Thirty seconds after the restart: three grace periods.
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        let nodes = c.get_json(&["nodes"])?;
+        for n in nodes["items"].as_array().cloned().unwrap_or_default() {
+            let ready = n["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+                .is_some_and(|c| c["status"] == "True");
+            anyhow::ensure!(
+                ready,
+                "{} not Ready after the controller's restart:\n{}",
+                n["metadata"]["name"],
+                tail(&c.controller_log())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = c.weft(&["logs", "client", "--tail", "-1"])?;
+    let lines: Vec<&str> = log.lines().collect();
+    let failed: Vec<&&str> = lines.iter().filter(|l| l.contains("FAIL")).collect();
+    let ok = lines.iter().filter(|l| l.ends_with(" ok")).count();
+    let window = since.elapsed().as_secs() as usize;
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}\ncontroller:\n{}",
+        failed.len(),
+        lines.len(),
+        failed.iter().take(10).collect::<Vec<_>>(),
+        tail(&c.controller_log())
+    );
+    // At least five requests a second (wget and sleep 0.1 each) over the
+    // outage and after it.
+    anyhow::ensure!(
+        ok >= window * 5,
+        "only {ok} requests in {window} s: the client stalled"
+    );
+    Ok(())
+}
