@@ -453,8 +453,11 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     // Every watch is a connection (HTTP/1.1 clients) or a stream: a soft
     // limit of 1024 descriptors would cap the watchers, so raise it to the
     // hard limit, as Go programs (kube-apiserver among them) do.
-    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

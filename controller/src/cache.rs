@@ -304,6 +304,9 @@ pub trait AnyStore: Send + Sync {
     fn meta_of(&self, key: &str) -> Option<ObjectMeta>;
     /// The metadata of every object in `ns` (every one for `None`).
     fn metas(&self, ns: Option<&str>) -> Vec<ObjectMeta>;
+    /// How many objects `ns` holds, and the names of those not being
+    /// deleted yet (what a namespace's deletion still has to ask for).
+    fn left_in(&self, ns: &str) -> (usize, Vec<String>);
     /// Feeds each change's key and metadata (before, after) to
     /// `on_change`, and calls `resync` first and whenever it fell behind.
     fn follow_meta(&self, on_change: MetaFollower, resync: Box<dyn Fn() + Send>);
@@ -362,6 +365,16 @@ impl<K: Kind> AnyStore for Store<K> {
 
     fn metas(&self, ns: Option<&str>) -> Vec<ObjectMeta> {
         self.list(ns).iter().map(|o| o.meta().clone()).collect()
+    }
+
+    fn left_in(&self, ns: &str) -> (usize, Vec<String>) {
+        let objects = self.list(Some(ns));
+        let live = objects
+            .iter()
+            .filter(|o| o.meta().deletion_timestamp.is_none())
+            .map(|o| o.meta().name.clone().unwrap_or_default())
+            .collect();
+        (objects.len(), live)
     }
 
     fn follow_meta(&self, mut on_change: MetaFollower, resync: Box<dyn Fn() + Send>) {

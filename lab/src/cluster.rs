@@ -211,7 +211,10 @@ impl Cluster {
     /// # Errors
     /// When it was not started by this handle.
     pub fn kill_controller(&mut self) -> Result<()> {
-        let mut c = self.controller.take().context("no controller started here")?;
+        let mut c = self
+            .controller
+            .take()
+            .context("no controller started here")?;
         c.kill()?;
         c.wait()?;
         Ok(())

@@ -12,7 +12,9 @@ use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use serde_json::{Value, json};
-use weft_tests::apitest::{self, Raw, client, eventually, items, post, raw};
+use weft_tests::apitest::{
+    self, Raw, client, eventually, items, open_watch, post, raw, read_lines, rss,
+};
 use weft_tests::control::{Backend, ControlOptions, ControlPlane};
 use weft_tests::island::{Etcd, Island};
 
@@ -2099,49 +2101,6 @@ fn objects_and_annotations_have_kubernetes_size_limits() -> Result<()> {
         ensure!(got.code == 404, "the refused pod was stored: {}", got.code);
         Ok(())
     })
-}
-
-/// The controller's resident memory in bytes, now and at its peak.
-fn rss(pid: u32) -> Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<u64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .ok_or_else(|| anyhow::anyhow!("no {name} in /proc/{pid}/status"))?;
-        let kb: u64 = line.split_whitespace().nth(1).unwrap_or_default().parse()?;
-        Ok(kb * 1024)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// Opens a watch; the response, whose body is not read yet.
-async fn open_watch(c: &kube::Client, path: &str) -> Result<http::Response<kube::client::Body>> {
-    let req = http::Request::builder()
-        .method("GET")
-        .uri(path)
-        .body(kube::client::Body::empty())?;
-    let resp = c.send(req).await?;
-    ensure!(resp.status() == 200, "watch {path}: {}", resp.status());
-    Ok(resp)
-}
-
-/// Reads `n` watch lines from a watch's body; their total size.
-async fn read_lines(resp: http::Response<kube::client::Body>, n: usize) -> Result<usize> {
-    use http_body_util::BodyExt as _;
-    let mut body = resp.into_body();
-    let (mut lines, mut bytes) = (0, 0);
-    while lines < n {
-        let frame = body
-            .frame()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("the watch ended after {lines} lines"))??;
-        if let Ok(data) = frame.into_data() {
-            bytes += data.len();
-            lines += data.iter().filter(|b| **b == b'\n').count();
-        }
-    }
-    Ok(bytes)
 }
 
 /// Sets the pod's status message to `size` bytes of `fill`.

@@ -646,24 +646,19 @@ async fn dispatch(
         ("deletecollection", None) => {
             let reg = registry_for(st, &query, &user)?;
             let (items, _) = selected(st, res, ns, &query).await?;
-            let mut deleted = Vec::new();
-            for obj in items {
-                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-                match kind
-                    .delete(
-                        &reg,
-                        obj["metadata"]["namespace"].as_str(),
-                        name,
-                        (None, None),
-                        None,
+            let objects = items
+                .iter()
+                .map(|o| {
+                    (
+                        o["metadata"]["namespace"].as_str().map(String::from),
+                        o["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
                     )
-                    .await
-                {
-                    Ok(obj) => deleted.push(obj),
-                    Err(e) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                }
-            }
+                })
+                .collect();
+            let deleted = reg.delete_collection(res, objects).await?;
             Ok(json_response(
                 200,
                 &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {}, "items": deleted}),

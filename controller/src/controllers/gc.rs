@@ -1,6 +1,7 @@
 //! Garbage collection through ownerReferences (an object whose owners are all
 //! gone is deleted, in the background) and namespace deletion (a namespace
-//! being deleted is emptied, then its finalizer is removed and it goes).
+//! being deleted is emptied, a deletecollection per kind as kube's namespace
+//! controller does, then its finalizer is removed and it goes).
 //!
 //! Both work on any kind, through the objects' metadata: the cache's owner
 //! index finds the dependents of a deleted object, and the registry's
@@ -150,6 +151,8 @@ async fn finish_namespace(ns: &Namespace, ctx: &Ctx) -> Result<Action, ApiError>
         return Ok(Action::await_change());
     }
     let name = ns.metadata.name.clone().unwrap_or_default();
+    // Per kind, one deletecollection of what is not being deleted yet;
+    // what is (pods stopping on their nodes) is only counted.
     let mut left = 0;
     for store in ctx
         .cache
@@ -157,24 +160,17 @@ async fn finish_namespace(ns: &Namespace, ctx: &Ctx) -> Result<Action, ApiError>
         .iter()
         .filter(|s| s.resource().namespaced)
     {
-        for meta in store.metas(Some(&name)) {
-            left += 1;
-            let obj_name = meta.name.as_deref().unwrap_or_default();
-            match kind_of(store.resource())
-                .delete(&ctx.reg, Some(&name), obj_name, (None, None), None)
-                .await
-            {
-                Ok(_)
-                | Err(ApiError {
-                    code: 404 | 409, ..
-                }) => {}
-                Err(e) => return Err(e),
-            }
+        let (count, live) = store.left_in(&name);
+        left += count;
+        if !live.is_empty() {
+            let objects = live.into_iter().map(|n| (Some(name.clone()), n)).collect();
+            ctx.reg.delete_collection(store.resource(), objects).await?;
         }
     }
     if left > 0 {
-        // Look again once the deletions have landed.
-        return Ok(Action::requeue(Duration::from_millis(200)));
+        // Look again once the deletions have landed (each one that lands
+        // wakes it too).
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     ctx.reg
         .modify::<Namespace>(None, &name, Write::Update, |mut obj| {

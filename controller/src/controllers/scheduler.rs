@@ -34,6 +34,8 @@ use crate::registry::Write;
 /// Bindings in flight at once (they are store writes; more in flight means
 /// larger group commits).
 const BINDS_IN_FLIGHT: usize = 64;
+/// Workers writing why pods are unschedulable.
+const REPORTERS: usize = 8;
 const DEFAULT_MAX_PODS: i64 = 110;
 /// An unschedulable pod's first back-off; it doubles per failed attempt.
 const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
@@ -445,6 +447,20 @@ pub fn start(ctx: Ctx) {
 async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
     let binds = Arc::new(Semaphore::new(BINDS_IN_FLIGHT));
     let ctx = Arc::new(ctx);
+    // Why a pod fits nowhere is written (its condition, an Event) by
+    // workers of their own: the loop goes on deciding meanwhile.
+    let (reports, queue) = tokio::sync::mpsc::unbounded_channel::<(Arc<Pod>, String)>();
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    for _ in 0..REPORTERS {
+        let (ctx, queue) = (ctx.clone(), queue.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = queue.lock().await.recv().await;
+                let Some((pod, why)) = next else { return };
+                report_unschedulable(&ctx, &pod, &why).await;
+            }
+        });
+    }
     loop {
         let next = state
             .lock()
@@ -520,7 +536,7 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
                     .unwrap_or_else(|e| e.into_inner())
                     .set_aside(&key, &why);
                 if first {
-                    report_unschedulable(&ctx, &pod, &why).await;
+                    let _ = reports.send((pod.clone(), why));
                 }
             }
         }

@@ -70,6 +70,10 @@ pub struct Registry {
     pub node: Option<String>,
 }
 
+/// Deletes a deletecollection (or a namespace's deletion) runs at once:
+/// enough for the store to commit them in groups.
+pub const COLLECTION_WORKERS: usize = 32;
+
 /// The default largest stored object: etcd's default request limit, as in
 /// Kubernetes.
 pub const MAX_OBJECT: usize = 1536 * 1024;
@@ -477,6 +481,34 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Deletes each of `objects` (namespace, name) of `res`, at most
+    /// [`COLLECTION_WORKERS`] at once, as kube-apiserver's deletecollection
+    /// does; objects already gone or changed meanwhile (404, 409) are
+    /// skipped. What was deleted, or marked for deletion, in JSON.
+    pub async fn delete_collection(
+        &self,
+        res: &'static Resource,
+        objects: Vec<(Option<String>, String)>,
+    ) -> Result<Vec<Value>, ApiError> {
+        use futures::StreamExt as _;
+        let kind = kind_of(res);
+        let mut deletes = futures::stream::iter(objects)
+            .map(|(ns, name)| async move {
+                kind.delete(self, ns.as_deref(), &name, (None, None), None)
+                    .await
+            })
+            .buffer_unordered(COLLECTION_WORKERS);
+        let mut deleted = Vec::new();
+        while let Some(r) = deletes.next().await {
+            match r {
+                Ok(obj) => deleted.push(obj),
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
     }
 
     /// Takes the ownerReferences to `owner_uid` off everything that has
