@@ -73,6 +73,7 @@ async fn big_status(c: &kube::Client, fill: char) -> Result<()> {
 fn watch_memory(backend: &str) -> Result<(f64, f64, Option<f64>, f64)> {
     const WATCHERS: usize = 2_000;
     let (island, _etcd, cp) = control_plane(backend, &[])?;
+    let backend = backend.to_string();
     let pid = cp.pid().context("pid")?;
     let cp = Arc::new(cp);
     on_island(&island, async move {
@@ -129,6 +130,16 @@ fn watch_memory(backend: &str) -> Result<(f64, f64, Option<f64>, f64)> {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        // What the allocator says then.
+        let metrics = raw(&c, "GET", "/metrics", None, "").await?.text;
+        let heap: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("weft_controller_heap_"))
+            .collect();
+        println!(
+            "  {backend}, heap after the watchers closed: {}",
+            heap.join(", ")
+        );
         Ok((idle as f64 / MIB, peak as f64 / MIB, back, now as f64 / MIB))
     })
 }
