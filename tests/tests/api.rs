@@ -1892,6 +1892,28 @@ fn lists_page_over_a_consistent_snapshot() -> Result<()> {
         now.insert(0, "a-new".into());
         ensure!(seen == now, "kube-rs pages: {seen:?}");
 
+        // A token from the list of every namespace, used on one
+        // namespace's list, does not reach into the others.
+        let everywhere = raw(&c, "GET", "/api/v1/pods?limit=1", None, "").await?;
+        let token = everywhere.body["metadata"]["continue"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        ensure!(!token.is_empty(), "no token: {}", everywhere.text);
+        let elsewhere = raw(
+            &c,
+            "GET",
+            &format!("/api/v1/namespaces/kube-system/pods?continue={token}"),
+            None,
+            "",
+        )
+        .await?;
+        ensure!(
+            elsewhere.code == 200 && items(&elsewhere.body).is_empty(),
+            "kube-system's list, continued with another list's token: {}",
+            elsewhere.text.chars().take(300).collect::<String>()
+        );
+
         // Malformed parameters.
         for (q, want) in [
             ("resourceVersion=abc", "invalid resourceVersion"),

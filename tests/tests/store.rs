@@ -362,6 +362,7 @@ async fn paging(store: Arc<dyn Store>) -> Result<()> {
         create(s, &format!("/p/k{i}"), &format!("v{i}")).await?;
     }
     create(s, "/p0", "beside").await?;
+    create(s, "/p.x", "beside").await?;
     let then = s.revision().await?;
     let before: Vec<(String, String)> = (0..10)
         .map(|i| (format!("/p/k{i}"), format!("v{i}")))
@@ -398,6 +399,14 @@ async fn paging(store: Arc<dyn Store>) -> Result<()> {
     // From a key on, and no limit.
     let rest = s.list_page("/p/", Some("/p/k7"), 0, None).await?;
     ensure!(rest.items.len() == 3 && !rest.more, "after k7: {rest:?}");
+    // A key before the prefix does not widen the range to "/p.x", which
+    // sorts between "/o" and "/p/".
+    let all = s.list_page("/p/", Some("/o"), 0, None).await?;
+    ensure!(
+        all.items.len() == 11 && all.items.iter().all(|kv| kv.key.starts_with("/p/")),
+        "after a key before the prefix: {:?}",
+        all.items.iter().map(|kv| &kv.key).collect::<Vec<_>>()
+    );
     let head = s.revision().await?;
     match s.list_page("/p/", None, 2, Some(head + 1000)).await {
         Err(StoreError::Future { .. }) => {}

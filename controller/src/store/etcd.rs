@@ -180,11 +180,12 @@ impl Store for EtcdStore {
         at: Option<i64>,
     ) -> Result<Page, StoreError> {
         let end = prefix_end(prefix);
+        // After `after`, and never before the prefix (see the SQLite store).
         let from = match after {
             Some(a) => {
                 let mut k = a.as_bytes().to_vec();
                 k.push(0);
-                k
+                k.max(prefix.as_bytes().to_vec())
             }
             None => prefix.as_bytes().to_vec(),
         };

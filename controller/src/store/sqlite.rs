@@ -402,9 +402,11 @@ fn page_at(
             oldest: compacted,
         });
     }
-    // Keys sort after `after`: from `after` + NUL on.
+    // Keys sort after `after` (from `after` + NUL on), and never before the
+    // prefix: a key from elsewhere (a forged continue token, one from
+    // another namespace's list) must not widen the range.
     let start = match after {
-        Some(a) => format!("{a}\0"),
+        Some(a) => format!("{a}\0").max(prefix.to_string()),
         None => prefix.to_string(),
     };
     let end = text_end(prefix);
