@@ -1919,6 +1919,11 @@ fn lists_page_over_a_consistent_snapshot() -> Result<()> {
             ("resourceVersion=abc", "invalid resourceVersion"),
             ("limit=ten", "invalid limit"),
             ("continue=not-a-token", "continue key is not valid"),
+            ("watch=1&resourceVersion=abc", "invalid resourceVersion"),
+            (
+                "watch=1&resourceVersion=1&resourceVersionMatch=NotOlderThan",
+                "forbidden for watch",
+            ),
             (
                 "resourceVersionMatch=Exact",
                 "resourceVersionMatch is forbidden",

@@ -121,6 +121,11 @@ pub(super) async fn serve(
         })
         .transpose()?
         .map(Duration::from_secs);
+    if query.get("resourceVersionMatch").is_some() {
+        return Err(ApiError::bad_request(
+            "resourceVersionMatch is forbidden for watch",
+        ));
+    }
     if query.flag("sendInitialEvents") {
         return Err(ApiError::bad_request(
             "sendInitialEvents is not supported; list, then watch from the list's resourceVersion",
