@@ -404,6 +404,23 @@ async fn node_restriction(
     let label = |k: &str, v: Option<&str>| {
         serde_json::to_vec(&json!({"metadata": {"labels": {k: v}}})).expect("JSON")
     };
+    // Another node: refused, naming the rule.
+    let r = raw(
+        node,
+        "PATCH",
+        "/api/v1/nodes/n2",
+        Some(label("example.com/x", Some("y"))),
+        merge,
+    )
+    .await?;
+    ensure!(
+        r.code == 403
+            && r.text
+                .contains("may only change its own node, not \\\"n2\\\""),
+        "n1 changing n2: {} {}",
+        r.code,
+        r.text
+    );
     // Roles and restricted labels: refused, and named.
     for key in [
         "node-role.kubernetes.io/control-plane",
@@ -1919,6 +1936,7 @@ fn lists_page_over_a_consistent_snapshot() -> Result<()> {
             ("resourceVersion=abc", "invalid resourceVersion"),
             ("limit=ten", "invalid limit"),
             ("continue=not-a-token", "continue key is not valid"),
+            ("resourceVersion=+5", "invalid resourceVersion"),
             ("watch=1&resourceVersion=abc", "invalid resourceVersion"),
             (
                 "watch=1&resourceVersion=1&resourceVersionMatch=NotOlderThan",
@@ -1946,6 +1964,43 @@ fn lists_page_over_a_consistent_snapshot() -> Result<()> {
                 r.text
             );
         }
+        // A GET reads resourceVersion as a list does.
+        let r = raw(
+            &c,
+            "GET",
+            &format!("{path}/p00?resourceVersion=abc"),
+            None,
+            "",
+        )
+        .await?;
+        ensure!(
+            r.code == 400,
+            "GET with a malformed resourceVersion: {} {}",
+            r.code,
+            r.text
+        );
+        let r = raw(
+            &c,
+            "GET",
+            &format!("{path}/p00?resourceVersion={rv}"),
+            None,
+            "",
+        )
+        .await?;
+        ensure!(
+            r.code == 200,
+            "GET not older than {rv}: {} {}",
+            r.code,
+            r.text
+        );
+        // A namespaced kind is not created on its cluster-wide path.
+        let r = post(
+            &c,
+            "/api/v1/pods",
+            &apitest::pod("nowhere", json!({}), manual()),
+        )
+        .await?;
+        ensure!(r.code == 405, "POST /api/v1/pods: {} {}", r.code, r.text);
         let ahead = rv.parse::<i64>()? + 100_000;
         // kube-rs retries a 504 (as client-go does): ask once.
         let once = apitest::client_without_retries(&cp).await?;

@@ -1158,6 +1158,19 @@ fn controller_absence_is_not_node_failure() -> Result<()> {
             }
         })
         .await?;
+        // A restart does not lift a silent node's taints: within its fresh
+        // grace period it is neither judged alive nor dead.
+        cp_ref.restart()?;
+        let c = client(cp_ref, None).await?;
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let n1 = raw(&c, "GET", "/api/v1/nodes/n1", None, "").await?;
+            ensure!(
+                n1.text.contains("node.kubernetes.io/unreachable"),
+                "n1's taints lifted by a restart though it is silent: {}",
+                n1.body["spec"]
+            );
+        }
         // Every other node falls silent at once as well: Ready is Unknown,
         // but their pods stay Ready and in place.
         for h in renewing.drain(..) {

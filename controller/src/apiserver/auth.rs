@@ -280,6 +280,21 @@ pub fn authorize(user: &User, a: &Attributes<'_>) -> Decision {
             return Decision::Allow;
         }
     }
+    if let Some(node) = user.node()
+        && matches!(a.resource, "nodes" | "leases")
+        && !is_read(a.verb)
+        && let Some(name) = a.name.filter(|n| *n != node)
+    {
+        let kind = if a.resource == "nodes" {
+            "node"
+        } else {
+            "lease"
+        };
+        return Decision::Deny(format!(
+            "User \"{}\" cannot {} resource \"{}\": node \"{node}\" may only change its own {kind}, not \"{name}\"",
+            user.name, a.verb, a.resource
+        ));
+    }
     let what = match a.subresource {
         Some(sub) => format!("{}/{sub}", a.resource),
         None => a.resource.to_string(),
@@ -289,15 +304,8 @@ pub fn authorize(user: &User, a: &Attributes<'_>) -> Decision {
         None => " at the cluster scope".to_string(),
     };
     Decision::Deny(format!(
-        "{} \"{}\" cannot {} resource \"{what}\" in API group \"{}\"{scope}",
-        if user.node().is_some() {
-            "node"
-        } else {
-            "User"
-        },
-        user.name,
-        a.verb,
-        a.group
+        "User \"{}\" cannot {} resource \"{what}\" in API group \"{}\"{scope}",
+        user.name, a.verb, a.group
     ))
 }
 

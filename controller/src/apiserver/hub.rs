@@ -23,9 +23,10 @@ use crate::store::{Event, EventKind, Store, StoreError, WatchItem};
 /// Events kept in memory for watchers that start a little in the past.
 const RING: usize = 5_000;
 /// Bytes of events (objects and their previous versions) the ring holds at
-/// most: 1.5 MiB objects fill it with 85, not 5 000. Their shared encodings
+/// most: 1.5 MiB objects (and their previous versions) fill it with 21,
+/// not 5 000; a watcher from before reads the store's history instead. Their shared encodings
 /// add about half as much again.
-const RING_BYTES: usize = 256 * 1024 * 1024;
+const RING_BYTES: usize = 64 * 1024 * 1024;
 /// Live items buffered per watcher before it must catch up from the ring.
 const LIVE: usize = 2048;
 
@@ -496,6 +497,32 @@ mod tests {
         let rev = store.revision().await.unwrap();
         let hub = WatchHub::start(store).await.unwrap();
         (dir, hub, rev)
+    }
+
+    /// The ring holds at most RING_BYTES of stored objects, whether or not
+    /// watchers had the events encoded (regression: encodings made between
+    /// an event's arrival and its leaving drove the count down, and 1 MiB
+    /// objects piled up to the 5 000-event bound).
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_ring_is_bounded_in_bytes() {
+        let (_dir, hub, rev) = hub().await;
+        for i in 1..=200 {
+            let mut e = event(&format!("/registry/core/pods/ns/p{i}"), rev + i);
+            e.kv.value =
+                format!("{{\"metadata\":{{}},\"x\":\"{}\"}}", "y".repeat(1 << 20)).into_bytes();
+            hub.push(e);
+            let ring = hub.ring.lock().unwrap();
+            assert!(ring.events.back().unwrap().line().is_some());
+            assert!(ring.bytes <= RING_BYTES, "{} bytes after {i}", ring.bytes);
+        }
+        let ring = hub.ring.lock().unwrap();
+        let held: usize = ring.events.iter().map(|e| e.size()).sum();
+        assert_eq!(held, ring.bytes);
+        assert!(
+            ring.events.len() <= RING_BYTES >> 20,
+            "{} events",
+            ring.events.len()
+        );
     }
 
     /// Regression: a revision's events (a pod and its IPAM claim) reach the

@@ -217,7 +217,7 @@ pub async fn read(
 
 /// resourceVersion=N: the store must have reached N; it may take a moment
 /// after a write acknowledged elsewhere.
-async fn wait_for_revision(st: &ApiState, want: i64) -> Result<(), ApiError> {
+pub(super) async fn wait_for_revision(st: &ApiState, want: i64) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + WAIT_FOR_REVISION;
     loop {
         let current = st

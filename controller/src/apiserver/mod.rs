@@ -446,6 +446,14 @@ async fn dispatch(
             )));
         }
     };
+    // A namespaced kind is written under its namespace's path; its
+    // cluster-wide path only lists, watches and deletes collections.
+    if res.namespaced && target.ns.is_none() && verb == "create" {
+        return Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on {path}: {} are created under /namespaces/{{namespace}}/",
+            res.plural
+        )));
+    }
     let attrs = Attributes {
         verb,
         group: res.group,
@@ -487,6 +495,13 @@ async fn dispatch(
         ("watch", None) => watch::serve(st, res, ns, &query, table).await,
         ("list", None) => list::serve(st, res, ns, &query, table).await,
         ("get", None | Some("status")) => {
+            // resourceVersion=N: not older than N, as for a list.
+            if let Some(rv) = query.get("resourceVersion") {
+                let rv = parse_rv(rv)?;
+                if rv > 0 {
+                    list::wait_for_revision(st, rv).await?;
+                }
+            }
             let obj = get(target.name.clone().unwrap_or_default()).await?;
             if table {
                 return Ok(json_response(

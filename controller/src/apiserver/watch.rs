@@ -10,7 +10,8 @@
 //!   (`weft_apiserver_watchers_closed_slow_total`): like kube-apiserver's
 //!   clients, it watches again from its last resourceVersion, or relists;
 //! - the initial events of a watch without a resourceVersion are read and
-//!   sent a page at a time, at one revision, not built as one list.
+//!   sent a page at a time (about 4 MiB, at most 500 objects), at one
+//!   revision, not built as one list.
 
 use std::time::Duration;
 
@@ -35,8 +36,10 @@ const BUFFER: usize = 16;
 /// How long a watcher may take nothing from a full buffer before it is
 /// closed.
 const SLOW: Duration = Duration::from_secs(10);
-/// Objects read per page of a watch's initial events.
+/// Objects read per page of a watch's initial events, at most.
 const PAGE: usize = 500;
+/// Bytes of objects per page of a watch's initial events, about.
+const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Counts a watcher open while it lives.
 struct Open(Metrics);
@@ -202,7 +205,8 @@ pub(super) async fn serve(
 }
 
 /// The objects under `prefix` at revision `at` as ADDED events, a page at a
-/// time.
+/// time: pages of about [`PAGE_BYTES`], so that a watcher holds little
+/// whatever the objects' size.
 async fn initial(
     em: &mut Emitter,
     store: &dyn crate::store::Store,
@@ -212,14 +216,16 @@ async fn initial(
     sel: &Selectors,
 ) -> Result<(), Stop> {
     let mut after: Option<String> = None;
+    let mut limit = 16;
     loop {
         let page = match store
-            .list_page(prefix, after.as_deref(), PAGE, Some(at))
+            .list_page(prefix, after.as_deref(), limit, Some(at))
             .await
         {
             Ok(p) => p,
             Err(e) => return em.send("ERROR", &gone(e)).await,
         };
+        let bytes: usize = page.items.iter().map(|kv| kv.value.len()).sum();
         for kv in &page.items {
             added(em, kv, fast, sel).await?;
         }
@@ -227,6 +233,8 @@ async fn initial(
             Some(last) if page.more => after = Some(last.key.clone()),
             _ => return Ok(()),
         }
+        let average = (bytes / page.items.len().max(1)).max(1);
+        limit = (PAGE_BYTES / average).clamp(1, PAGE);
     }
 }
 

@@ -58,8 +58,9 @@ pub fn start(ctx: Ctx) {
 struct Observer {
     every: Duration,
     /// Per node: its last heartbeat as written (Lease renewTime, Ready
-    /// heartbeat), and when this controller saw it change.
-    nodes: HashMap<String, (f64, Instant)>,
+    /// heartbeat), when this controller saw it change, and whether it has
+    /// changed since this controller's first look.
+    nodes: HashMap<String, (f64, Instant, bool)>,
     /// When the last sweep began.
     last_sweep: Option<Instant>,
     /// The store's revision at past moments, oldest first.
@@ -93,8 +94,9 @@ impl Observer {
                     "node lifecycle: no sweep for {:.1} s (the controller was stopped or starved); every node gets a full grace period from now",
                     gap.as_secs_f64()
                 );
-                for (_, at) in self.nodes.values_mut() {
+                for (_, at, renewed) in self.nodes.values_mut() {
                     *at = now;
+                    *renewed = false;
                 }
                 self.samples.clear();
                 self.fresh_until = now;
@@ -126,11 +128,17 @@ impl Observer {
         let entry = self
             .nodes
             .entry(name.to_string())
-            .or_insert((heartbeat, now));
+            .or_insert((heartbeat, now, false));
         if entry.0 != heartbeat {
-            *entry = (heartbeat, now);
+            *entry = (heartbeat, now, true);
         }
         self.fresh_until.saturating_duration_since(entry.1)
+    }
+
+    /// Whether this controller has seen the node renew since its first look
+    /// (or since it last resumed): not silent yet is not alive again.
+    fn renewed(&self, name: &str) -> bool {
+        self.nodes.get(name).is_some_and(|n| n.2)
     }
 
     /// Forgets nodes that are gone.
@@ -373,6 +381,10 @@ async fn sweep(ctx: &Ctx, seen: &mut Observer) -> Result<(), ApiError> {
             }
         } else if silent && !tainted {
             mark_not_ready(ctx, node).await?;
+        } else if !silent && tainted && !seen.renewed(&name) {
+            // Tainted before this controller looked (a restart, a resume)
+            // and not heard from since: within its fresh grace period it is
+            // neither judged alive nor are its pods evicted.
         } else if !silent && tainted {
             ctx.reg
                 .modify::<Node>(None, &name, Write::Update, |mut n| {

@@ -129,11 +129,16 @@ pub fn revision_of<K: kube::Resource>(obj: &K) -> i64 {
 
 /// Parses a resourceVersion the client sent.
 pub fn parse_rv(rv: &str) -> Result<i64, ApiError> {
-    rv.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "invalid resourceVersion \"{rv}\": must be a non-negative integer"
-        ))
-    })
+    // Digits only, as Go's ParseUint reads it (no sign, no spaces).
+    let digits = !rv.is_empty() && rv.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| rv.parse::<i64>().ok())
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid resourceVersion \"{rv}\": must be a non-negative integer"
+            ))
+        })
 }
 
 /// Random suffix for generateName, from the alphabet Kubernetes uses (no

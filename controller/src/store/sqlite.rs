@@ -477,12 +477,21 @@ fn page_at(
     })
 }
 
-/// Logged events with revision in (after, upto], under `prefix`.
+/// Events replayed from the log per read, at most (whole revisions: a
+/// read may go over by one transaction's events).
+const REPLAY_EVENTS: usize = 256;
+const REPLAY_BYTES: usize = 8 * 1024 * 1024;
+
+/// One page of logged events under `prefix` with revisions in
+/// (after, upto] (`upto`: the store's revision when None), whole revisions
+/// only, at most [`REPLAY_EVENTS`] events and [`REPLAY_BYTES`]; the
+/// revision everything up to which they cover, and `upto`.
 fn history(
     conn: &mut Connection,
     prefix: &str,
     after: i64,
-) -> Result<(Vec<Event>, i64), StoreError> {
+    upto: Option<i64>,
+) -> Result<(Vec<Event>, i64, i64), StoreError> {
     let tx = conn.transaction()?;
     let compacted = meta(&tx, "compacted")?;
     if after < compacted {
@@ -491,18 +500,30 @@ fn history(
             oldest: compacted,
         });
     }
-    let upto = meta(&tx, "revision")?;
+    let upto = match upto {
+        Some(u) => u,
+        None => meta(&tx, "revision")?,
+    };
     let end = text_end(prefix);
-    let mut stmt = tx.prepare(
+    let mut stmt = tx.prepare_cached(
         "SELECT rev, key, deleted, value, create_rev, prev_value, prev_create_rev, prev_mod_rev
          FROM log WHERE rev > ?1 AND rev <= ?2 AND key >= ?3 AND key < ?4 ORDER BY rev, sub",
     )?;
-    let rows = stmt.query_map(params![after, upto, prefix, end], |r| {
+    let mut rows = stmt.query(params![after, upto, prefix, end])?;
+    let (mut events, mut bytes) = (Vec::new(), 0usize);
+    // Everything up to `reached` is in `events`.
+    let mut reached = upto;
+    while let Some(r) = rows.next()? {
         let rev: i64 = r.get(0)?;
+        let last = events.last().map(|e: &Event| e.kv.mod_revision);
+        if (events.len() >= REPLAY_EVENTS || bytes >= REPLAY_BYTES) && last != Some(rev) {
+            // Full, at a revision's end: the rest next time.
+            reached = last.unwrap_or(after);
+            break;
+        }
         let key: String = r.get(1)?;
         let deleted: i64 = r.get(2)?;
-        let prev_value: Option<Vec<u8>> = r.get(5)?;
-        let prev = match prev_value {
+        let prev = match r.get::<_, Option<Vec<u8>>>(5)? {
             Some(value) => Some(KeyValue {
                 key: key.clone(),
                 value,
@@ -511,7 +532,9 @@ fn history(
             }),
             None => None,
         };
-        Ok(Event {
+        let value: Vec<u8> = r.get(3)?;
+        bytes += value.len() + prev.as_ref().map_or(0, |p| p.value.len());
+        events.push(Event {
             kind: if deleted != 0 {
                 EventKind::Delete
             } else {
@@ -519,17 +542,45 @@ fn history(
             },
             kv: KeyValue {
                 key,
-                value: r.get(3)?,
+                value,
                 create_revision: r.get(4)?,
                 mod_revision: rev,
             },
             prev,
-        })
-    })?;
-    let events = rows.collect::<Result<Vec<_>, _>>()?;
+        });
+    }
+    drop(rows);
     drop(stmt);
     tx.commit()?;
-    Ok((events, upto))
+    Ok((events, reached, upto))
+}
+
+/// Sends the logged events under `prefix` after `after` (up to the
+/// store's revision now), a page at a time; the revision reached, or None
+/// when the watcher went away.
+async fn replay(
+    readers: &Arc<ReaderPool>,
+    prefix: &str,
+    after: i64,
+    tx: &mpsc::Sender<Result<WatchItem, StoreError>>,
+) -> Result<Option<i64>, StoreError> {
+    let (mut from, mut upto) = (after, None);
+    loop {
+        let (readers, p) = (readers.clone(), prefix.to_string());
+        let (events, reached, end) =
+            tokio::task::spawn_blocking(move || readers.with(|c| history(c, &p, from, upto)))
+                .await
+                .map_err(|e| StoreError::Other(format!("reader task: {e}")))??;
+        for event in events {
+            if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
+                return Ok(None);
+            }
+        }
+        if reached >= end {
+            return Ok(Some(end));
+        }
+        (from, upto) = (reached, Some(end));
+    }
 }
 
 #[async_trait::async_trait]
@@ -596,20 +647,26 @@ impl Store for SqliteStore {
         let mut live = self.events.subscribe();
         let readers = self.readers.clone();
         let prefix = prefix.to_string();
-        let (first, upto) = {
+        // The compaction check, before the stream is handed out.
+        {
             let (readers, prefix) = (readers.clone(), prefix.clone());
-            tokio::task::spawn_blocking(move || readers.with(|c| history(c, &prefix, after)))
-                .await
-                .map_err(|e| StoreError::Other(format!("reader task: {e}")))??
-        };
+            tokio::task::spawn_blocking(move || {
+                readers.with(|c| history(c, &prefix, after, Some(after)))
+            })
+            .await
+            .map_err(|e| StoreError::Other(format!("reader task: {e}")))??;
+        }
         let (tx, rx) = mpsc::channel::<Result<WatchItem, StoreError>>(64);
         tokio::spawn(async move {
-            let mut sent = upto;
-            for event in first {
-                if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
+            // The history, a page at a time, then live events.
+            let mut sent = match replay(&readers, &prefix, after, &tx).await {
+                Ok(Some(upto)) => upto,
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
                     return;
                 }
-            }
+            };
             // The last revision the watcher knows it has seen everything up to.
             let mut reported = sent;
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -645,26 +702,11 @@ impl Store for SqliteStore {
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow for the live feed: catch up from the log.
-                        let (readers, p) = (readers.clone(), prefix.clone());
-                        let caught = tokio::task::spawn_blocking(move || {
-                            readers.with(|c| history(c, &p, sent))
-                        })
-                        .await;
-                        match caught {
-                            Ok(Ok((events, upto))) => {
-                                for event in events {
-                                    if tx.send(Ok(WatchItem::Event(event))).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                sent = upto;
-                            }
-                            Ok(Err(e)) => {
+                        match replay(&readers, &prefix, sent, &tx).await {
+                            Ok(Some(upto)) => sent = upto,
+                            Ok(None) => return,
+                            Err(e) => {
                                 let _ = tx.send(Err(e)).await;
-                                return;
-                            }
-                            Err(_) => {
-                                let _ = tx.send(Err(StoreError::Lagged)).await;
                                 return;
                             }
                         }
