@@ -2001,6 +2001,13 @@ fn lists_page_over_a_consistent_snapshot() -> Result<()> {
         )
         .await?;
         ensure!(r.code == 405, "POST /api/v1/pods: {} {}", r.code, r.text);
+        // Nor deleted there: that would empty the kind in every namespace.
+        let r = raw(&c, "DELETE", "/api/v1/pods", None, "").await?;
+        ensure!(r.code == 405, "DELETE /api/v1/pods: {} {}", r.code, r.text);
+        ensure!(
+            items(&raw(&c, "GET", path, None, "").await?.body).len() == 25,
+            "pods went"
+        );
         let ahead = rv.parse::<i64>()? + 100_000;
         // kube-rs retries a 504 (as client-go does): ask once.
         let once = apitest::client_without_retries(&cp).await?;

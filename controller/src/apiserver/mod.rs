@@ -447,10 +447,11 @@ async fn dispatch(
         }
     };
     // A namespaced kind is written under its namespace's path; its
-    // cluster-wide path only lists, watches and deletes collections.
-    if res.namespaced && target.ns.is_none() && verb == "create" {
+    // cluster-wide path only lists and watches, as kube-apiserver serves it
+    // (a DELETE there would empty the kind in every namespace).
+    if res.namespaced && target.ns.is_none() && matches!(verb, "create" | "deletecollection") {
         return Err(ApiError::method_not_allowed(format!(
-            "{method} is not supported on {path}: {} are created under /namespaces/{{namespace}}/",
+            "{method} is not supported on {path}: {} are created and deleted under /namespaces/{{namespace}}/",
             res.plural
         )));
     }

@@ -5,14 +5,16 @@
 //! - events come from the hub shared (`Arc`), and a watcher without
 //!   selectors that wants JSON sends the hub's one encoding of each
 //!   (`Bytes`, reference-counted): nothing of the object is copied for it;
-//! - each watcher has a small buffer ([`BUFFER`] lines); a client that
-//!   takes nothing from it for [`SLOW`] is closed, logged and counted
+//! - each watcher has a small buffer ([`BUFFER`] lines and [`BUFFER_BYTES`]);
+//!   a client that takes nothing from it for [`SLOW`] is closed, logged and
+//!   counted
 //!   (`weft_apiserver_watchers_closed_slow_total`): like kube-apiserver's
 //!   clients, it watches again from its last resourceVersion, or relists;
 //! - the initial events of a watch without a resourceVersion are read and
 //!   sent a page at a time (about 4 MiB, at most 500 objects), at one
 //!   revision, not built as one list.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -21,7 +23,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use weft_api::ApiError;
 use weft_api::resources::Resource;
 
@@ -31,8 +33,10 @@ use super::{ApiState, Query, Selectors, table};
 use crate::registry::{decode_stored, parse_rv, store_error};
 use crate::store::{EventKind, KeyValue, StoreError};
 
-/// Lines buffered per watcher.
-const BUFFER: usize = 16;
+/// Lines buffered per watcher, at most.
+const BUFFER: usize = 64;
+/// Bytes of lines buffered per watcher, at most (a larger line alone).
+const BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// How long a watcher may take nothing from a full buffer before it is
 /// closed.
 const SLOW: Duration = Duration::from_secs(10);
@@ -65,8 +69,16 @@ enum Stop {
     Slow,
 }
 
+/// The permits of a line of `len` bytes in a watcher's byte budget.
+fn permits(len: usize) -> u32 {
+    len.clamp(1, BUFFER_BYTES) as u32
+}
+
 struct Emitter {
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// What the lines in the buffer may hold; taken when a line goes in,
+    /// given back when the response takes it out.
+    budget: Arc<Semaphore>,
     res: &'static Resource,
     table: bool,
     include: String,
@@ -77,6 +89,16 @@ struct Emitter {
 impl Emitter {
     /// Sends one line, waiting at most [`SLOW`] for room.
     async fn line(&mut self, line: Bytes) -> Result<(), Stop> {
+        let room = tokio::time::timeout(
+            SLOW,
+            self.budget.clone().acquire_many_owned(permits(line.len())),
+        )
+        .await;
+        match room {
+            Ok(Ok(permit)) => permit.forget(),
+            Ok(Err(_)) => return Err(Stop::Gone),
+            Err(_) => return Err(Stop::Slow),
+        }
         match self.tx.send_timeout(Ok(line), SLOW).await {
             Ok(()) => {
                 self.stats.watch_events_sent.inc();
@@ -150,11 +172,13 @@ pub(super) async fn serve(
     let every = st.bookmark_every;
     let fast = !table && sel.label.is_empty() && sel.field.is_empty();
     let (tx, rx) = mpsc::channel(BUFFER);
+    let budget = Arc::new(Semaphore::new(BUFFER_BYTES));
     let stats = st.metrics.clone();
     stats.watchers.inc();
     let open = Open(stats.clone());
     let mut em = Emitter {
         tx,
+        budget: budget.clone(),
         res,
         table,
         include: query.get("includeObject").unwrap_or("Metadata").to_string(),
@@ -189,9 +213,14 @@ pub(super) async fn serve(
             );
         }
     });
-    let mut resp = Response::new(Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ));
+    // A line taken by the response gives its bytes back to the budget.
+    let lines = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |line| {
+        if let Ok(l) = &line {
+            budget.add_permits(permits(l.len()) as usize);
+        }
+        line
+    });
+    let mut resp = Response::new(Body::from_stream(lines));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -216,7 +245,8 @@ async fn initial(
     sel: &Selectors,
 ) -> Result<(), Stop> {
     let mut after: Option<String> = None;
-    let mut limit = 16;
+    // A few first, until their size is known.
+    let mut limit = 4;
     loop {
         let page = match store
             .list_page(prefix, after.as_deref(), limit, Some(at))

@@ -480,7 +480,7 @@ fn page_at(
 /// Events replayed from the log per read, at most (whole revisions: a
 /// read may go over by one transaction's events).
 const REPLAY_EVENTS: usize = 256;
-const REPLAY_BYTES: usize = 8 * 1024 * 1024;
+const REPLAY_BYTES: usize = 2 * 1024 * 1024;
 
 /// One page of logged events under `prefix` with revisions in
 /// (after, upto] (`upto`: the store's revision when None), whole revisions
@@ -656,7 +656,9 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| StoreError::Other(format!("reader task: {e}")))??;
         }
-        let (tx, rx) = mpsc::channel::<Result<WatchItem, StoreError>>(64);
+        // A hand-off, not a buffer: a watcher that reads slowly holds a page
+        // and two events here, whatever their size.
+        let (tx, rx) = mpsc::channel::<Result<WatchItem, StoreError>>(2);
         tokio::spawn(async move {
             // The history, a page at a time, then live events.
             let mut sent = match replay(&readers, &prefix, after, &tx).await {
