@@ -233,8 +233,14 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() -> Result<()> {
             );
             for root in weft_agent::sandbox::cgroup_roots() {
                 let d = root.join("weft").join(&node.netns);
+                // Child cgroups (directories), not the node cgroup's own
+                // control files: the node's cgroup stays while it runs.
                 let kids: Vec<_> = std::fs::read_dir(&d)
-                    .map(|r| r.flatten().collect())
+                    .map(|r| {
+                        r.flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 assert!(
                     kids.is_empty(),

@@ -43,23 +43,19 @@ pub(super) fn oom_killed(rel: &str) -> bool {
     })
 }
 
-/// Removes the cgroup directory `rel` (e.g. `weft/n1/<pod>`) and its empty
-/// descendants in every hierarchy (v1 controllers and the v2 tree), then its
-/// empty parents up to and including `weft`. runc leaves parents behind.
+/// Removes the cgroup directory `rel` (e.g. `weft/n1/<pod>`, or a node's
+/// `weft/n1` at its teardown) and its empty descendants (the containers'
+/// cgroups) in every hierarchy (v1 controllers and the v2 tree).
+///
+/// Never its parents: runc makes a new pod's cgroup one level at a time
+/// (copying cpuset.cpus down on v1), and a parent removed while it does so
+/// fails that pod's start with ENOENT. A pod's removal racing another pod's
+/// start on the same node did, and so did one node's teardown racing
+/// another's pod (the tests run nodes side by side). So `weft` stays, as
+/// kubelet's `kubepods` does, and a node's `weft/<node>` goes with the node.
 pub fn remove_cgroups(rel: &str) {
     for root in cgroup_roots() {
-        let target = root.join(rel);
-        remove_tree(&target);
-        let mut cur = target.parent().map(Path::to_path_buf);
-        while let Some(p) = cur {
-            if !p.starts_with(root.join("weft")) {
-                break;
-            }
-            if fs::remove_dir(&p).is_err() {
-                break;
-            }
-            cur = p.parent().map(Path::to_path_buf);
-        }
+        remove_tree(&root.join(rel));
     }
 }
 
