@@ -45,18 +45,40 @@ pub(super) fn oom_killed(rel: &str) -> bool {
 
 /// Removes the cgroup directory `rel` (e.g. `weft/n1/<pod>`, or a node's
 /// `weft/n1` at its teardown) and its empty descendants (the containers'
-/// cgroups) in every hierarchy (v1 controllers and the v2 tree).
+/// cgroups) in every hierarchy (v1 controllers and the v2 tree); at a
+/// node's teardown, `weft` too once no node is left in it.
 ///
-/// Never its parents: runc makes a new pod's cgroup one level at a time
-/// (copying cpuset.cpus down on v1), and a parent removed while it does so
-/// fails that pod's start with ENOENT. A pod's removal racing another pod's
-/// start on the same node did, and so did one node's teardown racing
-/// another's pod (the tests run nodes side by side). So `weft` stays, as
-/// kubelet's `kubepods` does, and a node's `weft/<node>` goes with the node.
+/// A pod's removal never takes its parents: runc makes a new pod's cgroup
+/// one level at a time (copying cpuset.cpus down on v1), and a parent
+/// removed meanwhile failed that pod's start with ENOENT. A node's cgroup is
+/// made when its sandbox opens ([`ensure_cgroup`]) and holds `weft` while
+/// the node lives, so `weft` only goes when no node is there.
 pub fn remove_cgroups(rel: &str) {
     for root in cgroup_roots() {
-        remove_tree(&root.join(rel));
+        let target = root.join(rel);
+        remove_tree(&target);
+        if target.parent() == Some(root.join("weft").as_path()) {
+            let _ = fs::remove_dir(root.join("weft"));
+        }
     }
+}
+
+/// Makes the cgroup directory `rel` (a node's `weft/<node>`) in every
+/// hierarchy, trying again when another node's teardown removed `weft`
+/// under it.
+pub(super) fn ensure_cgroup(rel: &str) -> std::io::Result<()> {
+    for root in cgroup_roots() {
+        let dir = root.join(rel);
+        let mut tries = 0;
+        loop {
+            match fs::create_dir_all(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 10 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The cgroup v2 hierarchy: /sys/fs/cgroup on a pure v2 host, its

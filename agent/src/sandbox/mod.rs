@@ -209,6 +209,10 @@ impl Sandbox {
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
         let net = Netlink::open(cfg.node_netns.as_deref())?;
+        // The node's cgroup, parent of its pods', for as long as it lives.
+        let node_cgroup = format!("weft/{}", cfg.node);
+        cgroups::ensure_cgroup(&node_cgroup)
+            .map_err(io_err("create the cgroup", Path::new(&node_cgroup)))?;
         Ok(Self {
             cfg,
             net,
