@@ -54,20 +54,6 @@ fn control_plane(backend: &str, args: &[&str]) -> Result<(Island, Option<Etcd>, 
     Ok((island, etcd, cp))
 }
 
-async fn big_status(c: &kube::Client, fill: char) -> Result<()> {
-    let patch = json!({"status": {"message": fill.to_string().repeat(1024 * 1024)}});
-    let r = raw(
-        c,
-        "PATCH",
-        "/api/v1/namespaces/default/pods/big/status",
-        Some(serde_json::to_vec(&patch)?),
-        "application/merge-patch+json",
-    )
-    .await?;
-    ensure!(r.code == 200, "patch: {}", r.code);
-    Ok(())
-}
-
 /// RSS (MiB): idle, peak, and seconds after the watchers close until it is
 /// within 200 MB of idle (None: not within 60 s), and the RSS then.
 fn watch_memory(backend: &str) -> Result<(f64, f64, Option<f64>, f64)> {
@@ -85,7 +71,7 @@ fn watch_memory(backend: &str) -> Result<(f64, f64, Option<f64>, f64)> {
                 .code
                 == 201
         );
-        big_status(&c, 'x').await?;
+        apitest::big_status(&c, "big", 'x', 1 << 20).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let (idle, _) = rss(pid)?;
         let rv = raw(&c, "GET", "/api/v1/namespaces/default/pods/big", None, "")
@@ -111,7 +97,7 @@ fn watch_memory(backend: &str) -> Result<(f64, f64, Option<f64>, f64)> {
             .map(|w| tokio::spawn(read_lines(w, 5)))
             .collect();
         for fill in ['a', 'b', 'c', 'd', 'e'] {
-            big_status(&c, fill).await?;
+            apitest::big_status(&c, "big", fill, 1 << 20).await?;
         }
         for r in readers {
             let got = tokio::time::timeout(Duration::from_secs(300), r).await???;

@@ -311,3 +311,24 @@ pub async fn read_lines(resp: http::Response<kube::client::Body>, n: usize) -> R
     }
     Ok(bytes)
 }
+
+/// Sets pod `name`'s (in `default`) status message to `size` bytes of
+/// `fill`: a large object that changes, for watch tests.
+pub async fn big_status(c: &kube::Client, name: &str, fill: char, size: usize) -> Result<()> {
+    let patch = json!({"status": {"message": fill.to_string().repeat(size)}});
+    let r = raw(
+        c,
+        "PATCH",
+        &format!("/api/v1/namespaces/default/pods/{name}/status"),
+        Some(serde_json::to_vec(&patch)?),
+        "application/merge-patch+json",
+    )
+    .await?;
+    anyhow::ensure!(
+        r.code == 200,
+        "patch {name}: {} {}",
+        r.code,
+        &r.text[..r.text.len().min(200)]
+    );
+    Ok(())
+}

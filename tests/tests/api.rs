@@ -2192,26 +2192,6 @@ fn objects_and_annotations_have_kubernetes_size_limits() -> Result<()> {
     })
 }
 
-/// Sets the pod's status message to `size` bytes of `fill`.
-async fn big_status(c: &kube::Client, name: &str, fill: char, size: usize) -> Result<()> {
-    let patch = json!({"status": {"message": fill.to_string().repeat(size)}});
-    let r = raw(
-        c,
-        "PATCH",
-        &format!("/api/v1/namespaces/default/pods/{name}/status"),
-        Some(serde_json::to_vec(&patch)?),
-        "application/merge-patch+json",
-    )
-    .await?;
-    ensure!(
-        r.code == 200,
-        "patch {name}: {} {}",
-        r.code,
-        &r.text[..r.text.len().min(200)]
-    );
-    Ok(())
-}
-
 /// A watcher that reads nothing is closed once its buffer stays full
 /// (issue 16), counted in /metrics and logged, while a watcher beside it
 /// gets every event.
@@ -2237,7 +2217,7 @@ fn a_watcher_that_reads_nothing_is_closed() -> Result<()> {
         let reader = tokio::spawn(read_lines(open_watch(&c, &path).await?, 40));
         // 40 MiB: more than the socket buffers and the watcher's own.
         for i in 0..40 {
-            big_status(&c, "big", char::from(b'a' + (i % 26) as u8), 1024 * 1024).await?;
+            apitest::big_status(&c, "big", char::from(b'a' + (i % 26) as u8), 1024 * 1024).await?;
         }
         let got = tokio::time::timeout(Duration::from_secs(30), reader).await???;
         ensure!(
@@ -2299,7 +2279,7 @@ fn a_thousand_watchers_share_each_event() -> Result<()> {
         )
         .await?;
         ensure!(r.code == 201, "{}", r.text);
-        big_status(&c, "big", 'x', 1024 * 1024).await?;
+        apitest::big_status(&c, "big", 'x', 1024 * 1024).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (idle, _) = rss(pid)?;
         let rv = raw(&c, "GET", "/api/v1/namespaces/default/pods/big", None, "")
@@ -2323,7 +2303,7 @@ fn a_thousand_watchers_share_each_event() -> Result<()> {
             .map(|w| tokio::spawn(read_lines(w, 5)))
             .collect();
         for i in 0..5 {
-            big_status(&c, "big", char::from(b'a' + i as u8), 1024 * 1024).await?;
+            apitest::big_status(&c, "big", char::from(b'a' + i as u8), 1024 * 1024).await?;
         }
         for r in readers {
             let got = tokio::time::timeout(Duration::from_secs(120), r).await???;
