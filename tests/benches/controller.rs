@@ -65,10 +65,8 @@ async fn observe_bound(
             let Ok(data) = frame?.into_data() else {
                 continue;
             };
-            buf.extend_from_slice(&data);
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                let e: Value = serde_json::from_slice(&line)?;
+            apitest::take_lines(&mut buf, &data, |line| {
+                let e: Value = serde_json::from_slice(line)?;
                 let o = &e["object"];
                 if o["spec"]["nodeName"].is_string() && o["status"]["podIP"].is_string() {
                     let name = o["metadata"]["name"]
@@ -80,7 +78,8 @@ async fn observe_bound(
                         .entry(name)
                         .or_insert_with(Instant::now);
                 }
-            }
+                Ok(())
+            })?;
         }
         let list = raw(&c, "GET", "/api/v1/namespaces/default/pods", None, "")
             .await?
@@ -123,24 +122,20 @@ async fn watch_added(
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        buf.extend_from_slice(&data);
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
+        let now = Instant::now();
+        apitest::take_lines(&mut buf, &data, |line| {
             if !line.starts_with(b"{\"type\":\"ADDED\"") {
-                continue;
+                return Ok(());
             }
-            let now = Instant::now();
-            let text = String::from_utf8_lossy(&line);
+            let text = String::from_utf8_lossy(line);
             if let Some(start) = text.find("\"name\":\"") {
                 let rest = &text[start + 8..];
                 if let Some(end) = rest.find('"') {
                     local.push((rest[..end].to_string(), now));
                 }
             }
-            if local.len() >= 256 {
-                seen.lock().unwrap().append(&mut local);
-            }
-        }
+            Ok(())
+        })?;
         if !local.is_empty() {
             seen.lock().unwrap().append(&mut local);
         }

@@ -294,6 +294,25 @@ pub async fn open_watch(
     Ok(resp)
 }
 
+/// Appends `data` to `buf` and hands each complete line (newline
+/// included) to `f`; what follows the last newline stays in `buf`. Linear in
+/// the bytes, however many lines a chunk holds (draining each line from the
+/// front would move the rest every time).
+pub fn take_lines(
+    buf: &mut Vec<u8>,
+    data: &[u8],
+    mut f: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    buf.extend_from_slice(data);
+    let mut start = 0;
+    while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+        f(&buf[start..start + pos + 1])?;
+        start += pos + 1;
+    }
+    buf.drain(..start);
+    Ok(())
+}
+
 /// Reads `n` watch lines from a watch's body; their total size.
 pub async fn read_lines(resp: http::Response<kube::client::Body>, n: usize) -> Result<usize> {
     use http_body_util::BodyExt as _;

@@ -255,7 +255,7 @@ impl Store for EtcdStore {
             // #15220), and a watcher that trusts it loses those events.
             .with_progress_notify();
         let mut stream = self.watch.clone().watch(prefix, Some(options)).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<WatchItem, StoreError>>(256);
+        let (tx, rx) = super::handoff();
         tokio::spawn(async move {
             loop {
                 let response = tokio::select! {
@@ -278,7 +278,7 @@ impl Store for EtcdStore {
                 }
             }
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(rx)
     }
 
     async fn revision(&self) -> Result<i64, StoreError> {

@@ -166,6 +166,63 @@ pub struct Page {
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<WatchItem, StoreError>> + Send>>;
 
+/// Items a store watch hands its reader ahead of it, at most: enough that a
+/// busy stream (the watch hub's one feed of every event) moves in batches,
+/// not one task switch per event.
+const HANDOFF_ITEMS: usize = 256;
+/// Bytes of stored values (an object and its previous version) handed
+/// ahead, at most (one larger event alone): a watcher that reads slowly
+/// holds this much here whatever the objects' size.
+const HANDOFF_BYTES: usize = 4 * 1024 * 1024;
+
+/// The sending side of a store watch's hand-off (see [`handoff`]).
+pub(crate) struct WatchSender {
+    tx: tokio::sync::mpsc::Sender<Result<WatchItem, StoreError>>,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// The weight of `item` in a hand-off's byte budget.
+fn handoff_permits(item: &Result<WatchItem, StoreError>) -> u32 {
+    let bytes = match item {
+        Ok(WatchItem::Event(e)) => e.kv.value.len() + e.prev.as_ref().map_or(0, |p| p.value.len()),
+        _ => 0,
+    };
+    bytes.clamp(1, HANDOFF_BYTES) as u32
+}
+
+impl WatchSender {
+    /// Hands `item` over once there is room; Err when the reader went away.
+    pub(crate) async fn send(&self, item: Result<WatchItem, StoreError>) -> Result<(), ()> {
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(handoff_permits(&item))
+            .await
+            .map_err(|_| ())?;
+        permit.forget();
+        self.tx.send(item).await.map_err(|_| ())
+    }
+
+    /// Resolves when the reader went away.
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+/// A store watch's hand-off to its reader, bounded in items
+/// ([`HANDOFF_ITEMS`]) and in bytes ([`HANDOFF_BYTES`]).
+pub(crate) fn handoff() -> (WatchSender, EventStream) {
+    use futures::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::channel(HANDOFF_ITEMS);
+    let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(HANDOFF_BYTES));
+    let given_back = budget.clone();
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+        given_back.add_permits(handoff_permits(&item) as usize);
+        item
+    });
+    (WatchSender { tx, budget }, Box::pin(stream))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A watch from resourceVersion `requested` asks for history older than

@@ -247,19 +247,16 @@ fn write_loop(
 }
 
 fn current(conn: &Connection, key: &str) -> Result<Option<KeyValue>, rusqlite::Error> {
-    conn.query_row(
-        "SELECT value, create_rev, mod_rev FROM kv WHERE key = ?1",
-        [key],
-        |r| {
+    conn.prepare_cached("SELECT value, create_rev, mod_rev FROM kv WHERE key = ?1")?
+        .query_row([key], |r| {
             Ok(KeyValue {
                 key: key.to_string(),
                 value: r.get(0)?,
                 create_revision: r.get(1)?,
                 mod_revision: r.get(2)?,
             })
-        },
-    )
-    .optional()
+        })
+        .optional()
 }
 
 type Committed = (Vec<TxnOutcome>, Vec<Vec<Event>>);
@@ -308,11 +305,11 @@ fn commit_group(
             let event = match op {
                 Op::Put { key, value } => {
                     let create_revision = prev.as_ref().map(|p| p.create_revision).unwrap_or(rev);
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT(key) DO UPDATE SET value = ?2, create_rev = ?3, mod_rev = ?4",
-                        params![key, value, create_revision, rev],
-                    )?;
+                    )?
+                    .execute(params![key, value, create_revision, rev])?;
                     Event {
                         kind: EventKind::Put,
                         kv: KeyValue {
@@ -326,7 +323,8 @@ fn commit_group(
                 }
                 Op::Delete { key } => {
                     let Some(prev) = prev else { continue };
-                    tx.execute("DELETE FROM kv WHERE key = ?1", [key])?;
+                    tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?
+                        .execute([key])?;
                     Event {
                         kind: EventKind::Delete,
                         kv: KeyValue {
@@ -337,17 +335,18 @@ fn commit_group(
                     }
                 }
             };
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO log (rev, sub, key, deleted, value, create_rev, prev_value, prev_create_rev, prev_mod_rev)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
+            )?
+            .execute(params![
                     rev,
                     sub as i64,
                     event.kv.key,
                     (event.kind == EventKind::Delete) as i64,
                     event.kv.value,
                     event.kv.create_revision,
-                    event.prev.as_ref().map(|p| p.value.clone()),
+                    event.prev.as_ref().map(|p| &p.value),
                     event.prev.as_ref().map(|p| p.create_revision),
                     event.prev.as_ref().map(|p| p.mod_revision),
                 ],
@@ -357,10 +356,8 @@ fn commit_group(
         outcomes.push(TxnOutcome::Applied { revision: rev });
         batches.push(events);
     }
-    tx.execute(
-        "UPDATE meta SET value = ?1 WHERE name = 'revision'",
-        [*revision],
-    )?;
+    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'revision'")?
+        .execute([*revision])?;
     tx.commit()?;
     Ok((outcomes, batches))
 }
@@ -372,9 +369,8 @@ fn text_end(prefix: &str) -> String {
 }
 
 fn meta(conn: &Connection, name: &str) -> Result<i64, rusqlite::Error> {
-    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
-        r.get(0)
-    })
+    conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
 }
 
 /// A page of keys as they stood at revision `at`: the current rows, except
@@ -562,7 +558,7 @@ async fn replay(
     readers: &Arc<ReaderPool>,
     prefix: &str,
     after: i64,
-    tx: &mpsc::Sender<Result<WatchItem, StoreError>>,
+    tx: &super::WatchSender,
 ) -> Result<Option<i64>, StoreError> {
     let (mut from, mut upto) = (after, None);
     loop {
@@ -656,9 +652,9 @@ impl Store for SqliteStore {
             .await
             .map_err(|e| StoreError::Other(format!("reader task: {e}")))??;
         }
-        // A hand-off, not a buffer: a watcher that reads slowly holds a page
-        // and two events here, whatever their size.
-        let (tx, rx) = mpsc::channel::<Result<WatchItem, StoreError>>(2);
+        // A watcher that reads slowly holds a page and the hand-off's
+        // bytes, whatever the objects' size.
+        let (tx, rx) = super::handoff();
         tokio::spawn(async move {
             // The history, a page at a time, then live events.
             let mut sent = match replay(&readers, &prefix, after, &tx).await {
@@ -717,7 +713,7 @@ impl Store for SqliteStore {
                 }
             }
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(rx)
     }
 
     async fn revision(&self) -> Result<i64, StoreError> {
