@@ -218,6 +218,8 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         .start(registry.store.clone())
         .await
         .context("load the controllers' cache")?;
+    let mut registry = registry;
+    registry.cache = Some(cache.clone());
     controllers::start_all(&Ctx {
         reg: registry.clone(),
         cache: cache.clone(),
@@ -234,6 +236,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         bookmark_every: cfg.bookmark_every,
         metrics: Default::default(),
         heartbeats: heartbeat_runtime()?,
+        bulk: crate::apiserver::Bulk::new(bulk_runtime()?),
     });
     spawn_heap_trimmer();
     Ok(Started {
@@ -259,6 +262,37 @@ fn heartbeat_runtime() -> Result<tokio::runtime::Handle> {
         .name("weft-heartbeats".into())
         .spawn(move || rt.block_on(std::future::pending::<()>()))
         .context("start the heartbeat thread")?;
+    Ok(handle)
+}
+
+/// A runtime for LISTs (see `apiserver::Bulk`): as many threads as cores,
+/// at a lower CPU priority (nice 10) than the threads that serve
+/// connections, heartbeats and writes, so that reading and encoding large
+/// collections takes the cores only when nothing else wants them (what API
+/// Priority and Fairness' priority levels do for kube-apiserver).
+fn bulk_runtime() -> Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
+        .enable_all()
+        .thread_name("weft-bulk")
+        .on_thread_start(|| {
+            // The calling thread only (Linux applies it per thread). A
+            // failure leaves the thread at the process' priority.
+            // SAFETY: setpriority has no memory effects.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+            }
+        })
+        .build()
+        .context("start the bulk runtime")?;
+    let handle = rt.handle().clone();
+    // The runtime lives as long as the process: its handle is what the API
+    // uses.
+    std::mem::forget(rt);
     Ok(handle)
 }
 

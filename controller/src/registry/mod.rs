@@ -68,6 +68,9 @@ pub struct Registry {
     /// The node whose agent writes through this registry: what it writes is
     /// admitted by [`Kind::admit_node`] (kube's NodeRestriction).
     pub node: Option<String>,
+    /// The controllers' cache, once it runs: a create finds its namespace
+    /// there first (see [`Registry::open_namespace`]).
+    pub cache: Option<Arc<crate::cache::Cache>>,
 }
 
 /// Deletes a deletecollection (or a namespace's deletion) runs at once:
@@ -108,6 +111,7 @@ impl Registry {
             dry_run: false,
             max_object: MAX_OBJECT,
             node: None,
+            cache: None,
         }
     }
 
@@ -236,13 +240,13 @@ impl Registry {
         if let Some(node) = &self.node {
             obj.admit_node(None, node, self).await?;
         }
-        if let Some(ns) = &ns {
-            self.check_namespace_open(ns).await?;
-        }
         let key = res.key(ns.as_deref(), &name);
-        for _ in 0..ALLOCATION_RETRIES {
+        for attempt in 0..ALLOCATION_RETRIES {
             let mut obj = obj.clone();
             let mut txn = Txn::new().when(Compare::absent(&key));
+            if let Some(ns) = &ns {
+                txn = txn.when(self.open_namespace(ns, attempt > 0).await?);
+            }
             obj.on_create(self, &mut txn).await?;
             txn = txn.then(Op::put(&key, encode(&obj)));
             self.check_size(&txn, &obj)?;
@@ -266,16 +270,39 @@ impl Registry {
         ))
     }
 
-    async fn check_namespace_open(&self, ns: &str) -> Result<(), ApiError> {
-        match self.find::<Namespace>(None, ns).await? {
-            None => Err(ApiError::not_found("namespaces", "", ns)),
-            Some((obj, _)) if obj.metadata.deletion_timestamp.is_some() => {
-                Err(ApiError::forbidden(format!(
-                    "unable to create new content in namespace {ns} because it is being terminated"
-                )))
+    /// Namespace `ns`, open for new content (404 when it does not exist,
+    /// 403 while it is being deleted), as a compare for the create's
+    /// transaction: the create lands only if the namespace has not changed
+    /// since, so none slips in after its deletion began. The namespace comes
+    /// from the controllers' cache unless `fresh` (a retry) or the cache
+    /// does not have it yet, as kube-apiserver's NamespaceLifecycle admission
+    /// reads its informer; a stale copy only costs a retry.
+    async fn open_namespace(&self, ns: &str, fresh: bool) -> Result<Compare, ApiError> {
+        let cached = if fresh {
+            None
+        } else {
+            self.cache
+                .as_ref()
+                .and_then(|c| c.store::<Namespace>().get(None, ns))
+        };
+        let (obj, rev) = match cached {
+            // A terminating copy may be stale (the namespace made again):
+            // the store decides.
+            Some(obj) if obj.metadata.deletion_timestamp.is_none() => {
+                let rev = revision_of(obj.as_ref());
+                (obj, rev)
             }
-            Some(_) => Ok(()),
+            _ => match self.find::<Namespace>(None, ns).await? {
+                Some((obj, rev)) => (Arc::new(obj), rev),
+                None => return Err(ApiError::not_found("namespaces", "", ns)),
+            },
+        };
+        if obj.metadata.deletion_timestamp.is_some() {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )));
         }
+        Ok(Compare::at(Namespace::resource().key(None, ns), rev))
     }
 
     /// Replaces the object (or, for `Write::Status`, its status) with `new`.

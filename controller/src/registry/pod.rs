@@ -80,11 +80,21 @@ async fn assign_address(
     node: &str,
     txn: &mut Txn,
 ) -> Result<(), ApiError> {
-    let node_obj = reg
-        .find::<Node>(None, node)
-        .await?
-        .ok_or_else(|| invalid(pod, Cause::invalid("spec.nodeName", node, "no such node")))?
-        .0;
+    let node_obj = reg.find::<Node>(None, node).await?;
+    assign_address_on(reg, pod, node, node_obj.map(|n| n.0), txn).await
+}
+
+/// [`assign_address`] with the node already read (`None`: it does not
+/// exist).
+async fn assign_address_on(
+    reg: &Registry,
+    pod: &mut Pod,
+    node: &str,
+    node_obj: Option<Node>,
+    txn: &mut Txn,
+) -> Result<(), ApiError> {
+    let node_obj = node_obj
+        .ok_or_else(|| invalid(pod, Cause::invalid("spec.nodeName", node, "no such node")))?;
     let block = node_obj
         .spec
         .as_ref()
@@ -220,7 +230,12 @@ impl Registry {
     pub async fn bind(&self, ns: &str, name: &str, node: &str) -> Result<Pod, ApiError> {
         let key = Pod::resource().key(Some(ns), name);
         for _ in 0..64 {
-            let Some((mut pod, rev)) = self.find::<Pod>(Some(ns), name).await? else {
+            // The pod and the node, read at once.
+            let (pod, node_obj) = tokio::try_join!(
+                self.find::<Pod>(Some(ns), name),
+                self.find::<Node>(None, node)
+            )?;
+            let Some((mut pod, rev)) = pod else {
                 return Err(ApiError::not_found("pods", "", name));
             };
             if let Some(bound) = node_of(&pod) {
@@ -241,7 +256,7 @@ impl Registry {
             }
             let mut txn = Txn::new().when(Compare::at(&key, rev));
             pod.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
-            assign_address(self, &mut pod, node, &mut txn).await?;
+            assign_address_on(self, &mut pod, node, node_obj.map(|n| n.0), &mut txn).await?;
             weft_api::pod::set_condition(&mut pod, "PodScheduled", "True", None, None);
             if self.dry_run {
                 return Ok(pod);
