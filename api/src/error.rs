@@ -224,6 +224,10 @@ impl ApiError {
             format!("request body too large: the limit is {limit} bytes"),
         )
     }
+    /// 413 for a request over a limit other than its body's size.
+    pub fn entity_too_large(message: impl Into<String>) -> Self {
+        Self::new(413, "RequestEntityTooLarge", message)
+    }
     /// 413 for an object too large to store.
     pub fn object_too_large(kind: &str, name: &str, size: usize, limit: usize) -> Self {
         Self::new(

@@ -1005,11 +1005,10 @@ async fn watch_lines(
             Ok(Some(f)) => f?,
         };
         if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                out.push(serde_json::from_slice(&line)?);
-            }
+            apitest::take_lines(&mut buf, &data, |line| {
+                out.push(serde_json::from_slice(line)?);
+                Ok(())
+            })?;
         }
     }
     Ok(out)
@@ -2215,15 +2214,24 @@ fn a_watcher_that_reads_nothing_is_closed() -> Result<()> {
         let path = format!("/api/v1/pods?watch=1&resourceVersion={rv}");
         let stalled = open_watch(&c, &path).await?;
         let reader = tokio::spawn(read_lines(open_watch(&c, &path).await?, 40));
+        // A watcher with a selector gets the same lines (the shared ones).
+        let selected = format!("{path}&fieldSelector=metadata.name%3Dbig");
+        let selecting = tokio::spawn(read_lines(open_watch(&c, &selected).await?, 40));
+        // A timeout beyond what the clock can count is no timeout (it once
+        // panicked the watch's task).
+        let endless =
+            open_watch(&c, &format!("{path}&timeoutSeconds=18446744073709551615")).await?;
         // 40 MiB: more than the socket buffers and the watcher's own.
         for i in 0..40 {
             apitest::big_status(&c, "big", char::from(b'a' + (i % 26) as u8), 1024 * 1024).await?;
         }
-        let got = tokio::time::timeout(Duration::from_secs(30), reader).await???;
-        ensure!(
-            got >= 40 * 1024 * 1024,
-            "the reading watcher got {got} bytes"
-        );
+        for (what, watcher) in [("reading", reader), ("selecting", selecting)] {
+            let got = tokio::time::timeout(Duration::from_secs(30), watcher).await???;
+            ensure!(
+                got >= 40 * 1024 * 1024,
+                "the {what} watcher got {got} bytes"
+            );
+        }
         let closed = eventually(
             Duration::from_secs(30),
             "the stalled watcher closed",
@@ -2247,11 +2255,13 @@ fn a_watcher_that_reads_nothing_is_closed() -> Result<()> {
             "{closed}"
         );
         drop(stalled);
+        drop(endless);
         ensure!(
             cp.log().contains("read nothing for 10 s"),
             "not logged:\n{}",
             cp.log()
         );
+        ensure!(!cp.log().contains("panicked"), "{}", cp.log());
         // A node's token may not read the metrics.
         let node = client(&cp, Some(&cp.node_token("n1")?)).await?;
         ensure!(raw(&node, "GET", "/metrics", None, "").await?.code == 403);

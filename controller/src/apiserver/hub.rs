@@ -53,15 +53,20 @@ impl Shared {
         self.line
             .get_or_init(|| {
                 let e = &self.event;
-                let kind = match (&e.kind, &e.prev) {
-                    (EventKind::Delete, _) => "DELETED",
-                    (EventKind::Put, None) => "ADDED",
-                    (EventKind::Put, Some(_)) => "MODIFIED",
-                };
                 crate::registry::splice_rv(&e.kv.value, e.kv.mod_revision)
-                    .map(|object| watch_line(kind, &object))
+                    .map(|object| watch_line(self.kind(), &object))
             })
             .clone()
+    }
+
+    /// The event's type for a watcher that sees every object: what
+    /// [`Shared::line`] says.
+    pub fn kind(&self) -> &'static str {
+        match (&self.event.kind, &self.event.prev) {
+            (EventKind::Delete, _) => "DELETED",
+            (EventKind::Put, None) => "ADDED",
+            (EventKind::Put, Some(_)) => "MODIFIED",
+        }
     }
 
     /// The stored values the event holds (the object and its previous

@@ -138,6 +138,7 @@ pub(super) async fn serve(
     let sel = Selectors::parse(res, query)?;
     let prefix = res.list_prefix(ns);
     let bookmarks = query.flag("allowWatchBookmarks");
+    // 0 is no timeout asked for, as in kube-apiserver.
     let timeout = query
         .get("timeoutSeconds")
         .map(|t| {
@@ -145,6 +146,7 @@ pub(super) async fn serve(
                 .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds \"{t}\"")))
         })
         .transpose()?
+        .filter(|t| *t > 0)
         .map(Duration::from_secs);
     if query.get("resourceVersionMatch").is_some() {
         return Err(ApiError::bad_request(
@@ -291,7 +293,8 @@ async fn follow(
     timeout: Option<Duration>,
 ) -> Result<(), Stop> {
     let res = em.res;
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    // A timeout beyond what the clock can add is none.
+    let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
     let mut last = start;
     let mut bookmarked = start;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -350,6 +353,17 @@ async fn follow(
                 (false, false) => continue,
             },
         };
+        // The watcher sees the event as every watcher does (the object
+        // stayed, came or went in its selection as in the store): the hub's
+        // one encoding, shared; only a selection's own ADDED or DELETED is
+        // encoded for it.
+        if !em.table
+            && kind == shared.kind()
+            && let Some(line) = shared.line()
+        {
+            em.line(line).await?;
+            continue;
+        }
         em.send(kind, &new).await?;
     }
 }
