@@ -954,6 +954,40 @@ fn orphan_deletion_keeps_the_dependents() -> Result<()> {
             rs[0]
         );
         ensure!(app_pods(&c, "default", "keep").await?.len() == 2);
+        // An owner is looked for in its dependent's namespace: a pod in
+        // another namespace that names keep's ReplicaSet as its owner has
+        // no owner, and is collected at once, as kube's collector does;
+        // the same reference from the ReplicaSet's namespace holds.
+        let owner = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "name": rs[0]["metadata"]["name"], "uid": rs[0]["metadata"]["uid"]}]);
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}});
+        ensure!(post(&c, "/api/v1/namespaces", &ns).await?.code == 201);
+        for (ns, name) in [("other", "stray"), ("default", "owned")] {
+            let mut p = apitest::pod(name, json!({}), json!({}));
+            p["metadata"]["ownerReferences"] = owner.clone();
+            let r = post(&c, &format!("/api/v1/namespaces/{ns}/pods"), &p).await?;
+            ensure!(r.code == 201, "{}", r.text);
+        }
+        eventually(Duration::from_secs(10), "the stray pod collected", || {
+            let c = c.clone();
+            async move {
+                Ok(
+                    (raw(&c, "GET", "/api/v1/namespaces/other/pods/stray", None, "")
+                        .await?
+                        .code
+                        == 404)
+                        .then_some(()),
+                )
+            }
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ensure!(
+            raw(&c, "GET", "/api/v1/namespaces/default/pods/owned", None, "")
+                .await?
+                .code
+                == 200
+        );
         Ok(())
     })
 }

@@ -46,6 +46,16 @@ pub fn start(ctx: &Ctx) {
                 {
                     nq.add(ns.name.clone().unwrap_or_default());
                 }
+                // An object with new owners: check them now, as kube's
+                // garbage collector does each object it sees (an owner that
+                // is not there, say one in another namespace, never goes
+                // away to wake it later).
+                if let Some(new) = new
+                    && new.owner_references.as_ref().is_some_and(|r| !r.is_empty())
+                    && old.is_none_or(|o| o.owner_references != new.owner_references)
+                {
+                    q.add(store_key(res, new));
+                }
                 let (Some(old), None) = (old, new) else {
                     return;
                 };
@@ -131,6 +141,25 @@ async fn collect(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
     });
     if alive {
         return Ok(());
+    }
+    // The cache may lag behind an owner just made: the store decides.
+    for o in refs {
+        let Some(or) = resources::by_kind(&o.api_version, &o.kind) else {
+            continue;
+        };
+        let owner_key = or.key(if or.namespaced { ns } else { None }, &o.name);
+        let owner = ctx
+            .reg
+            .store
+            .get(&owner_key)
+            .await
+            .map_err(crate::registry::store_error)?;
+        if owner.is_some_and(|kv| {
+            crate::registry::decode_stored(&kv)
+                .is_ok_and(|v| v["metadata"]["uid"].as_str() == Some(o.uid.as_str()))
+        }) {
+            return Ok(());
+        }
     }
     let name = meta.name.as_deref().unwrap_or_default();
     match kind_of(r)
