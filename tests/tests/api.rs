@@ -2187,6 +2187,65 @@ fn objects_and_annotations_have_kubernetes_size_limits() -> Result<()> {
         }
         let got = raw(&c, "GET", &format!("{path}/big"), None, "").await?;
         ensure!(got.code == 404, "the refused pod was stored: {}", got.code);
+
+        // An object just under the limit, held by a finalizer, can still
+        // be deleted: the deletion's mark takes it a little over, and a
+        // refusal would leave it (and its namespace) stuck.
+        let mut held = apitest::pod("held", json!({}), manual());
+        held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+        held["spec"]["containers"][0]["env"] = big["spec"]["containers"][0]["env"].clone();
+        let r = post(&c, path, &held).await?;
+        let size: usize = r
+            .text
+            .split("too large to store: ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!("no size in {} {}", r.code, &r.text[..r.text.len().min(300)])
+            })?;
+        let fits = 2 * 1024 * 1024 - (size - 1572864) - 16;
+        held["spec"]["containers"][0]["env"][0]["value"] = json!("z".repeat(fits));
+        let r = post(&c, path, &held).await?;
+        ensure!(
+            r.code == 201,
+            "a pod 16 bytes under the limit: {} {}",
+            r.code,
+            &r.text[..r.text.len().min(300)]
+        );
+        let r = raw(&c, "DELETE", &format!("{path}/held"), None, "").await?;
+        ensure!(
+            r.code == 200,
+            "deleting it: {} {}",
+            r.code,
+            &r.text[..r.text.len().min(300)]
+        );
+        let release = serde_json::to_vec(&json!({"metadata": {"finalizers": null}}))?;
+        let r = raw(
+            &c,
+            "PATCH",
+            &format!("{path}/held"),
+            Some(release),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(
+            r.code == 200,
+            "releasing it: {} {}",
+            r.code,
+            &r.text[..r.text.len().min(300)]
+        );
+        eventually(Duration::from_secs(10), "the held pod gone", || {
+            let c = c.clone();
+            async move {
+                Ok((raw(&c, "GET", &format!("{path}/held"), None, "")
+                    .await?
+                    .code
+                    == 404)
+                    .then_some(()))
+            }
+        })
+        .await?;
         Ok(())
     })
 }

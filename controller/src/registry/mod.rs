@@ -81,6 +81,9 @@ pub const COLLECTION_WORKERS: usize = 32;
 /// Kubernetes.
 pub const MAX_OBJECT: usize = 1536 * 1024;
 
+/// What an object being deleted may hold beyond the largest stored object.
+const DELETION_MARK: usize = 1024;
+
 /// `res`'s namespace for an object: the given one (or `default`) when the
 /// kind is namespaced, none otherwise.
 fn scope(res: &Resource, ns: Option<&str>) -> Option<String> {
@@ -495,9 +498,17 @@ impl Registry {
     /// 413 when `txn` would store a value over `max_object` (a dry run is
     /// refused as the write would be).
     fn check_size<K: Kind>(&self, txn: &Txn, obj: &K) -> Result<(), ApiError> {
+        // An object being deleted may pass the limit by its deletion's mark
+        // (a timestamp, a grace period): refusing the mark would leave an
+        // object just under the limit, held by a finalizer, undeletable.
+        let limit = if obj.meta().deletion_timestamp.is_some() {
+            self.max_object + DELETION_MARK
+        } else {
+            self.max_object
+        };
         for op in &txn.ops {
             if let crate::store::Op::Put { value, .. } = op
-                && value.len() > self.max_object
+                && value.len() > limit
             {
                 return Err(ApiError::object_too_large(
                     K::resource().kind,
