@@ -396,6 +396,13 @@ impl<K: Kind> AnyStore for Store<K> {
     }
 }
 
+impl crate::registry::Namespaces for Cache {
+    fn namespace(&self, name: &str) -> Option<Arc<k8s_openapi::api::core::v1::Namespace>> {
+        self.store::<k8s_openapi::api::core::v1::Namespace>()
+            .get(None, name)
+    }
+}
+
 /// Every kind's store, and how far the cache has seen the store.
 pub struct Cache {
     stores: Vec<Arc<dyn AnyStore>>,

@@ -219,7 +219,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         .await
         .context("load the controllers' cache")?;
     let mut registry = registry;
-    registry.cache = Some(cache.clone());
+    registry.namespaces = Some(cache.clone());
     controllers::start_all(&Ctx {
         reg: registry.clone(),
         cache: cache.clone(),

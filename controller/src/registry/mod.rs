@@ -70,7 +70,13 @@ pub struct Registry {
     pub node: Option<String>,
     /// The controllers' cache, once it runs: a create finds its namespace
     /// there first (see [`Registry::open_namespace`]).
-    pub cache: Option<Arc<crate::cache::Cache>>,
+    pub namespaces: Option<Arc<dyn Namespaces>>,
+}
+
+/// Namespaces as a cache holds them (the controllers' cache implements it):
+/// a copy that may lag the store.
+pub trait Namespaces: Send + Sync {
+    fn namespace(&self, name: &str) -> Option<Arc<Namespace>>;
 }
 
 /// Deletes a deletecollection (or a namespace's deletion) runs at once:
@@ -114,7 +120,7 @@ impl Registry {
             dry_run: false,
             max_object: MAX_OBJECT,
             node: None,
-            cache: None,
+            namespaces: None,
         }
     }
 
@@ -284,9 +290,7 @@ impl Registry {
         let cached = if fresh {
             None
         } else {
-            self.cache
-                .as_ref()
-                .and_then(|c| c.store::<Namespace>().get(None, ns))
+            self.namespaces.as_ref().and_then(|c| c.namespace(ns))
         };
         let (obj, rev) = match cached {
             // A terminating copy may be stale (the namespace made again):
