@@ -199,7 +199,8 @@ fn bulk_delete(backend: &str) -> Result<(f64, f64)> {
                 loop {
                     tokio::select! {
                         ev = stream.next() => {
-                            let Some(Ok(kube::runtime::watcher::Event::Apply(p))) = ev else { continue };
+                            // Marked before the watcher's list (InitApply) or after.
+                                let Some(Ok(kube::runtime::watcher::Event::Apply(p) | kube::runtime::watcher::Event::InitApply(p))) = ev else { continue };
                             if p.metadata.deletion_timestamp.is_some() {
                                 let (pods, name) = (pods.clone(), p.metadata.name.clone().unwrap_or_default());
                                 deleting.push(async move {

@@ -1349,7 +1349,8 @@ fn bulk_namespace_deletion_does_not_starve_heartbeats() -> Result<()> {
                     loop {
                         tokio::select! {
                             ev = stream.next() => {
-                                let Some(Ok(kube::runtime::watcher::Event::Apply(p))) = ev else { continue };
+                                // Marked before the watcher's list (InitApply) or after.
+                                let Some(Ok(kube::runtime::watcher::Event::Apply(p) | kube::runtime::watcher::Event::InitApply(p))) = ev else { continue };
                                 if p.metadata.deletion_timestamp.is_some() {
                                     let pods = pods.clone();
                                     let name = p.metadata.name.clone().unwrap_or_default();
