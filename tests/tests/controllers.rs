@@ -981,12 +981,31 @@ fn orphan_deletion_keeps_the_dependents() -> Result<()> {
             }
         })
         .await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // A cluster-scoped object cannot be owned by a namespaced one: the
+        // reference is unresolvable and nothing is collected for it.
+        let owned_ns = serde_json::to_vec(&json!({"metadata": {"ownerReferences": owner}}))?;
+        let r = raw(
+            &c,
+            "PATCH",
+            "/api/v1/namespaces/other",
+            Some(owned_ns),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(r.code == 200, "{}", r.text);
+        tokio::time::sleep(Duration::from_secs(3)).await;
         ensure!(
             raw(&c, "GET", "/api/v1/namespaces/default/pods/owned", None, "")
                 .await?
                 .code
                 == 200
+        );
+        let ns = raw(&c, "GET", "/api/v1/namespaces/other", None, "").await?;
+        ensure!(
+            ns.code == 200 && ns.body["metadata"]["deletionTimestamp"].is_null(),
+            "{} {}",
+            ns.code,
+            ns.text
         );
         Ok(())
     })
@@ -1396,8 +1415,9 @@ fn bulk_namespace_deletion_does_not_starve_heartbeats() -> Result<()> {
     Ok(())
 }
 
-/// LISTs of large collections, many at once, while a node renews its Lease
-/// every 250 ms with its own token: no renewal takes 2 s (issue 16's bound).
+/// LISTs of large collections, many at once, and writes of large bodies,
+/// while a node renews its Lease every 250 ms with its own token: no renewal
+/// takes 2 s (issue 16's bound).
 /// Before LISTs ran on their own lower-priority runtime, 12 lists of 60 MB
 /// delayed renewals by up to 13.7 s, beyond a node's grace period.
 #[test]
@@ -1462,6 +1482,36 @@ fn big_lists_do_not_starve_heartbeats() -> Result<()> {
                 })
             })
             .collect();
+        // And writes of 3 MB bodies that are costly to parse (nested empty
+        // arrays): a JSON patch that is decoded, then fails its test.
+        let nested = format!(
+            "[{{\"op\":\"test\",\"path\":\"/metadata/name\",\"value\":[{}[]]}}]",
+            "[[]],".repeat(500_000)
+        );
+        let writers: Vec<_> = (0..12)
+            .map(|_| {
+                let (c, stop, body) = (c.clone(), stop.clone(), nested.clone().into_bytes());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let r = raw(
+                            &c,
+                            "PATCH",
+                            "/api/v1/nodes/n1",
+                            Some(body.clone()),
+                            "application/json-patch+json",
+                        )
+                        .await?;
+                        ensure!(
+                            r.code == 422,
+                            "a failing test patch: {} {}",
+                            r.code,
+                            &r.text[..r.text.len().min(200)]
+                        );
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
         let mut worst = Duration::ZERO;
         let until = tokio::time::Instant::now() + Duration::from_secs(15);
         while tokio::time::Instant::now() < until {
@@ -1471,7 +1521,7 @@ fn big_lists_do_not_starve_heartbeats() -> Result<()> {
             worst = worst.max(t.elapsed());
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for l in listers {
+        for l in listers.into_iter().chain(writers) {
             l.await??;
         }
         let lists = listed.load(std::sync::atomic::Ordering::Relaxed);

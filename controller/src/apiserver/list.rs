@@ -268,6 +268,11 @@ pub(super) async fn serve(
 ) -> Result<axum::response::Response, ApiError> {
     let from = parse(query)?;
     let sel = Selectors::parse(res, query)?;
+    // Waiting for a resourceVersion takes no turn among the LISTs that work.
+    if let Some(want) = from.not_older_than {
+        wait_for_revision(st, want).await?;
+    }
+    let _turn = st.bulk.permits.acquire().await;
     let listed = read(st, res, ns, &from, |o| sel.matches(o)).await?;
     let mut body = if table {
         table::table(

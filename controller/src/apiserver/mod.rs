@@ -50,12 +50,14 @@ pub struct ApiState {
     pub bulk: Bulk,
 }
 
-/// LISTs run apart: reading and encoding a large collection is work without
-/// a pause (a few hundred milliseconds of CPU for 60 MB of objects), and on
-/// the runtime that serves connections a few of them at once left every
-/// other request, a node's Lease renewal included, waiting seconds for a
-/// thread. Here they run on a runtime of their own at a lower CPU priority,
-/// at most [`Bulk::AT_ONCE`] at a time (each builds its whole response).
+/// LISTs (and requests with bodies over [`BULK_BODY`]) run apart: reading
+/// and encoding a large collection, or decoding megabytes of JSON, is work
+/// without a pause (a few hundred milliseconds of CPU for 60 MB of objects),
+/// and on the runtime that serves connections a few of them at once left
+/// every other request, a node's Lease renewal included, waiting seconds for
+/// a thread. Here they run on a runtime of their own at a lower CPU
+/// priority, at most [`Bulk::AT_ONCE`] at a time once they are ready to
+/// work (a LIST that waits for a resourceVersion waits without a turn).
 #[derive(Clone)]
 pub struct Bulk {
     runtime: tokio::runtime::Handle,
@@ -73,6 +75,14 @@ impl Bulk {
         }
     }
 }
+
+/// The largest body served as a heartbeat: a Lease or a node's status is a
+/// few KiB; a larger one is not let ahead of other work.
+const HEARTBEAT_BODY: usize = 64 * 1024;
+
+/// Bodies larger than this are decoded and served on the bulk runtime (see
+/// [`Bulk`]): parsing megabytes of JSON is work without a pause too.
+const BULK_BODY: usize = 256 * 1024;
 
 /// Whether a request is a LIST: a GET of a collection that is not a watch.
 fn is_list(method: &Method, path: &str, query: Option<&str>) -> bool {
@@ -200,7 +210,10 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     // stream answered while its client is still sending is reset, and the
     // client never sees the Status.
     let result = match read_body(body).await {
-        Ok(bytes) if is_heartbeat(&st, &method, &path, &parts.headers) => {
+        Ok(bytes)
+            if bytes.len() <= HEARTBEAT_BODY
+                && is_heartbeat(&st, &method, &path, &parts.headers) =>
+        {
             // A heartbeat: served on its own runtime, and ahead of other
             // work in the store.
             let lane = st.heartbeats.clone();
@@ -217,12 +230,19 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
                 .await
                 .unwrap_or_else(|e| Err(ApiError::internal(format!("heartbeat task: {e}"))))
         }
-        Ok(bytes) if is_list(&method, &path, parts.uri.query()) => {
-            let (runtime, permits) = (st.bulk.runtime.clone(), st.bulk.permits.clone());
+        Ok(bytes) if bytes.len() > BULK_BODY || is_list(&method, &path, parts.uri.query()) => {
+            let runtime = st.bulk.runtime.clone();
+            // A LIST takes its turn itself, once what it waits for is there
+            // (see list::serve); a large body takes one here.
+            let turn = if bytes.len() > BULK_BODY {
+                st.bulk.permits.clone().acquire_owned().await.ok()
+            } else {
+                None
+            };
             let (st, method, path) = (st.clone(), method.clone(), path.clone());
             let (query, headers) = (parts.uri.query().map(String::from), parts.headers.clone());
             let work = async move {
-                let _turn = permits.acquire().await;
+                let _turn = turn;
                 dispatch(&st, &method, &path, query.as_deref(), &headers, bytes).await
             };
             runtime

@@ -50,7 +50,8 @@ pub fn start(ctx: &Ctx) {
                 // garbage collector does each object it sees (an owner that
                 // is not there, say one in another namespace, never goes
                 // away to wake it later).
-                if let Some(new) = new
+                if res.namespaced
+                    && let Some(new) = new
                     && new.owner_references.as_ref().is_some_and(|r| !r.is_empty())
                     && old.is_none_or(|o| o.owner_references != new.owner_references)
                 {
@@ -114,7 +115,10 @@ fn resource_of_key(key: &str) -> Option<&'static Resource> {
 
 /// Deletes the object at `key` when none of its owners exists any more.
 async fn collect(ctx: &Ctx, key: &str) -> Result<(), ApiError> {
-    let Some(r) = resource_of_key(key) else {
+    // Only namespaced objects are collected: a cluster-scoped object
+    // naming a namespaced owner cannot be resolved, and kube-apiserver
+    // collects nothing for it either.
+    let Some(r) = resource_of_key(key).filter(|r| r.namespaced) else {
         return Ok(());
     };
     let Some(store) = ctx.cache.store_of(r) else {
