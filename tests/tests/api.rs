@@ -1092,10 +1092,16 @@ fn watch_resumes_filters_bookmarks_and_expires() -> Result<()> {
             Duration::from_secs(5),
         )
         .await?;
+        // As kube-apiserver sends it: the object as it last matched, at the
+        // change's resourceVersion.
+        let now = raw(&c, "GET", &format!("{pods}/w3"), None, "").await?.body;
         ensure!(
             ev.len() == 1
                 && ev[0]["type"] == "DELETED"
-                && ev[0]["object"]["metadata"]["name"] == "w3",
+                && ev[0]["object"]["metadata"]["name"] == "w3"
+                && ev[0]["object"]["metadata"]["labels"]["app"] == "web"
+                && ev[0]["object"]["metadata"]["resourceVersion"]
+                    == now["metadata"]["resourceVersion"],
             "{ev:?}"
         );
         // Bookmarks, when asked for, carry a resourceVersion to resume from.

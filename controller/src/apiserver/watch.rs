@@ -337,19 +337,23 @@ async fn follow(
             Ok(o) => o,
             Err(err) => return em.send("ERROR", &err.to_status()).await,
         };
-        let was = e
-            .prev
-            .as_ref()
-            .and_then(|p| decode_stored(p).ok())
-            .is_some_and(|o| sel.matches(&o));
+        let old = e.prev.as_ref().and_then(|p| decode_stored(p).ok());
+        let was = old.as_ref().is_some_and(|o| sel.matches(o));
         let kind = match e.kind {
             EventKind::Delete if was => "DELETED",
             EventKind::Delete => continue,
             EventKind::Put => match (was, sel.matches(&new)) {
                 (true, true) => "MODIFIED",
                 (false, true) => "ADDED",
-                // No longer selected: gone, for this watcher.
-                (true, false) => "DELETED",
+                // No longer selected: gone, for this watcher, as it was
+                // when it last matched, at the event's resourceVersion (as
+                // kube-apiserver's watch cache sends it).
+                (true, false) => {
+                    let mut gone = old.unwrap_or_default();
+                    gone["metadata"]["resourceVersion"] = json!(e.kv.mod_revision.to_string());
+                    em.send("DELETED", &gone).await?;
+                    continue;
+                }
                 (false, false) => continue,
             },
         };
