@@ -60,6 +60,15 @@ impl Cause {
             field: field.into(),
         }
     }
+    /// A value is valid in itself but not allowed here (Kubernetes'
+    /// `FieldValueForbidden`).
+    pub fn forbidden(field: impl Into<String>, why: impl std::fmt::Display) -> Self {
+        Self {
+            reason: "FieldValueForbidden",
+            message: format!("Forbidden: {why}"),
+            field: field.into(),
+        }
+    }
     /// A value is not one of the supported ones.
     pub fn not_supported(
         field: impl Into<String>,

@@ -16,6 +16,7 @@ pub mod pod;
 pub mod printer;
 pub mod quantity;
 pub mod resources;
+pub mod security;
 pub mod selector;
 pub mod service;
 pub mod validate;

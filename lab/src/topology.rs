@@ -612,6 +612,7 @@ pub fn node_runtime(state: &Path, weft_bin: &Path, registry: RegistryOptions) ->
         runc_root: state.join("runc"),
         shim: weft_bin.to_path_buf(),
         registry,
+        seccomp_dir: state.join("seccomp"),
     })?)
 }
 

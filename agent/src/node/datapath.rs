@@ -43,6 +43,7 @@ pub(super) async fn load(cfg: &AgentConfig, reg: &Registered) -> Result<DataPath
         runc_root: cfg.state_dir.join("runc"),
         shim: cfg.shim.clone(),
         registry: cfg.registry.clone(),
+        seccomp_dir: cfg.state_dir.join("seccomp"),
     })?;
     let mut datapath = Datapath::load_with(&DatapathOptions {
         netns: None,

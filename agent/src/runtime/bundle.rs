@@ -13,13 +13,14 @@ use std::{
 
 use k8s_openapi::{api::core::v1::Container, apimachinery::pkg::api::resource::Quantity};
 
-use super::CreateRequest;
+use super::{CreateRequest, security};
 use oci_spec::{
     image::ImageConfiguration,
     runtime::{
-        Capability, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-        LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, RootBuilder, Spec,
-        UserBuilder, get_default_maskedpaths, get_default_mounts, get_default_readonly_paths,
+        LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+        LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, MountBuilder,
+        ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths,
+        get_default_mounts, get_default_readonly_paths,
     },
 };
 
@@ -104,11 +105,18 @@ fn quantity<'a>(c: &'a Container, which: &str) -> Option<&'a Quantity> {
 }
 
 /// Builds the runtime spec for one container from its request and its
-/// image's configuration.
+/// image's configuration, with its security context ([`security`]): the
+/// image's user is resolved in `rootfs` (mounted), Localhost seccomp
+/// profiles are read from `seccomp_dir`.
 ///
 /// # Errors
 /// [`BundleError`] naming the field at fault.
-pub fn build_spec(p: &CreateRequest<'_>, image: &ImageConfiguration) -> Result<Spec, BundleError> {
+pub fn build_spec(
+    p: &CreateRequest<'_>,
+    image: &ImageConfiguration,
+    rootfs: &Path,
+    seccomp_dir: &Path,
+) -> Result<Spec, BundleError> {
     let c = p.container;
     let invalid = |field: &str, reason: String| BundleError::Invalid {
         container: c.name.clone(),
@@ -164,38 +172,50 @@ pub fn build_spec(p: &CreateRequest<'_>, image: &ImageConfiguration) -> Result<S
         ));
     }
 
-    let caps: std::collections::HashSet<Capability> = [
-        Capability::Chown,
-        Capability::DacOverride,
-        Capability::Fsetid,
-        Capability::Fowner,
-        Capability::Mknod,
-        Capability::NetRaw,
-        Capability::Setgid,
-        Capability::Setuid,
-        Capability::Setfcap,
-        Capability::Setpcap,
-        Capability::NetBindService,
-        Capability::SysChroot,
-        Capability::Kill,
-        Capability::AuditWrite,
-    ]
-    .into_iter()
-    .collect();
+    let refused = |(field, reason): security::Refusal| invalid(&field, reason);
+    let caps = security::capabilities(c).map_err(refused)?;
+    let privileged = security::privileged(c);
+    let sc = c.security_context.as_ref();
+    let image_user = img_cfg.and_then(|c| c.user().clone()).unwrap_or_default();
+    let user = security::user(rootfs, &image_user, p.pod_security, c).map_err(refused)?;
     let capabilities = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
-        .permitted(caps)
+        .permitted(caps.clone())
+        // oci-spec's builder fills these with a default set of its own:
+        // none is inherited, none is ambient (a non-root process would
+        // keep them across execve; containerd sets none either).
+        .inheritable(std::collections::HashSet::new())
+        .ambient(std::collections::HashSet::new())
         .build()?;
+    // allowPrivilegeEscalation: false is no_new_privs; unset, Kubernetes
+    // lets the process gain privileges (setuid binaries, file caps).
+    let no_new_privileges = sc
+        .and_then(|s| s.allow_privilege_escalation)
+        .is_some_and(|allow| !allow);
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.additional_gids.clone())
+                .build()?,
+        )
         .args(args)
         .env(env)
         .cwd(cwd)
         .capabilities(capabilities)
-        .no_new_privileges(false)
+        .no_new_privileges(no_new_privileges)
         .build()?;
+    let seccomp = security::seccomp(
+        security::seccomp_profile(p.pod_security, c),
+        privileged,
+        &caps,
+        seccomp_dir,
+    )
+    .map_err(refused)?;
+    let sysctl = security::sysctls(p.pod_security, p.host_network).map_err(refused)?;
 
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(q) = quantity(c, "memory") {
@@ -212,33 +232,69 @@ pub fn build_spec(p: &CreateRequest<'_>, image: &ImageConfiguration) -> Result<S
                 .build()?,
         );
     }
-    let namespaces = vec![
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Pid)
-            .build()?,
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Network)
-            .path(p.netns_path.clone())
-            .build()?,
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Ipc)
-            .build()?,
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Uts)
-            .build()?,
-        LinuxNamespaceBuilder::default()
-            .typ(LinuxNamespaceType::Mount)
-            .build()?,
-    ];
-    let linux = LinuxBuilder::default()
+    // hostPID and hostIPC: the node's namespaces, by not making new ones;
+    // hostNetwork: the node's network (and, as in Kubernetes, its UTS).
+    let mut kinds = vec![(LinuxNamespaceType::Network, Some(p.netns_path.clone()))];
+    if !p.host_pid {
+        kinds.push((LinuxNamespaceType::Pid, None));
+    }
+    if !p.host_ipc {
+        kinds.push((LinuxNamespaceType::Ipc, None));
+    }
+    if !p.host_network {
+        kinds.push((LinuxNamespaceType::Uts, None));
+    }
+    kinds.push((LinuxNamespaceType::Mount, None));
+    let namespaces = kinds
+        .into_iter()
+        .map(|(typ, path)| {
+            let b = LinuxNamespaceBuilder::default().typ(typ);
+            match path {
+                Some(path) => b.path(path).build(),
+                None => b.build(),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&p.cgroups_path))
-        .resources(resources.build()?)
-        .masked_paths(get_default_maskedpaths())
-        .readonly_paths(get_default_readonly_paths())
-        .build()?;
+        .sysctl(
+            sysctl
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    if privileged {
+        // All of the host's devices, nothing masked or read-only in /proc
+        // and /sys (containerd's privileged mode).
+        let all = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .access("rwm")
+            .build()?;
+        resources = resources.devices(vec![all]);
+        linux = linux
+            .devices(security::host_devices())
+            .masked_paths(Vec::new())
+            .readonly_paths(Vec::new());
+    } else {
+        linux = linux
+            .masked_paths(get_default_maskedpaths())
+            .readonly_paths(get_default_readonly_paths());
+    }
+    if let Some(seccomp) = seccomp {
+        linux = linux.seccomp(seccomp);
+    }
+    let linux = linux.resources(resources.build()?).build()?;
 
     let mut mounts = get_default_mounts();
+    if privileged {
+        // /sys writable, as the devices are.
+        for m in &mut mounts {
+            if m.destination() == Path::new("/sys") {
+                let opts = m.options().clone().unwrap_or_default();
+                m.set_options(Some(opts.into_iter().filter(|o| o != "ro").collect()));
+            }
+        }
+    }
     for (src, dst) in &p.files {
         mounts.push(
             MountBuilder::default()
@@ -250,12 +306,17 @@ pub fn build_spec(p: &CreateRequest<'_>, image: &ImageConfiguration) -> Result<S
         );
     }
     let mut spec = Spec::default();
-    spec.set_hostname(Some(p.hostname.clone()));
+    if !p.host_network {
+        spec.set_hostname(Some(p.hostname.clone()));
+    }
     spec.set_process(Some(process));
     spec.set_root(Some(
         RootBuilder::default()
             .path("rootfs")
-            .readonly(false)
+            .readonly(
+                sc.and_then(|s| s.read_only_root_filesystem)
+                    .unwrap_or(false),
+            )
             .build()?,
     ));
     spec.set_mounts(Some(mounts));

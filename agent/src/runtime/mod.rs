@@ -9,6 +9,7 @@ pub mod busybox;
 pub mod image;
 pub mod reference;
 pub mod registry;
+pub mod security;
 pub mod shim;
 
 use std::{
@@ -19,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, PodSecurityContext};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use self::{
@@ -90,6 +91,9 @@ pub struct RuntimeConfig {
     pub shim: PathBuf,
     /// How to reach registries for pulls.
     pub registry: registry::RegistryOptions,
+    /// Where Localhost seccomp profiles are read from (kubelet's
+    /// /var/lib/kubelet/seccomp).
+    pub seccomp_dir: PathBuf,
 }
 
 /// What a container is doing.
@@ -123,6 +127,15 @@ pub struct CreateRequest<'a> {
     pub container: &'a Container,
     /// Path of the network namespace to join.
     pub netns_path: PathBuf,
+    /// The pod's security context (the container's own is in `container`).
+    pub pod_security: Option<&'a PodSecurityContext>,
+    /// The pod runs on the node's network (`netns_path` is the node's):
+    /// no UTS namespace of its own, no network sysctls.
+    pub host_network: bool,
+    /// The pod shares the node's PID namespace.
+    pub host_pid: bool,
+    /// The pod shares the node's IPC namespace.
+    pub host_ipc: bool,
     /// Host name.
     pub hostname: String,
     /// runc cgroup path.
@@ -274,7 +287,6 @@ impl Runtime {
         image: &image::Image,
         start: bool,
     ) -> Result<i32, RuntimeError> {
-        let spec = bundle::build_spec(req, &image.config)?;
         let lowers = self.images.lower_dirs(image)?;
         for d in ["rootfs", "upper", "work"] {
             let p = dir.join(d);
@@ -303,6 +315,8 @@ impl Runtime {
             path: rootfs.clone(),
             source: e.into(),
         })?;
+        // Built on the mounted root: the image's user is looked up in it.
+        let spec = bundle::build_spec(req, &image.config, &rootfs, &self.cfg.seccomp_dir)?;
         bundle::write_spec(dir, &spec).map_err(io_err("write config.json", dir))?;
 
         let mut child = Command::new(&self.cfg.shim)

@@ -29,7 +29,7 @@ use std::{
 };
 
 use ipnetwork::Ipv4Network;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use weft_api::meta::{dns_label_error, dns_subdomain_error};
 
 use self::{
@@ -424,7 +424,7 @@ impl Sandbox {
         .map_err(io_err("write", &pod_json))?;
         let spec = pod.spec.as_ref().expect("checked");
         for (c, (_, id)) in spec.containers.iter().zip(&rec.containers) {
-            self.start_container(rec, c, id).await?;
+            self.start_container(rec, spec, c, id).await?;
         }
         Ok(())
     }
@@ -452,11 +452,17 @@ impl Sandbox {
     async fn start_container(
         &self,
         rec: &PodRecord,
+        spec: &PodSpec,
         c: &k8s_openapi::api::core::v1::Container,
         id: &str,
     ) -> Result<(), SandboxError> {
         let dir = self.pod_dir(&rec.uid);
         let container = c.clone();
+        let pod_security = spec.security_context.clone();
+        let (host_pid, host_ipc) = (
+            spec.host_pid.unwrap_or(false),
+            spec.host_ipc.unwrap_or(false),
+        );
         let id = id.to_string();
         let netns_path = netns::path(&rec.netns);
         let hostname = hostname_of(&rec.name);
@@ -472,6 +478,10 @@ impl Sandbox {
                 id: &id,
                 container: &container,
                 netns_path,
+                pod_security: pod_security.as_ref(),
+                host_network: false,
+                host_pid,
+                host_ipc,
                 hostname,
                 cgroups_path,
                 files,

@@ -58,6 +58,13 @@ fn check_workload(
         template.and_then(|t| t.spec.as_ref()),
         "spec.template.spec",
     );
+    weft_api::security::check_annotations(
+        out,
+        template
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref()),
+        "spec.template.metadata",
+    );
 }
 
 fn selector_unchanged(old: &LabelSelector, new: &LabelSelector) -> Vec<Cause> {

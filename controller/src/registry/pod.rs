@@ -135,6 +135,11 @@ impl Kind for Pod {
     fn validate(&self) -> Vec<Cause> {
         let mut out = Vec::new();
         check_pod_spec(&mut out, self.spec.as_ref(), "spec");
+        weft_api::security::check_annotations(
+            &mut out,
+            self.metadata.annotations.as_ref(),
+            "metadata",
+        );
         out
     }
 
