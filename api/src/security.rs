@@ -277,6 +277,14 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
                         SAFE_SYSCTLS.join(", ")
                     ),
                 ));
+            } else if spec.host_ipc == Some(true) && name.starts_with("kernel.shm") {
+                out.push(Cause::forbidden(
+                    field,
+                    format!(
+                        "{}: an IPC sysctl cannot be set on the node's IPC namespace (hostIPC)",
+                        s.name
+                    ),
+                ));
             } else if spec.host_network == Some(true) && name.starts_with("net.") {
                 out.push(Cause::forbidden(
                     field,

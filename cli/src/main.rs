@@ -178,6 +178,15 @@ struct AgentArgs {
     /// Most pods this node takes.
     #[arg(long, default_value_t = 110)]
     max_pods: u32,
+    /// Most PIDs (processes and threads) one pod may hold; 0 for no limit
+    /// of its own (kubelet's --pod-max-pids).
+    #[arg(long, default_value_t = weft_agent::sandbox::DEFAULT_POD_MAX_PIDS)]
+    pod_max_pids: u64,
+    /// PIDs the pods together leave to the node and the agent (kubelet's
+    /// --system-reserved=pid=): the pods' cgroup holds at most the
+    /// machine's PIDs less these.
+    #[arg(long, default_value_t = weft_agent::sandbox::DEFAULT_SYSTEM_RESERVED_PIDS)]
+    system_reserved_pids: u64,
     /// Port of the agent's endpoint for logs, exec and stats (on the node IP).
     #[arg(long, default_value_t = 10250)]
     port: u16,
@@ -569,6 +578,8 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     cfg.restart_backoff = args.restart_backoff;
     cfg.registry.plain_http = args.insecure_registries;
     cfg.max_pods = args.max_pods;
+    cfg.pod_max_pids = (args.pod_max_pids > 0).then_some(args.pod_max_pids);
+    cfg.system_reserved_pids = args.system_reserved_pids;
     cfg.server_port = args.port;
     cfg.cgroup_self = args.cgroup_self;
     if let Some(dir) = args.bpf_pin_dir {

@@ -595,6 +595,8 @@ pub fn node_sandbox(
             state_dir: state.join("sandbox"),
             dns: first_host(node.block),
             restart_backoff,
+            pod_max_pids: Some(weft_agent::sandbox::DEFAULT_POD_MAX_PIDS),
+            system_reserved_pids: weft_agent::sandbox::DEFAULT_SYSTEM_RESERVED_PIDS,
         },
         runtime,
         Some(datapath),

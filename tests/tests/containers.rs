@@ -448,10 +448,11 @@ async fn resource_limits_become_cgroup_limits() -> Result<()> {
         )?);
         let rec = sb.create_pod(&p, sb.free_ip()?).await?;
         let rel = format!(
-            "weft/{}/{}/main",
+            "weft/{}/pods/{}/main",
             node.netns,
             &rec.uid.replace('-', "")[..12]
         );
+        assert_eq!(rel, sb.container_cgroup(&rec.uid, "main"));
         let roots = weft_agent::sandbox::cgroup_roots();
         let read = |file: &str| -> Option<String> {
             roots

@@ -267,3 +267,143 @@ async fn the_security_context_is_what_the_container_sees() -> Result<()> {
     })
     .await?
 }
+
+/// Whether a process runs (a zombie has ended).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn plain_pod(name: &str, seed: u32, command: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default",
+                     "uid": format!("{seed:08x}-b0b0-4000-8000-{:012x}", std::process::id())},
+        "spec": {"containers": [{"name": "main", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", command]}]},
+    }))
+    .expect("valid pod")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_bounded_and_no_container_outlives_its_pod() -> Result<()> {
+    use weft_agent::sandbox::{DEFAULT_POD_MAX_PIDS, procs};
+    tokio::time::timeout(TIMEOUT, async {
+        let lab = Lab::up(LabSpec::new(1)).await?;
+        let sb = lab.sandbox(lab.node("n1"))?;
+        lab.load_busybox(&sb)?;
+
+        // Every fork it can make, for ever: held at the pod's limit.
+        let bomb = sb
+            .create_pod(
+                // The forking shell dies at its first refused fork (as ash
+                // does); what it made lives on under the pod's own shell.
+                &plain_pod(
+                    "bomb",
+                    1,
+                    "sh -c 'while true; do sleep 1000 & done'; sleep 1000",
+                ),
+                sb.free_ip()?,
+            )
+            .await?;
+        let cgroup = sb.pod_cgroup(&bomb.uid);
+        let t = Instant::now();
+        while sb.pids_refused(&bomb.uid) == 0 {
+            let events: Vec<String> = weft_agent::sandbox::cgroup_roots()
+                .iter()
+                .filter_map(|r| std::fs::read_to_string(r.join(&cgroup).join("pids.events")).ok())
+                .collect();
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "the bomb never hit the limit: {} processes, pids.events {events:?}",
+                procs(&cgroup).len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let held = procs(&cgroup).len() as u64;
+        assert!(
+            held <= DEFAULT_POD_MAX_PIDS && held > DEFAULT_POD_MAX_PIDS / 2,
+            "{held} processes against a limit of {DEFAULT_POD_MAX_PIDS}"
+        );
+        // The node still starts pods and runs their commands meanwhile.
+        let other = sb
+            .create_pod(
+                &plain_pod("neighbour", 2, "echo alive; sleep 600"),
+                sb.free_ip()?,
+            )
+            .await?;
+        let log = sb.log_path(&other.uid, "main", 0);
+        let t = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("alive")
+        {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(20),
+                "the neighbour never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Removing the bomb takes every one of its processes.
+        let t = Instant::now();
+        sb.remove_pod(&bomb.uid, Duration::ZERO).await?;
+        assert!(
+            procs(&cgroup).is_empty(),
+            "bomb processes survive its removal"
+        );
+        eprintln!("removed a pod of {held} processes in {:?}", t.elapsed());
+
+        // A container runc has lost (its state gone): the removal still
+        // stops it, through the pod's cgroup, before releasing anything.
+        let lost = sb
+            .create_pod(&plain_pod("lost", 3, "sleep 600"), sb.free_ip()?)
+            .await?;
+        let runc_root = lab.node_state_dir(lab.node("n1")).join("runc");
+        std::fs::remove_dir_all(runc_root.join(&lost.containers[0].1))?;
+        let lost_cgroup = sb.pod_cgroup(&lost.uid);
+        let pids = procs(&lost_cgroup);
+        assert!(!pids.is_empty());
+        sb.remove_pod(&lost.uid, Duration::ZERO).await?;
+        assert!(
+            procs(&lost_cgroup).is_empty(),
+            "a container runc lost outlived its pod"
+        );
+        assert!(!pids.iter().any(|p| alive(*p)), "{pids:?} still run");
+
+        // A pod with neither record nor runc state (a crash at the worst
+        // moment): the orphan sweep finds its cgroup and kills what runs.
+        let orphan = sb
+            .create_pod(&plain_pod("orphan", 4, "sleep 600"), sb.free_ip()?)
+            .await?;
+        let orphan_cgroup = sb.pod_cgroup(&orphan.uid);
+        std::fs::remove_dir_all(runc_root.join(&orphan.containers[0].1))?;
+        let records = lab.node_state_dir(lab.node("n1")).join("sandbox/pods");
+        for e in std::fs::read_dir(&records)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "json")
+                && std::fs::read_to_string(&p)?.contains(&orphan.uid)
+            {
+                std::fs::remove_file(&p)?;
+            }
+        }
+        let pids = procs(&orphan_cgroup);
+        assert!(!pids.is_empty());
+        let swept = sb.sweep().await?;
+        assert!(!pids.iter().any(|p| alive(*p)), "{pids:?} still run");
+        assert!(
+            procs(&orphan_cgroup).is_empty(),
+            "sweep left the orphan running: {swept:?}"
+        );
+        assert!(
+            swept.iter().any(|s| s.contains(&orphan_cgroup)),
+            "{swept:?}"
+        );
+
+        sb.remove_all(Duration::ZERO).await?;
+        assert!(sb.runtime().runc_ids()?.is_empty());
+        Ok(())
+    })
+    .await?
+}

@@ -115,20 +115,25 @@ pub fn create(name: &str) -> Result<(), NetlinkError> {
         .open(&p)
         .map_err(|e| NetlinkError::io("create namespace file", e))?;
     let target = p.clone();
-    let res = std::thread::spawn(move || -> Result<(), NetlinkError> {
-        unshare(CloneFlags::CLONE_NEWNET)
-            .map_err(|e| NetlinkError::sys("unshare(CLONE_NEWNET)", e))?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| NetlinkError::sys("bind-mount the new namespace", e))
-    })
-    .join()
-    .map_err(|_| NetlinkError::ThreadPanicked)?;
+    // A thread of its own unshares, so the caller's namespace never
+    // changes; a thread that cannot be made (EAGAIN: PIDs or memory out)
+    // is an error, not a panic.
+    let res = std::thread::Builder::new()
+        .name("netns-create".into())
+        .spawn(move || -> Result<(), NetlinkError> {
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetlinkError::sys("unshare(CLONE_NEWNET)", e))?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| NetlinkError::sys("bind-mount the new namespace", e))
+        })
+        .map_err(|e| NetlinkError::io("start a thread to make the namespace", e))
+        .and_then(|h| h.join().map_err(|_| NetlinkError::ThreadPanicked)?);
     if res.is_err() {
         let _ = fs::remove_file(&p);
     }
@@ -219,15 +224,18 @@ where
     // A scoped thread may borrow from the caller; it ends (and with it the
     // namespace switch) before this returns.
     std::thread::scope(|s| {
-        s.spawn(move || -> Result<R, NetlinkError> {
-            if let Some(file) = file {
-                setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| NetlinkError::sys("setns(CLONE_NEWNET)", e))?;
-            }
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| NetlinkError::ThreadPanicked)?
+        std::thread::Builder::new()
+            .name("netns".into())
+            .spawn_scoped(s, move || -> Result<R, NetlinkError> {
+                if let Some(file) = file {
+                    setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| NetlinkError::sys("setns(CLONE_NEWNET)", e))?;
+                }
+                Ok(f())
+            })
+            .map_err(|e| NetlinkError::io("start a thread to enter the namespace", e))?
+            .join()
+            .map_err(|_| NetlinkError::ThreadPanicked)?
     })
 }
 

@@ -113,6 +113,8 @@ pub(super) async fn load(cfg: &AgentConfig, reg: &Registered) -> Result<DataPath
             state_dir: cfg.state_dir.join("sandbox"),
             dns: reg.gateway.ip(),
             restart_backoff: cfg.restart_backoff,
+            pod_max_pids: cfg.pod_max_pids,
+            system_reserved_pids: cfg.system_reserved_pids,
         },
         runtime,
         Some(datapath),

@@ -67,6 +67,10 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// Pods created at once.
     pub parallel_creates: usize,
+    /// The PIDs one pod may hold (`None`: no limit of its own).
+    pub pod_max_pids: Option<u64>,
+    /// PIDs the node keeps from its pods for itself and the agent.
+    pub system_reserved_pids: u64,
     /// The port of the agent's endpoint (logs, exec, stats) on the node IP.
     pub server_port: u16,
     /// Move the agent into the node's own cgroup (`weft/<instance>/agent`),
@@ -133,6 +137,8 @@ impl AgentConfig {
             restart_backoff: Duration::from_secs(10),
             max_pods: 110,
             parallel_creates: 4,
+            pod_max_pids: Some(crate::sandbox::DEFAULT_POD_MAX_PIDS),
+            system_reserved_pids: crate::sandbox::DEFAULT_SYSTEM_RESERVED_PIDS,
             server_port: server::DEFAULT_PORT,
             cgroup_self: false,
             pin_dir: PathBuf::from("/sys/fs/bpf/weft").join(node_name),

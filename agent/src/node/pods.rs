@@ -61,7 +61,7 @@ pub(super) async fn run(node: Arc<Node>, pods: Informer<Pod>) -> Result<()> {
         let done = done_tx.clone();
         let uid2 = uid.to_string();
         tokio::spawn(async move {
-            w.run(rx).await;
+            w.supervise(rx).await;
             let _ = done.send(uid2);
         });
         workers.insert(uid.to_string(), Worker { tx });
@@ -146,12 +146,41 @@ struct Failure {
 }
 
 impl PodWorker {
-    async fn run(self, mut rx: watch::Receiver<Option<Pod>>) {
+    /// Runs the worker, and runs it again after a back-off if it panics
+    /// (a bug, or a resource the node ran out of), with the panic logged
+    /// and told in an Event, so that no pod is left without a worker.
+    async fn supervise(self, mut rx: watch::Receiver<Option<Pod>>) {
+        use futures::FutureExt as _;
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let run = std::panic::AssertUnwindSafe(self.run(&mut rx)).catch_unwind();
+            let Err(panic) = run.await else { return };
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "unknown".into());
+            tracing::error!(uid = %self.uid, panic = %what, retry_in = ?wait, "pod worker panicked; starting it again");
+            let pod = rx.borrow().clone();
+            if let Some(p) = &pod {
+                let msg = format!(
+                    "the node's worker for this pod failed ({what}); retrying in {}s",
+                    wait.as_secs()
+                );
+                self.event(p, "Warning", "FailedSync", &msg).await;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(MAX_CREATE_BACKOFF);
+        }
+    }
+
+    async fn run(&self, rx: &mut watch::Receiver<Option<Pod>>) {
         let node = &self.node;
         // The pod's address once its sandbox exists (adopted after a restart).
         let mut created: Option<Ipv4Addr> = node.sandbox.record(&self.uid).map(|r| r.ip);
         let mut reported: Option<Value> = None;
         let mut failure: Option<Failure> = None;
+        let mut pids_refused = 0;
         loop {
             let pod = rx.borrow_and_update().clone();
             match pod {
@@ -207,6 +236,7 @@ impl PodWorker {
                 Some(p) => {
                     if let Some(ip) = created {
                         self.sync(&p, ip, &mut reported).await;
+                        self.pid_limit_events(&p, &mut pids_refused).await;
                     }
                 }
             }
@@ -294,6 +324,31 @@ impl PodWorker {
             Err(e) => {
                 tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %describe(&e), "cannot finish the pod's deletion")
             }
+        }
+    }
+
+    /// A Warning Event when the pod's PID limit refused forks since the
+    /// last look (its processes then fail to start new ones: a fork bomb,
+    /// or a limit too low for the workload).
+    async fn pid_limit_events(&self, pod: &Pod, seen: &mut u64) {
+        let refused = self.node.sandbox.pids_refused(&self.uid);
+        if refused > *seen {
+            let limit = self
+                .node
+                .cfg
+                .pod_max_pids
+                .map_or_else(|| "the node's".to_string(), |l| l.to_string());
+            self.event(
+                pod,
+                "Warning",
+                "PIDLimitReached",
+                &format!(
+                    "the pod's PID limit ({limit}) refused {} new processes or threads ({refused} in all)",
+                    refused - *seen
+                ),
+            )
+            .await;
+            *seen = refused;
         }
     }
 

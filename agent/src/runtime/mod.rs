@@ -340,10 +340,17 @@ impl Runtime {
         let mut line = String::new();
         let stdout = child.stdout.take().expect("piped");
         let _ = BufReader::new(stdout).read_line(&mut line);
-        // The shim lives on after its report; reap it when it ends.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
+        // The shim lives on after its report; reap it when it ends. With
+        // no thread to spare (PIDs out) it is left unreaped, which is
+        // better than a panic in the pod's worker.
+        if let Err(e) = std::thread::Builder::new()
+            .name("shim-reaper".into())
+            .spawn(move || {
+                let _ = child.wait();
+            })
+        {
+            tracing::warn!(error = %e, "no thread to reap a shim; it stays a zombie until the agent exits");
+        }
         let line = line.trim();
         if let Some(pid) = line.strip_prefix("ok ") {
             return pid.parse().map_err(|_| RuntimeError::Runc {
@@ -471,7 +478,14 @@ impl Runtime {
     /// When the rootfs cannot be unmounted or the bundle removed.
     pub fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         check_id(id)?;
-        let _ = self.run_runc(id, "delete", &["delete", "--force", id]);
+        if let Err(e) = self.run_runc(id, "delete", &["delete", "--force", id]) {
+            // Still known to runc, it is not gone: the bundle stays, so
+            // that a retry (or the sandbox's kill through the cgroup) can
+            // finish, instead of a container that runs on unseen.
+            if self.run_runc(id, "state", &["state", id]).is_ok() {
+                return Err(e);
+            }
+        }
         let dir = self.bundle_dir(id);
         let rootfs = dir.join("rootfs");
         match umount2(&rootfs, MntFlags::MNT_DETACH) {
@@ -493,6 +507,21 @@ impl Runtime {
                 source: e,
             }),
         }
+    }
+
+    /// Ids of the containers runc knows in this runtime's state root,
+    /// bundle or not.
+    ///
+    /// # Errors
+    /// When runc cannot list them.
+    pub fn runc_ids(&self) -> Result<Vec<String>, RuntimeError> {
+        let out = self.run_runc("-", "list", &["list", "-q"])?;
+        Ok(out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
     }
 
     /// Ids of the containers this runtime has bundles for.

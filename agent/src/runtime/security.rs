@@ -534,8 +534,8 @@ pub fn default_seccomp(caps: &HashSet<Capability>) -> Result<LinuxSeccomp, oci_s
         .build()
 }
 
-/// The seccomp filter of a container: `None` when privileged (as in
-/// containerd) or Unconfined; the default profile for RuntimeDefault or
+/// The seccomp filter of a container: `None` when privileged (always, as
+/// in containerd) or Unconfined; the default profile for RuntimeDefault or
 /// when nothing is asked; a Localhost profile read from `dir` (an OCI or
 /// Docker-format seccomp JSON file, as kubelet reads them from
 /// /var/lib/kubelet/seccomp).
@@ -552,7 +552,9 @@ pub fn seccomp(
     const FIELD: &str = "securityContext.seccompProfile";
     let oci = |e: oci_spec::OciSpecError| refuse(FIELD, e.to_string());
     match profile.map(|p| p.type_.as_str()) {
-        None if privileged => Ok(None),
+        // containerd runs a privileged container without a filter, whatever
+        // the pod or container asks.
+        _ if privileged => Ok(None),
         None | Some("RuntimeDefault") => default_seccomp(caps).map(Some).map_err(oci),
         Some("Unconfined") => Ok(None),
         Some("Localhost") => {

@@ -17,11 +17,171 @@ impl Sandbox {
         format!("weft/{}", self.cfg.node)
     }
 
+    /// The parent of all of the node's pods, `weft/<node>/pods`, apart
+    /// from the agent's own `weft/<node>/agent`: its PID limit is what the
+    /// pods may take together, so that they never take the agent's.
+    #[must_use]
+    pub fn pods_cgroup(&self) -> String {
+        format!("weft/{}/pods", self.cfg.node)
+    }
+
     /// The cgroup of one pod, parent of its containers' cgroups.
     #[must_use]
     pub fn pod_cgroup(&self, uid: &str) -> String {
-        format!("weft/{}/{}", self.cfg.node, short_uid(uid))
+        format!("{}/{}", self.pods_cgroup(), short_uid(uid))
     }
+
+    /// The cgroup of one container of a pod.
+    #[must_use]
+    pub fn container_cgroup(&self, uid: &str, container: &str) -> String {
+        format!("{}/{container}", self.pod_cgroup(uid))
+    }
+}
+
+/// The PID limit of the cgroup `rel`: `pids.max` in the v1 pids
+/// hierarchy, or in the v2 tree when it has the pids controller (enabled
+/// down to `rel`'s parent on the way). `None` writes `max`. Makes `rel`.
+///
+/// # Errors
+/// When the cgroup cannot be made or the limit written; `Ok(false)` when
+/// no hierarchy has the pids controller.
+pub(super) fn set_pids_max(rel: &str, limit: Option<u64>) -> std::io::Result<bool> {
+    let value = limit.map_or_else(|| "max".to_string(), |l| l.to_string());
+    let mut done = false;
+    for root in cgroup_roots() {
+        let v1 = root
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == "pids"));
+        let v2 = !v1
+            && fs::read_to_string(root.join("cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"));
+        if !v1 && !v2 {
+            continue;
+        }
+        let dir = root.join(rel);
+        fs::create_dir_all(&dir)?;
+        if v2 {
+            // Each ancestor hands the controller down to its children.
+            let mut at = root.clone();
+            for part in Path::new(rel).components() {
+                let ctl = at.join("cgroup.subtree_control");
+                let on = fs::read_to_string(&ctl)
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"));
+                if !on {
+                    fs::write(&ctl, "+pids")?;
+                }
+                at = at.join(part);
+            }
+        }
+        fs::write(dir.join("pids.max"), &value)?;
+        done = true;
+    }
+    Ok(done)
+}
+
+/// How often a PID limit refused a fork in cgroup `rel`: the largest
+/// `max` of the `pids.events` in it and below, from whichever hierarchy
+/// has them (kernels differ on where they count it: the limiting cgroup,
+/// or, on v1 since 6.12, the cgroup of the task that forked).
+pub(super) fn pids_refused(rel: &str) -> u64 {
+    fn walk(dir: &Path, best: &mut u64) {
+        if let Ok(t) = fs::read_to_string(dir.join("pids.events"))
+            && let Some(n) = t
+                .lines()
+                .find_map(|l| l.strip_prefix("max ")?.trim().parse::<u64>().ok())
+        {
+            *best = (*best).max(n);
+        }
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), best);
+            }
+        }
+    }
+    let mut best = 0;
+    for root in cgroup_roots() {
+        walk(&root.join(rel), &mut best);
+    }
+    best
+}
+
+/// The processes in cgroup `rel` and its descendants, in any hierarchy.
+pub fn procs(rel: &str) -> Vec<i32> {
+    fn walk(dir: &Path, out: &mut Vec<i32>) {
+        if let Ok(t) = fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for root in cgroup_roots() {
+        walk(&root.join(rel), &mut out);
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Kills every process of cgroup `rel` and its descendants and waits for
+/// them to be gone, for a container runc could not stop (or that runc no
+/// longer knows): `cgroup.kill` where the v2 tree has it (atomic, even
+/// against a fork bomb), else the v1 freezer around SIGKILLs, else
+/// SIGKILLs until the cgroup is empty. Returns whether it is empty.
+pub fn kill_all(rel: &str, timeout: std::time::Duration) -> bool {
+    use nix::{sys::signal, unistd::Pid};
+    let deadline = std::time::Instant::now() + timeout;
+    if let Some(v2) = cgroup_v2_root() {
+        let kill = v2.join(rel).join("cgroup.kill");
+        if kill.exists() {
+            let _ = fs::write(&kill, "1");
+        }
+    }
+    let freezer = cgroup_roots()
+        .into_iter()
+        .find(|r| r.file_name().is_some_and(|n| n == "freezer"))
+        .map(|r| r.join(rel).join("freezer.state"))
+        .filter(|p| p.exists());
+    loop {
+        let pids = procs(rel);
+        if pids.is_empty() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(cgroup = rel, left = pids.len(), "processes survive SIGKILL");
+            return false;
+        }
+        // Frozen, nothing forks between the listing and the kill.
+        if let Some(f) = &freezer {
+            let _ = fs::write(f, "FROZEN");
+        }
+        for pid in procs(rel) {
+            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+        }
+        if let Some(f) = &freezer {
+            let _ = fs::write(f, "THAWED");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The most PIDs this machine has (the smaller of `kernel.pid_max` and
+/// `kernel.threads-max`).
+#[must_use]
+pub fn machine_pids() -> u64 {
+    let read = |f: &str| {
+        fs::read_to_string(f)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    read("/proc/sys/kernel/pid_max")
+        .into_iter()
+        .chain(read("/proc/sys/kernel/threads-max"))
+        .min()
+        .unwrap_or(32_768)
 }
 
 /// Whether the kernel's OOM killer killed a process of cgroup `rel` (v2

@@ -15,7 +15,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-use super::{PodRecord, Sandbox, SandboxError, cgroups::oom_killed, pod_name, short_uid};
+use super::{PodRecord, Sandbox, SandboxError, cgroups::oom_killed, pod_name};
 
 /// Longest restart back-off (Kubernetes: 5 minutes).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -131,8 +131,7 @@ impl Sandbox {
                     status.state = Some(waiting("ContainerCreating", ""));
                 }
                 crate::runtime::Status::Exited(code) => {
-                    let cgroup =
-                        format!("weft/{}/{}/{}", self.cfg.node, short_uid(&rec.uid), c.name);
+                    let cgroup = self.container_cgroup(&rec.uid, &c.name);
                     let reason = obs.killed_for.clone().map_or_else(
                         || {
                             if code == 0 {

@@ -15,7 +15,7 @@ mod files;
 mod lifecycle;
 mod records;
 
-pub use cgroups::{cgroup_roots, cgroup_v2_root, remove_cgroups};
+pub use cgroups::{cgroup_roots, cgroup_v2_root, kill_all, machine_pids, procs, remove_cgroups};
 pub use files::resolv_conf;
 pub use lifecycle::{BACKOFF_RESET, MAX_BACKOFF};
 pub use records::{Phase, PodRecord};
@@ -140,7 +140,20 @@ pub struct NodeConfig {
     /// First restart back-off; it doubles per restart up to
     /// [`MAX_BACKOFF`] (Kubernetes: 10 s).
     pub restart_backoff: Duration,
+    /// The PIDs one pod may hold (kubelet's `--pod-max-pids`); `None`: no
+    /// limit of its own.
+    pub pod_max_pids: Option<u64>,
+    /// PIDs the pods together may not take: the machine's less these stay
+    /// for the agent and the rest of the node (kubelet's
+    /// `--system-reserved=pid=`).
+    pub system_reserved_pids: u64,
 }
+
+/// Default of [`NodeConfig::pod_max_pids`].
+pub const DEFAULT_POD_MAX_PIDS: u64 = 4096;
+
+/// Default of [`NodeConfig::system_reserved_pids`].
+pub const DEFAULT_SYSTEM_RESERVED_PIDS: u64 = 1000;
 
 impl NodeConfig {
     /// The gateway address of the block (first host address).
@@ -213,6 +226,16 @@ impl Sandbox {
         let node_cgroup = format!("weft/{}", cfg.node);
         cgroups::ensure_cgroup(&node_cgroup)
             .map_err(io_err("create the cgroup", Path::new(&node_cgroup)))?;
+        // What the pods may take together.
+        let pods_cgroup = format!("{node_cgroup}/pods");
+        let pods_max = cgroups::machine_pids().saturating_sub(cfg.system_reserved_pids);
+        match cgroups::set_pids_max(&pods_cgroup, Some(pods_max.max(1))) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "no cgroup hierarchy has the pids controller: pods' PIDs are not limited"
+            ),
+            Err(e) => return Err(io_err("limit the PIDs of", Path::new(&pods_cgroup))(e)),
+        }
         Ok(Self {
             cfg,
             net,
@@ -394,6 +417,9 @@ impl Sandbox {
                 .expect("datapath lock")
                 .attach_pod(&rec.host_veth)?;
         }
+        let cgroup = self.pod_cgroup(&rec.uid);
+        cgroups::set_pids_max(&cgroup, self.cfg.pod_max_pids)
+            .map_err(io_err("limit the PIDs of", Path::new(&cgroup)))?;
         let dir = self.pod_dir(&rec.uid);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let resolv = dir.join("resolv.conf");
@@ -438,14 +464,19 @@ impl Sandbox {
         f: impl FnOnce(Runtime) -> Result<T, RuntimeError> + Send + 'static,
     ) -> Result<T, SandboxError> {
         let rt = self.runtime.clone();
-        tokio::task::spawn_blocking(move || f(rt))
-            .await
-            .expect("runtime task panicked")
-            .map_err(|source| SandboxError::Container {
-                pod: pod.to_string(),
-                container: container.to_string(),
-                source: Box::new(source),
-            })
+        let res = match tokio::task::spawn_blocking(move || f(rt)).await {
+            Ok(r) => r,
+            Err(e) => Err(RuntimeError::Io {
+                op: "run a runtime task",
+                path: PathBuf::from(container),
+                source: std::io::Error::other(e.to_string()),
+            }),
+        };
+        res.map_err(|source| SandboxError::Container {
+            pod: pod.to_string(),
+            container: container.to_string(),
+            source: Box::new(source),
+        })
     }
 
     /// Creates and starts one container of the pod (also used for restarts).
@@ -466,7 +497,7 @@ impl Sandbox {
         let id = id.to_string();
         let netns_path = netns::path(&rec.netns);
         let hostname = hostname_of(&rec.name);
-        let cgroups_path = format!("/weft/{}/{}/{}", self.cfg.node, short_uid(&rec.uid), c.name);
+        let cgroups_path = format!("/{}", self.container_cgroup(&rec.uid, &c.name));
         let files = ["resolv.conf", "hosts", "hostname"]
             .iter()
             .map(|f| (dir.join(f), format!("/etc/{f}")))
@@ -516,13 +547,35 @@ impl Sandbox {
         }
         for (name, id) in &rec.containers {
             let id2 = id.clone();
-            self.runtime_call(&pod_name(rec), name, move |rt| {
-                if rt.state(&id2).is_ok() {
-                    let _ = rt.stop(&id2, grace);
-                }
-                rt.delete(&id2)
-            })
-            .await?;
+            // A failure to stop is not the end: the cgroup kill follows.
+            let _ = self
+                .runtime_call(&pod_name(rec), name, move |rt| {
+                    if rt.state(&id2).is_ok() {
+                        rt.stop(&id2, grace)?;
+                    }
+                    Ok(())
+                })
+                .await;
+        }
+        // Whatever runc could not stop (or no longer knows) is killed
+        // through the pod's cgroup; until it is empty the pod keeps its
+        // address, namespace and record, and the removal is tried again.
+        let cgroup = self.pod_cgroup(&rec.uid);
+        let empty =
+            tokio::task::spawn_blocking(move || cgroups::kill_all(&cgroup, Duration::from_secs(5)))
+                .await
+                .unwrap_or(false);
+        if !empty {
+            return Err(SandboxError::Io {
+                op: "kill the processes of",
+                path: PathBuf::from(self.pod_cgroup(&rec.uid)),
+                source: std::io::Error::other("processes survive SIGKILL"),
+            });
+        }
+        for (name, id) in &rec.containers {
+            let id2 = id.clone();
+            self.runtime_call(&pod_name(rec), name, move |rt| rt.delete(&id2))
+                .await?;
             self.observed.lock().expect("observed lock").remove(id);
         }
         let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
@@ -533,7 +586,7 @@ impl Sandbox {
         }
         self.net.detach_veth(&rec.host_veth).await?;
         netns::delete(&rec.netns)?;
-        remove_cgroups(&format!("weft/{}/{}", self.cfg.node, short_uid(&rec.uid)));
+        remove_cgroups(&self.pod_cgroup(&rec.uid));
         let dir = self.pod_dir(&rec.uid);
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
@@ -596,16 +649,53 @@ impl Sandbox {
             .iter()
             .flat_map(|r| r.containers.iter().map(|(_, id)| id.as_str()))
             .collect();
-        for id in self
+        // Bundles, and what runc knows without a bundle (a removal that
+        // lost the bundle but not the container).
+        let mut known = self
             .runtime
             .list()
-            .map_err(|e| SandboxError::Runtime(Box::new(e)))?
-        {
+            .map_err(|e| SandboxError::Runtime(Box::new(e)))?;
+        let rt = self.runtime.clone();
+        if let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || rt.runc_ids()).await {
+            known.extend(ids);
+        }
+        known.sort();
+        known.dedup();
+        for id in known {
             if !ids.contains(id.as_str()) {
                 let rt = self.runtime.clone();
                 let id2 = id.clone();
                 let _ = tokio::task::spawn_blocking(move || rt.delete(&id2)).await;
                 removed.push(format!("container {id}"));
+            }
+        }
+        // Pod cgroups without a record: their processes killed, then gone.
+        let pod_groups: HashSet<String> = recs.iter().map(|r| short_uid(&r.uid)).collect();
+        let mut orphans: Vec<String> = cgroup_roots()
+            .iter()
+            .flat_map(|root| {
+                fs::read_dir(root.join(self.pods_cgroup()))
+                    .into_iter()
+                    .flatten()
+            })
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !pod_groups.contains(n))
+            .collect();
+        orphans.sort();
+        orphans.dedup();
+        for o in orphans {
+            let rel = format!("{}/{o}", self.pods_cgroup());
+            let rel2 = rel.clone();
+            let empty = tokio::task::spawn_blocking(move || {
+                cgroups::kill_all(&rel2, Duration::from_secs(5))
+            })
+            .await
+            .unwrap_or(false);
+            if empty {
+                remove_cgroups(&rel);
+                removed.push(format!("cgroup {rel}"));
             }
         }
         let veths: HashSet<&str> = recs.iter().map(|r| r.host_veth.as_str()).collect();
@@ -659,6 +749,12 @@ impl Sandbox {
         self.sweep().await?;
         remove_cgroups(&format!("weft/{}", self.cfg.node));
         Ok(())
+    }
+
+    /// How many forks the pod's PID limit has refused.
+    #[must_use]
+    pub fn pids_refused(&self, uid: &str) -> u64 {
+        cgroups::pids_refused(&self.pod_cgroup(uid))
     }
 
     /// eBPF counters of a pod's veth.
