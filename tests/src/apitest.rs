@@ -24,6 +24,18 @@ pub async fn client(cp: &ControlPlane, token: Option<&str>) -> Result<kube::Clie
     Ok(kube::Client::try_from(cfg)?)
 }
 
+/// As `client` (admin), waiting up to `read_timeout` for an answer: for
+/// requests a test overloads on purpose, whose own latency it does not
+/// judge (kube-rs' default is 295 s).
+pub async fn slow_client(cp: &ControlPlane, read_timeout: Duration) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
+    let mut cfg =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    cfg.read_timeout = Some(read_timeout);
+    Ok(kube::Client::try_from(cfg)?)
+}
+
 /// As `client`, without kube-rs' retries of 429, 503 and 504: for tests
 /// that must see those answers.
 pub async fn client_without_retries(cp: &ControlPlane) -> Result<kube::Client> {

@@ -787,6 +787,65 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
                 r.text
             );
         }
+        // What Weft cannot honour of a pod's security is refused by name,
+        // in a pod and in a workload's template, never run without it.
+        for (spec, field, what) in [
+            (
+                json!({"hostNetwork": true}),
+                "spec.hostNetwork",
+                "Forbidden",
+            ),
+            (json!({"hostUsers": false}), "spec.hostUsers", "Forbidden"),
+            (
+                json!({"securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}),
+                "spec.securityContext.sysctls[0].name",
+                "not in the safe set",
+            ),
+            (
+                json!({"securityContext": {"seLinuxOptions": {"level": "s0:c1"}}}),
+                "spec.securityContext.seLinuxOptions",
+                "SELinux",
+            ),
+            (
+                json!({"securityContext": {"runAsUser": -1}}),
+                "spec.securityContext.runAsUser",
+                "between 0 and 2147483647",
+            ),
+        ] {
+            let mut p = apitest::pod("insecure", json!({}), manual());
+            for (k, v) in spec.as_object().unwrap() {
+                p["spec"][k] = v.clone();
+            }
+            let r = post(&c, pods, &p).await?;
+            check(&r, 422, "Invalid", field)?;
+            let cause = &r.body["details"]["causes"][0];
+            ensure!(
+                cause["field"] == field
+                    && cause["message"].as_str().unwrap_or_default().contains(what),
+                "{field}: {}",
+                r.text
+            );
+            let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "insecure"},
+                "spec": {"selector": {"matchLabels": {"a": "b"}},
+                         "template": {"metadata": {"labels": {"a": "b"}}, "spec": p["spec"].clone()}}});
+            d["spec"]["template"]["spec"]
+                .as_object_mut()
+                .unwrap()
+                .remove("nodeName");
+            let r = post(&c, "/apis/apps/v1/namespaces/default/deployments", &d).await?;
+            check(&r, 422, "Invalid", field)?;
+            ensure!(
+                r.text.contains(&format!("spec.template.{field}")),
+                "{field}: {}",
+                r.text
+            );
+        }
+        let mut p = apitest::pod("apparmor", json!({}), manual());
+        p["metadata"]["annotations"] =
+            json!({"container.apparmor.security.beta.kubernetes.io/c": "runtime/default"});
+        let r = post(&c, pods, &p).await?;
+        check(&r, 422, "Invalid", "an AppArmor annotation")?;
+        ensure!(r.text.contains("AppArmor"), "{}", r.text);
         // A Service's name is a DNS-1035 label: it starts with a letter.
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "1abc"}, "spec": {"ports": [{"port": 80}]}});
         let r = post(&c, "/api/v1/namespaces/default/services", &svc).await?;

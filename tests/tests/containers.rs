@@ -232,9 +232,9 @@ async fn bad_input_gets_a_clear_error_and_leaves_nothing() -> Result<()> {
                 "mounts left"
             );
             for root in weft_agent::sandbox::cgroup_roots() {
-                let d = root.join("weft").join(&node.netns);
-                // Child cgroups (directories), not the node cgroup's own
-                // control files: the node's cgroup stays while it runs.
+                let d = root.join("weft").join(&node.netns).join("pods");
+                // Pods' cgroups (directories), not the control files of
+                // the node's pods cgroup: it stays while the node runs.
                 let kids: Vec<_> = std::fs::read_dir(&d)
                     .map(|r| {
                         r.flatten()
