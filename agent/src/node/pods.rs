@@ -139,6 +139,34 @@ struct PodWorker {
     creates: Arc<Semaphore>,
 }
 
+/// Shortest time between two PIDLimitReached Events of a pod.
+const PID_EVENT_EVERY: Duration = Duration::from_secs(300);
+
+/// What a pod's worker has told of its refused forks.
+#[derive(Default)]
+struct PidLimitNotes {
+    told: u64,
+    at: Option<Instant>,
+}
+
+impl PidLimitNotes {
+    /// The refusals to tell now, if an Event is due: some are new since
+    /// the last one, and that was [`PID_EVENT_EVERY`] ago or never.
+    fn due(&mut self, refused: u64, now: Instant) -> Option<u64> {
+        if refused <= self.told
+            || self
+                .at
+                .is_some_and(|t| now.duration_since(t) < PID_EVENT_EVERY)
+        {
+            return None;
+        }
+        let new = refused - self.told;
+        self.told = refused;
+        self.at = Some(now);
+        Some(new)
+    }
+}
+
 /// Where a pod that failed to be created stands.
 struct Failure {
     count: u32,
@@ -152,9 +180,11 @@ impl PodWorker {
     async fn supervise(self, mut rx: watch::Receiver<Option<Pod>>) {
         use futures::FutureExt as _;
         let mut wait = Duration::from_secs(1);
+        let mut panics: u32 = 0;
         loop {
             let run = std::panic::AssertUnwindSafe(self.run(&mut rx)).catch_unwind();
             let Err(panic) = run.await else { return };
+            panics += 1;
             let what = panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -162,7 +192,8 @@ impl PodWorker {
                 .unwrap_or_else(|| "unknown".into());
             tracing::error!(uid = %self.uid, panic = %what, retry_in = ?wait, "pod worker panicked; starting it again");
             let pod = rx.borrow().clone();
-            if let Some(p) = &pod {
+            // The first time and every tenth, not every retry.
+            if let (Some(p), true) = (&pod, panics == 1 || panics.is_multiple_of(10)) {
                 let msg = format!(
                     "the node's worker for this pod failed ({what}); retrying in {}s",
                     wait.as_secs()
@@ -180,7 +211,7 @@ impl PodWorker {
         let mut created: Option<Ipv4Addr> = node.sandbox.record(&self.uid).map(|r| r.ip);
         let mut reported: Option<Value> = None;
         let mut failure: Option<Failure> = None;
-        let mut pids_refused = 0;
+        let mut pid_notes = PidLimitNotes::default();
         loop {
             let pod = rx.borrow_and_update().clone();
             match pod {
@@ -236,7 +267,7 @@ impl PodWorker {
                 Some(p) => {
                     if let Some(ip) = created {
                         self.sync(&p, ip, &mut reported).await;
-                        self.pid_limit_events(&p, &mut pids_refused).await;
+                        self.pid_limit_events(&p, &mut pid_notes).await;
                     }
                 }
             }
@@ -327,12 +358,13 @@ impl PodWorker {
         }
     }
 
-    /// A Warning Event when the pod's PID limit refused forks since the
-    /// last look (its processes then fail to start new ones: a fork bomb,
-    /// or a limit too low for the workload).
-    async fn pid_limit_events(&self, pod: &Pod, seen: &mut u64) {
+    /// A Warning Event when the pod's PID limit refused forks (its
+    /// processes then fail to start new ones: a fork bomb, or a limit too
+    /// low for the workload); at most one per [`PID_EVENT_EVERY`], so that
+    /// a pod that keeps hitting its limit cannot fill the store with Events.
+    async fn pid_limit_events(&self, pod: &Pod, notes: &mut PidLimitNotes) {
         let refused = self.node.sandbox.pids_refused(&self.uid);
-        if refused > *seen {
+        if let Some(new) = notes.due(refused, Instant::now()) {
             let limit = self
                 .node
                 .cfg
@@ -343,12 +375,10 @@ impl PodWorker {
                 "Warning",
                 "PIDLimitReached",
                 &format!(
-                    "the pod's PID limit ({limit}) refused {} new processes or threads ({refused} in all)",
-                    refused - *seen
+                    "the pod's PID limit ({limit}) refused {new} new processes or threads ({refused} in all)"
                 ),
             )
             .await;
-            *seen = refused;
         }
     }
 
@@ -596,4 +626,27 @@ fn pod_status(
         status["podIPs"] = json!([{"ip": ip.to_string()}]);
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_limit_events_are_bounded_in_time() {
+        let t0 = Instant::now();
+        let mut n = PidLimitNotes::default();
+        assert_eq!(n.due(0, t0), None, "nothing refused");
+        assert_eq!(n.due(5, t0), Some(5), "the first refusals are told at once");
+        // A pod that keeps hitting its limit: silent until the period ends,
+        // then everything since the last Event in one.
+        assert_eq!(n.due(900, t0 + Duration::from_secs(1)), None);
+        assert_eq!(
+            n.due(5000, t0 + PID_EVENT_EVERY - Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(n.due(5000, t0 + PID_EVENT_EVERY), Some(4995));
+        assert_eq!(n.due(5000, t0 + 3 * PID_EVENT_EVERY), None, "nothing new");
+        assert_eq!(n.due(5001, t0 + 3 * PID_EVENT_EVERY), Some(1));
+    }
 }
