@@ -3,7 +3,21 @@
 
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec};
+
+/// Every container of a pod spec, init containers first, each with the
+/// field path of its entry under the spec (`initContainers[0]`,
+/// `containers[2]`), for validation that names the field at fault.
+pub fn containers_with_paths(spec: &PodSpec) -> impl Iterator<Item = (String, &Container)> {
+    let init = spec.init_containers.iter().flatten().enumerate();
+    init.map(|(i, c)| (format!("initContainers[{i}]"), c))
+        .chain(
+            spec.containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (format!("containers[{i}]"), c)),
+        )
+}
 
 /// Whether the pod's Ready condition is True (what Services and
 /// ReplicaSets count).

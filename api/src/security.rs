@@ -296,18 +296,9 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
             }
         }
     }
-    let lists = [
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or_default(),
-        ),
-        ("containers", spec.containers.as_slice()),
-    ];
-    for (list, items) in lists {
-        for (i, c) in items.iter().enumerate() {
-            if let Some(sc) = &c.security_context {
-                check_container(out, &format!("{path}.{list}[{i}].securityContext"), sc);
-            }
+    for (at, c) in crate::pod::containers_with_paths(spec) {
+        if let Some(sc) = &c.security_context {
+            check_container(out, &format!("{path}.{at}.securityContext"), sc);
         }
     }
 }

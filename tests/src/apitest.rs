@@ -11,6 +11,18 @@ use crate::control::ControlPlane;
 /// A kube-rs client from the controller's kubeconfig; `token` overrides the
 /// admin token (`Some("")` sends none). Call inside the island's runtime.
 pub async fn client(cp: &ControlPlane, token: Option<&str>) -> Result<kube::Client> {
+    build_client(cp, token, Duration::from_secs(30), true).await
+}
+
+/// The kube-rs client of the control plane's kubeconfig: `token` as in
+/// [`client`], answers awaited up to `read_timeout`, kube-rs' retries of
+/// 429, 503 and 504 on or off.
+async fn build_client(
+    cp: &ControlPlane,
+    token: Option<&str>,
+    read_timeout: Duration,
+    retry: bool,
+) -> Result<kube::Client> {
     let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
     let mut cfg =
         kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
@@ -20,7 +32,8 @@ pub async fn client(cp: &ControlPlane, token: Option<&str>) -> Result<kube::Clie
         Some("") => cfg.auth_info.token = None,
         Some(t) => cfg.auth_info.token = Some(t.to_string().into()),
     }
-    cfg.read_timeout = Some(Duration::from_secs(30));
+    cfg.read_timeout = Some(read_timeout);
+    cfg.default_retry = retry;
     Ok(kube::Client::try_from(cfg)?)
 }
 
@@ -28,24 +41,13 @@ pub async fn client(cp: &ControlPlane, token: Option<&str>) -> Result<kube::Clie
 /// requests a test overloads on purpose, whose own latency it does not
 /// judge (kube-rs' default is 295 s).
 pub async fn slow_client(cp: &ControlPlane, read_timeout: Duration) -> Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
-    let mut cfg =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    cfg.read_timeout = Some(read_timeout);
-    Ok(kube::Client::try_from(cfg)?)
+    build_client(cp, None, read_timeout, true).await
 }
 
 /// As `client`, without kube-rs' retries of 429, 503 and 504: for tests
 /// that must see those answers.
 pub async fn client_without_retries(cp: &ControlPlane) -> Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(cp.kubeconfig())?;
-    let mut cfg =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await?;
-    cfg.read_timeout = Some(Duration::from_secs(30));
-    cfg.default_retry = false;
-    Ok(kube::Client::try_from(cfg)?)
+    build_client(cp, None, Duration::from_secs(30), false).await
 }
 
 /// A raw response: status code, JSON body (Null when not JSON), headers.

@@ -240,58 +240,49 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: Option<&PodSpec>, path: &str) 
         out.push(Cause::required(format!("{path}.containers")));
     }
     let mut names = HashSet::new();
-    let lists = [
-        (
-            "initContainers",
-            spec.init_containers.as_deref().unwrap_or_default(),
-        ),
-        ("containers", spec.containers.as_slice()),
-    ];
-    for (list, items) in lists {
-        for (i, c) in items.iter().enumerate() {
-            let base = format!("{path}.{list}[{i}]");
-            if c.name.is_empty() {
-                out.push(Cause::required(format!("{base}.name")));
-            } else {
-                if let Some(e) = dns_label_error(&c.name) {
-                    out.push(Cause::invalid(format!("{base}.name"), &c.name, e));
-                }
-                if !names.insert(c.name.clone()) {
-                    out.push(Cause::duplicate(format!("{base}.name"), &c.name));
-                }
+    for (at, c) in weft_api::pod::containers_with_paths(spec) {
+        let base = format!("{path}.{at}");
+        if c.name.is_empty() {
+            out.push(Cause::required(format!("{base}.name")));
+        } else {
+            if let Some(e) = dns_label_error(&c.name) {
+                out.push(Cause::invalid(format!("{base}.name"), &c.name, e));
             }
-            if c.image.as_deref().is_none_or(|s| s.trim().is_empty()) {
-                out.push(Cause::required(format!("{base}.image")));
+            if !names.insert(c.name.clone()) {
+                out.push(Cause::duplicate(format!("{base}.name"), &c.name));
             }
-            for (j, p) in c.ports.iter().flatten().enumerate() {
-                check_port(
-                    out,
-                    format!("{base}.ports[{j}].containerPort"),
-                    Some(p.container_port),
-                );
-                check_protocol(
-                    out,
-                    format!("{base}.ports[{j}].protocol"),
-                    p.protocol.as_deref(),
-                );
-            }
-            let resources = c.resources.as_ref();
-            for (kind, map) in [
-                ("requests", resources.and_then(|r| r.requests.as_ref())),
-                ("limits", resources.and_then(|r| r.limits.as_ref())),
-            ] {
-                for (k, q) in map.into_iter().flatten() {
-                    let why = match weft_api::quantity::parse(&q.0) {
-                        None => "must be a quantity such as 100m, 0.5 or 64Mi",
-                        Some(v) if v < 0 => "must be greater than or equal to 0",
-                        Some(_) => continue,
-                    };
-                    out.push(Cause::invalid(
-                        format!("{base}.resources.{kind}[{k}]"),
-                        &q.0,
-                        why,
-                    ));
-                }
+        }
+        if c.image.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            out.push(Cause::required(format!("{base}.image")));
+        }
+        for (j, p) in c.ports.iter().flatten().enumerate() {
+            check_port(
+                out,
+                format!("{base}.ports[{j}].containerPort"),
+                Some(p.container_port),
+            );
+            check_protocol(
+                out,
+                format!("{base}.ports[{j}].protocol"),
+                p.protocol.as_deref(),
+            );
+        }
+        let resources = c.resources.as_ref();
+        for (kind, map) in [
+            ("requests", resources.and_then(|r| r.requests.as_ref())),
+            ("limits", resources.and_then(|r| r.limits.as_ref())),
+        ] {
+            for (k, q) in map.into_iter().flatten() {
+                let why = match weft_api::quantity::parse(&q.0) {
+                    None => "must be a quantity such as 100m, 0.5 or 64Mi",
+                    Some(v) if v < 0 => "must be greater than or equal to 0",
+                    Some(_) => continue,
+                };
+                out.push(Cause::invalid(
+                    format!("{base}.resources.{kind}[{k}]"),
+                    &q.0,
+                    why,
+                ));
             }
         }
     }
