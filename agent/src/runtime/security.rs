@@ -72,7 +72,9 @@ pub fn privileged(c: &Container) -> bool {
 /// # Errors
 /// A capability name the kernel does not know.
 pub fn capabilities(c: &Container) -> Result<HashSet<Capability>, Refusal> {
-    capabilities_within(c, &bounding_set())
+    // The agent's bounding set does not change while it runs.
+    static BOUNDING: std::sync::OnceLock<HashSet<Capability>> = std::sync::OnceLock::new();
+    capabilities_within(c, BOUNDING.get_or_init(bounding_set))
 }
 
 /// The capabilities this process may hand on: its bounding set (a node
