@@ -99,6 +99,15 @@ pub enum ClientCmd {
         /// The log of the previous run (before the last restart).
         #[arg(short = 'p', long)]
         previous: bool,
+        /// Only what was written in this last while (5s, 2m, 3h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// At most this many bytes.
+        #[arg(long)]
+        limit_bytes: Option<i64>,
+        /// Each line with the time it was written (RFC 3339).
+        #[arg(long)]
+        timestamps: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -348,8 +357,21 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
             follow,
             tail,
             previous,
+            since,
+            limit_bytes,
+            timestamps,
             ..
-        } => crate::pod_cmds::logs(&c, &ns, &pod, container, follow, tail, previous).await,
+        } => {
+            let opts = crate::pod_cmds::LogOptions {
+                follow,
+                tail,
+                previous,
+                since,
+                limit_bytes,
+                timestamps,
+            };
+            crate::pod_cmds::logs(&c, &ns, &pod, container, opts).await
+        }
         ClientCmd::Exec {
             pod,
             container,

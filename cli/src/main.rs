@@ -86,6 +86,10 @@ enum Cmd {
         runc_root: PathBuf,
         #[arg(long)]
         log: PathBuf,
+        #[arg(long, default_value_t = weft_agent::runtime::logfile::DEFAULT_MAX_SIZE)]
+        log_max_size: u64,
+        #[arg(long, default_value_t = weft_agent::runtime::logfile::DEFAULT_MAX_FILES)]
+        log_max_files: u32,
         #[arg(long)]
         start: bool,
     },
@@ -187,6 +191,14 @@ struct AgentArgs {
     /// machine's PIDs less these.
     #[arg(long, default_value_t = weft_agent::sandbox::DEFAULT_SYSTEM_RESERVED_PIDS)]
     system_reserved_pids: u64,
+    /// Size at which a container's log file rotates, as a quantity
+    /// (kubelet's --container-log-max-size).
+    #[arg(long, default_value = "10Mi", value_parser = parse_log_size)]
+    container_log_max_size: u64,
+    /// Log files kept per container run, the current one included
+    /// (kubelet's --container-log-max-files).
+    #[arg(long, default_value_t = weft_agent::runtime::logfile::DEFAULT_MAX_FILES, value_parser = clap::value_parser!(u32).range(2..))]
+    container_log_max_files: u32,
     /// Port of the agent's endpoint for logs, exec and stats (on the node IP).
     #[arg(long, default_value_t = 10250)]
     port: u16,
@@ -343,6 +355,16 @@ enum ImageCmd {
     },
 }
 
+/// A log size such as 10Mi or 500Ki, at least 16 KiB (one record).
+fn parse_log_size(v: &str) -> Result<u64, String> {
+    let bytes = weft_api::quantity::units(v)
+        .ok_or_else(|| format!("{v:?} is not a quantity such as 10Mi"))?;
+    u64::try_from(bytes)
+        .ok()
+        .filter(|b| *b >= 16 * 1024)
+        .ok_or_else(|| format!("{v:?} is below 16Ki"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Shim {
@@ -351,6 +373,8 @@ fn main() -> ExitCode {
         runc,
         runc_root,
         log,
+        log_max_size,
+        log_max_files,
         start,
     } = cli.cmd
     {
@@ -360,6 +384,8 @@ fn main() -> ExitCode {
             runc,
             runc_root,
             log,
+            log_max_size,
+            log_max_files,
             start,
         });
         return ExitCode::from(code as u8);
@@ -580,6 +606,8 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     cfg.max_pods = args.max_pods;
     cfg.pod_max_pids = (args.pod_max_pids > 0).then_some(args.pod_max_pids);
     cfg.system_reserved_pids = args.system_reserved_pids;
+    cfg.container_log_max_size = args.container_log_max_size;
+    cfg.container_log_max_files = args.container_log_max_files;
     cfg.server_port = args.port;
     cfg.cgroup_self = args.cgroup_self;
     if let Some(dir) = args.bpf_pin_dir {

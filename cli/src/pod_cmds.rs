@@ -2,7 +2,6 @@
 //! the pods' agents.
 
 use anyhow::{Context as _, Result, bail};
-use futures::{AsyncBufReadExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{AttachParams, LogParams};
 use serde_json::Value;
@@ -10,37 +9,65 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_api::client::Client;
 use weft_api::debug::stats::{CpuStats, MemoryStats, Summary};
 
+/// What `weft logs` asks of a container's log.
+pub struct LogOptions {
+    /// Keep streaming.
+    pub follow: bool,
+    /// The last N lines (negative: all).
+    pub tail: Option<i64>,
+    /// The run before the last restart.
+    pub previous: bool,
+    /// Only what was written in this last while.
+    pub since: Option<std::time::Duration>,
+    /// At most this many bytes.
+    pub limit_bytes: Option<i64>,
+    /// Each line with its time.
+    pub timestamps: bool,
+}
+
 /// `weft logs`.
 pub async fn logs(
     c: &Client,
     ns: &str,
     pod: &str,
     container: Option<String>,
-    follow: bool,
-    tail: Option<i64>,
-    previous: bool,
+    o: LogOptions,
 ) -> Result<u8> {
     // As kubectl: a negative --tail means every line.
-    let tail = tail.filter(|t| *t >= 0);
+    let tail = o.tail.filter(|t| *t >= 0);
     let pods: kube::Api<Pod> = kube::Api::namespaced(c.kube().clone(), ns);
     let container = default_container(&pods, pod, container).await?;
     let params = LogParams {
         container,
-        follow,
+        follow: o.follow,
         tail_lines: tail,
-        previous,
+        previous: o.previous,
+        // kubectl rounds up to whole seconds, at least one.
+        since_seconds: o.since.map(|d| {
+            i64::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+                .unwrap_or(i64::MAX)
+                .max(1)
+        }),
+        limit_bytes: o.limit_bytes,
+        timestamps: o.timestamps,
         ..LogParams::default()
     };
-    let mut lines = pods
+    // The bytes as they come, as kubectl prints them (a log cut by
+    // --limit-bytes may end inside a line).
+    let mut log = pods
         .log_stream(pod, &params)
         .await
-        .map_err(|e| api_error(c, e))?
-        .lines();
+        .map_err(|e| api_error(c, e))?;
     let mut out = tokio::io::stdout();
-    while let Some(line) = lines.next().await {
-        let line = line.context("read the log stream")?;
-        out.write_all(line.as_bytes()).await?;
-        out.write_all(b"\n").await?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = futures::AsyncReadExt::read(&mut log, &mut buf)
+            .await
+            .context("read the log stream")?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).await?;
         out.flush().await?;
     }
     Ok(0)

@@ -615,6 +615,8 @@ pub fn node_runtime(state: &Path, weft_bin: &Path, registry: RegistryOptions) ->
         shim: weft_bin.to_path_buf(),
         registry,
         seccomp_dir: state.join("seccomp"),
+        log_max_size: weft_agent::runtime::logfile::DEFAULT_MAX_SIZE,
+        log_max_files: weft_agent::runtime::logfile::DEFAULT_MAX_FILES,
     })?)
 }
 

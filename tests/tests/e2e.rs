@@ -1019,3 +1019,109 @@ spec:
     );
     Ok(())
 }
+
+/// A pod writing as fast as it can: its log rotates at the agent's
+/// --container-log-max-size and keeps --container-log-max-files files, so
+/// the node's disk holds a bounded amount; `weft logs --tail`, `--since`
+/// and `--limit-bytes` answer from it meanwhile, and the agent's memory
+/// stays bounded (its peak is read from /proc).
+#[test]
+fn a_log_flood_is_rotated_and_read_in_bounded_memory() -> Result<()> {
+    const MAX_SIZE: u64 = 1024 * 1024;
+    let c = up(
+        1,
+        &[],
+        &[
+            "--container-log-max-size",
+            "1Mi",
+            "--container-log-max-files",
+            "3",
+        ],
+    )?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: flood}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: weft.local/busybox:1.36, command: ["sh", "-c", "yes $(seq -s , 1 150)"]}
+"#,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready(&c.get_json(&["pod", "flood"])?) {
+        anyhow::ensure!(Instant::now() < deadline, "the flood pod did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let uid = c.get_json(&["pod", "flood"])?["metadata"]["uid"]
+        .as_str()
+        .context("uid")?
+        .replace('-', "");
+    let dir = c
+        .lab
+        .node_state_dir(c.lab.node("n1"))
+        .join("sandbox/pods")
+        .join(&uid[..12])
+        .join("logs/main");
+    let agent = c.agent_pid("n1").context("the agent's pid")?;
+    let (_, peak_before) = weft_tests::apitest::rss(agent)?;
+    let line: String = (1..=150)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let started = Instant::now();
+    let mut written_max = 0u64;
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(20) {
+        rounds += 1;
+        let tail = c.weft(&["logs", "flood", "--tail", "10"])?;
+        let lines: Vec<&str> = tail.lines().collect();
+        assert_eq!(lines.len(), 10, "--tail 10 gave {} lines", lines.len());
+        assert!(
+            lines.iter().all(|l| *l == line),
+            "torn or foreign lines in the tail"
+        );
+        let recent = c.weft(&["logs", "flood", "--since", "2s", "--limit-bytes", "5000"])?;
+        assert_eq!(recent.len(), 5000, "--limit-bytes 5000 of a flood");
+        let stamped = c.weft(&["logs", "flood", "--tail", "1", "--timestamps"])?;
+        let (time, text) = stamped
+            .trim_end()
+            .split_once(' ')
+            .with_context(|| format!("no timestamp in {stamped:?}"))?;
+        assert!(humantime::parse_rfc3339(time).is_ok(), "{time}");
+        assert_eq!(text, line);
+        // On disk: at most three files, each at most the size.
+        let mut total = 0;
+        let mut files = 0;
+        for e in std::fs::read_dir(&dir)? {
+            let len = e?.metadata()?.len();
+            assert!(len <= MAX_SIZE, "a log file of {len} bytes");
+            total += len;
+            files += 1;
+        }
+        assert!(files <= 3, "{files} log files");
+        written_max = written_max.max(total);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        dir.join("0.log.2").exists(),
+        "the flood never rotated twice: it did not write fast enough to test anything"
+    );
+    let (_, peak_after) = weft_tests::apitest::rss(agent)?;
+    eprintln!(
+        "{rounds} rounds of reads; at most {written_max} bytes on disk; agent peak {} MB -> {} MB",
+        peak_before >> 20,
+        peak_after >> 20
+    );
+    assert!(
+        peak_after < peak_before + (64 << 20),
+        "the agent's peak grew from {} MB to {} MB",
+        peak_before >> 20,
+        peak_after >> 20
+    );
+    // Bad options are refused as kube-apiserver refuses them.
+    let out = c.weft_output(&["logs", "flood", "--limit-bytes", "0"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limitBytes"));
+    Ok(())
+}

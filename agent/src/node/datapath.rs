@@ -44,6 +44,8 @@ pub(super) async fn load(cfg: &AgentConfig, reg: &Registered) -> Result<DataPath
         shim: cfg.shim.clone(),
         registry: cfg.registry.clone(),
         seccomp_dir: cfg.state_dir.join("seccomp"),
+        log_max_size: cfg.container_log_max_size,
+        log_max_files: cfg.container_log_max_files,
     })?;
     let mut datapath = Datapath::load_with(&DatapathOptions {
         netns: None,

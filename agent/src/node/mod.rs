@@ -8,6 +8,7 @@
 
 mod api;
 mod datapath;
+mod logs;
 mod loops;
 mod pods;
 mod register;
@@ -71,6 +72,10 @@ pub struct AgentConfig {
     pub pod_max_pids: Option<u64>,
     /// PIDs the node keeps from its pods for itself and the agent.
     pub system_reserved_pids: u64,
+    /// Size at which a container's log rotates.
+    pub container_log_max_size: u64,
+    /// Log files kept per container run, the current one included.
+    pub container_log_max_files: u32,
     /// The port of the agent's endpoint (logs, exec, stats) on the node IP.
     pub server_port: u16,
     /// Move the agent into the node's own cgroup (`weft/<instance>/agent`),
@@ -139,6 +144,8 @@ impl AgentConfig {
             parallel_creates: 4,
             pod_max_pids: Some(crate::sandbox::DEFAULT_POD_MAX_PIDS),
             system_reserved_pids: crate::sandbox::DEFAULT_SYSTEM_RESERVED_PIDS,
+            container_log_max_size: crate::runtime::logfile::DEFAULT_MAX_SIZE,
+            container_log_max_files: crate::runtime::logfile::DEFAULT_MAX_FILES,
             server_port: server::DEFAULT_PORT,
             cgroup_self: false,
             pin_dir: PathBuf::from("/sys/fs/bpf/weft").join(node_name),

@@ -11,12 +11,11 @@
 //! Only the controller may call it: it presents this node's own token,
 //! which only the controller and this agent know.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use axum::{
     Router,
-    body::Body,
     extract::{
         Path, Query, State,
         ws::{Message, WebSocket, WebSocketUpgrade},
@@ -25,7 +24,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -35,8 +33,8 @@ use crate::sandbox::PodRecord;
 /// The port kubelet serves on, which the agent takes too.
 pub(super) const DEFAULT_PORT: u16 = 10250;
 
-struct Shared {
-    node: Arc<Node>,
+pub(super) struct Shared {
+    pub(super) node: Arc<Node>,
     token: Option<String>,
     stats: Arc<Stats>,
 }
@@ -90,7 +88,10 @@ pub(super) async fn run(
     .await?;
     let shared = Arc::new(Shared { node, token, stats });
     let app = Router::new()
-        .route("/containerLogs/{ns}/{pod}/{container}", get(logs))
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            get(super::logs::logs),
+        )
         .route("/exec/{ns}/{pod}/{container}", get(exec))
         .route("/stats/summary", get(summary))
         .route("/lb/services", get(lb_services))
@@ -116,7 +117,7 @@ pub(super) fn bind(node_ip: std::net::Ipv4Addr, port: u16) -> Result<std::net::T
         .with_context(|| format!("listen on {addr} (is an agent of this node already running?)"))
 }
 
-fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+pub(super) fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "code": code.as_u16()});
     (
@@ -127,7 +128,7 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn authorized(s: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub(super) fn authorized(s: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -149,7 +150,7 @@ fn authorized(s: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
 
 /// The record of pod `ns/name` on this node and the runtime id of its
 /// container `container`.
-fn find(
+pub(super) fn find(
     s: &Shared,
     ns: &str,
     pod: &str,
@@ -190,181 +191,8 @@ fn find(
     Ok((rec, id))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LogQuery {
-    #[serde(default)]
-    follow: Option<String>,
-    #[serde(default)]
-    tail_lines: Option<i64>,
-    #[serde(default)]
-    previous: Option<String>,
-    #[serde(default)]
-    timestamps: Option<String>,
-}
-
-fn truthy(v: Option<&String>) -> bool {
+pub(super) fn truthy(v: Option<&String>) -> bool {
     v.is_some_and(|v| v == "true" || v == "1")
-}
-
-async fn logs(
-    State(s): State<Arc<Shared>>,
-    Path((ns, pod, container)): Path<(String, String, String)>,
-    Query(q): Query<LogQuery>,
-    headers: HeaderMap,
-) -> Response {
-    let (rec, id) = match authorized(&s, &headers).and_then(|()| find(&s, &ns, &pod, &container)) {
-        Ok(x) => x,
-        Err(r) => return *r,
-    };
-    let run = rec.restarts.get(&container).copied().unwrap_or(0);
-    let (run, previous) = if truthy(q.previous.as_ref()) {
-        if run == 0 {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                &format!(
-                    "previous terminated container \"{container}\" in pod \"{pod}\" not found"
-                ),
-            );
-        }
-        (run - 1, true)
-    } else {
-        (run, false)
-    };
-    let path = s.node.sandbox.log_path(&rec.uid, &container, run);
-    let timestamps = truthy(q.timestamps.as_ref());
-    let follow = truthy(q.follow.as_ref()) && !previous;
-    let text = tokio::fs::read(&path).await.unwrap_or_default();
-    // The complete lines so far, the last `tailLines` of them.
-    let end = text.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
-    let mut lines: Vec<String> = text[..end]
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| render(l, timestamps))
-        .collect();
-    if let Some(n) = q.tail_lines.filter(|n| *n >= 0) {
-        let n = usize::try_from(n).unwrap_or(usize::MAX);
-        lines.drain(..lines.len().saturating_sub(n));
-    }
-    let head: String = lines.concat();
-    if !follow {
-        return ([(header::CONTENT_TYPE, "text/plain")], head).into_response();
-    }
-    // Follow: what is appended from `end` on, until the container's run
-    // ends (or the client goes away, which drops the stream).
-    let runtime = s.node.sandbox.runtime().clone();
-    let stream = async_stream(
-        head,
-        path,
-        end as u64,
-        move || {
-            let rt = runtime.clone();
-            let id = id.clone();
-            async move {
-                tokio::task::spawn_blocking(move || rt.state(&id))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .is_some_and(|st| st.status == crate::runtime::Status::Running)
-            }
-        },
-        timestamps,
-    );
-    (
-        [(header::CONTENT_TYPE, "text/plain")],
-        Body::from_stream(stream),
-    )
-        .into_response()
-}
-
-/// One CRI log line (`<time> <stream> <P|F> <text>`) as users see it.
-fn render(line: &[u8], timestamps: bool) -> String {
-    let l = String::from_utf8_lossy(line);
-    let mut parts = l.splitn(4, ' ');
-    let (time, _stream, tag, text) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    // A partial line (P) continues in the next record.
-    let nl = if tag == "P" { "" } else { "\n" };
-    if timestamps {
-        format!("{time} {text}{nl}")
-    } else {
-        format!("{text}{nl}")
-    }
-}
-
-fn async_stream<F, Fut>(
-    head: String,
-    path: std::path::PathBuf,
-    mut offset: u64,
-    running: F,
-    timestamps: bool,
-) -> impl futures::Stream<Item = Result<String, std::io::Error>>
-where
-    F: Fn() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
-    tokio::spawn(async move {
-        if !head.is_empty() && tx.send(Ok(head)).await.is_err() {
-            return;
-        }
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            let mut chunk = Vec::new();
-            if let Ok(mut f) = tokio::fs::File::open(&path).await {
-                use tokio::io::AsyncSeekExt as _;
-                if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
-                    let _ = f.read_to_end(&mut chunk).await;
-                }
-            }
-            if chunk.is_empty() {
-                if !running().await {
-                    // One last look for what the container wrote last.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    if tokio::fs::metadata(&path)
-                        .await
-                        .map(|m| m.len())
-                        .unwrap_or(0)
-                        <= offset
-                    {
-                        return;
-                    }
-                    continue;
-                }
-                if tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            offset += chunk.len() as u64;
-            pending.extend_from_slice(&chunk);
-            let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
-                continue;
-            };
-            let done: Vec<u8> = pending.drain(..=end).collect();
-            let text: String = done
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| render(l, timestamps))
-                .collect();
-            if tx.send(Ok(text)).await.is_err() {
-                return;
-            }
-        }
-    });
-    tokio_stream_from(rx)
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// What the node's load-balancer maps hold (`weft lb show`).

@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod busybox;
 pub mod image;
+pub mod logfile;
 pub mod reference;
 pub mod registry;
 pub mod security;
@@ -94,6 +95,10 @@ pub struct RuntimeConfig {
     /// Where Localhost seccomp profiles are read from (kubelet's
     /// /var/lib/kubelet/seccomp).
     pub seccomp_dir: PathBuf,
+    /// Size at which a container's log rotates.
+    pub log_max_size: u64,
+    /// Log files kept per container run, the current one included.
+    pub log_max_files: u32,
 }
 
 /// What a container is doing.
@@ -331,6 +336,10 @@ impl Runtime {
             .arg(&self.cfg.runc_root)
             .arg("--log")
             .arg(req.log.clone().unwrap_or_else(|| self.log_path(req.id)))
+            .arg("--log-max-size")
+            .arg(self.cfg.log_max_size.to_string())
+            .arg("--log-max-files")
+            .arg(self.cfg.log_max_files.to_string())
             .args(start.then_some("--start"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

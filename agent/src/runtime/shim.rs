@@ -5,21 +5,24 @@
 //! what `kubectl logs` shows), and records the exit code when it exits.
 //!
 //! The log file is the caller's choice (the sandbox keeps one per restart,
-//! as kubelet does, so that the previous run's log survives a restart).
+//! as kubelet does, so that the previous run's log survives a restart); it
+//! rotates at `log_max_size`, keeping `log_max_files` files
+//! ([`super::logfile`]).
 //!
 //! It tells the agent how creation went with one line on its stdout,
 //! `ok <pid>` or `err <message>`, then detaches from it.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{BufRead as _, BufReader, Write as _},
+    fs::{self, File},
+    io::{Read as _, Write as _},
     os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
+use super::logfile::{self, RotatingLog};
 use nix::{
     sys::wait::{WaitStatus, waitpid},
     unistd::{Pid, pipe, setsid},
@@ -38,6 +41,10 @@ pub struct ShimArgs {
     pub runc_root: PathBuf,
     /// Log file (CRI format), appended to.
     pub log: PathBuf,
+    /// Size at which the log rotates.
+    pub log_max_size: u64,
+    /// Log files kept, the current one included.
+    pub log_max_files: u32,
     /// Start the container too (`runc run --detach`), saving a `runc start`.
     pub start: bool,
 }
@@ -59,31 +66,38 @@ pub fn runc_error(bundle: &Path) -> Option<String> {
     })
 }
 
-fn cri_line(stream: &str, line: &[u8]) -> Vec<u8> {
-    let ts = humantime::format_rfc3339_nanos(SystemTime::now());
-    let mut out = format!("{ts} {stream} F ").into_bytes();
-    out.extend_from_slice(line);
-    out.push(b'\n');
-    out
-}
-
-fn pump(src: OwnedFd, stream: &'static str, log: Arc<Mutex<File>>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(File::from(src));
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-                    if let Ok(mut f) = log.lock() {
-                        let _ = f.write_all(&cri_line(stream, line));
-                    }
+fn pump(
+    src: OwnedFd,
+    stream: &'static str,
+    log: Arc<Mutex<RotatingLog>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("log-{stream}"))
+        .spawn(move || {
+            let mut r = File::from(src);
+            let mut buf = vec![0u8; 64 * 1024];
+            // An unfinished line, at most MAX_LINE bytes: the shim's memory
+            // does not grow with what the container writes.
+            let mut partial = Vec::new();
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                // Written before the next read: a container that writes
+                // faster than the disk takes waits on its full pipe.
+                if let Ok(mut f) = log.lock() {
+                    let _ = logfile::records(stream, &buf[..n], &mut partial, |rec| {
+                        f.write_record(rec)
+                    });
                 }
             }
-        }
-    })
+            if !partial.is_empty()
+                && let Ok(mut f) = log.lock()
+            {
+                let _ = logfile::records(stream, b"\n", &mut partial, |rec| f.write_record(rec));
+            }
+        })
 }
 
 /// Runs the shim; returns the process exit code.
@@ -102,7 +116,7 @@ pub fn run(args: &ShimArgs) -> i32 {
     if let Some(d) = log_path.parent() {
         let _ = fs::create_dir_all(d);
     }
-    let log = match OpenOptions::new().create(true).append(true).open(log_path) {
+    let log = match RotatingLog::open(log_path, args.log_max_size, args.log_max_files) {
         Ok(f) => Arc::new(Mutex::new(f)),
         Err(e) => return fail(&mut report, format!("open {}: {e}", log_path.display())),
     };
@@ -147,10 +161,17 @@ pub fn run(args: &ShimArgs) -> i32 {
         None => return fail(&mut report, "runc wrote no pid".into()),
     };
     // The write ends now live only in the container (runc passed them on).
-    let pumps = [
+    let pumps = match (
         pump(out_r, "stdout", log.clone()),
         pump(err_r, "stderr", log),
-    ];
+    ) {
+        (Ok(a), Ok(b)) => [a, b],
+        (Err(e), _) | (_, Err(e)) => {
+            // Nobody would read the container's output: stop it.
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            return fail(&mut report, format!("start the log threads: {e}"));
+        }
+    };
     let _ = writeln!(report, "ok {pid}");
     let _ = report.flush();
     // Detach from the agent's pipes so that its reads end.

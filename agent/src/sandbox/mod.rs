@@ -503,7 +503,20 @@ impl Sandbox {
             .map(|f| (dir.join(f), format!("/etc/{f}")))
             .collect();
         let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
-        let log = Some(self.log_path(&rec.uid, &c.name, restarts));
+        let log = self.log_path(&rec.uid, &c.name, restarts);
+        // This run's log and the previous one's are kept (as kubelet keeps
+        // one dead container per container), not every run's of a
+        // container that crashes for days.
+        if let Some(dir) = log.parent() {
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let run: Option<i32> = name.split('.').next().and_then(|n| n.parse().ok());
+                if run.is_some_and(|r| r < restarts - 1) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let log = Some(log);
         self.runtime_call(&pod_name(rec), &c.name, move |rt| {
             let req = CreateRequest {
                 id: &id,

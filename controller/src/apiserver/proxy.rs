@@ -245,7 +245,15 @@ pub async fn pod_log(
     let (node, container) = pod_target(st, ns, name, query).await?;
     let params = {
         let mut p = form_urlencoded::Serializer::new(String::new());
-        for k in ["follow", "tailLines", "previous", "timestamps"] {
+        for k in [
+            "follow",
+            "tailLines",
+            "previous",
+            "timestamps",
+            "sinceSeconds",
+            "sinceTime",
+            "limitBytes",
+        ] {
             if let Some(v) = query.get(k) {
                 p.append_pair(k, v);
             }
