@@ -87,7 +87,7 @@ impl Default for LbSizes {
 impl LbSizes {
     /// Per map: its name, entries, and key and value sizes (a pinned map
     /// is reused only when all three agree).
-    fn per_map(&self) -> [(&'static str, u32, usize, usize); 8] {
+    fn per_map(&self) -> [(&'static str, u32, usize, usize); 10] {
         use std::mem::size_of;
         [
             (
@@ -132,6 +132,19 @@ impl LbSizes {
                 common::IF_COUNTERS_MAX,
                 4,
                 size_of::<IfCounters>(),
+            ),
+            // Pinned, so that a restarting agent's pods stay guarded.
+            (
+                common::POD_ADDRS_MAP,
+                common::POD_ADDRS_MAX,
+                4,
+                size_of::<common::PodAddr>(),
+            ),
+            (
+                common::SPOOFED_MAP,
+                common::IF_COUNTERS_MAX,
+                4,
+                size_of::<common::SpoofCounters>(),
             ),
         ]
     }
@@ -553,9 +566,73 @@ impl Datapath {
     /// detached the programs in the kernel.
     pub fn detach_pod(&mut self, host_veth: &str, ifindex: Option<u32>) {
         self.attached.remove(host_veth);
-        if let (Some(idx), Ok(mut map)) = (ifindex, self.counters_map()) {
+        let Some(idx) = ifindex else { return };
+        if let Ok(mut map) = self.counters_map() {
             let _ = map.remove(&idx);
         }
+        for name in [common::POD_ADDRS_MAP, common::SPOOFED_MAP] {
+            if let Some(m) = self.ebpf.map_mut(name) {
+                let _ = match name {
+                    common::POD_ADDRS_MAP => {
+                        aya::maps::HashMap::<_, u32, common::PodAddr>::try_from(m)
+                            .map(|mut h| h.remove(&idx))
+                    }
+                    _ => PerCpuHashMap::<_, u32, common::SpoofCounters>::try_from(m)
+                        .map(|mut h| h.remove(&idx)),
+                };
+            }
+        }
+    }
+
+    /// Registers the pod behind the veth of `ifindex`: what it sends must
+    /// carry `ip` and `mac` as its source (`guard` in the programs). Done
+    /// before the programs are attached, so no frame passes unjudged.
+    ///
+    /// # Errors
+    /// When the map is full or cannot be written.
+    pub fn guard_pod(
+        &mut self,
+        ifindex: u32,
+        ip: std::net::Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), BpfError> {
+        let name = common::POD_ADDRS_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(BpfError::Missing(name))?;
+        let mut h = aya::maps::HashMap::<_, u32, common::PodAddr>::try_from(map)
+            .map_err(|source| BpfError::Map { name, source })?;
+        let addr = common::PodAddr {
+            ip: u32::from(ip).to_be(),
+            mac,
+            pad: [0; 2],
+        };
+        h.insert(ifindex, addr, 0)
+            .map_err(|source| BpfError::Map { name, source })
+    }
+
+    /// What the pod behind `ifindex` sent with forged addresses, summed
+    /// over CPUs.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn spoofed(&mut self, ifindex: u32) -> Result<common::SpoofCounters, BpfError> {
+        let name = common::SPOOFED_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(BpfError::Missing(name))?;
+        let h = PerCpuHashMap::<_, u32, common::SpoofCounters>::try_from(map)
+            .map_err(|source| BpfError::Map { name, source })?;
+        let per_cpu = match h.get(&ifindex, 0) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(common::SpoofCounters::default()),
+            Err(source) => return Err(BpfError::Map { name, source }),
+        };
+        Ok(per_cpu
+            .iter()
+            .fold(common::SpoofCounters::default(), |mut a, c| {
+                a.mac += c.mac;
+                a.ip += c.ip;
+                a.arp += c.arp;
+                a.other += c.other;
+                a
+            }))
     }
 
     fn counters_map(

@@ -140,6 +140,16 @@ fn render_show(v: &PodView) -> String {
         "allowed    {} new flows in, {} new flows out",
         v.ingress_allowed, v.egress_allowed
     );
+    let f = &v.spoofed;
+    let _ = writeln!(
+        s,
+        "spoofed    {} frames dropped (source IP {}, source MAC {}, ARP sender {}, not IPv4 {})",
+        f.mac + f.ip + f.arp + f.other,
+        f.ip,
+        f.mac,
+        f.arp,
+        f.other
+    );
     if v.overflow {
         let _ = writeln!(
             s,

@@ -33,6 +33,53 @@ pub const IF_COUNTERS_MAP: &str = "WEFT_IF_COUNTERS";
 pub const IF_COUNTERS_MAX: u32 = 4096;
 
 // ---------------------------------------------------------------------------
+// Anti-spoofing: what a pod may send as (the `weft_from_pod` program).
+
+/// A pod's own addresses, keyed in [`POD_ADDRS_MAP`] by the ifindex of its
+/// veth's host side: a frame from the pod must carry this source MAC, an
+/// IPv4 packet this source address, an ARP message both as its sender.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodAddr {
+    /// IPv4 address, network order.
+    pub ip: u32,
+    /// The MAC of the pod's eth0.
+    pub mac: [u8; 6],
+    /// Padding (zero).
+    pub pad: [u8; 2],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, repr(C), every bit pattern valid.
+unsafe impl aya::Pod for PodAddr {}
+
+/// Frames a pod sent with addresses not its own, dropped, by what was
+/// forged; per CPU, keyed in [`SPOOFED_MAP`] by the host veth's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoofCounters {
+    /// A source MAC not the pod's.
+    pub mac: u64,
+    /// An IPv4 source address not the pod's.
+    pub ip: u64,
+    /// An ARP message whose sender is not the pod.
+    pub arp: u64,
+    /// Neither IPv4 nor ARP (IPv6, neighbour discovery, VLAN tags...).
+    pub other: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, repr(C), every bit pattern valid.
+unsafe impl aya::Pod for SpoofCounters {}
+
+/// Name of the hash map of [`PodAddr`] by host veth ifindex (`u32`).
+pub const POD_ADDRS_MAP: &str = "WEFT_POD_ADDRS";
+/// Name of the per-CPU hash map of [`SpoofCounters`] by ifindex (`u32`).
+pub const SPOOFED_MAP: &str = "WEFT_SPOOFED";
+/// Pod veths a node guards (as many as it counts).
+pub const POD_ADDRS_MAX: u32 = IF_COUNTERS_MAX;
+
+// ---------------------------------------------------------------------------
 // Service load-balancing (the `weft_lb_*` programs).
 //
 // Addresses and ports are kept in network byte order, as the programs read

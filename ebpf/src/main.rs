@@ -3,7 +3,8 @@
 //! `weft-common`, so the agent reads exactly what these programs write.
 //!
 //! - `weft_from_pod` / `weft_to_pod`: tc on the host side of every pod veth.
-//!   They count the pod's traffic, translate packets addressed to a Service
+//!   They count the pod's traffic, drop what the pod sends with addresses
+//!   not its own (`guard`), translate packets addressed to a Service
 //!   that the socket path did not translate (DNAT with connection
 //!   tracking, reverse NAT on the way back, hairpin), and refuse
 //!   connections to a Service without ready backends with an ICMP
@@ -21,6 +22,7 @@
 #![no_std]
 #![no_main]
 
+mod guard;
 mod lb;
 mod pkt;
 mod policy;
@@ -86,6 +88,10 @@ fn count(ctx: &TcContext, dir: Dir) {
 #[classifier]
 pub fn weft_from_pod(ctx: TcContext) -> i32 {
     count(&ctx, Dir::FromPod);
+    // Only the pod's own addresses go further (NetworkPolicy judges by them).
+    if !guard::from_pod(&ctx) {
+        return TC_ACT_SHOT;
+    }
     match lb::from_pod(&ctx) {
         Ok(action) => action,
         // Not TCP or UDP (or not rewritable): only the policy judges it.

@@ -740,6 +740,12 @@ fn policies_change_under_traffic_are_shown_traced_and_survive_an_agent_restart()
         v["ingress_allowed"].as_u64() > Some(0),
         "allowed flows counted: {v}"
     );
+    // A pod that only ever sent as itself forged nothing.
+    ensure!(
+        v["spoofed"]["ip"] == 0 && v["spoofed"]["mac"] == 0 && v["spoofed"]["arp"] == 0,
+        "{v}"
+    );
+    ensure!(show.contains("spoofed    "), "{show}");
     // Per policy: b/allow's rule let blue's client in, and its default deny
     // decided the denials.
     ensure!(

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use k8s_openapi::api::core::v1::Pod;
 use weft_agent::{
     runtime::busybox::BUSYBOX_IMAGE,
@@ -403,6 +403,229 @@ async fn a_fork_bomb_is_bounded_and_no_container_outlives_its_pod() -> Result<()
 
         sb.remove_all(Duration::ZERO).await?;
         assert!(sb.runtime().runc_ids()?.is_empty());
+        Ok(())
+    })
+    .await?
+}
+
+/// The MAC of eth0 in the namespace `ns`.
+async fn mac_in(ns: &str) -> Result<[u8; 6]> {
+    let nl = weft_agent::netlink::Netlink::open(Some(ns))?;
+    let l = nl.link("eth0").await?.context("eth0")?;
+    Ok(l.mac.as_slice().try_into()?)
+}
+
+fn ip_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame carrying IPv4 UDP to port 9999.
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = ip_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&9999u16.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An ARP request from (`sha`, `spa`) asking for `tpa`, broadcast.
+fn arp_frame(
+    src_mac: [u8; 6],
+    sha: [u8; 6],
+    spa: std::net::Ipv4Addr,
+    tpa: std::net::Ipv4Addr,
+) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tpa.octets());
+    f
+}
+
+/// Sends raw frames out of eth0 of the namespace `ns` (a packet socket:
+/// what a pod with NET_RAW can do).
+fn send_raw(ns: &str, frames: Vec<Vec<u8>>) -> Result<()> {
+    weft_agent::netlink::netns::run_in(Some(ns), move || -> Result<()> {
+        // SAFETY: plain socket calls on a descriptor this closure owns.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            );
+            anyhow::ensure!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let ifindex = libc::if_nametoindex(c"eth0".as_ptr());
+            for f in frames {
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = ifindex as i32;
+                addr.sll_halen = 6;
+                addr.sll_addr[..6].copy_from_slice(&f[..6]);
+                let n = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                anyhow::ensure!(
+                    n == f.len() as isize,
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+        Ok(())
+    })?
+}
+
+/// The MAC the node's neighbour table holds for `ip`, if any.
+fn neighbour(node_ns: &str, ip: std::net::Ipv4Addr) -> Result<Option<String>> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", node_ns, "neigh", "show", &ip.to_string()])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(text
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .map(str::to_string))
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A pod that forges its source (another pod's address, its node's
+/// gateway, another pod's MAC), poisons its node's ARP table, or sends
+/// IPv6: every such frame is dropped at its veth and counted, while what it
+/// sends as itself passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_cannot_send_as_anyone_else() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        let lab = Lab::up(LabSpec::new(1)).await?;
+        let node = lab.node("n1").clone();
+        let sb = lab.sandbox(&node)?;
+        lab.load_busybox(&sb)?;
+        let mk = |name: &str, seed| plain_pod(name, seed, "sleep 600");
+        let attacker = sb.create_pod(&mk("attacker", 11), sb.free_ip()?).await?;
+        let victim = sb.create_pod(&mk("victim", 12), sb.free_ip()?).await?;
+        let receiver = sb.create_pod(&mk("receiver", 13), sb.free_ip()?).await?;
+        let (own_mac, victim_mac, receiver_mac) = (
+            mac_in(&attacker.netns).await?,
+            mac_in(&victim.netns).await?,
+            mac_in(&receiver.netns).await?,
+        );
+        let gateway = weft_lab::topology::first_host(node.block);
+
+        // The receiver listens for UDP on 9999 and notes who sent what.
+        let rns = receiver.netns.clone();
+        let listener = std::thread::spawn(move || {
+            weft_agent::netlink::netns::run_in(Some(&rns), || -> Result<Vec<(String, String)>> {
+                let s = std::net::UdpSocket::bind("0.0.0.0:9999")?;
+                s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 256];
+                while let Ok((n, from)) = s.recv_from(&mut buf) {
+                    got.push((
+                        from.ip().to_string(),
+                        String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    ));
+                }
+                Ok(got)
+            })
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let to = |src_mac, src, what: &str| {
+            udp_frame(src_mac, receiver_mac, src, receiver.ip, what.as_bytes())
+        };
+        let mut ipv6 = vec![0x33, 0x33, 0, 0, 0, 1];
+        ipv6.extend_from_slice(&own_mac);
+        ipv6.extend_from_slice(&0x86ddu16.to_be_bytes());
+        ipv6.extend_from_slice(&[0x60; 40]);
+        send_raw(
+            &attacker.netns,
+            vec![
+                to(own_mac, attacker.ip, "legit"),
+                to(own_mac, victim.ip, "forged-ip"),
+                to(own_mac, gateway, "forged-gateway"),
+                to(own_mac, node.ip, "forged-node"),
+                to(victim_mac, attacker.ip, "forged-mac"),
+                ipv6,
+                // As itself, then as the victim: the node's table must
+                // learn the first and not the second.
+                arp_frame(own_mac, own_mac, attacker.ip, gateway),
+                arp_frame(own_mac, own_mac, victim.ip, gateway),
+            ],
+        )?;
+        let got = listener
+            .join()
+            .map_err(|_| anyhow::anyhow!("listener panicked"))???;
+        assert_eq!(
+            got,
+            [(attacker.ip.to_string(), "legit".to_string())],
+            "only what the pod sent as itself arrives"
+        );
+        assert_eq!(
+            neighbour(&node.netns, attacker.ip)?,
+            Some(mac_text(own_mac)),
+            "the node learns the pod from its own ARP"
+        );
+        assert_ne!(
+            neighbour(&node.netns, victim.ip)?,
+            Some(mac_text(own_mac)),
+            "the node's ARP table was poisoned"
+        );
+        let c = sb.spoofed(&attacker.uid).await?;
+        // The pod's own kernel may add IPv6 of its own (neighbour discovery).
+        assert_eq!((c.ip, c.mac, c.arp), (3, 1, 1), "{c:?}");
+        assert!(c.other >= 1, "{c:?}");
+        let v = sb.spoofed(&victim.uid).await?;
+        assert_eq!(
+            (v.ip, v.mac, v.arp),
+            (0, 0, 0),
+            "the victim forged nothing: {v:?}"
+        );
+        sb.remove_all(Duration::ZERO).await?;
         Ok(())
     })
     .await?

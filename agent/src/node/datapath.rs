@@ -131,7 +131,7 @@ pub(super) async fn load(cfg: &AgentConfig, reg: &Registered) -> Result<DataPath
         tracing::info!(what = ?swept, "removed what no pod record accounts for");
     }
     // Pods that outlived an earlier agent get this agent's programs, in place.
-    sandbox.reattach()?;
+    sandbox.reattach().await?;
     Ok(DataPath {
         sandbox,
         lb,

@@ -234,13 +234,36 @@ async fn policy_show(
         return *r;
     }
     let key = format!("{ns}/{pod}");
-    let st = s.node.policy.lock().expect("policy lock");
-    match st.engine.show(&key, &s.node.cfg.node_name, &st.maps) {
-        Some(v) => (
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::to_string(&v).unwrap_or_default(),
-        )
-            .into_response(),
+    let view = {
+        let st = s.node.policy.lock().expect("policy lock");
+        st.engine.show(&key, &s.node.cfg.node_name, &st.maps)
+    };
+    match view {
+        Some(mut v) => {
+            // What its veth dropped as forged (anti-spoofing).
+            let rec = s
+                .node
+                .sandbox
+                .records()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|r| r.namespace == ns && r.name == pod);
+            if let Some(r) = rec
+                && let Ok(c) = s.node.sandbox.spoofed(&r.uid).await
+            {
+                v.spoofed = weft_api::debug::policy::Spoofed {
+                    mac: c.mac,
+                    ip: c.ip,
+                    arp: c.arp,
+                    other: c.other,
+                };
+            }
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::to_string(&v).unwrap_or_default(),
+            )
+                .into_response()
+        }
         None => status(
             StatusCode::NOT_FOUND,
             "NotFound",

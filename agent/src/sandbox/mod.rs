@@ -402,7 +402,8 @@ impl Sandbox {
 
     async fn build(&self, pod: &Pod, rec: &PodRecord) -> Result<(), SandboxError> {
         netns::ensure(&rec.netns)?;
-        self.net
+        let ifindex = self
+            .net
             .attach_veth(&VethAttachment {
                 host_veth: rec.host_veth.clone(),
                 netns: rec.netns.clone(),
@@ -413,9 +414,11 @@ impl Sandbox {
             })
             .await?;
         if let Some(dp) = &self.datapath {
-            dp.lock()
-                .expect("datapath lock")
-                .attach_pod(&rec.host_veth)?;
+            let mac = self.pod_mac(&rec.netns).await?;
+            let mut dp = dp.lock().expect("datapath lock");
+            // Guarded before any program judges its frames.
+            dp.guard_pod(ifindex, rec.ip, mac)?;
+            dp.attach_pod(&rec.host_veth)?;
         }
         let cgroup = self.pod_cgroup(&rec.uid);
         cgroups::set_pids_max(&cgroup, self.cfg.pod_max_pids)
@@ -622,15 +625,59 @@ impl Sandbox {
     ///
     /// # Errors
     /// When attaching fails.
-    pub fn reattach(&self) -> Result<(), SandboxError> {
+    pub async fn reattach(&self) -> Result<(), SandboxError> {
         let Some(dp) = &self.datapath else {
             return Ok(());
         };
-        let mut dp = dp.lock().expect("datapath lock");
         for r in self.records()? {
+            let Some(link) = self.net.link(&r.host_veth).await? else {
+                continue;
+            };
+            let mac = self.pod_mac(&r.netns).await?;
+            let mut dp = dp.lock().expect("datapath lock");
+            dp.guard_pod(link.index, r.ip, mac)?;
             dp.attach_pod(&r.host_veth)?;
         }
         Ok(())
+    }
+
+    /// The MAC of the pod's eth0, inside its namespace.
+    async fn pod_mac(&self, pod_netns: &str) -> Result<[u8; 6], SandboxError> {
+        let pod = Netlink::open(Some(pod_netns))?;
+        let eth0 = pod
+            .link("eth0")
+            .await?
+            .ok_or_else(|| NetlinkError::NotFound {
+                what: "interface",
+                name: format!("{pod_netns}:eth0"),
+            })?;
+        eth0.mac.as_slice().try_into().map_err(|_| {
+            SandboxError::Net(NetlinkError::NotFound {
+                what: "MAC address of",
+                name: format!("{pod_netns}:eth0"),
+            })
+        })
+    }
+
+    /// What the pod sent with addresses not its own (dropped).
+    ///
+    /// # Errors
+    /// When the datapath is off or the map unreadable.
+    pub async fn spoofed(&self, uid: &str) -> Result<weft_common::SpoofCounters, SandboxError> {
+        let host_veth = veth_name(uid);
+        let idx = self
+            .net
+            .link(&host_veth)
+            .await?
+            .ok_or_else(|| NetlinkError::NotFound {
+                what: "interface",
+                name: host_veth.clone(),
+            })?
+            .index;
+        match &self.datapath {
+            Some(dp) => Ok(dp.lock().expect("datapath lock").spoofed(idx)?),
+            None => Ok(weft_common::SpoofCounters::default()),
+        }
     }
 
     /// Rolls back pods whose creation was interrupted and finishes removals

@@ -73,6 +73,22 @@ pub struct PodView {
     pub problems: Vec<String>,
     /// Fill of the node's policy maps.
     pub maps: Vec<Fill>,
+    /// Frames the pod sent with addresses not its own, dropped at its veth.
+    #[serde(default)]
+    pub spoofed: Spoofed,
+}
+
+/// Frames a pod sent as someone else, dropped, by what was forged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spoofed {
+    /// A source MAC not the pod's.
+    pub mac: u64,
+    /// An IPv4 source address not the pod's.
+    pub ip: u64,
+    /// ARP with a sender not the pod.
+    pub arp: u64,
+    /// Neither IPv4 nor ARP (IPv6 and its neighbour discovery included).
+    pub other: u64,
 }
 
 /// One direction of a traced flow, judged on the node of its local pod.
