@@ -87,7 +87,7 @@ impl Default for LbSizes {
 impl LbSizes {
     /// Per map: its name, entries, and key and value sizes (a pinned map
     /// is reused only when all three agree).
-    fn per_map(&self) -> [(&'static str, u32, usize, usize); 10] {
+    fn per_map(&self) -> [(&'static str, u32, usize, usize); 12] {
         use std::mem::size_of;
         [
             (
@@ -146,6 +146,13 @@ impl LbSizes {
                 4,
                 size_of::<common::SpoofCounters>(),
             ),
+            (
+                common::DNS_BUCKETS_MAP,
+                common::IF_COUNTERS_MAX,
+                4,
+                size_of::<common::DnsBucket>(),
+            ),
+            (common::DNS_LIMIT_MAP, 1, 4, size_of::<common::DnsLimit>()),
         ]
     }
 }
@@ -302,6 +309,8 @@ pub struct Datapath {
     tc_links: Vec<SchedClassifierLink>,
     /// Unpinned cgroup links, likewise.
     cgroup_links: Vec<FdLink>,
+    /// DNS queries dropped by the rate limit for pods since removed.
+    dns_dropped_removed: u64,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -407,6 +416,7 @@ impl Datapath {
             attached: HashSet::new(),
             tc_links: Vec::new(),
             cgroup_links: Vec::new(),
+            dns_dropped_removed: 0,
         })
     }
 
@@ -570,6 +580,14 @@ impl Datapath {
         if let Ok(mut map) = self.counters_map() {
             let _ = map.remove(&idx);
         }
+        if let Some(m) = self.ebpf.map_mut(common::DNS_BUCKETS_MAP)
+            && let Ok(mut h) = aya::maps::HashMap::<_, u32, common::DnsBucket>::try_from(m)
+        {
+            if let Ok(b) = h.get(&idx, 0) {
+                self.dns_dropped_removed += b.dropped;
+            }
+            let _ = h.remove(&idx);
+        }
         for name in [common::POD_ADDRS_MAP, common::SPOOFED_MAP] {
             if let Some(m) = self.ebpf.map_mut(name) {
                 let _ = match name {
@@ -607,6 +625,38 @@ impl Datapath {
         };
         h.insert(ifindex, addr, 0)
             .map_err(|source| BpfError::Map { name, source })
+    }
+
+    /// Sets the DNS rate limit of every pod: `rate` queries per second,
+    /// `burst` at once (rate 0: none).
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    pub fn set_dns_limit(&mut self, rate: u32, burst: u32) -> Result<(), BpfError> {
+        let name = common::DNS_LIMIT_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(BpfError::Missing(name))?;
+        let mut a = aya::maps::Array::<_, common::DnsLimit>::try_from(map)
+            .map_err(|source| BpfError::Map { name, source })?;
+        a.set(0, common::DnsLimit { rate, burst }, 0)
+            .map_err(|source| BpfError::Map { name, source })
+    }
+
+    /// DNS queries the rate limit dropped, of every pod this datapath has
+    /// had since it loaded (and before, for the pinned pods' buckets).
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn dns_rate_limited(&mut self) -> Result<u64, BpfError> {
+        let name = common::DNS_BUCKETS_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(BpfError::Missing(name))?;
+        let h = aya::maps::HashMap::<_, u32, common::DnsBucket>::try_from(map)
+            .map_err(|source| BpfError::Map { name, source })?;
+        let now: u64 = h
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, b)| b.dropped)
+            .sum();
+        Ok(now + self.dns_dropped_removed)
     }
 
     /// What the pod behind `ifindex` sent with forged addresses, summed

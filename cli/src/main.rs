@@ -278,6 +278,10 @@ struct AgentArgs {
     /// on its behalf and answer with the final result (autopath).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     dns_search_shortcut: bool,
+    /// DNS queries (UDP to port 53) one pod may send per second, as many at
+    /// once; past it they are dropped at its veth and counted (0: no limit).
+    #[arg(long, default_value_t = weft_agent::node::DEFAULT_DNS_RATE_LIMIT)]
+    dns_rate_limit: u32,
     /// A name unique on this machine for the node's cgroups and pod
     /// namespaces (default: the node name; labs set it).
     #[arg(long, hide = true)]
@@ -641,6 +645,7 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
         ttl: args.dns_ttl,
         cache_size: args.dns_cache_size,
         search_shortcut: args.dns_search_shortcut,
+        rate_limit: args.dns_rate_limit,
     };
     weft_agent::node::run(cfg).await?;
     Ok(0)

@@ -72,6 +72,43 @@ pub struct SpoofCounters {
 // SAFETY: plain old data, repr(C), every bit pattern valid.
 unsafe impl aya::Pod for SpoofCounters {}
 
+/// A pod's DNS token bucket (UDP to port 53), keyed in [`DNS_BUCKETS_MAP`]
+/// by the host veth's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsBucket {
+    /// Tokens left, in thousandths of a query.
+    pub milli_tokens: u64,
+    /// When it was last filled (bpf_ktime_get_ns).
+    pub last_ns: u64,
+    /// Queries dropped for want of a token.
+    pub dropped: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, repr(C), every bit pattern valid.
+unsafe impl aya::Pod for DnsBucket {}
+
+/// The DNS rate limit, index 0 of [`DNS_LIMIT_MAP`]: queries per second
+/// per pod and the burst; a rate of 0 turns it off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsLimit {
+    /// Queries per second a pod may send.
+    pub rate: u32,
+    /// Queries it may send at once after a quiet while.
+    pub burst: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, repr(C), every bit pattern valid.
+unsafe impl aya::Pod for DnsLimit {}
+
+/// Name of the hash map of [`DnsBucket`] by ifindex (`u32`).
+pub const DNS_BUCKETS_MAP: &str = "WEFT_DNS_BUCKETS";
+/// Name of the one-entry array holding the [`DnsLimit`].
+pub const DNS_LIMIT_MAP: &str = "WEFT_DNS_LIMIT";
+
 /// Name of the hash map of [`PodAddr`] by host veth ifindex (`u32`).
 pub const POD_ADDRS_MAP: &str = "WEFT_POD_ADDRS";
 /// Name of the per-CPU hash map of [`SpoofCounters`] by ifindex (`u32`).

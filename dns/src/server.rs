@@ -515,18 +515,21 @@ fn failed(request: &Request) -> ResponseInfo {
     })
 }
 
-/// Serves `handler` on an already bound UDP socket and TCP listener until
+/// Serves `handler` on already bound UDP sockets (several sharing a port
+/// with SO_REUSEPORT, each read by its own task) and a TCP listener until
 /// the task is dropped.
 ///
 /// # Errors
 /// When the server stops with an error.
 pub async fn serve(
     handler: Handler,
-    udp: tokio::net::UdpSocket,
+    udp: Vec<tokio::net::UdpSocket>,
     tcp: tokio::net::TcpListener,
 ) -> anyhow::Result<()> {
     let mut server = Server::new(handler);
-    server.register_socket(udp);
+    for s in udp {
+        server.register_socket(s);
+    }
     // Idle TCP connections are closed after 5 s, as CoreDNS does; several
     // queries may be in flight on one connection.
     server.register_listener(tcp, Duration::from_secs(5), 65_535);

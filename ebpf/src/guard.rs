@@ -9,11 +9,14 @@
 //! (the agent registers every pod's before attaching the programs).
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{HashMap, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuHashMap},
     programs::TcContext,
 };
-use weft_common::{IF_COUNTERS_MAX, POD_ADDRS_MAX, PodAddr, SpoofCounters};
+use weft_common::{
+    DnsBucket, DnsLimit, IF_COUNTERS_MAX, POD_ADDRS_MAX, PROTO_UDP, PodAddr, SpoofCounters,
+};
 
 #[map(name = "WEFT_POD_ADDRS")]
 static POD_ADDRS: HashMap<u32, PodAddr> = HashMap::with_max_entries(POD_ADDRS_MAX, 0);
@@ -21,6 +24,12 @@ static POD_ADDRS: HashMap<u32, PodAddr> = HashMap::with_max_entries(POD_ADDRS_MA
 #[map(name = "WEFT_SPOOFED")]
 static SPOOFED: PerCpuHashMap<u32, SpoofCounters> =
     PerCpuHashMap::with_max_entries(IF_COUNTERS_MAX, 0);
+
+#[map(name = "WEFT_DNS_BUCKETS")]
+static DNS_BUCKETS: HashMap<u32, DnsBucket> = HashMap::with_max_entries(IF_COUNTERS_MAX, 0);
+
+#[map(name = "WEFT_DNS_LIMIT")]
+static DNS_LIMIT: Array<DnsLimit> = Array::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -73,7 +82,7 @@ pub fn from_pod(ctx: &TcContext) -> bool {
     };
     match u16::from_be(proto) {
         ETH_P_IP => match ctx.load::<u32>(ETH_HLEN + 12) {
-            Ok(saddr) if saddr == own.ip => true,
+            Ok(saddr) if saddr == own.ip => dns_within_rate(ctx, ifindex),
             _ => drop(ifindex, Forged::Ip),
         },
         ETH_P_ARP => {
@@ -92,5 +101,63 @@ pub fn from_pod(ctx: &TcContext) -> bool {
             }
         }
         _ => drop(ifindex, Forged::Other),
+    }
+}
+
+/// Whether a DNS query (UDP to port 53) from the pod of `ifindex` fits its
+/// token bucket; anything else passes. One pod flooding DNS is held to the
+/// limit at its own veth, before the node's server reads a byte of it, so
+/// the other pods' queries find the server as free as before.
+#[inline(always)]
+fn dns_within_rate(ctx: &TcContext, ifindex: u32) -> bool {
+    let Some(limit) = DNS_LIMIT.get(0).copied() else {
+        return true;
+    };
+    if limit.rate == 0 {
+        return true;
+    }
+    let (Ok(vihl), Ok(proto), Ok(frag)) = (
+        ctx.load::<u8>(ETH_HLEN),
+        ctx.load::<u8>(ETH_HLEN + 9),
+        ctx.load::<u16>(ETH_HLEN + 6),
+    ) else {
+        return true;
+    };
+    // Later fragments carry no port: their first fragment was judged.
+    if proto != PROTO_UDP || u16::from_be(frag) & 0x1fff != 0 {
+        return true;
+    }
+    let l4 = ETH_HLEN + usize::from(vihl & 0x0f) * 4;
+    match ctx.load::<u16>(l4 + 2) {
+        Ok(p) if u16::from_be(p) == 53 => {}
+        _ => return true,
+    }
+    // SAFETY: monotonic clock read.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let full = u64::from(limit.burst.max(1)) * 1000;
+    let Some(b) = DNS_BUCKETS.get_ptr_mut(&ifindex) else {
+        // A pod's first query: a full bucket, less this one.
+        let b = DnsBucket {
+            milli_tokens: full - 1000,
+            last_ns: now,
+            dropped: 0,
+        };
+        let _ = DNS_BUCKETS.insert(&ifindex, &b, 0);
+        return true;
+    };
+    // SAFETY: a map value; concurrent updates from other CPUs may lose a
+    // token's worth, which only makes the limit approximate.
+    let b = unsafe { &mut *b };
+    // At most 10 s of refill: no overflow, and the bucket is full by then.
+    let elapsed = now.saturating_sub(b.last_ns).min(10_000_000_000);
+    let refill = elapsed * u64::from(limit.rate) / 1_000_000;
+    b.milli_tokens = (b.milli_tokens + refill).min(full);
+    b.last_ns = now;
+    if b.milli_tokens >= 1000 {
+        b.milli_tokens -= 1000;
+        true
+    } else {
+        b.dropped += 1;
+        false
     }
 }

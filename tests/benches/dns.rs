@@ -111,7 +111,7 @@ fn serve_main() -> Result<()> {
         let tcp = tokio::net::TcpListener::bind(WEFT_ADDR).await?;
         println!("ready {before} {}", rss_kb(me)?);
         std::io::stdout().flush()?;
-        weft_agent::dns::server::serve(handler, udp, tcp).await
+        weft_agent::dns::server::serve(handler, vec![udp], tcp).await
     })
 }
 

@@ -104,7 +104,7 @@ fn start(tag: &str, with_upstream: bool, search_shortcut: bool) -> Result<Lab> {
     rt.spawn(async move {
         let udp = tokio::net::UdpSocket::from_std(udp).expect("udp");
         let tcp = tokio::net::TcpListener::from_std(tcp).expect("tcp");
-        let _ = weft_agent::dns::server::serve(h, udp, tcp).await;
+        let _ = weft_agent::dns::server::serve(h, vec![udp], tcp).await;
     });
     std::thread::sleep(Duration::from_millis(100));
     Ok(Lab {

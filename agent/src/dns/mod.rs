@@ -24,5 +24,6 @@ pub fn stats_view(s: &server::Stats) -> DnsStats {
         notimp: n(&s.notimp),
         formerr: n(&s.formerr),
         overload: n(&s.overload),
+        ratelimited: 0,
     }
 }

@@ -54,6 +54,9 @@ pub(super) async fn load(cfg: &AgentConfig, reg: &Registered) -> Result<DataPath
         policy_sizes: cfg.policy_sizes,
     })
     .context("load the eBPF datapath")?;
+    datapath
+        .set_dns_limit(cfg.dns.rate_limit, cfg.dns.rate_limit)
+        .context("set the pods' DNS rate limit")?;
     let lb = {
         let maps = LbMaps::take(&mut datapath).context("open the load-balancer maps")?;
         let mut b = Balancer::new(maps, cfg.lb_sizes).context("adopt the load-balancer maps")?;

@@ -151,16 +151,37 @@ fn set_serving(stats: &Stats, serving: bool) {
     }
 }
 
-/// The UDP socket and TCP listener of the node's DNS server, port 53 on
-/// `addr`.
-fn bind_dns(addr: Ipv4Addr) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+/// The UDP sockets and TCP listener of the node's DNS server, port 53 on
+/// `addr`: one UDP socket per core (up to 4) sharing the port
+/// (SO_REUSEPORT, the kernel spreads clients over them), each with a 4 MiB
+/// receive buffer (SO_RCVBUFFORCE: the agent is root; no host sysctl
+/// changes), so that a burst waits in a buffer instead of being dropped.
+fn bind_dns(addr: Ipv4Addr) -> Result<(Vec<tokio::net::UdpSocket>, tokio::net::TcpListener)> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd as _;
     let sa = std::net::SocketAddrV4::new(addr, 53);
-    let udp = std::net::UdpSocket::bind(sa).with_context(|| format!("bind UDP {sa}"))?;
-    udp.set_nonblocking(true)?;
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    let mut udp = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .context("make a UDP socket")?;
+        setsockopt(&fd, sockopt::ReusePort, &true).context("SO_REUSEPORT")?;
+        if let Err(e) = setsockopt(&fd, sockopt::RcvBufForce, &(4 << 20)) {
+            tracing::warn!(error = %e, "cannot enlarge the DNS socket's receive buffer");
+        }
+        bind(fd.as_raw_fd(), &SockaddrIn::from(sa)).with_context(|| format!("bind UDP {sa}"))?;
+        udp.push(tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(
+            fd,
+        ))?);
+    }
     let tcp = std::net::TcpListener::bind(sa).with_context(|| format!("bind TCP {sa}"))?;
     tcp.set_nonblocking(true)?;
-    Ok((
-        tokio::net::UdpSocket::from_std(udp)?,
-        tokio::net::TcpListener::from_std(tcp)?,
-    ))
+    Ok((udp, tokio::net::TcpListener::from_std(tcp)?))
 }

@@ -108,7 +108,13 @@ pub struct DnsConfig {
     pub cache_size: u64,
     /// Resolve local pods' search-path misses on their behalf.
     pub search_shortcut: bool,
+    /// DNS queries one pod may send per second (0: no limit).
+    pub rate_limit: u32,
 }
+
+/// Default of [`DnsConfig::rate_limit`]: far above what a resolver needs,
+/// far below what one pod can send (some 175 000 a second here).
+pub const DEFAULT_DNS_RATE_LIMIT: u32 = 1000;
 
 impl Default for DnsConfig {
     fn default() -> Self {
@@ -117,6 +123,7 @@ impl Default for DnsConfig {
             ttl: 5,
             cache_size: crate::dns::forward::DEFAULT_CACHE_SIZE,
             search_shortcut: true,
+            rate_limit: DEFAULT_DNS_RATE_LIMIT,
         }
     }
 }

@@ -219,7 +219,11 @@ async fn dns_stats(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response
     };
     (
         [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_string(&crate::dns::stats_view(&stats)).unwrap_or_default(),
+        serde_json::to_string(&weft_api::debug::dns::DnsStats {
+            ratelimited: s.node.sandbox.dns_rate_limited(),
+            ..crate::dns::stats_view(&stats)
+        })
+        .unwrap_or_default(),
     )
         .into_response()
 }

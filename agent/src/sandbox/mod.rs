@@ -659,6 +659,17 @@ impl Sandbox {
         })
     }
 
+    /// DNS queries the node's pods sent past their rate limit (dropped).
+    #[must_use]
+    pub fn dns_rate_limited(&self) -> u64 {
+        self.datapath.as_ref().map_or(0, |dp| {
+            dp.lock()
+                .expect("datapath lock")
+                .dns_rate_limited()
+                .unwrap_or(0)
+        })
+    }
+
     /// What the pod sent with addresses not its own (dropped).
     ///
     /// # Errors

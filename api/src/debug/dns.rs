@@ -29,12 +29,15 @@ pub struct DnsStats {
     pub formerr: u64,
     /// Forwarded lookups turned away because too many were in flight.
     pub overload: u64,
+    /// Queries dropped at the pods' veths, past their rate limit.
+    #[serde(default)]
+    pub ratelimited: u64,
 }
 
 impl DnsStats {
     /// The counters by name, in the order `weft dns stats` prints them.
     #[must_use]
-    pub fn counters(&self) -> [(&'static str, u64); 9] {
+    pub fn counters(&self) -> [(&'static str, u64); 10] {
         [
             ("queries", self.queries),
             ("zone", self.zone),
@@ -45,6 +48,7 @@ impl DnsStats {
             ("notimp", self.notimp),
             ("formerr", self.formerr),
             ("overload", self.overload),
+            ("ratelimited", self.ratelimited),
         ]
     }
 }
