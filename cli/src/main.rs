@@ -133,6 +133,11 @@ struct ControllerArgs {
     /// etcd's request limit, 1.5 MiB); a larger one is refused with 413.
     #[arg(long, default_value_t = weft_controller::registry::MAX_OBJECT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1024..=64 * 1024 * 1024))]
     max_object_size: usize,
+    /// The Pod Security level enforced in namespaces without a
+    /// pod-security.kubernetes.io/enforce label (Kubernetes' default:
+    /// privileged, no checks).
+    #[arg(long, default_value = "privileged", value_parser = ["privileged", "baseline", "restricted"])]
+    pod_security_default: String,
     /// The pod network; every node gets a /24 of it.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: ipnetwork::Ipv4Network,
@@ -519,6 +524,9 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     cfg.controllers.eviction_delay = args.eviction_delay;
     cfg.watch_history = args.watch_history;
     cfg.max_object_size = args.max_object_size;
+    cfg.pod_security_default =
+        weft_controller::registry::pod_security::Level::parse(&args.pod_security_default)
+            .expect("clap checked the level");
     cfg.bookmark_every = args.bookmark_interval;
     cfg.cluster_cidr = args.cluster_cidr;
     cfg.service_cidr = args.service_cidr;

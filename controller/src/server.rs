@@ -44,6 +44,9 @@ pub struct ControllerConfig {
     pub watch_history: i64,
     /// The largest object stored, encoded, in bytes (413 above it).
     pub max_object_size: usize,
+    /// The Pod Security level enforced in namespaces without an `enforce`
+    /// label.
+    pub pod_security_default: crate::registry::pod_security::Level,
     /// The pod network (a /24 per node) and the Service network.
     pub cluster_cidr: ipnetwork::Ipv4Network,
     pub service_cidr: ipnetwork::Ipv4Network,
@@ -67,6 +70,7 @@ impl ControllerConfig {
             listen_fds: Vec::new(),
             watch_history: 100_000,
             max_object_size: crate::registry::MAX_OBJECT,
+            pod_security_default: crate::registry::pod_security::Level::Privileged,
             cluster_cidr: crate::ipam::CLUSTER_CIDR.parse().expect("valid"),
             service_cidr: crate::ipam::SERVICE_CIDR.parse().expect("valid"),
         }
@@ -237,6 +241,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         metrics: Default::default(),
         heartbeats: heartbeat_runtime()?,
         bulk: crate::apiserver::Bulk::new(bulk_runtime()?),
+        pod_security_default: cfg.pod_security_default,
     });
     spawn_heap_trimmer();
     Ok(Started {

@@ -2465,3 +2465,124 @@ fn a_thousand_watchers_share_each_event() -> Result<()> {
         Ok(())
     })?
 }
+
+/// Pod Security admission: namespaces labelled with an enforce level refuse
+/// the pods that break it (403 naming each broken rule, in Kubernetes'
+/// words), warn about what breaks their warn level and about workload
+/// templates, and refuse unknown levels; namespaces without a label get
+/// the controller's --pod-security-default.
+#[test]
+fn pod_security_levels_refuse_and_warn() -> Result<()> {
+    let island = Island::new("psa")?;
+    let cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            args: vec!["--pod-security-default".into(), "baseline".into()],
+            ..ControlOptions::default()
+        },
+    )?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let ns = |name: &str, labels: Value| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+        let r = post(
+            &c,
+            "/api/v1/namespaces",
+            &ns(
+                "strict",
+                json!({"pod-security.kubernetes.io/enforce": "restricted"}),
+            ),
+        )
+        .await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let r = post(
+            &c,
+            "/api/v1/namespaces",
+            &ns("base", json!({"pod-security.kubernetes.io/enforce": "baseline", "pod-security.kubernetes.io/warn": "restricted"})),
+        )
+        .await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let r = post(
+            &c,
+            "/api/v1/namespaces",
+            &ns(
+                "typo",
+                json!({"pod-security.kubernetes.io/enforce": "strict"}),
+            ),
+        )
+        .await?;
+        ensure!(
+            r.code == 422 && r.text.contains("pod-security.kubernetes.io/enforce"),
+            "an unknown level: {}",
+            r.text
+        );
+        let warnings = |r: &weft_tests::apitest::Raw| -> Vec<String> {
+            r.headers
+                .get_all("Warning")
+                .iter()
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        // A plain pod breaks restricted: refused, each rule named.
+        let plain = apitest::pod("plain", json!({}), manual());
+        let r = post(&c, "/api/v1/namespaces/strict/pods", &plain).await?;
+        ensure!(
+            r.code == 403 && r.body["reason"] == "Forbidden",
+            "{}",
+            r.text
+        );
+        let msg = r.body["message"].as_str().unwrap_or_default();
+        for want in [
+            "pods \"plain\" is forbidden: violates PodSecurity \"restricted:latest\": ",
+            "allowPrivilegeEscalation != false (container \"c\" must set securityContext.allowPrivilegeEscalation=false)",
+            "unrestricted capabilities (container \"c\" must set securityContext.capabilities.drop=[\"ALL\"])",
+            "runAsNonRoot != true (pod or container \"c\" must set securityContext.runAsNonRoot=true)",
+            "seccompProfile (pod or container \"c\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")",
+        ] {
+            ensure!(msg.contains(want), "{want} not in {msg}");
+        }
+        // A hardened one is admitted.
+        let mut hardened = apitest::pod("hardened", json!({}), manual());
+        hardened["spec"]["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}});
+        hardened["spec"]["containers"][0]["securityContext"] =
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+        let r = post(&c, "/api/v1/namespaces/strict/pods", &hardened).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        ensure!(warnings(&r).is_empty(), "{:?}", warnings(&r));
+        // Baseline enforced, restricted warned: the plain pod is admitted
+        // with a warning, a privileged one refused.
+        let r = post(&c, "/api/v1/namespaces/base/pods", &plain).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let w = warnings(&r);
+        ensure!(
+            w.iter().any(
+                |w| w.contains("would violate PodSecurity \\\"restricted:latest\\\"")
+                    || w.contains("would violate PodSecurity \"restricted:latest\"")
+            ),
+            "{w:?}"
+        );
+        let mut privileged = apitest::pod("priv", json!({}), manual());
+        privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+        let r = post(&c, "/api/v1/namespaces/base/pods", &privileged).await?;
+        ensure!(
+            r.code == 403 && r.text.contains("violates PodSecurity \\\"baseline:latest\\\": privileged (container \\\"c\\\" must not set securityContext.privileged=true)"),
+            "{}",
+            r.text
+        );
+        // The controller's default level where no label says otherwise.
+        let r = post(&c, "/api/v1/namespaces/default/pods", &privileged).await?;
+        ensure!(
+            r.code == 403 && r.text.contains("baseline:latest"),
+            "{}",
+            r.text
+        );
+        // A workload's template is warned about, not refused: its pods are.
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": plain["spec"].clone()}}});
+        let r = post(&c, "/apis/apps/v1/namespaces/strict/deployments", &d).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let w = warnings(&r);
+        ensure!(w.iter().any(|w| w.contains("restricted:latest")), "{w:?}");
+        Ok(())
+    })
+}

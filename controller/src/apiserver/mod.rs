@@ -1,6 +1,7 @@
 //! The Kubernetes-compatible API server: REST paths, JSON bodies, watch
 //! streams, discovery; TLS and bearer tokens in front.
 
+mod admission;
 pub mod auth;
 mod discovery;
 pub mod hub;
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub heartbeats: tokio::runtime::Handle,
     /// Where LISTs are read and encoded (see [`Bulk`]).
     pub bulk: Bulk,
+    /// The Pod Security level of namespaces without an `enforce` label.
+    pub pod_security_default: crate::registry::pod_security::Level,
 }
 
 /// LISTs (and requests with bodies over [`BULK_BODY`]) run apart: reading
@@ -598,7 +601,8 @@ async fn dispatch(
             let decoded = kind.decode(parse_body(headers, &bytes)?, &fv)?;
             auth::check_body_name(&user, res.plural, &decoded.name)?;
             let reg = registry_for(st, &query, &user)?;
-            let warnings = decoded.warnings.clone();
+            let mut warnings = decoded.warnings.clone();
+            warnings.extend(admission::pod_security(st, ns, &decoded).await?);
             let created = kind.create(&reg, ns, decoded).await?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }
@@ -654,7 +658,10 @@ async fn dispatch(
             } else {
                 Write::Update
             };
-            let warnings = decoded.warnings.clone();
+            let mut warnings = decoded.warnings.clone();
+            if write == Write::Update {
+                warnings.extend(admission::pod_security(st, ns, &decoded).await?);
+            }
             let updated = kind.update(&reg, ns, name, decoded, write).await?;
             Ok(with_warnings(json_response(200, &updated), &warnings))
         }

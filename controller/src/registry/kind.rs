@@ -278,6 +278,12 @@ pub struct Decoded {
 }
 
 impl Decoded {
+    /// The decoded object, if it is a `K`.
+    #[must_use]
+    pub fn peek<K: 'static>(&self) -> Option<&K> {
+        self.object.downcast_ref::<K>()
+    }
+
     fn take<K: Kind>(self) -> Result<K, ApiError> {
         self.object
             .downcast::<K>()

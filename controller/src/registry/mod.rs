@@ -18,6 +18,7 @@ mod network_policy;
 mod node;
 pub mod object;
 mod pod;
+pub mod pod_security;
 mod service;
 pub mod validation;
 
@@ -30,7 +31,7 @@ use weft_api::meta::new_uid;
 use weft_api::resources::{self, Resource};
 
 pub(crate) use kind::for_each_kind;
-pub use kind::{DynKind, KINDS, Kind, NameRule, kind_of};
+pub use kind::{Decoded, DynKind, KINDS, Kind, NameRule, kind_of};
 pub use object::{
     decode_stored, decode_typed, encode, parse_rv, revision_of, set_rv, splice_rv, store_error,
 };

@@ -37,6 +37,12 @@ impl Kind for Namespace {
         }
     }
 
+    fn validate(&self) -> Vec<weft_api::error::Cause> {
+        let mut out = Vec::new();
+        super::pod_security::check_labels(&mut out, self.metadata.labels.as_ref());
+        out
+    }
+
     fn has_spec_finalizers(&self) -> bool {
         self.spec
             .as_ref()
