@@ -563,3 +563,99 @@ fn one_pods_dns_flood_costs_the_others_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+/// Pods come and go on a node for 30 s while another pod on it asks the
+/// node's DNS every 20 ms and fetches a page from a pod on another node
+/// every 20 ms: its gateway never moves (the bridge's MAC is its own, not
+/// a port's), so not one query or request is lost.
+#[test]
+fn pod_churn_never_moves_the_gateway() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let c = rt.block_on(Cluster::up(ClusterSpec::new(2), |_| {}))?;
+    let n1 = c.lab.node("n1").clone();
+    c.apply(&format!(
+        "{}---\n{}",
+        pod("default", "prober", "n1", "app: p"),
+        pod("default", "far", "n2", "app: f")
+    ))?;
+    wait_ready(&c, "default", &["prober", "far"])?;
+    let dns = std::net::SocketAddr::new(gateway(&c, &n1)?.into(), 53);
+    let (far_ip, _) = pod_net(&c, "default", "far")?;
+    let (_, prober_ns) = pod_net(&c, "default", "prober")?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let probe = std::thread::spawn(move || {
+        weft_agent::netlink::netns::run_in(Some(&prober_ns), || -> Result<(u32, Vec<String>)> {
+            use std::io::{Read as _, Write as _};
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(dns)?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut failures = Vec::new();
+            let mut rounds = 0u32;
+            let mut buf = [0u8; 512];
+            let start = Instant::now();
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                rounds += 1;
+                let id = rounds as u16;
+                s.send(&query(id, "dns-version.cluster.local"))?;
+                loop {
+                    match s.recv(&mut buf) {
+                        Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            failures.push(format!("query {id} at {:?}: {e}", start.elapsed()));
+                            break;
+                        }
+                    }
+                }
+                let page = (|| -> std::io::Result<String> {
+                    let mut t = std::net::TcpStream::connect_timeout(
+                        &std::net::SocketAddr::new(far_ip.into(), 80),
+                        Duration::from_secs(2),
+                    )?;
+                    t.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    t.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                    let mut out = String::new();
+                    t.read_to_string(&mut out)?;
+                    Ok(out)
+                })();
+                match page {
+                    Ok(p) if p.contains("far") => {}
+                    Ok(p) => failures.push(format!("request {rounds}: {p:?}")),
+                    Err(e) => {
+                        failures.push(format!("request {rounds} at {:?}: {e}", start.elapsed()))
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok((rounds, failures))
+        })
+    });
+    // Churn: pods made on n1 and deleted again, their veths joining and
+    // leaving the bridge the prober's gateway is on.
+    let start = Instant::now();
+    let mut made = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        let name = format!("churn{made}");
+        c.apply(&pod("default", &name, "n1", "app: churn"))?;
+        wait_ready(&c, "default", &[&name])?;
+        c.weft(&["delete", "pod", &name, "--grace-period=0", "--force"])?;
+        made += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rounds, failures) = probe
+        .join()
+        .map_err(|_| anyhow::anyhow!("prober panicked"))???;
+    eprintln!("{made} pods made and deleted on n1; {rounds} rounds of a query and a request");
+    ensure!(made >= 5, "only {made} pods came and went in 30 s");
+    ensure!(rounds > 200, "only {rounds} rounds");
+    ensure!(
+        failures.is_empty(),
+        "{} of {rounds} rounds failed: {failures:?}",
+        failures.len()
+    );
+    Ok(())
+}
