@@ -87,7 +87,7 @@ impl Default for LbSizes {
 impl LbSizes {
     /// Per map: its name, entries, and key and value sizes (a pinned map
     /// is reused only when all three agree).
-    fn per_map(&self) -> [(&'static str, u32, usize, usize); 12] {
+    fn per_map(&self) -> [(&'static str, u32, usize, usize); 13] {
         use std::mem::size_of;
         [
             (
@@ -153,6 +153,7 @@ impl LbSizes {
                 size_of::<common::DnsBucket>(),
             ),
             (common::DNS_LIMIT_MAP, 1, 4, size_of::<common::DnsLimit>()),
+            (common::LB_CT_STATS_MAP, 1, 4, size_of::<common::CtStats>()),
         ]
     }
 }

@@ -127,7 +127,10 @@ fn render(node: &str, snap: &Snapshot, want: Option<&str>, found: &mut bool) -> 
     let maps: Vec<String> = snap
         .maps
         .iter()
-        .map(|m| format!("{} {}/{}", m.name, m.used, m.capacity))
+        .map(|m| match m.evicted {
+            Some(n) => format!("{} {}/{} ({n} evicted)", m.name, m.used, m.capacity),
+            None => format!("{} {}/{}", m.name, m.used, m.capacity),
+        })
         .collect();
     let _ = writeln!(out, "  maps: {}", maps.join(", "));
     for (what, why) in &snap.problems {

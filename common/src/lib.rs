@@ -382,6 +382,25 @@ pub const LB_BACKENDS_MAP: &str = "WEFT_LB_BACKENDS";
 pub const LB_MAGLEV_MAP: &str = "WEFT_LB_MAGLEV";
 /// Connection tracking: [`CtKey`] → [`CtEntry`] (LRU hash).
 pub const LB_CT_MAP: &str = "WEFT_LB_CT";
+
+/// What the programs did to the connection-tracking map, per CPU (index 0
+/// of [`LB_CT_STATS_MAP`]): entries made and removed. The LRU map evicts
+/// silently when full; what is neither removed nor present was evicted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtStats {
+    /// Entries made (not ones updated in place).
+    pub inserted: u64,
+    /// Entries the programs removed.
+    pub removed: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain old data, repr(C), every bit pattern valid.
+unsafe impl aya::Pod for CtStats {}
+
+/// Name of the per-CPU one-entry array of [`CtStats`].
+pub const LB_CT_STATS_MAP: &str = "WEFT_LB_CT_STATS";
 /// Session affinity: [`AffinityKey`] → [`AffinityEntry`] (LRU hash).
 pub const LB_AFFINITY_MAP: &str = "WEFT_LB_AFFINITY";
 /// Socket translations: [`SockKey`] → [`SockEntry`] (LRU hash).

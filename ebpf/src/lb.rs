@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_MMAPABLE, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -12,10 +12,10 @@ use aya_ebpf::{
 };
 use weft_common::{
     AffinityEntry, AffinityKey, BACKEND_ACTIVE, Backend, CT_CLOSING, CT_FORWARD, CT_HAIRPIN,
-    CT_NODEPORT, CT_REPLY, CT_SNAT, CtEntry, CtKey, LB_AFFINITY_MAX, LB_BACKENDS_MAX, LB_CT_MAX,
-    LB_MAGLEV_MAX, LB_SERVICES_MAX, LB_SOCK_MAX, LbConfig, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER,
-    SCOPE_NODEPORT, SVC_AFFINITY, ServiceCounters, ServiceEntry, ServiceKey, SockEntry, SockKey,
-    cookie_hash, flow_hash,
+    CT_NODEPORT, CT_REPLY, CT_SNAT, CtEntry, CtKey, CtStats, LB_AFFINITY_MAX, LB_BACKENDS_MAX,
+    LB_CT_MAX, LB_MAGLEV_MAX, LB_SERVICES_MAX, LB_SOCK_MAX, LbConfig, PROTO_TCP, PROTO_UDP,
+    SCOPE_CLUSTER, SCOPE_NODEPORT, SVC_AFFINITY, ServiceCounters, ServiceEntry, ServiceKey,
+    SockEntry, SockKey, cookie_hash, flow_hash,
 };
 
 use crate::{
@@ -58,6 +58,8 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
     LruHashMap::with_max_entries(LB_AFFINITY_MAX, 0);
 #[map(name = "WEFT_LB_SOCK")]
 static SOCK: LruHashMap<SockKey, SockEntry> = LruHashMap::with_max_entries(LB_SOCK_MAX, 0);
+#[map(name = "WEFT_LB_CT_STATS")]
+static CT_STATS: PerCpuArray<CtStats> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "WEFT_LB_COUNTERS")]
 static COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::with_max_entries(LB_SERVICES_MAX, 0);
 #[map(name = "WEFT_LB_CONFIG")]
@@ -82,6 +84,34 @@ const SNAT_CLOSED_REUSE_NS: u64 = 2 * NS_PER_SEC;
 /// A flow silent this long (a UDP exchange, a connection that vanished
 /// without FIN or RST) gives up its source port.
 const SNAT_IDLE_REUSE_NS: u64 = 120 * NS_PER_SEC;
+
+/// Puts a connection-tracking entry, counting it when it is a new one
+/// (the LRU map may evict another to make room: the agent works out how
+/// many from what was made, removed and is there).
+#[inline(always)]
+fn ct_put(key: &CtKey, e: &CtEntry) -> Result<(), ()> {
+    match CT.insert(key, e, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            if let Some(s) = CT_STATS.get_ptr_mut(0) {
+                // SAFETY: per-CPU value, written only by this CPU now.
+                unsafe { (*s).inserted += 1 };
+            }
+            Ok(())
+        }
+        Err(_) => CT.insert(key, e, 0).map_err(|_| ()),
+    }
+}
+
+/// Removes a connection-tracking entry, counting it.
+#[inline(always)]
+fn ct_remove(key: &CtKey) {
+    if CT.remove(key).is_ok()
+        && let Some(s) = CT_STATS.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU value, written only by this CPU now.
+        unsafe { (*s).removed += 1 };
+    }
+}
 
 #[inline(always)]
 fn bump(service: u32, what: Counter) {
@@ -406,7 +436,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
                 dir: CT_REPLY,
                 pad: 0,
             };
-            let _ = CT.remove(&stale);
+            ct_remove(&stale);
         }
         if !egress_ok(ctx, &f, f.daddr, f.dport) {
             return Ok(TC_ACT_SHOT as i32);
@@ -464,7 +494,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
                 dir: CT_REPLY,
                 pad: 0,
             };
-            if CT.insert(&reply, &e, 0).is_err() || CT.insert(&fkey, &e, 0).is_err() {
+            if ct_put(&reply, &e).is_err() || ct_put(&fkey, &e).is_err() {
                 return Err(());
             }
             bump(svc.id, Counter::Connection);
@@ -637,7 +667,7 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
                 e.nat_port = reply.dport;
                 e.flags |= CT_SNAT;
             }
-            if CT.insert(&reply, &e, 0).is_err() || CT.insert(&fkey, &e, 0).is_err() {
+            if ct_put(&reply, &e).is_err() || ct_put(&fkey, &e).is_err() {
                 return Err(());
             }
             bump(svc.id, Counter::Connection);

@@ -1305,3 +1305,45 @@ fn nodeport_source_ports_are_reused_and_running_out_is_counted() -> Result<()> {
     );
     Ok(())
 }
+
+/// A connection-tracking map too small for the flows through it: the LRU
+/// map evicts old entries to take new ones, and `weft lb show` counts
+/// them instead of leaving them silent.
+#[test]
+fn conntrack_evictions_are_counted() -> Result<()> {
+    let c = up_with(1, &["--lb-ct", "64"])?;
+    c.apply(&app("web", 2, None))?;
+    let pods = ready_pods(&c, "web", 2)?;
+    let vip = cluster_ip(&c, "web")?;
+    let client = &pods[0];
+    // 100 flows on the packet path: two entries each, 200 in a map of 64.
+    for i in 0..100u16 {
+        let mut s = connect_from(&client.netns, 42_000 + i, SocketAddrV4::new(vip, 80))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        ensure!(body.contains(" 200 "), "flow {i}: {body}");
+    }
+    // "WEFT_LB_CT 64/64 (136 evicted)" on its maps line.
+    let shown = c.weft(&["lb", "show", "--node", &client.node])?;
+    let ct = shown
+        .split(", ")
+        .flat_map(|p| p.split("maps: "))
+        .find(|p| p.starts_with("WEFT_LB_CT "))
+        .with_context(|| format!("no WEFT_LB_CT in:\n{shown}"))?;
+    let mut words = ct.split_whitespace();
+    let fill = words.nth(1).context("fill")?;
+    let used: u64 = fill.split('/').next().context("used")?.parse()?;
+    let evicted: u64 = words
+        .next()
+        .and_then(|w| w.strip_prefix('('))
+        .context("no eviction count")?
+        .parse()?;
+    ensure!(fill.ends_with("/64") && used <= 64, "{ct}");
+    ensure!(
+        (190..=200).contains(&(used + evicted)),
+        "200 entries made: {used} present + {evicted} evicted ({ct})"
+    );
+    Ok(())
+}

@@ -22,6 +22,8 @@ pub struct LbMaps {
     pub(crate) affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     pub(crate) sock: HashMap<MapData, SockKey, SockEntry>,
     pub(crate) counters: PerCpuArray<MapData, ServiceCounters>,
+    /// Connection-tracking entries the programs made and removed.
+    pub(crate) ct_stats: PerCpuArray<MapData, common::CtStats>,
     pub(crate) config: Array<MapData, LbConfig>,
     pub(crate) maglev: Slots,
     /// Kept open: the mapping of `maglev` refers to it.
@@ -71,11 +73,26 @@ impl LbMaps {
                 .map_err(map_err(common::LB_SOCK_MAP))?,
             counters: PerCpuArray::try_from(take(dp, common::LB_COUNTERS_MAP)?)
                 .map_err(map_err(common::LB_COUNTERS_MAP))?,
+            ct_stats: PerCpuArray::try_from(take(dp, common::LB_CT_STATS_MAP)?)
+                .map_err(map_err(common::LB_CT_STATS_MAP))?,
             config: Array::try_from(take(dp, common::LB_CONFIG_MAP)?)
                 .map_err(map_err(common::LB_CONFIG_MAP))?,
             maglev,
             _maglev_map: maglev_map,
         })
+    }
+
+    /// Connection-tracking entries evicted to make room: those made less
+    /// those removed less those present (`present`, counted by the caller).
+    #[must_use]
+    pub fn ct_evicted(&self, present: u64) -> u64 {
+        let Ok(per_cpu) = self.ct_stats.get(&0, 0) else {
+            return 0;
+        };
+        let (made, removed) = per_cpu
+            .iter()
+            .fold((0u64, 0u64), |(m, r), c| (m + c.inserted, r + c.removed));
+        made.saturating_sub(removed).saturating_sub(present)
     }
 
     /// The counters of service `id`, summed over CPUs.

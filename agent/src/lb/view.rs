@@ -69,6 +69,7 @@ impl Balancer<LbMaps> {
         for v in services.values_mut() {
             v.sort_by(|a, b| (a.scope, a.port, &a.protocol).cmp(&(b.scope, b.port, &b.protocol)));
         }
+        let ct_used = self.sink.ct.keys().count() as u32;
         Snapshot {
             services,
             maps: vec![
@@ -76,32 +77,38 @@ impl Balancer<LbMaps> {
                     name: common::LB_SERVICES_MAP.into(),
                     used: self.frontends.len() as u32 + self.adopted.len() as u32,
                     capacity: self.caps.services,
+                    evicted: None,
                 },
                 MapFill {
                     name: common::LB_BACKENDS_MAP.into(),
                     used: self.backends.len() as u32,
                     capacity: self.caps.backends.saturating_sub(1),
+                    evicted: None,
                 },
                 MapFill {
                     name: common::LB_MAGLEV_MAP.into(),
                     used: self.ranges.used(),
                     capacity: self.ranges.len,
+                    evicted: None,
                 },
                 // LRU maps: when full, the least recently used entry goes.
                 MapFill {
                     name: common::LB_CT_MAP.into(),
-                    used: self.sink.ct.keys().count() as u32,
+                    used: ct_used,
                     capacity: self.caps.ct,
+                    evicted: Some(self.sink.ct_evicted(u64::from(ct_used))),
                 },
                 MapFill {
                     name: common::LB_SOCK_MAP.into(),
                     used: self.sink.sock.keys().count() as u32,
                     capacity: self.caps.sock,
+                    evicted: None,
                 },
                 MapFill {
                     name: common::LB_AFFINITY_MAP.into(),
                     used: self.sink.affinity.keys().count() as u32,
                     capacity: self.caps.affinity,
+                    evicted: None,
                 },
             ],
             problems: self.problems(),

@@ -118,4 +118,7 @@ pub struct MapFill {
     pub used: u32,
     /// Entries it can hold.
     pub capacity: u32,
+    /// Entries an LRU map evicted to make room, where counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evicted: Option<u64>,
 }
