@@ -214,15 +214,8 @@ fn check_container(out: &mut Vec<Cause>, path: &str, sc: &SecurityContext) {
 
 /// The security settings of a pod spec at `path`: Kubernetes' rules, and
 /// a refusal for each setting Weft cannot honour (SELinux labels, AppArmor
-/// profiles, user namespaces, unsafe sysctls, the node's network until
-/// Weft runs pods on it).
+/// profiles, user namespaces, unsafe sysctls).
 pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
-    if spec.host_network == Some(true) {
-        out.push(Cause::forbidden(
-            format!("{path}.hostNetwork"),
-            "Weft does not run pods on the node's network namespace yet",
-        ));
-    }
     if spec.host_users == Some(false) {
         out.push(Cause::forbidden(
             format!("{path}.hostUsers"),
@@ -354,7 +347,7 @@ mod tests {
     #[test]
     fn what_weft_cannot_honour_is_refused_by_name() {
         let got = causes(serde_json::json!({
-            "hostNetwork": true, "hostUsers": false,
+            "hostUsers": false,
             "securityContext": {"runAsUser": -1, "seLinuxOptions": {"level": "s0"},
                 "sysctls": [{"name": "kernel.msgmax", "value": "1"}, {"name": "kernel.msgmax", "value": "2"}],
                 "seccompProfile": {"type": "Localhost"}},
@@ -365,7 +358,6 @@ mod tests {
                 "seccompProfile": {"type": "Unconfined", "localhostProfile": "x"}}}]
         }));
         for want in [
-            "spec.hostNetwork: Forbidden",
             "spec.hostUsers: Forbidden",
             "spec.securityContext.runAsUser: Invalid value: -1",
             "spec.securityContext.seLinuxOptions: Forbidden",

@@ -787,13 +787,14 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
                 r.text
             );
         }
-        // What Weft cannot honour of a pod's security is refused by name,
+        // What Weft cannot honour of a pod's security is refused by name
+        // (a network sysctl on the node's network would change the node's),
         // in a pod and in a workload's template, never run without it.
         for (spec, field, what) in [
             (
-                json!({"hostNetwork": true}),
-                "spec.hostNetwork",
-                "Forbidden",
+                json!({"hostNetwork": true, "securityContext": {"sysctls": [{"name": "net.ipv4.tcp_syncookies", "value": "1"}]}}),
+                "spec.securityContext.sysctls[0].name",
+                "node's network",
             ),
             (json!({"hostUsers": false}), "spec.hostUsers", "Forbidden"),
             (
@@ -2583,6 +2584,66 @@ fn pod_security_levels_refuse_and_warn() -> Result<()> {
         ensure!(r.code == 201, "{}", r.text);
         let w = warnings(&r);
         ensure!(w.iter().any(|w| w.contains("restricted:latest")), "{w:?}");
+        Ok(())
+    })
+}
+
+/// A pod on its node's network takes the node's address (as kubelet
+/// reports it) and claims none of the node's block.
+#[test]
+fn host_network_pods_take_their_nodes_address() -> Result<()> {
+    let island = Island::new("hostnet")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let r = post(
+            &c,
+            "/api/v1/nodes",
+            &apitest::node_object("n1", "4", "8Gi", json!({})),
+        )
+        .await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let mut on_node = apitest::pod(
+            "on-node",
+            json!({}),
+            json!({"nodeName": "n1", "hostNetwork": true}),
+        );
+        on_node["spec"]["containers"][0]["ports"] = json!([{"containerPort": 8080}]);
+        let r = post(&c, "/api/v1/namespaces/default/pods", &on_node).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        ensure!(r.body["status"]["podIP"] == "192.0.2.10", "{}", r.text);
+        let r = post(
+            &c,
+            "/api/v1/namespaces/default/pods",
+            &apitest::pod("in-block", json!({}), json!({"nodeName": "n1"})),
+        )
+        .await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let ip = r.body["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        ensure!(ip.starts_with("10.244."), "{}", r.text);
+        // Deleting the host pod frees nothing of the block; the other
+        // pod's address stays its own.
+        let r = raw(
+            &c,
+            "DELETE",
+            "/api/v1/namespaces/default/pods/on-node",
+            None,
+            "",
+        )
+        .await?;
+        ensure!(r.code == 200, "{}", r.text);
+        let r = raw(
+            &c,
+            "GET",
+            "/api/v1/namespaces/default/pods/in-block",
+            None,
+            "",
+        )
+        .await?;
+        ensure!(r.body["status"]["podIP"] == ip.as_str(), "{}", r.text);
         Ok(())
     })
 }

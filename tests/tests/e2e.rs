@@ -1094,7 +1094,12 @@ spec:
         let mut total = 0;
         let mut files = 0;
         for e in std::fs::read_dir(&dir)? {
-            let len = e?.metadata()?.len();
+            // A file listed may be rotated away before it is looked at.
+            let len = match e?.metadata() {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
             assert!(len <= MAX_SIZE, "a log file of {len} bytes");
             total += len;
             files += 1;

@@ -99,19 +99,24 @@ async fn restart_policy_always_restarts_with_growing_back_off_and_keeps_logs() -
             second >= BACKOFF * 2,
             "back-off doubled: {first:?} then {second:?}"
         );
-        // Each run has its own log; the current run's and the previous
-        // one's are kept, older ones go (kubelet keeps one dead container
-        // per container), so a crash loop cannot fill the disk.
-        let log = std::fs::read_to_string(sb.log_path(&rec.uid, "main", 1))?;
-        assert!(log.ends_with(" stdout F run\n"), "run 1: {log:?}");
-        assert_eq!(
-            log.lines().count(),
-            1,
-            "run 1 logs only its own output: {log:?}"
-        );
+        // Each run has its own log; the current run's and the two before
+        // are kept, older ones go, so a crash loop cannot fill the disk.
+        for n in 0..2 {
+            let log = std::fs::read_to_string(sb.log_path(&rec.uid, "main", n))?;
+            assert!(log.ends_with(" stdout F run\n"), "run {n}: {log:?}");
+            assert_eq!(
+                log.lines().count(),
+                1,
+                "run {n} logs only its own output: {log:?}"
+            );
+        }
+        sync_until(&sb, &rec.uid, Duration::from_secs(10), "3rd restart", |s| {
+            s.restart_count == 3
+        })
+        .await?;
         assert!(
             !sb.log_path(&rec.uid, "main", 0).exists(),
-            "the log of run 0 outlived two restarts"
+            "the log of run 0 outlived three restarts"
         );
         // The restart count survives the agent: a new sandbox reads it from disk.
         let sb2 = _lab.sandbox(_lab.node("n1"))?;

@@ -630,3 +630,73 @@ async fn a_pod_cannot_send_as_anyone_else() -> Result<()> {
     })
     .await?
 }
+
+/// A pod on its node's network: no namespace, veth or address of its own;
+/// its server answers on the node's address, it sees the node's
+/// interfaces, and it goes without leaving anything behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_network_pod_runs_on_its_nodes_network() -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    tokio::time::timeout(TIMEOUT, async {
+        let lab = Lab::up(LabSpec::new(1)).await?;
+        let node = lab.node("n1").clone();
+        let sb = lab.sandbox(&node)?;
+        lab.load_busybox(&sb)?;
+        let mut p = plain_pod(
+            "on-node",
+            21,
+            "mkdir -p /www && echo on-node > /www/index.html && exec httpd -f -p 18080 -h /www",
+        );
+        p.spec.as_mut().unwrap().host_network = Some(true);
+        let before = weft_agent::netlink::netns::list()?;
+        let rec = sb.create_pod(&p, node.ip).await?;
+        assert!(
+            rec.host_network && rec.netns.is_empty() && rec.host_veth.is_empty(),
+            "{rec:?}"
+        );
+        assert_eq!(
+            weft_agent::netlink::netns::list()?,
+            before,
+            "no namespace of its own"
+        );
+        // Its init is in the node's network namespace.
+        let pid = sb
+            .runtime()
+            .state(&rec.containers[0].1)?
+            .pid
+            .context("pid")?;
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net"))?;
+        let node_ns = std::fs::metadata(weft_agent::netlink::netns::path(&node.netns))?;
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(
+            theirs.display().to_string(),
+            format!("net:[{}]", node_ns.ino())
+        );
+        // Its server answers on the node's own address.
+        let to = std::net::SocketAddr::new(node.ip.into(), 18080);
+        let page =
+            weft_agent::netlink::netns::run_in(Some(&node.netns), move || -> Result<String> {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+                        Ok(mut s) => {
+                            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                            let mut out = String::new();
+                            s.read_to_string(&mut out)?;
+                            return Ok(out);
+                        }
+                        Err(_) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            })??;
+        assert!(page.ends_with("on-node\n"), "{page}");
+        sb.remove_pod(&rec.uid, Duration::ZERO).await?;
+        assert!(sb.records()?.is_empty());
+        assert!(sb.runtime().list()?.is_empty());
+        Ok(())
+    })
+    .await?
+}

@@ -238,9 +238,14 @@ impl PodWorker {
                     // A finished pod is not run again; one without an IP
                     // waits for it; a failed one waits out its back-off.
                     let due = failure.as_ref().is_none_or(|f| Instant::now() >= f.next);
-                    if let (false, Some(ip), true) =
-                        (weft_api::pod::is_finished(&p), pod_ip(&p), due)
-                    {
+                    // On the node's network the pod's address is the node's.
+                    let on_node = p.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+                    let ip = if on_node {
+                        Some(node.node_ip)
+                    } else {
+                        pod_ip(&p)
+                    };
+                    if let (false, Some(ip), true) = (weft_api::pod::is_finished(&p), ip, due) {
                         match self.create(&p, ip).await {
                             Ok(()) => {
                                 created = Some(ip);

@@ -306,9 +306,9 @@ pub fn build_spec(
         );
     }
     let mut spec = Spec::default();
-    if !p.host_network {
-        spec.set_hostname(Some(p.hostname.clone()));
-    }
+    // Spec::default() names a host of its own; on the node's network the
+    // UTS namespace is the node's and no name may be set.
+    spec.set_hostname((!p.host_network).then(|| p.hostname.clone()));
     spec.set_process(Some(process));
     spec.set_root(Some(
         RootBuilder::default()

@@ -344,7 +344,12 @@ impl Sandbox {
                 }
             });
         }
-        self.check_ip_range(ip)?;
+        // On the node's network the pod has the node's address (whatever
+        // `ip` says) and claims none of the block.
+        let host_network = spec.host_network == Some(true);
+        if !host_network {
+            self.check_ip_range(ip)?;
+        }
         // Images are made present (pulled if need be) before anything is
         // made, so a missing image leaves nothing behind and says so.
         for c in &spec.containers {
@@ -357,8 +362,16 @@ impl Sandbox {
             uid: uid.clone(),
             namespace: namespace.clone(),
             name: name.clone(),
-            netns: format!("{}{su}", self.cfg.pod_netns_prefix),
-            host_veth: veth_name(&uid),
+            netns: if host_network {
+                String::new()
+            } else {
+                format!("{}{su}", self.cfg.pod_netns_prefix)
+            },
+            host_veth: if host_network {
+                String::new()
+            } else {
+                veth_name(&uid)
+            },
             ip,
             containers: spec
                 .containers
@@ -367,6 +380,7 @@ impl Sandbox {
                 .collect(),
             phase: Phase::Creating,
             restarts: Default::default(),
+            host_network,
         };
         // One pod per namespace/name on a node, whatever its UID.
         let key = name_key(&namespace, &name);
@@ -378,7 +392,7 @@ impl Sandbox {
                 },
                 Claim::Failed(e) => e,
             })?;
-        if let Err(e) = self.claim_ip(ip, &uid) {
+        if !host_network && let Err(e) = self.claim_ip(ip, &uid) {
             self.release("names", &key, &uid);
             return Err(e);
         }
@@ -401,6 +415,14 @@ impl Sandbox {
     }
 
     async fn build(&self, pod: &Pod, rec: &PodRecord) -> Result<(), SandboxError> {
+        if !rec.host_network {
+            self.build_network(rec).await?;
+        }
+        self.build_files_and_containers(pod, rec).await
+    }
+
+    /// The pod's own network: namespace, veth on the bridge, guarded.
+    async fn build_network(&self, rec: &PodRecord) -> Result<(), SandboxError> {
         netns::ensure(&rec.netns)?;
         let ifindex = self
             .net
@@ -420,6 +442,14 @@ impl Sandbox {
             dp.guard_pod(ifindex, rec.ip, mac)?;
             dp.attach_pod(&rec.host_veth)?;
         }
+        Ok(())
+    }
+
+    async fn build_files_and_containers(
+        &self,
+        pod: &Pod,
+        rec: &PodRecord,
+    ) -> Result<(), SandboxError> {
         let cgroup = self.pod_cgroup(&rec.uid);
         cgroups::set_pids_max(&cgroup, self.cfg.pod_max_pids)
             .map_err(io_err("limit the PIDs of", Path::new(&cgroup)))?;
@@ -438,12 +468,12 @@ impl Sandbox {
             format!(
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
                 rec.ip,
-                hostname_of(&rec.name)
+                self.hostname(rec)
             ),
         )
         .map_err(io_err("write", &hosts))?;
         let hostname = dir.join("hostname");
-        fs::write(&hostname, format!("{}\n", hostname_of(&rec.name)))
+        fs::write(&hostname, format!("{}\n", self.hostname(rec)))
             .map_err(io_err("write", &hostname))?;
         let pod_json = dir.join("pod.json");
         fs::write(
@@ -498,8 +528,16 @@ impl Sandbox {
             spec.host_ipc.unwrap_or(false),
         );
         let id = id.to_string();
-        let netns_path = netns::path(&rec.netns);
-        let hostname = hostname_of(&rec.name);
+        // On the node's network: the node's namespace (the agent's own
+        // when it runs in it: runc resolves /proc/self in its own process,
+        // a child of the agent's).
+        let netns_path = match (rec.host_network, &self.cfg.node_netns) {
+            (false, _) => netns::path(&rec.netns),
+            (true, Some(node)) => netns::path(node),
+            (true, None) => PathBuf::from("/proc/self/ns/net"),
+        };
+        let host_network = rec.host_network;
+        let hostname = self.hostname(rec);
         let cgroups_path = format!("/{}", self.container_cgroup(&rec.uid, &c.name));
         let files = ["resolv.conf", "hosts", "hostname"]
             .iter()
@@ -509,12 +547,14 @@ impl Sandbox {
         let log = self.log_path(&rec.uid, &c.name, restarts);
         // This run's log and the previous one's are kept (as kubelet keeps
         // one dead container per container), not every run's of a
-        // container that crashes for days.
+        // container that crashes for days; and the one before, which a
+        // reader of the record saved before this start still calls the
+        // previous run's.
         if let Some(dir) = log.parent() {
             for e in fs::read_dir(dir).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let run: Option<i32> = name.split('.').next().and_then(|n| n.parse().ok());
-                if run.is_some_and(|r| r < restarts - 1) {
+                if run.is_some_and(|r| r < restarts - 2) {
                     let _ = fs::remove_file(e.path());
                 }
             }
@@ -526,7 +566,7 @@ impl Sandbox {
                 container: &container,
                 netns_path,
                 pod_security: pod_security.as_ref(),
-                host_network: false,
+                host_network,
                 host_pid,
                 host_ipc,
                 hostname,
@@ -594,20 +634,24 @@ impl Sandbox {
                 .await?;
             self.observed.lock().expect("observed lock").remove(id);
         }
-        let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
-        if let Some(dp) = &self.datapath {
-            dp.lock()
-                .expect("datapath lock")
-                .detach_pod(&rec.host_veth, ifindex);
+        if !rec.host_network {
+            let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
+            if let Some(dp) = &self.datapath {
+                dp.lock()
+                    .expect("datapath lock")
+                    .detach_pod(&rec.host_veth, ifindex);
+            }
+            self.net.detach_veth(&rec.host_veth).await?;
+            netns::delete(&rec.netns)?;
         }
-        self.net.detach_veth(&rec.host_veth).await?;
-        netns::delete(&rec.netns)?;
         remove_cgroups(&self.pod_cgroup(&rec.uid));
         let dir = self.pod_dir(&rec.uid);
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
         }
-        self.release("ips", &rec.ip.to_string(), &rec.uid);
+        if !rec.host_network {
+            self.release("ips", &rec.ip.to_string(), &rec.uid);
+        }
         self.release("names", &name_key(&rec.namespace, &rec.name), &rec.uid);
         match fs::remove_file(self.record_path(&rec.uid)) {
             Ok(()) => Ok(()),
@@ -629,7 +673,7 @@ impl Sandbox {
         let Some(dp) = &self.datapath else {
             return Ok(());
         };
-        for r in self.records()? {
+        for r in self.records()?.into_iter().filter(|r| !r.host_network) {
             let Some(link) = self.net.link(&r.host_veth).await? else {
                 continue;
             };
@@ -639,6 +683,16 @@ impl Sandbox {
             dp.attach_pod(&r.host_veth)?;
         }
         Ok(())
+    }
+
+    /// The pod's host name: from its name, or on the node's network the
+    /// node's (its UTS namespace is the node's too).
+    fn hostname(&self, rec: &PodRecord) -> String {
+        if rec.host_network {
+            self.cfg.node.clone()
+        } else {
+            hostname_of(&rec.name)
+        }
     }
 
     /// The MAC of the pod's eth0, inside its namespace.

@@ -42,6 +42,10 @@ pub struct PodRecord {
     /// Restarts per container name (kept across agent restarts).
     #[serde(default)]
     pub restarts: std::collections::BTreeMap<String, i32>,
+    /// On the node's own network: no namespace, veth or address of its
+    /// own (`netns` and `host_veth` are empty, `ip` is the node's).
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 /// Outcome of a failed claim.

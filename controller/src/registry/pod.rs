@@ -95,6 +95,22 @@ async fn assign_address_on(
 ) -> Result<(), ApiError> {
     let node_obj = node_obj
         .ok_or_else(|| invalid(pod, Cause::invalid("spec.nodeName", node, "no such node")))?;
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        // On the node's own network: its address, as kubelet reports it;
+        // nothing of the pod network is claimed.
+        let node_ip = node_obj
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.clone());
+        if let Some(ip) = node_ip {
+            let status = pod.status.get_or_insert_with(Default::default);
+            status.pod_ips = Some(vec![PodIP { ip: ip.clone() }]);
+            status.pod_ip = Some(ip);
+        }
+        return Ok(());
+    }
     let block = node_obj
         .spec
         .as_ref()
@@ -192,7 +208,11 @@ impl Kind for Pod {
     }
 
     fn on_delete(&self, reg: &Registry, txn: &mut Txn) {
-        if let Some(ip) = self.status.as_ref().and_then(|s| s.pod_ip.as_deref()) {
+        let host_network = self.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        if let (false, Some(ip)) = (
+            host_network,
+            self.status.as_ref().and_then(|s| s.pod_ip.as_deref()),
+        ) {
             reg.ipam.release_pod_ip(ip, txn);
         }
     }
