@@ -39,8 +39,9 @@ impl Sandbox {
 }
 
 /// The PID limit of the cgroup `rel`: `pids.max` in the v1 pids
-/// hierarchy, or in the v2 tree when it has the pids controller (enabled
-/// down to `rel`'s parent on the way). `None` writes `max`. Makes `rel`.
+/// hierarchy, or in the v2 tree when its root hands the pids controller
+/// down (enabled from there down to `rel`'s parent on the way; the root's
+/// own setting is never changed). `None` writes `max`. Makes `rel`.
 ///
 /// # Errors
 /// When the cgroup cannot be made or the limit written; `Ok(false)` when
@@ -52,8 +53,10 @@ pub(super) fn set_pids_max(rel: &str, limit: Option<u64>) -> std::io::Result<boo
         let v1 = root
             .file_name()
             .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == "pids"));
+        // On v2, only when the machine's root already hands pids down
+        // (systemd does): the root cgroup is the machine's, not Weft's.
         let v2 = !v1
-            && fs::read_to_string(root.join("cgroup.controllers"))
+            && fs::read_to_string(root.join("cgroup.subtree_control"))
                 .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"));
         if !v1 && !v2 {
             continue;
@@ -61,7 +64,8 @@ pub(super) fn set_pids_max(rel: &str, limit: Option<u64>) -> std::io::Result<boo
         let dir = root.join(rel);
         fs::create_dir_all(&dir)?;
         if v2 {
-            // Each ancestor hands the controller down to its children.
+            // Each of Weft's ancestors hands the controller down to its
+            // children (the root's is on, checked above).
             let mut at = root.clone();
             for part in Path::new(rel).components() {
                 let ctl = at.join("cgroup.subtree_control");
