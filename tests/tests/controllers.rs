@@ -1229,6 +1229,13 @@ fn controller_absence_is_not_node_failure() -> Result<()> {
         for h in renewing.drain(..) {
             h.abort();
         }
+        // One last renewal of both, back to back, so that their silences
+        // start within milliseconds of each other: with their renewers'
+        // own phases (500 ms apart at most) a sweep (every 600 ms) could see
+        // one silent and not yet the other, two of three, which is node
+        // failure, not a disruption (it tainted n3 once in CI).
+        apitest::renew_lease(&c, "n2").await?;
+        apitest::renew_lease(&c, "n3").await?;
         eventually(Duration::from_secs(10), "n2 and n3 Unknown", || {
             let c = c.clone();
             async move {
