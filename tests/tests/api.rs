@@ -2584,6 +2584,72 @@ fn pod_security_levels_refuse_and_warn() -> Result<()> {
         ensure!(r.code == 201, "{}", r.text);
         let w = warnings(&r);
         ensure!(w.iter().any(|w| w.contains("restricted:latest")), "{w:?}");
+        // A PATCH is judged by what it makes of the spec: the template
+        // given the node's network is warned about by name...
+        let merge = |path: &str, body: Value| {
+            let c = c.clone();
+            let path = path.to_string();
+            async move {
+                raw(
+                    &c,
+                    "PATCH",
+                    &path,
+                    Some(serde_json::to_vec(&body)?),
+                    "application/merge-patch+json",
+                )
+                .await
+            }
+        };
+        let r = merge(
+            "/apis/apps/v1/namespaces/strict/deployments/d",
+            json!({"spec": {"template": {"spec": {"hostNetwork": true}}}}),
+        )
+        .await?;
+        ensure!(r.code == 200, "{}", r.text);
+        let w = warnings(&r);
+        ensure!(
+            w.iter()
+                .any(|w| w.contains("restricted:latest") && w.contains("host namespaces")),
+            "{w:?}"
+        );
+        // ...a patch of its labels alone is not judged again.
+        let r = merge(
+            "/apis/apps/v1/namespaces/strict/deployments/d",
+            json!({"metadata": {"labels": {"tier": "web"}}}),
+        )
+        .await?;
+        ensure!(
+            r.code == 200 && warnings(&r).is_empty(),
+            "{} {:?}",
+            r.text,
+            warnings(&r)
+        );
+        // A pod admitted before its namespace was labelled can still be
+        // relabelled, as on Kubernetes: the label alone changes no rule.
+        let r = post(
+            &c,
+            "/api/v1/namespaces",
+            &ns(
+                "open",
+                json!({"pod-security.kubernetes.io/enforce": "privileged"}),
+            ),
+        )
+        .await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let r = post(&c, "/api/v1/namespaces/open/pods", &privileged).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let r = merge(
+            "/api/v1/namespaces/open",
+            json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}),
+        )
+        .await?;
+        ensure!(r.code == 200, "{}", r.text);
+        let r = merge(
+            "/api/v1/namespaces/open/pods/priv",
+            json!({"metadata": {"labels": {"checked": "yes"}}}),
+        )
+        .await?;
+        ensure!(r.code == 200, "{}", r.text);
         Ok(())
     })
 }

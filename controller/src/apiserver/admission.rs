@@ -33,6 +33,28 @@ fn pod_spec(obj: &crate::registry::Decoded) -> Option<(&PodSpec, bool)> {
     None
 }
 
+/// The labels of namespace `ns` (from the cache when it has them), or
+/// `None` when the namespace does not exist: the write itself then says so.
+pub(super) async fn namespace_labels(
+    st: &ApiState,
+    ns: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let cached = st
+        .registry
+        .namespaces
+        .as_ref()
+        .and_then(|c| c.namespace(ns));
+    match cached {
+        Some(n) => Some(n.metadata.labels.clone().unwrap_or_default()),
+        None => st
+            .registry
+            .get::<Namespace>(None, ns)
+            .await
+            .ok()
+            .map(|n| n.metadata.labels.unwrap_or_default()),
+    }
+}
+
 /// Checks a pod (or a workload's template) against its namespace's Pod
 /// Security levels: a pod that breaks `enforce` is refused with 403, as
 /// kube-apiserver refuses it; what breaks `warn` (and, for a template,
@@ -48,34 +70,93 @@ pub(super) async fn pod_security(
     let (Some((spec, is_pod)), Some(ns)) = (pod_spec(obj), ns) else {
         return Ok(Vec::new());
     };
-    let cached = st
-        .registry
-        .namespaces
-        .as_ref()
-        .and_then(|c| c.namespace(ns));
-    let labels = match cached {
-        Some(n) => n.metadata.labels.clone().unwrap_or_default(),
-        None => match st.registry.get::<Namespace>(None, ns).await {
-            Ok(n) => n.metadata.labels.unwrap_or_default(),
-            // The create itself says the namespace is missing.
-            Err(_) => return Ok(Vec::new()),
-        },
+    let Some(labels) = namespace_labels(st, ns).await else {
+        return Ok(Vec::new());
     };
+    check(
+        st.pod_security_default,
+        &labels,
+        ns,
+        &obj.name,
+        spec,
+        is_pod,
+    )
+}
+
+/// [`pod_security`] for a PATCH, on the object before and after it:
+/// `plural`'s pod spec (a pod's own, a workload's template). As
+/// kube-apiserver does, a patch that changes nothing of the spec but
+/// images, tolerations or the deadline (labels, annotations, an image) is
+/// not judged again, so a
+/// namespace labelled after its pods were made does not lock them.
+///
+/// # Errors
+/// 403 for a pod the patch makes break its namespace's enforced level.
+pub(super) fn patched(
+    default: psa::Level,
+    labels: &std::collections::BTreeMap<String, String>,
+    ns: &str,
+    plural: &str,
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+) -> Result<Vec<String>, ApiError> {
+    let (pointer, is_pod) = match plural {
+        "pods" => ("/spec", true),
+        "deployments" | "replicasets" => ("/spec/template/spec", false),
+        _ => return Ok(Vec::new()),
+    };
+    let (Some(before), Some(after)) = (old.pointer(pointer), new.pointer(pointer)) else {
+        return Ok(Vec::new());
+    };
+    // What a pod's spec may change at all besides these is refused by its
+    // immutability anyway.
+    let without_images = |spec: &serde_json::Value| {
+        let mut s = spec.clone();
+        if let Some(o) = s.as_object_mut() {
+            o.remove("activeDeadlineSeconds");
+            o.remove("tolerations");
+        }
+        for list in ["containers", "initContainers", "ephemeralContainers"] {
+            for c in s[list].as_array_mut().into_iter().flatten() {
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("image");
+                }
+            }
+        }
+        s
+    };
+    if without_images(before) == without_images(after) {
+        return Ok(Vec::new());
+    }
+    // A spec that does not decode is refused by the kind's own validation.
+    let Ok(spec) = serde_json::from_value::<PodSpec>(after.clone()) else {
+        return Ok(Vec::new());
+    };
+    let name = new["metadata"]["name"].as_str().unwrap_or_default();
+    check(default, labels, ns, name, &spec, is_pod)
+}
+
+fn check(
+    default: psa::Level,
+    labels: &std::collections::BTreeMap<String, String>,
+    ns: &str,
+    name: &str,
+    spec: &PodSpec,
+    is_pod: bool,
+) -> Result<Vec<String>, ApiError> {
     let mut warnings = Vec::new();
-    let (level, version) =
-        psa::level(&labels, "enforce").unwrap_or((st.pod_security_default, "latest".into()));
+    let (level, version) = psa::level(labels, "enforce").unwrap_or((default, "latest".into()));
     let broken = psa::violations(level, spec);
     if !broken.is_empty() {
         let summary = psa::summary(level, &version, &broken);
         if is_pod {
             return Err(ApiError::forbidden(format!(
-                "pods {:?} is forbidden: violates {summary}",
-                obj.name
+                "pods {name:?} is forbidden: violates {summary}"
             )));
         }
         warnings.push(format!("would violate {summary}"));
     }
-    if let Some((warn, version)) = psa::level(&labels, "warn")
+    if let Some((warn, version)) = psa::level(labels, "warn")
         && (warn != level || is_pod)
     {
         let broken = psa::violations(warn, spec);
@@ -86,12 +167,12 @@ pub(super) async fn pod_security(
             ));
         }
     }
-    if let Some((audit, version)) = psa::level(&labels, "audit") {
+    if let Some((audit, version)) = psa::level(labels, "audit") {
         let broken = psa::violations(audit, spec);
         if !broken.is_empty() {
             tracing::info!(
                 namespace = ns,
-                name = %obj.name,
+                name,
                 audit = %format!("violates {}", psa::summary(audit, &version, &broken)),
                 "pod security audit"
             );

@@ -706,13 +706,36 @@ async fn dispatch(
             } else {
                 Write::Update
             };
-            let (updated, warnings) = kind
+            // Pod Security judges what the patch makes of a pod spec.
+            let labels = match (write, ns) {
+                (Write::Update, Some(ns))
+                    if matches!(res.plural, "pods" | "deployments" | "replicasets") =>
+                {
+                    admission::namespace_labels(st, ns).await
+                }
+                _ => None,
+            };
+            let mut admitted = Vec::new();
+            let (updated, mut warnings) = kind
                 .modify(&reg, ns, &name, write, &fv, &mut |obj| {
+                    let before = labels.as_ref().map(|_| obj.clone());
                     let mut patched = obj;
                     patch::apply(&ct, &mut patched, &bytes, reg.max_object)?;
+                    if let (Some(labels), Some(before)) = (&labels, &before) {
+                        // Assigned, not added: a conflict runs this again.
+                        admitted = admission::patched(
+                            st.pod_security_default,
+                            labels,
+                            ns.unwrap_or_default(),
+                            res.plural,
+                            before,
+                            &patched,
+                        )?;
+                    }
                     Ok(patched)
                 })
                 .await?;
+            warnings.extend(admitted);
             Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         ("delete", None) => {
