@@ -628,6 +628,23 @@ impl Datapath {
             .map_err(|source| BpfError::Map { name, source })
     }
 
+    /// Stops judging what the pod behind `ifindex` sends (its frames then
+    /// pass the anti-spoofing check unexamined). For benchmarks that
+    /// measure the check's cost; the agent never unguards a live pod.
+    ///
+    /// # Errors
+    /// When the map cannot be written.
+    pub fn unguard_pod(&mut self, ifindex: u32) -> Result<(), BpfError> {
+        let name = common::POD_ADDRS_MAP;
+        let map = self.ebpf.map_mut(name).ok_or(BpfError::Missing(name))?;
+        let mut h = aya::maps::HashMap::<_, u32, common::PodAddr>::try_from(map)
+            .map_err(|source| BpfError::Map { name, source })?;
+        match h.remove(&ifindex) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(BpfError::Map { name, source }),
+        }
+    }
+
     /// Sets the DNS rate limit of every pod: `rate` queries per second,
     /// `burst` at once (rate 0: none).
     ///

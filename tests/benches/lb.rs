@@ -6,7 +6,11 @@
 //!   processes use it, and the per-packet tc path), straight to the pod
 //!   IPs (the floor), and through the same Services as kube-proxy-style
 //!   iptables DNAT chains in a second node namespace built only for the
-//!   comparison; with 1, 1 000 and 10 000 Services present;
+//!   comparison; with 1, 1 000 and 10 000 Services present. The bare floor
+//!   is the same pods and veths on a third node namespace with no program
+//!   attached at all; weft's paths are measured with the anti-spoofing
+//!   check on (every pod registered, as the agent does) and off (not
+//!   registered: the same programs pass the frames unexamined);
 //! - programming 10 000 Services x 10 endpoints, and a one-endpoint change
 //!   at that size: weft's map writer against `iptables-restore`.
 //!
@@ -68,6 +72,8 @@ struct Pod {
     netns: String,
     veth: String,
     ip: Ipv4Addr,
+    ifindex: u32,
+    mac: [u8; 6],
 }
 
 async fn pod(node: &LabNode, nl: &Netlink, tag: &str, index: u32) -> Result<Pod> {
@@ -75,19 +81,27 @@ async fn pod(node: &LabNode, nl: &Netlink, tag: &str, index: u32) -> Result<Pod>
     let veth = format!("wftl{tag}");
     let ip = Ipv4Addr::from(u32::from(node.block.network()) + 10 + index);
     netns::create(&netns_name)?;
-    nl.attach_veth(&VethAttachment {
-        host_veth: veth.clone(),
-        netns: netns_name.clone(),
-        bridge: NODE_BRIDGE.into(),
-        address: Ipv4Network::new(ip, node.block.prefix())?,
-        gateway: Some(node.gateway().ip()),
-        mtu: 1500,
-    })
-    .await?;
+    let ifindex = nl
+        .attach_veth(&VethAttachment {
+            host_veth: veth.clone(),
+            netns: netns_name.clone(),
+            bridge: NODE_BRIDGE.into(),
+            address: Ipv4Network::new(ip, node.block.prefix())?,
+            gateway: Some(node.gateway().ip()),
+            mtu: 1500,
+        })
+        .await?;
+    let eth0 = Netlink::open(Some(&netns_name))?
+        .link("eth0")
+        .await?
+        .context("the pod's eth0")?;
+    let mac = eth0.mac.as_slice().try_into().context("eth0's MAC")?;
     Ok(Pod {
         netns: netns_name,
         veth,
         ip,
+        ifindex,
+        mac,
     })
 }
 
@@ -228,7 +242,7 @@ fn main() -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let lab = rt.block_on(Lab::up(LabSpec::new(2)))?;
+    let lab = rt.block_on(Lab::up(LabSpec::new(3)))?;
     let result = rt.block_on(run(&lab));
     let cgroup = cgroup_dir(&lab);
     let _ = std::fs::remove_dir(&cgroup);
@@ -259,6 +273,7 @@ async fn run(lab: &Lab) -> Result<()> {
     // --- Programming 10 000 Services x 10 endpoints.
     let ebpf_node = lab.node("n1");
     let ipt_node = lab.node("n2");
+    let bare_node = lab.node("n3");
     let (_dp0, mut fresh) = load_balancer(ebpf_node, sizes)?;
     let start = Instant::now();
     for i in 0..10_000 {
@@ -324,7 +339,7 @@ async fn run(lab: &Lab) -> Result<()> {
     // --- Short connections.
     let stop = Arc::new(AtomicBool::new(false));
     let mut pods = BTreeMap::new();
-    for node in [ebpf_node, ipt_node] {
+    for node in [ebpf_node, ipt_node, bare_node] {
         let nl = Netlink::open(Some(&node.netns))?;
         let tag = &node.name;
         let client = pod(node, &nl, &format!("{tag}c"), 0).await?;
@@ -344,10 +359,22 @@ async fn run(lab: &Lab) -> Result<()> {
     .ok();
     let (dp_client, s0, s1) = &pods[&ebpf_node.name];
     let (ipt_client, i0, i1) = &pods[&ipt_node.name];
+    let (bare_client, b0, b1) = &pods[&bare_node.name];
     let (mut dp, mut b) = load_balancer(ebpf_node, sizes)?;
-    for v in [&dp_client.veth, &s0.veth, &s1.veth] {
-        dp.attach_pod(v)?;
+    for p in [dp_client, s0, s1] {
+        dp.guard_pod(p.ifindex, p.ip, p.mac)?;
+        dp.attach_pod(&p.veth)?;
     }
+    let guard = |dp: &mut Datapath, on: bool| -> Result<()> {
+        for p in [dp_client, s0, s1] {
+            if on {
+                dp.guard_pod(p.ifindex, p.ip, p.mac)?;
+            } else {
+                dp.unguard_pod(p.ifindex)?;
+            }
+        }
+        Ok(())
+    };
     let cgroup = cgroup_dir(lab);
     std::fs::create_dir_all(&cgroup)?;
     dp.attach_cgroup(&cgroup)?;
@@ -358,9 +385,10 @@ async fn run(lab: &Lab) -> Result<()> {
         "Short TCP connections ({CONCURRENCY} in flight, {RUN_SECS} s per run, median of {ROUNDS} rounds)\n"
     );
     println!(
-        "| Services | path | requests/s | p50 | p99 | vs direct (rps) | p99 vs direct | errors |"
+        "| Services | path | requests/s | p50 | p99 | vs bare floor (rps) | p99 vs bare floor | errors |"
     );
     println!("|---|---|---|---|---|---|---|---|");
+    let mut guard_cost = Vec::new();
     let mut installed = 0;
     for &count in &SCALES {
         // The measured Service sits in the middle of the others.
@@ -380,11 +408,20 @@ async fn run(lab: &Lab) -> Result<()> {
             SocketAddrV4::new(s0.ip, PORT),
             SocketAddrV4::new(s1.ip, PORT),
         ];
+        let bare_targets = [
+            SocketAddrV4::new(b0.ip, PORT),
+            SocketAddrV4::new(b1.ip, PORT),
+        ];
         let vip = [SocketAddrV4::new(VIP, PORT)];
         let mut results: BTreeMap<&str, Vec<shortconn::Figures>> = BTreeMap::new();
         for _ in 0..ROUNDS {
             results
-                .entry("1 direct to pod IPs (floor)")
+                .entry("0 bare floor: direct to pod IPs, no program on the veths")
+                .or_default()
+                .push(shortconn::load(&bare_client.netns, None, &bare_targets)?);
+            guard(&mut dp, true)?;
+            results
+                .entry("1 direct to pod IPs, weft programs")
                 .or_default()
                 .push(shortconn::load(&dp_client.netns, None, &direct_targets)?);
             results
@@ -399,7 +436,21 @@ async fn run(lab: &Lab) -> Result<()> {
                 .entry("4 VIP, iptables DNAT (kube-proxy layout)")
                 .or_default()
                 .push(shortconn::load(&ipt_client.netns, None, &vip)?);
+            guard(&mut dp, false)?;
+            results
+                .entry("5 direct to pod IPs, weft programs, anti-spoofing off")
+                .or_default()
+                .push(shortconn::load(&dp_client.netns, None, &direct_targets)?);
+            results
+                .entry("6 VIP, weft socket path, anti-spoofing off")
+                .or_default()
+                .push(shortconn::load(&dp_client.netns, Some(&cgroup), &vip)?);
+            results
+                .entry("7 VIP, weft tc path, anti-spoofing off")
+                .or_default()
+                .push(shortconn::load(&dp_client.netns, None, &vip)?);
         }
+        guard(&mut dp, true)?;
         let med = |k: &str| -> shortconn::Figures {
             let r = &results[k];
             shortconn::Figures {
@@ -409,7 +460,7 @@ async fn run(lab: &Lab) -> Result<()> {
                 errors: r.iter().map(|f| f.errors).sum(),
             }
         };
-        let direct = med("1 direct to pod IPs (floor)");
+        let floor = med("0 bare floor: direct to pod IPs, no program on the veths");
         for k in results.keys() {
             let f = med(k);
             println!(
@@ -418,11 +469,125 @@ async fn run(lab: &Lab) -> Result<()> {
                 f.rps,
                 f.p50_us,
                 f.p99_us,
-                f.rps / direct.rps,
-                f.p99_us / direct.p99_us,
+                f.rps / floor.rps,
+                f.p99_us / floor.p99_us,
                 f.errors
             );
         }
+        for (on, off) in [
+            (
+                "1 direct to pod IPs, weft programs",
+                "5 direct to pod IPs, weft programs, anti-spoofing off",
+            ),
+            (
+                "2 VIP, weft socket path (pods)",
+                "6 VIP, weft socket path, anti-spoofing off",
+            ),
+            (
+                "3 VIP, weft tc path",
+                "7 VIP, weft tc path, anti-spoofing off",
+            ),
+        ] {
+            let (a, z) = (med(on), med(off));
+            guard_cost.push(format!(
+                "| {count} | {} | {:.0} | {:.0} | {:+.1}% | {:.0} µs | {:.0} µs | {:+.1}% |",
+                &on[2..],
+                a.rps,
+                z.rps,
+                (a.rps / z.rps - 1.0) * 100.0,
+                a.p99_us,
+                z.p99_us,
+                (a.p99_us / z.p99_us - 1.0) * 100.0
+            ));
+        }
+    }
+    // Is the gap to the bare floor the programs or the node? n1's own
+    // veths with the programs (and their clsact qdisc) taken off, against
+    // the same with them on and n3's bare floor, in rotating order.
+    let direct_targets = [
+        SocketAddrV4::new(s0.ip, PORT),
+        SocketAddrV4::new(s1.ip, PORT),
+    ];
+    let bare_targets = [
+        SocketAddrV4::new(b0.ip, PORT),
+        SocketAddrV4::new(b1.ip, PORT),
+    ];
+    let mut same: BTreeMap<&str, Vec<shortconn::Figures>> = BTreeMap::new();
+    const VARIANTS: [&str; 4] = [
+        "0 n3's veths, no program (the bare floor)",
+        "1 n1's veths, weft programs on",
+        "2 n1's veths, weft programs on, anti-spoofing off",
+        "3 n1's veths, programs and clsact qdisc taken off",
+    ];
+    for round in 0..ROUNDS + 2 {
+        // Each round starts with another variant: no order effect.
+        for k in 0..VARIANTS.len() {
+            let v = (round + k) % VARIANTS.len();
+            let f = match v {
+                0 => shortconn::load(&bare_client.netns, None, &bare_targets)?,
+                1 => shortconn::load(&dp_client.netns, None, &direct_targets)?,
+                2 => {
+                    guard(&mut dp, false)?;
+                    let f = shortconn::load(&dp_client.netns, None, &direct_targets)?;
+                    guard(&mut dp, true)?;
+                    f
+                }
+                _ => {
+                    for p in [dp_client, s0, s1] {
+                        let mut cmd = Command::new("tc");
+                        cmd.args(["qdisc", "del", "dev", &p.veth, "clsact"]);
+                        weft_lab::cluster::in_netns(&mut cmd, &ebpf_node.netns, false)?;
+                        ensure!(
+                            cmd.status()?.success(),
+                            "tc qdisc del dev {} clsact",
+                            p.veth
+                        );
+                    }
+                    let f = shortconn::load(&dp_client.netns, None, &direct_targets)?;
+                    for p in [dp_client, s0, s1] {
+                        dp.detach_pod(&p.veth, None);
+                        dp.attach_pod(&p.veth)?;
+                    }
+                    f
+                }
+            };
+            same.entry(VARIANTS[v]).or_default().push(f);
+        }
+    }
+    println!(
+        "\nDirect to pod IPs: the same veths with weft's programs on and off ({} rounds)\n",
+        ROUNDS + 2
+    );
+    println!("| veths | requests/s | p50 | p99 | errors |");
+    println!("|---|---|---|---|---|");
+    for (k, r) in &same {
+        println!(
+            "| {} | {:.0} | {:.0} µs | {:.0} µs | {} |",
+            &k[2..],
+            median(r.iter().map(|f| f.rps).collect()),
+            median(r.iter().map(|f| f.p50_us).collect()),
+            median(r.iter().map(|f| f.p99_us).collect()),
+            r.iter().map(|f| f.errors).sum::<usize>()
+        );
+    }
+    println!("\nThe anti-spoofing check's cost: on against off, same programs, same run\n");
+    println!("| Services | path | rps on | rps off | rps change | p99 on | p99 off | p99 change |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for l in &guard_cost {
+        println!("{l}");
+    }
+    // None of the bench's own IPv4 or ARP was judged forged (IPv6 a pod's
+    // kernel sends by itself is, and is dropped: shown, not an error).
+    for p in [dp_client, s0, s1] {
+        let spoofed = dp.spoofed(p.ifindex)?;
+        ensure!(
+            spoofed.mac + spoofed.ip + spoofed.arp == 0,
+            "the bench's own pods were judged forged: {spoofed:?}"
+        );
+        println!(
+            "{}: dropped as neither IPv4 nor ARP: {}",
+            p.veth, spoofed.other
+        );
     }
     stop.store(true, Ordering::Relaxed);
     drop(dp);

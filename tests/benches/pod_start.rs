@@ -1,6 +1,10 @@
 //! Full pod start (network + image ready + runc start of busybox) over 100
 //! pods, side by side with the floor: a bare `runc run --detach` of the same
-//! bundle, with its rootfs already mounted and its netns already made.
+//! bundle, with its rootfs already mounted and its netns already made; and
+//! the same floor without the bundle's seccomp filter (what RuntimeDefault
+//! costs runc). The agent's own debug events say where weft's time goes:
+//! the pod's network, the rootfs and config.json, and the shim up to the
+//! container running.
 //!
 //! Run: `sudo bash scripts/bench.sh` (or `cargo bench -p weft-tests --bench pod_start`).
 
@@ -38,7 +42,29 @@ fn row(name: &str, s: &[Duration]) {
     );
 }
 
+/// `name=value` milliseconds of every debug event with `message` in the log.
+fn phase(log: &str, message: &str, name: &str) -> Vec<Duration> {
+    log.lines()
+        .filter(|l| l.contains(message))
+        .filter_map(|l| {
+            let v = l
+                .split(&format!("{name}="))
+                .nth(1)?
+                .split_whitespace()
+                .next()?;
+            v.parse::<f64>().ok()
+        })
+        .map(|ms| Duration::from_secs_f64(ms / 1e3))
+        .collect()
+}
+
 fn main() -> Result<()> {
+    let log_file = tempfile::NamedTempFile::new()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("weft_agent=debug"))
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log_file.reopen()?))
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -69,7 +95,8 @@ fn main() -> Result<()> {
         // Floor: prepare every bundle first, then time only `runc run -d`.
         let floor_dir = state.join("floor");
         let mut floor = Vec::new();
-        for i in 0..PODS {
+        let mut bare = Vec::new();
+        for i in 0..2 * PODS {
             let b = floor_dir.join(format!("b{i}"));
             for d in ["rootfs", "upper", "work"] {
                 std::fs::create_dir_all(b.join(d))?;
@@ -88,6 +115,16 @@ fn main() -> Result<()> {
             )?;
             let mut c = config.clone();
             c["linux"]["cgroupsPath"] = format!("/weft/{}/floor/c{i}", node.netns).into();
+            // The second hundred: no seccomp filter.
+            if i >= PODS {
+                ensure!(
+                    c["linux"]
+                        .as_object_mut()
+                        .and_then(|l| l.remove("seccomp"))
+                        .is_some(),
+                    "the template's bundle has no seccomp filter"
+                );
+            }
             std::fs::write(b.join("config.json"), serde_json::to_vec(&c)?)?;
         }
         // Interleaved, so that both see the same node (mount table, cgroups,
@@ -108,6 +145,20 @@ fn main() -> Result<()> {
                 .status()?;
             floor.push(t.elapsed());
             ensure!(st.success(), "runc run floor{i} failed");
+            let j = PODS + i;
+            let t = Instant::now();
+            let st = Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["run", "--detach", "--bundle"])
+                .arg(floor_dir.join(format!("b{j}")))
+                .arg(format!("floor{j}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            bare.push(t.elapsed());
+            ensure!(st.success(), "runc run floor{j} failed");
 
             let p = pod(i);
             let ip = sb.free_ip()?;
@@ -115,7 +166,7 @@ fn main() -> Result<()> {
             sb.create_pod(&p, ip).await?;
             weft.push(t.elapsed());
         }
-        for i in 0..PODS {
+        for i in 0..2 * PODS {
             let _ = Command::new("runc")
                 .arg("--root")
                 .arg(&runc_root)
@@ -145,10 +196,31 @@ fn main() -> Result<()> {
             &weft,
         );
         row("floor: runc run --detach of a prepared bundle", &floor);
+        row("the same floor without the seccomp filter", &bare);
         println!(
             "\nweft p50 / floor p50 = {:.2}",
             percentile(&weft, 50.0).as_secs_f64() / percentile(&floor, 50.0).as_secs_f64()
         );
+        // The template pod's events come first: skip them.
+        let log = std::fs::read_to_string(log_file.path())?;
+        let network = phase(&log, "pod sandbox built", "network_ms");
+        let bundle = phase(&log, "container started", "bundle_ms");
+        let shim = phase(&log, "container started", "shim_ms");
+        ensure!(
+            network.len() == PODS as usize + 1
+                && bundle.len() == network.len()
+                && shim.len() == network.len(),
+            "the agent's debug events: {} {} {}",
+            network.len(),
+            bundle.len(),
+            shim.len()
+        );
+        println!("\nWhere weft's time goes (from the agent's debug events, ms)\n");
+        println!("| | p50 | p99 | first 10 (p50) | last 10 (p50) |");
+        println!("|---|---|---|---|---|");
+        row("network: netns, veth, address, guard, tc", &network[1..]);
+        row("rootfs overlay + config.json", &bundle[1..]);
+        row("shim: spawn, runc run -d, report", &shim[1..]);
         Ok(())
     })
 }

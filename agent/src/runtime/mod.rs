@@ -292,6 +292,7 @@ impl Runtime {
         image: &image::Image,
         start: bool,
     ) -> Result<i32, RuntimeError> {
+        let t0 = std::time::Instant::now();
         let lowers = self.images.lower_dirs(image)?;
         for d in ["rootfs", "upper", "work"] {
             let p = dir.join(d);
@@ -323,6 +324,7 @@ impl Runtime {
         // Built on the mounted root: the image's user is looked up in it.
         let spec = bundle::build_spec(req, &image.config, &rootfs, &self.cfg.seccomp_dir)?;
         bundle::write_spec(dir, &spec).map_err(io_err("write config.json", dir))?;
+        let bundle_ready = t0.elapsed();
 
         let mut child = Command::new(&self.cfg.shim)
             .arg("shim")
@@ -361,6 +363,14 @@ impl Runtime {
             tracing::warn!(error = %e, "no thread to reap a shim; it stays a zombie until the agent exits");
         }
         let line = line.trim();
+        // Where a start's time goes: the rootfs and config.json, then the
+        // shim until runc has the container running.
+        tracing::debug!(
+            id = req.id,
+            bundle_ms = bundle_ready.as_secs_f64() * 1e3,
+            shim_ms = (t0.elapsed() - bundle_ready).as_secs_f64() * 1e3,
+            "container started"
+        );
         if let Some(pid) = line.strip_prefix("ok ") {
             return pid.parse().map_err(|_| RuntimeError::Runc {
                 id: req.id.to_string(),

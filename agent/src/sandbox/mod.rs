@@ -415,10 +415,19 @@ impl Sandbox {
     }
 
     async fn build(&self, pod: &Pod, rec: &PodRecord) -> Result<(), SandboxError> {
+        let t0 = std::time::Instant::now();
         if !rec.host_network {
             self.build_network(rec).await?;
         }
-        self.build_files_and_containers(pod, rec).await
+        let network = t0.elapsed();
+        self.build_files_and_containers(pod, rec).await?;
+        tracing::debug!(
+            pod = %pod_name(rec),
+            network_ms = network.as_secs_f64() * 1e3,
+            files_and_containers_ms = (t0.elapsed() - network).as_secs_f64() * 1e3,
+            "pod sandbox built"
+        );
+        Ok(())
     }
 
     /// The pod's own network: namespace, veth on the bridge, guarded.
