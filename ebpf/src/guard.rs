@@ -8,6 +8,7 @@
 //! A veth the agent has not registered in `WEFT_POD_ADDRS` is not judged
 //! (the agent registers every pod's before attaching the programs).
 
+use crate::pkt;
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
@@ -15,7 +16,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use weft_common::{
-    DnsBucket, DnsLimit, IF_COUNTERS_MAX, POD_ADDRS_MAX, PROTO_UDP, PodAddr, SpoofCounters,
+    DnsBucket, DnsLimit, IF_COUNTERS_MAX, POD_ADDRS_MAX, PROTO_TCP, PROTO_UDP, PodAddr,
+    SpoofCounters,
 };
 
 #[map(name = "WEFT_POD_ADDRS")]
@@ -32,6 +34,9 @@ static DNS_BUCKETS: HashMap<u32, DnsBucket> = HashMap::with_max_entries(IF_COUNT
 static DNS_LIMIT: Array<DnsLimit> = Array::with_max_entries(1, 0);
 
 const ETH_HLEN: usize = 14;
+/// TCP payload to port 53 that costs one more token: about two pipelined
+/// queries' worth.
+const TCP_BYTES_PER_QUERY: u64 = 64;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 
@@ -44,7 +49,7 @@ enum Forged {
 }
 
 #[inline(always)]
-fn drop(ifindex: u32, what: Forged) -> bool {
+fn drop(ifindex: u32, what: Forged) -> Verdict {
     let bump = |c: &mut SpoofCounters| match what {
         Forged::Mac => c.mac += 1,
         Forged::Ip => c.ip += 1,
@@ -59,43 +64,58 @@ fn drop(ifindex: u32, what: Forged) -> bool {
         bump(&mut c);
         let _ = SPOOFED.insert(&ifindex, &c, 0);
     }
-    false
+    Verdict::Drop
 }
 
-/// Whether the frame the pod sent carries its own addresses.
+/// What the anti-spoofing check says of a frame a pod sent.
+pub enum Verdict {
+    /// Forged: dropped (and counted).
+    Drop,
+    /// The pod's own addresses.
+    Own,
+    /// The veth's pod is not registered: not judged.
+    Unguarded,
+}
+
+/// Whether the frame the pod sent carries its own addresses. `h` is the
+/// frame's first [`pkt::HDR_LEN`] bytes, `None` for a shorter frame, which
+/// is neither IPv4 nor ARP.
 #[inline(always)]
-pub fn from_pod(ctx: &TcContext) -> bool {
-    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+pub fn from_pod(ctx: &TcContext, ifindex: u32, h: Option<&[u8; pkt::HDR_LEN]>) -> Verdict {
     // SAFETY: a plain lookup; the value is copied out at once.
     let Some(own) = (unsafe { POD_ADDRS.get(&ifindex) }).copied() else {
-        return true;
+        return Verdict::Unguarded;
     };
-    let Ok(src_mac) = ctx.load::<[u8; 6]>(6) else {
+    let Some(h) = h else {
         return drop(ifindex, Forged::Other);
     };
+    let src_mac = [h[6], h[7], h[8], h[9], h[10], h[11]];
     if src_mac != own.mac {
         return drop(ifindex, Forged::Mac);
     }
-    let Ok(proto) = ctx.load::<u16>(12) else {
-        return drop(ifindex, Forged::Other);
-    };
-    match u16::from_be(proto) {
-        ETH_P_IP => match ctx.load::<u32>(ETH_HLEN + 12) {
-            Ok(saddr) if saddr == own.ip => dns_within_rate(ctx, ifindex),
-            _ => drop(ifindex, Forged::Ip),
-        },
+    match pkt::be16(h, 12) {
+        ETH_P_IP if pkt::raw32(h, ETH_HLEN + 12) == own.ip => Verdict::Own,
+        ETH_P_IP => drop(ifindex, Forged::Ip),
         ETH_P_ARP => {
             // htype 2, ptype 2, hlen 1, plen 1, oper 2, sha 6, spa 4, tha 6, tpa 4.
-            let ptype = ctx.load::<u16>(ETH_HLEN + 2).map(u16::from_be);
-            let lens = ctx.load::<u16>(ETH_HLEN + 4).map(u16::from_be);
-            let sha = ctx.load::<[u8; 6]>(ETH_HLEN + 8);
-            let spa = ctx.load::<u32>(ETH_HLEN + 14);
-            match (ptype, lens, sha, spa) {
-                (Ok(ETH_P_IP), Ok(0x0604), Ok(sha), Ok(spa))
-                    if sha == own.mac && (spa == own.ip || spa == 0) =>
+            let ptype = pkt::be16(h, ETH_HLEN + 2);
+            let lens = pkt::be16(h, ETH_HLEN + 4);
+            let sha = [
+                h[ETH_HLEN + 8],
+                h[ETH_HLEN + 9],
+                h[ETH_HLEN + 10],
+                h[ETH_HLEN + 11],
+                h[ETH_HLEN + 12],
+                h[ETH_HLEN + 13],
+            ];
+            match ctx.load::<u32>(ETH_HLEN + 14) {
+                Ok(spa)
+                    if ptype == ETH_P_IP
+                        && lens == 0x0604
+                        && sha == own.mac
+                        && (spa == own.ip || spa == 0) =>
                 {
-                    true
+                    Verdict::Own
                 }
                 _ => drop(ifindex, Forged::Arp),
             }
@@ -104,46 +124,52 @@ pub fn from_pod(ctx: &TcContext) -> bool {
     }
 }
 
-/// Whether a DNS query (UDP to port 53) from the pod of `ifindex` fits its
-/// token bucket; anything else passes. One pod flooding DNS is held to the
+/// Whether a DNS query from the pod of `ifindex` fits its token bucket;
+/// anything else passes. A UDP datagram to port 53 costs one token; a TCP
+/// segment to port 53 one, plus one per [`TCP_BYTES_PER_QUERY`] bytes of
+/// payload, so that queries pipelined on a connection (a segment may carry
+/// hundreds) are held to the same rate. One pod flooding DNS is held to the
 /// limit at its own veth, before the node's server reads a byte of it, so
-/// the other pods' queries find the server as free as before.
+/// the other pods' queries find the server as free as before. `flow` is
+/// the packet's TCP or UDP header, `None` when it has none that could be
+/// read.
 #[inline(always)]
-fn dns_within_rate(ctx: &TcContext, ifindex: u32) -> bool {
+pub fn dns_within_rate(ifindex: u32, h: &[u8; pkt::HDR_LEN], flow: Option<&pkt::Flow>) -> bool {
     let Some(limit) = DNS_LIMIT.get(0).copied() else {
         return true;
     };
     if limit.rate == 0 {
         return true;
     }
-    let (Ok(vihl), Ok(proto), Ok(frag)) = (
-        ctx.load::<u8>(ETH_HLEN),
-        ctx.load::<u8>(ETH_HLEN + 9),
-        ctx.load::<u16>(ETH_HLEN + 6),
-    ) else {
-        return true;
-    };
+    let (proto, frag) = (h[ETH_HLEN + 9], pkt::be16(h, ETH_HLEN + 6));
     // Later fragments carry no port: their first fragment was judged.
-    if proto != PROTO_UDP || u16::from_be(frag) & 0x1fff != 0 {
+    if pkt::be16(h, 12) != ETH_P_IP
+        || (proto != PROTO_UDP && proto != PROTO_TCP)
+        || frag & 0x1fff != 0
+    {
         return true;
     }
-    let l4 = ETH_HLEN + usize::from(vihl & 0x0f) * 4;
-    match ctx.load::<u16>(l4 + 2) {
-        Ok(p) if u16::from_be(p) == 53 => {}
-        _ => return true,
-    }
+    let cost = match flow {
+        Some(f) if f.dport != 53u16.to_be() => return true,
+        Some(f) if proto == PROTO_TCP => 1000 + u64::from(f.payload) * 1000 / TCP_BYTES_PER_QUERY,
+        Some(_) => 1000,
+        // A first fragment too short for its ports: charged as a query,
+        // or fragmenting would be a way around the limit.
+        None => 1000,
+    };
     // SAFETY: monotonic clock read.
     let now = unsafe { bpf_ktime_get_ns() };
     let full = u64::from(limit.burst.max(1)) * 1000;
     let Some(b) = DNS_BUCKETS.get_ptr_mut(&ifindex) else {
         // A pod's first query: a full bucket, less this one.
+        let fits = cost <= full;
         let b = DnsBucket {
-            milli_tokens: full - 1000,
+            milli_tokens: if fits { full - cost } else { full },
             last_ns: now,
-            dropped: 0,
+            dropped: u64::from(!fits),
         };
         let _ = DNS_BUCKETS.insert(&ifindex, &b, 0);
-        return true;
+        return fits;
     };
     // SAFETY: a map value; concurrent updates from other CPUs may lose a
     // token's worth, which only makes the limit approximate.
@@ -153,8 +179,8 @@ fn dns_within_rate(ctx: &TcContext, ifindex: u32) -> bool {
     let refill = elapsed * u64::from(limit.rate) / 1_000_000;
     b.milli_tokens = (b.milli_tokens + refill).min(full);
     b.last_ns = now;
-    if b.milli_tokens >= 1000 {
-        b.milli_tokens -= 1000;
+    if b.milli_tokens >= cost {
+        b.milli_tokens -= cost;
         true
     } else {
         b.dropped += 1;

@@ -20,27 +20,13 @@ use weft_common::{
 
 use crate::{
     pkt::{self, Flow},
-    policy::{self, PFlow},
+    policy,
 };
 
 /// The egress verdict on a pod's packet as it will leave: to `daddr:dport`.
 #[inline(always)]
-fn egress_ok(ctx: &TcContext, f: &Flow, daddr: u32, dport: u16) -> bool {
-    let (frag, ip_id) = policy::fragment(ctx);
-    policy::judge(
-        &PFlow {
-            saddr: f.saddr,
-            daddr,
-            sport: f.sport,
-            dport,
-            proto: f.proto,
-            syn: pkt::is_syn(ctx, f),
-            related: policy::NO_FLOW,
-            frag,
-            ip_id,
-        },
-        weft_common::DIR_EGRESS,
-    )
+fn egress_ok(f: &Flow, daddr: u32, dport: u16) -> bool {
+    policy::judge(&policy::from_flow(f, daddr, dport), weft_common::DIR_EGRESS)
 }
 
 // Sizes are defaults: the agent sets the real ones at load time.
@@ -409,8 +395,8 @@ pub fn sock_reverse(ctx: &SockAddrContext) -> i32 {
 /// A packet a pod sends. Replies of hairpin flows are turned back to the
 /// client; packets to a frontend get their backend (tracked per flow).
 #[inline(always)]
-pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
-    let f = pkt::parse(ctx)?;
+pub fn from_pod(ctx: &TcContext, flow: Result<Flow, ()>) -> Result<i32, ()> {
+    let f = flow?;
     let rkey = ct_key(&f, CT_REPLY);
     // SAFETY: copied out at once.
     if let Some(r) = unsafe { CT.get(&rkey) }.copied() {
@@ -426,7 +412,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
         // connect()) may reuse the addresses and ports of an earlier
         // Service flow: that flow's reverse-NAT entry must not rewrite its
         // replies.
-        if pkt::is_syn(ctx, &f) {
+        if pkt::is_syn(&f) {
             let stale = CtKey {
                 saddr: f.daddr,
                 daddr: f.saddr,
@@ -438,7 +424,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
             };
             ct_remove(&stale);
         }
-        if !egress_ok(ctx, &f, f.daddr, f.dport) {
+        if !egress_ok(&f, f.daddr, f.dport) {
             return Ok(TC_ACT_SHOT as i32);
         }
         return Ok(TC_ACT_OK as i32);
@@ -449,10 +435,10 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
     };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let e = match tracked(&fkey, pkt::is_syn(ctx, &f), now) {
+    let e = match tracked(&fkey, pkt::is_syn(&f), now) {
         Some(e) => {
             // Judged on the backend, after translation.
-            if !egress_ok(ctx, &f, e.backend_addr, e.backend_port) {
+            if !egress_ok(&f, e.backend_addr, e.backend_port) {
                 return Ok(TC_ACT_SHOT as i32);
             }
             e
@@ -465,7 +451,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
             };
             // Judged on the backend, after translation; a denied flow
             // leaves nothing tracked.
-            if !egress_ok(ctx, &f, b.addr, b.port) {
+            if !egress_ok(&f, b.addr, b.port) {
                 return Ok(TC_ACT_SHOT as i32);
             }
             let hairpin = b.addr == f.saddr;
@@ -519,8 +505,8 @@ pub fn from_pod(ctx: &TcContext) -> Result<i32, ()> {
 /// A packet delivered to a pod: a backend's reply gets the frontend back as
 /// its source.
 #[inline(always)]
-pub fn to_pod(ctx: &TcContext) -> Result<(), ()> {
-    let f = pkt::parse(ctx)?;
+pub fn to_pod(ctx: &TcContext, flow: Option<&Flow>) -> Result<(), ()> {
+    let f = *flow.ok_or(())?;
     let rkey = ct_key(&f, CT_REPLY);
     // SAFETY: copied out at once.
     let Some(r) = (unsafe { CT.get(&rkey) }).copied() else {
@@ -554,7 +540,7 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
         // SAFETY: as above.
         let r = unsafe { &mut *rp };
         r.last_seen = now;
-        if pkt::is_closing(ctx, &f) {
+        if pkt::is_closing(&f) {
             r.flags |= CT_CLOSING;
         }
         let r = *r;
@@ -579,11 +565,11 @@ pub fn nodeport_in(ctx: &TcContext) -> Result<i32, ()> {
         dir: CT_FORWARD,
         ..rkey
     };
-    let e = match tracked(&fkey, pkt::is_syn(ctx, &f), now) {
+    let e = match tracked(&fkey, pkt::is_syn(&f), now) {
         Some(e) => {
             // The client closing: its source port on the backend's side can
             // be given to another flow soon.
-            if e.flags & CT_SNAT != 0 && pkt::is_closing(ctx, &f) {
+            if e.flags & CT_SNAT != 0 && pkt::is_closing(&f) {
                 let reply = CtKey {
                     saddr: e.backend_addr,
                     daddr: cfg.node_addr,

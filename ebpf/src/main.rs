@@ -88,15 +88,31 @@ fn count(ctx: &TcContext, dir: Dir) {
 #[classifier]
 pub fn weft_from_pod(ctx: TcContext) -> i32 {
     count(&ctx, Dir::FromPod);
+    // SAFETY: `skb` points at the kernel's __sk_buff for this invocation.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // The headers are read once, for every part below.
+    let h = pkt::headers(&ctx).ok();
     // Only the pod's own addresses go further (NetworkPolicy judges by them).
-    if !guard::from_pod(&ctx) {
+    let guarded = match guard::from_pod(&ctx, ifindex, h.as_ref()) {
+        guard::Verdict::Drop => return TC_ACT_SHOT,
+        guard::Verdict::Own => true,
+        guard::Verdict::Unguarded => false,
+    };
+    let flow = match &h {
+        Some(h) => pkt::parse_headers(&ctx, h),
+        None => Err(()),
+    };
+    if guarded
+        && let Some(h) = &h
+        && !guard::dns_within_rate(ifindex, h, flow.as_ref().ok())
+    {
         return TC_ACT_SHOT;
     }
-    match lb::from_pod(&ctx) {
+    match lb::from_pod(&ctx, flow) {
         Ok(action) => action,
         // Not TCP or UDP (or not rewritable): only the policy judges it.
         Err(()) => {
-            if policy::egress_raw(&ctx) {
+            if policy::egress_raw(&ctx, h.as_ref()) {
                 TC_ACT_OK as i32
             } else {
                 TC_ACT_SHOT as i32
@@ -109,12 +125,14 @@ pub fn weft_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weft_to_pod(ctx: TcContext) -> i32 {
     count(&ctx, Dir::ToPod);
+    let h = pkt::headers(&ctx).ok();
+    let flow = h.as_ref().and_then(|h| pkt::parse_headers(&ctx, h).ok());
     // Judged before the reverse translation: the policy tracks flows by
     // the backend's address, as they were judged on the way out.
-    if !policy::ingress(&ctx) {
+    if !policy::ingress(&ctx, h.as_ref(), flow.as_ref()) {
         return TC_ACT_SHOT;
     }
-    let _ = lb::to_pod(&ctx);
+    let _ = lb::to_pod(&ctx, flow.as_ref());
     TC_ACT_PIPE
 }
 

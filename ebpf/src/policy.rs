@@ -10,6 +10,7 @@
 //! identity (longest prefix) and "any", so a verdict costs the same few
 //! lookups however many policies and pods there are.
 
+use crate::pkt;
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     helpers::bpf_ktime_get_ns,
@@ -156,28 +157,28 @@ fn has_ports(proto: u8) -> bool {
     proto == PROTO_TCP || proto == PROTO_UDP || proto == PROTO_SCTP
 }
 
-/// Parses any IPv4 packet. `Err` for what is not IPv4 (ARP, IPv6): the
-/// policy is IPv4's, as the cluster's pod addresses are.
+/// Parses any IPv4 packet from its headers (read once, [`pkt::headers`]),
+/// reading its ports. `Err` for what is not IPv4 (ARP, IPv6): the policy
+/// is IPv4's, as the cluster's pod addresses are.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<PFlow, ()> {
-    let proto_eth: u16 = ctx.load(12).map_err(|_| ())?;
-    if u16::from_be(proto_eth) != ETH_P_IP {
+pub fn parse_headers(ctx: &TcContext, h: &[u8; pkt::HDR_LEN]) -> Result<PFlow, ()> {
+    let h = *h;
+    if pkt::be16(&h, 12) != ETH_P_IP {
         return Err(());
     }
-    let vihl: u8 = ctx.load(ETH_HLEN).map_err(|_| ())?;
+    let vihl = h[ETH_HLEN];
     let ihl = usize::from(vihl & 0x0f) * 4;
     if vihl >> 4 != 4 || ihl < 20 {
         return Err(());
     }
-    let frag = u16::from_be(ctx.load(ETH_HLEN + 6).map_err(|_| ())?);
+    let frag = pkt::be16(&h, ETH_HLEN + 6);
     let first = frag & 0x1fff == 0;
     let more = frag & 0x2000 != 0;
-    let ip_id = u16::from_be(ctx.load(ETH_HLEN + 4).map_err(|_| ())?);
-    let proto: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| ())?;
+    let proto = h[ETH_HLEN + 9];
     let l4 = ETH_HLEN + ihl;
     let mut f = PFlow {
-        saddr: ctx.load(ETH_HLEN + 12).map_err(|_| ())?,
-        daddr: ctx.load(ETH_HLEN + 16).map_err(|_| ())?,
+        saddr: pkt::raw32(&h, ETH_HLEN + 12),
+        daddr: pkt::raw32(&h, ETH_HLEN + 16),
         sport: 0,
         dport: 0,
         proto,
@@ -190,19 +191,20 @@ pub fn parse(ctx: &TcContext) -> Result<PFlow, ()> {
         } else {
             FRAG_NONE
         },
-        ip_id,
+        ip_id: pkt::be16(&h, ETH_HLEN + 4),
     };
-    // Later fragments carry no ports: they pass with their first fragment,
+    // Later fragments carry no port: they pass with their first fragment,
     // or by a rule for every port.
     if !first {
         return Ok(f);
     }
     if has_ports(proto) {
-        f.sport = ctx.load(l4).map_err(|_| ())?;
-        f.dport = ctx.load(l4 + 2).map_err(|_| ())?;
-        if proto == PROTO_TCP {
-            let flags: u8 = ctx.load(l4 + 13).unwrap_or(0);
-            f.syn = flags & 0x12 == 0x02;
+        // A first fragment too short for its ports is judged as port 0
+        // (only a rule for every port lets it in), not waved through.
+        if let Ok((sport, dport, flags, _)) = pkt::ports(ctx, l4, proto) {
+            f.sport = sport;
+            f.dport = dport;
+            f.syn = proto == PROTO_TCP && flags & 0x12 == 0x02;
         }
     } else if proto == PROTO_ICMP {
         let ty: u8 = ctx.load(l4).map_err(|_| ())?;
@@ -217,22 +219,6 @@ pub fn parse(ctx: &TcContext) -> Result<PFlow, ()> {
         }
     }
     Ok(f)
-}
-
-/// The fragment state and IP identification of the packet in `ctx`
-/// (an IPv4 packet the caller parsed).
-#[inline(always)]
-pub fn fragment(ctx: &TcContext) -> (u8, u16) {
-    let frag = u16::from_be(ctx.load(ETH_HLEN + 6).unwrap_or(0));
-    let ip_id = u16::from_be(ctx.load(ETH_HLEN + 4).unwrap_or(0));
-    let state = if frag & 0x1fff != 0 {
-        FRAG_LATER
-    } else if frag & 0x2000 != 0 {
-        FRAG_FIRST
-    } else {
-        FRAG_NONE
-    };
-    (state, ip_id)
 }
 
 /// The flow of the packet an ICMP error quotes, at `off`.
@@ -433,27 +419,51 @@ pub fn judge(f: &PFlow, dir: u8) -> bool {
     pass(f, dir, now)
 }
 
-/// A packet a pod sends that the load-balancer did not handle (not TCP or
-/// UDP): its egress verdict.
+/// The policy's view of a TCP or UDP packet the load-balancer parsed,
+/// going to `daddr:dport` (its backend, once translated).
 #[inline(always)]
-pub fn egress_raw(ctx: &TcContext) -> bool {
-    match parse(ctx) {
-        Ok(f) => judge(&f, DIR_EGRESS),
-        Err(()) => true,
+pub fn from_flow(f: &pkt::Flow, daddr: u32, dport: u16) -> PFlow {
+    PFlow {
+        saddr: f.saddr,
+        daddr,
+        sport: f.sport,
+        dport,
+        proto: f.proto,
+        syn: pkt::is_syn(f),
+        related: NO_FLOW,
+        // `pkt::parse` takes no later fragment.
+        frag: if f.more_frags { FRAG_FIRST } else { FRAG_NONE },
+        ip_id: f.ip_id,
+    }
+}
+
+/// A packet a pod sends that the load-balancer did not handle (not TCP or
+/// UDP): its egress verdict. `h`: its headers (`None`: too short to be
+/// IPv4).
+#[inline(always)]
+pub fn egress_raw(ctx: &TcContext, h: Option<&[u8; pkt::HDR_LEN]>) -> bool {
+    match h.map(|h| parse_headers(ctx, h)) {
+        Some(Ok(f)) => judge(&f, DIR_EGRESS),
+        _ => true,
     }
 }
 
 /// A packet delivered to a pod: its ingress verdict. A pod's own packet
-/// turned back to it by the load-balancer passes.
+/// turned back to it by the load-balancer passes. `h`: its headers
+/// (`None`: too short to be IPv4); `flow`: its TCP or UDP header when it
+/// has one.
 #[inline(always)]
-pub fn ingress(ctx: &TcContext) -> bool {
+pub fn ingress(ctx: &TcContext, h: Option<&[u8; pkt::HDR_LEN]>, flow: Option<&pkt::Flow>) -> bool {
     // SAFETY: the skb of this invocation.
     if unsafe { (*ctx.skb.skb).mark } == MARK_SELF {
         return true;
     }
-    match parse(ctx) {
-        Ok(f) => judge(&f, DIR_INGRESS),
-        Err(()) => true,
+    if let Some(f) = flow {
+        return judge(&from_flow(f, f.daddr, f.dport), DIR_INGRESS);
+    }
+    match h.map(|h| parse_headers(ctx, h)) {
+        Some(Ok(f)) => judge(&f, DIR_INGRESS),
+        _ => true,
     }
 }
 

@@ -463,10 +463,42 @@ fn query(id: u16, name: &str) -> Vec<u8> {
     q
 }
 
-/// One pod floods its node's DNS as fast as a thread can send for 6 s,
-/// while another asks every 20 ms and waits for each answer: the flood is
-/// held to --dns-rate-limit at the flooding pod's veth and counted, and
-/// the other pod loses no more than 1% of its queries.
+/// Asks `server` for `name` every 20 ms for `secs` from namespace `ns`,
+/// waiting up to 1 s for each answer: (asked, lost).
+fn probe(ns: &str, server: std::net::SocketAddr, name: &str, secs: u64) -> Result<(u32, u32)> {
+    weft_agent::netlink::netns::run_in(Some(ns), || -> Result<(u32, u32)> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(server)?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let (mut asked, mut lost) = (0u32, 0u32);
+        let mut buf = [0u8; 512];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            asked += 1;
+            let id = asked as u16;
+            s.send(&query(id, name))?;
+            let t = Instant::now();
+            loop {
+                match s.recv(&mut buf) {
+                    Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => break,
+                    Ok(_) if t.elapsed() < Duration::from_secs(1) => {}
+                    _ => {
+                        lost += 1;
+                        break;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((asked, lost))
+    })?
+}
+
+/// One pod floods its node's DNS as fast as it can, over UDP for 5 s and
+/// then with queries pipelined on 8 TCP connections for 5 s, while another
+/// asks every 20 ms and waits for each answer: the flood is held to
+/// --dns-rate-limit at the flooding pod's veth and counted, and the other
+/// pod loses no more than 1% of its queries.
 #[test]
 fn one_pods_dns_flood_costs_the_others_nothing() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -489,10 +521,17 @@ fn one_pods_dns_flood_costs_the_others_nothing() -> Result<()> {
     // would do as well; a missing one would be tried upstream through the
     // search-path shortcut, and this lab has no upstream).
     let name = "dns-version.cluster.local";
+    let limited = || -> Result<u64> {
+        let stats: Value =
+            serde_json::from_str(&c.weft(&["dns", "stats", "--node", "n1", "-o", "json"])?)?;
+        stats["n1"]["ratelimited"].as_u64().context("ratelimited")
+    };
+
+    // UDP, one thread as fast as it can.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
+    let (stop2, ns2) = (stop.clone(), flood_ns.clone());
     let flood = std::thread::spawn(move || {
-        weft_agent::netlink::netns::run_in(Some(&flood_ns), || -> Result<u64> {
+        weft_agent::netlink::netns::run_in(Some(&ns2), || -> Result<u64> {
             let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
             s.connect(server)?;
             let q = query(1, name);
@@ -507,59 +546,75 @@ fn one_pods_dns_flood_costs_the_others_nothing() -> Result<()> {
         })
     });
     std::thread::sleep(Duration::from_millis(500));
-    let probe = weft_agent::netlink::netns::run_in(Some(&victim_ns), || -> Result<(u32, u32)> {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        s.connect(server)?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let (mut asked, mut lost) = (0u32, 0u32);
-        let mut buf = [0u8; 512];
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            asked += 1;
-            let id = asked as u16;
-            s.send(&query(id, name))?;
-            let t = Instant::now();
-            loop {
-                match s.recv(&mut buf) {
-                    Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => break,
-                    Ok(_) => {}
-                    Err(_) => {
-                        lost += 1;
-                        break;
-                    }
-                }
-                if t.elapsed() > Duration::from_secs(1) {
-                    lost += 1;
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok((asked, lost))
-    })??;
+    let (asked, lost) = probe(&victim_ns, server, name, 5)?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flood
         .join()
         .map_err(|_| anyhow::anyhow!("flooder panicked"))???;
-    let stats: Value =
-        serde_json::from_str(&c.weft(&["dns", "stats", "--node", "n1", "-o", "json"])?)?;
-    let limited = stats["n1"]["ratelimited"].as_u64().context("ratelimited")?;
-    let answered = stats["n1"]["queries"].as_u64().context("queries")?;
-    let (asked, lost) = probe;
+    let after_udp = limited()?;
     eprintln!(
-        "flood: {sent} queries sent in 5.5 s, {limited} dropped at the veth, {answered} reached the server; victim lost {lost} of {asked}"
+        "UDP flood: {sent} queries sent, {after_udp} dropped at the veth; victim lost {lost} of {asked}"
     );
     ensure!(
         sent > 50_000,
         "the flood was too slow to test anything: {sent}"
     );
     ensure!(
-        limited > sent / 2,
-        "the limit held back only {limited} of {sent}"
+        after_udp > sent / 2,
+        "the limit held back only {after_udp} of {sent}"
     );
     ensure!(
         u64::from(lost) * 100 <= u64::from(asked),
-        "the victim lost {lost} of {asked} queries"
+        "UDP flood: the victim lost {lost} of {asked} queries"
+    );
+
+    // TCP: 8 connections, each writing pipelined queries (2-byte length,
+    // then the message) without reading the answers.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut floods = Vec::new();
+    for _ in 0..8 {
+        let (stop2, ns2) = (stop.clone(), flood_ns.clone());
+        floods.push(std::thread::spawn(move || {
+            weft_agent::netlink::netns::run_in(Some(&ns2), || -> Result<u64> {
+                use std::io::Write as _;
+                let mut s = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2))?;
+                s.set_write_timeout(Some(Duration::from_millis(200)))?;
+                let q = query(1, name);
+                let mut one = (q.len() as u16).to_be_bytes().to_vec();
+                one.extend_from_slice(&q);
+                let batch: Vec<u8> = one.repeat(256);
+                let mut sent = 0u64;
+                while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A full window (the limit at work) times the write out.
+                    if let Ok(n) = s.write(&batch) {
+                        sent += (n / one.len()) as u64;
+                    }
+                }
+                Ok(sent)
+            })
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (asked, lost) = probe(&victim_ns, server, name, 5)?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for f in floods {
+        sent += f
+            .join()
+            .map_err(|_| anyhow::anyhow!("flooder panicked"))???;
+    }
+    let after_tcp = limited()?;
+    eprintln!(
+        "TCP flood: {sent} queries written, {} segments dropped at the veth; victim lost {lost} of {asked}",
+        after_tcp - after_udp
+    );
+    ensure!(
+        after_tcp > after_udp,
+        "the pipelined TCP flood was never held back"
+    );
+    ensure!(
+        u64::from(lost) * 100 <= u64::from(asked),
+        "TCP flood: the victim lost {lost} of {asked} queries"
     );
     Ok(())
 }
