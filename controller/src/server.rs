@@ -207,6 +207,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         .context("the token file has no admin token")?;
     let mut registry = Registry::new(store, ipam);
     registry.max_object = cfg.max_object_size;
+    registry.pod_security_default = cfg.pod_security_default;
     bootstrap(&registry)
         .await
         .context("create the built-in namespaces")?;
@@ -241,7 +242,6 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         metrics: Default::default(),
         heartbeats: heartbeat_runtime()?,
         bulk: crate::apiserver::Bulk::new(bulk_runtime()?),
-        pod_security_default: cfg.pod_security_default,
     });
     spawn_heap_trimmer();
     Ok(Started {

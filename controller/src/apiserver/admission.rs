@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
-    core::v1::{Namespace, Pod, PodSpec},
+    core::v1::{Pod, PodSpec},
 };
 use weft_api::error::ApiError;
 
@@ -33,28 +33,6 @@ fn pod_spec(obj: &crate::registry::Decoded) -> Option<(&PodSpec, bool)> {
     None
 }
 
-/// The labels of namespace `ns` (from the cache when it has them), or
-/// `None` when the namespace does not exist: the write itself then says so.
-pub(super) async fn namespace_labels(
-    st: &ApiState,
-    ns: &str,
-) -> Option<std::collections::BTreeMap<String, String>> {
-    let cached = st
-        .registry
-        .namespaces
-        .as_ref()
-        .and_then(|c| c.namespace(ns));
-    match cached {
-        Some(n) => Some(n.metadata.labels.clone().unwrap_or_default()),
-        None => st
-            .registry
-            .get::<Namespace>(None, ns)
-            .await
-            .ok()
-            .map(|n| n.metadata.labels.unwrap_or_default()),
-    }
-}
-
 /// Checks a pod (or a workload's template) against its namespace's Pod
 /// Security levels: a pod that breaks `enforce` is refused with 403, as
 /// kube-apiserver refuses it; what breaks `warn` (and, for a template,
@@ -70,11 +48,11 @@ pub(super) async fn pod_security(
     let (Some((spec, is_pod)), Some(ns)) = (pod_spec(obj), ns) else {
         return Ok(Vec::new());
     };
-    let Some(labels) = namespace_labels(st, ns).await else {
+    let Some(labels) = psa::namespace_labels(&st.registry, ns).await else {
         return Ok(Vec::new());
     };
-    check(
-        st.pod_security_default,
+    psa::check(
+        st.registry.pod_security_default,
         &labels,
         ns,
         &obj.name,
@@ -87,8 +65,8 @@ pub(super) async fn pod_security(
 /// `plural`'s pod spec (a pod's own, a workload's template). As
 /// kube-apiserver does, a patch that changes nothing of the spec but
 /// images, tolerations or the deadline (labels, annotations, an image) is
-/// not judged again, so a
-/// namespace labelled after its pods were made does not lock them.
+/// not judged again, so a namespace labelled after its pods were made does
+/// not lock them.
 ///
 /// # Errors
 /// 403 for a pod the patch makes break its namespace's enforced level.
@@ -133,50 +111,5 @@ pub(super) fn patched(
         return Ok(Vec::new());
     };
     let name = new["metadata"]["name"].as_str().unwrap_or_default();
-    check(default, labels, ns, name, &spec, is_pod)
-}
-
-fn check(
-    default: psa::Level,
-    labels: &std::collections::BTreeMap<String, String>,
-    ns: &str,
-    name: &str,
-    spec: &PodSpec,
-    is_pod: bool,
-) -> Result<Vec<String>, ApiError> {
-    let mut warnings = Vec::new();
-    let (level, version) = psa::level(labels, "enforce").unwrap_or((default, "latest".into()));
-    let broken = psa::violations(level, spec);
-    if !broken.is_empty() {
-        let summary = psa::summary(level, &version, &broken);
-        if is_pod {
-            return Err(ApiError::forbidden(format!(
-                "pods {name:?} is forbidden: violates {summary}"
-            )));
-        }
-        warnings.push(format!("would violate {summary}"));
-    }
-    if let Some((warn, version)) = psa::level(labels, "warn")
-        && (warn != level || is_pod)
-    {
-        let broken = psa::violations(warn, spec);
-        if !broken.is_empty() {
-            warnings.push(format!(
-                "would violate {}",
-                psa::summary(warn, &version, &broken)
-            ));
-        }
-    }
-    if let Some((audit, version)) = psa::level(labels, "audit") {
-        let broken = psa::violations(audit, spec);
-        if !broken.is_empty() {
-            tracing::info!(
-                namespace = ns,
-                name,
-                audit = %format!("violates {}", psa::summary(audit, &version, &broken)),
-                "pod security audit"
-            );
-        }
-    }
-    Ok(warnings)
+    psa::check(default, labels, ns, name, &spec, is_pod)
 }

@@ -49,8 +49,6 @@ pub struct ApiState {
     pub heartbeats: tokio::runtime::Handle,
     /// Where LISTs are read and encoded (see [`Bulk`]).
     pub bulk: Bulk,
-    /// The Pod Security level of namespaces without an `enforce` label.
-    pub pod_security_default: crate::registry::pod_security::Level,
 }
 
 /// LISTs (and requests with bodies over [`BULK_BODY`]) run apart: reading
@@ -711,7 +709,7 @@ async fn dispatch(
                 (Write::Update, Some(ns))
                     if matches!(res.plural, "pods" | "deployments" | "replicasets") =>
                 {
-                    admission::namespace_labels(st, ns).await
+                    crate::registry::pod_security::namespace_labels(&st.registry, ns).await
                 }
                 _ => None,
             };
@@ -724,7 +722,7 @@ async fn dispatch(
                     if let (Some(labels), Some(before)) = (&labels, &before) {
                         // Assigned, not added: a conflict runs this again.
                         admitted = admission::patched(
-                            st.pod_security_default,
+                            st.registry.pod_security_default,
                             labels,
                             ns.unwrap_or_default(),
                             res.plural,

@@ -242,6 +242,17 @@ pub async fn pod_log(
     name: &str,
     query: &Query,
 ) -> Result<Response, ApiError> {
+    // The numbers are checked here, so that a bad one gets a Status that
+    // names it (the agent's own refusal would reach clients as text).
+    for k in ["tailLines", "sinceSeconds", "limitBytes"] {
+        if let Some(v) = query.get(k)
+            && v.parse::<i64>().is_err()
+        {
+            return Err(ApiError::bad_request(format!(
+                "{k}: invalid value {v:?}: must be an integer"
+            )));
+        }
+    }
     let (node, container) = pod_target(st, ns, name, query).await?;
     let params = {
         let mut p = form_urlencoded::Serializer::new(String::new());

@@ -72,6 +72,9 @@ pub struct Registry {
     /// The controllers' cache, once it runs: a create finds its namespace
     /// there first (see [`Registry::open_namespace`]).
     pub namespaces: Option<Arc<dyn Namespaces>>,
+    /// The Pod Security level of namespaces without an `enforce` label
+    /// (`--pod-security-default`).
+    pub pod_security_default: pod_security::Level,
 }
 
 /// Namespaces as a cache holds them (the controllers' cache implements it):
@@ -122,6 +125,7 @@ impl Registry {
             max_object: MAX_OBJECT,
             node: None,
             namespaces: None,
+            pod_security_default: pod_security::Level::Privileged,
         }
     }
 

@@ -186,6 +186,15 @@ impl Kind for Pod {
     }
 
     async fn on_create(&mut self, reg: &Registry, txn: &mut Txn) -> Result<(), ApiError> {
+        if let Some(spec) = &self.spec {
+            super::pod_security::enforce(
+                reg,
+                self.metadata.namespace.as_deref().unwrap_or("default"),
+                self.metadata.name.as_deref().unwrap_or_default(),
+                spec,
+            )
+            .await?;
+        }
         if let Some(node) = node_of(self).map(str::to_string) {
             assign_address(reg, self, &node, txn).await?;
         }

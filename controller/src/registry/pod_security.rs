@@ -12,8 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Container, PodSpec};
-use weft_api::error::Cause;
+use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec};
+use weft_api::error::{ApiError, Cause};
+
+use super::Registry;
 
 /// Label prefix of the modes.
 pub const PREFIX: &str = "pod-security.kubernetes.io/";
@@ -445,6 +447,94 @@ pub fn summary(level: Level, version: &str, violations: &[String]) -> String {
         level.name(),
         violations.join(", ")
     )
+}
+
+/// The labels of namespace `ns` (from the controllers' cache when it has
+/// them), or `None` when the namespace does not exist: the write itself
+/// then says so.
+pub async fn namespace_labels(reg: &Registry, ns: &str) -> Option<BTreeMap<String, String>> {
+    if let Some(n) = reg.namespaces.as_ref().and_then(|c| c.namespace(ns)) {
+        return Some(n.metadata.labels.clone().unwrap_or_default());
+    }
+    reg.get::<Namespace>(None, ns)
+        .await
+        .ok()
+        .map(|n| n.metadata.labels.unwrap_or_default())
+}
+
+/// Checks a pod spec against its namespace's labels (`default` where no
+/// `enforce` label is): for a pod (`is_pod`), breaking `enforce` is a 403
+/// with kube's message; for a workload's template, a warning. What breaks
+/// `warn` comes back as warnings, what breaks `audit` is logged.
+///
+/// # Errors
+/// 403 for a pod that breaks the enforced level.
+pub fn check(
+    default: Level,
+    labels: &BTreeMap<String, String>,
+    ns: &str,
+    name: &str,
+    spec: &PodSpec,
+    is_pod: bool,
+) -> Result<Vec<String>, ApiError> {
+    let mut warnings = Vec::new();
+    let (enforced, version) = level(labels, "enforce").unwrap_or((default, "latest".into()));
+    let broken = violations(enforced, spec);
+    if !broken.is_empty() {
+        let what = summary(enforced, &version, &broken);
+        if is_pod {
+            return Err(ApiError::forbidden(format!(
+                "pods {name:?} is forbidden: violates {what}"
+            )));
+        }
+        warnings.push(format!("would violate {what}"));
+    }
+    if let Some((warn, version)) = level(labels, "warn")
+        && (warn != enforced || is_pod)
+    {
+        let broken = violations(warn, spec);
+        if !broken.is_empty() {
+            warnings.push(format!(
+                "would violate {}",
+                summary(warn, &version, &broken)
+            ));
+        }
+    }
+    if let Some((audit, version)) = level(labels, "audit") {
+        let broken = violations(audit, spec);
+        if !broken.is_empty() {
+            tracing::info!(
+                namespace = ns,
+                name,
+                audit = %format!("violates {}", summary(audit, &version, &broken)),
+                "pod security audit"
+            );
+        }
+    }
+    Ok(warnings)
+}
+
+/// Enforces the namespace's level on a pod about to be stored, whoever
+/// makes it: the API's clients and the controllers (a ReplicaSet's pods
+/// are refused here, and the ReplicaSet reports FailedCreate, as in
+/// Kubernetes). Warnings and audit are the API's, not repeated here.
+///
+/// # Errors
+/// 403 for a pod that breaks the enforced level.
+pub async fn enforce(reg: &Registry, ns: &str, name: &str, spec: &PodSpec) -> Result<(), ApiError> {
+    let Some(labels) = namespace_labels(reg, ns).await else {
+        return Ok(());
+    };
+    let (enforced, version) =
+        level(&labels, "enforce").unwrap_or((reg.pod_security_default, "latest".into()));
+    let broken = violations(enforced, spec);
+    if broken.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "pods {name:?} is forbidden: violates {}",
+        summary(enforced, &version, &broken)
+    )))
 }
 
 #[cfg(test)]
