@@ -69,6 +69,15 @@ impl Cause {
             field: field.into(),
         }
     }
+    /// A value names something that does not exist (Kubernetes'
+    /// `FieldValueNotFound`).
+    pub fn not_found(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
+        Self {
+            reason: "FieldValueNotFound",
+            message: format!("Not found: \"{value}\""),
+            field: field.into(),
+        }
+    }
     /// A value is not one of the supported ones.
     pub fn not_supported(
         field: impl Into<String>,

@@ -20,6 +20,7 @@ pub mod security;
 pub mod selector;
 pub mod service;
 pub mod validate;
+pub mod volumes;
 
 pub use error::{ApiError, Cause};
 pub use resources::{RESOURCES, Resource};

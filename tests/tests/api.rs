@@ -812,6 +812,22 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
                 "spec.securityContext.runAsUser",
                 "between 0 and 2147483647",
             ),
+            // Volumes: hostPath is mounted; what is not yet is refused.
+            (
+                json!({"volumes": [{"name": "scratch", "emptyDir": {}}]}),
+                "spec.volumes[0].emptyDir",
+                "supported values: \"hostPath\"",
+            ),
+            (
+                json!({"volumes": [{"name": "h", "hostPath": {"path": "etc"}}]}),
+                "spec.volumes[0].hostPath.path",
+                "absolute",
+            ),
+            (
+                json!({"volumes": [{"name": "h", "hostPath": {"path": "/etc", "type": "Folder"}}]}),
+                "spec.volumes[0].hostPath.type",
+                "DirectoryOrCreate",
+            ),
         ] {
             let mut p = apitest::pod("insecure", json!({}), manual());
             for (k, v) in spec.as_object().unwrap() {
@@ -2623,6 +2639,48 @@ fn pod_security_levels_refuse_and_warn() -> Result<()> {
             "{} {:?}",
             r.text,
             warnings(&r)
+        );
+        // The pods a workload's controller makes are held to the level
+        // too: the ReplicaSet reports FailedCreate with kube's message,
+        // and no pod runs.
+        let pd = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pd"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "pd"}},
+                "template": {"metadata": {"labels": {"app": "pd"}}, "spec": privileged["spec"].clone()}}});
+        let r = post(&c, "/apis/apps/v1/namespaces/base/deployments", &pd).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = raw(&c, "GET", "/api/v1/namespaces/base/events", None, "").await?;
+            let refused = r.body["items"].as_array().into_iter().flatten().any(|e| {
+                e["reason"] == "FailedCreate"
+                    && e["message"].as_str().is_some_and(|m| {
+                        m.contains(
+                            "is forbidden: violates PodSecurity \"baseline:latest\": privileged",
+                        )
+                    })
+            });
+            if refused {
+                break;
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no FailedCreate for the privileged template: {}",
+                r.text
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let r = raw(
+            &c,
+            "GET",
+            "/api/v1/namespaces/base/pods?labelSelector=app%3Dpd",
+            None,
+            "",
+        )
+        .await?;
+        ensure!(
+            r.body["items"].as_array().is_some_and(Vec::is_empty),
+            "a pod of the privileged template was made: {}",
+            r.text
         );
         // A pod admitted before its namespace was labelled can still be
         // relabelled, as on Kubernetes: the label alone changes no rule.

@@ -702,3 +702,103 @@ async fn a_host_network_pod_runs_on_its_nodes_network() -> Result<()> {
     })
     .await?
 }
+
+/// hostPath volumes are bind mounts of the node's paths as the pod asks:
+/// made for the `...OrCreate` types, checked for the others, read-only
+/// when asked, a `subPath` inside its volume; a type that does not match
+/// and a `subPath` that a symlink leads out of the volume fail the pod
+/// with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_path_volumes_are_mounted_as_asked() -> Result<()> {
+    tokio::time::timeout(TIMEOUT, async {
+        let lab = Lab::up(LabSpec::new(1)).await?;
+        let node = lab.node("n1");
+        let sb = lab.sandbox(node)?;
+        lab.load_busybox(&sb)?;
+        // Node paths of the lab's own, removed with it.
+        let base = lab.node_state_dir(node).join("hostpath");
+        std::fs::create_dir_all(base.join("ro/inner"))?;
+        std::fs::write(base.join("ro/hello"), "hi\n")?;
+        std::fs::write(base.join("ro/inner/x"), "")?;
+        std::fs::create_dir_all(base.join("esc"))?;
+        std::os::unix::fs::symlink("/", base.join("esc/link"))?;
+        let b = |p: &str| base.join(p).display().to_string();
+        let with = |name: &str, seed: u32, volumes: serde_json::Value, mounts: serde_json::Value, cmd: &str| {
+            serde_json::from_value::<Pod>(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default",
+                             "uid": format!("{seed:08x}-5ec0-4000-8000-{:012x}", std::process::id())},
+                "spec": {"volumes": volumes, "containers": [{"name": "main", "image": BUSYBOX_IMAGE,
+                    "command": ["sh", "-c", cmd], "volumeMounts": mounts}]},
+            }))
+        };
+        let p = with(
+            "vols",
+            40,
+            serde_json::json!([
+                {"name": "made", "hostPath": {"path": b("made/deep"), "type": "DirectoryOrCreate"}},
+                {"name": "ro", "hostPath": {"path": b("ro"), "type": "Directory"}},
+                {"name": "file", "hostPath": {"path": b("f.txt"), "type": "FileOrCreate"}},
+            ]),
+            serde_json::json!([
+                {"name": "made", "mountPath": "/made"},
+                {"name": "ro", "mountPath": "/ro", "readOnly": true},
+                {"name": "ro", "mountPath": "/sub", "subPath": "inner"},
+                {"name": "file", "mountPath": "/f.txt"},
+            ]),
+            "echo from-pod > /made/w; echo read=$(cat /ro/hello); \
+             (echo x > /ro/nope 2>/dev/null && echo ro=rw) || echo ro=ro; \
+             echo sub=$(ls /sub); (test -f /f.txt && echo file=ok) || echo file=missing; \
+             echo done; sleep 600",
+        )?;
+        let rec = sb.create_pod(&p, sb.free_ip()?).await?;
+        let log = sb.log_path(&rec.uid, "main", 0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            let t = std::fs::read_to_string(&log).unwrap_or_default();
+            if t.contains(" done") {
+                break t;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no report: {t}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for want in [" read=hi", " ro=ro", " sub=x", " file=ok"] {
+            assert!(text.contains(want), "{want} not in {text}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(base.join("made/deep/w"))?,
+            "from-pod\n",
+            "the pod wrote to the node's directory"
+        );
+        assert!(!base.join("ro/nope").exists());
+        sb.remove_pod(&rec.uid, Duration::ZERO).await?;
+
+        // A type that does not match, and a symlink out of the volume.
+        for (name, seed, volumes, mounts, why) in [
+            (
+                "wrong-type",
+                41,
+                serde_json::json!([{"name": "v", "hostPath": {"path": b("ro"), "type": "File"}}]),
+                serde_json::json!([{"name": "v", "mountPath": "/v"}]),
+                "is not a file",
+            ),
+            (
+                "escape",
+                42,
+                serde_json::json!([{"name": "v", "hostPath": {"path": b("esc")}}]),
+                serde_json::json!([{"name": "v", "mountPath": "/v", "subPath": "link"}]),
+                "outside its volume",
+            ),
+        ] {
+            let p = with(name, seed, volumes, mounts, "sleep 600")?;
+            match sb.create_pod(&p, sb.free_ip()?).await {
+                Ok(_) => panic!("{name} ran"),
+                Err(e) => assert!(e.to_string().contains(why), "{name}: {e}"),
+            }
+            // Nothing of it is left.
+            assert!(sb.records()?.iter().all(|r| r.name != name));
+        }
+        Ok(())
+    })
+    .await?
+}

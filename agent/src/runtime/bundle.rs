@@ -24,6 +24,122 @@ use oci_spec::{
     },
 };
 
+/// The container's volume mounts as (node path, container path, read-only),
+/// each `hostPath` checked against its `type` (and made, for the
+/// `...OrCreate` types) as kubelet does. A `subPath` must stay inside its
+/// volume once symlinks are resolved: a container that made a symlink in
+/// the volume cannot mount the node's root through it. Errors: the mount's
+/// index and why.
+fn volume_mounts(
+    c: &Container,
+    volumes: &[k8s_openapi::api::core::v1::Volume],
+) -> Result<Vec<(PathBuf, String, bool)>, (usize, String)> {
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, OpenOptionsExt as _};
+    let mut out = Vec::new();
+    for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
+        let fail = |why: String| (j, why);
+        let v = volumes
+            .iter()
+            .find(|v| v.name == m.name)
+            .ok_or_else(|| fail(format!("no volume named {:?}", m.name)))?;
+        let hp = v.host_path.as_ref().ok_or_else(|| {
+            fail(format!(
+                "volume {:?}: only hostPath volumes are supported",
+                v.name
+            ))
+        })?;
+        let root = PathBuf::from(&hp.path);
+        let ty = hp.type_.as_deref().unwrap_or_default();
+        let meta = std::fs::metadata(&root);
+        let wrong = |what: &str| {
+            fail(format!(
+                "hostPath type check failed: {} is not a {what}",
+                root.display()
+            ))
+        };
+        match ty {
+            "DirectoryOrCreate" if meta.is_err() => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&root)
+                    .map_err(|e| fail(format!("create {}: {e}", root.display())))?;
+            }
+            "FileOrCreate" if meta.is_err() => {
+                if let Some(parent) = root.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| fail(format!("create {}: {e}", parent.display())))?;
+                }
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o644)
+                    .open(&root)
+                    .map_err(|e| fail(format!("create {}: {e}", root.display())))?;
+            }
+            _ => {}
+        }
+        if !ty.is_empty() {
+            let ft = std::fs::metadata(&root)
+                .map_err(|e| {
+                    fail(format!(
+                        "hostPath type check failed: {}: {e}",
+                        root.display()
+                    ))
+                })?
+                .file_type();
+            let ok = match ty {
+                "DirectoryOrCreate" | "Directory" => ft.is_dir(),
+                "FileOrCreate" | "File" => ft.is_file(),
+                "Socket" => ft.is_socket(),
+                "CharDevice" => ft.is_char_device(),
+                "BlockDevice" => ft.is_block_device(),
+                _ => true,
+            };
+            if !ok {
+                return Err(wrong(match ty {
+                    "DirectoryOrCreate" | "Directory" => "directory",
+                    "FileOrCreate" | "File" => "file",
+                    "Socket" => "socket",
+                    "CharDevice" => "character device",
+                    _ => "block device",
+                }));
+            }
+        }
+        let mut src = root.clone();
+        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            if !weft_api::volumes::is_contained_relative(sub) {
+                return Err(fail(format!(
+                    "subPath {sub:?} must be relative, without '..'"
+                )));
+            }
+            src = root.join(sub);
+            if !src.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&src)
+                    .map_err(|e| fail(format!("create {}: {e}", src.display())))?;
+            }
+            let (real_root, real_src) = (
+                std::fs::canonicalize(&root)
+                    .map_err(|e| fail(format!("{}: {e}", root.display())))?,
+                std::fs::canonicalize(&src).map_err(|e| fail(format!("{}: {e}", src.display())))?,
+            );
+            if !real_src.starts_with(&real_root) {
+                return Err(fail(format!(
+                    "subPath {sub:?} resolves to {}, outside its volume",
+                    real_src.display()
+                )));
+            }
+            src = real_src;
+        }
+        out.push((src, m.mount_path.clone(), m.read_only.unwrap_or(false)));
+    }
+    Ok(out)
+}
+
 /// CFS period used for CPU limits (the kernel's and Kubernetes' default).
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -31,8 +147,9 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BundleError {
-    /// A field of the container spec that cannot be honoured.
-    #[error("container {container}: {field}: {reason}")]
+    /// A field of the container spec that cannot be honoured. The message
+    /// leaves the container out: every caller's error names it already.
+    #[error("{field}: {reason}")]
     Invalid {
         /// Container name.
         container: String,
@@ -302,6 +419,22 @@ pub fn build_spec(
                 .typ("bind")
                 .source(src.clone())
                 .options(vec!["rbind".into(), "ro".into()])
+                .build()?,
+        );
+    }
+    for (src, dst, ro) in volume_mounts(c, p.volumes)
+        .map_err(|(j, reason)| invalid(&format!("volumeMounts[{j}]"), reason))?
+    {
+        let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+        if ro {
+            options.push("ro".into());
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination(PathBuf::from(dst))
+                .typ("bind")
+                .source(src)
+                .options(options)
                 .build()?,
         );
     }

@@ -147,6 +147,8 @@ pub struct CreateRequest<'a> {
     pub cgroups_path: String,
     /// Files to bind-mount read-only (host path → container path).
     pub files: Vec<(PathBuf, String)>,
+    /// The pod's volumes, which the container's `volumeMounts` name.
+    pub volumes: &'a [k8s_openapi::api::core::v1::Volume],
     /// Where the shim writes the container's output (`None`: in the bundle,
     /// see [`Runtime::log_path`]).
     pub log: Option<PathBuf>,
