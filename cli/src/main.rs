@@ -316,7 +316,8 @@ enum ControllerCmd {
 #[derive(Subcommand)]
 enum LabCmd {
     /// Build the lab: underlay, N node namespaces, the controller and one
-    /// agent per node; writes the admin kubeconfig to ~/.weft/config.
+    /// agent per node; writes the admin kubeconfig to ~/.weft/config (or
+    /// the file `--kubeconfig` names; never $KUBECONFIG).
     Up {
         /// Number of nodes (1-100).
         #[arg(long, default_value_t = 3)]
@@ -364,14 +365,17 @@ enum ImageCmd {
     },
 }
 
-/// A log size such as 10Mi or 500Ki, at least 16 KiB (one record).
+/// A log size such as 10Mi or 500Ki, from 16 KiB (one record) to 1 TiB.
 fn parse_log_size(v: &str) -> Result<u64, String> {
     let bytes = weft_api::quantity::units(v)
         .ok_or_else(|| format!("{v:?} is not a quantity such as 10Mi"))?;
-    u64::try_from(bytes)
-        .ok()
-        .filter(|b| *b >= 16 * 1024)
-        .ok_or_else(|| format!("{v:?} is below 16Ki"))
+    if bytes < 16 * 1024 {
+        return Err(format!("{v:?} is below 16Ki"));
+    }
+    if bytes > 1 << 40 {
+        return Err(format!("{v:?} is above 1Ti"));
+    }
+    u64::try_from(bytes).map_err(|_| format!("{v:?} is above 1Ti"))
 }
 
 fn main() -> ExitCode {
@@ -439,7 +443,7 @@ async fn run(cmd: Cmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
             println!("{name} -> {d} in {}", out.display());
             Ok(0)
         }
-        Cmd::Lab { cmd } => lab_cmd(cmd).await,
+        Cmd::Lab { cmd } => lab_cmd(cmd, kubeconfig).await,
         Cmd::Controller(args) => controller_cmd(args).await,
         Cmd::Agent(args) => agent_cmd(args, kubeconfig).await,
         Cmd::Client(cmd) => client_cmds::run(cmd, kubeconfig).await,
@@ -659,7 +663,7 @@ async fn agent_cmd(args: AgentArgs, kubeconfig: Option<PathBuf>) -> Result<u8> {
     Ok(0)
 }
 
-async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
+async fn lab_cmd(cmd: LabCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
     let prefix = lab_prefix()?;
     let prefix = prefix.as_str();
     match cmd {
@@ -715,14 +719,17 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
             })
             .await?;
             // The host's clients: the admin kubeconfig, pointed at the
-            // loopback listener. Always ~/.weft/config: never a file
-            // $KUBECONFIG points at, which may be another cluster's.
+            // loopback listener: where `--kubeconfig` says, else
+            // ~/.weft/config; never a file $KUBECONFIG points at, which
+            // may be another cluster's.
             let data = cluster.dir.join("controller");
             let ca = std::fs::read_to_string(data.join("pki").join("ca.crt"))?;
             let token = weft_controller::apiserver::auth::Tokens::open(&data)?
                 .admin_token()
                 .context("the lab's controller has no admin token")?;
-            let path = weft_controller::server::default_kubeconfig_path();
+            let path = kubeconfig
+                .clone()
+                .unwrap_or_else(weft_controller::server::default_kubeconfig_path);
             weft_controller::server::write_kubeconfig(
                 &path,
                 &format!("https://127.0.0.1:{api_port}"),
@@ -748,11 +755,14 @@ async fn lab_cmd(cmd: LabCmd) -> Result<u8> {
                     std::fs::canonicalize(d.join("weft")).ok() == std::fs::canonicalize(&me).ok()
                 })
             });
-            let w = if on_path {
+            let mut w = if on_path {
                 "weft".to_string()
             } else {
                 me.display().to_string()
             };
+            if kubeconfig.is_some() {
+                w = format!("{w} --kubeconfig {}", path.display());
+            }
             // A lab of another name is taken down by that name.
             let down = match std::env::var("WEFT_LAB_NAME") {
                 Ok(n) if !n.is_empty() => format!("WEFT_LAB_NAME={n} {w} lab down"),

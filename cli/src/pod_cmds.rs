@@ -33,7 +33,10 @@ pub async fn logs(
     container: Option<String>,
     o: LogOptions,
 ) -> Result<u8> {
-    // As kubectl: a negative --tail means every line.
+    // As kubectl: -1 means every line, and less is refused.
+    if o.tail.is_some_and(|t| t < -1) {
+        bail!("--tail must be greater than or equal to -1");
+    }
     let tail = o.tail.filter(|t| *t >= 0);
     let pods: kube::Api<Pod> = kube::Api::namespaced(c.kube().clone(), ns);
     let container = default_container(&pods, pod, container).await?;

@@ -228,8 +228,17 @@ impl Sandbox {
             .map_err(io_err("create the cgroup", Path::new(&node_cgroup)))?;
         // What the pods may take together.
         let pods_cgroup = format!("{node_cgroup}/pods");
-        let pods_max = cgroups::machine_pids().saturating_sub(cfg.system_reserved_pids);
-        match cgroups::set_pids_max(&pods_cgroup, Some(pods_max.max(1))) {
+        let machine = cgroups::machine_pids();
+        let pods_max = machine.saturating_sub(cfg.system_reserved_pids);
+        if pods_max < 1024 {
+            return Err(io_err("limit the PIDs of", Path::new(&pods_cgroup))(
+                std::io::Error::other(format!(
+                    "--system-reserved-pids {} leaves {pods_max} of the machine's {machine} PIDs for every pod together; at least 1024 must be left",
+                    cfg.system_reserved_pids
+                )),
+            ));
+        }
+        match cgroups::set_pids_max(&pods_cgroup, Some(pods_max)) {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
                 "no cgroup hierarchy has the pids controller: pods' PIDs are not limited"
@@ -532,6 +541,7 @@ impl Sandbox {
         let dir = self.pod_dir(&rec.uid);
         let container = c.clone();
         let pod_security = spec.security_context.clone();
+        let volumes = spec.volumes.clone().unwrap_or_default();
         let (host_pid, host_ipc) = (
             spec.host_pid.unwrap_or(false),
             spec.host_ipc.unwrap_or(false),
@@ -581,6 +591,7 @@ impl Sandbox {
                 hostname,
                 cgroups_path,
                 files,
+                volumes: &volumes,
                 log,
             };
             rt.run(&req).map(drop)
