@@ -287,5 +287,15 @@ fn remove_tree(p: &Path) {
             }
         }
     }
-    let _ = fs::remove_dir(p);
+    // A process killed a moment ago may still be leaving the cgroup
+    // (EBUSY): up to a second for it, so that a teardown right after a
+    // kill leaves no directory behind.
+    for _ in 0..50 {
+        match fs::remove_dir(p) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            _ => return,
+        }
+    }
 }
