@@ -24,6 +24,9 @@ use oci_spec::{
     },
 };
 
+/// A bind mount of a volume: node path, container path, read-only.
+type VolumeMount = (PathBuf, String, bool);
+
 /// The container's volume mounts as (node path, container path, read-only),
 /// each `hostPath` checked against its `type` (and made, for the
 /// `...OrCreate` types) as kubelet does. A `subPath` must stay inside its
@@ -33,7 +36,7 @@ use oci_spec::{
 fn volume_mounts(
     c: &Container,
     volumes: &[k8s_openapi::api::core::v1::Volume],
-) -> Result<Vec<(PathBuf, String, bool)>, (usize, String)> {
+) -> Result<Vec<VolumeMount>, (usize, String)> {
     use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, OpenOptionsExt as _};
     let mut out = Vec::new();
     for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
