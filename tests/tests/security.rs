@@ -722,6 +722,8 @@ async fn host_path_volumes_are_mounted_as_asked() -> Result<()> {
         std::fs::write(base.join("ro/inner/x"), "")?;
         std::fs::create_dir_all(base.join("esc"))?;
         std::os::unix::fs::symlink("/", base.join("esc/link"))?;
+        std::fs::create_dir_all(base.join("outside"))?;
+        std::os::unix::fs::symlink(base.join("outside"), base.join("esc/out"))?;
         let b = |p: &str| base.join(p).display().to_string();
         let with = |name: &str, seed: u32, volumes: serde_json::Value, mounts: serde_json::Value, cmd: &str| {
             serde_json::from_value::<Pod>(serde_json::json!({
@@ -789,6 +791,13 @@ async fn host_path_volumes_are_mounted_as_asked() -> Result<()> {
                 serde_json::json!([{"name": "v", "mountPath": "/v", "subPath": "link"}]),
                 "outside its volume",
             ),
+            (
+                "escape-and-make",
+                43,
+                serde_json::json!([{"name": "v", "hostPath": {"path": b("esc")}}]),
+                serde_json::json!([{"name": "v", "mountPath": "/v", "subPath": "out/made"}]),
+                "outside its volume",
+            ),
         ] {
             let p = with(name, seed, volumes, mounts, "sleep 600")?;
             match sb.create_pod(&p, sb.free_ip()?).await {
@@ -798,6 +807,11 @@ async fn host_path_volumes_are_mounted_as_asked() -> Result<()> {
             // Nothing of it is left.
             assert!(sb.records()?.iter().all(|r| r.name != name));
         }
+        // Refused before anything was made through the symlink.
+        assert!(
+            !base.join("outside/made").exists(),
+            "a directory was made outside the volume"
+        );
         Ok(())
     })
     .await?

@@ -117,26 +117,45 @@ fn volume_mounts(
                     "subPath {sub:?} must be relative, without '..'"
                 )));
             }
-            src = root.join(sub);
-            if !src.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(&src)
-                    .map_err(|e| fail(format!("create {}: {e}", src.display())))?;
-            }
-            let (real_root, real_src) = (
-                std::fs::canonicalize(&root)
-                    .map_err(|e| fail(format!("{}: {e}", root.display())))?,
-                std::fs::canonicalize(&src).map_err(|e| fail(format!("{}: {e}", src.display())))?,
-            );
-            if !real_src.starts_with(&real_root) {
-                return Err(fail(format!(
+            let real_root = std::fs::canonicalize(&root)
+                .map_err(|e| fail(format!("{}: {e}", root.display())))?;
+            let outside = |p: &Path| {
+                fail(format!(
                     "subPath {sub:?} resolves to {}, outside its volume",
-                    real_src.display()
-                )));
+                    p.display()
+                ))
+            };
+            // Component by component, each checked before anything is
+            // made under it: a symlink the container planted is resolved
+            // and judged before a directory is created through it.
+            let mut at = real_root.clone();
+            for part in Path::new(sub).components() {
+                let next = at.join(part);
+                match std::fs::canonicalize(&next) {
+                    Ok(real) if real.starts_with(&real_root) => at = real,
+                    Ok(real) => return Err(outside(&real)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        // A dangling symlink is not a missing directory.
+                        if std::fs::symlink_metadata(&next).is_ok() {
+                            return Err(fail(format!(
+                                "subPath {sub:?}: {} is a dangling symlink",
+                                next.display()
+                            )));
+                        }
+                        std::fs::DirBuilder::new()
+                            .mode(0o755)
+                            .create(&next)
+                            .map_err(|e| fail(format!("create {}: {e}", next.display())))?;
+                        at = std::fs::canonicalize(&next)
+                            .map_err(|e| fail(format!("{}: {e}", next.display())))?;
+                        if !at.starts_with(&real_root) {
+                            return Err(outside(&at));
+                        }
+                    }
+                    Err(e) => return Err(fail(format!("{}: {e}", next.display()))),
+                }
             }
-            src = real_src;
+            src = at;
         }
         out.push((src, m.mount_path.clone(), m.read_only.unwrap_or(false)));
     }
