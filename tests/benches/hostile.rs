@@ -72,17 +72,6 @@ fn node_dns(c: &Cluster, node: &str) -> Result<SocketAddr> {
     ))
 }
 
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
 /// A name of the zone answered from memory.
 const NAME: &str = "dns-version.cluster.local";
 
@@ -112,7 +101,7 @@ fn dns_flood(c: &Cluster, node: &str, flooder: &str, victim: &str) -> Result<Flo
         weft_agent::netlink::netns::run_in(Some(&flood_ns), || -> Result<u64> {
             let s = UdpSocket::bind("0.0.0.0:0")?;
             s.connect(server)?;
-            let q = query(1, NAME);
+            let q = weft_tests::probe::dns_query(1, NAME);
             let mut sent = 0u64;
             while !stop2.load(Ordering::Relaxed) {
                 if s.send(&q).is_ok() {
@@ -123,32 +112,7 @@ fn dns_flood(c: &Cluster, node: &str, flooder: &str, victim: &str) -> Result<Flo
         })
     });
     std::thread::sleep(Duration::from_millis(500));
-    let probe = weft_agent::netlink::netns::run_in(Some(&victim_ns), || -> Result<(u32, u32)> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
-        s.connect(server)?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let (mut asked, mut lost) = (0u32, 0u32);
-        let mut buf = [0u8; 512];
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(FLOOD_SECS - 1) {
-            asked += 1;
-            let id = asked as u16;
-            s.send(&query(id, NAME))?;
-            let t = Instant::now();
-            loop {
-                match s.recv(&mut buf) {
-                    Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => break,
-                    Ok(_) if t.elapsed() < Duration::from_secs(1) => {}
-                    _ => {
-                        lost += 1;
-                        break;
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok((asked, lost))
-    })??;
+    let probe = weft_tests::probe::dns_loss(&victim_ns, server, NAME, FLOOD_SECS - 1)?;
     stop.store(true, Ordering::Relaxed);
     let sent = flood
         .join()

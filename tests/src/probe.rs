@@ -121,3 +121,51 @@ pub fn udp_ask(ns: &str, to: SocketAddr, msg: &str) -> Result<String> {
     })?
     .with_context(|| format!("UDP from {ns} to {to}"))
 }
+
+/// A DNS query for `name`, type A, class IN, with `id`.
+#[must_use]
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// Asks `server` for `name` over UDP every 20 ms for `secs` from namespace
+/// `ns`, waiting up to 1 s for each answer (as a resolver would): (asked,
+/// lost).
+///
+/// # Errors
+/// When the namespace or the socket cannot be used.
+pub fn dns_loss(ns: &str, server: SocketAddr, name: &str, secs: u64) -> Result<(u32, u32)> {
+    netns::run_in(Some(ns), || -> Result<(u32, u32)> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(server)?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        let (mut asked, mut lost) = (0u32, 0u32);
+        let mut buf = [0u8; 512];
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            asked += 1;
+            let id = asked as u16;
+            s.send(&dns_query(id, name))?;
+            let t = std::time::Instant::now();
+            loop {
+                match s.recv(&mut buf) {
+                    Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => break,
+                    Ok(_) if t.elapsed() < Duration::from_secs(1) => {}
+                    _ => {
+                        lost += 1;
+                        break;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((asked, lost))
+    })?
+}

@@ -450,50 +450,6 @@ endpoints:
     Ok(())
 }
 
-/// A DNS query for `name`, type A, with `id`.
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = Vec::new();
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
-/// Asks `server` for `name` every 20 ms for `secs` from namespace `ns`,
-/// waiting up to 1 s for each answer: (asked, lost).
-fn probe(ns: &str, server: std::net::SocketAddr, name: &str, secs: u64) -> Result<(u32, u32)> {
-    weft_agent::netlink::netns::run_in(Some(ns), || -> Result<(u32, u32)> {
-        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        s.connect(server)?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let (mut asked, mut lost) = (0u32, 0u32);
-        let mut buf = [0u8; 512];
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(secs) {
-            asked += 1;
-            let id = asked as u16;
-            s.send(&query(id, name))?;
-            let t = Instant::now();
-            loop {
-                match s.recv(&mut buf) {
-                    Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => break,
-                    Ok(_) if t.elapsed() < Duration::from_secs(1) => {}
-                    _ => {
-                        lost += 1;
-                        break;
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok((asked, lost))
-    })?
-}
-
 /// One pod floods its node's DNS as fast as it can, over UDP for 5 s and
 /// then with queries pipelined on 8 TCP connections for 5 s, while another
 /// asks every 20 ms and waits for each answer: the flood is held to
@@ -534,7 +490,7 @@ fn one_pods_dns_flood_costs_the_others_nothing() -> Result<()> {
         weft_agent::netlink::netns::run_in(Some(&ns2), || -> Result<u64> {
             let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
             s.connect(server)?;
-            let q = query(1, name);
+            let q = weft_tests::probe::dns_query(1, name);
             let mut sent = 0u64;
             while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
                 // A full send buffer only slows the flood.
@@ -546,7 +502,7 @@ fn one_pods_dns_flood_costs_the_others_nothing() -> Result<()> {
         })
     });
     std::thread::sleep(Duration::from_millis(500));
-    let (asked, lost) = probe(&victim_ns, server, name, 5)?;
+    let (asked, lost) = weft_tests::probe::dns_loss(&victim_ns, server, name, 5)?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flood
         .join()
@@ -579,7 +535,7 @@ fn one_pods_dns_flood_costs_the_others_nothing() -> Result<()> {
                 use std::io::Write as _;
                 let mut s = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2))?;
                 s.set_write_timeout(Some(Duration::from_millis(200)))?;
-                let q = query(1, name);
+                let q = weft_tests::probe::dns_query(1, name);
                 let mut one = (q.len() as u16).to_be_bytes().to_vec();
                 one.extend_from_slice(&q);
                 let batch: Vec<u8> = one.repeat(256);
@@ -595,7 +551,7 @@ fn one_pods_dns_flood_costs_the_others_nothing() -> Result<()> {
         }));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let (asked, lost) = probe(&victim_ns, server, name, 5)?;
+    let (asked, lost) = weft_tests::probe::dns_loss(&victim_ns, server, name, 5)?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut sent = 0;
     for f in floods {
@@ -655,7 +611,10 @@ fn pod_churn_never_moves_the_gateway() -> Result<()> {
             while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
                 rounds += 1;
                 let id = rounds as u16;
-                s.send(&query(id, "dns-version.cluster.local"))?;
+                s.send(&weft_tests::probe::dns_query(
+                    id,
+                    "dns-version.cluster.local",
+                ))?;
                 loop {
                     match s.recv(&mut buf) {
                         Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id => break,

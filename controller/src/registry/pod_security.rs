@@ -483,9 +483,7 @@ pub fn check(
     if !broken.is_empty() {
         let what = summary(enforced, &version, &broken);
         if is_pod {
-            return Err(ApiError::forbidden(format!(
-                "pods {name:?} is forbidden: violates {what}"
-            )));
+            return Err(forbidden(name, &what));
         }
         warnings.push(format!("would violate {what}"));
     }
@@ -531,10 +529,12 @@ pub async fn enforce(reg: &Registry, ns: &str, name: &str, spec: &PodSpec) -> Re
     if broken.is_empty() {
         return Ok(());
     }
-    Err(ApiError::forbidden(format!(
-        "pods {name:?} is forbidden: violates {}",
-        summary(enforced, &version, &broken)
-    )))
+    Err(forbidden(name, &summary(enforced, &version, &broken)))
+}
+
+/// kube-apiserver's refusal of pod `name` for the violations `what`.
+fn forbidden(name: &str, what: &str) -> ApiError {
+    ApiError::forbidden(format!("pods {name:?} is forbidden: violates {what}"))
 }
 
 #[cfg(test)]
