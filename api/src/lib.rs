@@ -21,6 +21,7 @@ pub mod selector;
 pub mod service;
 pub mod validate;
 pub mod volumes;
+pub mod workload;
 
 pub use error::{ApiError, Cause};
 pub use resources::{RESOURCES, Resource};

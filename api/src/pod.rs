@@ -19,6 +19,59 @@ pub fn containers_with_paths(spec: &PodSpec) -> impl Iterator<Item = (String, &C
         )
 }
 
+/// What a pod's spec reads from other objects of its namespace: ConfigMaps
+/// and Secrets (volumes, projected sources, env and envFrom, image pull
+/// secrets) and PersistentVolumeClaims, as (plural resource, name). What a
+/// node's agent may read is what its pods reference (kube's node
+/// authorizer), and the agent fetches exactly these.
+#[must_use]
+pub fn references(spec: &PodSpec) -> std::collections::BTreeSet<(&'static str, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    for v in spec.volumes.iter().flatten() {
+        if let Some(cm) = &v.config_map {
+            out.insert(("configmaps", cm.name.clone()));
+        }
+        if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            out.insert(("secrets", s));
+        }
+        if let Some(c) = &v.persistent_volume_claim {
+            out.insert(("persistentvolumeclaims", c.claim_name.clone()));
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(cm) = &src.config_map {
+                out.insert(("configmaps", cm.name.clone()));
+            }
+            if let Some(s) = &src.secret {
+                out.insert(("secrets", s.name.clone()));
+            }
+        }
+    }
+    for s in spec.image_pull_secrets.iter().flatten() {
+        out.insert(("secrets", s.name.clone()));
+    }
+    for (_, c) in containers_with_paths(spec) {
+        for e in c.env.iter().flatten() {
+            let Some(from) = &e.value_from else { continue };
+            if let Some(r) = &from.config_map_key_ref {
+                out.insert(("configmaps", r.name.clone()));
+            }
+            if let Some(r) = &from.secret_key_ref {
+                out.insert(("secrets", r.name.clone()));
+            }
+        }
+        for f in c.env_from.iter().flatten() {
+            if let Some(r) = &f.config_map_ref {
+                out.insert(("configmaps", r.name.clone()));
+            }
+            if let Some(r) = &f.secret_ref {
+                out.insert(("secrets", r.name.clone()));
+            }
+        }
+    }
+    out.retain(|(_, name)| !name.is_empty());
+    out
+}
+
 /// Whether the pod's Ready condition is True (what Services and
 /// ReplicaSets count).
 #[must_use]

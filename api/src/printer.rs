@@ -160,6 +160,16 @@ fn map_line(v: &Value) -> String {
     }
 }
 
+/// The length of a base64 value (0 if it is not base64).
+fn decoded_len(v: &Value) -> usize {
+    use base64::Engine as _;
+    v.as_str().map_or(0, |b64| {
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_or(0, |b| b.len())
+    })
+}
+
 /// A `describe` page: identity, labels and annotations, spec and status,
 /// then the object's Events.
 pub fn describe(obj: &Value, events: &[Value]) -> String {
@@ -223,6 +233,31 @@ pub fn describe(obj: &Value, events: &[Value]) -> String {
             }
             other => out.push_str(&format!("{title}:  {}\n", cell(other))),
         }
+    }
+    match obj["kind"].as_str() {
+        // As kubectl: a Secret's keys with their sizes, never a value.
+        Some("Secret") => {
+            out.push_str("Data:\n");
+            for (k, v) in obj["data"].as_object().into_iter().flatten() {
+                out.push_str(&format!("  {k}:  {} bytes\n", decoded_len(v)));
+            }
+        }
+        Some("ConfigMap") => {
+            out.push_str("Data:\n");
+            for (k, v) in obj["data"].as_object().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  {k}:\n    {}\n",
+                    cell(v).replace('\n', "\n    ")
+                ));
+            }
+            for (k, v) in obj["binaryData"].as_object().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  {k}:  {} bytes of binary data\n",
+                    decoded_len(v)
+                ));
+            }
+        }
+        _ => {}
     }
     if events.is_empty() {
         out.push_str("Events:       <none>\n");

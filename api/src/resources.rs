@@ -148,6 +148,16 @@ pub const RESOURCES: &[Resource] = &[
     ),
     core("nodes", "node", "Node", false, &["no"], &["status"], &[]),
     core("events", "event", "Event", true, &["ev"], &[], &[]),
+    core(
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        &["cm"],
+        &[],
+        &[],
+    ),
+    core("secrets", "secret", "Secret", true, &[], &[], &[]),
     Resource {
         group: "discovery.k8s.io",
         version: "v1",

@@ -138,6 +138,11 @@ struct ControllerArgs {
     /// privileged, no checks).
     #[arg(long, default_value = "privileged", value_parser = ["privileged", "baseline", "restricted"])]
     pod_security_default: String,
+    /// kube-apiserver's EncryptionConfiguration: which resources are
+    /// encrypted at rest, with which keys (default: DATA_DIR/encryption-config.yaml,
+    /// written with a fresh key for Secrets on first start).
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
     /// The pod network; every node gets a /24 of it.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: ipnetwork::Ipv4Network,
@@ -528,6 +533,7 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     cfg.controllers.eviction_delay = args.eviction_delay;
     cfg.watch_history = args.watch_history;
     cfg.max_object_size = args.max_object_size;
+    cfg.encryption_config = args.encryption_provider_config;
     cfg.pod_security_default =
         weft_controller::registry::pod_security::Level::parse(&args.pod_security_default)
             .expect("clap checked the level");

@@ -17,7 +17,7 @@ use crate::apiserver::{self, ApiState, auth::Tokens, tls};
 use crate::cache::Cache;
 use crate::controllers::{self, ControllersConfig, Ctx};
 use crate::registry::Registry;
-use crate::store::{EtcdStore, SqliteOptions, SqliteStore, Store};
+use crate::store::{EncryptingStore, EtcdStore, SqliteOptions, SqliteStore, Store};
 
 /// Where the controller keeps its state.
 #[derive(Debug, Clone)]
@@ -44,6 +44,9 @@ pub struct ControllerConfig {
     pub watch_history: i64,
     /// The largest object stored, encoded, in bytes (413 above it).
     pub max_object_size: usize,
+    /// The EncryptionConfiguration file (`None`: the data directory's,
+    /// made on first start).
+    pub encryption_config: Option<PathBuf>,
     /// The Pod Security level enforced in namespaces without an `enforce`
     /// label.
     pub pod_security_default: crate::registry::pod_security::Level,
@@ -70,6 +73,7 @@ impl ControllerConfig {
             listen_fds: Vec::new(),
             watch_history: 100_000,
             max_object_size: crate::registry::MAX_OBJECT,
+            encryption_config: None,
             pod_security_default: crate::registry::pod_security::Level::Privileged,
             cluster_cidr: crate::ipam::CLUSTER_CIDR.parse().expect("valid"),
             service_cidr: crate::ipam::SERVICE_CIDR.parse().expect("valid"),
@@ -103,7 +107,12 @@ pub async fn open_store(cfg: &ControllerConfig) -> Result<Arc<dyn Store>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("create {}", cfg.data_dir.display()))?;
     std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
-    Ok(match &cfg.store {
+    let encryption = match &cfg.encryption_config {
+        Some(path) => path.clone(),
+        None => crate::store::encrypt::ensure_default(&cfg.data_dir)?,
+    };
+    let encryption = crate::store::encrypt::load(&encryption)?;
+    let raw: Arc<dyn Store> = match &cfg.store {
         StoreConfig::Sqlite => {
             let path = cfg.data_dir.join("state.db");
             Arc::new(
@@ -116,7 +125,18 @@ pub async fn open_store(cfg: &ControllerConfig) -> Result<Arc<dyn Store>> {
                 .await
                 .with_context(|| format!("connect to etcd at {}", endpoints.join(",")))?,
         ),
-    })
+    };
+    let store = EncryptingStore::new(raw, &encryption).context("the encryption configuration")?;
+    let rewritten = store
+        .rewrite_stale()
+        .await
+        .context("re-encrypt stored objects with the current key")?;
+    tracing::info!(
+        encrypted = ?store.resources(),
+        rewritten,
+        "encryption at rest"
+    );
+    Ok(Arc::new(store))
 }
 
 /// Writes a kubeconfig in kubectl's format, readable by its owner only.

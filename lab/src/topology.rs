@@ -597,6 +597,8 @@ pub fn node_sandbox(
             restart_backoff,
             pod_max_pids: Some(weft_agent::sandbox::DEFAULT_POD_MAX_PIDS),
             system_reserved_pids: weft_agent::sandbox::DEFAULT_SYSTEM_RESERVED_PIDS,
+            node_ip: node.ip,
+            allocatable: (2000, 1 << 30),
         },
         runtime,
         Some(datapath),

@@ -120,10 +120,18 @@ pub(super) async fn load(cfg: &AgentConfig, reg: &Registered) -> Result<DataPath
             restart_backoff: cfg.restart_backoff,
             pod_max_pids: cfg.pod_max_pids,
             system_reserved_pids: cfg.system_reserved_pids,
+            node_ip: reg.node_ip,
+            allocatable: {
+                let (cpus, memory) = super::register::capacity();
+                (cpus * 1000, memory)
+            },
         },
         runtime,
         Some(datapath),
-    )?;
+    )?
+    .with_objects(std::sync::Arc::new(super::objects::ApiObjects::new(
+        reg.api.client.clone(),
+    )));
     // Finish what a crash interrupted before anything new starts.
     let rolled_back = sandbox.recover().await?;
     if !rolled_back.is_empty() {

@@ -10,6 +10,7 @@ mod api;
 mod datapath;
 mod logs;
 mod loops;
+mod objects;
 mod pods;
 mod register;
 mod routes;

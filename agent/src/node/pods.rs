@@ -527,7 +527,9 @@ fn classify(e: &SandboxError, count: u32) -> (&'static str, &'static str) {
             _ if count > 1 => ("CrashLoopBackOff", "BackOff"),
             _ => ("RunContainerError", "Failed"),
         },
-        SandboxError::InvalidPod { .. } => ("CreateContainerConfigError", "Failed"),
+        SandboxError::InvalidPod { .. } | SandboxError::Config { .. } => {
+            ("CreateContainerConfigError", "Failed")
+        }
         _ => ("ContainerCreating", "FailedCreatePodSandBox"),
     }
 }

@@ -291,7 +291,7 @@ async fn set_condition(
 
 /// CPUs and bytes of memory this node offers: the machine's, or less when
 /// the agent's cgroup limits it.
-fn capacity() -> (u64, u64) {
+pub(super) fn capacity() -> (u64, u64) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()

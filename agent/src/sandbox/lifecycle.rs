@@ -172,7 +172,7 @@ impl Sandbox {
                             // Counted first, so that this run logs to `<n>.log`.
                             let n = restarts + 1;
                             rec.restarts.insert(c.name.clone(), n);
-                            self.start_container(&rec, &spec, c, &id).await?;
+                            self.start_container(&rec, &pod, c, &id).await?;
                             self.save(&rec)?;
                             status.restart_count = n;
                             let next = (obs.backoff * 2).min(MAX_BACKOFF);

@@ -11,6 +11,7 @@
 //! module creates and removes pods and recovers after a crash.
 
 mod cgroups;
+pub mod env;
 mod files;
 mod lifecycle;
 mod records;
@@ -29,7 +30,7 @@ use std::{
 };
 
 use ipnetwork::Ipv4Network;
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::Pod;
 use weft_api::meta::{dns_label_error, dns_subdomain_error};
 
 use self::{
@@ -51,6 +52,18 @@ pub const POD_VETH_PREFIX: &str = "wft";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SandboxError {
+    /// A container's configuration cannot be made: a ConfigMap, Secret or
+    /// key it references is missing (kubelet's words, which the status
+    /// shows as they are).
+    #[error("{message}")]
+    Config {
+        /// namespace/name.
+        pod: String,
+        /// The container.
+        container: String,
+        /// What is missing.
+        message: String,
+    },
     /// The pod spec cannot be run.
     #[error("pod {pod}: {field}: {reason}")]
     InvalidPod {
@@ -147,6 +160,11 @@ pub struct NodeConfig {
     /// for the agent and the rest of the node (kubelet's
     /// `--system-reserved=pid=`).
     pub system_reserved_pids: u64,
+    /// The node's address (`status.hostIP` for the downward API).
+    pub node_ip: Ipv4Addr,
+    /// The node's allocatable CPUs in millicores and memory in bytes: the
+    /// limits the downward API reports for a container without its own.
+    pub allocatable: (u64, u64),
 }
 
 /// Default of [`NodeConfig::pod_max_pids`].
@@ -191,6 +209,8 @@ pub struct Sandbox {
     /// id): probe counters, back-off. Rebuilt from scratch after a restart
     /// of the agent, as kubelet's is.
     observed: std::sync::Mutex<std::collections::HashMap<String, Observed>>,
+    /// Where the pods' ConfigMaps and Secrets are read from.
+    objects: std::sync::Arc<dyn env::ObjectSource>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -251,7 +271,15 @@ impl Sandbox {
             runtime,
             datapath: datapath.map(std::sync::Mutex::new),
             observed: Default::default(),
+            objects: std::sync::Arc::new(env::NoObjects),
         })
+    }
+
+    /// Reads the pods' ConfigMaps and Secrets from `objects` (the API).
+    #[must_use]
+    pub fn with_objects(mut self, objects: std::sync::Arc<dyn env::ObjectSource>) -> Self {
+        self.objects = objects;
+        self
     }
 
     /// The node configuration.
@@ -481,15 +509,8 @@ impl Sandbox {
         )
         .map_err(io_err("write", &resolv))?;
         let hosts = dir.join("hosts");
-        fs::write(
-            &hosts,
-            format!(
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-                rec.ip,
-                self.hostname(rec)
-            ),
-        )
-        .map_err(io_err("write", &hosts))?;
+        fs::write(&hosts, hosts_file(pod, rec.ip, &self.hostname(rec)))
+            .map_err(io_err("write", &hosts))?;
         let hostname = dir.join("hostname");
         fs::write(&hostname, format!("{}\n", self.hostname(rec)))
             .map_err(io_err("write", &hostname))?;
@@ -501,7 +522,7 @@ impl Sandbox {
         .map_err(io_err("write", &pod_json))?;
         let spec = pod.spec.as_ref().expect("checked");
         for (c, (_, id)) in spec.containers.iter().zip(&rec.containers) {
-            self.start_container(rec, spec, c, id).await?;
+            self.start_container(rec, pod, c, id).await?;
         }
         Ok(())
     }
@@ -534,12 +555,29 @@ impl Sandbox {
     async fn start_container(
         &self,
         rec: &PodRecord,
-        spec: &PodSpec,
+        pod: &Pod,
         c: &k8s_openapi::api::core::v1::Container,
         id: &str,
     ) -> Result<(), SandboxError> {
+        let spec = pod.spec.as_ref().expect("checked");
         let dir = self.pod_dir(&rec.uid);
-        let container = c.clone();
+        let facts = env::PodFacts {
+            pod_ip: if rec.host_network {
+                self.cfg.node_ip
+            } else {
+                rec.ip
+            },
+            host_ip: self.cfg.node_ip,
+            node_cpu_millis: self.cfg.allocatable.0,
+            node_memory: self.cfg.allocatable.1,
+        };
+        let container = env::resolve(c, pod, &facts, self.objects.as_ref())
+            .await
+            .map_err(|message| SandboxError::Config {
+                pod: pod_name(rec),
+                container: c.name.clone(),
+                message,
+            })?;
         let pod_security = spec.security_context.clone();
         let volumes = spec.volumes.clone().unwrap_or_default();
         let (host_pid, host_ipc) = (
@@ -922,6 +960,32 @@ impl Sandbox {
             None => Ok(weft_common::IfCounters::default()),
         }
     }
+}
+
+/// The pod's /etc/hosts, as kubelet writes it: localhost, the pod's own
+/// name, then its `hostAliases`.
+fn hosts_file(pod: &Pod, ip: Ipv4Addr, hostname: &str) -> String {
+    let mut out = format!(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
+    );
+    let aliases = pod.spec.as_ref().and_then(|s| s.host_aliases.as_ref());
+    if aliases.is_some_and(|a| !a.is_empty()) {
+        out.push_str("\n# Entries added by HostAliases.\n");
+        for a in aliases.into_iter().flatten() {
+            // The API checked them; a line never carries a newline.
+            let names: Vec<&str> = a
+                .hostnames
+                .iter()
+                .flatten()
+                .map(String::as_str)
+                .filter(|h| !h.contains(char::is_whitespace))
+                .collect();
+            if !a.ip.contains(char::is_whitespace) && !names.is_empty() {
+                out.push_str(&format!("{}\t{}\n", a.ip, names.join("\t")));
+            }
+        }
+    }
+    out
 }
 
 fn pod_name(rec: &PodRecord) -> String {

@@ -222,6 +222,10 @@ pub enum Decision {
     Allow,
     /// Allowed only if the pod is bound to this node (the handler checks).
     IfPodOnNode(String),
+    /// Allowed only if a pod bound to this node references the object (a
+    /// ConfigMap, Secret or PersistentVolumeClaim it reads; the handler
+    /// checks), as kube's node authorizer allows.
+    IfReferencedOnNode(String),
     Deny(String),
 }
 
@@ -253,6 +257,16 @@ pub fn authorize(user: &User, a: &Attributes<'_>) -> Decision {
             };
             if readable {
                 return Decision::Allow;
+            }
+            if a.verb == "get"
+                && a.subresource.is_none()
+                && a.group.is_empty()
+                && matches!(
+                    a.resource,
+                    "configmaps" | "secrets" | "persistentvolumeclaims"
+                )
+            {
+                return Decision::IfReferencedOnNode(node.to_string());
             }
         }
         let own = a.name == Some(node);

@@ -289,6 +289,29 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             age,
         ],
+        "ConfigMap" => vec![
+            name,
+            (
+                "Data",
+                "string",
+                "",
+                "Number of keys in data and binaryData.",
+                0,
+            ),
+            age,
+        ],
+        "Secret" => vec![
+            name,
+            (
+                "Type",
+                "string",
+                "",
+                "Used to facilitate programmatic handling of secret data.",
+                0,
+            ),
+            ("Data", "string", "", "Number of keys in data.", 0),
+            age,
+        ],
         "Lease" => vec![
             name,
             (
@@ -659,6 +682,17 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age,
             ]
         }
+        "ConfigMap" => {
+            let keys = |f: &str| o[f].as_object().map_or(0, serde_json::Map::len);
+            vec![name, json!(keys("data") + keys("binaryData")), age]
+        }
+        // The number of keys, never a value.
+        "Secret" => vec![
+            name,
+            json!(s(&o["type"])),
+            json!(o["data"].as_object().map_or(0, serde_json::Map::len)),
+            age,
+        ],
         "Lease" => vec![name, json!(or_none(s(&o["spec"]["holderIdentity"]))), age],
         "Event" => {
             let last = o["lastTimestamp"]

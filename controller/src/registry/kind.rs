@@ -411,6 +411,8 @@ macro_rules! for_each_kind {
             k8s_openapi::api::core::v1::Endpoints,
             k8s_openapi::api::core::v1::Node,
             k8s_openapi::api::core::v1::Event,
+            k8s_openapi::api::core::v1::ConfigMap,
+            k8s_openapi::api::core::v1::Secret,
             k8s_openapi::api::discovery::v1::EndpointSlice,
             k8s_openapi::api::coordination::v1::Lease,
             k8s_openapi::api::networking::v1::NetworkPolicy,

@@ -11,6 +11,7 @@
 //! ever half-stored.
 
 mod apps;
+mod config;
 mod core;
 mod kind;
 mod namespace;

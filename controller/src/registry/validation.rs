@@ -237,6 +237,7 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: Option<&PodSpec>, path: &str) 
     }
     weft_api::security::check_pod_spec(out, spec, path);
     weft_api::volumes::check(out, spec, path);
+    weft_api::workload::check_pod_spec(out, spec, path);
     if spec.containers.is_empty() {
         out.push(Cause::required(format!("{path}.containers")));
     }

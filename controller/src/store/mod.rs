@@ -9,9 +9,11 @@
 //! event after a revision, in order, or `Compacted` when that revision is older
 //! than the history kept.
 
+pub mod encrypt;
 mod etcd;
 mod sqlite;
 
+pub use encrypt::EncryptingStore;
 pub use etcd::EtcdStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
 

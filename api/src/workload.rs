@@ -1,0 +1,266 @@
+//! The pod-spec clauses beyond volumes and security: containers'
+//! environment (`env`, `envFrom`) checked as kube-apiserver checks them,
+//! and a refusal, naming the field, for each clause Weft's agent does not
+//! keep yet, so that no pod runs without what it asked for. The
+//! controller's validation calls [`check_pod_spec`]; docs/WORKLOADS.md
+//! lists the same fields.
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
+
+use crate::error::Cause;
+
+/// The pod fields an env variable's `fieldRef` may name (besides
+/// `metadata.labels['k']` and `metadata.annotations['k']`).
+pub const ENV_FIELD_PATHS: [&str; 9] = [
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.hostIP",
+    "status.hostIPs",
+    "status.podIP",
+    "status.podIPs",
+];
+
+/// The resources a `resourceFieldRef` may name.
+pub const RESOURCE_FIELDS: [&str; 6] = [
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.ephemeral-storage",
+];
+
+/// Whether `path` is a subscripted label or annotation reference
+/// (`metadata.labels['app']`).
+#[must_use]
+pub fn is_subscripted_field(path: &str) -> bool {
+    ["metadata.labels['", "metadata.annotations['"]
+        .iter()
+        .any(|p| {
+            path.strip_prefix(p)
+                .is_some_and(|r| r.len() > 2 && r.ends_with("']"))
+        })
+}
+
+/// Kubernetes' rule for env variable names (1.32+, relaxed): printable
+/// ASCII without '='.
+fn env_name_error(name: &str) -> Option<&'static str> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'=');
+    (!ok).then_some(
+        "a valid environment variable name must consist only of printable ASCII characters other than '='",
+    )
+}
+
+fn check_env_var(out: &mut Vec<Cause>, at: &str, e: &EnvVar) {
+    if e.name.is_empty() {
+        out.push(Cause::required(format!("{at}.name")));
+    } else if let Some(why) = env_name_error(&e.name) {
+        out.push(Cause::invalid(format!("{at}.name"), &e.name, why));
+    }
+    let Some(from) = &e.value_from else { return };
+    let set = [
+        from.field_ref.is_some(),
+        from.resource_field_ref.is_some(),
+        from.config_map_key_ref.is_some(),
+        from.secret_key_ref.is_some(),
+    ]
+    .iter()
+    .filter(|s| **s)
+    .count();
+    let vf = format!("{at}.valueFrom");
+    if e.value.as_deref().is_some_and(|v| !v.is_empty()) {
+        out.push(Cause::invalid(
+            vf.clone(),
+            "",
+            "may not be specified when `value` is not empty",
+        ));
+    }
+    match set {
+        0 => out.push(Cause::invalid(
+            vf.clone(),
+            "",
+            "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`",
+        )),
+        1 => {}
+        _ => out.push(Cause::invalid(
+            vf.clone(),
+            "",
+            "may not have more than one field specified at a time",
+        )),
+    }
+    if let Some(f) = &from.field_ref {
+        let p = f.field_path.as_str();
+        if !ENV_FIELD_PATHS.contains(&p) && !is_subscripted_field(p) {
+            out.push(Cause::not_supported(
+                format!("{vf}.fieldRef.fieldPath"),
+                p,
+                &ENV_FIELD_PATHS,
+            ));
+        }
+    }
+    if let Some(r) = &from.resource_field_ref {
+        if !RESOURCE_FIELDS.contains(&r.resource.as_str()) {
+            out.push(Cause::not_supported(
+                format!("{vf}.resourceFieldRef.resource"),
+                &r.resource,
+                &RESOURCE_FIELDS,
+            ));
+        }
+        if let Some(d) = &r.divisor
+            && crate::quantity::parse(&d.0).is_none_or(|v| v <= 0)
+        {
+            out.push(Cause::invalid(
+                format!("{vf}.resourceFieldRef.divisor"),
+                &d.0,
+                "must be a positive quantity",
+            ));
+        }
+    }
+    for (field, name, key) in [
+        (
+            "configMapKeyRef",
+            from.config_map_key_ref.as_ref().map(|r| &r.name),
+            from.config_map_key_ref.as_ref().map(|r| &r.key),
+        ),
+        (
+            "secretKeyRef",
+            from.secret_key_ref.as_ref().map(|r| &r.name),
+            from.secret_key_ref.as_ref().map(|r| &r.key),
+        ),
+    ] {
+        if let (Some(name), Some(key)) = (name, key) {
+            if name.is_empty() {
+                out.push(Cause::required(format!("{vf}.{field}.name")));
+            }
+            if key.is_empty() {
+                out.push(Cause::required(format!("{vf}.{field}.key")));
+            }
+        }
+    }
+}
+
+fn check_container(out: &mut Vec<Cause>, base: &str, c: &Container) {
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        check_env_var(out, &format!("{base}.env[{i}]"), e);
+    }
+    for (i, f) in c.env_from.iter().flatten().enumerate() {
+        let at = format!("{base}.envFrom[{i}]");
+        match (&f.config_map_ref, &f.secret_ref) {
+            (Some(_), Some(_)) => out.push(Cause::invalid(
+                at.clone(),
+                "",
+                "may not have more than one field specified at a time",
+            )),
+            (None, None) => out.push(Cause::invalid(
+                at.clone(),
+                "",
+                "must specify one of: `configMapRef` or `secretRef`",
+            )),
+            (Some(r), None) if r.name.is_empty() => {
+                out.push(Cause::required(format!("{at}.configMapRef.name")));
+            }
+            (None, Some(r)) if r.name.is_empty() => {
+                out.push(Cause::required(format!("{at}.secretRef.name")));
+            }
+            _ => {}
+        }
+        if let Some(p) = f.prefix.as_deref()
+            && !p.is_empty()
+            && let Some(why) = env_name_error(p)
+        {
+            out.push(Cause::invalid(format!("{at}.prefix"), p, why));
+        }
+    }
+    // Not kept yet: refused by name rather than ignored.
+    let lifecycle = c.lifecycle.as_ref();
+    for (field, set) in [
+        (
+            "lifecycle.postStart",
+            lifecycle.is_some_and(|l| l.post_start.is_some()),
+        ),
+        (
+            "lifecycle.preStop",
+            lifecycle.is_some_and(|l| l.pre_stop.is_some()),
+        ),
+        ("startupProbe", c.startup_probe.is_some()),
+    ] {
+        if set {
+            out.push(Cause::forbidden(
+                format!("{base}.{field}"),
+                "Weft's agent does not run this yet; remove it (see docs/WORKLOADS.md)",
+            ));
+        }
+    }
+}
+
+/// The environment of every container, and a refusal for each clause the
+/// agent does not keep yet.
+pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
+    for (at, c) in crate::pod::containers_with_paths(spec) {
+        check_container(out, &format!("{path}.{at}"), c);
+    }
+    let not_yet = "Weft's agent does not run this yet; remove it (see docs/WORKLOADS.md)";
+    if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
+        out.push(Cause::forbidden(format!("{path}.initContainers"), not_yet));
+    }
+    if spec.share_process_namespace == Some(true) {
+        out.push(Cause::forbidden(
+            format!("{path}.shareProcessNamespace"),
+            not_yet,
+        ));
+    }
+    if spec
+        .image_pull_secrets
+        .as_ref()
+        .is_some_and(|v| !v.is_empty())
+    {
+        out.push(Cause::forbidden(
+            format!("{path}.imagePullSecrets"),
+            not_yet,
+        ));
+    }
+    for (i, a) in spec.host_aliases.iter().flatten().enumerate() {
+        let at = format!("{path}.hostAliases[{i}]");
+        if a.ip.parse::<std::net::IpAddr>().is_err() {
+            out.push(Cause::invalid(
+                format!("{at}.ip"),
+                &a.ip,
+                "must be a valid IP address",
+            ));
+        }
+        for (j, h) in a.hostnames.iter().flatten().enumerate() {
+            if let Some(e) = crate::meta::dns_subdomain_error(h) {
+                out.push(Cause::invalid(format!("{at}.hostnames[{j}]"), h, e));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscripted_fields() {
+        assert!(is_subscripted_field("metadata.labels['app']"));
+        assert!(is_subscripted_field("metadata.annotations['a/b']"));
+        assert!(!is_subscripted_field("metadata.labels"));
+        assert!(!is_subscripted_field("metadata.labels['']"));
+        assert!(!is_subscripted_field("metadata.labels['a'"));
+    }
+
+    #[test]
+    fn env_names() {
+        assert!(env_name_error("FOO_1").is_none());
+        assert!(env_name_error("foo.bar-baz").is_none());
+        assert!(env_name_error("A=B").is_some());
+        assert!(env_name_error("").is_some());
+        assert!(env_name_error("a\tb").is_some());
+    }
+}
