@@ -11,6 +11,48 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::resources::{self, Resource};
 
+/// File modes as kubectl's YAML 1.1 reads them: a plain `0644` is octal
+/// (420) there, while this YAML 1.2 parser keeps it as the string "0644".
+/// Every `mode` and `defaultMode` under a `volumes` list (the only places
+/// the API has them) that is such a string becomes the number kubectl
+/// would have sent.
+pub fn yaml11_modes(v: &mut Value) {
+    fn modes(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if (k == "mode" || k == "defaultMode")
+                        && let Some(s) = x.as_str()
+                        && s.len() > 1
+                        && s.starts_with('0')
+                        && s.bytes().all(|b| (b'0'..=b'7').contains(&b))
+                        && let Ok(n) = i64::from_str_radix(s, 8)
+                    {
+                        *x = Value::from(n);
+                    } else {
+                        modes(x);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(modes),
+            _ => {}
+        }
+    }
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if k == "volumes" && x.is_array() {
+                    modes(x);
+                } else {
+                    yaml11_modes(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(yaml11_modes),
+        _ => {}
+    }
+}
+
 /// The annotation where `apply` keeps what it applied last (kubectl's).
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -313,9 +355,10 @@ pub fn read_manifests(path: &Path) -> Result<Vec<Document>, ClientError> {
         let name = file.display().to_string();
         for (i, doc) in serde_norway::Deserializer::from_str(&text).enumerate() {
             let origin = format!("{name} (document {})", i + 1);
-            let value: Value = serde::Deserialize::deserialize(doc).map_err(|e| {
+            let mut value: Value = serde::Deserialize::deserialize(doc).map_err(|e| {
                 ClientError::Usage(format!("{origin}: not valid YAML or JSON: {e}"))
             })?;
+            yaml11_modes(&mut value);
             if value.is_null() {
                 continue;
             }
@@ -539,6 +582,19 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_read_as_kubectl_reads_them() {
+        let mut v: Value = serde_norway::from_str(
+            "spec:\n  volumes:\n  - secret: {defaultMode: 0400, items: [{key: a, path: a, mode: 0755}]}\n  - configMap: {defaultMode: 420}\ndata: {mode: '0755'}\n",
+        )
+        .expect("yaml");
+        yaml11_modes(&mut v);
+        assert_eq!(v["spec"]["volumes"][0]["secret"]["defaultMode"], 256);
+        assert_eq!(v["spec"]["volumes"][0]["secret"]["items"][0]["mode"], 493);
+        assert_eq!(v["spec"]["volumes"][1]["configMap"]["defaultMode"], 420);
+        assert_eq!(v["data"]["mode"], "0755", "a ConfigMap's value stays");
+    }
 
     #[test]
     fn apply_patch_removes_what_the_last_apply_set() {

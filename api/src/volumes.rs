@@ -1,7 +1,8 @@
-//! Pod volumes: what the API accepts and the agent mounts. `hostPath` is
-//! honoured (a bind mount of a node path, checked against its `type`);
-//! every other source is refused with a 422 naming it until it is
-//! implemented, never accepted and left unmounted. The controller's
+//! Pod volumes: what the API accepts and the agent mounts. `hostPath` (a
+//! bind mount of a node path, checked against its `type`), `emptyDir`,
+//! `configMap`, `secret`, `downwardAPI` and `projected` are honoured; every
+//! other source is refused with a 422 naming it until it is implemented,
+//! never accepted and left unmounted. The controller's
 //! validation and the agent's bundle both go by this module.
 
 use k8s_openapi::api::core::v1::{PodSpec, Volume};
@@ -22,7 +23,137 @@ pub const HOST_PATH_TYPES: [&str; 8] = [
 ];
 
 /// The sources Weft mounts.
-pub const SUPPORTED_SOURCES: [&str; 1] = ["hostPath"];
+pub const SUPPORTED_SOURCES: [&str; 6] = [
+    "configMap",
+    "downwardAPI",
+    "emptyDir",
+    "hostPath",
+    "projected",
+    "secret",
+];
+
+/// The pod fields a downwardAPI volume item's `fieldRef` may name (besides
+/// `metadata.labels['k']` and `metadata.annotations['k']`).
+pub const VOLUME_FIELD_PATHS: [&str; 5] = [
+    "metadata.annotations",
+    "metadata.labels",
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+];
+
+/// What is wrong with a path inside a volume (kube's
+/// `validateLocalDescendingPath`).
+#[must_use]
+pub fn local_path_error(p: &str) -> Option<&'static str> {
+    if p.is_empty() {
+        Some("must not be empty")
+    } else if p.starts_with('/') {
+        Some("must be a relative path")
+    } else if p.split('/').any(|c| c == "..") {
+        Some("must not contain '..'")
+    } else if p.starts_with("..") {
+        Some("must not start with '..'")
+    } else {
+        None
+    }
+}
+
+fn check_mode(out: &mut Vec<Cause>, field: String, mode: Option<i32>) {
+    if let Some(m) = mode
+        && !(0..=0o777).contains(&m)
+    {
+        out.push(Cause::invalid(
+            field,
+            m,
+            "must be a number between 0 and 0777 (octal), both inclusive",
+        ));
+    }
+}
+
+fn check_item_path(
+    out: &mut Vec<Cause>,
+    field: String,
+    p: &str,
+    seen: &mut std::collections::HashSet<String>,
+) {
+    if let Some(e) = local_path_error(p) {
+        out.push(Cause::invalid(field, p, e));
+    } else if !seen.insert(p.to_string()) {
+        out.push(Cause::invalid(field, p, "conflicting duplicate paths"));
+    }
+}
+
+fn check_key_items(
+    out: &mut Vec<Cause>,
+    at: &str,
+    items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+    seen: &mut std::collections::HashSet<String>,
+) {
+    for (i, it) in items.into_iter().flatten().enumerate() {
+        let f = format!("{at}.items[{i}]");
+        if it.key.is_empty() {
+            out.push(Cause::required(format!("{f}.key")));
+        }
+        check_item_path(out, format!("{f}.path"), &it.path, seen);
+        check_mode(out, format!("{f}.mode"), it.mode);
+    }
+}
+
+fn check_downward_items(
+    out: &mut Vec<Cause>,
+    at: &str,
+    items: &[k8s_openapi::api::core::v1::DownwardAPIVolumeFile],
+    spec: &PodSpec,
+    seen: &mut std::collections::HashSet<String>,
+) {
+    for (i, it) in items.iter().enumerate() {
+        let f = format!("{at}.items[{i}]");
+        check_item_path(out, format!("{f}.path"), &it.path, seen);
+        check_mode(out, format!("{f}.mode"), it.mode);
+        match (&it.field_ref, &it.resource_field_ref) {
+            (Some(r), None) => {
+                let p = r.field_path.as_str();
+                if !VOLUME_FIELD_PATHS.contains(&p) && !crate::workload::is_subscripted_field(p) {
+                    out.push(Cause::not_supported(
+                        format!("{f}.fieldRef.fieldPath"),
+                        p,
+                        &VOLUME_FIELD_PATHS,
+                    ));
+                }
+            }
+            (None, Some(r)) => {
+                let name = r.container_name.as_deref().unwrap_or_default();
+                if name.is_empty() {
+                    out.push(Cause::required(format!(
+                        "{f}.resourceFieldRef.containerName"
+                    )));
+                } else if !spec.containers.iter().any(|c| c.name == name) {
+                    out.push(Cause::invalid(
+                        format!("{f}.resourceFieldRef.containerName"),
+                        name,
+                        "must be the name of a container of the pod",
+                    ));
+                }
+                if !crate::workload::RESOURCE_FIELDS.contains(&r.resource.as_str()) {
+                    out.push(Cause::not_supported(
+                        format!("{f}.resourceFieldRef.resource"),
+                        &r.resource,
+                        &crate::workload::RESOURCE_FIELDS,
+                    ));
+                }
+            }
+            (None, None) => out.push(Cause::required(format!(
+                "{f}: one of fieldRef and resourceFieldRef"
+            ))),
+            (Some(_), Some(_)) => out.push(Cause::invalid(
+                f,
+                "",
+                "fieldRef and resourceFieldRef can not be specified simultaneously",
+            )),
+        }
+    }
+}
 
 /// The source fields a volume sets, by their JSON names.
 #[must_use]
@@ -105,6 +236,122 @@ pub fn check(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
                         t,
                         &HOST_PATH_TYPES[1..],
                     ));
+                }
+            }
+            ["emptyDir"] => {
+                let ed = v.empty_dir.as_ref().expect("set");
+                let medium = ed.medium.as_deref().unwrap_or_default();
+                if !["", "Memory"].contains(&medium) {
+                    out.push(Cause::not_supported(
+                        format!("{at}.emptyDir.medium"),
+                        medium,
+                        &["", "Memory"],
+                    ));
+                }
+                if let Some(q) = &ed.size_limit {
+                    match crate::quantity::parse(&q.0) {
+                        None => out.push(Cause::invalid(
+                            format!("{at}.emptyDir.sizeLimit"),
+                            &q.0,
+                            "must be a quantity such as 64Mi",
+                        )),
+                        Some(n) if n <= 0 => out.push(Cause::invalid(
+                            format!("{at}.emptyDir.sizeLimit"),
+                            &q.0,
+                            "must be greater than zero",
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+            ["configMap"] => {
+                let cm = v.config_map.as_ref().expect("set");
+                let f = format!("{at}.configMap");
+                if cm.name.is_empty() {
+                    out.push(Cause::required(format!("{f}.name")));
+                }
+                check_mode(out, format!("{f}.defaultMode"), cm.default_mode);
+                check_key_items(out, &f, cm.items.as_ref(), &mut Default::default());
+            }
+            ["secret"] => {
+                let sv = v.secret.as_ref().expect("set");
+                let f = format!("{at}.secret");
+                if sv.secret_name.as_deref().is_none_or(str::is_empty) {
+                    out.push(Cause::required(format!("{f}.secretName")));
+                }
+                check_mode(out, format!("{f}.defaultMode"), sv.default_mode);
+                check_key_items(out, &f, sv.items.as_ref(), &mut Default::default());
+            }
+            ["downwardAPI"] => {
+                let d = v.downward_api.as_ref().expect("set");
+                let f = format!("{at}.downwardAPI");
+                check_mode(out, format!("{f}.defaultMode"), d.default_mode);
+                check_downward_items(
+                    out,
+                    &f,
+                    d.items.as_deref().unwrap_or_default(),
+                    spec,
+                    &mut Default::default(),
+                );
+            }
+            ["projected"] => {
+                let p = v.projected.as_ref().expect("set");
+                let f = format!("{at}.projected");
+                check_mode(out, format!("{f}.defaultMode"), p.default_mode);
+                let mut seen = std::collections::HashSet::new();
+                for (i, src) in p.sources.iter().flatten().enumerate() {
+                    let sf = format!("{f}.sources[{i}]");
+                    let set = [
+                        ("configMap", src.config_map.is_some()),
+                        ("secret", src.secret.is_some()),
+                        ("downwardAPI", src.downward_api.is_some()),
+                        ("serviceAccountToken", src.service_account_token.is_some()),
+                        ("clusterTrustBundle", src.cluster_trust_bundle.is_some()),
+                    ];
+                    let named: Vec<&str> =
+                        set.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();
+                    match named.as_slice() {
+                        [] => out.push(Cause::required(format!("{sf}: one source"))),
+                        [_, second, ..] => out.push(Cause::forbidden(
+                            format!("{sf}.{second}"),
+                            "may not specify more than 1 volume type per source",
+                        )),
+                        ["serviceAccountToken"] => out.push(Cause::forbidden(
+                            format!("{sf}.serviceAccountToken"),
+                            "Weft does not issue service account tokens yet",
+                        )),
+                        ["clusterTrustBundle"] => out.push(Cause::forbidden(
+                            format!("{sf}.clusterTrustBundle"),
+                            "Weft does not serve ClusterTrustBundles",
+                        )),
+                        _ => {}
+                    }
+                    if let Some(cm) = &src.config_map {
+                        if cm.name.is_empty() {
+                            out.push(Cause::required(format!("{sf}.configMap.name")));
+                        }
+                        check_key_items(
+                            out,
+                            &format!("{sf}.configMap"),
+                            cm.items.as_ref(),
+                            &mut seen,
+                        );
+                    }
+                    if let Some(s) = &src.secret {
+                        if s.name.is_empty() {
+                            out.push(Cause::required(format!("{sf}.secret.name")));
+                        }
+                        check_key_items(out, &format!("{sf}.secret"), s.items.as_ref(), &mut seen);
+                    }
+                    if let Some(d) = &src.downward_api {
+                        check_downward_items(
+                            out,
+                            &format!("{sf}.downwardAPI"),
+                            d.items.as_deref().unwrap_or_default(),
+                            spec,
+                            &mut seen,
+                        );
+                    }
                 }
             }
             [one] => out.push(Cause::not_supported(

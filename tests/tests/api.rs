@@ -812,11 +812,36 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
                 "spec.securityContext.runAsUser",
                 "between 0 and 2147483647",
             ),
-            // Volumes: hostPath is mounted; what is not yet is refused.
+            // Volumes: what is not mounted yet is refused.
             (
-                json!({"volumes": [{"name": "scratch", "emptyDir": {}}]}),
-                "spec.volumes[0].emptyDir",
-                "supported values: \"hostPath\"",
+                json!({"volumes": [{"name": "nfs", "nfs": {"server": "a", "path": "/x"}}]}),
+                "spec.volumes[0].nfs",
+                "supported values: \"configMap\"",
+            ),
+            (
+                json!({"volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]}),
+                "spec.volumes[0].projected.sources[0].serviceAccountToken",
+                "service account tokens",
+            ),
+            (
+                json!({"volumes": [{"name": "c", "configMap": {"name": "x", "items": [{"key": "a", "path": "../etc/passwd"}]}}]}),
+                "spec.volumes[0].configMap.items[0].path",
+                "'..'",
+            ),
+            (
+                json!({"volumes": [{"name": "c", "secret": {"secretName": "x", "defaultMode": 4096}}]}),
+                "spec.volumes[0].secret.defaultMode",
+                "0777",
+            ),
+            (
+                json!({"volumes": [{"name": "d", "downwardAPI": {"items": [{"path": "ip", "fieldRef": {"fieldPath": "status.podIP"}}]}}]}),
+                "spec.volumes[0].downwardAPI.items[0].fieldRef.fieldPath",
+                "supported values",
+            ),
+            (
+                json!({"volumes": [{"name": "e", "emptyDir": {"medium": "HugePages"}}]}),
+                "spec.volumes[0].emptyDir.medium",
+                "Memory",
             ),
             (
                 json!({"volumes": [{"name": "h", "hostPath": {"path": "etc"}}]}),

@@ -119,10 +119,7 @@ spec:
         // POD_NAME is declared after GREETING: not expanded, as in kube.
         ("GREETING", "hello blue from $(POD_NAME)"),
         ("POD_NAME", "env"),
-        (
-            "POD_IP",
-            pod["status"]["podIP"].as_str().context("pod IP")?,
-        ),
+        ("POD_IP", pod["status"]["podIP"].as_str().context("pod IP")?),
         ("NODE", pod["spec"]["nodeName"].as_str().context("node")?),
         ("TIER", "back"),
         ("MEM_MI", "64"),
@@ -132,7 +129,10 @@ spec:
         ("HOSTS", "10.9.8.7 db.internal db"),
     ];
     for (k, v) in want {
-        ensure!(env.get(k).map(String::as_str) == Some(v), "{k}: want {v:?}\n{log}");
+        ensure!(
+            env.get(k).map(String::as_str) == Some(v),
+            "{k}: want {v:?}\n{log}"
+        );
     }
     ensure!(!env.contains_key("MISSING_OK"), "{log}");
 
@@ -160,7 +160,10 @@ spec:
             ensure!(w["message"] == "configmap \"late\" not found", "{s}");
             break;
         }
-        ensure!(Instant::now() < deadline, "no CreateContainerConfigError: {s}");
+        ensure!(
+            Instant::now() < deadline,
+            "no CreateContainerConfigError: {s}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late}\ndata: {other: x}\n")?;
@@ -170,13 +173,227 @@ spec:
         if s["state"]["waiting"]["message"] == "couldn't find key k in ConfigMap default/late" {
             break;
         }
-        ensure!(Instant::now() < deadline, "the missing key is not reported: {s}");
+        ensure!(
+            Instant::now() < deadline,
+            "the missing key is not reported: {s}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late}\ndata: {k: arrived}\n")?;
     wait_log(&c, "waits", "GOT=arrived", Duration::from_secs(45))?;
     // The agent never logs a value.
-    let agent = c.agent_log(&c.get_json(&["pod", "env"])?["spec"]["nodeName"].as_str().unwrap_or_default().to_string());
-    ensure!(!agent.contains("s3cr3t"), "a Secret's value is in the agent's log");
+    let agent = c.agent_log(
+        &c.get_json(&["pod", "env"])?["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    ensure!(
+        !agent.contains("s3cr3t"),
+        "a Secret's value is in the agent's log"
+    );
+    Ok(())
+}
+
+/// Runs `sh -c script` in pod `name` and returns its output (status 0).
+fn sh(c: &Cluster, name: &str, script: &str) -> Result<String> {
+    let (code, out) = c.exec("default", name, &["sh", "-c", script])?;
+    ensure!(code == 0, "{script}: exit {code}: {out}");
+    Ok(out.trim().to_string())
+}
+
+/// The pod's own directory on the node, as the mount table shows it.
+fn pod_mounts(uid: &str) -> Result<Vec<String>> {
+    let short: String = uid.chars().filter(|c| *c != '-').take(12).collect();
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.contains(&format!("/pods/{short}/")))
+        .map(str::to_string)
+        .collect())
+}
+
+const VOLUME_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: vol
+  labels: {tier: back}
+spec:
+  securityContext: {runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000}
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+    resources:
+      limits: {memory: 128Mi}
+    volumeMounts:
+    - {name: cfg, mountPath: /etc/cfg}
+    - {name: one, mountPath: /etc/one}
+    - {name: sec, mountPath: /etc/sec}
+    - {name: down, mountPath: /etc/pod}
+    - {name: proj, mountPath: /etc/proj}
+    - {name: scratch, mountPath: /scratch}
+    - {name: mem, mountPath: /mem}
+    - {name: cfg, mountPath: /etc/single.conf, subPath: app.conf}
+  volumes:
+  - name: cfg
+    configMap: {name: web}
+  - name: one
+    configMap:
+      name: web
+      items: [{key: app.conf, path: conf/app.conf, mode: 0400}]
+  - name: sec
+    secret: {secretName: creds, defaultMode: 0440}
+  - name: down
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: name, fieldRef: {fieldPath: metadata.name}}
+      - {path: mem, resourceFieldRef: {containerName: main, resource: limits.memory, divisor: 1Mi}}
+  - name: proj
+    projected:
+      sources:
+      - configMap: {name: web, items: [{key: color, path: color}]}
+      - secret: {name: creds, items: [{key: password, path: secret/pw}]}
+      - downwardAPI: {items: [{path: ns, fieldRef: {fieldPath: metadata.namespace}}]}
+  - name: scratch
+    emptyDir: {}
+  - name: mem
+    emptyDir: {medium: Memory, sizeLimit: 1Mi}
+"#;
+
+#[test]
+fn volumes_are_mounted_as_asked_and_updated_in_place() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {color: blue, app.conf: \"port=80\"}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {password: s3cr3t}\n",
+    )?;
+    c.apply(VOLUME_POD)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while container_status(&c, "vol")?["state"]["running"].is_null() {
+        ensure!(
+            Instant::now() < deadline,
+            "not running: {}",
+            container_status(&c, "vol")?
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Contents, as the container's user reads them.
+    ensure!(sh(&c, "vol", "id -u")? == "1000");
+    ensure!(sh(&c, "vol", "cat /etc/cfg/color")? == "blue");
+    ensure!(sh(&c, "vol", "cat /etc/cfg/app.conf")? == "port=80");
+    ensure!(sh(&c, "vol", "cat /etc/single.conf")? == "port=80");
+    ensure!(sh(&c, "vol", "ls /etc/one/conf")? == "app.conf");
+    ensure!(sh(&c, "vol", "cat /etc/sec/password")? == "s3cr3t");
+    ensure!(sh(&c, "vol", "cat /etc/pod/name")? == "vol");
+    ensure!(sh(&c, "vol", "cat /etc/pod/labels")? == "tier=\"back\"");
+    ensure!(sh(&c, "vol", "cat /etc/pod/mem")? == "128");
+    ensure!(
+        sh(
+            &c,
+            "vol",
+            "for f in color secret/pw ns; do cat /etc/proj/$f; echo; done"
+        )? == "blue\ns3cr3t\ndefault"
+    );
+    // Modes and the fsGroup: the 0440 secret is readable through the
+    // group; the 0400 item gets g+r too, as kubelet sets it.
+    ensure!(sh(&c, "vol", "stat -L -c '%a %g' /etc/sec/password")? == "440 2000");
+    ensure!(sh(&c, "vol", "stat -L -c '%a %g' /etc/one/conf/app.conf")? == "440 2000");
+    ensure!(
+        sh(&c, "vol", "id -G")?
+            .split_whitespace()
+            .any(|g| g == "2000")
+    );
+    // Read-only where kube mounts read-only; the emptyDir is the pod's.
+    let (code, _) = c.exec("default", "vol", &["sh", "-c", "echo x > /etc/cfg/new"])?;
+    ensure!(code != 0, "a configMap volume is writable");
+    ensure!(sh(&c, "vol", "echo data > /scratch/f && cat /scratch/f")? == "data");
+    // Secrets and memory emptyDirs are tmpfs; the memory one is bounded.
+    let mounts = sh(&c, "vol", "cat /proc/mounts")?;
+    for at in ["/etc/sec", "/mem"] {
+        ensure!(
+            mounts
+                .lines()
+                .any(|l| l.split(' ').nth(1) == Some(at) && l.starts_with("tmpfs ")),
+            "{at} is not a tmpfs: {mounts}"
+        );
+    }
+    let (code, out) = c.exec(
+        "default",
+        "vol",
+        &["sh", "-c", "dd if=/dev/zero of=/mem/big bs=64k count=64"],
+    )?;
+    ensure!(
+        code != 0 && out.contains("No space left"),
+        "2 MiB fit in a 1Mi emptyDir: {out}"
+    );
+
+    // A change reaches the running pod in place, atomically.
+    let before = Instant::now();
+    c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\ndata: {color: green, app.conf: \"port=80\"}\n")?;
+    loop {
+        if sh(&c, "vol", "cat /etc/cfg/color")? == "green" {
+            break;
+        }
+        ensure!(
+            before.elapsed() < Duration::from_secs(10),
+            "the change never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = before.elapsed();
+    ensure!(sh(&c, "vol", "cat /etc/proj/color")? == "green");
+    ensure!(sh(&c, "vol", "readlink /etc/cfg/color")? == "..data/color");
+    eprintln!("configMap update seen in the pod after {took:?}");
+    // The labels too.
+    c.apply(&VOLUME_POD.replace("labels: {tier: back}", "labels: {tier: front}"))?;
+    let before = Instant::now();
+    while sh(&c, "vol", "cat /etc/pod/labels")? != "tier=\"front\"" {
+        ensure!(
+            before.elapsed() < Duration::from_secs(10),
+            "the label change never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A missing source: the pod waits, saying why in kubelet's words.
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: nocm}\nspec:\n  containers:\n  - {name: main, image: weft.local/busybox:1.36, command: [sleep, '3600'], volumeMounts: [{name: c, mountPath: /c}]}\n  volumes:\n  - {name: c, configMap: {name: nope}}\n",
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = container_status(&c, "nocm")?["state"]["waiting"].clone();
+        if w["message"]
+            == "MountVolume.SetUp failed for volume \"c\" : configmap \"nope\" not found"
+        {
+            ensure!(w["reason"] == "ContainerCreating", "{w}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "no FailedMount: {w}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = c.weft(&["get", "events"])?;
+    ensure!(events.contains("FailedMount"), "{events}");
+
+    // Deleted: nothing stays mounted on the node.
+    let uid = c.get_json(&["pod", "vol"])?["metadata"]["uid"]
+        .as_str()
+        .context("uid")?
+        .to_string();
+    ensure!(
+        !pod_mounts(&uid)?.is_empty(),
+        "the test cannot see the pod's mounts"
+    );
+    c.weft(&["delete", "pod", "vol"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pod_mounts(&uid)?.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "left mounted: {:?}",
+            pod_mounts(&uid)?
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }

@@ -1,9 +1,17 @@
 //! The pods' ConfigMaps and Secrets, read from the API with the node's
 //! token (which may read exactly what the node's pods reference, as kube's
 //! node authorizer allows): the [`ObjectSource`] of the node's sandbox.
-//! Values are never logged.
+//!
+//! Each object is read at most once per [`FRESH`] whatever the number of
+//! pods that use it (kubelet's "Get" change-detection strategy with a short
+//! cache): the pod workers refresh volumes every second, so an update
+//! reaches a running pod within about two. Values are never logged.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -11,14 +19,46 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use super::api::{describe, is_not_found};
 use crate::sandbox::env::ObjectSource;
 
+/// How long a read answers for.
+const FRESH: Duration = Duration::from_millis(900);
+/// Entries older than this are dropped (the object is no longer used).
+const FORGET: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+enum Cached {
+    ConfigMap(Option<Arc<ConfigMap>>),
+    Secret(Option<Arc<Secret>>),
+}
+
 /// Reads objects through the node's API client.
 pub(crate) struct ApiObjects {
     client: kube::Client,
+    cache: Mutex<HashMap<(&'static str, String, String), (Instant, Cached)>>,
 }
 
 impl ApiObjects {
     pub(crate) fn new(client: kube::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            cache: Mutex::default(),
+        }
+    }
+
+    fn cached(&self, kind: &'static str, ns: &str, name: &str) -> Option<Cached> {
+        let cache = self.cache.lock().expect("cache lock");
+        cache
+            .get(&(kind, ns.to_string(), name.to_string()))
+            .filter(|(at, _)| at.elapsed() < FRESH)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn remember(&self, kind: &'static str, ns: &str, name: &str, v: Cached) {
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.retain(|_, (at, _)| at.elapsed() < FORGET);
+        cache.insert(
+            (kind, ns.to_string(), name.to_string()),
+            (Instant::now(), v),
+        );
     }
 
     async fn get<K>(&self, ns: &str, name: &str) -> Result<Option<Arc<K>>, String>
@@ -44,9 +84,19 @@ impl ApiObjects {
 #[async_trait]
 impl ObjectSource for ApiObjects {
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Arc<ConfigMap>>, String> {
-        self.get(ns, name).await
+        if let Some(Cached::ConfigMap(v)) = self.cached("configmaps", ns, name) {
+            return Ok(v);
+        }
+        let v = self.get(ns, name).await?;
+        self.remember("configmaps", ns, name, Cached::ConfigMap(v.clone()));
+        Ok(v)
     }
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, String> {
-        self.get(ns, name).await
+        if let Some(Cached::Secret(v)) = self.cached("secrets", ns, name) {
+            return Ok(v);
+        }
+        let v = self.get(ns, name).await?;
+        self.remember("secrets", ns, name, Cached::Secret(v.clone()));
+        Ok(v)
     }
 }

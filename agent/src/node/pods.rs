@@ -57,6 +57,7 @@ pub(super) async fn run(node: Arc<Node>, pods: Informer<Pod>) -> Result<()> {
             node: node.clone(),
             uid: uid.to_string(),
             creates: creates.clone(),
+            volume_error: Default::default(),
         };
         let done = done_tx.clone();
         let uid2 = uid.to_string();
@@ -137,6 +138,8 @@ struct PodWorker {
     node: Arc<Node>,
     uid: String,
     creates: Arc<Semaphore>,
+    /// The last failure to refresh the pod's volumes, told once.
+    volume_error: std::sync::Mutex<Option<String>>,
 }
 
 /// Shortest time between two PIDLimitReached Events of a pod.
@@ -398,8 +401,36 @@ impl PodWorker {
         };
         self.container_events(pod, &statuses, reported.as_ref())
             .await;
+        self.refresh_volumes(pod).await;
         let status = pod_status(pod, &statuses, Some(ip), self.node.node_ip);
         self.report(pod, status, reported).await;
+    }
+
+    /// Brings the pod's configMap, secret, downwardAPI and projected
+    /// volumes up to date; a failure is logged and told in an Event once
+    /// (FailedMount, as kubelet), until it changes.
+    async fn refresh_volumes(&self, pod: &Pod) {
+        let outcome = self.node.sandbox.refresh_volumes(pod).await;
+        let key = weft_api::meta::key_of(pod);
+        let failed = match outcome {
+            Ok(done) => {
+                if !done.is_empty() {
+                    tracing::debug!(pod = %key, volumes = ?done, "volumes updated");
+                }
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        let changed = {
+            let mut last = self.volume_error.lock().expect("lock");
+            let changed = *last != failed;
+            last.clone_from(&failed);
+            changed
+        };
+        if let (true, Some(e)) = (changed, failed) {
+            tracing::warn!(pod = %key, error = %e, "cannot update the pod's volumes");
+            self.event(pod, "Warning", "FailedMount", &e).await;
+        }
     }
 
     /// Events for what changed since the last report, as kubelet writes
@@ -530,6 +561,7 @@ fn classify(e: &SandboxError, count: u32) -> (&'static str, &'static str) {
         SandboxError::InvalidPod { .. } | SandboxError::Config { .. } => {
             ("CreateContainerConfigError", "Failed")
         }
+        SandboxError::Mount { .. } => ("ContainerCreating", "FailedMount"),
         _ => ("ContainerCreating", "FailedCreatePodSandBox"),
     }
 }

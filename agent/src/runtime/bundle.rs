@@ -36,6 +36,7 @@ type VolumeMount = (PathBuf, String, bool);
 fn volume_mounts(
     c: &Container,
     volumes: &[k8s_openapi::api::core::v1::Volume],
+    dirs: &BTreeMap<String, PathBuf>,
 ) -> Result<Vec<VolumeMount>, (usize, String)> {
     use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, OpenOptionsExt as _};
     let mut out = Vec::new();
@@ -45,12 +46,24 @@ fn volume_mounts(
             .iter()
             .find(|v| v.name == m.name)
             .ok_or_else(|| fail(format!("no volume named {:?}", m.name)))?;
-        let hp = v.host_path.as_ref().ok_or_else(|| {
-            fail(format!(
-                "volume {:?}: only hostPath volumes are supported",
-                v.name
-            ))
-        })?;
+        // A volume the agent made: its directory, read-only when its
+        // content comes from other objects (as kubelet mounts them).
+        let Some(hp) = v.host_path.as_ref() else {
+            let root = dirs
+                .get(&v.name)
+                .ok_or_else(|| fail(format!("volume {:?}: no such volume was made", v.name)))?;
+            let projected = crate::sandbox::volumes::is_projected(v);
+            let src = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sub) => sub_path(root, sub, !projected).map_err(fail)?,
+                None => root.clone(),
+            };
+            out.push((
+                src,
+                m.mount_path.clone(),
+                projected || m.read_only.unwrap_or(false),
+            ));
+            continue;
+        };
         let root = PathBuf::from(&hp.path);
         let ty = hp.type_.as_deref().unwrap_or_default();
         let meta = std::fs::metadata(&root);
@@ -110,56 +123,62 @@ fn volume_mounts(
                 }));
             }
         }
-        let mut src = root.clone();
-        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            if !weft_api::volumes::is_contained_relative(sub) {
-                return Err(fail(format!(
-                    "subPath {sub:?} must be relative, without '..'"
-                )));
-            }
-            let real_root = std::fs::canonicalize(&root)
-                .map_err(|e| fail(format!("{}: {e}", root.display())))?;
-            let outside = |p: &Path| {
-                fail(format!(
-                    "subPath {sub:?} resolves to {}, outside its volume",
-                    p.display()
-                ))
-            };
-            // Component by component, each checked before anything is
-            // made under it: a symlink the container planted is resolved
-            // and judged before a directory is created through it.
-            let mut at = real_root.clone();
-            for part in Path::new(sub).components() {
-                let next = at.join(part);
-                match std::fs::canonicalize(&next) {
-                    Ok(real) if real.starts_with(&real_root) => at = real,
-                    Ok(real) => return Err(outside(&real)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        // A dangling symlink is not a missing directory.
-                        if std::fs::symlink_metadata(&next).is_ok() {
-                            return Err(fail(format!(
-                                "subPath {sub:?}: {} is a dangling symlink",
-                                next.display()
-                            )));
-                        }
-                        std::fs::DirBuilder::new()
-                            .mode(0o755)
-                            .create(&next)
-                            .map_err(|e| fail(format!("create {}: {e}", next.display())))?;
-                        at = std::fs::canonicalize(&next)
-                            .map_err(|e| fail(format!("{}: {e}", next.display())))?;
-                        if !at.starts_with(&real_root) {
-                            return Err(outside(&at));
-                        }
-                    }
-                    Err(e) => return Err(fail(format!("{}: {e}", next.display()))),
-                }
-            }
-            src = at;
-        }
+        let src = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => sub_path(&root, sub, true).map_err(fail)?,
+            None => root.clone(),
+        };
         out.push((src, m.mount_path.clone(), m.read_only.unwrap_or(false)));
     }
     Ok(out)
+}
+
+/// The node path of `sub` inside the volume at `root`, resolved and judged
+/// component by component before anything is made under it, so that a
+/// symlink the container planted is never followed out of the volume;
+/// missing directories are made when `create` (hostPath, emptyDir).
+fn sub_path(root: &Path, sub: &str, create: bool) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if !weft_api::volumes::is_contained_relative(sub) {
+        return Err(format!("subPath {sub:?} must be relative, without '..'"));
+    }
+    let real_root = std::fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let outside = |p: &Path| {
+        format!(
+            "subPath {sub:?} resolves to {}, outside its volume",
+            p.display()
+        )
+    };
+    let mut at = real_root.clone();
+    for part in Path::new(sub).components() {
+        let next = at.join(part);
+        match std::fs::canonicalize(&next) {
+            Ok(real) if real.starts_with(&real_root) => at = real,
+            Ok(real) => return Err(outside(&real)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A dangling symlink is not a missing directory.
+                if std::fs::symlink_metadata(&next).is_ok() {
+                    return Err(format!(
+                        "subPath {sub:?}: {} is a dangling symlink",
+                        next.display()
+                    ));
+                }
+                if !create {
+                    return Err(format!("subPath {sub:?} does not exist in the volume"));
+                }
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&next)
+                    .map_err(|e| format!("create {}: {e}", next.display()))?;
+                at =
+                    std::fs::canonicalize(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+                if !at.starts_with(&real_root) {
+                    return Err(outside(&at));
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", next.display())),
+        }
+    }
+    Ok(at)
 }
 
 /// CFS period used for CPU limits (the kernel's and Kubernetes' default).
@@ -444,7 +463,7 @@ pub fn build_spec(
                 .build()?,
         );
     }
-    for (src, dst, ro) in volume_mounts(c, p.volumes)
+    for (src, dst, ro) in volume_mounts(c, p.volumes, &p.volume_dirs)
         .map_err(|(j, reason)| invalid(&format!("volumeMounts[{j}]"), reason))?
     {
         let mut options = vec!["rbind".to_string(), "rprivate".to_string()];

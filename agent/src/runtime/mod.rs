@@ -149,6 +149,9 @@ pub struct CreateRequest<'a> {
     pub files: Vec<(PathBuf, String)>,
     /// The pod's volumes, which the container's `volumeMounts` name.
     pub volumes: &'a [k8s_openapi::api::core::v1::Volume],
+    /// The node directory of each volume the agent made (every type but
+    /// hostPath), by name.
+    pub volume_dirs: std::collections::BTreeMap<String, PathBuf>,
     /// Where the shim writes the container's output (`None`: in the bundle,
     /// see [`Runtime::log_path`]).
     pub log: Option<PathBuf>,

@@ -15,6 +15,7 @@ pub mod env;
 mod files;
 mod lifecycle;
 mod records;
+pub mod volumes;
 
 pub use cgroups::{cgroup_roots, cgroup_v2_root, kill_all, machine_pids, procs, remove_cgroups};
 pub use files::resolv_conf;
@@ -62,6 +63,15 @@ pub enum SandboxError {
         /// The container.
         container: String,
         /// What is missing.
+        message: String,
+    },
+    /// A volume cannot be made (a missing ConfigMap or Secret, in
+    /// kubelet's words).
+    #[error("{message}")]
+    Mount {
+        /// namespace/name.
+        pod: String,
+        /// What failed.
         message: String,
     },
     /// The pod spec cannot be run.
@@ -272,6 +282,49 @@ impl Sandbox {
             datapath: datapath.map(std::sync::Mutex::new),
             observed: Default::default(),
             objects: std::sync::Arc::new(env::NoObjects),
+        })
+    }
+
+    /// What the downward API reads of the node and of the pod's record.
+    fn facts(&self, rec: &PodRecord) -> env::PodFacts {
+        env::PodFacts {
+            pod_ip: if rec.host_network {
+                self.cfg.node_ip
+            } else {
+                rec.ip
+            },
+            host_ip: self.cfg.node_ip,
+            node_cpu_millis: self.cfg.allocatable.0,
+            node_memory: self.cfg.allocatable.1,
+        }
+    }
+
+    /// Rewrites the pod's configMap, secret, downwardAPI and projected
+    /// volumes whose sources changed (`pod` is the API's current copy).
+    /// Returns the volumes rewritten.
+    ///
+    /// # Errors
+    /// When a source cannot be read or a volume written (the others are
+    /// still refreshed).
+    pub async fn refresh_volumes(&self, pod: &Pod) -> Result<Vec<String>, SandboxError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        if !self.record_path(&uid).exists() {
+            return Ok(Vec::new());
+        }
+        let rec = self.load_record(&uid)?;
+        if rec.phase != Phase::Ready {
+            return Ok(Vec::new());
+        }
+        volumes::refresh(
+            &self.pod_dir(&uid),
+            pod,
+            &self.facts(&rec),
+            self.objects.as_ref(),
+        )
+        .await
+        .map_err(|message| SandboxError::Mount {
+            pod: pod_name(&rec),
+            message,
         })
     }
 
@@ -520,6 +573,18 @@ impl Sandbox {
             serde_json::to_vec(pod).expect("a Pod serializes"),
         )
         .map_err(io_err("write", &pod_json))?;
+        volumes::prepare(
+            &dir,
+            pod,
+            &self.facts(rec),
+            self.objects.as_ref(),
+            self.cfg.allocatable.1,
+        )
+        .await
+        .map_err(|message| SandboxError::Mount {
+            pod: pod_name(rec),
+            message,
+        })?;
         let spec = pod.spec.as_ref().expect("checked");
         for (c, (_, id)) in spec.containers.iter().zip(&rec.containers) {
             self.start_container(rec, pod, c, id).await?;
@@ -561,16 +626,7 @@ impl Sandbox {
     ) -> Result<(), SandboxError> {
         let spec = pod.spec.as_ref().expect("checked");
         let dir = self.pod_dir(&rec.uid);
-        let facts = env::PodFacts {
-            pod_ip: if rec.host_network {
-                self.cfg.node_ip
-            } else {
-                rec.ip
-            },
-            host_ip: self.cfg.node_ip,
-            node_cpu_millis: self.cfg.allocatable.0,
-            node_memory: self.cfg.allocatable.1,
-        };
+        let facts = self.facts(rec);
         let container = env::resolve(c, pod, &facts, self.objects.as_ref())
             .await
             .map_err(|message| SandboxError::Config {
@@ -580,6 +636,7 @@ impl Sandbox {
             })?;
         let pod_security = spec.security_context.clone();
         let volumes = spec.volumes.clone().unwrap_or_default();
+        let volume_dirs = volumes::dirs(&dir, spec);
         let (host_pid, host_ipc) = (
             spec.host_pid.unwrap_or(false),
             spec.host_ipc.unwrap_or(false),
@@ -630,6 +687,7 @@ impl Sandbox {
                 cgroups_path,
                 files,
                 volumes: &volumes,
+                volume_dirs,
                 log,
             };
             rt.run(&req).map(drop)
@@ -705,6 +763,7 @@ impl Sandbox {
         remove_cgroups(&self.pod_cgroup(&rec.uid));
         let dir = self.pod_dir(&rec.uid);
         if dir.exists() {
+            volumes::teardown(&dir);
             fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
         }
         if !rec.host_network {
@@ -914,6 +973,7 @@ impl Sandbox {
         for e in fs::read_dir(&dir).map_err(io_err("read", &dir))?.flatten() {
             let p = e.path();
             if p.is_dir() && !known.contains(e.file_name().to_string_lossy().as_ref()) {
+                volumes::teardown(&p);
                 let _ = fs::remove_dir_all(&p);
                 removed.push(format!("files {}", p.display()));
             }

@@ -414,8 +414,13 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     match kind {
         "application/json" | "" | "*/*" => serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
-        "application/yaml" | "application/x-yaml" | "text/yaml" => serde_norway::from_slice(bytes)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}"))),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            let mut v: Value = serde_norway::from_slice(bytes).map_err(|e| {
+                ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
+            })?;
+            weft_api::client::yaml11_modes(&mut v);
+            Ok(v)
+        }
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
