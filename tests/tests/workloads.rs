@@ -376,6 +376,29 @@ fn volumes_are_mounted_as_asked_and_updated_in_place() -> Result<()> {
     let events = c.weft(&["get", "events"])?;
     ensure!(events.contains("FailedMount"), "{events}");
 
+    // A disk emptyDir over its sizeLimit: the pod is evicted, as kubelet
+    // does, and its writes stop.
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: hog}\nspec:\n  containers:\n  - {name: main, image: weft.local/busybox:1.36, command: [sh, -c, 'dd if=/dev/zero of=/d/f bs=1M count=3; sleep 3600'], volumeMounts: [{name: d, mountPath: /d}]}\n  volumes:\n  - {name: d, emptyDir: {sizeLimit: 1Mi}}\n",
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let p = c.get_json(&["pod", "hog"])?;
+        if p["status"]["phase"] == "Failed" {
+            ensure!(p["status"]["reason"] == "Evicted", "{}", p["status"]);
+            ensure!(
+                p["status"]["message"]
+                    == "Usage of EmptyDir volume \"d\" exceeds the limit \"1Mi\". ",
+                "{}",
+                p["status"]
+            );
+            break;
+        }
+        ensure!(Instant::now() < deadline, "not evicted: {}", p["status"]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ensure!(c.weft(&["get", "events"])?.contains("Evicted"));
+
     // Deleted: nothing stays mounted on the node.
     let uid = c.get_json(&["pod", "vol"])?["metadata"]["uid"]
         .as_str()

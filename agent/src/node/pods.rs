@@ -142,6 +142,9 @@ struct PodWorker {
     volume_error: std::sync::Mutex<Option<String>>,
 }
 
+/// Syncs between two checks of a pod's emptyDir sizeLimits.
+const EMPTY_DIR_CHECK_EVERY: u64 = 3;
+
 /// Shortest time between two PIDLimitReached Events of a pod.
 const PID_EVENT_EVERY: Duration = Duration::from_secs(300);
 
@@ -215,6 +218,10 @@ impl PodWorker {
         let mut reported: Option<Value> = None;
         let mut failure: Option<Failure> = None;
         let mut pid_notes = PidLimitNotes::default();
+        // Evicted by this worker: never created again (its status says
+        // Failed once the informer has it).
+        let mut evicted = false;
+        let mut syncs: u64 = 0;
         loop {
             let pod = rx.borrow_and_update().clone();
             match pod {
@@ -237,6 +244,7 @@ impl PodWorker {
                         return;
                     }
                 }
+                Some(_) if evicted => {}
                 Some(p) if created.is_none() => {
                     // A finished pod is not run again; one without an IP
                     // waits for it; a failed one waits out its back-off.
@@ -276,6 +284,16 @@ impl PodWorker {
                     if let Some(ip) = created {
                         self.sync(&p, ip, &mut reported).await;
                         self.pid_limit_events(&p, &mut pid_notes).await;
+                        syncs += 1;
+                        // emptyDir sizeLimits, every few syncs (it walks
+                        // the volume), as kubelet's eviction manager does.
+                        if syncs.is_multiple_of(EMPTY_DIR_CHECK_EVERY)
+                            && let Some(why) = node.sandbox.empty_dir_over_limit(&p).await
+                            && self.evict(&p, &why, &mut reported).await
+                        {
+                            created = None;
+                            evicted = true;
+                        }
                     }
                 }
             }
@@ -404,6 +422,48 @@ impl PodWorker {
         self.refresh_volumes(pod).await;
         let status = pod_status(pod, &statuses, Some(ip), self.node.node_ip);
         self.report(pod, status, reported).await;
+    }
+
+    /// Evicts the pod as kubelet does when it breaks a local-storage limit:
+    /// its containers are killed at once and its sandbox removed, and its
+    /// status says Failed, Evicted, and why. Returns whether it is done.
+    async fn evict(&self, pod: &Pod, why: &str, reported: &mut Option<Value>) -> bool {
+        tracing::warn!(pod = %weft_api::meta::key_of(pod), reason = why, "evicting");
+        self.event(pod, "Warning", "Evicted", why).await;
+        if let Err(e) = self
+            .node
+            .sandbox
+            .remove_pod(&self.uid, Duration::ZERO)
+            .await
+        {
+            tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %e, "eviction: cannot remove the pod yet");
+            return false;
+        }
+        let statuses: Vec<ContainerStatus> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .map(|c| ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                state: Some(k8s_openapi::api::core::v1::ContainerState {
+                    terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                        exit_code: 137,
+                        reason: Some("Error".into()),
+                        message: Some(why.to_string()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let mut status = pod_status(pod, &statuses, None, self.node.node_ip);
+        status["phase"] = json!("Failed");
+        status["reason"] = json!("Evicted");
+        status["message"] = json!(why);
+        self.report(pod, status, reported).await;
+        true
     }
 
     /// Brings the pod's configMap, secret, downwardAPI and projected

@@ -328,6 +328,42 @@ impl Sandbox {
         })
     }
 
+    /// The eviction message when one of the pod's disk emptyDirs holds more
+    /// than its `sizeLimit` (kubelet's words), else `None`.
+    pub async fn empty_dir_over_limit(&self, pod: &Pod) -> Option<String> {
+        let uid = pod.metadata.uid.clone()?;
+        let dir = self.pod_dir(&uid).join(volumes::VOLUMES_DIR);
+        let limits: Vec<(String, String, u64)> = pod
+            .spec
+            .as_ref()?
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                let ed = v.empty_dir.as_ref()?;
+                if ed.medium.as_deref() == Some("Memory") {
+                    return None; // a sized tmpfs: the kernel bounds it
+                }
+                let q = ed.size_limit.as_ref()?;
+                let bytes = u64::try_from(weft_api::quantity::units(&q.0)?).ok()?;
+                Some((v.name.clone(), q.0.clone(), bytes))
+            })
+            .collect();
+        if limits.is_empty() {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || {
+            limits.into_iter().find_map(|(name, shown, bytes)| {
+                (volumes::usage(&dir.join(&name)) > bytes).then(|| {
+                    format!("Usage of EmptyDir volume \"{name}\" exceeds the limit \"{shown}\". ")
+                })
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Reads the pods' ConfigMaps and Secrets from `objects` (the API).
     #[must_use]
     pub fn with_objects(mut self, objects: std::sync::Arc<dyn env::ObjectSource>) -> Self {
