@@ -206,8 +206,39 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
         check_container(out, &format!("{path}.{at}"), c);
     }
     let not_yet = "Weft's agent does not run this yet; remove it (see docs/WORKLOADS.md)";
-    if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
-        out.push(Cause::forbidden(format!("{path}.initContainers"), not_yet));
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        let at = format!("{path}.initContainers[{i}]");
+        match c.restart_policy.as_deref() {
+            None => {
+                for (field, set) in [
+                    ("lifecycle", c.lifecycle.is_some()),
+                    ("livenessProbe", c.liveness_probe.is_some()),
+                    ("readinessProbe", c.readiness_probe.is_some()),
+                    ("startupProbe", c.startup_probe.is_some()),
+                ] {
+                    if set {
+                        out.push(Cause::forbidden(
+                            format!("{at}.{field}"),
+                            "may not be set for init containers without restartPolicy=Always",
+                        ));
+                    }
+                }
+            }
+            Some("Always") => {}
+            Some(other) => out.push(Cause::not_supported(
+                format!("{at}.restartPolicy"),
+                other,
+                &["Always"],
+            )),
+        }
+    }
+    for (i, c) in spec.containers.iter().enumerate() {
+        if c.restart_policy.is_some() {
+            out.push(Cause::forbidden(
+                format!("{path}.containers[{i}].restartPolicy"),
+                "may not be set for non-init containers",
+            ));
+        }
     }
     if spec.share_process_namespace == Some(true) {
         out.push(Cause::forbidden(

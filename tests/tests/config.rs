@@ -440,8 +440,18 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
             ),
             (
                 json!({}),
-                json!({"initContainers": [{"name": "i", "image": "busybox"}]}),
-                "spec.initContainers",
+                json!({"initContainers": [{"name": "i", "image": "busybox", "restartPolicy": "OnFailure"}]}),
+                "spec.initContainers[0].restartPolicy",
+            ),
+            (
+                json!({}),
+                json!({"initContainers": [{"name": "i", "image": "busybox", "readinessProbe": {"exec": {"command": ["true"]}}}]}),
+                "spec.initContainers[0].readinessProbe",
+            ),
+            (
+                json!({"restartPolicy": "Always"}),
+                json!({}),
+                "spec.containers[0].restartPolicy",
             ),
             (
                 json!({}),

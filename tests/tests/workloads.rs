@@ -420,3 +420,162 @@ fn volumes_are_mounted_as_asked_and_updated_in_place() -> Result<()> {
     }
     Ok(())
 }
+
+/// Waits until `check` holds for pod `name` (as JSON).
+fn wait_pod(
+    c: &Cluster,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let p = c.get_json(&["pod", name])?;
+        if check(&p) {
+            return Ok(p);
+        }
+        if Instant::now() > deadline {
+            bail!("pod {name}: {what}: {}", p["status"]);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn row_of(c: &Cluster, name: &str) -> Result<String> {
+    let table = c.weft(&["get", "pods"])?;
+    Ok(table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[test]
+fn init_containers_run_in_order_and_sidecars_alongside() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: inits}
+spec:
+  volumes: [{name: w, emptyDir: {}}]
+  initContainers:
+  - {name: first, image: weft.local/busybox:1.36, command: [sh, -c, "sleep 1; echo first >> /w/order"], volumeMounts: [{name: w, mountPath: /w}]}
+  - name: side
+    image: weft.local/busybox:1.36
+    restartPolicy: Always
+    command: [sh, -c, "echo side >> /w/order; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    volumeMounts: [{name: w, mountPath: /w}]
+  - {name: last, image: weft.local/busybox:1.36, command: [sh, -c, "echo last >> /w/order"], volumeMounts: [{name: w, mountPath: /w}]}
+  containers:
+  - {name: main, image: weft.local/busybox:1.36, command: [sh, -c, "cat /w/order; echo main-done; trap 'exit 0' TERM; while true; do sleep 1; done"], volumeMounts: [{name: w, mountPath: /w}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: initfail}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: broken, image: weft.local/busybox:1.36, command: [sh, -c, "exit 3"]}
+  containers:
+  - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: initretry}
+spec:
+  initContainers:
+  - {name: flaky, image: weft.local/busybox:1.36, command: [sh, -c, "exit 1"]}
+  containers:
+  - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: job}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {name: proxy, image: weft.local/busybox:1.36, restartPolicy: Always, command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 1; done"]}
+  containers:
+  - {name: work, image: weft.local/busybox:1.36, command: [sh, -c, "sleep 1; exit 0"]}
+"#,
+    )?;
+    // In order: first (which takes a second), then the sidecar, then last,
+    // then the container; the sidecar keeps running.
+    let log = wait_log(&c, "inits", "main-done", Duration::from_secs(60))?;
+    ensure!(log.starts_with("first\nside\nlast\n"), "{log}");
+    let p = wait_pod(&c, "inits", Duration::from_secs(30), "Ready", |p| {
+        weft_lab::cluster::pod_ready(p)
+    })?;
+    let inits = p["status"]["initContainerStatuses"]
+        .as_array()
+        .context("init statuses")?;
+    ensure!(inits.len() == 3, "{inits:?}");
+    ensure!(
+        inits[0]["state"]["terminated"]["reason"] == "Completed",
+        "{inits:?}"
+    );
+    ensure!(inits[1]["state"]["running"].is_object(), "{inits:?}");
+    ensure!(
+        inits[2]["state"]["terminated"]["exitCode"] == 0,
+        "{inits:?}"
+    );
+    ensure!(
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Initialized" && c["status"] == "True"),
+        "{}",
+        p["status"]
+    );
+    // Their logs, by name.
+    let (code, out) = c.exec("default", "inits", &["cat", "/w/order"])?;
+    ensure!(
+        code == 0 && out.lines().count() == 3,
+        "init containers ran again: {out}"
+    );
+    ensure!(c.weft(&["logs", "inits", "-c", "first"]).is_ok());
+
+    // A failed init container fails a Never pod; its containers never run.
+    let p = wait_pod(&c, "initfail", Duration::from_secs(30), "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    })?;
+    ensure!(
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing",
+        "{}",
+        p["status"]
+    );
+    ensure!(
+        p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 3,
+        "{}",
+        p["status"]
+    );
+    ensure!(
+        row_of(&c, "initfail")?.contains("Init:Error"),
+        "{}",
+        row_of(&c, "initfail")?
+    );
+    // Otherwise it is retried with back-off, the pod Pending.
+    let p = wait_pod(&c, "initretry", Duration::from_secs(40), "restarted", |p| {
+        p["status"]["initContainerStatuses"][0]["restartCount"].as_i64() >= Some(2)
+    })?;
+    ensure!(p["status"]["phase"] == "Pending", "{}", p["status"]);
+    ensure!(
+        row_of(&c, "initretry")?.contains("Init:"),
+        "{}",
+        row_of(&c, "initretry")?
+    );
+
+    // A Job-like pod with a sidecar finishes when its container does.
+    let p = wait_pod(&c, "job", Duration::from_secs(40), "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })?;
+    let side = &p["status"]["initContainerStatuses"][0];
+    ensure!(
+        side["state"]["running"].is_null(),
+        "the sidecar outlived its pod: {side}"
+    );
+    Ok(())
+}

@@ -29,7 +29,7 @@ use super::{
 use crate::{
     informer::{Event, Informer},
     runtime::RuntimeError,
-    sandbox::SandboxError,
+    sandbox::{PodSync, SandboxError},
 };
 
 /// Longest pause between attempts to create a pod that failed.
@@ -410,17 +410,22 @@ impl PodWorker {
 
     /// Syncs the pod (probes, restarts) and reports its status if changed.
     async fn sync(&self, pod: &Pod, ip: Ipv4Addr, reported: &mut Option<Value>) {
-        let statuses = match self.node.sandbox.sync_pod(&self.uid).await {
+        let synced = match self.node.sandbox.sync_pod_all(&self.uid).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %e, "pod sync failed");
                 return;
             }
         };
-        self.container_events(pod, &statuses, reported.as_ref())
-            .await;
+        let all: Vec<ContainerStatus> = synced
+            .init
+            .iter()
+            .chain(&synced.containers)
+            .cloned()
+            .collect();
+        self.container_events(pod, &all, reported.as_ref()).await;
         self.refresh_volumes(pod).await;
-        let status = pod_status(pod, &statuses, Some(ip), self.node.node_ip);
+        let status = pod_status(pod, &synced, Some(ip), self.node.node_ip);
         self.report(pod, status, reported).await;
     }
 
@@ -458,7 +463,7 @@ impl PodWorker {
                 ..Default::default()
             })
             .collect();
-        let mut status = pod_status(pod, &statuses, None, self.node.node_ip);
+        let mut status = pod_status(pod, &failed_sync(pod, statuses), None, self.node.node_ip);
         status["phase"] = json!("Failed");
         status["reason"] = json!("Evicted");
         status["message"] = json!(why);
@@ -573,7 +578,7 @@ impl PodWorker {
                 ..Default::default()
             })
             .collect();
-        let status = pod_status(pod, &statuses, None, self.node.node_ip);
+        let status = pod_status(pod, &failed_sync(pod, statuses), None, self.node.node_ip);
         self.report(pod, status, reported).await;
         // An Event on the first failure and then every fifth, not every retry.
         if count == 1 || count.is_multiple_of(5) {
@@ -626,6 +631,21 @@ fn classify(e: &SandboxError, count: u32) -> (&'static str, &'static str) {
     }
 }
 
+/// What a pod that could not be created (or was evicted) reports: its
+/// containers' `statuses`, initialized unless it has init containers.
+fn failed_sync(pod: &Pod, statuses: Vec<ContainerStatus>) -> PodSync {
+    let has_init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|v| !v.is_empty());
+    PodSync {
+        init: Vec::new(),
+        containers: statuses,
+        initialized: !has_init,
+    }
+}
+
 fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
     pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
 }
@@ -633,12 +653,8 @@ fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
 /// The pod's status from its containers' statuses, keeping what did not
 /// change (transition times, start times) as the API has it, so that an
 /// agent restart writes nothing new for a pod that runs on undisturbed.
-fn pod_status(
-    pod: &Pod,
-    statuses: &[ContainerStatus],
-    ip: Option<Ipv4Addr>,
-    node_ip: Ipv4Addr,
-) -> Value {
+fn pod_status(pod: &Pod, synced: &PodSync, ip: Option<Ipv4Addr>, node_ip: Ipv4Addr) -> Value {
+    let statuses = &synced.containers;
     let old = pod.status.clone().unwrap_or_default();
     let policy = pod
         .spec
@@ -673,7 +689,16 @@ fn pod_status(
         s.state.as_ref().is_some_and(|st| st.waiting.is_some())
             && s.last_state.as_ref().is_none_or(|l| l.terminated.is_none())
     });
-    let phase = if !statuses.is_empty() && terminated.len() == statuses.len() {
+    // An init container that failed for good fails the pod.
+    let init_failed = synced.init.iter().any(|s| {
+        s.state
+            .as_ref()
+            .and_then(|st| st.terminated.as_ref())
+            .is_some_and(|t| t.exit_code != 0)
+    }) && policy == "Never";
+    let phase = if !synced.initialized {
+        if init_failed { "Failed" } else { "Pending" }
+    } else if !statuses.is_empty() && terminated.len() == statuses.len() {
         if terminated.iter().all(|c| *c == 0) {
             "Succeeded"
         } else if policy == "Never" {
@@ -686,7 +711,22 @@ fn pod_status(
     } else {
         "Running"
     };
-    let all_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
+    // Sidecars count for readiness, as in Kubernetes.
+    let sidecars = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| crate::sandbox::is_sidecar(c))
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>();
+    let all_ready = synced.initialized
+        && !statuses.is_empty()
+        && statuses.iter().all(|s| s.ready)
+        && synced
+            .init
+            .iter()
+            .filter(|s| sidecars.contains(&s.name.as_str()))
+            .all(|s| s.ready);
     let now = weft_now();
     // The conditions the agent owns, by the API's one rule: a transition
     // time moves only with the status.
@@ -698,7 +738,11 @@ fn pod_status(
     let status_of = |ok: bool| if ok { "True" } else { "False" };
     for (t, ok, reason) in [
         ("PodReadyToStartContainers", ip.is_some(), None),
-        ("Initialized", true, None),
+        (
+            "Initialized",
+            synced.initialized,
+            (!synced.initialized).then_some("ContainersNotInitialized"),
+        ),
         ("ContainersReady", all_ready, not_ready),
         ("Ready", all_ready, not_ready),
     ] {
@@ -720,6 +764,9 @@ fn pod_status(
         "startTime": start_time,
         "containerStatuses": statuses,
     });
+    if !synced.init.is_empty() {
+        status["initContainerStatuses"] = json!(synced.init);
+    }
     if let Some(ip) = ip {
         status["podIP"] = json!(ip.to_string());
         status["podIPs"] = json!([{"ip": ip.to_string()}]);

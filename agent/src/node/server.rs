@@ -174,12 +174,11 @@ pub(super) fn find(
             ))
         })?;
     let id = rec
-        .containers
-        .iter()
+        .all_containers()
         .find(|(n, _)| n == container)
         .map(|(_, id)| id.clone())
         .ok_or_else(|| {
-            let names: Vec<&str> = rec.containers.iter().map(|(n, _)| n.as_str()).collect();
+            let names: Vec<&str> = rec.all_containers().map(|(n, _)| n.as_str()).collect();
             Box::new(status(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",

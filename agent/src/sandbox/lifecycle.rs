@@ -15,7 +15,47 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
+use k8s_openapi::api::core::v1::{Container, Pod};
+
 use super::{PodRecord, Sandbox, SandboxError, cgroups::oom_killed, pod_name};
+
+/// What one sync of a pod reports.
+#[derive(Debug, Clone, Default)]
+pub struct PodSync {
+    /// The init containers' statuses (sidecars among them), in order.
+    pub init: Vec<ContainerStatus>,
+    /// The containers' statuses.
+    pub containers: Vec<ContainerStatus>,
+    /// Whether every init container has completed.
+    pub initialized: bool,
+}
+
+/// Whether an init container is a sidecar (`restartPolicy: Always`).
+#[must_use]
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+fn named(c: &Container, id: &str, state: ContainerState) -> ContainerStatus {
+    ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        container_id: Some(format!("runc://{id}")),
+        state: Some(state),
+        ..Default::default()
+    }
+}
+
+fn completed() -> ContainerState {
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: 0,
+            reason: Some("Completed".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
 
 /// Longest restart back-off (Kubernetes: 5 minutes).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -91,6 +131,20 @@ impl Sandbox {
     /// # Errors
     /// When the pod is unknown or a restart fails.
     pub async fn sync_pod(&self, uid: &str) -> Result<Vec<ContainerStatus>, SandboxError> {
+        Ok(self.sync_pod_all(uid).await?.containers)
+    }
+
+    /// As [`Sandbox::sync_pod`], with the init containers: the next of
+    /// them is started once the one before has completed (a sidecar, an
+    /// init container with `restartPolicy: Always`, once it runs), the
+    /// containers once every init container has completed; a failed init
+    /// container is restarted with back-off unless the pod's policy is
+    /// Never. Sidecars restart whenever they exit, and are stopped once
+    /// every container has finished for good.
+    ///
+    /// # Errors
+    /// When the pod is unknown or a restart fails.
+    pub async fn sync_pod_all(&self, uid: &str) -> Result<PodSync, SandboxError> {
         let (mut rec, pod) = self.load_pod(uid)?;
         let spec = pod.spec.clone().unwrap_or_default();
         let policy = spec
@@ -100,119 +154,245 @@ impl Sandbox {
         let grace = Duration::from_secs(
             u64::try_from(spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(30),
         );
-        let mut out = Vec::new();
-        for (c, (_, id)) in spec.containers.iter().zip(rec.containers.clone()) {
+        let mut out = PodSync::default();
+        let inits = spec.init_containers.clone().unwrap_or_default();
+        // Whether an init container before this one has not completed.
+        let mut blocked = false;
+        for (c, (_, id)) in inits.iter().zip(rec.init_containers.clone()) {
+            let sidecar = is_sidecar(c);
+            if blocked {
+                out.init.push(named(c, &id, waiting("PodInitializing", "")));
+                continue;
+            }
             let id2 = id.clone();
-            let state = self
+            let exists = self
                 .runtime_call(&pod_name(&rec), &c.name, move |rt| rt.state(&id2))
-                .await?;
-            let mut obs = self.observed(&id);
-            let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
-            let mut status = ContainerStatus {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                container_id: Some(format!("runc://{id}")),
-                restart_count: restarts,
-                ..Default::default()
-            };
-            match state.status {
-                crate::runtime::Status::Running => {
-                    self.probe(&rec, c, &id, &mut obs, grace).await;
-                    status.ready = obs.ready;
-                    status.started = Some(true);
-                    status.state = Some(ContainerState {
-                        running: Some(ContainerStateRunning {
-                            started_at: Some(Time(obs.started_at)),
-                        }),
-                        ..Default::default()
-                    });
+                .await
+                .is_ok();
+            if !exists {
+                if rec.initialized && !sidecar {
+                    // Completed, and gone since (an agent restart that
+                    // lost its runtime state): it does not run again.
+                    out.init.push(named(c, &id, completed()));
+                    continue;
                 }
-                crate::runtime::Status::Created => {
-                    status.state = Some(waiting("ContainerCreating", ""));
-                }
-                crate::runtime::Status::Exited(code) => {
-                    let cgroup = self.container_cgroup(&rec.uid, &c.name);
-                    let reason = obs.killed_for.clone().map_or_else(
-                        || {
-                            if code == 0 {
-                                "Completed".to_string()
-                            } else if oom_killed(&cgroup) {
-                                "OOMKilled".to_string()
-                            } else {
-                                "Error".to_string()
-                            }
-                        },
-                        |_| "Unhealthy".to_string(),
-                    );
-                    let message = obs.killed_for.clone().unwrap_or_default();
-                    let again = policy == "Always" || (policy == "OnFailure" && code != 0);
-                    if !again {
-                        status.state = Some(ContainerState {
-                            terminated: Some(ContainerStateTerminated {
-                                exit_code: code,
-                                reason: Some(reason),
-                                message: (!message.is_empty()).then_some(message),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        });
-                    } else {
-                        let now = Instant::now();
-                        let due = *obs.restart_at.get_or_insert_with(|| {
-                            if obs.started.elapsed() >= BACKOFF_RESET {
-                                obs.backoff = self.cfg.restart_backoff;
-                            }
-                            now + obs.backoff
-                        });
-                        obs.last = Some((code, reason, message));
-                        if now >= due {
-                            let id2 = id.clone();
-                            self.runtime_call(&pod_name(&rec), &c.name, move |rt| rt.delete(&id2))
-                                .await?;
-                            // Counted first, so that this run logs to `<n>.log`.
-                            let n = restarts + 1;
-                            rec.restarts.insert(c.name.clone(), n);
-                            self.start_container(&rec, &pod, c, &id).await?;
-                            self.save(&rec)?;
-                            status.restart_count = n;
-                            let next = (obs.backoff * 2).min(MAX_BACKOFF);
-                            let last = obs.last.take();
-                            obs = Observed::new(self.cfg.restart_backoff);
-                            obs.backoff = next;
-                            obs.last = last;
-                            status.state = Some(waiting("ContainerCreating", ""));
-                        } else {
-                            let left = due.saturating_duration_since(now);
-                            status.state = Some(waiting(
-                                "CrashLoopBackOff",
-                                &format!(
-                                    "back-off {}s restarting failed container {}",
-                                    left.as_secs() + 1,
-                                    c.name
-                                ),
-                            ));
-                        }
-                    }
+                // Its turn.
+                if let Err(e) = self.start_container(&rec, &pod, c, &id).await {
+                    let reason = match &e {
+                        SandboxError::Config { .. } => "CreateContainerConfigError",
+                        _ => "RunContainerError",
+                    };
+                    out.init
+                        .push(named(c, &id, waiting(reason, &e.to_string())));
+                    blocked = true;
+                    continue;
                 }
             }
-            if let Some((code, reason, message)) = &obs.last {
-                status.last_state = Some(ContainerState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code: *code,
-                        reason: Some(reason.clone()),
-                        message: (!message.is_empty()).then(|| message.clone()),
-                        ..Default::default()
+            let init_policy = if sidecar {
+                "Always"
+            } else if policy == "Never" {
+                "Never"
+            } else {
+                "OnFailure"
+            };
+            let st = self
+                .sync_container(&mut rec, &pod, c, &id, init_policy, grace)
+                .await?;
+            let state = st.state.as_ref();
+            let done = if sidecar {
+                state.is_some_and(|s| s.running.is_some())
+            } else {
+                state
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code == 0)
+            };
+            if !done && !rec.initialized {
+                blocked = true;
+            }
+            out.init.push(st);
+        }
+        if !rec.initialized && !blocked {
+            for (c, (_, id)) in spec.containers.iter().zip(rec.containers.clone()) {
+                let id2 = id.clone();
+                let exists = self
+                    .runtime_call(&pod_name(&rec), &c.name, move |rt| rt.state(&id2))
+                    .await
+                    .is_ok();
+                if !exists {
+                    self.start_container(&rec, &pod, c, &id).await?;
+                }
+            }
+            rec.initialized = true;
+            self.save(&rec)?;
+        }
+        out.initialized = rec.initialized;
+        if !rec.initialized {
+            out.containers = spec
+                .containers
+                .iter()
+                .zip(&rec.containers)
+                .map(|(c, (_, id))| named(c, id, waiting("PodInitializing", "")))
+                .collect();
+            return Ok(out);
+        }
+        for (c, (_, id)) in spec.containers.iter().zip(rec.containers.clone()) {
+            let st = self
+                .sync_container(&mut rec, &pod, c, &id, &policy, grace)
+                .await?;
+            out.containers.push(st);
+        }
+        // Every container finished for good: the sidecars go too, last
+        // first, as kubelet ends a Job's pod.
+        let finished = !out.containers.is_empty()
+            && out
+                .containers
+                .iter()
+                .all(|s| s.state.as_ref().is_some_and(|st| st.terminated.is_some()));
+        if finished {
+            for (c, (_, id)) in inits.iter().zip(rec.init_containers.clone()).rev() {
+                if is_sidecar(c) {
+                    let id2 = id.clone();
+                    let _ = self
+                        .runtime_call(&pod_name(&rec), &c.name, move |rt| {
+                            if matches!(rt.state(&id2)?.status, crate::runtime::Status::Running) {
+                                rt.stop(&id2, grace)?;
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    self.done_sidecars.lock().expect("lock").insert(id.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One container's state, probes and restart per `policy` (Always,
+    /// OnFailure, Never), as the API reports it.
+    async fn sync_container(
+        &self,
+        rec: &mut PodRecord,
+        pod: &Pod,
+        c: &k8s_openapi::api::core::v1::Container,
+        id: &str,
+        policy: &str,
+        grace: Duration,
+    ) -> Result<ContainerStatus, SandboxError> {
+        // A sidecar stopped because its pod finished is not restarted.
+        let policy = if self.done_sidecars.lock().expect("lock").contains(id) {
+            "Never"
+        } else {
+            policy
+        };
+        let id2 = id.to_string();
+        let state = self
+            .runtime_call(&pod_name(&rec), &c.name, move |rt| rt.state(&id2))
+            .await?;
+        let mut obs = self.observed(id);
+        let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
+        let mut status = ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            container_id: Some(format!("runc://{id}")),
+            restart_count: restarts,
+            ..Default::default()
+        };
+        match state.status {
+            crate::runtime::Status::Running => {
+                self.probe(rec, c, id, &mut obs, grace).await;
+                status.ready = obs.ready;
+                status.started = Some(true);
+                status.state = Some(ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(Time(obs.started_at)),
                     }),
                     ..Default::default()
                 });
             }
-            self.observed
-                .lock()
-                .expect("observed lock")
-                .insert(id.clone(), obs);
-            out.push(status);
+            crate::runtime::Status::Created => {
+                status.state = Some(waiting("ContainerCreating", ""));
+            }
+            crate::runtime::Status::Exited(code) => {
+                let cgroup = self.container_cgroup(&rec.uid, &c.name);
+                let reason = obs.killed_for.clone().map_or_else(
+                    || {
+                        if code == 0 {
+                            "Completed".to_string()
+                        } else if oom_killed(&cgroup) {
+                            "OOMKilled".to_string()
+                        } else {
+                            "Error".to_string()
+                        }
+                    },
+                    |_| "Unhealthy".to_string(),
+                );
+                let message = obs.killed_for.clone().unwrap_or_default();
+                let again = policy == "Always" || (policy == "OnFailure" && code != 0);
+                if !again {
+                    status.state = Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: code,
+                            reason: Some(reason),
+                            message: (!message.is_empty()).then_some(message),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                } else {
+                    let now = Instant::now();
+                    let due = *obs.restart_at.get_or_insert_with(|| {
+                        if obs.started.elapsed() >= BACKOFF_RESET {
+                            obs.backoff = self.cfg.restart_backoff;
+                        }
+                        now + obs.backoff
+                    });
+                    obs.last = Some((code, reason, message));
+                    if now >= due {
+                        let id2 = id.to_string();
+                        self.runtime_call(&pod_name(rec), &c.name, move |rt| rt.delete(&id2))
+                            .await?;
+                        // Counted first, so that this run logs to `<n>.log`.
+                        let n = restarts + 1;
+                        rec.restarts.insert(c.name.clone(), n);
+                        self.start_container(rec, pod, c, id).await?;
+                        self.save(&rec)?;
+                        status.restart_count = n;
+                        let next = (obs.backoff * 2).min(MAX_BACKOFF);
+                        let last = obs.last.take();
+                        obs = Observed::new(self.cfg.restart_backoff);
+                        obs.backoff = next;
+                        obs.last = last;
+                        status.state = Some(waiting("ContainerCreating", ""));
+                    } else {
+                        let left = due.saturating_duration_since(now);
+                        status.state = Some(waiting(
+                            "CrashLoopBackOff",
+                            &format!(
+                                "back-off {}s restarting failed container {}",
+                                left.as_secs() + 1,
+                                c.name
+                            ),
+                        ));
+                    }
+                }
+            }
         }
-        Ok(out)
+        if let Some((code, reason, message)) = &obs.last {
+            status.last_state = Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: *code,
+                    reason: Some(reason.clone()),
+                    message: (!message.is_empty()).then(|| message.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        self.observed
+            .lock()
+            .expect("observed lock")
+            .insert(id.to_string(), obs);
+        Ok(status)
     }
 
     pub(super) fn observed(&self, id: &str) -> Observed {

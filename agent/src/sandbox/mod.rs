@@ -19,7 +19,7 @@ pub mod volumes;
 
 pub use cgroups::{cgroup_roots, cgroup_v2_root, kill_all, machine_pids, procs, remove_cgroups};
 pub use files::resolv_conf;
-pub use lifecycle::{BACKOFF_RESET, MAX_BACKOFF};
+pub use lifecycle::{BACKOFF_RESET, MAX_BACKOFF, PodSync, is_sidecar};
 pub use records::{Phase, PodRecord};
 
 use std::{
@@ -221,6 +221,9 @@ pub struct Sandbox {
     observed: std::sync::Mutex<std::collections::HashMap<String, Observed>>,
     /// Where the pods' ConfigMaps and Secrets are read from.
     objects: std::sync::Arc<dyn env::ObjectSource>,
+    /// Sidecars stopped because their pod finished (by runtime id): not
+    /// restarted.
+    done_sidecars: std::sync::Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -282,6 +285,7 @@ impl Sandbox {
             datapath: datapath.map(std::sync::Mutex::new),
             observed: Default::default(),
             objects: std::sync::Arc::new(env::NoObjects),
+            done_sidecars: Default::default(),
         })
     }
 
@@ -478,7 +482,12 @@ impl Sandbox {
         }
         // Images are made present (pulled if need be) before anything is
         // made, so a missing image leaves nothing behind and says so.
-        for c in &spec.containers {
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+        {
             let c2 = c.clone();
             self.runtime_call(&full, &c.name, move |rt| rt.ensure_image(&c2))
                 .await?;
@@ -504,6 +513,13 @@ impl Sandbox {
                 .iter()
                 .map(|c| (c.name.clone(), format!("{}-{su}-{}", self.cfg.node, c.name)))
                 .collect(),
+            init_containers: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .map(|c| (c.name.clone(), format!("{}-{su}-{}", self.cfg.node, c.name)))
+                .collect(),
+            initialized: spec.init_containers.as_ref().is_none_or(Vec::is_empty),
             phase: Phase::Creating,
             restarts: Default::default(),
             host_network,
@@ -621,6 +637,19 @@ impl Sandbox {
             pod: pod_name(rec),
             message,
         })?;
+        // With init containers, the first is started here and the rest of
+        // the sequence (then the containers) by the pod's syncs.
+        if !rec.initialized {
+            let c = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.init_containers.as_ref())
+                .and_then(|v| v.first())
+                .expect("a pod not initialized has init containers");
+            return self
+                .start_container(rec, pod, c, &rec.init_containers[0].1)
+                .await;
+        }
         let spec = pod.spec.as_ref().expect("checked");
         for (c, (_, id)) in spec.containers.iter().zip(&rec.containers) {
             self.start_container(rec, pod, c, id).await?;
@@ -753,7 +782,13 @@ impl Sandbox {
                 ..rec.clone()
             })?;
         }
-        for (name, id) in &rec.containers {
+        // The containers first, then the sidecars in reverse order (as
+        // kubelet stops them, so that a sidecar outlives what it serves).
+        for (name, id) in rec
+            .containers
+            .iter()
+            .chain(rec.init_containers.iter().rev())
+        {
             let id2 = id.clone();
             // A failure to stop is not the end: the cgroup kill follows.
             let _ = self
@@ -780,11 +815,12 @@ impl Sandbox {
                 source: std::io::Error::other("processes survive SIGKILL"),
             });
         }
-        for (name, id) in &rec.containers {
+        for (name, id) in rec.all_containers() {
             let id2 = id.clone();
             self.runtime_call(&pod_name(rec), name, move |rt| rt.delete(&id2))
                 .await?;
             self.observed.lock().expect("observed lock").remove(id);
+            self.done_sidecars.lock().expect("lock").remove(id);
         }
         if !rec.host_network {
             let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
@@ -925,7 +961,7 @@ impl Sandbox {
         let mut removed = Vec::new();
         let ids: HashSet<&str> = recs
             .iter()
-            .flat_map(|r| r.containers.iter().map(|(_, id)| id.as_str()))
+            .flat_map(|r| r.all_containers().map(|(_, id)| id.as_str()))
             .collect();
         // Bundles, and what runc knows without a bundle (a removal that
         // lost the bundle but not the container).

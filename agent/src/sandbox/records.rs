@@ -37,6 +37,13 @@ pub struct PodRecord {
     pub ip: Ipv4Addr,
     /// Container (name, runtime id).
     pub containers: Vec<(String, String)>,
+    /// Init containers, sidecars among them (name, runtime id), in order.
+    #[serde(default)]
+    pub init_containers: Vec<(String, String)>,
+    /// Whether every init container has completed (and the containers
+    /// were started): init containers never run again.
+    #[serde(default = "initialized_by_default")]
+    pub initialized: bool,
     /// Creation progress.
     pub phase: Phase,
     /// Restarts per container name (kept across agent restarts).
@@ -46,6 +53,17 @@ pub struct PodRecord {
     /// own (`netns` and `host_veth` are empty, `ip` is the node's).
     #[serde(default)]
     pub host_network: bool,
+}
+
+fn initialized_by_default() -> bool {
+    true
+}
+
+impl PodRecord {
+    /// Every container of the pod, init containers first: (name, runtime id).
+    pub fn all_containers(&self) -> impl Iterator<Item = &(String, String)> {
+        self.init_containers.iter().chain(&self.containers)
+    }
 }
 
 /// Outcome of a failed claim.

@@ -171,11 +171,22 @@ async fn pod_target(
         ))
     })?;
     let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    let inits: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
     let container = match query.get("container") {
-        Some(c) if names.contains(&c) => c.to_string(),
-        Some(c) => {
+        Some(c) if names.contains(&c) || inits.contains(&c) => c.to_string(),
+        Some(c) if inits.is_empty() => {
             return Err(ApiError::bad_request(format!(
                 "container {c} is not valid for pod {name}; choose one of: {names:?}"
+            )));
+        }
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}; choose one of: {names:?} or one of the init containers: {inits:?}"
             )));
         }
         None if names.len() == 1 => names[0].to_string(),

@@ -441,6 +441,51 @@ pub fn pod_status(pod: &Value) -> String {
         .or(pod["status"]["phase"].as_str())
         .unwrap_or("Pending")
         .to_string();
+    // Init containers first, as kubectl shows them: `Init:1/3`, or why one
+    // is stuck; a started sidecar does not hold the pod back.
+    let inits = pod["status"]["initContainerStatuses"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let total = pod["spec"]["initContainers"]
+        .as_array()
+        .map_or(inits.len(), Vec::len);
+    let sidecar = |name: &Value| {
+        pod["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == *name && c["restartPolicy"] == "Always")
+    };
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let t = &c["state"]["terminated"];
+        let w = c["state"]["waiting"]["reason"].as_str().unwrap_or_default();
+        if sidecar(&c["name"]) && c["started"] == true {
+            continue;
+        }
+        if t.is_object() && t["exitCode"].as_i64() == Some(0) {
+            continue;
+        }
+        reason = if t.is_object() {
+            match t["reason"].as_str().filter(|r| !r.is_empty()) {
+                Some(r) => format!("Init:{r}"),
+                None => format!("Init:ExitCode:{}", t["exitCode"].as_i64().unwrap_or(0)),
+            }
+        } else if !w.is_empty() && w != "PodInitializing" {
+            format!("Init:{w}")
+        } else {
+            format!("Init:{i}/{total}")
+        };
+        initializing = true;
+        break;
+    }
+    if initializing {
+        if pod["metadata"]["deletionTimestamp"].is_string() {
+            return "Terminating".into();
+        }
+        return reason;
+    }
     for c in pod["status"]["containerStatuses"]
         .as_array()
         .map(Vec::as_slice)
