@@ -72,6 +72,73 @@ pub fn references(spec: &PodSpec) -> std::collections::BTreeSet<(&'static str, S
     out
 }
 
+/// The QoS class Kubernetes gives a pod from its containers' resources
+/// (init containers included): Guaranteed when every container has CPU and
+/// memory limits equal to its requests, BestEffort when none has any,
+/// Burstable otherwise. The controller reports it, the agent sets OOM
+/// scores by it.
+#[must_use]
+pub fn qos_class(spec: Option<&PodSpec>) -> &'static str {
+    let mut any = false;
+    let mut guaranteed = true;
+    let containers = spec
+        .into_iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers));
+    for c in containers {
+        let resources = c.resources.as_ref();
+        for r in ["cpu", "memory"] {
+            let req = resources
+                .and_then(|x| x.requests.as_ref())
+                .and_then(|m| m.get(r));
+            let lim = resources
+                .and_then(|x| x.limits.as_ref())
+                .and_then(|m| m.get(r));
+            if req.is_some() || lim.is_some() {
+                any = true;
+            }
+            let eq = match (req, lim) {
+                (Some(a), Some(b)) => crate::quantity::parse(&a.0) == crate::quantity::parse(&b.0),
+                (None, Some(_)) => true,
+                _ => false,
+            };
+            if !eq {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// The OOM score adjustment kubelet gives a container of a pod of class
+/// `qos`, requesting `memory_request` bytes on a node of `capacity` bytes:
+/// -997 for Guaranteed, 1000 for BestEffort, and for Burstable the less the
+/// larger its share of the node, between 2 and 999.
+#[must_use]
+pub fn oom_score_adj(qos: &str, memory_request: u64, capacity: u64) -> i32 {
+    match qos {
+        "Guaranteed" => -997,
+        "BestEffort" => 1000,
+        _ => {
+            let share = (1000 * u128::from(memory_request) / u128::from(capacity.max(1))).min(1000);
+            let adj = 1000 - i32::try_from(share).unwrap_or(1000);
+            adj.clamp(2, 999)
+        }
+    }
+}
+
+/// Kubernetes' CPU shares for a CPU request of `millis` (2 without one),
+/// which runc turns into a cgroup v2 weight.
+#[must_use]
+pub fn cpu_shares(millis: Option<u64>) -> u64 {
+    millis.map_or(2, |m| (m * 1024 / 1000).clamp(2, 262_144))
+}
+
 /// Whether the pod's Ready condition is True (what Services and
 /// ReplicaSets count).
 #[must_use]

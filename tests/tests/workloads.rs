@@ -579,3 +579,86 @@ spec:
     );
     Ok(())
 }
+
+#[test]
+fn resources_become_cgroup_settings_and_oom_scores() -> Result<()> {
+    let c = up(1)?;
+    let pod = |name: &str, resources: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: main\n    image: weft.local/busybox:1.36\n    command: [sleep, '3600']\n    resources: {resources}\n"
+        )
+    };
+    c.apply(
+        &[
+            pod("guaranteed", "{limits: {cpu: 500m, memory: 128Mi}}"),
+            pod(
+                "burstable",
+                "{requests: {cpu: 250m, memory: 1Gi}, limits: {memory: 2Gi}}",
+            ),
+            pod("besteffort", "{}"),
+        ]
+        .join("---\n"),
+    )?;
+    for name in ["guaranteed", "burstable", "besteffort"] {
+        wait_pod(&c, name, Duration::from_secs(60), "running", |p| {
+            p["status"]["phase"] == "Running"
+        })?;
+    }
+    let node = c.get_json(&["nodes"])?["items"][0].clone();
+    let ki: u64 = node["status"]["capacity"]["memory"]
+        .as_str()
+        .and_then(|m| m.strip_suffix("Ki"))
+        .context("memory in Ki")?
+        .parse()?;
+    let burstable_adj = (1000 - (1000 * (1u64 << 30) / (ki * 1024)) as i64).clamp(2, 999);
+    // Without CAP_SYS_RESOURCE (some sandboxes), no score goes below the
+    // agent's own (0): the agent runs with the test's capabilities.
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .context("CapEff")?;
+    let floor = if eff & (1 << 24) != 0 { -1000 } else { 0 };
+    let guaranteed_adj = (-997i64).max(floor);
+    let shares = "cat /sys/fs/cgroup/cpu/cpu.shares 2>/dev/null || cat /sys/fs/cgroup/cpu,cpuacct/cpu.shares 2>/dev/null || cat /sys/fs/cgroup/cpu.weight";
+    for (name, qos, adj, cpu) in [
+        // Shares 512 (v1), or weight 1 + (512-2)*9999/262142 = 20 (v2).
+        ("guaranteed", "Guaranteed", guaranteed_adj, ["512", "20"]),
+        ("burstable", "Burstable", burstable_adj, ["256", "10"]),
+        ("besteffort", "BestEffort", 1000, ["2", "1"]),
+    ] {
+        let p = c.get_json(&["pod", name])?;
+        ensure!(p["status"]["qosClass"] == qos, "{name}: {}", p["status"]);
+        ensure!(
+            sh(&c, name, "cat /proc/self/oom_score_adj")? == adj.to_string(),
+            "{name}: oom_score_adj"
+        );
+        let got = sh(&c, name, shares)?;
+        ensure!(
+            cpu.contains(&got.as_str()),
+            "{name}: cpu shares/weight {got}, want one of {cpu:?}"
+        );
+    }
+    // Limits: the quota and the memory limit, whichever cgroup version.
+    let quota = sh(
+        &c,
+        "guaranteed",
+        "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max",
+    )?;
+    ensure!(quota == "50000", "cpu quota {quota}");
+    let mem = sh(
+        &c,
+        "guaranteed",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
+    )?;
+    ensure!(mem == (128u64 << 20).to_string(), "memory limit {mem}");
+    // A limit alone requests as much (kube's defaulting).
+    let p = c.get_json(&["pod", "guaranteed"])?;
+    ensure!(
+        p["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "500m",
+        "{}",
+        p["spec"]
+    );
+    Ok(())
+}

@@ -351,7 +351,11 @@ pub fn build_spec(
     let no_new_privileges = sc
         .and_then(|s| s.allow_privilege_escalation)
         .is_some_and(|allow| !allow);
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default();
+    if let Some(adj) = p.oom_score_adj {
+        process = process.oom_score_adj(adj);
+    }
+    let process = process
         .terminal(false)
         .user(
             UserBuilder::default()
@@ -380,16 +384,24 @@ pub fn build_spec(
         let bytes = parse_memory(&q.0).map_err(|r| invalid("resources.limits.memory", r))?;
         resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).build()?);
     }
+    // The CPU request is the container's share of a busy node (cpu.shares,
+    // a cgroup v2 weight through runc); the limit, a CFS quota.
+    let request = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|m| m.get("cpu"));
+    let request = match request {
+        Some(q) => Some(parse_cpu_millis(&q.0).map_err(|r| invalid("resources.requests.cpu", r))?),
+        None => None,
+    };
+    let mut cpu = LinuxCpuBuilder::default().shares(weft_api::pod::cpu_shares(request));
     if let Some(q) = quantity(c, "cpu") {
         let millis = parse_cpu_millis(&q.0).map_err(|r| invalid("resources.limits.cpu", r))?;
         let quota = (millis * CPU_PERIOD_US / 1000).max(1000) as i64;
-        resources = resources.cpu(
-            LinuxCpuBuilder::default()
-                .quota(quota)
-                .period(CPU_PERIOD_US)
-                .build()?,
-        );
+        cpu = cpu.quota(quota).period(CPU_PERIOD_US);
     }
+    resources = resources.cpu(cpu.build()?);
     // hostPID and hostIPC: the node's namespaces, by not making new ones;
     // hostNetwork: the node's network (and, as in Kubernetes, its UTS).
     let mut kinds = vec![(LinuxNamespaceType::Network, Some(p.netns_path.clone()))];

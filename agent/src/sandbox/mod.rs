@@ -702,6 +702,20 @@ impl Sandbox {
         let pod_security = spec.security_context.clone();
         let volumes = spec.volumes.clone().unwrap_or_default();
         let volume_dirs = volumes::dirs(&dir, spec);
+        let memory_request = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|m| m.get("memory"))
+            .and_then(|q| weft_api::quantity::units(&q.0))
+            .and_then(|b| u64::try_from(b).ok())
+            .unwrap_or(0);
+        let adj = weft_api::pod::oom_score_adj(
+            weft_api::pod::qos_class(Some(spec)),
+            memory_request,
+            self.cfg.allocatable.1,
+        );
+        let oom_score_adj = Some(oom_floor().map_or(adj, |floor| adj.max(floor)));
         let (host_pid, host_ipc) = (
             spec.host_pid.unwrap_or(false),
             spec.host_ipc.unwrap_or(false),
@@ -753,6 +767,7 @@ impl Sandbox {
                 files,
                 volumes: &volumes,
                 volume_dirs,
+                oom_score_adj,
                 log,
             };
             rt.run(&req).map(drop)
@@ -1092,6 +1107,36 @@ impl Sandbox {
             None => Ok(weft_common::IfCounters::default()),
         }
     }
+}
+
+/// The lowest OOM score adjustment the agent can give its containers when
+/// it lacks CAP_SYS_RESOURCE (its own: a process may only raise it), or
+/// `None` when it can give any. Without it, Guaranteed and Burstable pods
+/// get no protection below the agent's own score (as kubelet in a user
+/// namespace), and the agent says so once.
+fn oom_floor() -> Option<i32> {
+    static FLOOR: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    *FLOOR.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        const CAP_SYS_RESOURCE: u32 = 24;
+        if eff & (1 << CAP_SYS_RESOURCE) != 0 {
+            return None;
+        }
+        let own = fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        tracing::warn!(
+            floor = own,
+            "no CAP_SYS_RESOURCE: containers' OOM score adjustments cannot go below the agent's own"
+        );
+        Some(own)
+    })
 }
 
 /// The pod's /etc/hosts, as kubelet writes it: localhost, the pod's own

@@ -14,43 +14,7 @@ use super::{Registry, object};
 use crate::ipam::{self, IpamError};
 use crate::store::{Compare, Op, Txn};
 
-/// The QoS class Kubernetes gives a pod from its containers' resources.
-pub fn qos_class(spec: Option<&PodSpec>) -> &'static str {
-    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in containers {
-        let resources = c.resources.as_ref();
-        for r in ["cpu", "memory"] {
-            let req = resources
-                .and_then(|x| x.requests.as_ref())
-                .and_then(|m| m.get(r));
-            let lim = resources
-                .and_then(|x| x.limits.as_ref())
-                .and_then(|m| m.get(r));
-            if req.is_some() || lim.is_some() {
-                any = true;
-            }
-            let eq = match (req, lim) {
-                (Some(a), Some(b)) => {
-                    weft_api::quantity::parse(&a.0) == weft_api::quantity::parse(&b.0)
-                }
-                (None, Some(_)) => true,
-                _ => false,
-            };
-            if !eq {
-                guaranteed = false;
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
+pub use weft_api::pod::qos_class;
 
 fn node_of(pod: &Pod) -> Option<&str> {
     pod.spec

@@ -192,6 +192,15 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
         for p in c.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
         }
+        // A limit without a request requests as much (kube's defaulting).
+        if let Some(r) = c.resources.as_mut()
+            && let Some(limits) = r.limits.clone()
+        {
+            let requests = r.requests.get_or_insert_with(Default::default);
+            for (k, v) in limits {
+                requests.entry(k).or_insert(v);
+            }
+        }
     }
 }
 
