@@ -142,3 +142,31 @@ pub fn run(probe: &Probe, t: Target<'_>, runtime: &Runtime) -> Outcome {
     }
     Outcome::Failure("probe has no exec, tcpSocket or httpGet handler".into())
 }
+
+/// Runs a lifecycle hook (postStart, preStop) as kubelet does: an exec in
+/// the container, an HTTP GET (any 2xx or 3xx passes), or a sleep;
+/// blocking, bounded by `timeout`. `tcpSocket` is not a hook (the API
+/// refuses it).
+#[must_use]
+pub fn run_hook(
+    hook: &k8s_openapi::api::core::v1::LifecycleHandler,
+    t: Target<'_>,
+    runtime: &Runtime,
+    timeout: Duration,
+) -> Outcome {
+    if let Some(s) = &hook.sleep {
+        let secs = u64::try_from(s.seconds.max(0)).unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(secs).min(timeout));
+        return Outcome::Success;
+    }
+    if hook.exec.is_none() && hook.http_get.is_none() {
+        return Outcome::Failure("the hook has no exec, httpGet or sleep action".into());
+    }
+    let probe = Probe {
+        exec: hook.exec.clone(),
+        http_get: hook.http_get.clone(),
+        timeout_seconds: Some(i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX)),
+        ..Probe::default()
+    };
+    run(&probe, t, runtime)
+}

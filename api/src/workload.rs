@@ -177,23 +177,64 @@ fn check_container(out: &mut Vec<Cause>, base: &str, c: &Container) {
             out.push(Cause::invalid(format!("{at}.prefix"), p, why));
         }
     }
-    // Not kept yet: refused by name rather than ignored.
-    let lifecycle = c.lifecycle.as_ref();
-    for (field, set) in [
+    if let Some(p) = c.termination_message_path.as_deref()
+        && !p.starts_with('/')
+    {
+        out.push(Cause::invalid(
+            format!("{base}.terminationMessagePath"),
+            p,
+            "must be an absolute path",
+        ));
+    }
+    if let Some(p) = c.termination_message_policy.as_deref()
+        && !["File", "FallbackToLogsOnError"].contains(&p)
+    {
+        out.push(Cause::not_supported(
+            format!("{base}.terminationMessagePolicy"),
+            p,
+            &["File", "FallbackToLogsOnError"],
+        ));
+    }
+    // A tcpSocket hook is accepted by kube and fails at run time: refused.
+    for (field, h) in [
         (
-            "lifecycle.postStart",
-            lifecycle.is_some_and(|l| l.post_start.is_some()),
+            "postStart",
+            c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()),
         ),
         (
-            "lifecycle.preStop",
-            lifecycle.is_some_and(|l| l.pre_stop.is_some()),
+            "preStop",
+            c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()),
         ),
-        ("startupProbe", c.startup_probe.is_some()),
     ] {
-        if set {
+        let Some(h) = h else { continue };
+        let at = format!("{base}.lifecycle.{field}");
+        if h.tcp_socket.is_some() {
             out.push(Cause::forbidden(
-                format!("{base}.{field}"),
-                "Weft's agent does not run this yet; remove it (see docs/WORKLOADS.md)",
+                format!("{at}.tcpSocket"),
+                "tcpSocket is not a lifecycle handler (Kubernetes fails it at run time); use exec, httpGet or sleep",
+            ));
+        }
+        let set = [h.exec.is_some(), h.http_get.is_some(), h.sleep.is_some()]
+            .iter()
+            .filter(|s| **s)
+            .count();
+        if set == 0 && h.tcp_socket.is_none() {
+            out.push(Cause::required(format!(
+                "{at}: must specify a handler type"
+            )));
+        } else if set > 1 {
+            out.push(Cause::forbidden(
+                at.clone(),
+                "may not specify more than 1 handler type",
+            ));
+        }
+        if let Some(sl) = &h.sleep
+            && sl.seconds < 0
+        {
+            out.push(Cause::invalid(
+                format!("{at}.sleep.seconds"),
+                sl.seconds,
+                "must be non-negative",
             ));
         }
     }

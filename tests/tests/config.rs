@@ -429,14 +429,14 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
                 "spec.containers[0].envFrom[0]",
             ),
             (
-                json!({"lifecycle": {"postStart": {"exec": {"command": ["true"]}}}}),
+                json!({"lifecycle": {"postStart": {"tcpSocket": {"port": 80}}}}),
                 json!({}),
-                "spec.containers[0].lifecycle.postStart",
+                "spec.containers[0].lifecycle.postStart.tcpSocket",
             ),
             (
-                json!({"startupProbe": {"exec": {"command": ["true"]}}}),
+                json!({"lifecycle": {"preStop": {"exec": {"command": ["true"]}, "sleep": {"seconds": 1}}}}),
                 json!({}),
-                "spec.containers[0].startupProbe",
+                "spec.containers[0].lifecycle.preStop",
             ),
             (
                 json!({}),

@@ -662,3 +662,170 @@ fn resources_become_cgroup_settings_and_oom_scores() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn hooks_startup_probes_and_termination_messages() -> Result<()> {
+    let c = up(1)?;
+    let marks = tempfile::Builder::new().prefix("weft-hooks-").tempdir()?;
+    let dir = marks.path().display().to_string();
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  terminationGracePeriodSeconds: 20
+  volumes: [{{name: m, hostPath: {{path: {dir}, type: Directory}}}}]
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    command: [sh, -c, "trap 'echo term-at-$(date +%s) >> /m/log; exit 0' TERM; while true; do sleep 0.2; done"]
+    volumeMounts: [{{name: m, mountPath: /m}}]
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, "echo post-start >> /m/log"]}}}}
+      preStop: {{exec: {{command: [sh, -c, "echo pre-stop-at-$(date +%s) >> /m/log; sleep 2"]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: badhook}}
+spec:
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    command: [sleep, "3600"]
+    lifecycle:
+      postStart: {{httpGet: {{path: /, port: 9}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: slowstart}}
+spec:
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    command: [sh, -c, "sleep 3; touch /tmp/up; sleep 3600"]
+    startupProbe: {{exec: {{command: [test, -f, /tmp/up]}}, periodSeconds: 1, failureThreshold: 30}}
+    readinessProbe: {{exec: {{command: ["true"]}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: neverstarts}}
+spec:
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    command: [sleep, "3600"]
+    startupProbe: {{exec: {{command: ["false"]}}, periodSeconds: 1, failureThreshold: 2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: lastwords}}
+spec:
+  restartPolicy: Never
+  containers:
+  - {{name: file, image: weft.local/busybox:1.36, command: [sh, -c, "echo bye from file > /dev/termination-log; exit 3"]}}
+  - {{name: custom, image: weft.local/busybox:1.36, terminationMessagePath: /tmp/why, command: [sh, -c, "echo custom path > /tmp/why"]}}
+  - {{name: logs, image: weft.local/busybox:1.36, terminationMessagePolicy: FallbackToLogsOnError, command: [sh, -c, "echo first; echo it broke; exit 2"]}}
+"#
+    ))?;
+    // postStart ran before the pod counted as running.
+    wait_pod(&c, "hooked", Duration::from_secs(60), "Running", |p| {
+        p["status"]["phase"] == "Running"
+    })?;
+    let log = std::fs::read_to_string(marks.path().join("log")).unwrap_or_default();
+    ensure!(log.starts_with("post-start"), "{log}");
+    // A failed postStart: the container is killed and says why.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let events = c.weft(&["get", "events"])?;
+        if events.contains("FailedPostStartHook") {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no FailedPostStartHook: {events}\n{}",
+            container_status(&c, "badhook")?
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let st = container_status(&c, "badhook")?;
+    ensure!(
+        st["state"]["running"].is_null(),
+        "a container whose postStart failed runs: {st}"
+    );
+    // Startup probe: not started (nor ready) until it passes.
+    let p = wait_pod(&c, "slowstart", Duration::from_secs(30), "running", |p| {
+        p["status"]["containerStatuses"][0]["state"]["running"].is_object()
+    })?;
+    let st = &p["status"]["containerStatuses"][0];
+    if st["started"] == false {
+        ensure!(st["ready"] == false, "ready before started: {st}");
+    }
+    wait_pod(
+        &c,
+        "slowstart",
+        Duration::from_secs(30),
+        "started and ready",
+        |p| {
+            let st = &p["status"]["containerStatuses"][0];
+            st["started"] == true && st["ready"] == true
+        },
+    )?;
+    let p = wait_pod(
+        &c,
+        "neverstarts",
+        Duration::from_secs(40),
+        "restarted",
+        |p| p["status"]["containerStatuses"][0]["restartCount"].as_i64() >= Some(1),
+    )?;
+    let last = &p["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    ensure!(
+        last["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Startup probe failed"),
+        "{last}"
+    );
+    // Termination messages.
+    let p = wait_pod(&c, "lastwords", Duration::from_secs(40), "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    })?;
+    let by_name = |n: &str| {
+        p["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == n)
+            .map(|s| s["state"]["terminated"]["message"].clone())
+            .unwrap_or_default()
+    };
+    ensure!(by_name("file") == "bye from file\n", "{}", p["status"]);
+    ensure!(by_name("custom") == "custom path\n", "{}", p["status"]);
+    ensure!(by_name("logs") == "first\nit broke", "{}", p["status"]);
+    // preStop runs before SIGTERM, and the deletion waits for it.
+    let before = Instant::now();
+    c.weft(&["delete", "pod", "hooked"])?;
+    let took = before.elapsed();
+    let log = std::fs::read_to_string(marks.path().join("log"))?;
+    let lines: Vec<&str> = log.lines().collect();
+    ensure!(
+        lines.len() == 3
+            && lines[1].starts_with("pre-stop-at-")
+            && lines[2].starts_with("term-at-"),
+        "{log}"
+    );
+    let at = |l: &str| {
+        l.rsplit('-')
+            .next()
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    ensure!(
+        at(lines[2]) >= at(lines[1]) + 2,
+        "SIGTERM came before the hook's 2 s: {log}"
+    );
+    ensure!(
+        took >= Duration::from_secs(2),
+        "the deletion did not wait for preStop: {took:?}"
+    );
+    Ok(())
+}

@@ -627,6 +627,7 @@ fn classify(e: &SandboxError, count: u32) -> (&'static str, &'static str) {
             ("CreateContainerConfigError", "Failed")
         }
         SandboxError::Mount { .. } => ("ContainerCreating", "FailedMount"),
+        SandboxError::Hook { .. } => ("PostStartHookError", "FailedPostStartHook"),
         _ => ("ContainerCreating", "FailedCreatePodSandBox"),
     }
 }

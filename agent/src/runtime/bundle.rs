@@ -475,6 +475,16 @@ pub fn build_spec(
                 .build()?,
         );
     }
+    if let Some((src, dst)) = &p.termination_log {
+        mounts.push(
+            MountBuilder::default()
+                .destination(PathBuf::from(dst))
+                .typ("bind")
+                .source(src.clone())
+                .options(vec!["rbind".into(), "rprivate".into()])
+                .build()?,
+        );
+    }
     for (src, dst, ro) in volume_mounts(c, p.volumes, &p.volume_dirs)
         .map_err(|(j, reason)| invalid(&format!("volumeMounts[{j}]"), reason))?
     {

@@ -152,6 +152,9 @@ pub struct CreateRequest<'a> {
     /// The node directory of each volume the agent made (every type but
     /// hostPath), by name.
     pub volume_dirs: std::collections::BTreeMap<String, PathBuf>,
+    /// The file bind-mounted writable at the container's
+    /// `terminationMessagePath` (node path, container path).
+    pub termination_log: Option<(PathBuf, String)>,
     /// The process's OOM score adjustment (kubelet's, by QoS class).
     pub oom_score_adj: Option<i32>,
     /// Where the shim writes the container's output (`None`: in the bundle,

@@ -46,6 +46,33 @@ fn named(c: &Container, id: &str, state: ContainerState) -> ContainerStatus {
     }
 }
 
+/// The last `max` bytes of a file as text; with `cri`, the text of its CRI
+/// log lines (`time stream tag text`).
+fn read_end(path: &std::path::Path, max: u64, cri: bool) -> Option<String> {
+    use std::io::{Read as _, Seek as _};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if !cri && len > max {
+        // kubelet reads the first 4 KiB of a message, not its end.
+        let mut buf = vec![0; usize::try_from(max).ok()?];
+        f.read_exact(&mut buf).ok()?;
+        return Some(String::from_utf8_lossy(&buf).into_owned());
+    }
+    f.seek(std::io::SeekFrom::Start(len.saturating_sub(max)))
+        .ok()?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    if !cri {
+        return Some(text);
+    }
+    let lines: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.splitn(4, ' ').nth(3))
+        .collect();
+    Some(lines.join("\n"))
+}
+
 fn completed() -> ContainerState {
     ContainerState {
         terminated: Some(ContainerStateTerminated {
@@ -70,6 +97,10 @@ pub(super) struct Observed {
     started_at: Timestamp,
     next_liveness: Instant,
     liveness_failures: i32,
+    /// Whether the startup probe has passed (or there is none).
+    pub(super) started_ok: bool,
+    next_startup: Instant,
+    startup_failures: i32,
     next_readiness: Instant,
     readiness_successes: i32,
     readiness_failures: i32,
@@ -90,6 +121,9 @@ impl Observed {
             started_at: now_timestamp(),
             next_liveness: now,
             liveness_failures: 0,
+            started_ok: false,
+            next_startup: now,
+            startup_failures: 0,
             next_readiness: now,
             readiness_successes: 0,
             readiness_failures: 0,
@@ -200,7 +234,7 @@ impl Sandbox {
                 .await?;
             let state = st.state.as_ref();
             let done = if sidecar {
-                state.is_some_and(|s| s.running.is_some())
+                state.is_some_and(|s| s.running.is_some()) && st.started == Some(true)
             } else {
                 state
                     .and_then(|s| s.terminated.as_ref())
@@ -301,7 +335,7 @@ impl Sandbox {
             crate::runtime::Status::Running => {
                 self.probe(rec, c, id, &mut obs, grace).await;
                 status.ready = obs.ready;
-                status.started = Some(true);
+                status.started = Some(obs.started_ok);
                 status.state = Some(ContainerState {
                     running: Some(ContainerStateRunning {
                         started_at: Some(Time(obs.started_at)),
@@ -326,7 +360,12 @@ impl Sandbox {
                     },
                     |_| "Unhealthy".to_string(),
                 );
-                let message = obs.killed_for.clone().unwrap_or_default();
+                // The container's own last words first (its termination
+                // message), then why the node killed it.
+                let message = self
+                    .termination_message(rec, c, code)
+                    .or_else(|| obs.killed_for.clone())
+                    .unwrap_or_default();
                 let again = policy == "Always" || (policy == "OnFailure" && code != 0);
                 if !again {
                     status.state = Some(ContainerState {
@@ -395,6 +434,30 @@ impl Sandbox {
         Ok(status)
     }
 
+    /// What container `c` left at its `terminationMessagePath` this run
+    /// (at most 4 KiB, as kubelet reads), or, with the policy
+    /// FallbackToLogsOnError and a failure, the end of its log (80 lines,
+    /// 2 KiB at most).
+    fn termination_message(&self, rec: &PodRecord, c: &Container, code: i32) -> Option<String> {
+        let run = rec.restarts.get(&c.name).copied().unwrap_or(0);
+        let own = read_end(&self.termination_path(&rec.uid, &c.name, run), 4096, false)
+            .filter(|m| !m.is_empty());
+        if own.is_some() {
+            return own;
+        }
+        if code != 0 && c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") {
+            let log = read_end(&self.log_path(&rec.uid, &c.name, run), 64 * 1024, true)?;
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            let start = tail.len().saturating_sub(2048);
+            let start = (start..=tail.len())
+                .find(|i| tail.is_char_boundary(*i))
+                .unwrap_or(0);
+            return Some(tail[start..].to_string()).filter(|m| !m.is_empty());
+        }
+        None
+    }
+
     pub(super) fn observed(&self, id: &str) -> Observed {
         self.observed
             .lock()
@@ -440,6 +503,44 @@ impl Sandbox {
         let secs = |v: Option<i32>, d: i32| {
             Duration::from_secs(u64::try_from(v.unwrap_or(d).max(0)).unwrap_or(0))
         };
+        // The startup probe first: until it passes, no other probe runs;
+        // failing it `failureThreshold` times kills the container.
+        match &c.startup_probe {
+            None => obs.started_ok = true,
+            Some(p) if !obs.started_ok => {
+                let start = obs.started + secs(p.initial_delay_seconds, 0);
+                if now >= start && now >= obs.next_startup {
+                    obs.next_startup = now
+                        + secs(p.period_seconds, crate::probe::defaults::PERIOD_S)
+                            .max(Duration::from_millis(100));
+                    match run(p).await.expect("probe task") {
+                        crate::probe::Outcome::Success => obs.started_ok = true,
+                        crate::probe::Outcome::Failure(why) => {
+                            obs.startup_failures += 1;
+                            if obs.startup_failures
+                                >= p.failure_threshold
+                                    .unwrap_or(crate::probe::defaults::FAILURE_THRESHOLD)
+                            {
+                                tracing::info!(container = %id, %why, "startup probe failed; killing");
+                                obs.killed_for = Some(format!("Startup probe failed: {why}"));
+                                let rt = self.runtime.clone();
+                                let id2 = id.to_string();
+                                let _ =
+                                    tokio::task::spawn_blocking(move || rt.stop(&id2, grace)).await;
+                            }
+                        }
+                    }
+                }
+                if !obs.started_ok {
+                    obs.ready = false;
+                    return;
+                }
+                // Started: the other probes count from now.
+                obs.next_liveness = now;
+                obs.next_readiness = now;
+            }
+            Some(_) => {}
+        }
         if let Some(p) = &c.liveness_probe {
             let start = obs.started + secs(p.initial_delay_seconds, 0);
             if now >= start && now >= obs.next_liveness {

@@ -65,6 +65,16 @@ pub enum SandboxError {
         /// What is missing.
         message: String,
     },
+    /// A container's postStart hook failed; the container was stopped.
+    #[error("{message}")]
+    Hook {
+        /// namespace/name.
+        pod: String,
+        /// The container.
+        container: String,
+        /// What failed.
+        message: String,
+    },
     /// A volume cannot be made (a missing ConfigMap or Secret, in
     /// kubelet's words).
     #[error("{message}")]
@@ -176,6 +186,9 @@ pub struct NodeConfig {
     /// limits the downward API reports for a container without its own.
     pub allocatable: (u64, u64),
 }
+
+/// How long a postStart hook may take before it counts as failed.
+pub const POST_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Default of [`NodeConfig::pod_max_pids`].
 pub const DEFAULT_POD_MAX_PIDS: u64 = 4096;
@@ -720,6 +733,7 @@ impl Sandbox {
             spec.host_pid.unwrap_or(false),
             spec.host_ipc.unwrap_or(false),
         );
+        let id_owned = id.to_string();
         let id = id.to_string();
         // On the node's network: the node's namespace (the agent's own
         // when it runs in it: runc resolves /proc/self in its own process,
@@ -753,6 +767,45 @@ impl Sandbox {
             }
         }
         let log = Some(log);
+        // A fresh, empty termination message file for this run, writable
+        // by whatever user the container runs as.
+        let termination_log = {
+            let path = self.termination_path(&rec.uid, &c.name, restarts);
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+                // Earlier runs' files go, as their logs do.
+                for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if let Some((n, run)) = name.rsplit_once('.')
+                        && n == c.name
+                        && run.parse::<i32>().is_ok_and(|r| r < restarts)
+                    {
+                        let _ = fs::remove_file(e.path());
+                    }
+                }
+            }
+            let _ = fs::remove_file(&path);
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o666)
+                    .open(&path)
+                    .map_err(io_err("create", &path))?;
+            }
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
+                    .map_err(io_err("chmod", &path))?;
+            }
+            let at = c
+                .termination_message_path
+                .clone()
+                .filter(|p| p.starts_with('/'))
+                .unwrap_or_else(|| "/dev/termination-log".into());
+            Some((path, at))
+        };
         self.runtime_call(&pod_name(rec), &c.name, move |rt| {
             let req = CreateRequest {
                 id: &id,
@@ -767,12 +820,70 @@ impl Sandbox {
                 files,
                 volumes: &volumes,
                 volume_dirs,
+                termination_log,
                 oom_score_adj,
                 log,
             };
             rt.run(&req).map(drop)
         })
+        .await?;
+        // postStart: the container is not started until its hook is done;
+        // a failed hook stops it (kubelet's FailedPostStartHook).
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
+            let outcome = self
+                .run_hook(rec, c, &id_owned, hook, POST_START_TIMEOUT)
+                .await;
+            if let crate::probe::Outcome::Failure(why) = outcome {
+                let grace = Duration::from_secs(
+                    u64::try_from(spec.termination_grace_period_seconds.unwrap_or(30))
+                        .unwrap_or(30),
+                );
+                let id2 = id_owned.clone();
+                let _ = self
+                    .runtime_call(&pod_name(rec), &c.name, move |rt| rt.stop(&id2, grace))
+                    .await;
+                return Err(SandboxError::Hook {
+                    pod: pod_name(rec),
+                    container: c.name.clone(),
+                    message: format!("PostStartHook failed: {why}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a lifecycle hook of container `c` (blocking work, off the async
+    /// workers), bounded by `timeout`.
+    async fn run_hook(
+        &self,
+        rec: &PodRecord,
+        c: &k8s_openapi::api::core::v1::Container,
+        id: &str,
+        hook: k8s_openapi::api::core::v1::LifecycleHandler,
+        timeout: Duration,
+    ) -> crate::probe::Outcome {
+        let (c, id, rt, ip, ns) = (
+            c.clone(),
+            id.to_string(),
+            self.runtime.clone(),
+            rec.ip,
+            self.cfg.node_netns.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            crate::probe::run_hook(
+                &hook,
+                crate::probe::Target {
+                    container: &c,
+                    container_id: &id,
+                    pod_ip: ip,
+                    node_netns: ns.as_deref(),
+                },
+                &rt,
+                timeout,
+            )
+        })
         .await
+        .unwrap_or_else(|e| crate::probe::Outcome::Failure(e.to_string()))
     }
 
     /// Removes the pod of that UID: containers (SIGTERM, then SIGKILL after
@@ -797,6 +908,41 @@ impl Sandbox {
                 ..rec.clone()
             })?;
         }
+        // preStop hooks first, within the grace period; what they leave of
+        // it is the stop's (at least 2 s, as kubelet gives).
+        let deadline = std::time::Instant::now() + grace;
+        if let Ok((_, pod)) = self.load_pod(&rec.uid) {
+            let spec = pod.spec.clone().unwrap_or_default();
+            let mut hooks = Vec::new();
+            let all = spec.containers.iter().zip(&rec.containers).chain(
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .zip(&rec.init_containers),
+            );
+            for (c, (_, id)) in all {
+                let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) else {
+                    continue;
+                };
+                let id2 = id.clone();
+                let running = self
+                    .runtime_call(&pod_name(rec), &c.name, move |rt| rt.state(&id2))
+                    .await
+                    .is_ok_and(|s| s.status == crate::runtime::Status::Running);
+                if running {
+                    hooks.push(async move {
+                        let outcome = self.run_hook(rec, c, id, hook, grace).await;
+                        if let crate::probe::Outcome::Failure(why) = outcome {
+                            tracing::info!(pod = %pod_name(rec), container = %c.name, %why, "preStop hook failed");
+                        }
+                    });
+                }
+            }
+            futures::future::join_all(hooks).await;
+        }
+        let grace = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_secs(2).min(grace));
         // The containers first, then the sidecars in reverse order (as
         // kubelet stops them, so that a sidecar outlives what it serves).
         for (name, id) in rec

@@ -251,6 +251,14 @@ impl Sandbox {
             .join(format!("{restart}.log"))
     }
 
+    /// Where run `restart` of a container writes its termination message
+    /// (bind-mounted at its `terminationMessagePath`).
+    pub(super) fn termination_path(&self, uid: &str, container: &str, restart: i32) -> PathBuf {
+        self.pod_dir(uid)
+            .join("termination")
+            .join(format!("{container}.{restart}"))
+    }
+
     pub(super) fn load_pod(&self, uid: &str) -> Result<(PodRecord, Pod), SandboxError> {
         let rec = self.load_record(uid)?;
         let pj = self.pod_dir(uid).join("pod.json");
