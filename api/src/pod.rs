@@ -139,6 +139,14 @@ pub fn cpu_shares(millis: Option<u64>) -> u64 {
     millis.map_or(2, |m| (m * 1024 / 1000).clamp(2, 262_144))
 }
 
+/// Whether an init container is a sidecar (`restartPolicy: Always`): it
+/// starts in order with the init containers and runs beside the
+/// containers.
+#[must_use]
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
 /// Whether the pod's Ready condition is True (what Services and
 /// ReplicaSets count).
 #[must_use]

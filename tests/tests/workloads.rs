@@ -182,12 +182,8 @@ spec:
     c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late}\ndata: {k: arrived}\n")?;
     wait_log(&c, "waits", "GOT=arrived", Duration::from_secs(45))?;
     // The agent never logs a value.
-    let agent = c.agent_log(
-        &c.get_json(&["pod", "env"])?["spec"]["nodeName"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-    );
+    let node = c.get_json(&["pod", "env"])?["spec"]["nodeName"].clone();
+    let agent = c.agent_log(node.as_str().unwrap_or_default());
     ensure!(
         !agent.contains("s3cr3t"),
         "a Secret's value is in the agent's log"

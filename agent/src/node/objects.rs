@@ -30,10 +30,13 @@ enum Cached {
     Secret(Option<Arc<Secret>>),
 }
 
+/// (kind, namespace, name).
+type Key = (&'static str, String, String);
+
 /// Reads objects through the node's API client.
 pub(crate) struct ApiObjects {
     client: kube::Client,
-    cache: Mutex<HashMap<(&'static str, String, String), (Instant, Cached)>>,
+    cache: Mutex<HashMap<Key, (Instant, Cached)>>,
 }
 
 impl ApiObjects {

@@ -30,11 +30,7 @@ pub struct PodSync {
     pub initialized: bool,
 }
 
-/// Whether an init container is a sidecar (`restartPolicy: Always`).
-#[must_use]
-pub fn is_sidecar(c: &Container) -> bool {
-    c.restart_policy.as_deref() == Some("Always")
-}
+pub use weft_api::pod::is_sidecar;
 
 fn named(c: &Container, id: &str, state: ContainerState) -> ContainerStatus {
     ContainerStatus {
@@ -320,7 +316,7 @@ impl Sandbox {
         };
         let id2 = id.to_string();
         let state = self
-            .runtime_call(&pod_name(&rec), &c.name, move |rt| rt.state(&id2))
+            .runtime_call(&pod_name(rec), &c.name, move |rt| rt.state(&id2))
             .await?;
         let mut obs = self.observed(id);
         let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
@@ -394,7 +390,7 @@ impl Sandbox {
                         let n = restarts + 1;
                         rec.restarts.insert(c.name.clone(), n);
                         self.start_container(rec, pod, c, id).await?;
-                        self.save(&rec)?;
+                        self.save(rec)?;
                         status.restart_count = n;
                         let next = (obs.backoff * 2).min(MAX_BACKOFF);
                         let last = obs.last.take();

@@ -289,6 +289,25 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             age,
         ],
+        "ResourceQuota" => vec![
+            name,
+            age,
+            (
+                "Request",
+                "string",
+                "",
+                "Used and hard requests, by resource.",
+                0,
+            ),
+            (
+                "Limit",
+                "string",
+                "",
+                "Used and hard limits, by resource.",
+                0,
+            ),
+        ],
+        "LimitRange" => vec![name, ("Created At", "date", "", "When it was made.", 0)],
         "ConfigMap" => vec![
             name,
             (
@@ -727,6 +746,24 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age,
             ]
         }
+        "ResourceQuota" => {
+            // As kubectl: `pods: 1/10, requests.cpu: 500m/2`, limits apart.
+            let hard = o["status"]["hard"]
+                .as_object()
+                .or(o["spec"]["hard"].as_object());
+            let used = &o["status"]["used"];
+            let (mut req, mut lim) = (Vec::new(), Vec::new());
+            for (k, v) in hard.into_iter().flatten() {
+                let cell = format!("{k}: {}/{}", used[k].as_str().unwrap_or("0"), s(v));
+                if k.starts_with("limits.") {
+                    lim.push(cell);
+                } else {
+                    req.push(cell);
+                }
+            }
+            vec![name, age, json!(req.join(", ")), json!(lim.join(", "))]
+        }
+        "LimitRange" => vec![name, json!(s(&o["metadata"]["creationTimestamp"]))],
         "ConfigMap" => {
             let keys = |f: &str| o[f].as_object().map_or(0, serde_json::Map::len);
             vec![name, json!(keys("data") + keys("binaryData")), age]

@@ -13,6 +13,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod nodes;
+pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
 
@@ -466,6 +467,7 @@ pub fn start_all(ctx: &Ctx) {
     endpoints::start(ctx);
     nodes::start(ctx.clone());
     gc::start(ctx);
+    quota::start(ctx);
 }
 
 #[cfg(test)]

@@ -100,6 +100,12 @@ pub trait Kind:
         Ok(())
     }
 
+    /// Mutating admission on create, after defaulting and before
+    /// validation (a pod's LimitRange defaults and bounds).
+    async fn admit(&mut self, _reg: &Registry) -> Result<(), ApiError> {
+        Ok(())
+    }
+
     /// What a create also claims in the same transaction (addresses,
     /// blocks, ports), filling them into the object.
     async fn on_create(&mut self, _reg: &Registry, _txn: &mut Txn) -> Result<(), ApiError> {
@@ -413,6 +419,8 @@ macro_rules! for_each_kind {
             k8s_openapi::api::core::v1::Event,
             k8s_openapi::api::core::v1::ConfigMap,
             k8s_openapi::api::core::v1::Secret,
+            k8s_openapi::api::core::v1::LimitRange,
+            k8s_openapi::api::core::v1::ResourceQuota,
             k8s_openapi::api::discovery::v1::EndpointSlice,
             k8s_openapi::api::coordination::v1::Lease,
             k8s_openapi::api::networking::v1::NetworkPolicy,

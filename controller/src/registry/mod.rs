@@ -20,6 +20,7 @@ mod node;
 pub mod object;
 mod pod;
 pub mod pod_security;
+pub mod quota;
 mod service;
 pub mod validation;
 
@@ -246,6 +247,7 @@ impl Registry {
         }
         obj.prepare_for_create();
         obj.default_fields();
+        obj.admit(self).await?;
         let name = obj.meta().name.clone().unwrap_or_default();
         let mut causes = kind::validate_meta(&obj);
         causes.extend(obj.validate());
@@ -263,6 +265,11 @@ impl Registry {
                 txn = txn.when(self.open_namespace(ns, attempt > 0).await?);
             }
             obj.on_create(self, &mut txn).await?;
+            if let Some(ns) = &ns {
+                let json = serde_json::to_value(&obj).map_err(ApiError::internal)?;
+                let what = format!("{} \"{name}\"", res.plural);
+                quota::charge(self, res, ns, &json, &what, &mut txn).await?;
+            }
             txn = txn.then(Op::put(&key, encode(&obj)));
             self.check_size(&txn, &obj)?;
             if self.dry_run {

@@ -149,6 +149,10 @@ impl Kind for Pod {
         Vec::new()
     }
 
+    async fn admit(&mut self, reg: &Registry) -> Result<(), ApiError> {
+        super::quota::limit_pod(reg, self).await
+    }
+
     async fn on_create(&mut self, reg: &Registry, txn: &mut Txn) -> Result<(), ApiError> {
         if let Some(spec) = &self.spec {
             super::pod_security::enforce(

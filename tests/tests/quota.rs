@@ -1,0 +1,259 @@
+//! LimitRanges and ResourceQuotas through a real `weft controller`:
+//! defaults and bounds applied to new pods, quotas that refuse what would
+//! exceed them with kube's words (never both of two racing creations for
+//! the last unit), and a status that follows deletions.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use serde_json::{Value, json};
+use weft_tests::apitest::{client, post, raw};
+use weft_tests::control::{ControlOptions, ControlPlane};
+use weft_tests::island::Island;
+
+const T: Duration = Duration::from_secs(90);
+
+fn run<F: std::future::Future<Output = Result<()>> + Send>(island: &Island, f: F) -> Result<()> {
+    island.block_on(async { tokio::time::timeout(T, f).await? })?
+}
+
+fn pod(name: &str, resources: Value) -> Value {
+    json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox", "resources": resources}]}})
+}
+
+#[test]
+fn limit_ranges_and_quotas_bound_a_namespace() -> Result<()> {
+    let island = Island::new("quota")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        for ns in ["team", "race", "strict"] {
+            ensure!(
+                post(&c, "/api/v1/namespaces", &json!({"metadata": {"name": ns}}))
+                    .await?
+                    .code
+                    == 201
+            );
+        }
+        let pods = "/api/v1/namespaces/team/pods";
+        // LimitRange: defaults, then bounds.
+        let r = post(&c, "/api/v1/namespaces/team/limitranges", &json!({"metadata": {"name": "lr"}, "spec": {"limits": [
+            {"type": "Container", "default": {"cpu": "500m", "memory": "256Mi"}, "defaultRequest": {"cpu": "100m"}, "max": {"cpu": "1"}, "min": {"memory": "64Mi"}}
+        ]}})).await?;
+        ensure!(r.code == 201, "{} {}", r.code, r.text);
+        let r = post(&c, pods, &pod("plain", json!({}))).await?;
+        ensure!(r.code == 201, "{} {}", r.code, r.text);
+        let res = &r.body["spec"]["containers"][0]["resources"];
+        ensure!(
+            res["limits"] == json!({"cpu": "500m", "memory": "256Mi"}),
+            "{res}"
+        );
+        ensure!(
+            res["requests"] == json!({"cpu": "100m", "memory": "256Mi"}),
+            "{res}"
+        );
+        let r = post(&c, pods, &pod("big", json!({"limits": {"cpu": "2"}}))).await?;
+        ensure!(
+            r.code == 403
+                && r.text
+                    .contains("maximum cpu usage per Container is 1, but limit is 2"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let r = post(
+            &c,
+            pods,
+            &pod("small", json!({"requests": {"memory": "32Mi"}})),
+        )
+        .await?;
+        ensure!(
+            r.code == 403
+                && r.text
+                    .contains("minimum memory usage per Container is 64Mi, but request is 32Mi"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let r = post(&c, "/api/v1/namespaces/team/limitranges", &json!({"metadata": {"name": "bad"}, "spec": {"limits": [{"type": "Container", "min": {"cpu": "2"}, "max": {"cpu": "1"}}]}})).await?;
+        ensure!(r.code == 422, "min above max: {} {}", r.code, r.text);
+
+        // ResourceQuota: counted at once, then charged per creation.
+        let r = post(&c, "/api/v1/namespaces/team/resourcequotas", &json!({"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "2", "requests.cpu": "1", "limits.memory": "1Gi", "configmaps": "1", "count/secrets": "1"}}})).await?;
+        ensure!(r.code == 201, "{} {}", r.code, r.text);
+        ensure!(
+            r.body["status"]["used"]["pods"] == "1",
+            "counted at once: {}",
+            r.body["status"]
+        );
+        ensure!(
+            r.body["status"]["used"]["limits.memory"] == "256Mi",
+            "{}",
+            r.body["status"]
+        );
+        ensure!(post(&c, pods, &pod("second", json!({}))).await?.code == 201);
+        let r = post(&c, pods, &pod("third", json!({}))).await?;
+        ensure!(r.code == 403, "{} {}", r.code, r.text);
+        ensure!(
+            r.body["message"]
+                == "pods \"third\" is forbidden: exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2",
+            "{}",
+            r.text
+        );
+        let q = raw(
+            &c,
+            "GET",
+            "/api/v1/namespaces/team/resourcequotas/compute",
+            None,
+            "",
+        )
+        .await?;
+        ensure!(
+            q.body["status"]["used"]["pods"] == "2"
+                && q.body["status"]["used"]["requests.cpu"] == "200m",
+            "{}",
+            q.body["status"]
+        );
+        ensure!(
+            post(
+                &c,
+                "/api/v1/namespaces/team/configmaps",
+                &json!({"metadata": {"name": "a"}})
+            )
+            .await?
+            .code
+                == 201
+        );
+        let r = post(
+            &c,
+            "/api/v1/namespaces/team/configmaps",
+            &json!({"metadata": {"name": "b"}}),
+        )
+        .await?;
+        ensure!(
+            r.code == 403
+                && r.text
+                    .contains("exceeded quota: compute, requested: configmaps=1"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        ensure!(
+            post(
+                &c,
+                "/api/v1/namespaces/team/secrets",
+                &json!({"metadata": {"name": "a"}})
+            )
+            .await?
+            .code
+                == 201
+        );
+        let r = post(
+            &c,
+            "/api/v1/namespaces/team/secrets",
+            &json!({"metadata": {"name": "b"}}),
+        )
+        .await?;
+        ensure!(
+            r.code == 403 && r.text.contains("count/secrets"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+
+        // A deletion frees its share.
+        let r = raw(
+            &c,
+            "DELETE",
+            "/api/v1/namespaces/team/pods/second",
+            None,
+            "",
+        )
+        .await?;
+        ensure!(r.code == 200, "{} {}", r.code, r.text);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = post(&c, pods, &pod("third", json!({}))).await?;
+            if r.code == 201 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the deletion was never uncounted: {}",
+                r.text
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // A compute quota needs every container to say how much.
+        ensure!(post(&c, "/api/v1/namespaces/strict/resourcequotas", &json!({"metadata": {"name": "cpu"}, "spec": {"hard": {"requests.cpu": "2", "limits.memory": "1Gi"}}})).await?.code == 201);
+        let r = post(
+            &c,
+            "/api/v1/namespaces/strict/pods",
+            &pod("vague", json!({"requests": {"cpu": "100m"}})),
+        )
+        .await?;
+        ensure!(
+            r.code == 403
+                && r.text
+                    .contains("failed quota: cpu: must specify limits.memory for: c"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+
+        // Racing creations never both take the last unit.
+        ensure!(
+            post(
+                &c,
+                "/api/v1/namespaces/race/resourcequotas",
+                &json!({"metadata": {"name": "five"}, "spec": {"hard": {"pods": "5"}}})
+            )
+            .await?
+            .code
+                == 201
+        );
+        let tries = (0..12).map(|i| {
+            let c = c.clone();
+            async move {
+                post(
+                    &c,
+                    "/api/v1/namespaces/race/pods",
+                    &pod(&format!("p{i}"), json!({})),
+                )
+                .await
+            }
+        });
+        let results = futures::future::join_all(tries).await;
+        let made = results
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|r| r.code == 201))
+            .count();
+        let refused = results
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|r| r.code == 403))
+            .count();
+        ensure!(made == 5 && refused == 7, "made {made}, refused {refused}");
+
+        // What Weft does not count is refused, not ignored.
+        let r = post(
+            &c,
+            "/api/v1/namespaces/race/resourcequotas",
+            &json!({"metadata": {"name": "x"}, "spec": {"hard": {"requests.storage": "1Gi"}}}),
+        )
+        .await?;
+        ensure!(r.code == 422, "{} {}", r.code, r.text);
+        let r = post(&c, "/api/v1/namespaces/race/resourcequotas", &json!({"metadata": {"name": "y"}, "spec": {"hard": {"pods": "1"}, "scopes": ["BestEffort"]}})).await?;
+        ensure!(r.code == 422, "{} {}", r.code, r.text);
+        Ok(())
+    })?;
+    // kubectl shows usage as it does for kube.
+    let out = cp.kubectl(Some(33), &["get", "quota", "-n", "team"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("pods: 2/2"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
