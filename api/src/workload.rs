@@ -281,6 +281,78 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
             ));
         }
     }
+    // Scheduling and runtime clauses Weft cannot keep yet.
+    let affinity = spec.affinity.as_ref();
+    for (field, set) in [
+        (
+            "affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution",
+            affinity
+                .and_then(|a| a.pod_affinity.as_ref())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution",
+            affinity
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "topologySpreadConstraints",
+            spec.topology_spread_constraints
+                .iter()
+                .flatten()
+                .any(|t| t.when_unsatisfiable == "DoNotSchedule"),
+        ),
+        (
+            "schedulingGates",
+            spec.scheduling_gates
+                .as_ref()
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        ("runtimeClassName", spec.runtime_class_name.is_some()),
+        ("overhead", spec.overhead.is_some()),
+        (
+            "resourceClaims",
+            spec.resource_claims.as_ref().is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "ephemeralContainers",
+            spec.ephemeral_containers
+                .as_ref()
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        ("setHostnameAsFQDN", spec.set_hostname_as_fqdn == Some(true)),
+        (
+            "subdomain",
+            spec.subdomain.as_deref().is_some_and(|s| !s.is_empty()),
+        ),
+    ] {
+        if set {
+            out.push(Cause::forbidden(format!("{path}.{field}"), not_yet));
+        }
+    }
+    if let Some(os) = &spec.os
+        && os.name != "linux"
+    {
+        out.push(Cause::not_supported(
+            format!("{path}.os.name"),
+            &os.name,
+            &["linux"],
+        ));
+    }
+    if let Some(h) = spec.hostname.as_deref()
+        && let Some(e) = crate::meta::dns_label_error(h)
+    {
+        out.push(Cause::invalid(format!("{path}.hostname"), h, e));
+    }
     if spec.share_process_namespace == Some(true) {
         out.push(Cause::forbidden(
             format!("{path}.shareProcessNamespace"),
@@ -312,6 +384,72 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
             }
         }
     }
+}
+
+/// What Weft accepts of a pod spec and does not act on, where Kubernetes
+/// too treats it as a preference: each becomes a Warning header.
+#[must_use]
+pub fn advisories(spec: &PodSpec, path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let affinity = spec.affinity.as_ref();
+    let preferred = [
+        (
+            "nodeAffinity",
+            affinity
+                .and_then(|a| a.node_affinity.as_ref())
+                .and_then(|a| {
+                    a.preferred_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "podAffinity",
+            affinity
+                .and_then(|a| a.pod_affinity.as_ref())
+                .and_then(|a| {
+                    a.preferred_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .is_some_and(|v| !v.is_empty()),
+        ),
+        (
+            "podAntiAffinity",
+            affinity
+                .and_then(|a| a.pod_anti_affinity.as_ref())
+                .and_then(|a| {
+                    a.preferred_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .is_some_and(|v| !v.is_empty()),
+        ),
+    ];
+    for (kind, set) in preferred {
+        if set {
+            out.push(format!(
+                "{path}.affinity.{kind}.preferredDuringSchedulingIgnoredDuringExecution: Weft's scheduler does not weigh preferences yet; the pod may land anywhere it fits"
+            ));
+        }
+    }
+    if spec
+        .topology_spread_constraints
+        .iter()
+        .flatten()
+        .any(|t| t.when_unsatisfiable == "ScheduleAnyway")
+    {
+        out.push(format!(
+            "{path}.topologySpreadConstraints: ScheduleAnyway spreading is not weighed by Weft's scheduler yet (it spreads a workload's pods across nodes on its own)"
+        ));
+    }
+    if spec.priority_class_name.is_some()
+        || spec.priority.is_some()
+        || spec.preemption_policy.is_some()
+    {
+        out.push(format!(
+            "{path}.priorityClassName: Weft does not order or preempt pods by priority"
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

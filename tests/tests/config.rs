@@ -460,6 +460,21 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
             ),
             (
                 json!({}),
+                json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"a": "b"}}}]}}}),
+                "spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution",
+            ),
+            (
+                json!({}),
+                json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]}),
+                "spec.topologySpreadConstraints",
+            ),
+            (
+                json!({}),
+                json!({"runtimeClassName": "gvisor"}),
+                "spec.runtimeClassName",
+            ),
+            (
+                json!({}),
                 json!({"imagePullSecrets": [{"name": "x"}]}),
                 "spec.imagePullSecrets",
             ),
@@ -489,6 +504,26 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
         );
         let r = post(&c, pods, &ok).await?;
         ensure!(r.code == 201, "{} {}", r.code, r.text);
+        // Preferences are accepted with a Warning, as advisory.
+        let preferring = with(
+            json!({}),
+            json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {"matchExpressions": [{"key": "a", "operator": "Exists"}]}}]}}}),
+        );
+        let mut preferring = preferring;
+        preferring["metadata"]["name"] = json!("prefers");
+        let r = post(&c, pods, &preferring).await?;
+        let warning = r
+            .headers
+            .get_all("warning")
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        ensure!(
+            r.code == 201 && warning.contains("does not weigh preferences"),
+            "{} {warning}",
+            r.code
+        );
         Ok(())
     })
 }

@@ -825,3 +825,143 @@ spec:
     );
     Ok(())
 }
+
+/// kubectl 1.33 on the lab, in its underlay namespace.
+fn kubectl(c: &Cluster, args: &[&str]) -> Result<String> {
+    let mut cmd = std::process::Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.33");
+    cmd.arg("--kubeconfig").arg(&c.kubeconfig).args(args);
+    let out = c.output_in(&c.lab.underlay, cmd)?;
+    ensure!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn node_affinity_hostname_readiness_gates_and_deadlines() -> Result<()> {
+    let c = up(2)?;
+    let nodes = c.get_json(&["nodes"])?;
+    let names: Vec<String> = nodes["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    ensure!(names.len() == 2, "{names:?}");
+    let target = &names[1];
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: pinned}}
+spec:
+  hostname: custom-host
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms:
+        - matchFields: [{{key: metadata.name, operator: In, values: [{target}]}}]
+  containers:
+  - {{name: main, image: weft.local/busybox:1.36, command: [sh, -c, "hostname; sleep 3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nowhere}}
+spec:
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms:
+        - matchExpressions: [{{key: no-such-label, operator: Exists}}]
+  containers:
+  - {{name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: gated}}
+spec:
+  readinessGates: [{{conditionType: example.com/ready}}]
+  containers:
+  - {{name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: deadline}}
+spec:
+  activeDeadlineSeconds: 3
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}}
+"#
+    ))?;
+    // Required node affinity: on that node, and nowhere when nothing fits.
+    let p = wait_pod(&c, "pinned", Duration::from_secs(60), "running", |p| {
+        p["status"]["phase"] == "Running"
+    })?;
+    ensure!(
+        p["spec"]["nodeName"] == target.as_str(),
+        "{}",
+        p["spec"]["nodeName"]
+    );
+    ensure!(wait_log(&c, "pinned", "custom-host", Duration::from_secs(20)).is_ok());
+    let p = wait_pod(
+        &c,
+        "nowhere",
+        Duration::from_secs(30),
+        "unschedulable",
+        |p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+        },
+    )?;
+    ensure!(p["spec"]["nodeName"].is_null(), "{}", p["spec"]);
+    // A readiness gate holds Ready until its condition is True.
+    let p = wait_pod(
+        &c,
+        "gated",
+        Duration::from_secs(60),
+        "containers ready",
+        |p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "ContainersReady" && c["status"] == "True")
+        },
+    )?;
+    let ready = |p: &Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    };
+    ensure!(!ready(&p), "Ready with its gate closed: {}", p["status"]);
+    kubectl(
+        &c,
+        &[
+            "patch",
+            "pod",
+            "gated",
+            "--subresource=status",
+            "--type=strategic",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"example.com/ready","status":"True"}]}}"#,
+        ],
+    )?;
+    wait_pod(&c, "gated", Duration::from_secs(20), "Ready", ready)?;
+    // activeDeadlineSeconds: the pod is ended, Failed, DeadlineExceeded.
+    let p = wait_pod(&c, "deadline", Duration::from_secs(40), "Failed", |p| {
+        p["status"]["phase"] == "Failed"
+    })?;
+    ensure!(
+        p["status"]["reason"] == "DeadlineExceeded",
+        "{}",
+        p["status"]
+    );
+    Ok(())
+}

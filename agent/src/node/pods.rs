@@ -289,7 +289,24 @@ impl PodWorker {
                         // the volume), as kubelet's eviction manager does.
                         if syncs.is_multiple_of(EMPTY_DIR_CHECK_EVERY)
                             && let Some(why) = node.sandbox.empty_dir_over_limit(&p).await
-                            && self.evict(&p, &why, &mut reported).await
+                            && self
+                                .evict(&p, "Evicted", &why, Duration::ZERO, &mut reported)
+                                .await
+                        {
+                            created = None;
+                            evicted = true;
+                        }
+                        // activeDeadlineSeconds, from the pod's start.
+                        if past_deadline(&p)
+                            && self
+                                .evict(
+                                    &p,
+                                    "DeadlineExceeded",
+                                    "Pod was active on the node longer than the specified deadline",
+                                    grace_of(&p),
+                                    &mut reported,
+                                )
+                                .await
                         {
                             created = None;
                             evicted = true;
@@ -432,15 +449,17 @@ impl PodWorker {
     /// Evicts the pod as kubelet does when it breaks a local-storage limit:
     /// its containers are killed at once and its sandbox removed, and its
     /// status says Failed, Evicted, and why. Returns whether it is done.
-    async fn evict(&self, pod: &Pod, why: &str, reported: &mut Option<Value>) -> bool {
-        tracing::warn!(pod = %weft_api::meta::key_of(pod), reason = why, "evicting");
-        self.event(pod, "Warning", "Evicted", why).await;
-        if let Err(e) = self
-            .node
-            .sandbox
-            .remove_pod(&self.uid, Duration::ZERO)
-            .await
-        {
+    async fn evict(
+        &self,
+        pod: &Pod,
+        reason: &str,
+        why: &str,
+        grace: Duration,
+        reported: &mut Option<Value>,
+    ) -> bool {
+        tracing::warn!(pod = %weft_api::meta::key_of(pod), reason, why, "ending the pod");
+        self.event(pod, "Warning", reason, why).await;
+        if let Err(e) = self.node.sandbox.remove_pod(&self.uid, grace).await {
             tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %e, "eviction: cannot remove the pod yet");
             return false;
         }
@@ -465,7 +484,7 @@ impl PodWorker {
             .collect();
         let mut status = pod_status(pod, &failed_sync(pod, statuses), None, self.node.node_ip);
         status["phase"] = json!("Failed");
-        status["reason"] = json!("Evicted");
+        status["reason"] = json!(reason);
         status["message"] = json!(why);
         self.report(pod, status, reported).await;
         true
@@ -632,6 +651,30 @@ fn classify(e: &SandboxError, count: u32) -> (&'static str, &'static str) {
     }
 }
 
+/// Whether the pod has run longer than its `activeDeadlineSeconds`.
+fn past_deadline(pod: &Pod) -> bool {
+    let Some(deadline) = pod.spec.as_ref().and_then(|s| s.active_deadline_seconds) else {
+        return false;
+    };
+    let Some(start) = pod.status.as_ref().and_then(|s| s.start_time.as_ref()) else {
+        return false;
+    };
+    let ran = k8s_openapi::jiff::Timestamp::now().duration_since(start.0);
+    ran.as_secs() >= deadline
+}
+
+/// The pod's termination grace period.
+fn grace_of(pod: &Pod) -> Duration {
+    Duration::from_secs(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0)
+            .unsigned_abs(),
+    )
+}
+
 /// What a pod that could not be created (or was evicted) reports: its
 /// containers' `statuses`, initialized unless it has init containers.
 fn failed_sync(pod: &Pod, statuses: Vec<ContainerStatus>) -> PodSync {
@@ -720,7 +763,7 @@ fn pod_status(pod: &Pod, synced: &PodSync, ip: Option<Ipv4Addr>, node_ip: Ipv4Ad
         .filter(|c| crate::sandbox::is_sidecar(c))
         .map(|c| c.name.as_str())
         .collect::<Vec<_>>();
-    let all_ready = synced.initialized
+    let containers_ready = synced.initialized
         && !statuses.is_empty()
         && statuses.iter().all(|s| s.ready)
         && synced
@@ -728,6 +771,19 @@ fn pod_status(pod: &Pod, synced: &PodSync, ip: Option<Ipv4Addr>, node_ip: Ipv4Ad
             .iter()
             .filter(|s| sidecars.contains(&s.name.as_str()))
             .all(|s| s.ready);
+    // Ready also waits for every readiness gate's condition to be True
+    // (set by whoever owns it), as kubelet does.
+    let gates_open = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.readiness_gates.iter().flatten())
+        .all(|g| {
+            old.conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == g.condition_type && c.status == "True")
+        });
+    let all_ready = containers_ready;
     let now = weft_now();
     // The conditions the agent owns, by the API's one rule: a transition
     // time moves only with the status.
@@ -745,7 +801,15 @@ fn pod_status(pod: &Pod, synced: &PodSync, ip: Option<Ipv4Addr>, node_ip: Ipv4Ad
             (!synced.initialized).then_some("ContainersNotInitialized"),
         ),
         ("ContainersReady", all_ready, not_ready),
-        ("Ready", all_ready, not_ready),
+        (
+            "Ready",
+            all_ready && gates_open,
+            if all_ready && !gates_open {
+                Some("ReadinessGatesNotReady")
+            } else {
+                not_ready
+            },
+        ),
     ] {
         weft_api::pod::set_condition(&mut scratch, t, status_of(ok), reason, None);
     }

@@ -619,6 +619,13 @@ impl Sandbox {
             .map_err(io_err("limit the PIDs of", Path::new(&cgroup)))?;
         let dir = self.pod_dir(&rec.uid);
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        // The pod first: what follows reads it (its hostname).
+        let pod_json = dir.join("pod.json");
+        fs::write(
+            &pod_json,
+            serde_json::to_vec(pod).expect("a Pod serializes"),
+        )
+        .map_err(io_err("write", &pod_json))?;
         let resolv = dir.join("resolv.conf");
         let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         fs::write(
@@ -632,12 +639,6 @@ impl Sandbox {
         let hostname = dir.join("hostname");
         fs::write(&hostname, format!("{}\n", self.hostname(rec)))
             .map_err(io_err("write", &hostname))?;
-        let pod_json = dir.join("pod.json");
-        fs::write(
-            &pod_json,
-            serde_json::to_vec(pod).expect("a Pod serializes"),
-        )
-        .map_err(io_err("write", &pod_json))?;
         volumes::prepare(
             &dir,
             pod,
@@ -1039,10 +1040,15 @@ impl Sandbox {
     /// node's (its UTS namespace is the node's too).
     fn hostname(&self, rec: &PodRecord) -> String {
         if rec.host_network {
-            self.cfg.node.clone()
-        } else {
-            hostname_of(&rec.name)
+            return self.cfg.node.clone();
         }
+        // The pod's `hostname` when it sets one, else its name.
+        let own = self
+            .load_pod(&rec.uid)
+            .ok()
+            .and_then(|(_, p)| p.spec.and_then(|s| s.hostname))
+            .filter(|h| !h.is_empty());
+        hostname_of(own.as_deref().unwrap_or(&rec.name))
     }
 
     /// The MAC of the pod's eth0, inside its namespace.

@@ -61,6 +61,16 @@ pub(super) async fn pod_security(
     )
 }
 
+/// Warnings for what a pod spec asks and Weft treats as advisory, as
+/// Kubernetes does preferences (`weft_api::workload::advisories`).
+pub(super) fn advisories(obj: &crate::registry::Decoded) -> Vec<String> {
+    match pod_spec(obj) {
+        Some((spec, true)) => weft_api::workload::advisories(spec, "spec"),
+        Some((spec, false)) => weft_api::workload::advisories(spec, "spec.template.spec"),
+        None => Vec::new(),
+    }
+}
+
 /// [`pod_security`] for a PATCH, on the object before and after it:
 /// `plural`'s pod spec (a pod's own, a workload's template). As
 /// kube-apiserver does, a patch that changes nothing of the spec but

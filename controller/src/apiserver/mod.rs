@@ -630,6 +630,7 @@ async fn dispatch(
             let reg = registry_for(st, &query, &user)?;
             let mut warnings = decoded.warnings.clone();
             warnings.extend(admission::pod_security(st, ns, &decoded).await?);
+            warnings.extend(admission::advisories(&decoded));
             let created = kind.create(&reg, ns, decoded).await?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }

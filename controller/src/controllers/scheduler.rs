@@ -608,6 +608,64 @@ fn allocatable(node: &Node, what: &str) -> Option<i64> {
     weft_api::quantity::parse(&q.0).map(clamp)
 }
 
+/// The pod's required node affinity terms (ORed), if it has any.
+fn required_node_affinity(pod: &Pod) -> Option<&Vec<k8s_openapi::api::core::v1::NodeSelectorTerm>> {
+    pod.spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()
+        .map(|s| &s.node_selector_terms)
+}
+
+/// Whether a node (its name and labels) satisfies a node selector term:
+/// every expression on its labels and every field (`metadata.name`).
+fn term_matches(
+    term: &k8s_openapi::api::core::v1::NodeSelectorTerm,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let exprs = term.match_expressions.iter().flatten();
+    let fields = term.match_fields.iter().flatten();
+    let has_any = term
+        .match_expressions
+        .as_ref()
+        .is_some_and(|v| !v.is_empty())
+        || term.match_fields.as_ref().is_some_and(|v| !v.is_empty());
+    // An empty term matches nothing, as in Kubernetes.
+    has_any
+        && exprs
+            .into_iter()
+            .all(|e| requirement(e, labels.get(&e.key).map(String::as_str)))
+        && fields
+            .into_iter()
+            .all(|e| e.key == "metadata.name" && requirement(e, Some(name)))
+}
+
+fn requirement(
+    e: &k8s_openapi::api::core::v1::NodeSelectorRequirement,
+    value: Option<&str>,
+) -> bool {
+    let values = e.values.as_deref().unwrap_or_default();
+    let number = |v: &str| v.parse::<i64>().ok();
+    match e.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => {
+            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(a), Some(b)) if a > b)
+        }
+        "Lt" => {
+            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(a), Some(b)) if a < b)
+        }
+        _ => false,
+    }
+}
+
 /// The best node for `pod`, or why none fits (in kube-scheduler's words).
 fn choose(s: &State, pod: &Pod) -> Result<String, String> {
     let req = pod_request(pod.spec.as_ref());
@@ -641,8 +699,13 @@ fn choose(s: &State, pod: &Pod) -> Result<String, String> {
             *reasons.entry(text).or_default() += 1;
             continue;
         }
-        if let Some(sel) = selector
-            && !sel.iter().all(|(k, v)| info.labels.get(k) == Some(v))
+        let affinity_ok = required_node_affinity(pod).is_none_or(|terms| {
+            terms
+                .iter()
+                .any(|t| term_matches(t, &info.name, &info.labels))
+        });
+        if !affinity_ok
+            || selector.is_some_and(|sel| !sel.iter().all(|(k, v)| info.labels.get(k) == Some(v)))
         {
             *reasons
                 .entry("node(s) didn't match Pod's node affinity/selector".into())
