@@ -63,6 +63,13 @@ metadata: {name: db}
 stringData: {password: s3cr3t, user: admin}
 ---
 apiVersion: v1
+kind: Service
+metadata: {name: web-front}
+spec:
+  selector: {app: nothing}
+  ports: [{name: http, port: 8080}]
+---
+apiVersion: v1
 kind: Pod
 metadata:
   name: env
@@ -135,6 +142,21 @@ spec:
         );
     }
     ensure!(!env.contains_key("MISSING_OK"), "{log}");
+    // Service links, as Kubernetes gives them by default.
+    let svc = c.get_json(&["service", "web-front"])?;
+    let ip = svc["spec"]["clusterIP"].as_str().context("cluster IP")?;
+    ensure!(
+        env.get("WEB_FRONT_SERVICE_HOST").map(String::as_str) == Some(ip),
+        "{log}"
+    );
+    ensure!(
+        env.get("WEB_FRONT_SERVICE_PORT_HTTP").map(String::as_str) == Some("8080"),
+        "{log}"
+    );
+    ensure!(
+        env.get("WEB_FRONT_PORT").map(String::as_str) == Some(format!("tcp://{ip}:8080").as_str()),
+        "{log}"
+    );
 
     // A missing reference: CreateContainerConfigError with kubelet's
     // words, until the object exists; then the pod starts by itself.
@@ -143,10 +165,11 @@ spec:
 kind: Pod
 metadata: {name: waits}
 spec:
+  enableServiceLinks: false
   containers:
   - name: main
     image: weft.local/busybox:1.36
-    command: ["sh", "-c", "echo GOT=$LATE; sleep 3600"]
+    command: ["sh", "-c", "echo GOT=$LATE; echo LINKS=${WEB_FRONT_SERVICE_HOST:-none}; sleep 3600"]
     env:
     - name: LATE
       valueFrom: {configMapKeyRef: {name: late, key: k}}
@@ -180,7 +203,11 @@ spec:
         std::thread::sleep(Duration::from_millis(200));
     }
     c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late}\ndata: {k: arrived}\n")?;
-    wait_log(&c, "waits", "GOT=arrived", Duration::from_secs(45))?;
+    let log = wait_log(&c, "waits", "GOT=arrived", Duration::from_secs(45))?;
+    ensure!(
+        log.contains("LINKS=none"),
+        "enableServiceLinks: false: {log}"
+    );
     // The agent never logs a value.
     let node = c.get_json(&["pod", "env"])?["spec"]["nodeName"].clone();
     let agent = c.agent_log(node.as_str().unwrap_or_default());

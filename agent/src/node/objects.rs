@@ -14,7 +14,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 
 use super::api::{describe, is_not_found};
 use crate::sandbox::env::ObjectSource;
@@ -28,6 +28,7 @@ const FORGET: Duration = Duration::from_secs(30);
 enum Cached {
     ConfigMap(Option<Arc<ConfigMap>>),
     Secret(Option<Arc<Secret>>),
+    Services(Vec<Arc<Service>>),
 }
 
 /// (kind, namespace, name).
@@ -92,6 +93,19 @@ impl ObjectSource for ApiObjects {
         }
         let v = self.get(ns, name).await?;
         self.remember("configmaps", ns, name, Cached::ConfigMap(v.clone()));
+        Ok(v)
+    }
+    async fn services(&self, ns: &str) -> Result<Vec<Arc<Service>>, String> {
+        if let Some(Cached::Services(v)) = self.cached("services", ns, "") {
+            return Ok(v);
+        }
+        let api: kube::Api<Service> = kube::Api::namespaced(self.client.clone(), ns);
+        let list = api
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(|e| format!("cannot list the services of {ns}: {}", describe(&e)))?;
+        let v: Vec<Arc<Service>> = list.items.into_iter().map(Arc::new).collect();
+        self.remember("services", ns, "", Cached::Services(v.clone()));
         Ok(v)
     }
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, String> {

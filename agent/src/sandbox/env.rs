@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret,
+    ConfigMap, Container, EnvVar, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret, Service,
 };
 
 /// Where a pod's ConfigMaps and Secrets are read from.
@@ -26,6 +26,8 @@ pub trait ObjectSource: Send + Sync {
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<Arc<ConfigMap>>, String>;
     /// The Secret, as [`ObjectSource::config_map`].
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, String>;
+    /// The Services of namespace `ns` (for service links).
+    async fn services(&self, ns: &str) -> Result<Vec<Arc<Service>>, String>;
 }
 
 /// A source that has nothing (a sandbox without an API, in tests).
@@ -39,6 +41,77 @@ impl ObjectSource for NoObjects {
     async fn secret(&self, _: &str, _: &str) -> Result<Option<Arc<Secret>>, String> {
         Ok(None)
     }
+    async fn services(&self, _: &str) -> Result<Vec<Arc<Service>>, String> {
+        Ok(Vec::new())
+    }
+}
+
+/// The environment Kubernetes gives a pod for each Service of its
+/// namespace with a cluster IP (`enableServiceLinks`, on by default): the
+/// `<NAME>_SERVICE_HOST`/`_SERVICE_PORT[_<PORT NAME>]` variables and the
+/// Docker-link ones (`<NAME>_PORT`, `<NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`).
+#[must_use]
+pub fn service_links(services: &[Arc<Service>]) -> Vec<(String, String)> {
+    let mut sorted: Vec<&Service> = services.iter().map(AsRef::as_ref).collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut out = Vec::new();
+    for svc in sorted {
+        let Some(spec) = svc.spec.as_ref() else {
+            continue;
+        };
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        else {
+            continue;
+        };
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let Some(first) = ports.first() else { continue };
+        let name = svc
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+            .replace('-', "_");
+        out.push((format!("{name}_SERVICE_HOST"), ip.to_string()));
+        out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+        for p in ports {
+            if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((
+                    format!(
+                        "{name}_SERVICE_PORT_{}",
+                        pn.to_ascii_uppercase().replace('-', "_")
+                    ),
+                    p.port.to_string(),
+                ));
+            }
+        }
+        let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            p.protocol.clone().unwrap_or_else(|| "TCP".into())
+        };
+        out.push((
+            format!("{name}_PORT"),
+            format!(
+                "{}://{ip}:{}",
+                proto(first).to_ascii_lowercase(),
+                first.port
+            ),
+        ));
+        for p in ports {
+            let pr = proto(p);
+            let prefix = format!("{name}_PORT_{}_{}", p.port, pr.to_ascii_uppercase());
+            out.push((
+                prefix.clone(),
+                format!("{}://{ip}:{}", pr.to_ascii_lowercase(), p.port),
+            ));
+            out.push((format!("{prefix}_PROTO"), pr.to_ascii_lowercase()));
+            out.push((format!("{prefix}_PORT"), p.port.to_string()));
+            out.push((format!("{prefix}_ADDR"), ip.to_string()));
+        }
+    }
+    out
 }
 
 /// What the downward API and resource references read besides the pod.
@@ -222,6 +295,11 @@ pub async fn resolve(
     source: &dyn ObjectSource,
 ) -> Result<Container, EnvError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let links = if pod.spec.as_ref().and_then(|s| s.enable_service_links) == Some(false) {
+        Vec::new()
+    } else {
+        service_links(&source.services(ns).await?)
+    };
     let mut vars: Vec<(String, String)> = Vec::new();
     let set = |vars: &mut Vec<(String, String)>, k: String, v: String| match vars
         .iter_mut()
@@ -266,6 +344,7 @@ pub async fn resolve(
                 expand(v, |name| {
                     known
                         .iter()
+                        .chain(&links)
                         .find(|(k, _)| k == name)
                         .map(|(_, v)| v.clone())
                 })
@@ -314,6 +393,12 @@ pub async fn resolve(
             _ => String::new(),
         };
         set(&mut vars, e.name.clone(), value);
+    }
+    // The service links the container does not define itself come after.
+    for (k, v) in links {
+        if !vars.iter().any(|(n, _)| *n == k) {
+            vars.push((k, v));
+        }
     }
     let lookup = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let mut out = c.clone();
@@ -386,6 +471,9 @@ mod tests {
                     ..ConfigMap::default()
                 })
             }))
+        }
+        async fn services(&self, _: &str) -> Result<Vec<Arc<Service>>, String> {
+            Ok(Vec::new())
         }
         async fn secret(&self, _: &str, name: &str) -> Result<Option<Arc<Secret>>, String> {
             Ok((name == "s").then(|| {
@@ -525,6 +613,33 @@ mod tests {
         .collect();
         assert_eq!(env, want);
         assert_eq!(out.command.unwrap(), ["echo", "hi blue $(LATER) blue"]);
+    }
+
+    #[test]
+    fn service_links_follow_kubelet() {
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "redis-main"},
+            "spec": {"clusterIP": "10.96.0.7", "ports": [
+                {"name": "db", "port": 6379, "protocol": "TCP"},
+                {"port": 53, "protocol": "UDP"}]}
+        }))
+        .unwrap();
+        let headless: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 1}]}
+        }))
+        .unwrap();
+        let env: std::collections::BTreeMap<String, String> =
+            service_links(&[Arc::new(svc), Arc::new(headless)])
+                .into_iter()
+                .collect();
+        assert_eq!(env["REDIS_MAIN_SERVICE_HOST"], "10.96.0.7");
+        assert_eq!(env["REDIS_MAIN_SERVICE_PORT"], "6379");
+        assert_eq!(env["REDIS_MAIN_SERVICE_PORT_DB"], "6379");
+        assert_eq!(env["REDIS_MAIN_PORT"], "tcp://10.96.0.7:6379");
+        assert_eq!(env["REDIS_MAIN_PORT_53_UDP"], "udp://10.96.0.7:53");
+        assert_eq!(env["REDIS_MAIN_PORT_53_UDP_PROTO"], "udp");
+        assert_eq!(env["REDIS_MAIN_PORT_6379_TCP_ADDR"], "10.96.0.7");
+        assert!(!env.keys().any(|k| k.starts_with("H_")), "headless: none");
     }
 
     #[tokio::test]
