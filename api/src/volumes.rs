@@ -193,6 +193,17 @@ pub fn sources(v: &Volume) -> Vec<&'static str> {
     set.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect()
 }
 
+/// Whether a volume's content comes from other objects (configMap, secret,
+/// downwardAPI, projected): kubelet mounts these read-only and rewrites
+/// them when their sources change.
+#[must_use]
+pub fn is_projected(v: &Volume) -> bool {
+    v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.projected.is_some()
+}
+
 /// Whether `p` is a relative path that stays below where it is joined:
 /// no `..` component, not absolute (kube's subPath rule).
 #[must_use]

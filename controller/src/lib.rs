@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod cache;
 pub mod controllers;
 pub mod ipam;
+pub mod private_file;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -52,7 +52,7 @@ fn volume_mounts(
             let root = dirs
                 .get(&v.name)
                 .ok_or_else(|| fail(format!("volume {:?}: no such volume was made", v.name)))?;
-            let projected = crate::sandbox::volumes::is_projected(v);
+            let projected = weft_api::volumes::is_projected(v);
             let src = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 Some(sub) => sub_path(root, sub, !projected).map_err(fail)?,
                 None => root.clone(),

@@ -60,16 +60,7 @@ pub fn is_made(v: &Volume) -> bool {
         || v.projected.is_some()
 }
 
-/// Whether the volume's content comes from other objects (read-only,
-/// rewritten on change).
-#[must_use]
-pub fn is_projected(v: &Volume) -> bool {
-    v.config_map.is_some()
-        || v.secret.is_some()
-        || v.downward_api.is_some()
-        || v.projected.is_some()
-}
-
+pub use weft_api::volumes::is_projected;
 /// Whether the volume holds Secret data (kept on a tmpfs).
 fn holds_secrets(v: &Volume) -> bool {
     v.secret.is_some()

@@ -230,7 +230,7 @@ pub fn ensure_default(data_dir: &Path) -> anyhow::Result<PathBuf> {
         "# Written by the Weft controller: the keys that encrypt Secrets at rest.\n# Keep a copy somewhere safe: without it, stored Secrets cannot be read.\n# Rotation: docs/CONTROLLER.md.\n{}",
         serde_norway::to_string(&cfg)?
     );
-    crate::apiserver::tls::write_private(&path, &text)
+    crate::private_file::write_private(&path, &text)
         .with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }
