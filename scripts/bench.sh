@@ -12,6 +12,7 @@ cargo bench -p weft-tests --bench cluster
 cargo bench -p weft-tests --bench lb
 cargo bench -p weft-tests --bench policy
 cargo bench -p weft-tests --bench hostile
+cargo bench -p weft-tests --bench workloads
 # The DNS bench's peer and load generator; Debian's knot package would start
 # a knotd on the host, which the bench does not want: it runs its own.
 if ! command -v knotd >/dev/null || ! command -v dnsperf >/dev/null; then
