@@ -22,12 +22,17 @@ pub const HOST_PATH_TYPES: [&str; 8] = [
     "BlockDevice",
 ];
 
+/// The provisioner and CSI driver of Weft's local persistent volumes: a
+/// directory under the agent's state directory on the volume's node.
+pub const LOCAL_DRIVER: &str = "weft.dev/local-path";
+
 /// The sources Weft mounts.
-pub const SUPPORTED_SOURCES: [&str; 6] = [
+pub const SUPPORTED_SOURCES: [&str; 7] = [
     "configMap",
     "downwardAPI",
     "emptyDir",
     "hostPath",
+    "persistentVolumeClaim",
     "projected",
     "secret",
 ];
@@ -273,6 +278,14 @@ pub fn check(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
                         )),
                         Some(_) => {}
                     }
+                }
+            }
+            ["persistentVolumeClaim"] => {
+                let c = v.persistent_volume_claim.as_ref().expect("set");
+                if c.claim_name.is_empty() {
+                    out.push(Cause::required(format!(
+                        "{at}.persistentVolumeClaim.claimName"
+                    )));
                 }
             }
             ["configMap"] => {

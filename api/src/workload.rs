@@ -330,10 +330,6 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
                 .is_some_and(|v| !v.is_empty()),
         ),
         ("setHostnameAsFQDN", spec.set_hostname_as_fqdn == Some(true)),
-        (
-            "subdomain",
-            spec.subdomain.as_deref().is_some_and(|s| !s.is_empty()),
-        ),
     ] {
         if set {
             out.push(Cause::forbidden(format!("{path}.{field}"), not_yet));

@@ -183,6 +183,28 @@ pub async fn bootstrap(registry: &Registry) -> Result<()> {
             }
         }
     }
+    // The built-in local provisioner's class, the default, made at start
+    // when it is missing (as single-binary distributions restore theirs).
+    let name = "local-path";
+    if registry
+        .find::<k8s_openapi::api::storage::v1::StorageClass>(None, name)
+        .await?
+        .is_none()
+    {
+        let class: k8s_openapi::api::storage::v1::StorageClass =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "annotations": {
+                    crate::registry::storage::DEFAULT_CLASS: "true"}},
+                "provisioner": crate::registry::storage::LOCAL_DRIVER,
+                "reclaimPolicy": "Delete",
+                "volumeBindingMode": "WaitForFirstConsumer",
+            }))?;
+        match registry.create(None, class).await {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 

@@ -75,7 +75,8 @@ impl ObjectSource for Objects {
 }
 
 fn pod(i: u32, volumes: bool) -> Pod {
-    let mut c = serde_json::json!({"name": "main", "image": BUSYBOX_IMAGE, "command": ["sleep", "600"]});
+    let mut c =
+        serde_json::json!({"name": "main", "image": BUSYBOX_IMAGE, "command": ["sleep", "600"]});
     let mut spec = serde_json::json!({});
     if volumes {
         c["env"] = (0..10)
@@ -174,11 +175,17 @@ async fn pod_start() -> Result<()> {
             // The pod got what it asked for.
             let (code, out) = sb.runtime().exec_capture(
                 &rec.containers[0].1,
-                &["sh".into(), "-c".into(), "echo $V3; cat /etc/a/key1; wc -c < /etc/s/tls.key".into()],
+                &[
+                    "sh".into(),
+                    "-c".into(),
+                    "echo $V3; cat /etc/a/key1; wc -c < /etc/s/tls.key".into(),
+                ],
                 Duration::from_secs(10),
             )?;
             ensure!(
-                code == 0 && out.split_whitespace().collect::<Vec<_>>() == ["env-value-3", "a-value-1", "1024"],
+                code == 0
+                    && out.split_whitespace().collect::<Vec<_>>()
+                        == ["env-value-3", "a-value-1", "1024"],
                 "{out}"
             );
         }
@@ -237,7 +244,11 @@ spec:
 "#
     ))?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !c.weft(&["logs", "reader"]).unwrap_or_default().contains("seen start") {
+    while !c
+        .weft(&["logs", "reader"])
+        .unwrap_or_default()
+        .contains("seen start")
+    {
         ensure!(Instant::now() < deadline, "the reader never started");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -252,7 +263,11 @@ spec:
         let stamp = loop {
             let log = c.weft(&["logs", "reader", "--timestamps"])?;
             if let Some(line) = log.lines().find(|l| l.ends_with(&want)) {
-                break line.split_whitespace().next().context("a timestamp")?.to_string();
+                break line
+                    .split_whitespace()
+                    .next()
+                    .context("a timestamp")?
+                    .to_string();
             }
             ensure!(Instant::now() < deadline, "change {i} never arrived");
             std::thread::sleep(Duration::from_millis(50));
@@ -260,7 +275,9 @@ spec:
         let at: k8s_openapi::jiff::Timestamp = stamp.parse()?;
         let sent_ns = sent.duration_since(SystemTime::UNIX_EPOCH)?.as_nanos();
         let seen_ns = u128::try_from(at.as_nanosecond()).unwrap_or(0);
-        lat.push(Duration::from_nanos(u64::try_from(seen_ns.saturating_sub(sent_ns)).unwrap_or(0)));
+        lat.push(Duration::from_nanos(
+            u64::try_from(seen_ns.saturating_sub(sent_ns)).unwrap_or(0),
+        ));
         std::thread::sleep(Duration::from_millis(300));
     }
     println!("## ConfigMap change to new content inside a running pod, 20 changes (ms)\n");

@@ -235,11 +235,36 @@ fn limit_ranges_and_quotas_bound_a_namespace() -> Result<()> {
             .count();
         ensure!(made == 5 && refused == 7, "made {made}, refused {refused}");
 
+        // Claims: counted and bounded by size.
+        let claim = |name: &str, size: &str| json!({"metadata": {"name": name}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}});
+        let claims = "/api/v1/namespaces/strict/persistentvolumeclaims";
+        ensure!(post(&c, "/api/v1/namespaces/strict/resourcequotas", &json!({"metadata": {"name": "disk"}, "spec": {"hard": {"persistentvolumeclaims": "2", "requests.storage": "1Gi"}}})).await?.code == 201);
+        ensure!(post(&c, "/api/v1/namespaces/strict/limitranges", &json!({"metadata": {"name": "disk"}, "spec": {"limits": [{"type": "PersistentVolumeClaim", "max": {"storage": "800Mi"}, "min": {"storage": "1Mi"}}]}})).await?.code == 201);
+        let r = post(&c, claims, &claim("big", "900Mi")).await?;
+        ensure!(
+            r.code == 403
+                && r.text.contains(
+                    "maximum storage usage per PersistentVolumeClaim is 800Mi, but request is 900Mi"
+                ),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let r = post(&c, claims, &claim("a", "700Mi")).await?;
+        ensure!(r.code == 201, "{} {}", r.code, r.text);
+        ensure!(
+            r.body["spec"]["storageClassName"] == "local-path",
+            "the default class: {}",
+            r.body
+        );
+        let r = post(&c, claims, &claim("b", "400Mi")).await?;
+        ensure!(r.code == 403 && r.text.contains("exceeded quota: disk, requested: requests.storage=400Mi, used: requests.storage=700Mi, limited: requests.storage=1Gi"), "{} {}", r.code, r.text);
+
         // What Weft does not count is refused, not ignored.
         let r = post(
             &c,
             "/api/v1/namespaces/race/resourcequotas",
-            &json!({"metadata": {"name": "x"}, "spec": {"hard": {"requests.storage": "1Gi"}}}),
+            &json!({"metadata": {"name": "x"}, "spec": {"hard": {"requests.ephemeral-storage": "1Gi"}}}),
         )
         .await?;
         ensure!(r.code == 422, "{} {}", r.code, r.text);

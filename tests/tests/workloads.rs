@@ -992,3 +992,182 @@ spec:
     );
     Ok(())
 }
+
+fn pvc_json(c: &Cluster, name: &str) -> Result<Value> {
+    c.get_json(&["pvc", name])
+}
+
+#[test]
+fn persistent_volumes_keep_data_across_pods_and_agent_restarts() -> Result<()> {
+    let mut c = up(2)?;
+    let host = tempfile::Builder::new().prefix("weft-pv-").tempdir()?;
+    std::fs::write(host.path().join("greeting"), "from the host\n")?;
+    let pod = |name: &str, claim: &str, cmd: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{extra}  terminationGracePeriodSeconds: 1\n  volumes: [{{name: d, persistentVolumeClaim: {{claimName: {claim}}}}}]\n  containers:\n  - {{name: main, image: weft.local/busybox:1.36, command: [sh, -c, \"{cmd}; sleep 3600\"], volumeMounts: [{{name: d, mountPath: /data}}]}}\n"
+        )
+    };
+    // The default class: WaitForFirstConsumer, so the claim waits for a pod.
+    let classes = c.weft(&["get", "storageclasses"])?;
+    ensure!(
+        classes.contains("local-path (default)") && classes.contains("WaitForFirstConsumer"),
+        "{classes}"
+    );
+    c.apply("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: data}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 64Mi}}}\n")?;
+    let pvc = pvc_json(&c, "data")?;
+    ensure!(
+        pvc["spec"]["storageClassName"] == "local-path" && pvc["status"]["phase"] == "Pending",
+        "{pvc}"
+    );
+    c.apply(&pod("writer", "data", "echo kept > /data/f", ""))?;
+    wait_pod(&c, "writer", Duration::from_secs(60), "running", |p| {
+        p["status"]["phase"] == "Running"
+    })?;
+    let pvc = pvc_json(&c, "data")?;
+    ensure!(
+        pvc["status"]["phase"] == "Bound" && pvc["status"]["capacity"]["storage"] == "64Mi",
+        "{pvc}"
+    );
+    let pv_name = pvc["spec"]["volumeName"]
+        .as_str()
+        .context("bound")?
+        .to_string();
+    let pv = c.get_json(&["pv", &pv_name])?;
+    let node = c.get_json(&["pod", "writer"])?["spec"]["nodeName"]
+        .as_str()
+        .context("node")?
+        .to_string();
+    ensure!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchFields"][0]["values"]
+            [0]
+            == node.as_str(),
+        "{pv}"
+    );
+    ensure!(
+        pv["status"]["phase"] == "Bound" && pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete",
+        "{pv}"
+    );
+    // The pod goes; a new one returns to the data, on its node, although
+    // the other node is emptier (a pod holding a CPU of this one).
+    c.weft(&["delete", "pod", "writer"])?;
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: ballast}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {node}}}\n  containers:\n  - {{name: main, image: weft.local/busybox:1.36, command: [sleep, '3600'], resources: {{requests: {{cpu: 900m}}}}}}\n"
+    ))?;
+    c.apply(&pod("reader", "data", "cat /data/f", ""))?;
+    let log = wait_log(&c, "reader", "kept", Duration::from_secs(60))?;
+    ensure!(log.contains("kept"));
+    ensure!(
+        c.get_json(&["pod", "reader"])?["spec"]["nodeName"] == node.as_str(),
+        "the pod left its data"
+    );
+    // An agent restart keeps it.
+    c.kill_agent(&node)?;
+    c.start_agent(&node)?;
+    c.wait_nodes_ready(Duration::from_secs(60))?;
+    let (code, out) = c.exec("default", "reader", &["cat", "/data/f"])?;
+    ensure!(
+        code == 0 && out.trim() == "kept",
+        "after an agent restart: {out}"
+    );
+    // The claim goes: its volume is Released, then deleted with its data.
+    c.weft(&["delete", "pod", "reader"])?;
+    c.weft(&["delete", "pvc", "data"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.weft_output(&["get", "pv", &pv_name])?.status.success() {
+        ensure!(
+            Instant::now() < deadline,
+            "the volume of a deleted claim stays: {}",
+            c.weft(&["get", "pv"])?
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // ... and its node's agent removes the data.
+    let data = c
+        .lab
+        .node_state_dir(c.lab.node(&node))
+        .join("sandbox/persistent")
+        .join(&pv_name);
+    wait_until(Duration::from_secs(40), || (!data.exists()).then_some(()))
+        .with_context(|| format!("{} stays", data.display()))?;
+    // Retain keeps volume and data.
+    c.apply("apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {name: keep}\nprovisioner: weft.dev/local-path\nreclaimPolicy: Retain\nvolumeBindingMode: WaitForFirstConsumer\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: kept}\nspec: {storageClassName: keep, accessModes: [ReadWriteOnce], resources: {requests: {storage: 10Mi}}}\n")?;
+    c.apply(&pod("keeper", "kept", "echo precious > /data/f", ""))?;
+    wait_pod(&c, "keeper", Duration::from_secs(60), "running", |p| {
+        p["status"]["phase"] == "Running"
+    })?;
+    let kept_pv = pvc_json(&c, "kept")?["spec"]["volumeName"]
+        .as_str()
+        .context("bound")?
+        .to_string();
+    c.weft(&["delete", "pod", "keeper"])?;
+    c.weft(&["delete", "pvc", "kept"])?;
+    let pv = wait_until(Duration::from_secs(20), || {
+        let pv = c.get_json(&["pv", &kept_pv]).ok()?;
+        (pv["status"]["phase"] == "Released").then_some(pv)
+    })?;
+    ensure!(pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain");
+    let kept_node =
+        c.get_json(&["pv", &kept_pv])?["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]
+            ["matchFields"][0]["values"][0]
+            .clone();
+    let kept_data = c
+        .lab
+        .node_state_dir(c.lab.node(kept_node.as_str().unwrap_or_default()))
+        .join("sandbox/persistent")
+        .join(&kept_pv)
+        .join("f");
+    std::thread::sleep(Duration::from_secs(12));
+    ensure!(
+        std::fs::read_to_string(&kept_data)?.trim() == "precious",
+        "Retain lost the data"
+    );
+    // A volume an admin made (hostPath) binds to a claim of its class.
+    c.apply(&format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: manual}}\nspec:\n  storageClassName: manual\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  hostPath: {{path: {}, type: Directory}}\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: static}}\nspec: {{storageClassName: manual, accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 100Mi}}}}}}\n",
+        host.path().display()
+    ))?;
+    wait_until(Duration::from_secs(20), || {
+        (pvc_json(&c, "static").ok()?["spec"]["volumeName"] == "manual").then_some(())
+    })?;
+    c.apply(&pod("static-reader", "static", "cat /data/greeting", ""))?;
+    wait_log(
+        &c,
+        "static-reader",
+        "from the host",
+        Duration::from_secs(60),
+    )?;
+    // A claim no volume can hold stays Pending, and its pod unscheduled.
+    c.apply("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: huge}\nspec: {storageClassName: manual, accessModes: [ReadWriteOnce], resources: {requests: {storage: 5Gi}}}\n")?;
+    c.apply(&pod("waiting", "huge", "true", ""))?;
+    let p = wait_pod(
+        &c,
+        "waiting",
+        Duration::from_secs(20),
+        "unschedulable",
+        |p| {
+            p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+        },
+    )?;
+    ensure!(
+        p.to_string()
+            .contains("unbound immediate PersistentVolumeClaims"),
+        "{}",
+        p["status"]
+    );
+    Ok(())
+}
+
+fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        ensure!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

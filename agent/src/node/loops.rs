@@ -46,6 +46,7 @@ pub(super) async fn run(
     let lease = tokio::spawn(register::heartbeat(node.clone()));
     let routes = tokio::spawn(routes::run(node.clone(), informers.nodes.clone()));
     let pods = tokio::spawn(pods::run(node.clone(), informers.pods.clone()));
+    tokio::spawn(super::persistent::run(node.clone()));
     serve_dns(&node, &informers, gateway.ip())?;
     let (lb_tx, lb_rx) = tokio::sync::watch::channel(Default::default());
     let services = tokio::spawn(crate::lb::sync::run(

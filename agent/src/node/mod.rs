@@ -11,6 +11,7 @@ mod datapath;
 mod logs;
 mod loops;
 mod objects;
+mod persistent;
 mod pods;
 mod register;
 mod routes;

@@ -14,7 +14,9 @@ use std::{
 };
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Secret, Service,
+};
 
 use super::api::{describe, is_not_found};
 use crate::sandbox::env::ObjectSource;
@@ -94,6 +96,25 @@ impl ObjectSource for ApiObjects {
         let v = self.get(ns, name).await?;
         self.remember("configmaps", ns, name, Cached::ConfigMap(v.clone()));
         Ok(v)
+    }
+    async fn claim(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Arc<PersistentVolumeClaim>>, String> {
+        // Never cached: a claim is read until it is bound.
+        self.get(ns, name).await
+    }
+    async fn volume(&self, name: &str) -> Result<Option<Arc<PersistentVolume>>, String> {
+        let api: kube::Api<PersistentVolume> = kube::Api::all(self.client.clone());
+        match api.get(name).await {
+            Ok(pv) => Ok(Some(Arc::new(pv))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(format!(
+                "cannot read persistentvolume {name}: {}",
+                describe(&e)
+            )),
+        }
     }
     async fn services(&self, ns: &str) -> Result<Vec<Arc<Service>>, String> {
         if let Some(Cached::Services(v)) = self.cached("services", ns, "") {

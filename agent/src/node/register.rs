@@ -140,7 +140,12 @@ fn node_status(
         json!({"type": t, "status": "False", "reason": reason, "message": msg,
                "lastHeartbeatTime": now, "lastTransitionTime": now})
     };
-    let capacity = json!({"cpu": cpu.to_string(), "memory": format!("{}Ki", memory / 1024), "pods": cfg.max_pods.to_string()});
+    let mut capacity = json!({"cpu": cpu.to_string(), "memory": format!("{}Ki", memory / 1024), "pods": cfg.max_pods.to_string()});
+    // The file system of the state directory: what local persistent
+    // volumes (and emptyDirs) share.
+    if let Some(bytes) = disk_bytes(&cfg.state_dir) {
+        capacity["ephemeral-storage"] = json!(format!("{}Ki", bytes / 1024));
+    }
     json!({
         "capacity": capacity,
         "allocatable": capacity,
@@ -291,6 +296,19 @@ async fn set_condition(
 
 /// CPUs and bytes of memory this node offers: the machine's, or less when
 /// the agent's cgroup limits it.
+/// The size of the file system holding `dir` (or its nearest existing
+/// parent).
+fn disk_bytes(dir: &std::path::Path) -> Option<u64> {
+    let mut at = Some(dir);
+    while let Some(p) = at {
+        if let Ok(st) = nix::sys::statvfs::statvfs(p) {
+            return Some(st.blocks() * st.fragment_size());
+        }
+        at = p.parent();
+    }
+    None
+}
+
 pub(super) fn capacity() -> (u64, u64) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let mem_total = std::fs::read_to_string("/proc/meminfo")

@@ -15,7 +15,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, ObjectFieldSelector, Pod, ResourceFieldSelector, Secret, Service,
+    ConfigMap, Container, EnvVar, ObjectFieldSelector, PersistentVolume, PersistentVolumeClaim,
+    Pod, ResourceFieldSelector, Secret, Service,
 };
 
 /// Where a pod's ConfigMaps and Secrets are read from.
@@ -28,6 +29,20 @@ pub trait ObjectSource: Send + Sync {
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, String>;
     /// The Services of namespace `ns` (for service links).
     async fn services(&self, ns: &str) -> Result<Vec<Arc<Service>>, String>;
+    /// The PersistentVolumeClaim, as [`ObjectSource::config_map`].
+    async fn claim(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Arc<PersistentVolumeClaim>>, String> {
+        let _ = (ns, name);
+        Ok(None)
+    }
+    /// The PersistentVolume, as [`ObjectSource::config_map`].
+    async fn volume(&self, name: &str) -> Result<Option<Arc<PersistentVolume>>, String> {
+        let _ = name;
+        Ok(None)
+    }
 }
 
 /// A source that has nothing (a sandbox without an API, in tests).

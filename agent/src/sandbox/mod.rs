@@ -302,6 +302,24 @@ impl Sandbox {
         })
     }
 
+    /// The node paths the pods on this node mount through their claims.
+    #[must_use]
+    pub fn claimed_paths(&self) -> HashSet<String> {
+        let pods = self.cfg.state_dir.join("pods");
+        fs::read_dir(&pods)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|e| volumes::claimed_paths(&e.path()))
+            .collect()
+    }
+
+    /// Where Weft's local persistent volumes keep their data on this node.
+    #[must_use]
+    pub fn persistent_root(&self) -> PathBuf {
+        self.cfg.state_dir.join(volumes::PERSISTENT_DIR)
+    }
+
     /// What the downward API reads of the node and of the pod's record.
     fn facts(&self, rec: &PodRecord) -> env::PodFacts {
         env::PodFacts {
@@ -651,6 +669,12 @@ impl Sandbox {
             pod: pod_name(rec),
             message,
         })?;
+        volumes::prepare_claims(&dir, &self.persistent_root(), pod, self.objects.as_ref())
+            .await
+            .map_err(|message| SandboxError::Mount {
+                pod: pod_name(rec),
+                message,
+            })?;
         // With init containers, the first is started here and the rest of
         // the sequence (then the containers) by the pod's syncs.
         if !rec.initialized {
@@ -714,8 +738,15 @@ impl Sandbox {
                 message,
             })?;
         let pod_security = spec.security_context.clone();
-        let volumes = spec.volumes.clone().unwrap_or_default();
+        let (volumes, read_only_claims) =
+            volumes::with_claims(&dir, spec.volumes.as_deref().unwrap_or_default());
         let volume_dirs = volumes::dirs(&dir, spec);
+        let mut container = container;
+        for m in container.volume_mounts.iter_mut().flatten() {
+            if read_only_claims.contains(&m.name) {
+                m.read_only = Some(true);
+            }
+        }
         let memory_request = c
             .resources
             .as_ref()

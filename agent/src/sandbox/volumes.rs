@@ -30,6 +30,181 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::env::{ObjectSource, PodFacts, field_value, resource_value};
 
+/// Where the agent keeps the data of Weft's local persistent volumes (under
+/// the sandbox's state directory), one directory per volume handle.
+pub const PERSISTENT_DIR: &str = "persistent";
+/// The file of a pod's directory that records where its claims resolved.
+const CLAIMS_FILE: &str = "claims.json";
+
+/// A claim resolved to a node path: (path, hostPath type, read-only).
+type Claimed = BTreeMap<String, (String, String, bool)>;
+
+/// Resolves the pod's persistentVolumeClaim volumes to node paths, making
+/// the directory of a local volume (0777, as local-path provisioners make
+/// them; with the pod's fsGroup as its group), and records them in the
+/// pod's directory for its containers' starts. Err in kubelet's words for a
+/// claim that is missing, not bound yet, or whose volume is elsewhere.
+///
+/// # Errors
+/// See above; I/O errors with the path.
+pub async fn prepare_claims(
+    pod_dir: &Path,
+    persistent_root: &Path,
+    pod: &Pod,
+    objects: &dyn ObjectSource,
+) -> Result<(), String> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(());
+    };
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let node = spec.node_name.clone().unwrap_or_default();
+    let mut claimed = Claimed::new();
+    for v in spec.volumes.iter().flatten() {
+        let Some(src) = &v.persistent_volume_claim else {
+            continue;
+        };
+        let name = &src.claim_name;
+        let claim = objects
+            .claim(ns, name)
+            .await?
+            .ok_or_else(|| format!("persistentvolumeclaim \"{name}\" not found"))?;
+        let vol_name = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("persistentvolumeclaim \"{name}\" is not bound yet"))?;
+        let pv = objects
+            .volume(&vol_name)
+            .await?
+            .ok_or_else(|| format!("persistentvolume \"{vol_name}\" not found"))?;
+        let pv_spec = pv.spec.clone().unwrap_or_default();
+        if pv_spec.claim_ref.as_ref().and_then(|r| r.uid.as_ref()) != claim.metadata.uid.as_ref() {
+            return Err(format!(
+                "persistentvolume \"{vol_name}\" is not bound to claim \"{name}\""
+            ));
+        }
+        let (path, ty) = if let Some(csi) = &pv_spec.csi {
+            if csi.driver != weft_api::volumes::LOCAL_DRIVER {
+                return Err(format!(
+                    "volume {vol_name}: driver {} is not Weft's",
+                    csi.driver
+                ));
+            }
+            let handle = &csi.volume_handle;
+            if handle.is_empty() || handle.contains('/') || handle.starts_with('.') {
+                return Err(format!("volume {vol_name}: bad handle {handle:?}"));
+            }
+            let terms = pv_spec
+                .node_affinity
+                .as_ref()
+                .and_then(|a| a.required.as_ref())
+                .map(|r| r.node_selector_terms.clone())
+                .unwrap_or_default();
+            let here = terms.iter().any(|t| {
+                t.match_fields.iter().flatten().any(|f| {
+                    f.key == "metadata.name"
+                        && f.operator == "In"
+                        && f.values.iter().flatten().any(|n| *n == node)
+                })
+            });
+            if !here {
+                return Err(format!("volume {vol_name} does not live on node {node}"));
+            }
+            let dir = persistent_root.join(handle);
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o777)
+                .create(&dir)
+                .map_err(|e| io("create", &dir, e))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))
+                .map_err(|e| io("chmod", &dir, e))?;
+            if let Some(g) = fs_group(spec) {
+                chown_group(&dir, g, true)?;
+            }
+            (dir.display().to_string(), "Directory".to_string())
+        } else if let Some(hp) = &pv_spec.host_path {
+            (hp.path.clone(), hp.type_.clone().unwrap_or_default())
+        } else if let Some(local) = &pv_spec.local {
+            (local.path.clone(), "Directory".to_string())
+        } else {
+            return Err(format!("volume {vol_name}: no source Weft mounts"));
+        };
+        claimed.insert(v.name.clone(), (path, ty, src.read_only == Some(true)));
+    }
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let file = pod_dir.join(CLAIMS_FILE);
+    fs::write(
+        &file,
+        serde_json::to_vec(&claimed).expect("a map serializes"),
+    )
+    .map_err(|e| io("write", &file, e))
+}
+
+/// The pod's volumes with each persistentVolumeClaim as the hostPath its
+/// claim resolved to (see [`prepare_claims`]), and the names of those that
+/// are read-only.
+#[must_use]
+pub fn with_claims(pod_dir: &Path, volumes: &[Volume]) -> (Vec<Volume>, Vec<String>) {
+    let claimed: Claimed = fs::read(pod_dir.join(CLAIMS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut read_only = Vec::new();
+    let out = volumes
+        .iter()
+        .map(
+            |v| match (&v.persistent_volume_claim, claimed.get(&v.name)) {
+                (Some(_), Some((path, ty, ro))) => {
+                    if *ro {
+                        read_only.push(v.name.clone());
+                    }
+                    Volume {
+                        name: v.name.clone(),
+                        host_path: Some(k8s_openapi::api::core::v1::HostPathVolumeSource {
+                            path: path.clone(),
+                            type_: Some(ty.clone()),
+                        }),
+                        ..Volume::default()
+                    }
+                }
+                _ => v.clone(),
+            },
+        )
+        .collect();
+    (out, read_only)
+}
+
+/// The node paths the pod in `pod_dir` mounts through its claims.
+#[must_use]
+pub fn claimed_paths(pod_dir: &Path) -> Vec<String> {
+    let claimed: Claimed = fs::read(pod_dir.join(CLAIMS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    claimed.into_values().map(|(p, _, _)| p).collect()
+}
+
+/// The local volume directories under `persistent_root` that none of
+/// `live` (the handles of the volumes that exist) names: what a deleted
+/// volume left.
+#[must_use]
+pub fn orphaned_volumes(
+    persistent_root: &Path,
+    live: &std::collections::HashSet<String>,
+) -> Vec<PathBuf> {
+    fs::read_dir(persistent_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| !live.contains(&e.file_name().to_string_lossy().into_owned()))
+        .map(|e| e.path())
+        .collect()
+}
+
 /// Where a pod's volumes live under its directory.
 pub const VOLUMES_DIR: &str = "volumes";
 /// The symlink to the current content of an atomically written volume.

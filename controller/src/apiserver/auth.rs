@@ -249,7 +249,11 @@ pub fn authorize(user: &User, a: &Attributes<'_>) -> Decision {
             // kube's node authorizer and the roles of those parts allow;
             // not workloads' controllers, nor Events.
             let readable = match (a.group, a.resource) {
-                ("", "nodes" | "pods" | "services" | "endpoints" | "namespaces")
+                (
+                    "",
+                    "nodes" | "pods" | "services" | "endpoints" | "namespaces"
+                    | "persistentvolumes",
+                )
                 | ("discovery.k8s.io", "endpointslices")
                 | ("networking.k8s.io", "networkpolicies") => true,
                 ("coordination.k8s.io", "leases") => a.namespace == Some("kube-node-lease"),

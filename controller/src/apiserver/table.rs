@@ -308,6 +308,58 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
         ],
         "LimitRange" => vec![name, ("Created At", "date", "", "When it was made.", 0)],
+        "PersistentVolume" => vec![
+            name,
+            ("Capacity", "string", "", "The volume's size.", 0),
+            ("Access Modes", "string", "", "How it may be mounted.", 0),
+            (
+                "Reclaim Policy",
+                "string",
+                "",
+                "What happens to it when its claim goes.",
+                0,
+            ),
+            ("Status", "string", "", "Its phase.", 0),
+            ("Claim", "string", "", "The claim bound to it.", 0),
+            ("StorageClass", "string", "", "Its class.", 0),
+            ("Reason", "string", "", "Why it is in its phase.", 0),
+            age,
+        ],
+        "PersistentVolumeClaim" => vec![
+            name,
+            ("Status", "string", "", "Its phase.", 0),
+            ("Volume", "string", "", "The volume bound to it.", 0),
+            ("Capacity", "string", "", "The bound volume's size.", 0),
+            ("Access Modes", "string", "", "How it may be mounted.", 0),
+            ("StorageClass", "string", "", "Its class.", 0),
+            age,
+        ],
+        "StorageClass" => vec![
+            name,
+            ("Provisioner", "string", "", "What makes its volumes.", 0),
+            (
+                "ReclaimPolicy",
+                "string",
+                "",
+                "What happens to a volume when its claim goes.",
+                0,
+            ),
+            (
+                "VolumeBindingMode",
+                "string",
+                "",
+                "When volumes are made and bound.",
+                0,
+            ),
+            (
+                "AllowVolumeExpansion",
+                "string",
+                "",
+                "Whether volumes can grow.",
+                0,
+            ),
+            age,
+        ],
         "ConfigMap" => vec![
             name,
             (
@@ -410,6 +462,23 @@ fn columns(kind: &str) -> Vec<Column> {
         ],
         _ => vec![name, age],
     }
+}
+
+/// Access modes as kubectl abbreviates them (`RWO,ROX`).
+fn access_modes(v: &Value) -> String {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn s(v: &Value) -> String {
@@ -764,6 +833,56 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             vec![name, age, json!(req.join(", ")), json!(lim.join(", "))]
         }
         "LimitRange" => vec![name, json!(s(&o["metadata"]["creationTimestamp"]))],
+        "PersistentVolume" => {
+            let claim = &o["spec"]["claimRef"];
+            let claim = if claim.is_object() {
+                format!("{}/{}", s(&claim["namespace"]), s(&claim["name"]))
+            } else {
+                String::new()
+            };
+            vec![
+                name,
+                json!(s(&o["spec"]["capacity"]["storage"])),
+                json!(access_modes(&o["spec"]["accessModes"])),
+                json!(s(&o["spec"]["persistentVolumeReclaimPolicy"])),
+                json!(s(&o["status"]["phase"])),
+                json!(claim),
+                json!(s(&o["spec"]["storageClassName"])),
+                json!(s(&o["status"]["reason"])),
+                age,
+            ]
+        }
+        "PersistentVolumeClaim" => vec![
+            name,
+            json!(s(&o["status"]["phase"])),
+            json!(s(&o["spec"]["volumeName"])),
+            json!(s(&o["status"]["capacity"]["storage"])),
+            json!(access_modes(&o["status"]["accessModes"])),
+            json!(s(&o["spec"]["storageClassName"])),
+            age,
+        ],
+        "StorageClass" => {
+            let default = o["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"]
+                == "true";
+            let shown = if default {
+                format!("{} (default)", s(&o["metadata"]["name"]))
+            } else {
+                s(&o["metadata"]["name"])
+            };
+            vec![
+                json!(shown),
+                json!(s(&o["provisioner"])),
+                json!(s(&o["reclaimPolicy"])),
+                json!(s(&o["volumeBindingMode"])),
+                json!(
+                    o["allowVolumeExpansion"]
+                        .as_bool()
+                        .unwrap_or(false)
+                        .to_string()
+                ),
+                age,
+            ]
+        }
         "ConfigMap" => {
             let keys = |f: &str| o[f].as_object().map_or(0, serde_json::Map::len);
             vec![name, json!(keys("data") + keys("binaryData")), age]

@@ -16,6 +16,7 @@ pub mod nodes;
 pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
+pub mod volumes;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -468,6 +469,7 @@ pub fn start_all(ctx: &Ctx) {
     nodes::start(ctx.clone());
     gc::start(ctx);
     quota::start(ctx);
+    volumes::start(ctx);
 }
 
 #[cfg(test)]

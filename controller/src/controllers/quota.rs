@@ -40,6 +40,7 @@ pub fn start(ctx: &Ctx) {
         .watches::<Service>(quotas_of)
         .watches::<ConfigMap>(quotas_of)
         .watches::<Secret>(quotas_of)
+        .watches::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(quotas_of)
         .run(1, |q, ctx| async move { reconcile(&q, &ctx).await });
 }
 

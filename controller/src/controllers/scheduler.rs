@@ -19,6 +19,12 @@
 //! binding lands, so that decisions in flight do not overcommit a node.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use k8s_openapi::api::core::v1::{NodeSelectorTerm, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+
+use crate::cache::Cache;
+use crate::registry::storage::SELECTED_NODE;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -421,6 +427,32 @@ pub fn start(ctx: Ctx) {
             },
         );
     }
+    // A claim or volume that changes may make a waiting pod fit (its claim
+    // made or bound, as kube-scheduler's volume binding plugin hears).
+    {
+        let (st, wk) = (state.clone(), wake.clone());
+        follow::<PersistentVolumeClaim>(
+            &ctx.cache,
+            move |_| {
+                st.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .relevant_event();
+                wk.notify_one();
+            },
+            || {},
+        );
+        let (st, wk) = (state.clone(), wake.clone());
+        follow::<PersistentVolume>(
+            &ctx.cache,
+            move |_| {
+                st.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .relevant_event();
+                wk.notify_one();
+            },
+            || {},
+        );
+    }
     // Once a second, the waiting pods whose back-off is over and that an
     // event may have made fit go back to the queue; every FLUSH_ALL, all.
     {
@@ -482,9 +514,24 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
         if !wants_scheduling(&pod) {
             continue;
         }
+        // Its claims first: a missing or unbound-immediate one keeps it
+        // aside; a bound one's volume holds it to the volume's nodes.
+        let needs = match volume_needs(&ctx.cache, &pod) {
+            Ok(n) => n,
+            Err(why) => {
+                let first = state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_aside(&key, &why);
+                if first {
+                    let _ = reports.send((pod.clone(), why));
+                }
+                continue;
+            }
+        };
         let decision = {
             let s = state.lock().unwrap_or_else(|e| e.into_inner());
-            choose(&s, &pod)
+            choose_with(&s, &pod, &needs.terms)
         };
         match decision {
             Ok(node) => {
@@ -501,7 +548,31 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
                 let pod = pod.clone();
                 tokio::spawn(async move {
                     let (ns, name) = split_key(&key);
-                    let result = ctx.reg.bind(ns.unwrap_or("default"), name, &node).await;
+                    // WaitForFirstConsumer claims: their volumes are made
+                    // on the chosen node (the volume controller sees the
+                    // annotation), before the pod is bound.
+                    let mut result = Ok(());
+                    for claim in &needs.to_place {
+                        let r = ctx
+                            .reg
+                            .modify::<PersistentVolumeClaim>(ns, claim, Write::Update, |mut c| {
+                                c.metadata
+                                    .annotations
+                                    .get_or_insert_with(Default::default)
+                                    .entry(SELECTED_NODE.to_string())
+                                    .or_insert_with(|| node.clone());
+                                Ok(c)
+                            })
+                            .await;
+                        if let Err(e) = r {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    let result = match result {
+                        Ok(()) => ctx.reg.bind(ns.unwrap_or("default"), name, &node).await,
+                        Err(e) => Err(e),
+                    };
                     drop(permit);
                     match result {
                         Ok(_) => {}
@@ -666,8 +737,93 @@ fn requirement(
     }
 }
 
+/// What a pod's claims ask of its node.
+#[derive(Default)]
+struct VolumeNeeds {
+    /// The node selector terms of each bound volume (one term of each must
+    /// match).
+    terms: Vec<Vec<NodeSelectorTerm>>,
+    /// WaitForFirstConsumer claims still to be given a node.
+    to_place: Vec<String>,
+}
+
+/// The constraints of the pod's PersistentVolumeClaims, or why it cannot be
+/// placed yet (kube-scheduler's words).
+fn volume_needs(cache: &Cache, pod: &Pod) -> Result<VolumeNeeds, String> {
+    let mut needs = VolumeNeeds::default();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let claims = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.clone());
+    for name in claims {
+        let Some(pvc) = cache.store::<PersistentVolumeClaim>().get(Some(ns), &name) else {
+            return Err(format!("persistentvolumeclaim \"{name}\" not found"));
+        };
+        if pvc.metadata.deletion_timestamp.is_some() {
+            return Err(format!("persistentvolumeclaim \"{name}\" is being deleted"));
+        }
+        let spec = pvc.spec.clone().unwrap_or_default();
+        match spec.volume_name.as_deref().filter(|v| !v.is_empty()) {
+            Some(pv_name) => {
+                let Some(pv) = cache.store::<PersistentVolume>().get(None, pv_name) else {
+                    return Err(format!("persistentvolume \"{pv_name}\" not found"));
+                };
+                if let Some(terms) = pv
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_affinity.as_ref())
+                    .and_then(|a| a.required.as_ref())
+                {
+                    needs.terms.push(terms.node_selector_terms.clone());
+                }
+            }
+            None => {
+                let class = spec
+                    .storage_class_name
+                    .as_deref()
+                    .and_then(|c| cache.store::<StorageClass>().get(None, c));
+                let wait = class.as_ref().is_some_and(|c| {
+                    c.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
+                });
+                if !wait {
+                    return Err("pod has unbound immediate PersistentVolumeClaims".into());
+                }
+                let placed = pvc
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SELECTED_NODE));
+                match placed {
+                    // Placed before: the pod goes where its volume will be.
+                    Some(node) => needs.terms.push(vec![NodeSelectorTerm {
+                        match_fields: Some(vec![
+                            k8s_openapi::api::core::v1::NodeSelectorRequirement {
+                                key: "metadata.name".into(),
+                                operator: "In".into(),
+                                values: Some(vec![node.clone()]),
+                            },
+                        ]),
+                        ..Default::default()
+                    }]),
+                    None => needs.to_place.push(name),
+                }
+            }
+        }
+    }
+    Ok(needs)
+}
+
 /// The best node for `pod`, or why none fits (in kube-scheduler's words).
+#[cfg(test)]
 fn choose(s: &State, pod: &Pod) -> Result<String, String> {
+    choose_with(s, pod, &[])
+}
+
+/// As [`choose`], on the nodes that satisfy one term of each of `volumes`.
+fn choose_with(s: &State, pod: &Pod, volumes: &[Vec<NodeSelectorTerm>]) -> Result<String, String> {
     let req = pod_request(pod.spec.as_ref());
     let owner = owner_uid(pod);
     let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
@@ -704,6 +860,17 @@ fn choose(s: &State, pod: &Pod) -> Result<String, String> {
                 .iter()
                 .any(|t| term_matches(t, &info.name, &info.labels))
         });
+        let volumes_ok = volumes.iter().all(|terms| {
+            terms
+                .iter()
+                .any(|t| term_matches(t, &info.name, &info.labels))
+        });
+        if !volumes_ok {
+            *reasons
+                .entry("node(s) had volume node affinity conflict".into())
+                .or_default() += 1;
+            continue;
+        }
         if !affinity_ok
             || selector.is_some_and(|sel| !sel.iter().all(|(k, v)| info.labels.get(k) == Some(v)))
         {

@@ -22,6 +22,7 @@ mod pod;
 pub mod pod_security;
 pub mod quota;
 mod service;
+pub mod storage;
 pub mod validation;
 
 use std::sync::Arc;

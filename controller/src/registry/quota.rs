@@ -39,8 +39,9 @@ use crate::store::{Compare, Op, Txn};
 pub type Usage = BTreeMap<String, i128>;
 
 /// The quota resources Weft counts, besides `count/<resource>`.
-pub const QUOTA_RESOURCES: [&str; 12] = [
+pub const QUOTA_RESOURCES: [&str; 14] = [
     "configmaps",
+    "persistentvolumeclaims",
     "cpu",
     "limits.cpu",
     "limits.memory",
@@ -48,6 +49,7 @@ pub const QUOTA_RESOURCES: [&str; 12] = [
     "pods",
     "requests.cpu",
     "requests.memory",
+    "requests.storage",
     "secrets",
     "services",
     "services.loadbalancers",
@@ -164,6 +166,16 @@ pub fn usage(res: &Resource, obj: &Value) -> Usage {
             .unwrap_or_default(),
         "ConfigMap" => [("configmaps".to_string(), 1000)].into(),
         "Secret" => [("secrets".to_string(), 1000)].into(),
+        "PersistentVolumeClaim" => {
+            let mut u: Usage = [("persistentvolumeclaims".to_string(), 1000)].into();
+            if let Ok(c) = serde_json::from_value::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(
+                obj.clone(),
+            ) && let Some(bytes) = super::storage::claim_request(&c)
+            {
+                u.insert("requests.storage".into(), bytes * 1000);
+            }
+            u
+        }
         _ => Usage::new(),
     };
     // A finished pod is not counted at all.
@@ -320,6 +332,9 @@ pub async fn count(
             }
             "configmaps" => resources::by_kind("v1", "ConfigMap"),
             "secrets" => resources::by_kind("v1", "Secret"),
+            "persistentvolumeclaims" | "requests.storage" => {
+                resources::by_kind("v1", "PersistentVolumeClaim")
+            }
             other => counted(other),
         };
         if let Some(res) = res
@@ -430,7 +445,7 @@ impl Kind for ResourceQuota {
 }
 
 /// The LimitRange item types Weft applies.
-const LIMIT_TYPES: [&str; 2] = ["Container", "Pod"];
+const LIMIT_TYPES: [&str; 3] = ["Container", "Pod", "PersistentVolumeClaim"];
 
 fn items(lr: &LimitRange) -> &[LimitRangeItem] {
     lr.spec.as_ref().map_or(&[], |s| s.limits.as_slice())
@@ -494,13 +509,28 @@ impl Kind for LimitRange {
                 ("defaultRequest", &it.default_request),
                 ("maxLimitRequestRatio", &it.max_limit_request_ratio),
             ];
+            let allowed: &[&str] = if it.type_ == "PersistentVolumeClaim" {
+                &["storage"]
+            } else {
+                &["cpu", "memory"]
+            };
+            if it.type_ == "PersistentVolumeClaim"
+                && (it.default.is_some()
+                    || it.default_request.is_some()
+                    || it.max_limit_request_ratio.is_some())
+            {
+                out.push(Cause::forbidden(
+                    format!("{at}.default"),
+                    "a PersistentVolumeClaim item takes only min and max",
+                ));
+            }
             for (name, m) in maps {
                 for (k, v) in m.iter().flatten() {
-                    if !["cpu", "memory"].contains(&k.as_str()) {
+                    if !allowed.contains(&k.as_str()) {
                         out.push(Cause::not_supported(
                             format!("{at}.{name}[{k}]"),
                             k,
-                            &["cpu", "memory"],
+                            allowed,
                         ));
                     }
                     if milli(v).is_none_or(|n| n < 0) {
@@ -576,6 +606,63 @@ impl Kind for LimitRange {
     }
 }
 
+/// Checks a new claim against its namespace's LimitRanges'
+/// `PersistentVolumeClaim` items (min and max storage), with kube's words.
+pub async fn limit_claim(
+    reg: &Registry,
+    pvc: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+) -> Result<(), ApiError> {
+    let ns = pvc
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let (kvs, _) = reg
+        .store
+        .list(&LimitRange::resource().list_prefix(Some(&ns)))
+        .await
+        .map_err(store_error)?;
+    let request = super::storage::claim_request(pvc).map(|b| b * 1000);
+    let mut broken = Vec::new();
+    for kv in &kvs {
+        let lr: LimitRange = decode_typed(kv)?;
+        for it in items(&lr)
+            .iter()
+            .filter(|it| it.type_ == "PersistentVolumeClaim")
+        {
+            let bound = |m: &Option<BTreeMap<String, Quantity>>| {
+                m.as_ref().and_then(|m| m.get("storage")).cloned()
+            };
+            if let Some(min) = bound(&it.min)
+                && request.is_none_or(|r| r < milli(&min).unwrap_or(0))
+            {
+                broken.push(format!(
+                    "minimum storage usage per PersistentVolumeClaim is {}, but request is {}",
+                    min.0,
+                    request.map_or("none".into(), |r| format("storage", r))
+                ));
+            }
+            if let Some(max) = bound(&it.max)
+                && request.is_some_and(|r| r > milli(&max).unwrap_or(0))
+            {
+                broken.push(format!(
+                    "maximum storage usage per PersistentVolumeClaim is {}, but request is {}",
+                    max.0,
+                    format("storage", request.unwrap_or(0))
+                ));
+            }
+        }
+    }
+    if broken.is_empty() {
+        return Ok(());
+    }
+    let name = pvc.metadata.name.clone().unwrap_or_default();
+    Err(ApiError::forbidden(format!(
+        "persistentvolumeclaims \"{name}\" is forbidden: [{}]",
+        broken.join(", ")
+    )))
+}
+
 /// Applies the LimitRanges of the pod's namespace (see the module docs).
 pub async fn limit_pod(reg: &Registry, pod: &mut Pod) -> Result<(), ApiError> {
     let ns = pod
@@ -634,7 +721,11 @@ pub async fn limit_pod(reg: &Registry, pod: &mut Pod) -> Result<(), ApiError> {
         .flatten()
         .chain(&spec.containers)
         .collect();
-    for it in ranges.iter().flat_map(items) {
+    for it in ranges
+        .iter()
+        .flat_map(items)
+        .filter(|it| it.type_ != "PersistentVolumeClaim")
+    {
         let per = it.type_.as_str();
         for k in ["cpu", "memory"] {
             let bound =

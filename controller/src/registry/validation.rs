@@ -279,9 +279,10 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: Option<&PodSpec>, path: &str) 
             );
         }
         let resources = c.resources.as_ref();
+        // Limits first, as kube-apiserver reports them.
         for (kind, map) in [
-            ("requests", resources.and_then(|r| r.requests.as_ref())),
             ("limits", resources.and_then(|r| r.limits.as_ref())),
+            ("requests", resources.and_then(|r| r.requests.as_ref())),
         ] {
             for (k, q) in map.into_iter().flatten() {
                 let why = match weft_api::quantity::parse(&q.0) {
