@@ -355,15 +355,12 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
             not_yet,
         ));
     }
-    if spec
-        .image_pull_secrets
-        .as_ref()
-        .is_some_and(|v| !v.is_empty())
-    {
-        out.push(Cause::forbidden(
-            format!("{path}.imagePullSecrets"),
-            not_yet,
-        ));
+    for (i, s) in spec.image_pull_secrets.iter().flatten().enumerate() {
+        if s.name.is_empty() {
+            out.push(Cause::required(format!(
+                "{path}.imagePullSecrets[{i}].name"
+            )));
+        }
     }
     for (i, a) in spec.host_aliases.iter().flatten().enumerate() {
         let at = format!("{path}.hostAliases[{i}]");

@@ -475,8 +475,8 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
             ),
             (
                 json!({}),
-                json!({"imagePullSecrets": [{"name": "x"}]}),
-                "spec.imagePullSecrets",
+                json!({"imagePullSecrets": [{"name": ""}]}),
+                "spec.imagePullSecrets[0].name",
             ),
             (
                 json!({}),

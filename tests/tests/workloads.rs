@@ -1171,3 +1171,128 @@ fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// The bcrypt hash of `weft-pull-test` (the registry's htpasswd entry).
+const PULL_HASH: &str = "$2b$12$XRXMkVSf0aY4RZSkxluy3uLHipcLKuDSWxz/8hckOkolB6AI4q2tq";
+
+#[test]
+fn private_registries_need_their_pull_secret() -> Result<()> {
+    const ADDR: &str = "192.0.2.1:5001";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut spec = ClusterSpec::new(1);
+    spec.agent_args = ["--restart-backoff", "1s", "--insecure-registry", ADDR]
+        .map(String::from)
+        .to_vec();
+    let c = rt.block_on(Cluster::up(spec, |_| {}))?;
+    // A registry that wants a login, in the lab's underlay.
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("htpasswd"), format!("puller:{PULL_HASH}\n"))?;
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {ADDR}}}\nauth:\n  htpasswd: {{realm: weft, path: {}}}\n",
+            dir.path().join("data").display(),
+            dir.path().join("htpasswd").display()
+        ),
+    )?;
+    let mut cmd = std::process::Command::new("docker-registry");
+    cmd.arg("serve")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    weft_lab::cluster::in_netns(&mut cmd, &c.lab.underlay, false)?;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _registry = Kill(cmd.spawn().context("start docker-registry")?);
+    use weft_agent::runtime::registry::{Credentials, RegistryOptions};
+    let n1 = c.lab.node("n1").clone();
+    let opts = RegistryOptions {
+        plain_http: vec![ADDR.into()],
+        netns: Some(n1.netns.clone()),
+        timeout: Some(Duration::from_secs(3)),
+    };
+    let runtime =
+        weft_lab::topology::node_runtime(&c.dir.join("n1"), &c.lab.weft_bin, opts.clone())?;
+    let image = format!("{ADDR}/private/busybox:1");
+    let login = Credentials {
+        username: "puller".into(),
+        password: "weft-pull-test".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match runtime.images().push_as(
+            weft_agent::runtime::busybox::BUSYBOX_IMAGE,
+            &image,
+            &opts,
+            Some(&login),
+        ) {
+            Ok(_) => break,
+            Err(e) => ensure!(Instant::now() < deadline, "push: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ensure!(
+        runtime
+            .images()
+            .push(weft_agent::runtime::busybox::BUSYBOX_IMAGE, &image, &opts)
+            .is_err(),
+        "the registry takes anonymous pushes: the test proves nothing"
+    );
+    use base64::Engine as _;
+    let config = |user: &str, pass: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        base64::engine::general_purpose::STANDARD
+            .encode(format!(r#"{{"auths":{{"{ADDR}":{{"auth":"{auth}"}}}}}}"#))
+    };
+    let pod = |name: &str, secret: Option<&str>| {
+        let secrets = secret.map_or(String::new(), |s| {
+            format!("  imagePullSecrets: [{{name: {s}}}]\n")
+        });
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{secrets}  containers:\n  - {{name: main, image: '{image}', imagePullPolicy: Always, command: [sleep, '3600']}}\n"
+        )
+    };
+    c.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: regcred}}\ntype: kubernetes.io/dockerconfigjson\ndata: {{.dockerconfigjson: {}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: wrong}}\ntype: kubernetes.io/dockerconfigjson\ndata: {{.dockerconfigjson: {}}}\n",
+        config("puller", "weft-pull-test"),
+        config("puller", "not-it")
+    ))?;
+    c.apply(
+        &[
+            pod("with", Some("regcred")),
+            pod("without", None),
+            pod("badlogin", Some("wrong")),
+        ]
+        .join("---\n"),
+    )?;
+    wait_pod(&c, "with", Duration::from_secs(60), "Running", |p| {
+        p["status"]["phase"] == "Running"
+    })?;
+    for name in ["without", "badlogin"] {
+        let p = wait_pod(&c, name, Duration::from_secs(40), "a pull error", |p| {
+            matches!(
+                p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].as_str(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+        })?;
+        let msg = p["status"]["containerStatuses"][0]["state"]["waiting"]["message"].to_string();
+        ensure!(
+            msg.to_lowercase().contains("not authorized"),
+            "{name}: {msg}"
+        );
+    }
+    let agent = c.agent_log("n1");
+    ensure!(
+        !agent.contains("weft-pull-test") && !agent.contains("not-it"),
+        "a password is in the agent's log"
+    );
+    Ok(())
+}

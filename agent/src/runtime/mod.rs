@@ -211,6 +211,19 @@ impl Runtime {
     /// A bad reference, an image not found locally under `Never`, or a
     /// failed pull.
     pub fn ensure_image(&self, container: &Container) -> Result<image::Image, RuntimeError> {
+        self.ensure_image_as(container, &[])
+    }
+
+    /// As [`Runtime::ensure_image`], with the pod's registry logins: the
+    /// one for the image's registry (the first that names it) is used.
+    ///
+    /// # Errors
+    /// As [`Runtime::ensure_image`].
+    pub fn ensure_image_as(
+        &self,
+        container: &Container,
+        pull_configs: &[Vec<u8>],
+    ) -> Result<image::Image, RuntimeError> {
         let reference = container.image.as_deref().unwrap_or_default();
         let r = reference::ImageRef::parse(reference).map_err(image::ImageError::from)?;
         // `weft.local/...` names images built and imported on the node (the
@@ -218,6 +231,9 @@ impl Runtime {
         if r.registry == LOCAL_REGISTRY {
             return Ok(self.images.resolve(reference)?);
         }
+        let creds = pull_configs
+            .iter()
+            .find_map(|c| registry::credentials_for(c, &r.registry));
         let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
             if r.digest.is_none() && r.tag.as_deref() == Some("latest") {
                 "Always".into()
@@ -230,11 +246,15 @@ impl Runtime {
             "IfNotPresent" => match self.images.resolve(reference) {
                 Ok(i) => Ok(i),
                 Err(image::ImageError::ImageNotFound { .. }) => {
-                    Ok(self.images.pull(reference, &self.cfg.registry)?)
+                    Ok(self
+                        .images
+                        .pull_as(reference, &self.cfg.registry, creds.as_ref())?)
                 }
                 Err(e) => Err(e.into()),
             },
-            "Always" => Ok(self.images.pull(reference, &self.cfg.registry)?),
+            "Always" => Ok(self
+                .images
+                .pull_as(reference, &self.cfg.registry, creds.as_ref())?),
             other => Err(RuntimeError::Bundle(BundleError::Invalid {
                 container: container.name.clone(),
                 field: "imagePullPolicy".into(),

@@ -22,6 +22,75 @@ use super::{
 };
 use crate::netlink::netns;
 
+/// A registry login (`imagePullSecrets`): user name and password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password (never logged).
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The host (and port) a docker config key names: `https://r.io/v1/`,
+/// `r.io:5000`, `http://r.io`.
+fn key_host(key: &str) -> &str {
+    let rest = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// The login for `registry` in a `kubernetes.io/dockerconfigjson`
+/// (`{"auths": {...}}`) or `kubernetes.io/dockercfg` (`{...}`) document,
+/// as kubelet reads them: an entry's `username` and `password`, or its
+/// `auth` (base64 of `user:password`). Docker Hub's keys
+/// (`https://index.docker.io/v1/`) stand for `docker.io`.
+#[must_use]
+pub fn credentials_for(config: &[u8], registry: &str) -> Option<Credentials> {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let auths = v.get("auths").unwrap_or(&v).as_object()?;
+    let wanted = |host: &str| {
+        host == registry
+            || (registry == "docker.io"
+                && matches!(host, "index.docker.io" | "registry-1.docker.io"))
+    };
+    let entry = auths.iter().find(|(k, _)| wanted(key_host(k)))?.1;
+    let user = entry.get("username").and_then(|u| u.as_str());
+    let pass = entry.get("password").and_then(|p| p.as_str());
+    if let (Some(u), Some(p)) = (user, pass) {
+        return Some(Credentials {
+            username: u.to_string(),
+            password: p.to_string(),
+        });
+    }
+    let auth = entry.get("auth")?.as_str()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some(Credentials {
+        username: u.to_string(),
+        password: p.to_string(),
+    })
+}
+
+fn auth_of(creds: Option<&Credentials>) -> RegistryAuth {
+    creds.map_or(RegistryAuth::Anonymous, |c| {
+        RegistryAuth::Basic(c.username.clone(), c.password.clone())
+    })
+}
+
 /// How to reach registries.
 #[derive(Clone, Debug, Default)]
 pub struct RegistryOptions {
@@ -113,6 +182,20 @@ impl ImageStore {
     /// [`ImageError::Registry`] when the registry is unreachable or refuses,
     /// [`ImageError::DigestMismatch`] when content does not match.
     pub fn pull(&self, reference: &str, opts: &RegistryOptions) -> Result<Image, ImageError> {
+        self.pull_as(reference, opts, None)
+    }
+
+    /// As [`ImageStore::pull`], logged in with `creds` when given.
+    ///
+    /// # Errors
+    /// As [`ImageStore::pull`].
+    pub fn pull_as(
+        &self,
+        reference: &str,
+        opts: &RegistryOptions,
+        creds: Option<&Credentials>,
+    ) -> Result<Image, ImageError> {
+        let auth = auth_of(creds);
         let r = ImageRef::parse(reference)?;
         let remote: Reference = r
             .to_string()
@@ -122,7 +205,7 @@ impl ImageStore {
         let (r2, remote2) = (r.clone(), remote.clone());
         let digest = in_netns(opts.netns.as_deref(), async move {
             let (raw, digest) = c
-                .pull_manifest_raw(&remote2, &RegistryAuth::Anonymous, ACCEPTED)
+                .pull_manifest_raw(&remote2, &auth, ACCEPTED)
                 .await
                 .map_err(|e| registry_err(&r2, chain(&e)))?;
             if let Some(want) = &r2.digest
@@ -174,6 +257,21 @@ impl ImageStore {
         remote: &str,
         opts: &RegistryOptions,
     ) -> Result<String, ImageError> {
+        self.push_as(local, remote, opts, None)
+    }
+
+    /// As [`ImageStore::push`], logged in with `creds` when given.
+    ///
+    /// # Errors
+    /// As [`ImageStore::push`].
+    pub fn push_as(
+        &self,
+        local: &str,
+        remote: &str,
+        opts: &RegistryOptions,
+        creds: Option<&Credentials>,
+    ) -> Result<String, ImageError> {
+        let auth = auth_of(creds);
         let image = self.resolve(local)?;
         let r = ImageRef::parse(remote)?;
         let target: Reference = r
@@ -194,8 +292,7 @@ impl ImageStore {
             ToString::to_string,
         );
         in_netns(opts.netns.as_deref(), async move {
-            c.store_auth_if_needed(&r.registry, &RegistryAuth::Anonymous)
-                .await;
+            c.store_auth_if_needed(&r.registry, &auth).await;
             for d in &blobs {
                 let data = self.read_blob(d)?;
                 c.push_blob(&target, data, d)
@@ -209,5 +306,37 @@ impl ImageStore {
                 .await
                 .map_err(|e| registry_err(&r, format!("manifest: {}", chain(&e))))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_found_as_kubelet_finds_them() {
+        let json = br#"{"auths": {"https://r.example:5000/v1/": {"username": "u", "password": "p"},
+                       "other.io": {"auth": "YWxpY2U6czNjcjN0"},
+                       "https://index.docker.io/v1/": {"auth": "aHViOmh1Yg=="}}}"#;
+        let c = credentials_for(json, "r.example:5000").expect("found");
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p"));
+        let c = credentials_for(json, "other.io").expect("found");
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("alice", "s3cr3t")
+        );
+        assert_eq!(
+            credentials_for(json, "docker.io").expect("hub").username,
+            "hub"
+        );
+        assert!(
+            credentials_for(json, "r.example").is_none(),
+            "the port is part of the host"
+        );
+        assert!(credentials_for(b"not json", "x").is_none());
+        // The old dockercfg form: no "auths".
+        let cfg = br#"{"old.io": {"username": "a", "password": "b"}}"#;
+        assert_eq!(credentials_for(cfg, "old.io").expect("found").password, "b");
+        assert!(!format!("{c:?}").contains("s3cr3t"), "never printed");
     }
 }

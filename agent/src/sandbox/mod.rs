@@ -513,14 +513,35 @@ impl Sandbox {
         }
         // Images are made present (pulled if need be) before anything is
         // made, so a missing image leaves nothing behind and says so.
+        // The pod's registry logins (kubelet goes on without one it cannot
+        // read, and says so).
+        let mut pull_configs: Vec<Vec<u8>> = Vec::new();
+        for s in spec.image_pull_secrets.iter().flatten() {
+            match self.objects.secret(&namespace, &s.name).await {
+                Ok(Some(secret)) => {
+                    for key in [".dockerconfigjson", ".dockercfg"] {
+                        if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
+                            pull_configs.push(v.0.clone());
+                        }
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(pod = %full, secret = %s.name, "image pull secret not found; pulling without it")
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %full, secret = %s.name, error = %e, "cannot read an image pull secret; pulling without it")
+                }
+            }
+        }
+        let pull_configs = std::sync::Arc::new(pull_configs);
         for c in spec
             .init_containers
             .iter()
             .flatten()
             .chain(&spec.containers)
         {
-            let c2 = c.clone();
-            self.runtime_call(&full, &c.name, move |rt| rt.ensure_image(&c2))
+            let (c2, configs) = (c.clone(), pull_configs.clone());
+            self.runtime_call(&full, &c.name, move |rt| rt.ensure_image_as(&c2, &configs))
                 .await?;
         }
         let su = short_uid(&uid);
