@@ -185,17 +185,6 @@ pub const RESOURCES: &[Resource] = &[
         &["status"],
         &[],
     ),
-    Resource {
-        group: "storage.k8s.io",
-        version: "v1",
-        plural: "storageclasses",
-        singular: "storageclass",
-        kind: "StorageClass",
-        namespaced: false,
-        short_names: &["sc"],
-        subresources: &[],
-        categories: &[],
-    },
     core(
         "resourcequotas",
         "resourcequota",
@@ -259,6 +248,17 @@ pub const RESOURCES: &[Resource] = &[
         short_names: &["rs"],
         subresources: &["status", "scale"],
         categories: &["all"],
+    },
+    Resource {
+        group: "storage.k8s.io",
+        version: "v1",
+        plural: "storageclasses",
+        singular: "storageclass",
+        kind: "StorageClass",
+        namespaced: false,
+        short_names: &["sc"],
+        subresources: &[],
+        categories: &[],
     },
 ];
 
