@@ -178,7 +178,7 @@ async fn pod_start() -> Result<()> {
                 &[
                     "sh".into(),
                     "-c".into(),
-                    "echo $V3; cat /etc/a/key1; wc -c < /etc/s/tls.key".into(),
+                    "echo $V3; cat /etc/a/key1; echo; wc -c < /etc/s/tls.key".into(),
                 ],
                 Duration::from_secs(10),
             )?;
