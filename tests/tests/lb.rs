@@ -1341,9 +1341,13 @@ fn conntrack_evictions_are_counted() -> Result<()> {
         .context("no eviction count")?
         .parse()?;
     ensure!(fill.ends_with("/64") && used <= 64, "{ct}");
+    // Each flow makes its two entries; a flow's last packets (the final
+    // ACK of its close) may come after 64 newer entries pushed its own
+    // out, and make them again: up to two more per flow on a busy machine
+    // (seen: 202). Every entry made is either present or counted.
     ensure!(
-        (190..=200).contains(&(used + evicted)),
-        "200 entries made: {used} present + {evicted} evicted ({ct})"
+        (190..=400).contains(&(used + evicted)) && evicted >= 136,
+        "200 entries made at least: {used} present + {evicted} evicted ({ct})"
     );
     Ok(())
 }

@@ -208,6 +208,29 @@ spec:
         log.contains("LINKS=none"),
         "enableServiceLinks: false: {log}"
     );
+    // A restart whose configuration went missing waits, saying why, and
+    // recovers when it is back (kubelet's CreateContainerConfigError).
+    c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: come-and-go}\ndata: {k: v1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: restarts}\nspec:\n  containers:\n  - name: main\n    image: weft.local/busybox:1.36\n    command: [sh, -c, 'echo K=$K; sleep 2; exit 1']\n    env: [{name: K, valueFrom: {configMapKeyRef: {name: come-and-go, key: k}}}]\n")?;
+    wait_log(&c, "restarts", "K=v1", Duration::from_secs(40))?;
+    c.weft(&["delete", "configmap", "come-and-go"])?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let s = container_status(&c, "restarts")?;
+        if s["state"]["waiting"]["reason"] == "CreateContainerConfigError" {
+            ensure!(
+                s["state"]["waiting"]["message"] == "configmap \"come-and-go\" not found",
+                "{s}"
+            );
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the failed restart is not reported: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: come-and-go}\ndata: {k: v2}\n")?;
+    wait_log(&c, "restarts", "K=v2", Duration::from_secs(60))?;
     // The agent never logs a value.
     let node = c.get_json(&["pod", "env"])?["spec"]["nodeName"].clone();
     let agent = c.agent_log(node.as_str().unwrap_or_default());

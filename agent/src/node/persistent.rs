@@ -1,14 +1,14 @@
 //! Weft's local persistent volumes on this node: the directories of
-//! volumes that no longer exist (a claim deleted, its volume reclaimed
-//! with `Delete`) are removed. Every 10 s the agent lists the
-//! PersistentVolumes and removes each directory under the sandbox's
-//! `persistent/` that none of them names, that no pod on the node mounts,
-//! and that is older than 10 s (a volume's directory is made after its
-//! volume, from a read of it, so one made since the list is never
-//! touched).
+//! volumes reclaimed with `Delete` are removed. Every 10 s the agent lists
+//! the PersistentVolumes and remembers each local volume's reclaim policy;
+//! a directory under the sandbox's `persistent/` whose volume it saw with
+//! `Delete` and no longer sees, that no pod on the node mounts and that is
+//! older than 10 s, goes. A volume with `Retain`, or one this agent never
+//! saw (it restarted meanwhile), keeps its data, as Kubernetes promises: an
+//! admin removes it.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -22,33 +22,53 @@ const EVERY: Duration = Duration::from_secs(10);
 const MIN_AGE: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(node: Arc<Node>) {
+    // Handle -> whether its volume was last seen with `Delete`.
+    let mut seen: HashMap<String, bool> = HashMap::new();
     loop {
-        tokio::time::sleep(EVERY).await;
-        if let Err(e) = sweep(&node).await {
+        if let Err(e) = sweep(&node, &mut seen).await {
             tracing::warn!(error = %e, "cannot sweep released local volumes");
         }
+        tokio::time::sleep(EVERY).await;
     }
 }
 
-async fn sweep(node: &Node) -> Result<(), String> {
+async fn sweep(node: &Node, seen: &mut HashMap<String, bool>) -> Result<(), String> {
     let root = node.sandbox.persistent_root();
-    if !root.exists() {
-        return Ok(());
-    }
     let api: kube::Api<PersistentVolume> = node.api.all();
     let list = api
         .list(&kube::api::ListParams::default())
         .await
         .map_err(|e| describe(&e))?;
-    let live: HashSet<String> = list
-        .items
-        .iter()
-        .filter_map(|pv| pv.spec.as_ref()?.csi.as_ref())
-        .filter(|c| c.driver == weft_api::volumes::LOCAL_DRIVER)
-        .map(|c| c.volume_handle.clone())
-        .collect();
+    let mut live: HashSet<String> = HashSet::new();
+    for pv in &list.items {
+        let Some(spec) = pv.spec.as_ref() else {
+            continue;
+        };
+        let Some(csi) = spec
+            .csi
+            .as_ref()
+            .filter(|c| c.driver == weft_api::volumes::LOCAL_DRIVER)
+        else {
+            continue;
+        };
+        live.insert(csi.volume_handle.clone());
+        seen.insert(
+            csi.volume_handle.clone(),
+            spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete"),
+        );
+    }
+    if !root.exists() {
+        return Ok(());
+    }
     let mounted = node.sandbox.claimed_paths();
     for dir in crate::sandbox::volumes::orphaned_volumes(&root, &live) {
+        let handle = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if seen.get(&handle) != Some(&true) {
+            continue;
+        }
         let old = std::fs::metadata(&dir)
             .and_then(|m| m.modified())
             .ok()
@@ -58,7 +78,10 @@ async fn sweep(node: &Node) -> Result<(), String> {
             continue;
         }
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => tracing::info!(dir = %dir.display(), "removed the data of a deleted volume"),
+            Ok(()) => {
+                seen.remove(&handle);
+                tracing::info!(dir = %dir.display(), "removed the data of a deleted volume");
+            }
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted volume's data")
             }

@@ -618,7 +618,7 @@ impl PodWorker {
             .patch_status(
                 name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
+                &Patch::Strategic(json!({"status": status})),
             )
             .await
         {
@@ -813,10 +813,21 @@ fn pod_status(pod: &Pod, synced: &PodSync, ip: Option<Ipv4Addr>, node_ip: Ipv4Ad
     ] {
         weft_api::pod::set_condition(&mut scratch, t, status_of(ok), reason, None);
     }
-    let conditions = scratch
+    // Only the conditions the agent owns: the status goes as a strategic
+    // merge patch (conditions merged by type), so others' conditions (a
+    // readiness gate's, PodScheduled) are never written back stale.
+    let conditions: Vec<_> = scratch
         .status
         .and_then(|s| s.conditions)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c.type_.as_str(),
+                "PodReadyToStartContainers" | "Initialized" | "ContainersReady" | "Ready"
+            )
+        })
+        .collect();
     let start_time = old
         .start_time
         .as_ref()

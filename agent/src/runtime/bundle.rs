@@ -525,8 +525,18 @@ pub fn build_spec(
 /// # Errors
 /// On I/O errors.
 pub fn write_spec(bundle: &Path, spec: &Spec) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let data = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
-    std::fs::write(bundle.join("config.json"), data)
+    // 0600: it holds the container's env, secret values included.
+    let path = bundle.join("config.json");
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(&data)
 }
 
 #[cfg(test)]

@@ -194,6 +194,13 @@ impl Runtime {
         for d in [cfg.state_dir.join("containers"), cfg.runc_root.clone()] {
             fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
+        // Bundles hold containers' env, secrets resolved: root's only.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let containers = cfg.state_dir.join("containers");
+            fs::set_permissions(&containers, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("restrict", &containers))?;
+        }
         Ok(Self { cfg, images })
     }
 

@@ -315,13 +315,16 @@ pub async fn resolve(
     } else {
         service_links(&source.services(ns).await?)
     };
+    // In declaration order, with an index by name: a ConfigMap of many
+    // keys costs linear time, not quadratic.
     let mut vars: Vec<(String, String)> = Vec::new();
-    let set = |vars: &mut Vec<(String, String)>, k: String, v: String| match vars
-        .iter_mut()
-        .find(|(n, _)| *n == k)
-    {
-        Some(slot) => slot.1 = v,
-        None => vars.push((k, v)),
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut set = |vars: &mut Vec<(String, String)>, k: String, v: String| match index.get(&k) {
+        Some(&i) => vars[i].1 = v,
+        None => {
+            index.insert(k.clone(), vars.len());
+            vars.push((k, v));
+        }
     };
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
@@ -355,14 +358,12 @@ pub async fn resolve(
     for e in c.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (Some(v), _) if !v.is_empty() => {
-                let known = vars.clone();
-                expand(v, |name| {
-                    known
-                        .iter()
-                        .chain(&links)
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.clone())
-                })
+                let known: std::collections::HashMap<&str, &str> = links
+                    .iter()
+                    .chain(vars.iter())
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                expand(v, |name| known.get(name).map(|v| (*v).to_string()))
             }
             (_, Some(from)) => {
                 if let Some(sel) = &from.field_ref {
@@ -410,12 +411,15 @@ pub async fn resolve(
         set(&mut vars, e.name.clone(), value);
     }
     // The service links the container does not define itself come after.
+    let defined: std::collections::HashSet<String> = vars.iter().map(|(k, _)| k.clone()).collect();
     for (k, v) in links {
-        if !vars.iter().any(|(n, _)| *n == k) {
+        if !defined.contains(&k) {
             vars.push((k, v));
         }
     }
-    let lookup = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let table: std::collections::HashMap<&str, &str> =
+        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let lookup = |name: &str| table.get(name).map(|v| (*v).to_string());
     let mut out = c.clone();
     out.command = c
         .command

@@ -107,6 +107,9 @@ pub(super) struct Observed {
     last: Option<(i32, String, String)>,
     /// Set when the node killed it (liveness), so the exit is explained.
     killed_for: Option<String>,
+    /// Why its last start failed (waiting reason, message), while it waits
+    /// to be tried again.
+    start_error: Option<(String, String)>,
 }
 
 impl Observed {
@@ -128,6 +131,7 @@ impl Observed {
             backoff: base,
             last: None,
             killed_for: None,
+            start_error: None,
         }
     }
 }
@@ -315,9 +319,43 @@ impl Sandbox {
             policy
         };
         let id2 = id.to_string();
-        let state = self
+        let state = match self
             .runtime_call(&pod_name(rec), &c.name, move |rt| rt.state(&id2))
-            .await?;
+            .await
+        {
+            Ok(s) => s,
+            // Gone (a start that failed after its delete): started again
+            // once its back-off is over, saying why it waits meanwhile.
+            Err(SandboxError::Container { source, .. })
+                if matches!(*source, crate::runtime::RuntimeError::NotFound(_)) =>
+            {
+                let mut obs = self.observed(id);
+                let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
+                let mut status = ContainerStatus {
+                    name: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                    restart_count: restarts,
+                    ..Default::default()
+                };
+                let now = Instant::now();
+                if obs.restart_at.is_none_or(|due| now >= due) {
+                    self.try_start(rec, pod, c, id, &mut obs, &mut status)
+                        .await?;
+                } else {
+                    let (reason, message) = obs
+                        .start_error
+                        .clone()
+                        .unwrap_or_else(|| ("ContainerCreating".into(), String::new()));
+                    status.state = Some(waiting(&reason, &message));
+                }
+                self.observed
+                    .lock()
+                    .expect("observed lock")
+                    .insert(id.to_string(), obs);
+                return Ok(status);
+            }
+            Err(e) => return Err(e),
+        };
         let mut obs = self.observed(id);
         let restarts = rec.restarts.get(&c.name).copied().unwrap_or(0);
         let mut status = ContainerStatus {
@@ -386,18 +424,8 @@ impl Sandbox {
                         let id2 = id.to_string();
                         self.runtime_call(&pod_name(rec), &c.name, move |rt| rt.delete(&id2))
                             .await?;
-                        // Counted first, so that this run logs to `<n>.log`.
-                        let n = restarts + 1;
-                        rec.restarts.insert(c.name.clone(), n);
-                        self.start_container(rec, pod, c, id).await?;
-                        self.save(rec)?;
-                        status.restart_count = n;
-                        let next = (obs.backoff * 2).min(MAX_BACKOFF);
-                        let last = obs.last.take();
-                        obs = Observed::new(self.cfg.restart_backoff);
-                        obs.backoff = next;
-                        obs.last = last;
-                        status.state = Some(waiting("ContainerCreating", ""));
+                        self.try_start(rec, pod, c, id, &mut obs, &mut status)
+                            .await?;
                     } else {
                         let left = due.saturating_duration_since(now);
                         status.state = Some(waiting(
@@ -428,6 +456,61 @@ impl Sandbox {
             .expect("observed lock")
             .insert(id.to_string(), obs);
         Ok(status)
+    }
+
+    /// Starts container `c` again (its runtime container is gone): the
+    /// restart is counted and saved first (so this run logs to `<n>.log`,
+    /// and a failed start still counts), the back-off doubles; a start that
+    /// fails leaves it waiting, with kubelet's reason, for the next try.
+    async fn try_start(
+        &self,
+        rec: &mut PodRecord,
+        pod: &Pod,
+        c: &k8s_openapi::api::core::v1::Container,
+        id: &str,
+        obs: &mut Observed,
+        status: &mut ContainerStatus,
+    ) -> Result<(), SandboxError> {
+        let n = rec.restarts.get(&c.name).copied().unwrap_or(0) + 1;
+        rec.restarts.insert(c.name.clone(), n);
+        self.save(rec)?;
+        status.restart_count = n;
+        let next = (obs.backoff * 2).min(MAX_BACKOFF);
+        let last = obs.last.take();
+        match self.start_container(rec, pod, c, id).await {
+            Ok(()) => {
+                *obs = Observed::new(self.cfg.restart_backoff);
+                obs.backoff = next;
+                obs.last = last;
+                status.state = Some(waiting("ContainerCreating", ""));
+            }
+            Err(e) => {
+                let reason = match &e {
+                    SandboxError::Config { .. } => "CreateContainerConfigError",
+                    SandboxError::Hook { .. } => "PostStartHookError",
+                    SandboxError::Mount { .. } => "ContainerCreating",
+                    _ => "RunContainerError",
+                };
+                tracing::info!(pod = %pod_name(rec), container = %c.name, error = %e, "restart failed; backing off");
+                // A postStart failure leaves a stopped container: gone, so
+                // that the next try starts it afresh.
+                let id2 = id.to_string();
+                let _ = self
+                    .runtime_call(&pod_name(rec), &c.name, move |rt| {
+                        if rt.state(&id2).is_ok() {
+                            rt.delete(&id2)?;
+                        }
+                        Ok(())
+                    })
+                    .await;
+                obs.backoff = next;
+                obs.restart_at = Some(Instant::now() + next);
+                obs.last = last;
+                obs.start_error = Some((reason.to_string(), e.to_string()));
+                status.state = Some(waiting(reason, &e.to_string()));
+            }
+        }
+        Ok(())
     }
 
     /// What container `c` left at its `terminationMessagePath` this run

@@ -267,6 +267,13 @@ impl Sandbox {
             let p = cfg.state_dir.join(d);
             fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
+        // Pods' files hold their secrets (volumes, resolved env): root's
+        // only, as kubelet keeps its pods directory.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&cfg.state_dir, fs::Permissions::from_mode(0o700))
+                .map_err(io_err("restrict", &cfg.state_dir))?;
+        }
         let net = Netlink::open(cfg.node_netns.as_deref())?;
         // The node's cgroup, parent of its pods', for as long as it lives.
         let node_cgroup = format!("weft/{}", cfg.node);

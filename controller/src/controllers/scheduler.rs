@@ -551,28 +551,46 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
                     // WaitForFirstConsumer claims: their volumes are made
                     // on the chosen node (the volume controller sees the
                     // annotation), before the pod is bound.
-                    let mut result = Ok(());
                     for claim in &needs.to_place {
                         let r = ctx
                             .reg
                             .modify::<PersistentVolumeClaim>(ns, claim, Write::Update, |mut c| {
-                                c.metadata
-                                    .annotations
-                                    .get_or_insert_with(Default::default)
-                                    .entry(SELECTED_NODE.to_string())
-                                    .or_insert_with(|| node.clone());
+                                let a = c.metadata.annotations.get_or_insert_with(Default::default);
+                                match a.get(SELECTED_NODE) {
+                                    // Another pod of the claim placed it
+                                    // meanwhile: this one goes there too.
+                                    Some(other) if *other != node => {
+                                        return Err(ApiError::conflict(
+                                            "persistentvolumeclaims",
+                                            "",
+                                            claim,
+                                            format!("its volume is to be on node {other}"),
+                                        ));
+                                    }
+                                    Some(_) => {}
+                                    None => {
+                                        a.insert(SELECTED_NODE.to_string(), node.clone());
+                                    }
+                                }
                                 Ok(c)
                             })
                             .await;
                         if let Err(e) = r {
-                            result = Err(e);
-                            break;
+                            // Not bound: it waits aside and goes back to the
+                            // queue on the claim's change (its placement).
+                            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                            st.uncount(&key);
+                            st.set_aside(
+                                &key,
+                                &format!("persistentvolumeclaim \"{claim}\": {}", e.message),
+                            );
+                            drop(st);
+                            drop(permit);
+                            wake.notify_one();
+                            return;
                         }
                     }
-                    let result = match result {
-                        Ok(()) => ctx.reg.bind(ns.unwrap_or("default"), name, &node).await,
-                        Err(e) => Err(e),
-                    };
+                    let result = ctx.reg.bind(ns.unwrap_or("default"), name, &node).await;
                     drop(permit);
                     match result {
                         Ok(_) => {}
