@@ -474,6 +474,11 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
                 "spec.runtimeClassName",
             ),
             (
+                json!({"volumeMounts": [{"name": "scratch", "mountPath": "/x", "subPath": "a"}]}),
+                json!({"volumes": [{"name": "scratch", "emptyDir": {}}]}),
+                "spec.containers[0].volumeMounts[0].subPath",
+            ),
+            (
                 json!({}),
                 json!({"imagePullSecrets": [{"name": ""}]}),
                 "spec.imagePullSecrets[0].name",

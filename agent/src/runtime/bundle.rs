@@ -53,8 +53,16 @@ fn volume_mounts(
                 .get(&v.name)
                 .ok_or_else(|| fail(format!("volume {:?}: no such volume was made", v.name)))?;
             let projected = weft_api::volumes::is_projected(v);
+            // Only in volumes the container cannot write (the API refuses
+            // the others: see `weft_api::volumes::check`).
             let src = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                Some(sub) => sub_path(root, sub, !projected).map_err(fail)?,
+                Some(_) if !projected => {
+                    return Err(fail(format!(
+                        "subPath in volume {:?}: only configMap, secret, downwardAPI and projected volumes take one",
+                        v.name
+                    )));
+                }
+                Some(sub) => sub_path(root, sub, false).map_err(fail)?,
                 None => root.clone(),
             };
             out.push((
