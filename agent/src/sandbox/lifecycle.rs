@@ -558,26 +558,8 @@ impl Sandbox {
     ) {
         let now = Instant::now();
         let run = |p: &Probe| {
-            let (p, c, id, rt, ip, ns) = (
-                p.clone(),
-                c.clone(),
-                id.to_string(),
-                self.runtime.clone(),
-                rec.ip,
-                self.cfg.node_netns.clone(),
-            );
-            tokio::task::spawn_blocking(move || {
-                crate::probe::run(
-                    &p,
-                    crate::probe::Target {
-                        container: &c,
-                        container_id: &id,
-                        pod_ip: ip,
-                        node_netns: ns.as_deref(),
-                    },
-                    &rt,
-                )
-            })
+            let p = p.clone();
+            self.check_in(rec, c, id, move |t, rt| crate::probe::run(&p, t, rt))
         };
         let secs = |v: Option<i32>, d: i32| {
             Duration::from_secs(u64::try_from(v.unwrap_or(d).max(0)).unwrap_or(0))
@@ -592,7 +574,7 @@ impl Sandbox {
                     obs.next_startup = now
                         + secs(p.period_seconds, crate::probe::defaults::PERIOD_S)
                             .max(Duration::from_millis(100));
-                    match run(p).await.expect("probe task") {
+                    match run(p).await {
                         crate::probe::Outcome::Success => obs.started_ok = true,
                         crate::probe::Outcome::Failure(why) => {
                             obs.startup_failures += 1;
@@ -626,7 +608,7 @@ impl Sandbox {
                 obs.next_liveness = now
                     + secs(p.period_seconds, crate::probe::defaults::PERIOD_S)
                         .max(Duration::from_millis(100));
-                match run(p).await.expect("probe task") {
+                match run(p).await {
                     crate::probe::Outcome::Success => obs.liveness_failures = 0,
                     crate::probe::Outcome::Failure(why) => {
                         obs.liveness_failures += 1;
@@ -652,7 +634,7 @@ impl Sandbox {
                     obs.next_readiness = now
                         + secs(p.period_seconds, crate::probe::defaults::PERIOD_S)
                             .max(Duration::from_millis(100));
-                    match run(p).await.expect("probe task") {
+                    match run(p).await {
                         crate::probe::Outcome::Success => {
                             obs.readiness_failures = 0;
                             obs.readiness_successes += 1;

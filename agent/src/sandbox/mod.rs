@@ -349,8 +349,14 @@ impl Sandbox {
     /// When a source cannot be read or a volume written (the others are
     /// still refreshed).
     pub async fn refresh_volumes(&self, pod: &Pod) -> Result<Vec<String>, SandboxError> {
+        // Most pods have nothing to refresh: no file read for them.
+        let any = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .any(volumes::is_projected);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        if !self.record_path(&uid).exists() {
+        if !any || !self.record_path(&uid).exists() {
             return Ok(Vec::new());
         }
         let rec = self.load_record(&uid)?;
@@ -912,8 +918,7 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Runs a lifecycle hook of container `c` (blocking work, off the async
-    /// workers), bounded by `timeout`.
+    /// Runs a lifecycle hook of container `c`, bounded by `timeout`.
     async fn run_hook(
         &self,
         rec: &PodRecord,
@@ -921,6 +926,21 @@ impl Sandbox {
         id: &str,
         hook: k8s_openapi::api::core::v1::LifecycleHandler,
         timeout: Duration,
+    ) -> crate::probe::Outcome {
+        self.check_in(rec, c, id, move |t, rt| {
+            crate::probe::run_hook(&hook, t, rt, timeout)
+        })
+        .await
+    }
+
+    /// Runs `check` (a probe, a hook) against container `c` of the pod:
+    /// blocking work, off the async workers.
+    pub(super) async fn check_in(
+        &self,
+        rec: &PodRecord,
+        c: &k8s_openapi::api::core::v1::Container,
+        id: &str,
+        check: impl FnOnce(crate::probe::Target<'_>, &Runtime) -> crate::probe::Outcome + Send + 'static,
     ) -> crate::probe::Outcome {
         let (c, id, rt, ip, ns) = (
             c.clone(),
@@ -930,17 +950,13 @@ impl Sandbox {
             self.cfg.node_netns.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            crate::probe::run_hook(
-                &hook,
-                crate::probe::Target {
-                    container: &c,
-                    container_id: &id,
-                    pod_ip: ip,
-                    node_netns: ns.as_deref(),
-                },
-                &rt,
-                timeout,
-            )
+            let target = crate::probe::Target {
+                container: &c,
+                container_id: &id,
+                pod_ip: ip,
+                node_netns: ns.as_deref(),
+            };
+            check(target, &rt)
         })
         .await
         .unwrap_or_else(|e| crate::probe::Outcome::Failure(e.to_string()))

@@ -373,6 +373,52 @@ fn downward(
     Ok(())
 }
 
+/// The files of ConfigMap `name` (all keys, or `items`), into `out`; a
+/// missing one is an error in kubelet's words unless `optional`.
+async fn config_map_files(
+    out: &mut Payload,
+    objects: &dyn ObjectSource,
+    ns: &str,
+    name: &str,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+    optional: Option<bool>,
+) -> Result<(), String> {
+    let optional = optional == Some(true);
+    match objects.config_map(ns, name).await? {
+        Some(cm) => keyed(
+            out,
+            &config_map_keys(&cm),
+            items,
+            default_mode,
+            optional,
+            |k| format!("configmap references non-existent config key: {k}"),
+        ),
+        None if optional => Ok(()),
+        None => Err(format!("configmap \"{name}\" not found")),
+    }
+}
+
+/// As [`config_map_files`], for Secret `name`.
+async fn secret_files(
+    out: &mut Payload,
+    objects: &dyn ObjectSource,
+    ns: &str,
+    name: &str,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+    optional: Option<bool>,
+) -> Result<(), String> {
+    let optional = optional == Some(true);
+    match objects.secret(ns, name).await? {
+        Some(s) => keyed(out, &secret_keys(&s), items, default_mode, optional, |k| {
+            format!("references non-existent secret key: {k}")
+        }),
+        None if optional => Ok(()),
+        None => Err(format!("secret \"{name}\" not found")),
+    }
+}
+
 /// What the volume should hold now, from its sources; `None` for a volume
 /// that is not projected. Err in kubelet's words (`configmap "x" not
 /// found`), unless the source is optional.
@@ -385,34 +431,30 @@ pub async fn payload(
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out = Payload::new();
     if let Some(src) = &v.config_map {
-        let optional = src.optional == Some(true);
-        match objects.config_map(ns, &src.name).await? {
-            Some(cm) => keyed(
-                &mut out,
-                &config_map_keys(&cm),
-                src.items.as_ref(),
-                src.default_mode,
-                optional,
-                |k| format!("configmap references non-existent config key: {k}"),
-            )?,
-            None if optional => {}
-            None => return Err(format!("configmap \"{}\" not found", src.name)),
-        }
+        let items = src.items.as_ref();
+        config_map_files(
+            &mut out,
+            objects,
+            ns,
+            &src.name,
+            items,
+            src.default_mode,
+            src.optional,
+        )
+        .await?;
     } else if let Some(src) = &v.secret {
         let name = src.secret_name.clone().unwrap_or_default();
-        let optional = src.optional == Some(true);
-        match objects.secret(ns, &name).await? {
-            Some(s) => keyed(
-                &mut out,
-                &secret_keys(&s),
-                src.items.as_ref(),
-                src.default_mode,
-                optional,
-                |k| format!("references non-existent secret key: {k}"),
-            )?,
-            None if optional => {}
-            None => return Err(format!("secret \"{name}\" not found")),
-        }
+        let items = src.items.as_ref();
+        secret_files(
+            &mut out,
+            objects,
+            ns,
+            &name,
+            items,
+            src.default_mode,
+            src.optional,
+        )
+        .await?;
     } else if let Some(src) = &v.downward_api {
         downward(
             &mut out,
@@ -424,33 +466,29 @@ pub async fn payload(
     } else if let Some(p) = &v.projected {
         for s in p.sources.iter().flatten() {
             if let Some(src) = &s.config_map {
-                let optional = src.optional == Some(true);
-                match objects.config_map(ns, &src.name).await? {
-                    Some(cm) => keyed(
-                        &mut out,
-                        &config_map_keys(&cm),
-                        src.items.as_ref(),
-                        p.default_mode,
-                        optional,
-                        |k| format!("configmap references non-existent config key: {k}"),
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("configmap \"{}\" not found", src.name)),
-                }
+                let items = src.items.as_ref();
+                config_map_files(
+                    &mut out,
+                    objects,
+                    ns,
+                    &src.name,
+                    items,
+                    p.default_mode,
+                    src.optional,
+                )
+                .await?;
             } else if let Some(src) = &s.secret {
-                let optional = src.optional == Some(true);
-                match objects.secret(ns, &src.name).await? {
-                    Some(sec) => keyed(
-                        &mut out,
-                        &secret_keys(&sec),
-                        src.items.as_ref(),
-                        p.default_mode,
-                        optional,
-                        |k| format!("references non-existent secret key: {k}"),
-                    )?,
-                    None if optional => {}
-                    None => return Err(format!("secret \"{}\" not found", src.name)),
-                }
+                let items = src.items.as_ref();
+                secret_files(
+                    &mut out,
+                    objects,
+                    ns,
+                    &src.name,
+                    items,
+                    p.default_mode,
+                    src.optional,
+                )
+                .await?;
             } else if let Some(src) = &s.downward_api {
                 downward(
                     &mut out,

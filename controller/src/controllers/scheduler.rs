@@ -429,30 +429,8 @@ pub fn start(ctx: Ctx) {
     }
     // A claim or volume that changes may make a waiting pod fit (its claim
     // made or bound, as kube-scheduler's volume binding plugin hears).
-    {
-        let (st, wk) = (state.clone(), wake.clone());
-        follow::<PersistentVolumeClaim>(
-            &ctx.cache,
-            move |_| {
-                st.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .relevant_event();
-                wk.notify_one();
-            },
-            || {},
-        );
-        let (st, wk) = (state.clone(), wake.clone());
-        follow::<PersistentVolume>(
-            &ctx.cache,
-            move |_| {
-                st.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .relevant_event();
-                wk.notify_one();
-            },
-            || {},
-        );
-    }
+    wake_on::<PersistentVolumeClaim>(&ctx, &state, &wake);
+    wake_on::<PersistentVolume>(&ctx, &state, &wake);
     // Once a second, the waiting pods whose back-off is over and that an
     // event may have made fit go back to the queue; every FLUSH_ALL, all.
     {
@@ -753,6 +731,22 @@ fn requirement(
         }
         _ => false,
     }
+}
+
+/// Sends the waiting pods back to the queue whenever an object of kind `K`
+/// changes.
+fn wake_on<K: crate::registry::Kind>(ctx: &Ctx, state: &Arc<Mutex<State>>, wake: &Arc<Notify>) {
+    let (st, wk) = (state.clone(), wake.clone());
+    follow::<K>(
+        &ctx.cache,
+        move |_| {
+            st.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .relevant_event();
+            wk.notify_one();
+        },
+        || {},
+    );
 }
 
 /// What a pod's claims ask of its node.
