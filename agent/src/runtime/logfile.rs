@@ -233,6 +233,7 @@ pub struct Segment {
 pub fn plan(path: &Path, tail: Option<u64>, since: Option<SystemTime>) -> io::Result<Vec<Segment>> {
     let mut out = Vec::new();
     let mut left = tail;
+    let mut missing = 0;
     for k in 0..=64u32 {
         let p = if k == 0 {
             path.to_path_buf()
@@ -240,8 +241,20 @@ pub fn plan(path: &Path, tail: Option<u64>, since: Option<SystemTime>) -> io::Re
             rotated(path, k)
         };
         let mut file = match File::open(&p) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Ok(f) => {
+                missing = 0;
+                f
+            }
+            // A rotation renames the files one by one: for a moment the
+            // current file, or one in the middle, is not there. Two names
+            // missing in a row are the end.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing += 1;
+                if missing == 2 {
+                    break;
+                }
+                continue;
+            }
             Err(e) => return Err(e),
         };
         let end = complete_end(&mut file)?;
