@@ -349,10 +349,11 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
     {
         out.push(Cause::invalid(format!("{path}.hostname"), h, e));
     }
-    if spec.share_process_namespace == Some(true) {
-        out.push(Cause::forbidden(
+    if spec.share_process_namespace == Some(true) && spec.host_pid == Some(true) {
+        out.push(Cause::invalid(
             format!("{path}.shareProcessNamespace"),
-            not_yet,
+            "true",
+            "ShareProcessNamespace and HostPID cannot both be enabled",
         ));
     }
     for (i, s) in spec.image_pull_secrets.iter().flatten().enumerate() {

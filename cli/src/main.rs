@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use weft_agent::runtime::{
     busybox::{BUSYBOX_BIN, BUSYBOX_IMAGE, build_layout},
+    pause::{self, Namespaces, PauseArgs},
     shim::{self, ShimArgs},
 };
 use weft_lab::{
@@ -92,6 +93,20 @@ enum Cmd {
         log_max_files: u32,
         #[arg(long)]
         start: bool,
+    },
+    /// A pod's sandbox process (started by the agent, not by users).
+    #[command(hide = true)]
+    Pause {
+        #[arg(long)]
+        hostname: String,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        pid: bool,
+        #[arg(long)]
+        ipc: bool,
+        #[arg(long)]
+        uts: bool,
     },
 }
 
@@ -385,6 +400,21 @@ fn parse_log_size(v: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Pause {
+        hostname,
+        root,
+        pid,
+        ipc,
+        uts,
+    } = cli.cmd
+    {
+        let code = pause::run(&PauseArgs {
+            namespaces: Namespaces { pid, ipc, uts },
+            hostname,
+            root,
+        });
+        return ExitCode::from(code as u8);
+    }
     if let Cmd::Shim {
         id,
         bundle,
@@ -440,7 +470,7 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 async fn run(cmd: Cmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
     match cmd {
-        Cmd::Shim { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Shim { .. } | Cmd::Pause { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Image {
             cmd: ImageCmd::BuildBusybox { out, name },
         } => {

@@ -455,7 +455,7 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
             ),
             (
                 json!({}),
-                json!({"shareProcessNamespace": true}),
+                json!({"shareProcessNamespace": true, "hostPID": true}),
                 "spec.shareProcessNamespace",
             ),
             (

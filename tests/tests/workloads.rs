@@ -1319,3 +1319,191 @@ fn private_registries_need_their_pull_secret() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs `sh -c script` in container `container` of pod `name`: (exit code,
+/// standard output and error).
+fn sh_in(c: &Cluster, name: &str, container: &str, script: &str) -> Result<(i32, String)> {
+    let out = c.weft_output(&["exec", name, "-c", container, "--", "sh", "-c", script])?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().unwrap_or(-1), text.trim().to_string()))
+}
+
+/// The sandbox processes (`weft pause`) on this machine of pods whose host
+/// name is `hostname`: their PIDs.
+fn pause_pids(hostname: &str) -> Vec<i32> {
+    let wanted = format!("pause\0--hostname\0{hostname}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&wanted))
+        })
+        .collect()
+}
+
+#[test]
+fn containers_of_a_pod_share_its_namespaces_and_processes_when_asked() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: shared}
+spec:
+  shareProcessNamespace: true
+  containers:
+  - {name: app, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+  - {name: tool, image: weft.local/busybox:1.36, command: [sleep, "3601"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: apart}
+spec:
+  terminationGracePeriodSeconds: 4
+  containers:
+  - {name: app, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+  - {name: tool, image: weft.local/busybox:1.36, command: [sleep, "3601"]}
+  - {name: third, image: weft.local/busybox:1.36, command: [sleep, "3602"]}
+"#,
+    )?;
+    for name in ["shared", "apart"] {
+        wait_pod(&c, name, Duration::from_secs(60), "running", |p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|s| s.len() >= 2 && s.iter().all(|s| s["ready"] == true))
+        })?;
+    }
+    let ns = |pod: &str, container: &str| -> Result<String> {
+        let (code, out) = sh_in(
+            &c,
+            pod,
+            container,
+            "for n in pid ipc uts; do readlink /proc/self/ns/$n; done; hostname",
+        )?;
+        ensure!(code == 0, "{pod}/{container}: {out}");
+        Ok(out)
+    };
+    // Both pods: one IPC and one UTS namespace (the pod's host name) for
+    // all their containers, and not another pod's.
+    let (shared_app, shared_tool) = (ns("shared", "app")?, ns("shared", "tool")?);
+    let (apart_app, apart_tool) = (ns("apart", "app")?, ns("apart", "tool")?);
+    let lines = |s: &str| s.lines().map(str::to_string).collect::<Vec<_>>();
+    let (sa, st, aa, at) = (
+        lines(&shared_app),
+        lines(&shared_tool),
+        lines(&apart_app),
+        lines(&apart_tool),
+    );
+    ensure!(sa.len() == 4 && aa.len() == 4, "{sa:?} {aa:?}");
+    ensure!(sa == st, "shared: {sa:?} vs {st:?}");
+    ensure!(sa[3] == "shared" && aa[3] == "apart", "{sa:?} {aa:?}");
+    ensure!(
+        aa[1..] == at[1..],
+        "apart: IPC and UTS shared: {aa:?} vs {at:?}"
+    );
+    ensure!(
+        aa[0] != at[0],
+        "apart: a PID namespace each: {aa:?} vs {at:?}"
+    );
+    ensure!(
+        sa[1] != aa[1],
+        "each pod its own IPC namespace: {sa:?} {aa:?}"
+    );
+
+    // Without sharing, each container is PID 1 of its own namespace.
+    let (_, pid1) = sh_in(&c, "apart", "tool", "cat /proc/1/cmdline | tr '\\0' ' '")?;
+    ensure!(pid1.starts_with("sleep 3601"), "{pid1}");
+    // With it, PID 1 is the pod's sandbox process and the other
+    // container's processes are in sight.
+    let (_, pid1) = sh_in(&c, "shared", "tool", "cat /proc/1/cmdline | tr '\\0' ' '")?;
+    ensure!(pid1.contains(" pause "), "{pid1}");
+    let (_, ps) = sh_in(&c, "shared", "tool", "ps -o pid,args")?;
+    ensure!(
+        ps.contains("sleep 3600") && ps.contains("sleep 3601"),
+        "{ps}"
+    );
+
+    // The sandbox process as an attacker in the pod sees it: root with
+    // CAP_KILL cannot kill it, and its root, environment and memory are
+    // closed (no CAP_SYS_PTRACE, not dumpable).
+    let (_, out) = sh_in(
+        &c,
+        "shared",
+        "tool",
+        "kill -9 1; kill -TERM 1; sleep 0.5; kill -0 1 && echo alive; \
+         ls /proc/1/root/ >/dev/null 2>&1 && echo root-open; \
+         cat /proc/1/environ >/dev/null 2>&1 && echo environ-open; \
+         cat /proc/1/maps >/dev/null 2>&1 && echo maps-open; true",
+    )?;
+    ensure!(out == "alive", "{out}");
+    // On the node: unprivileged, in the pod's cgroup.
+    let pauses = pause_pids("shared");
+    ensure!(pauses.len() == 1, "{pauses:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pauses[0]))?;
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    ensure!(field("Uid:") == "65535 65535 65535 65535", "{status}");
+    ensure!(field("CapEff:") == "0000000000000000", "{status}");
+    ensure!(field("NoNewPrivs:") == "1", "{status}");
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pauses[0]))?;
+    ensure!(cgroup.contains("/_pause"), "{cgroup}");
+
+    // One container signals another (the reason to share): it restarts,
+    // in the same PID namespace.
+    let (code, out) = sh_in(
+        &c,
+        "shared",
+        "tool",
+        "for p in /proc/[0-9]*; do \
+           [ \"$(tr '\\0' ' ' < $p/cmdline)\" = 'sleep 3600 ' ] && kill ${p#/proc/} && echo killed; \
+         done; true",
+    )?;
+    ensure!(code == 0 && out == "killed", "{out}");
+    wait_pod(
+        &c,
+        "shared",
+        Duration::from_secs(60),
+        "app restarted",
+        |p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["name"] == "app" && s["restartCount"] == 1 && s["ready"] == true)
+        },
+    )?;
+    ensure!(
+        lines(&ns("shared", "app")?) == sa,
+        "the same namespaces after a restart"
+    );
+
+    // Deleting the pods takes their sandbox processes. The containers stop
+    // together, within the one grace period: three that ignore SIGTERM
+    // (each is PID 1 of its namespace) take one grace period, not three.
+    let t0 = Instant::now();
+    c.weft(&["delete", "pod", "apart"])?;
+    let took = t0.elapsed();
+    ensure!(
+        took < Duration::from_secs(10),
+        "a 4 s grace period took {took:?} for three containers"
+    );
+    c.weft(&["delete", "pod", "shared"])?;
+    wait_until(Duration::from_secs(60), || {
+        (pause_pids("shared").is_empty() && pause_pids("apart").is_empty()).then_some(())
+    })
+    .context("sandbox processes outlive their pods")?;
+    Ok(())
+}

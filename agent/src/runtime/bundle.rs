@@ -412,15 +412,24 @@ pub fn build_spec(
     resources = resources.cpu(cpu.build()?);
     // hostPID and hostIPC: the node's namespaces, by not making new ones;
     // hostNetwork: the node's network (and, as in Kubernetes, its UTS).
+    // Those the pod's sandbox process holds are joined: they are the pod's.
+    let (sandbox, held) = match p.sandbox {
+        Some((s, held)) => (Some(s), held),
+        None => (None, super::pause::Namespaces::default()),
+    };
+    let own = |held: bool, kind: &str| match (held, sandbox) {
+        (true, Some(s)) => Some(s.ns_path(kind)),
+        _ => None,
+    };
     let mut kinds = vec![(LinuxNamespaceType::Network, Some(p.netns_path.clone()))];
     if !p.host_pid {
-        kinds.push((LinuxNamespaceType::Pid, None));
+        kinds.push((LinuxNamespaceType::Pid, own(held.pid, "pid")));
     }
     if !p.host_ipc {
-        kinds.push((LinuxNamespaceType::Ipc, None));
+        kinds.push((LinuxNamespaceType::Ipc, own(held.ipc, "ipc")));
     }
     if !p.host_network {
-        kinds.push((LinuxNamespaceType::Uts, None));
+        kinds.push((LinuxNamespaceType::Uts, own(held.uts, "uts")));
     }
     kinds.push((LinuxNamespaceType::Mount, None));
     let namespaces = kinds

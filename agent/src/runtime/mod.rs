@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod busybox;
 pub mod image;
 pub mod logfile;
+pub mod pause;
 pub mod reference;
 pub mod registry;
 pub mod security;
@@ -141,6 +142,9 @@ pub struct CreateRequest<'a> {
     pub host_pid: bool,
     /// The pod shares the node's IPC namespace.
     pub host_ipc: bool,
+    /// The pod's sandbox process and the namespaces it holds, which the
+    /// container joins (see [`pause`]).
+    pub sandbox: Option<(pause::Sandbox, pause::Namespaces)>,
     /// Host name.
     pub hostname: String,
     /// runc cgroup path.
@@ -202,6 +206,38 @@ impl Runtime {
                 .map_err(io_err("restrict", &containers))?;
         }
         Ok(Self { cfg, images })
+    }
+
+    /// Starts a pod's sandbox process (`weft pause`, see [`pause`]), its
+    /// root the empty directory `pause-root` of the runtime's state.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn start_pause(
+        &self,
+        namespaces: pause::Namespaces,
+        hostname: &str,
+    ) -> Result<pause::Sandbox, RuntimeError> {
+        let root = self.cfg.state_dir.join("pause-root");
+        fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o555))
+                .map_err(io_err("chmod", &root))?;
+        }
+        pause::start(
+            &self.cfg.shim,
+            &pause::PauseArgs {
+                namespaces,
+                hostname: hostname.to_string(),
+                root,
+            },
+        )
+        .map_err(|e| RuntimeError::Io {
+            op: "start the pod's sandbox process",
+            path: self.cfg.shim.clone(),
+            source: std::io::Error::other(e),
+        })
     }
 
     /// The node's image store.

@@ -172,6 +172,38 @@ pub fn kill_all(rel: &str, timeout: std::time::Duration) -> bool {
     }
 }
 
+/// Moves process `pid` into cgroup `rel` in every hierarchy, making it
+/// (on v1, `cpuset.cpus` and `cpuset.mems` are copied down each new level,
+/// as runc does, for a process cannot join a cpuset without them).
+///
+/// # Errors
+/// When a directory cannot be made or the process moved.
+pub(super) fn enter(rel: &str, pid: i32) -> std::io::Result<()> {
+    for root in cgroup_roots() {
+        let cpuset = root.join("cpuset.cpus").exists() && !root.join("cgroup.controllers").exists();
+        let mut at = root.clone();
+        for part in Path::new(rel).components() {
+            let parent = at.clone();
+            at = at.join(part);
+            match fs::create_dir(&at) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            if cpuset {
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let empty = fs::read_to_string(at.join(f)).is_ok_and(|v| v.trim().is_empty());
+                    if empty {
+                        fs::write(at.join(f), fs::read_to_string(parent.join(f))?.trim())?;
+                    }
+                }
+            }
+        }
+        fs::write(at.join("cgroup.procs"), pid.to_string())?;
+    }
+    Ok(())
+}
+
 /// The most PIDs this machine has (the smaller of `kernel.pid_max` and
 /// `kernel.threads-max`).
 #[must_use]

@@ -43,7 +43,7 @@ use self::{
 use crate::{
     bpf::Datapath,
     netlink::{Netlink, NetlinkError, VethAttachment, netns},
-    runtime::{CreateRequest, Runtime, RuntimeError},
+    runtime::{CreateRequest, Runtime, RuntimeError, pause},
 };
 
 /// Prefix of host-side pod veth names (`wft` + 12 hex digits of the UID).
@@ -799,6 +799,7 @@ impl Sandbox {
             spec.host_pid.unwrap_or(false),
             spec.host_ipc.unwrap_or(false),
         );
+        let sandbox = self.ensure_pause(rec, spec).await?;
         let id_owned = id.to_string();
         let id = id.to_string();
         // On the node's network: the node's namespace (the agent's own
@@ -881,6 +882,7 @@ impl Sandbox {
                 host_network,
                 host_pid,
                 host_ipc,
+                sandbox,
                 hostname,
                 cgroups_path,
                 files,
@@ -916,6 +918,54 @@ impl Sandbox {
             }
         }
         Ok(())
+    }
+
+    /// The pod's sandbox process, started if it is not running (the pod's
+    /// first container, or one that found it gone: the namespaces it held
+    /// went with it, and the containers that start from now on share new
+    /// ones). `None` when the pod has no namespace of its own to share.
+    async fn ensure_pause(
+        &self,
+        rec: &PodRecord,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+    ) -> Result<Option<(pause::Sandbox, pause::Namespaces)>, SandboxError> {
+        let namespaces = pod_namespaces(spec, rec.host_network);
+        if !namespaces.any() {
+            return Ok(None);
+        }
+        let file = self.pod_dir(&rec.uid).join("pause");
+        let known = pause::Sandbox::load(&file);
+        if let Some(s) = known.filter(pause::Sandbox::alive) {
+            return Ok(Some((s, namespaces)));
+        }
+        if known.is_some() {
+            tracing::warn!(pod = %pod_name(rec), "the pod's sandbox process is gone; starting a new one");
+        }
+        let hostname = self.hostname(rec);
+        let started = self
+            .runtime_call(&pod_name(rec), "(sandbox)", move |rt| {
+                rt.start_pause(namespaces, &hostname)
+            })
+            .await?;
+        let cgroup = format!("{}/{PAUSE_CGROUP}", self.pod_cgroup(&rec.uid));
+        let placed = cgroups::enter(&cgroup, started.pid)
+            .map_err(io_err("move the sandbox process into", Path::new(&cgroup)))
+            .and_then(|()| {
+                // Kubelet's score for its pause container (floored at the
+                // agent's own, which it cannot go below).
+                let adj = oom_floor().map_or(-998, |floor| floor.max(-998));
+                let p = PathBuf::from(format!("/proc/{}/oom_score_adj", started.pid));
+                fs::write(&p, adj.to_string()).map_err(io_err("write", &p))
+            })
+            .and_then(|()| started.save(&file).map_err(io_err("write", &file)));
+        if let Err(e) = placed {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(started.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(e);
+        }
+        Ok(Some((started, namespaces)))
     }
 
     /// Runs a lifecycle hook of container `c`, bounded by `timeout`.
@@ -1019,23 +1069,29 @@ impl Sandbox {
         let grace = deadline
             .saturating_duration_since(std::time::Instant::now())
             .max(Duration::from_secs(2).min(grace));
-        // The containers first, then the sidecars in reverse order (as
-        // kubelet stops them, so that a sidecar outlives what it serves).
-        for (name, id) in rec
-            .containers
-            .iter()
-            .chain(rec.init_containers.iter().rev())
-        {
-            let id2 = id.clone();
-            // A failure to stop is not the end: the cgroup kill follows.
-            let _ = self
-                .runtime_call(&pod_name(rec), name, move |rt| {
-                    if rt.state(&id2).is_ok() {
-                        rt.stop(&id2, grace)?;
-                    }
-                    Ok(())
-                })
-                .await;
+        let deadline = std::time::Instant::now() + grace;
+        // A failure to stop is not the end: the cgroup kill follows.
+        let stop = |name: String, id: String, grace: Duration| async move {
+            self.runtime_call(&pod_name(rec), &name, move |rt| {
+                if rt.state(&id).is_ok() {
+                    rt.stop(&id, grace)?;
+                }
+                Ok(())
+            })
+            .await
+        };
+        // The containers all at once, within the one grace period; then
+        // the sidecars in reverse order, in what is left of it (as kubelet
+        // stops them, so that a sidecar outlives what it serves).
+        futures::future::join_all(
+            rec.containers
+                .iter()
+                .map(|(name, id)| stop(name.clone(), id.clone(), grace)),
+        )
+        .await;
+        for (name, id) in rec.init_containers.iter().rev() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let _ = stop(name.clone(), id.clone(), left).await;
         }
         // Whatever runc could not stop (or no longer knows) is killed
         // through the pod's cgroup; until it is empty the pod keeps its
@@ -1390,6 +1446,23 @@ fn hosts_file(pod: &Pod, ip: Ipv4Addr, hostname: &str) -> String {
         }
     }
     out
+}
+
+/// The cgroup (under the pod's) of its sandbox process: not a DNS label,
+/// so no container's.
+const PAUSE_CGROUP: &str = "_pause";
+
+/// The namespaces a pod's containers share through its sandbox process:
+/// IPC and UTS unless they are the node's, PID with `shareProcessNamespace`.
+fn pod_namespaces(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    host_network: bool,
+) -> pause::Namespaces {
+    pause::Namespaces {
+        pid: spec.share_process_namespace == Some(true) && spec.host_pid != Some(true),
+        ipc: spec.host_ipc != Some(true),
+        uts: !host_network,
+    }
 }
 
 fn pod_name(rec: &PodRecord) -> String {
