@@ -421,23 +421,6 @@ pub fn check(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
                     "must be a relative path without '..'",
                 ));
             }
-            // A subPath in a volume the pod itself writes (emptyDir, a
-            // claim) is resolved on the node and mounted later by runc: a
-            // container swapping in a symlink between the two could mount
-            // the node's files. Refused until the agent mounts through an
-            // open descriptor, as kubelet does.
-            let writable = spec
-                .volumes
-                .iter()
-                .flatten()
-                .find(|v| v.name == m.name)
-                .is_some_and(|v| v.empty_dir.is_some() || v.persistent_volume_claim.is_some());
-            if writable && m.sub_path.as_deref().is_some_and(|s| !s.is_empty()) {
-                out.push(Cause::forbidden(
-                    format!("{mat}.subPath"),
-                    "a subPath of an emptyDir or persistentVolumeClaim volume is not supported by Weft yet (it cannot be mounted safely against a container that swaps in a symlink); mount the whole volume",
-                ));
-            }
             if m.sub_path_expr.as_deref().is_some_and(|s| !s.is_empty()) {
                 out.push(Cause::forbidden(
                     format!("{mat}.subPathExpr"),

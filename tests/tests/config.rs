@@ -474,7 +474,7 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
                 "spec.runtimeClassName",
             ),
             (
-                json!({"volumeMounts": [{"name": "scratch", "mountPath": "/x", "subPath": "a"}]}),
+                json!({"volumeMounts": [{"name": "scratch", "mountPath": "/x", "subPath": "/a"}]}),
                 json!({"volumes": [{"name": "scratch", "emptyDir": {}}]}),
                 "spec.containers[0].volumeMounts[0].subPath",
             ),

@@ -1507,3 +1507,84 @@ spec:
     .context("sandbox processes outlive their pods")?;
     Ok(())
 }
+
+#[test]
+fn sub_paths_of_writable_volumes_are_mounted_and_cannot_escape() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: subs}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  initContainers:
+  - name: seed
+    image: weft.local/busybox:1.36
+    command: [sh, -c, "mkdir -p /s/data && echo seeded > /s/data/f && ln -s data /s/alias"]
+    volumeMounts: [{name: scratch, mountPath: /s}]
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    command: [sh, -c, "echo via=$(cat /d/f) alias=$(cat /a/f); echo new > /n/w; echo done; sleep 3600"]
+    volumeMounts:
+    - {name: scratch, mountPath: /d, subPath: data}
+    - {name: scratch, mountPath: /a, subPath: alias}
+    - {name: scratch, mountPath: /n, subPath: made/here}
+  - name: peek
+    image: weft.local/busybox:1.36
+    command: [sleep, "3600"]
+    volumeMounts: [{name: scratch, mountPath: /s}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: escape}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  initContainers:
+  - name: plant
+    image: weft.local/busybox:1.36
+    command: [sh, -c, "ln -s / /s/root && ln -s ../../../../../.. /s/up"]
+    volumeMounts: [{name: scratch, mountPath: /s}]
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    command: [sh, -c, "ls /host; sleep 3600"]
+    volumeMounts: [{name: scratch, mountPath: /host, subPath: root}]
+"#,
+    )?;
+    // Directories of the volume, a symlink within it, and one made.
+    let log = wait_log(&c, "subs", "done", Duration::from_secs(60))?;
+    ensure!(log.contains("via=seeded alias=seeded"), "{log}");
+    let (code, out) = sh_in(&c, "subs", "peek", "cat /s/made/here/w")?;
+    ensure!(code == 0 && out == "new", "{out}");
+
+    // A symlink planted to lead out of the volume: the container is not
+    // started, and the status says why.
+    let p = wait_pod(&c, "escape", Duration::from_secs(60), "refused", |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("outside its volume"))
+    })?;
+    ensure!(
+        p["status"]["containerStatuses"][0]["state"]["running"].is_null(),
+        "{}",
+        p["status"]
+    );
+    // The pod's cleanup unmounts its staged subpaths.
+    let uid = c.get_json(&["pod", "subs"])?["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        pod_mounts(&uid)?.iter().any(|m| m.contains("/subpaths/")),
+        "{:?}",
+        pod_mounts(&uid)?
+    );
+    c.weft(&["delete", "pod", "subs", "escape"])?;
+    ensure!(pod_mounts(&uid)?.is_empty(), "{:?}", pod_mounts(&uid)?);
+    Ok(())
+}

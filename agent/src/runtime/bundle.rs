@@ -8,6 +8,7 @@
 
 use std::{
     collections::BTreeMap,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -29,14 +30,16 @@ type VolumeMount = (PathBuf, String, bool);
 
 /// The container's volume mounts as (node path, container path, read-only),
 /// each `hostPath` checked against its `type` (and made, for the
-/// `...OrCreate` types) as kubelet does. A `subPath` must stay inside its
-/// volume once symlinks are resolved: a container that made a symlink in
-/// the volume cannot mount the node's root through it. Errors: the mount's
-/// index and why.
+/// `...OrCreate` types) as kubelet does. A `subPath` is opened inside its
+/// volume and bind-mounted from that open descriptor under `staging` (see
+/// [`stage_sub_path`]), which runc then mounts: a symlink a container
+/// plants, even one swapped in at the last moment, never leads out of the
+/// volume. Errors: the mount's index and why.
 fn volume_mounts(
     c: &Container,
     volumes: &[k8s_openapi::api::core::v1::Volume],
     dirs: &BTreeMap<String, PathBuf>,
+    staging: &Path,
 ) -> Result<Vec<VolumeMount>, (usize, String)> {
     use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, OpenOptionsExt as _};
     let mut out = Vec::new();
@@ -53,16 +56,12 @@ fn volume_mounts(
                 .get(&v.name)
                 .ok_or_else(|| fail(format!("volume {:?}: no such volume was made", v.name)))?;
             let projected = weft_api::volumes::is_projected(v);
-            // Only in volumes the container cannot write (the API refuses
-            // the others: see `weft_api::volumes::check`).
+            // Missing directories are made in the volumes the pod writes
+            // (emptyDir, a claim), as kubelet does; the agent's files are
+            // as the agent wrote them.
             let src = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                Some(_) if !projected => {
-                    return Err(fail(format!(
-                        "subPath in volume {:?}: only configMap, secret, downwardAPI and projected volumes take one",
-                        v.name
-                    )));
-                }
-                Some(sub) => sub_path(root, sub, false).map_err(fail)?,
+                Some(sub) => stage_sub_path(root, sub, !projected, &staging.join(j.to_string()))
+                    .map_err(fail)?,
                 None => root.clone(),
             };
             out.push((
@@ -132,7 +131,9 @@ fn volume_mounts(
             }
         }
         let src = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) => sub_path(&root, sub, true).map_err(fail)?,
+            Some(sub) => {
+                stage_sub_path(&root, sub, true, &staging.join(j.to_string())).map_err(fail)?
+            }
             None => root.clone(),
         };
         out.push((src, m.mount_path.clone(), m.read_only.unwrap_or(false)));
@@ -140,53 +141,136 @@ fn volume_mounts(
     Ok(out)
 }
 
-/// The node path of `sub` inside the volume at `root`, resolved and judged
-/// component by component before anything is made under it, so that a
-/// symlink the container planted is never followed out of the volume;
-/// missing directories are made when `create` (hostPath, emptyDir).
-fn sub_path(root: &Path, sub: &str, create: bool) -> Result<PathBuf, String> {
-    use std::os::unix::fs::DirBuilderExt as _;
+/// Opens `path` relative to the directory `dir` with `openat2`, every
+/// symlink on the way resolved by the kernel and refused if it leads out of
+/// `dir` (`RESOLVE_BENEATH`) or is a /proc magic link: an `O_PATH`
+/// descriptor of what it names.
+fn open_beneath(dir: &OwnedFd, path: &Path) -> std::io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    /// The kernel's `struct open_how` (libc's cannot be built outside it).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: a live descriptor, a NUL-terminated path and an open_how of
+    // the size given; the kernel returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &raw const how,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just gave us, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Makes `sub` (a relative path without `..`) of the volume at `root`
+/// available at `staging`, a path of the agent's that no container can
+/// reach, and returns `staging`.
+///
+/// Each component is opened with [`open_beneath`] from the volume's root
+/// (missing directories made when `create`), so symlinks are followed only
+/// within the volume; the last one is then bind-mounted from its open
+/// descriptor (`/proc/self/fd/N`), as kubelet mounts subpaths: what is
+/// mounted is what was opened, whatever a container swaps in afterwards.
+/// A mount left at `staging` by an earlier run is replaced.
+fn stage_sub_path(root: &Path, sub: &str, create: bool, staging: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     if !weft_api::volumes::is_contained_relative(sub) {
         return Err(format!("subPath {sub:?} must be relative, without '..'"));
     }
-    let real_root = std::fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let outside = |p: &Path| {
-        format!(
-            "subPath {sub:?} resolves to {}, outside its volume",
-            p.display()
-        )
-    };
-    let mut at = real_root.clone();
-    for part in Path::new(sub).components() {
-        let next = at.join(part);
-        match std::fs::canonicalize(&next) {
-            Ok(real) if real.starts_with(&real_root) => at = real,
-            Ok(real) => return Err(outside(&real)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // A dangling symlink is not a missing directory.
-                if std::fs::symlink_metadata(&next).is_ok() {
-                    return Err(format!(
-                        "subPath {sub:?}: {} is a dangling symlink",
-                        next.display()
-                    ));
-                }
-                if !create {
-                    return Err(format!("subPath {sub:?} does not exist in the volume"));
-                }
-                std::fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(&next)
-                    .map_err(|e| format!("create {}: {e}", next.display()))?;
-                at =
-                    std::fs::canonicalize(&next).map_err(|e| format!("{}: {e}", next.display()))?;
-                if !at.starts_with(&real_root) {
-                    return Err(outside(&at));
-                }
-            }
-            Err(e) => return Err(format!("{}: {e}", next.display())),
+    let root_fd: OwnedFd = std::fs::File::open(root)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+        .into();
+    let refused = |e: std::io::Error| {
+        if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::ELOOP) {
+            format!("subPath {sub:?} leads outside its volume (through a symlink)")
+        } else {
+            format!("subPath {sub:?}: {e}")
         }
+    };
+    let mut prefix = PathBuf::new();
+    let mut parent = root_fd.try_clone().map_err(|e| e.to_string())?;
+    for part in Path::new(sub).components() {
+        prefix.push(part);
+        let opened = match open_beneath(&root_fd, &prefix) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                let name = std::ffi::CString::new(part.as_os_str().as_encoded_bytes())
+                    .map_err(|_| format!("subPath {sub:?} holds a NUL"))?;
+                // SAFETY: a live directory descriptor and a NUL-terminated
+                // name; mkdirat never follows a symlink in its last part.
+                let made = unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) };
+                if made != 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::AlreadyExists {
+                        return Err(format!("subPath {sub:?}: create {}: {e}", prefix.display()));
+                    }
+                }
+                open_beneath(&root_fd, &prefix)
+            }
+            other => other,
+        };
+        parent = match opened {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "subPath {sub:?} does not exist in the volume (or is a dangling symlink)"
+                ));
+            }
+            Err(e) => return Err(refused(e)),
+        };
     }
-    Ok(at)
+    let target = parent;
+    let is_dir = nix::sys::stat::fstat(&target)
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        .map_err(|e| format!("subPath {sub:?}: {e}"))?;
+    // The staging point: an empty directory or file, as the target is.
+    if staging.exists() || staging.symlink_metadata().is_ok() {
+        let _ = nix::mount::umount2(staging, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(staging).or_else(|_| std::fs::remove_file(staging));
+    }
+    if let Some(dir) = staging.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    if is_dir {
+        std::fs::DirBuilder::new().mode(0o755).create(staging)
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(staging)
+            .map(drop)
+    }
+    .map_err(|e| format!("create {}: {e}", staging.display()))?;
+    let source = format!("/proc/self/fd/{}", target.as_raw_fd());
+    nix::mount::mount(
+        Some(source.as_str()),
+        staging,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("subPath {sub:?}: bind-mount it: {e}"))?;
+    Ok(staging.to_path_buf())
 }
 
 /// CFS period used for CPU limits (the kernel's and Kubernetes' default).
@@ -502,7 +586,7 @@ pub fn build_spec(
                 .build()?,
         );
     }
-    for (src, dst, ro) in volume_mounts(c, p.volumes, &p.volume_dirs)
+    for (src, dst, ro) in volume_mounts(c, p.volumes, &p.volume_dirs, &p.subpaths)
         .map_err(|(j, reason)| invalid(&format!("volumeMounts[{j}]"), reason))?
     {
         let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
@@ -559,6 +643,60 @@ pub fn write_spec(bundle: &Path, spec: &Spec) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Staged subpaths, unmounted when the test ends however it ends.
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+
+    /// Needs root (a bind mount), as CI runs.
+    #[test]
+    fn a_sub_path_stays_in_its_volume_and_is_mounted_as_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, stage) = (dir.path().join("vol"), dir.path().join("stage"));
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::write(root.join("data/f"), "mine").unwrap();
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/secret"), "node's").unwrap();
+        std::os::unix::fs::symlink("/", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("rel")).unwrap();
+        std::os::unix::fs::symlink("data", root.join("alias")).unwrap();
+        let mut staged = Unmount(Vec::new());
+
+        // A symlink that stays inside is followed.
+        let s0 = stage_sub_path(&root, "alias", false, &stage.join("0")).unwrap();
+        staged.0.push(s0.clone());
+        assert_eq!(std::fs::read_to_string(s0.join("f")).unwrap(), "mine");
+        // Those that lead out are refused, and nothing is made through them.
+        for sub in ["abs", "rel", "rel/made", "abs/etc"] {
+            let e = stage_sub_path(&root, sub, true, &stage.join("x")).unwrap_err();
+            assert!(e.contains("outside its volume"), "{sub}: {e}");
+        }
+        assert!(!dir.path().join("outside/made").exists());
+        assert!(stage_sub_path(&root, "missing", false, &stage.join("x")).is_err());
+        // Missing directories are made when asked.
+        let s1 = stage_sub_path(&root, "new/deeper", true, &stage.join("1")).unwrap();
+        staged.0.push(s1);
+        assert!(root.join("new/deeper").is_dir());
+        // A file is staged on a file.
+        let s2 = stage_sub_path(&root, "data/f", false, &stage.join("2")).unwrap();
+        staged.0.push(s2.clone());
+        assert_eq!(std::fs::read_to_string(&s2).unwrap(), "mine");
+        // Swapping a symlink in after the check changes nothing: the mount
+        // is of what was opened.
+        std::fs::rename(root.join("data"), root.join("data.old")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("data")).unwrap();
+        assert_eq!(std::fs::read_to_string(s0.join("f")).unwrap(), "mine");
+        assert!(!s0.join("etc").exists());
+        // Staging again (a restart) replaces the earlier mount.
+        let e = stage_sub_path(&root, "alias", false, &stage.join("0")).unwrap_err();
+        assert!(e.contains("outside its volume"), "{e}");
+    }
 
     #[test]
     fn quantities() {

@@ -156,6 +156,10 @@ pub struct CreateRequest<'a> {
     /// The node directory of each volume the agent made (every type but
     /// hostPath), by name.
     pub volume_dirs: std::collections::BTreeMap<String, PathBuf>,
+    /// Where the container's `subPath` mounts are staged (one entry per
+    /// volume mount index, see `bundle::stage_sub_path`): the agent's, out
+    /// of every container's reach.
+    pub subpaths: PathBuf,
     /// The file bind-mounted writable at the container's
     /// `terminationMessagePath` (node path, container path).
     pub termination_log: Option<(PathBuf, String)>,
@@ -590,14 +594,29 @@ impl Runtime {
                 });
             }
         }
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(RuntimeError::Io {
-                op: "remove bundle",
-                path: dir,
-                source: e,
-            }),
+        // The shim of a container that was just killed writes its exit
+        // code into the bundle once it has drained the logs (up to 2 s
+        // after the exit): a removal under way then finds a new file in
+        // the directory. Tried again until the shim is done.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(RuntimeError::Io {
+                        op: "remove bundle",
+                        path: dir,
+                        source: e,
+                    });
+                }
+            }
         }
     }
 

@@ -136,6 +136,16 @@ impl Observed {
     }
 }
 
+/// The waiting reason kubelet shows for a container whose start failed so.
+fn start_failure(e: &SandboxError) -> &'static str {
+    match e {
+        SandboxError::Config { .. } => "CreateContainerConfigError",
+        SandboxError::Hook { .. } => "PostStartHookError",
+        SandboxError::Mount { .. } => "ContainerCreating",
+        _ => "RunContainerError",
+    }
+}
+
 pub(super) fn now_timestamp() -> Timestamp {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -252,8 +262,21 @@ impl Sandbox {
                     .runtime_call(&pod_name(&rec), &c.name, move |rt| rt.state(&id2))
                     .await
                     .is_ok();
-                if !exists {
-                    self.start_container(&rec, &pod, c, &id).await?;
+                if exists {
+                    continue;
+                }
+                // A container that cannot start (a missing key, a subPath
+                // that leads out of its volume) says why in its status and
+                // is tried again with back-off by its sync, as a restart is.
+                if let Err(e) = self.start_container(&rec, &pod, c, &id).await {
+                    tracing::info!(pod = %pod_name(&rec), container = %c.name, error = %e, "start failed; backing off");
+                    let mut obs = self.observed(&id);
+                    obs.restart_at = Some(Instant::now() + obs.backoff);
+                    obs.start_error = Some((start_failure(&e).to_string(), e.to_string()));
+                    self.observed
+                        .lock()
+                        .expect("observed lock")
+                        .insert(id.clone(), obs);
                 }
             }
             rec.initialized = true;
@@ -485,12 +508,7 @@ impl Sandbox {
                 status.state = Some(waiting("ContainerCreating", ""));
             }
             Err(e) => {
-                let reason = match &e {
-                    SandboxError::Config { .. } => "CreateContainerConfigError",
-                    SandboxError::Hook { .. } => "PostStartHookError",
-                    SandboxError::Mount { .. } => "ContainerCreating",
-                    _ => "RunContainerError",
-                };
+                let reason = start_failure(&e);
                 tracing::info!(pod = %pod_name(rec), container = %c.name, error = %e, "restart failed; backing off");
                 // A postStart failure leaves a stopped container: gone, so
                 // that the next try starts it afresh.

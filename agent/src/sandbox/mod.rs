@@ -775,6 +775,7 @@ impl Sandbox {
         let (volumes, read_only_claims) =
             volumes::with_claims(&dir, spec.volumes.as_deref().unwrap_or_default());
         let volume_dirs = volumes::dirs(&dir, spec);
+        let subpaths = dir.join(volumes::SUBPATHS_DIR).join(&c.name);
         let mut container = container;
         for m in container.volume_mounts.iter_mut().flatten() {
             if read_only_claims.contains(&m.name) {
@@ -888,6 +889,7 @@ impl Sandbox {
                 files,
                 volumes: &volumes,
                 volume_dirs,
+                subpaths,
                 termination_log,
                 oom_score_adj,
                 log,
@@ -1129,6 +1131,13 @@ impl Sandbox {
         let dir = self.pod_dir(&rec.uid);
         if dir.exists() {
             volumes::teardown(&dir);
+            if let Some(m) = volumes::mounted_under(&dir) {
+                return Err(SandboxError::Io {
+                    op: "unmount",
+                    path: PathBuf::from(m),
+                    source: std::io::Error::other("still mounted; the pod's directory is kept"),
+                });
+            }
             fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
         }
         if !rec.host_network {

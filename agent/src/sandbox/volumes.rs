@@ -207,6 +207,9 @@ pub fn orphaned_volumes(
 
 /// Where a pod's volumes live under its directory.
 pub const VOLUMES_DIR: &str = "volumes";
+/// Where the containers' `subPath` mounts are staged, under the pod's
+/// directory: `<container>/<volume mount index>`.
+pub const SUBPATHS_DIR: &str = "subpaths";
 /// The symlink to the current content of an atomically written volume.
 const DATA_LINK: &str = "..data";
 /// kube's default file mode of configMap, secret, downwardAPI and
@@ -849,18 +852,32 @@ pub fn usage(dir: &Path) -> u64 {
     total
 }
 
-/// Unmounts whatever is mounted under the pod's volumes (tmpfs), deepest
-/// first, so that the pod's directory can be removed.
+/// Whether anything is still mounted under the pod's directory (a volume
+/// or a staged subPath that would not unmount): removing the directory
+/// then would reach into what is mounted there, a claim's data among it.
+#[must_use]
+pub fn mounted_under(pod_dir: &Path) -> Option<String> {
+    let prefix = format!("{}/", pod_dir.to_string_lossy());
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .find(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+}
+
+/// Unmounts whatever is mounted under the pod's volumes (tmpfs) and its
+/// staged subpaths, deepest first, so that the pod's directory can be
+/// removed.
 pub fn teardown(pod_dir: &Path) {
-    let root = pod_dir.join(VOLUMES_DIR);
-    let prefix = format!("{}/", root.to_string_lossy());
+    let prefixes =
+        [VOLUMES_DIR, SUBPATHS_DIR].map(|d| format!("{}/", pod_dir.join(d).to_string_lossy()));
     let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
     let mut points: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&prefix))
+        .filter(|m| prefixes.iter().any(|p| m.starts_with(p.as_str())))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
