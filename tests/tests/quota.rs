@@ -270,6 +270,57 @@ fn limit_ranges_and_quotas_bound_a_namespace() -> Result<()> {
         ensure!(r.code == 422, "{} {}", r.code, r.text);
         let r = post(&c, "/api/v1/namespaces/race/resourcequotas", &json!({"metadata": {"name": "y"}, "spec": {"hard": {"pods": "1"}, "scopes": ["BestEffort"]}})).await?;
         ensure!(r.code == 422, "{} {}", r.code, r.text);
+
+        // An update is charged for what it adds: a Service turned into a
+        // NodePort one takes node ports.
+        ensure!(post(&c, "/api/v1/namespaces/race/resourcequotas", &json!({"metadata": {"name": "ports"}, "spec": {"hard": {"services": "2", "services.nodeports": "1"}}})).await?.code == 201);
+        let services = "/api/v1/namespaces/race/services";
+        let svc = |name: &str, ty: &str, ports: usize| {
+            let ports: Vec<Value> = (0..ports)
+                .map(|i| json!({"name": format!("p{i}"), "port": 80 + i, "protocol": "TCP"}))
+                .collect();
+            json!({"metadata": {"name": name}, "spec": {"type": ty, "selector": {"app": name}, "ports": ports}})
+        };
+        ensure!(post(&c, services, &svc("web", "ClusterIP", 2)).await?.code == 201);
+        let to_node_port = serde_json::to_vec(&json!({"spec": {"type": "NodePort"}}))?;
+        let r = raw(
+            &c,
+            "PATCH",
+            &format!("{services}/web"),
+            Some(to_node_port.clone()),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(
+            r.code == 403 && r.text.contains("exceeded quota: ports, requested: services.nodeports=2, used: services.nodeports=0, limited: services.nodeports=1"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let s: Value = serde_json::from_str(
+            &raw(&c, "GET", &format!("{services}/web"), None, "")
+                .await?
+                .text,
+        )?;
+        ensure!(s["spec"]["type"] == "ClusterIP", "{s}");
+        // One port fits; then the next Service's does not.
+        ensure!(post(&c, services, &svc("one", "ClusterIP", 1)).await?.code == 201);
+        let r = raw(
+            &c,
+            "PATCH",
+            &format!("{services}/one"),
+            Some(to_node_port),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(r.code == 200, "{} {}", r.code, r.text);
+        let r = post(&c, services, &svc("third", "ClusterIP", 1)).await?;
+        ensure!(
+            r.code == 403 && r.text.contains("exceeded quota: ports"),
+            "{} {}",
+            r.code,
+            r.text
+        );
         Ok(())
     })?;
     // kubectl shows usage as it does for kube.

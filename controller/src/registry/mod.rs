@@ -269,7 +269,7 @@ impl Registry {
             if let Some(ns) = &ns {
                 let json = serde_json::to_value(&obj).map_err(ApiError::internal)?;
                 let what = format!("{} \"{name}\"", res.plural);
-                quota::charge(self, res, ns, &json, &what, &mut txn).await?;
+                quota::charge(self, res, ns, &json, None, &what, &mut txn).await?;
             }
             txn = txn.then(Op::put(&key, encode(&obj)));
             self.check_size(&txn, &obj)?;
@@ -366,6 +366,21 @@ impl Registry {
             }
             let mut txn = Txn::new().when(Compare::at(&key, rev));
             obj.on_update(&old, self, &mut txn).await?;
+            // What an update adds is charged, as kube's quota admission
+            // does: a Service's type changed to NodePort or LoadBalancer.
+            // (A pod's resources, a claim's request and the other counted
+            // objects cannot grow on update.)
+            if let Some(ns) = &ns
+                && write == Write::Update
+                && quota::grows_on_update(res)
+            {
+                let (json, was) = (
+                    serde_json::to_value(&obj).map_err(ApiError::internal)?,
+                    serde_json::to_value(&old).map_err(ApiError::internal)?,
+                );
+                let what = format!("{} \"{name}\"", res.plural);
+                quota::charge(self, res, ns, &json, Some(&was), &what, &mut txn).await?;
+            }
             // Finalizers gone from an object being deleted: it goes now.
             let finished = obj.meta().deletion_timestamp.is_some()
                 && obj.meta().finalizers.as_ref().is_none_or(Vec::is_empty)

@@ -218,16 +218,40 @@ fn pretty(resources: &[&String], values: impl Fn(&str) -> String) -> String {
         .join(",")
 }
 
+/// Whether an update of an object of `res` can use more of a quota than
+/// the object did (a Service's type; nothing else Weft counts can grow).
+#[must_use]
+pub fn grows_on_update(res: &Resource) -> bool {
+    res.kind == "Service" && res.group.is_empty()
+}
+
 /// Charges a new object to every ResourceQuota of its namespace, in `txn`
-/// (see the module docs). `what` is `<plural> "<name>"` for messages.
+/// (see the module docs); for an update (`old` given), what it uses more
+/// than `old` did. `what` is `<plural> "<name>"` for messages.
 pub async fn charge(
     reg: &Registry,
     res: &Resource,
     ns: &str,
     obj: &Value,
+    old: Option<&Value>,
     what: &str,
     txn: &mut Txn,
 ) -> Result<(), ApiError> {
+    let mut asked = usage(res, obj);
+    if let Some(old) = old {
+        let before = usage(res, old);
+        asked = asked
+            .into_iter()
+            .map(|(k, v)| {
+                let was = before.get(&k).copied().unwrap_or(0);
+                (k, v - was)
+            })
+            .filter(|(_, v)| *v > 0)
+            .collect();
+    }
+    if asked.is_empty() {
+        return Ok(());
+    }
     let quotas = ResourceQuota::resource();
     let (kvs, _) = reg
         .store
@@ -235,10 +259,6 @@ pub async fn charge(
         .await
         .map_err(store_error)?;
     if kvs.is_empty() {
-        return Ok(());
-    }
-    let asked = usage(res, obj);
-    if asked.is_empty() {
         return Ok(());
     }
     for kv in kvs {
@@ -252,6 +272,7 @@ pub async fn charge(
         let constrained: Vec<&String> = hard.keys().filter(|k| asked.contains_key(*k)).collect();
         // A compute quota needs every container to say how much.
         if res.kind == "Pod"
+            && old.is_none()
             && let Ok(pod) = serde_json::from_value::<Pod>(obj.clone())
         {
             let mut missing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
