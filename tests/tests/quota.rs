@@ -1,7 +1,9 @@
 //! LimitRanges and ResourceQuotas through a real `weft controller`:
 //! defaults and bounds applied to new pods, quotas that refuse what would
 //! exceed them with kube's words (never both of two racing creations for
-//! the last unit), and a status that follows deletions.
+//! the last unit), and a status that follows deletions. Also the volume
+//! binder's pre-binding (a claim naming its volume, a volume naming its
+//! claim), a namespace's storage as departments use it.
 
 use std::time::{Duration, Instant};
 
@@ -332,4 +334,108 @@ fn limit_ranges_and_quotas_bound_a_namespace() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
+}
+
+/// The JSON at `path` (200).
+async fn get(c: &kube::Client, path: &str) -> Result<Value> {
+    let r = raw(c, "GET", path, None, "").await?;
+    ensure!(r.code == 200, "GET {path}: {} {}", r.code, r.text);
+    Ok(serde_json::from_str(&r.text)?)
+}
+
+/// Polls `path` until `check` holds.
+async fn wait_for(
+    c: &kube::Client,
+    path: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = get(c, path).await?;
+        if check(&v) {
+            return Ok(v);
+        }
+        ensure!(Instant::now() < deadline, "{path}: {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn claims_bind_to_the_volumes_they_name_and_volumes_wait_for_their_claim() -> Result<()> {
+    let island = Island::new("prebind")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let pvs = "/api/v1/persistentvolumes";
+        let claims = "/api/v1/namespaces/default/persistentvolumeclaims";
+        let pv = |name: &str, claim_ref: Value| {
+            json!({"metadata": {"name": name}, "spec": {
+                "storageClassName": "manual", "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Delete",
+                "hostPath": {"path": format!("/tmp/weft-prebind-{name}")}, "claimRef": claim_ref}})
+        };
+        let claim = |name: &str, volume: Option<&str>| {
+            json!({"metadata": {"name": name}, "spec": {
+                "storageClassName": "manual", "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "100Mi"}}, "volumeName": volume}})
+        };
+        // A volume pre-bound to a claim that does not exist yet: Available,
+        // neither released nor deleted, and no other claim's.
+        let r = post(
+            &c,
+            pvs,
+            &pv("reserved", json!({"namespace": "default", "name": "later"})),
+        )
+        .await?;
+        ensure!(r.code == 201, "{} {}", r.code, r.text);
+        ensure!(post(&c, claims, &claim("other", None)).await?.code == 201);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let v = get(&c, &format!("{pvs}/reserved")).await?;
+        ensure!(v["status"]["phase"] == "Available", "{v}");
+        let o = get(&c, &format!("{claims}/other")).await?;
+        ensure!(o["status"]["phase"] == "Pending", "{o}");
+        // Its claim comes: bound to it, with the claim's UID.
+        ensure!(post(&c, claims, &claim("later", None)).await?.code == 201);
+        let l = wait_for(&c, &format!("{claims}/later"), "bound", |v| {
+            v["status"]["phase"] == "Bound"
+        })
+        .await?;
+        ensure!(l["spec"]["volumeName"] == "reserved", "{l}");
+        let v = get(&c, &format!("{pvs}/reserved")).await?;
+        ensure!(v["spec"]["claimRef"]["uid"] == l["metadata"]["uid"], "{v}");
+
+        // A claim that names its volume gets that one, not a better fit.
+        ensure!(post(&c, pvs, &pv("named", Value::Null)).await?.code == 201);
+        ensure!(
+            post(&c, claims, &claim("naming", Some("named")))
+                .await?
+                .code
+                == 201
+        );
+        let n = wait_for(&c, &format!("{claims}/naming"), "bound", |v| {
+            v["status"]["phase"] == "Bound"
+        })
+        .await?;
+        ensure!(n["spec"]["volumeName"] == "named", "{n}");
+        let v = wait_for(&c, &format!("{pvs}/named"), "bound", |v| {
+            v["status"]["phase"] == "Bound"
+        })
+        .await?;
+        ensure!(v["spec"]["claimRef"]["uid"] == n["metadata"]["uid"], "{v}");
+        // Naming a missing volume, or one bound to another claim: Pending.
+        ensure!(
+            post(&c, claims, &claim("missing", Some("nowhere")))
+                .await?
+                .code
+                == 201
+        );
+        ensure!(post(&c, claims, &claim("taken", Some("named"))).await?.code == 201);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for name in ["missing", "taken", "other"] {
+            let v = get(&c, &format!("{claims}/{name}")).await?;
+            ensure!(v["status"]["phase"] == "Pending", "{name}: {v}");
+        }
+        Ok(())
+    })
 }

@@ -128,13 +128,30 @@ async fn bind(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action, ApiError
     let name = pvc.metadata.name.clone().unwrap_or_default();
     let spec = pvc.spec.clone().unwrap_or_default();
     if let Some(pv_name) = spec.volume_name.as_deref().filter(|v| !v.is_empty()) {
-        // Bound: the status says so (after a crash between the two writes).
-        if phase_of_claim(pvc) != Some("Bound")
-            && let Some(pv) = ctx.cache.store::<PersistentVolume>().get(None, pv_name)
-        {
-            mark_claim_bound(ctx, &ns, &name, &pv).await?;
+        if phase_of_claim(pvc) == Some("Bound") {
+            return Ok(Action::await_change());
         }
-        return Ok(Action::await_change());
+        // Named by the claim (pre-bound by its author), or bound by us
+        // before a crash between the writes: bound when the volume is
+        // there, free or already this claim's, and holds the claim.
+        let Some(pv) = ctx.cache.store::<PersistentVolume>().get(None, pv_name) else {
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        };
+        let r = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref());
+        if r.is_some_and(|r| r.uid.is_some() && r.uid == pvc.metadata.uid) {
+            mark_claim_bound(ctx, &ns, &name, &pv).await?;
+            return Ok(Action::await_change());
+        }
+        let mine = r.is_none_or(|r| {
+            r.namespace.as_deref() == Some(ns.as_str())
+                && r.name.as_deref() == Some(name.as_str())
+                && r.uid.is_none()
+        });
+        if !mine || !satisfies(&pv, pvc) {
+            tracing::info!(claim = %format!("{ns}/{name}"), volume = pv_name, "the volume the claim names is another's or does not hold it; the claim stays Pending");
+            return Ok(Action::requeue(Duration::from_secs(15)));
+        }
+        return bind_to(pvc, pv_name, ctx).await;
     }
     let class_name = spec.storage_class_name.clone().unwrap_or_default();
     let class = (!class_name.is_empty())
@@ -150,15 +167,48 @@ async fn bind(pvc: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action, ApiError
             None => return Ok(Action::requeue(Duration::from_secs(15))),
         },
     };
-    // The volume first (its claimRef makes it the claim's), then the claim.
     let pv_name = pv.metadata.name.clone().unwrap_or_default();
+    bind_to(pvc, &pv_name, ctx).await
+}
+
+/// Whether volume `pv` can hold claim `pvc`: the same class, enough
+/// capacity, every access mode the claim asks for.
+fn satisfies(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
+    let spec = pv.spec.clone().unwrap_or_default();
+    let want = pvc.spec.clone().unwrap_or_default();
+    let offers = spec.access_modes.clone().unwrap_or_default();
+    pv.metadata.deletion_timestamp.is_none()
+        && spec.storage_class_name.unwrap_or_default()
+            == want.storage_class_name.unwrap_or_default()
+        && want
+            .access_modes
+            .unwrap_or_default()
+            .iter()
+            .all(|m| offers.contains(m))
+        && claim_request(pvc).is_some_and(|asked| volume_capacity(pv).is_some_and(|c| c >= asked))
+}
+
+/// Binds claim `pvc` to volume `pv_name`: the volume first (its claimRef,
+/// with the claim's UID, makes it the claim's), then the claim.
+async fn bind_to(
+    pvc: &PersistentVolumeClaim,
+    pv_name: &str,
+    ctx: &Ctx,
+) -> Result<Action, ApiError> {
+    let ns = pvc.metadata.namespace.clone().unwrap_or_default();
+    let name = pvc.metadata.name.clone().unwrap_or_default();
+    let pv_name = pv_name.to_string();
     let want = claim_ref(pvc);
     let pv = ctx
         .reg
         .modify::<PersistentVolume>(None, &pv_name, Write::Update, |mut v| {
             let spec = v.spec.get_or_insert_with(Default::default);
             match &spec.claim_ref {
-                Some(r) if r.uid.is_some() && r.uid != want.uid => {
+                Some(r)
+                    if (r.uid.is_some() && r.uid != want.uid)
+                        || r.name != want.name
+                        || r.namespace != want.namespace =>
+                {
                     return Err(ApiError::conflict(
                         "persistentvolumes",
                         "",
@@ -224,10 +274,13 @@ fn matching_volume(
         .into_iter()
         .filter(|pv| {
             let spec = pv.spec.clone().unwrap_or_default();
-            let free = spec
-                .claim_ref
-                .as_ref()
-                .is_none_or(|r| r.uid == pvc.metadata.uid);
+            // Free, or pre-bound to this claim (by name, without a UID).
+            let free = spec.claim_ref.as_ref().is_none_or(|r| {
+                r.uid == pvc.metadata.uid
+                    || (r.uid.is_none()
+                        && r.namespace == pvc.metadata.namespace
+                        && r.name == pvc.metadata.name)
+            });
             let available =
                 pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Available");
             let offers = spec.access_modes.clone().unwrap_or_default();
@@ -239,8 +292,12 @@ fn matching_volume(
         .filter_map(|pv| Some((volume_capacity(&pv)?, pv)))
         .filter(|(cap, _)| *cap >= want)
         .collect();
+    // A volume pre-bound to the claim first, then the smallest.
+    let pre_bound = |pv: &PersistentVolume| pv.spec.as_ref().is_some_and(|s| s.claim_ref.is_some());
     fits.sort_by(|a, b| {
-        a.0.cmp(&b.0)
+        pre_bound(&b.1)
+            .cmp(&pre_bound(&a.1))
+            .then_with(|| a.0.cmp(&b.0))
             .then_with(|| a.1.metadata.name.cmp(&b.1.metadata.name))
     });
     fits.into_iter().next().map(|(_, pv)| pv)
@@ -403,6 +460,11 @@ async fn reclaim(pv: &PersistentVolume, ctx: &Ctx) -> Result<Action, ApiError> {
     let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.clone()) else {
         return Ok(Action::await_change());
     };
+    // Pre-bound to a claim by name (no UID yet): Available until that
+    // claim comes, never released for a claim that never was.
+    if r.uid.is_none() {
+        return Ok(Action::await_change());
+    }
     let ns = r.namespace.clone().unwrap_or_default();
     let claim = r.name.clone().unwrap_or_default();
     let live = ctx
