@@ -401,6 +401,11 @@ impl crate::registry::Namespaces for Cache {
         self.store::<k8s_openapi::api::core::v1::Namespace>()
             .get(None, name)
     }
+
+    fn pods_on_node(&self, node: &str) -> Vec<Arc<k8s_openapi::api::core::v1::Pod>> {
+        self.store::<k8s_openapi::api::core::v1::Pod>()
+            .on_node(node)
+    }
 }
 
 /// Every kind's store, and how far the cache has seen the store.

@@ -562,18 +562,31 @@ async fn dispatch(
         Decision::IfReferencedOnNode(node) => {
             let name = target.name.as_deref().unwrap_or_default();
             let ns = target.ns.as_deref();
-            let pods = weft_api::resources::by_kind("v1", "Pod").expect("pods are served");
-            let (pods, _) = st
-                .registry
-                .list_json(pods, ns, |p| {
-                    p["spec"]["nodeName"].as_str() == Some(node.as_str())
-                })
-                .await?;
             let wanted = (res.plural, name.to_string());
-            let referenced = pods.into_iter().any(|p| {
-                serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(p["spec"].clone())
-                    .is_ok_and(|spec| weft_api::pod::references(&spec).contains(&wanted))
+            // The cache's pods of the node first (an index: a node's pods,
+            // not its namespace's); the store when they do not say yes,
+            // for a pod bound a moment ago that the cache has not seen.
+            let cached = st.registry.namespaces.as_ref().is_some_and(|c| {
+                c.pods_on_node(&node).iter().any(|p| {
+                    p.metadata.namespace.as_deref() == ns
+                        && p.spec
+                            .as_ref()
+                            .is_some_and(|s| weft_api::pod::references(s).contains(&wanted))
+                })
             });
+            let referenced = cached || {
+                let pods = weft_api::resources::by_kind("v1", "Pod").expect("pods are served");
+                let (pods, _) = st
+                    .registry
+                    .list_json(pods, ns, |p| {
+                        p["spec"]["nodeName"].as_str() == Some(node.as_str())
+                    })
+                    .await?;
+                pods.into_iter().any(|p| {
+                    serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(p["spec"].clone())
+                        .is_ok_and(|spec| weft_api::pod::references(&spec).contains(&wanted))
+                })
+            };
             if !referenced {
                 return Err(ApiError::forbidden(format!(
                     "User \"{}\" cannot get resource \"{}\" in API group \"\" in the namespace \"{}\": no relationship found between node '{node}' and this object",

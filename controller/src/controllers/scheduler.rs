@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{NodeSelectorTerm, PersistentVolume, PersistentV
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::cache::Cache;
-use crate::registry::storage::SELECTED_NODE;
+use crate::registry::storage::{LOCAL_DRIVER, SELECTED_NODE, claim_request};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -509,7 +509,7 @@ async fn schedule_loop(ctx: Ctx, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
         };
         let decision = {
             let s = state.lock().unwrap_or_else(|e| e.into_inner());
-            choose_with(&s, &pod, &needs.terms)
+            choose_with(&s, &pod, &needs)
         };
         match decision {
             Ok(node) => {
@@ -757,6 +757,12 @@ struct VolumeNeeds {
     terms: Vec<Vec<NodeSelectorTerm>>,
     /// WaitForFirstConsumer claims still to be given a node.
     to_place: Vec<String>,
+    /// Bytes of those to be made by the local provisioner on the chosen
+    /// node.
+    local_bytes: i128,
+    /// With `local_bytes`: each node's room for new local volumes (nodes
+    /// that do not say are left out, and not held to it).
+    room: BTreeMap<String, i128>,
 }
 
 /// The constraints of the pod's PersistentVolumeClaims, or why it cannot be
@@ -820,8 +826,23 @@ fn volume_needs(cache: &Cache, pod: &Pod) -> Result<VolumeNeeds, String> {
                         ]),
                         ..Default::default()
                     }]),
-                    None => needs.to_place.push(name),
+                    None => {
+                        if class
+                            .as_ref()
+                            .is_some_and(|c| c.provisioner == LOCAL_DRIVER)
+                        {
+                            needs.local_bytes += claim_request(&pvc).unwrap_or(0);
+                        }
+                        needs.to_place.push(name);
+                    }
                 }
+            }
+        }
+    }
+    if needs.local_bytes > 0 {
+        for node in cache.store::<Node>().list(None) {
+            if let Some(room) = super::volumes::local_room(cache, &node) {
+                needs.room.insert(node.name_any(), room);
             }
         }
     }
@@ -831,11 +852,13 @@ fn volume_needs(cache: &Cache, pod: &Pod) -> Result<VolumeNeeds, String> {
 /// The best node for `pod`, or why none fits (in kube-scheduler's words).
 #[cfg(test)]
 fn choose(s: &State, pod: &Pod) -> Result<String, String> {
-    choose_with(s, pod, &[])
+    choose_with(s, pod, &VolumeNeeds::default())
 }
 
-/// As [`choose`], on the nodes that satisfy one term of each of `volumes`.
-fn choose_with(s: &State, pod: &Pod, volumes: &[Vec<NodeSelectorTerm>]) -> Result<String, String> {
+/// As [`choose`], on the nodes that satisfy one term of each of the
+/// pod's bound volumes and have room for the local volumes to be made.
+fn choose_with(s: &State, pod: &Pod, needs: &VolumeNeeds) -> Result<String, String> {
+    let volumes = &needs.terms;
     let req = pod_request(pod.spec.as_ref());
     let owner = owner_uid(pod);
     let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
@@ -880,6 +903,17 @@ fn choose_with(s: &State, pod: &Pod, volumes: &[Vec<NodeSelectorTerm>]) -> Resul
         if !volumes_ok {
             *reasons
                 .entry("node(s) had volume node affinity conflict".into())
+                .or_default() += 1;
+            continue;
+        }
+        if needs.local_bytes > 0
+            && needs
+                .room
+                .get(&info.name)
+                .is_some_and(|room| *room < needs.local_bytes)
+        {
+            *reasons
+                .entry("node(s) did not have enough free storage".into())
                 .or_default() += 1;
             continue;
         }
@@ -1067,6 +1101,45 @@ mod tests {
             {"name": "a", "resources": {"requests": {"cpu": "100m", "memory": "1Mi"}}}
         ]}}));
         assert_eq!(choose(&s, &small), Ok("n1".to_string()));
+    }
+
+    #[test]
+    fn local_volumes_to_make_need_room_on_the_node() {
+        let node = |name: &str| -> Node {
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                    "allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"}}
+            }))
+            .expect("a node")
+        };
+        let mut s = State::default();
+        for n in ["full", "roomy", "silent"] {
+            s.infos.insert(n.into(), NodeInfo::from(&node(n)));
+        }
+        let p = pod(json!({"spec": {"containers": [{"name": "a"}]}}));
+        let gib = 1i128 << 30;
+        let mut needs = VolumeNeeds {
+            local_bytes: 2 * gib,
+            room: [("full".to_string(), gib), ("roomy".to_string(), 10 * gib)].into(),
+            ..Default::default()
+        };
+        s.infos.remove("silent");
+        assert_eq!(choose_with(&s, &p, &needs), Ok("roomy".to_string()));
+        needs.room.insert("roomy".into(), gib);
+        let why = choose_with(&s, &p, &needs).expect_err("no room anywhere");
+        assert!(
+            why.contains("2 node(s) did not have enough free storage"),
+            "{why}"
+        );
+        // A node that does not report its storage is not refused for it.
+        s.infos
+            .insert("silent".into(), NodeInfo::from(&node("silent")));
+        assert_eq!(choose_with(&s, &p, &needs), Ok("silent".to_string()));
+        // Nothing to make: room does not matter.
+        needs.local_bytes = 0;
+        s.infos.remove("silent");
+        assert!(choose_with(&s, &p, &needs).is_ok());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use weft_api::ApiError;
 
 use super::{Action, Controller, Ctx, record_event};
+use crate::cache::Cache;
 use crate::registry::storage::{LOCAL_DRIVER, SELECTED_NODE, claim_request, volume_capacity};
 use crate::registry::{Write, quota};
 
@@ -303,9 +304,18 @@ fn matching_volume(
     fits.into_iter().next().map(|(_, pv)| pv)
 }
 
+/// Room left on `node` for new local volumes: its local storage less the
+/// volumes held to it; `None` when the node does not say how much it has.
+/// The provisioner refuses a volume past it, and the scheduler does not
+/// place a pod whose new volumes would not fit.
+pub fn local_room(cache: &Cache, node: &Node) -> Option<i128> {
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    Some(local_capacity(node)? - local_use(cache, name))
+}
+
 /// Bytes of local volumes held to `node`.
-fn local_use(ctx: &Ctx, node: &str) -> i128 {
-    ctx.cache
+fn local_use(cache: &Cache, node: &str) -> i128 {
+    cache
         .store::<PersistentVolume>()
         .list(None)
         .iter()
@@ -357,7 +367,7 @@ async fn provision(
                 .filter(|n| weft_api::node::is_ready(n))
                 .map(|n| {
                     let name = n.metadata.name.clone().unwrap_or_default();
-                    let room = local_capacity(&n).map_or(i128::MAX, |c| c - local_use(ctx, &name));
+                    let room = local_room(&ctx.cache, &n).unwrap_or(i128::MAX);
                     (room, name)
                 })
                 .max();
@@ -370,7 +380,7 @@ async fn provision(
     if let Some(n) = ctx.cache.store::<Node>().get(None, &node)
         && let Some(cap) = local_capacity(&n)
     {
-        let used = local_use(ctx, &node);
+        let used = local_use(&ctx.cache, &node);
         if used + want > cap {
             record_event(
                 &ctx.reg,

@@ -84,6 +84,8 @@ pub struct Registry {
 /// a copy that may lag the store.
 pub trait Namespaces: Send + Sync {
     fn namespace(&self, name: &str) -> Option<Arc<Namespace>>;
+    /// The pods bound to `node`, from the node index.
+    fn pods_on_node(&self, node: &str) -> Vec<Arc<k8s_openapi::api::core::v1::Pod>>;
 }
 
 /// Deletes a deletecollection (or a namespace's deletion) runs at once:
