@@ -1416,6 +1416,24 @@ spec:
         "each pod its own IPC namespace: {sa:?} {aa:?}"
     );
 
+    // POSIX shared memory is the pod's too: one /dev/shm (a tmpfs of the
+    // pod's), not another pod's.
+    let (code, out) = sh_in(&c, "apart", "app", "echo pod-memory > /dev/shm/mark")?;
+    ensure!(code == 0, "{out}");
+    let (code, out) = sh_in(&c, "apart", "tool", "cat /dev/shm/mark")?;
+    ensure!(code == 0 && out == "pod-memory", "{out}");
+    let (code, out) = sh_in(&c, "shared", "tool", "cat /dev/shm/mark")?;
+    ensure!(code != 0, "another pod's /dev/shm: {out}");
+    let apart_uid = c.get_json(&["pod", "apart"])?["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        pod_mounts(&apart_uid)?.iter().any(|m| m.ends_with("/shm")),
+        "{:?}",
+        pod_mounts(&apart_uid)?
+    );
+
     // Without sharing, each container is PID 1 of its own namespace.
     let (_, pid1) = sh_in(&c, "apart", "tool", "cat /proc/1/cmdline | tr '\\0' ' '")?;
     ensure!(pid1.starts_with("sleep 3601"), "{pid1}");
@@ -1501,6 +1519,11 @@ spec:
         "a 4 s grace period took {took:?} for three containers"
     );
     c.weft(&["delete", "pod", "shared"])?;
+    ensure!(
+        pod_mounts(&apart_uid)?.is_empty(),
+        "{:?}",
+        pod_mounts(&apart_uid)?
+    );
     wait_until(Duration::from_secs(60), || {
         (pause_pids("shared").is_empty() && pause_pids("apart").is_empty()).then_some(())
     })

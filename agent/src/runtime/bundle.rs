@@ -557,6 +557,27 @@ pub fn build_spec(
     let linux = linux.resources(resources.build()?).build()?;
 
     let mut mounts = get_default_mounts();
+    // The pod's /dev/shm (or the node's, with hostIPC) in place of one of
+    // the container's own: POSIX shared memory is the pod's, as its IPC
+    // namespace is.
+    if let Some(shm) = &p.shm {
+        for m in &mut mounts {
+            if m.destination() == Path::new("/dev/shm") {
+                *m = MountBuilder::default()
+                    .destination(PathBuf::from("/dev/shm"))
+                    .typ("bind")
+                    .source(shm.clone())
+                    .options(vec![
+                        "rbind".into(),
+                        "rprivate".into(),
+                        "nosuid".into(),
+                        "nodev".into(),
+                        "noexec".into(),
+                    ])
+                    .build()?;
+            }
+        }
+    }
     if privileged {
         // /sys writable, as the devices are.
         for m in &mut mounts {

@@ -145,6 +145,10 @@ pub struct CreateRequest<'a> {
     /// The pod's sandbox process and the namespaces it holds, which the
     /// container joins (see [`pause`]).
     pub sandbox: Option<(pause::Sandbox, pause::Namespaces)>,
+    /// The directory bind-mounted at `/dev/shm` (the pod's tmpfs, or the
+    /// node's /dev/shm with hostIPC); `None`: a tmpfs of the container's
+    /// own.
+    pub shm: Option<PathBuf>,
     /// Host name.
     pub hostname: String,
     /// runc cgroup path.

@@ -801,6 +801,16 @@ impl Sandbox {
             spec.host_ipc.unwrap_or(false),
         );
         let sandbox = self.ensure_pause(rec, spec).await?;
+        let shm = if host_ipc {
+            Some(PathBuf::from("/dev/shm"))
+        } else {
+            Some(
+                volumes::mount_shm(&dir).map_err(|message| SandboxError::Mount {
+                    pod: pod_name(rec),
+                    message,
+                })?,
+            )
+        };
         let id_owned = id.to_string();
         let id = id.to_string();
         // On the node's network: the node's namespace (the agent's own
@@ -884,6 +894,7 @@ impl Sandbox {
                 host_pid,
                 host_ipc,
                 sandbox,
+                shm,
                 hostname,
                 cgroups_path,
                 files,

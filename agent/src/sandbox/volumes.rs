@@ -210,6 +210,42 @@ pub const VOLUMES_DIR: &str = "volumes";
 /// Where the containers' `subPath` mounts are staged, under the pod's
 /// directory: `<container>/<volume mount index>`.
 pub const SUBPATHS_DIR: &str = "subpaths";
+/// The pod's `/dev/shm`, under its directory: a tmpfs its containers share.
+pub const SHM_DIR: &str = "shm";
+/// Its size: containerd's default for a pod sandbox's /dev/shm.
+const SHM_SIZE: &str = "size=65536k";
+
+/// Mounts the pod's `/dev/shm` (a 64 MiB tmpfs, mode 1777) unless it is
+/// mounted, and returns its path.
+///
+/// # Errors
+/// When the directory cannot be made or the tmpfs mounted.
+pub fn mount_shm(pod_dir: &Path) -> Result<PathBuf, String> {
+    let dir = pod_dir.join(SHM_DIR);
+    if mounted_at(&dir) {
+        return Ok(dir);
+    }
+    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    mount(
+        Some("shm"),
+        &dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(format!("mode=1777,{SHM_SIZE}").as_str()),
+    )
+    .map_err(|e| format!("mount the pod's /dev/shm at {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Whether `p` is a mount point.
+fn mounted_at(p: &Path) -> bool {
+    let wanted = p.to_string_lossy();
+    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|t| {
+        t.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .any(|m| m == wanted)
+    })
+}
 /// The symlink to the current content of an atomically written volume.
 const DATA_LINK: &str = "..data";
 /// kube's default file mode of configMap, secret, downwardAPI and
@@ -869,15 +905,16 @@ pub fn mounted_under(pod_dir: &Path) -> Option<String> {
 /// staged subpaths, deepest first, so that the pod's directory can be
 /// removed.
 pub fn teardown(pod_dir: &Path) {
-    let prefixes =
-        [VOLUMES_DIR, SUBPATHS_DIR].map(|d| format!("{}/", pod_dir.join(d).to_string_lossy()));
+    let prefixes = [VOLUMES_DIR, SUBPATHS_DIR, SHM_DIR]
+        .map(|d| format!("{}/", pod_dir.join(d).to_string_lossy()));
+    let shm = pod_dir.join(SHM_DIR).to_string_lossy().into_owned();
     let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
     let mut points: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| prefixes.iter().any(|p| m.starts_with(p.as_str())))
+        .filter(|m| *m == shm || prefixes.iter().any(|p| m.starts_with(p.as_str())))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points {
