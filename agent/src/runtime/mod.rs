@@ -452,20 +452,10 @@ impl Runtime {
             shim_ms = (t0.elapsed() - bundle_ready).as_secs_f64() * 1e3,
             "container started"
         );
-        if let Some(pid) = line.strip_prefix("ok ") {
-            return pid.parse().map_err(|_| RuntimeError::Runc {
-                id: req.id.to_string(),
-                op: if start { "run" } else { "create" },
-                message: format!("shim reported {line:?}"),
-            });
-        }
-        Err(RuntimeError::Runc {
+        shim::parse_report("the shim", line).map_err(|message| RuntimeError::Runc {
             id: req.id.to_string(),
             op: if start { "run" } else { "create" },
-            message: line
-                .strip_prefix("err ")
-                .unwrap_or("the shim exited without a report")
-                .to_string(),
+            message,
         })
     }
 

@@ -20,7 +20,7 @@
 use std::{
     ffi::CString,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -166,31 +166,15 @@ pub fn start(exe: &Path, args: &PauseArgs) -> Result<Sandbox, String> {
     // The launcher exits as soon as it reported; the sandbox process is
     // its child, orphaned on purpose.
     let _ = child.wait();
-    let line = line.trim();
-    match line.strip_prefix("ok ") {
-        Some(pid) => {
-            let pid: i32 = pid
-                .parse()
-                .map_err(|_| format!("the sandbox process reported {line:?}"))?;
-            Sandbox::of_pid(pid).ok_or_else(|| "the sandbox process exited at once".to_string())
-        }
-        None => Err(line
-            .strip_prefix("err ")
-            .unwrap_or("the sandbox process exited without a report")
-            .to_string()),
-    }
+    let pid = super::shim::parse_report("the sandbox process", &line)?;
+    Sandbox::of_pid(pid).ok_or_else(|| "the sandbox process exited at once".to_string())
 }
 
 /// Runs `weft pause`; returns the launcher's exit code (the sandbox
 /// process itself never returns).
 #[must_use]
 pub fn run(args: &PauseArgs) -> i32 {
-    let mut report = std::io::stdout();
-    let fail = |report: &mut std::io::Stdout, msg: String| {
-        let _ = writeln!(report, "err {}", msg.replace('\n', " "));
-        let _ = report.flush();
-        1
-    };
+    let fail = |msg: String| super::shim::report(Err(&msg));
     let _ = setsid();
     let ns = args.namespaces;
     let mut flags = CloneFlags::empty();
@@ -204,24 +188,24 @@ pub fn run(args: &PauseArgs) -> i32 {
         }
     }
     if let Err(e) = unshare(flags) {
-        return fail(&mut report, format!("unshare: {e}"));
+        return fail(format!("unshare: {e}"));
     }
     if ns.uts {
         let name = args.hostname.as_bytes();
         // SAFETY: a pointer and length of a live byte slice.
         if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
             let e = std::io::Error::last_os_error();
-            return fail(&mut report, format!("sethostname {:?}: {e}", args.hostname));
+            return fail(format!("sethostname {:?}: {e}", args.hostname));
         }
     }
     let Ok(root) = CString::new(args.root.as_os_str().as_encoded_bytes()) else {
-        return fail(&mut report, "the root path holds a NUL".into());
+        return fail("the root path holds a NUL".into());
     };
     // Everything the child needs is ready before the fork: after it, only
     // system calls.
     let null = match fs::File::options().read(true).write(true).open("/dev/null") {
         Ok(f) => f,
-        Err(e) => return fail(&mut report, format!("open /dev/null: {e}")),
+        Err(e) => return fail(format!("open /dev/null: {e}")),
     };
     let mut all = SigSet::all();
     all.remove(Signal::SIGKILL);
@@ -229,12 +213,8 @@ pub fn run(args: &PauseArgs) -> i32 {
     // SAFETY: this process has one thread (`weft pause` starts no runtime),
     // so the child may run anything; it only makes system calls.
     match unsafe { fork() } {
-        Err(e) => fail(&mut report, format!("fork: {e}")),
-        Ok(ForkResult::Parent { child }) => {
-            let _ = writeln!(report, "ok {child}");
-            let _ = report.flush();
-            0
-        }
+        Err(e) => fail(format!("fork: {e}")),
+        Ok(ForkResult::Parent { child }) => super::shim::report(Ok(child.as_raw())),
         Ok(ForkResult::Child) => {
             // SAFETY: plain system calls on our own descriptors and
             // credentials.

@@ -56,6 +56,32 @@ pub const PID_FILE: &str = "init.pid";
 /// runc's own log (errors of create/start).
 pub const RUNC_LOG: &str = "runc.log";
 
+/// Writes the one line a helper process of the agent (`weft shim`, `weft
+/// pause`) reports on its stdout: `ok <pid>`, or `err <message>` on one
+/// line. Returns the helper's exit code (0 or 1).
+pub(super) fn report(result: Result<i32, &str>) -> i32 {
+    let mut out = std::io::stdout();
+    let (line, code) = match result {
+        Ok(pid) => (format!("ok {pid}"), 0),
+        Err(msg) => (format!("err {}", msg.replace('\n', " ")), 1),
+    };
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    code
+}
+
+/// What helper process `who` reported (see [`report`]): its PID, or its
+/// error.
+pub(super) fn parse_report(who: &str, line: &str) -> Result<i32, String> {
+    let line = line.trim();
+    match line.strip_prefix("ok ") {
+        Some(pid) => pid.parse().map_err(|_| format!("{who} reported {line:?}")),
+        None => Err(line
+            .strip_prefix("err ")
+            .map_or_else(|| format!("{who} exited without a report"), str::to_string)),
+    }
+}
+
 /// The last error runc wrote to its JSON log, if any.
 #[must_use]
 pub fn runc_error(bundle: &Path) -> Option<String> {
@@ -103,12 +129,7 @@ fn pump(
 /// Runs the shim; returns the process exit code.
 #[must_use]
 pub fn run(args: &ShimArgs) -> i32 {
-    let mut report = std::io::stdout();
-    let fail = |report: &mut std::io::Stdout, msg: String| {
-        let _ = writeln!(report, "err {}", msg.replace('\n', " "));
-        let _ = report.flush();
-        1
-    };
+    let fail = |msg: String| report(Err(&msg));
     let _ = setsid();
     // SAFETY: plain prctl; makes orphaned descendants (the container) ours to reap.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -118,10 +139,10 @@ pub fn run(args: &ShimArgs) -> i32 {
     }
     let log = match RotatingLog::open(log_path, args.log_max_size, args.log_max_files) {
         Ok(f) => Arc::new(Mutex::new(f)),
-        Err(e) => return fail(&mut report, format!("open {}: {e}", log_path.display())),
+        Err(e) => return fail(format!("open {}: {e}", log_path.display())),
     };
     let (Ok((out_r, out_w)), Ok((err_r, err_w))) = (pipe(), pipe()) else {
-        return fail(&mut report, "pipe failed".into());
+        return fail("pipe failed".into());
     };
     let status = Command::new(&args.runc)
         .arg("--root")
@@ -149,16 +170,16 @@ pub fn run(args: &ShimArgs) -> i32 {
         Ok(s) => {
             let why =
                 runc_error(&args.bundle).unwrap_or_else(|| format!("runc create exited with {s}"));
-            return fail(&mut report, why);
+            return fail(why);
         }
-        Err(e) => return fail(&mut report, format!("run {}: {e}", args.runc.display())),
+        Err(e) => return fail(format!("run {}: {e}", args.runc.display())),
     }
     let pid: i32 = match fs::read_to_string(args.bundle.join(PID_FILE))
         .ok()
         .and_then(|s| s.trim().parse().ok())
     {
         Some(p) => p,
-        None => return fail(&mut report, "runc wrote no pid".into()),
+        None => return fail("runc wrote no pid".into()),
     };
     // The write ends now live only in the container (runc passed them on).
     let pumps = match (
@@ -169,11 +190,10 @@ pub fn run(args: &ShimArgs) -> i32 {
         (Err(e), _) | (_, Err(e)) => {
             // Nobody would read the container's output: stop it.
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            return fail(&mut report, format!("start the log threads: {e}"));
+            return fail(format!("start the log threads: {e}"));
         }
     };
-    let _ = writeln!(report, "ok {pid}");
-    let _ = report.flush();
+    report(Ok(pid));
     // Detach from the agent's pipes so that its reads end.
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         // SAFETY: dup2 onto our own stdio descriptors.
