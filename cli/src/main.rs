@@ -102,6 +102,8 @@ enum Cmd {
         #[arg(long)]
         root: PathBuf,
         #[arg(long)]
+        netns: Option<PathBuf>,
+        #[arg(long)]
         pid: bool,
         #[arg(long)]
         ipc: bool,
@@ -403,6 +405,7 @@ fn main() -> ExitCode {
     if let Cmd::Pause {
         hostname,
         root,
+        netns,
         pid,
         ipc,
         uts,
@@ -412,6 +415,7 @@ fn main() -> ExitCode {
             namespaces: Namespaces { pid, ipc, uts },
             hostname,
             root,
+            netns,
         });
         return ExitCode::from(code as u8);
     }

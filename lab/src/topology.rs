@@ -718,7 +718,14 @@ pub fn remove_prefix(prefix: &str) {
     remove_pins(prefix);
     if let Ok(all) = netns::list() {
         for n in all.iter().filter(|n| n.starts_with(&format!("{prefix}-n"))) {
-            weft_agent::sandbox::remove_cgroups(&format!("weft/{n}"));
+            // Whatever still runs in a node's cgroups (a process outside
+            // the lab's namespaces, such as a sandbox process started by
+            // a test's in-process agent) goes with them.
+            let cgroup = format!("weft/{n}");
+            if !weft_agent::sandbox::kill_all(&cgroup, std::time::Duration::from_secs(5)) {
+                eprintln!("lab cleanup: processes survive in cgroup {cgroup}");
+            }
+            weft_agent::sandbox::remove_cgroups(&cgroup);
         }
     }
     if state.exists()

@@ -1478,6 +1478,13 @@ spec:
     ensure!(field("NoNewPrivs:") == "1", "{status}");
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pauses[0]))?;
     ensure!(cgroup.contains("/_pause"), "{cgroup}");
+    // In the pod's network namespace, as kubelet's pause container is.
+    let (_, pod_net) = sh_in(&c, "shared", "tool", "readlink /proc/self/ns/net")?;
+    let pause_net = std::fs::read_link(format!("/proc/{}/ns/net", pauses[0]))?;
+    ensure!(
+        pause_net.to_string_lossy() == pod_net,
+        "{pause_net:?} vs {pod_net}"
+    );
 
     // One container signals another (the reason to share): it restarts,
     // in the same PID namespace.

@@ -225,6 +225,7 @@ impl Runtime {
         &self,
         namespaces: pause::Namespaces,
         hostname: &str,
+        netns: PathBuf,
     ) -> Result<pause::Sandbox, RuntimeError> {
         let root = self.cfg.state_dir.join("pause-root");
         fs::create_dir_all(&root).map_err(io_err("create", &root))?;
@@ -239,6 +240,7 @@ impl Runtime {
                 namespaces,
                 hostname: hostname.to_string(),
                 root,
+                netns: Some(netns),
             },
         )
         .map_err(|e| RuntimeError::Io {

@@ -67,6 +67,9 @@ pub struct PauseArgs {
     pub hostname: String,
     /// An empty directory to make its root.
     pub root: PathBuf,
+    /// The pod's network namespace, which it joins first (as kubelet's
+    /// pause container is in it): `None` stays in the caller's.
+    pub netns: Option<PathBuf>,
 }
 
 /// A running sandbox process: its PID on the node and its start time (in
@@ -151,6 +154,11 @@ pub fn start(exe: &Path, args: &PauseArgs) -> Result<Sandbox, String> {
         .arg(&args.hostname)
         .arg("--root")
         .arg(&args.root)
+        .args(
+            args.netns
+                .iter()
+                .flat_map(|n| [std::ffi::OsStr::new("--netns"), n.as_os_str()]),
+        )
         .args(ns.pid.then_some("--pid"))
         .args(ns.ipc.then_some("--ipc"))
         .args(ns.uts.then_some("--uts"))
@@ -176,6 +184,19 @@ pub fn start(exe: &Path, args: &PauseArgs) -> Result<Sandbox, String> {
 pub fn run(args: &PauseArgs) -> i32 {
     let fail = |msg: String| super::shim::report(Err(&msg));
     let _ = setsid();
+    if let Some(path) = &args.netns {
+        let joined = fs::File::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())
+            });
+        if let Err(e) = joined {
+            return fail(format!(
+                "join the network namespace {}: {e}",
+                path.display()
+            ));
+        }
+    }
     let ns = args.namespaces;
     let mut flags = CloneFlags::empty();
     for (on, flag) in [

@@ -813,14 +813,7 @@ impl Sandbox {
         };
         let id_owned = id.to_string();
         let id = id.to_string();
-        // On the node's network: the node's namespace (the agent's own
-        // when it runs in it: runc resolves /proc/self in its own process,
-        // a child of the agent's).
-        let netns_path = match (rec.host_network, &self.cfg.node_netns) {
-            (false, _) => netns::path(&rec.netns),
-            (true, Some(node)) => netns::path(node),
-            (true, None) => PathBuf::from("/proc/self/ns/net"),
-        };
+        let netns_path = self.pod_netns_path(rec);
         let host_network = rec.host_network;
         let hostname = self.hostname(rec);
         let cgroups_path = format!("/{}", self.container_cgroup(&rec.uid, &c.name));
@@ -955,9 +948,10 @@ impl Sandbox {
             tracing::warn!(pod = %pod_name(rec), "the pod's sandbox process is gone; starting a new one");
         }
         let hostname = self.hostname(rec);
+        let netns = self.pod_netns_path(rec);
         let started = self
             .runtime_call(&pod_name(rec), "(sandbox)", move |rt| {
-                rt.start_pause(namespaces, &hostname)
+                rt.start_pause(namespaces, &hostname, netns)
             })
             .await?;
         let cgroup = format!("{}/{PAUSE_CGROUP}", self.pod_cgroup(&rec.uid));
@@ -979,6 +973,18 @@ impl Sandbox {
             return Err(e);
         }
         Ok(Some((started, namespaces)))
+    }
+
+    /// The pod's network namespace: its own, or on the node's network the
+    /// node's (the agent's own when it runs in it: runc, and the sandbox
+    /// process, resolve /proc/self in their own process, a child of the
+    /// agent's).
+    fn pod_netns_path(&self, rec: &PodRecord) -> PathBuf {
+        match (rec.host_network, &self.cfg.node_netns) {
+            (false, _) => netns::path(&rec.netns),
+            (true, Some(node)) => netns::path(node),
+            (true, None) => PathBuf::from("/proc/self/ns/net"),
+        }
     }
 
     /// Runs a lifecycle hook of container `c`, bounded by `timeout`.
