@@ -1604,6 +1604,22 @@ spec:
         "{}",
         p["status"]
     );
+    // Tried again with back-off (1 s here), and, never having run, not
+    // counted as restarted; the reason is an Event too.
+    std::thread::sleep(Duration::from_secs(4));
+    let p = c.get_json(&["pod", "escape"])?;
+    ensure!(
+        p["status"]["containerStatuses"][0]["restartCount"] == 0,
+        "{}",
+        p["status"]
+    );
+    let events = c.weft(&["get", "events"])?;
+    ensure!(
+        events
+            .lines()
+            .any(|l| l.contains("Failed") && l.contains("outside its volume")),
+        "{events}"
+    );
     // The pod's cleanup unmounts its staged subpaths.
     let uid = c.get_json(&["pod", "subs"])?["metadata"]["uid"]
         .as_str()

@@ -519,7 +519,9 @@ impl PodWorker {
 
     /// Events for what changed since the last report, as kubelet writes
     /// them: BackOff when a container enters CrashLoopBackOff, Unhealthy
-    /// when a liveness probe had it killed.
+    /// when a liveness probe had it killed, Failed (FailedMount,
+    /// FailedPostStartHook) when it could not be started, once per new
+    /// reason.
     async fn container_events(
         &self,
         pod: &Pod,
@@ -540,6 +542,29 @@ impl PodWorker {
             let was_backoff = prev
                 .as_ref()
                 .is_some_and(|p| p["state"]["waiting"]["reason"] == "CrashLoopBackOff");
+            let failed = waiting.and_then(|w| {
+                let message = w.message.as_deref().filter(|m| !m.is_empty())?;
+                let reason = w.reason.as_deref()?;
+                let seen = prev.as_ref().is_some_and(|p| {
+                    p["state"]["waiting"]["reason"] == reason
+                        && p["state"]["waiting"]["message"] == message
+                });
+                if seen {
+                    return None;
+                }
+                match reason {
+                    "CreateContainerConfigError"
+                    | "CreateContainerError"
+                    | "RunContainerError"
+                    | "ErrImagePull" => Some(("Failed", format!("Error: {message}"))),
+                    "PostStartHookError" => Some(("FailedPostStartHook", message.to_string())),
+                    "ContainerCreating" => Some(("FailedMount", message.to_string())),
+                    _ => None,
+                }
+            });
+            if let Some((reason, message)) = failed {
+                self.event(pod, "Warning", reason, &message).await;
+            }
             if backoff && !was_backoff {
                 self.event(
                     pod,

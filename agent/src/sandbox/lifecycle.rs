@@ -139,7 +139,14 @@ impl Observed {
 /// The waiting reason kubelet shows for a container whose start failed so.
 fn start_failure(e: &SandboxError) -> &'static str {
     match e {
-        SandboxError::Config { .. } => "CreateContainerConfigError",
+        SandboxError::Container { source, .. } => match source.as_ref() {
+            crate::runtime::RuntimeError::Image(_) => "ErrImagePull",
+            crate::runtime::RuntimeError::Bundle(_) => "CreateContainerConfigError",
+            _ => "RunContainerError",
+        },
+        SandboxError::Config { .. } | SandboxError::InvalidPod { .. } => {
+            "CreateContainerConfigError"
+        }
         SandboxError::Hook { .. } => "PostStartHookError",
         SandboxError::Mount { .. } => "ContainerCreating",
         _ => "RunContainerError",
@@ -494,7 +501,13 @@ impl Sandbox {
         obs: &mut Observed,
         status: &mut ContainerStatus,
     ) -> Result<(), SandboxError> {
-        let n = rec.restarts.get(&c.name).copied().unwrap_or(0) + 1;
+        // A run that never started (its configuration could not be made,
+        // a subPath was refused: the shim, which makes the run's log, was
+        // never reached) is no restart: it is tried again under the same
+        // number, and the restart count does not move, as kubelet's.
+        let current = rec.restarts.get(&c.name).copied().unwrap_or(0);
+        let ran = self.log_path(&rec.uid, &c.name, current).exists();
+        let n = if ran { current + 1 } else { current };
         rec.restarts.insert(c.name.clone(), n);
         self.save(rec)?;
         status.restart_count = n;
