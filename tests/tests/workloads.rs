@@ -1634,3 +1634,62 @@ spec:
     ensure!(pod_mounts(&uid)?.is_empty(), "{:?}", pod_mounts(&uid)?);
     Ok(())
 }
+
+#[test]
+fn a_deletion_does_not_wait_for_a_probe_kill_and_ended_runs_have_times() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  terminationGracePeriodSeconds: 6
+  containers:
+  - name: failing
+    image: weft.local/busybox:1.36
+    command: [sleep, "3600"]
+    startupProbe: {exec: {command: ["false"]}, periodSeconds: 1, failureThreshold: 1}
+  - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: done}
+spec:
+  restartPolicy: Never
+  containers:
+  - {name: main, image: weft.local/busybox:1.36, command: [sh, -c, "sleep 1; exit 3"]}
+"#,
+    )?;
+    // A run that ended says when it started and finished (kubectl
+    // describe shows both).
+    let p = wait_pod(&c, "done", Duration::from_secs(60), "failed", |p| {
+        p["status"]["phase"] == "Failed"
+    })?;
+    let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
+    let (started, finished) = (
+        t["startedAt"].as_str().unwrap_or_default(),
+        t["finishedAt"].as_str().unwrap_or_default(),
+    );
+    ensure!(
+        t["exitCode"] == 3 && !started.is_empty() && finished > started,
+        "{t}"
+    );
+    // The failing container is being killed (its sleep, PID 1, ignores
+    // SIGTERM: the kill takes the 6 s grace period). A deletion meanwhile
+    // starts at once: the pod is gone in one grace period, not two.
+    let node = c.lab.nodes[0].name.clone();
+    wait_until(Duration::from_secs(60), || {
+        c.agent_log(&node)
+            .contains("startup probe failed; killing")
+            .then_some(())
+    })
+    .context("the startup probe never failed")?;
+    let t0 = Instant::now();
+    c.weft(&["delete", "pod", "probed"])?;
+    let took = t0.elapsed();
+    ensure!(
+        took < Duration::from_secs(10),
+        "a 6 s grace period took {took:?} while a probe kill was under way"
+    );
+    Ok(())
+}

@@ -103,8 +103,10 @@ pub(super) struct Observed {
     ready: bool,
     restart_at: Option<Instant>,
     backoff: Duration,
-    /// Why it last ended: (exit code, reason, message).
-    last: Option<(i32, String, String)>,
+    /// How its previous run ended (the status's `lastState`).
+    last: Option<ContainerStateTerminated>,
+    /// When it was first seen exited.
+    finished_at: Option<Timestamp>,
     /// Set when the node killed it (liveness), so the exit is explained.
     killed_for: Option<String>,
     /// Why its last start failed (waiting reason, message), while it waits
@@ -130,6 +132,7 @@ impl Observed {
             restart_at: None,
             backoff: base,
             last: None,
+            finished_at: None,
             killed_for: None,
             start_error: None,
         }
@@ -431,14 +434,19 @@ impl Sandbox {
                     .or_else(|| obs.killed_for.clone())
                     .unwrap_or_default();
                 let again = policy == "Always" || (policy == "OnFailure" && code != 0);
+                let finished = *obs.finished_at.get_or_insert_with(now_timestamp);
+                let ended = ContainerStateTerminated {
+                    exit_code: code,
+                    reason: Some(reason),
+                    message: (!message.is_empty()).then_some(message),
+                    started_at: Some(Time(obs.started_at)),
+                    finished_at: Some(Time(finished)),
+                    container_id: Some(format!("runc://{id}")),
+                    ..Default::default()
+                };
                 if !again {
                     status.state = Some(ContainerState {
-                        terminated: Some(ContainerStateTerminated {
-                            exit_code: code,
-                            reason: Some(reason),
-                            message: (!message.is_empty()).then_some(message),
-                            ..Default::default()
-                        }),
+                        terminated: Some(ended),
                         ..Default::default()
                     });
                 } else {
@@ -449,7 +457,7 @@ impl Sandbox {
                         }
                         now + obs.backoff
                     });
-                    obs.last = Some((code, reason, message));
+                    obs.last = Some(ended);
                     if now >= due {
                         let id2 = id.to_string();
                         self.runtime_call(&pod_name(rec), &c.name, move |rt| rt.delete(&id2))
@@ -470,14 +478,9 @@ impl Sandbox {
                 }
             }
         }
-        if let Some((code, reason, message)) = &obs.last {
+        if let Some(ended) = &obs.last {
             status.last_state = Some(ContainerState {
-                terminated: Some(ContainerStateTerminated {
-                    exit_code: *code,
-                    reason: Some(reason.clone()),
-                    message: (!message.is_empty()).then(|| message.clone()),
-                    ..Default::default()
-                }),
+                terminated: Some(ended.clone()),
                 ..Default::default()
             });
         }
@@ -578,7 +581,10 @@ impl Sandbox {
     }
 
     /// Runs the container's due probes and updates `obs`; kills the
-    /// container when liveness fails past its threshold.
+    /// container when liveness (or startup) fails past its threshold. The
+    /// kill runs on its own (SIGTERM, SIGKILL at the end of the grace
+    /// period): the pod's sync goes on meanwhile, so that a deletion of
+    /// the pod starts at once, not after that grace period.
     pub(super) async fn probe(
         &self,
         rec: &PodRecord,
@@ -587,6 +593,12 @@ impl Sandbox {
         obs: &mut Observed,
         grace: Duration,
     ) {
+        // Being killed for a failed probe: no probe runs until it is gone
+        // (and restarted, with fresh observations).
+        if obs.killed_for.is_some() {
+            obs.ready = false;
+            return;
+        }
         let now = Instant::now();
         let run = |p: &Probe| {
             let p = p.clone();
@@ -617,8 +629,7 @@ impl Sandbox {
                                 obs.killed_for = Some(format!("Startup probe failed: {why}"));
                                 let rt = self.runtime.clone();
                                 let id2 = id.to_string();
-                                let _ =
-                                    tokio::task::spawn_blocking(move || rt.stop(&id2, grace)).await;
+                                drop(tokio::task::spawn_blocking(move || rt.stop(&id2, grace)));
                             }
                         }
                     }
@@ -651,11 +662,15 @@ impl Sandbox {
                             obs.killed_for = Some(format!("Liveness probe failed: {why}"));
                             let rt = self.runtime.clone();
                             let id2 = id.to_string();
-                            let _ = tokio::task::spawn_blocking(move || rt.stop(&id2, grace)).await;
+                            drop(tokio::task::spawn_blocking(move || rt.stop(&id2, grace)));
                         }
                     }
                 }
             }
+        }
+        if obs.killed_for.is_some() {
+            obs.ready = false;
+            return;
         }
         match &c.readiness_probe {
             None => obs.ready = true,
