@@ -574,10 +574,14 @@ pub fn pod_status(pod: &Value) -> String {
         }
         return reason;
     }
+    // Last to first, as kubectl goes: the first container's state wins.
+    let mut running = false;
     for c in pod["status"]["containerStatuses"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
+        .iter()
+        .rev()
     {
         if let Some(r) = c["state"]["waiting"]["reason"]
             .as_str()
@@ -592,7 +596,18 @@ pub fn pod_status(pod: &Value) -> String {
                     t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
                 ),
             };
+        } else if c["ready"] == true && c["state"]["running"].is_object() {
+            running = true;
         }
+    }
+    // One container done and another still running: the pod runs.
+    if reason == "Completed" && running {
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        reason = if ready { "Running" } else { "NotReady" }.into();
     }
     if pod["metadata"]["deletionTimestamp"].is_string() {
         reason = "Terminating".into();
@@ -611,14 +626,29 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 .as_array()
                 .map(Vec::as_slice)
                 .unwrap_or_default();
+            // Sidecars count, as kubectl (1.28 on) counts them.
+            let sidecars: Vec<&Value> = o["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["restartPolicy"] == "Always")
+                .collect();
             let total = o["spec"]["containers"]
                 .as_array()
                 .map(Vec::len)
-                .unwrap_or(0);
+                .unwrap_or(0)
+                + sidecars.len();
+            let ready_sidecars = o["status"]["initContainerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["ready"] == true && sidecars.iter().any(|s| s["name"] == c["name"]))
+                .count();
             let ready = statuses
                 .iter()
                 .filter(|c| c["ready"].as_bool() == Some(true))
-                .count();
+                .count()
+                + ready_sidecars;
             let restarts: i64 = statuses
                 .iter()
                 .filter_map(|c| c["restartCount"].as_i64())
@@ -961,4 +991,59 @@ pub fn single_row_table(res: &Resource, o: &Value, include: &str, with_columns: 
         t["columnDefinitions"] = json!([]);
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(s: Value) -> Value {
+        json!({"state": s, "ready": s.get("running").is_some()})
+    }
+
+    #[test]
+    fn pods_read_as_kubectl_prints_them() {
+        // The first container's end decides (kubectl walks them last to
+        // first).
+        let ended = |codes: &[(i64, &str)]| {
+            let statuses: Vec<Value> = codes
+                .iter()
+                .map(|(c, r)| state(json!({"terminated": {"exitCode": c, "reason": r}})))
+                .collect();
+            json!({"status": {"phase": "Failed", "containerStatuses": statuses}})
+        };
+        assert_eq!(
+            pod_status(&ended(&[(3, "Error"), (4, "Error"), (0, "Completed")])),
+            "Error"
+        );
+        assert_eq!(
+            pod_status(&ended(&[(0, "Completed"), (3, "Error")])),
+            "Completed"
+        );
+        // One done, one still running: Running (NotReady when not Ready).
+        let mixed = |ready: &str| {
+            json!({"status": {"phase": "Running",
+            "conditions": [{"type": "Ready", "status": ready}],
+            "containerStatuses": [
+                state(json!({"running": {}})),
+                state(json!({"terminated": {"exitCode": 0, "reason": "Completed"}})),
+            ]}})
+        };
+        assert_eq!(pod_status(&mixed("True")), "Running");
+        assert_eq!(pod_status(&mixed("False")), "NotReady");
+        // READY counts sidecars.
+        let pod = json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}],
+                     "initContainers": [{"name": "init"}, {"name": "side", "restartPolicy": "Always"}]},
+            "status": {"phase": "Running",
+                "initContainerStatuses": [
+                    {"name": "init", "ready": false, "state": {"terminated": {"exitCode": 0}}},
+                    {"name": "side", "ready": true, "started": true, "state": {"running": {}}}],
+                "containerStatuses": [
+                    {"name": "a", "ready": true, "state": {"running": {}}},
+                    {"name": "b", "ready": false, "state": {"running": {}}}]}
+        });
+        assert_eq!(cells("Pod", &pod)[1], json!("2/3"));
+    }
 }
