@@ -246,7 +246,7 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
     for (at, c) in crate::pod::containers_with_paths(spec) {
         check_container(out, &format!("{path}.{at}"), c);
     }
-    let not_yet = "Weft's agent does not run this yet; remove it (see docs/WORKLOADS.md)";
+    let not_yet = "is not supported by Weft yet; remove it (see docs/WORKLOADS.md)";
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         let at = format!("{path}.initContainers[{i}]");
         match c.restart_policy.as_deref() {
@@ -305,13 +305,6 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
                 .is_some_and(|v| !v.is_empty()),
         ),
         (
-            "topologySpreadConstraints",
-            spec.topology_spread_constraints
-                .iter()
-                .flatten()
-                .any(|t| t.when_unsatisfiable == "DoNotSchedule"),
-        ),
-        (
             "schedulingGates",
             spec.scheduling_gates
                 .as_ref()
@@ -333,6 +326,19 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
     ] {
         if set {
             out.push(Cause::forbidden(format!("{path}.{field}"), not_yet));
+        }
+    }
+    for (i, t) in spec
+        .topology_spread_constraints
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        if t.when_unsatisfiable == "DoNotSchedule" {
+            out.push(Cause::forbidden(
+                format!("{path}.topologySpreadConstraints[{i}].whenUnsatisfiable"),
+                "DoNotSchedule is not supported by Weft's scheduler yet (ScheduleAnyway is accepted, as advice); see docs/WORKLOADS.md",
+            ));
         }
     }
     if let Some(os) = &spec.os

@@ -466,7 +466,7 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
             (
                 json!({}),
                 json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]}),
-                "spec.topologySpreadConstraints",
+                "spec.topologySpreadConstraints[0].whenUnsatisfiable",
             ),
             (
                 json!({}),
