@@ -195,6 +195,28 @@ fn check_container(out: &mut Vec<Cause>, base: &str, c: &Container) {
             &["File", "FallbackToLogsOnError"],
         ));
     }
+    // gRPC probes: the agent probes with exec, httpGet and tcpSocket only.
+    for (field, p) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
+        if p.as_ref().is_some_and(|p| p.grpc.is_some()) {
+            out.push(Cause::forbidden(
+                format!("{base}.{field}.grpc"),
+                "gRPC probes are not supported by Weft yet; use exec (a grpc_health_probe binary), httpGet or tcpSocket",
+            ));
+        }
+    }
+    // hostPort: nothing on the node forwards it yet.
+    for (i, port) in c.ports.iter().flatten().enumerate() {
+        if port.host_port.is_some_and(|p| p != 0) {
+            out.push(Cause::forbidden(
+                format!("{base}.ports[{i}].hostPort"),
+                "hostPort is not supported by Weft yet; use a NodePort Service, or hostNetwork",
+            ));
+        }
+    }
     // A tcpSocket hook is accepted by kube and fails at run time: refused.
     for (field, h) in [
         (

@@ -488,6 +488,16 @@ fn pod_spec_clauses_are_checked_or_refused_by_name() -> Result<()> {
                 json!({"hostAliases": [{"ip": "not-an-ip", "hostnames": ["a"]}]}),
                 "spec.hostAliases[0].ip",
             ),
+            (
+                json!({"livenessProbe": {"grpc": {"port": 8080}}}),
+                json!({}),
+                "spec.containers[0].livenessProbe.grpc",
+            ),
+            (
+                json!({"ports": [{"containerPort": 80, "hostPort": 8080}]}),
+                json!({}),
+                "spec.containers[0].ports[0].hostPort",
+            ),
         ];
         for (container, spec, field) in cases {
             let r = post(&c, pods, &with(container, spec)).await?;

@@ -263,8 +263,18 @@ impl PodWorker {
                                 failure = None;
                                 // Report at once, then as it changes.
                                 self.sync(&p, ip, &mut reported).await;
-                                self.event(&p, "Normal", "Started", "Started all containers")
-                                    .await;
+                                // With init containers, only the first runs yet.
+                                let first_init = p
+                                    .spec
+                                    .as_ref()
+                                    .and_then(|s| s.init_containers.as_ref())
+                                    .and_then(|v| v.first())
+                                    .map(|c| c.name.clone());
+                                let message = first_init.map_or_else(
+                                    || "Started all containers".to_string(),
+                                    |c| format!("Started init container {c}"),
+                                );
+                                self.event(&p, "Normal", "Started", &message).await;
                             }
                             Err(e) => {
                                 let count = failure.as_ref().map_or(1, |f| f.count + 1);
@@ -604,7 +614,14 @@ impl PodWorker {
         reported: &mut Option<Value>,
     ) {
         let (reason, event_reason) = classify(e, count);
-        let message = format!("{e} (attempt {count}; next in {}s)", wait.as_secs());
+        // kubelet's words: "Error: ..." for a failed start. The attempt is
+        // left out, so that the Events of one cause are one Event.
+        let message = if event_reason == "Failed" {
+            format!("Error: {e}")
+        } else {
+            e.to_string()
+        };
+        tracing::debug!(pod = %weft_api::meta::key_of(pod), attempt = count, next_s = wait.as_secs(), "creation failed");
         let spec = pod.spec.clone().unwrap_or_default();
         let statuses: Vec<ContainerStatus> = spec
             .containers
