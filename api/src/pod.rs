@@ -157,6 +157,35 @@ pub fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// How long until a ready pod counts as available with `min_ready`
+/// seconds (a Deployment's or ReplicaSet's `minReadySeconds`): `Some(0)`
+/// when it is (Ready for at least that long, as kube counts it), `Some(d)`
+/// when it will be in `d`, `None` when it is not ready.
+#[must_use]
+pub fn available_in(
+    pod: &Pod,
+    min_ready: i32,
+    now: std::time::SystemTime,
+) -> Option<std::time::Duration> {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    let need = std::time::Duration::from_secs(u64::try_from(min_ready).unwrap_or(0));
+    if need.is_zero() {
+        return Some(std::time::Duration::ZERO);
+    }
+    let Some(since) = ready.last_transition_time.as_ref() else {
+        return Some(std::time::Duration::ZERO);
+    };
+    let since = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(since.0.as_second()).unwrap_or(0));
+    let ready_for = now.duration_since(since).unwrap_or_default();
+    Some(need.saturating_sub(ready_for))
+}
+
 /// Whether the pod has finished: phase Succeeded or Failed.
 #[must_use]
 pub fn is_finished(pod: &Pod) -> bool {

@@ -1693,3 +1693,51 @@ spec:
     );
     Ok(())
 }
+
+#[test]
+fn a_deployment_counts_pods_available_after_min_ready_seconds() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: steady}
+spec:
+  replicas: 1
+  minReadySeconds: 6
+  selector: {matchLabels: {app: steady}}
+  template:
+    metadata: {labels: {app: steady}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+"#,
+    )?;
+    let ready_at = wait_until(Duration::from_secs(60), || {
+        let d = c.get_json(&["deployment", "steady"]).ok()?;
+        (d["status"]["readyReplicas"] == 1).then(Instant::now)
+    })?;
+    // Ready, not yet available: for minReadySeconds.
+    let d = c.get_json(&["deployment", "steady"])?;
+    ensure!(
+        d["status"]["availableReplicas"].as_i64().unwrap_or(0) == 0,
+        "available at once: {}",
+        d["status"]
+    );
+    let rs = c.get_json(&["replicasets", "-l", "app=steady"])?;
+    ensure!(
+        rs["items"][0]["spec"]["minReadySeconds"] == 6,
+        "{}",
+        rs["items"][0]["spec"]
+    );
+    let available_at = wait_until(Duration::from_secs(30), || {
+        let d = c.get_json(&["deployment", "steady"]).ok()?;
+        (d["status"]["availableReplicas"] == 1).then(Instant::now)
+    })?;
+    let after = available_at - ready_at;
+    ensure!(
+        after >= Duration::from_secs(3) && after < Duration::from_secs(15),
+        "available {after:?} after ready"
+    );
+    Ok(())
+}

@@ -94,15 +94,24 @@ fn status_num(
     rs.status.as_ref().and_then(f).map_or(0, i64::from)
 }
 
-/// Ready pods of a ReplicaSet, counted from the pods themselves (the
-/// ReplicaSet's status may lag).
+/// Available pods of a ReplicaSet (ready for its minReadySeconds),
+/// counted from the pods themselves (the ReplicaSet's status may lag).
 fn available_pods(ctx: &Ctx, rs: &ReplicaSet) -> i64 {
     let uid = rs.metadata.uid.as_deref().unwrap_or_default();
+    let min_ready = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
+    let now = std::time::SystemTime::now();
     ctx.cache
         .store::<Pod>()
         .controlled_by(uid)
         .iter()
-        .filter(|p| !weft_api::pod::is_gone(p) && weft_api::pod::is_ready(p))
+        .filter(|p| {
+            !weft_api::pod::is_gone(p)
+                && weft_api::pod::available_in(p, min_ready, now).is_some_and(|w| w.is_zero())
+        })
         .count() as i64
 }
 
@@ -155,6 +164,21 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
     let rs_store = ctx.cache.store::<ReplicaSet>();
     let mut all: Vec<Arc<ReplicaSet>> = rs_store.controlled_by(&uid);
     all.sort_by_key(|rs| revision_annotation(rs));
+    // The Deployment's minReadySeconds is its ReplicaSets' (kept in step
+    // when it changes); they count available pods by it.
+    for rs in &all {
+        if rs.spec.as_ref().and_then(|s| s.min_ready_seconds) != spec.min_ready_seconds {
+            let want = spec.min_ready_seconds;
+            ctx.reg
+                .modify::<ReplicaSet>(ns, &rs.name_any(), Write::Update, |mut r| {
+                    r.spec
+                        .get_or_insert_with(Default::default)
+                        .min_ready_seconds = want;
+                    Ok(r)
+                })
+                .await?;
+        }
+    }
     let template = &spec.template;
     let want = i64::from(spec.replicas.unwrap_or(1)).max(0);
     let new = all
@@ -215,7 +239,7 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
                     replicas: Some(initial as i32),
                     selector,
                     template: Some(t),
-                    ..ReplicaSetSpec::default()
+                    min_ready_seconds: d.spec.as_ref().and_then(|s| s.min_ready_seconds),
                 }),
                 status: None,
             };

@@ -181,6 +181,20 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
     }
     let owned = owned_pods(ctx, rs);
     let ready = owned.iter().filter(|p| is_ready(p)).count() as i32;
+    // Available: ready for minReadySeconds; the soonest to become so
+    // brings the ReplicaSet back then.
+    let min_ready = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.min_ready_seconds)
+        .unwrap_or(0);
+    let now = std::time::SystemTime::now();
+    let waits: Vec<std::time::Duration> = owned
+        .iter()
+        .filter_map(|p| weft_api::pod::available_in(p, min_ready, now))
+        .collect();
+    let available = waits.iter().filter(|w| w.is_zero()).count() as i32;
+    let next_available = waits.iter().filter(|w| !w.is_zero()).min().copied();
     let selector = rs
         .spec
         .as_ref()
@@ -199,7 +213,7 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
         replicas: owned.len() as i32,
         fully_labeled_replicas: Some(labeled),
         ready_replicas: Some(ready),
-        available_replicas: Some(ready),
+        available_replicas: Some(available),
         observed_generation: rs.metadata.generation,
         ..ReplicaSetStatus::default()
     };
@@ -213,6 +227,11 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
     }
     if capped {
         return Ok(Action::requeue(std::time::Duration::ZERO));
+    }
+    if let Some(wait) = next_available {
+        return Ok(Action::requeue(
+            wait + std::time::Duration::from_millis(100),
+        ));
     }
     Ok(Action::await_change())
 }
