@@ -10,6 +10,7 @@ pub mod client;
 pub mod conditions;
 pub mod debug;
 pub mod error;
+pub mod job;
 pub mod meta;
 pub mod node;
 pub mod pod;

@@ -250,6 +250,17 @@ pub const RESOURCES: &[Resource] = &[
         categories: &["all"],
     },
     Resource {
+        group: "batch",
+        version: "v1",
+        plural: "jobs",
+        singular: "job",
+        kind: "Job",
+        namespaced: true,
+        short_names: &[],
+        subresources: &["status"],
+        categories: &["all"],
+    },
+    Resource {
         group: "storage.k8s.io",
         version: "v1",
         plural: "storageclasses",

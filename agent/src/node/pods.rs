@@ -372,10 +372,12 @@ impl PodWorker {
         }
         match self.node.sandbox.remove_pod(&self.uid, grace).await {
             Ok(()) => {
-                let name = rec
-                    .map(|r| format!("{}/{}", r.namespace, r.name))
-                    .unwrap_or_default();
-                tracing::info!(uid = %self.uid, pod = %name, "pod removed from the node");
+                // Nothing was here (a pod its finalizers still hold, seen
+                // again after it was removed): nothing to say.
+                if let Some(r) = rec {
+                    let name = format!("{}/{}", r.namespace, r.name);
+                    tracing::info!(uid = %self.uid, pod = %name, "pod removed from the node");
+                }
                 true
             }
             Err(e) => {

@@ -791,7 +791,17 @@ async fn dispatch(
                 None => body_grace,
             };
             let reg = registry_for(st, &query, &user)?;
-            let policy = policy.or_else(|| query.get("propagationPolicy").map(String::from));
+            let mut policy = policy.or_else(|| query.get("propagationPolicy").map(String::from));
+            let mut warnings = Vec::new();
+            if policy.is_none() && res.kind == "Job" {
+                // batch/v1 Jobs keep their pods unless told otherwise, as
+                // kube-apiserver's job strategy (with its warning).
+                policy = Some("Orphan".into());
+                warnings.push(
+                    "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning"
+                        .to_string(),
+                );
+            }
             if policy.as_deref() == Some("Orphan") && !reg.dry_run {
                 // Orphan: the dependents lose their reference to it first,
                 // so the garbage collector leaves them alone.
@@ -801,7 +811,7 @@ async fn dispatch(
                 reg.orphan_dependents(owner_ns, owner_uid).await?;
             }
             let deleted = kind.delete(&reg, ns, name, (uid, rv), grace).await?;
-            Ok(json_response(200, &deleted))
+            Ok(with_warnings(json_response(200, &deleted), &warnings))
         }
         ("deletecollection", None) => {
             let reg = registry_for(st, &query, &user)?;

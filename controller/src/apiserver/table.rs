@@ -155,6 +155,40 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             ("Selector", "string", "", "Label selector for pods.", 1),
         ],
+        "Job" => vec![
+            name,
+            ("Status", "string", "", "Status of the job.", 0),
+            (
+                "Completions",
+                "string",
+                "",
+                "The number of pods which reached phase Succeeded.",
+                0,
+            ),
+            (
+                "Duration",
+                "string",
+                "",
+                "Time required to complete the job.",
+                0,
+            ),
+            age,
+            (
+                "Containers",
+                "string",
+                "",
+                "Names of each container in the template.",
+                1,
+            ),
+            (
+                "Images",
+                "string",
+                "",
+                "Images referenced by each container in the template.",
+                1,
+            ),
+            ("Selector", "string", "", "Label selector for pods.", 1),
+        ],
         "ReplicaSet" => vec![
             name,
             (
@@ -465,6 +499,58 @@ fn columns(kind: &str) -> Vec<Column> {
 }
 
 /// Access modes as kubectl abbreviates them (`RWO,ROX`).
+/// A Job's STATUS column, as kubectl's printer reads its conditions.
+fn job_status(o: &Value) -> &'static str {
+    let has = |t: &str| {
+        o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if o["metadata"]["deletionTimestamp"].is_string() {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else {
+        "Running"
+    }
+}
+
+/// "2/3", or for a Job without completions "0/1" ("0/1 of 3" when more
+/// run in parallel).
+fn job_completions(o: &Value) -> String {
+    let done = o["status"]["succeeded"].as_i64().unwrap_or(0);
+    match o["spec"]["completions"].as_i64() {
+        Some(c) => format!("{done}/{c}"),
+        None => match o["spec"]["parallelism"].as_i64().unwrap_or(0) {
+            p if p > 1 => format!("{done}/1 of {p}"),
+            _ => format!("{done}/1"),
+        },
+    }
+}
+
+/// From the start to completion (or to now, while it runs).
+fn job_duration(o: &Value) -> String {
+    let time = |v: &Value| v.as_str().and_then(weft_api::meta::parse_rfc3339);
+    let Some(start) = time(&o["status"]["startTime"]) else {
+        return String::new();
+    };
+    let end = time(&o["status"]["completionTime"]).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    weft_api::meta::human_duration((end - start).max(0))
+}
+
 fn access_modes(v: &Value) -> String {
     v.as_array()
         .into_iter()
@@ -710,6 +796,22 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 )),
                 json!(o["status"]["updatedReplicas"].as_i64().unwrap_or(0)),
                 json!(o["status"]["availableReplicas"].as_i64().unwrap_or(0)),
+                age,
+                json!(c),
+                json!(i),
+                json!(sel),
+            ]
+        }
+        "Job" => {
+            let (c, i) = containers_and_images(&o["spec"]["template"]["spec"]);
+            let sel = weft_api::selector::LabelSelector::from_k8s(&o["spec"]["selector"])
+                .map(|s| super::selector_string(&s))
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(job_status(o)),
+                json!(job_completions(o)),
+                json!(job_duration(o)),
                 age,
                 json!(c),
                 json!(i),

@@ -12,6 +12,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod nodes;
 pub mod quota;
 pub mod replicaset;
@@ -465,6 +466,7 @@ pub fn start_all(ctx: &Ctx) {
     scheduler::start(ctx.clone());
     replicaset::start(ctx);
     deployment::start(ctx);
+    job::start(ctx);
     endpoints::start(ctx);
     nodes::start(ctx.clone());
     gc::start(ctx);

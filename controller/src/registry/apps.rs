@@ -21,7 +21,7 @@ use super::validation::{
 
 /// What a Deployment and a ReplicaSet check alike: replicas, selector,
 /// template.
-fn check_workload(
+pub(super) fn check_workload(
     out: &mut Vec<Cause>,
     replicas: Option<i32>,
     selector: &LabelSelector,

@@ -396,8 +396,13 @@ impl<K: Kind> DynKind for Typed<K> {
         uid: &str,
     ) -> Result<(), ApiError> {
         reg.modify::<K>(ns, name, Write::Update, |mut o| {
-            if let Some(refs) = o.meta_mut().owner_references.as_mut() {
+            let meta = o.meta_mut();
+            if let Some(refs) = meta.owner_references.as_mut() {
                 refs.retain(|r| r.uid != uid);
+            }
+            // No owner left: none listed, as kube-apiserver stores it.
+            if meta.owner_references.as_ref().is_some_and(Vec::is_empty) {
+                meta.owner_references = None;
             }
             Ok(o)
         })
@@ -428,7 +433,8 @@ macro_rules! for_each_kind {
             k8s_openapi::api::coordination::v1::Lease,
             k8s_openapi::api::networking::v1::NetworkPolicy,
             k8s_openapi::api::apps::v1::Deployment,
-            k8s_openapi::api::apps::v1::ReplicaSet
+            k8s_openapi::api::apps::v1::ReplicaSet,
+            k8s_openapi::api::batch::v1::Job
         }
     };
 }

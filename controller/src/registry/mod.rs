@@ -11,6 +11,7 @@
 //! ever half-stored.
 
 mod apps;
+mod batch;
 mod config;
 mod core;
 mod kind;
@@ -383,10 +384,13 @@ impl Registry {
                 let what = format!("{} \"{name}\"", res.plural);
                 quota::charge(self, res, ns, &json, Some(&was), &what, &mut txn).await?;
             }
-            // Finalizers gone from an object being deleted: it goes now.
+            // Finalizers gone from an object being deleted: it goes now,
+            // unless its node is still stopping it (a pod in its grace
+            // period goes when the node confirms, as without finalizers).
             let finished = obj.meta().deletion_timestamp.is_some()
                 && obj.meta().finalizers.as_ref().is_none_or(Vec::is_empty)
-                && !obj.has_spec_finalizers();
+                && !obj.has_spec_finalizers()
+                && obj.meta().deletion_grace_period_seconds.unwrap_or(0) == 0;
             if finished {
                 old.on_delete(self, &mut txn);
                 txn = txn.then(Op::delete(&key));
@@ -497,7 +501,18 @@ impl Registry {
                 txn = txn.then(Op::put(&key, encode(&obj)));
             } else if has_finalizers {
                 if obj.meta().deletion_timestamp.is_some() {
-                    return Ok(obj);
+                    if obj.meta().deletion_grace_period_seconds.unwrap_or(0) == 0 {
+                        return Ok(obj);
+                    }
+                    // Its node has stopped it (or the grace is cut short):
+                    // only the finalizers hold it now.
+                    obj.meta_mut().deletion_grace_period_seconds = Some(0);
+                    txn = txn.then(Op::put(&key, encode(&obj)));
+                    self.check_size(&txn, &obj)?;
+                    if self.dry_run || self.commit(txn, &mut obj).await? {
+                        return Ok(obj);
+                    }
+                    continue;
                 }
                 obj.meta_mut().deletion_timestamp = Some(weft_api::meta::now_time());
                 obj.meta_mut().deletion_grace_period_seconds = Some(0);

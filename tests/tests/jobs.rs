@@ -1,0 +1,457 @@
+//! Jobs on a real lab (controller, agents, runc): indexes, the pod failure
+//! policy, back-off limits, deadlines, suspension, TTL, sidecars and
+//! deletion, each checked in the Job's status, its pods and its Events,
+//! with `weft` and with kubectl 1.32.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use serde_json::Value;
+use weft_lab::cluster::{Cluster, ClusterSpec};
+
+fn up(nodes: usize) -> Result<Cluster> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(Cluster::up(ClusterSpec::new(nodes), |_| {}))
+}
+
+/// kubectl 1.32 on the lab, in its underlay namespace: (stdout, stderr).
+fn kubectl(c: &Cluster, args: &[&str]) -> Result<(String, String)> {
+    let mut cmd = std::process::Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    cmd.arg("--kubeconfig").arg(&c.kubeconfig).args(args);
+    let out = c.output_in(&c.lab.underlay, cmd)?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(out.status.success(), "kubectl {args:?}: {stderr}");
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), stderr))
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The Job's condition of `type_` that is True.
+fn condition(job: &Value, type_: &str) -> Option<Value> {
+    job["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_ && c["status"] == "True")
+        .cloned()
+}
+
+/// Waits for the Job to end (Complete or Failed) and returns it.
+fn wait_end(c: &Cluster, name: &str, timeout: Duration) -> Result<Value> {
+    wait_until(&format!("job {name} to end"), timeout, || {
+        let j = c.get_json(&["job", name]).ok()?;
+        (condition(&j, "Complete").is_some() || condition(&j, "Failed").is_some()).then_some(j)
+    })
+    .map_err(|e| {
+        let j = c.get_json(&["job", name]).unwrap_or_default();
+        e.context(format!("status: {}", j["status"]))
+    })
+}
+
+/// The Job's pods (by its name label).
+fn pods_of(c: &Cluster, name: &str) -> Result<Vec<Value>> {
+    let list = c.get_json(&[
+        "pods",
+        "-l",
+        &format!("batch.kubernetes.io/job-name={name}"),
+    ])?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// The reasons of the Events about Job `name`.
+fn event_reasons(c: &Cluster, name: &str) -> Result<Vec<String>> {
+    let events = c.get_json(&["events"])?;
+    Ok(events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["kind"] == "Job" && e["involvedObject"]["name"] == name)
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect())
+}
+
+fn no_tracking_finalizers(pods: &[Value]) -> Result<()> {
+    for p in pods {
+        ensure!(
+            !p["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f == "batch.kubernetes.io/job-tracking"),
+            "pod {} still has the tracking finalizer",
+            p["metadata"]["name"]
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn indexed_jobs_run_each_index_and_the_failure_policy_decides() -> Result<()> {
+    let c = up(2)?;
+    // Each index resolves the next one's stable name through the
+    // headless Service, and index 1 fails with the code its policy fails
+    // the index for.
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: work}
+spec: {clusterIP: None, selector: {app: work}, ports: [{port: 80}]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: work}
+spec:
+  completionMode: Indexed
+  completions: 3
+  parallelism: 3
+  backoffLimitPerIndex: 1
+  podFailurePolicy:
+    rules:
+    - action: FailIndex
+      onExitCodes: {containerName: main, operator: In, values: [42]}
+  template:
+    metadata: {labels: {app: work}}
+    spec:
+      restartPolicy: Never
+      subdomain: work
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: weft.local/busybox:1.36
+        command:
+        - sh
+        - -c
+        - |
+          i=$JOB_COMPLETION_INDEX
+          echo "index=$i host=$(hostname)"
+          peer=work-$(( (i + 1) % 3 )).work.default.svc.cluster.local
+          for t in $(seq 1 60); do
+            if nslookup $peer >/dev/null 2>&1; then echo "peer-ok $peer"; break; fi
+            sleep 0.5
+          done
+          sleep 4
+          [ "$i" != 1 ] || exit 42
+"#,
+    )?;
+    let job = wait_end(&c, "work", Duration::from_secs(120))?;
+    let status = &job["status"];
+    let failed = condition(&job, "Failed").unwrap_or_default();
+    ensure!(failed["reason"] == "FailedIndexes", "{status}");
+    ensure!(
+        condition(&job, "FailureTarget").is_some(),
+        "no FailureTarget before Failed: {status}"
+    );
+    ensure!(status["completedIndexes"] == "0,2", "{status}");
+    ensure!(status["failedIndexes"] == "1", "{status}");
+    ensure!(
+        status["succeeded"] == 2 && status["failed"] == 1 && status["active"] == 0,
+        "{status}"
+    );
+    // One pod per index, never retried: the failed index is not run again.
+    let pods = pods_of(&c, "work")?;
+    ensure!(pods.len() == 3, "{} pods", pods.len());
+    no_tracking_finalizers(&pods)?;
+    for p in &pods {
+        let index = p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        ensure!(name.starts_with(&format!("work-{index}-")), "{name}");
+        let log = c.weft(&["logs", name])?;
+        ensure!(
+            log.contains(&format!("index={index} host=work-{index}")),
+            "{name}: {log}"
+        );
+        ensure!(
+            log.contains("peer-ok"),
+            "{name} did not resolve its peer: {log}"
+        );
+        let phase = if index == "1" { "Failed" } else { "Succeeded" };
+        ensure!(p["status"]["phase"] == phase, "{name}: {}", p["status"]);
+    }
+    let reasons = event_reasons(&c, "work")?;
+    ensure!(
+        reasons.iter().filter(|r| *r == "SuccessfulCreate").count() == 3
+            && reasons.iter().any(|r| r == "FailedIndexes"),
+        "{reasons:?}"
+    );
+    let (table, _) = kubectl(&c, &["get", "job", "work"])?;
+    let row = table.lines().nth(1).unwrap_or_default();
+    ensure!(
+        table.starts_with("NAME") && table.contains("STATUS") && table.contains("COMPLETIONS"),
+        "{table}"
+    );
+    ensure!(
+        row.split_whitespace().take(3).collect::<Vec<_>>() == ["work", "Failed", "2/3"],
+        "{table}"
+    );
+    let weft_table = c.weft(&["get", "jobs"])?;
+    ensure!(
+        weft_table.contains("work") && weft_table.contains("2/3"),
+        "{weft_table}"
+    );
+
+    // FailJob: the first pod with exit code 7 fails the whole Job at once,
+    // although its backoffLimit would allow six more.
+    c.apply(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: stop}
+spec:
+  completions: 2
+  parallelism: 2
+  podFailurePolicy:
+    rules:
+    - action: Ignore
+      onExitCodes: {operator: In, values: [5]}
+    - action: FailJob
+      onExitCodes: {operator: In, values: [7]}
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sh, -c, 'sleep 1; exit 7']}
+"#,
+    )?;
+    let job = wait_end(&c, "stop", Duration::from_secs(90))?;
+    let failed = condition(&job, "Failed").unwrap_or_default();
+    ensure!(failed["reason"] == "PodFailurePolicy", "{}", job["status"]);
+    let message = failed["message"].as_str().unwrap_or_default();
+    ensure!(
+        message.starts_with("Container main for pod default/stop-")
+            && message.ends_with("failed with exit code 7 matching FailJob rule at index 1"),
+        "{message}"
+    );
+    let (described, _) = kubectl(&c, &["describe", "job", "stop"])?;
+    ensure!(described.contains("PodFailurePolicy"), "{described}");
+    no_tracking_finalizers(&pods_of(&c, "stop")?)?;
+    Ok(())
+}
+
+#[test]
+fn jobs_back_off_time_out_suspend_expire_and_end_with_their_sidecars() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: limit}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sh, -c, 'exit 1']}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: deadline}
+spec:
+  activeDeadlineSeconds: 3
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: later}
+spec:
+  suspend: true
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [echo, resumed]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: sidecar}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 2
+      initContainers:
+      - {name: helper, image: weft.local/busybox:1.36, restartPolicy: Always, command: [sleep, "3600"]}
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sh, -c, 'sleep 1; echo main-done']}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: short}
+spec:
+  ttlSecondsAfterFinished: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [echo, brief]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: keep}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [echo, kept]}
+"#,
+    )?;
+    // backoffLimit 0: the first failure fails the Job.
+    let job = wait_end(&c, "limit", Duration::from_secs(60))?;
+    ensure!(
+        condition(&job, "Failed").is_some_and(|f| f["reason"] == "BackoffLimitExceeded"),
+        "{}",
+        job["status"]
+    );
+    ensure!(job["status"]["failed"] == 1, "{}", job["status"]);
+    ensure!(pods_of(&c, "limit")?.len() == 1, "a pod beyond the limit");
+
+    // The deadline ends a pod that would run for an hour.
+    let started = Instant::now();
+    let job = wait_end(&c, "deadline", Duration::from_secs(60))?;
+    ensure!(
+        condition(&job, "Failed").is_some_and(|f| f["reason"] == "DeadlineExceeded"),
+        "{}",
+        job["status"]
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until(
+        "the deadline's pod to stop",
+        Duration::from_secs(30),
+        || {
+            let pods = pods_of(&c, "deadline").ok()?;
+            pods.iter()
+                .all(|p| {
+                    p["metadata"]["deletionTimestamp"].is_string()
+                        || p["status"]["phase"] == "Failed"
+                })
+                .then_some(())
+        },
+    )?;
+    ensure!(event_reasons(&c, "deadline")?.contains(&"DeadlineExceeded".to_string()));
+
+    // Suspended: no pod until it is resumed.
+    let later = c.get_json(&["job", "later"])?;
+    ensure!(
+        condition(&later, "Suspended").is_some_and(|s| s["reason"] == "JobSuspended"),
+        "{}",
+        later["status"]
+    );
+    ensure!(
+        later["status"]["startTime"].is_null(),
+        "{}",
+        later["status"]
+    );
+    ensure!(pods_of(&c, "later")?.is_empty(), "a suspended Job ran");
+    kubectl(
+        &c,
+        &[
+            "patch",
+            "job",
+            "later",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":false}}"#,
+        ],
+    )?;
+    let job = wait_end(&c, "later", Duration::from_secs(60))?;
+    ensure!(condition(&job, "Complete").is_some(), "{}", job["status"]);
+    let reasons = event_reasons(&c, "later")?;
+    for r in ["Suspended", "Resumed", "Completed"] {
+        ensure!(reasons.iter().any(|x| x == r), "{r} missing: {reasons:?}");
+    }
+
+    // A sidecar ends with the job's main container.
+    let job = wait_end(&c, "sidecar", Duration::from_secs(60))?;
+    ensure!(condition(&job, "Complete").is_some(), "{}", job["status"]);
+    let pods = pods_of(&c, "sidecar")?;
+    ensure!(
+        pods.len() == 1 && pods[0]["status"]["phase"] == "Succeeded",
+        "{:?}",
+        pods.iter().map(|p| p["status"].clone()).collect::<Vec<_>>()
+    );
+
+    // TTL: the finished Job goes, with its pod.
+    wait_until(
+        "the TTL to delete job short",
+        Duration::from_secs(40),
+        || {
+            let gone = c.get_json(&["job", "short"]).is_err();
+            let pods = pods_of(&c, "short").ok()?;
+            (gone && pods.is_empty()).then_some(())
+        },
+    )?;
+
+    // Deleting a Job without a propagation policy keeps its pods (with
+    // kube's warning); kubectl's default (background) takes them along.
+    let job = wait_end(&c, "keep", Duration::from_secs(60))?;
+    ensure!(job["status"]["succeeded"] == 1, "{}", job["status"]);
+    let (_, warning) = kubectl(
+        &c,
+        &[
+            "delete",
+            "--raw",
+            "/apis/batch/v1/namespaces/default/jobs/keep",
+        ],
+    )?;
+    ensure!(warning.contains("child pods are preserved"), "{warning}");
+    let mut seen = Vec::new();
+    let kept = wait_until(
+        "the kept pod to lose its owner",
+        Duration::from_secs(20),
+        || {
+            seen = pods_of(&c, "keep").ok()?;
+            let owners = seen.first()?["metadata"]["ownerReferences"]
+                .as_array()
+                .map_or(0, Vec::len);
+            (seen.len() == 1 && owners == 0).then(|| seen.clone())
+        },
+    )
+    .map_err(|e| e.context(format!("pods: {seen:?}")))?;
+    no_tracking_finalizers(&kept)?;
+    // A pod held by its finalizer after its node let it go is not worked
+    // on again and again by the node.
+    let log = c.agent_log("n1");
+    let mut removed = std::collections::BTreeMap::<&str, usize>::new();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("pod removed from the node"))
+    {
+        let uid = l
+            .split("uid=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next());
+        *removed.entry(uid.unwrap_or_default()).or_default() += 1;
+    }
+    ensure!(!removed.is_empty(), "no pod was removed: {log}");
+    if let Some((uid, _)) = removed.iter().find(|(_, n)| **n > 1) {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(uid)).collect();
+        anyhow::bail!("pod {uid} removed again: {lines:#?}");
+    }
+    kubectl(&c, &["delete", "job", "later"])?;
+    wait_until("job later's pods to go", Duration::from_secs(30), || {
+        pods_of(&c, "later").ok()?.is_empty().then_some(())
+    })?;
+    Ok(())
+}
