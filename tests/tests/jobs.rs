@@ -455,3 +455,139 @@ spec:
     })?;
     Ok(())
 }
+
+#[test]
+fn jobs_retry_after_back_off_stop_at_their_success_policy_and_count_once_across_restarts()
+-> Result<()> {
+    let mut c = up(1)?;
+    let marks = tempfile::Builder::new().prefix("weft-jobs-").tempdir()?;
+    let dir = marks.path().display().to_string();
+    c.apply(&format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: retry}}
+spec:
+  backoffLimit: 2
+  template:
+    spec:
+      restartPolicy: Never
+      volumes: [{{name: m, hostPath: {{path: {dir}, type: Directory}}}}]
+      containers:
+      - name: main
+        image: weft.local/busybox:1.36
+        volumeMounts: [{{name: m, mountPath: /m}}]
+        command: [sh, -c, 'if [ -e /m/tried ]; then echo second; else touch /m/tried; exit 1; fi']
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: enough}}
+spec:
+  completionMode: Indexed
+  completions: 3
+  parallelism: 3
+  successPolicy:
+    rules: [{{succeededIndexes: "0", succeededCount: 1}}]
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: weft.local/busybox:1.36
+        command: [sh, -c, '[ "$JOB_COMPLETION_INDEX" = 0 ] || exec sleep 3600; sleep 1']
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: many}}
+spec:
+  completions: 8
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {{name: main, image: weft.local/busybox:1.36, command: [sh, -c, 'sleep 1']}}
+"#
+    ))?;
+
+    // The controller dies while `many` runs, and again a little later:
+    // each pod is counted once, and no completion is run twice.
+    wait_until("job many to be under way", Duration::from_secs(60), || {
+        let j = c.get_json(&["job", "many"]).ok()?;
+        (j["status"]["succeeded"].as_i64()? >= 1).then_some(())
+    })?;
+    c.kill_controller()?;
+    std::thread::sleep(Duration::from_secs(2));
+    c.restart_controller()?;
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill_controller()?;
+    c.restart_controller()?;
+    let job = wait_end(&c, "many", Duration::from_secs(120))?;
+    ensure!(condition(&job, "Complete").is_some(), "{}", job["status"]);
+    ensure!(
+        job["status"]["succeeded"] == 8 && job["status"]["failed"] == 0,
+        "{}",
+        job["status"]
+    );
+    let pods = pods_of(&c, "many")?;
+    ensure!(pods.len() == 8, "{} pods for 8 completions", pods.len());
+    no_tracking_finalizers(&pods)?;
+
+    // The first try fails; the second comes after the 10 s back-off.
+    let job = wait_end(&c, "retry", Duration::from_secs(90))?;
+    ensure!(condition(&job, "Complete").is_some(), "{}", job["status"]);
+    ensure!(
+        job["status"]["failed"] == 1 && job["status"]["succeeded"] == 1,
+        "{}",
+        job["status"]
+    );
+    let mut pods = pods_of(&c, "retry")?;
+    ensure!(pods.len() == 2, "{} pods", pods.len());
+    pods.sort_by_key(|p| {
+        p["metadata"]["creationTimestamp"]
+            .as_str()
+            .map(String::from)
+    });
+    let failed_at = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+        .as_str()
+        .and_then(weft_api::meta::parse_rfc3339)
+        .unwrap_or_default();
+    let retried_at = pods[1]["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(weft_api::meta::parse_rfc3339)
+        .unwrap_or_default();
+    ensure!(
+        (9..=30).contains(&(retried_at - failed_at)),
+        "retried {} s after the failure",
+        retried_at - failed_at
+    );
+    ensure!(
+        c.weft(&[
+            "logs",
+            pods[1]["metadata"]["name"].as_str().unwrap_or_default()
+        ])?
+        .contains("second")
+    );
+
+    // Index 0 is enough: the others are stopped and the Job completes.
+    let job = wait_end(&c, "enough", Duration::from_secs(60))?;
+    let complete = condition(&job, "Complete").unwrap_or_default();
+    ensure!(complete["reason"] == "SuccessPolicy", "{}", job["status"]);
+    ensure!(
+        condition(&job, "SuccessCriteriaMet").is_some(),
+        "{}",
+        job["status"]
+    );
+    ensure!(
+        job["status"]["completedIndexes"] == "0",
+        "{}",
+        job["status"]
+    );
+    // The other indexes were deleted (and are gone, their finalizers
+    // off); index 0's pod stays, Succeeded.
+    wait_until("the other indexes to go", Duration::from_secs(30), || {
+        let pods = pods_of(&c, "enough").ok()?;
+        (pods.len() == 1 && pods[0]["status"]["phase"] == "Succeeded").then_some(())
+    })?;
+    Ok(())
+}

@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{
     Node,
-    api::{describe, is_not_found, weft_now},
+    api::{describe, is_conflict, is_not_found, weft_now},
 };
 use crate::{
     informer::{Event, Informer},
@@ -239,9 +239,13 @@ impl PodWorker {
                             .max(0)
                             .unsigned_abs(),
                     );
+                    // Until the API has it (the controller may be down a
+                    // while): a pod left Terminating would stay so.
                     if self.remove(Some(&p), grace).await {
-                        self.confirm_deletion(&p).await;
-                        return;
+                        created = None;
+                        if self.confirm_deletion(&p).await {
+                            return;
+                        }
                     }
                 }
                 Some(_) if evicted => {}
@@ -387,8 +391,10 @@ impl PodWorker {
         }
     }
 
-    /// Deletes the API object for good once nothing of it runs here.
-    async fn confirm_deletion(&self, pod: &Pod) {
+    /// Deletes the API object for good once nothing of it runs here (or
+    /// leaves it to the finalizers that hold it); false when the API did
+    /// not take it, to be tried again.
+    async fn confirm_deletion(&self, pod: &Pod) -> bool {
         let api = self
             .node
             .api
@@ -405,10 +411,13 @@ impl PodWorker {
             .delete(pod.metadata.name.as_deref().unwrap_or_default(), &params)
             .await
         {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
+            Ok(_) => true,
+            // Gone, or the name is another pod's now (the uid
+            // precondition failed): this one is gone either way.
+            Err(e) if is_not_found(&e) || is_conflict(&e) => true,
             Err(e) => {
-                tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %describe(&e), "cannot finish the pod's deletion")
+                tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %describe(&e), "cannot finish the pod's deletion yet; retrying");
+                false
             }
         }
     }
