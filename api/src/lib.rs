@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod conditions;
+pub mod cron;
 pub mod debug;
 pub mod error;
 pub mod job;

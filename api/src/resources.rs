@@ -261,6 +261,17 @@ pub const RESOURCES: &[Resource] = &[
         categories: &["all"],
     },
     Resource {
+        group: "batch",
+        version: "v1",
+        plural: "cronjobs",
+        singular: "cronjob",
+        kind: "CronJob",
+        namespaced: true,
+        short_names: &["cj"],
+        subresources: &["status"],
+        categories: &["all"],
+    },
+    Resource {
         group: "storage.k8s.io",
         version: "v1",
         plural: "storageclasses",

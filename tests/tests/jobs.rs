@@ -70,14 +70,7 @@ fn pods_of(c: &Cluster, name: &str) -> Result<Vec<Value>> {
 
 /// The reasons of the Events about Job `name`.
 fn event_reasons(c: &Cluster, name: &str) -> Result<Vec<String>> {
-    let events = c.get_json(&["events"])?;
-    Ok(events["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["involvedObject"]["kind"] == "Job" && e["involvedObject"]["name"] == name)
-        .filter_map(|e| e["reason"].as_str().map(String::from))
-        .collect())
+    event_reasons_of(c, "Job", name)
 }
 
 fn no_tracking_finalizers(pods: &[Value]) -> Result<()> {
@@ -589,5 +582,257 @@ spec:
         let pods = pods_of(&c, "enough").ok()?;
         (pods.len() == 1 && pods[0]["status"]["phase"] == "Succeeded").then_some(())
     })?;
+    Ok(())
+}
+
+/// The Jobs of CronJob `name`, oldest first.
+fn jobs_of(c: &Cluster, name: &str) -> Result<Vec<Value>> {
+    let list = c.get_json(&["jobs"])?;
+    let mut jobs: Vec<Value> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| {
+            j["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
+                && j["metadata"]["ownerReferences"][0]["name"] == name
+        })
+        .cloned()
+        .collect();
+    jobs.sort_by_key(|j| j["metadata"]["name"].as_str().map(String::from));
+    Ok(jobs)
+}
+
+fn secs(v: &Value) -> i64 {
+    v.as_str()
+        .and_then(weft_api::meta::parse_rfc3339)
+        .unwrap_or_default()
+}
+
+#[test]
+fn cronjobs_start_on_the_minute_forbid_overlaps_catch_up_once_and_keep_their_history() -> Result<()>
+{
+    let c = up(1)?;
+    // What kube refuses, Weft refuses, naming the field.
+    let mut cmd = c.weft_command(&["apply", "-f", "-"])?;
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(
+            b"apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: wrong}\nspec:\n  schedule: '61 * * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: c, image: weft.local/busybox:1.36}]\n",
+        )?;
+    }
+    let out = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("spec.schedule"),
+        "{err}"
+    );
+
+    c.apply(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {name: forbid}
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - {name: main, image: weft.local/busybox:1.36, command: [sleep, "70"]}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: quick}
+spec:
+  schedule: "* * * * *"
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    metadata: {labels: {from: quick}}
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - {name: main, image: weft.local/busybox:1.36, command: [echo, tick]}
+"#,
+    )?;
+    // The first minute: one Job each, named by the minute.
+    let first = wait_until("forbid's first Job", Duration::from_secs(75), || {
+        jobs_of(&c, "forbid").ok()?.into_iter().next()
+    })?;
+    let cj = c.get_json(&["cronjob", "forbid"])?;
+    let m1 = secs(&cj["status"]["lastScheduleTime"]);
+    ensure!(m1 % 60 == 0, "{}", cj["status"]);
+    ensure!(
+        first["metadata"]["name"] == format!("forbid-{}", m1 / 60),
+        "{}",
+        first["metadata"]["name"]
+    );
+    ensure!(
+        first["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+            .as_str()
+            .is_some_and(|t| weft_api::meta::parse_rfc3339(t) == Some(m1)),
+        "{}",
+        first["metadata"]
+    );
+    ensure!(
+        cj["status"]["active"].as_array().map(Vec::len) == Some(1),
+        "{}",
+        cj["status"]
+    );
+
+    // The next minute: quick runs again (and keeps one finished Job);
+    // forbid does not, its first Job still running.
+    let m2 = m1 + 60;
+    let quick = wait_until(
+        "quick's second run to finish",
+        Duration::from_secs(90),
+        || {
+            let jobs = jobs_of(&c, "quick").ok()?;
+            let cj = c.get_json(&["cronjob", "quick"]).ok()?;
+            (jobs.len() == 1
+                && jobs[0]["metadata"]["name"] == format!("quick-{}", m2 / 60)
+                && jobs[0]["status"]["succeeded"] == 1
+                && cj["status"]["lastSuccessfulTime"].is_string())
+            .then_some(cj)
+        },
+    )?;
+    ensure!(
+        secs(&quick["status"]["lastScheduleTime"]) >= m2,
+        "{}",
+        quick["status"]
+    );
+    let jobs = jobs_of(&c, "forbid")?;
+    ensure!(
+        jobs.len() == 1,
+        "forbid ran alongside its first Job: {jobs:?}"
+    );
+    ensure!(
+        event_reasons_of(&c, "CronJob", "forbid")?.contains(&"JobAlreadyActive".to_string()),
+        "no JobAlreadyActive Event"
+    );
+    let quick_reasons = event_reasons_of(&c, "CronJob", "quick")?;
+    for r in ["SuccessfulCreate", "SawCompletedJob", "SuccessfulDelete"] {
+        ensure!(
+            quick_reasons.iter().any(|x| x == r),
+            "{r}: {quick_reasons:?}"
+        );
+    }
+
+    // The missed minute runs once the first Job has ended, as kube
+    // catches up (one run, not one per missed minute).
+    let second = wait_until("forbid's catch-up Job", Duration::from_secs(60), || {
+        jobs_of(&c, "forbid")
+            .ok()?
+            .into_iter()
+            .find(|j| j["metadata"]["name"] != first["metadata"]["name"])
+    })?;
+    let first_now = c.get_json(&[
+        "job",
+        first["metadata"]["name"].as_str().unwrap_or_default(),
+    ])?;
+    let first_done = secs(&first_now["status"]["completionTime"]);
+    ensure!(
+        first_done > 0 && secs(&second["metadata"]["creationTimestamp"]) >= first_done,
+        "started before the first ended: {} vs {first_done}",
+        second["metadata"]["creationTimestamp"]
+    );
+    let name = second["metadata"]["name"].as_str().unwrap_or_default();
+    ensure!(
+        name == format!("forbid-{}", m2 / 60) || name == format!("forbid-{}", m2 / 60 + 1),
+        "{name}"
+    );
+
+    let (table, _) = kubectl(&c, &["get", "cronjob", "forbid"])?;
+    ensure!(
+        table.starts_with("NAME") && table.contains("SCHEDULE") && table.contains("LAST SCHEDULE"),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap_or_default();
+    ensure!(
+        row.starts_with("forbid") && row.contains("* * * * *") && row.contains("False"),
+        "{table}"
+    );
+    Ok(())
+}
+
+/// The reasons of the Events about the `kind` named `name`.
+fn event_reasons_of(c: &Cluster, kind: &str, name: &str) -> Result<Vec<String>> {
+    let events = c.get_json(&["events"])?;
+    Ok(events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["kind"] == kind && e["involvedObject"]["name"] == name)
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect())
+}
+
+#[test]
+fn a_cronjob_runs_only_the_latest_missed_time_after_a_controller_outage() -> Result<()> {
+    let mut c = up(1)?;
+    c.apply(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata: {name: outage}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - {name: main, image: weft.local/busybox:1.36, command: [echo, tick]}
+"#,
+    )?;
+    let first = wait_until("the first Job", Duration::from_secs(75), || {
+        jobs_of(&c, "outage").ok()?.into_iter().next()
+    })?;
+    let m1 = secs(&c.get_json(&["cronjob", "outage"])?["status"]["lastScheduleTime"]);
+    ensure!(first["metadata"]["name"] == format!("outage-{}", m1 / 60));
+    // Down for two scheduled times.
+    c.kill_controller()?;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    };
+    while now() < m1 + 125 {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    c.restart_controller()?;
+    let m3 = m1 + 120;
+    wait_until("the catch-up Job", Duration::from_secs(20), || {
+        let jobs = jobs_of(&c, "outage").ok()?;
+        jobs.iter()
+            .any(|j| j["metadata"]["name"] == format!("outage-{}", m3 / 60))
+            .then_some(())
+    })?;
+    // Only the latest missed time ran: nothing for the one before it.
+    std::thread::sleep(Duration::from_secs(3));
+    let names: Vec<String> = jobs_of(&c, "outage")?
+        .iter()
+        .filter_map(|j| j["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    ensure!(
+        !names.contains(&format!("outage-{}", (m1 + 60) / 60)),
+        "the earlier missed time ran too: {names:?}"
+    );
+    let cj = c.get_json(&["cronjob", "outage"])?;
+    ensure!(
+        secs(&cj["status"]["lastScheduleTime"]) >= m3,
+        "{}",
+        cj["status"]
+    );
     Ok(())
 }

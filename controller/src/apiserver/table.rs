@@ -155,6 +155,54 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             ("Selector", "string", "", "Label selector for pods.", 1),
         ],
+        "CronJob" => vec![
+            name,
+            ("Schedule", "string", "", "The schedule in Cron format.", 0),
+            (
+                "Timezone",
+                "string",
+                "",
+                "The time zone name for the given schedule.",
+                0,
+            ),
+            (
+                "Suspend",
+                "boolean",
+                "",
+                "Whether the controller suspends subsequent executions.",
+                0,
+            ),
+            (
+                "Active",
+                "integer",
+                "",
+                "A list of pointers to currently running jobs.",
+                0,
+            ),
+            (
+                "Last Schedule",
+                "string",
+                "",
+                "Information when was the last time the job was successfully scheduled.",
+                0,
+            ),
+            age,
+            (
+                "Containers",
+                "string",
+                "",
+                "Names of each container in the template.",
+                1,
+            ),
+            (
+                "Images",
+                "string",
+                "",
+                "Images referenced by each container in the template.",
+                1,
+            ),
+            ("Selector", "string", "", "Label selector for pods.", 1),
+        ],
         "Job" => vec![
             name,
             ("Status", "string", "", "Status of the job.", 0),
@@ -800,6 +848,35 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(c),
                 json!(i),
                 json!(sel),
+            ]
+        }
+        "CronJob" => {
+            let job = &o["spec"]["jobTemplate"]["spec"];
+            let (c, i) = containers_and_images(&job["template"]["spec"]);
+            let sel = weft_api::selector::LabelSelector::from_k8s(&job["selector"])
+                .map(|s| super::selector_string(&s))
+                .unwrap_or_default();
+            let last = match o["status"]["lastScheduleTime"].as_str() {
+                Some(t) => weft_api::meta::age(Some(t)),
+                None => "<none>".into(),
+            };
+            vec![
+                name,
+                json!(s(&o["spec"]["schedule"])),
+                json!(or_none(s(&o["spec"]["timeZone"]))),
+                // As kube's printer words it (a string, though the
+                // column says boolean).
+                json!(match o["spec"]["suspend"].as_bool() {
+                    Some(true) => "True",
+                    Some(false) => "False",
+                    None => "<unset>",
+                }),
+                json!(o["status"]["active"].as_array().map_or(0, Vec::len)),
+                json!(last),
+                age,
+                json!(c),
+                json!(i),
+                json!(or_none(sel)),
             ]
         }
         "Job" => {

@@ -9,6 +9,7 @@
 //! it owns, not at the event), so running one twice or after a crash
 //! converges to the same state.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
@@ -467,6 +468,7 @@ pub fn start_all(ctx: &Ctx) {
     replicaset::start(ctx);
     deployment::start(ctx);
     job::start(ctx);
+    cronjob::start(ctx);
     endpoints::start(ctx);
     nodes::start(ctx.clone());
     gc::start(ctx);

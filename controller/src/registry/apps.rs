@@ -52,6 +52,14 @@ pub(super) fn check_workload(
             ));
         }
     }
+    check_template(out, template);
+}
+
+/// A workload's pod template: its labels, pod spec and annotations.
+pub(super) fn check_template(out: &mut Vec<Cause>, template: Option<&PodTemplateSpec>) {
+    let labels = template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone());
     check_labels(out, "spec.template.metadata.labels", labels.as_ref());
     check_pod_spec(
         out,

@@ -7,15 +7,16 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use k8s_openapi::api::batch::v1::{Job, JobSpec, JobStatus};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, CronJobStatus, Job, JobSpec, JobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::json;
 use weft_api::error::Cause;
 use weft_api::job::{self as rules, MAX_INDEXED_COMPLETIONS};
 
-use super::apps::check_workload;
+use super::apps::{check_template, check_workload};
 use super::kind::{Kind, kind_fields};
 use super::validation::default_pod_spec;
+use weft_api::cron::Schedule;
 
 /// The labels a Job whose selector is generated gives its template.
 fn generated_labels(uid: &str, name: &str) -> BTreeMap<String, String> {
@@ -76,9 +77,12 @@ pub(super) fn check_job_spec(out: &mut Vec<Cause>, spec: &JobSpec, path: &str) {
         spec.backoff_limit_per_index,
     );
     non_negative(out, &at("maxFailedIndexes"), spec.max_failed_indexes);
-    let selector = spec.selector.clone().unwrap_or_default();
     let mut inner = Vec::new();
-    check_workload(&mut inner, None, &selector, Some(&spec.template));
+    match &spec.selector {
+        Some(selector) => check_workload(&mut inner, None, selector, Some(&spec.template)),
+        // A CronJob's template: its Jobs get their selectors when made.
+        None => check_template(&mut inner, Some(&spec.template)),
+    }
     // check_workload speaks of `spec.`; a CronJob's job spec is deeper.
     out.extend(inner.into_iter().map(|mut c| {
         if let Some(rest) = c.field.strip_prefix("spec.") {
@@ -518,6 +522,97 @@ impl Kind for Job {
     }
 }
 
+/// The longest CronJob name: its Jobs add 11 characters (`-` and the
+/// scheduled minute) and stay valid label values.
+const MAX_CRONJOB_NAME: usize = 52;
+
+#[async_trait]
+impl Kind for CronJob {
+    kind_fields!(spec: CronJobSpec, status: CronJobStatus);
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    fn default_fields(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.concurrency_policy
+            .get_or_insert_with(|| "Allow".into());
+        spec.suspend.get_or_insert(false);
+        spec.successful_jobs_history_limit.get_or_insert(3);
+        spec.failed_jobs_history_limit.get_or_insert(1);
+        let job = spec.job_template.spec.get_or_insert_with(Default::default);
+        default_pod_spec(job.template.spec.get_or_insert_with(Default::default));
+    }
+
+    fn validate(&self) -> Vec<Cause> {
+        let mut out = Vec::new();
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        if name.len() > MAX_CRONJOB_NAME {
+            out.push(Cause::invalid(
+                "metadata.name",
+                name,
+                format!("must be no more than {MAX_CRONJOB_NAME} characters"),
+            ));
+        }
+        let empty = CronJobSpec::default();
+        let spec = self.spec.as_ref().unwrap_or(&empty);
+        if spec.schedule.trim().is_empty() {
+            out.push(Cause::required("spec.schedule"));
+        } else if let Err(e) = Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) {
+            let field = if e.starts_with("unknown time zone") {
+                "spec.timeZone"
+            } else {
+                "spec.schedule"
+            };
+            let value = if field == "spec.timeZone" {
+                spec.time_zone.clone().unwrap_or_default()
+            } else {
+                spec.schedule.clone()
+            };
+            out.push(Cause::invalid(field, value, e));
+        }
+        let policies = ["Allow", "Forbid", "Replace"];
+        if let Some(p) = spec.concurrency_policy.as_deref()
+            && !policies.contains(&p)
+        {
+            out.push(Cause::not_supported("spec.concurrencyPolicy", p, &policies));
+        }
+        non_negative(
+            &mut out,
+            "spec.startingDeadlineSeconds",
+            spec.starting_deadline_seconds,
+        );
+        non_negative(
+            &mut out,
+            "spec.successfulJobsHistoryLimit",
+            spec.successful_jobs_history_limit,
+        );
+        non_negative(
+            &mut out,
+            "spec.failedJobsHistoryLimit",
+            spec.failed_jobs_history_limit,
+        );
+        let mut job = spec.job_template.spec.clone().unwrap_or_default();
+        if let Some(sel) = job.selector.take() {
+            out.push(Cause::invalid(
+                "spec.jobTemplate.spec.selector",
+                json!(sel),
+                "`selector` will be auto-generated",
+            ));
+        }
+        if job.manual_selector == Some(true) {
+            out.push(Cause::not_supported(
+                "spec.jobTemplate.spec.manualSelector",
+                "true",
+                &["nil", "false"],
+            ));
+        }
+        check_job_spec(&mut out, &job, "spec.jobTemplate.spec");
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,6 +709,69 @@ mod tests {
         chosen.spec.as_mut().expect("spec").manual_selector = Some(true);
         // Manual, but the template's labels do not match it.
         assert_eq!(chosen.validate()[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn cronjobs_are_checked_as_kube_checks_them() {
+        let cj = |name: &str, spec: serde_json::Value| {
+            let mut c: CronJob = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns", "uid": "u"},
+                "spec": spec,
+            }))
+            .expect("a CronJob");
+            c.prepare_for_create();
+            c.default_fields();
+            c.validate()
+                .into_iter()
+                .map(|c| c.field)
+                .collect::<Vec<_>>()
+        };
+        let template = json!({"spec": {"template": template("OnFailure")}});
+        assert!(
+            cj(
+                "nightly",
+                json!({"schedule": "0 3 * * *", "timeZone": "Europe/Paris",
+            "jobTemplate": template})
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            cj(
+                "nightly",
+                json!({"schedule": "0 3 * * *", "timeZone": "Moon/Base",
+                "jobTemplate": template})
+            ),
+            ["spec.timeZone"]
+        );
+        assert_eq!(
+            cj(
+                "nightly",
+                json!({"schedule": "0 3 * *", "jobTemplate": template})
+            ),
+            ["spec.schedule"]
+        );
+        assert_eq!(
+            cj(
+                &"n".repeat(53),
+                json!({"schedule": "@daily", "jobTemplate": template})
+            ),
+            ["metadata.name"]
+        );
+        // The template's pods keep kube's restartPolicy rule; a selector
+        // is the Jobs' to get.
+        assert_eq!(
+            cj(
+                "nightly",
+                json!({"schedule": "@daily", "concurrencyPolicy": "Sometimes",
+                "jobTemplate": {"spec": {"selector": {"matchLabels": {"a": "b"}},
+                    "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}})
+            ),
+            [
+                "spec.concurrencyPolicy",
+                "spec.jobTemplate.spec.selector",
+                "spec.jobTemplate.spec.template.spec.restartPolicy",
+            ]
+        );
     }
 
     #[test]
