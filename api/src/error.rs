@@ -296,6 +296,11 @@ impl ApiError {
             format!("Internal error occurred: {message}"),
         )
     }
+    /// 429 TooManyRequests (an eviction a disruption budget refuses).
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "TooManyRequests", message)
+    }
+
     /// 503 ServiceUnavailable.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)

@@ -125,7 +125,7 @@ pub const RESOURCES: &[Resource] = &[
         "Pod",
         true,
         &["po"],
-        &["status", "binding", "log", "exec"],
+        &["status", "binding", "log", "exec", "eviction"],
         &["all"],
     ),
     core(
@@ -270,6 +270,17 @@ pub const RESOURCES: &[Resource] = &[
         short_names: &["cj"],
         subresources: &["status"],
         categories: &["all"],
+    },
+    Resource {
+        group: "policy",
+        version: "v1",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        kind: "PodDisruptionBudget",
+        namespaced: true,
+        short_names: &["pdb"],
+        subresources: &["status"],
+        categories: &[],
     },
     Resource {
         group: "storage.k8s.io",

@@ -147,6 +147,36 @@ pub enum ClientCmd {
     /// NetworkPolicy as the nodes enforce it.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Mark a node unschedulable: no new pods go there.
+    Cordon {
+        /// The node.
+        node: String,
+    },
+    /// Mark a node schedulable again.
+    Uncordon {
+        /// The node.
+        node: String,
+    },
+    /// Cordon a node and evict its pods, keeping PodDisruptionBudgets.
+    Drain {
+        /// The node.
+        node: String,
+        /// Also delete pods that no controller manages (they are lost).
+        #[arg(long)]
+        force: bool,
+        /// Leave DaemonSet-managed pods alone.
+        #[arg(long)]
+        ignore_daemonsets: bool,
+        /// Also evict pods with emptyDir volumes (their data is lost).
+        #[arg(long)]
+        delete_emptydir_data: bool,
+        /// Seconds each pod gets to stop (default: its own).
+        #[arg(long)]
+        grace_period: Option<i64>,
+        /// Give up after this long (0s: never), as kubectl's --timeout.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        timeout: std::time::Duration,
+    },
     /// Set the replica count of a Deployment or ReplicaSet.
     Scale {
         /// KIND/NAME or KIND NAME.
@@ -215,7 +245,11 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         | ClientCmd::Policy(PolicyCmd::Show { common, .. } | PolicyCmd::Trace { common, .. }) => {
             common.clone()
         }
-        ClientCmd::Lb(LbCmd::Trace { .. }) | ClientCmd::Dns(_) => Common::default(),
+        ClientCmd::Lb(LbCmd::Trace { .. })
+        | ClientCmd::Dns(_)
+        | ClientCmd::Cordon { .. }
+        | ClientCmd::Uncordon { .. }
+        | ClientCmd::Drain { .. } => Common::default(),
     };
     let path = client::kubeconfig_path(kubeconfig.as_deref());
     let c = Client::from_kubeconfig(&path).await?;
@@ -402,6 +436,32 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         }) => crate::policy_cmds::trace(&c, &ns, &src, &dst, &port, output.as_deref()).await,
         ClientCmd::Dns(DnsCmd::Stats { node, output }) => {
             crate::lb_cmds::dns_stats(&c, node.as_deref(), output.as_deref()).await
+        }
+        ClientCmd::Cordon { node } => {
+            crate::node_cmds::cordon(&c, &node, true).await?;
+            Ok(0)
+        }
+        ClientCmd::Uncordon { node } => {
+            crate::node_cmds::cordon(&c, &node, false).await?;
+            Ok(0)
+        }
+        ClientCmd::Drain {
+            node,
+            force,
+            ignore_daemonsets,
+            delete_emptydir_data,
+            grace_period,
+            timeout,
+        } => {
+            let opts = crate::node_cmds::DrainOptions {
+                force,
+                ignore_daemonsets,
+                delete_emptydir_data,
+                grace_period,
+                timeout,
+            };
+            crate::node_cmds::drain(&c, &node, &opts).await?;
+            Ok(0)
         }
         ClientCmd::Scale { args, replicas, .. } => {
             for (res, name) in targets(&args)? {

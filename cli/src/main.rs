@@ -3,6 +3,7 @@
 
 mod client_cmds;
 mod lb_cmds;
+mod node_cmds;
 mod pod_cmds;
 mod policy_cmds;
 

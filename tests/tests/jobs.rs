@@ -836,3 +836,213 @@ spec:
     );
     Ok(())
 }
+
+/// The pods of app `app`: (name, node, ready, being deleted).
+fn app_pods(c: &Cluster, app: &str) -> Result<Vec<(String, String, bool, bool)>> {
+    let list = c.get_json(&["pods", "-l", &format!("app={app}")])?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                weft_lab::cluster::pod_ready(p),
+                p["metadata"]["deletionTimestamp"].is_string(),
+            )
+        })
+        .collect())
+}
+
+#[test]
+fn drains_evict_through_the_api_and_keep_disruption_budgets() -> Result<()> {
+    let c = up(2)?;
+    // Both replicas on n1: n2 is cordoned while they start.
+    c.weft(&["cordon", "n2"])?;
+    c.apply(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: web}}
+"#,
+    )?;
+    wait_until("both replicas ready on n1", Duration::from_secs(60), || {
+        let pods = app_pods(&c, "web").ok()?;
+        (pods.len() == 2 && pods.iter().all(|p| p.1 == "n1" && p.2)).then_some(())
+    })?;
+    let pdb = wait_until("the budget's status", Duration::from_secs(20), || {
+        let p = c.get_json(&["pdb", "web"]).ok()?;
+        (p["status"]["disruptionsAllowed"] == 1).then_some(p)
+    })?;
+    ensure!(
+        pdb["status"]["currentHealthy"] == 2
+            && pdb["status"]["desiredHealthy"] == 1
+            && pdb["status"]["expectedPods"] == 2,
+        "{}",
+        pdb["status"]
+    );
+    let (table, _) = kubectl(&c, &["get", "pdb", "web"])?;
+    ensure!(
+        table.contains("MIN AVAILABLE")
+            && table.lines().nth(1).is_some_and(|r| {
+                r.split_whitespace().take(4).collect::<Vec<_>>() == ["web", "1", "N/A", "1"]
+            }),
+        "{table}"
+    );
+    c.weft(&["uncordon", "n2"])?;
+
+    // kubectl drain: the first eviction is allowed, the second waits
+    // until the first pod's replacement is Ready on n2.
+    let started = Instant::now();
+    let (out, err) = kubectl(
+        &c,
+        &[
+            "drain",
+            "n1",
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=120s",
+        ],
+    )?;
+    ensure!(out.contains("node/n1 drained"), "{out}\n{err}");
+    ensure!(
+        format!("{out}{err}")
+            .contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "no eviction was held back by the budget:\n{out}\n{err}"
+    );
+    ensure!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let pods = app_pods(&c, "web")?;
+    let live: Vec<_> = pods.iter().filter(|p| !p.3).collect();
+    ensure!(
+        live.len() == 2 && live.iter().all(|p| p.1 == "n2"),
+        "after the drain: {pods:?}"
+    );
+    let node = c.get_json(&["node", "n1"])?;
+    ensure!(node["spec"]["unschedulable"] == true, "{}", node["spec"]);
+
+    // An eviction the budget refuses answers 429 with kube's words; one it
+    // allows deletes the pod.
+    c.apply(
+        r#"apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: web}}
+"#,
+    )?;
+    wait_until(
+        "the stricter budget's status",
+        Duration::from_secs(20),
+        || {
+            let p = c.get_json(&["pdb", "web"]).ok()?;
+            (p["status"]["disruptionsAllowed"] == 0 && p["status"]["desiredHealthy"] == 2)
+                .then_some(())
+        },
+    )?;
+    let victim = &live[0].0;
+    let body = format!(
+        r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{victim}","namespace":"default"}}}}"#
+    );
+    let path = format!("/api/v1/namespaces/default/pods/{victim}/eviction");
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), body)?;
+    let refused = kubectl(
+        &c,
+        &[
+            "create",
+            "--raw",
+            &path,
+            "-f",
+            &file.path().display().to_string(),
+        ],
+    );
+    let why = format!("{refused:?}");
+    ensure!(
+        refused.is_err()
+            && why.contains("TooManyRequests")
+            && why.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{why}"
+    );
+
+    // weft drain, the other way: n1 back in service, n2 drained.
+    c.weft(&["uncordon", "n1"])?;
+    c.apply(
+        r#"apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  maxUnavailable: 1
+  selector: {matchLabels: {app: web}}
+"#,
+    )?;
+    wait_until(
+        "the maxUnavailable budget's status",
+        Duration::from_secs(20),
+        || {
+            let p = c.get_json(&["pdb", "web"]).ok()?;
+            (p["status"]["disruptionsAllowed"] == 1 && p["status"]["expectedPods"] == 2)
+                .then_some(())
+        },
+    )?;
+    let out = c.weft(&["drain", "n2", "--timeout", "120s"])?;
+    ensure!(
+        out.contains("node/n2 drained")
+            && out.contains("(will retry after 5s): The disruption budget web needs 1 healthy pods and has 1 currently"),
+        "{out}"
+    );
+    let pods = app_pods(&c, "web")?;
+    let live: Vec<_> = pods.iter().filter(|p| !p.3).collect();
+    ensure!(
+        live.len() == 2 && live.iter().all(|p| p.1 == "n1"),
+        "after weft drain: {pods:?}"
+    );
+    // A pod no controller would make again stops a drain unless forced.
+    c.weft(&["uncordon", "n2"])?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: lonely}
+spec:
+  nodeName: n2
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+"#,
+    )?;
+    let refused = c.weft_output(&["drain", "n2"])?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && err.contains("--force") && err.contains("default/lonely"),
+        "{err}"
+    );
+    let out = c.weft(&["drain", "n2", "--force"])?;
+    ensure!(out.contains("node/n2 drained"), "{out}");
+    Ok(())
+}

@@ -102,6 +102,7 @@ fn subresource_entry(r: &Resource, sub: &str) -> Value {
             &["get", "patch", "update"],
         ),
         "binding" => ("Binding", None, None, &["create"]),
+        "eviction" => ("Eviction", Some("policy"), Some("v1"), &["create"]),
         "log" => ("Pod", None, None, &["get"]),
         "exec" => ("PodExecOptions", None, None, &["create", "get"]),
         "finalize" => (r.kind, None, None, &["update"]),

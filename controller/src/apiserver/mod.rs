@@ -647,6 +647,37 @@ async fn dispatch(
             let created = kind.create(&reg, ns, decoded).await?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }
+        ("create", Some("eviction")) => {
+            let decoded = decode_object::<k8s_openapi::api::policy::v1::Eviction>(
+                "policy/v1",
+                "Eviction",
+                parse_body(headers, &bytes)?,
+            )?;
+            let pod = target.name.as_deref().unwrap_or_default();
+            // As kube-apiserver: the Eviction names the pod of its URL.
+            if decoded
+                .object
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n != pod)
+            {
+                return Err(ApiError::bad_request(
+                    "name in URL does not match name in Eviction object",
+                ));
+            }
+            registry_for(st, &query, &user)?
+                .evict(
+                    ns.unwrap_or("default"),
+                    pod,
+                    decoded.object.delete_options.as_ref(),
+                )
+                .await?;
+            Ok(json_response(
+                201,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
+        }
         ("create", Some("binding")) => {
             let decoded = decode_object::<k8s_openapi::api::core::v1::Binding>(
                 "v1",

@@ -155,6 +155,31 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             ("Selector", "string", "", "Label selector for pods.", 1),
         ],
+        "PodDisruptionBudget" => vec![
+            name,
+            (
+                "Min Available",
+                "string",
+                "",
+                "The minimum number of pods that must be available.",
+                0,
+            ),
+            (
+                "Max Unavailable",
+                "string",
+                "",
+                "The maximum number of pods that may be unavailable.",
+                0,
+            ),
+            (
+                "Allowed Disruptions",
+                "integer",
+                "",
+                "Calculated number of pods that may be disrupted at this time.",
+                0,
+            ),
+            age,
+        ],
         "CronJob" => vec![
             name,
             ("Schedule", "string", "", "The schedule in Cron format.", 0),
@@ -848,6 +873,20 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(c),
                 json!(i),
                 json!(sel),
+            ]
+        }
+        "PodDisruptionBudget" => {
+            let int_or_percent = |v: &Value| match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(t) => t.clone(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name,
+                json!(int_or_percent(&o["spec"]["minAvailable"])),
+                json!(int_or_percent(&o["spec"]["maxUnavailable"])),
+                json!(o["status"]["disruptionsAllowed"].as_i64().unwrap_or(0)),
+                age,
             ]
         }
         "CronJob" => {

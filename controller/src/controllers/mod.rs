@@ -11,6 +11,7 @@
 
 pub mod cronjob;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
@@ -469,6 +470,7 @@ pub fn start_all(ctx: &Ctx) {
     deployment::start(ctx);
     job::start(ctx);
     cronjob::start(ctx);
+    disruption::start(ctx);
     endpoints::start(ctx);
     nodes::start(ctx.clone());
     gc::start(ctx);

@@ -435,7 +435,8 @@ macro_rules! for_each_kind {
             k8s_openapi::api::apps::v1::Deployment,
             k8s_openapi::api::apps::v1::ReplicaSet,
             k8s_openapi::api::batch::v1::Job,
-            k8s_openapi::api::batch::v1::CronJob
+            k8s_openapi::api::batch::v1::CronJob,
+            k8s_openapi::api::policy::v1::PodDisruptionBudget
         }
     };
 }

@@ -21,6 +21,7 @@ mod node;
 pub mod object;
 mod pod;
 pub mod pod_security;
+mod policy;
 pub mod quota;
 mod service;
 pub mod storage;
@@ -40,6 +41,7 @@ pub use object::{
     decode_stored, decode_typed, encode, parse_rv, revision_of, set_rv, splice_rv, store_error,
 };
 pub use pod::qos_class;
+pub use policy::selects_pod;
 
 use crate::ipam::Ipam;
 use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
