@@ -18,7 +18,6 @@
 //! workloads` after `cargo build --release --bin weft`).
 
 use std::{
-    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -29,15 +28,12 @@ use k8s_openapi::{
     ByteString,
     api::core::v1::{ConfigMap, Pod, Secret, Service},
 };
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use weft_agent::{
-    runtime::busybox::BUSYBOX_IMAGE,
-    sandbox::{env::ObjectSource, remove_cgroups},
-};
+use weft_agent::{runtime::busybox::BUSYBOX_IMAGE, sandbox::env::ObjectSource};
 use weft_lab::cluster::{Cluster, ClusterSpec};
 use weft_lab::topology::{Lab, LabSpec};
 use weft_tests::apitest::{client, post, raw};
 use weft_tests::control::{ControlOptions, ControlPlane};
+use weft_tests::floor::Floor;
 use weft_tests::island::Island;
 use weft_tests::stats::{ms, percentile};
 
@@ -113,58 +109,10 @@ async fn pod_start() -> Result<()> {
     let sb = lab.sandbox(&node)?.with_objects(Arc::new(Objects));
     lab.load_busybox(&sb)?;
     let tpl = sb.create_pod(&pod(999, false), sb.free_ip()?).await?;
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(
-        sb.runtime()
-            .bundle_dir(&tpl.containers[0].1)
-            .join("config.json"),
-    )?)?;
-    let image = sb.runtime().images().resolve(BUSYBOX_IMAGE)?;
-    let lower = sb
-        .runtime()
-        .images()
-        .lower_dirs(&image)?
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    let runc_root = state.join("runc");
-    let floor_dir = state.join("floor");
-    for i in 0..PODS {
-        let b = floor_dir.join(format!("b{i}"));
-        for d in ["rootfs", "upper", "work"] {
-            std::fs::create_dir_all(b.join(d))?;
-        }
-        let opts = format!(
-            "lowerdir={lower},upperdir={},workdir={}",
-            b.join("upper").display(),
-            b.join("work").display()
-        );
-        mount(
-            Some("overlay"),
-            &b.join("rootfs"),
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
-        )?;
-        let mut c = config.clone();
-        c["linux"]["cgroupsPath"] = format!("/weft/{}/floor/c{i}", node.netns).into();
-        std::fs::write(b.join("config.json"), serde_json::to_vec(&c)?)?;
-    }
+    let bundles = Floor::prepare(&sb, &node, &state, &tpl, PODS as usize, None)?;
     let (mut floor, mut plain, mut with) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..PODS {
-        let t = Instant::now();
-        let st = Command::new("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["run", "--detach", "--bundle"])
-            .arg(floor_dir.join(format!("b{i}")))
-            .arg(format!("floor{i}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        floor.push(t.elapsed());
-        ensure!(st.success(), "runc run floor{i} failed");
+        floor.push(bundles.start(i as usize)?);
         let t = Instant::now();
         sb.create_pod(&pod(i, false), sb.free_ip()?).await?;
         plain.push(t.elapsed());
@@ -190,19 +138,7 @@ async fn pod_start() -> Result<()> {
             );
         }
     }
-    for i in 0..PODS {
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["delete", "--force", &format!("floor{i}")])
-            .output();
-        let _ = umount2(
-            &floor_dir.join(format!("b{i}/rootfs")),
-            MntFlags::MNT_DETACH,
-        );
-    }
-    remove_cgroups(&format!("weft/{}/floor", node.netns));
-    std::fs::remove_dir_all(&floor_dir)?;
+    bundles.remove();
     sb.remove_all(Duration::ZERO).await?;
 
     println!("## Pod start, {PODS} of each on one node, interleaved (ms)\n");

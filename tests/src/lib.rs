@@ -5,6 +5,7 @@
 
 pub mod apitest;
 pub mod control;
+pub mod floor;
 pub mod island;
 pub mod probe;
 pub mod shortconn;
