@@ -250,6 +250,17 @@ pub const RESOURCES: &[Resource] = &[
         categories: &["all"],
     },
     Resource {
+        group: "",
+        version: "v1",
+        plural: "replicationcontrollers",
+        singular: "replicationcontroller",
+        kind: "ReplicationController",
+        namespaced: true,
+        short_names: &["rc"],
+        subresources: &["status", "scale"],
+        categories: &["all"],
+    },
+    Resource {
         group: "batch",
         version: "v1",
         plural: "jobs",

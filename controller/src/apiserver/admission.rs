@@ -5,7 +5,7 @@
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
     batch::v1::{CronJob, Job},
-    core::v1::{Pod, PodSpec},
+    core::v1::{Pod, PodSpec, ReplicationController},
 };
 use weft_api::error::ApiError;
 
@@ -24,6 +24,10 @@ fn pod_spec(obj: &crate::registry::Decoded) -> Option<(&PodSpec, bool)> {
     if let Some(c) = obj.peek::<CronJob>() {
         let job = c.spec.as_ref()?.job_template.spec.as_ref()?;
         return job.template.spec.as_ref().map(|s| (s, false));
+    }
+    if let Some(r) = obj.peek::<ReplicationController>() {
+        let template = r.spec.as_ref()?.template.as_ref()?;
+        return template.spec.as_ref().map(|s| (s, false));
     }
     if let Some(j) = obj.peek::<Job>() {
         return j.spec.as_ref()?.template.spec.as_ref().map(|s| (s, false));

@@ -1048,7 +1048,13 @@ async fn selected(
 
 /// The autoscaling/v1 Scale view of a Deployment or ReplicaSet.
 fn scale_of(obj: &Value) -> Value {
-    let selector = weft_api::selector::LabelSelector::from_k8s(&obj["spec"]["selector"])
+    // A ReplicationController's selector is a plain map of labels.
+    let selector = if obj["kind"] == "ReplicationController" {
+        json!({"matchLabels": obj["spec"]["selector"]})
+    } else {
+        obj["spec"]["selector"].clone()
+    };
+    let selector = weft_api::selector::LabelSelector::from_k8s(&selector)
         .map(|s| selector_string(&s))
         .unwrap_or_default();
     json!({

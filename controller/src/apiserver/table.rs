@@ -262,7 +262,7 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             ("Selector", "string", "", "Label selector for pods.", 1),
         ],
-        "ReplicaSet" => vec![
+        "ReplicaSet" | "ReplicationController" => vec![
             name,
             (
                 "Desired",
@@ -934,9 +934,14 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(sel),
             ]
         }
-        "ReplicaSet" => {
+        "ReplicaSet" | "ReplicationController" => {
             let (c, i) = containers_and_images(&o["spec"]["template"]["spec"]);
-            let sel = weft_api::selector::LabelSelector::from_k8s(&o["spec"]["selector"])
+            let selector = if kind == "ReplicationController" {
+                json!({"matchLabels": o["spec"]["selector"]})
+            } else {
+                o["spec"]["selector"].clone()
+            };
+            let sel = weft_api::selector::LabelSelector::from_k8s(&selector)
                 .map(|s| super::selector_string(&s))
                 .unwrap_or_default();
             vec![

@@ -85,6 +85,16 @@ fn expected_scale(ctx: &Ctx, pods: &[Arc<Pod>]) -> Result<i32, String> {
                     (None, None) => None,
                 }
             }
+            "ReplicationController" => ctx
+                .cache
+                .store::<k8s_openapi::api::core::v1::ReplicationController>()
+                .get(ns, &owner.name)
+                .map(|rc| {
+                    (
+                        rc.metadata.uid.clone(),
+                        rc.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+                    )
+                }),
             _ => None,
         };
         let Some((uid, n)) = scale else {

@@ -1,11 +1,16 @@
 //! ReplicaSet controller: keeps `spec.replicas` pods from the template, owned
-//! by the ReplicaSet, and reports how many exist and are ready.
+//! by the ReplicaSet, and reports how many exist and are ready. The same
+//! loop runs ReplicationControllers (the legacy kind: a ReplicaSet with an
+//! equality selector), through [`Replicated`].
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{
+    Pod, PodTemplateSpec, ReplicationController, ReplicationControllerStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::ResourceExt as _;
 use weft_api::ApiError;
@@ -22,10 +27,115 @@ const BURST: usize = 64;
 /// a million that is taken back stops within a batch.
 const BURST_REPLICAS: usize = 500;
 
+/// What the replica loop reads and writes of its kind.
+pub trait Replicated: crate::registry::Kind {
+    /// The component its Events name.
+    const COMPONENT: &'static str;
+    /// `spec.replicas` (1 when unset).
+    fn replicas(&self) -> i32;
+    /// The pod template.
+    fn template(&self) -> Option<PodTemplateSpec>;
+    /// The selector (an equality one, for a ReplicationController).
+    fn selector(&self) -> LabelSelector;
+    /// `spec.minReadySeconds`.
+    fn min_ready_seconds(&self) -> i32;
+    /// Whether the status already says `counts`.
+    fn reports(&self, counts: &Counts) -> bool;
+    /// Writes `counts` as its status.
+    fn set_counts(&mut self, counts: &Counts);
+}
+
+/// What the loop counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
+    replicas: i32,
+    labeled: i32,
+    ready: i32,
+    available: i32,
+    observed_generation: Option<i64>,
+}
+
+impl Replicated for ReplicaSet {
+    const COMPONENT: &'static str = "replicaset-controller";
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn template(&self) -> Option<PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.clone())
+    }
+    fn selector(&self) -> LabelSelector {
+        self.spec
+            .as_ref()
+            .map(|s| s.selector.clone())
+            .unwrap_or_default()
+    }
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+    fn reports(&self, c: &Counts) -> bool {
+        let mut probe = self.clone();
+        probe.set_counts(c);
+        probe.status == self.status
+    }
+    fn set_counts(&mut self, c: &Counts) {
+        self.status = Some(ReplicaSetStatus {
+            replicas: c.replicas,
+            fully_labeled_replicas: Some(c.labeled),
+            ready_replicas: Some(c.ready),
+            available_replicas: Some(c.available),
+            observed_generation: c.observed_generation,
+            ..ReplicaSetStatus::default()
+        });
+    }
+}
+
+impl Replicated for ReplicationController {
+    const COMPONENT: &'static str = "replication-controller";
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+    fn template(&self) -> Option<PodTemplateSpec> {
+        self.spec.as_ref().and_then(|s| s.template.clone())
+    }
+    fn selector(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: self.spec.as_ref().and_then(|s| s.selector.clone()),
+            match_expressions: None,
+        }
+    }
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+    fn reports(&self, c: &Counts) -> bool {
+        let mut probe = self.clone();
+        probe.set_counts(c);
+        probe.status == self.status
+    }
+    fn set_counts(&mut self, c: &Counts) {
+        self.status = Some(ReplicationControllerStatus {
+            replicas: c.replicas,
+            fully_labeled_replicas: Some(c.labeled),
+            ready_replicas: Some(c.ready),
+            available_replicas: Some(c.available),
+            observed_generation: c.observed_generation,
+            ..ReplicationControllerStatus::default()
+        });
+    }
+}
+
 pub fn start(ctx: &Ctx) {
     Controller::<ReplicaSet>::new("replicaset", ctx)
         .owns::<Pod>()
-        .run(4, |rs, ctx| async move { reconcile(&rs, &ctx).await });
+        .run(4, |rs, ctx| async move { reconcile(&*rs, &ctx).await });
+    Controller::<ReplicationController>::new("replicationcontroller", ctx)
+        .owns::<Pod>()
+        .run(2, |rc, ctx| async move { reconcile(&*rc, &ctx).await });
 }
 
 /// The order pods are removed in when scaling down: unscheduled, then
@@ -47,12 +157,8 @@ fn deletion_rank(pod: &Pod) -> (u8, u8, u8, std::cmp::Reverse<Option<Time>>) {
 }
 
 /// A pod made from the ReplicaSet's template, owned by it.
-pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
-    let template = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
+pub fn pod_from_template<K: Replicated>(rs: &K) -> Pod {
+    let template = rs.template().unwrap_or_default();
     let tmeta = template.metadata.unwrap_or_default();
     Pod {
         metadata: ObjectMeta {
@@ -67,27 +173,22 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
     }
 }
 
-fn owned_pods(ctx: &Ctx, rs: &ReplicaSet) -> Vec<Arc<Pod>> {
-    let uid = rs.metadata.uid.as_deref().unwrap_or_default();
+fn owned_pods<K: Replicated>(ctx: &Ctx, rs: &K) -> Vec<Arc<Pod>> {
+    let uid = rs.meta().uid.as_deref().unwrap_or_default();
     let mut pods = ctx.cache.store::<Pod>().controlled_by(uid);
     pods.retain(|p| !is_gone(p));
     pods
 }
 
-pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
-    if rs.metadata.deletion_timestamp.is_some() {
+pub async fn reconcile<K: Replicated>(rs: &K, ctx: &Ctx) -> Result<Action, ApiError> {
+    if rs.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let ns = rs.namespace();
     let ns = ns.as_deref();
     let name = rs.name_any();
     let owned = owned_pods(ctx, rs);
-    let want = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1)
-        .max(0) as usize;
+    let want = rs.replicas().max(0) as usize;
     let mut last_rev = 0i64;
     let capped = owned.len().abs_diff(want) > BURST_REPLICAS;
     if owned.len() < want {
@@ -121,7 +222,7 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
                 "Normal",
                 "SuccessfulCreate",
                 &created_message("Created", created, &names),
-                "replicaset-controller",
+                K::COMPONENT,
             )
             .await;
         }
@@ -132,7 +233,7 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
                 "Warning",
                 "FailedCreate",
                 &format!("Error creating: {e}"),
-                "replicaset-controller",
+                K::COMPONENT,
             )
             .await;
             return Err(e);
@@ -168,7 +269,7 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
                 "Normal",
                 "SuccessfulDelete",
                 &created_message("Deleted", names.len(), &names),
-                "replicaset-controller",
+                K::COMPONENT,
             )
             .await;
         }
@@ -183,11 +284,7 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
     let ready = owned.iter().filter(|p| is_ready(p)).count() as i32;
     // Available: ready for minReadySeconds; the soonest to become so
     // brings the ReplicaSet back then.
-    let min_ready = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.min_ready_seconds)
-        .unwrap_or(0);
+    let min_ready = rs.min_ready_seconds();
     let now = std::time::SystemTime::now();
     let waits: Vec<std::time::Duration> = owned
         .iter()
@@ -195,11 +292,7 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
         .collect();
     let available = waits.iter().filter(|w| w.is_zero()).count() as i32;
     let next_available = waits.iter().filter(|w| !w.is_zero()).min().copied();
-    let selector = rs
-        .spec
-        .as_ref()
-        .map(|s| s.selector.clone())
-        .unwrap_or_default();
+    let selector = rs.selector();
     let labeled = owned
         .iter()
         .filter(|p| {
@@ -209,18 +302,17 @@ pub async fn reconcile(rs: &ReplicaSet, ctx: &Ctx) -> Result<Action, ApiError> {
             )
         })
         .count() as i32;
-    let status = ReplicaSetStatus {
+    let counts = Counts {
         replicas: owned.len() as i32,
-        fully_labeled_replicas: Some(labeled),
-        ready_replicas: Some(ready),
-        available_replicas: Some(available),
-        observed_generation: rs.metadata.generation,
-        ..ReplicaSetStatus::default()
+        labeled,
+        ready,
+        available,
+        observed_generation: rs.meta().generation,
     };
-    if rs.status.as_ref() != Some(&status) {
+    if !rs.reports(&counts) {
         ctx.reg
-            .modify::<ReplicaSet>(ns, &name, Write::Status, |mut obj| {
-                obj.status = Some(status.clone());
+            .modify::<K>(ns, &name, Write::Status, |mut obj| {
+                obj.set_counts(&counts);
                 Ok(obj)
             })
             .await?;

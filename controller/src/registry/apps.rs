@@ -1,5 +1,6 @@
-//! Deployments and ReplicaSets: replicas and (for Deployments) the rollout
-//! strategy defaulted, the pod template checked like a Pod's, a selector
+//! Deployments, ReplicaSets and ReplicationControllers (the legacy kind, a
+//! ReplicaSet with an equality selector): replicas and (for Deployments)
+//! the rollout strategy defaulted, the pod template checked like a Pod's, a selector
 //! that must select the template's labels and may never change.
 
 use async_trait::async_trait;
@@ -7,7 +8,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStatus, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus,
     RollingUpdateDeployment,
 };
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{
+    PodTemplateSpec, ReplicationController, ReplicationControllerSpec, ReplicationControllerStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
@@ -182,6 +185,68 @@ impl Kind for ReplicaSet {
                 .unwrap_or_default()
         };
         selector_unchanged(&sel(old), &sel(self))
+    }
+}
+
+#[async_trait]
+impl Kind for ReplicationController {
+    kind_fields!(spec: ReplicationControllerSpec, status: ReplicationControllerStatus);
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    /// As kube's defaults: an empty selector (and empty labels) take the
+    /// template's labels.
+    fn default_fields(&mut self) {
+        let template_labels = self
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.as_ref())
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        if spec.selector.as_ref().is_none_or(|s| s.is_empty()) && !template_labels.is_empty() {
+            spec.selector = Some(template_labels.clone());
+        }
+        if let Some(template) = spec.template.as_mut() {
+            default_pod_spec(template.spec.get_or_insert_with(Default::default));
+        }
+        if self.metadata.labels.as_ref().is_none_or(|l| l.is_empty()) && !template_labels.is_empty()
+        {
+            self.metadata.labels = Some(template_labels);
+        }
+    }
+
+    fn validate(&self) -> Vec<Cause> {
+        let mut out = Vec::new();
+        let empty = ReplicationControllerSpec::default();
+        let spec = self.spec.as_ref().unwrap_or(&empty);
+        if spec.template.is_none() {
+            out.push(Cause::required("spec.template"));
+        }
+        let selector = LabelSelector {
+            match_labels: spec.selector.clone(),
+            match_expressions: None,
+        };
+        check_workload(&mut out, spec.replicas, &selector, spec.template.as_ref());
+        let restart = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.restart_policy.as_deref());
+        if let Some(p) = restart
+            && p != "Always"
+        {
+            out.push(Cause::not_supported(
+                "spec.template.spec.restartPolicy",
+                p,
+                &["Always"],
+            ));
+        }
+        out
     }
 }
 

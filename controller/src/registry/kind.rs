@@ -434,6 +434,7 @@ macro_rules! for_each_kind {
             k8s_openapi::api::networking::v1::NetworkPolicy,
             k8s_openapi::api::apps::v1::Deployment,
             k8s_openapi::api::apps::v1::ReplicaSet,
+            k8s_openapi::api::core::v1::ReplicationController,
             k8s_openapi::api::batch::v1::Job,
             k8s_openapi::api::batch::v1::CronJob,
             k8s_openapi::api::policy::v1::PodDisruptionBudget

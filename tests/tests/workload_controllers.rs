@@ -1,7 +1,10 @@
-//! Jobs on a real lab (controller, agents, runc): indexes, the pod failure
-//! policy, back-off limits, deadlines, suspension, TTL, sidecars and
-//! deletion, each checked in the Job's status, its pods and its Events,
-//! with `weft` and with kubectl 1.32.
+//! The workload controllers beyond Deployments on a real lab (controller,
+//! agents, runc): Jobs (indexes, the pod failure policy, back-off limits,
+//! deadlines, suspension, TTL, sidecars, deletion), CronJobs (on the
+//! minute, concurrency, catch-up after an outage), PodDisruptionBudgets
+//! with eviction and drain, and ReplicationControllers, each checked in
+//! the objects' status, their pods and their Events, with `weft` and with
+//! kubectl 1.32.
 
 use std::time::{Duration, Instant};
 
@@ -1044,5 +1047,88 @@ spec:
     );
     let out = c.weft(&["drain", "n2", "--force"])?;
     ensure!(out.contains("node/n2 drained"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn replication_controllers_keep_their_replicas_as_replica_sets_do() -> Result<()> {
+    let c = up(1)?;
+    // An old manifest: the selector comes from the template's labels.
+    c.apply(
+        r#"apiVersion: v1
+kind: ReplicationController
+metadata: {name: legacy}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: legacy}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+"#,
+    )?;
+    let rc = c.get_json(&["rc", "legacy"])?;
+    ensure!(rc["spec"]["selector"]["app"] == "legacy", "{}", rc["spec"]);
+    ensure!(
+        rc["metadata"]["labels"]["app"] == "legacy",
+        "{}",
+        rc["metadata"]
+    );
+    wait_until("two ready replicas", Duration::from_secs(60), || {
+        let rc = c.get_json(&["rc", "legacy"]).ok()?;
+        (rc["status"]["readyReplicas"] == 2 && rc["status"]["replicas"] == 2).then_some(())
+    })?;
+    let pods = app_pods(&c, "legacy")?;
+    let one = c.get_json(&["pod", &pods[0].0])?;
+    let owner = &one["metadata"]["ownerReferences"][0];
+    ensure!(
+        owner["kind"] == "ReplicationController"
+            && owner["apiVersion"] == "v1"
+            && owner["controller"] == true,
+        "{owner}"
+    );
+    // A pod that goes is replaced; a scale through the scale subresource
+    // (kubectl scale) is kept.
+    c.weft(&["delete", "pod", &pods[0].0, "--wait=false"])?;
+    kubectl(&c, &["scale", "rc", "legacy", "--replicas=3"])?;
+    wait_until("three ready replicas", Duration::from_secs(60), || {
+        let live: Vec<_> = app_pods(&c, "legacy")
+            .ok()?
+            .into_iter()
+            .filter(|p| !p.3 && p.2)
+            .collect();
+        (live.len() == 3 && !live.iter().any(|p| p.0 == pods[0].0)).then_some(())
+    })?;
+    let (table, _) = kubectl(&c, &["get", "rc", "legacy"])?;
+    ensure!(
+        table.lines().nth(1).is_some_and(|r| {
+            r.split_whitespace().take(4).collect::<Vec<_>>() == ["legacy", "3", "3", "3"]
+        }),
+        "{table}"
+    );
+    // What kube refuses: a template that does not match the selector.
+    let mut cmd = c.weft_command(&["apply", "-f", "-"])?;
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(
+            b"apiVersion: v1\nkind: ReplicationController\nmetadata: {name: wrong}\nspec:\n  selector: {app: a}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: weft.local/busybox:1.36}]\n",
+        )?;
+    }
+    let out = child.wait_with_output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("spec.template.metadata.labels"),
+        "{err}"
+    );
+    kubectl(&c, &["delete", "rc", "legacy"])?;
+    wait_until("the replicas to go", Duration::from_secs(30), || {
+        app_pods(&c, "legacy").ok()?.is_empty().then_some(())
+    })?;
     Ok(())
 }
