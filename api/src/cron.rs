@@ -22,7 +22,8 @@ pub struct Schedule {
 
 /// The descriptors kube accepts, as five fields.
 fn descriptor(s: &str) -> Option<&'static str> {
-    Some(match s.to_ascii_lowercase().as_str() {
+    // Case-sensitive, as robfig/cron's.
+    Some(match s {
         "@yearly" | "@annually" => "0 0 1 1 *",
         "@monthly" => "0 0 1 * *",
         "@weekly" => "0 0 * * 0",
@@ -63,6 +64,7 @@ impl Schedule {
                 .parse()
                 .map_err(|_| format!("unknown time zone {name}"))?,
         };
+        let owned: String;
         let pattern = if s.starts_with('@') {
             descriptor(s).ok_or_else(|| {
                 if s.to_ascii_lowercase().starts_with("@every") {
@@ -83,7 +85,21 @@ impl Schedule {
             if let Some(f) = fields.iter().find(|f| !standard_field(f)) {
                 return Err(format!("unsupported syntax in field {f:?}: {s}"));
             }
-            s
+            // robfig's day of week is 0-6 (croner would take 7 as Sunday).
+            if fields[4]
+                .split([',', '-', '/'])
+                .any(|t| t.parse::<u32>().is_ok_and(|n| n > 6))
+                && !fields[4].contains('/')
+            {
+                return Err(format!("end of range above maximum (6): {}", fields[4]));
+            }
+            // `?` means `*` in any field (croner takes it only in the days).
+            owned = fields
+                .iter()
+                .map(|f| if *f == "?" { "*" } else { f })
+                .collect::<Vec<_>>()
+                .join(" ");
+            owned.as_str()
         };
         let cron = CronParser::builder()
             .seconds(Seconds::Disallowed)
@@ -147,8 +163,12 @@ impl Schedule {
     /// `batch.kubernetes.io/cronjob-scheduled-timestamp`).
     #[must_use]
     pub fn format(&self, t: i64) -> String {
+        // Go's RFC 3339: `Z` for a zero offset.
         DateTime::<Utc>::from_timestamp(t, 0)
-            .map(|d| d.with_timezone(&self.tz).to_rfc3339())
+            .map(|d| {
+                d.with_timezone(&self.tz)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            })
             .unwrap_or_default()
     }
 }
@@ -169,7 +189,8 @@ mod tests {
             "@hourly",
             "@midnight",
             "@annually",
-            "0 0 * * 7",
+            "? * * * *",
+            "* ? * ? *",
         ] {
             assert!(Schedule::parse(ok, None).is_ok(), "{ok}");
         }
@@ -181,6 +202,9 @@ mod tests {
             "0 0 15W * *",
             "61 * * * *",
             "@every 5m",
+            "0 0 * * 7",
+            "0 0 * * 0-7",
+            "@DAILY",
             "@often",
             "CRON_TZ=UTC 0 * * * *",
             "TZ=Europe/Paris 0 * * * *",
@@ -202,6 +226,7 @@ mod tests {
         let tokyo = Schedule::parse("0 9 * * *", Some("Asia/Tokyo")).expect("valid");
         assert_eq!(tokyo.next_after(NEW_YEAR - 60), Some(NEW_YEAR));
         assert_eq!(tokyo.format(NEW_YEAR), "2026-01-01T09:00:00+09:00");
+        assert_eq!(hourly.format(NEW_YEAR), "2026-01-01T00:00:00Z");
         // Every minute for an hour: 60, the last at the hour's end.
         let minutely = Schedule::parse("* * * * *", None).expect("valid");
         assert_eq!(

@@ -26,8 +26,9 @@ pub const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-cou
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 /// The environment variable with the completion index.
 pub const INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
-/// The most completions (and parallelism) an Indexed Job may ask for,
-/// as Kubernetes' limit.
+/// The most completions (and parallelism) an Indexed Job may ask for.
+/// Kubernetes caps parallelism there; Weft caps completions too (each
+/// completed index is kept in memory while the Job runs).
 pub const MAX_INDEXED_COMPLETIONS: i32 = 100_000;
 
 /// Parses a list of indexes such as `"1,3-5"`: numbers and inclusive

@@ -445,6 +445,98 @@ spec:
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(uid)).collect();
         anyhow::bail!("pod {uid} removed again: {lines:#?}");
     }
+    // Fewer in parallel: the pods taken away are not failures.
+    c.apply(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: shrink}
+spec:
+  completions: 4
+  parallelism: 3
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: orphaned}
+spec:
+  parallelism: 2
+  completions: 2
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+"#,
+    )?;
+    wait_until("shrink's three pods", Duration::from_secs(60), || {
+        let j = c.get_json(&["job", "shrink"]).ok()?;
+        (j["status"]["active"] == 3 && j["status"]["ready"] == 3).then_some(())
+    })?;
+    kubectl(
+        &c,
+        &[
+            "patch",
+            "job",
+            "shrink",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"parallelism":1}}"#,
+        ],
+    )?;
+    let shrunk = wait_until("shrink down to one pod", Duration::from_secs(60), || {
+        let j = c.get_json(&["job", "shrink"]).ok()?;
+        let pods = pods_of(&c, "shrink").ok()?;
+        (j["status"]["active"] == 1 && j["status"]["terminating"] == 0 && pods.len() == 1)
+            .then_some(j)
+    })?;
+    ensure!(
+        shrunk["status"]["failed"].as_i64().unwrap_or(0) == 0
+            && condition(&shrunk, "Failed").is_none(),
+        "a scale-down failed the Job: {}",
+        shrunk["status"]
+    );
+    // Orphaned while running: its pods stay, and no new ones are made.
+    wait_until("orphaned's pods", Duration::from_secs(60), || {
+        let j = c.get_json(&["job", "orphaned"]).ok()?;
+        (j["status"]["active"] == 2).then_some(())
+    })?;
+    kubectl(&c, &["delete", "job", "orphaned", "--cascade=orphan"])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let left = pods_of(&c, "orphaned")?;
+    ensure!(
+        left.len() == 2
+            && left
+                .iter()
+                .all(|p| p["metadata"]["ownerReferences"].is_null()
+                    && p["metadata"]["deletionTimestamp"].is_null()),
+        "{left:?}"
+    );
+    no_tracking_finalizers(&left)?;
+    c.weft(&[
+        "delete",
+        "pods",
+        "-l",
+        "batch.kubernetes.io/job-name=orphaned",
+        "--wait=false",
+    ])
+    .or_else(|_| {
+        for p in &left {
+            c.weft(&[
+                "delete",
+                "pod",
+                p["metadata"]["name"].as_str().unwrap_or_default(),
+                "--wait=false",
+            ])?;
+        }
+        Ok::<_, anyhow::Error>(String::new())
+    })?;
     kubectl(&c, &["delete", "job", "later"])?;
     wait_until("job later's pods to go", Duration::from_secs(30), || {
         pods_of(&c, "later").ok()?.is_empty().then_some(())

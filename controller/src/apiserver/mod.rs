@@ -834,12 +834,68 @@ async fn dispatch(
                 );
             }
             if policy.as_deref() == Some("Orphan") && !reg.dry_run {
-                // Orphan: the dependents lose their reference to it first,
-                // so the garbage collector leaves them alone.
-                let owner = get(name.to_string()).await?;
-                let owner_ns = owner["metadata"]["namespace"].as_str();
-                let owner_uid = owner["metadata"]["uid"].as_str().unwrap_or_default();
-                reg.orphan_dependents(owner_ns, owner_uid).await?;
+                // Orphan, as kube-apiserver and its garbage collector do
+                // it: the owner is held by the `orphan` finalizer and
+                // marked deleted (so its controller makes nothing more),
+                // its dependents lose their reference to it, and then it
+                // goes. A failed precondition changes nothing.
+                let (held, _) = kind
+                    .modify(&reg, ns, name, Write::Update, &fv, &mut |mut obj| {
+                        if uid.as_deref().is_some_and(|u| obj["metadata"]["uid"] != u) {
+                            return Err(ApiError::conflict(
+                                res.plural,
+                                res.group,
+                                name,
+                                "Precondition failed: UID in precondition does not match",
+                            ));
+                        }
+                        if rv.is_some_and(|v| {
+                            obj["metadata"]["resourceVersion"]
+                                .as_str()
+                                .and_then(|s| s.parse::<i64>().ok())
+                                != Some(v)
+                        }) {
+                            return Err(ApiError::conflict(
+                                res.plural,
+                                res.group,
+                                name,
+                                "Precondition failed: ResourceVersion in precondition does not match",
+                            ));
+                        }
+                        let list = &mut obj["metadata"]["finalizers"];
+                        if !list.as_array().is_some_and(|l| l.iter().any(|f| f == "orphan")) {
+                            if !list.is_array() {
+                                *list = json!([]);
+                            }
+                            if let Some(l) = list.as_array_mut() {
+                                l.push(json!("orphan"));
+                            }
+                        }
+                        Ok(obj)
+                    })
+                    .await?;
+                let owner_uid = held["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let deleted = kind
+                    .delete(&reg, ns, name, (Some(owner_uid.clone()), None), grace)
+                    .await?;
+                reg.orphan_dependents(held["metadata"]["namespace"].as_str(), &owner_uid)
+                    .await?;
+                match kind
+                    .modify(&reg, ns, name, Write::Update, &fv, &mut |mut obj| {
+                        if let Some(l) = obj["metadata"]["finalizers"].as_array_mut() {
+                            l.retain(|f| f != "orphan");
+                        }
+                        Ok(obj)
+                    })
+                    .await
+                {
+                    Ok(_) | Err(ApiError { code: 404, .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                return Ok(with_warnings(json_response(200, &deleted), &warnings));
             }
             let deleted = kind.delete(&reg, ns, name, (uid, rv), grace).await?;
             Ok(with_warnings(json_response(200, &deleted), &warnings))

@@ -591,6 +591,8 @@ fn job_status(o: &Value) -> &'static str {
         "Suspended"
     } else if has("FailureTarget") {
         "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
     } else {
         "Running"
     }

@@ -112,6 +112,25 @@ fn job_for(cj: &CronJob, at: i64, schedule: &Schedule) -> Job {
     }
 }
 
+/// Whether `job` is one this controller made for a scheduled time: named
+/// `CRONJOB-<minutes>` and stamped with that time.
+fn made_here(cronjob: &str, job: &Job) -> bool {
+    let stamped = job
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(SCHEDULED_AT) && !a.contains_key(MANUAL));
+    let minute = job
+        .name_any()
+        .strip_prefix(cronjob)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|m| !m.is_empty() && m.chars().all(|c| c.is_ascii_digit()));
+    stamped && minute
+}
+
+/// The annotation kubectl puts on a Job made by hand from a CronJob.
+const MANUAL: &str = "cronjob.kubernetes.io/instantiate";
+
 /// kube's name for the Job of the time `at`: the CronJob's name and the
 /// scheduled minute since the epoch.
 fn job_name(cronjob: &str, at: i64) -> String {
@@ -131,12 +150,29 @@ pub async fn reconcile(cj: &CronJob, ctx: &Ctx) -> Result<Action, ApiError> {
     let mut events: Vec<(&str, &str, String)> = Vec::new();
     let mut last_rev = 0;
 
-    // What runs, from the Jobs themselves.
-    let mut active: Vec<ObjectReference> = jobs
+    // What runs: the Jobs it made (in its active list, or named and
+    // stamped by it: one made just before a crash), not a Job someone made
+    // from it by hand (`kubectl create job --from=cronjob/...`), which is
+    // only reported, as kube does.
+    let mut active: Vec<ObjectReference> = Vec::new();
+    for j in jobs
         .iter()
         .filter(|j| ended(j).is_none() && j.metadata.deletion_timestamp.is_none())
-        .map(|j| reference(j))
-        .collect();
+    {
+        let listed = old.active.iter().flatten().any(|r| r.uid == j.metadata.uid);
+        if listed || made_here(&name, j) {
+            active.push(reference(j));
+        } else if first_refusal(j.metadata.uid.as_deref().unwrap_or_default(), 0) {
+            events.push((
+                "Warning",
+                "UnexpectedJob",
+                format!(
+                    "Saw a job that the controller did not create or forgot: {}",
+                    j.name_any()
+                ),
+            ));
+        }
+    }
     for r in old.active.iter().flatten() {
         if active.iter().any(|a| a.uid == r.uid) {
             continue;

@@ -43,6 +43,8 @@ const MANAGER: &str = "kubernetes.io/job-controller";
 const BURST: usize = 32;
 /// Pods created per reconcile at most (the next pass makes more).
 const MAX_CREATES: usize = 500;
+/// Finished pods recorded in `uncountedTerminatedPods` at a time.
+const MAX_UNCOUNTED: usize = 500;
 /// The first wait before a pod after a failure, doubled per failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 /// The longest wait.
@@ -228,6 +230,9 @@ async fn release(ctx: &Ctx, pod: &Pod) -> Result<i64, ApiError> {
             if let Some(f) = p.metadata.finalizers.as_mut() {
                 f.retain(|f| f != rules::TRACKING_FINALIZER);
             }
+            if p.metadata.finalizers.as_ref().is_some_and(Vec::is_empty) {
+                p.metadata.finalizers = None;
+            }
             Ok(p)
         })
         .await
@@ -238,12 +243,26 @@ async fn release(ctx: &Ctx, pod: &Pod) -> Result<i64, ApiError> {
     }
 }
 
-/// Deletes `pods` (the Job's, no longer wanted); their names.
+/// Deletes `pods` (the Job's, no longer wanted); their names. With
+/// `uncounted`, each loses its tracking finalizer first, so that it is not
+/// counted when it ends (pods removed for a lower parallelism, a
+/// suspension or a surplus are not failures, as kube's `deleteJobPods`).
 async fn delete_pods(
     ctx: &Ctx,
     ns: Option<&str>,
     pods: &[Arc<Pod>],
+    uncounted: bool,
 ) -> Result<Vec<String>, ApiError> {
+    if uncounted {
+        let revs: Vec<Result<i64, ApiError>> = futures::stream::iter(pods.iter().cloned())
+            .map(|p: Arc<Pod>| async move { release(ctx, &p).await })
+            .buffer_unordered(BURST)
+            .collect()
+            .await;
+        for r in revs {
+            r?;
+        }
+    }
     let results: Vec<Result<Pod, ApiError>> = futures::stream::iter(pods.iter().cloned())
         .map(|p: Arc<Pod>| async move {
             ctx.reg
@@ -360,9 +379,12 @@ async fn count_finished(job: &Job, pods: &[Arc<Pod>], ctx: &Ctx) -> Result<Count
             .cloned()
             .collect()
     };
+    // At most MAX_UNCOUNTED at a time, as kube: the uids must fit in the
+    // Job's status (its object size is bounded); the next pass takes more.
     let new: Vec<_> = fresh
         .iter()
         .filter(|f| !tracked.contains(&f.uid))
+        .take(MAX_UNCOUNTED.saturating_sub(tracked.len()))
         .cloned()
         .collect();
     for f in &fresh {
@@ -442,7 +464,7 @@ async fn count_finished(job: &Job, pods: &[Arc<Pod>], ctx: &Ctx) -> Result<Count
     // ignored).
     let recorded: BTreeSet<String> = tracked
         .into_iter()
-        .chain(fresh.iter().map(|f| f.uid.clone()))
+        .chain(new.iter().map(|f| f.uid.clone()))
         .collect();
     let to_release: Vec<&Arc<Pod>> = pods
         .iter()
@@ -610,25 +632,33 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
     let ending = condition(Some(&status), "FailureTarget").is_some()
         || condition(Some(&status), "SuccessCriteriaMet").is_some();
     if !ending {
-        let restarts: i32 = if spec
+        // With OnFailure, the restarts of the running and pending pods'
+        // containers (init containers too), as kube's
+        // pastBackoffLimitOnFailure.
+        let on_failure = spec
             .template
             .spec
             .as_ref()
             .and_then(|s| s.restart_policy.as_deref())
-            == Some("OnFailure")
-        {
-            active
-                .iter()
-                .flat_map(|p| {
-                    p.status
+            == Some("OnFailure");
+        let restarts: i32 = active
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Running" | "Pending")
+                )
+            })
+            .flat_map(|p| {
+                p.status.iter().flat_map(|s| {
+                    s.container_statuses
                         .iter()
-                        .flat_map(|s| s.container_statuses.iter().flatten())
+                        .flatten()
+                        .chain(s.init_container_statuses.iter().flatten())
                 })
-                .map(|c| c.restart_count)
-                .sum()
-        } else {
-            0
-        };
+            })
+            .map(|c| c.restart_count)
+            .sum();
         let backoff_limit = spec.backoff_limit.unwrap_or(6);
         let deadline = spec
             .active_deadline_seconds
@@ -657,7 +687,13 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
             (false, Some(c)) => succeeded >= c,
             (_, None) => succeeded > 0 && active.is_empty(),
         };
-        let verdict: Option<(&str, &str, String)> = if failed + restarts > backoff_limit {
+        let past_on_failure = on_failure
+            && if backoff_limit == 0 {
+                restarts > 0
+            } else {
+                restarts >= backoff_limit
+            };
+        let verdict: Option<(&str, &str, String)> = if failed > backoff_limit || past_on_failure {
             Some((
                 "FailureTarget",
                 "BackoffLimitExceeded",
@@ -714,7 +750,10 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
     let mut created: Vec<String> = Vec::new();
     let mut create_error = None;
     if ending || suspended {
-        deleted = delete_pods(ctx, ns, &active).await?;
+        // Pods of a Job that has failed count as failures (kube counts
+        // them); those of a suspended or succeeded one do not.
+        let counted = condition(Some(&status), "FailureTarget").is_some() && !suspended;
+        deleted = delete_pods(ctx, ns, &active, !counted).await?;
     } else {
         // With podReplacementPolicy Failed a pod being deleted still holds
         // its place until it is gone.
@@ -787,7 +826,7 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
             }
         }
         if !surplus.is_empty() {
-            deleted = delete_pods(ctx, ns, &surplus).await?;
+            deleted = delete_pods(ctx, ns, &surplus, true).await?;
         }
         if !wanted.is_empty() {
             match backoff_left(&pods, now) {

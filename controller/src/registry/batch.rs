@@ -396,6 +396,8 @@ fn immutable_changes(old: &JobSpec, new: &JobSpec, old_status: Option<&JobStatus
         s.max_failed_indexes = None;
         s.suspend = None;
         s.ttl_seconds_after_finished = None;
+        s.pod_replacement_policy = None;
+        s.manual_selector = None;
     }
     let elastic = new.completion_mode.as_deref() == Some("Indexed")
         && new.completions == new.parallelism
@@ -442,12 +444,7 @@ fn immutable_changes(old: &JobSpec, new: &JobSpec, old_status: Option<&JobStatus
                 "backoffLimitPerIndex",
                 a.backoff_limit_per_index != b.backoff_limit_per_index,
             ),
-            (
-                "podReplacementPolicy",
-                a.pod_replacement_policy != b.pod_replacement_policy,
-            ),
             ("managedBy", a.managed_by != b.managed_by),
-            ("manualSelector", a.manual_selector != b.manual_selector),
         ];
         for (f, changed) in fields {
             if changed {
@@ -507,6 +504,18 @@ impl Kind for Job {
         }
         if spec.manual_selector == Some(true) && spec.selector.is_none() {
             out.push(Cause::required("spec.selector"));
+        }
+        // An Indexed Job's pods are named `NAME-INDEX` as hosts: that must
+        // stay a DNS label (kube's check).
+        if spec.completion_mode.as_deref() == Some("Indexed")
+            && let (Some(name), Some(c)) = (self.metadata.name.as_deref(), spec.completions)
+            && name.len() + 1 + (c.max(1) - 1).to_string().len() > 63
+        {
+            out.push(Cause::invalid(
+                "metadata.name",
+                name,
+                "will not able to create pod with invalid DNS label",
+            ));
         }
         check_job_spec(&mut out, spec, "spec");
         out
