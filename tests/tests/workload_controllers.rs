@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use serde_json::Value;
 use weft_lab::cluster::{Cluster, ClusterSpec};
 
@@ -74,6 +74,26 @@ fn pods_of(c: &Cluster, name: &str) -> Result<Vec<Value>> {
 /// The reasons of the Events about Job `name`.
 fn event_reasons(c: &Cluster, name: &str) -> Result<Vec<String>> {
     event_reasons_of(c, "Job", name)
+}
+
+/// `weft apply -f -` of `manifest`: whether it succeeded, and its stderr.
+fn apply_refused(c: &Cluster, manifest: &str) -> Result<(bool, String)> {
+    use std::io::Write as _;
+    let mut cmd = c.weft_command(&["apply", "-f", "-"])?;
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(manifest.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 fn no_tracking_finalizers(pods: &[Value]) -> Result<()> {
@@ -708,24 +728,11 @@ fn cronjobs_start_on_the_minute_forbid_overlaps_catch_up_once_and_keep_their_his
 {
     let c = up(1)?;
     // What kube refuses, Weft refuses, naming the field.
-    let mut cmd = c.weft_command(&["apply", "-f", "-"])?;
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn()?;
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(
-            b"apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: wrong}\nspec:\n  schedule: '61 * * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: c, image: weft.local/busybox:1.36}]\n",
-        )?;
-    }
-    let out = child.wait_with_output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success() && err.contains("spec.schedule"),
-        "{err}"
-    );
+    let (ok, err) = apply_refused(
+        &c,
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: wrong}\nspec:\n  schedule: '61 * * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: c, image: weft.local/busybox:1.36}]\n",
+    )?;
+    ensure!(!ok && err.contains("spec.schedule"), "{err}");
 
     c.apply(
         r#"apiVersion: batch/v1
@@ -1200,22 +1207,12 @@ spec:
         "{table}"
     );
     // What kube refuses: a template that does not match the selector.
-    let mut cmd = c.weft_command(&["apply", "-f", "-"])?;
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn()?;
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(
-            b"apiVersion: v1\nkind: ReplicationController\nmetadata: {name: wrong}\nspec:\n  selector: {app: a}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: weft.local/busybox:1.36}]\n",
-        )?;
-    }
-    let out = child.wait_with_output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = apply_refused(
+        &c,
+        "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: wrong}\nspec:\n  selector: {app: a}\n  template:\n    metadata: {labels: {app: b}}\n    spec:\n      containers: [{name: c, image: weft.local/busybox:1.36}]\n",
+    )?;
     ensure!(
-        !out.status.success() && err.contains("spec.template.metadata.labels"),
+        !ok && err.contains("spec.template.metadata.labels"),
         "{err}"
     );
     kubectl(&c, &["delete", "rc", "legacy"])?;

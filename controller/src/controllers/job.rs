@@ -32,7 +32,9 @@ use weft_api::ApiError;
 use weft_api::job::{self as rules, PolicyMatch};
 use weft_api::pod::{is_finished, is_ready};
 
-use super::{Action, Controller, Ctx, Queue, controller_ref, follow, record_event, run_queue};
+use super::{
+    Action, Controller, Ctx, Queue, controller_ref, delete_pods, follow, record_event, run_queue,
+};
 use crate::registry::{Write, revision_of, store_error};
 
 /// The component Events name.
@@ -247,7 +249,7 @@ async fn release(ctx: &Ctx, pod: &Pod) -> Result<i64, ApiError> {
 /// `uncounted`, each loses its tracking finalizer first, so that it is not
 /// counted when it ends (pods removed for a lower parallelism, a
 /// suspension or a surplus are not failures, as kube's `deleteJobPods`).
-async fn delete_pods(
+async fn delete_job_pods(
     ctx: &Ctx,
     ns: Option<&str>,
     pods: &[Arc<Pod>],
@@ -263,26 +265,7 @@ async fn delete_pods(
             r?;
         }
     }
-    let results: Vec<Result<Pod, ApiError>> = futures::stream::iter(pods.iter().cloned())
-        .map(|p: Arc<Pod>| async move {
-            ctx.reg
-                .delete::<Pod>(ns, &p.name_any(), (p.metadata.uid.clone(), None), None)
-                .await
-        })
-        .buffer_unordered(BURST)
-        .collect()
-        .await;
-    let mut names = Vec::new();
-    for r in results {
-        match r {
-            Ok(p) => names.push(p.name_any()),
-            Err(ApiError {
-                code: 404 | 409, ..
-            }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(names)
+    delete_pods(ctx, ns, pods, true).await
 }
 
 /// What counting the finished pods found.
@@ -753,7 +736,7 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
         // Pods of a Job that has failed count as failures (kube counts
         // them); those of a suspended or succeeded one do not.
         let counted = condition(Some(&status), "FailureTarget").is_some() && !suspended;
-        deleted = delete_pods(ctx, ns, &active, !counted).await?;
+        deleted = delete_job_pods(ctx, ns, &active, !counted).await?;
     } else {
         // With podReplacementPolicy Failed a pod being deleted still holds
         // its place until it is gone.
@@ -826,7 +809,7 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
             }
         }
         if !surplus.is_empty() {
-            deleted = delete_pods(ctx, ns, &surplus, true).await?;
+            deleted = delete_job_pods(ctx, ns, &surplus, true).await?;
         }
         if !wanted.is_empty() {
             match backoff_left(&pods, now) {

@@ -26,7 +26,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use tokio::sync::{Notify, broadcast};
 use weft_api::ApiError;
@@ -412,6 +412,47 @@ pub fn controller_ref<K: Kind>(owner: &K) -> Option<Vec<OwnerReference>> {
     let mut r = owner.controller_owner_ref(&())?;
     r.block_owner_deletion = Some(true);
     Some(vec![r])
+}
+
+/// Pod deletions in flight at a time, per caller.
+const DELETE_BURST: usize = 64;
+
+/// Deletes `pods` (a controller's, no longer wanted) concurrently; the
+/// names of those deleted. One already gone (404) is skipped; with
+/// `same_uid`, each deletion names its pod's uid, and one whose name is
+/// another pod's now (409) is skipped too.
+pub async fn delete_pods(
+    ctx: &Ctx,
+    ns: Option<&str>,
+    pods: &[Arc<Pod>],
+    same_uid: bool,
+) -> Result<Vec<String>, ApiError> {
+    use futures::StreamExt as _;
+    use kube::ResourceExt as _;
+    let results: Vec<Result<Pod, ApiError>> = futures::stream::iter(pods.iter().cloned())
+        .map(|p: Arc<Pod>| async move {
+            let uid = if same_uid {
+                p.metadata.uid.clone()
+            } else {
+                None
+            };
+            ctx.reg
+                .delete::<Pod>(ns, &p.name_any(), (uid, None), None)
+                .await
+        })
+        .buffer_unordered(DELETE_BURST)
+        .collect()
+        .await;
+    let mut names = Vec::new();
+    for r in results {
+        match r {
+            Ok(p) => names.push(p.name_any()),
+            Err(ApiError { code: 404, .. }) => {}
+            Err(ApiError { code: 409, .. }) if same_uid => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(names)
 }
 
 /// Records a Kubernetes Event about `obj` (best effort: a lost Event is not

@@ -16,7 +16,7 @@ use kube::ResourceExt as _;
 use weft_api::ApiError;
 use weft_api::pod::{is_gone, is_ready};
 
-use super::{Action, Controller, Ctx, controller_ref, record_event};
+use super::{Action, Controller, Ctx, controller_ref, delete_pods, record_event};
 use crate::registry::{Write, revision_of, store_error};
 
 /// Pod creations or deletions in flight per reconcile.
@@ -39,10 +39,14 @@ pub trait Replicated: crate::registry::Kind {
     fn selector(&self) -> LabelSelector;
     /// `spec.minReadySeconds`.
     fn min_ready_seconds(&self) -> i32;
-    /// Whether the status already says `counts`.
-    fn reports(&self, counts: &Counts) -> bool;
     /// Writes `counts` as its status.
     fn set_counts(&mut self, counts: &Counts);
+    /// Whether the status already says `counts`.
+    fn reports(&self, counts: &Counts) -> bool {
+        let mut probe = self.clone();
+        probe.set_counts(counts);
+        probe.status() == self.status()
+    }
 }
 
 /// What the loop counted.
@@ -75,11 +79,6 @@ impl Replicated for ReplicaSet {
             .and_then(|s| s.min_ready_seconds)
             .unwrap_or(0)
     }
-    fn reports(&self, c: &Counts) -> bool {
-        let mut probe = self.clone();
-        probe.set_counts(c);
-        probe.status == self.status
-    }
     fn set_counts(&mut self, c: &Counts) {
         self.status = Some(ReplicaSetStatus {
             replicas: c.replicas,
@@ -111,11 +110,6 @@ impl Replicated for ReplicationController {
             .as_ref()
             .and_then(|s| s.min_ready_seconds)
             .unwrap_or(0)
-    }
-    fn reports(&self, c: &Counts) -> bool {
-        let mut probe = self.clone();
-        probe.set_counts(c);
-        probe.status == self.status
     }
     fn set_counts(&mut self, c: &Counts) {
         self.status = Some(ReplicationControllerStatus {
@@ -241,27 +235,11 @@ pub async fn reconcile<K: Replicated>(rs: &K, ctx: &Ctx) -> Result<Action, ApiEr
     } else if owned.len() > want {
         let mut victims = owned.clone();
         victims.sort_by_key(|p| deletion_rank(p));
-        let results: Vec<Result<Pod, ApiError>> = futures::stream::iter(
-            victims
-                .into_iter()
-                .take((owned.len() - want).min(BURST_REPLICAS)),
-        )
-        .map(|p| async move {
-            ctx.reg
-                .delete::<Pod>(ns, &p.name_any(), (None, None), None)
-                .await
-        })
-        .buffer_unordered(BURST)
-        .collect()
-        .await;
-        let mut names = Vec::new();
-        for r in results {
-            match r {
-                Ok(p) => names.push(p.name_any()),
-                Err(ApiError { code: 404, .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let doomed: Vec<Arc<Pod>> = victims
+            .into_iter()
+            .take((owned.len() - want).min(BURST_REPLICAS))
+            .collect();
+        let names = delete_pods(ctx, ns, &doomed, false).await?;
         if !names.is_empty() {
             record_event(
                 &ctx.reg,

@@ -54,6 +54,24 @@ fn non_negative<T: PartialOrd + Default + std::fmt::Display>(
     }
 }
 
+/// A list at `field` of `len` items must have between `lo` and `hi`.
+fn count_between(
+    out: &mut Vec<Cause>,
+    field: String,
+    len: usize,
+    lo: usize,
+    hi: usize,
+    what: &str,
+) {
+    if len < lo || len > hi {
+        out.push(Cause::invalid(
+            field,
+            len,
+            format!("must have between {lo} and {hi} {what}"),
+        ));
+    }
+}
+
 /// The checks of a Job's spec at `path` (`spec`, or a CronJob's
 /// `spec.jobTemplate.spec`), after defaulting.
 pub(super) fn check_job_spec(out: &mut Vec<Cause>, spec: &JobSpec, path: &str) {
@@ -188,13 +206,14 @@ pub(super) fn check_job_spec(out: &mut Vec<Cause>, spec: &JobSpec, path: &str) {
                 "requires indexed completion mode",
             ));
         }
-        if policy.rules.is_empty() || policy.rules.len() > 20 {
-            out.push(Cause::invalid(
-                format!("{p}.rules"),
-                policy.rules.len(),
-                "must have between 1 and 20 rules",
-            ));
-        }
+        count_between(
+            out,
+            format!("{p}.rules"),
+            policy.rules.len(),
+            1,
+            20,
+            "rules",
+        );
         for (i, r) in policy.rules.iter().enumerate() {
             let rp = format!("{p}.rules[{i}]");
             let mut listed = None;
@@ -297,13 +316,14 @@ fn check_failure_policy(
                         "must be one of the container or initContainer names in the pod template",
                     ));
                 }
-                if req.values.is_empty() || req.values.len() > 255 {
-                    out.push(Cause::invalid(
-                        format!("{ep}.values"),
-                        req.values.len(),
-                        "must have between 1 and 255 values",
-                    ));
-                }
+                count_between(
+                    out,
+                    format!("{ep}.values"),
+                    req.values.len(),
+                    1,
+                    255,
+                    "values",
+                );
                 for (j, v) in req.values.iter().enumerate() {
                     if j > 0 && *v <= req.values[j - 1] {
                         out.push(Cause::invalid(
@@ -322,13 +342,14 @@ fn check_failure_policy(
                 }
             }
             (None, Some(patterns)) => {
-                if patterns.is_empty() || patterns.len() > 20 {
-                    out.push(Cause::invalid(
-                        format!("{rp}.onPodConditions"),
-                        patterns.len(),
-                        "must have between 1 and 20 patterns",
-                    ));
-                }
+                count_between(
+                    out,
+                    format!("{rp}.onPodConditions"),
+                    patterns.len(),
+                    1,
+                    20,
+                    "patterns",
+                );
                 for (j, p) in patterns.iter().enumerate() {
                     let pp = format!("{rp}.onPodConditions[{j}]");
                     if p.type_.is_empty() {
