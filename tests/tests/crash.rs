@@ -114,6 +114,22 @@ async fn check_converged(sb: &Sandbox, node: &LabNode, state: &std::path::Path) 
         want_ids == runc_ids,
         "runc has {runc_ids:?} != records {want_ids:?}"
     );
+    // Every sandbox process this runtime started is a recorded pod's.
+    let want_pause: BTreeSet<i32> = recs
+        .iter()
+        .filter_map(|r| sb.sandbox_process(&r.uid))
+        .map(|s| s.pid)
+        .collect();
+    let have_pause: BTreeSet<i32> = sb
+        .runtime()
+        .pause_processes()
+        .into_iter()
+        .map(|s| s.pid)
+        .collect();
+    ensure!(
+        have_pause.is_subset(&want_pause),
+        "sandbox processes {have_pause:?} not all recorded ({want_pause:?})"
+    );
     // Every recorded container is known to runc (it may have stopped: a
     // container's death is the pod sync's business, not an orphan).
     for id in &want_ids {

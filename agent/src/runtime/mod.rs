@@ -250,6 +250,13 @@ impl Runtime {
         })
     }
 
+    /// The sandbox processes this runtime started that still run (see
+    /// [`pause::running_under`]).
+    #[must_use]
+    pub fn pause_processes(&self) -> Vec<pause::Sandbox> {
+        pause::running_under(&self.cfg.state_dir.join("pause-root"))
+    }
+
     /// The node's image store.
     #[must_use]
     pub fn images(&self) -> &ImageStore {

@@ -21,7 +21,7 @@ use std::{
     ffi::CString,
     fs,
     io::{BufRead as _, BufReader},
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -139,6 +139,31 @@ fn start_time(pid: i32) -> Option<u64> {
 
 fn zombie(pid: i32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s == "Z" || s == "X"))
+}
+
+/// The sandbox processes running with `root` as their root directory (the
+/// `--root` of their command line): the ones one runtime started, whatever
+/// became of its records. A process whose command line cannot be read (it
+/// exited meanwhile) is left out.
+#[must_use]
+pub fn running_under(root: &Path) -> Vec<Sandbox> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let argv: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+            argv.get(1) == Some(&&b"pause"[..])
+                && argv.windows(2).any(|w| {
+                    w[0] == b"--root" && Path::new(std::ffi::OsStr::from_bytes(w[1])) == root
+                })
+        })
+        .filter_map(Sandbox::of_pid)
+        .collect()
 }
 
 /// Starts a sandbox process with `exe pause ...` and returns it once it

@@ -1307,6 +1307,23 @@ impl Sandbox {
                 removed.push(format!("container {id}"));
             }
         }
+        // Sandbox processes no record names: an agent killed between
+        // starting one and recording it (or moving it into the pod's
+        // cgroup, so the cgroup sweep below would not find it).
+        let recorded: HashSet<i32> = recs
+            .iter()
+            .filter_map(|r| self.sandbox_process(&r.uid))
+            .map(|s| s.pid)
+            .collect();
+        for s in self.runtime.pause_processes() {
+            if !recorded.contains(&s.pid) && s.alive() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(s.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                removed.push(format!("sandbox process {}", s.pid));
+            }
+        }
         // Pod cgroups without a record: their processes killed, then gone.
         let pod_groups: HashSet<String> = recs.iter().map(|r| short_uid(&r.uid)).collect();
         let mut orphans: Vec<String> = cgroup_roots()
@@ -1388,6 +1405,12 @@ impl Sandbox {
         self.sweep().await?;
         remove_cgroups(&format!("weft/{}", self.cfg.node));
         Ok(())
+    }
+
+    /// The pod's sandbox process as recorded (it may have exited since).
+    #[must_use]
+    pub fn sandbox_process(&self, uid: &str) -> Option<pause::Sandbox> {
+        pause::Sandbox::load(&self.pod_dir(uid).join("pause"))
     }
 
     /// How many forks the pod's PID limit has refused.
