@@ -195,6 +195,28 @@ pub fn is_finished(pod: &Pod) -> bool {
     )
 }
 
+/// The condition by which a pod's node says whether its sandbox (network
+/// namespace, address) exists, as kubelet reports it.
+pub const SANDBOX_CONDITION: &str = "PodReadyToStartContainers";
+
+/// Whether the pod has finished and its node has torn its sandbox down
+/// ([`SANDBOX_CONDITION`] False): its address may go to another pod. The
+/// agent frees the sandbox, then says so; the controller then frees the
+/// address in its IPAM (and not again when the pod is deleted).
+#[must_use]
+pub fn sandbox_released(pod: &Pod) -> bool {
+    is_finished(pod)
+        && pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == SANDBOX_CONDITION && c.status == "False")
+            })
+}
+
 /// Whether the pod is finished or being deleted: what a controller no
 /// longer counts as one of its replicas.
 #[must_use]

@@ -1221,3 +1221,168 @@ spec:
     })?;
     Ok(())
 }
+
+/// Processes on this machine whose cgroup path holds `needle`.
+fn processes_in_cgroups_with(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(needle))
+        })
+        .map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            format!(
+                "{} {:?} in {:?}",
+                e.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmd).replace('\0', " "),
+                cg.lines().find(|l| l.contains(needle)).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn finished_pods_give_back_their_sandbox_and_address() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: done}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: scratch, emptyDir: {medium: Memory}}]
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+    command: [sh, -c, 'echo kept > /scratch/f && echo "bye from $(hostname)"']
+"#,
+    )?;
+    // Succeeded, then its node says the sandbox is gone.
+    let pod = wait_until(
+        "pod done to finish and be released",
+        Duration::from_secs(60),
+        || {
+            let p = c.get_json(&["pod", "done"]).ok()?;
+            let released = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "PodReadyToStartContainers" && c["status"] == "False");
+            (p["status"]["phase"] == "Succeeded" && released).then_some(p)
+        },
+    )?;
+    // It still shows the address it had, as in Kubernetes.
+    ensure!(pod["status"]["podIP"].is_string(), "{}", pod["status"]);
+    let su: String = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    ensure!(su.len() == 12, "uid {}", pod["metadata"]["uid"]);
+    // Nothing of it runs or is mounted: no container, namespace, veth,
+    // process or mount (its memory-backed emptyDir is gone too).
+    let [records, containers, namespaces, veths] = c.node_inventory("n1")?;
+    ensure!(records == ["default/done"], "records {records:?}");
+    ensure!(
+        containers.is_empty() && namespaces.is_empty() && veths.is_empty(),
+        "left running: containers {containers:?}, namespaces {namespaces:?}, veths {veths:?}"
+    );
+    // (A killed process may be a zombie a moment, until its reaper runs.)
+    wait_until(
+        "the finished pod's processes to be gone",
+        Duration::from_secs(10),
+        || processes_in_cgroups_with(&su).is_empty().then_some(()),
+    )
+    .with_context(|| format!("still there: {:?}", processes_in_cgroups_with(&su)))?;
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter(|l| l.contains(&su))
+        .map(String::from)
+        .collect();
+    ensure!(mounts.is_empty(), "mounts of the finished pod: {mounts:?}");
+    // Its logs stay readable; exec is refused with the reason.
+    let logs = c.weft(&["logs", "done"])?;
+    ensure!(logs.contains("bye from done"), "logs: {logs:?}");
+    let exec = c.weft_output(&["exec", "done", "--", "true"])?;
+    let stderr = String::from_utf8_lossy(&exec.stderr);
+    ensure!(
+        !exec.status.success() && stderr.contains("completed pod"),
+        "exec into a finished pod: {stderr}"
+    );
+    // A finished pod stays finished: a status write may not revive it.
+    let (revived, why) = {
+        let mut cmd = std::process::Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+        cmd.arg("--kubeconfig").arg(&c.kubeconfig).args([
+            "patch",
+            "pod",
+            "done",
+            "--subresource=status",
+            "-p",
+            r#"{"status":{"phase":"Running"}}"#,
+        ]);
+        let out = c.output_in(&c.lab.underlay, cmd)?;
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    ensure!(
+        !revived && why.contains("status.phase") && why.contains("terminal phase"),
+        "a finished pod revived by a status write: {why}"
+    );
+
+    // More finished pods than the node's /24 has addresses: each gives its
+    // address back, so the Job never runs out of them.
+    c.apply(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: many}
+spec:
+  completions: 300
+  parallelism: 25
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: ["true"]}
+"#,
+    )?;
+    let job = wait_end(&c, "many", Duration::from_secs(400))?;
+    ensure!(
+        condition(&job, "Complete").is_some() && job["status"]["succeeded"] == 300,
+        "{}",
+        job["status"]
+    );
+    let pods = pods_of(&c, "many")?;
+    ensure!(pods.len() == 300, "{} pods", pods.len());
+    let addresses: std::collections::HashSet<&str> = pods
+        .iter()
+        .filter_map(|p| p["status"]["podIP"].as_str())
+        .collect();
+    ensure!(
+        addresses.len() <= 253,
+        "{} addresses for 300 pods of one /24: none was reused",
+        addresses.len()
+    );
+    let [_, containers, namespaces, veths] = c.node_inventory("n1")?;
+    ensure!(
+        containers.is_empty() && namespaces.is_empty() && veths.is_empty(),
+        "left running: containers {containers:?}, namespaces {namespaces:?}, veths {veths:?}"
+    );
+
+    // Deleting the finished pod removes what was left (its record, logs).
+    c.weft(&["delete", "pod", "done"])?;
+    wait_until("pod done's record to go", Duration::from_secs(30), || {
+        let [records, ..] = c.node_inventory("n1").ok()?;
+        (!records.contains(&"default/done".to_string())).then_some(())
+    })?;
+    Ok(())
+}

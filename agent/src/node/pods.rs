@@ -214,7 +214,10 @@ impl PodWorker {
     async fn run(&self, rx: &mut watch::Receiver<Option<Pod>>) {
         let node = &self.node;
         // The pod's address once its sandbox exists (adopted after a restart).
-        let mut created: Option<Ipv4Addr> = node.sandbox.record(&self.uid).map(|r| r.ip);
+        let record = node.sandbox.record(&self.uid);
+        let mut created: Option<Ipv4Addr> = record.as_ref().map(|r| r.ip);
+        // Finished, and its sandbox freed: nothing runs to sync.
+        let mut released = record.is_some_and(|r| r.released);
         let mut reported: Option<Value> = None;
         let mut failure: Option<Failure> = None;
         let mut pid_notes = PidLimitNotes::default();
@@ -291,6 +294,23 @@ impl PodWorker {
                                 self.report_failure(&p, &e, count, wait, &mut reported)
                                     .await;
                             }
+                        }
+                    }
+                }
+                Some(p) if created.is_some() && released => {
+                    self.report_released(&p, &mut reported).await;
+                }
+                Some(p) if created.is_some() && weft_api::pod::is_finished(&p) => {
+                    // The API has its final status: what the pod holds
+                    // (address, namespace, cgroups, volumes) is freed now,
+                    // not when it is deleted, as kubelet does; its logs stay.
+                    match node.sandbox.release_finished(&self.uid, grace_of(&p)).await {
+                        Ok(()) => {
+                            released = true;
+                            self.report_released(&p, &mut reported).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(pod = %weft_api::meta::key_of(&p), error = %e, "cannot release the finished pod's sandbox yet; retrying");
                         }
                     }
                 }
@@ -658,6 +678,40 @@ impl PodWorker {
         }
     }
 
+    /// Says that the finished pod's sandbox is gone: its
+    /// PodReadyToStartContainers condition False (kubelet's signal that
+    /// the sandbox was torn down), on which the controller frees its
+    /// address for another pod.
+    async fn report_released(&self, pod: &Pod, reported: &mut Option<Value>) {
+        let mut scratch = Pod {
+            status: pod.status.clone(),
+            ..Pod::default()
+        };
+        weft_api::pod::set_condition(
+            &mut scratch,
+            weft_api::pod::SANDBOX_CONDITION,
+            "False",
+            None,
+            None,
+        );
+        let cond = scratch.status.and_then(|s| s.conditions).and_then(|cs| {
+            cs.into_iter()
+                .find(|c| c.type_ == weft_api::pod::SANDBOX_CONDITION)
+        });
+        let already = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == weft_api::pod::SANDBOX_CONDITION && c.status == "False")
+            });
+        if let (Some(cond), false) = (cond, already) {
+            self.report(pod, json!({"conditions": [cond]}), reported)
+                .await;
+        }
+    }
+
     async fn report(&self, pod: &Pod, status: Value, reported: &mut Option<Value>) {
         if reported.as_ref() == Some(&status) {
             return;
@@ -847,7 +901,7 @@ fn pod_status(pod: &Pod, synced: &PodSync, ip: Option<Ipv4Addr>, node_ip: Ipv4Ad
     };
     let status_of = |ok: bool| if ok { "True" } else { "False" };
     for (t, ok, reason) in [
-        ("PodReadyToStartContainers", ip.is_some(), None),
+        (weft_api::pod::SANDBOX_CONDITION, ip.is_some(), None),
         (
             "Initialized",
             synced.initialized,

@@ -403,10 +403,17 @@ async fn exec(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (_, id) = match authorized(&s, &headers).and_then(|()| find(&s, &ns, &pod, &container)) {
+    let (rec, id) = match authorized(&s, &headers).and_then(|()| find(&s, &ns, &pod, &container)) {
         Ok(x) => x,
         Err(r) => return *r,
     };
+    if rec.released {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("cannot exec into a container in a completed pod: {ns}/{pod} has finished"),
+        );
+    }
     let flag = |k: &str| q.iter().any(|(n, v)| n == k && truthy(Some(v)));
     let argv: Vec<String> = q
         .iter()

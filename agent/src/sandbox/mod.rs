@@ -588,6 +588,7 @@ impl Sandbox {
             phase: Phase::Creating,
             restarts: Default::default(),
             host_network,
+            released: false,
         };
         // One pod per namespace/name on a node, whatever its UID.
         let key = name_key(&namespace, &name);
@@ -1053,6 +1054,93 @@ impl Sandbox {
                 ..rec.clone()
             })?;
         }
+        self.stop_all(rec, grace).await?;
+        self.free_network(rec).await?;
+        remove_cgroups(&self.pod_cgroup(&rec.uid));
+        let dir = self.pod_dir(&rec.uid);
+        if dir.exists() {
+            volumes::teardown(&dir);
+            if let Some(m) = volumes::mounted_under(&dir) {
+                return Err(SandboxError::Io {
+                    op: "unmount",
+                    path: PathBuf::from(m),
+                    source: std::io::Error::other("still mounted; the pod's directory is kept"),
+                });
+            }
+            fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        }
+        self.release("names", &name_key(&rec.namespace, &rec.name), &rec.uid);
+        match fs::remove_file(self.record_path(&rec.uid)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SandboxError::Io {
+                op: "remove record",
+                path: self.record_path(&rec.uid),
+                source: e,
+            }),
+        }
+    }
+
+    /// Frees what a finished pod holds, as kubelet stops a finished pod's
+    /// sandbox: whatever of it still runs (sidecars) is stopped within
+    /// `grace`, its containers, sandbox process, cgroups, volume mounts,
+    /// network namespace, veth and address go. Its record, logs and
+    /// termination messages stay until the pod is deleted, so that `logs`
+    /// works on a finished pod. Idempotent (an interrupted release is done
+    /// again); a pod still being created or removed is left alone.
+    ///
+    /// # Errors
+    /// When a step fails (tried again on the next call).
+    pub async fn release_finished(&self, uid: &str, grace: Duration) -> Result<(), SandboxError> {
+        if !self.record_path(uid).exists() {
+            return Ok(());
+        }
+        let rec = self.load_record(uid)?;
+        if rec.released || rec.phase != Phase::Ready {
+            return Ok(());
+        }
+        self.stop_all(&rec, grace).await?;
+        self.free_network(&rec).await?;
+        remove_cgroups(&self.pod_cgroup(&rec.uid));
+        let dir = self.pod_dir(&rec.uid);
+        volumes::teardown(&dir);
+        if let Some(m) = volumes::mounted_under(&dir) {
+            return Err(SandboxError::Io {
+                op: "unmount",
+                path: PathBuf::from(m),
+                source: std::io::Error::other("still mounted"),
+            });
+        }
+        for d in [
+            volumes::VOLUMES_DIR,
+            volumes::SUBPATHS_DIR,
+            volumes::SHM_DIR,
+            "pause",
+        ] {
+            let p = dir.join(d);
+            let gone = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            match gone {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &p)(e)),
+            }
+        }
+        tracing::info!(pod = %pod_name(&rec), "finished pod's sandbox released");
+        self.save(&PodRecord {
+            released: true,
+            ..rec
+        })?;
+        Ok(())
+    }
+
+    /// Stops every container of the pod (preStop hooks first, within
+    /// `grace`), kills what is left through its cgroup and deletes the
+    /// containers from the runtime.
+    async fn stop_all(&self, rec: &PodRecord, grace: Duration) -> Result<(), SandboxError> {
         // preStop hooks first, within the grace period; what they leave of
         // it is the stop's (at least 2 s, as kubelet gives).
         let deadline = std::time::Instant::now() + grace;
@@ -1134,42 +1222,26 @@ impl Sandbox {
             self.observed.lock().expect("observed lock").remove(id);
             self.done_sidecars.lock().expect("lock").remove(id);
         }
-        if !rec.host_network {
-            let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
-            if let Some(dp) = &self.datapath {
-                dp.lock()
-                    .expect("datapath lock")
-                    .detach_pod(&rec.host_veth, ifindex);
-            }
-            self.net.detach_veth(&rec.host_veth).await?;
-            netns::delete(&rec.netns)?;
+        Ok(())
+    }
+
+    /// Takes down the pod's network (programs, veth, namespace) and frees
+    /// its address on the node; nothing for a pod on the node's network or
+    /// one whose sandbox was already released.
+    async fn free_network(&self, rec: &PodRecord) -> Result<(), SandboxError> {
+        if rec.host_network || rec.released {
+            return Ok(());
         }
-        remove_cgroups(&self.pod_cgroup(&rec.uid));
-        let dir = self.pod_dir(&rec.uid);
-        if dir.exists() {
-            volumes::teardown(&dir);
-            if let Some(m) = volumes::mounted_under(&dir) {
-                return Err(SandboxError::Io {
-                    op: "unmount",
-                    path: PathBuf::from(m),
-                    source: std::io::Error::other("still mounted; the pod's directory is kept"),
-                });
-            }
-            fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        let ifindex = self.net.link(&rec.host_veth).await?.map(|l| l.index);
+        if let Some(dp) = &self.datapath {
+            dp.lock()
+                .expect("datapath lock")
+                .detach_pod(&rec.host_veth, ifindex);
         }
-        if !rec.host_network {
-            self.release("ips", &rec.ip.to_string(), &rec.uid);
-        }
-        self.release("names", &name_key(&rec.namespace, &rec.name), &rec.uid);
-        match fs::remove_file(self.record_path(&rec.uid)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SandboxError::Io {
-                op: "remove record",
-                path: self.record_path(&rec.uid),
-                source: e,
-            }),
-        }
+        self.net.detach_veth(&rec.host_veth).await?;
+        netns::delete(&rec.netns)?;
+        self.release("ips", &rec.ip.to_string(), &rec.uid);
+        Ok(())
     }
 
     /// Attaches this agent's programs to every recorded pod's veth,

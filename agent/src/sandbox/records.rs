@@ -53,6 +53,11 @@ pub struct PodRecord {
     /// own (`netns` and `host_veth` are empty, `ip` is the node's).
     #[serde(default)]
     pub host_network: bool,
+    /// A finished pod whose sandbox was released
+    /// ([`Sandbox::release_finished`]): its containers, network and
+    /// address are gone; its logs stay.
+    #[serde(default)]
+    pub released: bool,
 }
 
 fn initialized_by_default() -> bool {

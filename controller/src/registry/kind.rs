@@ -88,6 +88,11 @@ pub trait Kind:
         Vec::new()
     }
 
+    /// What a status update (the status subresource) may not change.
+    fn validate_status_update(&self, _old: &Self) -> Vec<Cause> {
+        Vec::new()
+    }
+
     /// kube's NodeRestriction admission: whether node `node`'s agent may
     /// write this (created, or updated from `old`). Nodes' writes are
     /// authorized per verb and name first; this sees the objects.

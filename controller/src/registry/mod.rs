@@ -664,6 +664,10 @@ fn prepare_update<K: Kind>(
         // A status update changes the status and nothing else.
         let mut obj = old.clone();
         obj.set_status(new.status().cloned());
+        let causes = obj.validate_status_update(old);
+        if !causes.is_empty() {
+            return Err(invalid::<K>(name, causes));
+        }
         return Ok(obj);
     }
     {

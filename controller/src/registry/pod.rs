@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Node, Pod, PodIP, PodSpec, PodStatus};
 use weft_api::error::{ApiError, Cause};
+use weft_api::pod::{SANDBOX_CONDITION, sandbox_released};
 
 use super::kind::{Kind, kind_fields};
 use super::validation::{check_pod_spec, default_pod_spec};
@@ -149,6 +150,23 @@ impl Kind for Pod {
         Vec::new()
     }
 
+    fn validate_status_update(&self, old: &Self) -> Vec<Cause> {
+        // As kube-apiserver: a finished pod stays finished (its address
+        // may already be another pod's).
+        let phase = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.clone());
+        if weft_api::pod::is_finished(old) && phase(self) != phase(old) {
+            return vec![Cause {
+                reason: "FieldValueForbidden",
+                message: format!(
+                    "Forbidden: cannot transition from the terminal phase {}",
+                    phase(old).unwrap_or_default()
+                ),
+                field: "status.phase".into(),
+            }];
+        }
+        Vec::new()
+    }
+
     async fn admit(&mut self, reg: &Registry) -> Result<(), ApiError> {
         super::quota::limit_pod(reg, self).await
     }
@@ -172,22 +190,36 @@ impl Kind for Pod {
     async fn on_update(
         &mut self,
         old: &Self,
-        _reg: &Registry,
-        _txn: &mut Txn,
+        reg: &Registry,
+        txn: &mut Txn,
     ) -> Result<(), ApiError> {
-        // The assigned address stays, whatever a status writer sends.
+        // The assigned address stays, whatever a status writer sends (a
+        // finished pod keeps showing it, as in Kubernetes).
         if let Some(ip) = old.status.as_ref().and_then(|s| s.pod_ip.clone()) {
             let status = self.status.get_or_insert_with(Default::default);
             status.pod_ips = Some(vec![PodIP { ip: ip.clone() }]);
             status.pod_ip = Some(ip);
+        }
+        if sandbox_released(old) {
+            // Its address was freed: that stays so (the condition is what
+            // tells a deletion not to free it again, when it may be
+            // another pod's by then).
+            weft_api::pod::set_condition(self, SANDBOX_CONDITION, "False", None, None);
+        } else if sandbox_released(self)
+            && let Some(ip) = self.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+        {
+            // Finished, and its node has torn its sandbox down: the
+            // address may go to the node's next pod.
+            reg.ipam.release_pod_ip(ip, txn);
         }
         Ok(())
     }
 
     fn on_delete(&self, reg: &Registry, txn: &mut Txn) {
         let host_network = self.spec.as_ref().and_then(|s| s.host_network) == Some(true);
-        if let (false, Some(ip)) = (
+        if let (false, false, Some(ip)) = (
             host_network,
+            sandbox_released(self),
             self.status.as_ref().and_then(|s| s.pod_ip.as_deref()),
         ) {
             reg.ipam.release_pod_ip(ip, txn);
