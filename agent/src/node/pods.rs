@@ -218,6 +218,8 @@ impl PodWorker {
         let mut created: Option<Ipv4Addr> = record.as_ref().map(|r| r.ip);
         // Finished, and its sandbox freed: nothing runs to sync.
         let mut released = record.is_some_and(|r| r.released);
+        // When this worker first saw the pod finished in the API.
+        let mut finished_since: Option<Instant> = None;
         let mut reported: Option<Value> = None;
         let mut failure: Option<Failure> = None;
         let mut pid_notes = PidLimitNotes::default();
@@ -301,16 +303,26 @@ impl PodWorker {
                     self.report_released(&p, &mut reported).await;
                 }
                 Some(p) if created.is_some() && weft_api::pod::is_finished(&p) => {
-                    // The API has its final status: what the pod holds
-                    // (address, namespace, cgroups, volumes) is freed now,
-                    // not when it is deleted, as kubelet does; its logs stay.
-                    match node.sandbox.release_finished(&self.uid, grace_of(&p)).await {
-                        Ok(()) => {
-                            released = true;
-                            self.report_released(&p, &mut reported).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(pod = %weft_api::meta::key_of(&p), error = %e, "cannot release the finished pod's sandbox yet; retrying");
+                    // The API has its final status. Its sidecars are being
+                    // stopped: their end is reported first (a while at most:
+                    // the release stops what still runs).
+                    let since = *finished_since.get_or_insert_with(Instant::now);
+                    let ip = created.unwrap_or(node.node_ip);
+                    let running = self.sync(&p, ip, &mut reported).await;
+                    if running && since.elapsed() < grace_of(&p) + Duration::from_secs(5) {
+                        // Looked at again on the next sync.
+                    } else {
+                        // What the pod holds (address, namespace, cgroups,
+                        // volumes) is freed now, not when it is deleted, as
+                        // kubelet does; its logs stay.
+                        match node.sandbox.release_finished(&self.uid, grace_of(&p)).await {
+                            Ok(()) => {
+                                released = true;
+                                self.report_released(&p, &mut reported).await;
+                            }
+                            Err(e) => {
+                                tracing::warn!(pod = %weft_api::meta::key_of(&p), error = %e, "cannot release the finished pod's sandbox yet; retrying");
+                            }
                         }
                     }
                 }
@@ -467,14 +479,21 @@ impl PodWorker {
     }
 
     /// Syncs the pod (probes, restarts) and reports its status if changed.
-    async fn sync(&self, pod: &Pod, ip: Ipv4Addr, reported: &mut Option<Value>) {
+    /// Returns whether any of its containers (sidecars included) still
+    /// runs (true when that could not be read).
+    async fn sync(&self, pod: &Pod, ip: Ipv4Addr, reported: &mut Option<Value>) -> bool {
         let synced = match self.node.sandbox.sync_pod_all(&self.uid).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(pod = %weft_api::meta::key_of(pod), error = %e, "pod sync failed");
-                return;
+                return true;
             }
         };
+        let running = synced
+            .init
+            .iter()
+            .chain(&synced.containers)
+            .any(|c| c.state.as_ref().is_none_or(|s| s.terminated.is_none()));
         let all: Vec<ContainerStatus> = synced
             .init
             .iter()
@@ -485,6 +504,7 @@ impl PodWorker {
         self.refresh_volumes(pod).await;
         let status = pod_status(pod, &synced, Some(ip), self.node.node_ip);
         self.report(pod, status, reported).await;
+        running
     }
 
     /// Evicts the pod as kubelet does when it breaks a local-storage limit:
