@@ -14,6 +14,7 @@ pub mod error;
 pub mod job;
 pub mod meta;
 pub mod node;
+pub mod placement;
 pub mod pod;
 pub mod printer;
 pub mod quantity;

@@ -4,18 +4,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use serde_json::{Value, json};
 use weft_api::client::{self, Applied, Client, ClientError, collection_path, object_path};
 use weft_api::printer::{self, TableOptions};
 use weft_api::resources::{self, Resource};
 
-#[derive(Args, Clone, Default)]
-pub struct Common {
-    /// Namespace (default: the kubeconfig context's, usually "default").
-    #[arg(short = 'n', long, global = true)]
-    pub namespace: Option<String>,
-}
+pub use crate::common::Common;
 
 #[derive(Subcommand)]
 pub enum ClientCmd {
@@ -177,6 +172,10 @@ pub enum ClientCmd {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         timeout: std::time::Duration,
     },
+    /// Follow, list, undo, restart, pause or resume a Deployment's or
+    /// DaemonSet's rollouts.
+    #[command(subcommand)]
+    Rollout(crate::rollout_cmds::RolloutCmd),
     /// Set the replica count of a Deployment or ReplicaSet.
     Scale {
         /// KIND/NAME or KIND NAME.
@@ -241,6 +240,7 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         | ClientCmd::Logs { common, .. }
         | ClientCmd::Exec { common, .. }
         | ClientCmd::Top { common, .. } => common.clone(),
+        ClientCmd::Rollout(r) => r.common().clone(),
         ClientCmd::Lb(LbCmd::Show { common, .. })
         | ClientCmd::Policy(PolicyCmd::Show { common, .. } | PolicyCmd::Trace { common, .. }) => {
             common.clone()
@@ -259,6 +259,7 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         .unwrap_or_else(|| c.default_namespace.clone());
     match cmd {
         ClientCmd::Apply { files, .. } => apply(&c, &files, common.namespace.as_deref()).await,
+        ClientCmd::Rollout(r) => crate::rollout_cmds::run(&c, r, &ns).await,
         ClientCmd::Get {
             args,
             output,
@@ -353,7 +354,8 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
                             let secs = r.body["metadata"]["deletionGracePeriodSeconds"]
                                 .as_u64()
                                 .unwrap_or(30);
-                            pending.push((object_path(res, obj_ns.as_deref(), &name), secs));
+                            let uid = r.body["metadata"]["uid"].as_str().map(String::from);
+                            pending.push((object_path(res, obj_ns.as_deref(), &name), secs, uid));
                         }
                     }
                     Err(ClientError::Api(e)) if e.code == 404 && ignore_not_found => {}
@@ -364,12 +366,20 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
                 }
             }
             if wait {
-                for (path, secs) in pending {
+                for (path, secs, uid) in pending {
                     let deadline =
                         std::time::Instant::now() + std::time::Duration::from_secs(secs + 30);
                     loop {
                         match c.get(&path).await {
                             Err(ClientError::Api(e)) if e.code == 404 => break,
+                            // Gone, and another object of that name made
+                            // since (a StatefulSet's pod comes back so).
+                            Ok(o)
+                                if uid.is_some()
+                                    && o["metadata"]["uid"].as_str() != uid.as_deref() =>
+                            {
+                                break;
+                            }
                             _ if std::time::Instant::now() > deadline => {
                                 eprintln!(
                                     "error: {path} is still being deleted after {}s",

@@ -2,10 +2,12 @@
 //! and calls into the libraries; nothing is decided here.
 
 mod client_cmds;
+mod common;
 mod lb_cmds;
 mod node_cmds;
 mod pod_cmds;
 mod policy_cmds;
+mod rollout_cmds;
 
 use std::{path::PathBuf, process::ExitCode};
 

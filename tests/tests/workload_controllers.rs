@@ -1386,3 +1386,776 @@ spec:
     })?;
     Ok(())
 }
+
+/// The DaemonSet's live pods: (name, node, controller-revision-hash, ready).
+fn daemon_pods(c: &Cluster, app: &str) -> Result<Vec<(String, String, String, bool)>> {
+    let list = c.get_json(&["pods", "-l", &format!("app={app}")])?;
+    let mut out: Vec<_> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+        .map(|p| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                s(&p["metadata"]["name"]),
+                s(&p["spec"]["nodeName"]),
+                s(&p["metadata"]["labels"]["controller-revision-hash"]),
+                weft_lab::cluster::pod_ready(p),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// Runs `kubectl rollout status` for the DaemonSet while sampling how many
+/// of its pods are ready; returns the fewest seen.
+fn roll_out(c: &Cluster, ds: &str, app: &str) -> Result<usize> {
+    let mut cmd = std::process::Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    cmd.arg("--kubeconfig").arg(&c.kubeconfig).args([
+        "rollout",
+        "status",
+        &format!("ds/{ds}"),
+        "--timeout=180s",
+    ]);
+    weft_lab::cluster::in_netns(&mut cmd, &c.lab.underlay, false)?;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut fewest = usize::MAX;
+    while child.try_wait()?.is_none() {
+        let ready = daemon_pods(c, app)?.iter().filter(|p| p.3).count();
+        fewest = fewest.min(ready);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("successfully rolled out"),
+        "rollout status: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(fewest)
+}
+
+#[test]
+fn daemonsets_follow_their_nodes_roll_updates_and_undo_them() -> Result<()> {
+    let mut c = up(3)?;
+    // Refused as kube refuses them, each naming its field.
+    let (ok, why) = apply_refused(
+        &c,
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: bad}
+spec:
+  selector: {matchLabels: {app: bad}}
+  updateStrategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 0, maxSurge: 0}}
+  template:
+    metadata: {labels: {app: bad}}
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: weft.local/busybox:1.36}]
+"#,
+    )?;
+    ensure!(
+        !ok && why.contains("spec.template.spec.restartPolicy")
+            && why.contains("spec.updateStrategy.rollingUpdate.maxUnavailable"),
+        "{why}"
+    );
+    // n1 cordoned and n3 tainted before: a daemon pod goes to a cordoned
+    // node, not to one whose NoSchedule taint it does not tolerate.
+    c.weft(&["cordon", "n1"])?;
+    kubectl(&c, &["taint", "node", "n3", "gpu=yes:NoSchedule"])?;
+    c.apply(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, annotations: {kubernetes.io/change-cause: first}}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: weft.local/busybox:1.36
+        env: [{name: V, value: "1"}]
+        command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
+        readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+"#,
+    )?;
+    let pods = wait_until("a daemon pod on n1 and n2", Duration::from_secs(60), || {
+        let p = daemon_pods(&c, "agent").ok()?;
+        (p.len() == 2 && p.iter().all(|p| p.3)).then_some(p)
+    })?;
+    ensure!(
+        pods[0].1 == "n1" && pods[1].1 == "n2",
+        "daemon pods on {pods:?}"
+    );
+    let ds = c.get_json(&["ds", "agent"])?;
+    ensure!(
+        ds["status"]["desiredNumberScheduled"] == 2 && ds["status"]["numberReady"] == 2,
+        "{}",
+        ds["status"]
+    );
+    // The taint goes: n3 gets its pod.
+    kubectl(&c, &["taint", "node", "n3", "gpu=yes:NoSchedule-"])?;
+    wait_until("a daemon pod on n3", Duration::from_secs(30), || {
+        let p = daemon_pods(&c, "agent").ok()?;
+        (p.len() == 3 && p.iter().all(|p| p.3)).then_some(())
+    })?;
+    c.weft(&["uncordon", "n1"])?;
+
+    // A node that leaves and joins again: its pod goes with the node and
+    // a new one comes within seconds of the node being Ready.
+    c.kill_agent("n3")?;
+    c.weft(&["delete", "node", "n3"])?;
+    wait_until("n3's daemon pod to go", Duration::from_secs(60), || {
+        let p = daemon_pods(&c, "agent").ok()?;
+        (p.len() == 2).then_some(())
+    })?;
+    c.start_agent("n3")?;
+    let started = Instant::now();
+    wait_until("n3 Ready again", Duration::from_secs(60), || {
+        c.node_ready("n3").ok()?.then_some(())
+    })?;
+    let ready_at = started.elapsed();
+    wait_until(
+        "a daemon pod on the new n3",
+        Duration::from_secs(30),
+        || {
+            let p = daemon_pods(&c, "agent").ok()?;
+            (p.len() == 3 && p.iter().all(|p| p.3)).then_some(())
+        },
+    )?;
+    eprintln!(
+        "n3 Ready after {ready_at:?}, its daemon pod ready after {:?}",
+        started.elapsed()
+    );
+    let first_hash = daemon_pods(&c, "agent")?[0].2.clone();
+
+    // A rolling update, one node at a time (maxUnavailable 1).
+    kubectl(&c, &["set", "env", "ds/agent", "V=2"])?;
+    let fewest = roll_out(&c, "agent", "agent")?;
+    let pods = daemon_pods(&c, "agent")?;
+    ensure!(pods.len() == 3, "{pods:?}");
+    let second_hash = pods[0].2.clone();
+    ensure!(
+        second_hash != first_hash && pods.iter().all(|p| p.2 == second_hash),
+        "after the update: {pods:?}"
+    );
+    ensure!(
+        fewest >= 2,
+        "{fewest} of 3 pods ready at one point: more than maxUnavailable"
+    );
+    let (history, _) = kubectl(&c, &["rollout", "history", "ds/agent"])?;
+    let rows: Vec<Vec<&str>> = history
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    ensure!(
+        rows.contains(&vec!["1", "first"]) && rows.iter().any(|r| r.first() == Some(&"2")),
+        "rollout history:\n{history}"
+    );
+    let (revisions, _) = kubectl(&c, &["get", "controllerrevisions"])?;
+    ensure!(
+        revisions.contains("daemonset.apps/agent") && revisions.lines().count() == 3,
+        "{revisions}"
+    );
+
+    // Undo: the first template comes back as revision 3.
+    kubectl(&c, &["rollout", "undo", "ds/agent"])?;
+    roll_out(&c, "agent", "agent")?;
+    let pods = daemon_pods(&c, "agent")?;
+    ensure!(
+        pods.len() == 3 && pods.iter().all(|p| p.2 == first_hash),
+        "after the undo: {pods:?}"
+    );
+    let (history, _) = kubectl(&c, &["rollout", "history", "ds/agent"])?;
+    let numbers: Vec<&str> = history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    ensure!(
+        numbers == ["2", "3"],
+        "rollout history after undo:\n{history}"
+    );
+    let (env, _) = kubectl(
+        &c,
+        &[
+            "get",
+            "ds",
+            "agent",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[0].value}",
+        ],
+    )?;
+    ensure!(env == "1", "the template after undo has V={env}");
+
+    // Surge: the new pod starts beside the old one, so all three nodes
+    // keep a ready pod throughout.
+    kubectl(
+        &c,
+        &[
+            "patch",
+            "ds",
+            "agent",
+            "-p",
+            r#"{"spec":{"updateStrategy":{"rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}"#,
+        ],
+    )?;
+    kubectl(&c, &["set", "env", "ds/agent", "V=3"])?;
+    let fewest = roll_out(&c, "agent", "agent")?;
+    ensure!(
+        fewest >= 3,
+        "{fewest} of 3 pods ready at one point during a surge update"
+    );
+
+    // OnDelete: nothing changes until a pod is deleted.
+    kubectl(
+        &c,
+        &[
+            "patch",
+            "ds",
+            "agent",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/updateStrategy","value":{"type":"OnDelete"}}]"#,
+        ],
+    )?;
+    let before = daemon_pods(&c, "agent")?;
+    kubectl(&c, &["set", "env", "ds/agent", "V=4"])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let after = daemon_pods(&c, "agent")?;
+    ensure!(
+        before == after,
+        "OnDelete replaced pods: {before:?} -> {after:?}"
+    );
+    c.weft(&["delete", "pod", &after[0].0])?;
+    let now = wait_until("n1's replacement", Duration::from_secs(60), || {
+        let p = daemon_pods(&c, "agent").ok()?;
+        (p.len() == 3 && p.iter().all(|p| p.3) && p[0].0 != after[0].0).then_some(p)
+    })?;
+    ensure!(
+        now[0].2 != after[0].2 && now[1] == after[1] && now[2] == after[2],
+        "OnDelete: {after:?} -> {now:?}"
+    );
+
+    // kubectl's table.
+    let (table, _) = kubectl(&c, &["get", "ds", "agent"])?;
+    let header = table.lines().next().unwrap_or_default();
+    ensure!(
+        header.split_whitespace().collect::<Vec<_>>()
+            == [
+                "NAME",
+                "DESIRED",
+                "CURRENT",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "NODE",
+                "SELECTOR",
+                "AGE"
+            ],
+        "{table}"
+    );
+    // Deleting the DaemonSet takes its pods and history with it.
+    c.weft(&["delete", "ds", "agent"])?;
+    wait_until(
+        "the pods and revisions to go",
+        Duration::from_secs(60),
+        || {
+            let pods = daemon_pods(&c, "agent").ok()?;
+            let revs = c.get_json(&["controllerrevisions"]).ok()?;
+            (pods.is_empty() && revs["items"].as_array().is_some_and(Vec::is_empty)).then_some(())
+        },
+    )?;
+    Ok(())
+}
+
+/// The `V` env values of the Deployment's live pods, sorted.
+fn web_versions(c: &Cluster) -> Result<Vec<String>> {
+    let list = c.get_json(&["pods", "-l", "app=web"])?;
+    let mut out: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+        .map(|p| {
+            p["spec"]["containers"][0]["env"][0]["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The rows of a `rollout history` listing: (revision, change-cause).
+fn history_rows(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let n = w.next()?;
+            n.parse::<u32>().ok()?;
+            Some((n.to_string(), w.collect::<Vec<_>>().join(" ")))
+        })
+        .collect()
+}
+
+fn rows(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| ((*a).to_string(), (*b).to_string()))
+        .collect()
+}
+
+#[test]
+fn deployments_roll_back_pause_resume_and_restart_with_kubectl_and_weft() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, annotations: {kubernetes.io/change-cause: v1}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: weft.local/busybox:1.36
+        env: [{name: V, value: "1"}]
+        command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
+        readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+"#,
+    )?;
+    let out = c.weft(&["rollout", "status", "deployment/web", "--timeout", "120s"])?;
+    ensure!(
+        out.contains("deployment \"web\" successfully rolled out"),
+        "{out}"
+    );
+    kubectl(&c, &["set", "env", "deploy/web", "V=2"])?;
+    kubectl(
+        &c,
+        &[
+            "annotate",
+            "deploy/web",
+            "kubernetes.io/change-cause=v2",
+            "--overwrite",
+        ],
+    )?;
+    kubectl(&c, &["rollout", "status", "deploy/web", "--timeout=120s"])?;
+    ensure!(web_versions(&c)? == ["2", "2"], "{:?}", web_versions(&c)?);
+    wait_until("v2 in the history", Duration::from_secs(20), || {
+        let (h, _) = kubectl(&c, &["rollout", "history", "deploy/web"]).ok()?;
+        (history_rows(&h) == rows(&[("1", "v1"), ("2", "v2")])).then_some(())
+    })?;
+    let weft_history = c.weft(&["rollout", "history", "deployment/web"])?;
+    ensure!(
+        history_rows(&weft_history) == rows(&[("1", "v1"), ("2", "v2")]),
+        "{weft_history}"
+    );
+
+    // kubectl's undo: the first template, renumbered 3, with its cause.
+    kubectl(&c, &["rollout", "undo", "deploy/web"])?;
+    kubectl(&c, &["rollout", "status", "deploy/web", "--timeout=120s"])?;
+    ensure!(web_versions(&c)? == ["1", "1"], "{:?}", web_versions(&c)?);
+    wait_until("revision 3", Duration::from_secs(20), || {
+        let (h, _) = kubectl(&c, &["rollout", "history", "deploy/web"]).ok()?;
+        (history_rows(&h) == rows(&[("2", "v2"), ("3", "v1")])).then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "history: {:?}\nreplica sets: {}\ndeployment: {}",
+            kubectl(&c, &["rollout", "history", "deploy/web"]),
+            c.get_json(&["rs"])
+                .map(|l| l["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| format!(
+                        "{} {} {}",
+                        r["metadata"]["name"], r["metadata"]["annotations"], r["spec"]["template"]
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+                .unwrap_or_default(),
+            c.get_json(&["deploy", "web"])
+                .map(|d| d["spec"]["template"].to_string())
+                .unwrap_or_default()
+        )
+    })?;
+    let (d, _) = kubectl(&c, &["get", "deploy", "web", "-o", "json"])?;
+    let d: Value = serde_json::from_str(&d)?;
+    ensure!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3",
+        "{}",
+        d["metadata"]
+    );
+    // weft's undo to a named revision.
+    let out = c.weft(&["rollout", "undo", "deployment/web", "--to-revision", "2"])?;
+    ensure!(out.contains("deployment.apps/web rolled back"), "{out}");
+    c.weft(&["rollout", "status", "deployment/web", "--timeout", "120s"])?;
+    ensure!(web_versions(&c)? == ["2", "2"], "{:?}", web_versions(&c)?);
+    let (shown, _) = kubectl(&c, &["rollout", "history", "deploy/web", "--revision=4"])?;
+    ensure!(
+        shown
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["V:", "2"]),
+        "revision 4's template:\n{shown}"
+    );
+    let err = c.weft_output(&["rollout", "undo", "deployment/web", "--to-revision", "9"])?;
+    ensure!(
+        !err.status.success()
+            && String::from_utf8_lossy(&err.stderr).contains("unable to find specified revision 9"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+
+    // Paused: a template change waits, a scale does not.
+    kubectl(&c, &["rollout", "pause", "deploy/web"])?;
+    kubectl(&c, &["set", "env", "deploy/web", "V=5"])?;
+    kubectl(&c, &["scale", "deploy/web", "--replicas=3"])?;
+    wait_until("a scale while paused", Duration::from_secs(60), || {
+        (web_versions(&c).ok()? == ["2", "2", "2"]).then_some(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        web_versions(&c)? == ["2", "2", "2"],
+        "rolled out while paused"
+    );
+    let d = c.get_json(&["deploy", "web"])?;
+    ensure!(
+        d["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Progressing" && c["reason"] == "DeploymentPaused"),
+        "{}",
+        d["status"]
+    );
+    let again = c.weft_output(&["rollout", "pause", "deployment/web"])?;
+    ensure!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("is paused"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let out = c.weft(&["rollout", "resume", "deployment/web"])?;
+    ensure!(out.contains("deployment.apps/web resumed"), "{out}");
+    c.weft(&["rollout", "status", "deployment/web", "--timeout", "120s"])?;
+    ensure!(
+        web_versions(&c)? == ["5", "5", "5"],
+        "{:?}",
+        web_versions(&c)?
+    );
+
+    // Restart: new pods, same template otherwise.
+    let before: Vec<String> = c.get_json(&["pods", "-l", "app=web"])?["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    let out = c.weft(&["rollout", "restart", "deployment/web"])?;
+    ensure!(out.contains("deployment.apps/web restarted"), "{out}");
+    kubectl(&c, &["rollout", "status", "deploy/web", "--timeout=120s"])?;
+    let after = c.get_json(&["pods", "-l", "app=web"])?;
+    let names: Vec<&str> = after["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    ensure!(
+        names.len() == 3 && names.iter().all(|n| !before.iter().any(|b| b == n)),
+        "after a restart: {names:?} (before {before:?})"
+    );
+    ensure!(
+        web_versions(&c)? == ["5", "5", "5"],
+        "{:?}",
+        web_versions(&c)?
+    );
+    Ok(())
+}
+
+/// The StatefulSet's pods by name: (node, podIP, ready, revision label).
+fn set_pods(
+    c: &Cluster,
+    app: &str,
+) -> Result<std::collections::BTreeMap<String, (String, String, bool, String)>> {
+    let list = c.get_json(&["pods", "-l", &format!("app={app}")])?;
+    Ok(list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+        .map(|p| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                s(&p["metadata"]["name"]),
+                (
+                    s(&p["spec"]["nodeName"]),
+                    s(&p["status"]["podIP"]),
+                    weft_lab::cluster::pod_ready(p),
+                    s(&p["metadata"]["labels"]["controller-revision-hash"]),
+                ),
+            )
+        })
+        .collect())
+}
+
+fn claim_names(c: &Cluster) -> Result<Vec<String>> {
+    let list = c.get_json(&["pvc"])?;
+    let mut out: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| !p["metadata"]["deletionTimestamp"].is_string())
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn statefulsets_keep_names_storage_and_order() -> Result<()> {
+    let c = up(2)?;
+    let (ok, why) = apply_refused(
+        &c,
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: bad}
+spec:
+  serviceName: bad
+  podManagementPolicy: Random
+  selector: {matchLabels: {app: bad}}
+  template:
+    metadata: {labels: {app: bad}}
+    spec: {containers: [{name: main, image: weft.local/busybox:1.36}]}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce]}
+"#,
+    )?;
+    ensure!(
+        !ok && why.contains("spec.podManagementPolicy")
+            && why.contains("spec.volumeClaimTemplates[0].spec.resources[storage]"),
+        "{why}"
+    );
+    c.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 80}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 3
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: weft.local/busybox:1.36
+        env: [{name: V, value: "1"}]
+        command: [sh, -c, 'test -f /data/id || hostname > /data/id; trap "exit 0" TERM; while true; do sleep 1; done']
+        volumeMounts: [{name: data, mountPath: /data}]
+        readinessProbe: {exec: {command: [test, -f, /data/id]}, periodSeconds: 1}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Mi}}}
+"#,
+    )?;
+    // In order: each pod is made once the one before is Ready.
+    let mut seen: Vec<String> = Vec::new();
+    let pods = wait_until("three Ready pods", Duration::from_secs(120), || {
+        let pods = set_pods(&c, "db").ok()?;
+        for name in pods.keys() {
+            if !seen.contains(name) {
+                seen.push(name.clone());
+            }
+        }
+        let ready_before = |n: usize| pods.get(&format!("db-{n}")).is_some_and(|p| p.2);
+        // A pod never exists while the one before it is not Ready.
+        for n in 1..3 {
+            if pods.contains_key(&format!("db-{n}")) && !ready_before(n - 1) {
+                return Some(Err(format!(
+                    "db-{n} exists while db-{} is not Ready: {pods:?}",
+                    n - 1
+                )));
+            }
+        }
+        (pods.len() == 3 && pods.values().all(|p| p.2)).then_some(Ok(pods))
+    })?
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        seen == ["db-0", "db-1", "db-2"],
+        "pods appeared as {seen:?}"
+    );
+    ensure!(
+        claim_names(&c)? == ["data-db-0", "data-db-1", "data-db-2"],
+        "{:?}",
+        claim_names(&c)?
+    );
+    // Each pod's DNS name resolves to it, through the headless Service.
+    let (code, out) = c.exec(
+        "default",
+        "db-0",
+        &["nslookup", "db-1.db.default.svc.cluster.local"],
+    )?;
+    let ip1 = &pods["db-1"].1;
+    ensure!(
+        code == 0 && out.contains(ip1.as_str()),
+        "db-1 ({ip1}): {out}"
+    );
+    let (_, host) = c.exec("default", "db-2", &["hostname"])?;
+    ensure!(host.trim() == "db-2", "hostname {host}");
+
+    // A deleted pod comes back with its name, its node and its data.
+    c.exec("default", "db-1", &["sh", "-c", "echo kept-7 > /data/m"])?;
+    let (node1, _, _, _) = pods["db-1"].clone();
+    c.weft(&["delete", "pod", "db-1"])?;
+    let back = wait_until("db-1 back", Duration::from_secs(90), || {
+        let pods = set_pods(&c, "db").ok()?;
+        let p = pods.get("db-1")?.clone();
+        p.2.then_some(p)
+    })?;
+    ensure!(
+        back.0 == node1,
+        "db-1 came back on {} (was {node1})",
+        back.0
+    );
+    let (_, kept) = c.exec("default", "db-1", &["cat", "/data/m", "/data/id"])?;
+    ensure!(
+        kept.contains("kept-7") && kept.contains("db-1"),
+        "db-1's data: {kept}"
+    );
+
+    // Scale down: the highest ordinal goes first; the claims stay.
+    kubectl(&c, &["scale", "sts/db", "--replicas=1"])?;
+    let mut order = Vec::new();
+    wait_until("one pod left", Duration::from_secs(90), || {
+        let pods = set_pods(&c, "db").ok()?;
+        for n in ["db-2", "db-1"] {
+            if !pods.contains_key(n) && !order.contains(&n) {
+                order.push(n);
+            }
+        }
+        (pods.len() == 1).then_some(())
+    })?;
+    ensure!(
+        order == ["db-2", "db-1"],
+        "scaled down in the order {order:?}"
+    );
+    ensure!(claim_names(&c)?.len() == 3, "{:?}", claim_names(&c)?);
+    // Back up: db-1 finds its data again.
+    kubectl(&c, &["scale", "sts/db", "--replicas=3"])?;
+    wait_until("three Ready pods again", Duration::from_secs(120), || {
+        let pods = set_pods(&c, "db").ok()?;
+        (pods.len() == 3 && pods.values().all(|p| p.2)).then_some(())
+    })?;
+    let (_, kept) = c.exec("default", "db-1", &["cat", "/data/m"])?;
+    ensure!(
+        kept.contains("kept-7"),
+        "db-1's data after the scale: {kept}"
+    );
+
+    // A rolling update, highest ordinal first.
+    kubectl(&c, &["set", "env", "sts/db", "V=2"])?;
+    let (status, _) = kubectl(&c, &["rollout", "status", "sts/db", "--timeout=180s"])?;
+    ensure!(
+        status.contains("partitioned roll out complete: 3 new pods"),
+        "{status}"
+    );
+    let pods = set_pods(&c, "db")?;
+    let rev = pods["db-0"].3.clone();
+    ensure!(
+        rev.starts_with("db-") && pods.values().all(|p| p.3 == rev),
+        "after the update: {pods:?}"
+    );
+    let sts = c.get_json(&["sts", "db"])?;
+    ensure!(
+        sts["status"]["currentRevision"] == rev.as_str()
+            && sts["status"]["updateRevision"] == rev.as_str(),
+        "{}",
+        sts["status"]
+    );
+    // A partition: only the ordinals at or above it move.
+    kubectl(
+        &c,
+        &[
+            "patch",
+            "sts",
+            "db",
+            "-p",
+            r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}}}}"#,
+        ],
+    )?;
+    kubectl(&c, &["set", "env", "sts/db", "V=3"])?;
+    let out = c.weft(&["rollout", "status", "statefulset/db", "--timeout", "180s"])?;
+    ensure!(
+        out.contains("partitioned roll out complete: 1 new pods"),
+        "{out}"
+    );
+    let pods = set_pods(&c, "db")?;
+    ensure!(
+        pods["db-2"].3 != rev && pods["db-1"].3 == rev && pods["db-0"].3 == rev,
+        "with partition 2: {pods:?}"
+    );
+    // Undo goes back to V=2's template for the partition's pods.
+    kubectl(&c, &["rollout", "undo", "sts/db"])?;
+    wait_until(
+        "db-2 back at the earlier revision",
+        Duration::from_secs(120),
+        || {
+            let pods = set_pods(&c, "db").ok()?;
+            (pods.len() == 3 && pods.values().all(|p| p.2 && p.3 == rev)).then_some(())
+        },
+    )?;
+
+    // whenScaled: Delete removes the claims of the ordinals scaled away.
+    kubectl(
+        &c,
+        &[
+            "patch",
+            "sts",
+            "db",
+            "-p",
+            r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenScaled":"Delete"}}}"#,
+        ],
+    )?;
+    kubectl(&c, &["scale", "sts/db", "--replicas=1"])?;
+    wait_until(
+        "the scaled-away claims to go",
+        Duration::from_secs(90),
+        || (claim_names(&c).ok()? == ["data-db-0"]).then_some(()),
+    )
+    .with_context(|| format!("claims: {:?}", claim_names(&c)))?;
+    let (table, _) = kubectl(&c, &["get", "sts", "db"])?;
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    ensure!(
+        rows.first().is_some_and(|h| h == &["NAME", "READY", "AGE"])
+            && rows.get(1).is_some_and(|r| r[..2] == ["db", "1/1"]),
+        "{table}"
+    );
+    Ok(())
+}

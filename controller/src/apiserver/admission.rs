@@ -3,7 +3,7 @@
 //! templates of workloads, against the labels of their namespace.
 
 use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet},
+    apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
     batch::v1::{CronJob, Job},
     core::v1::{Pod, PodSpec, ReplicationController},
 };
@@ -19,6 +19,12 @@ fn pod_spec(obj: &crate::registry::Decoded) -> Option<(&PodSpec, bool)> {
         return p.spec.as_ref().map(|s| (s, true));
     }
     if let Some(d) = obj.peek::<Deployment>() {
+        return d.spec.as_ref()?.template.spec.as_ref().map(|s| (s, false));
+    }
+    if let Some(d) = obj.peek::<StatefulSet>() {
+        return d.spec.as_ref()?.template.spec.as_ref().map(|s| (s, false));
+    }
+    if let Some(d) = obj.peek::<DaemonSet>() {
         return d.spec.as_ref()?.template.spec.as_ref().map(|s| (s, false));
     }
     if let Some(c) = obj.peek::<CronJob>() {

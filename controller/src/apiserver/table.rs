@@ -155,6 +155,110 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             ("Selector", "string", "", "Label selector for pods.", 1),
         ],
+        "DaemonSet" => vec![
+            name,
+            (
+                "Desired",
+                "integer",
+                "",
+                "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod).",
+                0,
+            ),
+            (
+                "Current",
+                "integer",
+                "",
+                "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+                0,
+            ),
+            (
+                "Ready",
+                "integer",
+                "",
+                "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition.",
+                0,
+            ),
+            (
+                "Up-to-date",
+                "integer",
+                "",
+                "The total number of nodes that are running updated daemon pod",
+                0,
+            ),
+            (
+                "Available",
+                "integer",
+                "",
+                "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+                0,
+            ),
+            (
+                "Node Selector",
+                "string",
+                "",
+                "NodeSelector is a selector which must be true for the pod to fit on a node.",
+                0,
+            ),
+            age,
+            (
+                "Containers",
+                "string",
+                "",
+                "Names of each container in the template.",
+                1,
+            ),
+            (
+                "Images",
+                "string",
+                "",
+                "Images referenced by each container in the template.",
+                1,
+            ),
+            ("Selector", "string", "", "Label selector for pods.", 1),
+        ],
+        "StatefulSet" => vec![
+            name,
+            (
+                "Ready",
+                "string",
+                "",
+                "Number of the pod with ready state",
+                0,
+            ),
+            age,
+            (
+                "Containers",
+                "string",
+                "",
+                "Names of each container in the template.",
+                1,
+            ),
+            (
+                "Images",
+                "string",
+                "",
+                "Images referenced by each container in the template.",
+                1,
+            ),
+        ],
+        "ControllerRevision" => vec![
+            name,
+            (
+                "Controller",
+                "string",
+                "",
+                "Controller of the object, with the format <kind>/<name>",
+                0,
+            ),
+            (
+                "Revision",
+                "integer",
+                "",
+                "Revision indicates the revision of the state represented by Data.",
+                0,
+            ),
+            age,
+        ],
         "PodDisruptionBudget" => vec![
             name,
             (
@@ -876,6 +980,75 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(i),
                 json!(sel),
             ]
+        }
+        "DaemonSet" => {
+            let (c, i) = containers_and_images(&o["spec"]["template"]["spec"]);
+            let sel = weft_api::selector::LabelSelector::from_k8s(&o["spec"]["selector"])
+                .map(|s| super::selector_string(&s))
+                .unwrap_or_default();
+            let node_selector = o["spec"]["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .filter(|m| !m.is_empty())
+                .map_or_else(
+                    || "<none>".to_string(),
+                    |m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
+                );
+            let n = |k: &str| json!(o["status"][k].as_i64().unwrap_or(0));
+            vec![
+                name,
+                n("desiredNumberScheduled"),
+                n("currentNumberScheduled"),
+                n("numberReady"),
+                n("updatedNumberScheduled"),
+                n("numberAvailable"),
+                json!(node_selector),
+                age,
+                json!(c),
+                json!(i),
+                json!(sel),
+            ]
+        }
+        "StatefulSet" => {
+            let (c, i) = containers_and_images(&o["spec"]["template"]["spec"]);
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    o["spec"]["replicas"].as_i64().unwrap_or(1)
+                )),
+                age,
+                json!(c),
+                json!(i),
+            ]
+        }
+        "ControllerRevision" => {
+            let controller = o["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["controller"] == true)
+                .map_or_else(
+                    || "<none>".to_string(),
+                    |r| {
+                        let group = r["apiVersion"]
+                            .as_str()
+                            .and_then(|v| v.split_once('/'))
+                            .map(|(g, _)| format!(".{g}"))
+                            .unwrap_or_default();
+                        format!(
+                            "{}{group}/{}",
+                            r["kind"].as_str().unwrap_or_default().to_lowercase(),
+                            r["name"].as_str().unwrap_or_default()
+                        )
+                    },
+                );
+            vec![name, json!(controller), json!(o["revision"]), age]
         }
         "PodDisruptionBudget" => {
             let int_or_percent = |v: &Value| match v {

@@ -2,6 +2,7 @@
 //! rolls pods from the old ReplicaSets to the new one within maxSurge and
 //! maxUnavailable (or all at once with Recreate).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{
@@ -115,6 +116,76 @@ fn available_pods(ctx: &Ctx, rs: &ReplicaSet) -> i64 {
         .count() as i64
 }
 
+/// The Deployment's annotations its new ReplicaSet carries (as kube's
+/// controller copies them, `kubernetes.io/change-cause` among them, which
+/// `kubectl rollout history` shows), and its revision.
+fn replica_set_annotations(d: &Deployment, revision: i64) -> BTreeMap<String, String> {
+    const SKIP: [&str; 5] = [
+        "kubectl.kubernetes.io/last-applied-configuration",
+        REVISION,
+        "deployment.kubernetes.io/revision-history",
+        "deployment.kubernetes.io/desired-replicas",
+        "deployment.kubernetes.io/max-replicas",
+    ];
+    let mut out: BTreeMap<String, String> = d
+        .annotations()
+        .iter()
+        .filter(|(k, _)| !SKIP.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.insert(REVISION.into(), revision.to_string());
+    out
+}
+
+/// Whether the ReplicaSet already carries `want` (it may carry more).
+fn carries(rs: &ReplicaSet, want: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| rs.annotations().get(k) == Some(v))
+}
+
+/// The current template's ReplicaSet as the newest revision: one that an
+/// older revision held (a rollback, `kubectl rollout undo`) is renumbered
+/// above the others, as kube does; it carries the Deployment's
+/// annotations, and the Deployment its revision.
+async fn adopt_revision(
+    ctx: &Ctx,
+    d: &Deployment,
+    all: &[Arc<ReplicaSet>],
+    rs: Arc<ReplicaSet>,
+) -> Result<Arc<ReplicaSet>, ApiError> {
+    let others = all
+        .iter()
+        .filter(|r| r.metadata.uid != rs.metadata.uid)
+        .map(|r| revision_annotation(r))
+        .max()
+        .unwrap_or(0);
+    let revision = revision_annotation(&rs).max(others + 1);
+    let want = replica_set_annotations(d, revision);
+    let ns = d.namespace();
+    let rs = if carries(&rs, &want) {
+        rs
+    } else {
+        let updated = ctx
+            .reg
+            .modify::<ReplicaSet>(ns.as_deref(), &rs.name_any(), Write::Update, |mut obj| {
+                obj.annotations_mut().extend(want.clone());
+                Ok(obj)
+            })
+            .await?;
+        ctx.cache.wait_for(revision_of(&updated)).await;
+        Arc::new(updated)
+    };
+    if d.annotations().get(REVISION) != Some(&revision.to_string()) {
+        ctx.reg
+            .modify::<Deployment>(ns.as_deref(), &d.name_any(), Write::Update, |mut obj| {
+                obj.annotations_mut()
+                    .insert(REVISION.into(), revision.to_string());
+                Ok(obj)
+            })
+            .await?;
+    }
+    Ok(rs)
+}
+
 fn revision_annotation(rs: &ReplicaSet) -> i64 {
     rs.annotations()
         .get(REVISION)
@@ -210,146 +281,174 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
     let old_total: i64 = olds.iter().map(|rs| replicas(rs)).sum();
     let old_pods: i64 = olds.iter().map(|rs| status_replicas(rs)).sum();
 
-    let new = match new {
-        Some(rs) => rs,
-        None => {
-            let hash = template_hash(template);
-            let mut t = template.clone();
-            t.metadata
-                .get_or_insert_with(Default::default)
-                .labels
-                .get_or_insert_with(Default::default)
-                .insert(HASH_LABEL.into(), hash.clone());
-            let mut selector = spec.selector.clone();
-            selector
-                .match_labels
-                .get_or_insert_with(Default::default)
-                .insert(HASH_LABEL.into(), hash.clone());
-            let initial = if olds.is_empty() { want } else { 0 };
-            let rs = ReplicaSet {
-                metadata: ObjectMeta {
-                    name: Some(format!("{name}-{hash}")),
-                    namespace: ns.map(String::from),
-                    labels: t.metadata.as_ref().and_then(|m| m.labels.clone()),
-                    annotations: Some([(REVISION.to_string(), next_revision.to_string())].into()),
-                    owner_references: controller_ref(d),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(ReplicaSetSpec {
-                    replicas: Some(initial as i32),
-                    selector,
-                    template: Some(t),
-                    min_ready_seconds: d.spec.as_ref().and_then(|s| s.min_ready_seconds),
-                }),
-                status: None,
-            };
-            let created = ctx.reg.create(ns, rs).await?;
-            if initial > 0 {
-                scaled(
-                    ctx,
-                    d,
-                    &format!(
-                        "Scaled up replica set {} from 0 to {initial}",
-                        created.name_any()
-                    ),
-                )
-                .await;
-            }
-            // The Deployment carries the revision of its newest ReplicaSet,
-            // as Kubernetes' does (kubectl rollout history reads it).
-            ctx.reg
-                .modify::<Deployment>(ns, &name, Write::Update, |mut obj| {
-                    obj.annotations_mut()
-                        .insert(REVISION.into(), next_revision.to_string());
-                    Ok(obj)
-                })
-                .await?;
-            ctx.cache.wait_for(revision_of(&created)).await;
-            Arc::new(created)
-        }
-    };
-
-    if olds.is_empty() || strategy == "Recreate" && old_pods == 0 && old_total == 0 {
-        if replicas(&new) != want {
-            set_replicas(ctx, &new, want).await?;
-            let verb = if want > replicas(&new) { "up" } else { "down" };
+    let paused = spec.paused == Some(true);
+    if paused {
+        // Paused (`kubectl rollout pause`): no new ReplicaSet and no
+        // rollout step; a scale still applies when one ReplicaSet runs.
+        let active: Vec<&Arc<ReplicaSet>> = all.iter().filter(|rs| replicas(rs) > 0).collect();
+        let target = match (active.as_slice(), &new) {
+            ([one], _) => Some((*one).clone()),
+            ([], Some(n)) => Some(n.clone()),
+            _ => None,
+        };
+        if let Some(rs) = target
+            && replicas(&rs) != want
+        {
+            let verb = if want > replicas(&rs) { "up" } else { "down" };
+            set_replicas(ctx, &rs, want).await?;
             scaled(
                 ctx,
                 d,
                 &format!(
                     "Scaled {verb} replica set {} from {} to {want}",
-                    new.name_any(),
-                    replicas(&new)
+                    rs.name_any(),
+                    replicas(&rs)
                 ),
             )
             .await;
-        }
-    } else if strategy == "Recreate" {
-        for rs in &olds {
-            set_replicas(ctx, rs, 0).await?;
         }
     } else {
-        let surge = resolve(
-            rolling.as_ref().and_then(|r| r.max_surge.as_ref()),
-            want,
-            true,
-        );
-        let mut unavailable = resolve(
-            rolling.as_ref().and_then(|r| r.max_unavailable.as_ref()),
-            want,
-            false,
-        );
-        if surge == 0 && unavailable == 0 {
-            unavailable = 1;
-        }
-        let total = old_total + replicas(&new);
-        // Scale the new ReplicaSet up as far as the surge allows.
-        let room = want + surge - total;
-        let new_target = (replicas(&new) + room.max(0)).min(want);
-        if new_target > replicas(&new) {
-            set_replicas(ctx, &new, new_target).await?;
-            scaled(
-                ctx,
-                d,
-                &format!(
-                    "Scaled up replica set {} from {} to {new_target}",
-                    new.name_any(),
-                    replicas(&new)
-                ),
-            )
-            .await;
-        }
-        // Scale old ones down as far as availability allows: first what is
-        // not available anyway, then more while enough stay available. A
-        // ReplicaSet counts at most its desired size as available, so pods
-        // about to be removed are not counted twice while their deletion is
-        // in flight.
-        let min_available = want - unavailable;
-        let available: i64 = all
-            .iter()
-            .map(|rs| available_pods(ctx, rs).min(replicas(rs)))
-            .sum();
-        let mut removable = (available - min_available).max(0);
-        for rs in &olds {
-            let current = replicas(rs);
-            if current == 0 {
-                continue;
+        let new = match new {
+            Some(rs) => adopt_revision(ctx, d, &all, rs).await?,
+            None => {
+                let hash = template_hash(template);
+                let mut t = template.clone();
+                t.metadata
+                    .get_or_insert_with(Default::default)
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(HASH_LABEL.into(), hash.clone());
+                let mut selector = spec.selector.clone();
+                selector
+                    .match_labels
+                    .get_or_insert_with(Default::default)
+                    .insert(HASH_LABEL.into(), hash.clone());
+                let initial = if olds.is_empty() { want } else { 0 };
+                let rs = ReplicaSet {
+                    metadata: ObjectMeta {
+                        name: Some(format!("{name}-{hash}")),
+                        namespace: ns.map(String::from),
+                        labels: t.metadata.as_ref().and_then(|m| m.labels.clone()),
+                        annotations: Some(replica_set_annotations(d, next_revision)),
+                        owner_references: controller_ref(d),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(ReplicaSetSpec {
+                        replicas: Some(initial as i32),
+                        selector,
+                        template: Some(t),
+                        min_ready_seconds: d.spec.as_ref().and_then(|s| s.min_ready_seconds),
+                    }),
+                    status: None,
+                };
+                let created = ctx.reg.create(ns, rs).await?;
+                if initial > 0 {
+                    scaled(
+                        ctx,
+                        d,
+                        &format!(
+                            "Scaled up replica set {} from 0 to {initial}",
+                            created.name_any()
+                        ),
+                    )
+                    .await;
+                }
+                // The Deployment carries the revision of its newest ReplicaSet,
+                // as Kubernetes' does (kubectl rollout history reads it).
+                ctx.reg
+                    .modify::<Deployment>(ns, &name, Write::Update, |mut obj| {
+                        obj.annotations_mut()
+                            .insert(REVISION.into(), next_revision.to_string());
+                        Ok(obj)
+                    })
+                    .await?;
+                ctx.cache.wait_for(revision_of(&created)).await;
+                Arc::new(created)
             }
-            let unhealthy = (current - available_pods(ctx, rs)).max(0);
-            let cut = (unhealthy + removable).min(current);
-            if cut > 0 {
-                removable -= (cut - unhealthy).max(0);
-                set_replicas(ctx, rs, current - cut).await?;
+        };
+
+        if olds.is_empty() || strategy == "Recreate" && old_pods == 0 && old_total == 0 {
+            if replicas(&new) != want {
+                set_replicas(ctx, &new, want).await?;
+                let verb = if want > replicas(&new) { "up" } else { "down" };
                 scaled(
                     ctx,
                     d,
                     &format!(
-                        "Scaled down replica set {} from {current} to {}",
-                        rs.name_any(),
-                        current - cut
+                        "Scaled {verb} replica set {} from {} to {want}",
+                        new.name_any(),
+                        replicas(&new)
                     ),
                 )
                 .await;
+            }
+        } else if strategy == "Recreate" {
+            for rs in &olds {
+                set_replicas(ctx, rs, 0).await?;
+            }
+        } else {
+            let surge = resolve(
+                rolling.as_ref().and_then(|r| r.max_surge.as_ref()),
+                want,
+                true,
+            );
+            let mut unavailable = resolve(
+                rolling.as_ref().and_then(|r| r.max_unavailable.as_ref()),
+                want,
+                false,
+            );
+            if surge == 0 && unavailable == 0 {
+                unavailable = 1;
+            }
+            let total = old_total + replicas(&new);
+            // Scale the new ReplicaSet up as far as the surge allows.
+            let room = want + surge - total;
+            let new_target = (replicas(&new) + room.max(0)).min(want);
+            if new_target > replicas(&new) {
+                set_replicas(ctx, &new, new_target).await?;
+                scaled(
+                    ctx,
+                    d,
+                    &format!(
+                        "Scaled up replica set {} from {} to {new_target}",
+                        new.name_any(),
+                        replicas(&new)
+                    ),
+                )
+                .await;
+            }
+            // Scale old ones down as far as availability allows: first what is
+            // not available anyway, then more while enough stay available. A
+            // ReplicaSet counts at most its desired size as available, so pods
+            // about to be removed are not counted twice while their deletion is
+            // in flight.
+            let min_available = want - unavailable;
+            let available: i64 = all
+                .iter()
+                .map(|rs| available_pods(ctx, rs).min(replicas(rs)))
+                .sum();
+            let mut removable = (available - min_available).max(0);
+            for rs in &olds {
+                let current = replicas(rs);
+                if current == 0 {
+                    continue;
+                }
+                let unhealthy = (current - available_pods(ctx, rs)).max(0);
+                let cut = (unhealthy + removable).min(current);
+                if cut > 0 {
+                    removable -= (cut - unhealthy).max(0);
+                    set_replicas(ctx, rs, current - cut).await?;
+                    scaled(
+                        ctx,
+                        d,
+                        &format!(
+                            "Scaled down replica set {} from {current} to {}",
+                            rs.name_any(),
+                            current - cut
+                        ),
+                    )
+                    .await;
+                }
             }
         }
     }
@@ -435,24 +534,35 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
                 last_transition_time: keep_time("Available", available_status),
                 last_update_time: keep_time("Available", available_status),
             },
-            DeploymentCondition {
-                type_: "Progressing".into(),
-                status: "True".into(),
-                reason: Some(
-                    if complete {
-                        "NewReplicaSetAvailable"
+            if paused {
+                DeploymentCondition {
+                    type_: "Progressing".into(),
+                    status: "Unknown".into(),
+                    reason: Some("DeploymentPaused".into()),
+                    message: Some("Deployment is paused".into()),
+                    last_transition_time: keep_time("Progressing", "Unknown"),
+                    last_update_time: keep_time("Progressing", "Unknown"),
+                }
+            } else {
+                DeploymentCondition {
+                    type_: "Progressing".into(),
+                    status: "True".into(),
+                    reason: Some(
+                        if complete {
+                            "NewReplicaSetAvailable"
+                        } else {
+                            "ReplicaSetUpdated"
+                        }
+                        .into(),
+                    ),
+                    message: Some(if complete {
+                        format!("ReplicaSet \"{new_name}\" has successfully progressed.")
                     } else {
-                        "ReplicaSetUpdated"
-                    }
-                    .into(),
-                ),
-                message: Some(if complete {
-                    format!("ReplicaSet \"{new_name}\" has successfully progressed.")
-                } else {
-                    format!("ReplicaSet \"{new_name}\" is progressing.")
-                }),
-                last_transition_time: keep_time("Progressing", "True"),
-                last_update_time: keep_time("Progressing", "True"),
+                        format!("ReplicaSet \"{new_name}\" is progressing.")
+                    }),
+                    last_transition_time: keep_time("Progressing", "True"),
+                    last_update_time: keep_time("Progressing", "True"),
+                }
             },
         ]),
         ..DeploymentStatus::default()

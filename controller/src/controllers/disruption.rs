@@ -85,6 +85,16 @@ fn expected_scale(ctx: &Ctx, pods: &[Arc<Pod>]) -> Result<i32, String> {
                     (None, None) => None,
                 }
             }
+            "StatefulSet" => ctx
+                .cache
+                .store::<k8s_openapi::api::apps::v1::StatefulSet>()
+                .get(ns, &owner.name)
+                .map(|s| {
+                    (
+                        s.metadata.uid.clone(),
+                        s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+                    )
+                }),
             "ReplicationController" => ctx
                 .cache
                 .store::<k8s_openapi::api::core::v1::ReplicationController>()

@@ -10,15 +10,18 @@
 //! converges to the same state.
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod nodes;
 pub mod quota;
 pub mod replicaset;
 pub mod scheduler;
+pub mod statefulset;
 pub mod volumes;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -509,6 +512,8 @@ pub fn start_all(ctx: &Ctx) {
     scheduler::start(ctx.clone());
     replicaset::start(ctx);
     deployment::start(ctx);
+    daemonset::start(ctx);
+    statefulset::start(ctx);
     job::start(ctx);
     cronjob::start(ctx);
     disruption::start(ctx);

@@ -32,6 +32,7 @@ use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, Taint};
 use kube::ResourceExt as _;
 use tokio::sync::{Notify, Semaphore};
 use weft_api::ApiError;
+use weft_api::placement;
 
 use super::{Ctx, follow, record_event, split_key};
 use crate::cache::controller_uid;
@@ -647,22 +648,20 @@ async fn report_unschedulable(ctx: &Ctx, pod: &Pod, why: &str) {
     .await;
 }
 
-fn tolerates(pod: &Pod, taint: &Taint) -> bool {
-    let tolerations = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or_default();
-    tolerations.iter().any(|t| {
-        let key = t.key.as_deref().unwrap_or_default();
-        let op = t.operator.as_deref().unwrap_or("Equal");
-        let effect = t.effect.as_deref().unwrap_or_default();
-        let key_ok = (key.is_empty() && op == "Exists") || key == taint.key;
-        let value_ok = op == "Exists"
-            || t.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default();
-        let effect_ok = effect.is_empty() || effect == taint.effect;
-        key_ok && value_ok && effect_ok
-    })
+/// Whether the pod tolerates `node.kubernetes.io/unschedulable:NoSchedule`.
+fn tolerates_cordon(pod: &Pod) -> bool {
+    let taint = Taint {
+        key: "node.kubernetes.io/unschedulable".into(),
+        effect: "NoSchedule".into(),
+        ..Taint::default()
+    };
+    weft_api::placement::tolerates(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or_default(),
+        &taint,
+    )
 }
 
 fn allocatable(node: &Node, what: &str) -> Option<i64> {
@@ -673,64 +672,6 @@ fn allocatable(node: &Node, what: &str) -> Option<i64> {
         .and_then(|a| a.get(what))
         .or_else(|| status.capacity.as_ref().and_then(|c| c.get(what)))?;
     weft_api::quantity::parse(&q.0).map(clamp)
-}
-
-/// The pod's required node affinity terms (ORed), if it has any.
-fn required_node_affinity(pod: &Pod) -> Option<&Vec<k8s_openapi::api::core::v1::NodeSelectorTerm>> {
-    pod.spec
-        .as_ref()?
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()
-        .map(|s| &s.node_selector_terms)
-}
-
-/// Whether a node (its name and labels) satisfies a node selector term:
-/// every expression on its labels and every field (`metadata.name`).
-fn term_matches(
-    term: &k8s_openapi::api::core::v1::NodeSelectorTerm,
-    name: &str,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    let exprs = term.match_expressions.iter().flatten();
-    let fields = term.match_fields.iter().flatten();
-    let has_any = term
-        .match_expressions
-        .as_ref()
-        .is_some_and(|v| !v.is_empty())
-        || term.match_fields.as_ref().is_some_and(|v| !v.is_empty());
-    // An empty term matches nothing, as in Kubernetes.
-    has_any
-        && exprs
-            .into_iter()
-            .all(|e| requirement(e, labels.get(&e.key).map(String::as_str)))
-        && fields
-            .into_iter()
-            .all(|e| e.key == "metadata.name" && requirement(e, Some(name)))
-}
-
-fn requirement(
-    e: &k8s_openapi::api::core::v1::NodeSelectorRequirement,
-    value: Option<&str>,
-) -> bool {
-    let values = e.values.as_deref().unwrap_or_default();
-    let number = |v: &str| v.parse::<i64>().ok();
-    match e.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" => {
-            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(a), Some(b)) if a > b)
-        }
-        "Lt" => {
-            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(a), Some(b)) if a < b)
-        }
-        _ => false,
-    }
 }
 
 /// Sends the waiting pods back to the queue whenever an object of kind `K`
@@ -861,8 +802,6 @@ fn choose_with(s: &State, pod: &Pod, needs: &VolumeNeeds) -> Result<String, Stri
     let volumes = &needs.terms;
     let req = pod_request(pod.spec.as_ref());
     let owner = owner_uid(pod);
-    let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
-    let tolerations = pod.spec.as_ref().is_some_and(|s| s.tolerations.is_some());
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let empty = NodeUse::default();
     let mut feasible: Vec<(&NodeInfo, &NodeUse)> = Vec::new();
@@ -871,16 +810,15 @@ fn choose_with(s: &State, pod: &Pod, needs: &VolumeNeeds) -> Result<String, Stri
             *reasons.entry("node(s) were not ready".into()).or_default() += 1;
             continue;
         }
-        if info.unschedulable {
+        // Cordoned: only pods that tolerate the unschedulable taint
+        // (daemon pods) still go there, as kube's NodeUnschedulable plugin.
+        if info.unschedulable && !tolerates_cordon(pod) {
             *reasons
                 .entry("node(s) were unschedulable".into())
                 .or_default() += 1;
             continue;
         }
-        let untolerated = info
-            .taints
-            .iter()
-            .find(|t| !tolerations || !tolerates(pod, t));
+        let untolerated = placement::untolerated(pod.spec.as_ref(), &info.taints);
         if let Some(t) = untolerated {
             let text = format!(
                 "node(s) had untolerated taint {{{}: {}}}",
@@ -890,15 +828,11 @@ fn choose_with(s: &State, pod: &Pod, needs: &VolumeNeeds) -> Result<String, Stri
             *reasons.entry(text).or_default() += 1;
             continue;
         }
-        let affinity_ok = required_node_affinity(pod).is_none_or(|terms| {
-            terms
-                .iter()
-                .any(|t| term_matches(t, &info.name, &info.labels))
-        });
+        let affinity_ok = placement::affinity_allows(pod.spec.as_ref(), &info.name, &info.labels);
         let volumes_ok = volumes.iter().all(|terms| {
             terms
                 .iter()
-                .any(|t| term_matches(t, &info.name, &info.labels))
+                .any(|t| placement::term_matches(t, &info.name, &info.labels))
         });
         if !volumes_ok {
             *reasons
@@ -917,9 +851,7 @@ fn choose_with(s: &State, pod: &Pod, needs: &VolumeNeeds) -> Result<String, Stri
                 .or_default() += 1;
             continue;
         }
-        if !affinity_ok
-            || selector.is_some_and(|sel| !sel.iter().all(|(k, v)| info.labels.get(k) == Some(v)))
-        {
+        if !affinity_ok || !placement::selector_allows(pod.spec.as_ref(), &info.labels) {
             *reasons
                 .entry("node(s) didn't match Pod's node affinity/selector".into())
                 .or_default() += 1;
@@ -1140,34 +1072,5 @@ mod tests {
         needs.local_bytes = 0;
         s.infos.remove("silent");
         assert!(choose_with(&s, &p, &needs).is_ok());
-    }
-
-    #[test]
-    fn tolerations() {
-        let taint = Taint {
-            key: "a".into(),
-            value: Some("b".into()),
-            effect: "NoSchedule".into(),
-            time_added: None,
-        };
-        let with =
-            |t: serde_json::Value| pod(json!({"spec": {"containers": [], "tolerations": t}}));
-        assert!(tolerates(
-            &with(json!([{"key": "a", "operator": "Equal", "value": "b"}])),
-            &taint
-        ));
-        assert!(tolerates(&with(json!([{"operator": "Exists"}])), &taint));
-        assert!(!tolerates(
-            &with(json!([{"key": "a", "value": "c"}])),
-            &taint
-        ));
-        assert!(!tolerates(
-            &with(json!([{"key": "a", "operator": "Exists", "effect": "NoExecute"}])),
-            &taint
-        ));
-        assert!(!tolerates(
-            &pod(json!({"spec": {"containers": []}})),
-            &taint
-        ));
     }
 }

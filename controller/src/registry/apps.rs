@@ -1,12 +1,16 @@
-//! Deployments, ReplicaSets and ReplicationControllers (the legacy kind, a
-//! ReplicaSet with an equality selector): replicas and (for Deployments)
-//! the rollout strategy defaulted, the pod template checked like a Pod's, a selector
+//! Deployments, ReplicaSets, ReplicationControllers (the legacy kind, a
+//! ReplicaSet with an equality selector), DaemonSets and the
+//! ControllerRevisions that hold a DaemonSet's history: replicas and the
+//! rollout strategy defaulted, the pod template checked like a Pod's, a selector
 //! that must select the template's labels and may never change.
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, DaemonSetSpec, DaemonSetStatus, DaemonSetUpdateStrategy,
     Deployment, DeploymentSpec, DeploymentStatus, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus,
-    RollingUpdateDeployment,
+    RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetStatus,
+    StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     PodTemplateSpec, ReplicationController, ReplicationControllerSpec, ReplicationControllerStatus,
@@ -18,8 +22,8 @@ use weft_api::error::Cause;
 
 use super::kind::{Kind, kind_fields};
 use super::validation::{
-    check_expression_values, check_labels, check_pod_spec, default_pod_spec, selector_error,
-    selector_is_empty, selects,
+    check_expression_values, check_int_or_percent, check_labels, check_pod_spec, default_pod_spec,
+    selector_error, selector_is_empty, selects,
 };
 
 /// What a Deployment and a ReplicaSet check alike: replicas, selector,
@@ -232,21 +236,349 @@ impl Kind for ReplicationController {
             match_expressions: None,
         };
         check_workload(&mut out, spec.replicas, &selector, spec.template.as_ref());
-        let restart = spec
-            .template
-            .as_ref()
-            .and_then(|t| t.spec.as_ref())
-            .and_then(|s| s.restart_policy.as_deref());
-        if let Some(p) = restart
-            && p != "Always"
+        check_long_running(&mut out, spec.template.as_ref());
+        out
+    }
+}
+
+/// A template whose pods must keep running: `restartPolicy` Always and no
+/// `activeDeadlineSeconds` (what DaemonSets and ReplicationControllers
+/// require of theirs).
+fn check_long_running(out: &mut Vec<Cause>, template: Option<&PodTemplateSpec>) {
+    let spec = template.and_then(|t| t.spec.as_ref());
+    if let Some(p) = spec.and_then(|s| s.restart_policy.as_deref())
+        && p != "Always"
+    {
+        out.push(Cause::not_supported(
+            "spec.template.spec.restartPolicy",
+            p,
+            &["Always"],
+        ));
+    }
+    if spec.and_then(|s| s.active_deadline_seconds).is_some() {
+        out.push(Cause::forbidden(
+            "spec.template.spec.activeDeadlineSeconds",
+            "activeDeadlineSeconds in a workload's pod template is not supported",
+        ));
+    }
+}
+
+#[async_trait]
+impl Kind for DaemonSet {
+    kind_fields!(spec: DaemonSetSpec, status: DaemonSetStatus);
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    /// kube's defaults: RollingUpdate, one pod unavailable at a time and
+    /// no surge, ten old revisions kept.
+    fn default_fields(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.revision_history_limit.get_or_insert(10);
+        let strategy = spec
+            .update_strategy
+            .get_or_insert_with(DaemonSetUpdateStrategy::default);
+        strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if strategy.type_.as_deref() == Some("RollingUpdate") {
+            let ru = strategy
+                .rolling_update
+                .get_or_insert_with(RollingUpdateDaemonSet::default);
+            ru.max_unavailable.get_or_insert(IntOrString::Int(1));
+            ru.max_surge.get_or_insert(IntOrString::Int(0));
+        }
+        default_pod_spec(spec.template.spec.get_or_insert_with(Default::default));
+    }
+
+    fn validate(&self) -> Vec<Cause> {
+        let mut out = Vec::new();
+        let empty = DaemonSetSpec::default();
+        let spec = self.spec.as_ref().unwrap_or(&empty);
+        check_workload(&mut out, None, &spec.selector, Some(&spec.template));
+        check_long_running(&mut out, Some(&spec.template));
+        if spec.min_ready_seconds.is_some_and(|m| m < 0) {
+            out.push(Cause::invalid(
+                "spec.minReadySeconds",
+                spec.min_ready_seconds.unwrap_or_default(),
+                "must be greater than or equal to 0",
+            ));
+        }
+        if spec.revision_history_limit.is_some_and(|m| m < 0) {
+            out.push(Cause::invalid(
+                "spec.revisionHistoryLimit",
+                spec.revision_history_limit.unwrap_or_default(),
+                "must be greater than or equal to 0",
+            ));
+        }
+        let strategy = spec.update_strategy.clone().unwrap_or_default();
+        match strategy.type_.as_deref() {
+            Some("RollingUpdate") => {
+                let ru = strategy.rolling_update.unwrap_or_default();
+                let (unavailable, surge) = (
+                    "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                    "spec.updateStrategy.rollingUpdate.maxSurge",
+                );
+                check_int_or_percent(&mut out, unavailable, ru.max_unavailable.as_ref());
+                check_int_or_percent(&mut out, surge, ru.max_surge.as_ref());
+                let zero = |v: Option<&IntOrString>| match v {
+                    None | Some(IntOrString::Int(0)) => true,
+                    Some(IntOrString::String(s)) => s == "0%",
+                    Some(IntOrString::Int(_)) => false,
+                };
+                if zero(ru.max_unavailable.as_ref()) && zero(ru.max_surge.as_ref()) {
+                    out.push(Cause::invalid(
+                        unavailable,
+                        serde_json::to_string(&ru.max_unavailable).unwrap_or_default(),
+                        "may not be 0 when `maxSurge` is 0",
+                    ));
+                }
+            }
+            Some("OnDelete") => {
+                if strategy.rolling_update.is_some() {
+                    out.push(Cause::forbidden(
+                        "spec.updateStrategy.rollingUpdate",
+                        "may not be specified when strategy `type` is 'OnDelete'",
+                    ));
+                }
+            }
+            Some(other) => out.push(Cause::not_supported(
+                "spec.updateStrategy.type",
+                other,
+                &["OnDelete", "RollingUpdate"],
+            )),
+            None => out.push(Cause::required("spec.updateStrategy.type")),
+        }
+        out
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<Cause> {
+        let sel = |d: &DaemonSet| {
+            d.spec
+                .as_ref()
+                .map(|s| s.selector.clone())
+                .unwrap_or_default()
+        };
+        selector_unchanged(&sel(old), &sel(self))
+    }
+}
+
+#[async_trait]
+impl Kind for StatefulSet {
+    kind_fields!(spec: StatefulSetSpec, status: StatefulSetStatus);
+
+    fn prepare_for_create(&mut self) {
+        self.status = None;
+    }
+
+    /// kube's defaults: one replica, OrderedReady, RollingUpdate from
+    /// partition 0, claims retained, ten old revisions kept.
+    fn default_fields(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.replicas.get_or_insert(1);
+        spec.revision_history_limit.get_or_insert(10);
+        spec.pod_management_policy
+            .get_or_insert_with(|| "OrderedReady".into());
+        let strategy = spec
+            .update_strategy
+            .get_or_insert_with(StatefulSetUpdateStrategy::default);
+        strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+        if strategy.type_.as_deref() == Some("RollingUpdate") {
+            let ru = strategy
+                .rolling_update
+                .get_or_insert_with(RollingUpdateStatefulSetStrategy::default);
+            ru.partition.get_or_insert(0);
+        }
+        let retention = spec
+            .persistent_volume_claim_retention_policy
+            .get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
+        retention
+            .when_deleted
+            .get_or_insert_with(|| "Retain".into());
+        retention.when_scaled.get_or_insert_with(|| "Retain".into());
+        for claim in spec.volume_claim_templates.iter_mut().flatten() {
+            claim.default_fields();
+        }
+        default_pod_spec(spec.template.spec.get_or_insert_with(Default::default));
+    }
+
+    fn validate(&self) -> Vec<Cause> {
+        let mut out = Vec::new();
+        let empty = StatefulSetSpec::default();
+        let spec = self.spec.as_ref().unwrap_or(&empty);
+        // The template as its pods get it: each claim template is the
+        // volume of its name (so mounts of it are found).
+        let mut template = spec.template.clone();
+        if let Some(pod) = template.spec.as_mut() {
+            let volumes = pod.volumes.get_or_insert_with(Vec::new);
+            for claim in spec.volume_claim_templates.iter().flatten() {
+                let name = claim.metadata.name.clone().unwrap_or_default();
+                volumes.retain(|v| v.name != name);
+                volumes.push(k8s_openapi::api::core::v1::Volume {
+                    persistent_volume_claim: Some(
+                        k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+                            claim_name: format!("{name}-claim"),
+                            read_only: None,
+                        },
+                    ),
+                    name,
+                    ..Default::default()
+                });
+            }
+        }
+        check_workload(&mut out, spec.replicas, &spec.selector, Some(&template));
+        check_long_running(&mut out, Some(&spec.template));
+        // Its pods' revision label is `<name>-<hash>`, a label value.
+        let name = self.metadata.name.as_deref().unwrap_or_default();
+        if name.len() > 52 {
+            out.push(Cause::invalid(
+                "metadata.name",
+                name,
+                "must be no more than 52 characters",
+            ));
+        }
+        if let Some(p) = spec.pod_management_policy.as_deref()
+            && !["OrderedReady", "Parallel"].contains(&p)
         {
             out.push(Cause::not_supported(
-                "spec.template.spec.restartPolicy",
+                "spec.podManagementPolicy",
                 p,
-                &["Always"],
+                &["OrderedReady", "Parallel"],
+            ));
+        }
+        if let Some(name) = spec.service_name.as_deref().filter(|n| !n.is_empty())
+            && let Some(e) = weft_api::meta::dns_label_error(name)
+        {
+            out.push(Cause::invalid("spec.serviceName", name, e));
+        }
+        for (field, v) in [
+            ("spec.minReadySeconds", spec.min_ready_seconds),
+            ("spec.revisionHistoryLimit", spec.revision_history_limit),
+            (
+                "spec.ordinals.start",
+                spec.ordinals.as_ref().and_then(|o| o.start),
+            ),
+        ] {
+            if let Some(n) = v.filter(|n| *n < 0) {
+                out.push(Cause::invalid(
+                    field,
+                    n,
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
+        let strategy = spec.update_strategy.clone().unwrap_or_default();
+        match strategy.type_.as_deref() {
+            Some("RollingUpdate") => {
+                let ru = strategy.rolling_update.unwrap_or_default();
+                if let Some(p) = ru.partition.filter(|p| *p < 0) {
+                    out.push(Cause::invalid(
+                        "spec.updateStrategy.rollingUpdate.partition",
+                        p,
+                        "must be greater than or equal to 0",
+                    ));
+                }
+                let field = "spec.updateStrategy.rollingUpdate.maxUnavailable";
+                check_int_or_percent(&mut out, field, ru.max_unavailable.as_ref());
+                if matches!(ru.max_unavailable, Some(IntOrString::Int(0)))
+                    || matches!(&ru.max_unavailable, Some(IntOrString::String(s)) if s == "0%")
+                {
+                    out.push(Cause::invalid(field, 0, "must be greater than 0"));
+                }
+            }
+            Some("OnDelete") => {
+                if strategy.rolling_update.is_some() {
+                    out.push(Cause::forbidden(
+                        "spec.updateStrategy.rollingUpdate",
+                        "only allowed for updateStrategy 'RollingUpdate'",
+                    ));
+                }
+            }
+            Some(other) => out.push(Cause::not_supported(
+                "spec.updateStrategy.type",
+                other,
+                &["OnDelete", "RollingUpdate"],
+            )),
+            None => out.push(Cause::required("spec.updateStrategy.type")),
+        }
+        if let Some(r) = &spec.persistent_volume_claim_retention_policy {
+            for (field, v) in [
+                ("whenDeleted", r.when_deleted.as_deref()),
+                ("whenScaled", r.when_scaled.as_deref()),
+            ] {
+                if let Some(v) = v
+                    && !["Retain", "Delete"].contains(&v)
+                {
+                    out.push(Cause::not_supported(
+                        format!("spec.persistentVolumeClaimRetentionPolicy.{field}"),
+                        v,
+                        &["Retain", "Delete"],
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, claim) in spec.volume_claim_templates.iter().flatten().enumerate() {
+            let at = format!("spec.volumeClaimTemplates[{i}]");
+            let name = claim.metadata.name.clone().unwrap_or_default();
+            if let Some(e) = weft_api::meta::dns_label_error(&name) {
+                out.push(Cause::invalid(format!("{at}.metadata.name"), &name, e));
+            } else if !names.insert(name.clone()) {
+                out.push(Cause::duplicate(format!("{at}.metadata.name"), &name));
+            }
+            for mut c in claim.validate() {
+                c.field = format!("{at}.{}", c.field);
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// As kube-apiserver: only these fields of a StatefulSet's spec change.
+    fn validate_update(&self, old: &Self) -> Vec<Cause> {
+        let fixed = |s: &StatefulSet| {
+            let mut spec = s.spec.clone().unwrap_or_default();
+            spec.replicas = None;
+            spec.ordinals = None;
+            spec.template = PodTemplateSpec::default();
+            spec.update_strategy = None;
+            spec.persistent_volume_claim_retention_policy = None;
+            spec.min_ready_seconds = None;
+            spec.revision_history_limit = None;
+            spec
+        };
+        if fixed(self) != fixed(old) {
+            return vec![Cause::forbidden(
+                "spec",
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+            )];
+        }
+        Vec::new()
+    }
+}
+
+#[async_trait]
+impl Kind for ControllerRevision {
+    kind_fields!();
+
+    fn validate(&self) -> Vec<Cause> {
+        let mut out = Vec::new();
+        if self.revision < 0 {
+            out.push(Cause::invalid(
+                "revision",
+                self.revision,
+                "must be greater than or equal to 0",
             ));
         }
         out
+    }
+
+    /// As kube-apiserver: its data never changes (its revision number
+    /// may, which is how a rollback makes an old template current again).
+    fn validate_update(&self, old: &Self) -> Vec<Cause> {
+        if self.data != old.data {
+            return vec![Cause::invalid("data", "", "field is immutable")];
+        }
+        Vec::new()
     }
 }
 

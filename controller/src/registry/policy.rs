@@ -11,40 +11,11 @@ use k8s_openapi::api::policy::v1::{
     PodDisruptionBudget, PodDisruptionBudgetSpec, PodDisruptionBudgetStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, LabelSelector};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_api::error::{ApiError, Cause};
 
 use super::kind::{Kind, kind_fields};
-use super::validation::check_selector;
+use super::validation::{check_int_or_percent, check_selector};
 use super::{Registry, Write};
-
-/// An integer or a percentage that is not negative (and, as a
-/// percentage, at most 100%).
-fn check_int_or_percent(out: &mut Vec<Cause>, field: &str, v: Option<&IntOrString>) {
-    match v {
-        Some(IntOrString::Int(n)) if *n < 0 => out.push(Cause::invalid(
-            field,
-            n,
-            "must be greater than or equal to 0",
-        )),
-        Some(IntOrString::String(s)) => {
-            match s.strip_suffix('%').and_then(|p| p.parse::<u32>().ok()) {
-                Some(p) if p > 100 => out.push(Cause::invalid(
-                    field,
-                    s,
-                    "must not be greater than 100%",
-                )),
-                Some(_) => {}
-                None => out.push(Cause::invalid(
-                    field,
-                    s,
-                    "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
-                )),
-            }
-        }
-        _ => {}
-    }
-}
 
 #[async_trait]
 impl Kind for PodDisruptionBudget {

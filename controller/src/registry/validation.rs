@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 use weft_api::error::Cause;
 use weft_api::meta::dns_label_error;
@@ -201,6 +202,16 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
                 requests.entry(k).or_insert(v);
             }
         }
+        // `resources: {}` (what Go clients send for an unset struct, as
+        // kubectl's rollback does) is no resources: one form, so that a
+        // template written back compares equal to the one it came from.
+        if c.resources.as_ref().is_some_and(|r| {
+            r.limits.as_ref().is_none_or(|m| m.is_empty())
+                && r.requests.as_ref().is_none_or(|m| m.is_empty())
+                && r.claims.as_ref().is_none_or(Vec::is_empty)
+        }) {
+            c.resources = None;
+        }
     }
 }
 
@@ -306,5 +317,33 @@ pub fn check_pod_spec(out: &mut Vec<Cause>, spec: Option<&PodSpec>, path: &str) 
             p,
             &["Always", "OnFailure", "Never"],
         ));
+    }
+}
+
+/// An integer or a percentage that is not negative (and, as a
+/// percentage, at most 100%).
+pub(crate) fn check_int_or_percent(out: &mut Vec<Cause>, field: &str, v: Option<&IntOrString>) {
+    match v {
+        Some(IntOrString::Int(n)) if *n < 0 => out.push(Cause::invalid(
+            field,
+            n,
+            "must be greater than or equal to 0",
+        )),
+        Some(IntOrString::String(s)) => {
+            match s.strip_suffix('%').and_then(|p| p.parse::<u32>().ok()) {
+                Some(p) if p > 100 => out.push(Cause::invalid(
+                    field,
+                    s,
+                    "must not be greater than 100%",
+                )),
+                Some(_) => {}
+                None => out.push(Cause::invalid(
+                    field,
+                    s,
+                    "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                )),
+            }
+        }
+        _ => {}
     }
 }
