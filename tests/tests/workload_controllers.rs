@@ -1883,6 +1883,53 @@ spec:
         "{:?}",
         web_versions(&c)?
     );
+
+    // A rollout that cannot progress (its image does not exist) is
+    // reported once progressDeadlineSeconds pass, and kubectl stops.
+    kubectl(
+        &c,
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "-p",
+            r#"{"spec":{"progressDeadlineSeconds":3}}"#,
+        ],
+    )?;
+    kubectl(
+        &c,
+        &["set", "image", "deploy/web", "main=weft.local/nope:1"],
+    )?;
+    let mut cmd = std::process::Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    cmd.arg("--kubeconfig").arg(&c.kubeconfig).args([
+        "rollout",
+        "status",
+        "deploy/web",
+        "--timeout=60s",
+    ]);
+    let t = Instant::now();
+    let out = c.output_in(&c.lab.underlay, cmd)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("exceeded its progress deadline"),
+        "kubectl rollout status after {:?}: {stderr}",
+        t.elapsed()
+    );
+    let d = c.get_json(&["deploy", "web"])?;
+    ensure!(
+        d["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Progressing"
+                && c["status"] == "False"
+                && c["reason"] == "ProgressDeadlineExceeded"),
+        "{}",
+        d["status"]
+    );
+    // The old pods keep serving meanwhile (maxUnavailable 25% of 3 is 0).
+    let pods = app_pods(&c, "web")?;
+    ensure!(pods.iter().filter(|p| p.2).count() == 3, "{pods:?}");
     Ok(())
 }
 

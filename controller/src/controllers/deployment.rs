@@ -502,6 +502,38 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
             .and_then(|c| c.last_transition_time.clone());
         Some(kept.unwrap_or_else(|| now.clone()))
     };
+    // progressDeadlineSeconds, as kube's: the last time the rollout made
+    // progress (more pods updated, ready or available, fewer in all) is
+    // the Progressing condition's lastUpdateTime; an unfinished rollout
+    // that made none for that long has exceeded its deadline.
+    let was = d.status.clone().unwrap_or_default();
+    let was_progressing = was
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing")
+        .cloned();
+    let progressed = i64::from(was.updated_replicas.unwrap_or(0)) < updated
+        || i64::from(was.replicas.unwrap_or(0)) > total
+        || i64::from(was.ready_replicas.unwrap_or(0)) < ready
+        || i64::from(was.available_replicas.unwrap_or(0)) < available
+        || d.metadata.generation != was.observed_generation;
+    let last_progress = match &was_progressing {
+        Some(c) if !progressed && c.status != "Unknown" => {
+            c.last_update_time.clone().unwrap_or_else(|| now.clone())
+        }
+        _ => now.clone(),
+    };
+    let deadline = spec
+        .progress_deadline_seconds
+        .filter(|s| *s != i32::MAX)
+        .map(|s| std::time::Duration::from_secs(s.max(0).unsigned_abs().into()));
+    let stalled_for = std::time::Duration::from_secs(
+        (now.0.as_second() - last_progress.0.as_second())
+            .max(0)
+            .unsigned_abs(),
+    );
+    let timed_out = !paused && !complete && deadline.is_some_and(|d| stalled_for >= d);
     let available_status = if is_available { "True" } else { "False" };
     let new_name = newest.map(|rs| rs.name_any()).unwrap_or_default();
     let status = DeploymentStatus {
@@ -543,6 +575,17 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
                     last_transition_time: keep_time("Progressing", "Unknown"),
                     last_update_time: keep_time("Progressing", "Unknown"),
                 }
+            } else if timed_out {
+                DeploymentCondition {
+                    type_: "Progressing".into(),
+                    status: "False".into(),
+                    reason: Some("ProgressDeadlineExceeded".into()),
+                    message: Some(format!(
+                        "ReplicaSet \"{new_name}\" has timed out progressing."
+                    )),
+                    last_transition_time: keep_time("Progressing", "False"),
+                    last_update_time: Some(last_progress.clone()),
+                }
             } else {
                 DeploymentCondition {
                     type_: "Progressing".into(),
@@ -561,7 +604,7 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
                         format!("ReplicaSet \"{new_name}\" is progressing.")
                     }),
                     last_transition_time: keep_time("Progressing", "True"),
-                    last_update_time: keep_time("Progressing", "True"),
+                    last_update_time: Some(last_progress.clone()),
                 }
             },
         ]),
@@ -574,6 +617,16 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
                 Ok(obj)
             })
             .await?;
+    }
+    // An unfinished rollout is looked at again when its deadline passes.
+    if let Some(d) = deadline
+        && !paused
+        && !complete
+        && !timed_out
+    {
+        return Ok(Action::requeue(
+            d.saturating_sub(stalled_for) + std::time::Duration::from_millis(500),
+        ));
     }
     Ok(Action::await_change())
 }
