@@ -2206,3 +2206,135 @@ spec:
     );
     Ok(())
 }
+
+#[test]
+fn jobs_keep_max_failed_indexes_pod_replacement_and_managed_by() -> Result<()> {
+    let c = up(1)?;
+    c.apply(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: capped}
+spec:
+  completionMode: Indexed
+  completions: 4
+  parallelism: 4
+  backoffLimitPerIndex: 0
+  maxFailedIndexes: 1
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: weft.local/busybox:1.36
+        command: [sh, -c, 'case $JOB_COMPLETION_INDEX in 1|2) exit 1;; 0) exit 0;; *) trap "exit 0" TERM; sleep 60 & wait;; esac']
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: elsewhere}
+spec:
+  managedBy: example.com/another-controller
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: ["true"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: replaced}
+spec:
+  podReplacementPolicy: Failed
+  backoffLimit: 3
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: main
+        image: weft.local/busybox:1.36
+        command: [sh, -c, 'trap "sleep 2; exit 1" TERM; while true; do sleep 1; done']
+"#,
+    )?;
+    // Two failed indexes are more than maxFailedIndexes allows: the Job
+    // fails at once, its running index stopped.
+    let job = wait_end(&c, "capped", Duration::from_secs(90))?;
+    let failed = condition(&job, "Failed").unwrap_or_default();
+    ensure!(
+        failed["reason"] == "MaxFailedIndexesExceeded",
+        "{}",
+        job["status"]
+    );
+    // (Index 3, stopped as the Job failed, ends Failed too: kube's
+    // isIndexFailed counts it, as here.)
+    ensure!(
+        job["status"]["failedIndexes"] == "1,2" || job["status"]["failedIndexes"] == "1-3",
+        "{}",
+        job["status"]
+    );
+    ensure!(
+        job["status"]["completedIndexes"] == "0",
+        "{}",
+        job["status"]
+    );
+
+    // podReplacementPolicy Failed: the replacement waits until the deleted
+    // pod has stopped for good, so the two never run at once.
+    let first = wait_until("replaced's pod running", Duration::from_secs(60), || {
+        let pods = pods_of(&c, "replaced").ok()?;
+        let p = pods.first()?.clone();
+        (pods.len() == 1 && p["status"]["phase"] == "Running").then_some(p)
+    })?;
+    let first_name = first["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    c.weft(&["delete", "pod", &first_name, "--wait=false"])?;
+    let deleted = Instant::now();
+    let second = wait_until("a replacement", Duration::from_secs(60), || {
+        let pods = pods_of(&c, "replaced").ok()?;
+        // Still running its stop (not Failed yet, not gone).
+        let old_still_there = pods.iter().any(|p| {
+            p["metadata"]["name"] == first_name.as_str()
+                && p["status"]["phase"] != "Failed"
+                && p["status"]["phase"] != "Succeeded"
+        });
+        let others: Vec<&Value> = pods
+            .iter()
+            .filter(|p| p["metadata"]["name"] != first_name.as_str())
+            .collect();
+        match (old_still_there, others.first()) {
+            (true, Some(_)) => Some(Err(format!(
+                "a replacement while the deleted pod is still stopping: {:?}",
+                pods.iter()
+                    .map(|p| &p["metadata"]["name"])
+                    .collect::<Vec<_>>()
+            ))),
+            (false, Some(p)) => Some(Ok((*p).clone())),
+            _ => None,
+        }
+    })?
+    .map_err(anyhow::Error::msg)?;
+    ensure!(
+        deleted.elapsed() >= Duration::from_secs(2),
+        "replaced after {:?}, before the old pod's 2 s stop",
+        deleted.elapsed()
+    );
+    ensure!(second["metadata"]["name"] != first_name.as_str());
+
+    // managedBy another controller: Weft leaves the Job alone.
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        pods_of(&c, "elsewhere")?.is_empty(),
+        "pods made for a Job managed elsewhere"
+    );
+    let job = c.get_json(&["job", "elsewhere"])?;
+    ensure!(
+        job["status"]
+            .as_object()
+            .is_none_or(serde_json::Map::is_empty),
+        "{}",
+        job["status"]
+    );
+    Ok(())
+}
