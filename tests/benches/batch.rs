@@ -122,7 +122,19 @@ fn ready(p: &serde_json::Value) -> bool {
 
 /// DaemonSet: node Ready to daemon pod Running, per rejoin; then one pod's
 /// start and a StatefulSet of 10 (OrderedReady) to all Ready.
-fn sets() -> Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>, Duration)> {
+/// What [`sets`] measured.
+struct SetFigures {
+    /// Node Ready to daemon pod Running, per rejoin.
+    rejoins: Vec<Duration>,
+    /// One pod, `weft apply` to Ready.
+    singles: Vec<Duration>,
+    /// The client's share of a single (apply of an unchanged pod, one poll).
+    overhead: Vec<Duration>,
+    /// The StatefulSet of 10, `weft apply` to all Ready.
+    set: Duration,
+}
+
+fn sets() -> Result<SetFigures> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -265,7 +277,12 @@ spec:
         template("ordered")
     ))?;
     let set = wait_ready(&c, "ordered", SET_SIZE, t)?;
-    Ok((rejoins, singles, overhead, set))
+    Ok(SetFigures {
+        rejoins,
+        singles,
+        overhead,
+        set,
+    })
 }
 
 fn main() -> Result<()> {
@@ -295,7 +312,12 @@ fn main() -> Result<()> {
         );
     }
     println!();
-    let (rejoins, singles, overhead, set) = sets()?;
+    let SetFigures {
+        rejoins,
+        singles,
+        overhead,
+        set,
+    } = sets()?;
     println!("## A DaemonSet on a {NODES}-node lab: a node Ready to its daemon pod Running\n");
     println!("| rejoin | time (ms) |");
     println!("|---|---|");
