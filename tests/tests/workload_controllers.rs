@@ -2204,6 +2204,30 @@ spec:
             && rows.get(1).is_some_and(|r| r[..2] == ["db", "1/1"]),
         "{table}"
     );
+    // whenDeleted: Delete: the set owns its claims, which go with it.
+    kubectl(
+        &c,
+        &[
+            "patch",
+            "sts",
+            "db",
+            "-p",
+            r#"{"spec":{"persistentVolumeClaimRetentionPolicy":{"whenDeleted":"Delete"}}}"#,
+        ],
+    )?;
+    wait_until("the set to own its claim", Duration::from_secs(30), || {
+        let pvc = c.get_json(&["pvc", "data-db-0"]).ok()?;
+        pvc["metadata"]["ownerReferences"]
+            .as_array()?
+            .iter()
+            .any(|r| r["kind"] == "StatefulSet" && r["name"] == "db")
+            .then_some(())
+    })?;
+    c.weft(&["delete", "sts", "db"])?;
+    wait_until("the pods and claims to go", Duration::from_secs(90), || {
+        (set_pods(&c, "db").ok()?.is_empty() && claim_names(&c).ok()?.is_empty()).then_some(())
+    })
+    .with_context(|| format!("claims: {:?}", claim_names(&c)))?;
     Ok(())
 }
 

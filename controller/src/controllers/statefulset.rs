@@ -294,6 +294,11 @@ pub async fn reconcile(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, ApiError>
         delete_pods(ctx, ns, &strays, true).await?;
     }
 
+    // The claims of pods that run: their owners as `whenDeleted` says now
+    // (a missing claim is made before its pod, below).
+    for ordinal in (first..end).filter(|n| by_ordinal.contains_key(n)) {
+        ensure_claims(sts, &spec, ordinal, ctx).await?;
+    }
     // Pods in the range, lowest first.
     let mut last_rev = 0i64;
     let mut blocked = false;
