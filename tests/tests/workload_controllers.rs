@@ -1644,6 +1644,34 @@ spec:
         "OnDelete: {after:?} -> {now:?}"
     );
 
+    // Deleted with --cascade=orphan and made again: the new DaemonSet
+    // adopts the three pods (no second pod on any node) and its history.
+    let kept: Vec<String> = daemon_pods(&c, "agent")?.into_iter().map(|p| p.0).collect();
+    let mut again = c.get_json(&["ds", "agent"])?;
+    kubectl(&c, &["delete", "ds", "agent", "--cascade=orphan"])?;
+    wait_until("the DaemonSet to go", Duration::from_secs(30), || {
+        c.get_json(&["ds"]).ok()?["items"]
+            .as_array()?
+            .is_empty()
+            .then_some(())
+    })?;
+    if let Some(m) = again["metadata"].as_object_mut() {
+        m.retain(|k, _| ["name", "namespace", "labels", "annotations"].contains(&k.as_str()));
+    }
+    if let Some(o) = again.as_object_mut() {
+        o.remove("status");
+    }
+    let (ok, why) = apply_refused(&c, &again.to_string())?;
+    ensure!(ok, "{why}");
+    wait_until("the pods adopted", Duration::from_secs(30), || {
+        let ds = c.get_json(&["ds", "agent"]).ok()?;
+        (ds["status"]["numberReady"] == 3 && ds["status"]["currentNumberScheduled"] == 3)
+            .then_some(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let now: Vec<String> = daemon_pods(&c, "agent")?.into_iter().map(|p| p.0).collect();
+    ensure!(now == kept, "after re-creation: {now:?} (before {kept:?})");
+
     // kubectl's table.
     let (table, _) = kubectl(&c, &["get", "ds", "agent"])?;
     let header = table.lines().next().unwrap_or_default();
@@ -2204,6 +2232,44 @@ spec:
             && rows.get(1).is_some_and(|r| r[..2] == ["db", "1/1"]),
         "{table}"
     );
+    // Deleted with --cascade=orphan and made again: the new set adopts the
+    // pod (the same uid, now its own) and the revisions left behind.
+    let before = c.get_json(&["pod", "db-0"])?;
+    let mut again = c.get_json(&["sts", "db"])?;
+    kubectl(&c, &["delete", "sts", "db", "--cascade=orphan"])?;
+    wait_until("the set to go", Duration::from_secs(30), || {
+        c.get_json(&["sts"]).ok()?["items"]
+            .as_array()?
+            .is_empty()
+            .then_some(())
+    })?;
+    let orphan = c.get_json(&["pod", "db-0"])?;
+    ensure!(
+        orphan["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{}",
+        orphan["metadata"]
+    );
+    if let Some(m) = again["metadata"].as_object_mut() {
+        m.retain(|k, _| ["name", "namespace", "labels", "annotations"].contains(&k.as_str()));
+    }
+    if let Some(o) = again.as_object_mut() {
+        o.remove("status");
+    }
+    let (ok, why) = apply_refused(&c, &again.to_string())?;
+    ensure!(ok, "{why}");
+    let sts_uid = c.get_json(&["sts", "db"])?["metadata"]["uid"].clone();
+    wait_until("db-0 adopted", Duration::from_secs(30), || {
+        let p = c.get_json(&["pod", "db-0"]).ok()?;
+        (p["metadata"]["uid"] == before["metadata"]["uid"]
+            && p["metadata"]["ownerReferences"][0]["uid"] == sts_uid)
+            .then_some(())
+    })?;
+    wait_until("the set's status", Duration::from_secs(30), || {
+        let s = c.get_json(&["sts", "db"]).ok()?;
+        (s["status"]["readyReplicas"] == 1).then_some(())
+    })?;
     // whenDeleted: Delete: the set owns its claims, which go with it.
     kubectl(
         &c,

@@ -42,7 +42,7 @@ use weft_api::pod::{available_in, is_ready};
 
 use super::deployment::resolve;
 use super::history::{self, REVISION_HASH, hash_of};
-use super::{Action, Controller, Ctx, controller_ref, delete_pods, record_event};
+use super::{Action, Controller, Ctx, adopt, controller_ref, delete_pods, record_event};
 use crate::cache::Change;
 use crate::registry::{Write, revision_of, store_error};
 
@@ -218,6 +218,10 @@ pub async fn reconcile(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ApiError> {
     let spec = ds.spec.clone().unwrap_or_default();
     let template_spec = spec.template.spec.clone().unwrap_or_default();
     let uid = ds.metadata.uid.as_deref().unwrap_or_default();
+    // What an earlier DaemonSet of this selector left (deleted with
+    // --cascade=orphan) is this one's now.
+    adopt::<DaemonSet, ControllerRevision>(ctx, ds, &spec.selector, |_| true).await?;
+    adopt::<DaemonSet, Pod>(ctx, ds, &spec.selector, |_| true).await?;
     let mut pods = ctx.cache.store::<Pod>().controlled_by(uid);
     pods.retain(|p| p.metadata.deletion_timestamp.is_none());
     let hash = history::sync(ds, &spec.template, spec.revision_history_limit, &pods, ctx)

@@ -417,6 +417,85 @@ pub fn controller_ref<K: Kind>(owner: &K) -> Option<Vec<OwnerReference>> {
     Some(vec![r])
 }
 
+/// Adopts the objects of kind `C` in `owner`'s namespace that no controller
+/// owns, whose labels `selector` selects and that `member` accepts, as
+/// kube's ControllerRefManager does: after a `--cascade=orphan` deletion,
+/// the workload made again with the same selector takes over the pods (and
+/// revisions) left behind instead of failing on their names or doubling
+/// them. Nothing is adopted by an owner being deleted. Returns how many.
+///
+/// # Errors
+/// When a write fails (an object gone or changed meanwhile is skipped).
+pub async fn adopt<K: Kind, C: Kind>(
+    ctx: &Ctx,
+    owner: &K,
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    member: impl Fn(&C) -> bool,
+) -> Result<usize, ApiError> {
+    if owner.meta().deletion_timestamp.is_some()
+        || crate::registry::validation::selector_is_empty(selector)
+    {
+        return Ok(0);
+    }
+    let Some(reference) = controller_ref(owner) else {
+        return Ok(0);
+    };
+    let ns = owner.meta().namespace.clone();
+    let empty = std::collections::BTreeMap::new();
+    let orphans: Vec<Arc<C>> = ctx
+        .cache
+        .store::<C>()
+        .list(ns.as_deref())
+        .into_iter()
+        .filter(|o| {
+            o.meta().deletion_timestamp.is_none()
+                && !o
+                    .meta()
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|r| r.controller == Some(true))
+                && crate::registry::validation::selects(
+                    selector,
+                    o.meta().labels.as_ref().unwrap_or(&empty),
+                )
+                && member(o)
+        })
+        .collect();
+    let mut adopted = 0;
+    for o in orphans {
+        let name = o.meta().name.clone().unwrap_or_default();
+        let reference = reference.clone();
+        let r = ctx
+            .reg
+            .modify::<C>(
+                ns.as_deref(),
+                &name,
+                crate::registry::Write::Update,
+                move |mut obj| {
+                    let refs = obj.meta_mut().owner_references.get_or_insert_with(Vec::new);
+                    if refs.iter().any(|r| r.controller == Some(true)) {
+                        return Err(ApiError::conflict("", "", "", "already has a controller"));
+                    }
+                    refs.extend(reference.clone());
+                    Ok(obj)
+                },
+            )
+            .await;
+        match r {
+            Ok(obj) => {
+                adopted += 1;
+                ctx.cache.wait_for(crate::registry::revision_of(&obj)).await;
+            }
+            Err(ApiError {
+                code: 404 | 409, ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(adopted)
+}
+
 /// Pod deletions in flight at a time, per caller.
 const DELETE_BURST: usize = 64;
 

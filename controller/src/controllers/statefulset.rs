@@ -38,7 +38,7 @@ use weft_api::pod::{available_in, is_ready};
 
 use super::deployment::resolve;
 use super::history::{self, REVISION_HASH, hash_of};
-use super::{Action, Controller, Ctx, controller_ref, delete_pods, record_event};
+use super::{Action, Controller, Ctx, adopt, controller_ref, delete_pods, record_event};
 use crate::registry::{Write, revision_of};
 
 /// The label with the pod's name (what a per-pod Service selects).
@@ -240,6 +240,11 @@ pub async fn reconcile(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, ApiError>
     let set = sts.name_any();
     let spec = sts.spec.clone().unwrap_or_default();
     let uid = sts.metadata.uid.clone().unwrap_or_default();
+    // What an earlier set of this name and selector left (deleted with
+    // --cascade=orphan) is this one's now: its revisions, and its pods
+    // that are members (`<set>-<ordinal>`).
+    adopt::<StatefulSet, ControllerRevision>(ctx, sts, &spec.selector, |_| true).await?;
+    adopt::<StatefulSet, Pod>(ctx, sts, &spec.selector, |p| ordinal_of(&set, p).is_some()).await?;
     let pods = ctx.cache.store::<Pod>().controlled_by(&uid);
     let update =
         history::sync(sts, &spec.template, spec.revision_history_limit, &pods, ctx).await?;
@@ -326,8 +331,29 @@ pub async fn reconcile(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, ApiError>
                         )
                         .await;
                     }
-                    // The previous pod of that name is still going.
-                    Err(e) if e.code == 409 => {}
+                    // The previous pod of that name is still going, or
+                    // the name is another controller's pod: said once per
+                    // pass, and looked at again when it changes.
+                    Err(e) if e.code == 409 => {
+                        let theirs = ctx
+                            .cache
+                            .store::<Pod>()
+                            .get(ns, &format!("{set}-{ordinal}"))
+                            .is_some_and(|p| {
+                                crate::cache::controller_uid(&*p) != Some(uid.as_str())
+                            });
+                        if theirs {
+                            record_event(
+                                &ctx.reg,
+                                sts,
+                                "Warning",
+                                "FailedCreate",
+                                &format!("create Pod {set}-{ordinal} in StatefulSet {set} failed error: {e}"),
+                                COMPONENT,
+                            )
+                            .await;
+                        }
+                    }
                     Err(e) => {
                         record_event(
                             &ctx.reg,
