@@ -179,6 +179,9 @@ pub async fn run(c: &Client, cmd: RolloutCmd, ns: &str) -> Result<u8> {
 async fn pause(c: &Client, t: &str, ns: &str, on: bool) -> Result<u8> {
     let (w, res, name) = target(t)?;
     let verb = if on { "pausing" } else { "resuming" };
+    let path = object_path(res, Some(ns), &name);
+    // A missing object is NotFound first, as kubectl says.
+    let obj = c.get(&path).await?;
     if w != Workload::Deployment {
         bail!(
             "{}.{} \"{name}\" {verb} is not supported",
@@ -186,8 +189,6 @@ async fn pause(c: &Client, t: &str, ns: &str, on: bool) -> Result<u8> {
             res.group
         );
     }
-    let path = object_path(res, Some(ns), &name);
-    let obj = c.get(&path).await?;
     let paused = obj["spec"]["paused"] == true;
     if paused == on {
         let state = if on { "paused" } else { "not paused" };

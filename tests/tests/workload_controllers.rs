@@ -1507,6 +1507,26 @@ spec:
         (p.len() == 3 && p.iter().all(|p| p.3)).then_some(())
     })?;
     c.weft(&["uncordon", "n1"])?;
+    // A NoSchedule taint that comes later leaves the pod running; the node
+    // no longer counts as one that should run it (misscheduled), as kube.
+    kubectl(&c, &["taint", "node", "n3", "gpu=yes:NoSchedule"])?;
+    wait_until("n3 misscheduled", Duration::from_secs(30), || {
+        let ds = c.get_json(&["ds", "agent"]).ok()?;
+        (ds["status"]["desiredNumberScheduled"] == 2 && ds["status"]["numberMisscheduled"] == 1)
+            .then_some(())
+    })?;
+    ensure!(
+        daemon_pods(&c, "agent")?.len() == 3,
+        "{:?}",
+        daemon_pods(&c, "agent")?
+    );
+    kubectl(&c, &["taint", "node", "n3", "gpu=yes:NoSchedule-"])?;
+    wait_until("n3 counted again", Duration::from_secs(30), || {
+        let ds = c.get_json(&["ds", "agent"]).ok()?;
+        (ds["status"]["desiredNumberScheduled"] == 3
+            && ds["status"]["numberMisscheduled"].as_i64().unwrap_or(0) == 0)
+            .then_some(())
+    })?;
 
     // A node that leaves and joins again: its pod goes with the node and
     // a new one comes within seconds of the node being Ready.

@@ -914,7 +914,13 @@ fn pod_status(pod: &Pod, synced: &PodSync, ip: Option<Ipv4Addr>, node_ip: Ipv4Ad
     let now = weft_now();
     // The conditions the agent owns, by the API's one rule: a transition
     // time moves only with the status.
-    let not_ready = (!all_ready).then_some("ContainersNotReady");
+    // A pod that succeeded is not ready because it completed (kubelet's
+    // PodCompleted).
+    let not_ready = (!all_ready).then_some(if phase == "Succeeded" {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    });
     let mut scratch = Pod {
         status: Some(old.clone()),
         ..Pod::default()

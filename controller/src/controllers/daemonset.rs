@@ -253,11 +253,16 @@ pub async fn reconcile(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ApiError> {
             .partition(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"));
         failed += dead.len();
         doomed.extend(dead);
-        if !(run || stay && !alive.is_empty()) {
+        if !run {
             if !alive.is_empty() {
                 misscheduled += 1;
             }
-            doomed.extend(alive);
+            // A pod that may stay (a NoSchedule taint it does not
+            // tolerate came after it) is left as it is, as kube does: not
+            // replaced in an update, counted as misscheduled.
+            if !stay {
+                doomed.extend(alive);
+            }
             continue;
         }
         let mut on = OnNode::default();
@@ -469,10 +474,9 @@ async fn write_status(
         ..DaemonSetStatus::default()
     };
     for node in ctx.cache.store::<Node>().list(None) {
-        let (run, stay) = placement(&template_spec, &node);
+        let (run, _) = placement(&template_spec, &node);
         let here = by_node.get(&node.name_any());
-        let has = here.is_some_and(|v| !v.is_empty());
-        if !(run || stay && has) {
+        if !run {
             continue;
         }
         st.desired_number_scheduled += 1;

@@ -533,7 +533,14 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
             .max(0)
             .unsigned_abs(),
     );
-    let timed_out = !paused && !complete && deadline.is_some_and(|d| stalled_for >= d);
+    // Once timed out it stays so until the rollout moves again.
+    let was_timed_out = was_progressing
+        .as_ref()
+        .is_some_and(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+    let timed_out = !paused
+        && !complete
+        && deadline.is_some()
+        && (was_timed_out && !progressed || deadline.is_some_and(|d| stalled_for >= d));
     let available_status = if is_available { "True" } else { "False" };
     let new_name = newest.map(|rs| rs.name_any()).unwrap_or_default();
     let status = DeploymentStatus {
@@ -584,7 +591,7 @@ pub async fn reconcile(d: &Deployment, ctx: &Ctx) -> Result<Action, ApiError> {
                         "ReplicaSet \"{new_name}\" has timed out progressing."
                     )),
                     last_transition_time: keep_time("Progressing", "False"),
-                    last_update_time: Some(last_progress.clone()),
+                    last_update_time: keep_time("Progressing", "False"),
                 }
             } else {
                 DeploymentCondition {
