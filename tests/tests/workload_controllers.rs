@@ -2448,3 +2448,83 @@ spec:
     );
     Ok(())
 }
+
+#[test]
+fn no_execute_taints_evict_what_does_not_tolerate_them() -> Result<()> {
+    let c = up(1)?;
+    let pod = |name: &str, tolerations: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  tolerations: {tolerations}
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    command: [sh, -c, 'trap "exit 0" TERM; while true; do sleep 1; done']
+---
+"#
+        )
+    };
+    c.apply(&format!(
+        "{}{}{}",
+        pod("victim", "[]"),
+        pod(
+            "patient",
+            r#"[{key: evict, operator: Exists, effect: NoExecute, tolerationSeconds: 4}]"#
+        ),
+        pod(
+            "stays",
+            r#"[{key: evict, operator: Exists, effect: NoExecute}]"#
+        ),
+    ))?;
+    wait_until("three running pods", Duration::from_secs(60), || {
+        let list = c.get_json(&["pods"]).ok()?;
+        let items = list["items"].as_array()?;
+        (items.len() == 3 && items.iter().all(weft_lab::cluster::pod_ready)).then_some(())
+    })?;
+    kubectl(&c, &["taint", "node", "n1", "evict=1:NoExecute"])?;
+    let tainted = Instant::now();
+    let node = c.get_json(&["node", "n1"])?;
+    ensure!(
+        node["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["key"] == "evict" && t["timeAdded"].is_string()),
+        "no timeAdded: {}",
+        node["spec"]
+    );
+    let gone = |name: &str| {
+        c.get_json(&["pods"]).ok().is_some_and(|l| {
+            !l["items"].as_array().into_iter().flatten().any(|p| {
+                p["metadata"]["name"] == name && !p["metadata"]["deletionTimestamp"].is_string()
+            })
+        })
+    };
+    wait_until("victim evicted", Duration::from_secs(20), || {
+        gone("victim").then_some(())
+    })?;
+    ensure!(!gone("patient"), "patient evicted before its 4 s");
+    wait_until("patient evicted", Duration::from_secs(30), || {
+        gone("patient").then_some(())
+    })?;
+    ensure!(
+        tainted.elapsed() >= Duration::from_secs(4),
+        "patient evicted after {:?}",
+        tainted.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(
+        !gone("stays"),
+        "a pod tolerating the taint for good was evicted"
+    );
+    ensure!(
+        event_reasons_of(&c, "Pod", "victim")?.contains(&"TaintManagerEviction".to_string()),
+        "{:?}",
+        event_reasons_of(&c, "Pod", "victim")?
+    );
+    Ok(())
+}

@@ -221,6 +221,41 @@ fn tolerated_for(pod: &Pod, default: Duration) -> Option<Duration> {
     Some(default)
 }
 
+/// When (seconds since the epoch) `taints` evict the pod: at once for one
+/// it does not tolerate, else its tolerations' seconds after each taint was
+/// added (the earliest); `None` when it tolerates them all for good.
+fn eviction_due(pod: &Pod, taints: &[&Taint]) -> Option<f64> {
+    let tolerations = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default();
+    taints
+        .iter()
+        .filter_map(|taint| {
+            let matching: Vec<_> = tolerations
+                .iter()
+                .filter(|t| weft_api::placement::tolerates(std::slice::from_ref(*t), taint))
+                .collect();
+            if matching.is_empty() {
+                return Some(0.0);
+            }
+            // The longest a matching toleration allows; none without seconds.
+            if matching.iter().any(|t| t.toleration_seconds.is_none()) {
+                return None;
+            }
+            let secs_allowed = matching
+                .iter()
+                .filter_map(|t| t.toleration_seconds)
+                .max()
+                .unwrap_or(0)
+                .max(0) as f64;
+            let added = taint.time_added.as_ref().map_or(0.0, |t| secs(&t.0));
+            Some(added + secs_allowed)
+        })
+        .reduce(f64::min)
+}
+
 /// Deletes a pod at once (its node will never stop it).
 async fn delete_now(ctx: &Ctx, pod: &Pod) -> Result<bool, ApiError> {
     match ctx
@@ -415,6 +450,43 @@ async fn sweep(ctx: &Ctx, seen: &mut Observer) -> Result<(), ApiError> {
                     )
                     .await;
                 }
+            }
+        }
+    }
+    // Other NoExecute taints (added by hand or by another controller), as
+    // kube's taint-eviction controller: a pod that does not tolerate one
+    // goes at once, one that tolerates it for tolerationSeconds goes that
+    // long after the taint was added.
+    for node in &nodes {
+        let taints: Vec<&Taint> = node
+            .spec
+            .iter()
+            .flat_map(|s| s.taints.iter().flatten())
+            .filter(|t| t.effect == "NoExecute" && t.key != UNREACHABLE)
+            .collect();
+        if taints.is_empty() {
+            continue;
+        }
+        for pod in pods.on_node(&node.name_any()) {
+            if pod.metadata.deletion_timestamp.is_some() || weft_api::pod::is_finished(&pod) {
+                continue;
+            }
+            let Some(due) = eviction_due(&pod, &taints) else {
+                continue;
+            };
+            if now < due {
+                continue;
+            }
+            if delete_now(ctx, &pod).await? {
+                record_event(
+                    &ctx.reg,
+                    &*pod,
+                    "Normal",
+                    "TaintManagerEviction",
+                    &format!("Marking for deletion Pod {}", weft_api::meta::key_of(&*pod)),
+                    "taint-eviction-controller",
+                )
+                .await;
             }
         }
     }

@@ -143,6 +143,7 @@ impl Kind for Node {
     }
 
     async fn on_create(&mut self, reg: &Registry, txn: &mut Txn) -> Result<(), ApiError> {
+        stamp_no_execute_taints(self, None);
         claim_block(reg, self, txn).await
     }
 
@@ -152,6 +153,7 @@ impl Kind for Node {
         reg: &Registry,
         txn: &mut Txn,
     ) -> Result<(), ApiError> {
+        stamp_no_execute_taints(self, Some(old));
         match old.spec.as_ref().and_then(|s| s.pod_cidr.clone()) {
             Some(cidr) => {
                 let spec = self.spec.get_or_insert_with(Default::default);
@@ -167,5 +169,28 @@ impl Kind for Node {
         if let Some(block) = self.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
             reg.ipam.release_block(block, txn);
         }
+    }
+}
+
+/// As kube-apiserver: a NoExecute taint carries the time it was added (kept
+/// from the node before when the taint was there already), from which the
+/// taint-eviction controller counts the pods' `tolerationSeconds`.
+fn stamp_no_execute_taints(node: &mut Node, old: Option<&Node>) {
+    let before: Vec<k8s_openapi::api::core::v1::Taint> = old
+        .and_then(|o| o.spec.as_ref())
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let now = weft_api::meta::now_time();
+    for t in node
+        .spec
+        .iter_mut()
+        .flat_map(|s| s.taints.iter_mut().flatten())
+        .filter(|t| t.effect == "NoExecute" && t.time_added.is_none())
+    {
+        let kept = before
+            .iter()
+            .find(|b| b.key == t.key && b.value == t.value && b.effect == t.effect)
+            .and_then(|b| b.time_added.clone());
+        t.time_added = Some(kept.unwrap_or_else(|| now.clone()));
     }
 }
