@@ -13,16 +13,7 @@ use k8s_openapi::{
 use crate::{netlink::netns, runtime::Runtime};
 
 /// Kubernetes' defaults for probe timing.
-pub mod defaults {
-    /// `timeoutSeconds`.
-    pub const TIMEOUT_S: i32 = 1;
-    /// `periodSeconds`.
-    pub const PERIOD_S: i32 = 10;
-    /// `failureThreshold`.
-    pub const FAILURE_THRESHOLD: i32 = 3;
-    /// `successThreshold`.
-    pub const SUCCESS_THRESHOLD: i32 = 1;
-}
+pub use weft_api::pod::probe_defaults as defaults;
 
 /// The outcome of one probe.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -186,6 +186,30 @@ pub fn available_in(
     Some(need.saturating_sub(ready_for))
 }
 
+/// Kubernetes' defaults of a probe's timing, which the API server stores
+/// and the agent's probes run by.
+pub mod probe_defaults {
+    /// `timeoutSeconds`.
+    pub const TIMEOUT_S: i32 = 1;
+    /// `periodSeconds`.
+    pub const PERIOD_S: i32 = 10;
+    /// `failureThreshold`.
+    pub const FAILURE_THRESHOLD: i32 = 3;
+    /// `successThreshold`.
+    pub const SUCCESS_THRESHOLD: i32 = 1;
+}
+
+/// Fills a probe's unset timing with [`probe_defaults`], as kube-apiserver
+/// stores it.
+pub fn default_probe(p: &mut k8s_openapi::api::core::v1::Probe) {
+    p.timeout_seconds.get_or_insert(probe_defaults::TIMEOUT_S);
+    p.period_seconds.get_or_insert(probe_defaults::PERIOD_S);
+    p.failure_threshold
+        .get_or_insert(probe_defaults::FAILURE_THRESHOLD);
+    p.success_threshold
+        .get_or_insert(probe_defaults::SUCCESS_THRESHOLD);
+}
+
 /// Whether the pod has finished: phase Succeeded or Failed.
 #[must_use]
 pub fn is_finished(pod: &Pod) -> bool {

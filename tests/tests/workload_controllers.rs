@@ -1500,6 +1500,15 @@ spec:
         "{}",
         ds["status"]
     );
+    // The probe is stored with kube's defaults for what it left out.
+    let probe = &ds["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
+    ensure!(
+        probe["periodSeconds"] == 1
+            && probe["timeoutSeconds"] == 1
+            && probe["successThreshold"] == 1
+            && probe["failureThreshold"] == 3,
+        "{probe}"
+    );
     // The taint goes: n3 gets its pod.
     kubectl(&c, &["taint", "node", "n3", "gpu=yes:NoSchedule-"])?;
     wait_until("a daemon pod on n3", Duration::from_secs(30), || {

@@ -190,6 +190,16 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
             .get_or_insert_with(|| "/dev/termination-log".into());
         c.termination_message_policy
             .get_or_insert_with(|| "File".into());
+        for probe in [
+            c.liveness_probe.as_mut(),
+            c.readiness_probe.as_mut(),
+            c.startup_probe.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            weft_api::pod::default_probe(probe);
+        }
         for p in c.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
         }
