@@ -239,7 +239,8 @@ pub async fn reconcile(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ApiError> {
             None => doomed.push(p),
         }
     }
-    let mut failed = 0usize;
+    // Failed pods, with their node (at most a few are told in Events).
+    let mut failed: Vec<(String, String)> = Vec::new();
     let mut creates: Vec<String> = Vec::new();
     // Nodes that should run the pod, with what they have.
     let mut wanted: BTreeMap<String, OnNode> = BTreeMap::new();
@@ -251,7 +252,10 @@ pub async fn reconcile(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ApiError> {
         let (dead, alive): (Vec<_>, Vec<_>) = here
             .into_iter()
             .partition(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"));
-        failed += dead.len();
+        failed.extend(
+            dead.iter()
+                .map(|p| (weft_api::meta::key_of(&**p), node_name.clone())),
+        );
         doomed.extend(dead);
         if !run {
             if !alive.is_empty() {
@@ -356,13 +360,13 @@ pub async fn reconcile(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ApiError> {
         doomed.sort_by_key(|p| p.metadata.uid.clone());
         doomed.dedup_by_key(|p| p.metadata.uid.clone());
         let names = delete_pods(ctx, ns, &doomed, true).await?;
-        if failed > 0 {
+        for (pod, node) in failed.iter().take(5) {
             record_event(
                 &ctx.reg,
                 ds,
                 "Warning",
                 "FailedDaemonPod",
-                &format!("Found {failed} failed daemon pod(s); deleting to recreate"),
+                &format!("Found failed daemon pod {pod} on node {node}, will try to kill it"),
                 COMPONENT,
             )
             .await;
