@@ -42,7 +42,9 @@ use weft_api::pod::{available_in, is_ready};
 
 use super::deployment::resolve;
 use super::history::{self, REVISION_HASH, hash_of};
-use super::{Action, Controller, Ctx, adopt, controller_ref, delete_pods, record_event};
+use super::{
+    Action, Controller, Ctx, adopt, await_availability, controller_ref, delete_pods, record_event,
+};
 use crate::cache::Change;
 use crate::registry::{Write, revision_of, store_error};
 
@@ -436,18 +438,7 @@ pub async fn reconcile(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ApiError> {
     }
     // Pods that become available with time (minReadySeconds) bring the
     // DaemonSet back then.
-    let uid = ds.metadata.uid.as_deref().unwrap_or_default();
-    let next = ctx
-        .cache
-        .store::<Pod>()
-        .controlled_by(uid)
-        .iter()
-        .filter_map(|p| available_in(p, min_ready, now))
-        .filter(|w| !w.is_zero())
-        .min();
-    Ok(next.map_or_else(Action::await_change, |w| {
-        Action::requeue(w + std::time::Duration::from_millis(100))
-    }))
+    Ok(await_availability(ctx, uid, min_ready))
 }
 
 /// Counts the daemon pods per node as the status says them.

@@ -496,6 +496,23 @@ pub async fn adopt<K: Kind, C: Kind>(
     Ok(adopted)
 }
 
+/// What a workload controller asks for once its pods are made: to look
+/// again when the next of the pods `uid` controls becomes available
+/// (Ready for `min_ready` seconds), else on the next change.
+pub fn await_availability(ctx: &Ctx, uid: &str, min_ready: i32) -> Action {
+    let now = std::time::SystemTime::now();
+    ctx.cache
+        .store::<Pod>()
+        .controlled_by(uid)
+        .iter()
+        .filter_map(|p| weft_api::pod::available_in(p, min_ready, now))
+        .filter(|w| !w.is_zero())
+        .min()
+        .map_or_else(Action::await_change, |w| {
+            Action::requeue(w + Duration::from_millis(100))
+        })
+}
+
 /// Pod deletions in flight at a time, per caller.
 const DELETE_BURST: usize = 64;
 

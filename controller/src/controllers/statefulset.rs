@@ -38,7 +38,9 @@ use weft_api::pod::{available_in, is_ready};
 
 use super::deployment::resolve;
 use super::history::{self, REVISION_HASH, hash_of};
-use super::{Action, Controller, Ctx, adopt, controller_ref, delete_pods, record_event};
+use super::{
+    Action, Controller, Ctx, adopt, await_availability, controller_ref, delete_pods, record_event,
+};
 use crate::registry::{Write, revision_of};
 
 /// The label with the pod's name (what a per-pod Service selects).
@@ -486,18 +488,7 @@ pub async fn reconcile(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, ApiError>
     }
     write_status(sts, &spec, &update_rev, &current_rev, ctx).await?;
     // Pods that become available with time bring the set back then.
-    let now = std::time::SystemTime::now();
-    let next = ctx
-        .cache
-        .store::<Pod>()
-        .controlled_by(&uid)
-        .iter()
-        .filter_map(|p| available_in(p, min_ready, now))
-        .filter(|w| !w.is_zero())
-        .min();
-    Ok(next.map_or_else(Action::await_change, |w| {
-        Action::requeue(w + std::time::Duration::from_millis(100))
-    }))
+    Ok(await_availability(ctx, &uid, min_ready))
 }
 
 /// Deletes the claims of ordinals outside the range whose pod is gone
