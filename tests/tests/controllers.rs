@@ -1007,8 +1007,125 @@ fn orphan_deletion_keeps_the_dependents() -> Result<()> {
             ns.code,
             ns.text
         );
-        Ok(())
+        collection_deletes_honour_their_options(&c).await
     })
+}
+
+/// A deletecollection's DeleteOptions apply to each object it deletes:
+/// ReplicaSets deleted together with `Orphan` keep their pods, Jobs deleted
+/// together without a policy keep theirs (with kube's warning), and a
+/// policy that is none of the three is refused.
+async fn collection_deletes_honour_their_options(c: &kube::Client) -> Result<()> {
+    for name in ["ra", "rb"] {
+        let mut rs = deployment(name, 1, "i", json!({}));
+        rs["kind"] = json!("ReplicaSet");
+        rs["metadata"]["labels"] = json!({"set": "orphans"});
+        let r = post(c, "/apis/apps/v1/namespaces/default/replicasets", &rs).await?;
+        ensure!(r.code == 201, "{}", r.text);
+    }
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "ja", "labels": {"set": "jobs"}},
+        "spec": {"template": {"metadata": {"labels": {"app": "ja"}}, "spec": {
+            "restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}});
+    let r = post(c, "/apis/batch/v1/namespaces/default/jobs", &job).await?;
+    ensure!(r.code == 201, "{}", r.text);
+    eventually(
+        Duration::from_secs(10),
+        "the sets' and the job's pods",
+        || {
+            let c = c.clone();
+            async move {
+                let mut n = 0;
+                for app in ["ra", "rb", "ja"] {
+                    n += app_pods(&c, "default", app).await?.len();
+                }
+                Ok((n == 3).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let bad = raw(
+        c,
+        "DELETE",
+        "/apis/apps/v1/namespaces/default/replicasets?labelSelector=set%3Dorphans&propagationPolicy=Sideways",
+        None,
+        "",
+    )
+    .await?;
+    ensure!(
+        bad.code == 400 && bad.text.contains("Sideways"),
+        "{} {}",
+        bad.code,
+        bad.text
+    );
+    ensure!(
+        list(
+            c,
+            "/apis/apps/v1/namespaces/default/replicasets?labelSelector=set%3Dorphans"
+        )
+        .await?
+        .len()
+            == 2
+    );
+    let orphan = serde_json::to_vec(&json!({"propagationPolicy": "Orphan"}))?;
+    let r = raw(
+        c,
+        "DELETE",
+        "/apis/apps/v1/namespaces/default/replicasets?labelSelector=set%3Dorphans",
+        Some(orphan),
+        "application/json",
+    )
+    .await?;
+    ensure!(
+        r.code == 200 && items(&r.body).len() == 2,
+        "{} {}",
+        r.code,
+        r.text
+    );
+    let r = raw(
+        c,
+        "DELETE",
+        "/apis/batch/v1/namespaces/default/jobs?labelSelector=set%3Djobs",
+        None,
+        "",
+    )
+    .await?;
+    ensure!(
+        r.code == 200 && items(&r.body).len() == 1,
+        "{} {}",
+        r.code,
+        r.text
+    );
+    let warning = r
+        .headers
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    ensure!(
+        warning.contains("child pods are preserved by default"),
+        "warning: {warning:?}"
+    );
+    // Long enough for the collector to have removed owned pods.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ensure!(
+        list(c, "/apis/batch/v1/namespaces/default/jobs")
+            .await?
+            .is_empty()
+    );
+    for app in ["ra", "rb", "ja"] {
+        let pods = app_pods(c, "default", app).await?;
+        ensure!(pods.len() == 1, "{app}: {pods:?}");
+        ensure!(
+            pods[0]["metadata"]["ownerReferences"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "{}",
+            pods[0]
+        );
+    }
+    Ok(())
 }
 
 /// The count in "Created 500 pods: a, b, ..." or "Deleted pod: a".

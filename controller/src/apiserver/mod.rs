@@ -813,94 +813,21 @@ async fn dispatch(
         ("delete", None) => {
             let name = target.name.as_deref().unwrap_or_default();
             let (uid, rv, policy, body_grace) = delete_preconditions(headers, &bytes)?;
-            let grace = match query.get("gracePeriodSeconds") {
-                Some(g) => Some(g.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "gracePeriodSeconds must be an integer, not {g:?}"
-                    ))
-                })?),
-                None => body_grace,
-            };
+            let grace = grace_period(&query, body_grace)?;
             let reg = registry_for(st, &query, &user)?;
-            let mut policy = policy.or_else(|| query.get("propagationPolicy").map(String::from));
             let mut warnings = Vec::new();
-            if policy.is_none() && res.kind == "Job" {
-                // batch/v1 Jobs keep their pods unless told otherwise, as
-                // kube-apiserver's job strategy (with its warning).
-                policy = Some("Orphan".into());
-                warnings.push(
-                    "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning"
-                        .to_string(),
-                );
-            }
-            if policy.as_deref() == Some("Orphan") && !reg.dry_run {
-                // Orphan, as kube-apiserver and its garbage collector do
-                // it: the owner is held by the `orphan` finalizer and
-                // marked deleted (so its controller makes nothing more),
-                // its dependents lose their reference to it, and then it
-                // goes. A failed precondition changes nothing.
-                let (held, _) = kind
-                    .modify(&reg, ns, name, Write::Update, &fv, &mut |mut obj| {
-                        if uid.as_deref().is_some_and(|u| obj["metadata"]["uid"] != u) {
-                            return Err(ApiError::conflict(
-                                res.plural,
-                                res.group,
-                                name,
-                                "Precondition failed: UID in precondition does not match",
-                            ));
-                        }
-                        if rv.is_some_and(|v| {
-                            obj["metadata"]["resourceVersion"]
-                                .as_str()
-                                .and_then(|s| s.parse::<i64>().ok())
-                                != Some(v)
-                        }) {
-                            return Err(ApiError::conflict(
-                                res.plural,
-                                res.group,
-                                name,
-                                "Precondition failed: ResourceVersion in precondition does not match",
-                            ));
-                        }
-                        let list = &mut obj["metadata"]["finalizers"];
-                        if !list.as_array().is_some_and(|l| l.iter().any(|f| f == "orphan")) {
-                            if !list.is_array() {
-                                *list = json!([]);
-                            }
-                            if let Some(l) = list.as_array_mut() {
-                                l.push(json!("orphan"));
-                            }
-                        }
-                        Ok(obj)
-                    })
-                    .await?;
-                let owner_uid = held["metadata"]["uid"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let deleted = kind
-                    .delete(&reg, ns, name, (Some(owner_uid.clone()), None), grace)
-                    .await?;
-                reg.orphan_dependents(held["metadata"]["namespace"].as_str(), &owner_uid)
-                    .await?;
-                match kind
-                    .modify(&reg, ns, name, Write::Update, &fv, &mut |mut obj| {
-                        if let Some(l) = obj["metadata"]["finalizers"].as_array_mut() {
-                            l.retain(|f| f != "orphan");
-                        }
-                        Ok(obj)
-                    })
-                    .await
-                {
-                    Ok(_) | Err(ApiError { code: 404, .. }) => {}
-                    Err(e) => return Err(e),
-                }
-                return Ok(with_warnings(json_response(200, &deleted), &warnings));
-            }
-            let deleted = kind.delete(&reg, ns, name, (uid, rv), grace).await?;
+            let policy = propagation(res, policy, &query, &mut warnings)?;
+            let deleted = reg
+                .delete_object(res, ns, name, (uid, rv), policy.as_deref(), grace)
+                .await?;
             Ok(with_warnings(json_response(200, &deleted), &warnings))
         }
         ("deletecollection", None) => {
+            // The DeleteOptions of a collection apply to each object.
+            let (_, _, policy, body_grace) = delete_preconditions(headers, &bytes)?;
+            let grace = grace_period(&query, body_grace)?;
+            let mut warnings = Vec::new();
+            let policy = propagation(res, policy, &query, &mut warnings)?;
             let reg = registry_for(st, &query, &user)?;
             let (items, _) = selected(st, res, ns, &query).await?;
             let objects = items
@@ -915,10 +842,15 @@ async fn dispatch(
                     )
                 })
                 .collect();
-            let deleted = reg.delete_collection(res, objects).await?;
-            Ok(json_response(
-                200,
-                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {}, "items": deleted}),
+            let deleted = reg
+                .delete_collection(res, objects, policy.as_deref(), grace)
+                .await?;
+            Ok(with_warnings(
+                json_response(
+                    200,
+                    &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {}, "items": deleted}),
+                ),
+                &warnings,
             ))
         }
         ("get", Some("log")) => {
@@ -1010,6 +942,43 @@ fn registry_for(st: &ApiState, query: &Query, user: &User) -> Result<Registry, A
             ))),
         },
     }
+}
+
+/// The grace period of a delete: the query's, else the body's.
+fn grace_period(query: &Query, body_grace: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match query.get("gracePeriodSeconds") {
+        Some(g) => Ok(Some(g.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!("gracePeriodSeconds must be an integer, not {g:?}"))
+        })?)),
+        None => Ok(body_grace),
+    }
+}
+
+/// The propagation policy of a delete: the body's, else the query's, else
+/// the kind's default. batch/v1 Jobs keep their pods unless told otherwise,
+/// as kube-apiserver's job strategy, with its warning.
+fn propagation(
+    res: &Resource,
+    body: Option<String>,
+    query: &Query,
+    warnings: &mut Vec<String>,
+) -> Result<Option<String>, ApiError> {
+    let policy = body.or_else(|| query.get("propagationPolicy").map(String::from));
+    if let Some(p) = &policy
+        && !["Background", "Foreground", "Orphan"].contains(&p.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "propagationPolicy must be Background, Foreground or Orphan, not {p}"
+        )));
+    }
+    if policy.is_none() && res.kind == "Job" {
+        warnings.push(
+            "child pods are preserved by default when jobs are deleted; set propagationPolicy=Background to remove them or set propagationPolicy=Orphan to suppress this warning"
+                .to_string(),
+        );
+        return Ok(Some("Orphan".into()));
+    }
+    Ok(policy)
 }
 
 /// What a DELETE body asks: preconditions (uid, resourceVersion), the

@@ -197,7 +197,9 @@ async fn finish_namespace(ns: &Namespace, ctx: &Ctx) -> Result<Action, ApiError>
         left += count;
         if !live.is_empty() {
             let objects = live.into_iter().map(|n| (Some(name.clone()), n)).collect();
-            ctx.reg.delete_collection(store.resource(), objects).await?;
+            ctx.reg
+                .delete_collection(store.resource(), objects, Some("Background"), None)
+                .await?;
         }
     }
     if left > 0 {

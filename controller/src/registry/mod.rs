@@ -34,6 +34,7 @@ use serde_json::Value;
 use weft_api::error::ApiError;
 use weft_api::meta::new_uid;
 use weft_api::resources::{self, Resource};
+use weft_api::validate::FieldValidation;
 
 pub(crate) use kind::for_each_kind;
 pub use kind::{Decoded, DynKind, KINDS, Kind, NameRule, kind_of};
@@ -573,6 +574,90 @@ impl Registry {
         Ok(())
     }
 
+    /// Deletes an object of `res` as a DELETE asks: with its preconditions
+    /// (uid, resourceVersion), propagation policy and grace period.
+    ///
+    /// `Orphan` is done as kube-apiserver and its garbage collector do it:
+    /// the owner is held by the `orphan` finalizer and marked deleted (so
+    /// its controller makes nothing more), its dependents lose their
+    /// reference to it, and then it goes. A failed precondition changes
+    /// nothing. `Foreground` is served as `Background`: the object goes at
+    /// once and the garbage collector removes its dependents after it.
+    pub async fn delete_object(
+        &self,
+        res: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+        (uid, rv): (Option<String>, Option<i64>),
+        policy: Option<&str>,
+        grace: Option<i64>,
+    ) -> Result<Value, ApiError> {
+        let kind = kind_of(res);
+        if policy != Some("Orphan") || self.dry_run {
+            return kind.delete(self, ns, name, (uid, rv), grace).await;
+        }
+        let fv = FieldValidation::default();
+        let (held, _) = kind
+            .modify(self, ns, name, Write::Update, &fv, &mut |mut obj| {
+                if uid.as_deref().is_some_and(|u| obj["metadata"]["uid"] != u) {
+                    return Err(ApiError::conflict(
+                        res.plural,
+                        res.group,
+                        name,
+                        "Precondition failed: UID in precondition does not match",
+                    ));
+                }
+                if rv.is_some_and(|v| {
+                    obj["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        != Some(v)
+                }) {
+                    return Err(ApiError::conflict(
+                        res.plural,
+                        res.group,
+                        name,
+                        "Precondition failed: ResourceVersion in precondition does not match",
+                    ));
+                }
+                let list = &mut obj["metadata"]["finalizers"];
+                if !list
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|f| f == "orphan"))
+                {
+                    if !list.is_array() {
+                        *list = serde_json::json!([]);
+                    }
+                    if let Some(l) = list.as_array_mut() {
+                        l.push(serde_json::json!("orphan"));
+                    }
+                }
+                Ok(obj)
+            })
+            .await?;
+        let owner_uid = held["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let deleted = kind
+            .delete(self, ns, name, (Some(owner_uid.clone()), None), grace)
+            .await?;
+        self.orphan_dependents(held["metadata"]["namespace"].as_str(), &owner_uid)
+            .await?;
+        match kind
+            .modify(self, ns, name, Write::Update, &fv, &mut |mut obj| {
+                if let Some(l) = obj["metadata"]["finalizers"].as_array_mut() {
+                    l.retain(|f| f != "orphan");
+                }
+                Ok(obj)
+            })
+            .await
+        {
+            Ok(_) | Err(ApiError { code: 404, .. }) => Ok(deleted),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes each of `objects` (namespace, name) of `res`, at most
     /// [`COLLECTION_WORKERS`] at once, as kube-apiserver's deletecollection
     /// does; objects already gone or changed meanwhile (404, 409) are
@@ -581,12 +666,13 @@ impl Registry {
         &self,
         res: &'static Resource,
         objects: Vec<(Option<String>, String)>,
+        policy: Option<&str>,
+        grace: Option<i64>,
     ) -> Result<Vec<Value>, ApiError> {
         use futures::StreamExt as _;
-        let kind = kind_of(res);
         let mut deletes = futures::stream::iter(objects)
             .map(|(ns, name)| async move {
-                kind.delete(self, ns.as_deref(), &name, (None, None), None)
+                self.delete_object(res, ns.as_deref(), &name, (None, None), policy, grace)
                     .await
             })
             .buffer_unordered(COLLECTION_WORKERS);
