@@ -3,12 +3,17 @@
 //! the job controller (which writes and reads them): the labels,
 //! annotations and finalizer of a Job's pods, completion indexes and their
 //! compressed form (`"0,2-4"`, as `status.completedIndexes`), and the pod
-//! failure policy's matching of a failed pod.
+//! failure policy's matching of a failed pod; and what a write of a Job's
+//! status may not do.
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::batch::v1::{PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement};
+use k8s_openapi::api::batch::v1::{
+    Job, JobStatus, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+
+use crate::error::Cause;
 
 /// The label (and generated selector key) naming the owning Job's uid.
 pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
@@ -213,10 +218,458 @@ pub fn match_failure_policy(policy: &PodFailurePolicy, pod: &Pod) -> Option<Poli
     None
 }
 
+/// Whether the Job's condition `type_` is True.
+#[must_use]
+pub fn has_condition(status: Option<&JobStatus>, type_: &str) -> bool {
+    status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|l| l.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// A broken rule, worded as kube words one without a value.
+fn status_rule(field: &str, why: impl std::fmt::Display) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {why}"),
+        field: field.into(),
+    }
+}
+
+/// A missing field, with why it is needed.
+fn status_required(field: &str, why: &str) -> Cause {
+    Cause {
+        reason: "FieldValueRequired",
+        message: format!("Required value: {why}"),
+        field: field.into(),
+    }
+}
+
+/// What a write of a Job's status (the status subresource) may not do,
+/// as kube-apiserver's Job status validation with its strict rules: counts
+/// are not negative and the failed and succeeded ones do not go down,
+/// `uncountedTerminatedPods` lists distinct uids, a terminal condition
+/// (Complete, Failed, FailureTarget, SuccessCriteriaMet) stays once set and
+/// agrees with the others, a finished Job has a start time and no active,
+/// terminating or uncounted pods, `completionTime` comes with Complete
+/// (after `startTime`) and never changes, and index lists parse and fit
+/// the Job. As kube, a rule about a field is checked when the write
+/// changes what it concerns, so that a stored status written before a
+/// rule existed can still be updated.
+#[must_use]
+pub fn status_update_errors(job: &Job, old: &Job) -> Vec<Cause> {
+    let empty = JobStatus::default();
+    let s = job.status.as_ref().unwrap_or(&empty);
+    let o = old.status.as_ref().unwrap_or(&empty);
+    let spec = job.spec.as_ref();
+    let is = |st: &JobStatus, t: &str| has_condition(Some(st), t);
+    let changed = |t: &str| is(s, t) != is(o, t);
+    let (complete, failed) = (is(s, "Complete"), is(s, "Failed"));
+    let finished = complete || failed;
+    let finished_changed = finished != (is(o, "Complete") || is(o, "Failed"));
+    let active_changed = s.active != o.active;
+    let mut out = Vec::new();
+
+    for (field, value) in [
+        ("status.active", s.active),
+        ("status.succeeded", s.succeeded),
+        ("status.failed", s.failed),
+        ("status.ready", s.ready),
+        ("status.terminating", s.terminating),
+    ] {
+        if let Some(v) = value.filter(|v| *v < 0) {
+            out.push(Cause::invalid(
+                field,
+                v,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if let Some(u) = &s.uncounted_terminated_pods {
+        let mut seen = BTreeSet::new();
+        for (list, name) in [(&u.succeeded, "succeeded"), (&u.failed, "failed")] {
+            for (i, uid) in list.iter().flatten().enumerate() {
+                let field = format!("status.uncountedTerminatedPods.{name}[{i}]");
+                if uid.is_empty() {
+                    out.push(Cause::invalid(field, "\"\"", "must not be empty"));
+                } else if !seen.insert(uid.as_str()) {
+                    out.push(Cause::duplicate(field, format!("{uid:?}")));
+                }
+            }
+        }
+    }
+    for t in ["Complete", "Failed", "FailureTarget", "SuccessCriteriaMet"] {
+        if is(o, t) && !is(s, t) {
+            out.push(status_rule(
+                "status.conditions",
+                format!("cannot disable the terminal {t}=True condition"),
+            ));
+        }
+    }
+    if complete && failed && (changed("Complete") || changed("Failed")) {
+        out.push(status_rule(
+            "status.conditions",
+            "cannot set Complete=True and Failed=True conditions",
+        ));
+    }
+    if complete && is(s, "FailureTarget") && (changed("Complete") || changed("FailureTarget")) {
+        out.push(status_rule(
+            "status.conditions",
+            "cannot set Complete=True and FailureTarget=True conditions",
+        ));
+    }
+    if failed && !is(s, "FailureTarget") && (changed("Failed") || changed("FailureTarget")) {
+        out.push(status_rule(
+            "status.conditions",
+            "cannot set Failed=True condition without the FailureTarget=True condition",
+        ));
+    }
+    if complete
+        && !is(s, "SuccessCriteriaMet")
+        && (changed("Complete") || changed("SuccessCriteriaMet"))
+    {
+        out.push(status_rule(
+            "status.conditions",
+            "cannot set Complete=True condition without the SuccessCriteriaMet=True condition",
+        ));
+    }
+    if is(s, "SuccessCriteriaMet") && (failed || is(s, "FailureTarget")) {
+        out.push(status_rule(
+            "status.conditions",
+            "cannot set SuccessCriteriaMet=True together with Failed=True or FailureTarget=True",
+        ));
+    }
+    let completion_changed = s.completion_time != o.completion_time;
+    let start_changed = s.start_time != o.start_time;
+    if s.completion_time.is_some() && !complete && (changed("Complete") || completion_changed) {
+        out.push(status_rule(
+            "status.completionTime",
+            "cannot set completionTime when there is no Complete=True condition",
+        ));
+    }
+    if complete && s.completion_time.is_none() && (changed("Complete") || completion_changed) {
+        out.push(status_required(
+            "status.completionTime",
+            "completionTime is required for Complete jobs",
+        ));
+    }
+    if let (Some(c), Some(_)) = (&o.completion_time, &s.completion_time)
+        && completion_changed
+    {
+        out.push(Cause::invalid(
+            "status.completionTime",
+            c.0,
+            "completionTime cannot be mutated",
+        ));
+    }
+    if let (Some(start), Some(end)) = (&s.start_time, &s.completion_time)
+        && end.0 < start.0
+        && (start_changed || completion_changed)
+    {
+        out.push(status_rule(
+            "status.completionTime",
+            "completionTime cannot be set before startTime",
+        ));
+    }
+    // A resumption (Suspended turning False) restarts the clock.
+    let resumed = is(o, "Suspended") && !is(s, "Suspended");
+    if o.start_time.is_some()
+        && start_changed
+        && !resumed
+        && !spec.and_then(|s| s.suspend).unwrap_or(false)
+    {
+        out.push(status_required(
+            "status.startTime",
+            "startTime cannot be removed for unsuspended job",
+        ));
+    }
+    if finished {
+        if s.active.unwrap_or(0) > 0 && (finished_changed || active_changed) {
+            out.push(status_rule(
+                "status.active",
+                "active>0 is invalid for finished job",
+            ));
+        }
+        if s.terminating.unwrap_or(0) > 0 && (finished_changed || s.terminating != o.terminating) {
+            out.push(status_rule(
+                "status.terminating",
+                "terminating>0 is invalid for finished job",
+            ));
+        }
+        if s.start_time.is_none() && (finished_changed || start_changed) {
+            out.push(status_required(
+                "status.startTime",
+                "startTime is required for finished job",
+            ));
+        }
+        let uncounted = s.uncounted_terminated_pods.as_ref().map_or(0, |u| {
+            u.succeeded.as_ref().map_or(0, Vec::len) + u.failed.as_ref().map_or(0, Vec::len)
+        });
+        if uncounted > 0
+            && (finished_changed || s.uncounted_terminated_pods != o.uncounted_terminated_pods)
+        {
+            out.push(status_rule(
+                "status.uncountedTerminatedPods",
+                "uncountedTerminatedPods needs to be empty for finished job",
+            ));
+        }
+    }
+    if s.ready.unwrap_or(0) > s.active.unwrap_or(0) && (s.ready != o.ready || active_changed) {
+        out.push(status_rule(
+            "status.ready",
+            "cannot set more ready pods than active",
+        ));
+    }
+    for (field, new, before) in [
+        ("status.failed", s.failed, o.failed),
+        ("status.succeeded", s.succeeded, o.succeeded),
+    ] {
+        if new.unwrap_or(0) < before.unwrap_or(0) {
+            out.push(status_rule(
+                field,
+                format!("cannot decrease the {} counter", &field[7..]),
+            ));
+        }
+    }
+    // Index lists.
+    let indexed = spec.and_then(|s| s.completion_mode.as_deref()) == Some("Indexed");
+    let completions = spec.and_then(|s| s.completions);
+    let per_index = spec.and_then(|s| s.backoff_limit_per_index).is_some();
+    let completed_text = s.completed_indexes.as_deref().unwrap_or_default();
+    let completed_changed = s.completed_indexes != o.completed_indexes;
+    let failed_changed = s.failed_indexes != o.failed_indexes;
+    let mut completed = BTreeSet::new();
+    if completed_changed {
+        if !indexed && !completed_text.is_empty() {
+            out.push(status_rule(
+                "status.completedIndexes",
+                "cannot set non-empty completedIndexes when non-indexed completion mode",
+            ));
+        } else if let Some(c) = completions {
+            match parse_indexes(completed_text, Some(c)) {
+                Ok(set) => completed = set,
+                Err(e) => out.push(status_rule(
+                    "status.completedIndexes",
+                    format!("error parsing completedIndexes: {e}"),
+                )),
+            }
+        }
+    }
+    if let Some(text) = s.failed_indexes.as_deref()
+        && (failed_changed || completed_changed)
+    {
+        if per_index {
+            match parse_indexes(text, completions) {
+                Ok(set) => {
+                    if completed.is_empty() {
+                        completed = parse_indexes(completed_text, completions).unwrap_or_default();
+                    }
+                    if let Some(i) = set.intersection(&completed).next() {
+                        out.push(status_rule(
+                            "status.failedIndexes",
+                            format!("failedIndexes and completedIndexes overlap at index: {i}"),
+                        ));
+                    }
+                }
+                Err(e) if failed_changed => out.push(status_rule(
+                    "status.failedIndexes",
+                    format!("error parsing failedIndexes: {e}"),
+                )),
+                Err(_) => {}
+            }
+        } else if failed_changed {
+            out.push(status_rule(
+                "status.failedIndexes",
+                "cannot set non-null failedIndexes when backoffLimitPerIndex is null",
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn job(spec: serde_json::Value, status: serde_json::Value) -> Job {
+        serde_json::from_value(json!({"metadata": {"name": "j"}, "spec": spec, "status": status}))
+            .expect("job")
+    }
+
+    fn cond(t: &str) -> serde_json::Value {
+        json!({"type": t, "status": "True"})
+    }
+
+    fn fields(errs: &[Cause]) -> Vec<String> {
+        errs.iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
+    }
+
+    #[test]
+    fn job_status_writes_keep_kubes_rules() {
+        let spec = json!({"template": {}});
+        let t0 = "2026-01-01T00:00:00Z";
+        let t1 = "2026-01-01T00:01:00Z";
+        let running = job(
+            spec.clone(),
+            json!({"active": 2, "ready": 1, "startTime": t0, "succeeded": 1, "failed": 1}),
+        );
+        let done = job(
+            spec.clone(),
+            json!({"startTime": t0, "completionTime": t1, "succeeded": 3, "failed": 1,
+                "conditions": [cond("SuccessCriteriaMet"), cond("Complete")]}),
+        );
+        // The controller's own steps pass.
+        assert!(status_update_errors(&running, &job(spec.clone(), json!({}))).is_empty());
+        assert!(
+            status_update_errors(&done, &running).is_empty(),
+            "{:?}",
+            fields(&status_update_errors(&done, &running))
+        );
+        let failing = job(
+            spec.clone(),
+            json!({"startTime": t0, "failed": 2, "conditions": [cond("FailureTarget")]}),
+        );
+        let failed = job(
+            spec.clone(),
+            json!({"startTime": t0, "failed": 2, "conditions": [cond("FailureTarget"), cond("Failed")]}),
+        );
+        assert!(status_update_errors(&failed, &failing).is_empty());
+        // What a careless client might write.
+        let bad = [
+            (
+                running.clone(),
+                json!({"active": -1, "startTime": t0, "succeeded": 1, "failed": 1}),
+                "status.active",
+            ),
+            (
+                running.clone(),
+                json!({"active": 2, "startTime": t0, "succeeded": 0, "failed": 1}),
+                "decrease the succeeded",
+            ),
+            (
+                running.clone(),
+                json!({"active": 2, "startTime": t0, "succeeded": 1, "failed": 0}),
+                "decrease the failed",
+            ),
+            (
+                running.clone(),
+                json!({"active": 1, "ready": 2, "startTime": t0, "succeeded": 1, "failed": 1}),
+                "more ready",
+            ),
+            (
+                running.clone(),
+                json!({"active": 2, "succeeded": 1, "failed": 1}),
+                "startTime cannot be removed",
+            ),
+            (
+                running.clone(),
+                json!({"active": 2, "startTime": t0, "succeeded": 1, "failed": 1,
+                "uncountedTerminatedPods": {"succeeded": ["a"], "failed": ["a"]}}),
+                "Duplicate",
+            ),
+            (
+                running.clone(),
+                json!({"startTime": t0, "succeeded": 1, "failed": 1, "completionTime": t1}),
+                "no Complete=True",
+            ),
+            (
+                running.clone(),
+                json!({"active": 2, "startTime": t0, "succeeded": 1, "failed": 1,
+                "conditions": [cond("Complete"), cond("SuccessCriteriaMet")], "completionTime": t1}),
+                "active>0",
+            ),
+            (
+                running.clone(),
+                json!({"startTime": t0, "succeeded": 1, "failed": 1,
+                "conditions": [cond("Complete")], "completionTime": t1}),
+                "without the SuccessCriteriaMet",
+            ),
+            (
+                running.clone(),
+                json!({"startTime": t0, "succeeded": 1, "failed": 1,
+                "conditions": [cond("Failed")]}),
+                "without the FailureTarget",
+            ),
+            (
+                running.clone(),
+                json!({"startTime": t1, "succeeded": 1, "failed": 1,
+                "conditions": [cond("SuccessCriteriaMet"), cond("Complete")], "completionTime": t0}),
+                "before startTime",
+            ),
+            (
+                running.clone(),
+                json!({"active": 2, "startTime": t0, "succeeded": 1, "failed": 1, "completedIndexes": "1"}),
+                "non-indexed",
+            ),
+            (
+                done.clone(),
+                json!({"startTime": t0, "completionTime": t1, "succeeded": 3, "failed": 1}),
+                "cannot disable the terminal Complete",
+            ),
+            (
+                done.clone(),
+                json!({"startTime": t0, "completionTime": t0, "succeeded": 3, "failed": 1,
+                "conditions": [cond("SuccessCriteriaMet"), cond("Complete")]}),
+                "cannot be mutated",
+            ),
+            (
+                done.clone(),
+                json!({"startTime": t0, "completionTime": t1, "succeeded": 3, "failed": 1,
+                "conditions": [cond("SuccessCriteriaMet"), cond("Complete"), cond("Failed"), cond("FailureTarget")]}),
+                "Complete=True and Failed=True",
+            ),
+        ];
+        for (old, status, want) in bad {
+            let new = job(spec.clone(), status);
+            let errs = fields(&status_update_errors(&new, &old));
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
+        // Index lists fit an Indexed Job.
+        let ispec = json!({"template": {}, "completionMode": "Indexed", "completions": 4, "backoffLimitPerIndex": 1});
+        let old = job(ispec.clone(), json!({"startTime": t0}));
+        let ok = job(
+            ispec.clone(),
+            json!({"startTime": t0, "completedIndexes": "0,1", "failedIndexes": "3"}),
+        );
+        assert!(status_update_errors(&ok, &old).is_empty());
+        for (status, want) in [
+            (
+                json!({"startTime": t0, "completedIndexes": "0-4"}),
+                "completedIndexes",
+            ),
+            (
+                json!({"startTime": t0, "completedIndexes": "1", "failedIndexes": "1"}),
+                "overlap at index: 1",
+            ),
+        ] {
+            let errs = fields(&status_update_errors(&job(ispec.clone(), status), &old));
+            assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
+        }
+        let plain = job(spec.clone(), json!({"startTime": t0, "failedIndexes": "1"}));
+        assert!(
+            fields(&status_update_errors(
+                &plain,
+                &job(spec.clone(), json!({"startTime": t0}))
+            ))
+            .iter()
+            .any(|e| e.contains("backoffLimitPerIndex is null"))
+        );
+        // A resumption restarts the clock; a stored status that broke a
+        // rule before it existed can still be written, untouched.
+        let suspended = job(
+            spec.clone(),
+            json!({"startTime": t0, "conditions": [cond("Suspended")]}),
+        );
+        let resumed = job(
+            spec.clone(),
+            json!({"startTime": t1, "conditions": [{"type": "Suspended", "status": "False"}]}),
+        );
+        assert!(status_update_errors(&resumed, &suspended).is_empty());
+        let legacy = job(spec.clone(), json!({"conditions": [cond("Complete")]}));
+        assert!(status_update_errors(&legacy, &legacy).is_empty());
+    }
 
     #[test]
     fn index_lists_round_trip_in_their_compressed_form() {

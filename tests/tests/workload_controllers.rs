@@ -29,6 +29,15 @@ fn kubectl(c: &Cluster, args: &[&str]) -> Result<(String, String)> {
     Ok((String::from_utf8_lossy(&out.stdout).into_owned(), stderr))
 }
 
+/// kubectl 1.32 that must fail: its stderr.
+fn kubectl_refused(c: &Cluster, args: &[&str]) -> Result<String> {
+    let mut cmd = std::process::Command::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    cmd.arg("--kubeconfig").arg(&c.kubeconfig).args(args);
+    let out = c.output_in(&c.lab.underlay, cmd)?;
+    ensure!(!out.status.success(), "kubectl {args:?} succeeded");
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -218,6 +227,62 @@ spec:
         "{weft_table}"
     );
 
+    // With backoffLimitPerIndex the back-off is the index's own: index 0
+    // fails and waits its 10 s, while index 1 (parallelism 1) runs at once.
+    c.apply(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: apart}
+spec:
+  completionMode: Indexed
+  completions: 2
+  parallelism: 1
+  backoffLimitPerIndex: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: main
+        image: weft.local/busybox:1.36
+        command: [sh, -c, '[ "$JOB_COMPLETION_INDEX" = 1 ] || exit 1']
+"#,
+    )?;
+    let job = wait_end(&c, "apart", Duration::from_secs(90))?;
+    ensure!(
+        job["status"]["completedIndexes"] == "1" && job["status"]["failedIndexes"] == "0",
+        "{}",
+        job["status"]
+    );
+    let mut runs: Vec<(String, i64, i64)> = pods_of(&c, "apart")?
+        .iter()
+        .map(|p| {
+            let index = p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let ended = &p["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"];
+            (
+                index,
+                secs(&p["metadata"]["creationTimestamp"]),
+                secs(ended),
+            )
+        })
+        .collect();
+    runs.sort_by_key(|r| r.1);
+    ensure!(
+        runs.iter().map(|r| r.0.as_str()).collect::<Vec<_>>() == ["0", "1", "0"],
+        "{runs:?}"
+    );
+    let first_failure = runs[0].2;
+    ensure!(
+        runs[1].1 - first_failure < 8,
+        "index 1 waited for index 0's back-off: {runs:?}"
+    );
+    ensure!(
+        runs[2].1 - first_failure >= 9,
+        "index 0 was retried without its back-off: {runs:?}"
+    );
+
     // FailJob: the first pod with exit code 7 fails the whole Job at once,
     // although its backoffLimit would allow six more.
     c.apply(
@@ -397,6 +462,52 @@ spec:
     for r in ["Suspended", "Resumed", "Completed"] {
         ensure!(reasons.iter().any(|x| x == r), "{r} missing: {reasons:?}");
     }
+    // A finished Job's status is not a client's to rewrite: counts do not
+    // go negative or down, the terminal condition stays, and a finished
+    // Job has no active pods (kube's status validation).
+    for (patch, want) in [
+        (r#"{"status":{"succeeded":-1}}"#, "status.succeeded"),
+        (
+            r#"{"status":{"succeeded":0}}"#,
+            "cannot decrease the succeeded counter",
+        ),
+        (
+            r#"{"status":{"conditions":[]}}"#,
+            "cannot disable the terminal Complete=True condition",
+        ),
+        (
+            r#"{"status":{"active":3}}"#,
+            "active>0 is invalid for finished job",
+        ),
+        (
+            r#"{"status":{"completionTime":"2020-01-01T00:00:00Z"}}"#,
+            "completionTime cannot be mutated",
+        ),
+    ] {
+        let err = kubectl_refused(
+            &c,
+            &[
+                "patch",
+                "job",
+                "later",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+        )?;
+        ensure!(
+            err.contains(want) && err.contains("Invalid"),
+            "{patch}: {err}"
+        );
+    }
+    let after = c.get_json(&["job", "later"])?;
+    ensure!(
+        after["status"] == job["status"],
+        "{} became {}",
+        job["status"],
+        after["status"]
+    );
 
     // A sidecar ends with the job's main container.
     let job = wait_end(&c, "sidecar", Duration::from_secs(60))?;
@@ -988,11 +1099,32 @@ metadata: {name: web}
 spec:
   minAvailable: 1
   selector: {matchLabels: {app: web}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: batch}
+spec:
+  backoffLimit: 0
+  podFailurePolicy:
+    rules:
+    - action: Ignore
+      onPodConditions: [{type: DisruptionTarget}]
+  template:
+    metadata: {labels: {app: batch}}
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
 "#,
     )?;
     wait_until("both replicas ready on n1", Duration::from_secs(60), || {
         let pods = app_pods(&c, "web").ok()?;
         (pods.len() == 2 && pods.iter().all(|p| p.1 == "n1" && p.2)).then_some(())
+    })?;
+    wait_until("the job's pod ready on n1", Duration::from_secs(60), || {
+        let pods = app_pods(&c, "batch").ok()?;
+        (pods.len() == 1 && pods[0].1 == "n1" && pods[0].2).then_some(())
     })?;
     let pdb = wait_until("the budget's status", Duration::from_secs(20), || {
         let p = c.get_json(&["pdb", "web"]).ok()?;
@@ -1047,6 +1179,21 @@ spec:
     );
     let node = c.get_json(&["node", "n1"])?;
     ensure!(node["spec"]["unschedulable"] == true, "{}", node["spec"]);
+    // The evicted Job pod was marked DisruptionTarget before it was
+    // deleted, so the Job's failure policy ignored its end: no failure
+    // counted against backoffLimit 0, and a new pod runs on n2.
+    wait_until("the job's new pod on n2", Duration::from_secs(60), || {
+        let pods = app_pods(&c, "batch").ok()?;
+        (pods.len() == 1 && pods[0].1 == "n2" && pods[0].2).then_some(())
+    })?;
+    let job = c.get_json(&["job", "batch"])?;
+    ensure!(
+        condition(&job, "Failed").is_none()
+            && condition(&job, "FailureTarget").is_none()
+            && job["status"]["failed"].as_i64().unwrap_or(0) == 0,
+        "{}",
+        job["status"]
+    );
 
     // An eviction the budget refuses answers 429 with kube's words; one it
     // allows deletes the pod.

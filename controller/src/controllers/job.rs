@@ -430,8 +430,11 @@ async fn count_finished(job: &Job, pods: &[Arc<Pod>], ctx: &Ctx) -> Result<Count
                         status.failed_indexes = Some(rules::format_indexes(&failed_indexes));
                     }
                 }
+                // A Job that has met its success criteria is not failed
+                // by a pod that ends meanwhile, as in kube.
                 if let Some(m) = &fail_job
                     && condition(Some(&*status), "FailureTarget").is_none()
+                    && condition(Some(&*status), "SuccessCriteriaMet").is_none()
                 {
                     set_condition(
                         status,
@@ -503,7 +506,8 @@ async fn count_finished(job: &Job, pods: &[Arc<Pod>], ctx: &Ctx) -> Result<Count
 
 /// The wait before the next pod after failures: 10 s doubled per failure
 /// since the last success, up to 6 minutes, from the last failure.
-fn backoff_left(pods: &[Arc<Pod>], now: i64) -> Option<Duration> {
+/// Failures the pod failure policy ignores do not count (`counts`).
+fn backoff_left(pods: &[Arc<Pod>], counts: impl Fn(&Pod) -> bool, now: i64) -> Option<Duration> {
     let last_success = pods
         .iter()
         .filter(|p| ended(p) == Some(true))
@@ -512,7 +516,7 @@ fn backoff_left(pods: &[Arc<Pod>], now: i64) -> Option<Duration> {
         .unwrap_or(i64::MIN);
     let failures: Vec<i64> = pods
         .iter()
-        .filter(|p| ended(p) == Some(false))
+        .filter(|p| ended(p) == Some(false) && counts(p))
         .filter_map(|p| finished_at(p))
         .filter(|t| *t >= last_success)
         .collect();
@@ -598,6 +602,9 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
             &mut status,
             new_condition("Suspended", "JobSuspended", "Job suspended"),
         );
+        // The clock stops: a resumed Job's deadline counts from its
+        // resumption, and its start time may be set again then.
+        status.start_time = None;
         events.push(("Normal", "Suspended".into(), "Job suspended".into()));
     } else if !suspended && was_suspended {
         let mut c = new_condition("Suspended", "JobResumed", "Job resumed");
@@ -746,6 +753,13 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
             0
         };
         let room = (plan.parallelism - holding).max(0) as usize;
+        // The back-off after failures: one per index with
+        // backoffLimitPerIndex (an index waits after its own failures,
+        // and others run meanwhile), else one for the Job, as kube.
+        // Failures the pod failure policy ignores do not count.
+        let counts = |p: &Pod| end_of(job, p, false).0 == End::Failed;
+        let per_index = plan.spec.backoff_limit_per_index.is_some();
+        let mut wait: Option<Duration> = None;
         let mut wanted: Vec<Option<i32>> = Vec::new();
         let mut surplus: Vec<Arc<Pod>> = Vec::new();
         if plan.indexed {
@@ -779,9 +793,24 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
                 }
                 keep = room;
             }
+            let mut failures: HashMap<i32, Vec<Arc<Pod>>> = HashMap::new();
+            if per_index {
+                for p in pods.iter().filter(|p| ended(p) == Some(false)) {
+                    if let Some(i) = rules::index_of(p) {
+                        failures.entry(i).or_default().push(p.clone());
+                    }
+                }
+            }
             wanted = (0..c)
                 .filter(|i| {
                     !completed.contains(i) && !failed_indexes.contains(i) && !busy.contains(i)
+                })
+                .filter(|i| {
+                    let left = failures.get(i).and_then(|l| backoff_left(l, counts, now));
+                    if let Some(l) = left {
+                        wait = Some(wait.map_or(l, |w| w.min(l)));
+                    }
+                    left.is_none()
                 })
                 .take(room.saturating_sub(keep))
                 .map(Some)
@@ -811,37 +840,39 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
         if !surplus.is_empty() {
             deleted = delete_job_pods(ctx, ns, &surplus, true).await?;
         }
+        if !per_index && !wanted.is_empty() {
+            wait = backoff_left(&pods, counts, now);
+            if wait.is_some() {
+                wanted.clear();
+            }
+        }
+        if let Some(wait) = wait {
+            requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+        }
         if !wanted.is_empty() {
-            match backoff_left(&pods, now) {
-                Some(wait) => {
-                    requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
-                }
-                None => {
-                    let failures_of = |i: i32| {
-                        pods.iter()
-                            .filter(|p| rules::index_of(p) == Some(i))
-                            .map(|p| rules::failures_before(p) + i32::from(ended(p) == Some(false)))
-                            .max()
-                            .unwrap_or(0)
-                    };
-                    let results: Vec<Result<Pod, ApiError>> =
-                        futures::stream::iter(wanted.into_iter().take(MAX_CREATES))
-                            .map(|index| {
-                                let pod = pod_for(job, index, index.map_or(0, failures_of));
-                                async move { ctx.reg.create(ns, pod).await }
-                            })
-                            .buffer_unordered(BURST)
-                            .collect()
-                            .await;
-                    for r in results {
-                        match r {
-                            Ok(p) => {
-                                last_rev = last_rev.max(revision_of(&p));
-                                created.push(p.name_any());
-                            }
-                            Err(e) => create_error = Some(e),
-                        }
+            let failures_of = |i: i32| {
+                pods.iter()
+                    .filter(|p| rules::index_of(p) == Some(i))
+                    .map(|p| rules::failures_before(p) + i32::from(ended(p) == Some(false)))
+                    .max()
+                    .unwrap_or(0)
+            };
+            let results: Vec<Result<Pod, ApiError>> =
+                futures::stream::iter(wanted.into_iter().take(MAX_CREATES))
+                    .map(|index| {
+                        let pod = pod_for(job, index, index.map_or(0, failures_of));
+                        async move { ctx.reg.create(ns, pod).await }
+                    })
+                    .buffer_unordered(BURST)
+                    .collect()
+                    .await;
+            for r in results {
+                match r {
+                    Ok(p) => {
+                        last_rev = last_rev.max(revision_of(&p));
+                        created.push(p.name_any());
                     }
+                    Err(e) => create_error = Some(e),
                 }
             }
         }
@@ -874,6 +905,11 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
     // The end, once no pod of it runs.
     let settled = ending && active.is_empty() && terminating == 0;
     if settled {
+        // A finished Job has a start time, even one that ended while
+        // suspended (completions: 0).
+        status
+            .start_time
+            .get_or_insert_with(weft_api::meta::now_time);
         if let Some(c) = condition(Some(&status), "FailureTarget").cloned() {
             let reason = c.reason.clone().unwrap_or_default();
             let message = c.message.clone().unwrap_or_default();
@@ -1099,32 +1135,47 @@ mod tests {
 
     #[test]
     fn failures_since_the_last_success_back_off_exponentially() {
-        assert_eq!(backoff_left(&[], 1000), None);
+        assert_eq!(backoff_left(&[], |_| true, 1000), None);
         // One failure at 1000: 10 s from then.
         let one = [pod("Failed", 1000, None)];
-        assert_eq!(backoff_left(&one, 1004), Some(Duration::from_secs(6)));
-        assert_eq!(backoff_left(&one, 1010), None);
+        assert_eq!(
+            backoff_left(&one, |_| true, 1004),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(backoff_left(&one, |_| true, 1010), None);
         // Three failures: 40 s from the last.
         let three = [
             pod("Failed", 900, None),
             pod("Failed", 950, None),
             pod("Failed", 1000, None),
         ];
-        assert_eq!(backoff_left(&three, 1000), Some(Duration::from_secs(40)));
+        assert_eq!(
+            backoff_left(&three, |_| true, 1000),
+            Some(Duration::from_secs(40))
+        );
         // A success after two of them resets the count.
         let reset = [
             pod("Failed", 900, None),
             pod("Succeeded", 960, None),
             pod("Failed", 1000, None),
         ];
-        assert_eq!(backoff_left(&reset, 1000), Some(Duration::from_secs(10)));
+        assert_eq!(
+            backoff_left(&reset, |_| true, 1000),
+            Some(Duration::from_secs(10))
+        );
         // A deleted pod the node has let go counts as a failure.
         let gone = [pod("Running", 0, Some(2000))];
         assert_eq!(ended(&gone[0]), Some(false));
-        assert_eq!(backoff_left(&gone, 2001), Some(Duration::from_secs(9)));
+        assert_eq!(
+            backoff_left(&gone, |_| true, 2001),
+            Some(Duration::from_secs(9))
+        );
         // Many: capped at 6 minutes.
         let many: Vec<_> = (0..20).map(|i| pod("Failed", 1000 + i, None)).collect();
-        assert_eq!(backoff_left(&many, 1019), Some(BACKOFF_MAX));
+        assert_eq!(backoff_left(&many, |_| true, 1019), Some(BACKOFF_MAX));
+        // Failures the caller does not count (the failure policy ignored
+        // them) do not delay.
+        assert_eq!(backoff_left(&three, |_| false, 1000), None);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use kube::ResourceExt as _;
 use weft_api::ApiError;
 
 use super::{Ctx, record_event};
-use crate::registry::Write;
+use crate::registry::{DELETION_BY_POD_GC, DELETION_BY_TAINT, Disruption, Write};
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
@@ -256,8 +256,18 @@ fn eviction_due(pod: &Pod, taints: &[&Taint]) -> Option<f64> {
         .reduce(f64::min)
 }
 
-/// Deletes a pod at once (its node will never stop it).
-async fn delete_now(ctx: &Ctx, pod: &Pod) -> Result<bool, ApiError> {
+/// Deletes a pod at once (its node will never stop it), marked
+/// `DisruptionTarget` for `why` first, as kube's taint eviction and pod
+/// garbage collector do.
+async fn delete_now(ctx: &Ctx, pod: &Pod, why: Disruption) -> Result<bool, ApiError> {
+    ctx.reg
+        .mark_disrupted(
+            pod.namespace().as_deref().unwrap_or("default"),
+            &pod.name_any(),
+            pod.metadata.uid.as_deref(),
+            why,
+        )
+        .await?;
     match ctx
         .reg
         .delete::<Pod>(
@@ -439,7 +449,7 @@ async fn sweep(ctx: &Ctx, seen: &mut Observer) -> Result<(), ApiError> {
                 if now - since < delay.as_secs_f64() {
                     continue;
                 }
-                if delete_now(ctx, &pod).await? {
+                if delete_now(ctx, &pod, DELETION_BY_TAINT).await? {
                     record_event(
                         &ctx.reg,
                         &*pod,
@@ -477,7 +487,7 @@ async fn sweep(ctx: &Ctx, seen: &mut Observer) -> Result<(), ApiError> {
             if now < due {
                 continue;
             }
-            if delete_now(ctx, &pod).await? {
+            if delete_now(ctx, &pod, DELETION_BY_TAINT).await? {
                 record_event(
                     &ctx.reg,
                     &*pod,
@@ -505,7 +515,7 @@ async fn sweep(ctx: &Ctx, seen: &mut Observer) -> Result<(), ApiError> {
             if now - created < 5.0 {
                 continue; // the node may be registering right now
             }
-            delete_now(ctx, &pod).await?;
+            delete_now(ctx, &pod, DELETION_BY_POD_GC).await?;
         }
     }
     Ok(())

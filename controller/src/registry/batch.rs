@@ -542,6 +542,10 @@ impl Kind for Job {
         out
     }
 
+    fn validate_status_update(&self, old: &Self) -> Vec<Cause> {
+        weft_api::job::status_update_errors(self, old)
+    }
+
     fn validate_update(&self, old: &Self) -> Vec<Cause> {
         let empty = JobSpec::default();
         immutable_changes(

@@ -41,7 +41,7 @@ pub use kind::{Decoded, DynKind, KINDS, Kind, NameRule, kind_of};
 pub use object::{
     decode_stored, decode_typed, encode, parse_rv, revision_of, set_rv, splice_rv, store_error,
 };
-pub use pod::qos_class;
+pub use pod::{DELETION_BY_POD_GC, DELETION_BY_TAINT, Disruption, EVICTION_BY_API, qos_class};
 pub use policy::selects_pod;
 
 use crate::ipam::Ipam;

@@ -253,7 +253,64 @@ impl Kind for Pod {
     }
 }
 
+/// Why a pod is being deleted against its will: the reason and message of
+/// the `DisruptionTarget` condition it is given first, as Kubernetes gives
+/// it (a Job's pod failure policy reads it).
+pub type Disruption = (&'static str, &'static str);
+
+/// Deleted through the eviction subresource (a drain).
+pub const EVICTION_BY_API: Disruption = ("EvictionByEvictionAPI", "Eviction API: evicting");
+/// Deleted by the taint eviction (a NoExecute taint, an unreachable node).
+pub const DELETION_BY_TAINT: Disruption = (
+    "DeletionByTaintManager",
+    "Taint manager: deleting due to NoExecute taint",
+);
+/// Deleted because its node no longer exists.
+pub const DELETION_BY_POD_GC: Disruption = ("DeletionByPodGC", "PodGC: node no longer exists");
+
 impl Registry {
+    /// Gives a pod that has not finished the `DisruptionTarget=True`
+    /// condition, before it is deleted for `why`. A pod that is gone, or
+    /// is not the one named by `uid`, is left alone.
+    ///
+    /// # Errors
+    /// What the status write answers, but 404 and 409.
+    pub async fn mark_disrupted(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: Option<&str>,
+        (reason, message): Disruption,
+    ) -> Result<(), ApiError> {
+        let r = self
+            .modify::<Pod>(Some(ns), name, super::Write::Status, |mut pod| {
+                if uid.is_some_and(|u| pod.metadata.uid.as_deref() != Some(u)) {
+                    return Err(ApiError::conflict("pods", "", name, "another pod"));
+                }
+                if !weft_api::pod::is_finished(&pod)
+                    && weft_api::pod::condition(&pod, "DisruptionTarget")
+                        .is_none_or(|c| c.status != "True")
+                {
+                    weft_api::pod::set_condition(
+                        &mut pod,
+                        "DisruptionTarget",
+                        "True",
+                        Some(reason),
+                        Some(message),
+                    );
+                }
+                Ok(pod)
+            })
+            .await;
+        match r {
+            Ok(_)
+            | Err(ApiError {
+                code: 404 | 409, ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Binds a pending pod to `node` and gives it an address from the
     /// node's block, in one transaction: the pod's binding subresource,
     /// which the scheduler uses too.

@@ -134,7 +134,7 @@ impl Registry {
                 .collect();
             let budget = match budgets.as_slice() {
                 [] => {
-                    self.delete::<Pod>(Some(ns), name, precondition.clone(), grace)
+                    self.evict_now(ns, &pod, precondition.clone(), grace)
                         .await?;
                     return Ok(());
                 }
@@ -160,7 +160,7 @@ impl Registry {
                 == Some("AlwaysAllow");
             if !healthy && (always || status.current_healthy >= status.desired_healthy) {
                 // An unhealthy pod does not count against the budget.
-                self.delete::<Pod>(Some(ns), name, precondition.clone(), grace)
+                self.evict_now(ns, &pod, precondition.clone(), grace)
                     .await?;
                 return Ok(());
             }
@@ -182,13 +182,33 @@ impl Registry {
                 Err(e) if e.code == 409 => continue,
                 Err(e) => return Err(e),
             }
-            self.delete::<Pod>(Some(ns), name, precondition.clone(), grace)
+            self.evict_now(ns, &pod, precondition.clone(), grace)
                 .await?;
             return Ok(());
         }
         Err(too_many_requests(
             "too many evictions at once against this budget; try again".into(),
         ))
+    }
+
+    /// Deletes a running pod for an eviction, marked `DisruptionTarget`
+    /// first (unless a precondition already rules it out).
+    async fn evict_now(
+        &self,
+        ns: &str,
+        pod: &Pod,
+        precondition: (Option<String>, Option<i64>),
+        grace: Option<i64>,
+    ) -> Result<(), ApiError> {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let uid = pod.metadata.uid.as_deref();
+        if precondition.0.as_deref().is_none_or(|u| Some(u) == uid) && !self.dry_run {
+            self.mark_disrupted(ns, name, uid, super::EVICTION_BY_API)
+                .await?;
+        }
+        self.delete::<Pod>(Some(ns), name, precondition, grace)
+            .await?;
+        Ok(())
     }
 }
 
