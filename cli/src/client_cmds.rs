@@ -80,7 +80,7 @@ pub enum ClientCmd {
     },
     /// Print a container's log (from its node's agent).
     Logs {
-        /// The pod.
+        /// The pod: NAME, pod/NAME, or TYPE/NAME for one of the pods of a Job, Deployment, ReplicaSet, StatefulSet, DaemonSet, ReplicationController or Service (as kubectl chooses it).
         pod: String,
         /// The container (default: the pod's only one).
         #[arg(short = 'c', long)]
@@ -108,7 +108,7 @@ pub enum ClientCmd {
     },
     /// Run a command in a container; its output and exit code pass through.
     Exec {
-        /// The pod.
+        /// The pod: NAME, pod/NAME, or TYPE/NAME for one of the pods of a Job, Deployment, ReplicaSet, StatefulSet, DaemonSet, ReplicationController or Service (as kubectl chooses it).
         pod: String,
         /// The container (default: the pod's only one).
         #[arg(short = 'c', long)]

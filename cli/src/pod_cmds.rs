@@ -8,6 +8,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_api::client::Client;
 use weft_api::debug::stats::{CpuStats, MemoryStats, Summary};
+use weft_api::selector::LabelSelector;
 
 /// What `weft logs` asks of a container's log.
 pub struct LogOptions {
@@ -38,6 +39,7 @@ pub async fn logs(
         bail!("--tail must be greater than or equal to -1");
     }
     let tail = o.tail.filter(|t| *t >= 0);
+    let pod = &pod_of(c, ns, pod).await?;
     let pods: kube::Api<Pod> = kube::Api::namespaced(c.kube().clone(), ns);
     let container = default_container(&pods, pod, container).await?;
     let params = LogParams {
@@ -85,6 +87,7 @@ pub async fn exec(
     stdin: bool,
     command: Vec<String>,
 ) -> Result<u8> {
+    let pod = &pod_of(c, ns, pod).await?;
     let pods: kube::Api<Pod> = kube::Api::namespaced(c.kube().clone(), ns);
     let container = default_container(&pods, pod, container).await?;
     let mut params = AttachParams::default()
@@ -157,6 +160,135 @@ pub async fn exec(
                 .unwrap_or_else(|| "the command failed".into())
         ),
     }
+}
+
+/// The kinds whose pods `TYPE/NAME` may name, as kubectl's: those with a
+/// label selector of their pods.
+const POD_OWNERS: [&str; 7] = [
+    "Job",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicationController",
+    "Service",
+];
+
+/// The pod `arg` names: `NAME` or `pod/NAME` is that pod; `TYPE/NAME` (a
+/// Job, Deployment, ReplicaSet, StatefulSet, DaemonSet,
+/// ReplicationController or Service) is one of the pods its selector
+/// selects, chosen as kubectl chooses (see [`for_logging`]) and named on
+/// stderr when there were several.
+async fn pod_of(c: &Client, ns: &str, arg: &str) -> Result<String> {
+    let Some((kind, name)) = arg.split_once('/') else {
+        return Ok(arg.to_string());
+    };
+    if name.is_empty() || name.contains('/') {
+        bail!("{arg:?} is not TYPE/NAME");
+    }
+    let res = weft_api::resources::RESOURCES
+        .iter()
+        .find(|r| r.matches(kind))
+        .with_context(|| format!("the server doesn't have a resource type \"{kind}\""))?;
+    if res.kind == "Pod" {
+        return Ok(name.to_string());
+    }
+    if !POD_OWNERS.contains(&res.kind) {
+        bail!(
+            "cannot get the pods of a {} (pods of a Job, Deployment, ReplicaSet, StatefulSet, DaemonSet, ReplicationController or Service can be named)",
+            res.kind
+        );
+    }
+    let obj = c
+        .get(&weft_api::client::object_path(res, Some(ns), name))
+        .await?;
+    let raw = &obj["spec"]["selector"];
+    // Services and ReplicationControllers select with a plain map.
+    let selector = if matches!(res.kind, "Service" | "ReplicationController") {
+        if raw.as_object().is_none_or(serde_json::Map::is_empty) {
+            bail!("{arg} has no selector: it selects no pods");
+        }
+        LabelSelector::from_k8s(&serde_json::json!({"matchLabels": raw}))
+    } else {
+        LabelSelector::from_k8s(raw)
+    }
+    .map_err(|e| anyhow::anyhow!("{arg}: {e}"))?;
+    let list: kube::api::ObjectList<Pod> = kube::Api::namespaced(c.kube().clone(), ns)
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|e| api_error(c, e))?;
+    let mut pods: Vec<Pod> = list
+        .items
+        .into_iter()
+        .filter(|p| {
+            selector.matches(
+                &p.metadata
+                    .labels
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            )
+        })
+        .collect();
+    if pods.is_empty() {
+        bail!("no pods found for {arg} in namespace {ns}");
+    }
+    pods.sort_by(for_logging);
+    let chosen = pods[0].metadata.name.clone().unwrap_or_default();
+    if pods.len() > 1 {
+        eprintln!("Found {} pods, using pod/{chosen}", pods.len());
+    }
+    Ok(chosen)
+}
+
+/// kubectl's order of pods for logs and exec (its `ByLogging`): bound
+/// before unbound; Running (or finished) before Unknown before Pending;
+/// ready before not; ready longer before ready shorter; more restarts
+/// before fewer; older before newer.
+fn for_logging(a: &Pod, b: &Pod) -> std::cmp::Ordering {
+    let node = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_none_or(str::is_empty)
+    };
+    let phase = |p: &Pod| match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Unknown") => 1,
+        Some("Pending") => 2,
+        _ => 0,
+    };
+    let ready_since = |p: &Pod| {
+        weft_api::pod::condition(p, "Ready")
+            .filter(|c| c.status == "True")
+            .map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+    };
+    let restarts = |p: &Pod| {
+        p.status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .map(|c| c.restart_count)
+            .max()
+            .unwrap_or(0)
+    };
+    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    node(a)
+        .cmp(&node(b))
+        .then_with(|| phase(a).cmp(&phase(b)))
+        .then_with(|| ready_since(b).is_some().cmp(&ready_since(a).is_some()))
+        .then_with(
+            || match (ready_since(a).flatten(), ready_since(b).flatten()) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                _ => std::cmp::Ordering::Equal,
+            },
+        )
+        .then_with(|| restarts(b).cmp(&restarts(a)))
+        .then_with(|| match (created(a), created(b)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        })
 }
 
 /// The container to use: the one named, else the pod's

@@ -508,6 +508,21 @@ spec:
         job["status"],
         after["status"]
     );
+    // Its log by the Job's name, with weft and kubectl; a kind without
+    // pods of its own is refused, a missing Job is reported.
+    let log = c.weft(&["logs", "job/later"])?;
+    ensure!(log == "resumed\n", "{log:?}");
+    let (log, _) = kubectl(&c, &["logs", "job/later"])?;
+    ensure!(log == "resumed\n", "{log:?}");
+    for (arg, want) in [
+        ("job/nosuch", "not found"),
+        ("cronjob/later", "cannot get the pods of a CronJob"),
+        ("nosuchkind/later", "doesn't have a resource type"),
+    ] {
+        let out = c.weft_output(&["logs", arg])?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && err.contains(want), "{arg}: {err}");
+    }
 
     // A sidecar ends with the job's main container.
     let job = wait_end(&c, "sidecar", Duration::from_secs(60))?;
@@ -1126,6 +1141,15 @@ spec:
         let pods = app_pods(&c, "batch").ok()?;
         (pods.len() == 1 && pods[0].1 == "n1" && pods[0].2).then_some(())
     })?;
+    // exec by the Deployment's name: one of its two pods, named on stderr.
+    let out = c.weft_output(&["exec", "deploy/web", "--", "echo", "hi"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout) == "hi\n"
+            && err.contains("Found 2 pods, using pod/web-"),
+        "{err}"
+    );
     let pdb = wait_until("the budget's status", Duration::from_secs(20), || {
         let p = c.get_json(&["pdb", "web"]).ok()?;
         (p["status"]["disruptionsAllowed"] == 1).then_some(p)
