@@ -562,6 +562,18 @@ spec:
         })
     });
     assert!(backoff, "no BackOff event for crash: {events}");
+    // Each start of a container is an Event in kubelet's words: crash's
+    // container started more than once (its restarts).
+    let starts = events["items"].as_array().map_or(0, |es| {
+        es.iter()
+            .filter(|e| {
+                e["involvedObject"]["name"] == "crash"
+                    && e["reason"] == "Started"
+                    && e["message"] == "Started container c"
+            })
+            .count()
+    });
+    assert!(starts >= 2, "{starts} Started events for crash: {events}");
     // A container over its memory limit is OOMKilled, and the pod Failed.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -878,6 +878,22 @@ spec:
 ---
 apiVersion: batch/v1
 kind: CronJob
+metadata: {name: replace}
+spec:
+  schedule: "* * * * *"
+  concurrencyPolicy: Replace
+  jobTemplate:
+    spec:
+      template:
+        metadata: {labels: {app: replace}}
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - {name: main, image: weft.local/busybox:1.36, command: [sleep, "3600"]}
+---
+apiVersion: batch/v1
+kind: CronJob
 metadata: {name: quick}
 spec:
   schedule: "* * * * *"
@@ -942,6 +958,36 @@ spec:
     ensure!(
         jobs.len() == 1,
         "forbid ran alongside its first Job: {jobs:?}"
+    );
+    // Replace: the next minute's Job takes the place of the one still
+    // running, whose pod goes with it.
+    wait_until(
+        "replace's second Job alone",
+        Duration::from_secs(30),
+        || {
+            let names: Vec<String> = jobs_of(&c, "replace")
+                .ok()?
+                .iter()
+                .filter(|j| j["metadata"]["deletionTimestamp"].is_null())
+                .filter_map(|j| j["metadata"]["name"].as_str().map(String::from))
+                .collect();
+            let pods = c.get_json(&["pods", "-l", "app=replace"]).ok()?;
+            let pod_jobs: Vec<String> = pods["items"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| {
+                    p["metadata"]["labels"]["job-name"]
+                        .as_str()
+                        .map(String::from)
+                })
+                .collect();
+            (names == [format!("replace-{}", m2 / 60)] && pod_jobs == names).then_some(())
+        },
+    )?;
+    let replace_reasons = event_reasons_of(&c, "CronJob", "replace")?;
+    ensure!(
+        replace_reasons.iter().any(|r| r == "SuccessfulDelete"),
+        "{replace_reasons:?}"
     );
     ensure!(
         event_reasons_of(&c, "CronJob", "forbid")?.contains(&"JobAlreadyActive".to_string()),
@@ -1020,6 +1066,20 @@ spec:
           restartPolicy: Never
           containers:
           - {name: main, image: weft.local/busybox:1.36, command: [echo, tick]}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: late}
+spec:
+  schedule: "* * * * *"
+  startingDeadlineSeconds: 3
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - {name: main, image: weft.local/busybox:1.36, command: [echo, tick]}
 "#,
     )?;
     let first = wait_until("the first Job", Duration::from_secs(75), || {
@@ -1055,6 +1115,18 @@ spec:
     ensure!(
         !names.contains(&format!("outage-{}", (m1 + 60) / 60)),
         "the earlier missed time ran too: {names:?}"
+    );
+    // With startingDeadlineSeconds 3, the time missed 5 s before the
+    // controller came back is too late to start.
+    let late: Vec<String> = jobs_of(&c, "late")?
+        .iter()
+        .filter_map(|j| j["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    ensure!(
+        !late
+            .iter()
+            .any(|n| n == &format!("late-{}", m3 / 60) || n == &format!("late-{}", (m1 + 60) / 60)),
+        "late started past its deadline: {late:?}"
     );
     let cj = c.get_json(&["cronjob", "outage"])?;
     ensure!(
@@ -1203,6 +1275,24 @@ spec:
     );
     let node = c.get_json(&["node", "n1"])?;
     ensure!(node["spec"]["unschedulable"] == true, "{}", node["spec"]);
+    // The evicted pods' agent said which container it stopped, and the
+    // new ones' which it started, as kubelet words it.
+    let events = c.get_json(&["events"])?;
+    let said = |reason: &str, message: &str| {
+        events["items"].as_array().is_some_and(|es| {
+            es.iter().any(|e| {
+                e["involvedObject"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("web-"))
+                    && e["reason"] == reason
+                    && e["message"] == message
+            })
+        })
+    };
+    ensure!(
+        said("Killing", "Stopping container main") && said("Started", "Started container main"),
+        "{events}"
+    );
     // The evicted Job pod was marked DisruptionTarget before it was
     // deleted, so the Job's failure policy ignored its end: no failure
     // counted against backoffLimit 0, and a new pod runs on n2.
@@ -1508,6 +1598,22 @@ spec:
         !revived && why.contains("status.phase") && why.contains("terminal phase"),
         "a finished pod revived by a status write: {why}"
     );
+    // Nor may a write say its released sandbox is back.
+    let why = kubectl_refused(
+        &c,
+        &[
+            "patch",
+            "pod",
+            "done",
+            "--subresource=status",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"PodReadyToStartContainers","status":"True"}]}}"#,
+        ],
+    )?;
+    ensure!(
+        why.contains("status.conditions") && why.contains("released"),
+        "{why}"
+    );
 
     // More finished pods than the node's /24 has addresses: each gives its
     // address back, so the Job never runs out of them.
@@ -1794,6 +1900,13 @@ spec:
         ],
     )?;
     ensure!(env == "1", "the template after undo has V={env}");
+    // An undo to the revision it already has changes nothing, and kubectl
+    // says so (it compares the revision's data with the live template).
+    let (out, _) = kubectl(&c, &["rollout", "undo", "ds/agent", "--to-revision=3"])?;
+    ensure!(
+        out.contains("skipped rollback (current template already matches revision 3)"),
+        "{out}"
+    );
 
     // Surge: the new pod starts beside the old one, so all three nodes
     // keep a ready pod throughout.
@@ -2465,6 +2578,15 @@ spec:
         (p["metadata"]["uid"] == before["metadata"]["uid"]
             && p["metadata"]["ownerReferences"][0]["uid"] == sts_uid)
             .then_some(())
+    })
+    .with_context(|| {
+        let log = c.controller_log();
+        let panic: Vec<&str> = log
+            .lines()
+            .skip_while(|l| !l.contains("panicked"))
+            .take(8)
+            .collect();
+        format!("controller panic, if any:\n{}", panic.join("\n"))
     })?;
     wait_until("the set's status", Duration::from_secs(30), || {
         let s = c.get_json(&["sts", "db"]).ok()?;

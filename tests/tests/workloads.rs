@@ -438,6 +438,17 @@ fn volumes_are_mounted_as_asked_and_updated_in_place() -> Result<()> {
                 "{}",
                 p["status"]
             );
+            ensure!(
+                p["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|c| {
+                        c["type"] == "DisruptionTarget"
+                            && c["status"] == "True"
+                            && c["reason"] == "TerminationByKubelet"
+                    })),
+                "{}",
+                p["status"]
+            );
             break;
         }
         ensure!(Instant::now() < deadline, "not evicted: {}", p["status"]);

@@ -18,6 +18,7 @@ use std::{
 use anyhow::Result;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -270,20 +271,9 @@ impl PodWorker {
                             Ok(()) => {
                                 created = Some(ip);
                                 failure = None;
-                                // Report at once, then as it changes.
+                                // Report at once, then as it changes (each
+                                // container's start is an Event then).
                                 self.sync(&p, ip, &mut reported).await;
-                                // With init containers, only the first runs yet.
-                                let first_init = p
-                                    .spec
-                                    .as_ref()
-                                    .and_then(|s| s.init_containers.as_ref())
-                                    .and_then(|v| v.first())
-                                    .map(|c| c.name.clone());
-                                let message = first_init.map_or_else(
-                                    || "Started all containers".to_string(),
-                                    |c| format!("Started init container {c}"),
-                                );
-                                self.event(&p, "Normal", "Started", &message).await;
                             }
                             Err(e) => {
                                 let count = failure.as_ref().map_or(1, |f| f.count + 1);
@@ -400,11 +390,28 @@ impl PodWorker {
     async fn remove(&self, pod: Option<&Pod>, grace: Duration) -> bool {
         let rec = self.node.sandbox.record(&self.uid);
         if let (Some(p), Some(_)) = (pod, &rec) {
-            let msg = format!(
-                "Stopping all containers (grace period {}s)",
-                grace.as_secs()
-            );
-            self.event(p, "Normal", "Killing", &msg).await;
+            // One Event per container that runs, in kubelet's words.
+            let running: Vec<String> = p
+                .status
+                .iter()
+                .flat_map(|s| {
+                    s.init_container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(s.container_statuses.iter().flatten())
+                })
+                .filter(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+                .map(|c| c.name.clone())
+                .collect();
+            for name in running {
+                self.event(
+                    p,
+                    "Normal",
+                    "Killing",
+                    &format!("Stopping container {name}"),
+                )
+                .await;
+            }
         }
         match self.node.sandbox.remove_pod(&self.uid, grace).await {
             Ok(()) => {
@@ -547,6 +554,19 @@ impl PodWorker {
         status["phase"] = json!("Failed");
         status["reason"] = json!(reason);
         status["message"] = json!(why);
+        if reason == "Evicted"
+            && let Some(conditions) = status["conditions"].as_array_mut()
+        {
+            // As kubelet's eviction manager: the pod was ended against its
+            // will (a Job's pod failure policy may read it).
+            conditions.push(json!({
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": "TerminationByKubelet",
+                "message": why,
+                "lastTransitionTime": weft_api::meta::now_time(),
+            }));
+        }
         self.report(pod, status, reported).await;
         true
     }
@@ -590,7 +610,53 @@ impl PodWorker {
         last: Option<&Value>,
     ) {
         let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
+        // When a container's last run started: while it runs, once it has
+        // ended, or, waiting to restart, its last run's.
+        let run_started = |c: &ContainerStatus| {
+            let st = c.state.as_ref();
+            st.and_then(|s| s.running.as_ref()?.started_at.clone())
+                .or_else(|| st.and_then(|s| s.terminated.as_ref()?.started_at.clone()))
+                .or_else(|| {
+                    c.last_state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref()?.started_at.clone())
+                })
+        };
+        // A run is new when neither the API (an agent that restarts does
+        // not tell old starts again) nor this agent's last report shows it.
+        let known = |name: &str| -> Vec<Option<Time>> {
+            let api = pod.status.iter().flat_map(|st| {
+                st.init_container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(st.container_statuses.iter().flatten())
+                    .cloned()
+            });
+            let ours = last.into_iter().flat_map(|l| {
+                ["initContainerStatuses", "containerStatuses"]
+                    .iter()
+                    .filter_map(|k| l[*k].as_array())
+                    .flatten()
+                    .filter_map(|c| serde_json::from_value::<ContainerStatus>(c.clone()).ok())
+                    .collect::<Vec<_>>()
+            });
+            api.chain(ours)
+                .filter(|c| c.name == name)
+                .map(|c| run_started(&c))
+                .collect()
+        };
         for s in statuses {
+            if let Some(started) = run_started(s)
+                && !known(&s.name).contains(&Some(started))
+            {
+                self.event(
+                    pod,
+                    "Normal",
+                    "Started",
+                    &format!("Started container {}", s.name),
+                )
+                .await;
+            }
             let prev = last.and_then(|l| {
                 l["containerStatuses"]
                     .as_array()?

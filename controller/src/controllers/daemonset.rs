@@ -28,7 +28,8 @@
 //! its old pod is deleted.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetSpec, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
@@ -204,6 +205,37 @@ fn daemon_pod(ds: &DaemonSet, spec: &DaemonSetSpec, hash: &str, node: &str) -> P
     }
 }
 
+/// kube's back-off for failed daemon pods, per DaemonSet and node: the
+/// first failed pod goes at once, the next one 1 s after, then 2 s, 4 s
+/// ... up to 15 minutes; a pair without a failure for 30 minutes starts
+/// again at 1 s. It keeps a node that rejects the pod from a hot loop of
+/// creations.
+static FAILED_BACKOFF: LazyLock<Mutex<HashMap<String, (Duration, Instant)>>> =
+    LazyLock::new(Mutex::default);
+const FAILED_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// Whether the failed daemon pod of `key` (DaemonSet uid and node) may
+/// be deleted now, which starts the next back-off; else how long is left.
+fn failed_pod_wait(key: &str, now: Instant) -> Option<Duration> {
+    let mut map = FAILED_BACKOFF.lock().unwrap_or_else(|e| e.into_inner());
+    let expired = |(_, at): &(Duration, Instant)| now.duration_since(*at) > 2 * FAILED_BACKOFF_MAX;
+    if map.len() > 10_000 {
+        map.retain(|_, v| !expired(v));
+    }
+    match map.get(key).copied() {
+        Some((delay, at)) if now.duration_since(at) < delay => Some(delay - now.duration_since(at)),
+        Some(v) if !expired(&v) => {
+            map.insert(key.to_string(), ((v.0 * 2).min(FAILED_BACKOFF_MAX), now));
+            None
+        }
+        _ => {
+            map.insert(key.to_string(), (FAILED_BACKOFF_FIRST, now));
+            None
+        }
+    }
+}
+
 /// One node's daemon pods, split by template.
 #[derive(Default)]
 struct OnNode {
@@ -243,6 +275,8 @@ pub async fn reconcile(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ApiError> {
     }
     // Failed pods, with their node (at most a few are told in Events).
     let mut failed: Vec<(String, String)> = Vec::new();
+    // When a node's failed-pod back-off ends.
+    let mut retry: Option<Duration> = None;
     let mut creates: Vec<String> = Vec::new();
     // Nodes that should run the pod, with what they have.
     let mut wanted: BTreeMap<String, OnNode> = BTreeMap::new();
@@ -254,11 +288,25 @@ pub async fn reconcile(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ApiError> {
         let (dead, alive): (Vec<_>, Vec<_>) = here
             .into_iter()
             .partition(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed"));
-        failed.extend(
-            dead.iter()
-                .map(|p| (weft_api::meta::key_of(&**p), node_name.clone())),
-        );
-        doomed.extend(dead);
+        if !run {
+            doomed.extend(dead);
+        } else if !dead.is_empty() {
+            // A failed pod is replaced after the node's back-off; until
+            // then it stays and the node gets no other.
+            match failed_pod_wait(&format!("{uid}/{node_name}"), Instant::now()) {
+                Some(left) => {
+                    retry = Some(retry.map_or(left, |r: Duration| r.min(left)));
+                    continue;
+                }
+                None => {
+                    failed.extend(
+                        dead.iter()
+                            .map(|p| (weft_api::meta::key_of(&**p), node_name.clone())),
+                    );
+                    doomed.extend(dead);
+                }
+            }
+        }
         if !run {
             if !alive.is_empty() {
                 misscheduled += 1;
@@ -438,7 +486,11 @@ pub async fn reconcile(ds: &DaemonSet, ctx: &Ctx) -> Result<Action, ApiError> {
     }
     // Pods that become available with time (minReadySeconds) bring the
     // DaemonSet back then.
-    Ok(await_availability(ctx, uid, min_ready))
+    let action = await_availability(ctx, uid, min_ready);
+    Ok(match retry {
+        Some(r) => action.at_most(r),
+        None => action,
+    })
 }
 
 /// Counts the daemon pods per node as the status says them.
@@ -600,5 +652,31 @@ mod tests {
             ..ControllerRevision::default()
         };
         assert_eq!(history::revision_template(&cr), Some(spec.template));
+    }
+
+    #[test]
+    fn failed_daemon_pods_back_off_per_daemonset_and_node() {
+        let t0 = Instant::now();
+        let key = "uid-backoff-test/n1";
+        assert_eq!(failed_pod_wait(key, t0), None, "the first goes at once");
+        assert!(failed_pod_wait(key, t0).is_some_and(|w| w <= Duration::from_secs(1)));
+        assert!(
+            failed_pod_wait("uid-backoff-test/n2", t0).is_none(),
+            "another node"
+        );
+        let t1 = t0 + Duration::from_millis(1100);
+        assert_eq!(failed_pod_wait(key, t1), None, "after 1 s");
+        assert_eq!(
+            failed_pod_wait(key, t1 + Duration::from_secs(1)),
+            Some(Duration::from_secs(1)),
+            "then 2 s"
+        );
+        // Quiet for longer than twice the maximum: from 1 s again.
+        let later = t1 + 2 * FAILED_BACKOFF_MAX + Duration::from_secs(1);
+        assert_eq!(failed_pod_wait(key, later), None);
+        assert_eq!(
+            failed_pod_wait(key, later + Duration::from_millis(500)),
+            Some(Duration::from_millis(500))
+        );
     }
 }

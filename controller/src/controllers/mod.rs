@@ -86,6 +86,14 @@ impl Action {
     pub fn await_change() -> Self {
         Self::AwaitChange
     }
+
+    /// This, but looking again within `limit` at the latest.
+    pub fn at_most(self, limit: Duration) -> Self {
+        match self {
+            Self::Requeue(after) => Self::Requeue(after.min(limit)),
+            Self::AwaitChange => Self::Requeue(limit),
+        }
+    }
 }
 
 /// A work queue of object keys ("namespace/name") in client-go's manner: a
@@ -377,7 +385,26 @@ where
         tokio::spawn(async move {
             loop {
                 let key = queue.pop().await;
-                let outcome = work(key.clone()).await;
+                // A reconcile that panics (a bug) is a failure of that key,
+                // retried with back-off: the worker and the key's place
+                // in the queue survive it, and the rest of the API and the
+                // other objects carry on.
+                use futures::FutureExt as _;
+                let outcome = match std::panic::AssertUnwindSafe(work(key.clone()))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(panic) => {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(ToString::to_string)
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!(controller = name, key = %key, "reconcile panicked: {why}");
+                        Err(ApiError::internal(format!("reconcile panicked: {why}")))
+                    }
+                };
                 queue.done(&key);
                 match outcome {
                     Ok(action) => {
@@ -624,6 +651,39 @@ pub fn start_all(ctx: &Ctx) {
 mod tests {
     use super::*;
     use crate::store::{SqliteOptions, SqliteStore};
+
+    #[tokio::test]
+    async fn a_reconcile_that_panics_is_retried_and_its_worker_survives() {
+        let queue = Queue::new();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let seen = calls.clone();
+        // One worker: it must live through the panic to do the rest.
+        run_queue("test", queue.clone(), 1, move |key: String| {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let done = done_tx.clone();
+            async move {
+                assert!(n != 0, "the first look panics");
+                let _ = done.send(key);
+                Ok(Action::await_change())
+            }
+        });
+        queue.add("ns/a");
+        let first = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
+        assert_eq!(
+            first.ok().flatten().as_deref(),
+            Some("ns/a"),
+            "retried after the panic"
+        );
+        queue.add("ns/b");
+        let second = tokio::time::timeout(Duration::from_secs(5), done_rx.recv()).await;
+        assert_eq!(
+            second.ok().flatten().as_deref(),
+            Some("ns/b"),
+            "the worker lives on"
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
     use k8s_openapi::api::apps::v1::ReplicaSet;
     use k8s_openapi::api::core::v1::Pod;
 

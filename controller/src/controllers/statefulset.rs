@@ -48,6 +48,8 @@ pub const POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 /// The label with the pod's ordinal.
 pub const POD_INDEX: &str = "apps.kubernetes.io/pod-index";
 
+/// Pods a pass creates at most (Parallel); the rest in the next pass.
+const MAX_CREATES: usize = 500;
 const COMPONENT: &str = "statefulset-controller";
 
 pub fn start(ctx: &Ctx) {
@@ -303,15 +305,25 @@ pub async fn reconcile(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, ApiError>
 
     // The claims of pods that run: their owners as `whenDeleted` says now
     // (a missing claim is made before its pod, below).
-    for ordinal in (first..end).filter(|n| by_ordinal.contains_key(n)) {
+    for &ordinal in by_ordinal.range(first..end).map(|(n, _)| n) {
         ensure_claims(sts, &spec, ordinal, ctx).await?;
     }
     // Pods in the range, lowest first.
     let mut last_rev = 0i64;
     let mut blocked = false;
+    // Parallel creations in one pass are capped (the next pass reads
+    // spec.replicas again), as the ReplicaSet's are.
+    let mut created = 0usize;
+    let mut capped = false;
     for ordinal in first..end {
         match by_ordinal.get(&ordinal) {
+            None if created >= MAX_CREATES => {
+                capped = true;
+                blocked = true;
+                break;
+            }
             None => {
+                created += 1;
                 ensure_claims(sts, &spec, ordinal, ctx).await?;
                 let (template, revision) = match &current_template {
                     Some(t) if rolling.is_some() && ordinal < first + partition => {
@@ -447,14 +459,17 @@ pub async fn reconcile(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, ApiError>
     {
         let max_unavailable =
             resolve(ru.max_unavailable.as_ref(), i64::from(replicas), true).max(1);
-        let mut unavailable = (first..end)
-            .filter(|n| by_ordinal.get(n).is_none_or(|p| !healthy(p, min_ready)))
+        // Missing or not healthy, counted without walking the range (a
+        // client may ask for two billion replicas).
+        let healthy_in_range = by_ordinal
+            .range(first..end)
+            .filter(|(_, p)| healthy(p, min_ready))
             .count() as i64;
+        let mut unavailable = i64::from(end - first) - healthy_in_range;
         let mut doomed = Vec::new();
-        for ordinal in (first + partition..end).rev() {
-            let Some(p) = by_ordinal.get(&ordinal) else {
-                continue;
-            };
+        // (A partition past the end leaves nothing to update.)
+        let from = first.saturating_add(partition).min(end);
+        for (_, p) in by_ordinal.range(from..end).rev() {
             if hash_of(p) == Some(update_rev.as_str()) || p.metadata.deletion_timestamp.is_some() {
                 continue;
             }
@@ -487,6 +502,9 @@ pub async fn reconcile(sts: &StatefulSet, ctx: &Ctx) -> Result<Action, ApiError>
         ctx.cache.wait_for(last_rev).await;
     }
     write_status(sts, &spec, &update_rev, &current_rev, ctx).await?;
+    if capped {
+        return Ok(Action::requeue(std::time::Duration::ZERO));
+    }
     // Pods that become available with time bring the set back then.
     Ok(await_availability(ctx, &uid, min_ready))
 }

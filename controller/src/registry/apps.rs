@@ -22,8 +22,8 @@ use weft_api::error::Cause;
 
 use super::kind::{Kind, kind_fields};
 use super::validation::{
-    check_expression_values, check_int_or_percent, check_labels, check_pod_spec, default_pod_spec,
-    selector_error, selector_is_empty, selects,
+    check_expression_values, check_int_or_percent, check_labels, check_pod_spec,
+    check_selector_labels, default_pod_spec, selector_error, selector_is_empty, selects,
 };
 
 /// What a Deployment and a ReplicaSet check alike: replicas, selector,
@@ -48,7 +48,9 @@ pub(super) fn check_workload(
         .and_then(|m| m.labels.clone());
     if let Some(e) = selector_error(selector) {
         out.push(Cause::invalid("spec.selector", json!(selector), e));
-    } else if check_expression_values(out, "spec.selector", selector) {
+    } else if check_selector_labels(out, "spec.selector", selector)
+        && check_expression_values(out, "spec.selector", selector)
+    {
         if selector_is_empty(selector) {
             out.push(Cause::required("spec.selector"));
         } else if !selects(selector, &labels.clone().unwrap_or_default()) {
@@ -612,5 +614,21 @@ mod tests {
         assert_eq!(causes[0].field, "spec.template.metadata.labels");
         let causes = rs(serde_json::json!({})).validate();
         assert_eq!(causes[0].field, "spec.selector");
+        // A key or value that is no label key or value is said to be so,
+        // not reported as a selector that misses the template.
+        let causes = rs(serde_json::json!({"matchLabels": {"bad key!": "web"}})).validate();
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec.selector.matchLabels");
+        let causes = rs(serde_json::json!({"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "-x", "operator": "In", "values": ["a b"]}]}))
+        .validate();
+        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.selector.matchExpressions[0].key",
+                "spec.selector.matchExpressions[0].values[0]"
+            ]
+        );
     }
 }

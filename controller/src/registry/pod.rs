@@ -164,6 +164,16 @@ impl Kind for Pod {
                 field: "status.phase".into(),
             }];
         }
+        // Its sandbox and address are gone (maybe another pod's by now):
+        // a writer may not say otherwise.
+        if sandbox_released(old) && !sandbox_released(self) {
+            return vec![Cause::forbidden(
+                "status.conditions",
+                format!(
+                    "{SANDBOX_CONDITION} cannot become True again: the finished pod's sandbox and address were released"
+                ),
+            )];
+        }
         Vec::new()
     }
 

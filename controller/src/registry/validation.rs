@@ -37,20 +37,21 @@ pub fn check_protocol(out: &mut Vec<Cause>, field: String, protocol: Option<&str
     }
 }
 
+/// What a label key must be.
+const LABEL_KEY_RULE: &str = "a label key must be an optional DNS subdomain prefix and '/', then a name of at most 63 characters that consists of alphanumeric characters, '-', '_' or '.', and starts and ends with an alphanumeric character";
+/// What a label value must be.
+const LABEL_VALUE_RULE: &str = "a valid label must be an empty string or consist of at most 63 alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+
 /// Label keys and values (`metadata.labels`, a Service's selector).
 pub fn check_labels(out: &mut Vec<Cause>, field: &str, labels: Option<&BTreeMap<String, String>>) {
     for (k, v) in labels.into_iter().flatten() {
         if !weft_api::selector::valid_key(k) {
-            out.push(Cause::invalid(
-                field,
-                serde_json::json!(k),
-                "a label key must be an optional DNS subdomain prefix and '/', then a name of at most 63 characters that consists of alphanumeric characters, '-', '_' or '.', and starts and ends with an alphanumeric character",
-            ));
+            out.push(Cause::invalid(field, serde_json::json!(k), LABEL_KEY_RULE));
         } else if !weft_api::selector::valid_value(v) {
             out.push(Cause::invalid(
                 format!("{field}[{k}]"),
                 serde_json::json!(v),
-                "a valid label must be an empty string or consist of at most 63 alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character",
+                LABEL_VALUE_RULE,
             ));
         }
     }
@@ -113,11 +114,39 @@ pub fn check_selector(out: &mut Vec<Cause>, field: &str, selector: Option<&Label
         out.push(Cause::invalid(field, json!(selector), e));
     }
     check_expression_values(out, field, selector);
+    check_selector_labels(out, field, selector);
+}
+
+/// The keys and values a label selector names are label keys and values
+/// (matchLabels, and the keys and In/NotIn values of matchExpressions).
+/// Returns whether all are.
+pub fn check_selector_labels(out: &mut Vec<Cause>, field: &str, selector: &LabelSelector) -> bool {
+    let before = out.len();
     check_labels(
         out,
         &format!("{field}.matchLabels"),
         selector.match_labels.as_ref(),
     );
+    for (i, e) in selector.match_expressions.iter().flatten().enumerate() {
+        let at = format!("{field}.matchExpressions[{i}]");
+        if !weft_api::selector::valid_key(&e.key) {
+            out.push(Cause::invalid(
+                format!("{at}.key"),
+                json!(e.key),
+                LABEL_KEY_RULE,
+            ));
+        }
+        for (n, v) in e.values.iter().flatten().enumerate() {
+            if !weft_api::selector::valid_value(v) {
+                out.push(Cause::invalid(
+                    format!("{at}.values[{n}]"),
+                    json!(v),
+                    LABEL_VALUE_RULE,
+                ));
+            }
+        }
+    }
+    out.len() == before
 }
 
 /// As kube-apiserver: In and NotIn need values, Exists and DoesNotExist
