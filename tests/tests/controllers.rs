@@ -1058,6 +1058,77 @@ async fn collection_deletes_honour_their_options(c: &kube::Client) -> Result<()>
         bad.code,
         bad.text
     );
+    // A dryRun in the body (where kubectl puts it for delete,
+    // deletecollection and eviction) deletes nothing.
+    let dry = serde_json::to_vec(&json!({"propagationPolicy": "Background", "dryRun": ["All"]}))?;
+    let r = raw(
+        c,
+        "DELETE",
+        "/apis/apps/v1/namespaces/default/replicasets?labelSelector=set%3Dorphans",
+        Some(dry.clone()),
+        "application/json",
+    )
+    .await?;
+    ensure!(
+        r.code == 200 && items(&r.body).len() == 2,
+        "{} {}",
+        r.code,
+        r.text
+    );
+    let pod = app_pods(c, "default", "ra").await?[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let r = raw(
+        c,
+        "DELETE",
+        &format!("/api/v1/namespaces/default/pods/{pod}"),
+        Some(dry),
+        "application/json",
+    )
+    .await?;
+    ensure!(r.code == 200, "{} {}", r.code, r.text);
+    let eviction = serde_json::to_vec(&json!({"apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": "default"},
+        "deleteOptions": {"dryRun": ["All"]}}))?;
+    let r = raw(
+        c,
+        "POST",
+        &format!("/api/v1/namespaces/default/pods/{pod}/eviction"),
+        Some(eviction),
+        "application/json",
+    )
+    .await?;
+    ensure!(r.code == 201, "{} {}", r.code, r.text);
+    let bad = serde_json::to_vec(&json!({"dryRun": ["Some"]}))?;
+    let r = raw(
+        c,
+        "DELETE",
+        &format!("/api/v1/namespaces/default/pods/{pod}"),
+        Some(bad),
+        "application/json",
+    )
+    .await?;
+    ensure!(
+        r.code == 400 && r.text.contains("Some"),
+        "{} {}",
+        r.code,
+        r.text
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(
+        raw(
+            c,
+            "GET",
+            &format!("/api/v1/namespaces/default/pods/{pod}"),
+            None,
+            ""
+        )
+        .await?
+        .body["metadata"]["deletionTimestamp"]
+            .is_null(),
+        "a dry run deleted {pod}"
+    );
     ensure!(
         list(
             c,

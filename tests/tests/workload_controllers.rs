@@ -1293,6 +1293,25 @@ spec:
         said("Killing", "Stopping container main") && said("Started", "Started container main"),
         "{events}"
     );
+    // One Started Event per start: none of these pods restarted, so none
+    // has two (an agent that told the same start on every sync would).
+    let mut starts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for e in events["items"].as_array().into_iter().flatten() {
+        if e["reason"] == "Started" {
+            *starts
+                .entry(
+                    e["involvedObject"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+                .or_default() += 1;
+        }
+    }
+    ensure!(
+        !starts.is_empty() && starts.values().all(|n| *n == 1),
+        "Started Events per pod: {starts:?}"
+    );
     // The evicted Job pod was marked DisruptionTarget before it was
     // deleted, so the Job's failure policy ignored its end: no failure
     // counted against backoffLimit 0, and a new pod runs on n2.

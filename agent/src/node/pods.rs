@@ -610,8 +610,9 @@ impl PodWorker {
         last: Option<&Value>,
     ) {
         let pod_name = pod.metadata.name.as_deref().unwrap_or_default();
-        // When a container's last run started: while it runs, once it has
-        // ended, or, waiting to restart, its last run's.
+        // When a container's last run started, in whole seconds (as the
+        // API keeps times): while it runs, once it has ended, or, waiting
+        // to restart, its last run's.
         let run_started = |c: &ContainerStatus| {
             let st = c.state.as_ref();
             st.and_then(|s| s.running.as_ref()?.started_at.clone())
@@ -621,10 +622,11 @@ impl PodWorker {
                         .as_ref()
                         .and_then(|s| s.terminated.as_ref()?.started_at.clone())
                 })
+                .map(|t: Time| t.0.as_second())
         };
         // A run is new when neither the API (an agent that restarts does
         // not tell old starts again) nor this agent's last report shows it.
-        let known = |name: &str| -> Vec<Option<Time>> {
+        let known = |name: &str| -> Vec<Option<i64>> {
             let api = pod.status.iter().flat_map(|st| {
                 st.init_container_statuses
                     .iter()

@@ -666,7 +666,13 @@ async fn dispatch(
                     "name in URL does not match name in Eviction object",
                 ));
             }
-            registry_for(st, &query, &user)?
+            let body_dry_run = decoded
+                .object
+                .delete_options
+                .as_ref()
+                .and_then(|o| o.dry_run.clone())
+                .unwrap_or_default();
+            registry_for_with(st, &query, &user, &body_dry_run)?
                 .evict(
                     ns.unwrap_or("default"),
                     pod,
@@ -812,9 +818,9 @@ async fn dispatch(
         }
         ("delete", None) => {
             let name = target.name.as_deref().unwrap_or_default();
-            let (uid, rv, policy, body_grace) = delete_preconditions(headers, &bytes)?;
+            let (uid, rv, policy, body_grace, dry_run) = delete_preconditions(headers, &bytes)?;
             let grace = grace_period(&query, body_grace)?;
-            let reg = registry_for(st, &query, &user)?;
+            let reg = registry_for_with(st, &query, &user, &dry_run)?;
             let mut warnings = Vec::new();
             let policy = propagation(res, policy, &query, &mut warnings)?;
             let deleted = reg
@@ -824,11 +830,11 @@ async fn dispatch(
         }
         ("deletecollection", None) => {
             // The DeleteOptions of a collection apply to each object.
-            let (_, _, policy, body_grace) = delete_preconditions(headers, &bytes)?;
+            let (_, _, policy, body_grace, dry_run) = delete_preconditions(headers, &bytes)?;
             let grace = grace_period(&query, body_grace)?;
             let mut warnings = Vec::new();
             let policy = propagation(res, policy, &query, &mut warnings)?;
-            let reg = registry_for(st, &query, &user)?;
+            let reg = registry_for_with(st, &query, &user, &dry_run)?;
             let (items, _) = selected(st, res, ns, &query).await?;
             let objects = items
                 .iter()
@@ -927,15 +933,33 @@ async fn exec(
 /// A node's agent writes through a registry that admits only what
 /// NodeRestriction allows it.
 fn registry_for(st: &ApiState, query: &Query, user: &User) -> Result<Registry, ApiError> {
+    registry_for_with(st, query, user, &[])
+}
+
+/// As [`registry_for`], with the `dryRun` of a body's DeleteOptions too
+/// (kubectl sends a delete's or an eviction's there, not in the query).
+fn registry_for_with(
+    st: &ApiState,
+    query: &Query,
+    user: &User,
+    body_dry_run: &[String],
+) -> Result<Registry, ApiError> {
     let reg = match user.node() {
         Some(node) => st.registry.as_node(node),
         None => st.registry.clone(),
     };
     // Every value must be All: a write that was asked to be a dry run in any
-    // way (`?dryRun`, `?dryRun=All&dryRun=`) must not happen for real.
-    match query.values("dryRun") {
+    // way (`?dryRun`, `?dryRun=All&dryRun=`, the body's) must not happen
+    // for real.
+    let values: Vec<&str> = query
+        .values("dryRun")
+        .iter()
+        .map(String::as_str)
+        .chain(body_dry_run.iter().map(String::as_str))
+        .collect();
+    match values.as_slice() {
         [] => Ok(reg),
-        values => match values.iter().find(|v| *v != "All") {
+        values => match values.iter().find(|v| **v != "All") {
             None => Ok(reg.dry()),
             Some(other) => Err(ApiError::bad_request(format!(
                 "dryRun must be \"All\", not \"{other}\""
@@ -982,12 +1006,18 @@ fn propagation(
 }
 
 /// What a DELETE body asks: preconditions (uid, resourceVersion), the
-/// propagation policy and the grace period.
-type DeleteOptions = (Option<String>, Option<i64>, Option<String>, Option<i64>);
+/// propagation policy, the grace period and `dryRun`.
+type DeleteOptions = (
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Vec<String>,
+);
 
 fn delete_preconditions(headers: &HeaderMap, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok((None, None, None, None));
+        return Ok((None, None, None, None, Vec::new()));
     }
     // kubectl sends DeleteOptions without kind and apiVersion, or as
     // meta.k8s.io/v1: read the fields, not the type.
@@ -1013,11 +1043,28 @@ fn delete_preconditions(headers: &HeaderMap, bytes: &[u8]) -> Result<DeleteOptio
             ApiError::bad_request(format!("gracePeriodSeconds must be an integer, not {g}"))
         })?),
     };
+    let dry_run = match &body["dryRun"] {
+        Value::Null => Vec::new(),
+        Value::Array(l) => l
+            .iter()
+            .map(|v| {
+                v.as_str().map(String::from).ok_or_else(|| {
+                    ApiError::bad_request(format!("dryRun must be a list of strings, not {v}"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "dryRun must be a list of strings, not {other}"
+            )));
+        }
+    };
     Ok((
         uid,
         rv,
         body["propagationPolicy"].as_str().map(String::from),
         grace,
+        dry_run,
     ))
 }
 
