@@ -1116,18 +1116,19 @@ async fn collection_deletes_honour_their_options(c: &kube::Client) -> Result<()>
         r.text
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = raw(
+        c,
+        "GET",
+        &format!("/api/v1/namespaces/default/pods/{pod}"),
+        None,
+        "",
+    )
+    .await?;
     ensure!(
-        raw(
-            c,
-            "GET",
-            &format!("/api/v1/namespaces/default/pods/{pod}"),
-            None,
-            ""
-        )
-        .await?
-        .body["metadata"]["deletionTimestamp"]
-            .is_null(),
-        "a dry run deleted {pod}"
+        still.code == 200 && still.body["metadata"]["deletionTimestamp"].is_null(),
+        "a dry run deleted {pod}: {} {}",
+        still.code,
+        still.text
     );
     ensure!(
         list(
