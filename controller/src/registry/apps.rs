@@ -23,7 +23,8 @@ use weft_api::error::Cause;
 use super::kind::{Kind, kind_fields};
 use super::validation::{
     check_expression_values, check_int_or_percent, check_labels, check_pod_spec,
-    check_selector_labels, default_pod_spec, selector_error, selector_is_empty, selects,
+    check_selector_labels, default_pod_spec, non_negative, selector_error, selector_is_empty,
+    selects,
 };
 
 /// What a Deployment and a ReplicaSet check alike: replicas, selector,
@@ -131,6 +132,28 @@ impl Kind for Deployment {
             &spec.selector,
             Some(&spec.template),
         );
+        non_negative(&mut out, "spec.minReadySeconds", spec.min_ready_seconds);
+        non_negative(
+            &mut out,
+            "spec.revisionHistoryLimit",
+            spec.revision_history_limit,
+        );
+        non_negative(
+            &mut out,
+            "spec.progressDeadlineSeconds",
+            spec.progress_deadline_seconds,
+        );
+        if let (Some(deadline), Some(ready)) =
+            (spec.progress_deadline_seconds, spec.min_ready_seconds)
+            && deadline >= 0
+            && deadline <= ready
+        {
+            out.push(Cause::invalid(
+                "spec.progressDeadlineSeconds",
+                deadline,
+                "must be greater than minReadySeconds",
+            ));
+        }
         if let Some(t) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref())
             && !["RollingUpdate", "Recreate"].contains(&t)
         {
@@ -180,6 +203,7 @@ impl Kind for ReplicaSet {
             &spec.selector,
             spec.template.as_ref(),
         );
+        non_negative(&mut out, "spec.minReadySeconds", spec.min_ready_seconds);
         out
     }
 
@@ -238,6 +262,7 @@ impl Kind for ReplicationController {
             match_expressions: None,
         };
         check_workload(&mut out, spec.replicas, &selector, spec.template.as_ref());
+        non_negative(&mut out, "spec.minReadySeconds", spec.min_ready_seconds);
         check_long_running(&mut out, spec.template.as_ref());
         out
     }
@@ -468,6 +493,17 @@ impl Kind for StatefulSet {
                 ));
             }
         }
+        // Every ordinal must be an int32, as the pods' names and the
+        // ordinal label carry it.
+        let start = spec.ordinals.as_ref().and_then(|o| o.start).unwrap_or(0);
+        let replicas = spec.replicas.unwrap_or(1);
+        if start >= 0 && replicas > 0 && start.checked_add(replicas).is_none() {
+            out.push(Cause::invalid(
+                "spec.ordinals.start",
+                start,
+                format!("start + replicas ({replicas}) must not exceed {}", i32::MAX),
+            ));
+        }
         let strategy = spec.update_strategy.clone().unwrap_or_default();
         match strategy.type_.as_deref() {
             Some("RollingUpdate") => {
@@ -595,6 +631,76 @@ mod tests {
                 "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
         }))
         .expect("a ReplicaSet")
+    }
+
+    #[test]
+    fn counts_and_seconds_are_not_negative_and_ordinals_fit() {
+        let fields = |v: serde_json::Value, kind: &str| -> Vec<String> {
+            let mut obj = serde_json::json!({
+                "metadata": {"name": "web"},
+                "spec": {"selector": {"matchLabels": {"app": "web"}},
+                    "template": {"metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+            });
+            for (k, x) in v.as_object().into_iter().flatten() {
+                obj["spec"][k] = x.clone();
+            }
+            let causes = match kind {
+                "Deployment" => serde_json::from_value::<Deployment>(obj).map(|mut d| {
+                    d.default_fields();
+                    d.validate()
+                }),
+                "ReplicaSet" => serde_json::from_value::<ReplicaSet>(obj).map(|mut d| {
+                    d.default_fields();
+                    d.validate()
+                }),
+                _ => serde_json::from_value::<StatefulSet>(obj).map(|mut d| {
+                    d.default_fields();
+                    d.validate()
+                }),
+            }
+            .expect("an object");
+            causes.into_iter().map(|c| c.field).collect()
+        };
+        assert_eq!(
+            fields(serde_json::json!({"minReadySeconds": -3}), "ReplicaSet"),
+            ["spec.minReadySeconds"]
+        );
+        assert_eq!(
+            fields(
+                serde_json::json!({"revisionHistoryLimit": -1, "progressDeadlineSeconds": -1}),
+                "Deployment"
+            ),
+            ["spec.revisionHistoryLimit", "spec.progressDeadlineSeconds"]
+        );
+        assert_eq!(
+            fields(
+                serde_json::json!({"progressDeadlineSeconds": 5, "minReadySeconds": 10}),
+                "Deployment"
+            ),
+            ["spec.progressDeadlineSeconds"]
+        );
+        assert!(
+            fields(
+                serde_json::json!({"progressDeadlineSeconds": 600}),
+                "Deployment"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            fields(
+                serde_json::json!({"serviceName": "web", "replicas": 10, "ordinals": {"start": 2147483640}}),
+                "StatefulSet"
+            ),
+            ["spec.ordinals.start"]
+        );
+        assert!(
+            fields(
+                serde_json::json!({"serviceName": "web", "replicas": 7, "ordinals": {"start": 2147483640}}),
+                "StatefulSet"
+            )
+            .is_empty()
+        );
     }
 
     #[test]

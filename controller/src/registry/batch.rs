@@ -15,7 +15,7 @@ use weft_api::job::{self as rules, MAX_INDEXED_COMPLETIONS};
 
 use super::apps::{check_template, check_workload};
 use super::kind::{Kind, kind_fields};
-use super::validation::default_pod_spec;
+use super::validation::{check_labels, default_pod_spec, non_negative};
 use weft_api::cron::Schedule;
 
 /// The labels a Job whose selector is generated gives its template.
@@ -35,22 +35,6 @@ fn generated_selector(uid: &str) -> LabelSelector {
     LabelSelector {
         match_labels: Some([(rules::CONTROLLER_UID.to_string(), uid.to_string())].into()),
         match_expressions: None,
-    }
-}
-
-fn non_negative<T: PartialOrd + Default + std::fmt::Display>(
-    out: &mut Vec<Cause>,
-    field: &str,
-    v: Option<T>,
-) {
-    if let Some(v) = v
-        && v < T::default()
-    {
-        out.push(Cause::invalid(
-            field,
-            v,
-            "must be greater than or equal to 0",
-        ));
     }
 }
 
@@ -627,6 +611,15 @@ impl Kind for CronJob {
             "spec.failedJobsHistoryLimit",
             spec.failed_jobs_history_limit,
         );
+        // The Jobs' labels, checked now rather than failing
+        // at every scheduled time, as kube-apiserver checks them.
+        if let Some(meta) = &spec.job_template.metadata {
+            check_labels(
+                &mut out,
+                "spec.jobTemplate.metadata.labels",
+                meta.labels.as_ref(),
+            );
+        }
         let mut job = spec.job_template.spec.clone().unwrap_or_default();
         if let Some(sel) = job.selector.take() {
             out.push(Cause::invalid(
@@ -783,6 +776,15 @@ mod tests {
                 json!({"schedule": "0 3 * *", "jobTemplate": template})
             ),
             ["spec.schedule"]
+        );
+        let mut labelled = template.clone();
+        labelled["metadata"] = json!({"labels": {"bad key!": "x"}});
+        assert_eq!(
+            cj(
+                "nightly",
+                json!({"schedule": "0 3 * * *", "jobTemplate": labelled})
+            ),
+            ["spec.jobTemplate.metadata.labels"]
         );
         assert_eq!(
             cj(

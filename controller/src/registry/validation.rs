@@ -386,3 +386,20 @@ pub(crate) fn check_int_or_percent(out: &mut Vec<Cause>, field: &str, v: Option<
         _ => {}
     }
 }
+
+/// A count or a number of seconds that may not be negative.
+pub fn non_negative<T: PartialOrd + Default + std::fmt::Display>(
+    out: &mut Vec<Cause>,
+    field: &str,
+    v: Option<T>,
+) {
+    if let Some(v) = v
+        && v < T::default()
+    {
+        out.push(Cause::invalid(
+            field,
+            v,
+            "must be greater than or equal to 0",
+        ));
+    }
+}
