@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use weft_lab::cluster::{Cluster, ClusterSpec, pod_ready};
 
@@ -333,6 +333,14 @@ fn agent_restart_and_node_failure() -> Result<()> {
     }
     let now = wait_ready(&c, "app=web", 6, Duration::from_secs(30))?;
 
+    // A StatefulSet's pod on n3, to see that a lost node does not let its
+    // identity run twice.
+    c.apply(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  serviceName: db\n  replicas: 1\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      nodeSelector: {kubernetes.io/hostname: n3}\n      terminationGracePeriodSeconds: 1\n      containers:\n      - {name: main, image: weft.local/busybox:1.36, command: [sleep, '3600']}\n",
+    )?;
+    let db = wait_ready(&c, "app=db", 1, Duration::from_secs(60))?;
+    let db_uid = db[0]["metadata"]["uid"].clone();
+
     // Node n3 fails: its agent is killed and its containers are gone.
     let lost: Vec<String> = now
         .iter()
@@ -385,6 +393,34 @@ fn agent_restart_and_node_failure() -> Result<()> {
         tail(&c.controller_log())
     );
     check_reachable(&c, &moved, "v1")?;
+    // The set's pod was evicted too, but only marked: the same pod stays,
+    // Terminating, and no second db-0 is made while n3 may still run it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = c.get_json(&["pod", "db-0"])?;
+        ensure!(
+            p["metadata"]["uid"] == db_uid,
+            "db-0 was made again: {}",
+            p["metadata"]
+        );
+        if p["metadata"]["deletionTimestamp"].is_string() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "db-0 not evicted: {}",
+            p["metadata"]
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let p = c.get_json(&["pod", "db-0"])?;
+    ensure!(
+        p["metadata"]["uid"] == db_uid,
+        "db-0 was made again: {}",
+        p["metadata"]
+    );
+    c.weft(&["delete", "sts", "db"])?;
 
     // Routes follow the Nodes: n3's Node deleted, its block leaves the
     // other nodes' routes; n3 registers again, with the same block, and
@@ -398,6 +434,15 @@ fn agent_restart_and_node_failure() -> Result<()> {
         "n1 has no route to {n3_block}"
     );
     c.weft(&["delete", "node", "n3"])?;
+    // With its Node gone, the set's pod goes too (kube's pod GC).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.get_json(&["pod", "db-0"]).is_ok() {
+        ensure!(
+            Instant::now() < deadline,
+            "db-0 stayed after its Node was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while route_to(&c, "n1", &n3_block)? || route_to(&c, "n2", &n3_block)? {
         if Instant::now() > deadline {

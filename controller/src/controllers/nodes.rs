@@ -260,6 +260,20 @@ fn eviction_due(pod: &Pod, taints: &[&Taint]) -> Option<f64> {
 /// `DisruptionTarget` for `why` first, as kube's taint eviction and pod
 /// garbage collector do.
 async fn delete_now(ctx: &Ctx, pod: &Pod, why: Disruption) -> Result<bool, ApiError> {
+    // A StatefulSet's pod has one identity that must not run twice: as
+    // kube's taint eviction leaves it, it is only marked for deletion and
+    // stays (Terminating) until its node confirms it stopped, the Node is
+    // deleted, or someone forces it; the set makes it again only then.
+    let at_most_one = why != DELETION_BY_POD_GC
+        && pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true) && r.kind == "StatefulSet");
+    if at_most_one && pod.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
     ctx.reg
         .mark_disrupted(
             pod.namespace().as_deref().unwrap_or("default"),
@@ -274,7 +288,7 @@ async fn delete_now(ctx: &Ctx, pod: &Pod, why: Disruption) -> Result<bool, ApiEr
             pod.namespace().as_deref(),
             &pod.name_any(),
             (pod.metadata.uid.clone(), None),
-            Some(0),
+            (!at_most_one).then_some(0),
         )
         .await
     {
