@@ -146,6 +146,10 @@ struct ControllerArgs {
     /// How long pods stay on a NotReady node before they are evicted.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     eviction_delay: std::time::Duration,
+    /// How long an Event is kept after it last happened (kube-apiserver's
+    /// `--event-ttl`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    event_ttl: std::time::Duration,
     /// Revisions of history kept for watches (older resourceVersions get 410 Gone).
     #[arg(long, default_value_t = 100_000)]
     watch_history: i64,
@@ -568,6 +572,7 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     cfg.kubeconfig = Some(args.kubeconfig_out.unwrap_or_else(default_kubeconfig_path));
     cfg.controllers.node_grace = args.node_grace;
     cfg.controllers.eviction_delay = args.eviction_delay;
+    cfg.controllers.event_ttl = args.event_ttl;
     cfg.watch_history = args.watch_history;
     cfg.max_object_size = args.max_object_size;
     cfg.encryption_config = args.encryption_provider_config;

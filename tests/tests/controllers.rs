@@ -1736,3 +1736,56 @@ fn big_lists_do_not_starve_heartbeats() -> Result<()> {
         Ok(())
     })?
 }
+
+/// Events expire a TTL after they last happened (`--event-ttl`, kube's 1 h
+/// by default), so a pod that keeps failing cannot fill the store: an old
+/// Event goes within a sweep, a fresh one stays until its time.
+#[test]
+fn events_expire_after_their_ttl() -> Result<()> {
+    let island = Island::new("eventttl")?;
+    let cp = ControlPlane::start(
+        &island,
+        ControlOptions {
+            args: ["--event-ttl", "8s"].map(String::from).to_vec(),
+            ..Default::default()
+        },
+    )?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let ago = |secs: i64| {
+            let t = std::time::SystemTime::now() - Duration::from_secs(secs as u64);
+            k8s_openapi::jiff::Timestamp::try_from(t)
+                .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_default()
+        };
+        for (name, last) in [("old", ago(3600)), ("fresh", ago(0))] {
+            let e = json!({"apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": name},
+                "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+                "reason": "Test", "message": name, "type": "Normal",
+                "firstTimestamp": last, "lastTimestamp": last, "count": 1});
+            let r = post(&c, "/api/v1/namespaces/default/events", &e).await?;
+            ensure!(r.code == 201, "{}", r.text);
+        }
+        let names = |c: kube::Client| async move {
+            Ok::<Vec<String>, anyhow::Error>(
+                list(&c, "/api/v1/namespaces/default/events")
+                    .await?
+                    .iter()
+                    .filter_map(|e| e["metadata"]["name"].as_str().map(String::from))
+                    .collect(),
+            )
+        };
+        eventually(Duration::from_secs(5), "the old event to expire", || {
+            let c = c.clone();
+            async move { Ok((names(c).await? == ["fresh"]).then_some(())) }
+        })
+        .await?;
+        eventually(Duration::from_secs(15), "the fresh event to expire", || {
+            let c = c.clone();
+            async move { Ok(names(c).await?.is_empty().then_some(())) }
+        })
+        .await?;
+        Ok(())
+    })
+}

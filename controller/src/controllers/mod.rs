@@ -14,6 +14,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
+pub mod events;
 pub mod gc;
 pub mod history;
 pub mod job;
@@ -44,6 +45,8 @@ pub struct ControllersConfig {
     pub node_grace: Duration,
     /// How long pods stay on a NotReady node before they are evicted.
     pub eviction_delay: Duration,
+    /// How long an Event is kept after it last happened.
+    pub event_ttl: Duration,
 }
 
 impl Default for ControllersConfig {
@@ -51,6 +54,7 @@ impl Default for ControllersConfig {
         Self {
             node_grace: Duration::from_secs(10),
             eviction_delay: Duration::from_secs(30),
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -645,6 +649,7 @@ pub fn start_all(ctx: &Ctx) {
     gc::start(ctx);
     quota::start(ctx);
     volumes::start(ctx);
+    events::start(ctx);
 }
 
 #[cfg(test)]
