@@ -556,6 +556,17 @@ spec:
   - {name: proxy, image: weft.local/busybox:1.36, restartPolicy: Always, command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 1; done"]}
   containers:
   - {name: work, image: weft.local/busybox:1.36, command: [sh, -c, "sleep 1; exit 0"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: slowside}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 8
+  initContainers:
+  - {name: proxy, image: weft.local/busybox:1.36, restartPolicy: Always, command: [sleep, "3600"]}
+  containers:
+  - {name: work, image: weft.local/busybox:1.36, command: [sh, -c, "sleep 2; exit 0"]}
 "#,
     )?;
     // In order: first (which takes a second), then the sidecar, then last,
@@ -634,6 +645,21 @@ spec:
         side["state"]["running"].is_null(),
         "the sidecar outlived its pod: {side}"
     );
+    // A sidecar that takes its whole grace period to stop (sleep ignores
+    // SIGTERM) does not hide the container's end: that is reported while
+    // the sidecar still runs, as kubelet reports it.
+    let p = wait_pod(&c, "slowside", Duration::from_secs(40), "work ended", |p| {
+        p["status"]["containerStatuses"][0]["state"]["terminated"].is_object()
+    })?;
+    ensure!(
+        p["status"]["initContainerStatuses"][0]["state"]["running"].is_object()
+            && p["status"]["phase"] == "Running",
+        "{}",
+        p["status"]
+    );
+    wait_pod(&c, "slowside", Duration::from_secs(30), "Succeeded", |p| {
+        p["status"]["phase"] == "Succeeded"
+    })?;
     Ok(())
 }
 

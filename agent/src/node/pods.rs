@@ -935,8 +935,22 @@ fn pod_status(pod: &Pod, synced: &PodSync, ip: Option<Ipv4Addr>, node_ip: Ipv4Ad
             .and_then(|st| st.terminated.as_ref())
             .is_some_and(|t| t.exit_code != 0)
     }) && policy == "Never";
+    // A pod whose containers have ended is still Running while its
+    // sidecars are being stopped, as kubelet has it.
+    let sidecar_running = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| crate::sandbox::is_sidecar(c))
+        .any(|c| {
+            synced.init.iter().any(|s| {
+                s.name == c.name && s.state.as_ref().is_some_and(|st| st.running.is_some())
+            })
+        });
     let phase = if !synced.initialized {
         if init_failed { "Failed" } else { "Pending" }
+    } else if !statuses.is_empty() && terminated.len() == statuses.len() && sidecar_running {
+        "Running"
     } else if !statuses.is_empty() && terminated.len() == statuses.len() {
         if terminated.iter().all(|c| *c == 0) {
             "Succeeded"

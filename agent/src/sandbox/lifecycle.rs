@@ -316,19 +316,41 @@ impl Sandbox {
                 .iter()
                 .all(|s| s.state.as_ref().is_some_and(|st| st.terminated.is_some()));
         if finished {
+            // Stopped in the background (a sidecar may take its whole grace
+            // period), so that the containers' end is reported at once,
+            // as kubelet reports it; the next syncs see the sidecars go.
+            let mut stopping = Vec::new();
             for (c, (_, id)) in inits.iter().zip(rec.init_containers.clone()).rev() {
-                if is_sidecar(c) {
-                    let id2 = id.clone();
-                    let _ = self
-                        .runtime_call(&pod_name(&rec), &c.name, move |rt| {
-                            if matches!(rt.state(&id2)?.status, crate::runtime::Status::Running) {
-                                rt.stop(&id2, grace)?;
+                if !is_sidecar(c) {
+                    continue;
+                }
+                // Once, and again if it still runs well past its grace
+                // period (a stop that failed).
+                let mut done = self.done_sidecars.lock().expect("lock");
+                let due = done
+                    .get(&id)
+                    .is_none_or(|at| at.elapsed() > grace + Duration::from_secs(5));
+                if due {
+                    done.insert(id.clone(), Instant::now());
+                    stopping.push(id);
+                }
+            }
+            if !stopping.is_empty() {
+                let rt = self.runtime.clone();
+                let pod = pod_name(&rec);
+                tokio::task::spawn_blocking(move || {
+                    for id in stopping {
+                        let r = rt.state(&id).and_then(|st| {
+                            if matches!(st.status, crate::runtime::Status::Running) {
+                                rt.stop(&id, grace)?;
                             }
                             Ok(())
-                        })
-                        .await;
-                    self.done_sidecars.lock().expect("lock").insert(id.clone());
-                }
+                        });
+                        if let Err(e) = r {
+                            tracing::info!(pod = %pod, container = %id, error = %e, "cannot stop the sidecar; the pod's release will");
+                        }
+                    }
+                });
             }
         }
         Ok(out)
@@ -346,7 +368,7 @@ impl Sandbox {
         grace: Duration,
     ) -> Result<ContainerStatus, SandboxError> {
         // A sidecar stopped because its pod finished is not restarted.
-        let policy = if self.done_sidecars.lock().expect("lock").contains(id) {
+        let policy = if self.done_sidecars.lock().expect("lock").contains_key(id) {
             "Never"
         } else {
             policy

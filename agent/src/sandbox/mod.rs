@@ -23,7 +23,7 @@ pub use lifecycle::{BACKOFF_RESET, MAX_BACKOFF, PodSync, is_sidecar};
 pub use records::{Phase, PodRecord};
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -234,9 +234,9 @@ pub struct Sandbox {
     observed: std::sync::Mutex<std::collections::HashMap<String, Observed>>,
     /// Where the pods' ConfigMaps and Secrets are read from.
     objects: std::sync::Arc<dyn env::ObjectSource>,
-    /// Sidecars stopped because their pod finished (by runtime id): not
-    /// restarted.
-    done_sidecars: std::sync::Mutex<HashSet<String>>,
+    /// Sidecars stopped because their pod finished (by runtime id, with when
+    /// the stop was last asked): not restarted.
+    done_sidecars: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Sandbox {
