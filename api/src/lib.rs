@@ -19,6 +19,7 @@ pub mod pod;
 pub mod printer;
 pub mod quantity;
 pub mod resources;
+pub mod revision;
 pub mod security;
 pub mod selector;
 pub mod service;

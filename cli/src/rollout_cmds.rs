@@ -423,11 +423,10 @@ async fn revisions(
 fn revision_template(w: Workload, rev: &Value) -> Value {
     let mut t = match w {
         Workload::Deployment => rev["spec"]["template"].clone(),
-        Workload::DaemonSet | Workload::StatefulSet => rev["data"]["spec"]["template"].clone(),
+        Workload::DaemonSet | Workload::StatefulSet => {
+            weft_api::revision::template_of(&rev["data"])
+        }
     };
-    if let Some(o) = t.as_object_mut() {
-        o.remove("$patch");
-    }
     if let Some(labels) = t["metadata"]["labels"].as_object_mut() {
         labels.remove(HASH_LABEL);
         labels.remove("controller-revision-hash");

@@ -1926,6 +1926,11 @@ spec:
         out.contains("skipped rollback (current template already matches revision 3)"),
         "{out}"
     );
+    let out = c.weft(&["rollout", "undo", "daemonset/agent", "--to-revision", "3"])?;
+    ensure!(
+        out.contains("skipped rollback (current template already matches revision 3)"),
+        "{out}"
+    );
 
     // Surge: the new pod starts beside the old one, so all three nodes
     // keep a ready pod throughout.

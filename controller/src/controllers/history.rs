@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::ResourceExt as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 use weft_api::ApiError;
 
 use super::deployment::template_hash;
@@ -38,65 +38,16 @@ pub struct Current {
     pub revision: i64,
 }
 
-/// The revision data for `template`: the strategic merge patch that puts
-/// it back.
-///
-/// kubectl's `rollout undo` compares these bytes with the same patch made
-/// from the live object, which Go writes with the fields its types never
-/// omit: the template's `metadata.creationTimestamp` (null) and each
-/// container's `resources` (`{}`). They are written here too, so that an
-/// undo to the revision the object already has says "skipped rollback"
-/// (keys are sorted on both sides).
+/// The revision data for `template` (see [`weft_api::revision`]).
 #[must_use]
 pub fn revision_data(template: &PodTemplateSpec) -> Value {
-    let mut t = serde_json::to_value(template).unwrap_or_default();
-    if let Some(o) = t.as_object_mut() {
-        o.insert("$patch".into(), json!("replace"));
-        let meta = o.entry("metadata").or_insert_with(|| json!({}));
-        if let Some(m) = meta.as_object_mut() {
-            m.entry("creationTimestamp").or_insert(Value::Null);
-        }
-        if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
-            for list in ["initContainers", "containers", "ephemeralContainers"] {
-                for c in spec
-                    .get_mut(list)
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(c) = c.as_object_mut() {
-                        c.entry("resources").or_insert_with(|| json!({}));
-                    }
-                }
-            }
-        }
-    }
-    json!({"spec": {"template": t}})
+    weft_api::revision::data_of(serde_json::to_value(template).unwrap_or_default())
 }
 
 /// The template a revision holds.
 #[must_use]
 pub fn revision_template(r: &ControllerRevision) -> Option<PodTemplateSpec> {
-    let mut t = r.data.as_ref()?.0.get("spec")?.get("template")?.clone();
-    t.as_object_mut()?.remove("$patch");
-    // What revision_data adds for kubectl's comparison is not the
-    // template's.
-    if let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) {
-        for list in ["initContainers", "containers", "ephemeralContainers"] {
-            for c in spec
-                .get_mut(list)
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_object_mut)
-            {
-                if c.get("resources") == Some(&json!({})) {
-                    c.remove("resources");
-                }
-            }
-        }
-    }
-    serde_json::from_value(t).ok()
+    serde_json::from_value(weft_api::revision::template_of(&r.data.as_ref()?.0)).ok()
 }
 
 /// The pod's `controller-revision-hash` label.

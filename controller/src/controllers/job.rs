@@ -425,7 +425,9 @@ async fn count_finished(job: &Job, pods: &[Arc<Pod>], ctx: &Ctx) -> Result<Count
                     }
                 }
                 if plan.indexed {
-                    status.completed_indexes = Some(rules::format_indexes(&completed));
+                    // Empty is left out, as kube's omitempty string.
+                    status.completed_indexes =
+                        Some(rules::format_indexes(&completed)).filter(|s| !s.is_empty());
                     if limit_per_index.is_some() {
                         status.failed_indexes = Some(rules::format_indexes(&failed_indexes));
                     }
@@ -962,7 +964,10 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
                 s.succeeded = stored.succeeded;
                 s.failed = stored.failed;
                 s.uncounted_terminated_pods = stored.uncounted_terminated_pods;
-                s.completed_indexes = stored.completed_indexes.or(s.completed_indexes);
+                s.completed_indexes = stored
+                    .completed_indexes
+                    .or(s.completed_indexes)
+                    .filter(|s| !s.is_empty());
                 s.failed_indexes = stored.failed_indexes.or(s.failed_indexes);
                 s.uncounted_terminated_pods
                     .get_or_insert_with(Default::default);
