@@ -139,7 +139,16 @@ pub async fn drain(c: &Client, node: &str, opts: &DrainOptions) -> Result<()> {
                 evicted.push(todo.remove(0));
             }
             Err(ClientError::Api(e)) if e.code == 429 => {
-                if deadline.is_some_and(|d| Instant::now() > d) {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    // Say which of those evicted have gone meanwhile.
+                    for p in &evicted {
+                        if gone(c, p).await? {
+                            println!(
+                                "pod/{} evicted",
+                                p["metadata"]["name"].as_str().unwrap_or_default()
+                            );
+                        }
+                    }
                     bail!(
                         "draining node {node:?} timed out: {ns}/{name}: {}",
                         e.message
@@ -150,7 +159,12 @@ pub async fn drain(c: &Client, node: &str, opts: &DrainOptions) -> Result<()> {
                     .first()
                     .map_or(e.message.clone(), |c| c.message.clone());
                 println!("error when evicting pod {ns}/{name} (will retry after 5s): {why}");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // Not past the timeout.
+                let pause = deadline.map_or(Duration::from_secs(5), |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .min(Duration::from_secs(5))
+                });
+                tokio::time::sleep(pause).await;
                 // The others first, then this one again.
                 let again = todo.remove(0);
                 todo.push(again);
@@ -158,19 +172,13 @@ pub async fn drain(c: &Client, node: &str, opts: &DrainOptions) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    // Gone: the pod of that name and uid no longer exists.
     for p in &evicted {
         let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
         let name = p["metadata"]["name"].as_str().unwrap_or_default();
-        let uid = p["metadata"]["uid"].clone();
         loop {
-            match c.get(&format!("/api/v1/namespaces/{ns}/pods/{name}")).await {
-                Ok(now) if now["metadata"]["uid"] == uid => {}
-                Ok(_) | Err(ClientError::Api(ApiError { code: 404, .. })) => {
-                    println!("pod/{name} evicted");
-                    break;
-                }
-                Err(e) => return Err(e.into()),
+            if gone(c, p).await? {
+                println!("pod/{name} evicted");
+                break;
             }
             if deadline.is_some_and(|d| Instant::now() > d) {
                 bail!("draining node {node:?} timed out waiting for {ns}/{name} to go");
@@ -180,6 +188,17 @@ pub async fn drain(c: &Client, node: &str, opts: &DrainOptions) -> Result<()> {
     }
     println!("node/{node} drained");
     Ok(())
+}
+
+/// Whether the pod is gone: none of its name and uid exists.
+async fn gone(c: &Client, p: &Value) -> Result<bool> {
+    let ns = p["metadata"]["namespace"].as_str().unwrap_or("default");
+    let name = p["metadata"]["name"].as_str().unwrap_or_default();
+    match c.get(&format!("/api/v1/namespaces/{ns}/pods/{name}")).await {
+        Ok(now) => Ok(now["metadata"]["uid"] != p["metadata"]["uid"]),
+        Err(ClientError::Api(ApiError { code: 404, .. })) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
