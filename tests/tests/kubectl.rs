@@ -49,6 +49,16 @@ spec:
   - name: http
     port: 80
     targetPort: http
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: plain
+spec:
+  selector: {app: web}
+  ports:
+  - port: 81
+    targetPort: 80
 "#;
 
 fn kubectl_session(minor: Option<u32>) -> Result<()> {
@@ -176,6 +186,11 @@ fn kubectl_session(minor: Option<u32>) -> Result<()> {
     );
     let t = k(&["describe", "-n", "team", "svc", "web"])?;
     ensure!(t.contains("TargetPort:") && t.contains("http/TCP"), "{t}");
+    // A Service whose port has no name: its EndpointSlice names it "", as
+    // kube's, which kubectl 1.32 and 1.33 describe reads (a missing name
+    // made them panic).
+    let t = k(&["describe", "-n", "team", "svc", "plain"])?;
+    ensure!(t.contains("81/TCP"), "{t}");
     // Watch: kubectl get -w prints changes as they happen.
     let mut watch = Command::new("ip")
         .args(["netns", "exec", island.name()])

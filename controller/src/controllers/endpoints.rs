@@ -182,7 +182,7 @@ pub async fn reconcile(
             .iter()
             .filter_map(|sp| {
                 Some(Resolved {
-                    name: sp.name.clone().filter(|n| !n.is_empty()),
+                    name: Some(sp.name.clone().unwrap_or_default()),
                     port: resolve_port(pod, sp)?,
                     protocol: sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
                 })
@@ -297,8 +297,10 @@ pub async fn reconcile(
 
     // EndpointSlices: terminating endpoints stay, marked, so that load
     // balancers let their connections finish.
+    // A port's name is always written, "" for an unnamed one, as kube's
+    // EndpointSlice controller writes it (kubectl describe reads it).
     let slice_port = |r: Resolved| SlicePort {
-        name: r.name,
+        name: Some(r.name.unwrap_or_default()),
         port: Some(r.port),
         protocol: Some(r.protocol),
         app_protocol: None,
@@ -339,7 +341,7 @@ pub async fn reconcile(
         let ports = svc_ports
             .iter()
             .map(|sp| SlicePort {
-                name: sp.name.clone().filter(|n| !n.is_empty()),
+                name: Some(sp.name.clone().unwrap_or_default()),
                 port: Some(match &sp.target_port {
                     Some(IntOrString::Int(t)) => *t,
                     _ => sp.port,
