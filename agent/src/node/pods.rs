@@ -625,31 +625,33 @@ impl PodWorker {
                 .map(|t: Time| t.0.as_second())
         };
         // A run is new when neither the API (an agent that restarts does
-        // not tell old starts again) nor this agent's last report shows it.
-        let known = |name: &str| -> Vec<Option<i64>> {
-            let api = pod.status.iter().flat_map(|st| {
-                st.init_container_statuses
-                    .iter()
-                    .flatten()
-                    .chain(st.container_statuses.iter().flatten())
-                    .cloned()
-            });
-            let ours = last.into_iter().flat_map(|l| {
-                ["initContainerStatuses", "containerStatuses"]
-                    .iter()
-                    .filter_map(|k| l[*k].as_array())
-                    .flatten()
-                    .filter_map(|c| serde_json::from_value::<ContainerStatus>(c.clone()).ok())
-                    .collect::<Vec<_>>()
-            });
-            api.chain(ours)
-                .filter(|c| c.name == name)
-                .map(|c| run_started(&c))
-                .collect()
-        };
+        // not tell old starts again) nor this agent's last report shows it:
+        // the starts they show, by container, read once per sync.
+        let mut known: std::collections::HashMap<String, Vec<i64>> =
+            std::collections::HashMap::new();
+        let api = pod.status.iter().flat_map(|st| {
+            st.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(st.container_statuses.iter().flatten())
+                .cloned()
+        });
+        let ours = last.into_iter().flat_map(|l| {
+            ["initContainerStatuses", "containerStatuses"]
+                .iter()
+                .filter_map(|k| l[*k].as_array())
+                .flatten()
+                .filter_map(|c| serde_json::from_value::<ContainerStatus>(c.clone()).ok())
+                .collect::<Vec<_>>()
+        });
+        for c in api.chain(ours) {
+            if let Some(t) = run_started(&c) {
+                known.entry(c.name.clone()).or_default().push(t);
+            }
+        }
         for s in statuses {
             if let Some(started) = run_started(s)
-                && !known(&s.name).contains(&Some(started))
+                && !known.get(&s.name).is_some_and(|k| k.contains(&started))
             {
                 self.event(
                     pod,

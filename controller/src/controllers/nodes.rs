@@ -300,6 +300,23 @@ async fn delete_now(ctx: &Ctx, pod: &Pod, why: Disruption) -> Result<bool, ApiEr
     }
 }
 
+/// The taint eviction of a pod (a NoExecute taint it does not tolerate,
+/// or no longer): deleted as [`delete_now`] says, with kube's Event.
+async fn evict_for_taint(ctx: &Ctx, pod: &Pod) -> Result<(), ApiError> {
+    if delete_now(ctx, pod, DELETION_BY_TAINT).await? {
+        record_event(
+            &ctx.reg,
+            pod,
+            "Normal",
+            "TaintManagerEviction",
+            &format!("Marking for deletion Pod {}", weft_api::meta::key_of(pod)),
+            "taint-eviction-controller",
+        )
+        .await;
+    }
+    Ok(())
+}
+
 fn status_unknown(node: &Node) -> bool {
     weft_api::node::ready_condition(node).is_some_and(|c| c.status == "Unknown")
 }
@@ -463,17 +480,7 @@ async fn sweep(ctx: &Ctx, seen: &mut Observer) -> Result<(), ApiError> {
                 if now - since < delay.as_secs_f64() {
                     continue;
                 }
-                if delete_now(ctx, &pod, DELETION_BY_TAINT).await? {
-                    record_event(
-                        &ctx.reg,
-                        &*pod,
-                        "Normal",
-                        "TaintManagerEviction",
-                        &format!("Marking for deletion Pod {}", weft_api::meta::key_of(&*pod)),
-                        "taint-eviction-controller",
-                    )
-                    .await;
-                }
+                evict_for_taint(ctx, &pod).await?;
             }
         }
     }
@@ -501,17 +508,7 @@ async fn sweep(ctx: &Ctx, seen: &mut Observer) -> Result<(), ApiError> {
             if now < due {
                 continue;
             }
-            if delete_now(ctx, &pod, DELETION_BY_TAINT).await? {
-                record_event(
-                    &ctx.reg,
-                    &*pod,
-                    "Normal",
-                    "TaintManagerEviction",
-                    &format!("Marking for deletion Pod {}", weft_api::meta::key_of(&*pod)),
-                    "taint-eviction-controller",
-                )
-                .await;
-            }
+            evict_for_taint(ctx, &pod).await?;
         }
     }
     // Pods bound to a node that does not exist: nothing will ever run them.
