@@ -65,6 +65,22 @@ impl Resource {
         self.subresources.contains(&"status")
     }
 
+    /// Whether a DELETE answers with the deleted object rather than a
+    /// Status, as kube-apiserver's stores with `ReturnDeletedObject` do.
+    pub fn returns_deleted_object(&self) -> bool {
+        self.group.is_empty()
+            && matches!(
+                self.plural,
+                "pods"
+                    | "services"
+                    | "namespaces"
+                    | "serviceaccounts"
+                    | "persistentvolumes"
+                    | "persistentvolumeclaims"
+            )
+            || (self.group == "storage.k8s.io" && self.plural == "storageclasses")
+    }
+
     /// Whether `name` names this resource in the CLI (plural, singular,
     /// kind, short name, or `plural.group`), case-insensitively.
     pub fn matches(&self, name: &str) -> bool {

@@ -2796,3 +2796,116 @@ fn host_network_pods_take_their_nodes_address() -> Result<()> {
         Ok(())
     })
 }
+
+/// A DELETE answers as kube-apiserver's does: a Status naming the resource
+/// for most kinds, the object for the kinds whose stores return it (pods,
+/// services, namespaces...) and for a deletion still pending; 202 for a
+/// pending one that asked `orphanDependents: false`; orphanDependents and
+/// propagationPolicy together are refused.
+#[test]
+fn delete_answers_a_status_or_the_object_as_kube_does() -> Result<()> {
+    let island = Island::new("delans")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    run(&island, async {
+        let c = client(&cp, None).await?;
+        let cms = "/api/v1/namespaces/default/configmaps";
+        let cm = |name: &str, finalizers: Value| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "finalizers": finalizers}, "data": {"k": "v"}})
+        };
+        let r = post(&c, cms, &cm("plain", json!([]))).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let uid = r.body["metadata"]["uid"].clone();
+        let r = raw(&c, "DELETE", &format!("{cms}/plain"), None, "").await?;
+        ensure!(r.code == 200, "{} {}", r.code, r.text);
+        ensure!(
+            r.body["kind"] == "Status"
+                && r.body["status"] == "Success"
+                && r.body["details"]
+                    == json!({"name": "plain", "group": "", "kind": "configmaps", "uid": uid}),
+            "{}",
+            r.text
+        );
+        // Held by a finalizer: the object, marked.
+        let r = post(&c, cms, &cm("held", json!(["example.com/hold"]))).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let r = raw(&c, "DELETE", &format!("{cms}/held"), None, "").await?;
+        ensure!(
+            r.code == 200
+                && r.body["kind"] == "ConfigMap"
+                && r.body["metadata"]["deletionTimestamp"].is_string(),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let r = post(&c, cms, &cm("held2", json!(["example.com/hold"]))).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let old = serde_json::to_vec(&json!({"orphanDependents": false}))?;
+        let r = raw(
+            &c,
+            "DELETE",
+            &format!("{cms}/held2"),
+            Some(old),
+            "application/json",
+        )
+        .await?;
+        ensure!(
+            r.code == 202 && r.body["kind"] == "ConfigMap",
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let both = serde_json::to_vec(
+            &json!({"orphanDependents": true, "propagationPolicy": "Background"}),
+        )?;
+        let r = post(&c, cms, &cm("both", json!([]))).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let r = raw(
+            &c,
+            "DELETE",
+            &format!("{cms}/both"),
+            Some(both),
+            "application/json",
+        )
+        .await?;
+        ensure!(
+            r.code == 422 && r.text.contains("cannot be both set"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        ensure!(raw(&c, "GET", &format!("{cms}/both"), None, "").await?.code == 200);
+        // A group's kind: the group is named.
+        let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "d"}},
+                "template": {"metadata": {"labels": {"app": "d"}},
+                    "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+        let deploys = "/apis/apps/v1/namespaces/default/deployments";
+        let r = post(&c, deploys, &deploy).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let r = raw(&c, "DELETE", &format!("{deploys}/d"), None, "").await?;
+        ensure!(
+            r.code == 200
+                && r.body["details"]["group"] == "apps"
+                && r.body["details"]["kind"] == "deployments",
+            "{} {}",
+            r.code,
+            r.text
+        );
+        // A Service comes back as itself.
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+            "spec": {"ports": [{"port": 80}]}});
+        let svcs = "/api/v1/namespaces/default/services";
+        let r = post(&c, svcs, &svc).await?;
+        ensure!(r.code == 201, "{}", r.text);
+        let r = raw(&c, "DELETE", &format!("{svcs}/s"), None, "").await?;
+        ensure!(
+            r.code == 200 && r.body["kind"] == "Service" && r.body["metadata"]["name"] == "s",
+            "{} {}",
+            r.code,
+            r.text
+        );
+        Ok(())
+    })
+}

@@ -818,23 +818,24 @@ async fn dispatch(
         }
         ("delete", None) => {
             let name = target.name.as_deref().unwrap_or_default();
-            let (uid, rv, policy, body_grace, dry_run) = delete_preconditions(headers, &bytes)?;
-            let grace = grace_period(&query, body_grace)?;
-            let reg = registry_for_with(st, &query, &user, &dry_run)?;
+            let opts = delete_options(headers, &bytes)?;
+            let grace = grace_period(&query, opts.grace)?;
+            let reg = registry_for_with(st, &query, &user, &opts.dry_run)?;
             let mut warnings = Vec::new();
-            let policy = propagation(res, policy, &query, &mut warnings)?;
+            let policy = propagation(res, opts.policy, &query, &mut warnings)?;
             let deleted = reg
-                .delete_object(res, ns, name, (uid, rv), policy.as_deref(), grace)
+                .delete_object(res, ns, name, (opts.uid, opts.rv), policy.as_deref(), grace)
                 .await?;
-            Ok(with_warnings(json_response(200, &deleted), &warnings))
+            let (code, body) = delete_answer(res, deleted, opts.orphan_dependents);
+            Ok(with_warnings(json_response(code, &body), &warnings))
         }
         ("deletecollection", None) => {
             // The DeleteOptions of a collection apply to each object.
-            let (_, _, policy, body_grace, dry_run) = delete_preconditions(headers, &bytes)?;
-            let grace = grace_period(&query, body_grace)?;
+            let opts = delete_options(headers, &bytes)?;
+            let grace = grace_period(&query, opts.grace)?;
             let mut warnings = Vec::new();
-            let policy = propagation(res, policy, &query, &mut warnings)?;
-            let reg = registry_for_with(st, &query, &user, &dry_run)?;
+            let policy = propagation(res, opts.policy, &query, &mut warnings)?;
+            let reg = registry_for_with(st, &query, &user, &opts.dry_run)?;
             let (items, _) = selected(st, res, ns, &query).await?;
             let objects = items
                 .iter()
@@ -1005,19 +1006,24 @@ fn propagation(
     Ok(policy)
 }
 
-/// What a DELETE body asks: preconditions (uid, resourceVersion), the
-/// propagation policy, the grace period and `dryRun`.
-type DeleteOptions = (
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
-    Vec<String>,
-);
+/// What a DELETE body asks.
+#[derive(Default)]
+struct DeleteOptions {
+    /// Preconditions: the object's uid and resourceVersion.
+    uid: Option<String>,
+    rv: Option<i64>,
+    /// propagationPolicy, or what the deprecated orphanDependents says.
+    policy: Option<String>,
+    /// The deprecated orphanDependents as given (kube answers 202 to an
+    /// explicit `false` whose deletion is still pending).
+    orphan_dependents: Option<bool>,
+    grace: Option<i64>,
+    dry_run: Vec<String>,
+}
 
-fn delete_preconditions(headers: &HeaderMap, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
+fn delete_options(headers: &HeaderMap, bytes: &[u8]) -> Result<DeleteOptions, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok((None, None, None, None, Vec::new()));
+        return Ok(DeleteOptions::default());
     }
     // kubectl sends DeleteOptions without kind and apiVersion, or as
     // meta.k8s.io/v1: read the fields, not the type.
@@ -1035,6 +1041,33 @@ fn delete_preconditions(headers: &HeaderMap, bytes: &[u8]) -> Result<DeleteOptio
             "propagationPolicy must be Background, Foreground or Orphan, not {policy}"
         )));
     }
+    let orphan_dependents = match &body["orphanDependents"] {
+        Value::Null => None,
+        Value::Bool(b) => Some(*b),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "orphanDependents must be a boolean, not {other}"
+            )));
+        }
+    };
+    let policy = match (body["propagationPolicy"].as_str(), orphan_dependents) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "DeleteOptions",
+                "meta.k8s.io",
+                "",
+                vec![weft_api::Cause::invalid(
+                    "propagationPolicy",
+                    &body["propagationPolicy"],
+                    "orphanDependents and deletionPropagation cannot be both set",
+                )],
+            ));
+        }
+        (Some(p), None) => Some(p.to_string()),
+        (None, Some(true)) => Some("Orphan".to_string()),
+        (None, Some(false)) => Some("Background".to_string()),
+        (None, None) => None,
+    };
     // Foreground is served as Background: the object goes at once and the
     // garbage collector removes its dependents after it.
     let grace = match &body["gracePeriodSeconds"] {
@@ -1059,13 +1092,54 @@ fn delete_preconditions(headers: &HeaderMap, bytes: &[u8]) -> Result<DeleteOptio
             )));
         }
     };
-    Ok((
+    Ok(DeleteOptions {
         uid,
         rv,
-        body["propagationPolicy"].as_str().map(String::from),
+        policy,
+        orphan_dependents,
         grace,
         dry_run,
-    ))
+    })
+}
+
+/// The answer to a DELETE, as kube-apiserver gives it: the object when its
+/// deletion is still pending (finalizers hold it) or when the kind's store
+/// returns deleted objects (`ReturnDeletedObject`: pods, services,
+/// namespaces and the like); otherwise a Status naming what went. 200,
+/// or 202 for a pending deletion that asked `orphanDependents: false`.
+fn delete_answer(res: &Resource, deleted: Value, orphan_dependents: Option<bool>) -> (u16, Value) {
+    let pending = deleted["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+        || (deleted["metadata"]["deletionTimestamp"].is_string()
+            && deleted["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .is_some_and(|g| g > 0));
+    let code = if pending && orphan_dependents == Some(false) {
+        202
+    } else {
+        200
+    };
+    if pending || res.returns_deleted_object() {
+        return (code, deleted);
+    }
+    let meta = &deleted["metadata"];
+    (
+        code,
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            // kube names the resource (plural) as the details' kind.
+            "details": {
+                "name": meta["name"],
+                "group": res.group,
+                "kind": res.plural,
+                "uid": meta["uid"],
+            },
+        }),
+    )
 }
 
 fn query_include(query: &Query) -> String {
