@@ -60,6 +60,8 @@ pub struct Raw {
     pub text: String,
     /// Response headers.
     pub headers: http::HeaderMap,
+    /// The body as sent.
+    pub bytes: Vec<u8>,
 }
 
 /// Sends one request with `client`'s credentials.
@@ -70,9 +72,24 @@ pub async fn raw(
     body: Option<Vec<u8>>,
     content_type: &str,
 ) -> Result<Raw> {
+    raw_accepting(client, method, path, body, content_type, None).await
+}
+
+/// [`raw`] with an Accept header.
+pub async fn raw_accepting(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    content_type: &str,
+    accept: Option<&str>,
+) -> Result<Raw> {
     let mut req = http::Request::builder().method(method).uri(path);
     if body.is_some() {
         req = req.header("Content-Type", content_type);
+    }
+    if let Some(a) = accept {
+        req = req.header("Accept", a);
     }
     let req = req.body(kube::client::Body::from(body.unwrap_or_default()))?;
     let resp = client
@@ -89,6 +106,7 @@ pub async fn raw(
         body,
         text,
         headers,
+        bytes: bytes.to_vec(),
     })
 }
 

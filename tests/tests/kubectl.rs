@@ -91,14 +91,72 @@ fn kubectl_session(minor: Option<u32>) -> Result<()> {
         "{v}"
     );
 
-    // (kubectl >= 1.32 sends the imperative `create namespace` as protobuf,
-    // which Weft does not decode; a manifest works with every version.)
-    let ns = dir.path().join("ns.yaml");
-    std::fs::write(
-        &ns,
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n",
-    )?;
-    k(&["create", "-f", &ns.to_string_lossy()])?;
+    // Imperative create: kubectl >= 1.32 sends these bodies as protobuf.
+    let t = k(&["create", "namespace", "team"])?;
+    ensure!(t.contains("namespace/team created"), "{t}");
+    k(&[
+        "create",
+        "-n",
+        "team",
+        "deployment",
+        "imp",
+        "--image=weft.local/busybox:1.36",
+        "--replicas=0",
+        "--port=8080",
+    ])?;
+    k(&[
+        "create",
+        "-n",
+        "team",
+        "configmap",
+        "conf",
+        "--from-literal=colour=blue",
+    ])?;
+    k(&[
+        "create",
+        "-n",
+        "team",
+        "secret",
+        "generic",
+        "key",
+        "--from-literal=token=s3cret",
+    ])?;
+    k(&[
+        "create",
+        "-n",
+        "team",
+        "service",
+        "clusterip",
+        "imp",
+        "--tcp=80:8080",
+    ])?;
+    let get = |what: &[&str]| -> Result<Value> {
+        let mut args = vec!["get", "-n", "team", "-o", "json"];
+        args.extend_from_slice(what);
+        Ok(serde_json::from_str(&k(&args)?)?)
+    };
+    let d = get(&["deploy", "imp"])?;
+    ensure!(
+        d["spec"]["replicas"] == 0
+            && d["spec"]["template"]["spec"]["containers"][0]["image"] == "weft.local/busybox:1.36"
+            && d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] == 8080
+            && d["spec"]["selector"]["matchLabels"]["app"] == "imp",
+        "{d}"
+    );
+    ensure!(get(&["cm", "conf"])?["data"]["colour"] == "blue");
+    ensure!(
+        get(&["secret", "key"])?["data"]["token"] == "czNjcmV0",
+        "s3cret in base64"
+    );
+    let svc = get(&["svc", "imp"])?;
+    ensure!(
+        svc["spec"]["ports"][0]["port"] == 80
+            && svc["spec"]["ports"][0]["targetPort"] == 8080
+            && svc["spec"]["clusterIP"]
+                .as_str()
+                .is_some_and(|ip| ip.starts_with("10.")),
+        "{svc}"
+    );
     let t = k(&["create", "-n", "team", "-f", &f])?;
     ensure!(
         t.contains("deployment.apps/web created") && t.contains("service/web created"),

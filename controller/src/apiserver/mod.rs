@@ -8,6 +8,7 @@ pub mod hub;
 pub mod list;
 pub mod metrics;
 pub mod patch;
+pub mod protobuf;
 pub mod proxy;
 pub mod table;
 pub mod tls;
@@ -164,7 +165,46 @@ pub async fn serve(
     Ok(())
 }
 
+tokio::task_local! {
+    /// Whether the request being served asked for protobuf first (its
+    /// Accept header), so that [`json_response`] answers in it.
+    static WANTS_PROTOBUF: bool;
+}
+
+/// Whether the first media type of the Accept header is protobuf (a Table
+/// or a watch stream is never answered in it).
+fn prefers_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|t| !t.is_empty())
+        .is_some_and(|t| protobuf::is_protobuf(t) && !t.contains("as=") && !t.contains("stream="))
+}
+
+/// Serves `work` in the encoding the request's Accept header prefers.
+async fn negotiated<F: std::future::Future>(headers: &HeaderMap, work: F) -> F::Output {
+    WANTS_PROTOBUF.scope(prefers_protobuf(headers), work).await
+}
+
+/// The answer `body` with status `code`: JSON, or protobuf when the client
+/// asked for it first and the object has a message (errors stay JSON, as
+/// clients read them by their Content-Type).
 pub fn json_response(code: u16, body: &Value) -> Response {
+    if (200..300).contains(&code)
+        && WANTS_PROTOBUF.try_with(|w| *w).unwrap_or(false)
+        && let Some(bytes) = protobuf::encode(body)
+    {
+        let mut resp = Response::new(Body::from(bytes));
+        *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(protobuf::MEDIA_TYPE),
+        );
+        return resp;
+    }
     let bytes = serde_json::to_vec(body).expect("JSON values encode");
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -223,7 +263,11 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
             let work = async move {
                 crate::store::HEARTBEAT
                     .scope(true, async {
-                        dispatch(&st, &method, &path, query.as_deref(), &headers, bytes).await
+                        negotiated(
+                            &headers,
+                            dispatch(&st, &method, &path, query.as_deref(), &headers, bytes),
+                        )
+                        .await
                     })
                     .await
             };
@@ -244,7 +288,11 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
             let (query, headers) = (parts.uri.query().map(String::from), parts.headers.clone());
             let work = async move {
                 let _turn = turn;
-                dispatch(&st, &method, &path, query.as_deref(), &headers, bytes).await
+                negotiated(
+                    &headers,
+                    dispatch(&st, &method, &path, query.as_deref(), &headers, bytes),
+                )
+                .await
             };
             runtime
                 .spawn(work)
@@ -252,13 +300,16 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
                 .unwrap_or_else(|e| Err(ApiError::internal(format!("list task: {e}"))))
         }
         Ok(bytes) => {
-            dispatch(
-                &st,
-                &parts.method,
-                &path,
-                parts.uri.query(),
+            negotiated(
                 &parts.headers,
-                bytes,
+                dispatch(
+                    &st,
+                    &parts.method,
+                    &path,
+                    parts.uri.query(),
+                    &parts.headers,
+                    bytes,
+                ),
             )
             .await
         }
@@ -412,6 +463,7 @@ fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, ApiError> {
     let ct = content_type(headers);
     let kind = ct.split(';').next().unwrap_or_default().trim();
     match kind {
+        protobuf::MEDIA_TYPE => protobuf::decode(bytes),
         "application/json" | "" | "*/*" => serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
@@ -755,16 +807,20 @@ async fn dispatch(
                     if is_patch {
                         patch::apply(&ct, &mut scale, &bytes, reg.max_object)?;
                     } else {
-                        scale = serde_json::from_slice(&bytes)
-                            .map_err(|e| ApiError::bad_request(format!("the Scale body is not valid JSON: {e}")))?;
+                        scale = parse_body(headers, &bytes)?;
                         if let Some(rv) = scale["metadata"]["resourceVersion"].as_str()
                             && Some(rv) != current_rv.as_str() {
                                 return Err(ApiError::conflict(res.plural, res.group, &name, "the object has been modified; please apply your changes to the latest version and try again"));
                             }
                     }
-                    let replicas = scale["spec"]["replicas"].as_i64().ok_or_else(|| {
-                        ApiError::invalid("Scale", "autoscaling", &name, vec![weft_api::Cause::required("spec.replicas")])
-                    })?;
+                    // Scale's replicas is a plain int32 in Go: left out is 0
+                    // (as kube reads it, and as a protobuf body leaves it).
+                    let replicas = match &scale["spec"]["replicas"] {
+                        Value::Null => 0,
+                        v => v.as_i64().ok_or_else(|| {
+                            ApiError::invalid("Scale", "autoscaling", &name, vec![weft_api::Cause::invalid("spec.replicas", v, "must be an integer")])
+                        })?,
+                    };
                     if replicas < 0 {
                         return Err(ApiError::invalid("Scale", "autoscaling", &name, vec![weft_api::Cause::invalid("spec.replicas", replicas, "must be greater than or equal to 0")]));
                     }
