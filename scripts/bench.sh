@@ -14,6 +14,7 @@ cargo bench -p weft-tests --bench policy
 cargo bench -p weft-tests --bench hostile
 cargo bench -p weft-tests --bench workloads
 cargo bench -p weft-tests --bench batch
+cargo bench -p weft-tests --bench access
 # The DNS bench's peer and load generator; Debian's knot package would start
 # a knotd on the host, which the bench does not want: it runs its own.
 if ! command -v knotd >/dev/null || ! command -v dnsperf >/dev/null; then

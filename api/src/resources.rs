@@ -353,7 +353,35 @@ pub const RESOURCES: &[Resource] = &[
         subresources: &[],
         categories: &[],
     },
+    rbac("roles", "role", "Role", true),
+    rbac("rolebindings", "rolebinding", "RoleBinding", true),
+    rbac("clusterroles", "clusterrole", "ClusterRole", false),
+    rbac(
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+    ),
 ];
+
+const fn rbac(
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+) -> Resource {
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names: &[],
+        subresources: &[],
+        categories: &[],
+    }
+}
 
 /// The resource with this group, version and plural.
 pub fn by_path(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {

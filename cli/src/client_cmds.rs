@@ -176,6 +176,9 @@ pub enum ClientCmd {
     /// DaemonSet's rollouts.
     #[command(subcommand)]
     Rollout(crate::rollout_cmds::RolloutCmd),
+    /// What you may do (RBAC), and who the API takes you for.
+    #[command(subcommand)]
+    Auth(crate::auth_cmds::AuthCmd),
     /// Set the replica count of a Deployment or ReplicaSet.
     Scale {
         /// KIND/NAME or KIND NAME.
@@ -241,6 +244,7 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
         | ClientCmd::Exec { common, .. }
         | ClientCmd::Top { common, .. } => common.clone(),
         ClientCmd::Rollout(r) => r.common().clone(),
+        ClientCmd::Auth(a) => a.common().clone(),
         ClientCmd::Lb(LbCmd::Show { common, .. })
         | ClientCmd::Policy(PolicyCmd::Show { common, .. } | PolicyCmd::Trace { common, .. }) => {
             common.clone()
@@ -423,6 +427,7 @@ pub async fn run(cmd: ClientCmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
             command,
             ..
         } => crate::pod_cmds::exec(&c, &ns, &pod, container, stdin, command).await,
+        ClientCmd::Auth(a) => crate::auth_cmds::run(&c, a, &ns).await,
         ClientCmd::Top {
             what,
             all_namespaces,

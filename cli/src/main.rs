@@ -1,6 +1,7 @@
 //! `weft`: one binary for every role. This file parses arguments, prints,
 //! and calls into the libraries; nothing is decided here.
 
+mod auth_cmds;
 mod client_cmds;
 mod common;
 mod lb_cmds;
@@ -329,6 +330,27 @@ enum ControllerCmd {
         /// The node's name.
         node: String,
     },
+    /// Write a kubeconfig for a person or a program: a client certificate
+    /// signed by the cluster CA (CN the user, O each group), as
+    /// kube-apiserver reads them. What the user may do is RBAC's
+    /// (docs/ACCESS.md).
+    UserKubeconfig {
+        /// The user's name.
+        name: String,
+        /// A group the user is in (repeat for more).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// The API's URL as the user reaches it (default: the admin
+        /// kubeconfig's server).
+        #[arg(long)]
+        server: Option<String>,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
     /// Write a kubeconfig for a node's agent: its token and the cluster's CA.
     NodeKubeconfig {
         /// The node's name.
@@ -496,6 +518,22 @@ async fn run(cmd: Cmd, kubeconfig: Option<PathBuf>) -> Result<u8> {
     }
 }
 
+/// The server of the admin kubeconfig the controller wrote.
+fn admin_server() -> Result<String> {
+    let path = weft_controller::server::default_kubeconfig_path();
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "read {} for the API's URL (or pass --server)",
+            path.display()
+        )
+    })?;
+    let doc: serde_json::Value = serde_norway::from_str(&text)?;
+    doc["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .map(String::from)
+        .with_context(|| format!("{} names no server; pass --server", path.display()))
+}
+
 async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
     use weft_controller::server::{ControllerConfig, StoreConfig, default_kubeconfig_path};
     if let Some(ControllerCmd::NodeToken { node }) = args.cmd {
@@ -503,6 +541,47 @@ async fn controller_cmd(args: ControllerArgs) -> Result<u8> {
             .with_context(|| format!("create {}", args.data_dir.display()))?;
         let tokens = weft_controller::apiserver::auth::Tokens::open(&args.data_dir)?;
         println!("{}", tokens.node_token(&node)?);
+        return Ok(0);
+    }
+    if let Some(ControllerCmd::UserKubeconfig {
+        name,
+        groups,
+        out,
+        server,
+        days,
+    }) = args.cmd
+    {
+        let server = match server {
+            Some(s) => s,
+            None => admin_server()?,
+        };
+        if !server.starts_with("https://") {
+            bail!("--server must be an https:// URL, not {server:?}");
+        }
+        let ca_path = args.data_dir.join("pki").join("ca.crt");
+        let ca = std::fs::read_to_string(&ca_path).with_context(|| {
+            format!(
+                "read the cluster CA {} (run `weft controller --data-dir {}` once first)",
+                ca_path.display(),
+                args.data_dir.display()
+            )
+        })?;
+        let (cert, key) = weft_controller::apiserver::tls::issue_client_cert(
+            &args.data_dir,
+            &name,
+            &groups,
+            days,
+        )?;
+        weft_controller::server::write_cert_kubeconfig(&out, &server, &ca, &name, &cert, &key)?;
+        let groups = if groups.is_empty() {
+            String::new()
+        } else {
+            format!(" in {}", groups.join(", "))
+        };
+        println!(
+            "wrote {} for user {name}{groups}, valid {days} days",
+            out.display()
+        );
         return Ok(0);
     }
     if let Some(ControllerCmd::NodeKubeconfig { node, server, out }) = args.cmd {

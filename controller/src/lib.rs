@@ -8,8 +8,10 @@
 pub mod apiserver;
 pub mod cache;
 pub mod controllers;
+pub mod identity;
 pub mod ipam;
 pub mod private_file;
+pub mod rbac;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -17,6 +17,7 @@ use crate::apiserver::{self, ApiState, auth::Tokens, tls};
 use crate::cache::Cache;
 use crate::controllers::{self, ControllersConfig, Ctx};
 use crate::registry::Registry;
+use crate::registry::Write;
 use crate::store::{EncryptingStore, EtcdStore, SqliteOptions, SqliteStore, Store};
 
 /// Where the controller keeps its state.
@@ -170,6 +171,38 @@ pub fn write_kubeconfig_as(
     Ok(())
 }
 
+/// Writes a kubeconfig for `user` authenticating with a client certificate.
+pub fn write_cert_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<()> {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let doc = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "weft", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
+        "users": [{"name": user, "user": {
+            "client-certificate-data": b64(cert_pem),
+            "client-key-data": b64(key_pem),
+        }}],
+        "contexts": [{"name": "weft", "context": {"cluster": "weft", "user": user, "namespace": "default"}}],
+        "current-context": "weft",
+        "preferences": {},
+    });
+    let text = serde_norway::to_string(&doc)?;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::apiserver::tls::write_private(path, &text)?;
+    Ok(())
+}
+
 /// Creates the namespaces every cluster has.
 pub async fn bootstrap(registry: &Registry) -> Result<()> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -208,6 +241,74 @@ pub async fn bootstrap(registry: &Registry) -> Result<()> {
     Ok(())
 }
 
+/// The default ClusterRoles and ClusterRoleBindings (`rbac::defaults`):
+/// made when missing, and given back what they lack unless their
+/// autoupdate annotation is "false", as kube-apiserver reconciles them.
+async fn bootstrap_rbac(registry: &Registry) -> Result<()> {
+    use crate::rbac::defaults;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let keep = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(defaults::AUTOUPDATE))
+            .is_some_and(|v| v == "false")
+    };
+    for role in defaults::cluster_roles() {
+        let name = role.metadata.name.clone().unwrap_or_default();
+        match registry.create(None, role.clone()).await {
+            Ok(_) => continue,
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        if role.aggregation_rule.is_some() {
+            continue; // its rules are the aggregation controller's
+        }
+        let have = registry.get::<ClusterRole>(None, &name).await?;
+        if keep(&have.metadata) {
+            continue;
+        }
+        if let Some(rules) = defaults::with_missing_rules(
+            have.rules.as_deref().unwrap_or_default(),
+            role.rules.as_deref().unwrap_or_default(),
+        ) {
+            registry
+                .modify::<ClusterRole>(None, &name, Write::Update, |mut r| {
+                    r.rules = Some(rules.clone());
+                    Ok(r)
+                })
+                .await?;
+        }
+    }
+    for binding in defaults::cluster_role_bindings() {
+        let name = binding.metadata.name.clone().unwrap_or_default();
+        match registry.create(None, binding.clone()).await {
+            Ok(_) => continue,
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let have = registry.get::<ClusterRoleBinding>(None, &name).await?;
+        let missing: Vec<_> = binding
+            .subjects
+            .iter()
+            .flatten()
+            .filter(|s| !have.subjects.iter().flatten().any(|h| h == *s))
+            .cloned()
+            .collect();
+        if keep(&have.metadata) || missing.is_empty() {
+            continue;
+        }
+        registry
+            .modify::<ClusterRoleBinding>(None, &name, Write::Update, |mut b| {
+                b.subjects
+                    .get_or_insert_with(Vec::new)
+                    .extend(missing.iter().cloned());
+                Ok(b)
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// A started controller: its API state and address, for tests and `run`.
 pub struct Started {
     pub state: Arc<ApiState>,
@@ -241,6 +342,9 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
     bootstrap(&registry)
         .await
         .context("create the built-in namespaces")?;
+    bootstrap_rbac(&registry)
+        .await
+        .context("create the default roles and bindings")?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("listen on {}", cfg.listen))?;
     if let Some(path) = &cfg.kubeconfig {
@@ -265,6 +369,7 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
         .context("start the watch hub")?;
     spawn_compactor(registry.store.clone(), hub.clone(), cfg.watch_history);
     let state = Arc::new(ApiState {
+        rbac: crate::rbac::Authorizer::start(cache.clone()),
         registry,
         hub,
         tokens,

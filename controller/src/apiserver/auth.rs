@@ -16,27 +16,7 @@ use std::time::SystemTime;
 
 use weft_api::ApiError;
 
-/// An authenticated user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub groups: Vec<String>,
-}
-
-impl User {
-    pub fn is_admin(&self) -> bool {
-        self.groups.iter().any(|g| g == "system:masters")
-    }
-
-    /// The node this user is the agent of.
-    pub fn node(&self) -> Option<&str> {
-        if self.groups.iter().any(|g| g == "system:nodes") {
-            self.name.strip_prefix("system:node:")
-        } else {
-            None
-        }
-    }
-}
+pub use crate::identity::{AUTHENTICATED, User};
 
 pub const ADMIN_USER: &str = "weft-admin";
 
@@ -62,8 +42,8 @@ fn parse(text: &str) -> HashMap<String, User> {
         let (Some(token), Some(user)) = (fields.next(), fields.next()) else {
             continue;
         };
-        let _uid = fields.next();
-        let groups = fields
+        let uid = fields.next().unwrap_or_default().trim().to_string();
+        let mut groups: Vec<String> = fields
             .next()
             .map(|g| {
                 g.trim_matches('"')
@@ -74,10 +54,14 @@ fn parse(text: &str) -> HashMap<String, User> {
                     .collect()
             })
             .unwrap_or_default();
+        if !groups.iter().any(|g| g == AUTHENTICATED) {
+            groups.push(AUTHENTICATED.to_string());
+        }
         out.insert(
             token.to_string(),
             User {
                 name: user.to_string(),
+                uid,
                 groups,
             },
         );
@@ -205,16 +189,8 @@ impl Tokens {
     }
 }
 
-/// What the request does, for authorization.
-#[derive(Debug, Clone)]
-pub struct Attributes<'a> {
-    pub verb: &'a str,
-    pub group: &'a str,
-    pub resource: &'a str,
-    pub subresource: Option<&'a str>,
-    pub namespace: Option<&'a str>,
-    pub name: Option<&'a str>,
-}
+/// What the request does, for authorization (RBAC's view of it).
+pub type Attributes<'a> = crate::rbac::Request<'a>;
 
 /// The outcome of authorization.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +217,12 @@ fn is_read(verb: &str) -> bool {
 pub fn authorize(user: &User, a: &Attributes<'_>) -> Decision {
     if user.is_admin() {
         return Decision::Allow;
+    }
+    if let Some(path) = a.path {
+        return Decision::Deny(format!(
+            "User \"{}\" cannot {} path \"{path}\"",
+            user.name, a.verb
+        ));
     }
     if let Some(node) = user.node() {
         if is_read(a.verb) && a.subresource.is_none_or(|s| s == "status") {

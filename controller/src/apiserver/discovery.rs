@@ -37,11 +37,28 @@ pub fn root_paths() -> Value {
         "/readyz".into(),
         "/version".into(),
     ];
-    for (g, v) in resources::groups() {
+    for (g, vs) in served_groups() {
         paths.push(format!("/apis/{g}"));
-        paths.push(format!("/apis/{g}/{v}"));
+        for v in vs {
+            paths.push(format!("/apis/{g}/{v}"));
+        }
     }
     json!({"paths": paths})
+}
+
+/// Every API group but core, with its versions (the preferred first): the
+/// stored kinds' groups and those serving only reviews.
+fn served_groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&str, Vec<&str>)> = resources::groups()
+        .into_iter()
+        .map(|(g, v)| (g, vec![v]))
+        .collect();
+    for (g, vs) in super::reviews::groups() {
+        if !out.iter().any(|(o, _)| *o == g) {
+            out.push((g, vs.to_vec()));
+        }
+    }
+    out
 }
 
 pub fn api_versions() -> Value {
@@ -52,25 +69,28 @@ pub fn api_versions() -> Value {
     })
 }
 
-fn group_entry(g: &str, v: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-    json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
+fn group_entry(g: &str, vs: &[&str]) -> Value {
+    let gvs: Vec<Value> = vs
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    json!({"name": g, "versions": gvs, "preferredVersion": gvs[0]})
 }
 
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = resources::groups()
+    let groups: Vec<Value> = served_groups()
         .into_iter()
-        .map(|(g, v)| group_entry(g, v))
+        .map(|(g, vs)| group_entry(g, &vs))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn api_group(g: &str) -> Result<Value, ApiError> {
-    let (g, v) = resources::groups()
+    let (g, vs) = served_groups()
         .into_iter()
         .find(|(name, _)| *name == g)
         .ok_or_else(|| ApiError::no_route(&format!("/apis/{g}")))?;
-    let mut entry = group_entry(g, v);
+    let mut entry = group_entry(g, &vs);
     entry["kind"] = json!("APIGroup");
     entry["apiVersion"] = json!("v1");
     Ok(entry)
@@ -127,10 +147,17 @@ pub fn resource_list(g: &str, v: &str) -> Result<Value, ApiError> {
         .iter()
         .filter(|r| r.group == g && r.version == v)
         .collect();
-    if members.is_empty() {
+    let reviews = super::reviews::served(g, v);
+    if members.is_empty() && reviews.is_empty() {
         return Err(ApiError::no_route(&format!("/apis/{g}/{v}")));
     }
-    let mut list = Vec::new();
+    let mut list: Vec<Value> = reviews
+        .into_iter()
+        .map(|(plural, kind, namespaced)| {
+            json!({"name": plural, "singularName": "", "namespaced": namespaced,
+                "kind": kind, "verbs": ["create"]})
+        })
+        .collect();
     for r in members {
         let mut e = json!({
             "name": r.plural,

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod patch;
 pub mod protobuf;
 pub mod proxy;
+mod reviews;
 pub mod table;
 pub mod tls;
 mod watch;
@@ -30,6 +31,7 @@ use weft_api::resources::{self, Resource};
 use weft_api::selector::{FieldSelector, LabelSelector};
 use weft_api::validate::{FieldValidation, decode_object};
 
+use crate::rbac::forbidden;
 use crate::registry::{Registry, Write, kind_of, parse_rv};
 use auth::{Attributes, Decision, Tokens, User};
 
@@ -41,6 +43,8 @@ pub struct ApiState {
     /// One store watch, fanned out to every API watch.
     pub hub: Arc<hub::WatchHub>,
     pub tokens: Arc<Tokens>,
+    /// RBAC, over the controllers' cache.
+    pub rbac: Arc<crate::rbac::Authorizer>,
     /// How often a watch with allowWatchBookmarks=true gets a bookmark.
     pub bookmark_every: Duration,
     /// What `/metrics` reports.
@@ -141,11 +145,7 @@ pub async fn serve(
     pki: &tls::Pki,
 ) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let config = axum_server::tls_rustls::RustlsConfig::from_pem(
-        pki.cert_pem.clone().into_bytes(),
-        pki.key_pem.clone().into_bytes(),
-    )
-    .await?;
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(pki)?);
     let app = router(state);
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -221,6 +221,12 @@ pub fn error_response(e: &ApiError) -> Response {
 
 async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
+    // A client certificate the handshake verified against the cluster CA.
+    let cert_user = parts
+        .extensions
+        .get::<Arc<axum_server::tls::TlsInfo>>()
+        .and_then(|info| info.peer_certificates.first().cloned())
+        .and_then(|der| tls::user_of_cert(&der));
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();
     // pods/exec is a WebSocket: it is upgraded, not read.
@@ -242,7 +248,7 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
         _ => None,
     };
     if let Some((ns, name)) = exec_target {
-        return match exec(&st, &mut parts, &ns, &name).await {
+        return match exec(&st, &mut parts, cert_user.as_ref(), &ns, &name).await {
             Ok(r) => r,
             Err(e) => error_response(&e),
         };
@@ -265,7 +271,7 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
                     .scope(true, async {
                         negotiated(
                             &headers,
-                            dispatch(&st, &method, &path, query.as_deref(), &headers, bytes),
+                            dispatch(&st, &method, &path, query.as_deref(), &headers, bytes, None),
                         )
                         .await
                     })
@@ -286,11 +292,20 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
             };
             let (st, method, path) = (st.clone(), method.clone(), path.clone());
             let (query, headers) = (parts.uri.query().map(String::from), parts.headers.clone());
+            let cert_user = cert_user.clone();
             let work = async move {
                 let _turn = turn;
                 negotiated(
                     &headers,
-                    dispatch(&st, &method, &path, query.as_deref(), &headers, bytes),
+                    dispatch(
+                        &st,
+                        &method,
+                        &path,
+                        query.as_deref(),
+                        &headers,
+                        bytes,
+                        cert_user.as_ref(),
+                    ),
                 )
                 .await
             };
@@ -309,6 +324,7 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
                     parts.uri.query(),
                     &parts.headers,
                     bytes,
+                    cert_user.as_ref(),
                 ),
             )
             .await
@@ -505,18 +521,36 @@ async fn dispatch(
     query: Option<&str>,
     headers: &HeaderMap,
     bytes: bytes::Bytes,
+    cert_user: Option<&User>,
 ) -> Result<Response, ApiError> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if let ["healthz" | "livez" | "readyz", ..] = segs.as_slice() {
         return Ok((StatusCode::OK, "ok").into_response());
     }
-    let user = st.tokens.authenticate(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    )?;
+    let user = authenticate(st, headers, cert_user).await?;
     let raw_query = query.unwrap_or_default();
     let query = Query::parse(query);
+    // Paths outside the resource tree are authorized as paths.
+    let resource_path = matches!(
+        segs.as_slice(),
+        ["api", "v1", _, ..] | ["apis", _, _, _, ..]
+    );
+    if !resource_path {
+        let verb = method.as_str().to_ascii_lowercase();
+        authorized(
+            st,
+            &user,
+            &Attributes {
+                verb: &verb,
+                path: Some(path),
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    if let Some(resp) = reviews::serve(st, &user, method, &segs, headers, &bytes).await? {
+        return Ok(resp);
+    }
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         [] => return Ok(json_response(200, &discovery::root_paths())),
         ["version"] => return Ok(json_response(200, &discovery::version())),
@@ -527,12 +561,6 @@ async fn dispatch(
         ["apis", g, v] => return Ok(json_response(200, &discovery::resource_list(g, v)?)),
         ["openapi", "v2"] => return Ok(discovery::openapi_v2()),
         ["metrics"] => {
-            if !user.is_admin() {
-                return Err(ApiError::forbidden(format!(
-                    "User \"{}\" cannot get path \"/metrics\"",
-                    user.name
-                )));
-            }
             let mut resp = Response::new(Body::from(st.metrics.render()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -542,12 +570,18 @@ async fn dispatch(
         }
         ["openapi", ..] => return Err(ApiError::no_route(path)),
         ["api", "v1", "nodes", node, "proxy", rest @ ..] => {
-            if !user.is_admin() {
-                return Err(ApiError::forbidden(format!(
-                    "User \"{}\" cannot get resource \"nodes/proxy\"",
-                    user.name
-                )));
-            }
+            authorized(
+                st,
+                &user,
+                &Attributes {
+                    verb: proxy_verb(method),
+                    resource: "nodes",
+                    subresource: Some("proxy"),
+                    name: Some(node),
+                    ..Default::default()
+                },
+            )
+            .await?;
             return proxy::node_proxy(st, node, &rest.join("/"), raw_query).await;
         }
         ["api", "v1", rest @ ..] => ("", "v1", rest),
@@ -593,10 +627,10 @@ async fn dispatch(
         subresource: target.sub.as_deref(),
         namespace: target.ns.as_deref(),
         name: target.name.as_deref(),
+        path: None,
     };
-    match auth::authorize(&user, &attrs) {
-        Decision::Allow => {}
-        Decision::Deny(msg) => return Err(ApiError::forbidden(msg)),
+    match authorized(st, &user, &attrs).await? {
+        Decision::Allow | Decision::Deny(_) => {}
         Decision::IfPodOnNode(node) => {
             let name = target.name.as_deref().unwrap_or_default();
             let pod = st
@@ -690,7 +724,11 @@ async fn dispatch(
             Ok(json_response(200, &scale_of(&obj)))
         }
         ("create", None) if target.name.is_none() => {
-            let decoded = kind.decode(parse_body(headers, &bytes)?, &fv)?;
+            let body = parse_body(headers, &bytes)?;
+            if res.group == crate::registry::rbac::GROUP {
+                st.rbac.admit_write(&user, res.plural, ns, &body)?;
+            }
+            let decoded = kind.decode(body, &fv)?;
             auth::check_body_name(&user, res.plural, &decoded.name)?;
             let reg = registry_for(st, &query, &user)?;
             let mut warnings = decoded.warnings.clone();
@@ -781,7 +819,11 @@ async fn dispatch(
         }
         ("update", None | Some("status")) => {
             let name = target.name.as_deref().unwrap_or_default();
-            let decoded = kind.decode(parse_body(headers, &bytes)?, &fv)?;
+            let body = parse_body(headers, &bytes)?;
+            if res.group == crate::registry::rbac::GROUP {
+                st.rbac.admit_write(&user, res.plural, ns, &body)?;
+            }
+            let decoded = kind.decode(body, &fv)?;
             let reg = registry_for(st, &query, &user)?;
             let write = if target.sub.is_some() {
                 Write::Status
@@ -855,6 +897,9 @@ async fn dispatch(
                     let before = labels.as_ref().map(|_| obj.clone());
                     let mut patched = obj;
                     patch::apply(&ct, &mut patched, &bytes, reg.max_object)?;
+                    if res.group == crate::registry::rbac::GROUP {
+                        st.rbac.admit_write(&user, res.plural, ns, &patched)?;
+                    }
                     if let (Some(labels), Some(before)) = (&labels, &before) {
                         // Assigned, not added: a conflict runs this again.
                         admitted = admission::patched(
@@ -917,12 +962,6 @@ async fn dispatch(
             ))
         }
         ("get", Some("log")) => {
-            if !user.is_admin() {
-                return Err(ApiError::forbidden(format!(
-                    "User \"{}\" cannot get resource \"pods/log\"",
-                    user.name
-                )));
-            }
             let name = target.name.as_deref().unwrap_or_default();
             proxy::pod_log(st, ns.unwrap_or("default"), name, &query).await
         }
@@ -930,12 +969,6 @@ async fn dispatch(
             // kubectl falls back to SPDY when its WebSocket attempt was
             // refused, and shows only this answer: give the real reason
             // first when there is one.
-            if !user.is_admin() {
-                return Err(ApiError::forbidden(format!(
-                    "User \"{}\" cannot create resource \"pods/exec\"",
-                    user.name
-                )));
-            }
             let name = target.name.as_deref().unwrap_or_default();
             proxy::exec_precheck(st, ns.unwrap_or("default"), name, &query).await?;
             Err(ApiError::bad_request(
@@ -953,22 +986,31 @@ async fn dispatch(
 async fn exec(
     st: &ApiState,
     parts: &mut axum::http::request::Parts,
+    cert_user: Option<&User>,
     ns: &str,
     name: &str,
 ) -> Result<Response, ApiError> {
     use axum::extract::FromRequestParts as _;
-    let user = st.tokens.authenticate(
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    )?;
-    if !user.is_admin() {
-        return Err(ApiError::forbidden(format!(
-            "User \"{}\" cannot create resource \"pods/exec\" in the namespace \"{ns}\"",
-            user.name
-        )));
-    }
+    let user = authenticate(st, &parts.headers, cert_user).await?;
+    let sub = if parts.uri.path().ends_with("/attach") {
+        "attach"
+    } else {
+        "exec"
+    };
+    // kube asks `create` of a WebSocket's GET too (since 1.30).
+    authorized(
+        st,
+        &user,
+        &Attributes {
+            verb: "create",
+            resource: "pods",
+            subresource: Some(sub),
+            namespace: Some(ns),
+            name: Some(name),
+            ..Default::default()
+        },
+    )
+    .await?;
     if parts.uri.path().ends_with("/attach") {
         return Err(ApiError::bad_request(
             "pods/attach is not supported; use exec",
@@ -983,6 +1025,193 @@ async fn exec(
         )
     })?;
     proxy::pod_exec(st, ns, name, &raw_query, &query, protocols, ws).await
+}
+
+/// Who is asking: the user of a verified client certificate, else of a
+/// bearer token (kube-apiserver's x509 authenticator comes before its
+/// token authenticators too); 401 for neither.
+///
+/// A request with `Impersonate-User` (and `Impersonate-Group`,
+/// `Impersonate-Uid`) is then served as that user, once its real user is
+/// authorized to `impersonate` it, each group and the uid, as
+/// kube-apiserver does it (`kubectl --as`).
+async fn authenticate(
+    st: &ApiState,
+    headers: &HeaderMap,
+    cert_user: Option<&User>,
+) -> Result<User, ApiError> {
+    let real = match cert_user {
+        Some(u) => u.clone(),
+        None => st.tokens.authenticate(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )?,
+    };
+    let values = |name: &str| -> Result<Vec<String>, ApiError> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                v.to_str()
+                    .map(String::from)
+                    .map_err(|_| ApiError::bad_request(format!("{name} is not text")))
+            })
+            .collect()
+    };
+    let users = values("impersonate-user")?;
+    let groups = values("impersonate-group")?;
+    let uids = values("impersonate-uid")?;
+    let extras = headers
+        .keys()
+        .any(|k| k.as_str().starts_with("impersonate-extra-"));
+    if users.is_empty() {
+        if !groups.is_empty() || !uids.is_empty() || extras {
+            return Err(ApiError::bad_request(
+                "requested impersonation of groups, a uid or extra fields without impersonating a user",
+            ));
+        }
+        return Ok(real);
+    }
+    if users.len() > 1 || uids.len() > 1 {
+        return Err(ApiError::bad_request(
+            "only one Impersonate-User and one Impersonate-Uid may be given",
+        ));
+    }
+    if extras {
+        return Err(ApiError::bad_request(
+            "Impersonate-Extra-* is not supported: Weft's users carry no extra fields",
+        ));
+    }
+    let name = users[0].clone();
+    match name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        Some((ns, sa)) => {
+            may_impersonate(
+                st,
+                &real,
+                Attributes {
+                    verb: "impersonate",
+                    resource: "serviceaccounts",
+                    namespace: Some(ns),
+                    name: Some(sa),
+                    ..Default::default()
+                },
+            )
+            .await?
+        }
+        None => {
+            may_impersonate(
+                st,
+                &real,
+                Attributes {
+                    verb: "impersonate",
+                    resource: "users",
+                    name: Some(&name),
+                    ..Default::default()
+                },
+            )
+            .await?
+        }
+    }
+    for g in &groups {
+        may_impersonate(
+            st,
+            &real,
+            Attributes {
+                verb: "impersonate",
+                resource: "groups",
+                name: Some(g),
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    for u in &uids {
+        may_impersonate(
+            st,
+            &real,
+            Attributes {
+                verb: "impersonate",
+                group: "authentication.k8s.io",
+                resource: "uids",
+                name: Some(u),
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    let mut all_groups = groups;
+    if let Some((ns, _)) = name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    {
+        for g in [
+            "system:serviceaccounts".to_string(),
+            format!("system:serviceaccounts:{ns}"),
+        ] {
+            if !all_groups.contains(&g) {
+                all_groups.push(g);
+            }
+        }
+    }
+    if !all_groups.iter().any(|g| g == auth::AUTHENTICATED) {
+        all_groups.push(auth::AUTHENTICATED.to_string());
+    }
+    Ok(User {
+        name,
+        uid: uids.into_iter().next().unwrap_or_default(),
+        groups: all_groups,
+    })
+}
+
+/// Whether `real` may impersonate what `a` names (verb `impersonate`).
+async fn may_impersonate(st: &ApiState, real: &User, a: Attributes<'_>) -> Result<(), ApiError> {
+    match authorized(st, real, &a).await? {
+        Decision::Allow => Ok(()),
+        _ => Err(forbidden(
+            &a,
+            &format!(
+                "User \"{}\" cannot impersonate resource \"{}\"",
+                real.name, a.resource
+            ),
+        )),
+    }
+}
+
+/// Authorizes a request as kube-apiserver's chain does: admins
+/// (system:masters), then the node authorizer, then RBAC. A refusal is a
+/// 403 in kube's words (`pods "x" is forbidden: User "alice" cannot get
+/// resource "pods" in API group "" in the namespace "team"`); what the node
+/// authorizer allows on a condition comes back for the caller to check.
+async fn authorized(st: &ApiState, user: &User, a: &Attributes<'_>) -> Result<Decision, ApiError> {
+    match auth::authorize(user, a) {
+        Decision::Deny(reason) => {
+            if st
+                .rbac
+                .allows_fresh(user, a, st.registry.store.as_ref())
+                .await
+            {
+                Ok(Decision::Allow)
+            } else {
+                Err(forbidden(a, &reason))
+            }
+        }
+        d => Ok(d),
+    }
+}
+
+/// The verb of a proxy request, as kube maps its method.
+fn proxy_verb(method: &Method) -> &'static str {
+    match method.as_str() {
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" => "delete",
+        _ => "get",
+    }
 }
 
 /// The registry to write through: `dryRun=All` checks and answers as usual

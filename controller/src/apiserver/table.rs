@@ -571,6 +571,24 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             age,
         ],
+        "Role" | "ClusterRole" => vec![
+            name,
+            ("Created At", "date", "", "When the role was made.", 0),
+        ],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            name,
+            ("Role", "string", "", "The role bound.", 0),
+            age,
+            ("Users", "string", "", "The users bound.", 1),
+            ("Groups", "string", "", "The groups bound.", 1),
+            (
+                "ServiceAccounts",
+                "string",
+                "",
+                "The service accounts bound.",
+                1,
+            ),
+        ],
         "ConfigMap" => vec![
             name,
             (
@@ -1309,6 +1327,34 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                         .to_string()
                 ),
                 age,
+            ]
+        }
+        "Role" | "ClusterRole" => vec![name, o["metadata"]["creationTimestamp"].clone()],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = |kind: &str| {
+                let names: Vec<String> = o["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| match (kind, x["namespace"].as_str()) {
+                        ("ServiceAccount", Some(ns)) => format!("{ns}/{}", s(&x["name"])),
+                        _ => s(&x["name"]),
+                    })
+                    .collect();
+                json!(names.join(", "))
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(&o["roleRef"]["kind"]),
+                    s(&o["roleRef"]["name"])
+                )),
+                age,
+                subjects("User"),
+                subjects("Group"),
+                subjects("ServiceAccount"),
             ]
         }
         "ConfigMap" => {

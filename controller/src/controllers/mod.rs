@@ -20,6 +20,7 @@ pub mod history;
 pub mod job;
 pub mod nodes;
 pub mod quota;
+pub mod rbac;
 pub mod replicaset;
 pub mod scheduler;
 pub mod statefulset;
@@ -650,6 +651,7 @@ pub fn start_all(ctx: &Ctx) {
     quota::start(ctx);
     volumes::start(ctx);
     events::start(ctx);
+    rbac::start(ctx);
 }
 
 #[cfg(test)]

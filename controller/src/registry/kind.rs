@@ -30,6 +30,9 @@ pub enum NameRule {
     Label,
     /// A DNS-1035 label, one that starts with a letter (Services).
     Label1035,
+    /// Any name that can be one segment of a URL path: not `.` or `..`,
+    /// no `/` or `%` (RBAC's roles and bindings, `system:discovery`).
+    PathSegment,
 }
 
 /// A served kind: the k8s-openapi type with what the API server does to it.
@@ -195,6 +198,18 @@ macro_rules! kind_fields {
 }
 pub(crate) use kind_fields;
 
+/// Why `name` cannot be one segment of a URL path (kube's
+/// `ValidatePathSegmentName`).
+pub(super) fn path_segment_error(name: &str) -> Option<String> {
+    if name == "." || name == ".." {
+        return Some(format!("may not be '{name}'"));
+    }
+    ["/", "%"]
+        .iter()
+        .find(|c| name.contains(*c))
+        .map(|c| format!("may not contain '{c}'"))
+}
+
 /// The checks every kind gets: its name.
 pub(super) fn validate_meta<K: Kind>(obj: &K) -> Vec<Cause> {
     let mut out = Vec::new();
@@ -206,6 +221,7 @@ pub(super) fn validate_meta<K: Kind>(obj: &K) -> Vec<Cause> {
             NameRule::Label => weft_api::meta::dns_label_error(name),
             NameRule::Label1035 => weft_api::meta::dns_1035_label_error(name),
             NameRule::Subdomain => weft_api::meta::dns_subdomain_error(name),
+            NameRule::PathSegment => path_segment_error(name),
         };
         if let Some(e) = err {
             out.push(Cause::invalid("metadata.name", name, e));
@@ -445,7 +461,11 @@ macro_rules! for_each_kind {
             k8s_openapi::api::core::v1::ReplicationController,
             k8s_openapi::api::batch::v1::Job,
             k8s_openapi::api::batch::v1::CronJob,
-            k8s_openapi::api::policy::v1::PodDisruptionBudget
+            k8s_openapi::api::policy::v1::PodDisruptionBudget,
+            k8s_openapi::api::rbac::v1::Role,
+            k8s_openapi::api::rbac::v1::RoleBinding,
+            k8s_openapi::api::rbac::v1::ClusterRole,
+            k8s_openapi::api::rbac::v1::ClusterRoleBinding
         }
     };
 }

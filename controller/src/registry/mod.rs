@@ -23,6 +23,7 @@ mod pod;
 pub mod pod_security;
 mod policy;
 pub mod quota;
+pub mod rbac;
 mod service;
 pub mod storage;
 pub mod validation;
