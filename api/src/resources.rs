@@ -175,6 +175,15 @@ pub const RESOURCES: &[Resource] = &[
     ),
     core("secrets", "secret", "Secret", true, &[], &[], &[]),
     core(
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        &["token"],
+        &[],
+    ),
+    core(
         "limitranges",
         "limitrange",
         "LimitRange",

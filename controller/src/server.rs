@@ -362,7 +362,10 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
     controllers::start_all(&Ctx {
         reg: registry.clone(),
         cache: cache.clone(),
-        cfg: cfg.controllers.clone(),
+        cfg: controllers::ControllersConfig {
+            ca_pem: Some(pki.ca_pem.clone()),
+            ..cfg.controllers.clone()
+        },
     });
     let hub = crate::apiserver::hub::WatchHub::start(registry.store.clone())
         .await
@@ -370,6 +373,11 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
     spawn_compactor(registry.store.clone(), hub.clone(), cfg.watch_history);
     let state = Arc::new(ApiState {
         rbac: crate::rbac::Authorizer::start(cache.clone()),
+        sa_tokens: Arc::new(
+            crate::apiserver::satoken::Issuer::open(&cfg.data_dir)
+                .context("prepare the service account token key")?,
+        ),
+        cache: cache.clone(),
         registry,
         hub,
         tokens,

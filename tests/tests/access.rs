@@ -515,3 +515,248 @@ fn tokens_reviews_and_aggregation() -> Result<()> {
     );
     Ok(())
 }
+
+/// Service accounts: a `default` one (and the CA's ConfigMap) in every
+/// namespace, tokens from TokenRequest (`kubectl create token`) that
+/// authenticate as the account, bound to a pod and dead with it, reviewed
+/// by TokenReview, and refused once the account is gone.
+#[test]
+fn service_account_tokens() -> Result<()> {
+    let island = Island::new("accesssa")?;
+    let cp = ControlPlane::start(&island, ControlOptions::default())?;
+    let admin = cp.kubeconfig().to_path_buf();
+    let k = |kc: &Path, args: &[&str]| kubectl(&island, 33, kc, args);
+    let ok = |kc: &Path, args: &[&str]| -> Result<String> {
+        let out = k(kc, args)?;
+        ensure!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            text(&out)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    ok(&admin, &["create", "namespace", "team"])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(k(&admin, &["-n", "team", "get", "serviceaccount", "default"])?
+        .status
+        .success()
+        && k(
+            &admin,
+            &["-n", "team", "get", "configmap", "kube-root-ca.crt"],
+        )?
+        .status
+        .success())
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no default service account or CA in team"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ca: Value = serde_json::from_str(&ok(
+        &admin,
+        &["-n", "team", "get", "cm", "kube-root-ca.crt", "-o", "json"],
+    )?)?;
+    ensure!(
+        ca["data"]["ca.crt"] == std::fs::read_to_string(cp.data_dir().join("pki/ca.crt"))?,
+        "{ca}"
+    );
+
+    // A token for the account: it authenticates as the account, which may
+    // do nothing until bound.
+    let dir = tempfile::tempdir()?;
+    let as_token = |token: &str, name: &str| -> Result<std::path::PathBuf> {
+        let mut kc: Value = serde_norway::from_str(&std::fs::read_to_string(&admin)?)?;
+        kc["users"][0]["user"] = json!({"token": token});
+        let path = dir.path().join(name);
+        std::fs::write(&path, serde_norway::to_string(&kc)?)?;
+        Ok(path)
+    };
+    let token = ok(&admin, &["-n", "team", "create", "token", "default"])?;
+    ensure!(token.split('.').count() == 3, "{token}");
+    let sa = as_token(&token, "sa.kubeconfig")?;
+    let t = ok(&sa, &["auth", "whoami"])?;
+    ensure!(
+        t.contains("system:serviceaccount:team:default")
+            && t.contains("system:serviceaccounts:team"),
+        "{t}"
+    );
+    let out = k(&sa, &["-n", "team", "get", "pods"])?;
+    ensure!(
+        !out.status.success()
+            && text(&out).contains(
+                r#"User "system:serviceaccount:team:default" cannot list resource "pods""#
+            ),
+        "{}",
+        text(&out)
+    );
+    ok(
+        &admin,
+        &[
+            "-n",
+            "team",
+            "create",
+            "rolebinding",
+            "sa-view",
+            "--clusterrole=view",
+            "--serviceaccount=team:default",
+        ],
+    )?;
+    ok(&sa, &["-n", "team", "get", "pods"])?;
+    ensure!(
+        !k(&sa, &["-n", "default", "get", "pods"])?.status.success(),
+        "only in team"
+    );
+
+    // Bound to a pod: valid while that pod lives.
+    let pod = dir.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: team\nspec:\n  containers:\n  - name: c\n    image: weft.local/busybox:1.36\n",
+    )?;
+    ok(&admin, &["create", "-f", &pod.to_string_lossy()])?;
+    let bound = ok(
+        &admin,
+        &[
+            "-n",
+            "team",
+            "create",
+            "token",
+            "default",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "p",
+        ],
+    )?;
+    let bound_kc = as_token(&bound, "bound.kubeconfig")?;
+    ok(&bound_kc, &["-n", "team", "get", "pods"])?;
+    // TokenReview says whose it is, and for which audience.
+    let review = |token: &str, audiences: Value| -> Result<Value> {
+        let f = dir.path().join("review.json");
+        std::fs::write(
+            &f,
+            serde_json::to_string(
+                &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": audiences}}),
+            )?,
+        )?;
+        Ok(serde_json::from_str(&ok(
+            &admin,
+            &["create", "-f", &f.to_string_lossy(), "-o", "json"],
+        )?)?)
+    };
+    let r = review(&bound, json!([]))?;
+    ensure!(
+        r["status"]["authenticated"] == true
+            && r["status"]["user"]["username"] == "system:serviceaccount:team:default"
+            && r["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0] == "p",
+        "{r}"
+    );
+    let r = review(&bound, json!(["vault"]))?;
+    ensure!(
+        r["status"]["authenticated"] == false,
+        "another audience: {r}"
+    );
+    let vault = ok(
+        &admin,
+        &[
+            "-n",
+            "team",
+            "create",
+            "token",
+            "default",
+            "--audience",
+            "vault",
+        ],
+    )?;
+    let r = review(&vault, json!(["vault"]))?;
+    ensure!(r["status"]["authenticated"] == true, "{r}");
+    let out = k(
+        &as_token(&vault, "vault.kubeconfig")?,
+        &["-n", "team", "get", "pods"],
+    )?;
+    ensure!(
+        !out.status.success() && text(&out).contains("You must be logged in"),
+        "a vault token is not for the API: {}",
+        text(&out)
+    );
+    ok(
+        &admin,
+        &[
+            "-n",
+            "team",
+            "delete",
+            "pod",
+            "p",
+            "--grace-period=0",
+            "--force",
+        ],
+    )?;
+    let out = k(&bound_kc, &["-n", "team", "get", "pods"])?;
+    ensure!(
+        !out.status.success() && text(&out).contains("You must be logged in"),
+        "the pod is gone: {}",
+        text(&out)
+    );
+    ensure!(review(&bound, json!([]))?["status"]["authenticated"] == false);
+
+    // Bad requests.
+    let out = k(
+        &admin,
+        &["-n", "team", "create", "token", "default", "--duration=60s"],
+    )?;
+    ensure!(
+        !out.status.success() && text(&out).contains("10 minutes"),
+        "{}",
+        text(&out)
+    );
+    let out = k(&admin, &["-n", "team", "create", "token", "nobody"])?;
+    ensure!(
+        !out.status.success() && text(&out).contains("not found"),
+        "{}",
+        text(&out)
+    );
+    // A forged token is nobody.
+    let mut parts: Vec<&str> = token.split('.').collect();
+    parts[2] = "AAAA";
+    let out = k(
+        &as_token(&parts.join("."), "forged.kubeconfig")?,
+        &["-n", "team", "get", "pods"],
+    )?;
+    ensure!(
+        !out.status.success() && text(&out).contains("You must be logged in"),
+        "{}",
+        text(&out)
+    );
+
+    // The account deleted (and made again by the controller, a new uid):
+    // its old tokens are refused.
+    ok(
+        &admin,
+        &["-n", "team", "delete", "serviceaccount", "default"],
+    )?;
+    let out = k(&sa, &["-n", "team", "get", "pods"])?;
+    ensure!(
+        !out.status.success() && text(&out).contains("You must be logged in"),
+        "{}",
+        text(&out)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !k(&admin, &["-n", "team", "get", "serviceaccount", "default"])?
+        .status
+        .success()
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "default was not made again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    ensure!(
+        !k(&sa, &["-n", "team", "get", "pods"])?.status.success(),
+        "an old token of a new account"
+    );
+    Ok(())
+}

@@ -153,22 +153,20 @@ impl Tokens {
         Ok(token)
     }
 
-    /// The user a bearer token belongs to.
+    /// The user a bearer token of the file belongs to.
     pub fn authenticate(&self, header: Option<&str>) -> Result<User, ApiError> {
-        let token = header
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(ApiError::unauthorized)?;
+        let token = bearer(header).ok_or_else(ApiError::unauthorized)?;
+        self.find(token).ok_or_else(ApiError::unauthorized)
+    }
+
+    /// The user of `token` in the file, reading it again once when the
+    /// token is not there (it may have been added since).
+    pub fn find(&self, token: &str) -> Option<User> {
         if let Some(user) = self.lookup(token) {
-            return Ok(user);
+            return Some(user);
         }
-        // A token added since the last read: look again once.
         self.reload();
-        self.lookup(token).ok_or_else(ApiError::unauthorized)
+        self.lookup(token)
     }
 
     fn lookup(&self, token: &str) -> Option<User> {
@@ -187,6 +185,17 @@ impl Tokens {
         }
         found
     }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    header
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// What the request does, for authorization (RBAC's view of it).
@@ -274,6 +283,9 @@ pub fn authorize(user: &User, a: &Attributes<'_>) -> Decision {
             ("", "pods", None) if a.verb == "delete" => {
                 return Decision::IfPodOnNode(node.to_string());
             }
+            // Tokens for its pods' accounts, bound to those pods: the
+            // TokenRequest handler checks the pod is bound to this node.
+            ("", "serviceaccounts", Some("token")) => a.verb == "create",
             _ => false,
         };
         if allowed {

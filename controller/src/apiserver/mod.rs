@@ -11,6 +11,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod proxy;
 mod reviews;
+pub mod satoken;
 pub mod table;
 pub mod tls;
 mod watch;
@@ -45,6 +46,11 @@ pub struct ApiState {
     pub tokens: Arc<Tokens>,
     /// RBAC, over the controllers' cache.
     pub rbac: Arc<crate::rbac::Authorizer>,
+    /// Service account tokens: issued and verified.
+    pub sa_tokens: Arc<satoken::Issuer>,
+    /// The controllers' cache (what a token's account and pod are checked
+    /// against).
+    pub cache: Arc<crate::cache::Cache>,
     /// How often a watch with allowWatchBookmarks=true gets a bookmark.
     pub bookmark_every: Duration,
     /// What `/metrics` reports.
@@ -737,6 +743,12 @@ async fn dispatch(
             let created = kind.create(&reg, ns, decoded).await?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }
+        ("create", Some("token")) => {
+            let name = target.name.as_deref().unwrap_or_default();
+            let body = parse_body(headers, &bytes)?;
+            let answer = token_request(st, &user, ns.unwrap_or("default"), name, body).await?;
+            Ok(json_response(201, &answer))
+        }
         ("create", Some("eviction")) => {
             let decoded = decode_object::<k8s_openapi::api::policy::v1::Eviction>(
                 "policy/v1",
@@ -1042,11 +1054,24 @@ async fn authenticate(
 ) -> Result<User, ApiError> {
     let real = match cert_user {
         Some(u) => u.clone(),
-        None => st.tokens.authenticate(
-            headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok()),
-        )?,
+        None => {
+            let token = auth::bearer(
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .ok_or_else(ApiError::unauthorized)?;
+            // A JWT is a service account's (the static file's tokens are
+            // not JWTs): no look at the file for those.
+            if satoken::looks_like_jwt(token) {
+                service_account_user(st, token, &[satoken::ISSUER])
+                    .await
+                    .map_err(|_| ApiError::unauthorized())?
+                    .0
+            } else {
+                st.tokens.find(token).ok_or_else(ApiError::unauthorized)?
+            }
+        }
     };
     let values = |name: &str| -> Result<Vec<String>, ApiError> {
         headers
@@ -1165,6 +1190,194 @@ async fn authenticate(
         uid: uids.into_iter().next().unwrap_or_default(),
         groups: all_groups,
     })
+}
+
+/// TokenRequest (`serviceaccounts/NAME/token`): a token for service
+/// account `name` in `ns`, for the audiences asked (the API's by default),
+/// for `expirationSeconds` (an hour by default; 10 minutes to 48 hours),
+/// bound to a pod when `boundObjectRef` names one (which must exist, with
+/// the uid given). A node's agent may ask only for the account of a pod
+/// bound to it, bound to that pod.
+async fn token_request(
+    st: &ApiState,
+    user: &User,
+    ns: &str,
+    name: &str,
+    body: Value,
+) -> Result<Value, ApiError> {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+    // The status is the server's to write (clients send it empty).
+    let mut body = body;
+    if let Some(obj) = body.as_object_mut() {
+        obj.remove("status");
+    }
+    let req =
+        decode_object::<TokenRequest>("authentication.k8s.io/v1", "TokenRequest", body)?.object;
+    let invalid = |field: &str, value: String, why: &str| {
+        ApiError::invalid(
+            "TokenRequest",
+            "authentication.k8s.io",
+            name,
+            vec![weft_api::Cause::invalid(field, value, why)],
+        )
+    };
+    let seconds = req.spec.expiration_seconds.unwrap_or(3600);
+    if seconds < satoken::MIN_SECONDS {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            seconds.to_string(),
+            "may not specify a duration less than 10 minutes",
+        ));
+    }
+    if seconds > 1 << 32 {
+        return Err(invalid(
+            "spec.expirationSeconds",
+            seconds.to_string(),
+            "may not specify a duration larger than 2^32 seconds",
+        ));
+    }
+    let seconds = seconds.min(satoken::MAX_SECONDS);
+    let sa = st
+        .registry
+        .find::<ServiceAccount>(Some(ns), name)
+        .await?
+        .map(|(a, _)| a)
+        .ok_or_else(|| ApiError::not_found("serviceaccounts", "", name))?;
+    let mut audiences = req.spec.audiences.clone();
+    if audiences.is_empty() {
+        audiences.push(satoken::ISSUER.to_string());
+    }
+    let mut bound = req.spec.bound_object_ref.clone();
+    let pod = match &bound {
+        None => None,
+        Some(r) => {
+            if r.kind.as_deref() != Some("Pod") || r.api_version.as_deref().unwrap_or("v1") != "v1"
+            {
+                return Err(invalid(
+                    "spec.boundObjectRef.kind",
+                    r.kind.clone().unwrap_or_default(),
+                    "Weft binds tokens to pods (kind Pod, apiVersion v1) only",
+                ));
+            }
+            let pod_name = r.name.clone().unwrap_or_default();
+            let pod = st
+                .registry
+                .find::<Pod>(Some(ns), &pod_name)
+                .await?
+                .map(|(p, _)| p)
+                .ok_or_else(|| ApiError::not_found("pods", "", &pod_name))?;
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if let Some(want) = r.uid.as_deref().filter(|u| !u.is_empty())
+                && want != uid
+            {
+                return Err(ApiError::conflict(
+                    "pods",
+                    "",
+                    &pod_name,
+                    format!(
+                        "the UID in the bound object reference ({want}) does not match the UID in record ({uid}); the object might have been deleted and then recreated"
+                    ),
+                ));
+            }
+            let pod_sa = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.as_deref())
+                .filter(|s| !s.is_empty())
+                .unwrap_or("default");
+            if pod_sa != name {
+                return Err(ApiError::forbidden(format!(
+                    "serviceaccounts \"{name}\" is forbidden: pod {ns}/{pod_name} runs as service account \"{pod_sa}\", not \"{name}\""
+                )));
+            }
+            if let Some(b) = bound.as_mut() {
+                b.uid = Some(uid.clone());
+            }
+            Some((pod_name, uid, pod))
+        }
+    };
+    if let Some(node) = user.node() {
+        let on_node = pod.as_ref().is_some_and(|(_, _, p)| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+        });
+        if !on_node {
+            return Err(ApiError::forbidden(format!(
+                "serviceaccounts \"{name}\" is forbidden: node \"{node}\" may only ask for tokens bound to pods bound to it"
+            )));
+        }
+    }
+    let (token, exp) = st
+        .sa_tokens
+        .issue(
+            ns,
+            satoken::Ref {
+                name: name.to_string(),
+                uid: sa.metadata.uid.clone().unwrap_or_default(),
+            },
+            pod.map(|(name, uid, _)| satoken::Ref { name, uid }),
+            audiences.clone(),
+            seconds,
+        )
+        .map_err(|e| ApiError::internal(format!("sign the token: {e}")))?;
+    let expires = weft_api::meta::format_rfc3339(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp.max(0).unsigned_abs()),
+    );
+    let mut spec = serde_json::to_value(&req.spec).unwrap_or_default();
+    spec["audiences"] = json!(audiences);
+    spec["expirationSeconds"] = json!(seconds);
+    if let Some(b) = bound {
+        spec["boundObjectRef"] = serde_json::to_value(b).unwrap_or_default();
+    }
+    Ok(json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+        "spec": spec,
+        "status": {"token": token, "expirationTimestamp": expires},
+    }))
+}
+
+/// The service account a token speaks for, once its signature, expiry and
+/// audience hold and its ServiceAccount (and the pod it is bound to) still
+/// exist with the uids it names; why not otherwise.
+pub(crate) async fn service_account_user(
+    st: &ApiState,
+    token: &str,
+    audiences: &[&str],
+) -> Result<(User, satoken::Claims), String> {
+    use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+    let claims = st.sa_tokens.verify(token, audiences)?;
+    let ns = claims.kube.namespace.as_str();
+    let sa = &claims.kube.serviceaccount;
+    // The cache first; the store for what it may not have seen yet.
+    let sa_uid = match st.cache.store::<ServiceAccount>().get(Some(ns), &sa.name) {
+        Some(a) => a.metadata.uid.clone(),
+        None => st
+            .registry
+            .find::<ServiceAccount>(Some(ns), &sa.name)
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|(a, _)| a.metadata.uid),
+    };
+    if sa_uid.as_deref() != Some(sa.uid.as_str()) {
+        return Err(format!("service account {ns}/{} has been deleted", sa.name));
+    }
+    if let Some(pod) = &claims.kube.pod {
+        let found = match st.cache.store::<Pod>().get(Some(ns), &pod.name) {
+            Some(p) => Some((*p).clone()),
+            None => st
+                .registry
+                .find::<Pod>(Some(ns), &pod.name)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|(p, _)| p),
+        };
+        if found.and_then(|p| p.metadata.uid).as_deref() != Some(pod.uid.as_str()) {
+            return Err(format!("pod {ns}/{} has been deleted", pod.name));
+        }
+    }
+    Ok((claims.user(), claims))
 }
 
 /// Whether `real` may impersonate what `a` names (verb `impersonate`).

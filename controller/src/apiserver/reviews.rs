@@ -5,7 +5,7 @@
 //!   can-i`), SelfSubjectRulesReview (`can-i --list`), SubjectAccessReview
 //!   and LocalSubjectAccessReview (about another user);
 //! - authentication.k8s.io/v1 (and v1beta1) SelfSubjectReview (`kubectl
-//!   auth whoami`).
+//!   auth whoami`), and v1 TokenReview (is this token valid, and whose?).
 
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
@@ -51,6 +51,13 @@ const REVIEWS: &[(&str, &[&str], &str, &str, bool)] = &[
         &["v1", "v1beta1"],
         "selfsubjectreviews",
         "SelfSubjectReview",
+        false,
+    ),
+    (
+        "authentication.k8s.io",
+        &["v1"],
+        "tokenreviews",
+        "TokenReview",
         false,
     ),
 ];
@@ -147,6 +154,7 @@ pub async fn serve(
             access(st, &subject, &spec, ns, kind).await?
         }
         "selfsubjectrulesreviews" => rules(st, user, &spec),
+        "tokenreviews" => token_review(st, &spec).await,
         _ => json!({"userInfo": {
             "username": user.name,
             "uid": user.uid,
@@ -238,6 +246,45 @@ async fn access(
     } else {
         json!({"allowed": false})
     })
+}
+
+/// A token review's status: who `spec.token` speaks for, if it is valid
+/// for one of `spec.audiences` (the API's when none is given).
+async fn token_review(st: &ApiState, spec: &Value) -> Value {
+    let token = spec["token"].as_str().unwrap_or_default();
+    let asked = strings(&spec["audiences"]);
+    let audiences: Vec<&str> = if asked.is_empty() {
+        vec![super::satoken::ISSUER]
+    } else {
+        asked.iter().map(String::as_str).collect()
+    };
+    let user_info = |u: &User, extra: Value| json!({"username": u.name, "uid": u.uid, "groups": u.groups, "extra": extra});
+    if let Some(u) = st.tokens.find(token).filter(|_| !token.is_empty()) {
+        // A static token is for the API itself.
+        if audiences.contains(&super::satoken::ISSUER) {
+            return json!({"authenticated": true, "user": user_info(&u, json!({})),
+                "audiences": [super::satoken::ISSUER]});
+        }
+        return json!({"authenticated": false, "error": "token audiences is invalid for the target audiences"});
+    }
+    match super::service_account_user(st, token, &audiences).await {
+        Ok((u, claims)) => {
+            let mut extra = json!({});
+            if let Some(pod) = &claims.kube.pod {
+                extra["authentication.kubernetes.io/pod-name"] = json!([pod.name]);
+                extra["authentication.kubernetes.io/pod-uid"] = json!([pod.uid]);
+            }
+            extra["authentication.kubernetes.io/credential-id"] =
+                json!([format!("JTI={}", claims.jti)]);
+            let matched: Vec<&str> = audiences
+                .iter()
+                .copied()
+                .filter(|a| claims.aud.iter().any(|x| x == a))
+                .collect();
+            json!({"authenticated": true, "user": user_info(&u, extra), "audiences": matched})
+        }
+        Err(why) => json!({"authenticated": false, "error": why}),
+    }
 }
 
 /// A rules review's status: what the user may do in `spec.namespace`.

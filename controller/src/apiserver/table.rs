@@ -571,6 +571,11 @@ fn columns(kind: &str) -> Vec<Column> {
             ),
             age,
         ],
+        "ServiceAccount" => vec![
+            name,
+            ("Secrets", "string", "", "Number of secrets listed.", 0),
+            age,
+        ],
         "Role" | "ClusterRole" => vec![
             name,
             ("Created At", "date", "", "When the role was made.", 0),
@@ -1329,6 +1334,11 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age,
             ]
         }
+        "ServiceAccount" => vec![
+            name,
+            json!(o["secrets"].as_array().map_or(0, Vec::len)),
+            age,
+        ],
         "Role" | "ClusterRole" => vec![name, o["metadata"]["creationTimestamp"].clone()],
         "RoleBinding" | "ClusterRoleBinding" => {
             let subjects = |kind: &str| {

@@ -23,6 +23,7 @@ pub mod quota;
 pub mod rbac;
 pub mod replicaset;
 pub mod scheduler;
+pub mod serviceaccounts;
 pub mod statefulset;
 pub mod volumes;
 
@@ -48,6 +49,8 @@ pub struct ControllersConfig {
     pub eviction_delay: Duration,
     /// How long an Event is kept after it last happened.
     pub event_ttl: Duration,
+    /// The cluster CA (PEM), published in every namespace.
+    pub ca_pem: Option<String>,
 }
 
 impl Default for ControllersConfig {
@@ -56,6 +59,7 @@ impl Default for ControllersConfig {
             node_grace: Duration::from_secs(10),
             eviction_delay: Duration::from_secs(30),
             event_ttl: Duration::from_secs(3600),
+            ca_pem: None,
         }
     }
 }
@@ -652,6 +656,7 @@ pub fn start_all(ctx: &Ctx) {
     volumes::start(ctx);
     events::start(ctx);
     rbac::start(ctx);
+    serviceaccounts::start(ctx);
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Kinds the API server stores as they come, with no more than their names
-//! checked: Endpoints and EndpointSlices (written by the endpoints
+//! checked: ServiceAccounts, Endpoints and EndpointSlices (written by the endpoints
 //! controller), Events (which a node's agent may write only about itself
 //! and its pods), and Leases (node heartbeats).
 
@@ -15,6 +15,14 @@ use super::kind::{Kind, kind_fields};
 
 #[async_trait]
 impl Kind for Endpoints {
+    kind_fields!();
+}
+
+/// A ServiceAccount: a name pods run as, in its namespace. Its tokens are
+/// issued on request (TokenRequest, `apiserver::satoken`), bound to a pod
+/// and short-lived, as kube's since 1.24; none is stored.
+#[async_trait]
+impl Kind for k8s_openapi::api::core::v1::ServiceAccount {
     kind_fields!();
 }
 

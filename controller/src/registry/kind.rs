@@ -445,6 +445,7 @@ macro_rules! for_each_kind {
             k8s_openapi::api::core::v1::Event,
             k8s_openapi::api::core::v1::ConfigMap,
             k8s_openapi::api::core::v1::Secret,
+            k8s_openapi::api::core::v1::ServiceAccount,
             k8s_openapi::api::core::v1::LimitRange,
             k8s_openapi::api::core::v1::ResourceQuota,
             k8s_openapi::api::core::v1::PersistentVolume,
