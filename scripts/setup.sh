@@ -10,7 +10,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 PKGS=(runc busybox-static iproute2 llvm-22-dev libpolly-22-dev clang-22 libzstd-dev
       bind9-dnsutils containernetworking-plugins docker-registry
-      protobuf-compiler etcd-server iptables nftables python3)
+      protobuf-compiler etcd-server iptables nftables python3 python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -38,5 +38,18 @@ if ! command -v bpf-linker >/dev/null || ! bpf-linker --version >/dev/null 2>&1;
   PATH=/usr/lib/llvm-22/bin:$PATH cargo install --locked bpf-linker --no-default-features --features llvm-22
 else
   log "bpf-linker present"
+fi
+# The official Kubernetes Python client, for the tests that drive Weft with
+# it (tests/tests/clients.rs), in a venv of its own: Debian's Python is
+# externally managed.
+PYENV=/opt/weft/python
+PYCLIENT=37.0.3
+if ! "$PYENV/bin/python" -c "import kubernetes, sys; sys.exit(kubernetes.__version__ != '$PYCLIENT')" 2>/dev/null; then
+  log "installing the Kubernetes Python client $PYCLIENT in $PYENV"
+  mkdir -p "$(dirname "$PYENV")"
+  /usr/bin/python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q --disable-pip-version-check "kubernetes==$PYCLIENT"
+else
+  log "Kubernetes Python client $PYCLIENT present"
 fi
 log "done"

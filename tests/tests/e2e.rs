@@ -943,6 +943,38 @@ spec:
     );
     let out = c.weft_output(&["exec", "duo", "-c", "b", "--", "hostname"])?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "duo\n");
+    // The official Python client's interactive exec: it speaks
+    // v4.channel.k8s.io and sends stdin as text frames.
+    let script = c.dir.join("exec.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, time
+from kubernetes import client, config
+from kubernetes.stream import stream
+config.load_kube_config(config_file=sys.argv[1])
+core = client.CoreV1Api()
+resp = stream(core.connect_get_namespaced_pod_exec, "duo", "default", container="a",
+              command=["head", "-c", "6"], stdin=True, stdout=True, stderr=True, tty=False,
+              _preload_content=False)
+resp.write_stdin("hello\n")
+out = ""
+deadline = time.time() + 15
+while resp.is_open() and time.time() < deadline:
+    resp.update(timeout=1)
+    out += resp.read_stdout() or ""
+print(repr(out))
+"#,
+    )?;
+    let mut py = std::process::Command::new("/opt/weft/python/bin/python");
+    py.arg(&script).arg(&c.kubeconfig);
+    let out = c.output_in(&c.lab.underlay, py)?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "'hello\\n'",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = c.weft_output(&["logs", "nosuch"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));

@@ -311,3 +311,8 @@ fn kubectl_oldest_1_27() -> Result<()> {
 fn kubectl_newest_1_33() -> Result<()> {
     kubectl_session(Some(33))
 }
+
+#[test]
+fn kubectl_1_30() -> Result<()> {
+    kubectl_session(Some(30))
+}

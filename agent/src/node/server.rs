@@ -536,7 +536,12 @@ async fn pump(
                 }
                 None => outputs_open = false,
             },
-            msg = socket.recv() => match msg {
+            msg = socket.recv() => match msg.map(|m| m.map(|m| match m {
+                // Clients that send stdin as text frames (the Python
+                // client on v4.channel.k8s.io) mean the same bytes.
+                Message::Text(t) => Message::Binary(axum::body::Bytes::copy_from_slice(t.as_str().as_bytes())),
+                other => other,
+            })) {
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
                     0 => {
                         if let Some(i) = stdin.as_mut()
