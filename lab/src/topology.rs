@@ -654,6 +654,26 @@ pub fn pods(prefix: &str) -> Result<Vec<(String, PodRecord)>> {
 /// Where agents pin their eBPF objects, one directory per node instance.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/weft";
 
+/// Kills every process whose command line holds `marker`.
+fn kill_processes_naming(marker: &str) {
+    let me = std::process::id() as i32;
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Removes a lab by its prefix: runc containers (and so their shims), rootfs
 /// mounts, cgroups and state under /run/weft/<prefix>, and every namespace
 /// named `<prefix>` or `<prefix>-...`. Idempotent, and works for a lab whose
@@ -672,6 +692,9 @@ pub fn remove_prefix(prefix: &str) {
             kill_processes_in(n);
         }
     }
+    // And those whose namespace is gone already (a lab half removed):
+    // they run with the lab's state directory on their command line.
+    kill_processes_naming(&format!("{}/", state.display()));
     if let Ok(nodes) = std::fs::read_dir(&state) {
         for n in nodes.flatten() {
             let root = n.path().join("runc");
@@ -716,17 +739,29 @@ pub fn remove_prefix(prefix: &str) {
     // Pinned maps and links go before the cgroups: a pinned cgroup link
     // keeps its cgroup alive.
     remove_pins(prefix);
-    if let Ok(all) = netns::list() {
-        for n in all.iter().filter(|n| n.starts_with(&format!("{prefix}-n"))) {
-            // Whatever still runs in a node's cgroups (a process outside
-            // the lab's namespaces, such as a sandbox process started by
-            // a test's in-process agent) goes with them.
-            let cgroup = format!("weft/{n}");
-            if !weft_agent::sandbox::kill_all(&cgroup, std::time::Duration::from_secs(5)) {
-                eprintln!("lab cleanup: processes survive in cgroup {cgroup}");
-            }
-            weft_agent::sandbox::remove_cgroups(&cgroup);
+    // The nodes' cgroups, by their namespaces' names and by their state
+    // directories (a node whose namespace is gone already).
+    let mut nodes: std::collections::BTreeSet<String> = netns::list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{prefix}-n")))
+        .collect();
+    for d in std::fs::read_dir(&state).into_iter().flatten().flatten() {
+        let name = d.file_name().to_string_lossy().into_owned();
+        if name.len() > 1 && name.starts_with('n') && name[1..].chars().all(|c| c.is_ascii_digit())
+        {
+            nodes.insert(format!("{prefix}-{name}"));
         }
+    }
+    for n in &nodes {
+        // Whatever still runs in a node's cgroups (a process outside the
+        // lab's namespaces, such as a sandbox process started by a test's
+        // in-process agent) goes with them.
+        let cgroup = format!("weft/{n}");
+        if !weft_agent::sandbox::kill_all(&cgroup, std::time::Duration::from_secs(5)) {
+            eprintln!("lab cleanup: processes survive in cgroup {cgroup}");
+        }
+        weft_agent::sandbox::remove_cgroups(&cgroup);
     }
     if state.exists()
         && let Err(e) = std::fs::remove_dir_all(&state)
@@ -796,20 +831,28 @@ fn kill_processes_in(ns: &str) {
 /// Removes labs left by test processes that died (prefix `weft-t<pid>x...`
 /// with no such live process).
 pub fn sweep_stale() {
-    let Ok(all) = netns::list() else { return };
-    for n in all {
-        let Some(rest) = n.strip_prefix(&format!("{NAME_PREFIX}-t")) else {
-            continue;
-        };
-        let Some((pid, _)) = rest.split_once('x') else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<i32>() else {
-            continue;
-        };
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if !alive {
-            let _ = netns::delete(&n);
-        }
+    // The lab of a name (`weft-t<pid>x<seq>`, and the namespaces named
+    // after it), if its creating process is dead.
+    let stale = |name: &str| -> Option<String> {
+        let rest = name.strip_prefix(&format!("{NAME_PREFIX}-t"))?;
+        let (pid, tail) = rest.split_once('x')?;
+        let seq: String = tail.chars().take_while(char::is_ascii_digit).collect();
+        let pid = pid.parse::<i32>().ok()?;
+        (!seq.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .then(|| format!("{NAME_PREFIX}-t{pid}x{seq}"))
+    };
+    let mut labs = std::collections::BTreeSet::new();
+    for n in netns::list().unwrap_or_default() {
+        labs.extend(stale(&n));
+    }
+    for e in std::fs::read_dir(STATE_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        labs.extend(stale(&e.file_name().to_string_lossy()));
+    }
+    for lab in labs {
+        remove_prefix(&lab);
     }
 }

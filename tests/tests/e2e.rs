@@ -966,8 +966,11 @@ while resp.is_open() and time.time() < deadline:
 print(repr(out))
 "#,
     )?;
-    let mut py = std::process::Command::new("/opt/weft/python/bin/python");
-    py.arg(&script).arg(&c.kubeconfig);
+    // Bounded: stdin that never arrives leaves `head` waiting.
+    let mut py = std::process::Command::new("timeout");
+    py.args(["30", "/opt/weft/python/bin/python"])
+        .arg(&script)
+        .arg(&c.kubeconfig);
     let out = c.output_in(&c.lab.underlay, py)?;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
