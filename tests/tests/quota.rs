@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};
-use weft_tests::apitest::{client, post, raw};
+use weft_tests::apitest::{client, eventually, post, raw};
 use weft_tests::control::{ControlOptions, ControlPlane};
 use weft_tests::island::Island;
 
@@ -80,8 +80,26 @@ fn limit_ranges_and_quotas_bound_a_namespace() -> Result<()> {
         let r = post(&c, "/api/v1/namespaces/team/limitranges", &json!({"metadata": {"name": "bad"}, "spec": {"limits": [{"type": "Container", "min": {"cpu": "2"}, "max": {"cpu": "1"}}]}})).await?;
         ensure!(r.code == 422, "min above max: {} {}", r.code, r.text);
 
+        // Every namespace holds the cluster CA's ConfigMap (made by a
+        // controller, as kube's root-ca-cert-publisher does), and a quota
+        // counts it: wait for it, so that the count below is fixed.
+        eventually(Duration::from_secs(10), "kube-root-ca.crt in team", || {
+            let c = c.clone();
+            async move {
+                let r = raw(
+                    &c,
+                    "GET",
+                    "/api/v1/namespaces/team/configmaps/kube-root-ca.crt",
+                    None,
+                    "",
+                )
+                .await?;
+                Ok((r.code == 200).then_some(()))
+            }
+        })
+        .await?;
         // ResourceQuota: counted at once, then charged per creation.
-        let r = post(&c, "/api/v1/namespaces/team/resourcequotas", &json!({"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "2", "requests.cpu": "1", "limits.memory": "1Gi", "configmaps": "1", "count/secrets": "1"}}})).await?;
+        let r = post(&c, "/api/v1/namespaces/team/resourcequotas", &json!({"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "2", "requests.cpu": "1", "limits.memory": "1Gi", "configmaps": "2", "count/secrets": "1"}}})).await?;
         ensure!(r.code == 201, "{} {}", r.code, r.text);
         ensure!(
             r.body["status"]["used"]["pods"] == "1",
