@@ -1109,10 +1109,11 @@ async fn authenticate(
         ));
     }
     let name = users[0].clone();
-    match name
+    // A service account's user: its namespace and name.
+    let account = name
         .strip_prefix("system:serviceaccount:")
-        .and_then(|rest| rest.split_once(':'))
-    {
+        .and_then(|rest| rest.split_once(':'));
+    match account {
         Some((ns, sa)) => {
             may_impersonate(
                 st,
@@ -1169,10 +1170,7 @@ async fn authenticate(
         .await?;
     }
     let mut all_groups = groups;
-    if let Some((ns, _)) = name
-        .strip_prefix("system:serviceaccount:")
-        .and_then(|rest| rest.split_once(':'))
-    {
+    if let Some((ns, _)) = account {
         for g in [
             "system:serviceaccounts".to_string(),
             format!("system:serviceaccounts:{ns}"),
@@ -1364,16 +1362,17 @@ pub(crate) async fn service_account_user(
         return Err(format!("service account {ns}/{} has been deleted", sa.name));
     }
     if let Some(pod) = &claims.kube.pod {
-        let found = match st.cache.store::<Pod>().get(Some(ns), &pod.name) {
-            Some(p) => Some((*p).clone()),
+        // Only its uid is wanted: no copy of the pod.
+        let uid = match st.cache.store::<Pod>().get(Some(ns), &pod.name) {
+            Some(p) => p.metadata.uid.clone(),
             None => st
                 .registry
                 .find::<Pod>(Some(ns), &pod.name)
                 .await
                 .map_err(|e| e.to_string())?
-                .map(|(p, _)| p),
+                .and_then(|(p, _)| p.metadata.uid),
         };
-        if found.and_then(|p| p.metadata.uid).as_deref() != Some(pod.uid.as_str()) {
+        if uid.as_deref() != Some(pod.uid.as_str()) {
             return Err(format!("pod {ns}/{} has been deleted", pod.name));
         }
     }

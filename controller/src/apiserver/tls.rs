@@ -186,10 +186,11 @@ pub fn issue_client_cert(
 /// A value escaped for a string name (RFC 4514).
 fn rfc4514_escape(v: &str) -> String {
     let mut out = String::new();
+    let last = v.chars().count().saturating_sub(1);
     for (i, c) in v.chars().enumerate() {
         let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=')
             || (i == 0 && (c == '#' || c == ' '))
-            || (i == v.chars().count() - 1 && c == ' ');
+            || (i == last && c == ' ');
         if special {
             out.push('\\');
         }
