@@ -340,10 +340,6 @@ pub fn check(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
                             format!("{sf}.{second}"),
                             "may not specify more than 1 volume type per source",
                         )),
-                        ["serviceAccountToken"] => out.push(Cause::forbidden(
-                            format!("{sf}.serviceAccountToken"),
-                            "Weft does not issue service account tokens yet",
-                        )),
                         ["clusterTrustBundle"] => out.push(Cause::forbidden(
                             format!("{sf}.clusterTrustBundle"),
                             "Weft does not serve ClusterTrustBundles",
@@ -366,6 +362,25 @@ pub fn check(out: &mut Vec<Cause>, spec: &PodSpec, path: &str) {
                             out.push(Cause::required(format!("{sf}.secret.name")));
                         }
                         check_key_items(out, &format!("{sf}.secret"), s.items.as_ref(), &mut seen);
+                    }
+                    if let Some(t) = &src.service_account_token {
+                        let tf = format!("{sf}.serviceAccountToken");
+                        // As kube: at least 10 minutes, at most 2^32 s.
+                        if let Some(secs) = t.expiration_seconds
+                            && !(600..=1 << 32).contains(&secs)
+                        {
+                            let why = if secs < 600 {
+                                "may not specify a duration less than 10 minutes"
+                            } else {
+                                "may not specify a duration larger than 2^32 seconds"
+                            };
+                            out.push(Cause::invalid(format!("{tf}.expirationSeconds"), secs, why));
+                        }
+                        if t.path.is_empty() {
+                            out.push(Cause::required(format!("{tf}.path")));
+                        } else {
+                            check_item_path(out, format!("{tf}.path"), &t.path, &mut seen);
+                        }
                     }
                     if let Some(d) = &src.downward_api {
                         check_downward_items(

@@ -528,8 +528,13 @@ async fn apply(c: &Client, files: &[PathBuf], namespace: Option<&str>) -> Result
             bail!("{}: metadata.name is required", doc.origin);
         }
     }
-    // Namespaces first, so objects in them can be created in the same run.
-    docs.sort_by_key(|d| d.object["kind"] != "Namespace");
+    // Namespaces first, so objects in them can be created in the same run;
+    // then service accounts, so pods can run as them.
+    docs.sort_by_key(|d| match d.object["kind"].as_str() {
+        Some("Namespace") => 0,
+        Some("ServiceAccount") => 1,
+        _ => 2,
+    });
     // A dry run of every document first (the server checks all it would
     // check, stores nothing): one bad document means none is written.
     let new_namespaces: Vec<&str> = docs
@@ -537,10 +542,20 @@ async fn apply(c: &Client, files: &[PathBuf], namespace: Option<&str>) -> Result
         .filter(|d| d.object["kind"] == "Namespace")
         .filter_map(|d| d.object["metadata"]["name"].as_str())
         .collect();
+    let new_accounts: Vec<&str> = docs
+        .iter()
+        .filter(|d| d.object["kind"] == "ServiceAccount")
+        .filter_map(|d| d.object["metadata"]["name"].as_str())
+        .collect();
     let mut refused = false;
     for doc in &docs {
         match c.apply(doc, namespace, true).await {
             Ok(_) => {}
+            // A pod of a service account this same apply makes.
+            Err(ClientError::Api(e))
+                if e.code == 403
+                    && e.kind.as_deref() == Some("serviceaccounts")
+                    && e.name.as_deref().is_some_and(|n| new_accounts.contains(&n)) => {}
             // Its namespace is made by this same apply.
             Err(ClientError::Api(e))
                 if e.code == 404

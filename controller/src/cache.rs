@@ -406,6 +406,21 @@ impl crate::registry::Namespaces for Cache {
         self.store::<k8s_openapi::api::core::v1::Pod>()
             .on_node(node)
     }
+
+    fn service_account(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Option<Arc<k8s_openapi::api::core::v1::ServiceAccount>> {
+        self.store::<k8s_openapi::api::core::v1::ServiceAccount>()
+            .get(Some(ns), name)
+    }
+
+    fn has_config_map(&self, ns: &str, name: &str) -> bool {
+        self.store::<k8s_openapi::api::core::v1::ConfigMap>()
+            .get(Some(ns), name)
+            .is_some()
+    }
 }
 
 /// Every kind's store, and how far the cache has seen the store.

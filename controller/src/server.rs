@@ -309,6 +309,98 @@ async fn bootstrap_rbac(registry: &Registry) -> Result<()> {
     Ok(())
 }
 
+/// The API's own Service, `kubernetes` in `default` (the first address of
+/// the service range, port 443), and its Endpoints and EndpointSlice
+/// pointing at this controller, as kube-apiserver publishes itself: what
+/// in-cluster clients reach through KUBERNETES_SERVICE_HOST/PORT, load-
+/// balanced by the agents like any Service. Needs an address pods can
+/// reach (`--advertise-address`, or a specific `--listen` address).
+async fn publish_api_service(registry: &Registry, cfg: &ControllerConfig) -> Result<()> {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let ip = match cfg.advertise {
+        Some(ip) => ip,
+        None if !cfg.listen.ip().is_unspecified() => cfg.listen.ip(),
+        None => {
+            tracing::info!(
+                "no --advertise-address: the kubernetes Service is not published (pods cannot reach the API)"
+            );
+            return Ok(());
+        }
+    };
+    let port = cfg.listen.port();
+    let cluster_ip = std::net::Ipv4Addr::from(u32::from(cfg.service_cidr.network()) + 1);
+    if registry
+        .find::<Service>(Some("default"), "kubernetes")
+        .await?
+        .is_none()
+    {
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": cluster_ip.to_string(),
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+                "sessionAffinity": "None"},
+        }))?;
+        match registry.create(Some("default"), svc).await {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let endpoints: Endpoints = serde_json::from_value(json!({
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": ip.to_string()}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
+    }))?;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": if ip.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }))?;
+    match registry
+        .find::<Endpoints>(Some("default"), "kubernetes")
+        .await?
+    {
+        None => match registry.create(Some("default"), endpoints).await {
+            Ok(_) | Err(weft_api::ApiError { code: 409, .. }) => {}
+            Err(e) => return Err(e.into()),
+        },
+        Some((have, _)) if have.subsets != endpoints.subsets => {
+            registry
+                .modify::<Endpoints>(Some("default"), "kubernetes", Write::Update, |mut e| {
+                    e.subsets = endpoints.subsets.clone();
+                    Ok(e)
+                })
+                .await?;
+        }
+        Some(_) => {}
+    }
+    match registry
+        .find::<EndpointSlice>(Some("default"), "kubernetes")
+        .await?
+    {
+        None => match registry.create(Some("default"), slice).await {
+            Ok(_) | Err(weft_api::ApiError { code: 409, .. }) => {}
+            Err(e) => return Err(e.into()),
+        },
+        Some((have, _)) if have.endpoints != slice.endpoints || have.ports != slice.ports => {
+            registry
+                .modify::<EndpointSlice>(Some("default"), "kubernetes", Write::Update, |mut s| {
+                    s.endpoints = slice.endpoints.clone();
+                    s.ports = slice.ports.clone();
+                    Ok(s)
+                })
+                .await?;
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
 /// A started controller: its API state and address, for tests and `run`.
 pub struct Started {
     pub state: Arc<ApiState>,
@@ -339,12 +431,16 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
     let mut registry = Registry::new(store, ipam);
     registry.max_object = cfg.max_object_size;
     registry.pod_security_default = cfg.pod_security_default;
+    registry.root_ca = Some(pki.ca_pem.as_str().into());
     bootstrap(&registry)
         .await
         .context("create the built-in namespaces")?;
     bootstrap_rbac(&registry)
         .await
         .context("create the default roles and bindings")?;
+    publish_api_service(&registry, cfg)
+        .await
+        .context("publish the kubernetes Service")?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("listen on {}", cfg.listen))?;
     if let Some(path) = &cfg.kubeconfig {

@@ -743,6 +743,7 @@ impl Cluster {
                 })
                 .unwrap_or(0);
             if ready >= self.lab.nodes.len() {
+                self.route_pod_blocks()?;
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -760,6 +761,42 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Routes each node's pod block through that node in the underlay
+    /// namespace, where the controller runs: the lab's "route table", as a
+    /// cloud network or the controller's host routing gives it, so that
+    /// pods reach the API (through the `kubernetes` Service) and its
+    /// answers come back.
+    ///
+    /// # Errors
+    /// When the nodes cannot be read or a route set.
+    pub fn route_pod_blocks(&self) -> Result<()> {
+        let nodes = self.get_json(&["nodes"])?;
+        for n in nodes["items"].as_array().into_iter().flatten() {
+            let Some(cidr) = n["spec"]["podCIDR"].as_str() else {
+                continue;
+            };
+            let Some(ip) = n["status"]["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["type"] == "InternalIP")
+                .and_then(|a| a["address"].as_str())
+            else {
+                continue;
+            };
+            let mut cmd = Command::new("ip");
+            cmd.args(["route", "replace", cidr, "via", ip]);
+            let out = self.output_in(&self.lab.underlay, cmd)?;
+            if !out.status.success() {
+                bail!(
+                    "route {cidr} via {ip} in the underlay: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Leaves the cluster running after this process exits (`weft lab up`).

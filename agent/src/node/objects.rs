@@ -36,10 +36,15 @@ enum Cached {
 /// (kind, namespace, name).
 type Key = (&'static str, String, String);
 
+/// (pod uid, account, audience, seconds) to a token, when it was issued
+/// and how long it lives.
+type Tokens = HashMap<(String, String, String, i64), (String, Instant, Duration)>;
+
 /// Reads objects through the node's API client.
 pub(crate) struct ApiObjects {
     client: kube::Client,
     cache: Mutex<HashMap<Key, (Instant, Cached)>>,
+    tokens: Mutex<Tokens>,
 }
 
 impl ApiObjects {
@@ -47,6 +52,7 @@ impl ApiObjects {
         Self {
             client,
             cache: Mutex::default(),
+            tokens: Mutex::default(),
         }
     }
 
@@ -128,6 +134,65 @@ impl ObjectSource for ApiObjects {
         let v: Vec<Arc<Service>> = list.items.into_iter().map(Arc::new).collect();
         self.remember("services", ns, "", Cached::Services(v.clone()));
         Ok(v)
+    }
+    async fn service_account_token(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        sa: &str,
+        audience: Option<&str>,
+        seconds: i64,
+    ) -> Result<String, String> {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let key = (
+            uid.clone(),
+            sa.to_string(),
+            audience.unwrap_or_default().to_string(),
+            seconds,
+        );
+        {
+            // Kubelet's rule: a new token once 80% of the old one's life
+            // (or 24 hours) has passed.
+            let mut tokens = self.tokens.lock().expect("token lock");
+            tokens.retain(|_, (_, at, life)| at.elapsed() < *life);
+            if let Some((token, at, life)) = tokens.get(&key)
+                && at.elapsed() < (life.mul_f64(0.8)).min(Duration::from_secs(24 * 3600))
+            {
+                return Ok(token.clone());
+            }
+        }
+        let body = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {
+                "audiences": audience.map(|a| vec![a]).unwrap_or_default(),
+                "expirationSeconds": seconds,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": name, "uid": uid},
+            },
+        });
+        let api: kube::Api<ServiceAccount> = kube::Api::namespaced(self.client.clone(), ns);
+        let answer: TokenRequest = api
+            .create_subresource("token", sa, &kube::api::PostParams::default(), &body)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot get a token of service account {ns}/{sa}: {}",
+                    describe(&e)
+                )
+            })?;
+        let token = answer
+            .status
+            .map(|s| s.token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| format!("the token of service account {ns}/{sa} came back empty"))?;
+        let life = Duration::from_secs(seconds.max(600).unsigned_abs());
+        self.tokens
+            .lock()
+            .expect("token lock")
+            .insert(key, (token.clone(), Instant::now(), life));
+        Ok(token)
     }
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<Arc<Secret>>, String> {
         if let Some(Cached::Secret(v)) = self.cached("secrets", ns, name) {

@@ -43,6 +43,20 @@ pub trait ObjectSource: Send + Sync {
         let _ = name;
         Ok(None)
     }
+    /// A token of the pod's service account `sa`, bound to the pod, for
+    /// `audience` (the API's when None), lasting `seconds`: the same one
+    /// until most of its life has passed (a projected
+    /// `serviceAccountToken`).
+    async fn service_account_token(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        sa: &str,
+        audience: Option<&str>,
+        seconds: i64,
+    ) -> Result<String, String> {
+        let _ = (pod, sa, audience, seconds);
+        Err("this node issues no service account tokens".into())
+    }
 }
 
 /// A source that has nothing (a sandbox without an API, in tests).
@@ -310,11 +324,25 @@ pub async fn resolve(
     source: &dyn ObjectSource,
 ) -> Result<Container, EnvError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let links = if pod.spec.as_ref().and_then(|s| s.enable_service_links) == Some(false) {
-        Vec::new()
+    let enabled = pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false);
+    let mut services = if enabled {
+        source.services(ns).await?
     } else {
-        service_links(&source.services(ns).await?)
+        Vec::new()
     };
+    // The API's own Service (default/kubernetes) is every pod's, whatever
+    // its namespace and enableServiceLinks, as kubelet gives it: that is
+    // how in-cluster clients find the API (KUBERNETES_SERVICE_HOST/PORT).
+    if ns != "default" || !enabled {
+        services.extend(
+            source
+                .services("default")
+                .await?
+                .into_iter()
+                .filter(|s| s.metadata.name.as_deref() == Some("kubernetes")),
+        );
+    }
+    let links = service_links(&services);
     // In declaration order, with an index by name: a ConfigMap of many
     // keys costs linear time, not quadratic.
     let mut vars: Vec<(String, String)> = Vec::new();

@@ -278,9 +278,12 @@ pub use weft_api::volumes::is_projected;
 /// Whether the volume holds Secret data (kept on a tmpfs).
 fn holds_secrets(v: &Volume) -> bool {
     v.secret.is_some()
-        || v.projected
-            .as_ref()
-            .is_some_and(|p| p.sources.iter().flatten().any(|s| s.secret.is_some()))
+        || v.projected.as_ref().is_some_and(|p| {
+            p.sources
+                .iter()
+                .flatten()
+                .any(|s| s.secret.is_some() || s.service_account_token.is_some())
+        })
 }
 
 /// The node directory of each volume the agent makes, by name.
@@ -536,6 +539,28 @@ pub async fn payload(
                     pod,
                     facts,
                 )?;
+            } else if let Some(src) = &s.service_account_token {
+                let sa = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.as_deref())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("default");
+                let token = objects
+                    .service_account_token(
+                        pod,
+                        sa,
+                        src.audience.as_deref().filter(|a| !a.is_empty()),
+                        src.expiration_seconds.unwrap_or(3600),
+                    )
+                    .await?;
+                out.insert(
+                    src.path.clone(),
+                    File {
+                        data: token.into_bytes(),
+                        mode: mode_of(p.default_mode, None),
+                    },
+                );
             } else {
                 return Err("a projected source Weft does not serve".into());
             }

@@ -12,8 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 
 use super::Ctx;
 
-/// The ConfigMap with the cluster CA, in every namespace.
-pub const ROOT_CA: &str = "kube-root-ca.crt";
+use crate::registry::serviceaccount::ROOT_CA;
 
 async fn sync(ctx: &Ctx, ca: Option<&str>) {
     for ns in ctx.cache.store::<Namespace>().list(None) {

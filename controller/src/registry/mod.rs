@@ -25,6 +25,7 @@ mod policy;
 pub mod quota;
 pub mod rbac;
 mod service;
+pub mod serviceaccount;
 pub mod storage;
 pub mod validation;
 
@@ -83,6 +84,8 @@ pub struct Registry {
     /// The Pod Security level of namespaces without an `enforce` label
     /// (`--pod-security-default`).
     pub pod_security_default: pod_security::Level,
+    /// The cluster CA (PEM), published in each namespace for pods.
+    pub root_ca: Option<Arc<str>>,
 }
 
 /// Namespaces as a cache holds them (the controllers' cache implements it):
@@ -91,6 +94,14 @@ pub trait Namespaces: Send + Sync {
     fn namespace(&self, name: &str) -> Option<Arc<Namespace>>;
     /// The pods bound to `node`, from the node index.
     fn pods_on_node(&self, node: &str) -> Vec<Arc<k8s_openapi::api::core::v1::Pod>>;
+    /// The ServiceAccount `ns/name`.
+    fn service_account(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Option<Arc<k8s_openapi::api::core::v1::ServiceAccount>>;
+    /// Whether the ConfigMap `ns/name` exists.
+    fn has_config_map(&self, ns: &str, name: &str) -> bool;
 }
 
 /// Deletes a deletecollection (or a namespace's deletion) runs at once:
@@ -136,6 +147,7 @@ impl Registry {
             node: None,
             namespaces: None,
             pod_security_default: pod_security::Level::Privileged,
+            root_ca: None,
         }
     }
 

@@ -178,6 +178,7 @@ impl Kind for Pod {
     }
 
     async fn admit(&mut self, reg: &Registry) -> Result<(), ApiError> {
+        super::serviceaccount::admit_pod(reg, self).await?;
         super::quota::limit_pod(reg, self).await
     }
 
