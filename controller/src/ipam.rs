@@ -245,11 +245,14 @@ impl Ipam {
             }
             None => {
                 // Random, as Kubernetes does: concurrent creates rarely
-                // collide, and a collision only costs a retry.
-                let size = range.size() - 2;
+                // collide, and a collision only costs a retry. The first
+                // address is kept for the `kubernetes` Service (published
+                // when the controller knows an address pods can reach,
+                // maybe after other Services were made).
+                let size = range.size() - 3;
                 let mut chosen = None;
                 for _ in 0..32 {
-                    let ip = Ipv4Addr::from(u32::from(range.network()) + 1 + random_u32() % size);
+                    let ip = Ipv4Addr::from(u32::from(range.network()) + 2 + random_u32() % size);
                     if !taken(store, &service_ip_key(ip)).await? {
                         chosen = Some(ip);
                         break;

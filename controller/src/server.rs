@@ -309,6 +309,12 @@ async fn bootstrap_rbac(registry: &Registry) -> Result<()> {
     Ok(())
 }
 
+/// The `kubernetes` Service's cluster IP: the first address of the Service
+/// range, as kube-apiserver takes it (and names in its serving certificate).
+fn api_service_ip(cfg: &ControllerConfig) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(cfg.service_cidr.network()) + 1)
+}
+
 /// The API's own Service, `kubernetes` in `default` (the first address of
 /// the service range, port 443), and its Endpoints and EndpointSlice
 /// pointing at this controller, as kube-apiserver publishes itself: what
@@ -329,7 +335,7 @@ async fn publish_api_service(registry: &Registry, cfg: &ControllerConfig) -> Res
         }
     };
     let port = cfg.listen.port();
-    let cluster_ip = std::net::Ipv4Addr::from(u32::from(cfg.service_cidr.network()) + 1);
+    let cluster_ip = api_service_ip(cfg);
     if registry
         .find::<Service>(Some("default"), "kubernetes")
         .await?
@@ -419,6 +425,9 @@ pub async fn start(cfg: &ControllerConfig) -> Result<Started> {
     if let Some(ip) = cfg.advertise {
         sans.push(ip.to_string());
     }
+    // Pods reach the API at the `kubernetes` Service's address and check
+    // that the certificate names it.
+    sans.push(api_service_ip(cfg).to_string());
     if !cfg.listen.ip().is_unspecified() {
         sans.push(cfg.listen.ip().to_string());
     }

@@ -117,6 +117,16 @@ pub async fn admit_pod(reg: &Registry, pod: &mut Pod) -> Result<(), ApiError> {
         ))
         .about("", "serviceaccounts", &account));
     };
+    // The account's registry logins, for a pod that names none (kube's
+    // ServiceAccount admission does the same).
+    if spec.image_pull_secrets.as_ref().is_none_or(Vec::is_empty)
+        && sa
+            .image_pull_secrets
+            .as_ref()
+            .is_some_and(|s| !s.is_empty())
+    {
+        spec.image_pull_secrets = sa.image_pull_secrets.clone();
+    }
     let automount = spec
         .automount_service_account_token
         .or(sa.automount_service_account_token)
