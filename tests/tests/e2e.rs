@@ -1163,6 +1163,7 @@ spec:
         .join(",");
     let started = Instant::now();
     let mut written_max = 0u64;
+    let mut most_files = 0;
     let mut rounds = 0;
     while started.elapsed() < Duration::from_secs(20) {
         rounds += 1;
@@ -1205,12 +1206,13 @@ spec:
             files += 1;
         }
         assert!(files <= 3, "{files} log files");
+        most_files = most_files.max(files);
         written_max = written_max.max(total);
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(
-        dir.join("0.log.2").exists(),
-        "the flood never rotated twice: it did not write fast enough to test anything"
+        most_files == 3 || dir.join("0.log.2").exists(),
+        "the flood never rotated twice ({most_files} files at most, {written_max} bytes): it did not write fast enough to test anything"
     );
     let (_, peak_after) = weft_tests::apitest::rss(agent)?;
     eprintln!(

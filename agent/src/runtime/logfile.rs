@@ -80,7 +80,9 @@ impl RotatingLog {
         if self.max_files == 1 {
             self.file.set_len(0)?;
         } else {
-            let _ = fs::remove_file(rotated(&self.path, self.max_files - 1));
+            // Each rename replaces its target at once: the oldest file is
+            // never missing while it is replaced (a reader, or a check that
+            // two rotations happened, sees one or the other).
             for k in (1..self.max_files - 1).rev() {
                 let _ = fs::rename(rotated(&self.path, k), rotated(&self.path, k + 1));
             }
