@@ -8,8 +8,10 @@
 pub mod apiserver;
 pub mod cache;
 pub mod controllers;
+pub mod fieldmanager;
 pub mod identity;
 pub mod ipam;
+pub mod openapi;
 pub mod private_file;
 pub mod rbac;
 pub mod registry;

@@ -2,6 +2,7 @@
 //! streams, discovery; TLS and bearer tokens in front.
 
 mod admission;
+mod apply;
 pub mod auth;
 mod discovery;
 pub mod hub;
@@ -692,6 +693,15 @@ async fn dispatch(
     let ns = target.ns.as_deref();
     let table = wants_table(headers);
     let fv = FieldValidation::parse(query.get("fieldValidation"));
+    // Who writes, for managedFields: `?fieldManager=`, else the client.
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let manager = match crate::fieldmanager::manager_name(query.get("fieldManager"), agent) {
+        Ok(m) => m,
+        Err(e) if matches!(verb, "create" | "update" | "patch") => return Err(e),
+        Err(_) => crate::fieldmanager::manager_name(None, agent)?,
+    };
     let kind = kind_of(res);
     let get = |name: String| async move {
         st.registry
@@ -736,7 +746,7 @@ async fn dispatch(
             }
             let decoded = kind.decode(body, &fv)?;
             auth::check_body_name(&user, res.plural, &decoded.name)?;
-            let reg = registry_for(st, &query, &user)?;
+            let reg = registry_for(st, &query, &user, &manager)?;
             let mut warnings = decoded.warnings.clone();
             warnings.extend(admission::pod_security(st, ns, &decoded).await?);
             warnings.extend(admission::advisories(&decoded));
@@ -774,7 +784,7 @@ async fn dispatch(
                 .as_ref()
                 .and_then(|o| o.dry_run.clone())
                 .unwrap_or_default();
-            registry_for_with(st, &query, &user, &body_dry_run)?
+            registry_for_with(st, &query, &user, &body_dry_run, &manager)?
                 .evict(
                     ns.unwrap_or("default"),
                     pod,
@@ -821,7 +831,7 @@ async fn dispatch(
                     vec![weft_api::Cause::required("target.name")],
                 ));
             }
-            registry_for(st, &query, &user)?
+            registry_for(st, &query, &user, &manager)?
                 .bind(ns.unwrap_or("default"), pod, &node)
                 .await?;
             Ok(json_response(
@@ -836,7 +846,7 @@ async fn dispatch(
                 st.rbac.admit_write(&user, res.plural, ns, &body)?;
             }
             let decoded = kind.decode(body, &fv)?;
-            let reg = registry_for(st, &query, &user)?;
+            let reg = registry_for(st, &query, &user, &manager)?;
             let write = if target.sub.is_some() {
                 Write::Status
             } else {
@@ -851,7 +861,7 @@ async fn dispatch(
         }
         ("update", Some("scale")) | ("patch", Some("scale")) => {
             let name = target.name.as_deref().unwrap_or_default().to_string();
-            let reg = registry_for(st, &query, &user)?;
+            let reg = registry_for(st, &query, &user, &manager)?.managed_by(&manager, "scale");
             let is_patch = verb == "patch";
             let ct = content_type(headers);
             let (updated, _) = kind
@@ -885,9 +895,38 @@ async fn dispatch(
                 .await?;
             Ok(json_response(200, &scale_of(&updated)))
         }
+        ("patch", None | Some("status")) if apply::is_apply(&content_type(headers)) => {
+            let name = target.name.as_deref().unwrap_or_default();
+            let reg = registry_for(st, &query, &user, &manager)?;
+            let (code, obj, warnings) = apply::serve(
+                st,
+                reg,
+                kind,
+                ns,
+                name,
+                target.sub.as_deref(),
+                &query,
+                &user,
+                &fv,
+                &bytes,
+            )
+            .await?;
+            Ok(with_warnings(json_response(code, &obj), &warnings))
+        }
         ("patch", None | Some("status")) => {
             let name = target.name.as_deref().unwrap_or_default().to_string();
-            let reg = registry_for(st, &query, &user)?;
+            if query.get("force").is_some() {
+                return Err(ApiError::invalid(
+                    "PatchOptions",
+                    "meta.k8s.io",
+                    "",
+                    vec![weft_api::Cause::forbidden(
+                        "force",
+                        "may not be specified for non-apply patch",
+                    )],
+                ));
+            }
+            let reg = registry_for(st, &query, &user, &manager)?;
             let ct = content_type(headers);
             let write = if target.sub.is_some() {
                 Write::Status
@@ -933,7 +972,7 @@ async fn dispatch(
             let name = target.name.as_deref().unwrap_or_default();
             let opts = delete_options(headers, &bytes)?;
             let grace = grace_period(&query, opts.grace)?;
-            let reg = registry_for_with(st, &query, &user, &opts.dry_run)?;
+            let reg = registry_for_with(st, &query, &user, &opts.dry_run, &manager)?;
             let mut warnings = Vec::new();
             let policy = propagation(res, opts.policy, &query, &mut warnings)?;
             let deleted = reg
@@ -948,7 +987,7 @@ async fn dispatch(
             let grace = grace_period(&query, opts.grace)?;
             let mut warnings = Vec::new();
             let policy = propagation(res, opts.policy, &query, &mut warnings)?;
-            let reg = registry_for_with(st, &query, &user, &opts.dry_run)?;
+            let reg = registry_for_with(st, &query, &user, &opts.dry_run, &manager)?;
             let (items, _) = selected(st, res, ns, &query).await?;
             let objects = items
                 .iter()
@@ -1430,8 +1469,13 @@ fn proxy_verb(method: &Method) -> &'static str {
 /// and stores nothing.
 /// A node's agent writes through a registry that admits only what
 /// NodeRestriction allows it.
-fn registry_for(st: &ApiState, query: &Query, user: &User) -> Result<Registry, ApiError> {
-    registry_for_with(st, query, user, &[])
+fn registry_for(
+    st: &ApiState,
+    query: &Query,
+    user: &User,
+    manager: &str,
+) -> Result<Registry, ApiError> {
+    registry_for_with(st, query, user, &[], manager)
 }
 
 /// As [`registry_for`], with the `dryRun` of a body's DeleteOptions too
@@ -1441,11 +1485,13 @@ fn registry_for_with(
     query: &Query,
     user: &User,
     body_dry_run: &[String],
+    manager: &str,
 ) -> Result<Registry, ApiError> {
     let reg = match user.node() {
         Some(node) => st.registry.as_node(node),
         None => st.registry.clone(),
-    };
+    }
+    .managed_by(manager, "");
     // Every value must be All: a write that was asked to be a dry run in any
     // way (`?dryRun`, `?dryRun=All&dryRun=`, the body's) must not happen
     // for real.

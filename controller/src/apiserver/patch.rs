@@ -288,7 +288,7 @@ pub fn apply(
         }
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
             Err(ApiError::unsupported_media_type(
-                "server-side apply (application/apply-patch+yaml) is not supported yet; use client-side apply: kubectl apply --server-side=false",
+                "server-side apply of this subresource (application/apply-patch+yaml) is not supported; apply the object, or use a merge patch",
             ))
         }
         other => Err(ApiError::unsupported_media_type(if other.is_empty() {

@@ -86,7 +86,36 @@ pub struct Registry {
     pub pod_security_default: pod_security::Level,
     /// The cluster CA (PEM), published in each namespace for pods.
     pub root_ca: Option<Arc<str>>,
+    /// Who writes, for `metadata.managedFields`.
+    pub owner: FieldOwner,
 }
+
+/// Who writes through a registry, for `metadata.managedFields`
+/// (`crate::fieldmanager`).
+#[derive(Clone, Debug)]
+pub struct FieldOwner {
+    /// The manager's name.
+    pub name: Arc<str>,
+    /// The subresource written (`scale`), when the write is not `Write::Status`.
+    pub subresource: &'static str,
+    /// The write is an apply whose managedFields are already made: they
+    /// are stored as given.
+    pub applied: bool,
+}
+
+impl FieldOwner {
+    /// The manager of the controllers' own writes.
+    pub fn controller() -> Self {
+        Self {
+            name: Arc::from(CONTROLLER_MANAGER),
+            subresource: "",
+            applied: false,
+        }
+    }
+}
+
+/// The manager name of writes the controller makes itself.
+pub const CONTROLLER_MANAGER: &str = "weft-controller";
 
 /// Namespaces as a cache holds them (the controllers' cache implements it):
 /// a copy that may lag the store.
@@ -148,7 +177,78 @@ impl Registry {
             namespaces: None,
             pod_security_default: pod_security::Level::Privileged,
             root_ca: None,
+            owner: FieldOwner::controller(),
         }
+    }
+
+    /// The same registry, writing as field manager `name` (on
+    /// `subresource`, for one that is not `status`).
+    pub fn managed_by(&self, name: &str, subresource: &'static str) -> Self {
+        Self {
+            owner: FieldOwner {
+                name: Arc::from(name),
+                subresource,
+                applied: false,
+            },
+            ..self.clone()
+        }
+    }
+
+    /// The same registry, storing the managedFields an apply made.
+    pub fn applying(&self) -> Self {
+        Self {
+            owner: FieldOwner {
+                applied: true,
+                ..self.owner.clone()
+            },
+            ..self.clone()
+        }
+    }
+
+    /// Records `new`'s write (from `old`; none for a create) in its
+    /// managedFields, as an Update by this registry's owner; an apply's
+    /// are stored as made. Given managedFields (a client may set them)
+    /// must be well-formed (422).
+    fn track_fields<K: Kind>(
+        &self,
+        old: Option<&K>,
+        new: &mut K,
+        write: Write,
+    ) -> Result<(), ApiError> {
+        let res = K::resource();
+        let name = new.meta().name.clone().unwrap_or_default();
+        let mut managed = crate::fieldmanager::Managed::decode(new.meta().managed_fields.as_ref())
+            .map_err(|causes| invalid::<K>(&name, causes))?;
+        if self.owner.applied {
+            new.meta_mut().managed_fields = managed.encode();
+            return Ok(());
+        }
+        let Some(node) = crate::openapi::schemas().kind(res.group, res.version, res.kind) else {
+            return Ok(());
+        };
+        let who = crate::fieldmanager::Manager {
+            name: self.owner.name.to_string(),
+            apply: false,
+            api_version: res.api_version(),
+            subresource: if write == Write::Status {
+                "status".into()
+            } else {
+                self.owner.subresource.into()
+            },
+        };
+        let json = |o: &K| serde_json::to_value(o).map_err(ApiError::internal);
+        let old = old.map(json).transpose()?;
+        let now = json(new)?;
+        crate::fieldmanager::update(
+            &mut managed,
+            old.as_ref(),
+            &now,
+            node,
+            &who,
+            res.has_status(),
+        );
+        new.meta_mut().managed_fields = managed.encode();
+        Ok(())
     }
 
     /// The same registry, for writes by node `node`'s agent.
@@ -259,7 +359,6 @@ impl Registry {
             meta.resource_version = None;
             meta.deletion_timestamp = None;
             meta.deletion_grace_period_seconds = None;
-            meta.managed_fields = None;
             meta.self_link = None;
         }
         if obj.spec().is_some() {
@@ -277,6 +376,7 @@ impl Registry {
         if let Some(node) = &self.node {
             obj.admit_node(None, node, self).await?;
         }
+        self.track_fields(None, &mut obj, Write::Create)?;
         let key = res.key(ns.as_deref(), &name);
         for attempt in 0..ALLOCATION_RETRIES {
             let mut obj = obj.clone();
@@ -375,7 +475,14 @@ impl Registry {
                     "the object has been modified; please apply your changes to the latest version and try again",
                 ));
             }
-            let mut obj = prepare_update(&old, new.clone(), write, name, ns.as_deref())?;
+            let mut obj = prepare_update(
+                &old,
+                new.clone(),
+                write,
+                name,
+                ns.as_deref(),
+                self.owner.applied,
+            )?;
             if let Some(node) = &self.node {
                 obj.admit_node(Some(&old), node, self).await?;
             }
@@ -383,6 +490,7 @@ impl Registry {
                 // Nothing changed: no write, no event, same resourceVersion.
                 return Ok(old);
             }
+            self.track_fields(Some(&old), &mut obj, write)?;
             let mut txn = Txn::new().when(Compare::at(&key, rev));
             obj.on_update(&old, self, &mut txn).await?;
             // What an update adds is charged, as kube's quota admission
@@ -744,6 +852,7 @@ fn prepare_update<K: Kind>(
     write: Write,
     name: &str,
     ns: Option<&str>,
+    applied: bool,
 ) -> Result<K, ApiError> {
     let given_name = new.meta().name.clone().unwrap_or_default();
     if !given_name.is_empty() && given_name != name {
@@ -779,7 +888,12 @@ fn prepare_update<K: Kind>(
         nm.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
         nm.generation = om.generation;
         nm.resource_version.clone_from(&om.resource_version);
-        nm.managed_fields = None;
+        // Field managers a client sends replace the stored ones (kube lets
+        // clients edit them: `[{}]` clears them); none sent keeps them, so
+        // that a client that does not know them cannot drop them.
+        if !applied && nm.managed_fields.as_ref().is_none_or(Vec::is_empty) {
+            nm.managed_fields.clone_from(&om.managed_fields);
+        }
     }
     if K::resource().has_status() {
         new.set_status(old.status().cloned());
