@@ -91,6 +91,23 @@ fn kubectl_session(minor: Option<u32>) -> Result<()> {
         "{v}"
     );
 
+    // explain reads the OpenAPI v3 documents; api-resources reads
+    // (aggregated) discovery.
+    let t = k(&["explain", "deployment.spec.strategy"])?;
+    ensure!(
+        t.contains("The deployment strategy to use to replace existing pods")
+            && t.contains("rollingUpdate"),
+        "{t}"
+    );
+    let t = k(&["explain", "pods.spec.containers.image"])?;
+    ensure!(t.contains("Container image name"), "{t}");
+    let t = k(&["api-resources"])?;
+    ensure!(
+        t.lines()
+            .any(|l| l.starts_with("deployments") && l.contains("deploy") && l.contains("apps/v1")),
+        "{t}"
+    );
+
     // Imperative create: kubectl >= 1.32 sends these bodies as protobuf.
     let t = k(&["create", "namespace", "team"])?;
     ensure!(t.contains("namespace/team created"), "{t}");

@@ -10,6 +10,8 @@ use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
 
+pub mod documents;
+
 static SOURCE: &str = include_str!("../../openapi/k8s.json");
 
 /// The definitions, by name (`io.k8s.api.core.v1.Pod`), and the kinds
@@ -83,10 +85,14 @@ pub struct Node<'a> {
 impl Schemas {
     /// The schema of kind `kind` in `group`/`version`.
     pub fn kind(&self, group: &str, version: &str, kind: &str) -> Option<Node<'_>> {
-        let name = self
-            .by_gvk
-            .get(&(group.to_string(), version.to_string(), kind.to_string()))?;
-        Some(self.definition(name))
+        Some(self.definition(self.name_of(group, version, kind)?))
+    }
+
+    /// The name of the definition of kind `kind` in `group`/`version`.
+    pub fn name_of(&self, group: &str, version: &str, kind: &str) -> Option<&str> {
+        self.by_gvk
+            .get(&(group.to_string(), version.to_string(), kind.to_string()))
+            .map(String::as_str)
     }
 
     /// The definition `name`; an untyped node when there is none.
