@@ -425,30 +425,6 @@ pub enum Applied {
     Unchanged,
 }
 
-/// The merge patch that takes `current` where `desired` says, deleting what
-/// `last` (the previous apply) set and `desired` no longer does.
-pub fn apply_patch(last: &Value, desired: &Value) -> Value {
-    match (last.as_object(), desired.as_object()) {
-        (Some(l), Some(d)) => {
-            let mut out = serde_json::Map::new();
-            for (k, v) in d {
-                let sub = match l.get(k) {
-                    Some(lv) if lv.is_object() && v.is_object() => apply_patch(lv, v),
-                    _ => v.clone(),
-                };
-                out.insert(k.clone(), sub);
-            }
-            for k in l.keys() {
-                if !d.contains_key(k) {
-                    out.insert(k.clone(), Value::Null);
-                }
-            }
-            Value::Object(out)
-        }
-        _ => desired.clone(),
-    }
-}
-
 fn strip_rv(mut v: Value) -> Value {
     if let Some(m) = v["metadata"].as_object_mut() {
         m.remove("resourceVersion");
@@ -550,9 +526,13 @@ impl Client {
             .as_str()
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_else(|| json!({}));
-        let patch = apply_patch(&last, &desired);
+        // A strategic merge patch, as kubectl's: lists of named things
+        // merge by key, so what others added (the API server's service
+        // account volume in a pod) stays.
+        let patch = crate::strategic::three_way(&last, &desired);
         let mut preview = current.clone();
-        json_patch::merge(&mut preview, &patch);
+        crate::strategic::strategic_merge(&mut preview, &patch)
+            .map_err(|e| ClientError::Usage(format!("{}: {}", doc.origin, e.message)))?;
         if strip_rv(preview) == strip_rv(current.clone()) {
             return Ok((Applied::Unchanged, res, name, Vec::new()));
         }
@@ -564,7 +544,7 @@ impl Client {
                     if dry_run { "&dryRun=All" } else { "" }
                 ),
                 Some(&patch),
-                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
                 "application/json",
             )
             .await
@@ -597,16 +577,12 @@ mod tests {
     }
 
     #[test]
-    fn apply_patch_removes_what_the_last_apply_set() {
+    fn apply_patches_remove_what_the_last_apply_set() {
         let last = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 2, "paused": false}});
         let desired = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 3}});
-        let p = apply_patch(&last, &desired);
-        assert_eq!(
-            p,
-            json!({"metadata": {"labels": {"a": "1", "b": null}}, "spec": {"replicas": 3, "paused": null}})
-        );
+        let p = crate::strategic::three_way(&last, &desired);
         let mut current = json!({"metadata": {"labels": {"a": "1", "b": "2", "c": "kept"}}, "spec": {"replicas": 2, "paused": false, "x": 1}});
-        json_patch::merge(&mut current, &p);
+        crate::strategic::strategic_merge(&mut current, &p).unwrap();
         assert_eq!(
             current,
             json!({"metadata": {"labels": {"a": "1", "c": "kept"}}, "spec": {"replicas": 3, "x": 1}})

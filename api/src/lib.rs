@@ -23,6 +23,7 @@ pub mod revision;
 pub mod security;
 pub mod selector;
 pub mod service;
+pub mod strategic;
 pub mod validate;
 pub mod volumes;
 pub mod workload;
