@@ -97,6 +97,12 @@ enum Cmd {
         log_max_files: u32,
         #[arg(long)]
         start: bool,
+        #[arg(long)]
+        stdin: bool,
+        #[arg(long)]
+        stdin_once: bool,
+        #[arg(long)]
+        tty: bool,
     },
     /// A pod's sandbox process (started by the agent, not by users).
     #[command(hide = true)]
@@ -457,6 +463,9 @@ fn main() -> ExitCode {
         log_max_size,
         log_max_files,
         start,
+        stdin,
+        stdin_once,
+        tty,
     } = cli.cmd
     {
         let code = shim::run(&ShimArgs {
@@ -468,6 +477,9 @@ fn main() -> ExitCode {
             log_max_size,
             log_max_files,
             start,
+            stdin,
+            stdin_once,
+            tty,
         });
         return ExitCode::from(code as u8);
     }

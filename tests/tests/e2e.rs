@@ -803,6 +803,17 @@ spec:
   containers:
   - {name: a, image: weft.local/busybox:1.36, command: ["sleep", "3600"]}
   - {name: b, image: weft.local/busybox:1.36, command: ["sleep", "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  containers:
+  - name: main
+    image: weft.local/busybox:1.36
+    stdin: true
+    stdinOnce: true
+    command: ["sh", "-c", "while read x; do echo got-$x; done; echo stdin-closed; sleep 3600"]
 "#,
     )?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -925,6 +936,74 @@ spec:
         out.status.code(),
         Some(7),
         "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // On a terminal (`kubectl exec -it`, kubectl given one by script(1)):
+    // the shell runs on a pseudo-terminal, its exit code passes through.
+    let command = format!(
+        "{} --kubeconfig {} exec -it talker -- sh -c 'tty; echo $((6*7)); exit 4'",
+        weft_tests::control::kubectl_path(Some(33)).display(),
+        c.kubeconfig.display()
+    );
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null());
+    let out = c.output_in(&c.lab.underlay, script)?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("/dev/pts/") && shown.contains("42\r\n"),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(4), "{shown}");
+
+    // Attach: the container's own output from now on; its stdin for one
+    // with `stdin: true` (closed when kubectl's ends: stdinOnce).
+    let kubectl_bin = weft_tests::control::kubectl_path(Some(33));
+    let mut k = std::process::Command::new("timeout");
+    k.arg("3")
+        .arg(&kubectl_bin)
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["attach", "talker"]);
+    let out = c.output_in(&c.lab.underlay, k)?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("tick"),
+        "attach showed: {shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready(&c.get_json(&["pod", "reader"])?) {
+        anyhow::ensure!(Instant::now() < deadline, "the reader pod did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut k = std::process::Command::new("sh");
+    k.arg("-c").arg(format!(
+        "printf 'a\\nb\\n' | timeout 5 {} --kubeconfig {} attach -i reader",
+        kubectl_bin.display(),
+        c.kubeconfig.display()
+    ));
+    let out = c.output_in(&c.lab.underlay, k)?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("got-a") && shown.contains("got-b") && shown.contains("stdin-closed"),
+        "attach -i showed: {shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // kubectl run -it: a pod on a terminal, typed into, removed after.
+    let mut k = std::process::Command::new("sh");
+    k.arg("-c").arg(format!(
+        "printf 'echo in-tty-$((3*4))\\nexit 0\\n' | script -qec '{} --kubeconfig {} run -it --rm shell --image=weft.local/busybox:1.36 --restart=Never -- sh' /dev/null",
+        kubectl_bin.display(),
+        c.kubeconfig.display()
+    ));
+    let out = c.output_in(&c.lab.underlay, k)?;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("in-tty-12") && shown.contains("pod \"shell\" deleted"),
+        "run -it showed: {shown}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Without -c, the first container, as kubectl; a wrong one is named

@@ -303,6 +303,15 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}
         exec["stdout"] == "exec-from-kube-rs\n" && exec["status"] == "Success",
         "{log}"
     );
+    let tty = step(&lines, "tty", &log)?;
+    let shown = tty["stdout"].as_str().unwrap_or_default();
+    ensure!(
+        shown.contains("33 101\r\n")
+            && shown.contains("/dev/pts/")
+            && tty["status"] == "Failure"
+            && tty["code"] == "5",
+        "the terminal: {log}"
+    );
     ensure!(step(&lines, "delete", &log)?["status"] == true, "{log}");
     let elsewhere = step(&lines, "elsewhere", &log)?;
     ensure!(

@@ -93,6 +93,7 @@ pub(super) async fn run(
             get(super::logs::logs),
         )
         .route("/exec/{ns}/{pod}/{container}", get(exec))
+        .route("/attach/{ns}/{pod}/{container}", get(attach))
         .route("/stats/summary", get(summary))
         .route("/lb/services", get(lb_services))
         .route("/lb/trace", get(lb_trace))
@@ -427,14 +428,16 @@ async fn exec(
             "you must specify at least 1 command",
         );
     }
-    if flag("tty") {
+    let tty = flag("tty");
+    if tty && flag("stderr") {
+        // A terminal has one output (kubelet refuses both too).
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            "terminals (tty) are not supported by the weft agent yet; run without -t",
+            "tty and stderr cannot both be true",
         );
     }
-    let cmd = match s.node.sandbox.runtime().exec_command(&id, &argv) {
+    let cmd = match s.node.sandbox.runtime().exec_command(&id, &argv, tty) {
         Ok(c) => c,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
     };
@@ -448,10 +451,323 @@ async fn exec(
             let v5 = socket
                 .protocol()
                 .is_some_and(|p| p.as_bytes() == b"v5.channel.k8s.io");
-            if let Err(e) = pump(socket, cmd, argv, stdin, stdout, stderr, v5).await {
+            let done = if tty {
+                pump_tty(socket, cmd, argv, stdin, v5).await
+            } else {
+                pump(socket, cmd, argv, stdin, stdout, stderr, v5).await
+            };
+            if let Err(e) = done {
                 tracing::warn!(error = %e, "exec session failed");
             }
         })
+}
+
+/// Attaches to a running container's own streams (`kubectl attach`): what
+/// it writes from now on, and, for a container with `stdin: true`, its
+/// stdin or terminal (see `runtime::attach`).
+async fn attach(
+    State(s): State<Arc<Shared>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let (rec, id) = match authorized(&s, &headers).and_then(|()| find(&s, &ns, &pod, &container)) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    if rec.released {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("cannot attach to a container in a completed pod: {ns}/{pod} has finished"),
+        );
+    }
+    let flag = |k: &str| q.iter().any(|(n, v)| n == k && truthy(Some(v)));
+    if flag("tty") && flag("stderr") {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "tty and stderr cannot both be true",
+        );
+    }
+    let bundle = s.node.sandbox.runtime().bundle_dir(&id);
+    let conn = match tokio::task::spawn_blocking(move || {
+        let c = crate::runtime::attach::connect(&bundle)?;
+        c.set_nonblocking(true)?;
+        tokio::net::UnixStream::from_std(c)
+    })
+    .await
+    {
+        Ok(Ok(c)) => c,
+        _ => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("container {container} is not running"),
+            );
+        }
+    };
+    let (stdin, stdout, stderr) = (
+        flag("stdin"),
+        flag("stdout") || !flag("stderr"),
+        flag("stderr"),
+    );
+    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        .on_upgrade(move |socket| async move {
+            let v5 = socket
+                .protocol()
+                .is_some_and(|p| p.as_bytes() == b"v5.channel.k8s.io");
+            relay_attach(socket, conn, stdin, stdout, stderr, v5).await;
+        })
+}
+
+/// Relays an attach session between the client's socket and the shim's.
+async fn relay_attach(
+    mut socket: WebSocket,
+    conn: tokio::net::UnixStream,
+    want_stdin: bool,
+    want_stdout: bool,
+    want_stderr: bool,
+    v5: bool,
+) {
+    use crate::runtime::attach;
+    let (mut from_shim, mut to_shim) = conn.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(32);
+    let reader = tokio::spawn(async move {
+        let mut head = [0u8; 5];
+        while from_shim.read_exact(&mut head).await.is_ok() {
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if len > attach::MAX_FRAME {
+                break;
+            }
+            let mut data = vec![0u8; len];
+            if from_shim.read_exact(&mut data).await.is_err()
+                || tx.send((head[0], data)).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    let frame = |chan: u8, data: &[u8]| {
+        let mut f = Vec::with_capacity(data.len() + 5);
+        f.push(chan);
+        f.extend_from_slice(&u32::try_from(data.len()).unwrap_or(0).to_be_bytes());
+        f.extend_from_slice(data);
+        f
+    };
+    let ended_by_container = loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some((chan, data)) => {
+                    let wanted = (chan == attach::STDOUT && want_stdout) || (chan == attach::STDERR && want_stderr);
+                    if !wanted {
+                        continue;
+                    }
+                    let mut msg = Vec::with_capacity(data.len() + 1);
+                    msg.push(chan);
+                    msg.extend_from_slice(&data);
+                    if socket.send(Message::Binary(msg.into())).await.is_err() {
+                        break false;
+                    }
+                }
+                None => break true,
+            },
+            msg = socket.recv() => match msg.map(|m| m.map(|m| match m {
+                Message::Text(t) => Message::Binary(axum::body::Bytes::copy_from_slice(t.as_str().as_bytes())),
+                other => other,
+            })) {
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => {
+                    let f = match b[0] {
+                        0 if want_stdin => frame(attach::STDIN, &b[1..]),
+                        4 => frame(attach::RESIZE, &b[1..]),
+                        255 if v5 && want_stdin && b.get(1) == Some(&0) => frame(attach::CLOSE_STDIN, &[]),
+                        _ => continue,
+                    };
+                    if to_shim.write_all(&f).await.is_err() {
+                        break true;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break false,
+                _ => {}
+            },
+        }
+    };
+    reader.abort();
+    if ended_by_container {
+        // The container exited: kubelet ends an attach with Success.
+        let mut frame = vec![3u8];
+        frame.extend_from_slice(
+            json!({"metadata": {}, "status": "Success"})
+                .to_string()
+                .as_bytes(),
+        );
+        let _ = socket.send(Message::Binary(frame.into())).await;
+        let _ = socket
+            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                code: 1000,
+                reason: "".into(),
+            })))
+            .await;
+    }
+}
+
+/// The exit Status a session ends with (channel 3), as kubelet writes it.
+fn exit_status(argv: &[String], code: i32) -> serde_json::Value {
+    if code == 0 {
+        json!({"metadata": {}, "status": "Success"})
+    } else {
+        json!({"metadata": {}, "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: error executing command {argv:?}, exit code {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
+    }
+}
+
+/// Sends the exit Status and a normal closure (1000: clients such as
+/// kubectl treat a close without a code as an error).
+async fn finish(socket: &mut WebSocket, argv: &[String], code: i32) {
+    let mut frame = vec![3u8];
+    frame.extend_from_slice(exit_status(argv, code).to_string().as_bytes());
+    let _ = socket.send(Message::Binary(frame.into())).await;
+    let _ = socket
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        })))
+        .await;
+}
+
+/// A terminal's size, from a resize message (channel 4:
+/// `{"Width": 120, "Height": 40}`).
+fn window_size(msg: &[u8]) -> Option<libc::winsize> {
+    let v: serde_json::Value = serde_json::from_slice(msg).ok()?;
+    let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
+    Some(libc::winsize {
+        ws_row: dim("Height")?,
+        ws_col: dim("Width")?,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    })
+}
+
+/// Runs the command on a terminal (`kubectl exec -it`): `runc exec --tty`
+/// gets a pseudo-terminal the agent holds as its controlling terminal;
+/// runc sets it raw, makes the container's own terminal and copies
+/// between the two. The socket's channel 0 is typed on the terminal,
+/// channel 1 is what it shows, channel 4 resizes it (runc follows the
+/// size through SIGWINCH), channel 3 ends with the exit Status.
+async fn pump_tty(
+    mut socket: WebSocket,
+    cmd: std::process::Command,
+    argv: Vec<String>,
+    want_stdin: bool,
+    v5: bool,
+) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+    use std::process::Stdio;
+    let size = libc::winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).context("open a pseudo-terminal")?;
+    let mut cmd = cmd;
+    cmd.stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: between fork and exec, only async-signal-safe calls: a new
+    // session whose controlling terminal is the pseudo-terminal (runc
+    // gets SIGWINCH when it is resized).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let mut child = cmd.spawn().context("run runc exec --tty")?;
+    // The terminal's other end must be the child's alone, or reading ours
+    // never ends.
+    drop(cmd);
+    let master = pty.master;
+    let raw = master.as_raw_fd();
+    let mut reader = tokio::fs::File::from_std(std::fs::File::from(master.try_clone()?));
+    let mut writer = want_stdin.then(|| tokio::fs::File::from_std(std::fs::File::from(master)));
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(32);
+    let read = tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        // EIO once the child and runc are gone: the end.
+        while let Ok(n) = reader.read(&mut buf).await {
+            if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut output_open = true;
+    let code = loop {
+        tokio::select! {
+            out = rx.recv(), if output_open => match out {
+                Some(data) => {
+                    let mut frame = Vec::with_capacity(data.len() + 1);
+                    frame.push(1u8);
+                    frame.extend_from_slice(&data);
+                    if socket.send(Message::Binary(frame.into())).await.is_err() {
+                        let _ = child.kill().await;
+                        return Ok(());
+                    }
+                }
+                None => output_open = false,
+            },
+            msg = socket.recv() => match msg.map(|m| m.map(|m| match m {
+                Message::Text(t) => Message::Binary(axum::body::Bytes::copy_from_slice(t.as_str().as_bytes())),
+                other => other,
+            })) {
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
+                    0 => {
+                        if let Some(w) = writer.as_mut()
+                            && (w.write_all(&b[1..]).await.is_err() || w.flush().await.is_err())
+                        {
+                            writer = None;
+                        }
+                    }
+                    4 => {
+                        if let Some(ws) = window_size(&b[1..]) {
+                            // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+                            unsafe {
+                                libc::ioctl(raw, libc::TIOCSWINSZ, &ws);
+                            }
+                        }
+                    }
+                    // v5: the client closed its stdin; on a terminal that is
+                    // an end of file typed (^D).
+                    255 if v5 && b.get(1) == Some(&0) => {
+                        if let Some(mut w) = writer.take() {
+                            let _ = w.write_all(&[4]).await;
+                            let _ = w.flush().await;
+                        }
+                    }
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    let _ = child.kill().await;
+                    return Ok(());
+                }
+                _ => {}
+            },
+            st = child.wait(), if !output_open => {
+                break st.ok().and_then(|s| s.code()).unwrap_or(137);
+            }
+        }
+    };
+    let _ = read.await;
+    finish(&mut socket, &argv, code).await;
+    Ok(())
 }
 
 /// Runs the command and relays its streams over the socket: stdin from
@@ -568,24 +884,6 @@ async fn pump(
     for r in readers {
         let _ = r.await;
     }
-    let status = if code == 0 {
-        json!({"metadata": {}, "status": "Success"})
-    } else {
-        json!({"metadata": {}, "status": "Failure",
-            "message": format!("command terminated with non-zero exit code: error executing command {argv:?}, exit code {code}"),
-            "reason": "NonZeroExitCode",
-            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}})
-    };
-    let mut frame = vec![3u8];
-    frame.extend_from_slice(status.to_string().as_bytes());
-    let _ = socket.send(Message::Binary(frame.into())).await;
-    // A normal closure (1000): clients such as kubectl treat a close
-    // without a code as an error.
-    let _ = socket
-        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-            code: 1000,
-            reason: "".into(),
-        })))
-        .await;
+    finish(&mut socket, &argv, code).await;
     Ok(())
 }

@@ -395,6 +395,11 @@ pub fn build_spec(
         );
     }
     put("HOSTNAME".into(), p.hostname.clone(), &mut env);
+    // On a terminal, as kubelet's runtimes set it (the pod's env may say
+    // otherwise).
+    if c.tty == Some(true) && !env.contains_key("TERM") {
+        put("TERM".into(), "xterm".into(), &mut env);
+    }
     for (i, e) in c.env.iter().flatten().enumerate() {
         if e.value_from.is_some() {
             return Err(invalid(
@@ -448,7 +453,7 @@ pub fn build_spec(
         process = process.oom_score_adj(adj);
     }
     let process = process
-        .terminal(false)
+        .terminal(c.tty.unwrap_or(false))
         .user(
             UserBuilder::default()
                 .uid(user.uid)

@@ -4,6 +4,7 @@
 //! ([`shim`]) that keeps its logs and exit code. This module knows nothing
 //! of pods beyond a container spec; the sandbox module groups containers.
 
+pub mod attach;
 pub mod bundle;
 pub mod busybox;
 pub mod image;
@@ -433,6 +434,14 @@ impl Runtime {
             .arg("--log-max-files")
             .arg(self.cfg.log_max_files.to_string())
             .args(start.then_some("--start"))
+            .args(req.container.stdin.unwrap_or(false).then_some("--stdin"))
+            .args(
+                req.container
+                    .stdin_once
+                    .unwrap_or(false)
+                    .then_some("--stdin-once"),
+            )
+            .args(req.container.tty.unwrap_or(false).then_some("--tty"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -662,7 +671,12 @@ impl Runtime {
     ///
     /// # Errors
     /// A bad id, or a container that is not running.
-    pub fn exec_command(&self, id: &str, argv: &[String]) -> Result<Command, RuntimeError> {
+    pub fn exec_command(
+        &self,
+        id: &str,
+        argv: &[String],
+        tty: bool,
+    ) -> Result<Command, RuntimeError> {
         check_id(id)?;
         let st = self.state(id)?;
         if st.status != Status::Running {
@@ -673,7 +687,12 @@ impl Runtime {
             });
         }
         let mut c = self.runc();
-        c.arg("exec").arg(id).args(argv);
+        c.arg("exec");
+        if tty {
+            // On a terminal, as kubelet's runtimes set it.
+            c.args(["--tty", "--env", "TERM=xterm"]);
+        }
+        c.arg(id).args(argv);
         Ok(c)
     }
 
@@ -684,7 +703,7 @@ impl Runtime {
     /// When runc cannot be run.
     pub fn exec_inherit(&self, id: &str, argv: &[String]) -> Result<i32, RuntimeError> {
         let status = self
-            .exec_command(id, argv)?
+            .exec_command(id, argv, false)?
             .status()
             .map_err(io_err("run runc", &self.cfg.runc))?;
         Ok(status.code().unwrap_or(128 + 9))

@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::attach::{self, Hub, Input};
 use super::logfile::{self, RotatingLog};
 use nix::{
     sys::wait::{WaitStatus, waitpid},
@@ -47,6 +48,13 @@ pub struct ShimArgs {
     pub log_max_files: u32,
     /// Start the container too (`runc run --detach`), saving a `runc start`.
     pub start: bool,
+    /// Keep the container's stdin open for attached clients (`stdin: true`).
+    pub stdin: bool,
+    /// Close it when the first attached client leaves (`stdinOnce`).
+    pub stdin_once: bool,
+    /// Run the container on a terminal (`tty: true`; its config.json says
+    /// `terminal: true`).
+    pub tty: bool,
 }
 
 /// File in the bundle holding the container's exit code once it exited.
@@ -96,7 +104,13 @@ fn pump(
     src: OwnedFd,
     stream: &'static str,
     log: Arc<Mutex<RotatingLog>>,
+    hub: Arc<Hub>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let chan = if stream == "stderr" {
+        attach::STDERR
+    } else {
+        attach::STDOUT
+    };
     std::thread::Builder::new()
         .name(format!("log-{stream}"))
         .spawn(move || {
@@ -117,6 +131,7 @@ fn pump(
                         f.write_record(rec)
                     });
                 }
+                hub.broadcast(chan, &buf[..n]);
             }
             if !partial.is_empty()
                 && let Ok(mut f) = log.lock()
@@ -124,6 +139,71 @@ fn pump(
                 let _ = logfile::records(stream, b"\n", &mut partial, |rec| f.write_record(rec));
             }
         })
+}
+
+/// The console socket runc connects to, and the thread that takes the
+/// terminal's master from it.
+struct ConsoleReceiver {
+    /// What runc is told (`/proc/self/fd/N/console.sock`, N inherited).
+    path: String,
+    /// The bundle's descriptor runc inherits for that path.
+    _dir: OwnedFd,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::io::Result<OwnedFd>>,
+}
+
+fn console_receiver(bundle: &Path) -> std::io::Result<ConsoleReceiver> {
+    let listener = attach::bind(bundle, attach::CONSOLE_SOCKET)?;
+    listener.set_nonblocking(true)?;
+    let dir = OwnedFd::from(File::open(bundle)?);
+    // Inherited by runc (not close-on-exec).
+    nix::fcntl::fcntl(
+        &dir,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(std::io::Error::from)?;
+    let path = format!(
+        "/proc/self/fd/{}/{}",
+        dir.as_raw_fd(),
+        attach::CONSOLE_SOCKET
+    );
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let thread = std::thread::Builder::new()
+        .name("console".into())
+        .spawn(move || {
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false)?;
+                        return attach::receive_fd(&stream);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if flag.load(std::sync::atomic::Ordering::Acquire) {
+                            return Err(std::io::Error::other("runc did not connect"));
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })?;
+    Ok(ConsoleReceiver {
+        path,
+        _dir: dir,
+        done,
+        thread,
+    })
+}
+
+impl ConsoleReceiver {
+    /// The master, once runc is done (it sends it before `create` returns).
+    fn finish(self) -> std::io::Result<OwnedFd> {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.thread
+            .join()
+            .map_err(|_| std::io::Error::other("the console thread panicked"))?
+    }
 }
 
 /// Runs the shim; returns the process exit code.
@@ -144,8 +224,33 @@ pub fn run(args: &ShimArgs) -> i32 {
     let (Ok((out_r, out_w)), Ok((err_r, err_w))) = (pipe(), pipe()) else {
         return fail("pipe failed".into());
     };
-    let status = Command::new(&args.runc)
-        .arg("--root")
+    // Attaching: a socket in the bundle, served once the container runs.
+    let attach_listener = match attach::bind(&args.bundle, attach::SOCKET) {
+        Ok(l) => l,
+        Err(e) => return fail(format!("bind the attach socket: {e}")),
+    };
+    // stdin: a pipe the shim keeps the writing end of.
+    let (stdin_r, stdin_w) = if args.stdin && !args.tty {
+        match pipe() {
+            Ok((r, w)) => (Some(r), Some(w)),
+            Err(_) => return fail("pipe failed".into()),
+        }
+    } else {
+        (None, None)
+    };
+    // A terminal: runc sends its master over a console socket, reached
+    // through a directory descriptor runc inherits (the bundle's path may
+    // be too long for a socket address).
+    let console = if args.tty {
+        match console_receiver(&args.bundle) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(format!("prepare the console socket: {e}")),
+        }
+    } else {
+        None
+    };
+    let mut runc = Command::new(&args.runc);
+    runc.arg("--root")
         .arg(&args.runc_root)
         .arg("--log")
         .arg(args.bundle.join(RUNC_LOG))
@@ -155,16 +260,31 @@ pub fn run(args: &ShimArgs) -> i32 {
             &["run", "--detach"][..]
         } else {
             &["create"][..]
-        })
+        });
+    if let Some(c) = &console {
+        runc.arg("--console-socket").arg(&c.path);
+    }
+    let status = runc
         .arg("--bundle")
         .arg(&args.bundle)
         .arg("--pid-file")
         .arg(args.bundle.join(PID_FILE))
         .arg(&args.id)
-        .stdin(Stdio::null())
+        .stdin(stdin_r.map_or_else(Stdio::null, Stdio::from))
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         .status();
+    // The command holds its copies of the pipes' writing ends: the log
+    // pumps see their end only once they are closed.
+    drop(runc);
+    let master = match console.map(ConsoleReceiver::finish) {
+        None => None,
+        Some(Ok(m)) => Some(Arc::new(File::from(m))),
+        Some(Err(e)) if matches!(status, Ok(s) if s.success()) => {
+            return fail(format!("receive the container's terminal: {e}"));
+        }
+        Some(Err(_)) => None,
+    };
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => {
@@ -181,10 +301,26 @@ pub fn run(args: &ShimArgs) -> i32 {
         Some(p) => p,
         None => return fail("runc wrote no pid".into()),
     };
-    // The write ends now live only in the container (runc passed them on).
+    let input = match (stdin_w, &master) {
+        (Some(w), _) => Some(Input::Pipe(File::from(w))),
+        (None, Some(m)) if args.stdin => Some(Input::Terminal(m.clone())),
+        _ => None,
+    };
+    let hub = Hub::new(input, master.clone(), args.stdin_once);
+    // The write ends now live only in the container (runc passed them on);
+    // on a terminal, everything comes from its master.
+    let terminal = master
+        .as_ref()
+        .and_then(|m| m.try_clone().ok())
+        .map(OwnedFd::from);
     let pumps = match (
-        pump(out_r, "stdout", log.clone()),
-        pump(err_r, "stderr", log),
+        pump(
+            terminal.unwrap_or(out_r),
+            "stdout",
+            log.clone(),
+            hub.clone(),
+        ),
+        pump(err_r, "stderr", log, hub.clone()),
     ) {
         (Ok(a), Ok(b)) => [a, b],
         (Err(e), _) | (_, Err(e)) => {
@@ -193,6 +329,7 @@ pub fn run(args: &ShimArgs) -> i32 {
             return fail(format!("start the log threads: {e}"));
         }
     };
+    hub.serve(attach_listener);
     report(Ok(pid));
     // Detach from the agent's pipes so that its reads end.
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
@@ -220,6 +357,8 @@ pub fn run(args: &ShimArgs) -> i32 {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    hub.close_all();
+    let _ = fs::remove_file(args.bundle.join(attach::SOCKET));
     let tmp = args.bundle.join(format!("{EXIT_FILE}.tmp"));
     if fs::write(&tmp, code.to_string()).is_ok() {
         let _ = fs::rename(&tmp, args.bundle.join(EXIT_FILE));

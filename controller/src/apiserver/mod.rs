@@ -561,12 +561,19 @@ async fn dispatch(
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         [] => return Ok(json_response(200, &discovery::root_paths())),
         ["version"] => return Ok(json_response(200, &discovery::version())),
-        ["api"] => return Ok(discovery::respond(headers, discovery::api_versions())),
-        ["apis"] => return Ok(discovery::respond(headers, discovery::api_group_list())),
+        ["api"] => return Ok(discovery::respond(headers, true)),
+        ["apis"] => return Ok(discovery::respond(headers, false)),
         ["api", "v1"] => return Ok(json_response(200, &discovery::resource_list("", "v1")?)),
         ["apis", g] => return Ok(json_response(200, &discovery::api_group(g)?)),
         ["apis", g, v] => return Ok(json_response(200, &discovery::resource_list(g, v)?)),
+        ["openapi", "v2"] if discovery::wants_json(headers) => {
+            return Ok(discovery::openapi_v2_json());
+        }
         ["openapi", "v2"] => return Ok(discovery::openapi_v2()),
+        ["openapi", "v3"] => return Ok(json_response(200, &discovery::openapi_v3_root())),
+        ["openapi", "v3", rest @ ..] => {
+            return discovery::openapi_v3(&rest.join("/"), query.get("hash"));
+        }
         ["metrics"] => {
             let mut resp = Response::new(Body::from(st.metrics.render()));
             resp.headers_mut().insert(
@@ -1023,7 +1030,7 @@ async fn dispatch(
             let name = target.name.as_deref().unwrap_or_default();
             proxy::exec_precheck(st, ns.unwrap_or("default"), name, &query).await?;
             Err(ApiError::bad_request(
-                "pods/exec is served over WebSocket only (kubectl 1.30 and later, or `weft exec`); SPDY is not supported",
+                "pods/exec and pods/attach are served over WebSocket only (kubectl 1.30 and later, or `weft exec`); SPDY is not supported",
             ))
         }
         _ => Err(ApiError::method_not_allowed(format!(
@@ -1062,20 +1069,15 @@ async fn exec(
         },
     )
     .await?;
-    if parts.uri.path().ends_with("/attach") {
-        return Err(ApiError::bad_request(
-            "pods/attach is not supported; use exec",
-        ));
-    }
     let protocols = proxy::offered_protocols(&parts.headers);
     let raw_query = parts.uri.query().unwrap_or_default().to_string();
     let query = Query::parse(Some(&raw_query));
     let ws = WebSocketUpgrade::from_request_parts(parts, &()).await.map_err(|_| {
         ApiError::bad_request(
-            "pods/exec is served over WebSocket only (kubectl 1.30 and later, or `weft exec`); SPDY is not supported",
+            "pods/exec and pods/attach are served over WebSocket only (kubectl 1.30 and later, or `weft exec`); SPDY is not supported",
         )
     })?;
-    proxy::pod_exec(st, ns, name, &raw_query, &query, protocols, ws).await
+    proxy::pod_exec(st, sub, ns, name, &raw_query, &query, protocols, ws).await
 }
 
 /// Who is asking: the user of a verified client certificate, else of a

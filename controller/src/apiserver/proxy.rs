@@ -307,19 +307,14 @@ pub async fn node_proxy(
     relay(&a, format!("https://{}/{path}{q}", a.base)).await
 }
 
-/// What would make an exec fail before any protocol is spoken: a terminal
-/// asked for, no such pod or container, an agent that cannot be reached.
+/// What would make an exec fail before any protocol is spoken: no such pod
+/// or container, an agent that cannot be reached.
 pub async fn exec_precheck(
     st: &ApiState,
     ns: &str,
     name: &str,
     query: &Query,
 ) -> Result<(), ApiError> {
-    if query.flag("tty") {
-        return Err(ApiError::bad_request(
-            "terminals (tty, kubectl exec -t) are not supported by weft yet; run without -t",
-        ));
-    }
     let (node, _) = pod_target(st, ns, name, query).await?;
     let a = agent(st, &node).await?;
     match tokio::time::timeout(
@@ -334,10 +329,12 @@ pub async fn exec_precheck(
     }
 }
 
-/// `pods/{name}/exec` over a WebSocket: the client's socket is relayed
-/// frame by frame to one opened to the agent, in both directions.
+/// `pods/{name}/exec` (or `attach`) over a WebSocket: the client's socket
+/// is relayed frame by frame to one opened to the agent, in both directions.
+#[allow(clippy::too_many_arguments)]
 pub async fn pod_exec(
     st: &ApiState,
+    sub: &str,
     ns: &str,
     name: &str,
     raw_query: &str,
@@ -353,7 +350,7 @@ pub async fn pod_exec(
         .finish();
     let (node, container) = pod_target(st, ns, name, query).await?;
     let a = agent(st, &node).await?;
-    let url = format!("wss://{}/exec/{ns}/{name}/{container}?{rest}", a.base);
+    let url = format!("wss://{}/{sub}/{ns}/{name}/{container}?{rest}", a.base);
     let mut req = url
         .into_client_request()
         .map_err(|e| ApiError::internal(e.to_string()))?;

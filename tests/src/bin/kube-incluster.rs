@@ -100,6 +100,37 @@ async fn run(peer: &str) -> anyhow::Result<()> {
         json!({"stdout": text, "status": status.and_then(|s| s.status)}),
     );
 
+    // A terminal: sized before the shell reads its first line, then asked
+    // for its size and name; its exit code comes back in the Status.
+    let mut proc = pods
+        .exec(
+            peer,
+            ["sh", "-c", "read go; stty size; tty; exit 5"],
+            &AttachParams::interactive_tty(),
+        )
+        .await?;
+    let mut resize = proc.terminal_size().expect("a terminal was asked for");
+    futures::SinkExt::send(
+        &mut resize,
+        kube::api::TerminalSize {
+            width: 101,
+            height: 33,
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stdin = proc.stdin().expect("stdin was asked for");
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n").await?;
+    let mut stdout = proc.stdout().expect("stdout was asked for");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(15), stdout.read_to_string(&mut text)).await??;
+    let status = proc.take_status().expect("a status").await;
+    out(
+        "tty",
+        json!({"stdout": text, "status": status.as_ref().and_then(|s| s.status.clone()),
+            "code": status.and_then(|s| s.details).and_then(|d| d.causes).and_then(|c| c.into_iter().next()).and_then(|c| c.message)}),
+    );
+
     let gone = cms.delete("from-kube-rs", &DeleteParams::default()).await?;
     out("delete", json!({"status": gone.is_right()}));
 
