@@ -189,6 +189,130 @@ async fn kube_rs_checks(cp: &ControlPlane) -> Result<()> {
         cidr.starts_with("10.244.") && cidr.ends_with(".0/24"),
         "node block {cidr}"
     );
+
+    // Server-side apply as kube-rs writes it (Patch::Apply): on create, a
+    // change, a conflict with another manager, forced.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(c.clone(), "default");
+    let cm = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"k": v}});
+    let pp = PatchParams::apply("kube-rs-test");
+    let made = cms.patch("ssa", &pp, &Patch::Apply(cm("1"))).await?;
+    ensure!(
+        made.data
+            .as_ref()
+            .and_then(|d| d.get("k"))
+            .map(String::as_str)
+            == Some("1")
+    );
+    let owners: Vec<String> = made
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    ensure!(owners == ["kube-rs-test"], "{owners:?}");
+    let other = PatchParams::apply("someone-else");
+    match cms.patch("ssa", &other, &Patch::Apply(cm("2"))).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => ensure!(
+            e.message
+                .contains("conflict with \"kube-rs-test\": .data.k"),
+            "{}",
+            e.message
+        ),
+        other => anyhow::bail!("an apply over another manager's field: {other:?}"),
+    }
+    let forced = cms
+        .patch("ssa", &other.clone().force(), &Patch::Apply(cm("2")))
+        .await?;
+    ensure!(
+        forced
+            .data
+            .as_ref()
+            .and_then(|d| d.get("k"))
+            .map(String::as_str)
+            == Some("2")
+    );
+    // Without a field manager: 422, as kube.
+    let raw_apply = http::Request::builder()
+        .method("PATCH")
+        .uri("/api/v1/namespaces/default/configmaps/ssa")
+        .header("content-type", "application/apply-patch+yaml")
+        .body(b"apiVersion: v1\nkind: ConfigMap\n".to_vec())?;
+    match c.request::<Value>(raw_apply).await {
+        Err(kube::Error::Api(e)) if e.code == 422 => {
+            ensure!(
+                e.message.contains("fieldManager: Required value"),
+                "{}",
+                e.message
+            )
+        }
+        other => anyhow::bail!("an apply without a field manager: {other:?}"),
+    }
+
+    // Aggregated discovery, as kubectl asks for it.
+    let req = http::Request::builder()
+        .uri("/apis")
+        .header(
+            "accept",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )
+        .body(kube::client::Body::empty())?;
+    let resp = c.send(req).await?;
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        ct == "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+        "{ct}"
+    );
+    use http_body_util::BodyExt as _;
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await?.to_bytes())?;
+    let apps = body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["metadata"]["name"] == "apps")
+        .ok_or_else(|| anyhow::anyhow!("no apps group: {body}"))?;
+    let deployments = apps["versions"][0]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["resource"] == "deployments")
+        .ok_or_else(|| anyhow::anyhow!("no deployments: {apps}"))?;
+    ensure!(
+        deployments["scope"] == "Namespaced"
+            && deployments["subresources"]
+                .as_array()
+                .is_some_and(|s| s
+                    .iter()
+                    .any(|s| s["subresource"] == "scale"
+                        && s["responseKind"]["group"] == "autoscaling")),
+        "{deployments}"
+    );
+    // OpenAPI v3: the root names each group version's document.
+    let root: Value = c
+        .request(
+            http::Request::builder()
+                .uri("/openapi/v3")
+                .body(Vec::new())?,
+        )
+        .await?;
+    let url = root["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("{root}"))?
+        .to_string();
+    let doc: Value = c
+        .request(http::Request::builder().uri(url).body(Vec::new())?)
+        .await?;
+    ensure!(
+        doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"]
+            [0]["kind"]
+            == "Deployment",
+        "no Deployment schema"
+    );
     Ok(())
 }
 
@@ -819,9 +943,9 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
                 "supported values: \"configMap\"",
             ),
             (
-                json!({"volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]}),
-                "spec.volumes[0].projected.sources[0].serviceAccountToken",
-                "service account tokens",
+                json!({"volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 60}}]}}]}),
+                "spec.volumes[0].projected.sources[0].serviceAccountToken.expirationSeconds",
+                "less than 10 minutes",
             ),
             (
                 json!({"volumes": [{"name": "c", "configMap": {"name": "x", "items": [{"key": "a", "path": "../etc/passwd"}]}}]}),
@@ -1050,7 +1174,8 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
             "BadRequest",
             "dryRun value",
         )?;
-        // Server-side apply is refused clearly.
+        // Server-side apply of what is not an object of the kind: 400;
+        // `force` on another patch: 422.
         let r = raw(
             &c,
             "PATCH",
@@ -1060,7 +1185,21 @@ fn bad_input_gets_a_status_and_stores_nothing() -> Result<()> {
         )
         .await?;
         ensure!(
-            r.code == 415 && r.text.contains("server-side apply"),
+            r.code == 400 && r.text.contains("Object 'Kind' is missing"),
+            "{} {}",
+            r.code,
+            r.text
+        );
+        let r = raw(
+            &c,
+            "PATCH",
+            &format!("{pods}/dup?force=true"),
+            Some(b"{}".to_vec()),
+            "application/merge-patch+json",
+        )
+        .await?;
+        ensure!(
+            r.code == 422 && r.text.contains("may not be specified for non-apply patch"),
             "{} {}",
             r.code,
             r.text

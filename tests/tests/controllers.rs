@@ -659,9 +659,10 @@ fn deployments_scale_roll_and_feed_endpoints() -> Result<()> {
                     "",
                 )
                 .await?;
+                // The `kubernetes` Service's slice stays.
                 let slices = list(
                     &c,
-                    "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+                    "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io/service-name%3Dapp",
                 )
                 .await?;
                 Ok((ep.code == 404 && slices.is_empty()).then_some(()))

@@ -2837,9 +2837,20 @@ spec:
     wait_until("patient evicted", Duration::from_secs(30), || {
         gone("patient").then_some(())
     })?;
+    // Counted from the taint's timeAdded, which is in whole seconds (as
+    // kube's): up to a second before the taint request returned.
+    let added = node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["key"] == "evict")
+        .and_then(|t| t["timeAdded"].as_str())
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .context("the taint's timeAdded")?;
     ensure!(
-        tainted.elapsed() >= Duration::from_secs(4),
-        "patient evicted after {:?}",
+        std::time::SystemTime::now() >= added + Duration::from_secs(4),
+        "patient evicted {:?} after the taint's timeAdded ({:?} after the request)",
+        std::time::SystemTime::now().duration_since(added),
         tainted.elapsed()
     );
     std::thread::sleep(Duration::from_secs(3));

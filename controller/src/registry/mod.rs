@@ -872,6 +872,12 @@ fn prepare_update<K: Kind>(
         // A status update changes the status and nothing else.
         let mut obj = old.clone();
         obj.set_status(new.status().cloned());
+        if applied {
+            // An apply to the status: its managers as it made them.
+            obj.meta_mut()
+                .managed_fields
+                .clone_from(&new.meta().managed_fields);
+        }
         let causes = obj.validate_status_update(old);
         if !causes.is_empty() {
             return Err(invalid::<K>(name, causes));
