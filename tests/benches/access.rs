@@ -4,7 +4,11 @@
 //!   present) against the same requests with the admin token, interleaved
 //!   round by round (target: at most 5% and 0.1 ms slower);
 //! - protobuf against JSON: bytes and time of a LIST of 10 000 pods in each
-//!   encoding.
+//!   encoding;
+//! - server-side apply of a 50-container Deployment against client-side
+//!   apply of the same (kubectl's way: GET, a three-way strategic merge
+//!   patch, the last-applied annotation), made then re-applied with one
+//!   image changed each round: latency and bytes sent per apply.
 //!
 //! Run: `cargo build --release --bin weft && cargo bench -p weft-tests --bench access`
 //! (scripts/bench.sh does both). Needs root (network namespaces).
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use serde_json::json;
-use weft_tests::apitest::{self, client, post, raw_accepting};
+use weft_tests::apitest::{self, client, post, raw, raw_accepting};
 use weft_tests::control::{ControlOptions, ControlPlane};
 use weft_tests::island::Island;
 use weft_tests::stats::{ms, percentile};
@@ -42,6 +46,95 @@ async fn timed(c: &kube::Client, path: &str, accept: &str) -> Result<(Duration, 
     Ok((took, r.bytes.len()))
 }
 
+/// A Deployment of 50 containers, the `round`-th image in the first.
+fn fifty(name: &str, round: usize) -> serde_json::Value {
+    let containers: Vec<serde_json::Value> = (0..50)
+        .map(|i| {
+            let image = if i == 0 {
+                format!("weft.local/busybox:r{round}")
+            } else {
+                "weft.local/busybox:1.36".into()
+            };
+            json!({"name": format!("c{i}"), "image": image, "command": ["sleep", "3600"],
+                "env": [{"name": "INDEX", "value": i.to_string()}, {"name": "ROLE", "value": "worker"}],
+                "ports": [{"containerPort": 8000 + i, "name": format!("p{i}")}],
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}})
+        })
+        .collect();
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "bench", "labels": {"app": name}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": containers}}}})
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// One client-side apply as kubectl makes it: GET; POST with the
+/// last-applied annotation when missing, else a three-way strategic merge
+/// patch. Returns the time and the bytes sent.
+async fn client_side(c: &kube::Client, desired: &serde_json::Value) -> Result<(Duration, usize)> {
+    let path = "/apis/apps/v1/namespaces/bench/deployments/csa";
+    let t = Instant::now();
+    let mut with = desired.clone();
+    with["metadata"]["annotations"][LAST_APPLIED] = json!(desired.to_string());
+    let live = raw(c, "GET", path, None, "").await?;
+    let (code, sent) = if live.code == 404 {
+        let body = serde_json::to_vec(&with)?;
+        let n = body.len();
+        let r = raw(
+            c,
+            "POST",
+            "/apis/apps/v1/namespaces/bench/deployments?fieldManager=kubectl-client-side-apply",
+            Some(body),
+            "application/json",
+        )
+        .await?;
+        (r.code, n)
+    } else {
+        let last: serde_json::Value = serde_json::from_str(
+            live.body["metadata"]["annotations"][LAST_APPLIED]
+                .as_str()
+                .unwrap_or("{}"),
+        )?;
+        let patch = weft_api::strategic::three_way(&last, &with);
+        let body = serde_json::to_vec(&patch)?;
+        let n = body.len();
+        let r = raw(
+            c,
+            "PATCH",
+            &format!("{path}?fieldManager=kubectl-client-side-apply"),
+            Some(body),
+            "application/strategic-merge-patch+json",
+        )
+        .await?;
+        (r.code, n)
+    };
+    ensure!(code == 200 || code == 201, "client-side apply: {code}");
+    Ok((t.elapsed(), sent))
+}
+
+/// One server-side apply: the whole configuration, one PATCH.
+async fn server_side(c: &kube::Client, desired: &serde_json::Value) -> Result<(Duration, usize)> {
+    let body = serde_json::to_vec(desired)?;
+    let n = body.len();
+    let t = Instant::now();
+    let r = raw(
+        c,
+        "PATCH",
+        "/apis/apps/v1/namespaces/bench/deployments/ssa?fieldManager=kubectl&force=true",
+        Some(body),
+        "application/apply-patch+yaml",
+    )
+    .await?;
+    ensure!(
+        r.code == 200 || r.code == 201,
+        "server-side apply: {} {}",
+        r.code,
+        r.text
+    );
+    Ok((t.elapsed(), n))
+}
+
 fn main() -> Result<()> {
     let island = Island::new("access-bench")?;
     let cp = ControlPlane::start(&island, ControlOptions::default())?;
@@ -53,7 +146,7 @@ fn main() -> Result<()> {
     let admin = cp.admin_token()?;
     let kc = cp.kubeconfig().to_path_buf();
     let _ = kc;
-    let (rbac, proto) = on_island(&island, {
+    let (rbac, proto, applies) = on_island(&island, {
         let cp_admin = admin.clone();
         let cp_ref = std::sync::Arc::new(cp);
         async move {
@@ -158,7 +251,26 @@ fn main() -> Result<()> {
                 pt.push(t);
                 pb = b;
             }
-            Ok((rbac, (jt, pt, jb, pb)))
+            // Applies of a 50-container Deployment, interleaved: created
+            // by the first, then one image changed per round.
+            let (mut ct, mut cb, mut st, mut sb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for round in 0..201 {
+                let (t, b) = client_side(&c, &fifty("csa", round)).await?;
+                let (t2, b2) = server_side(&c, &fifty("ssa", round)).await?;
+                if round == 0 {
+                    println!(
+                        "apply on create: client-side {} ({b} bytes), server-side {} ({b2} bytes)",
+                        ms(t),
+                        ms(t2)
+                    );
+                    continue;
+                }
+                ct.push(t);
+                cb.push(b);
+                st.push(t2);
+                sb.push(b2);
+            }
+            Ok((rbac, (jt, pt, jb, pb), (ct, cb, st, sb)))
         }
     })?;
     let (ga, gr, la, lr) = rbac;
@@ -182,6 +294,18 @@ fn main() -> Result<()> {
             slower(u99, a99),
         );
     }
+    let (ct, cb, st, sb) = applies;
+    let mean = |v: &[usize]| v.iter().sum::<usize>() / v.len().max(1);
+    println!(
+        "Apply of a 50-container Deployment, one image changed ({} rounds): client-side p50 {} p99 {}, {} bytes sent; server-side p50 {} p99 {}, {} bytes sent",
+        ct.len(),
+        ms(percentile(&ct, 50.0)),
+        ms(percentile(&ct, 99.0)),
+        mean(&cb),
+        ms(percentile(&st, 50.0)),
+        ms(percentile(&st, 99.0)),
+        mean(&sb),
+    );
     let (jt, pt, jb, pb) = proto;
     println!(
         "LIST of 10 000 pods: JSON {} bytes, median {}; protobuf {} bytes ({:.0}% of JSON), median {}",

@@ -1657,8 +1657,11 @@ spec:
         "{}",
         job["status"]
     );
+    // Kube promises the completions, not the number of pods: a pod may be
+    // started more than once (its docs say so); one extra was seen once
+    // under CI's load. More than a parallelism's worth would be a bug.
     let pods = pods_of(&c, "many")?;
-    ensure!(pods.len() == 300, "{} pods", pods.len());
+    ensure!((300..=325).contains(&pods.len()), "{} pods", pods.len());
     let addresses: std::collections::HashSet<&str> = pods
         .iter()
         .filter_map(|p| p["status"]["podIP"].as_str())
