@@ -952,6 +952,10 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
     status
         .uncounted_terminated_pods
         .get_or_insert_with(Default::default);
+    // The status write may fail; what this pass created is waited for
+    // all the same, or a retry that runs before the cache has the new pods
+    // would make them again.
+    let mut written = Ok(());
     if status != old {
         let wanted = status.clone();
         let updated = ctx
@@ -974,8 +978,11 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
                 j.status = Some(s);
                 Ok(j)
             })
-            .await?;
-        last_rev = last_rev.max(revision_of(&updated));
+            .await;
+        match updated {
+            Ok(updated) => last_rev = last_rev.max(revision_of(&updated)),
+            Err(e) => written = Err(e),
+        }
     }
     for (kind, reason, message) in &events {
         record_event(&ctx.reg, job, kind, reason, message, COMPONENT).await;
@@ -983,6 +990,7 @@ pub async fn reconcile(job: &Job, ctx: &Ctx) -> Result<Action, ApiError> {
     if last_rev > 0 {
         ctx.cache.wait_for(last_rev).await;
     }
+    written?;
     if let Some(e) = create_error {
         return Err(e);
     }
