@@ -397,6 +397,70 @@ async fn summary(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
+/// What an exec or attach asks for: the container and its streams.
+struct Streams {
+    id: String,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+/// The checks exec and attach share: who asks, which running container,
+/// and streams that fit together (a terminal has one output, as kubelet
+/// says).
+fn streams_of(
+    s: &Shared,
+    headers: &HeaderMap,
+    (ns, pod, container): (&str, &str, &str),
+    q: &[(String, String)],
+    verb: &str,
+) -> Result<Streams, Box<Response>> {
+    authorized(s, headers)?;
+    let (rec, id) = find(s, ns, pod, container)?;
+    if rec.released {
+        return Err(Box::new(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("cannot {verb} a container in a completed pod: {ns}/{pod} has finished"),
+        )));
+    }
+    let flag = |k: &str| q.iter().any(|(n, v)| n == k && truthy(Some(v)));
+    let tty = flag("tty");
+    if tty && flag("stderr") {
+        return Err(Box::new(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "tty and stderr cannot both be true",
+        )));
+    }
+    Ok(Streams {
+        id,
+        stdin: flag("stdin"),
+        stdout: flag("stdout") || !flag("stderr"),
+        stderr: flag("stderr"),
+        tty,
+    })
+}
+
+/// Whether a session speaks v5.channel.k8s.io (it can close stdin).
+fn is_v5(socket: &WebSocket) -> bool {
+    socket
+        .protocol()
+        .is_some_and(|p| p.as_bytes() == b"v5.channel.k8s.io")
+}
+
+/// A client's message as bytes: clients that send stdin as text frames
+/// (the Python client on v4.channel.k8s.io) mean the same bytes.
+fn as_binary(m: Message) -> Message {
+    match m {
+        Message::Text(t) => {
+            Message::Binary(axum::body::Bytes::copy_from_slice(t.as_str().as_bytes()))
+        }
+        other => other,
+    }
+}
+
 async fn exec(
     State(s): State<Arc<Shared>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
@@ -404,18 +468,10 @@ async fn exec(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (rec, id) = match authorized(&s, &headers).and_then(|()| find(&s, &ns, &pod, &container)) {
-        Ok(x) => x,
+    let st = match streams_of(&s, &headers, (&ns, &pod, &container), &q, "exec into") {
+        Ok(st) => st,
         Err(r) => return *r,
     };
-    if rec.released {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("cannot exec into a container in a completed pod: {ns}/{pod} has finished"),
-        );
-    }
-    let flag = |k: &str| q.iter().any(|(n, v)| n == k && truthy(Some(v)));
     let argv: Vec<String> = q
         .iter()
         .filter(|(k, _)| k == "command")
@@ -428,33 +484,17 @@ async fn exec(
             "you must specify at least 1 command",
         );
     }
-    let tty = flag("tty");
-    if tty && flag("stderr") {
-        // A terminal has one output (kubelet refuses both too).
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "tty and stderr cannot both be true",
-        );
-    }
-    let cmd = match s.node.sandbox.runtime().exec_command(&id, &argv, tty) {
+    let cmd = match s.node.sandbox.runtime().exec_command(&st.id, &argv, st.tty) {
         Ok(c) => c,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
     };
-    let (stdin, stdout, stderr) = (
-        flag("stdin"),
-        flag("stdout") || !flag("stderr"),
-        flag("stderr"),
-    );
     ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
         .on_upgrade(move |socket| async move {
-            let v5 = socket
-                .protocol()
-                .is_some_and(|p| p.as_bytes() == b"v5.channel.k8s.io");
-            let done = if tty {
-                pump_tty(socket, cmd, argv, stdin, v5).await
+            let v5 = is_v5(&socket);
+            let done = if st.tty {
+                pump_tty(socket, cmd, argv, st.stdin, v5).await
             } else {
-                pump(socket, cmd, argv, stdin, stdout, stderr, v5).await
+                pump(socket, cmd, argv, st.stdin, st.stdout, st.stderr, v5).await
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "exec session failed");
@@ -472,26 +512,11 @@ async fn attach(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let (rec, id) = match authorized(&s, &headers).and_then(|()| find(&s, &ns, &pod, &container)) {
-        Ok(x) => x,
+    let st = match streams_of(&s, &headers, (&ns, &pod, &container), &q, "attach to") {
+        Ok(st) => st,
         Err(r) => return *r,
     };
-    if rec.released {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            &format!("cannot attach to a container in a completed pod: {ns}/{pod} has finished"),
-        );
-    }
-    let flag = |k: &str| q.iter().any(|(n, v)| n == k && truthy(Some(v)));
-    if flag("tty") && flag("stderr") {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "tty and stderr cannot both be true",
-        );
-    }
-    let bundle = s.node.sandbox.runtime().bundle_dir(&id);
+    let bundle = s.node.sandbox.runtime().bundle_dir(&st.id);
     let conn = match tokio::task::spawn_blocking(move || {
         let c = crate::runtime::attach::connect(&bundle)?;
         c.set_nonblocking(true)?;
@@ -508,17 +533,10 @@ async fn attach(
             );
         }
     };
-    let (stdin, stdout, stderr) = (
-        flag("stdin"),
-        flag("stdout") || !flag("stderr"),
-        flag("stderr"),
-    );
     ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
         .on_upgrade(move |socket| async move {
-            let v5 = socket
-                .protocol()
-                .is_some_and(|p| p.as_bytes() == b"v5.channel.k8s.io");
-            relay_attach(socket, conn, stdin, stdout, stderr, v5).await;
+            let v5 = is_v5(&socket);
+            relay_attach(socket, conn, st.stdin, st.stdout, st.stderr, v5).await;
         })
 }
 
@@ -573,10 +591,7 @@ async fn relay_attach(
                 }
                 None => break true,
             },
-            msg = socket.recv() => match msg.map(|m| m.map(|m| match m {
-                Message::Text(t) => Message::Binary(axum::body::Bytes::copy_from_slice(t.as_str().as_bytes())),
-                other => other,
-            })) {
+            msg = socket.recv() => match msg.map(|m| m.map(as_binary)) {
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => {
                     let f = match b[0] {
                         0 if want_stdin => frame(attach::STDIN, &b[1..]),
@@ -596,19 +611,7 @@ async fn relay_attach(
     reader.abort();
     if ended_by_container {
         // The container exited: kubelet ends an attach with Success.
-        let mut frame = vec![3u8];
-        frame.extend_from_slice(
-            json!({"metadata": {}, "status": "Success"})
-                .to_string()
-                .as_bytes(),
-        );
-        let _ = socket.send(Message::Binary(frame.into())).await;
-        let _ = socket
-            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-                code: 1000,
-                reason: "".into(),
-            })))
-            .await;
+        send_status(&mut socket, &json!({"metadata": {}, "status": "Success"})).await;
     }
 }
 
@@ -627,8 +630,13 @@ fn exit_status(argv: &[String], code: i32) -> serde_json::Value {
 /// Sends the exit Status and a normal closure (1000: clients such as
 /// kubectl treat a close without a code as an error).
 async fn finish(socket: &mut WebSocket, argv: &[String], code: i32) {
+    send_status(socket, &exit_status(argv, code)).await;
+}
+
+/// Sends `status` on channel 3, then a normal closure.
+async fn send_status(socket: &mut WebSocket, status: &serde_json::Value) {
     let mut frame = vec![3u8];
-    frame.extend_from_slice(exit_status(argv, code).to_string().as_bytes());
+    frame.extend_from_slice(status.to_string().as_bytes());
     let _ = socket.send(Message::Binary(frame.into())).await;
     let _ = socket
         .send(Message::Close(Some(axum::extract::ws::CloseFrame {
@@ -636,19 +644,6 @@ async fn finish(socket: &mut WebSocket, argv: &[String], code: i32) {
             reason: "".into(),
         })))
         .await;
-}
-
-/// A terminal's size, from a resize message (channel 4:
-/// `{"Width": 120, "Height": 40}`).
-fn window_size(msg: &[u8]) -> Option<libc::winsize> {
-    let v: serde_json::Value = serde_json::from_slice(msg).ok()?;
-    let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
-    Some(libc::winsize {
-        ws_row: dim("Height")?,
-        ws_col: dim("Width")?,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    })
 }
 
 /// Runs the command on a terminal (`kubectl exec -it`): `runc exec --tty`
@@ -724,10 +719,7 @@ async fn pump_tty(
                 }
                 None => output_open = false,
             },
-            msg = socket.recv() => match msg.map(|m| m.map(|m| match m {
-                Message::Text(t) => Message::Binary(axum::body::Bytes::copy_from_slice(t.as_str().as_bytes())),
-                other => other,
-            })) {
+            msg = socket.recv() => match msg.map(|m| m.map(as_binary)) {
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
                     0 => {
                         if let Some(w) = writer.as_mut()
@@ -737,7 +729,7 @@ async fn pump_tty(
                         }
                     }
                     4 => {
-                        if let Some(ws) = window_size(&b[1..]) {
+                        if let Some(ws) = crate::runtime::attach::window_size(&b[1..]) {
                             // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
                             unsafe {
                                 libc::ioctl(raw, libc::TIOCSWINSZ, &ws);
@@ -852,12 +844,7 @@ async fn pump(
                 }
                 None => outputs_open = false,
             },
-            msg = socket.recv() => match msg.map(|m| m.map(|m| match m {
-                // Clients that send stdin as text frames (the Python
-                // client on v4.channel.k8s.io) mean the same bytes.
-                Message::Text(t) => Message::Binary(axum::body::Bytes::copy_from_slice(t.as_str().as_bytes())),
-                other => other,
-            })) {
+            msg = socket.recv() => match msg.map(|m| m.map(as_binary)) {
                 Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
                     0 => {
                         if let Some(i) = stdin.as_mut()

@@ -125,6 +125,20 @@ pub fn receive_fd(stream: &UnixStream) -> io::Result<std::os::fd::OwnedFd> {
     Err(io::Error::other("runc sent no terminal"))
 }
 
+/// A terminal's size, from a resize message (channel 4:
+/// `{"Width": 120, "Height": 40}`).
+#[must_use]
+pub fn window_size(msg: &[u8]) -> Option<libc::winsize> {
+    let v: serde_json::Value = serde_json::from_slice(msg).ok()?;
+    let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
+    Some(libc::winsize {
+        ws_row: dim("Height")?,
+        ws_col: dim("Width")?,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    })
+}
+
 /// Where typed input goes: the container's stdin pipe or its terminal.
 pub enum Input {
     /// The writing end of the container's stdin.
@@ -209,15 +223,7 @@ impl Hub {
         let Some(t) = &self.terminal else {
             return;
         };
-        let v: serde_json::Value = serde_json::from_slice(msg).unwrap_or_default();
-        let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
-        if let (Some(cols), Some(rows)) = (dim("Width"), dim("Height")) {
-            let ws = libc::winsize {
-                ws_row: rows,
-                ws_col: cols,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
+        if let Some(ws) = window_size(msg) {
             // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
             unsafe {
                 libc::ioctl(t.as_raw_fd(), libc::TIOCSWINSZ, &ws);

@@ -89,6 +89,25 @@ pub(super) fn advisories(obj: &crate::registry::Decoded) -> Vec<String> {
     }
 }
 
+/// The labels of namespace `ns` that Pod Security judges a patch (or an
+/// apply) of `plural` by ([`patched`]); `None` when it judges nothing: a
+/// status write, or a kind without a pod spec.
+pub(super) async fn patch_labels(
+    st: &ApiState,
+    plural: &str,
+    write: crate::registry::Write,
+    ns: Option<&str>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    match (write, ns) {
+        (crate::registry::Write::Update, Some(ns))
+            if matches!(plural, "pods" | "deployments" | "replicasets") =>
+        {
+            psa::namespace_labels(&st.registry, ns).await
+        }
+        _ => None,
+    }
+}
+
 /// [`pod_security`] for a PATCH, on the object before and after it:
 /// `plural`'s pod spec (a pod's own, a workload's template). As
 /// kube-apiserver does, a patch that changes nothing of the spec but

@@ -205,14 +205,7 @@ pub(super) async fn serve(
         Write::Update
     };
     let reg = reg.applying();
-    let labels = match (write, ns) {
-        (Write::Update, Some(ns))
-            if matches!(res.plural, "pods" | "deployments" | "replicasets") =>
-        {
-            crate::registry::pod_security::namespace_labels(&st.registry, ns).await
-        }
-        _ => None,
-    };
+    let labels = admission::patch_labels(st, res.plural, write, ns).await;
     let mut admitted = Vec::new();
     let result = kind
         .modify(&reg, ns, name, write, fv, &mut |live| {

@@ -941,14 +941,7 @@ async fn dispatch(
                 Write::Update
             };
             // Pod Security judges what the patch makes of a pod spec.
-            let labels = match (write, ns) {
-                (Write::Update, Some(ns))
-                    if matches!(res.plural, "pods" | "deployments" | "replicasets") =>
-                {
-                    crate::registry::pod_security::namespace_labels(&st.registry, ns).await
-                }
-                _ => None,
-            };
+            let labels = admission::patch_labels(st, res.plural, write, ns).await;
             let mut admitted = Vec::new();
             let (updated, mut warnings) = kind
                 .modify(&reg, ns, &name, write, &fv, &mut |obj| {
